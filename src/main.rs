@@ -1,1 +1,157 @@
-fn main() {}
+//! The `pbxlab` command line: one subcommand per job.
+//!
+//! Exit codes: 0 success; 1 the run itself failed; 2 bad usage or bad input (a scenario that
+//! does not parse or validate); 99 reserved for breached thresholds (`plan --size` when no size
+//! within the search bound meets the SLOs).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use pbxlab_sim::{Options, Scenario, reference_scenario, simulate, size};
+
+#[derive(Parser)]
+#[command(name = "pbxlab", version, about = "Simulator and load tester for a PBX media and signaling cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capacity planning: run a scenario's workload against its cluster in virtual time.
+    Plan(PlanArgs),
+    /// Validate a scenario file and print its warnings.
+    Check {
+        /// Scenario file (TOML).
+        scenario: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// Scenario file (TOML); without one, the embedded reference cluster.
+    scenario: Option<PathBuf>,
+    /// Seed for every random stream (overrides the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also write the report as JSON to FILE ("-" for standard output, instead of the tables).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Search for the smallest cluster that meets the SLOs with one server of each role down
+    /// (N+1), and print a bill of materials.
+    #[arg(long)]
+    size: bool,
+    /// Leave wall-clock figures (wall_s, events_per_s) out of the JSON, so that runs with the
+    /// same seed compare byte for byte.
+    #[arg(long)]
+    no_wall_clock: bool,
+    /// Cross-check the balancer against the simulator's own ledger after every event (slow).
+    #[arg(long)]
+    self_check: bool,
+}
+
+/// Errors the user can fix by changing the input: exit code 2.
+#[derive(Debug)]
+struct BadInput(String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plan(args) => plan(args),
+        Command::Check { scenario } => check(&scenario),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pbxlab: {e:#}");
+            if e.downcast_ref::<BadInput>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
+    let scenario = match path {
+        Some(p) => Scenario::load(p).map_err(|e| BadInput(e.to_string()))?,
+        None => reference_scenario().context("the embedded reference scenario is invalid")?,
+    };
+    for w in &scenario.warnings {
+        eprintln!("{w}");
+    }
+    Ok(scenario)
+}
+
+fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
+    let scenario = load(Some(path))?;
+    let servers: usize = scenario.pools.iter().map(|p| p.servers.len()).sum();
+    println!(
+        "{}: ok: {:?}, {} pools, {} servers, {} faults, {} warnings",
+        path.display(),
+        scenario.name,
+        scenario.pools.len(),
+        servers,
+        scenario.faults.len(),
+        scenario.warnings.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let scenario = load(args.scenario.as_ref())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        // Ctrl-C or SIGTERM ends the run early; the report of what was simulated is still written.
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+    }
+    let options = Options {
+        seed: args.seed,
+        self_check: args.self_check,
+        stop: Some(&stop),
+        no_wall_clock: args.no_wall_clock,
+    };
+    let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
+    if args.size {
+        let sizing = size::size(&scenario, options)?;
+        let value = serde_json::to_value(&sizing)?;
+        if !json_to_stdout {
+            print!("{}", sizing.render_text());
+        }
+        write_json(args.json.as_ref(), &value)?;
+        return Ok(if sizing.all_met { ExitCode::SUCCESS } else { ExitCode::from(99) });
+    }
+    let report = simulate(&scenario, options)?;
+    if !json_to_stdout {
+        print!("{}", report.render_text());
+    }
+    write_json(args.json.as_ref(), &serde_json::to_value(&report)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    if path.as_os_str() == "-" {
+        std::io::stdout().write_all(text.as_bytes())?;
+    } else {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -151,6 +151,14 @@ pub struct SessionId {
     generation: u32,
 }
 
+impl SessionId {
+    /// A dense index (below the most sessions ever placed at once) for drivers' side tables.
+    /// Reused after release, so keep the whole id beside it to tell generations apart.
+    pub fn index(self) -> usize {
+        self.slot as usize
+    }
+}
+
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "s{}.{}", self.slot, self.generation)

@@ -1,1 +1,44 @@
+//! pbxlab's model of a PBX cluster: scenario files, the virtual-time simulator behind
+//! `pbxlab plan`, and the sizing search behind `pbxlab plan --size`.
+//!
+//! Every placement and failover decision is made by `pbxlab_balancer`; this crate only drives it
+//! with events in virtual time and measures what happens. It does no network I/O, and its
+//! results depend on nothing but the scenario and the seed (wall-clock figures aside).
 
+pub mod des;
+pub mod erlang;
+pub mod report;
+pub mod rng;
+pub mod scenario;
+pub mod simulate;
+pub mod size;
+pub mod stats;
+
+pub use report::Report;
+pub use scenario::{Scenario, ScenarioError, fault_action_name};
+pub use simulate::{Options, simulate};
+
+/// The embedded reference cluster, used when no scenario file is given.
+pub const REFERENCE_SCENARIO: &str = include_str!("../../scenarios/reference.toml");
+pub const REFERENCE_SCENARIO_NAME: &str = "<embedded reference>";
+
+/// Loads the reference cluster that ships inside the binary.
+pub fn reference_scenario() -> Result<Scenario, ScenarioError> {
+    Scenario::from_toml(REFERENCE_SCENARIO_NAME, REFERENCE_SCENARIO)
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error("balancer: {0}")]
+    Balancer(#[from] pbxlab_balancer::Error),
+    #[error("more than {limit} events pending at once; the scenario generates unbounded work")]
+    EventLimit { limit: usize },
+    #[error("a fault names server {0:?}, which the cluster does not have")]
+    UnknownServer(String),
+    #[error("self-check failed: {0}")]
+    SelfCheck(String),
+}
