@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 use pbxlab_sim::{Options, Scenario, reference_scenario, simulate, size};
 
 #[derive(Parser)]
-#[command(name = "pbxlab", version, about = "Simulator and load tester for a PBX media and signaling cluster")]
+#[command(
+    name = "pbxlab",
+    version,
+    about = "Simulator and load tester for a PBX media and signaling cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,7 +122,8 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     {
         let stop = Arc::clone(&stop);
         // Ctrl-C or SIGTERM ends the run early; the report of what was simulated is still written.
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
     }
     let options = Options {
         seed: args.seed,
@@ -134,7 +139,11 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             print!("{}", sizing.render_text());
         }
         write_json(args.json.as_ref(), &value)?;
-        return Ok(if sizing.all_met { ExitCode::SUCCESS } else { ExitCode::from(99) });
+        return Ok(if sizing.all_met {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(99)
+        });
     }
     let report = simulate(&scenario, options)?;
     if !json_to_stdout {

@@ -11,7 +11,11 @@ pub type Nanos = u64;
 pub const NANOS_PER_S: f64 = 1e9;
 
 pub fn secs_to_nanos(s: f64) -> Nanos {
-    if s <= 0.0 { 0 } else { (s * NANOS_PER_S).round() as Nanos }
+    if s <= 0.0 {
+        0
+    } else {
+        (s * NANOS_PER_S).round() as Nanos
+    }
 }
 
 pub fn nanos_to_secs(n: Nanos) -> f64 {
@@ -58,7 +62,12 @@ pub struct Overflow {
 
 impl<E> EventQueue<E> {
     pub fn with_limit(limit: usize) -> EventQueue<E> {
-        EventQueue { heap: BinaryHeap::new(), seq: 0, now: 0, limit }
+        EventQueue {
+            heap: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            limit,
+        }
     }
 
     pub fn now(&self) -> Nanos {
@@ -80,7 +89,11 @@ impl<E> EventQueue<E> {
         }
         let seq = self.seq;
         self.seq += 1;
-        self.heap.push(Entry { at: at.max(self.now), seq, event });
+        self.heap.push(Entry {
+            at: at.max(self.now),
+            seq,
+            event,
+        });
         Ok(())
     }
 
@@ -109,7 +122,11 @@ mod tests {
         assert_eq!(order, vec!['a', 'x', 'b']);
         assert_eq!(q.now(), 20);
         q.schedule(5, 'p').expect("room");
-        assert_eq!(q.pop_until(u64::MAX), Some((20, 'p')), "the past is clamped to now");
+        assert_eq!(
+            q.pop_until(u64::MAX),
+            Some((20, 'p')),
+            "the past is clamped to now"
+        );
         assert_eq!(q.len(), 2);
     }
 

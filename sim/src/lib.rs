@@ -39,6 +39,9 @@ pub enum Error {
     EventLimit { limit: usize },
     #[error("a fault names server {0:?}, which the cluster does not have")]
     UnknownServer(String),
-    #[error("self-check failed: {0}")]
+    #[error("the simulator and the balancer disagree: {0}")]
     SelfCheck(String),
+    /// Any failure during a run, with the seed that reproduces it.
+    #[error("run with seed {seed} failed (rerun with --seed {seed}): {source}")]
+    Run { seed: u64, source: Box<Error> },
 }

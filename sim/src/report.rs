@@ -162,7 +162,11 @@ impl Report {
             self.simulated_s,
             self.warmup_s,
             self.batches,
-            if self.interrupted { "  INTERRUPTED" } else { "" }
+            if self.interrupted {
+                "  INTERRUPTED"
+            } else {
+                ""
+            }
         );
         for w in &self.warnings {
             let _ = writeln!(o, "warning: {w}");
@@ -170,7 +174,18 @@ impl Report {
         let _ = writeln!(
             o,
             "\n{:<8} {:>4} {:>8} {:>9} {:>9} {:>8} {:>16} {:>9} {:>9} {:>7} {:>6} {:>7}",
-            "role", "srv", "capacity", "offered", "admitted", "blocked", "blocking ±95%", "erlang B", "mean", "peak", "util", "dropped"
+            "role",
+            "srv",
+            "capacity",
+            "offered",
+            "admitted",
+            "blocked",
+            "blocking ±95%",
+            "erlang B",
+            "mean",
+            "peak",
+            "util",
+            "dropped"
         );
         for (name, r) in &self.roles {
             let _ = writeln!(
@@ -196,17 +211,36 @@ impl Report {
                 "\nqueues: {} x {} agents, {} callers, {} answered, {} abandoned",
                 q.queues, q.agents_per_queue, q.callers, q.answered, q.abandoned
             );
-            let _ = writeln!(o, "{:<20} {:>18} {:>10} {:>10}", "", "simulated ±95%", "erlang C", "erlang A");
+            let _ = writeln!(
+                o,
+                "{:<20} {:>18} {:>10} {:>10}",
+                "", "simulated ±95%", "erlang C", "erlang A"
+            );
             let rows = [
-                ("P(wait)", pm(q.p_wait, q.p_wait_ci95, 4), opt(q.erlang_c_p_wait, 4), opt(q.erlang_a_p_wait, 4)),
-                ("ASA s", pm(q.asa_s, q.asa_s_ci95, 2), opt(q.erlang_c_asa_s, 2), opt(q.erlang_a_asa_s, 2)),
+                (
+                    "P(wait)",
+                    pm(q.p_wait, q.p_wait_ci95, 4),
+                    opt(q.erlang_c_p_wait, 4),
+                    opt(q.erlang_a_p_wait, 4),
+                ),
+                (
+                    "ASA s",
+                    pm(q.asa_s, q.asa_s_ci95, 2),
+                    opt(q.erlang_c_asa_s, 2),
+                    opt(q.erlang_a_asa_s, 2),
+                ),
                 (
                     &format!("service level {:.0}s", q.service_level_s),
                     pm(q.service_level, q.service_level_ci95, 4),
                     opt(q.erlang_c_service_level, 4),
                     opt(q.erlang_a_service_level, 4),
                 ),
-                ("abandoned", pm(q.abandoned_fraction, q.abandoned_fraction_ci95, 4), "0".into(), opt(q.erlang_a_abandoned_fraction, 4)),
+                (
+                    "abandoned",
+                    pm(q.abandoned_fraction, q.abandoned_fraction_ci95, 4),
+                    "0".into(),
+                    opt(q.erlang_a_abandoned_fraction, 4),
+                ),
             ];
             for (label, sim, c, a) in rows {
                 let _ = writeln!(o, "{label:<20} {sim:>18} {c:>10} {a:>10}");
@@ -219,16 +253,37 @@ impl Report {
                 r.users, r.expires_s, r.register_per_s, r.requests_per_s
             );
         }
-        let _ = writeln!(o, "\n{:<14} {:<8} {:>9} {:<9} {:>9} {:>10} {:>6}", "server", "role", "capacity", "state", "peak", "mean", "util");
+        let _ = writeln!(
+            o,
+            "\n{:<14} {:<8} {:>9} {:<9} {:>9} {:>10} {:>6}",
+            "server", "role", "capacity", "state", "peak", "mean", "util"
+        );
         for s in &self.servers {
             let _ = writeln!(
                 o,
                 "{:<14} {:<8} {:>9} {:<9} {:>9} {:>10.1} {:>5.1}%",
-                s.name, s.role, s.capacity, s.state, s.peak_sessions, s.mean_sessions, s.utilisation * 100.0
+                s.name,
+                s.role,
+                s.capacity,
+                s.state,
+                s.peak_sessions,
+                s.mean_sessions,
+                s.utilisation * 100.0
             );
         }
         if !self.faults.is_empty() {
-            let _ = writeln!(o, "\n{:>9} {:<14} {:<8} {:>9} {:>9} {:>10} {:>8} {:>6}", "at s", "server", "action", "detected", "affected", "reassigned", "dropped", "alert");
+            let _ = writeln!(
+                o,
+                "\n{:>9} {:<14} {:<8} {:>9} {:>9} {:>10} {:>8} {:>6}",
+                "at s",
+                "server",
+                "action",
+                "detected",
+                "affected",
+                "reassigned",
+                "dropped",
+                "alert"
+            );
             for f in &self.faults {
                 let _ = writeln!(
                     o,
@@ -236,7 +291,8 @@ impl Report {
                     f.at_s,
                     f.server,
                     f.action,
-                    f.detected_after_s.map_or("-".into(), |d| format!("+{d:.1}s")),
+                    f.detected_after_s
+                        .map_or("-".into(), |d| format!("+{d:.1}s")),
                     f.sessions_affected,
                     f.reassigned,
                     f.dropped,
@@ -247,11 +303,24 @@ impl Report {
         if !self.slo.is_empty() {
             let _ = writeln!(o, "\nSLO");
             for v in &self.slo {
-                let _ = writeln!(o, "  {:<28} {:>10.5} target {:>8} {}", v.name, v.value, v.target, if v.pass { "pass" } else { "FAIL" });
+                let _ = writeln!(
+                    o,
+                    "  {:<28} {:>10.5} target {:>8} {}",
+                    v.name,
+                    v.value,
+                    v.target,
+                    if v.pass { "pass" } else { "FAIL" }
+                );
             }
         }
         let _ = match (self.wall_s, self.events_per_s) {
-            (Some(w), Some(r)) => writeln!(o, "\n{} events in {:.2} s wall: {:.2} M events/s", self.events, w, r / 1e6),
+            (Some(w), Some(r)) => writeln!(
+                o,
+                "\n{} events in {:.2} s wall: {:.2} M events/s",
+                self.events,
+                w,
+                r / 1e6
+            ),
             _ => writeln!(o, "\n{} events", self.events),
         };
         o

@@ -94,7 +94,9 @@ impl Rng {
             }
             return k;
         }
-        (mean + mean.sqrt() * self.standard_normal()).round().max(0.0) as u64
+        (mean + mean.sqrt() * self.standard_normal())
+            .round()
+            .max(0.0) as u64
     }
 
     /// A holding time in seconds.
@@ -117,14 +119,18 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_independent() {
-        let a: Vec<u64> = (0..4).map({
-            let mut r = Rng::stream(7, "calls");
-            move |_| r.next_u64()
-        }).collect();
-        let b: Vec<u64> = (0..4).map({
-            let mut r = Rng::stream(7, "calls");
-            move |_| r.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::stream(7, "calls");
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::stream(7, "calls");
+                move |_| r.next_u64()
+            })
+            .collect();
         let c = Rng::stream(7, "ivr").next_u64();
         let d = Rng::stream(8, "calls").next_u64();
         assert_eq!(a, b);
@@ -140,7 +146,12 @@ mod tests {
         let e = mean(&mut || r.exp(180.0));
         assert!((e - 180.0).abs() < 2.0, "exp mean {e}");
         let mut r = Rng::stream(2, "test");
-        let l = mean(&mut || r.hold(&HoldDist::LogNormal { mean_s: 60.0, sigma: 0.8 }));
+        let l = mean(&mut || {
+            r.hold(&HoldDist::LogNormal {
+                mean_s: 60.0,
+                sigma: 0.8,
+            })
+        });
         assert!((l - 60.0).abs() < 1.0, "lognormal mean {l}");
         let mut r = Rng::stream(3, "test");
         let p = mean(&mut || r.poisson(7.0) as f64);

@@ -315,9 +315,6 @@ impl Scenario {
 // Names on the wire
 // ---------------------------------------------------------------------------
 
-
-
-
 pub fn fault_action_name(action: FaultAction) -> &'static str {
     match action {
         FaultAction::Fail => "fail",
@@ -335,9 +332,6 @@ pub fn codec_name(codec: Codec) -> &'static str {
         Codec::Opus => "opus",
     }
 }
-
-
-
 
 pub fn parse_fault_action(text: &str) -> Option<FaultAction> {
     match text {
@@ -1249,7 +1243,13 @@ impl Checker<'_> {
             }
         }
         let failover = self
-            .opt_choice(&raw.failover, key, "failover", FailoverMode::from_name, FAILOVERS)?
+            .opt_choice(
+                &raw.failover,
+                key,
+                "failover",
+                FailoverMode::from_name,
+                FAILOVERS,
+            )?
             .unwrap_or(FailoverMode::Auto);
         let first_port = match &raw.first_port {
             Some(value) => {

@@ -13,15 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pbxlab_balancer::{
-    AffinityKey, Balancer, EventKind, HealthConfig, Outcome, Probe, Reject, Request, Role,
-    ServerId, ServerSpec, SessionId,
+    AffinityKey, Balancer, EventKind, HealthConfig, Outcome, Probe, Request, Role, ServerId,
+    ServerSpec, SessionId,
 };
 
 use crate::des::{EventQueue, Nanos, nanos_to_secs, secs_to_nanos};
 use crate::erlang::{self, QueueModel};
 use crate::report::{
-    FaultReport, QueueEstimates, QueueReport, RegistrationReport, Report, RoleReport,
-    ServerReport, SloVerdict,
+    FaultReport, QueueEstimates, QueueReport, RegistrationReport, Report, RoleReport, ServerReport,
+    SloVerdict,
 };
 use crate::rng::Rng;
 use crate::scenario::{FaultAction, HoldDist, Scenario};
@@ -178,6 +178,8 @@ struct Sim<'s> {
     im_sessions: Vec<Option<SessionId>>,
     registers: u64,
     faults: Vec<FaultReport>,
+    /// The first disagreement between the balancer and the ledger; fails the run.
+    mismatch: Option<String>,
     next_meeting: u64,
     rng_calls: Rng,
     rng_ivr: Rng,
@@ -190,8 +192,12 @@ struct Sim<'s> {
 pub fn simulate(sc: &Scenario, options: Options<'_>) -> Result<Report, Error> {
     let started = Instant::now();
     let seed = options.seed.unwrap_or(sc.seed);
-    let mut sim = Sim::new(sc, seed, options.self_check)?;
-    let (events, interrupted) = sim.run(options.stop)?;
+    let with_seed = |e: Error| Error::Run {
+        seed,
+        source: Box::new(e),
+    };
+    let mut sim = Sim::new(sc, seed, options.self_check).map_err(with_seed)?;
+    let (events, interrupted) = sim.run(options.stop).map_err(with_seed)?;
     let wall = started.elapsed().as_secs_f64();
     let mut report = sim.report(events, interrupted);
     if !options.no_wall_clock {
@@ -276,6 +282,7 @@ impl<'s> Sim<'s> {
             im_sessions: Vec::new(),
             registers: 0,
             faults: Vec::new(),
+            mismatch: None,
             next_meeting: 0,
             rng_calls: Rng::stream(seed, "calls"),
             rng_ivr: Rng::stream(seed, "ivr"),
@@ -328,6 +335,9 @@ impl<'s> Sim<'s> {
                 return Ok((events, true));
             }
             self.handle(now, ev)?;
+            if let Some(m) = self.mismatch.take() {
+                return Err(Error::SelfCheck(m));
+            }
             if self.self_check {
                 self.check_ledger()?;
             }
@@ -389,24 +399,46 @@ impl<'s> Sim<'s> {
                 if now >= self.warmup {
                     self.registers += 1;
                 }
-                if self.im_sessions.get(user as usize).is_some_and(Option::is_none) {
+                if self
+                    .im_sessions
+                    .get(user as usize)
+                    .is_some_and(Option::is_none)
+                {
                     self.place_im(user);
                 }
-                let expires = self.sc.traffic.registrations.as_ref().map_or(Duration::ZERO, |r| r.expires);
-                self.schedule(now + secs_to_nanos(expires.as_secs_f64()).max(1), Ev::Refresh(user))?;
+                let expires = self
+                    .sc
+                    .traffic
+                    .registrations
+                    .as_ref()
+                    .map_or(Duration::ZERO, |r| r.expires);
+                self.schedule(
+                    now + secs_to_nanos(expires.as_secs_f64()).max(1),
+                    Ev::Refresh(user),
+                )?;
             }
             Ev::Probe(s) => {
                 let health = self.b.health();
                 if self.servers[s as usize].alive {
-                    let out = self.b.probe(Duration::from_nanos(now), ServerId(s), Probe::Ok)?;
+                    let out = self
+                        .b
+                        .probe(Duration::from_nanos(now), ServerId(s), Probe::Ok)?;
                     self.apply(out, now, None)?;
                 } else {
-                    self.schedule(now + secs_to_nanos(health.timeout.as_secs_f64()), Ev::ProbeTimeout(s))?;
+                    self.schedule(
+                        now + secs_to_nanos(health.timeout.as_secs_f64()),
+                        Ev::ProbeTimeout(s),
+                    )?;
                 }
-                self.schedule(now + secs_to_nanos(health.interval.as_secs_f64()).max(1), Ev::Probe(s))?;
+                self.schedule(
+                    now + secs_to_nanos(health.interval.as_secs_f64()).max(1),
+                    Ev::Probe(s),
+                )?;
             }
             Ev::ProbeTimeout(s) => {
-                let out = self.b.probe(Duration::from_nanos(now), ServerId(s), Probe::Timeout)?;
+                let out = self
+                    .b
+                    .probe(Duration::from_nanos(now), ServerId(s), Probe::Timeout)?;
                 self.apply(out, now, None)?;
             }
             Ev::Fault(i) => self.fault(i as usize, now)?,
@@ -420,14 +452,25 @@ impl<'s> Sim<'s> {
             Stream::Calls => (
                 t.calls.as_ref().map_or(0.0, |c| {
                     // Thinning: candidates at the profile's peak rate, accepted on arrival.
-                    let peak = c.profile.map_or(1.0, |p| p.iter().copied().fold(0.0, f64::max));
+                    let peak = c
+                        .profile
+                        .map_or(1.0, |p| p.iter().copied().fold(0.0, f64::max));
                     c.rate_per_s * peak
                 }),
                 &mut self.rng_calls,
             ),
-            Stream::Ivr => (t.ivr.as_ref().map_or(0.0, |i| i.rate_per_s), &mut self.rng_ivr),
-            Stream::Queue => (t.queue.as_ref().map_or(0.0, |q| q.rate_per_s), &mut self.rng_queue),
-            Stream::Meetings => (t.meetings.as_ref().map_or(0.0, |m| m.rate_per_s), &mut self.rng_meetings),
+            Stream::Ivr => (
+                t.ivr.as_ref().map_or(0.0, |i| i.rate_per_s),
+                &mut self.rng_ivr,
+            ),
+            Stream::Queue => (
+                t.queue.as_ref().map_or(0.0, |q| q.rate_per_s),
+                &mut self.rng_queue,
+            ),
+            Stream::Meetings => (
+                t.meetings.as_ref().map_or(0.0, |m| m.rate_per_s),
+                &mut self.rng_meetings,
+            ),
         };
         if rate <= 0.0 {
             return Ok(());
@@ -459,7 +502,9 @@ impl<'s> Sim<'s> {
     }
 
     fn call_arrival(&mut self, now: Nanos) -> Result<(), Error> {
-        let Some(calls) = &self.sc.traffic.calls else { return Ok(()) };
+        let Some(calls) = &self.sc.traffic.calls else {
+            return Ok(());
+        };
         let hold = calls.hold;
         if let Some(profile) = calls.profile {
             let peak = profile.iter().copied().fold(0.0, f64::max);
@@ -477,7 +522,9 @@ impl<'s> Sim<'s> {
     }
 
     fn ivr_arrival(&mut self, now: Nanos) -> Result<(), Error> {
-        let Some(ivr) = &self.sc.traffic.ivr else { return Ok(()) };
+        let Some(ivr) = &self.sc.traffic.ivr else {
+            return Ok(());
+        };
         let hold = ivr.hold;
         if let Some(session) = self.assign(Request::new(Role::Ivr), OwnerKind::Ivr, now) {
             let end = now + secs_to_nanos(self.rng_ivr.hold(&hold));
@@ -487,7 +534,9 @@ impl<'s> Sim<'s> {
     }
 
     fn meeting_arrival(&mut self, now: Nanos) -> Result<(), Error> {
-        let Some(m) = &self.sc.traffic.meetings else { return Ok(()) };
+        let Some(m) = &self.sc.traffic.meetings else {
+            return Ok(());
+        };
         let (mean, duration) = (m.participants_mean, m.duration);
         let participants = 1 + self.rng_meetings.poisson(mean - 1.0) as u32;
         let key = AffinityKey(self.next_meeting);
@@ -501,7 +550,9 @@ impl<'s> Sim<'s> {
     }
 
     fn queue_arrival(&mut self, now: Nanos) -> Result<(), Error> {
-        let Some(qt) = &self.sc.traffic.queue else { return Ok(()) };
+        let Some(qt) = &self.sc.traffic.queue else {
+            return Ok(());
+        };
         let (queues, agents, handle, patience) = (qt.queues, qt.agents, qt.handle, qt.patience_s);
         let sl = secs_to_nanos(qt.service_level_s);
         let queue = self.rng_queue.below(u64::from(queues.max(1))) as u32;
@@ -538,7 +589,13 @@ impl<'s> Sim<'s> {
         Ok(())
     }
 
-    fn answer(&mut self, caller: u32, now: Nanos, sl: Nanos, handle: HoldDist) -> Result<(), Error> {
+    fn answer(
+        &mut self,
+        caller: u32,
+        now: Nanos,
+        sl: Nanos,
+        handle: HoldDist,
+    ) -> Result<(), Error> {
         let c = &mut self.callers[caller as usize];
         c.state = CallerState::Talking;
         let wait = now - c.arrival;
@@ -556,7 +613,9 @@ impl<'s> Sim<'s> {
 
     /// An agent of `queue` finished: the longest-waiting caller still there is answered.
     fn agent_free(&mut self, queue: u32, now: Nanos) -> Result<(), Error> {
-        let Some(qt) = &self.sc.traffic.queue else { return Ok(()) };
+        let Some(qt) = &self.sc.traffic.queue else {
+            return Ok(());
+        };
         let (sl, handle) = (secs_to_nanos(qt.service_level_s), qt.handle);
         while let Some((caller, generation)) = self.acd[queue as usize].waiting.pop_front() {
             let c = self.callers[caller as usize];
@@ -583,7 +642,10 @@ impl<'s> Sim<'s> {
         match self.free_callers.pop() {
             Some(i) => {
                 let c = &mut self.callers[i as usize];
-                *c = Caller { generation: c.generation, ..fresh };
+                *c = Caller {
+                    generation: c.generation,
+                    ..fresh
+                };
                 i
             }
             None => {
@@ -609,7 +671,11 @@ impl<'s> Sim<'s> {
     /// Asks the balancer for a placement and books it; `None` when it was rejected.
     fn assign(&mut self, req: Request, kind: OwnerKind, now: Nanos) -> Option<SessionId> {
         // IM log-ins are counted from the start: the population is placed before warm-up.
-        let count_at = if req.role == Role::Im { now.max(self.warmup) } else { now };
+        let count_at = if req.role == Role::Im {
+            now.max(self.warmup)
+        } else {
+            now
+        };
         match self.b.assign(req) {
             Ok(a) => {
                 self.count_offer(req.role, count_at, false);
@@ -626,7 +692,7 @@ impl<'s> Sim<'s> {
                 self.book(a.server.0, i64::from(req.weight), now);
                 Some(a.session)
             }
-            Err(Reject::NoCapacity { .. } | Reject::NoServerInService { .. } | Reject::NoPool { .. }) | Err(_) => {
+            Err(_) => {
                 self.count_offer(req.role, count_at, true);
                 None
             }
@@ -640,10 +706,11 @@ impl<'s> Sim<'s> {
         };
         let i = session.index();
         if let Some(owner) = self.owners.get_mut(i).and_then(Option::take) {
-            if owner.server != released.server.0 {
-                // The ledger disagrees with the balancer about where the session was: recorded
-                // and surfaced by the self-check.
-                self.servers[owner.server as usize].alive &= true;
+            if owner.server != released.server.0 && self.mismatch.is_none() {
+                self.mismatch = Some(format!(
+                    "{session} was released from server {} but the ledger had it on {}",
+                    released.server.0, owner.server
+                ));
             }
             self.book(released.server.0, -i64::from(owner.weight), now);
         }
@@ -710,7 +777,11 @@ impl<'s> Sim<'s> {
             FaultAction::Drain => self.b.drain(at, id)?,
         };
         if let Some(f) = self.faults.last_mut() {
-            f.sessions_affected = if action == FaultAction::Disable { before } else { 0 };
+            f.sessions_affected = if action == FaultAction::Disable {
+                before
+            } else {
+                0
+            };
         }
         let last = self.faults.len() - 1;
         self.apply(out, now, Some(last))
@@ -725,11 +796,14 @@ impl<'s> Sim<'s> {
         let mut fault = fault;
         for e in &out.events {
             if e.kind == EventKind::Down {
-                let name = self.b.server(e.server).map(|s| s.name.to_string()).unwrap_or_default();
-                let pending = self
-                    .faults
-                    .iter()
-                    .rposition(|f| f.server == name && f.action == "fail" && f.detected_after_s.is_none());
+                let name = self
+                    .b
+                    .server(e.server)
+                    .map(|s| s.name.to_string())
+                    .unwrap_or_default();
+                let pending = self.faults.iter().rposition(|f| {
+                    f.server == name && f.action == "fail" && f.detected_after_s.is_none()
+                });
                 if let Some(i) = pending {
                     let f = &mut self.faults[i];
                     f.detected_after_s = Some(nanos_to_secs(now) - f.at_s);
@@ -740,14 +814,20 @@ impl<'s> Sim<'s> {
             }
         }
         if let Some(i) = fault
-            && out.events.iter().any(|e| matches!(e.kind, EventKind::Alert(_)))
+            && out
+                .events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::Alert(_)))
         {
             self.faults[i].alert = true;
         }
         for m in &out.plan.moves {
             let i = m.session.index();
             let Some(owner) = self.owners.get_mut(i).and_then(|o| o.as_mut()) else {
-                return Err(Error::SelfCheck(format!("plan moved {} which the simulator never placed", m.session)));
+                return Err(Error::SelfCheck(format!(
+                    "plan moved {} which the simulator never placed",
+                    m.session
+                )));
             };
             if owner.id != m.session || owner.server != m.from.0 {
                 return Err(Error::SelfCheck(format!(
@@ -761,8 +841,15 @@ impl<'s> Sim<'s> {
             self.book(m.to.0, w, now);
         }
         for d in &out.plan.dropped {
-            let Some(owner) = self.owners.get_mut(d.session.index()).and_then(Option::take) else {
-                return Err(Error::SelfCheck(format!("plan dropped {} which the simulator never placed", d.session)));
+            let Some(owner) = self
+                .owners
+                .get_mut(d.session.index())
+                .and_then(Option::take)
+            else {
+                return Err(Error::SelfCheck(format!(
+                    "plan dropped {} which the simulator never placed",
+                    d.session
+                )));
             };
             self.book(d.from.0, -i64::from(owner.weight), now);
             let role = self.servers[d.from.0 as usize].role;
@@ -792,7 +879,10 @@ impl<'s> Sim<'s> {
             for m in &out.plan.moves {
                 let at = self.b.session(m.session).map(|v| v.server);
                 if at != Some(m.to) {
-                    return Err(Error::SelfCheck(format!("{} should be on {:?} after the plan, is on {at:?}", m.session, m.to)));
+                    return Err(Error::SelfCheck(format!(
+                        "{} should be on {:?} after the plan, is on {at:?}",
+                        m.session, m.to
+                    )));
                 }
             }
             self.b.audit()?;
@@ -829,7 +919,9 @@ impl<'s> Sim<'s> {
         });
         let mut roles = std::collections::BTreeMap::new();
         for pool in &sc.pools {
-            let Some(r) = &self.roles[role_slot(pool.role)] else { continue };
+            let Some(r) = &self.roles[role_slot(pool.role)] else {
+                continue;
+            };
             let capacity = u64::from(pool.capacity) * pool.servers.len() as u64;
             let blocking = ratio(r.whole.blocked, r.whole.offered);
             let per_batch: Vec<f64> = r
@@ -840,8 +932,16 @@ impl<'s> Sim<'s> {
                 .collect();
             let blocking_est = Estimate::from_batches(blocking, &per_batch);
             let offered_erlangs = match pool.role {
-                Role::Media => sc.traffic.calls.as_ref().map(|c| c.rate_per_s * mean_s(&c.hold)),
-                Role::Ivr => sc.traffic.ivr.as_ref().map(|i| i.rate_per_s * mean_s(&i.hold)),
+                Role::Media => sc
+                    .traffic
+                    .calls
+                    .as_ref()
+                    .map(|c| c.rate_per_s * mean_s(&c.hold)),
+                Role::Ivr => sc
+                    .traffic
+                    .ivr
+                    .as_ref()
+                    .map(|i| i.rate_per_s * mean_s(&i.hold)),
                 Role::Meeting => sc
                     .traffic
                     .meetings
@@ -850,7 +950,13 @@ impl<'s> Sim<'s> {
                 Role::Queue | Role::Im => None,
             };
             let erlang_b = match pool.role {
-                Role::Media if sc.traffic.calls.as_ref().is_some_and(|c| c.profile.is_none()) => {
+                Role::Media
+                    if sc
+                        .traffic
+                        .calls
+                        .as_ref()
+                        .is_some_and(|c| c.profile.is_none()) =>
+                {
                     offered_erlangs.map(|a| erlang::erlang_b(capacity as u32, a))
                 }
                 Role::Ivr => offered_erlangs.map(|a| erlang::erlang_b(capacity as u32, a)),
@@ -934,9 +1040,16 @@ impl<'s> Sim<'s> {
         let per = |f: &dyn Fn(&QueueTally) -> Option<f64>| -> Vec<f64> {
             self.queue_batches.iter().filter_map(f).collect()
         };
-        let p_wait = Estimate::from_batches(ratio(w.waited, w.offered), &per(&|t| (t.offered > 0).then(|| ratio(t.waited, t.offered))));
+        let p_wait = Estimate::from_batches(
+            ratio(w.waited, w.offered),
+            &per(&|t| (t.offered > 0).then(|| ratio(t.waited, t.offered))),
+        );
         let asa = Estimate::from_batches(
-            if w.answered > 0 { w.wait_sum_s / w.answered as f64 } else { 0.0 },
+            if w.answered > 0 {
+                w.wait_sum_s / w.answered as f64
+            } else {
+                0.0
+            },
             &per(&|t| (t.answered > 0).then(|| t.wait_sum_s / t.answered as f64)),
         );
         let sl = Estimate::from_batches(
@@ -948,11 +1061,9 @@ impl<'s> Sim<'s> {
             &per(&|t| (t.resolved() > 0).then(|| ratio(t.abandoned, t.resolved()))),
         );
         // Callers reach the queues directly and from the IVR (those the IVR admitted).
-        let from_ivr = sc
-            .traffic
-            .ivr
-            .as_ref()
-            .map_or(0.0, |i| i.rate_per_s * (1.0 - ivr_blocking.unwrap_or(0.0)) * i.then_queue);
+        let from_ivr = sc.traffic.ivr.as_ref().map_or(0.0, |i| {
+            i.rate_per_s * (1.0 - ivr_blocking.unwrap_or(0.0)) * i.then_queue
+        });
         let model = QueueModel {
             arrival_per_s: (qt.rate_per_s + from_ivr) / f64::from(qt.queues.max(1)),
             handle_s_mean: mean_s(&qt.handle),
@@ -1007,7 +1118,10 @@ fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
 
-fn slo_verdicts(sc: &Scenario, roles: &std::collections::BTreeMap<String, RoleReport>) -> Vec<SloVerdict> {
+fn slo_verdicts(
+    sc: &Scenario,
+    roles: &std::collections::BTreeMap<String, RoleReport>,
+) -> Vec<SloVerdict> {
     let mut out = Vec::new();
     if let Some(target) = sc.slo.blocking {
         for (name, r) in roles {
@@ -1023,14 +1137,33 @@ fn slo_verdicts(sc: &Scenario, roles: &std::collections::BTreeMap<String, RoleRe
     }
     if let Some(q) = roles.get("queue").and_then(|r| r.queue.as_ref()) {
         let checks = [
-            ("queue.service_level", sc.slo.queue_service_level, q.service_level, true),
-            ("queue.abandoned_fraction", sc.slo.queue_abandoned, q.abandoned_fraction, false),
+            (
+                "queue.service_level",
+                sc.slo.queue_service_level,
+                q.service_level,
+                true,
+            ),
+            (
+                "queue.abandoned_fraction",
+                sc.slo.queue_abandoned,
+                q.abandoned_fraction,
+                false,
+            ),
             ("queue.asa_s", sc.slo.queue_asa_s, q.asa_s, false),
         ];
         for (name, target, value, at_least) in checks {
             if let Some(target) = target {
-                let pass = if at_least { value >= target } else { value <= target };
-                out.push(SloVerdict { name: name.into(), target, value, pass });
+                let pass = if at_least {
+                    value >= target
+                } else {
+                    value <= target
+                };
+                out.push(SloVerdict {
+                    name: name.into(),
+                    target,
+                    value,
+                    pass,
+                });
             }
         }
     }

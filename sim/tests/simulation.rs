@@ -1,0 +1,248 @@
+//! Whole-simulation properties: determinism by seed, the fault timeline carried out exactly as
+//! the balancer planned it, and bounds that hold on the reference cluster.
+
+use pbxlab_sim::{Options, Scenario, reference_scenario, simulate};
+
+fn json(scenario: &Scenario, seed: Option<u64>) -> String {
+    let report = simulate(
+        scenario,
+        Options {
+            seed,
+            no_wall_clock: true,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("seed {seed:?}: {e}"));
+    serde_json::to_string_pretty(&report).expect("serialisable")
+}
+
+#[test]
+fn same_seed_same_bytes_other_seed_other_run() {
+    let scenario = reference_scenario().expect("embedded scenario is valid");
+    let a = json(&scenario, None);
+    let b = json(&scenario, None);
+    assert_eq!(a, b, "seed {}: two runs differ", scenario.seed);
+    let c = json(&scenario, Some(scenario.seed + 1));
+    assert_ne!(a, c, "a different seed must give a different run");
+    // The stable schema's required fields are there.
+    let v: serde_json::Value = serde_json::from_str(&a).expect("json");
+    for key in ["seed", "events", "wall_s", "roles", "servers", "faults"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    for role in ["media", "ivr", "queue", "meeting", "im"] {
+        for key in ["offered", "admitted", "blocked", "blocking", "erlang_b"] {
+            assert!(
+                v["roles"][role].get(key).is_some(),
+                "missing roles.{role}.{key}"
+            );
+        }
+    }
+    for key in [
+        "p_wait",
+        "asa_s",
+        "service_level",
+        "abandoned_fraction",
+        "erlang_c_p_wait",
+        "erlang_c_asa_s",
+        "erlang_a_p_wait",
+    ] {
+        assert!(
+            v["roles"]["queue"].get(key).is_some(),
+            "missing roles.queue.{key}"
+        );
+    }
+    for key in ["name", "role", "peak_sessions", "mean_sessions"] {
+        assert!(
+            v["servers"][0].get(key).is_some(),
+            "missing servers[].{key}"
+        );
+    }
+    for key in [
+        "at_s",
+        "server",
+        "action",
+        "sessions_affected",
+        "reassigned",
+        "dropped",
+    ] {
+        assert!(v["faults"][0].get(key).is_some(), "missing faults[].{key}");
+    }
+}
+
+/// A timeline exercising every action on several roles, with a ledger check after every event:
+/// each move lands where the plan says, each release comes from the server the ledger (fed only
+/// by assignments and plans) expects, and balancer and ledger agree on every load throughout.
+const TIMELINE: &str = r#"
+name = "fault timeline"
+seed = 11
+duration = "40m"
+warmup = "5m"
+[[pool]]
+role = "media"
+servers = 3
+capacity = 300
+[[pool]]
+role = "meeting"
+servers = 3
+capacity = 120
+[[pool]]
+role = "queue"
+servers = 2
+capacity = 400
+failover = "operator"
+[health]
+probe_interval = "1s"
+probe_timeout = "300ms"
+down_after = 3
+up_after = 2
+[traffic.calls]
+rate = "4/s"
+hold = "120s"
+[traffic.meetings]
+rate = "0.02/s"
+participants = 6
+duration = "10m"
+[traffic.queue]
+rate = "1/s"
+queues = 4
+agents = 70
+handle = "60s"
+patience = "90s"
+[[fault]]
+at = "10m"
+action = "fail"
+server = "media-1"
+[[fault]]
+at = "12m"
+action = "fail"
+server = "meeting-2"
+[[fault]]
+at = "14m"
+action = "fail"
+server = "queue-1"
+[[fault]]
+at = "16m"
+action = "disable"
+server = "queue-1"
+[[fault]]
+at = "18m"
+action = "recover"
+server = "media-1"
+[[fault]]
+at = "20m"
+action = "drain"
+server = "media-3"
+[[fault]]
+at = "25m"
+action = "enable"
+server = "media-3"
+[[fault]]
+at = "30m"
+action = "fail"
+server = "media-2"
+"#;
+
+#[test]
+fn fault_timeline_moves_sessions_exactly_as_planned() {
+    let scenario = Scenario::from_toml("<timeline>", TIMELINE).expect("valid");
+    let report = simulate(
+        &scenario,
+        Options {
+            self_check: true,
+            no_wall_clock: true,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("seed {}: {e}", scenario.seed));
+    let f = &report.faults;
+    assert_eq!(f.len(), 8);
+    let health = &scenario.health;
+    let bound = (health.probe_interval * health.down_after + health.probe_timeout).as_secs_f64();
+    // media-1 fails with ~240 calls on it; media-2 and media-3 have room for all of them.
+    assert_eq!(f[0].action, "fail");
+    let detected = f[0].detected_after_s.expect("the balancer noticed");
+    assert!(
+        detected > 0.0 && detected <= bound,
+        "detected after {detected} s, bound {bound} s"
+    );
+    assert!(f[0].sessions_affected > 100, "{:?}", f[0]);
+    assert_eq!(f[0].reassigned + f[0].dropped, f[0].sessions_affected);
+    assert_eq!(f[0].dropped, 0);
+    // A meeting server failure moves whole meetings and raises an alert.
+    assert!(
+        f[1].alert && f[1].reassigned > 0 && f[1].dropped == 0,
+        "{:?}",
+        f[1]
+    );
+    // The queue pool waits for the operator: nothing moves on failure, everything on disable.
+    assert!(
+        f[2].alert && f[2].reassigned == 0 && f[2].sessions_affected > 0,
+        "{:?}",
+        f[2]
+    );
+    assert!(f[3].reassigned > 0, "{:?}", f[3]);
+    assert_eq!(f[3].reassigned + f[3].dropped, f[3].sessions_affected);
+    // Drain moves nothing.
+    assert_eq!((f[5].reassigned, f[5].dropped), (0, 0));
+    // Losing a second media server leaves 600 sessions of room for ~480 calls.
+    assert_eq!(f[7].dropped, 0, "{:?}", f[7]);
+    assert!(report.roles["media"].dropped == 0);
+}
+
+#[test]
+fn without_spare_capacity_the_failover_drops_and_says_so() {
+    let text = TIMELINE
+        .replace("capacity = 300", "capacity = 200")
+        .replace("rate = \"4/s\"", "rate = \"4.5/s\"");
+    let scenario = Scenario::from_toml("<tight>", &text).expect("valid");
+    let report = simulate(
+        &scenario,
+        Options {
+            self_check: true,
+            no_wall_clock: true,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("seed {}: {e}", scenario.seed));
+    let f = &report.faults[0];
+    assert!(
+        f.dropped > 0,
+        "two servers of 200 cannot take ~540 calls: {f:?}"
+    );
+    assert_eq!(f.reassigned + f.dropped, f.sessions_affected);
+    assert!(report.roles["media"].dropped >= f.dropped);
+}
+
+#[test]
+fn reference_day_runs_and_respects_capacity() {
+    let mut scenario = reference_scenario().expect("valid");
+    scenario.duration = std::time::Duration::from_secs(6 * 3600);
+    let report = simulate(
+        &scenario,
+        Options {
+            no_wall_clock: true,
+            ..Options::default()
+        },
+    )
+    .expect("runs");
+    for s in &report.servers {
+        assert!(
+            s.peak_sessions <= u64::from(s.capacity),
+            "{} above capacity",
+            s.name
+        );
+    }
+    let media = &report.roles["media"];
+    // ~10,000 erlangs offered to 15,000 slots.
+    assert!(
+        (9_500.0..10_500.0).contains(&media.mean_sessions),
+        "{}",
+        media.mean_sessions
+    );
+    let reg = report.registrations.expect("registrations");
+    assert!(
+        (reg.register_per_s - 50_000.0 / 3600.0).abs() < 0.5,
+        "{}",
+        reg.register_per_s
+    );
+}
