@@ -1,9 +1,6 @@
-//! The discrete-event engine: a binary heap of events keyed by (integer nanoseconds, sequence
+//! The discrete-event engine: a 4-ary min-heap of events keyed by (integer nanoseconds, sequence
 //! number). Integer time keeps runs exact and reproducible; the sequence number makes events at
 //! the same instant come out in the order they were scheduled, so ties never depend on the heap.
-
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 
 /// Nanoseconds of virtual time since the start of the run.
 pub type Nanos = u64;
@@ -11,10 +8,12 @@ pub type Nanos = u64;
 pub const NANOS_PER_S: f64 = 1e9;
 
 pub fn secs_to_nanos(s: f64) -> Nanos {
+    // Adding a half and truncating rounds a positive value without a libm call, which showed
+    // up in profiles: every sampled time goes through here.
     if s <= 0.0 {
         0
     } else {
-        (s * NANOS_PER_S).round() as Nanos
+        (s * NANOS_PER_S + 0.5) as Nanos
     }
 }
 
@@ -22,33 +21,20 @@ pub fn nanos_to_secs(n: Nanos) -> f64 {
     n as f64 / NANOS_PER_S
 }
 
+#[derive(Clone, Copy)]
 struct Entry<E> {
-    at: Nanos,
-    seq: u64,
+    /// Time in the high 64 bits, sequence number in the low: one comparison orders both.
+    key: u128,
     event: E,
 }
 
-impl<E> PartialEq for Entry<E> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl<E> Eq for Entry<E> {}
-impl<E> PartialOrd for Entry<E> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl<E> Ord for Entry<E> {
-    // Reversed: BinaryHeap is a max-heap and the earliest event must come out first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
+/// Children per node. Four halves the depth of a binary heap and the four siblings sit in
+/// adjacent cache lines; popping was half of the simulator's time with a binary heap.
+const ARITY: usize = 4;
 
 /// Pending events, earliest first, with a bound on how many may wait at once.
 pub struct EventQueue<E> {
-    heap: BinaryHeap<Entry<E>>,
+    items: Vec<Entry<E>>,
     seq: u64,
     now: Nanos,
     limit: usize,
@@ -60,10 +46,10 @@ pub struct Overflow {
     pub limit: usize,
 }
 
-impl<E> EventQueue<E> {
+impl<E: Copy> EventQueue<E> {
     pub fn with_limit(limit: usize) -> EventQueue<E> {
         EventQueue {
-            heap: BinaryHeap::new(),
+            items: Vec::new(),
             seq: 0,
             now: 0,
             limit,
@@ -75,36 +61,70 @@ impl<E> EventQueue<E> {
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.items.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.items.is_empty()
     }
 
     /// Schedules `event` at `at`, or now if `at` is in the past.
     pub fn schedule(&mut self, at: Nanos, event: E) -> Result<(), Overflow> {
-        if self.heap.len() >= self.limit {
+        if self.items.len() >= self.limit {
             return Err(Overflow { limit: self.limit });
         }
-        let seq = self.seq;
+        let key = (u128::from(at.max(self.now)) << 64) | u128::from(self.seq);
         self.seq += 1;
-        self.heap.push(Entry {
-            at: at.max(self.now),
-            seq,
-            event,
-        });
+        let entry = Entry { key, event };
+        // Sift up by moving parents down into the hole, then drop the entry in.
+        self.items.push(entry);
+        let mut hole = self.items.len() - 1;
+        while hole > 0 {
+            let parent = (hole - 1) / ARITY;
+            if self.items[parent].key <= key {
+                break;
+            }
+            self.items[hole] = self.items[parent];
+            hole = parent;
+        }
+        self.items[hole] = entry;
         Ok(())
     }
 
     /// The next event if it is due at or before `until`; advances the clock to it.
     pub fn pop_until(&mut self, until: Nanos) -> Option<(Nanos, E)> {
-        if self.heap.peek()?.at > until {
+        let first = *self.items.first()?;
+        let at = (first.key >> 64) as Nanos;
+        if at > until {
             return None;
         }
-        let e = self.heap.pop()?;
-        self.now = e.at;
-        Some((e.at, e.event))
+        let last = self.items.pop()?;
+        let n = self.items.len();
+        if n > 0 {
+            // Sift the last entry down from the root, moving the smallest child up each level.
+            let mut hole = 0;
+            loop {
+                let child = ARITY * hole + 1;
+                if child >= n {
+                    break;
+                }
+                let end = (child + ARITY).min(n);
+                let mut min = child;
+                for c in child + 1..end {
+                    if self.items[c].key < self.items[min].key {
+                        min = c;
+                    }
+                }
+                if self.items[min].key >= last.key {
+                    break;
+                }
+                self.items[hole] = self.items[min];
+                hole = min;
+            }
+            self.items[hole] = last;
+        }
+        self.now = at;
+        Some((at, first.event))
     }
 }
 
@@ -128,6 +148,28 @@ mod tests {
             "the past is clamped to now"
         );
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn pops_in_time_then_schedule_order_like_a_sort() {
+        let mut rng = crate::rng::Rng::stream(5, "des");
+        let mut q = EventQueue::with_limit(100_000);
+        let mut expected = Vec::new();
+        for i in 0..20_000u32 {
+            let at = rng.below(5_000);
+            q.schedule(at, i).expect("room");
+            // An event scheduled in the past runs now.
+            expected.push((at.max(q.now()), i));
+            // Interleave pops with pushes as the simulator does.
+            if i % 3 == 0 {
+                expected.sort();
+                let (at0, e0) = expected.remove(0);
+                assert_eq!(q.pop_until(u64::MAX), Some((at0, e0)));
+            }
+        }
+        expected.sort();
+        let rest: Vec<(u64, u32)> = std::iter::from_fn(|| q.pop_until(u64::MAX)).collect();
+        assert_eq!(rest, expected);
     }
 
     #[test]

@@ -1,14 +1,522 @@
-//! placeholder until sizing lands
+//! `pbxlab plan --size`: the smallest server count per role that meets the SLOs with any one
+//! server of that role down (N+1), and a bill of materials for those servers.
+//!
+//! The search starts from the analytic answer where one exists (Erlang B for media and IVR
+//! pools) and then lets the simulator decide: a candidate count is run with one of its servers
+//! disabled for the whole run, on the scenario's seed, and the count moves down while the SLO
+//! still holds or up until it does. Servers of a pool are identical, so which one is down does
+//! not matter.
+
+use std::time::Duration;
+
+use pbxlab_balancer::Role;
 use serde::Serialize;
-#[derive(Serialize)]
-pub struct Sizing {
-    pub all_met: bool,
-}
-impl Sizing {
-    pub fn render_text(&self) -> String {
-        String::new()
+
+use crate::erlang::{self, QueueModel};
+use crate::scenario::{Codec, FaultAction, FaultSpec, HoldDist, Scenario, ServerSpec, SizingCosts};
+use crate::simulate::{Options, simulate};
+use crate::{Error, Report};
+
+/// Candidates tried per role before giving up.
+const SEARCH_STEPS: u32 = 64;
+
+/// Bandwidth of one RTP stream direction at 20 ms packetisation on Ethernet (IP + UDP + RTP +
+/// Ethernet framing), kbit/s: G.711 87.2, G.729 31.2, Opus (24 kbit/s payload) 47.2.
+pub fn kbps_per_direction(codec: Codec) -> f64 {
+    match codec {
+        Codec::G711 => 87.2,
+        Codec::G729 => 31.2,
+        Codec::Opus => 47.2,
     }
 }
-pub fn size(_: &crate::Scenario, _: crate::Options<'_>) -> Result<Sizing, crate::Error> {
-    Ok(Sizing { all_met: true })
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sizing {
+    pub scenario: String,
+    pub seed: u64,
+    /// Every role found a size that meets its SLO within the search bound.
+    pub all_met: bool,
+    pub roles: Vec<RoleSizing>,
+    pub agents: Option<AgentSizing>,
+    pub assumptions: Assumptions,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleSizing {
+    pub role: String,
+    pub servers_now: usize,
+    /// Servers to buy: enough that the SLO holds with one of them down.
+    pub servers_needed: u32,
+    pub capacity_per_server: u32,
+    pub met: bool,
+    pub blocking_target: f64,
+    /// Blocking simulated at `servers_needed` with one server down.
+    pub blocking_one_down: f64,
+    pub blocking_one_down_ci95: Option<f64>,
+    /// Where the search started, and from what.
+    pub start: u32,
+    pub start_basis: String,
+    /// Each candidate tried: (servers, blocking with one down).
+    pub tried: Vec<(u32, f64)>,
+    pub per_server: Bom,
+    pub total: Bom,
+}
+
+/// Hardware for one server (or a role's total).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Bom {
+    /// Peak concurrent sessions the server carried with one server of its role down.
+    pub peak_sessions: u64,
+    pub cores: u32,
+    pub ram_gb: u32,
+    pub disk_gb: u32,
+    pub network_in_mbps: f64,
+    pub network_out_mbps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentSizing {
+    pub queues: u32,
+    pub agents_now: u32,
+    /// Agents per queue for the service-level SLO (Erlang A with patience, else Erlang C).
+    pub agents_needed: Option<u32>,
+    pub service_level_target: f64,
+    pub service_level_s: f64,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Assumptions {
+    pub codec: String,
+    pub kbps_per_direction: f64,
+    pub core_ghz: f64,
+    pub target_cpu: f64,
+    pub media_calls_per_ghz: f64,
+    pub meeting_cores_per_participant: f64,
+    pub ivr_sessions_per_ghz: f64,
+    pub queue_sessions_per_ghz: f64,
+    pub im_users_per_core: f64,
+    pub im_ram_mb_per_user: f64,
+    pub im_kbps_per_user: f64,
+    pub ram_gb_base: f64,
+    pub ram_mb_per_session: f64,
+    pub disk_gb_base: f64,
+}
+
+fn mean_s(d: &HoldDist) -> f64 {
+    d.mean_s()
+}
+
+/// Sizes every role of the scenario.
+pub fn size(sc: &Scenario, options: Options<'_>) -> Result<Sizing, Error> {
+    let target = sc.slo.blocking.unwrap_or(0.01);
+    let mut roles = Vec::new();
+    for pool in &sc.pools {
+        if options
+            .stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            break;
+        }
+        roles.push(size_role(sc, pool.role, target, options)?);
+    }
+    let agents = sc.traffic.queue.as_ref().map(|q| {
+        let ivr = sc
+            .traffic
+            .ivr
+            .as_ref()
+            .map_or(0.0, |i| i.rate_per_s * i.then_queue);
+        let model = QueueModel {
+            arrival_per_s: (q.rate_per_s + ivr) / f64::from(q.queues.max(1)),
+            handle_s_mean: mean_s(&q.handle),
+            agents: q.agents,
+            patience_s_mean: q.patience_s,
+            service_level_s: q.service_level_s,
+        };
+        let goal = sc.slo.queue_service_level.unwrap_or(0.8);
+        AgentSizing {
+            queues: q.queues,
+            agents_now: q.agents,
+            agents_needed: erlang::agents_for_service_level(&model, goal),
+            service_level_target: goal,
+            service_level_s: q.service_level_s,
+            model: if q.patience_s.is_some() {
+                "Erlang A"
+            } else {
+                "Erlang C"
+            }
+            .into(),
+        }
+    });
+    let c = &sc.sizing;
+    Ok(Sizing {
+        scenario: sc.name.clone(),
+        seed: options.seed.unwrap_or(sc.seed),
+        all_met: roles.iter().all(|r| r.met),
+        roles,
+        agents,
+        assumptions: Assumptions {
+            codec: crate::scenario::codec_name(c.codec).into(),
+            kbps_per_direction: kbps_per_direction(c.codec),
+            core_ghz: c.core_ghz,
+            target_cpu: c.target_cpu,
+            media_calls_per_ghz: c.media_calls_per_ghz,
+            meeting_cores_per_participant: c.meeting_cores_per_participant,
+            ivr_sessions_per_ghz: c.ivr_sessions_per_ghz,
+            queue_sessions_per_ghz: c.queue_sessions_per_ghz,
+            im_users_per_core: c.im_users_per_core,
+            im_ram_mb_per_user: c.im_ram_mb_per_user,
+            im_kbps_per_user: c.im_kbps_per_user,
+            ram_gb_base: c.ram_gb_base,
+            ram_mb_per_session: c.ram_mb_per_session,
+            disk_gb_base: c.disk_gb_base,
+        },
+    })
+}
+
+/// The analytic (or load-based) starting count, and what it was based on.
+fn start(sc: &Scenario, role: Role, capacity: u32, target: f64) -> (u32, String) {
+    let t = &sc.traffic;
+    let per_server = |load: f64| ((load / f64::from(capacity)).ceil() as u32).max(1);
+    let (servers, basis) = match role {
+        Role::Media | Role::Ivr => {
+            let erlangs = match role {
+                Role::Media => t.calls.as_ref().map(|c| c.rate_per_s * mean_s(&c.hold)),
+                _ => t.ivr.as_ref().map(|i| i.rate_per_s * mean_s(&i.hold)),
+            };
+            match erlangs.and_then(|a| erlang::erlang_b_servers_for(a, target).map(|m| (a, m))) {
+                Some((a, slots)) => (
+                    per_server(f64::from(slots)),
+                    format!("Erlang B: {a:.0} erlangs need {slots} slots for {target} blocking"),
+                ),
+                None => (1, "no traffic".into()),
+            }
+        }
+        Role::Meeting => {
+            let load = t.meetings.as_ref().map_or(0.0, |m| {
+                m.rate_per_s * mean_s(&m.duration) * m.participants_mean
+            });
+            (
+                per_server(load),
+                format!("mean load {load:.0} participants"),
+            )
+        }
+        Role::Queue => {
+            let load = t.queue.as_ref().map_or(0.0, |q| {
+                let ivr = t.ivr.as_ref().map_or(0.0, |i| i.rate_per_s * i.then_queue);
+                (q.rate_per_s + ivr) * mean_s(&q.handle)
+            });
+            (
+                per_server(load),
+                format!("mean load {load:.0} callers talking"),
+            )
+        }
+        Role::Im => {
+            let users = t.registrations.as_ref().map_or(0, |r| r.users);
+            (
+                per_server(f64::from(users)),
+                format!("{users} online users"),
+            )
+        }
+    };
+    // One more than the load needs is the N+1 starting point.
+    ((servers + 1).max(2), basis)
+}
+
+/// The scenario with `role`'s pool resized to `n` servers, one of them disabled for the whole
+/// run, and the scenario's own fault timeline removed.
+fn candidate(sc: &Scenario, role: Role, n: u32) -> Scenario {
+    let mut s = sc.clone();
+    s.faults.clear();
+    s.warnings.clear();
+    if let Some(pool) = s.pools.iter_mut().find(|p| p.role == role) {
+        pool.servers = (1..=n)
+            .map(|i| ServerSpec {
+                name: format!("{}-{i}", role.name()),
+                weight: 1,
+            })
+            .collect();
+    }
+    s.faults.push(FaultSpec {
+        at: Duration::ZERO,
+        action: FaultAction::Disable,
+        server: format!("{}-{n}", role.name()),
+    });
+    s
+}
+
+fn size_role(
+    sc: &Scenario,
+    role: Role,
+    target: f64,
+    options: Options<'_>,
+) -> Result<RoleSizing, Error> {
+    let Some(pool) = sc.pools.iter().find(|p| p.role == role) else {
+        return Err(Error::UnknownServer(role.name().into()));
+    };
+    let (first, basis) = start(sc, role, pool.capacity, target);
+    let opts = Options {
+        no_wall_clock: true,
+        ..options
+    };
+    let mut tried = Vec::new();
+    let mut eval = |n: u32| -> Result<(bool, Report), Error> {
+        let report = simulate(&candidate(sc, role, n), opts)?;
+        let blocking = report.roles.get(role.name()).map_or(0.0, |r| r.blocking);
+        tried.push((n, blocking));
+        Ok((blocking <= target, report))
+    };
+    let (mut n, (mut met, mut report)) = (first, eval(first)?);
+    if met {
+        while n > 2 {
+            let (ok, r) = eval(n - 1)?;
+            if !ok {
+                break;
+            }
+            n -= 1;
+            report = r;
+        }
+    } else {
+        for _ in 0..SEARCH_STEPS {
+            n += 1;
+            let (ok, r) = eval(n)?;
+            report = r;
+            if ok {
+                met = true;
+                break;
+            }
+        }
+    }
+    let r = report.roles.get(role.name());
+    let peak = report
+        .servers
+        .iter()
+        .filter(|s| s.role == role.name() && s.state != "disabled")
+        .map(|s| s.peak_sessions)
+        .max()
+        .unwrap_or(0);
+    let per_server = bom(role, peak, &sc.sizing);
+    Ok(RoleSizing {
+        role: role.name().into(),
+        servers_now: pool.servers.len(),
+        servers_needed: n,
+        capacity_per_server: pool.capacity,
+        met,
+        blocking_target: target,
+        blocking_one_down: r.map_or(0.0, |r| r.blocking),
+        blocking_one_down_ci95: r.and_then(|r| r.blocking_ci95),
+        start: first,
+        start_basis: basis,
+        tried,
+        total: Bom {
+            peak_sessions: per_server.peak_sessions * u64::from(n),
+            cores: per_server.cores * n,
+            ram_gb: per_server.ram_gb * n,
+            disk_gb: per_server.disk_gb * n,
+            network_in_mbps: per_server.network_in_mbps * f64::from(n),
+            network_out_mbps: per_server.network_out_mbps * f64::from(n),
+        },
+        per_server,
+    })
+}
+
+/// Hardware for one server carrying `peak` sessions of `role`.
+pub fn bom(role: Role, peak: u64, c: &SizingCosts) -> Bom {
+    let peak_f = peak as f64;
+    let kbps = kbps_per_direction(c.codec);
+    let ghz = c.core_ghz * c.target_cpu;
+    // RTP legs a session relays: a media server anchors both legs of a call.
+    let (cores, legs, ram_mb) = match role {
+        Role::Media => (
+            peak_f / (c.media_calls_per_ghz * ghz),
+            2.0,
+            peak_f * c.ram_mb_per_session,
+        ),
+        Role::Ivr => (
+            peak_f / (c.ivr_sessions_per_ghz * ghz),
+            1.0,
+            peak_f * c.ram_mb_per_session,
+        ),
+        Role::Queue => (
+            peak_f / (c.queue_sessions_per_ghz * ghz),
+            1.0,
+            peak_f * c.ram_mb_per_session,
+        ),
+        Role::Meeting => (
+            peak_f * c.meeting_cores_per_participant / c.target_cpu,
+            1.0,
+            peak_f * c.ram_mb_per_session,
+        ),
+        // The vendor's IM figure is already a sizing (50,000 users on 20 cores), not a cost.
+        Role::Im => (
+            peak_f / c.im_users_per_core,
+            0.0,
+            peak_f * c.im_ram_mb_per_user,
+        ),
+    };
+    let mbps = if role == Role::Im {
+        peak_f * c.im_kbps_per_user / 1000.0
+    } else {
+        peak_f * legs * kbps / 1000.0
+    };
+    Bom {
+        peak_sessions: peak,
+        cores: (cores.ceil() as u32).max(2),
+        ram_gb: (c.ram_gb_base + ram_mb / 1024.0).ceil() as u32,
+        disk_gb: c.disk_gb_base.ceil() as u32,
+        network_in_mbps: (mbps * 10.0).ceil() / 10.0,
+        network_out_mbps: (mbps * 10.0).ceil() / 10.0,
+    }
+}
+
+impl Sizing {
+    pub fn render_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "N+1 sizing of {:?} (seed {}): each role must meet its SLO with one of its servers down\n",
+            self.scenario, self.seed
+        );
+        let _ = writeln!(
+            o,
+            "{:<8} {:>4} {:>7} {:>9} {:>22} {:>7} {:>6} {:>6} {:>6} {:>14} {:>7}",
+            "role",
+            "now",
+            "needed",
+            "cap/srv",
+            "blocking 1 down ±95%",
+            "peak",
+            "cores",
+            "RAM GB",
+            "disk",
+            "Mbit/s in/out",
+            "status"
+        );
+        for r in &self.roles {
+            let b = &r.per_server;
+            let blocking = match r.blocking_one_down_ci95 {
+                Some(ci) => format!("{:.5} ±{ci:.5}", r.blocking_one_down),
+                None => format!("{:.5}", r.blocking_one_down),
+            };
+            let _ = writeln!(
+                o,
+                "{:<8} {:>4} {:>7} {:>9} {:>22} {:>7} {:>6} {:>6} {:>6} {:>14} {:>7}",
+                r.role,
+                r.servers_now,
+                r.servers_needed,
+                r.capacity_per_server,
+                blocking,
+                b.peak_sessions,
+                b.cores,
+                b.ram_gb,
+                b.disk_gb,
+                format!("{:.1}/{:.1}", b.network_in_mbps, b.network_out_mbps),
+                if r.met { "ok" } else { "NOT MET" }
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\nbill of materials (per role: servers x per-server figures above)"
+        );
+        for r in &self.roles {
+            let t = &r.total;
+            let _ = writeln!(
+                o,
+                "  {:<8} {} x ({} cores, {} GB RAM, {} GB disk) = {} cores, {} GB RAM, {:.0} Mbit/s each way",
+                r.role,
+                r.servers_needed,
+                r.per_server.cores,
+                r.per_server.ram_gb,
+                r.per_server.disk_gb,
+                t.cores,
+                t.ram_gb,
+                t.network_in_mbps
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\nsearch (servers: blocking with one down; start from {})",
+            "the basis shown"
+        );
+        for r in &self.roles {
+            let tried: Vec<String> = r
+                .tried
+                .iter()
+                .map(|(n, b)| format!("{n}: {b:.5}"))
+                .collect();
+            let _ = writeln!(
+                o,
+                "  {:<8} start {} ({}); tried {}",
+                r.role,
+                r.start,
+                r.start_basis,
+                tried.join(", ")
+            );
+        }
+        if let Some(a) = &self.agents {
+            let needed = a
+                .agents_needed
+                .map_or("unreachable".into(), |n| n.to_string());
+            let _ = writeln!(
+                o,
+                "\nagents: {} per queue for {:.0}% answered within {:.0} s ({}); the scenario has {} x {}",
+                needed,
+                a.service_level_target * 100.0,
+                a.service_level_s,
+                a.model,
+                a.queues,
+                a.agents_now
+            );
+        }
+        let s = &self.assumptions;
+        let _ = writeln!(
+            o,
+            "\nassumptions (override in [sizing]): {} at {} kbit/s per direction; {} GHz cores at {:.0}% target;\n  \
+             media {} calls/GHz, IVR {} and queue {} sessions/GHz, meetings {} cores/participant;\n  \
+             IM {} users/core, {} MB and {} kbit/s per user; RAM {} GB + {} MB/session; disk {} GB",
+            s.codec,
+            s.kbps_per_direction,
+            s.core_ghz,
+            s.target_cpu * 100.0,
+            s.media_calls_per_ghz,
+            s.ivr_sessions_per_ghz,
+            s.queue_sessions_per_ghz,
+            s.meeting_cores_per_participant,
+            s.im_users_per_core,
+            s.im_ram_mb_per_user,
+            s.im_kbps_per_user,
+            s.ram_gb_base,
+            s.ram_mb_per_session,
+            s.disk_gb_base
+        );
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bill_of_materials_follows_the_documented_costs() {
+        let c = SizingCosts::default();
+        // 5,000 relayed G.711 calls: 2 legs x 87.2 kbit/s each way = 872 Mbit/s.
+        let media = bom(Role::Media, 5000, &c);
+        assert!((media.network_in_mbps - 872.0).abs() < 0.2, "{media:?}");
+        // 5,000 / (100 calls/GHz x 3 GHz x 0.7) = 23.8 -> 24 cores.
+        assert_eq!(media.cores, 24);
+        // The vendor's IM node: 50,000 users on 20 cores.
+        let im = bom(Role::Im, 50_000, &c);
+        assert_eq!(im.cores, 20);
+        let g729 = bom(
+            Role::Media,
+            5000,
+            &SizingCosts {
+                codec: Codec::G729,
+                ..c
+            },
+        );
+        assert!(g729.network_in_mbps < media.network_in_mbps / 2.0);
+    }
 }
