@@ -168,9 +168,6 @@ impl Report {
                 ""
             }
         );
-        for w in &self.warnings {
-            let _ = writeln!(o, "warning: {w}");
-        }
         let _ = writeln!(
             o,
             "\n{:<8} {:>4} {:>8} {:>9} {:>9} {:>8} {:>16} {:>9} {:>9} {:>7} {:>6} {:>7}",
