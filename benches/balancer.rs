@@ -64,7 +64,7 @@ fn assign_release(c: &mut Criterion) {
                 // Oldest out, newest in: the pool stays at the same load.
                 for _ in 0..OPS_PER_ITER / 2 {
                     let old = live.pop_front().expect("non-empty");
-                    black_box(b.release(old).expect("placed"));
+                    let _ = black_box(b.release(old).expect("placed"));
                     n += 1;
                     live.push_back(b.assign(request(keyed, n)).expect("room").session);
                 }

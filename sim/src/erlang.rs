@@ -15,12 +15,21 @@ const MAX_QUEUE_STATES: usize = 1_000_000;
 /// Poisson terms paid per step are a modest overhead.
 const MAX_STEP_RATE: f64 = 200.0;
 
-/// Total Poisson truncation error allowed in one service-level computation.
+/// Error allowed in a service level for each of its two truncations: queue positions
+/// dropped as unreachable within T, and the Poisson tail of each uniformization step.
 const UNIFORMIZATION_EPS: f64 = 1e-13;
 
 /// Waiting mass below which the tagged caller's chain is considered drained, so long
-/// thresholds with fast service do not pay for steps that cannot change the answer.
+/// thresholds do not pay for steps that cannot change the answer.
 const DRAINED_EPS: f64 = 1e-16;
+
+/// Patience horizons after which a caller's chance of still waiting, at most
+/// exp(-theta * t), is negligible: exp(-40) is about 4e-18.
+const PATIENCE_HORIZONS: f64 = 40.0;
+
+/// Safety cap on the Poisson terms of one uniformization step; with a step mean of at most
+/// `MAX_STEP_RATE` the tail bound is met after a few hundred terms.
+const MAX_POISSON_TERMS: usize = 10_000;
 
 /// Agent counts searched by `agents_for_service_level` stay below one million.
 const MAX_AGENTS: u32 = 999_999;
@@ -127,9 +136,10 @@ pub fn queue_figures(model: &QueueModel) -> Option<QueueFigures> {
 
 /// Smallest agent count meeting a service level target (fraction answered within T) for the
 /// model (its `agents` field is ignored). None if not reachable below 1_000_000 agents, if the
-/// target is outside (0, 1], or if the model's inputs are invalid.
+/// target is outside (0, 1) (a service level of exactly 1 is never reached, so only rounding
+/// could "meet" it), or if the model's inputs are invalid.
 pub fn agents_for_service_level(model: &QueueModel, target: f64) -> Option<u32> {
-    if !inputs_valid(model) || target.is_nan() || target <= 0.0 || target > 1.0 {
+    if !inputs_valid(model) || target.is_nan() || target <= 0.0 || target >= 1.0 {
         return None;
     }
     // A count whose figures cannot be computed is an unstable or absurdly overloaded queue,
@@ -138,18 +148,19 @@ pub fn agents_for_service_level(model: &QueueModel, target: f64) -> Option<u32> 
         queue_figures(&QueueModel { agents, ..*model })
             .is_some_and(|figures| figures.service_level >= target)
     };
-    // Start from a count known to fail: Erlang C has no steady state up to the offered load,
-    // while with abandonment even a handful of agents may meet a modest target.
-    let mut failing = match model.patience_s_mean {
-        None => {
-            let offered = model.arrival_per_s * model.handle_s_mean;
-            if offered >= f64::from(MAX_AGENTS) {
-                return None;
-            }
-            offered.floor() as u32
-        }
-        Some(_) => 0,
+    // Start from a count known to fail, so the search never evaluates deep overloads (the
+    // costliest models to tabulate). Erlang C has no steady state up to the offered load.
+    // With abandonment, answered-within-T <= answered = carried / offered <= n / offered,
+    // so fewer than target * offered agents cannot do.
+    let offered = model.arrival_per_s * model.handle_s_mean;
+    let known_failing = match model.patience_s_mean {
+        None => offered.floor(),
+        Some(_) => ((target * offered).ceil() - 1.0).max(0.0),
     };
+    if known_failing >= f64::from(MAX_AGENTS) {
+        return None;
+    }
+    let mut failing = known_failing as u32;
     // Gallop upward so the cost stays logarithmic in the answer, then bisect. Service level
     // grows with the agent count, which is what makes bisection valid.
     let mut step = 1u32;
@@ -254,7 +265,7 @@ fn erlang_a(model: &QueueModel, abandon_rate: f64) -> Option<QueueFigures> {
 
     let answered_within_t = if p_wait > 0.0 {
         let start: Vec<f64> = queue.iter().map(|w| w / total / p_wait).collect();
-        p_wait * answered_within(&start, all_busy_rate, abandon_rate, model.service_level_s)
+        p_wait * answered_within(&start, all_busy_rate, abandon_rate, model.service_level_s)?
     } else {
         0.0
     };
@@ -262,7 +273,9 @@ fn erlang_a(model: &QueueModel, abandon_rate: f64) -> Option<QueueFigures> {
     Some(QueueFigures {
         p_wait,
         asa_s: answered_wait_sum / p_answered,
-        service_level: p_below + answered_within_t,
+        // Being answered within T implies being answered; the clamp only removes rounding
+        // noise, which matters to a sizing search comparing against a target.
+        service_level: (p_below + answered_within_t).min(p_answered),
         abandoned_fraction: abandoned,
         mean_wait_s: mean_queue / arrival,
         occupancy: (busy_below + agents_f * p_wait) / agents_f,
@@ -338,13 +351,34 @@ fn stationary_weights(model: &QueueModel, abandon_rate: f64) -> Option<Vec<f64>>
 /// completion or an abandonment ahead), from 0 ahead to answered at rate r_0, and abandons at
 /// rate theta from every waiting state. Uniformization gives its transient distribution
 /// exactly, up to a Poisson truncation error bounded explicitly.
-fn answered_within(start: &[f64], all_busy_rate: f64, abandon_rate: f64, threshold_s: f64) -> f64 {
-    if threshold_s <= 0.0 || start.is_empty() {
-        return 0.0;
+///
+/// None only when the rate-time product overflows.
+fn answered_within(
+    start: &[f64],
+    all_busy_rate: f64,
+    abandon_rate: f64,
+    threshold_s: f64,
+) -> Option<f64> {
+    // A waiting caller abandons at rate theta whatever its position, so past this horizon
+    // too little mass is still waiting to change the answer; capping bounds the work for
+    // any threshold.
+    let horizon = threshold_s.min(PATIENCE_HORIZONS / abandon_rate);
+    if horizon <= 0.0 {
+        return Some(0.0);
+    }
+    // The uniformization rate, hence the cost, grows with the deepest queue position kept,
+    // so positions that provably cannot reach an agent in time are dropped first.
+    let start = reachable_prefix(start, all_busy_rate, abandon_rate, horizon);
+    if start.is_empty() {
+        return Some(0.0);
     }
     let top = start.len() - 1;
     let uniform_rate = all_busy_rate + (top + 1) as f64 * abandon_rate;
-    let total_rate_time = uniform_rate * threshold_s;
+    let total_rate_time = uniform_rate * horizon;
+    // Only an astronomically long patience and threshold together get here.
+    if !total_rate_time.is_finite() {
+        return None;
+    }
     // Splitting the horizon keeps exp(-rate*dt) representable for any horizon.
     let steps = (total_rate_time / MAX_STEP_RATE).ceil().max(1.0);
     let step_rate_time = total_rate_time / steps;
@@ -393,7 +427,40 @@ fn answered_within(start: &[f64], all_busy_rate: f64, abandon_rate: f64, thresho
             break;
         }
     }
-    answered.clamp(0.0, 1.0)
+    Some(answered.clamp(0.0, 1.0))
+}
+
+/// The leading part of `start` outside which callers are answered within `threshold_s` with
+/// total probability below `UNIFORMIZATION_EPS`.
+///
+/// From j ahead a caller needs j + 1 advances, each at a rate of at most r_j, so the count of
+/// advances by T is dominated by Poisson(r_j * T), whose upper tail has the Chernoff bound
+/// exp(-m) (e m / k)^k for k > m.
+fn reachable_prefix(
+    start: &[f64],
+    all_busy_rate: f64,
+    abandon_rate: f64,
+    threshold_s: f64,
+) -> &[f64] {
+    let mut dropped = 0.0;
+    let mut keep = start.len();
+    for (ahead, &mass) in start.iter().enumerate().rev() {
+        let mean = (all_busy_rate + ahead as f64 * abandon_rate) * threshold_s;
+        let needed = (ahead + 1) as f64;
+        let bound = if needed > mean {
+            (-mean + needed * (1.0 + (mean / needed).ln()))
+                .exp()
+                .min(1.0)
+        } else {
+            1.0
+        };
+        dropped += mass * bound;
+        if dropped >= UNIFORMIZATION_EPS {
+            break;
+        }
+        keep = ahead;
+    }
+    start.get(..keep).unwrap_or(start)
 }
 
 /// Poisson(mean) probabilities from 0 up to the point where the remaining tail is below
@@ -402,12 +469,10 @@ fn poisson_weights(mean: f64, tail_eps: f64) -> Vec<f64> {
     let mut weights = Vec::new();
     let mut p = (-mean).exp();
     weights.push(p);
-    let mut k = 0.0;
-    loop {
-        k += 1.0;
-        // Past the mean successive ratios mean/(k+1) keep falling, so the tail after the
-        // last term is at most a geometric series in the next ratio.
-        let ratio = mean / k;
+    for k in 1..MAX_POISSON_TERMS {
+        // Past the mean the ratios mean/k of successive terms keep falling, so the tail
+        // after the last term kept is at most a geometric series in the next ratio.
+        let ratio = mean / k as f64;
         if ratio < 1.0 && p * ratio / (1.0 - ratio) < tail_eps {
             break;
         }
@@ -550,6 +615,7 @@ mod tests {
         assert_eq!(agents_for_service_level(&reference(0), f64::NAN), None);
         assert_eq!(agents_for_service_level(&reference(0), 0.0), None);
         assert_eq!(agents_for_service_level(&reference(0), 1.5), None);
+        assert_eq!(agents_for_service_level(&reference(0), 1.0), None);
         assert_eq!(
             agents_for_service_level(&model(-1.0, 240.0, 0, None, 15.0), 0.8),
             None
@@ -713,6 +779,77 @@ mod tests {
             assert!(
                 close(fast.occupancy, slow.occupancy, tol),
                 "{fast:?} {slow:?}"
+            );
+        }
+    }
+
+    /// Service level by a closed form independent of uniformization. With a = n*mu/theta the
+    /// Laplace transform of the wait V_j is prod (a+i)/(a+i+s/theta) = B(a+s/theta, j+1) /
+    /// B(a, j+1), so exp(-theta*V_j) ~ Beta(a, j+1) and P(answered within T | j) =
+    /// a/(a+j+1) * P(Beta(a+1, j+1) >= exp(-theta*T)). Successive j follow from
+    /// I_x(p, q+1) = I_x(p, q) + x^p (1-x)^q / (q B(p, q)). The stationary law is redone in
+    /// log space.
+    fn service_level_via_beta(m: &QueueModel) -> f64 {
+        let n = m.agents as usize;
+        let lambda = m.arrival_per_s;
+        let mu = 1.0 / m.handle_s_mean;
+        let theta = 1.0 / m.patience_s_mean.unwrap();
+        let death = |k: usize| k.min(n) as f64 * mu + k.saturating_sub(n) as f64 * theta;
+        let mut log_w = vec![0.0];
+        let mut max = 0.0f64;
+        loop {
+            let k = log_w.len();
+            let next = log_w[k - 1] + (lambda / death(k)).ln();
+            max = max.max(next);
+            log_w.push(next);
+            if k > n && next < max - 80.0 && lambda < death(k + 1) {
+                break;
+            }
+        }
+        let w: Vec<f64> = log_w.iter().map(|l| (l - max).exp()).collect();
+        let total: f64 = w.iter().sum();
+
+        let a = n as f64 * mu / theta;
+        let c = (-theta * m.service_level_s).exp();
+        let log_one_minus_c = (-(-theta * m.service_level_s).exp_m1()).ln();
+        let mut log_term = (a + 1.0) * c.ln();
+        let mut cdf = log_term.exp();
+        let mut sl: f64 = w[..n].iter().sum::<f64>() / total;
+        for (j, wj) in w[n..].iter().enumerate() {
+            if j > 0 {
+                log_term += log_one_minus_c + (a + j as f64).ln() - (j as f64).ln();
+                cdf += log_term.exp();
+            }
+            sl += wj / total * a / (a + j as f64 + 1.0) * (1.0 - cdf);
+        }
+        sl
+    }
+
+    #[test]
+    fn uniformization_matches_beta_closed_form() {
+        for m in [
+            model(0.8, 1.0, 1, Some(2.0), 1.5),
+            model(0.2, 240.0, 45, Some(60.0), 15.0),
+            model(0.2, 240.0, 55, Some(60.0), 15.0),
+            model(0.2, 240.0, 30, Some(10.0), 20.0),
+            model(5.5, 180.0, 1000, Some(60.0), 20.0),
+            model(6000.0 / 180.0, 180.0, 5000, Some(30.0), 20.0),
+            model(4990.0 / 180.0, 180.0, 5000, Some(600.0), 60.0),
+            model(0.2, 240.0, 50, Some(60.0), 5000.0),
+        ] {
+            let fast = queue_figures(&m).unwrap().service_level;
+            let closed = service_level_via_beta(&m);
+            assert!(close(fast, closed, 1e-12), "{m:?}: {fast} vs {closed}");
+        }
+    }
+
+    #[test]
+    fn endless_threshold_counts_every_answered_caller() {
+        for t in [1e7, 1e300, f64::MAX] {
+            let f = queue_figures(&model(0.2, 240.0, 45, Some(60.0), t)).unwrap();
+            assert!(
+                close(f.service_level, 1.0 - f.abandoned_fraction, 1e-12),
+                "{f:?}"
             );
         }
     }

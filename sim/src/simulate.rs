@@ -367,7 +367,7 @@ impl<'s> Sim<'s> {
         let mut events = 0u64;
         while let Some((now, ev)) = self.q.pop_until(self.end) {
             events += 1;
-            if events % 4096 == 0 && stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            if events.is_multiple_of(4096) && stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
                 return Ok((events, true));
             }
             self.handle(now, ev)?;

@@ -436,8 +436,7 @@ impl Sizing {
         }
         let _ = writeln!(
             o,
-            "\nsearch (servers: blocking with one down; start from {})",
-            "the basis shown"
+            "\nsearch (servers tried: blocking with one of them down)"
         );
         for r in &self.roles {
             let tried: Vec<String> = r
