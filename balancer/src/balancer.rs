@@ -359,9 +359,7 @@ impl Balancer {
         let plan = self.evacuate(server.0);
         let s = &mut self.servers[server.0 as usize];
         s.removed = true;
-        let name = std::mem::take(&mut s.name);
-        self.names.remove(&name);
-        self.servers[server.0 as usize].name = name;
+        self.names.remove(&s.name);
         if let Some(pool) = &mut self.pools[role.index()] {
             pool.members.retain(|&m| m != server.0);
         }

@@ -1456,7 +1456,7 @@ impl Checker<'_> {
             traffic.calls = Some(self.calls(calls, pools)?);
         }
         if let Some(ivr) = &raw.ivr {
-            traffic.ivr = Some(self.ivr(ivr, pools)?);
+            traffic.ivr = Some(self.ivr(ivr, pools, raw.queue.is_some())?);
         }
         if let Some(queue) = &raw.queue {
             let fed_by_ivr = traffic.ivr.as_ref().is_some_and(|ivr| ivr.then_queue > 0.0);
@@ -1519,7 +1519,12 @@ impl Checker<'_> {
         Ok(hours)
     }
 
-    fn ivr(&mut self, entry: &Tab<RawIvr>, pools: &[PoolSpec]) -> Res<IvrTraffic> {
+    fn ivr(
+        &mut self,
+        entry: &Tab<RawIvr>,
+        pools: &[PoolSpec],
+        has_queue_traffic: bool,
+    ) -> Res<IvrTraffic> {
         let table = Table {
             span: entry.span(),
             key: "traffic.ivr",
@@ -1543,6 +1548,18 @@ impl Checker<'_> {
                 "traffic.ivr.then_queue",
                 "transferring IVR callers into a queue",
             )?;
+            // Transferred callers are served by the queues' agents; without them they would
+            // vanish from the run unnoticed.
+            if !has_queue_traffic {
+                return Err(self.error(
+                    value.span(),
+                    "traffic.ivr.then_queue",
+                    "transferring IVR callers into a queue needs a [traffic.queue] table \
+                     (its agents and handle time serve them); add one with rate = \"0/s\" \
+                     if callers only arrive from the IVR"
+                        .to_owned(),
+                ));
+            }
         }
         Ok(IvrTraffic {
             rate_per_s,
@@ -2449,6 +2466,13 @@ disk_gb_base = 40.0
              \n[traffic.ivr]\nrate = 1\nhold = 1\nthen_queue = 0.5\n"
         ));
         assert_at(&d, 17, 14, "traffic.ivr.then_queue", &["queue pool"]);
+        // A queue pool without [traffic.queue] has no agents to serve transferred callers.
+        let d = invalid(&format!(
+            "{MINIMAL}\n[[pool]]\nrole = \"ivr\"\nservers = 2\ncapacity = 9\n\
+             \n[[pool]]\nrole = \"queue\"\nservers = 2\ncapacity = 9\n\
+             \n[traffic.ivr]\nrate = 1\nhold = 1\nthen_queue = 0.5\n"
+        ));
+        assert_at(&d, 22, 14, "traffic.ivr.then_queue", &["[traffic.queue]"]);
         // Registrations need no pool.
         parse(&format!("{MINIMAL}\n[traffic.registrations]\nusers = 5\n"));
     }

@@ -13,7 +13,9 @@ use pbxlab_balancer::Role;
 use serde::Serialize;
 
 use crate::erlang::{self, QueueModel};
-use crate::scenario::{Codec, FaultAction, FaultSpec, HoldDist, Scenario, ServerSpec, SizingCosts};
+use crate::scenario::{
+    Codec, FaultAction, FaultSpec, HoldDist, PoolSpec, Scenario, ServerSpec, SizingCosts,
+};
 use crate::simulate::{Options, simulate};
 use crate::{Error, Report};
 
@@ -118,7 +120,7 @@ pub fn size(sc: &Scenario, options: Options<'_>) -> Result<Sizing, Error> {
         {
             break;
         }
-        roles.push(size_role(sc, pool.role, target, options)?);
+        roles.push(size_role(sc, pool, target, options)?);
     }
     let agents = sc.traffic.queue.as_ref().map(|q| {
         let ivr = sc
@@ -247,13 +249,11 @@ fn candidate(sc: &Scenario, role: Role, n: u32) -> Scenario {
 
 fn size_role(
     sc: &Scenario,
-    role: Role,
+    pool: &PoolSpec,
     target: f64,
     options: Options<'_>,
 ) -> Result<RoleSizing, Error> {
-    let Some(pool) = sc.pools.iter().find(|p| p.role == role) else {
-        return Err(Error::UnknownServer(role.name().into()));
-    };
+    let role = pool.role;
     let (first, basis) = start(sc, role, pool.capacity, target);
     let opts = Options {
         no_wall_clock: true,
