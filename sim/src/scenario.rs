@@ -182,7 +182,8 @@ pub struct Slo {
     pub queue_asa_s: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Codec {
     G711,
     G729,
@@ -190,7 +191,7 @@ pub enum Codec {
 }
 
 /// Per-session hardware costs used by the sizing report.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SizingCosts {
     pub core_ghz: f64,
     pub target_cpu: f64,

@@ -87,22 +87,13 @@ pub struct AgentSizing {
     pub model: String,
 }
 
+/// The costs a sizing used: the scenario's `[sizing]` over the defaults, and the bandwidth its
+/// codec implies.
 #[derive(Debug, Clone, Serialize)]
 pub struct Assumptions {
-    pub codec: String,
+    #[serde(flatten)]
+    pub costs: SizingCosts,
     pub kbps_per_direction: f64,
-    pub core_ghz: f64,
-    pub target_cpu: f64,
-    pub media_calls_per_ghz: f64,
-    pub meeting_cores_per_participant: f64,
-    pub ivr_sessions_per_ghz: f64,
-    pub queue_sessions_per_ghz: f64,
-    pub im_users_per_core: f64,
-    pub im_ram_mb_per_user: f64,
-    pub im_kbps_per_user: f64,
-    pub ram_gb_base: f64,
-    pub ram_mb_per_session: f64,
-    pub disk_gb_base: f64,
 }
 
 fn mean_s(d: &HoldDist) -> f64 {
@@ -150,7 +141,6 @@ pub fn size(sc: &Scenario, options: Options<'_>) -> Result<Sizing, Error> {
             .into(),
         }
     });
-    let c = &sc.sizing;
     Ok(Sizing {
         scenario: sc.name.clone(),
         seed: options.seed.unwrap_or(sc.seed),
@@ -158,20 +148,8 @@ pub fn size(sc: &Scenario, options: Options<'_>) -> Result<Sizing, Error> {
         roles,
         agents,
         assumptions: Assumptions {
-            codec: crate::scenario::codec_name(c.codec).into(),
-            kbps_per_direction: kbps_per_direction(c.codec),
-            core_ghz: c.core_ghz,
-            target_cpu: c.target_cpu,
-            media_calls_per_ghz: c.media_calls_per_ghz,
-            meeting_cores_per_participant: c.meeting_cores_per_participant,
-            ivr_sessions_per_ghz: c.ivr_sessions_per_ghz,
-            queue_sessions_per_ghz: c.queue_sessions_per_ghz,
-            im_users_per_core: c.im_users_per_core,
-            im_ram_mb_per_user: c.im_ram_mb_per_user,
-            im_kbps_per_user: c.im_kbps_per_user,
-            ram_gb_base: c.ram_gb_base,
-            ram_mb_per_session: c.ram_mb_per_session,
-            disk_gb_base: c.disk_gb_base,
+            costs: sc.sizing.clone(),
+            kbps_per_direction: kbps_per_direction(sc.sizing.codec),
         },
     })
 }
@@ -468,14 +446,14 @@ impl Sizing {
                 a.agents_now
             );
         }
-        let s = &self.assumptions;
+        let (s, kbps) = (&self.assumptions.costs, self.assumptions.kbps_per_direction);
         let _ = writeln!(
             o,
             "\nassumptions (override in [sizing]): {} at {} kbit/s per direction; {} GHz cores at {:.0}% target;\n  \
              media {} calls/GHz, IVR {} and queue {} sessions/GHz, meetings {} cores/participant;\n  \
              IM {} users/core, {} MB and {} kbit/s per user; RAM {} GB + {} MB/session; disk {} GB",
-            s.codec,
-            s.kbps_per_direction,
+            crate::scenario::codec_name(s.codec),
+            kbps,
             s.core_ghz,
             s.target_cpu * 100.0,
             s.media_calls_per_ghz,

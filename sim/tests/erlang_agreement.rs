@@ -108,6 +108,43 @@ fn queue_case(seed: u64, (rate, handle, agents, patience, sl): QueueCase) -> Rep
     run(&toml)
 }
 
+/// The simulated queue figures against analytic ones: (P(wait), ASA, service level, abandoned).
+fn check_queue(label: &str, seed: u64, report: &Report, analytic: (f64, f64, f64, Option<f64>)) {
+    let q = report.roles["queue"].queue.as_ref().expect("queue report");
+    let (p, asa, sl, abandoned) = analytic;
+    check(
+        &format!("{label} P(wait)"),
+        seed,
+        q.estimates.p_wait,
+        p,
+        0.25 * p + 0.01,
+    );
+    check(
+        &format!("{label} ASA"),
+        seed,
+        q.estimates.asa_s,
+        asa,
+        0.3 * asa + 0.2,
+    );
+    check(
+        &format!("{label} SL"),
+        seed,
+        q.estimates.service_level,
+        sl,
+        0.05,
+    );
+    match abandoned {
+        Some(ab) => check(
+            &format!("{label} abandoned"),
+            seed,
+            q.estimates.abandoned_fraction,
+            ab,
+            0.3 * ab + 0.005,
+        ),
+        None => assert_eq!(q.abandoned, 0, "{label}: nobody abandons without patience"),
+    }
+}
+
 #[test]
 fn waiting_agrees_with_erlang_c() {
     let cases: [QueueCase; 7] = [
@@ -122,41 +159,16 @@ fn waiting_agrees_with_erlang_c() {
     ];
     for (i, case) in cases.into_iter().enumerate() {
         let seed = 200 + i as u64;
-        let report = run_queue(seed, case);
+        let report = queue_case(seed, case);
         let q = report.roles["queue"].queue.as_ref().expect("queue report");
-        let (p, asa, sl) = (
+        let analytic = (
             q.erlang_c_p_wait.expect("stable"),
             q.erlang_c_asa_s.expect("stable"),
             q.erlang_c_service_level.expect("stable"),
+            None,
         );
-        let label = format!("Erlang C {case:?}");
-        check(
-            &format!("{label} P(wait)"),
-            seed,
-            q.estimates.p_wait,
-            p,
-            0.25 * p + 0.01,
-        );
-        check(
-            &format!("{label} ASA"),
-            seed,
-            q.estimates.asa_s,
-            asa,
-            0.3 * asa + 0.2,
-        );
-        check(
-            &format!("{label} SL"),
-            seed,
-            q.estimates.service_level,
-            sl,
-            0.05,
-        );
-        assert_eq!(q.abandoned, 0);
+        check_queue(&format!("Erlang C {case:?}"), seed, &report, analytic);
     }
-}
-
-fn run_queue(seed: u64, case: QueueCase) -> Report {
-    queue_case(seed, case)
 }
 
 #[test]
@@ -172,42 +184,15 @@ fn abandonment_agrees_with_erlang_a() {
     ];
     for (i, case) in cases.into_iter().enumerate() {
         let seed = 300 + i as u64;
-        let report = run_queue(seed, case);
+        let report = queue_case(seed, case);
         let q = report.roles["queue"].queue.as_ref().expect("queue report");
-        let p = q
-            .erlang_a_p_wait
-            .expect("Erlang A always has a steady state");
-        let asa = q.erlang_a_asa_s.expect("steady");
-        let sl = q.erlang_a_service_level.expect("steady");
-        let ab = q.erlang_a_abandoned_fraction.expect("steady");
-        let label = format!("Erlang A {case:?}");
-        check(
-            &format!("{label} P(wait)"),
-            seed,
-            q.estimates.p_wait,
-            p,
-            0.25 * p + 0.01,
+        let steady = "Erlang A always has a steady state";
+        let analytic = (
+            q.erlang_a_p_wait.expect(steady),
+            q.erlang_a_asa_s.expect(steady),
+            q.erlang_a_service_level.expect(steady),
+            Some(q.erlang_a_abandoned_fraction.expect(steady)),
         );
-        check(
-            &format!("{label} ASA"),
-            seed,
-            q.estimates.asa_s,
-            asa,
-            0.3 * asa + 0.2,
-        );
-        check(
-            &format!("{label} SL"),
-            seed,
-            q.estimates.service_level,
-            sl,
-            0.05,
-        );
-        check(
-            &format!("{label} abandoned"),
-            seed,
-            q.estimates.abandoned_fraction,
-            ab,
-            0.3 * ab + 0.005,
-        );
+        check_queue(&format!("Erlang A {case:?}"), seed, &report, analytic);
     }
 }
