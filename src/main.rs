@@ -1,8 +1,10 @@
 //! The `pbxlab` command line: one subcommand per job.
 //!
 //! Exit codes: 0 success; 1 the run itself failed; 2 bad usage or bad input (a scenario that
-//! does not parse or validate); 99 reserved for breached thresholds (`plan --size` when no size
-//! within the search bound meets the SLOs).
+//! does not parse or validate, a bad flag); 3 `load`: the target never answered; 99 thresholds
+//! breached (`load`), or no size within the search bound meets the SLOs (`plan --size`).
+
+mod load;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -29,6 +31,9 @@ struct Cli {
 enum Command {
     /// Capacity planning: run a scenario's workload against its cluster in virtual time.
     Plan(PlanArgs),
+    /// Drive SIP/RTP traffic at a SIP server and measure it (CI benchmarks: exit 99 on
+    /// breached thresholds).
+    Load(Box<load::LoadArgs>),
     /// Validate a scenario file and print its warnings.
     Check {
         /// Scenario file (TOML).
@@ -61,7 +66,7 @@ struct PlanArgs {
 
 /// Errors the user can fix by changing the input: exit code 2.
 #[derive(Debug)]
-struct BadInput(String);
+pub(crate) struct BadInput(pub(crate) String);
 
 impl std::fmt::Display for BadInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,8 +78,18 @@ impl std::error::Error for BadInput {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        // Ctrl-C or SIGTERM ends a run early; what was measured is still reported and written.
+        if let Err(e) = ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)) {
+            eprintln!("pbxlab: cannot install the Ctrl-C handler: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let result = match cli.command {
-        Command::Plan(args) => plan(args),
+        Command::Plan(args) => plan(args, &stop),
+        Command::Load(args) => load::load(*args, &stop),
         Command::Check { scenario } => check(&scenario),
     };
     match result {
@@ -90,7 +105,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
+fn load_scenario(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
     let scenario = match path {
         Some(p) => Scenario::load(p).map_err(|e| BadInput(e.to_string()))?,
         None => reference_scenario().context("the embedded reference scenario is invalid")?,
@@ -102,7 +117,7 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
 }
 
 fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
-    let scenario = load(Some(path))?;
+    let scenario = load_scenario(Some(path))?;
     let servers: usize = scenario.pools.iter().map(|p| p.servers.len()).sum();
     println!(
         "{}: ok: {:?}, {} pools, {} servers, {} faults, {} warnings",
@@ -116,19 +131,12 @@ fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let scenario = load(args.scenario.as_ref())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        // Ctrl-C or SIGTERM ends the run early; the report of what was simulated is still written.
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .context("installing the Ctrl-C handler")?;
-    }
+fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+    let scenario = load_scenario(args.scenario.as_ref())?;
     let options = Options {
         seed: args.seed,
         self_check: args.self_check,
-        stop: Some(&stop),
+        stop: Some(stop),
         no_wall_clock: args.no_wall_clock,
     };
     let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
@@ -153,7 +161,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {
+pub(crate) fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {
     let Some(path) = path else { return Ok(()) };
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');

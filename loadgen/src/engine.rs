@@ -1,0 +1,1377 @@
+//! The user-agent engine: registrations, outgoing and incoming calls, their SIP transactions and
+//! timers, and every measurement — with no sockets and no clock.
+//!
+//! The driver feeds it datagrams and the time (`handle`, `advance`), sends what it queues
+//! (`transmit`), passes media commands to the RTP worker (`media_commands`) and sleeps until
+//! `next_deadline`. Tests drive it with a fake clock and a fake peer.
+//!
+//! Open-model load: attempt k of a phase is *intended* to start at `phase_start + k / rate`,
+//! whatever happened to attempt k-1, and every latency is measured from that intended start. A
+//! generator that falls behind (or a target that stalls it) therefore shows up in the figures
+//! instead of silently stretching the schedule — the coordinated omission wrk2 corrects for.
+//!
+//! Calls live in a slab; the slot and its generation are encoded in the Call-ID and branch, so a
+//! response finds its call without a map lookup.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use pbxlab_proto::builder::write_response;
+use pbxlab_proto::digest;
+use pbxlab_proto::sdp::{self, Offer, SessionDescription};
+use pbxlab_proto::sip::{self, HeaderName, Message, Method};
+use pbxlab_proto::uri::{Host, NameAddr, SipUri};
+
+use crate::metrics::{Metric, Metrics};
+
+/// Nanoseconds since the start of the run.
+pub type Nanos = u64;
+
+fn ns(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// How long calls are held.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Hold {
+    Fixed(Duration),
+    /// Exponential with this mean.
+    Exponential(Duration),
+}
+
+/// Whom calls go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Callee {
+    /// A fixed user part at the target: `echo`, `ivr-1`, `queue-1`, `meeting-7`, or anything a
+    /// plain UAS accepts.
+    Service(String),
+    /// Another of the generator's own registered users, who answers.
+    Users,
+}
+
+/// Everything the engine needs to know about the run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where requests go: a proxy, registrar or UAS.
+    pub target: SocketAddr,
+    /// Our SIP socket's address, as written in Via and Contact.
+    pub local: SocketAddr,
+    /// Our RTP socket's address, offered in SDP.
+    pub rtp_local: SocketAddr,
+    /// Host part of our users' addresses of record.
+    pub domain: String,
+    /// Users of this shard (already sliced): their numbers.
+    pub users: Vec<u32>,
+    /// Digest password of user N is this prefix followed by N.
+    pub password_prefix: String,
+    pub register: bool,
+    pub register_rate: f64,
+    pub expires_s: u32,
+    /// Call attempts of this shard.
+    pub calls: u64,
+    pub call_rate: f64,
+    pub hold: Hold,
+    pub callee: Callee,
+    /// Fraction of calls that send and receive RTP.
+    pub rtp_fraction: f64,
+    /// How long an incoming call rings before we answer.
+    pub ring_delay: Duration,
+    /// Digits sent as RFC 4733 events once a call is answered.
+    pub dtmf: String,
+    /// At most this many calls at once (SIPp's -l): later attempts wait, and their wait counts
+    /// in `setup`, which is measured from the intended start.
+    pub max_concurrent: Option<usize>,
+    /// RFC 3261 T1 and T2.
+    pub t1: Duration,
+    pub t2: Duration,
+    pub seed: u64,
+    /// Distinguishes this run's (and shard's) Call-IDs from any other's.
+    pub run_id: u32,
+}
+
+/// What the engine asks of the RTP worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// Start sending G.711 every 20 ms to `dest` and receiving (demultiplexed by SSRC).
+    Start {
+        stream: u64,
+        ssrc: u32,
+        dest: SocketAddr,
+        payload_type: u8,
+    },
+    /// The far end moved (re-INVITE): send to the new address from now on.
+    Redirect {
+        stream: u64,
+        dest: SocketAddr,
+    },
+    /// Send these digits as RFC 4733 events.
+    Dtmf {
+        stream: u64,
+        digits: String,
+    },
+    Stop {
+        stream: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    Free,
+    /// INVITE sent, nothing heard yet.
+    Calling,
+    /// A provisional response came; waiting for the final one.
+    Proceeding,
+    Established,
+    ByeSent,
+    /// We answer this call: ringing, the 200 not yet sent.
+    Ringing,
+    /// Our 200 is out; waiting for the ACK.
+    Answered,
+    UasEstablished,
+}
+
+/// One call leg. Kept small: the Call-ID, branches and our tags are derived from the slot and
+/// generation, not stored.
+#[derive(Debug, Clone)]
+struct Call {
+    generation: u32,
+    state: CallState,
+    intended: Nanos,
+    cseq: u32,
+    /// Number of INVITEs sent in this call (a digest retry sends a second one).
+    invite_round: u8,
+    caller: u32,
+    callee: u32,
+    pdd_seen: bool,
+    /// When the first INVITE actually left, for the uncorrected setup time.
+    sent: Nanos,
+    retransmit_at: Nanos,
+    rto: Nanos,
+    timeout_at: Nanos,
+    hold_until: Nanos,
+    bye_sent_at: Nanos,
+    /// Their tag, their target URI and the route set (UAC: reversed Record-Route).
+    remote_tag: String,
+    remote_target: String,
+    routes: Vec<String>,
+    next_hop: SocketAddr,
+    /// Authorization header line for INVITE retransmissions after a challenge.
+    auth: String,
+    rtp: bool,
+    /// UAS only: the Call-ID and the header block our responses repeat (Via, From, To with our
+    /// tag, Call-ID, CSeq, Record-Route).
+    uas_call_id: String,
+    uas_headers: String,
+    uas_offer_addr: Option<SocketAddr>,
+}
+
+impl Call {
+    fn free() -> Call {
+        Call {
+            generation: 0,
+            state: CallState::Free,
+            intended: 0,
+            cseq: 0,
+            invite_round: 0,
+            caller: 0,
+            callee: 0,
+            pdd_seen: false,
+            sent: 0,
+            retransmit_at: Nanos::MAX,
+            rto: 0,
+            timeout_at: Nanos::MAX,
+            hold_until: Nanos::MAX,
+            bye_sent_at: 0,
+            remote_tag: String::new(),
+            remote_target: String::new(),
+            routes: Vec::new(),
+            next_hop: SocketAddr::from(([0, 0, 0, 0], 0)),
+            auth: String::new(),
+            rtp: false,
+            uas_call_id: String::new(),
+            uas_headers: String::new(),
+            uas_offer_addr: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegState {
+    Idle,
+    Sent,
+    Done,
+}
+
+#[derive(Debug, Clone)]
+struct Registration {
+    state: RegState,
+    intended: Nanos,
+    cseq: u32,
+    authed: bool,
+    retransmit_at: Nanos,
+    rto: Nanos,
+    timeout_at: Nanos,
+    auth: String,
+}
+
+/// Timer ids: call slots below this, registrations (index + this) above.
+const REG_TIMER: u32 = 1 << 31;
+
+/// SplitMix64: small, seeded, enough for hold times, RTP choice and cnonces.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub struct Engine {
+    cfg: Config,
+    calls: Vec<Call>,
+    free: Vec<u32>,
+    uas_calls: HashMap<String, u32>,
+    user_index: HashMap<u32, u32>,
+    regs: Vec<Registration>,
+    timers: BinaryHeap<Reverse<(Nanos, u32)>>,
+    /// Outgoing datagrams: (destination, end offset in `arena`).
+    out: Vec<(SocketAddr, usize)>,
+    arena: Vec<u8>,
+    media: Vec<MediaCommand>,
+    pub metrics: Metrics,
+    rng: Rng,
+    regs_started: usize,
+    regs_finished: usize,
+    reg_phase: Nanos,
+    calls_started: u64,
+    call_phase: Option<Nanos>,
+    active_calls: usize,
+    stopping: bool,
+    scratch: Vec<u8>,
+    body: Vec<u8>,
+    /// Datagrams that did not parse, for the report.
+    pub malformed: u64,
+    /// Responses for calls or registrations we no longer know (late retransmissions).
+    pub stray: u64,
+}
+
+/// Stream id of a call for the RTP worker.
+fn stream_id(slot: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(slot)
+}
+
+impl Engine {
+    pub fn new(cfg: Config) -> Engine {
+        let regs = cfg
+            .users
+            .iter()
+            .map(|_| Registration {
+                state: RegState::Idle,
+                intended: 0,
+                cseq: 0,
+                authed: false,
+                retransmit_at: Nanos::MAX,
+                rto: 0,
+                timeout_at: Nanos::MAX,
+                auth: String::new(),
+            })
+            .collect();
+        let user_index = cfg
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, &u)| (u, i as u32))
+            .collect();
+        let rng = Rng(cfg.seed ^ u64::from(cfg.run_id).rotate_left(32));
+        let call_phase = (!cfg.register || cfg.users.is_empty()).then_some(0);
+        Engine {
+            cfg,
+            calls: Vec::new(),
+            free: Vec::new(),
+            uas_calls: HashMap::new(),
+            user_index,
+            regs,
+            timers: BinaryHeap::new(),
+            out: Vec::new(),
+            arena: Vec::new(),
+            media: Vec::new(),
+            metrics: Metrics::new(),
+            rng,
+            regs_started: 0,
+            regs_finished: 0,
+            reg_phase: 0,
+            calls_started: 0,
+            call_phase,
+            active_calls: 0,
+            stopping: false,
+            scratch: Vec::with_capacity(2048),
+            body: Vec::with_capacity(512),
+            malformed: 0,
+            stray: 0,
+        }
+    }
+
+    /// Stops starting new attempts and hangs up established calls; `finished` turns true once
+    /// what is in flight has ended or timed out.
+    pub fn stop(&mut self, now: Nanos) {
+        self.stopping = true;
+        for slot in 0..self.calls.len() as u32 {
+            let c = &mut self.calls[slot as usize];
+            if c.state == CallState::Established {
+                c.hold_until = now;
+                self.arm(now, slot);
+            }
+        }
+    }
+
+    /// Attempts not started because the run was stopped count as neither.
+    pub fn finished(&self) -> bool {
+        let regs_done = !self.cfg.register
+            || self.regs_finished == self.regs.len()
+            || (self.stopping && self.regs_finished == self.regs_started);
+        let calls_done = self.stopping || self.calls_started >= self.cfg.calls;
+        regs_done && calls_done && self.active_calls == 0
+    }
+
+    /// Whether the registration phase is over (and calls may start).
+    pub fn registered(&self) -> bool {
+        self.call_phase.is_some()
+    }
+
+    /// The next instant anything is due: a timer or a scheduled start.
+    pub fn next_deadline(&self) -> Option<Nanos> {
+        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        [timer, self.next_start()].into_iter().flatten().min()
+    }
+
+    fn next_start(&self) -> Option<Nanos> {
+        if self.stopping {
+            return None;
+        }
+        if self.cfg.register && self.regs_started < self.regs.len() {
+            return Some(self.reg_phase + gap(self.regs_started as u64, self.cfg.register_rate));
+        }
+        let phase = self.call_phase?;
+        if self
+            .cfg
+            .max_concurrent
+            .is_some_and(|limit| self.active_calls >= limit)
+        {
+            // Held back until a call ends; the attempt keeps its intended start.
+            return None;
+        }
+        (self.calls_started < self.cfg.calls)
+            .then(|| phase + gap(self.calls_started, self.cfg.call_rate))
+    }
+
+    /// Starts every attempt whose intended time has come and fires due timers.
+    pub fn advance(&mut self, now: Nanos) {
+        while let Some(at) = self.next_start().filter(|&t| t <= now) {
+            if self.cfg.register && self.regs_started < self.regs.len() {
+                let i = self.regs_started;
+                self.regs_started += 1;
+                self.start_register(now, at, i);
+            } else {
+                self.calls_started += 1;
+                self.start_call(now, at);
+            }
+        }
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if id >= REG_TIMER {
+                self.reg_timer(now, (id - REG_TIMER) as usize);
+            } else {
+                self.call_timer(now, id);
+            }
+        }
+    }
+
+    /// Hands every queued datagram to `send`.
+    pub fn transmit(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
+        let mut start = 0;
+        for &(to, end) in &self.out {
+            if let Some(bytes) = self.arena.get(start..end) {
+                send(to, bytes);
+            }
+            start = end;
+        }
+        self.out.clear();
+        self.arena.clear();
+    }
+
+    pub fn media_commands(&mut self) -> std::vec::Drain<'_, MediaCommand> {
+        self.media.drain(..)
+    }
+
+    /// Calls in progress (either side).
+    pub fn active_calls(&self) -> usize {
+        self.active_calls
+    }
+
+    fn queue(&mut self, to: SocketAddr) {
+        self.arena.extend_from_slice(&self.scratch);
+        self.out.push((to, self.arena.len()));
+    }
+
+    fn arm(&mut self, at: Nanos, id: u32) {
+        self.timers.push(Reverse((at, id)));
+    }
+
+    fn t1(&self) -> Nanos {
+        ns(self.cfg.t1)
+    }
+
+    // ---- registrations -------------------------------------------------------------------
+
+    fn start_register(&mut self, now: Nanos, intended: Nanos, i: usize) {
+        self.metrics.registrations.attempted += 1;
+        let t1 = self.t1();
+        let r = &mut self.regs[i];
+        r.state = RegState::Sent;
+        r.intended = intended;
+        r.cseq = 1;
+        r.authed = false;
+        r.auth.clear();
+        r.rto = t1;
+        r.retransmit_at = now + t1;
+        r.timeout_at = now + 64 * t1;
+        let (a, b) = (r.retransmit_at, r.timeout_at);
+        self.send_register(i);
+        self.arm(a, REG_TIMER + i as u32);
+        self.arm(b, REG_TIMER + i as u32);
+    }
+
+    fn send_register(&mut self, i: usize) {
+        let user = self.cfg.users[i];
+        let r = &self.regs[i];
+        let (local, domain, run, expires) = (
+            self.cfg.local,
+            &self.cfg.domain,
+            self.cfg.run_id,
+            self.cfg.expires_s,
+        );
+        self.scratch.clear();
+        let _ = write!(
+            self.scratch,
+            "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKr{i}x{cseq}x{run};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag=r{i}x{run}\r\nTo: <sip:{user}@{domain}>\r\n\
+             Call-ID: r{i}-{run}@pbxlab\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{local}>\r\nExpires: {expires}\r\n",
+            cseq = r.cseq
+        );
+        if !r.auth.is_empty() {
+            self.scratch.extend_from_slice(r.auth.as_bytes());
+        }
+        self.scratch
+            .extend_from_slice(b"User-Agent: pbxlab\r\nContent-Length: 0\r\n\r\n");
+        self.queue(self.cfg.target);
+    }
+
+    fn reg_timer(&mut self, now: Nanos, i: usize) {
+        let t2 = ns(self.cfg.t2);
+        let Some(r) = self.regs.get_mut(i) else {
+            return;
+        };
+        if r.state != RegState::Sent {
+            return;
+        }
+        if now >= r.timeout_at {
+            self.finish_register(i, Err("REGISTER timeout"));
+            return;
+        }
+        if now >= r.retransmit_at {
+            r.rto = (r.rto * 2).min(t2);
+            r.retransmit_at = now + r.rto;
+            let at = r.retransmit_at;
+            self.send_register(i);
+            self.arm(at, REG_TIMER + i as u32);
+        }
+    }
+
+    fn finish_register(&mut self, i: usize, result: Result<Nanos, &str>) {
+        let r = &mut self.regs[i];
+        r.state = RegState::Done;
+        r.auth = String::new();
+        let intended = r.intended;
+        match result {
+            Ok(now) => {
+                self.metrics.registrations.succeeded += 1;
+                self.metrics.record(
+                    Metric::Register,
+                    Duration::from_nanos(now.saturating_sub(intended)),
+                );
+            }
+            Err(reason) => {
+                self.metrics.registrations.failed += 1;
+                self.metrics.fail(reason);
+            }
+        }
+        self.regs_finished += 1;
+        if self.regs_finished == self.regs.len() && self.call_phase.is_none() {
+            self.call_phase = Some(match result {
+                Ok(now) => now,
+                Err(_) => self.regs.iter().map(|r| r.intended).max().unwrap_or(0),
+            });
+        }
+    }
+
+    fn on_register_response(&mut self, now: Nanos, i: usize, msg: &Message<'_>) {
+        let Some(code) = msg.code() else { return };
+        let Some(r) = self.regs.get(i) else { return };
+        if r.state != RegState::Sent || msg.cseq().map(|c| c.seq) != Some(r.cseq) || code < 200 {
+            return;
+        }
+        match code {
+            200..=299 => self.finish_register(i, Ok(now)),
+            401 | 407 if !r.authed => {
+                let header = if code == 401 {
+                    HeaderName::WwwAuthenticate
+                } else {
+                    HeaderName::ProxyAuthenticate
+                };
+                let user = self.cfg.users[i];
+                let uri = format!("sip:{}", self.cfg.domain);
+                let Some(line) = self.authorization(msg, header, code, user, "REGISTER", &uri)
+                else {
+                    self.finish_register(i, Err("unusable digest challenge"));
+                    return;
+                };
+                let t1 = self.t1();
+                let r = &mut self.regs[i];
+                r.authed = true;
+                r.auth = line;
+                r.cseq += 1;
+                r.rto = t1;
+                r.retransmit_at = now + t1;
+                let at = r.retransmit_at;
+                self.send_register(i);
+                self.arm(at, REG_TIMER + i as u32);
+            }
+            _ => self.finish_register(i, Err(status_reason(code))),
+        }
+    }
+
+    /// The Authorization (or Proxy-Authorization) header line answering a challenge.
+    fn authorization(
+        &mut self,
+        msg: &Message<'_>,
+        header: HeaderName,
+        code: u16,
+        user: u32,
+        method: &str,
+        uri: &str,
+    ) -> Option<String> {
+        let value = msg.header(header)?;
+        let challenge = digest::parse_challenge(value).ok()?;
+        let password = format!("{}{user}", self.cfg.password_prefix);
+        let cnonce = format!("{:016x}", self.rng.next());
+        let mut out = String::with_capacity(300);
+        out.push_str(if code == 401 {
+            "Authorization: "
+        } else {
+            "Proxy-Authorization: "
+        });
+        digest::write_authorization(
+            &mut out,
+            &challenge,
+            &user.to_string(),
+            &password,
+            method,
+            uri,
+            &cnonce,
+            1,
+        );
+        out.push_str("\r\n");
+        Some(out)
+    }
+
+    // ---- outgoing calls ------------------------------------------------------------------
+
+    fn alloc(&mut self) -> u32 {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.calls.push(Call::free());
+                (self.calls.len() - 1) as u32
+            }
+        };
+        let c = &mut self.calls[slot as usize];
+        let generation = c.generation.wrapping_add(1);
+        *c = Call {
+            generation,
+            ..Call::free()
+        };
+        self.active_calls += 1;
+        slot
+    }
+
+    fn release(&mut self, slot: u32) {
+        let c = &mut self.calls[slot as usize];
+        if c.state == CallState::Free {
+            return;
+        }
+        if c.rtp {
+            self.media.push(MediaCommand::Stop {
+                stream: stream_id(slot, c.generation),
+            });
+        }
+        if !c.uas_call_id.is_empty() {
+            let id = std::mem::take(&mut c.uas_call_id);
+            self.uas_calls.remove(&id);
+        }
+        let generation = c.generation;
+        *c = Call {
+            generation,
+            ..Call::free()
+        };
+        self.free.push(slot);
+        self.active_calls = self.active_calls.saturating_sub(1);
+    }
+
+    fn start_call(&mut self, now: Nanos, intended: Nanos) {
+        self.metrics.calls.attempted += 1;
+        let n = self.calls_started - 1;
+        let users = self.cfg.users.len() as u64;
+        let (caller, callee) = match (&self.cfg.callee, users) {
+            (_, 0) => (1000 + (n % 1000) as u32, 0),
+            (Callee::Users, u) if u >= 2 => {
+                // Pair user k with the one half the population away, so caller and callee differ.
+                let a = (n % u) as usize;
+                let b = (a + (u as usize) / 2) % u as usize;
+                (self.cfg.users[a], self.cfg.users[b])
+            }
+            _ => (self.cfg.users[(n % users) as usize], 0),
+        };
+        let rtp = self.cfg.rtp_fraction > 0.0 && self.rng.uniform() < self.cfg.rtp_fraction;
+        let slot = self.alloc();
+        let t1 = self.t1();
+        let target = self.cfg.target;
+        let c = &mut self.calls[slot as usize];
+        c.state = CallState::Calling;
+        c.intended = intended;
+        c.sent = now;
+        c.cseq = 1;
+        c.invite_round = 1;
+        c.caller = caller;
+        c.callee = callee;
+        c.rtp = rtp;
+        c.rto = t1;
+        c.retransmit_at = now + t1;
+        c.timeout_at = now + 64 * t1;
+        c.next_hop = target;
+        let (a, b) = (c.retransmit_at, c.timeout_at);
+        self.send_invite(slot);
+        self.arm(a, slot);
+        self.arm(b, slot);
+    }
+
+    fn request_uri(&self, c: &Call) -> String {
+        match &self.cfg.callee {
+            Callee::Service(s) if c.callee == 0 => format!("sip:{s}@{}", self.cfg.domain),
+            _ => format!("sip:{}@{}", c.callee, self.cfg.domain),
+        }
+    }
+
+    fn send_invite(&mut self, slot: u32) {
+        let c = &self.calls[slot as usize];
+        let ruri = self.request_uri(c);
+        let (local, domain, run) = (self.cfg.local, &self.cfg.domain, self.cfg.run_id);
+        self.body.clear();
+        sdp::write_offer(
+            &mut self.body,
+            &Offer {
+                session_id: u64::from(slot),
+                version: 1,
+                addr: self.cfg.rtp_local,
+                payload_types: vec![sdp::PT_PCMU, sdp::PT_PCMA],
+                telephone_event: true,
+                ptime_ms: 20,
+            },
+        );
+        self.scratch.clear();
+        let _ = write!(
+            self.scratch,
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{slot}x{g}x{cseq}x{run};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{caller}@{domain}>;tag={slot}x{g}\r\nTo: <{ruri}>\r\n\
+             Call-ID: {slot}-{g}-{run}@pbxlab\r\nCSeq: {cseq} INVITE\r\nContact: <sip:{caller}@{local}>\r\n",
+            g = c.generation,
+            cseq = c.cseq,
+            caller = c.caller,
+        );
+        self.scratch.extend_from_slice(c.auth.as_bytes());
+        let _ = write!(
+            self.scratch,
+            "Content-Type: application/sdp\r\nUser-Agent: pbxlab\r\nContent-Length: {}\r\n\r\n",
+            self.body.len()
+        );
+        self.scratch.extend_from_slice(&self.body);
+        let to = c.next_hop;
+        self.queue(to);
+    }
+
+    /// ACK or BYE inside the dialog, along the route set to the next hop.
+    fn send_in_dialog(&mut self, slot: u32, method: &str, cseq: u32) {
+        let c = &self.calls[slot as usize];
+        let (local, domain, run) = (self.cfg.local, &self.cfg.domain, self.cfg.run_id);
+        let ruri = if c.remote_target.is_empty() {
+            self.request_uri(c)
+        } else {
+            c.remote_target.clone()
+        };
+        let to_uri = self.request_uri(c);
+        self.scratch.clear();
+        let _ = write!(
+            self.scratch,
+            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{slot}x{g}x{cseq}x{run}{m};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{caller}@{domain}>;tag={slot}x{g}\r\nTo: <{to_uri}>;tag={tag}\r\n\
+             Call-ID: {slot}-{g}-{run}@pbxlab\r\nCSeq: {cseq} {method}\r\n",
+            g = c.generation,
+            caller = c.caller,
+            tag = c.remote_tag,
+            m = &method[..1],
+        );
+        for r in &c.routes {
+            let _ = write!(self.scratch, "Route: {r}\r\n");
+        }
+        self.scratch
+            .extend_from_slice(b"User-Agent: pbxlab\r\nContent-Length: 0\r\n\r\n");
+        let to = c.next_hop;
+        self.queue(to);
+    }
+
+    /// The ACK for a non-2xx final response: same branch as the INVITE, to the same place.
+    fn send_error_ack(&mut self, slot: u32, to_header: &str) {
+        let c = &self.calls[slot as usize];
+        let ruri = self.request_uri(c);
+        let (local, domain, run) = (self.cfg.local, &self.cfg.domain, self.cfg.run_id);
+        self.scratch.clear();
+        let _ = write!(
+            self.scratch,
+            "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{slot}x{g}x{cseq}x{run};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{caller}@{domain}>;tag={slot}x{g}\r\nTo: {to_header}\r\n\
+             Call-ID: {slot}-{g}-{run}@pbxlab\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+            g = c.generation,
+            cseq = c.cseq,
+            caller = c.caller,
+        );
+        let to = c.next_hop;
+        self.queue(to);
+    }
+
+    fn fail_call(&mut self, slot: u32, reason: &str) {
+        self.metrics.calls.failed += 1;
+        self.metrics.fail(reason);
+        self.release(slot);
+    }
+
+    fn call_timer(&mut self, now: Nanos, slot: u32) {
+        let t2 = ns(self.cfg.t2);
+        let Some(c) = self.calls.get_mut(slot as usize) else {
+            return;
+        };
+        match c.state {
+            CallState::Calling | CallState::Proceeding => {
+                if now >= c.timeout_at {
+                    self.fail_call(slot, "INVITE timeout");
+                } else if c.state == CallState::Calling && now >= c.retransmit_at {
+                    // Timer A: INVITE retransmissions double without a cap.
+                    c.rto *= 2;
+                    c.retransmit_at = now + c.rto;
+                    let at = c.retransmit_at;
+                    self.send_invite(slot);
+                    self.arm(at, slot);
+                }
+            }
+            CallState::Established if now >= c.hold_until => {
+                c.state = CallState::ByeSent;
+                c.cseq += 1;
+                c.bye_sent_at = now;
+                c.rto = ns(self.cfg.t1);
+                c.retransmit_at = now + c.rto;
+                c.timeout_at = now + 64 * c.rto;
+                let (a, b, cseq) = (c.retransmit_at, c.timeout_at, c.cseq);
+                if c.rtp {
+                    self.media.push(MediaCommand::Stop {
+                        stream: stream_id(slot, c.generation),
+                    });
+                }
+                self.send_in_dialog(slot, "BYE", cseq);
+                self.arm(a, slot);
+                self.arm(b, slot);
+            }
+            CallState::ByeSent => {
+                if now >= c.timeout_at {
+                    self.fail_call(slot, "BYE timeout");
+                } else if now >= c.retransmit_at {
+                    // Timer E: non-INVITE retransmissions double up to T2.
+                    c.rto = (c.rto * 2).min(t2);
+                    c.retransmit_at = now + c.rto;
+                    let (at, cseq) = (c.retransmit_at, c.cseq);
+                    self.send_in_dialog(slot, "BYE", cseq);
+                    self.arm(at, slot);
+                }
+            }
+            CallState::Ringing if now >= c.retransmit_at => {
+                // The ring delay is over: answer.
+                c.state = CallState::Answered;
+                c.rto = ns(self.cfg.t1);
+                c.retransmit_at = now + c.rto;
+                c.timeout_at = now + 64 * c.rto;
+                let (a, b) = (c.retransmit_at, c.timeout_at);
+                self.send_uas_response(slot, 200, "OK", true);
+                self.arm(a, slot);
+                self.arm(b, slot);
+            }
+            CallState::Answered => {
+                if now >= c.timeout_at {
+                    // Timer H: no ACK for our 200.
+                    self.metrics.fail("no ACK for 200");
+                    self.release(slot);
+                } else if now >= c.retransmit_at {
+                    // Timer G: 200 retransmissions double up to T2.
+                    c.rto = (c.rto * 2).min(t2);
+                    c.retransmit_at = now + c.rto;
+                    let at = c.retransmit_at;
+                    self.send_uas_response(slot, 200, "OK", true);
+                    self.arm(at, slot);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_call_response(&mut self, now: Nanos, slot: u32, msg: &Message<'_>) {
+        let Some(code) = msg.code() else { return };
+        let Some(cseq) = msg.cseq() else { return };
+        let c = &self.calls[slot as usize];
+        if cseq.seq != c.cseq {
+            // A response to an earlier INVITE (the one before the digest retry): absorb it, but
+            // a final one still needs its ACK.
+            if cseq.method == Method::Invite
+                && code >= 300
+                && c.state != CallState::Free
+                && let Some(to) = msg.header(HeaderName::To)
+            {
+                let to = to.to_owned();
+                let cur = self.calls[slot as usize].cseq;
+                self.calls[slot as usize].cseq = cseq.seq;
+                self.send_error_ack(slot, &to);
+                self.calls[slot as usize].cseq = cur;
+            }
+            return;
+        }
+        match (cseq.method, c.state) {
+            (Method::Invite, CallState::Calling | CallState::Proceeding) => {
+                self.on_invite_response(now, slot, code, msg)
+            }
+            // A retransmitted 200: our ACK was lost.
+            (Method::Invite, CallState::Established | CallState::ByeSent)
+                if (200..300).contains(&code) =>
+            {
+                let invite_cseq = if c.state == CallState::ByeSent {
+                    c.cseq - 1
+                } else {
+                    c.cseq
+                };
+                self.send_in_dialog(slot, "ACK", invite_cseq);
+            }
+            (Method::Bye, CallState::ByeSent) if code >= 200 => {
+                let elapsed = now.saturating_sub(c.bye_sent_at);
+                if (200..300).contains(&code) || code == 481 {
+                    self.metrics
+                        .record(Metric::Bye, Duration::from_nanos(elapsed));
+                    self.metrics.calls.succeeded += 1;
+                    self.release(slot);
+                } else {
+                    self.fail_call(slot, &format!("BYE {}", status_reason(code)));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_invite_response(&mut self, now: Nanos, slot: u32, code: u16, msg: &Message<'_>) {
+        let c = &mut self.calls[slot as usize];
+        let since_intended = Duration::from_nanos(now.saturating_sub(c.intended));
+        match code {
+            100..=199 => {
+                c.state = CallState::Proceeding;
+                if (code == 180 || code == 183) && !c.pdd_seen {
+                    c.pdd_seen = true;
+                    self.metrics.record(Metric::Pdd, since_intended);
+                }
+            }
+            200..=299 => {
+                self.metrics.record(Metric::Setup, since_intended);
+                self.metrics.record(
+                    Metric::SetupUncorrected,
+                    Duration::from_nanos(now.saturating_sub(c.sent)),
+                );
+                if !c.pdd_seen {
+                    // Answered without ringing: post-dial delay is the setup time.
+                    c.pdd_seen = true;
+                    self.metrics.record(Metric::Pdd, since_intended);
+                }
+                c.state = CallState::Established;
+                c.auth = String::new();
+                c.remote_tag = msg
+                    .to()
+                    .and_then(|t| t.tag())
+                    .unwrap_or_default()
+                    .to_owned();
+                c.remote_target = msg.contact().map(|a| a.uri.to_owned()).unwrap_or_default();
+                // UAC route set: Record-Route in reverse order (RFC 3261 12.1.2).
+                let mut routes: Vec<String> = msg
+                    .values(HeaderName::RecordRoute)
+                    .map(str::to_owned)
+                    .collect();
+                routes.reverse();
+                c.routes = routes;
+                c.next_hop = next_hop(&c.routes, &c.remote_target).unwrap_or(self.cfg.target);
+                let hold = match self.cfg.hold {
+                    Hold::Fixed(d) => ns(d),
+                    Hold::Exponential(mean) => {
+                        (-(1.0 - self.rng.uniform()).ln() * ns(mean) as f64) as Nanos
+                    }
+                };
+                let c = &mut self.calls[slot as usize];
+                c.hold_until = now + hold;
+                let (hold_until, invite_cseq, rtp, generation) =
+                    (c.hold_until, c.cseq, c.rtp, c.generation);
+                self.send_in_dialog(slot, "ACK", invite_cseq);
+                if rtp {
+                    match SessionDescription::parse(msg.body())
+                        .ok()
+                        .and_then(|s| s.audio_addr())
+                    {
+                        Some(dest) => {
+                            let stream = stream_id(slot, generation);
+                            self.media.push(MediaCommand::Start {
+                                stream,
+                                ssrc: ssrc(slot, generation),
+                                dest,
+                                payload_type: sdp::PT_PCMU,
+                            });
+                            if !self.cfg.dtmf.is_empty() {
+                                self.media.push(MediaCommand::Dtmf {
+                                    stream,
+                                    digits: self.cfg.dtmf.clone(),
+                                });
+                            }
+                        }
+                        None => {
+                            self.calls[slot as usize].rtp = false;
+                            self.metrics.fail("no usable SDP answer");
+                        }
+                    }
+                }
+                self.arm(hold_until, slot);
+            }
+            _ => {
+                let to = msg.header(HeaderName::To).unwrap_or_default().to_owned();
+                self.send_error_ack(slot, &to);
+                let c = &self.calls[slot as usize];
+                if (code == 401 || code == 407) && c.invite_round == 1 && !self.cfg.users.is_empty()
+                {
+                    let header = if code == 401 {
+                        HeaderName::WwwAuthenticate
+                    } else {
+                        HeaderName::ProxyAuthenticate
+                    };
+                    let (caller, ruri) = (c.caller, self.request_uri(c));
+                    match self.authorization(msg, header, code, caller, "INVITE", &ruri) {
+                        Some(line) => {
+                            let t1 = self.t1();
+                            let c = &mut self.calls[slot as usize];
+                            c.auth = line;
+                            c.cseq += 1;
+                            c.invite_round = 2;
+                            c.state = CallState::Calling;
+                            c.rto = t1;
+                            c.retransmit_at = now + t1;
+                            c.timeout_at = now + 64 * t1;
+                            let (a, b) = (c.retransmit_at, c.timeout_at);
+                            self.send_invite(slot);
+                            self.arm(a, slot);
+                            self.arm(b, slot);
+                        }
+                        None => self.fail_call(slot, "unusable digest challenge"),
+                    }
+                } else {
+                    self.fail_call(slot, status_reason(code));
+                }
+            }
+        }
+    }
+
+    // ---- incoming requests (we are the UAS) ---------------------------------------------
+
+    fn on_request(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
+        let Some(method) = msg.method() else { return };
+        let call_id = msg.call_id().unwrap_or_default();
+        let to_tag = msg.to().and_then(|t| t.tag());
+        // Requests inside a dialog we started (BYE or re-INVITE from the far end) carry our
+        // caller-side tag. The Call-ID alone does not tell: when our users call each other
+        // through a proxy, the incoming INVITE for the callee has the caller's Call-ID too.
+        // Callee-side tags start with 'u'.
+        if let Some(tag) = to_tag
+            && !tag.starts_with('u')
+            && let Some((slot, generation)) = self.own_call(call_id)
+            && tag == format!("{slot}x{generation}")
+        {
+            self.in_dialog_request(from, slot, method, msg);
+            return;
+        }
+        let known = self.uas_calls.get(call_id).copied();
+        match (method, known, to_tag) {
+            (Method::Invite, None, None) => self.incoming_invite(now, from, msg),
+            (Method::Invite, Some(slot), None) => {
+                // A retransmitted INVITE: repeat where we are.
+                match self.calls[slot as usize].state {
+                    CallState::Ringing => self.send_uas_response(slot, 180, "Ringing", false),
+                    CallState::Answered | CallState::UasEstablished => {
+                        self.send_uas_response(slot, 200, "OK", true)
+                    }
+                    _ => {}
+                }
+            }
+            (Method::Ack, Some(slot), _) => {
+                let c = &mut self.calls[slot as usize];
+                if c.state == CallState::Answered {
+                    c.state = CallState::UasEstablished;
+                    c.retransmit_at = Nanos::MAX;
+                    c.timeout_at = Nanos::MAX;
+                    let (rtp, generation, dest) = (c.rtp, c.generation, c.uas_offer_addr);
+                    if let (true, Some(dest)) = (rtp, dest) {
+                        self.media.push(MediaCommand::Start {
+                            stream: stream_id(slot, generation),
+                            ssrc: ssrc(slot, generation),
+                            dest,
+                            payload_type: sdp::PT_PCMU,
+                        });
+                    }
+                }
+            }
+            (_, Some(slot), _) => self.in_dialog_request(from, slot, method, msg),
+            (Method::Options, _, _) | (Method::Register, _, _) => {
+                self.respond(from, msg, 200, "OK", &[], b"")
+            }
+            (Method::Ack, None, _) => {}
+            (_, None, Some(_)) => {
+                self.respond(from, msg, 481, "Call/Transaction Does Not Exist", &[], b"")
+            }
+            (Method::Cancel, None, None) => {
+                self.respond(from, msg, 481, "Call/Transaction Does Not Exist", &[], b"")
+            }
+            _ => self.respond(from, msg, 501, "Not Implemented", &[], b""),
+        }
+    }
+
+    fn incoming_invite(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
+        let callee = msg
+            .request_uri()
+            .and_then(|u| SipUri::parse(u).ok())
+            .and_then(|u| u.user)
+            .and_then(|u| u.parse::<u32>().ok());
+        if callee.is_none_or(|u| !self.user_index.contains_key(&u)) {
+            self.respond(from, msg, 404, "Not Found", &[], b"");
+            return;
+        }
+        let offer = SessionDescription::parse(msg.body())
+            .ok()
+            .and_then(|s| s.audio_addr());
+        let slot = self.alloc();
+        let generation = self.calls[slot as usize].generation;
+        let to_tag = format!("u{slot}x{generation}");
+        // The header block every response repeats: Via, From, To (with our tag), Call-ID, CSeq
+        // and, for the dialog, Record-Route — built as a 180, because Record-Route is copied
+        // into 18x and 2xx responses only (RFC 3261 12.1.1).
+        self.scratch.clear();
+        write_response(
+            &mut self.scratch,
+            msg,
+            180,
+            "Ringing",
+            Some(&to_tag),
+            &[],
+            b"",
+        );
+        let block = String::from_utf8_lossy(&self.scratch).into_owned();
+        let headers = block
+            .split_once("\r\n")
+            .map(|(_, rest)| {
+                rest.trim_end_matches("\r\n")
+                    .trim_end_matches("Content-Length: 0")
+                    .to_owned()
+            })
+            .unwrap_or_default();
+        let remote_target = msg.contact().map(|a| a.uri.to_owned()).unwrap_or_default();
+        let routes: Vec<String> = msg
+            .values(HeaderName::RecordRoute)
+            .map(str::to_owned)
+            .collect();
+        let call_id = msg.call_id().unwrap_or_default().to_owned();
+        let ring = ns(self.cfg.ring_delay);
+        let rtp = offer.is_some() && self.cfg.rtp_fraction > 0.0;
+        let c = &mut self.calls[slot as usize];
+        c.state = CallState::Ringing;
+        c.intended = now;
+        c.uas_headers = headers;
+        c.uas_call_id = call_id.clone();
+        c.uas_offer_addr = offer;
+        c.rtp = rtp;
+        c.remote_tag = msg
+            .from()
+            .and_then(|f| f.tag())
+            .unwrap_or_default()
+            .to_owned();
+        c.remote_target = remote_target;
+        c.next_hop = from;
+        c.routes = routes;
+        c.retransmit_at = now + ring;
+        let at = c.retransmit_at;
+        self.uas_calls.insert(call_id, slot);
+        self.send_uas_response(slot, 180, "Ringing", false);
+        self.arm(at, slot);
+    }
+
+    /// A response on a call we answer, from the stored header block.
+    fn send_uas_response(&mut self, slot: u32, code: u16, reason: &str, with_sdp: bool) {
+        let c = &self.calls[slot as usize];
+        self.body.clear();
+        if with_sdp {
+            sdp::write_offer(
+                &mut self.body,
+                &Offer {
+                    session_id: u64::from(slot),
+                    version: 1,
+                    addr: self.cfg.rtp_local,
+                    payload_types: vec![sdp::PT_PCMU],
+                    telephone_event: true,
+                    ptime_ms: 20,
+                },
+            );
+        }
+        self.scratch.clear();
+        let _ = write!(
+            self.scratch,
+            "SIP/2.0 {code} {reason}\r\n{}Contact: <sip:{}@{}>\r\n",
+            c.uas_headers, c.callee, self.cfg.local
+        );
+        if with_sdp {
+            self.scratch
+                .extend_from_slice(b"Content-Type: application/sdp\r\n");
+        }
+        let _ = write!(self.scratch, "Content-Length: {}\r\n\r\n", self.body.len());
+        self.scratch.extend_from_slice(&self.body);
+        let to = c.next_hop;
+        self.queue(to);
+    }
+
+    fn in_dialog_request(
+        &mut self,
+        from: SocketAddr,
+        slot: u32,
+        method: Method,
+        msg: &Message<'_>,
+    ) {
+        let c = &self.calls[slot as usize];
+        let (generation, state, rtp, uac) =
+            (c.generation, c.state, c.rtp, c.uas_call_id.is_empty());
+        let user = c.caller.max(c.callee);
+        match method {
+            Method::Bye => {
+                self.respond(from, msg, 200, "OK", &[], b"");
+                if uac && matches!(state, CallState::Established | CallState::ByeSent) {
+                    // The far end hung up first: the call still completed.
+                    self.metrics.calls.succeeded += 1;
+                }
+                self.release(slot);
+            }
+            Method::Invite => {
+                // A re-INVITE moves our media: answer with our address, send to the new one.
+                let dest = SessionDescription::parse(msg.body())
+                    .ok()
+                    .and_then(|s| s.audio_addr());
+                self.body.clear();
+                sdp::write_offer(
+                    &mut self.body,
+                    &Offer {
+                        session_id: u64::from(slot),
+                        version: 2,
+                        addr: self.cfg.rtp_local,
+                        payload_types: vec![sdp::PT_PCMU],
+                        telephone_event: true,
+                        ptime_ms: 20,
+                    },
+                );
+                let body = std::mem::take(&mut self.body);
+                let contact = format!("<sip:{user}@{}>", self.cfg.local);
+                self.respond(
+                    from,
+                    msg,
+                    200,
+                    "OK",
+                    &[("Contact", &contact), ("Content-Type", "application/sdp")],
+                    &body,
+                );
+                self.body = body;
+                if let (true, Some(dest)) = (rtp, dest) {
+                    self.media.push(MediaCommand::Redirect {
+                        stream: stream_id(slot, generation),
+                        dest,
+                    });
+                }
+            }
+            Method::Ack => {}
+            Method::Cancel => {
+                self.respond(from, msg, 200, "OK", &[], b"");
+                if state == CallState::Ringing {
+                    self.send_uas_response(slot, 487, "Request Terminated", false);
+                    self.release(slot);
+                }
+            }
+            _ => self.respond(from, msg, 200, "OK", &[], b""),
+        }
+    }
+
+    fn respond(
+        &mut self,
+        to: SocketAddr,
+        req: &Message<'_>,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        self.scratch.clear();
+        write_response(&mut self.scratch, req, code, reason, None, extra, body);
+        // Responses go back where the request came from (rport behaviour), which is also the
+        // top Via's address for every peer we talk to on loopback.
+        self.queue(to);
+    }
+
+    /// A Call-ID of ours: (slot, generation) for a live call of this run.
+    fn own_call(&self, call_id: &str) -> Option<(u32, u32)> {
+        let rest = call_id.strip_suffix("@pbxlab")?;
+        let mut parts = rest.split('-');
+        let slot: u32 = parts.next()?.parse().ok()?;
+        let generation: u32 = parts.next()?.parse().ok()?;
+        let run: u32 = parts.next()?.parse().ok()?;
+        let c = self.calls.get(slot as usize)?;
+        (run == self.cfg.run_id
+            && c.generation == generation
+            && c.state != CallState::Free
+            && c.uas_call_id.is_empty())
+        .then_some((slot, generation))
+    }
+
+    fn own_registration(&self, call_id: &str) -> Option<usize> {
+        let rest = call_id.strip_suffix("@pbxlab")?.strip_prefix('r')?;
+        let (i, run) = rest.split_once('-')?;
+        let run: u32 = run.parse().ok()?;
+        let i: usize = i.parse().ok()?;
+        (run == self.cfg.run_id && i < self.regs.len()).then_some(i)
+    }
+
+    /// One datagram from the network.
+    pub fn handle(&mut self, now: Nanos, from: SocketAddr, datagram: &[u8]) {
+        // Keepalives (CRLF) are not messages.
+        if datagram.iter().all(|b| b.is_ascii_whitespace()) {
+            return;
+        }
+        let msg = match sip::parse_datagram(datagram) {
+            Ok(m) => m,
+            Err(_) => {
+                self.malformed += 1;
+                self.metrics.fail("malformed message");
+                return;
+            }
+        };
+        if msg.is_request() {
+            self.on_request(now, from, &msg);
+            return;
+        }
+        let call_id = msg.call_id().unwrap_or_default();
+        if let Some((slot, _)) = self.own_call(call_id) {
+            self.on_call_response(now, slot, &msg);
+        } else if let Some(i) = self.own_registration(call_id) {
+            self.on_register_response(now, i, &msg);
+        } else {
+            self.stray += 1;
+        }
+    }
+}
+
+/// Intended offset of attempt `k` at `rate` per second.
+fn gap(k: u64, rate: f64) -> Nanos {
+    if rate <= 0.0 {
+        0
+    } else {
+        (k as f64 * 1e9 / rate) as Nanos
+    }
+}
+
+fn ssrc(slot: u32, generation: u32) -> u32 {
+    // Distinct per live call; mixed so streams do not share low bits.
+    (slot.wrapping_mul(0x9e37_79b1)) ^ generation.rotate_left(16) ^ 0x5a5a_0000
+}
+
+/// The address of the first hop of a request inside a dialog: the first route (loose routing),
+/// else the remote target. Only literal IP addresses are used; a name falls back to the target.
+fn next_hop(routes: &[String], remote_target: &str) -> Option<SocketAddr> {
+    let first = match routes.first() {
+        Some(r) => NameAddr::parse(r).ok().map(|a| a.uri)?,
+        None => remote_target,
+    };
+    let uri = SipUri::parse(first).ok()?;
+    let ip: IpAddr = match uri.host {
+        Host::V4(a) => a.into(),
+        Host::V6(a) => a.into(),
+        Host::Name(_) => return None,
+    };
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+}
+
+/// A failure reason for a final status code: the common codes by name, the rest by class, so
+/// reports group well.
+fn status_reason(code: u16) -> &'static str {
+    let named = match code {
+        400 => Some("400 Bad Request"),
+        401 => Some("401 Unauthorized"),
+        403 => Some("403 Forbidden"),
+        404 => Some("404 Not Found"),
+        407 => Some("407 Proxy Authentication Required"),
+        408 => Some("408 Request Timeout"),
+        480 => Some("480 Temporarily Unavailable"),
+        481 => Some("481 Call Does Not Exist"),
+        486 => Some("486 Busy Here"),
+        487 => Some("487 Request Terminated"),
+        488 => Some("488 Not Acceptable Here"),
+        500 => Some("500 Server Internal Error"),
+        503 => Some("503 Service Unavailable"),
+        504 => Some("504 Server Time-out"),
+        _ => None,
+    };
+    named.unwrap_or(match code / 100 {
+        3 => "3xx redirect",
+        4 => "other 4xx",
+        5 => "other 5xx",
+        6 => "6xx global failure",
+        _ => "unexpected status",
+    })
+}

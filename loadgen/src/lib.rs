@@ -1,0 +1,34 @@
+//! pbxlab's traffic generator: SIP user agents over UDP that register with digest
+//! authentication, place and answer calls, send RTP and RFC 4733 digits, and measure every step
+//! into latency histograms, with k6-style pass/fail thresholds.
+//!
+//! The protocol state (transactions, dialogs, timers, measurements) is the sans-IO
+//! [`engine::Engine`]; [`run::run`] is the thin driver that owns the sockets and the clock. It
+//! does not simulate anything: every figure comes from real datagrams on real sockets.
+
+pub mod engine;
+pub mod media;
+pub mod metrics;
+pub mod report;
+pub mod run;
+pub mod threshold;
+
+pub use engine::{Callee, Config, Hold};
+pub use report::LoadReport;
+pub use run::{Progress, RunOptions, run};
+pub use threshold::Threshold;
+
+/// Everything that can stop a load run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the RTP worker thread panicked")]
+    MediaWorker,
+    #[error(transparent)]
+    Threshold(#[from] threshold::ThresholdError),
+}

@@ -1,0 +1,244 @@
+//! Latency histograms and outcome counters of a load run.
+//!
+//! Every latency is recorded in microseconds into an HdrHistogram (3 significant digits, up to
+//! one hour). Recording goes into the current interval's histogram; at each interval boundary the
+//! interval is added to the run's total and kept, serialised, for the interval log. Histograms of
+//! several shards or intervals are merged by adding counts, never by averaging percentiles.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::V2Serializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+
+/// The latencies a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Metric {
+    /// First REGISTER to the final 200, across the digest challenge.
+    Register,
+    /// Post-dial delay: INVITE to the first 180/183.
+    Pdd,
+    /// INVITE to 200.
+    Setup,
+    /// BYE to its 200.
+    Bye,
+    /// Per call with RTP: the longest interval without received media.
+    MediaGap,
+    /// INVITE to 200 measured from when the INVITE actually left, as a closed-loop tool
+    /// measures: blind to the time an attempt spent waiting to be sent (coordinated omission).
+    /// Reported beside `setup` so the difference is visible, as wrk2 reports uncorrected latency.
+    SetupUncorrected,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 6] = [
+        Metric::Register,
+        Metric::Pdd,
+        Metric::Setup,
+        Metric::Bye,
+        Metric::MediaGap,
+        Metric::SetupUncorrected,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Register => "register",
+            Metric::Pdd => "pdd",
+            Metric::Setup => "setup",
+            Metric::Bye => "bye",
+            Metric::MediaGap => "media_gap",
+            Metric::SetupUncorrected => "setup_uncorrected",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// One hour in microseconds: anything slower is recorded as an hour.
+pub const MAX_US: u64 = 3_600_000_000;
+
+/// A histogram of microseconds from 1 µs to an hour at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    // hdrhistogram refuses only low < 1, high < 2 * low or more than 5 significant digits; these
+    // constants are none of those.
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// Outcome counts of one kind of attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Outcomes {
+    pub attempted: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+pub struct Metrics {
+    interval: [Histogram<u64>; 6],
+    total: [Histogram<u64>; 6],
+    pub calls: Outcomes,
+    pub registrations: Outcomes,
+    /// Reason (timeout, a status code, malformed response, ...) to count.
+    pub failures: BTreeMap<String, u64>,
+    interval_start: Duration,
+    log: Vec<u8>,
+    serializer: V2Serializer,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            interval: std::array::from_fn(|_| histogram()),
+            total: std::array::from_fn(|_| histogram()),
+            calls: Outcomes::default(),
+            registrations: Outcomes::default(),
+            failures: BTreeMap::new(),
+            interval_start: Duration::ZERO,
+            log: Vec::new(),
+            serializer: V2Serializer::new(),
+        }
+    }
+
+    pub fn record(&mut self, metric: Metric, latency: Duration) {
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(MAX_US)
+            .clamp(1, MAX_US);
+        // Clamped into the histogram's range above, so recording cannot fail.
+        let _ = self.interval[metric as usize].record(us);
+    }
+
+    pub fn fail(&mut self, reason: &str) {
+        match self.failures.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                self.failures.insert(reason.to_owned(), 1);
+            }
+        }
+    }
+
+    /// Closes the interval that ends at `now` (time since the run started): adds it to the
+    /// totals, appends it to the interval log and starts a new one. Returns the closed interval's
+    /// per-metric counts and p99s for progress lines.
+    pub fn close_interval(&mut self, now: Duration) -> IntervalSummary {
+        let length = now.saturating_sub(self.interval_start);
+        let mut summary = IntervalSummary {
+            length,
+            counts: [0; 6],
+            p99_us: [0; 6],
+        };
+        for (i, h) in self.interval.iter_mut().enumerate() {
+            summary.counts[i] = h.len();
+            summary.p99_us[i] = h.value_at_quantile(0.99);
+            if h.is_empty() {
+                continue;
+            }
+            let _ = self.total[i].add(&*h);
+            let tag = Tag::new(Metric::ALL[i].name());
+            if let Ok(mut w) =
+                IntervalLogWriterBuilder::new().begin_log_with(&mut self.log, &mut self.serializer)
+            {
+                // A histogram that fails to serialise only costs the log that interval.
+                let _ = w.write_histogram(h, self.interval_start, length, tag);
+            }
+            h.reset();
+        }
+        self.interval_start = now;
+        summary
+    }
+
+    pub fn total(&self, metric: Metric) -> &Histogram<u64> {
+        &self.total[metric as usize]
+    }
+
+    /// Adds another shard's (or thread's) totals and counts into these.
+    pub fn merge(&mut self, other: &Metrics) {
+        for i in 0..Metric::ALL.len() {
+            let _ = self.total[i].add(&other.total[i]);
+        }
+        for (a, b) in [
+            (&mut self.calls, &other.calls),
+            (&mut self.registrations, &other.registrations),
+        ] {
+            a.attempted += b.attempted;
+            a.succeeded += b.succeeded;
+            a.failed += b.failed;
+        }
+        for (reason, n) in &other.failures {
+            *self.failures.entry(reason.clone()).or_default() += n;
+        }
+    }
+
+    /// The interval log (HdrHistogram's text format, one line per metric per interval, tagged
+    /// with the metric's name), with a header naming the run.
+    pub fn interval_log(&self, comment: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut serializer = V2Serializer::new();
+        let _ = IntervalLogWriterBuilder::new()
+            .add_comment(comment)
+            .add_comment("tags: register, pdd, setup, bye, media_gap, setup_uncorrected; values in microseconds")
+            .begin_log_with(&mut out, &mut serializer);
+        out.extend_from_slice(&self.log);
+        out
+    }
+}
+
+/// What one interval saw, for progress output.
+#[derive(Debug, Clone, Copy)]
+pub struct IntervalSummary {
+    pub length: Duration,
+    pub counts: [u64; 6],
+    pub p99_us: [u64; 6],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_add_up_to_the_total_and_land_in_the_log() {
+        let mut m = Metrics::new();
+        for ms in 1..=100 {
+            m.record(Metric::Setup, Duration::from_millis(ms));
+        }
+        m.close_interval(Duration::from_secs(1));
+        m.record(Metric::Setup, Duration::from_secs(2));
+        let s = m.close_interval(Duration::from_secs(2));
+        assert_eq!(s.counts[Metric::Setup as usize], 1);
+        let total = m.total(Metric::Setup);
+        assert_eq!(total.len(), 101);
+        // 3 significant digits.
+        let p50 = total.value_at_quantile(0.5);
+        assert!((50_000..=51_100).contains(&p50), "{p50}");
+        assert_eq!(total.max(), total.highest_equivalent(2_000_000));
+        let log = String::from_utf8(m.interval_log("test")).expect("text");
+        assert_eq!(
+            log.lines().filter(|l| l.starts_with("Tag=setup,")).count(),
+            2,
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn merging_adds_counts() {
+        let mut a = Metrics::new();
+        let mut b = Metrics::new();
+        a.record(Metric::Bye, Duration::from_millis(1));
+        b.record(Metric::Bye, Duration::from_millis(3));
+        a.close_interval(Duration::from_secs(1));
+        b.close_interval(Duration::from_secs(1));
+        b.calls.failed = 2;
+        b.fail("timeout");
+        a.merge(&b);
+        assert_eq!(a.total(Metric::Bye).len(), 2);
+        assert_eq!(a.calls.failed, 2);
+        assert_eq!(a.failures["timeout"], 1);
+    }
+}

@@ -1,0 +1,293 @@
+//! The driver: binds the sockets, feeds the engine datagrams and the time, sends what it queues,
+//! runs the RTP worker, closes an interval every second, and builds the report.
+//!
+//! One thread and one non-blocking UDP socket under epoll (mio): a datagram wakes the loop at
+//! once and is timestamped as it is read; a wait for the next deadline ends at most about a
+//! millisecond late (epoll's timeout granularity; a socket read timeout would round to the
+//! kernel's 4 ms tick). Lateness moves when an attempt is sent, never what is measured: latencies
+//! run from each attempt's intended start, so a late generator shows up in them.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+
+use mio::{Events, Interest, Poll, Token};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+use crate::engine::{Config, Engine, Nanos};
+use crate::media::{self, MediaReport};
+use crate::metrics::{IntervalSummary, Metric};
+use crate::report::{LatencySummary, LoadReport, RtpSummary, ThresholdResult};
+use crate::threshold::Threshold;
+
+/// How long in-flight calls get to finish after a stop (Ctrl-C) before the run gives up on them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub struct RunOptions<'a> {
+    /// Bind the SIP socket here (port 0: any).
+    pub bind: SocketAddr,
+    /// Bind the RTP socket here (port 0: any).
+    pub rtp_bind: SocketAddr,
+    pub interval: Duration,
+    pub thresholds: Vec<Threshold>,
+    /// Set from a signal handler: stop starting, hang up, report.
+    pub stop: &'a AtomicBool,
+    /// Called after every interval.
+    pub progress: &'a mut dyn FnMut(&Progress),
+    /// Gives up on calls still in flight this long after the last attempt was due.
+    pub drain_limit: Duration,
+}
+
+/// A snapshot for progress output.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub elapsed: Duration,
+    pub interval: IntervalSummary,
+    pub calls_attempted: u64,
+    pub calls_failed: u64,
+    pub registrations_attempted: u64,
+    pub registrations_failed: u64,
+    pub active_calls: usize,
+}
+
+/// Runs a load against `cfg.target`. `cfg.local` and `cfg.rtp_local` are replaced by the bound
+/// sockets' addresses.
+pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>), Error> {
+    let socket = UdpSocket::bind(opts.bind).map_err(|e| Error::Bind {
+        addr: opts.bind,
+        source: e,
+    })?;
+    let rtp_socket = UdpSocket::bind(opts.rtp_bind).map_err(|e| Error::Bind {
+        addr: opts.rtp_bind,
+        source: e,
+    })?;
+    cfg.local = socket.local_addr().map_err(|e| Error::Bind {
+        addr: opts.bind,
+        source: e,
+    })?;
+    cfg.rtp_local = rtp_socket.local_addr().map_err(|e| Error::Bind {
+        addr: opts.rtp_bind,
+        source: e,
+    })?;
+    let io = |e| Error::Bind {
+        addr: opts.bind,
+        source: e,
+    };
+    socket.set_nonblocking(true).map_err(io)?;
+    let mut socket = mio::net::UdpSocket::from_std(socket);
+    let mut poll = Poll::new().map_err(io)?;
+    poll.registry()
+        .register(&mut socket, Token(0), Interest::READABLE)
+        .map_err(io)?;
+    let mut events = Events::with_capacity(16);
+    let target = cfg.target;
+    let shard_note = format!("target {target}, local {}", cfg.local);
+
+    let media_stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker =
+        media::spawn(rtp_socket, rx, Arc::clone(&media_stop)).map_err(|e| Error::Bind {
+            addr: cfg.rtp_local,
+            source: e,
+        })?;
+
+    let mut engine = Engine::new(cfg);
+    let started = Instant::now();
+    let mut next_interval = opts.interval;
+    let mut buf = vec![0u8; 65_536];
+    let mut responses = 0u64;
+    let mut send_errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stopped_at: Option<Nanos> = None;
+    let mut last_due: Option<Nanos> = None;
+    let interrupted;
+    loop {
+        let now = started.elapsed();
+        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        if opts.stop.load(Ordering::Relaxed) && stopped_at.is_none() {
+            stopped_at = Some(now_ns);
+            engine.stop(now_ns);
+        }
+        engine.advance(now_ns);
+        engine.transmit(|to, bytes| {
+            if let Err(e) = socket.send_to(bytes, to) {
+                *send_errors
+                    .entry(format!("send to {to}: {}", e.kind()))
+                    .or_default() += 1;
+            }
+        });
+        for cmd in engine.media_commands() {
+            // The worker outlives the engine loop; a closed channel only means it has stopped.
+            let _ = tx.send(cmd);
+        }
+        if now >= next_interval {
+            let interval = engine.metrics.close_interval(now);
+            let m = &engine.metrics;
+            (opts.progress)(&Progress {
+                elapsed: now,
+                interval,
+                calls_attempted: m.calls.attempted,
+                calls_failed: m.calls.failed,
+                registrations_attempted: m.registrations.attempted,
+                registrations_failed: m.registrations.failed,
+                active_calls: engine.active_calls(),
+            });
+            next_interval += opts.interval;
+        }
+        if engine.finished() {
+            interrupted = stopped_at.is_some();
+            break;
+        }
+        if let Some(at) = stopped_at
+            && now_ns.saturating_sub(at) > u64::try_from(STOP_GRACE.as_nanos()).unwrap_or(u64::MAX)
+        {
+            interrupted = true;
+            break;
+        }
+        // Nothing left to start: in-flight calls get a bounded time to end.
+        if engine.next_deadline().is_none() && engine.active_calls() > 0 {
+            let due = *last_due.get_or_insert(now_ns);
+            if now_ns.saturating_sub(due)
+                > u64::try_from(opts.drain_limit.as_nanos()).unwrap_or(u64::MAX)
+            {
+                interrupted = false;
+                break;
+            }
+        }
+        // Sleep until the next deadline or a datagram, then read everything that is there.
+        let wait = engine
+            .next_deadline()
+            .map_or(Duration::from_millis(50), |d| {
+                Duration::from_nanos(d.saturating_sub(now_ns))
+            })
+            .min(Duration::from_millis(50));
+        if let Err(e) = poll.poll(&mut events, Some(wait))
+            && e.kind() != ErrorKind::Interrupted
+        {
+            *send_errors
+                .entry(format!("poll: {}", e.kind()))
+                .or_default() += 1;
+        }
+        loop {
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    responses += 1;
+                    let at = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    engine.handle(at, from, buf.get(..n).unwrap_or(&[]));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // ICMP port unreachable can surface here: nobody listens at the target.
+                Err(e) => {
+                    *send_errors
+                        .entry(format!("receive: {}", e.kind()))
+                        .or_default() += 1;
+                    break;
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let leftover = engine.active_calls() as u64;
+    if leftover > 0 {
+        engine.metrics.calls.failed += leftover;
+        *engine
+            .metrics
+            .failures
+            .entry("unfinished at the end of the run".into())
+            .or_default() += leftover;
+    }
+    engine.metrics.close_interval(elapsed);
+    media_stop.store(true, Ordering::Relaxed);
+    let media = worker.join().map_err(|_| Error::MediaWorker)?;
+    for (reason, n) in send_errors {
+        *engine.metrics.failures.entry(reason).or_default() += n;
+    }
+    let report = build_report(
+        &engine,
+        &media,
+        target,
+        elapsed,
+        interrupted,
+        responses,
+        &opts.thresholds,
+    );
+    let log = engine
+        .metrics
+        .interval_log(&format!("pbxlab load: {shard_note}"));
+    Ok((report, log))
+}
+
+fn build_report(
+    engine: &Engine,
+    media: &MediaReport,
+    target: SocketAddr,
+    elapsed: Duration,
+    interrupted: bool,
+    responses: u64,
+    thresholds: &[Threshold],
+) -> LoadReport {
+    let m = &engine.metrics;
+    let metrics: BTreeMap<String, LatencySummary> = Metric::ALL
+        .iter()
+        .map(|&metric| {
+            (
+                metric.name().to_owned(),
+                LatencySummary::of(metric_hist(engine, media, metric)),
+            )
+        })
+        .collect();
+    let rtp = RtpSummary {
+        streams: media.streams,
+        packets_sent: media.packets_sent,
+        packets_received: media.packets_received,
+        loss_fraction: media.loss_fraction(),
+        jitter_p99_us: media.jitter_us.value_at_quantile(0.99),
+    };
+    let mut report = LoadReport {
+        target: target.to_string(),
+        duration_s: elapsed.as_secs_f64(),
+        interrupted,
+        messages_received: responses,
+        malformed: engine.malformed,
+        metrics,
+        calls: m.calls,
+        registrations: m.registrations,
+        failures: m.failures.clone(),
+        rtp,
+        thresholds: Vec::new(),
+    };
+    report.thresholds = thresholds
+        .iter()
+        .map(|t| {
+            let value = report.value(&t.subject, metric_hist_by(engine, media));
+            ThresholdResult {
+                expr: t.expr.clone(),
+                value,
+                pass: t.passes(value),
+            }
+        })
+        .collect();
+    report
+}
+
+fn metric_hist<'a>(
+    engine: &'a Engine,
+    media: &'a MediaReport,
+    metric: Metric,
+) -> &'a hdrhistogram::Histogram<u64> {
+    match metric {
+        // Media gaps are measured by the RTP worker, per received stream.
+        Metric::MediaGap => &media.gap_us,
+        m => engine.metrics.total(m),
+    }
+}
+
+fn metric_hist_by<'a>(
+    engine: &'a Engine,
+    media: &'a MediaReport,
+) -> impl Fn(Metric) -> &'a hdrhistogram::Histogram<u64> {
+    move |m| metric_hist(engine, media, m)
+}

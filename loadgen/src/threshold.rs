@@ -1,0 +1,300 @@
+//! Pass/fail thresholds on a run's figures, k6-style: `setup.p99<200ms`, `calls.failed==0`,
+//! `rtp.loss_fraction<0.001`. A latency value takes a unit (us, ms, s; a bare number is ms, as in
+//! k6); counts and fractions are plain numbers.
+
+use std::fmt;
+
+use crate::metrics::Metric;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+}
+
+impl Op {
+    fn symbol(self) -> &'static str {
+        match self {
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Eq => "==",
+        }
+    }
+
+    fn holds(self, value: f64, limit: f64) -> bool {
+        match self {
+            Op::Lt => value < limit,
+            Op::Le => value <= limit,
+            Op::Gt => value > limit,
+            Op::Ge => value >= limit,
+            Op::Eq => value == limit,
+        }
+    }
+}
+
+/// What a threshold reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A latency percentile, in microseconds.
+    Percentile(Metric, Quantile),
+    Max(Metric),
+    Mean(Metric),
+    Count(Metric),
+    Calls(Field),
+    Registrations(Field),
+    RtpLossFraction,
+    RtpJitterP99,
+}
+
+/// A percentile in thousandths of a percent (99.9 is 99,900): exact, and comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quantile(pub u32);
+
+impl Quantile {
+    /// As a fraction in (0, 1], as hdrhistogram takes it.
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / 100_000.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Attempted,
+    Succeeded,
+    Failed,
+    FailedFraction,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub expr: String,
+    pub subject: Subject,
+    pub op: Op,
+    /// In the subject's unit: microseconds for latencies.
+    pub limit: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("threshold {expr:?}: {reason}")]
+pub struct ThresholdError {
+    pub expr: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Threshold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expr)
+    }
+}
+
+impl Threshold {
+    pub fn parse(expr: &str) -> Result<Threshold, ThresholdError> {
+        let err = |reason: String| ThresholdError {
+            expr: expr.to_owned(),
+            reason,
+        };
+        let compact: String = expr.chars().filter(|c| !c.is_whitespace()).collect();
+        let at = compact
+            .find(['<', '>', '='])
+            .ok_or_else(|| err("no comparison: write e.g. setup.p99<200ms".into()))?;
+        let (lhs, rest) = compact.split_at(at);
+        let (op, value) = [
+            ("<=", Op::Le),
+            (">=", Op::Ge),
+            ("==", Op::Eq),
+            ("<", Op::Lt),
+            (">", Op::Gt),
+        ]
+        .into_iter()
+        .find_map(|(s, op)| rest.strip_prefix(s).map(|v| (op, v)))
+        .ok_or_else(|| {
+            err(format!(
+                "unknown comparison in {rest:?}; use <, <=, >, >= or =="
+            ))
+        })?;
+        let (name, stat) = lhs.split_once('.').ok_or_else(|| {
+            err(format!(
+                "{lhs:?} is not NAME.STAT (e.g. setup.p99, calls.failed)"
+            ))
+        })?;
+        let subject = match (Metric::from_name(name), name) {
+            (Some(m), _) => match stat {
+                "max" => Subject::Max(m),
+                "mean" => Subject::Mean(m),
+                "count" => Subject::Count(m),
+                p => {
+                    let digits = p.strip_prefix('p').ok_or_else(|| {
+                        err(format!(
+                            "unknown statistic {p:?}; use p50, p90, p99, p999, max, mean or count"
+                        ))
+                    })?;
+                    Subject::Percentile(
+                        m,
+                        percentile(digits).ok_or_else(|| err(format!("bad percentile {p:?}")))?,
+                    )
+                }
+            },
+            (None, "calls" | "registrations") => {
+                let field = match stat {
+                    "attempted" => Field::Attempted,
+                    "succeeded" => Field::Succeeded,
+                    "failed" => Field::Failed,
+                    "failed_fraction" => Field::FailedFraction,
+                    s => {
+                        return Err(err(format!(
+                            "unknown field {s:?}; use attempted, succeeded, failed or failed_fraction"
+                        )));
+                    }
+                };
+                if name == "calls" {
+                    Subject::Calls(field)
+                } else {
+                    Subject::Registrations(field)
+                }
+            }
+            (None, "rtp") => match stat {
+                "loss_fraction" => Subject::RtpLossFraction,
+                "jitter_p99" => Subject::RtpJitterP99,
+                s => {
+                    return Err(err(format!(
+                        "unknown rtp figure {s:?}; use loss_fraction or jitter_p99"
+                    )));
+                }
+            },
+            (None, n) => {
+                return Err(err(format!(
+                    "unknown name {n:?}; use register, pdd, setup, bye, media_gap, calls, registrations or rtp"
+                )));
+            }
+        };
+        let is_latency = matches!(
+            subject,
+            Subject::Percentile(..) | Subject::Max(_) | Subject::Mean(_) | Subject::RtpJitterP99
+        );
+        let limit = if is_latency {
+            parse_latency_us(value)
+        } else {
+            value.parse::<f64>().ok()
+        }
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| {
+            err(if is_latency {
+                format!(
+                    "{value:?} is not a latency: a number with us, ms or s (bare numbers are ms)"
+                )
+            } else {
+                format!("{value:?} is not a number")
+            })
+        })?;
+        Ok(Threshold {
+            expr: expr.trim().to_owned(),
+            subject,
+            op,
+            limit,
+        })
+    }
+
+    /// Whether `value` (in the subject's unit) passes.
+    pub fn passes(&self, value: f64) -> bool {
+        self.op.holds(value, self.limit)
+    }
+
+    /// The limit for display: latencies in ms.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.op.symbol(), self.limit)
+    }
+}
+
+/// "5" -> 5 %, "99" -> 99 %, "999" -> 99.9 %, "9999" -> 99.99 %, "100" -> 100 %: after the first
+/// two digits come decimals (at most three), as in p999.
+fn percentile(digits: &str) -> Option<Quantile> {
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = digits.parse().ok()?;
+    let milli = match digits.len() {
+        _ if digits == "100" => 100_000,
+        1 => n * 1_000,
+        len => n * 10u32.pow(5 - len as u32),
+    };
+    (milli > 0 && milli <= 100_000).then_some(Quantile(milli))
+}
+
+fn parse_latency_us(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        (text, 1e3)
+    };
+    number.parse::<f64>().ok().map(|v| v * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_forms_people_write() {
+        let t = Threshold::parse("setup.p99<200ms").expect("valid");
+        assert_eq!(
+            t.subject,
+            Subject::Percentile(Metric::Setup, Quantile(99_000))
+        );
+        assert_eq!((t.op, t.limit), (Op::Lt, 200_000.0));
+        assert!(t.passes(199_999.0) && !t.passes(200_000.0));
+        let t = Threshold::parse(" register.p999 <= 1.5s ").expect("valid");
+        assert_eq!(
+            t.subject,
+            Subject::Percentile(Metric::Register, Quantile(99_900))
+        );
+        assert_eq!(percentile("5"), Some(Quantile(5_000)));
+        assert_eq!(percentile("100"), Some(Quantile(100_000)));
+        assert_eq!(percentile("50"), Some(Quantile(50_000)));
+        assert_eq!(percentile("9999"), Some(Quantile(99_990)));
+        assert_eq!(t.limit, 1_500_000.0);
+        assert_eq!(
+            Threshold::parse("bye.max<50").expect("valid").limit,
+            50_000.0,
+            "bare numbers are ms"
+        );
+        let t = Threshold::parse("calls.failed==0").expect("valid");
+        assert_eq!(
+            (t.subject, t.op, t.limit),
+            (Subject::Calls(Field::Failed), Op::Eq, 0.0)
+        );
+        assert!(
+            Threshold::parse("rtp.loss_fraction<0.001")
+                .expect("valid")
+                .passes(0.0005)
+        );
+        assert!(Threshold::parse("media_gap.p99<=300ms").is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        for (expr, needle) in [
+            ("setup.p99", "no comparison"),
+            ("setup<200ms", "NAME.STAT"),
+            ("latency.p99<1s", "unknown name"),
+            ("setup.p0<1s", "bad percentile"),
+            ("setup.p123456<1s", "bad percentile"),
+            ("setup.median<1s", "unknown statistic"),
+            ("setup.p99<fast", "not a latency"),
+            ("calls.lost<1", "unknown field"),
+            ("calls.failed<lots", "not a number"),
+            ("setup.p99=<1s", "unknown comparison"),
+        ] {
+            let e = Threshold::parse(expr).expect_err(expr);
+            assert!(e.to_string().contains(needle), "{expr}: {e}");
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! The user-agent engine with a fake clock and a scripted peer: no sockets, no sleeping. Each
+//! test jumps time and checks exactly what the engine sends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pbxlab_loadgen::engine::{Callee, Config, Engine, Hold, MediaCommand, Nanos};
+use pbxlab_proto::sip::{self, HeaderName, Method};
+
+const MS: Nanos = 1_000_000;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn config() -> Config {
+    Config {
+        target: addr(5060),
+        local: addr(6000),
+        rtp_local: addr(7000),
+        domain: "127.0.0.1".into(),
+        users: Vec::new(),
+        password_prefix: "pw-".into(),
+        register: false,
+        register_rate: 100.0,
+        expires_s: 3600,
+        calls: 1,
+        call_rate: 10.0,
+        hold: Hold::Fixed(Duration::from_millis(1000)),
+        callee: Callee::Service("echo".into()),
+        rtp_fraction: 0.0,
+        max_concurrent: None,
+        ring_delay: Duration::from_millis(300),
+        dtmf: String::new(),
+        t1: Duration::from_millis(500),
+        t2: Duration::from_secs(4),
+        seed: 1,
+        run_id: 77,
+    }
+}
+
+/// Everything the engine sends now, as text.
+fn sent(e: &mut Engine) -> Vec<(SocketAddr, String)> {
+    let mut out = Vec::new();
+    e.transmit(|to, bytes| out.push((to, String::from_utf8_lossy(bytes).into_owned())));
+    out
+}
+
+fn step(e: &mut Engine, now: Nanos) -> Vec<(SocketAddr, String)> {
+    e.advance(now);
+    sent(e)
+}
+
+fn methods(msgs: &[(SocketAddr, String)]) -> Vec<String> {
+    msgs.iter()
+        .map(|(_, m)| m.split(' ').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A response to `req` from the peer, with its To tag and extra header lines.
+fn reply(req: &str, status: &str, extra: &str, body: &str) -> String {
+    let msg = sip::parse_datagram(req.as_bytes()).expect("engine sends valid SIP");
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for v in msg.values(HeaderName::Via) {
+        out.push_str(&format!("Via: {v}\r\n"));
+    }
+    let to = msg.header(HeaderName::To).expect("To");
+    let tag = if to.contains("tag=") {
+        String::new()
+    } else {
+        ";tag=peer".into()
+    };
+    out.push_str(&format!(
+        "From: {}\r\nTo: {to}{tag}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        msg.header(HeaderName::From).expect("From"),
+        msg.call_id().expect("Call-ID"),
+        msg.header(HeaderName::CSeq).expect("CSeq"),
+        body.len()
+    ));
+    out
+}
+
+#[test]
+fn invite_retransmits_with_timer_a_and_times_out_with_timer_b() {
+    let mut e = Engine::new(config());
+    let first = step(&mut e, 0);
+    assert_eq!(methods(&first), ["INVITE"]);
+    assert_eq!(first[0].0, addr(5060));
+    // Timer A: 500 ms, then 1 s, 2 s, 4 s... after the previous send.
+    let mut at = 0;
+    let mut interval = 500 * MS;
+    for _ in 0..5 {
+        assert!(
+            step(&mut e, at + interval - 1).is_empty(),
+            "not before {interval}"
+        );
+        at += interval;
+        let again = step(&mut e, at);
+        assert_eq!(again.len(), 1, "retransmission due at {at}");
+        assert_eq!(
+            again[0].1, first[0].1,
+            "a retransmission is the same message"
+        );
+        interval *= 2;
+    }
+    // Timer B: 64 * T1 = 32 s after the first send.
+    assert_eq!(e.metrics.calls.failed, 0);
+    step(&mut e, 32_000 * MS);
+    assert_eq!(e.metrics.calls.failed, 1);
+    assert_eq!(e.metrics.failures["INVITE timeout"], 1);
+    assert!(e.finished());
+}
+
+#[test]
+fn a_call_completes_and_measures_from_the_intended_start() {
+    let mut e = Engine::new(config());
+    let invite = step(&mut e, 0).remove(0).1;
+    e.handle(
+        2 * MS,
+        addr(5060),
+        reply(&invite, "100 Trying", "", "").as_bytes(),
+    );
+    e.handle(
+        30 * MS,
+        addr(5060),
+        reply(&invite, "180 Ringing", "", "").as_bytes(),
+    );
+    assert!(
+        step(&mut e, 600 * MS).is_empty(),
+        "no retransmission after a provisional response"
+    );
+    let ok = reply(
+        &invite,
+        "200 OK",
+        "Contact: <sip:echo@127.0.0.1:5070>\r\n",
+        "",
+    );
+    e.handle(700 * MS, addr(5060), ok.as_bytes());
+    let ack = sent(&mut e);
+    assert_eq!(methods(&ack), ["ACK"]);
+    assert!(
+        ack[0].1.starts_with("ACK sip:echo@127.0.0.1:5070 SIP/2.0"),
+        "ACK to the remote target: {}",
+        ack[0].1
+    );
+    assert_eq!(
+        ack[0].0,
+        addr(5070),
+        "no route set: straight to the Contact"
+    );
+    // A retransmitted 200 (our ACK was lost) is ACKed again.
+    e.handle(800 * MS, addr(5060), ok.as_bytes());
+    assert_eq!(methods(&sent(&mut e)), ["ACK"]);
+    // BYE after the 1 s hold; Timer E retransmits it up to T2.
+    assert!(step(&mut e, 1_699 * MS).is_empty());
+    let bye = step(&mut e, 1_700 * MS);
+    assert_eq!(methods(&bye), ["BYE"]);
+    assert!(bye[0].1.contains("CSeq: 2 BYE"));
+    assert_eq!(methods(&step(&mut e, 2_200 * MS)), ["BYE"]);
+    e.handle(
+        2_250 * MS,
+        addr(5070),
+        reply(&bye[0].1, "200 OK", "", "").as_bytes(),
+    );
+    assert!(e.finished());
+    assert_eq!(e.metrics.calls.succeeded, 1);
+    e.metrics.close_interval(Duration::from_secs(3));
+    let setup = e.metrics.total(pbxlab_loadgen::metrics::Metric::Setup);
+    assert_eq!(setup.len(), 1);
+    assert!(
+        setup.equivalent(setup.max(), 700_000),
+        "700 ms from the intended start"
+    );
+    let pdd = e.metrics.total(pbxlab_loadgen::metrics::Metric::Pdd);
+    assert!(pdd.equivalent(pdd.max(), 30_000));
+    let bye_latency = e.metrics.total(pbxlab_loadgen::metrics::Metric::Bye);
+    assert!(
+        bye_latency.equivalent(bye_latency.max(), 550_000),
+        "from the first BYE: {}",
+        bye_latency.max()
+    );
+}
+
+#[test]
+fn bye_retransmissions_are_capped_at_t2() {
+    let mut e = Engine::new(config());
+    let invite = step(&mut e, 0).remove(0).1;
+    e.handle(
+        MS,
+        addr(5060),
+        reply(
+            &invite,
+            "200 OK",
+            "Contact: <sip:echo@127.0.0.1:5070>\r\n",
+            "",
+        )
+        .as_bytes(),
+    );
+    sent(&mut e);
+    let start = 1_001 * MS;
+    assert_eq!(methods(&step(&mut e, start)), ["BYE"]);
+    // 0.5, 1, 2, 4, 4, 4 s: doubling stops at T2 = 4 s.
+    let mut at = start;
+    for gap in [500, 1000, 2000, 4000, 4000, 4000] {
+        at += gap * MS;
+        assert!(step(&mut e, at - 1).is_empty());
+        assert_eq!(methods(&step(&mut e, at)), ["BYE"], "at +{gap} ms");
+    }
+    step(&mut e, start + 32_000 * MS);
+    assert_eq!(e.metrics.failures["BYE timeout"], 1);
+}
+
+#[test]
+fn a_407_gets_an_ack_and_an_authenticated_invite_with_the_next_cseq() {
+    let mut cfg = config();
+    cfg.users = vec![1000];
+    cfg.register = false;
+    let mut e = Engine::new(cfg);
+    let invite = step(&mut e, 0).remove(0).1;
+    let challenge =
+        "Proxy-Authenticate: Digest realm=\"127.0.0.1\", nonce=\"abc123\", qop=\"auth\"\r\n";
+    e.handle(
+        MS,
+        addr(5060),
+        reply(&invite, "407 Proxy Authentication Required", challenge, "").as_bytes(),
+    );
+    let out = sent(&mut e);
+    assert_eq!(methods(&out), ["ACK", "INVITE"]);
+    let ack = sip::parse_datagram(out[0].1.as_bytes()).expect("valid");
+    let first = sip::parse_datagram(invite.as_bytes()).expect("valid");
+    assert_eq!(
+        ack.top_via().and_then(|v| v.branch),
+        first.top_via().and_then(|v| v.branch),
+        "ACK to a non-2xx shares the INVITE's branch"
+    );
+    assert!(ack.to().and_then(|t| t.tag()).is_some());
+    let second = sip::parse_datagram(out[1].1.as_bytes()).expect("valid");
+    assert_eq!(second.cseq().map(|c| c.seq), Some(2));
+    assert_ne!(
+        second.top_via().and_then(|v| v.branch),
+        first.top_via().and_then(|v| v.branch)
+    );
+    let auth = second
+        .header(HeaderName::ProxyAuthorization)
+        .expect("Proxy-Authorization");
+    assert!(
+        auth.contains("username=\"1000\"")
+            && auth.contains("nc=00000001")
+            && auth.contains("nonce=\"abc123\""),
+        "{auth}"
+    );
+    assert_eq!(second.call_id(), first.call_id());
+}
+
+#[test]
+fn an_incoming_call_rings_then_is_answered_and_the_200_repeats_until_acked() {
+    let mut cfg = config();
+    cfg.users = vec![1000, 1001];
+    cfg.calls = 0;
+    cfg.rtp_fraction = 1.0;
+    let mut e = Engine::new(cfg);
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9002 RTP/AVP 0\r\n";
+    let invite = format!(
+        "INVITE sip:1001@127.0.0.1:6000 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKproxy1\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:9000;branch=z9hG4bKcaller1\r\nRecord-Route: <sip:127.0.0.1:5060;lr>\r\n\
+         From: <sip:1000@127.0.0.1>;tag=caller\r\nTo: <sip:1001@127.0.0.1>\r\nCall-ID: in-1@elsewhere\r\nCSeq: 7 INVITE\r\n\
+         Contact: <sip:1000@127.0.0.1:9000>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    e.handle(0, addr(5060), invite.as_bytes());
+    let ringing = sent(&mut e);
+    assert_eq!(ringing.len(), 1);
+    let r = sip::parse_datagram(ringing[0].1.as_bytes()).expect("valid 180");
+    assert_eq!(r.code(), Some(180));
+    assert_eq!(r.vias().count(), 2, "both Vias come back");
+    assert_eq!(r.values(HeaderName::RecordRoute).count(), 1);
+    let tag = r.to().and_then(|t| t.tag()).expect("to-tag").to_owned();
+    // A retransmitted INVITE while ringing gets the 180 again.
+    e.handle(100 * MS, addr(5060), invite.as_bytes());
+    assert_eq!(sent(&mut e).len(), 1);
+    assert!(step(&mut e, 299 * MS).is_empty());
+    let ok = step(&mut e, 300 * MS);
+    let ok = sip::parse_datagram(ok[0].1.as_bytes()).expect("valid 200");
+    assert_eq!(ok.code(), Some(200));
+    assert_eq!(
+        ok.to().and_then(|t| t.tag()),
+        Some(tag.as_str()),
+        "one dialog, one tag"
+    );
+    assert!(!ok.body().is_empty(), "200 carries our SDP");
+    // Timer G: the 200 repeats after T1 until the ACK comes.
+    assert_eq!(step(&mut e, 800 * MS).len(), 1);
+    let ack = format!(
+        "ACK sip:1001@127.0.0.1:6000 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKproxy2\r\n\
+         From: <sip:1000@127.0.0.1>;tag=caller\r\nTo: <sip:1001@127.0.0.1>;tag={tag}\r\nCall-ID: in-1@elsewhere\r\nCSeq: 7 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    e.handle(900 * MS, addr(5060), ack.as_bytes());
+    let media: Vec<MediaCommand> = e.media_commands().collect();
+    assert!(
+        matches!(media.as_slice(), [MediaCommand::Start { dest, .. }] if *dest == addr(9002)),
+        "{media:?}"
+    );
+    assert!(
+        step(&mut e, 5_000 * MS).is_empty(),
+        "no more 200s after the ACK"
+    );
+    // A re-INVITE moves the media.
+    let reinvite = invite
+        .replace(
+            "To: <sip:1001@127.0.0.1>",
+            &format!("To: <sip:1001@127.0.0.1>;tag={tag}"),
+        )
+        .replace("CSeq: 7", "CSeq: 8")
+        .replace("9002", "9102")
+        .replace("z9hG4bKproxy1", "z9hG4bKproxy3");
+    e.handle(6_000 * MS, addr(5060), reinvite.as_bytes());
+    let answer = sent(&mut e);
+    assert_eq!(
+        sip::parse_datagram(answer[0].1.as_bytes())
+            .expect("valid")
+            .code(),
+        Some(200)
+    );
+    let media: Vec<MediaCommand> = e.media_commands().collect();
+    assert!(
+        matches!(media.as_slice(), [MediaCommand::Redirect { dest, .. }] if *dest == addr(9102)),
+        "{media:?}"
+    );
+    // BYE from the caller ends it.
+    let bye = ack.replace("ACK sip", "BYE sip").replace("7 ACK", "9 BYE");
+    e.handle(7_000 * MS, addr(5060), bye.as_bytes());
+    let out = sent(&mut e);
+    assert_eq!(
+        sip::parse_datagram(out[0].1.as_bytes())
+            .expect("valid")
+            .code(),
+        Some(200)
+    );
+    assert_eq!(e.active_calls(), 0);
+}
+
+#[test]
+fn registration_answers_the_challenge_and_measures_across_it() {
+    let mut cfg = config();
+    cfg.users = vec![1000];
+    cfg.register = true;
+    cfg.calls = 0;
+    let mut e = Engine::new(cfg);
+    let reg = step(&mut e, 0);
+    assert_eq!(methods(&reg), ["REGISTER"]);
+    let challenge = "WWW-Authenticate: Digest realm=\"127.0.0.1\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"\r\n";
+    e.handle(
+        3 * MS,
+        addr(5060),
+        reply(&reg[0].1, "401 Unauthorized", challenge, "").as_bytes(),
+    );
+    let again = sent(&mut e);
+    let msg = sip::parse_datagram(again[0].1.as_bytes()).expect("valid");
+    assert_eq!(msg.method(), Some(Method::Register));
+    assert_eq!(msg.cseq().map(|c| c.seq), Some(2));
+    assert!(
+        msg.header(HeaderName::Authorization)
+            .is_some_and(|a| a.contains("response="))
+    );
+    e.handle(
+        5 * MS,
+        addr(5060),
+        reply(&again[0].1, "200 OK", "", "").as_bytes(),
+    );
+    assert_eq!(e.metrics.registrations.succeeded, 1);
+    assert!(e.registered());
+    e.metrics.close_interval(Duration::from_secs(1));
+    let h = e.metrics.total(pbxlab_loadgen::metrics::Metric::Register);
+    assert!(
+        h.equivalent(h.max(), 5_000),
+        "from the first REGISTER across the 401: {}",
+        h.max()
+    );
+}
+
+/// Our users calling each other through a proxy: the callee's INVITE arrives with the caller's
+/// own Call-ID and must start a new (ringing) dialog, not look like a re-INVITE.
+#[test]
+fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
+    let mut cfg = config();
+    cfg.users = vec![1000, 1001];
+    cfg.callee = Callee::Users;
+    let mut e = Engine::new(cfg);
+    let proxy = addr(5060);
+    // The proxy forwards a request back to us with its own Via on top.
+    let forward = |m: &str| {
+        m.replacen(
+            "\r\nVia: ",
+            "\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKpx\r\nVia: ",
+            1,
+        )
+    };
+    let invite = step(&mut e, 0).remove(0).1;
+    e.handle(MS, proxy, forward(&invite).as_bytes());
+    let ringing = sent(&mut e);
+    let r = sip::parse_datagram(ringing[0].1.as_bytes()).expect("valid");
+    assert_eq!(r.code(), Some(180), "the callee rings: {}", ringing[0].1);
+    // The proxy strips its Via and hands the 180 to the caller.
+    let strip = |m: &str| {
+        m.replacen(
+            "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKpx\r\n",
+            "",
+            1,
+        )
+    };
+    e.handle(2 * MS, proxy, strip(&ringing[0].1).as_bytes());
+    assert!(step(&mut e, 300 * MS).is_empty(), "still ringing");
+    let ok = step(&mut e, 301 * MS);
+    assert_eq!(
+        sip::parse_datagram(ok[0].1.as_bytes())
+            .expect("valid")
+            .code(),
+        Some(200)
+    );
+    e.handle(302 * MS, proxy, strip(&ok[0].1).as_bytes());
+    let ack = sent(&mut e);
+    assert_eq!(methods(&ack), ["ACK"]);
+    e.handle(303 * MS, proxy, ack[0].1.as_bytes());
+    let bye = step(&mut e, 1_302 * MS);
+    assert_eq!(methods(&bye), ["BYE"]);
+    e.handle(1_303 * MS, proxy, bye[0].1.as_bytes());
+    let bye_ok = sent(&mut e);
+    assert_eq!(
+        sip::parse_datagram(bye_ok[0].1.as_bytes())
+            .expect("valid")
+            .code(),
+        Some(200)
+    );
+    e.handle(1_304 * MS, proxy, bye_ok[0].1.as_bytes());
+    assert_eq!(e.metrics.calls.succeeded, 1);
+    assert_eq!(e.active_calls(), 0, "both legs ended");
+    e.metrics.close_interval(Duration::from_secs(2));
+    let setup = e.metrics.total(pbxlab_loadgen::metrics::Metric::Setup);
+    assert!(
+        setup.equivalent(setup.max(), 302_000),
+        "rang for the ring delay: {}",
+        setup.max()
+    );
+}

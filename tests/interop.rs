@@ -1,0 +1,319 @@
+//! Interop with real SIP peers from Debian's packages: SIPp (`sip-tester`) and Kamailio.
+//!
+//! They need `sipp` and `kamailio` on the PATH, so they are ignored by a plain `cargo test`;
+//! `.ci/run` installs both and runs `cargo test --test interop -- --ignored`. Everything listens
+//! on 127.0.0.1, every run is bounded in calls and time, and every peer is stopped at the end.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A peer process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Peer {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // SIGTERM first: Kamailio's main process then stops its children too.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pbxlab-interop-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Waits until something answers SIP OPTIONS on the port (or panics after a few seconds).
+fn wait_for_sip(port: u16, peer: &mut Peer) {
+    let probe = UdpSocket::bind("127.0.0.1:0").expect("probe socket");
+    probe
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let local = probe.local_addr().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = peer.child.try_wait() {
+            panic!("{} exited during start-up: {status}", peer.name);
+        }
+        n += 1;
+        let options = format!(
+            "OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKprobe{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p{n}\r\nTo: <sip:ping@127.0.0.1>\r\n\
+             Call-ID: probe{n}@pbxlab\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let _ = probe.send_to(options.as_bytes(), ("127.0.0.1", port));
+        let mut buf = [0u8; 4096];
+        if probe.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("{} never answered on port {port}", peer.name);
+}
+
+/// SIPp as a UAS answering with RTP echo: its built-in `uas` scenario, or (`record_route`) the
+/// repo's `tests/interop/uas.xml`, which returns Record-Route so a proxy in front stays on the
+/// dialog's path. (The built-in one does not, and SIPp sends every message of a call to the
+/// address the call came from; behind a proxy its 200 to a direct BYE would go astray.)
+fn sipp_uas(port: u16, media_port: u16, record_route: bool) -> Peer {
+    let dir = scratch_dir(&format!("sipp-{port}"));
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/uas.xml");
+    let scenario_args: Vec<String> = if record_route {
+        vec!["-sf".into(), scenario.to_str().expect("utf-8").into()]
+    } else {
+        vec!["-sn".into(), "uas".into()]
+    };
+    let child = Command::new("sipp")
+        .args(&scenario_args)
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-mp",
+            &media_port.to_string(),
+            "-rtp_echo",
+            "-nostdin",
+            "-trace_err",
+        ])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp is installed (apt-get install sip-tester)");
+    let mut peer = Peer {
+        name: "sipp uas",
+        child,
+    };
+    // SIPp's uas answers OPTIONS only inside its scenario; give it a moment instead.
+    std::thread::sleep(Duration::from_millis(500));
+    if let Ok(Some(status)) = peer.child.try_wait() {
+        panic!("sipp uas exited at start: {status}");
+    }
+    let _ = &mut peer;
+    peer
+}
+
+fn kamailio(port: u16, uas_port: u16) -> Peer {
+    let dir = scratch_dir(&format!("kamailio-{port}"));
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/kamailio.cfg");
+    let cfg = std::fs::read_to_string(&template)
+        .expect("tests/interop/kamailio.cfg")
+        .replace("LISTEN_ADDR", &format!("127.0.0.1:{port}"))
+        .replace("UAS_ADDR", &format!("127.0.0.1:{uas_port}"));
+    let cfg_path = dir.join("kamailio.cfg");
+    std::fs::write(&cfg_path, cfg).expect("write config");
+    let child = Command::new("kamailio")
+        .args([
+            "-f",
+            cfg_path.to_str().expect("utf-8"),
+            "-DD",
+            "-E",
+            "-m",
+            "64",
+            "-M",
+            "8",
+        ])
+        .args([
+            "-Y",
+            dir.to_str().expect("utf-8"),
+            "-P",
+            dir.join("kamailio.pid").to_str().expect("utf-8"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("kamailio.log")).expect("log file"),
+        ))
+        .spawn()
+        .expect("kamailio is installed (apt-get install kamailio)");
+    let mut peer = Peer {
+        name: "kamailio",
+        child,
+    };
+    wait_for_sip(port, &mut peer);
+    peer
+}
+
+fn pbxlab_load(args: &[&str]) -> (Output, serde_json::Value) {
+    let dir = scratch_dir("load");
+    let json = dir.join(format!("report-{}.json", free_port()));
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .arg("load")
+        .args(args)
+        .args(["--json", json.to_str().expect("utf-8")])
+        .output()
+        .expect("pbxlab runs");
+    let text = std::fs::read(&json).unwrap_or_else(|_| {
+        panic!(
+            "no report; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, serde_json::from_slice(&text).expect("report is JSON"))
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+#[ignore = "needs sipp (apt-get install sip-tester); run by .ci/run"]
+fn calls_against_sipp_uas_with_rtp_echo() {
+    let (port, media) = (free_port(), free_port());
+    let _uas = sipp_uas(port, media, false);
+    let target = format!("127.0.0.1:{port}");
+    let (out, v) = pbxlab_load(&[
+        "--target",
+        &target,
+        "--service",
+        "echo",
+        "--calls",
+        "200",
+        "--call-rate",
+        "100/s",
+        "--hold",
+        "2s",
+        "--rtp",
+        "1",
+        "--threshold",
+        "calls.failed==0",
+        "--threshold",
+        "rtp.loss_fraction<0.001",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(v["calls"]["attempted"], 200, "{v}");
+    assert_eq!(v["calls"]["succeeded"], 200, "{v}");
+    assert_eq!(v["calls"]["failed"], 0, "{v}");
+    for m in ["pdd", "setup", "bye"] {
+        assert_eq!(v["metrics"][m]["count"], 200, "{m}: {v}");
+    }
+    // ~100 frames per call each way over 2 s, echoed back.
+    let received = v["rtp"]["packets_received"].as_u64().expect("number");
+    assert!(received > 200 * 80, "echoed RTP received: {received}\n{v}");
+    assert!(
+        v["metrics"]["media_gap"]["count"].as_u64().expect("number") > 150,
+        "{v}"
+    );
+}
+
+#[test]
+#[ignore = "needs kamailio; run by .ci/run"]
+fn digest_registrations_at_kamailio() {
+    let port = free_port();
+    let _k = kamailio(port, free_port());
+    let target = format!("127.0.0.1:{port}");
+    let (out, v) = pbxlab_load(&[
+        "--target",
+        &target,
+        "--users",
+        "1200",
+        "--register-rate",
+        "1000/s",
+        "--calls",
+        "0",
+        "--threshold",
+        "registrations.failed==0",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(v["registrations"]["attempted"], 1200, "{v}");
+    assert_eq!(v["registrations"]["succeeded"], 1200, "{v}");
+    assert_eq!(v["metrics"]["register"]["count"], 1200, "{v}");
+}
+
+#[test]
+#[ignore = "needs kamailio and sipp; run by .ci/run"]
+fn calls_through_kamailio_as_a_record_routing_proxy() {
+    let (uas_port, media, proxy_port) = (free_port(), free_port(), free_port());
+    let _uas = sipp_uas(uas_port, media, true);
+    let _k = kamailio(proxy_port, uas_port);
+    let target = format!("127.0.0.1:{proxy_port}");
+    let (out, v) = pbxlab_load(&[
+        "--target",
+        &target,
+        "--service",
+        "uas",
+        "--calls",
+        "100",
+        "--call-rate",
+        "50/s",
+        "--hold",
+        "1s",
+        "--rtp",
+        "1",
+        "--threshold",
+        "calls.failed==0",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(v["calls"]["succeeded"], 100, "{v}");
+    // The BYE went along the recorded route: a BYE sent straight to the uas, or lost at the
+    // proxy, would have failed or timed out.
+    assert_eq!(v["metrics"]["bye"]["count"], 100, "{v}");
+}
+
+#[test]
+#[ignore = "needs kamailio; run by .ci/run"]
+fn our_users_call_each_other_through_kamailio() {
+    let port = free_port();
+    let _k = kamailio(port, free_port());
+    let target = format!("127.0.0.1:{port}");
+    // Register 200 users, then 100 calls between them: Kamailio looks the callee up and
+    // forwards to our answering side, which rings for 200 ms.
+    let (out, v) = pbxlab_load(&[
+        "--target",
+        &target,
+        "--users",
+        "200",
+        "--calls",
+        "100",
+        "--call-rate",
+        "50/s",
+        "--hold",
+        "1s",
+        "--rtp",
+        "1",
+        "--ring-delay",
+        "200ms",
+        "--threshold",
+        "calls.failed==0",
+        "--threshold",
+        "registrations.failed==0",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(v["calls"]["succeeded"], 100, "{v}");
+    let setup_p50 = v["metrics"]["setup"]["p50_us"].as_u64().expect("number");
+    assert!(
+        (200_000..400_000).contains(&setup_p50),
+        "setup includes the 200 ms ring: {v}"
+    );
+    assert_eq!(v["rtp"]["streams"], 200, "both legs send media: {v}");
+}

@@ -1,0 +1,292 @@
+//! `pbxlab load` end to end against small in-process SIP peers on loopback: a UAS that stalls
+//! (coordinated omission), one that answers garbage, and a target where nobody listens. Each
+//! peer is a thread with a UDP socket; every run is bounded in calls and time.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a fake UAS misbehaves.
+#[derive(Clone, Copy)]
+enum Quirk {
+    /// Stops reading its socket for `pause` once `after` has passed since its first INVITE.
+    Stall { after: Duration, pause: Duration },
+    /// Answers every INVITE of every `every`-th call (retransmissions too) with bytes that are
+    /// not SIP.
+    Garbage { every: u32 },
+}
+
+struct FakeUas {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for FakeUas {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies the headers a response must repeat from a request (Via, From, To, Call-ID, CSeq).
+fn response(req: &str, status: &str, to_tag: &str) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for line in req.split("\r\n") {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("via:")
+            || lower.starts_with("from:")
+            || lower.starts_with("call-id:")
+            || lower.starts_with("cseq:")
+        {
+            out.push_str(line);
+            out.push_str("\r\n");
+        } else if lower.starts_with("to:") {
+            out.push_str(line);
+            if !lower.contains("tag=") {
+                out.push_str(";tag=");
+                out.push_str(to_tag);
+            }
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+fn fake_uas(quirk: Quirk) -> FakeUas {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let addr = socket.local_addr().expect("addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        let mut first_invite: Option<Instant> = None;
+        let mut stalled = false;
+        let mut calls: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        while !flag.load(Ordering::Relaxed) {
+            if let (Quirk::Stall { after, pause }, Some(t0)) = (quirk, first_invite)
+                && !stalled
+                && t0.elapsed() >= after
+            {
+                stalled = true;
+                std::thread::sleep(pause);
+            }
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let tag = format!("uas{}", req.len());
+            if req.starts_with("INVITE ") {
+                first_invite.get_or_insert_with(Instant::now);
+                let call_id = req
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("call-id:"))
+                    .unwrap_or_default()
+                    .to_owned();
+                let n = calls.len() as u32 + 1;
+                let poisoned = *calls.entry(call_id).or_insert(
+                    matches!(quirk, Quirk::Garbage { every } if n.is_multiple_of(every)),
+                );
+                if poisoned {
+                    let _ = socket.send_to(b"SIP/2.0 200 OK\r\nthis is not a header\r\n\r\n", from);
+                    continue;
+                }
+                let _ = socket.send_to(response(&req, "180 Ringing", &tag).as_bytes(), from);
+                let ok = response(&req, "200 OK", &tag).replace(
+                    "Content-Length: 0\r\n\r\n",
+                    &format!("Contact: <sip:uas@{addr}>\r\nContent-Length: 0\r\n\r\n"),
+                );
+                let _ = socket.send_to(ok.as_bytes(), from);
+            } else if req.starts_with("BYE ") {
+                let _ = socket.send_to(response(&req, "200 OK", &tag).as_bytes(), from);
+            }
+        }
+    });
+    FakeUas {
+        addr,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn load(args: &[&str]) -> (Output, serde_json::Value) {
+    let dir = std::env::temp_dir().join(format!("pbxlab-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let json = dir.join(format!(
+        "{}.json",
+        args.join("_")
+            .replace(['/', ':', '<', '>', '=', ' ', '.'], "-")
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .arg("load")
+        .args(args)
+        .args(["--json", json.to_str().expect("utf-8")])
+        .output()
+        .expect("pbxlab runs");
+    let v = std::fs::read(&json)
+        .map(|b| serde_json::from_slice(&b).expect("json"))
+        .unwrap_or(serde_json::Value::Null);
+    (out, v)
+}
+
+fn us(v: &serde_json::Value, metric: &str, stat: &str) -> u64 {
+    v["metrics"][metric][stat]
+        .as_u64()
+        .unwrap_or_else(|| panic!("metrics.{metric}.{stat} in {v}"))
+}
+
+#[test]
+fn a_stalled_target_shows_in_setup_but_not_in_the_uncorrected_figure() {
+    let uas = fake_uas(Quirk::Stall {
+        after: Duration::from_secs(2),
+        pause: Duration::from_secs(2),
+    });
+    let target = uas.addr.to_string();
+    // 100 calls/s for 8 s, at most 4 at once (SIPp's -l): during the 2 s stall the generator is
+    // held back, so ~200 attempts leave late.
+    let (out, v) = load(&[
+        "--target",
+        &target,
+        "--service",
+        "echo",
+        "--calls",
+        "800",
+        "--call-rate",
+        "100/s",
+        "--hold",
+        "10ms",
+        "--max-concurrent",
+        "4",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["calls"]["failed"], 0, "{v}");
+    let setup = us(&v, "setup", "p99_us");
+    let naive = us(&v, "setup_uncorrected", "p99_us");
+    assert!(
+        setup >= 1_000_000,
+        "setup p99 {setup} us should include the 2 s stall"
+    );
+    assert!(
+        naive < 200_000,
+        "uncorrected p99 {naive} us: only 4 of 800 calls saw the stall from their send time"
+    );
+    assert!(
+        us(&v, "setup", "p90_us") >= 500_000,
+        "~25 % of attempts were due during the stall: {v}"
+    );
+}
+
+#[test]
+fn malformed_responses_are_counted_with_a_reason_and_nothing_panics() {
+    let uas = fake_uas(Quirk::Garbage { every: 5 });
+    let target = uas.addr.to_string();
+    let (out, v) = load(&[
+        "--target",
+        &target,
+        "--service",
+        "echo",
+        "--calls",
+        "50",
+        "--call-rate",
+        "100/s",
+        "--hold",
+        "10ms",
+        "--t1",
+        "50ms",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Each poisoned call gets garbage for its INVITE and every retransmission of it.
+    let malformed = v["malformed"].as_u64().expect("number");
+    assert!(malformed >= 10, "{v}");
+    assert_eq!(v["failures"]["malformed message"], malformed, "{v}");
+    // The 10 calls whose only answer was garbage time out; the others complete.
+    assert_eq!(v["calls"]["succeeded"], 40, "{v}");
+    assert_eq!(v["calls"]["failed"], 10, "{v}");
+    assert_eq!(v["failures"]["INVITE timeout"], 10, "{v}");
+}
+
+#[test]
+fn thresholds_set_the_exit_code() {
+    let uas = fake_uas(Quirk::Garbage { every: 1_000_000 });
+    let target = uas.addr.to_string();
+    let (pass, v) = load(&[
+        "--target",
+        &target,
+        "--service",
+        "echo",
+        "--calls",
+        "20",
+        "--call-rate",
+        "200/s",
+        "--hold",
+        "10ms",
+        "--threshold",
+        "setup.p99<2s",
+        "--threshold",
+        "calls.failed==0",
+    ]);
+    assert_eq!(pass.status.code(), Some(0), "{v}");
+    assert_eq!(v["thresholds"][0]["pass"], true, "{v}");
+    let (fail, v) = load(&[
+        "--target",
+        &target,
+        "--service",
+        "echo",
+        "--calls",
+        "20",
+        "--call-rate",
+        "200/s",
+        "--hold",
+        "10ms",
+        "--threshold",
+        "setup.p99<1us",
+    ]);
+    assert_eq!(fail.status.code(), Some(99), "{v}");
+    assert_eq!(v["thresholds"][0]["pass"], false, "{v}");
+    let (bad, _) = load(&["--target", &target, "--threshold", "setup.p99"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no comparison"));
+}
+
+#[test]
+fn an_unreachable_target_gets_a_clear_error() {
+    // A port nobody listens on: bind, learn the port, close.
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("port")
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let (out, v) = load(&[
+        "--target",
+        &target,
+        "--service",
+        "echo",
+        "--calls",
+        "3",
+        "--call-rate",
+        "100/s",
+        "--t1",
+        "20ms",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no answer from {target}")),
+        "{stderr}"
+    );
+    assert_eq!(v["calls"]["failed"], 3, "the report is still written: {v}");
+}
