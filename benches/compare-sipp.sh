@@ -70,13 +70,15 @@ v = sys.argv[5:]
 s_cpu, s_rss, s_fail, p_cpu, p_rss, p_fail = float(v[0]), int(v[1]), v[2], float(v[3]), int(v[4]), v[5]
 s_cpu2, s_rss2, s_fail2, p_cpu2, p_rss2, p_fail2 = float(v[6]), int(v[7]), v[8], float(v[9]), int(v[10]), v[11]
 conc = lambda h: rate * h / 1000.0
+ratio = lambda a, b: f"{a / b:.2f}" if b else "n/a"
 per_k = lambda cpu: cpu / calls * 1000.0
 slope = lambda a, b: (b - a) * 1024.0 / (conc(hl) - conc(hs))   # bytes per concurrent call
 print(f"{'':28}{'SIPp':>12}{'pbxlab':>12}{'ratio':>8}")
-print(f"{'CPU s / 1000 calls, hold ' + str(hs) + 'ms':28}{per_k(s_cpu):>12.3f}{per_k(p_cpu):>12.3f}{per_k(p_cpu) / per_k(s_cpu):>8.2f}")
-print(f"{'CPU s / 1000 calls, hold ' + str(hl) + 'ms':28}{per_k(s_cpu2):>12.3f}{per_k(p_cpu2):>12.3f}{per_k(p_cpu2) / per_k(s_cpu2):>8.2f}")
-print(f"{'peak RSS KB, ' + str(int(conc(hs))) + ' concurrent':28}{s_rss:>12}{p_rss:>12}{p_rss / s_rss:>8.2f}")
-print(f"{'peak RSS KB, ' + str(int(conc(hl))) + ' concurrent':28}{s_rss2:>12}{p_rss2:>12}{p_rss2 / s_rss2:>8.2f}")
-print(f"{'bytes per concurrent call':28}{slope(s_rss, s_rss2):>12.0f}{slope(p_rss, p_rss2):>12.0f}{slope(p_rss, p_rss2) / max(slope(s_rss, s_rss2), 1):>8.2f}")
+print(f"{'CPU s / 1000 calls, hold ' + str(hs) + 'ms':28}{per_k(s_cpu):>12.3f}{per_k(p_cpu):>12.3f}{ratio(p_cpu, s_cpu):>8}")
+print(f"{'CPU s / 1000 calls, hold ' + str(hl) + 'ms':28}{per_k(s_cpu2):>12.3f}{per_k(p_cpu2):>12.3f}{ratio(p_cpu2, s_cpu2):>8}")
+print(f"{'peak RSS KB, ' + str(int(conc(hs))) + ' concurrent':28}{s_rss:>12}{p_rss:>12}{ratio(p_rss, s_rss):>8}")
+print(f"{'peak RSS KB, ' + str(int(conc(hl))) + ' concurrent':28}{s_rss2:>12}{p_rss2:>12}{ratio(p_rss2, s_rss2):>8}")
+print(f"{'bytes per concurrent call':28}{slope(s_rss, s_rss2):>12.0f}{slope(p_rss, p_rss2):>12.0f}{ratio(slope(p_rss, p_rss2), slope(s_rss, s_rss2)):>8}")
+print("(a zero means that run produced no figures: see the tool's own output)")
 print(f"{'failed calls (short, long)':28}{s_fail + ', ' + s_fail2:>12}{p_fail + ', ' + p_fail2:>12}")
 PY

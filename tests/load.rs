@@ -290,3 +290,97 @@ fn an_unreachable_target_gets_a_clear_error() {
     );
     assert_eq!(v["calls"]["failed"], 3, "the report is still written: {v}");
 }
+
+#[test]
+fn ctrl_c_hangs_up_and_still_writes_the_report() {
+    let uas = fake_uas(Quirk::Garbage { every: 1_000_000 });
+    let target = uas.addr.to_string();
+    let dir = std::env::temp_dir().join(format!("pbxlab-load-int-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (json, hlog) = (dir.join("r.json"), dir.join("r.hlog"));
+    let child = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args([
+            "load",
+            "--target",
+            &target,
+            "--service",
+            "echo",
+            "--calls",
+            "100000",
+            "--call-rate",
+            "200/s",
+            "--hold",
+            "5s",
+        ])
+        .args([
+            "--json",
+            json.to_str().expect("utf-8"),
+            "--hlog",
+            hlog.to_str().expect("utf-8"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let out = child.wait_with_output().expect("exits");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report written")).expect("json");
+    assert_eq!(v["interrupted"], true);
+    let attempted = v["calls"]["attempted"].as_u64().expect("number");
+    assert!(
+        (300..=700).contains(&attempted),
+        "stopped after ~2.5 s at 200/s: {v}"
+    );
+    assert_eq!(
+        v["calls"]["succeeded"], attempted,
+        "every established call was hung up: {v}"
+    );
+    let log = std::fs::read_to_string(&hlog).expect("interval log written");
+    assert!(log.lines().any(|l| l.starts_with("Tag=setup,")), "{log}");
+}
+
+#[test]
+fn shards_split_the_calls() {
+    let uas = fake_uas(Quirk::Garbage { every: 1_000_000 });
+    let target = uas.addr.to_string();
+    let mut total = 0;
+    for shard in ["0/3", "1/3", "2/3"] {
+        let (out, v) = load(&[
+            "--target",
+            &target,
+            "--service",
+            "echo",
+            "--calls",
+            "100",
+            "--call-rate",
+            "300/s",
+            "--hold",
+            "10ms",
+            "--shard",
+            shard,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(v["calls"]["failed"], 0, "{v}");
+        total += v["calls"]["attempted"].as_u64().expect("number");
+    }
+    assert_eq!(total, 100, "34 + 33 + 33");
+    let (bad, _) = load(&["--target", &target, "--shard", "3/3"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

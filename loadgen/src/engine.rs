@@ -327,11 +327,16 @@ impl Engine {
     /// what is in flight has ended or timed out.
     pub fn stop(&mut self, now: Nanos) {
         self.stopping = true;
+        // Hang up over a second rather than in one burst that would overflow the far end's
+        // receive buffer and cost retransmissions.
+        let mut k = 0;
         for slot in 0..self.calls.len() as u32 {
             let c = &mut self.calls[slot as usize];
-            if c.state == CallState::Established {
-                c.hold_until = now;
-                self.arm(now, slot);
+            if c.state == CallState::Established && c.hold_until > now {
+                c.hold_until = now + (k % 1000) * 1_000_000;
+                k += 1;
+                let at = c.hold_until;
+                self.arm(at, slot);
             }
         }
     }
@@ -409,6 +414,25 @@ impl Engine {
                 send(to, bytes);
             }
             start = end;
+        }
+        self.out.clear();
+        self.arena.clear();
+    }
+
+    /// Hands every queued datagram to `send` at once (for batched sending), then forgets them.
+    pub fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
+        let mut start = 0;
+        let batch: Vec<(SocketAddr, &[u8])> = self
+            .out
+            .iter()
+            .filter_map(|&(to, end)| {
+                let bytes = self.arena.get(start..end);
+                start = end;
+                bytes.map(|b| (to, b))
+            })
+            .collect();
+        if !batch.is_empty() {
+            send(&batch);
         }
         self.out.clear();
         self.arena.clear();

@@ -1,11 +1,13 @@
 //! The driver: binds the sockets, feeds the engine datagrams and the time, sends what it queues,
 //! runs the RTP worker, closes an interval every second, and builds the report.
 //!
-//! One thread and one non-blocking UDP socket under epoll (mio): a datagram wakes the loop at
-//! once and is timestamped as it is read; a wait for the next deadline ends at most about a
-//! millisecond late (epoll's timeout granularity; a socket read timeout would round to the
-//! kernel's 4 ms tick). Lateness moves when an attempt is sent, never what is measured: latencies
-//! run from each attempt's intended start, so a late generator shows up in them.
+//! One thread and one non-blocking UDP socket. The kernel stamps every datagram on arrival
+//! (`SO_TIMESTAMPNS`) and the loop reads them in batches (`recvmmsg`), so it need not wake for
+//! each one: while calls are in progress it runs once a millisecond (or at the next deadline, if
+//! sooner), and when idle it sleeps in epoll until a datagram or a deadline. Responses are
+//! therefore processed up to a millisecond after they arrive, but measured from when they
+//! arrived; attempts leave at most about a millisecond late, and are measured from when they were
+//! intended to leave, so neither delay hides in the figures.
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
@@ -25,6 +27,10 @@ use crate::threshold::Threshold;
 
 /// How long in-flight calls get to finish after a stop (Ctrl-C) before the run gives up on them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The loop's period while calls are in progress.
+const BUSY_TICK: Duration = Duration::from_millis(1);
+/// The longest idle wait, so stop requests and progress lines are not delayed.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 pub struct RunOptions<'a> {
     /// Bind the SIP socket here (port 0: any).
@@ -96,8 +102,12 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
 
     let mut engine = Engine::new(cfg);
     let started = Instant::now();
+    let mut sender = crate::udp::Sender::default();
+    let mut receiver = crate::udp::Receiver::new(&socket, started).map_err(|e| Error::Bind {
+        addr: opts.bind,
+        source: e,
+    })?;
     let mut next_interval = opts.interval;
-    let mut buf = vec![0u8; 65_536];
     let mut responses = 0u64;
     let mut send_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut stopped_at: Option<Nanos> = None;
@@ -111,10 +121,10 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
             engine.stop(now_ns);
         }
         engine.advance(now_ns);
-        engine.transmit(|to, bytes| {
-            if let Err(e) = socket.send_to(bytes, to) {
+        engine.transmit_all(|datagrams| {
+            for e in sender.send_all(&socket, datagrams) {
                 *send_errors
-                    .entry(format!("send to {to}: {}", e.kind()))
+                    .entry(format!("send: {}", e.kind()))
                     .or_default() += 1;
             }
         });
@@ -156,36 +166,35 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
                 break;
             }
         }
-        // Sleep until the next deadline or a datagram, then read everything that is there.
-        let wait = engine
+        // Busy: wake once a millisecond (or at the deadline, if sooner) and read in batches;
+        // kernel timestamps keep every arrival exact. Idle: sleep until a datagram or a deadline.
+        let until = engine
             .next_deadline()
-            .map_or(Duration::from_millis(50), |d| {
-                Duration::from_nanos(d.saturating_sub(now_ns))
-            })
-            .min(Duration::from_millis(50));
-        if let Err(e) = poll.poll(&mut events, Some(wait))
+            .map(|d| Duration::from_nanos(d.saturating_sub(now_ns)));
+        if engine.active_calls() > 0 || until.is_some_and(|u| u < BUSY_TICK) {
+            // To the next boundary of a 1 ms grid, whatever falls due before it: deadlines
+            // scattered inside a millisecond would otherwise each cost a wakeup.
+            let tick = BUSY_TICK.as_nanos() as u64;
+            let nap = Duration::from_nanos(tick - started.elapsed().as_nanos() as u64 % tick);
+            std::thread::sleep(nap);
+        } else if let Err(e) =
+            poll.poll(&mut events, Some(until.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)))
             && e.kind() != ErrorKind::Interrupted
         {
             *send_errors
                 .entry(format!("poll: {}", e.kind()))
                 .or_default() += 1;
         }
-        loop {
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    responses += 1;
-                    let at = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    engine.handle(at, from, buf.get(..n).unwrap_or(&[]));
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // ICMP port unreachable can surface here: nobody listens at the target.
-                Err(e) => {
-                    *send_errors
-                        .entry(format!("receive: {}", e.kind()))
-                        .or_default() += 1;
-                    break;
-                }
+        match receiver.drain(&socket, |at, from, bytes| {
+            responses += 1;
+            engine.handle(at, from, bytes);
+        }) {
+            Ok(_) => {}
+            // ICMP port unreachable can surface here: nobody listens at the target.
+            Err(e) => {
+                *send_errors
+                    .entry(format!("receive: {}", e.kind()))
+                    .or_default() += 1
             }
         }
     }
