@@ -28,7 +28,8 @@ WORK=$(mktemp -d)
 trap 'kill $UAS_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # A uas with room for the longest run; -aa answers INFO/NOTIFY/OPTIONS automatically.
-(cd "$WORK" && sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -nostdin -aa -max_socket 65000 >/dev/null 2>&1) &
+# exec: $! must be SIPp itself, so the trap below stops it.
+(cd "$WORK" && exec sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -nostdin -aa -max_socket 65000 >/dev/null 2>&1) &
 UAS_PID=$!
 sleep 1
 
@@ -42,7 +43,8 @@ run_sipp() {
   local failed
   failed=$(tail -n 1 "$WORK/stat.csv" | awk -F';' '{print $18}')  # FailedCall(C)
   rm -f "$WORK"/*.csv
-  awk -v f="$failed" '{printf "%.3f %d %s\n", $1 + $2, $3, f}' "$WORK/time"
+  # GNU time puts "Command exited with non-zero status" first when a tool fails calls.
+  tail -n 1 "$WORK/time" | awk -v f="$failed" '{printf "%.3f %d %s\n", $1 + $2, $3, f}'
 }
 
 run_pbxlab() {
@@ -52,7 +54,8 @@ run_pbxlab() {
       --hold "${hold_ms}ms" --json "$WORK/report.json" >/dev/null 2>"$WORK/stderr" || true
   local failed
   failed=$(python3 -c "import json;print(json.load(open('$WORK/report.json'))['calls']['failed'])")
-  awk -v f="$failed" '{printf "%.3f %d %s\n", $1 + $2, $3, f}' "$WORK/time"
+  # GNU time puts "Command exited with non-zero status" first when a tool fails calls.
+  tail -n 1 "$WORK/time" | awk -v f="$failed" '{printf "%.3f %d %s\n", $1 + $2, $3, f}'
 }
 
 echo "load: $CALLS calls at $RATE/s; holds ${HOLD_SHORT_MS} ms and ${HOLD_LONG_MS} ms; against sipp -sn uas on 127.0.0.1:$UAS_PORT"

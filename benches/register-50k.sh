@@ -31,12 +31,12 @@ echo "$USERS digest registrations at $RATE/s offered, Kamailio on 127.0.0.1:$POR
     -i 127.0.0.1 -p "$SIPP_PORT" -nostdin -timeout 120s -trace_stat -stf sipp.csv "127.0.0.1:$PORT" >/dev/null 2>&1 || true)
 SIPP_FAILED=$(tail -n 1 "$WORK/sipp.csv" | awk -F';' '{print $18}')  # FailedCall(C)
 SIPP_OK=$(tail -n 1 "$WORK/sipp.csv" | awk -F';' '{print $16}')  # SuccessfulCall(C)
-read -r S_WALL S_USER S_SYS S_RSS < "$WORK/sipp.time"
+read -r S_WALL S_USER S_SYS S_RSS < <(tail -n 1 "$WORK/sipp.time")
 
 /usr/bin/time -f "%e %U %S %M" -o "$WORK/pbxlab.time" \
   target/release/pbxlab load --target "127.0.0.1:$PORT" --users "$USERS" --first-user 1000 \
     --register-rate "$RATE/s" --calls 0 --json "$WORK/report.json" >/dev/null 2>&1 || true
-read -r P_WALL P_USER P_SYS P_RSS < "$WORK/pbxlab.time"
+read -r P_WALL P_USER P_SYS P_RSS < <(tail -n 1 "$WORK/pbxlab.time")
 P_SUMMARY=$(python3 -c "
 import json; r = json.load(open('$WORK/report.json'))
 g = r['registrations']; m = r['metrics']['register']

@@ -19,7 +19,10 @@ use std::borrow::Cow;
 
 use memchr::memchr;
 
-use crate::uri::{NameAddr, Params, Split, find_param, is_token_byte, skip_lws, trim_lws};
+use crate::uri::{
+    NameAddr, Params, Split, find_param, is_host_byte, is_lws_byte, is_token_byte, scan, skip_lws,
+    trim_lws,
+};
 
 /// More header lines than this make a message Invalid.
 pub const MAX_HEADERS: usize = 64;
@@ -149,56 +152,45 @@ impl HeaderName {
                 _ => H::Other,
             };
         }
-        // Length plus first (and for one clash, last) letter picks the single
-        // candidate, so each header costs one short compare: every header
-        // line of every message goes through here.
-        let first = b.first().map_or(0, u8::to_ascii_lowercase);
-        let last = b.last().map_or(0, u8::to_ascii_lowercase);
-        let (canonical, header) = match (b.len(), first) {
-            (2, b't') => ("to", H::To),
-            (3, b'v') => ("via", H::Via),
-            (4, b'f') => ("from", H::From),
-            (4, b'c') => ("cseq", H::CSeq),
-            (5, b'r') => ("route", H::Route),
-            (5, b'a') => ("allow", H::Allow),
-            (5, b'e') => ("event", H::Event),
-            (6, b's') => ("server", H::Server),
-            (7, b'c') if last == b'd' => ("call-id", H::CallId),
-            (7, b'c') => ("contact", H::Contact),
-            (7, b'e') => ("expires", H::Expires),
-            (7, b'r') => ("require", H::Require),
-            (7, b's') => ("subject", H::Subject),
-            (8, b'r') => ("refer-to", H::ReferTo),
-            (9, b's') => ("supported", H::Supported),
-            (10, b'u') => ("user-agent", H::UserAgent),
-            (11, b'r') => ("retry-after", H::RetryAfter),
-            (12, b'c') => ("content-type", H::ContentType),
-            (12, b'm') => ("max-forwards", H::MaxForwards),
-            (12, b'r') => ("record-route", H::RecordRoute),
-            (12, b'a') => ("allow-events", H::AllowEvents),
-            (13, b'a') => ("authorization", H::Authorization),
-            (14, b'c') => ("content-length", H::ContentLength),
-            (16, b'w') => ("www-authenticate", H::WwwAuthenticate),
-            (16, b'c') => ("content-encoding", H::ContentEncoding),
-            (18, b'p') => ("proxy-authenticate", H::ProxyAuthenticate),
-            (19, b'p') => ("proxy-authorization", H::ProxyAuthorization),
-            _ => return H::Other,
-        };
-        // Senders nearly always use the canonical spelling, so an exact
-        // compare settles most names before the case-insensitive one.
-        if b == header.as_str().as_bytes() {
-            return header;
+        // Length plus first letter pick the single candidate; the canonical
+        // spelling (what nearly every sender writes) is one fixed-size
+        // compare, other casings fall back to a case-insensitive one. Every
+        // header line of every message goes through here.
+        let first = b.first().map_or(0, |c| c | 0x20);
+        match (b.len(), first) {
+            (2, b't') if is(b, b"To", b"to") => H::To,
+            (3, b'v') if is(b, b"Via", b"via") => H::Via,
+            (4, b'f') if is(b, b"From", b"from") => H::From,
+            (4, b'c') if is(b, b"CSeq", b"cseq") => H::CSeq,
+            (5, b'r') if is(b, b"Route", b"route") => H::Route,
+            (5, b'a') if is(b, b"Allow", b"allow") => H::Allow,
+            (5, b'e') if is(b, b"Event", b"event") => H::Event,
+            (6, b's') if is(b, b"Server", b"server") => H::Server,
+            (7, b'c') if is(b, b"Call-ID", b"call-id") => H::CallId,
+            (7, b'c') if is(b, b"Contact", b"contact") => H::Contact,
+            (7, b'e') if is(b, b"Expires", b"expires") => H::Expires,
+            (7, b'r') if is(b, b"Require", b"require") => H::Require,
+            (7, b's') if is(b, b"Subject", b"subject") => H::Subject,
+            (8, b'r') if is(b, b"Refer-To", b"refer-to") => H::ReferTo,
+            (9, b's') if is(b, b"Supported", b"supported") => H::Supported,
+            (10, b'u') if is(b, b"User-Agent", b"user-agent") => H::UserAgent,
+            (11, b'r') if is(b, b"Retry-After", b"retry-after") => H::RetryAfter,
+            (12, b'c') if is(b, b"Content-Type", b"content-type") => H::ContentType,
+            (12, b'm') if is(b, b"Max-Forwards", b"max-forwards") => H::MaxForwards,
+            (12, b'r') if is(b, b"Record-Route", b"record-route") => H::RecordRoute,
+            (12, b'a') if is(b, b"Allow-Events", b"allow-events") => H::AllowEvents,
+            (13, b'a') if is(b, b"Authorization", b"authorization") => H::Authorization,
+            (14, b'c') if is(b, b"Content-Length", b"content-length") => H::ContentLength,
+            (16, b'w') if is(b, b"WWW-Authenticate", b"www-authenticate") => H::WwwAuthenticate,
+            (16, b'c') if is(b, b"Content-Encoding", b"content-encoding") => H::ContentEncoding,
+            (18, b'p') if is(b, b"Proxy-Authenticate", b"proxy-authenticate") => {
+                H::ProxyAuthenticate
+            }
+            (19, b'p') if is(b, b"Proxy-Authorization", b"proxy-authorization") => {
+                H::ProxyAuthorization
+            }
+            _ => H::Other,
         }
-        // OR 0x20 lower-cases letters and leaves '-' alone; CR is the one
-        // non-letter that would alias ('-' is 0x2D = 0x0D | 0x20), so it is
-        // excluded explicitly. Folding without early exit lets this vectorise.
-        let diff = b
-            .iter()
-            .zip(canonical.as_bytes())
-            .fold(0u8, |acc, (&x, &c)| {
-                acc | ((x | 0x20) ^ c) | u8::from(x == b'\r')
-            });
-        if diff == 0 { header } else { H::Other }
     }
 
     /// Canonical long form. [`HeaderName::Other`] gives `"Other"`; use
@@ -236,6 +228,49 @@ impl HeaderName {
             H::Other => "Other",
         }
     }
+}
+
+/// First ':' of a header line. Names are short, so a word-at-a-time look
+/// at the first 24 bytes nearly always finds it without memchr's setup.
+#[inline(always)]
+fn find_colon(line: &[u8]) -> Option<usize> {
+    for (i, chunk) in line.chunks_exact(8).take(3).enumerate() {
+        let w = <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes);
+        let v = w ^ 0x3a3a_3a3a_3a3a_3a3a;
+        let hits = v.wrapping_sub(0x0101_0101_0101_0101) & !v & 0x8080_8080_8080_8080;
+        if hits != 0 {
+            // The lowest flagged byte is always a true match.
+            return Some(i * 8 + (hits.trailing_zeros() / 8) as usize);
+        }
+    }
+    let from = (line.len() / 8).min(3) * 8;
+    memchr(b':', line.get(from..).unwrap_or_default()).map(|j| from + j)
+}
+
+/// `b` spelled exactly `exact`, or equal to `lower` ignoring ASCII case.
+#[inline(always)]
+fn is<const N: usize>(b: &[u8], exact: &[u8; N], lower: &[u8; N]) -> bool {
+    b == exact || ci(b, lower)
+}
+
+/// Case-insensitive compare against a lower-case name made of letters and
+/// '-'. OR 0x20 lower-cases letters and keeps '-'; CR is the one byte that
+/// would alias ('-' is 0x2D = 0x0D | 0x20), so it is excluded explicitly.
+#[inline(always)]
+fn ci<const N: usize>(b: &[u8], lower: &[u8; N]) -> bool {
+    let Ok(b) = <&[u8; N]>::try_from(b) else {
+        return false;
+    };
+    b.iter().zip(lower).fold(0u8, |acc, (&x, &c)| {
+        acc | ((x | 0x20) ^ c) | u8::from(x == b'\r')
+    }) == 0
+}
+
+/// Case-insensitive equality with a lower-case literal; the exact compare
+/// first is a couple of instructions for the spelling nearly everyone uses.
+#[inline(always)]
+pub(crate) fn eq_lower(s: &str, lower: &str) -> bool {
+    s == lower || s.eq_ignore_ascii_case(lower)
 }
 
 /// One header line (with its continuation lines, if folded).
@@ -303,7 +338,7 @@ impl<'a> CSeq<'a> {
         let bad = |reason, offset| Invalid { reason, offset };
         let rest = skip_lws(s);
         let lead = s.len() - rest.len();
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let digits = scan(rest.as_bytes(), 0, |c| c.is_ascii_digit());
         if digits == 0 {
             return Err(bad("malformed CSeq", lead));
         }
@@ -347,65 +382,66 @@ impl<'a> Via<'a> {
     /// folded line breaks, is allowed where RFC 3261 allows it. Offsets are
     /// into `s`.
     pub fn parse(s: &'a str) -> Result<Via<'a>, Invalid> {
-        let bad = |reason, rest: &str| Invalid {
-            reason,
-            offset: s.len() - rest.len(),
-        };
-        let mut rest = skip_lws(s);
-        // sent-protocol = name SLASH version SLASH transport, LWS allowed around SLASH.
-        let mut transport = "";
-        for part in 0..3 {
-            if part > 0 {
-                rest = match skip_lws(rest).strip_prefix('/') {
-                    Some(r) => skip_lws(r),
-                    None => return Err(bad("malformed Via protocol", rest)),
-                };
-            }
-            let n = rest.bytes().take_while(|&b| is_token_byte(b)).count();
-            if n == 0 {
-                return Err(bad("malformed Via protocol", rest));
-            }
-            transport = rest.get(..n).unwrap_or_default();
-            rest = rest.get(n..).unwrap_or_default();
-        }
-        let trimmed = skip_lws(rest);
-        if trimmed.len() == rest.len() {
-            return Err(bad("missing space before Via sent-by", rest));
-        }
-        rest = trimmed;
-        let host_len = if rest.starts_with('[') {
-            let n = 1 + rest
-                .bytes()
-                .skip(1)
-                .take_while(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-                .count();
-            if n == 1 || rest.as_bytes().get(n) != Some(&b']') {
-                return Err(bad("malformed IPv6 host in Via", rest));
-            }
-            n + 1
+        let b = s.as_bytes();
+        let bad = |reason, offset| Invalid { reason, offset };
+        let mut i = scan(b, 0, is_lws_byte);
+        // sent-protocol = name SLASH version SLASH transport, LWS allowed
+        // around SLASH; nearly everyone writes "SIP/2.0/", so take it at once.
+        if b.get(i..i + 8) == Some(b"SIP/2.0/") {
+            i += 8;
         } else {
-            let n = rest.bytes().take_while(|&b| is_host_byte(b)).count();
-            if n == 0 {
-                return Err(bad("missing Via host", rest));
+            for _ in 0..2 {
+                let e = scan(b, i, is_token_byte);
+                if e == i {
+                    return Err(bad("malformed Via protocol", i));
+                }
+                i = scan(b, e, is_lws_byte);
+                if b.get(i) != Some(&b'/') {
+                    return Err(bad("malformed Via protocol", i));
+                }
+                i = scan(b, i + 1, is_lws_byte);
             }
-            n
+        }
+        let t_end = scan(b, i, is_token_byte);
+        if t_end == i {
+            return Err(bad("malformed Via protocol", i));
+        }
+        let transport = s.get(i..t_end).unwrap_or_default();
+        let h = scan(b, t_end, is_lws_byte);
+        if h == t_end {
+            return Err(bad("missing space before Via sent-by", h));
+        }
+        let h_end = if b.get(h) == Some(&b'[') {
+            let e = scan(b, h + 1, |c| {
+                c.is_ascii_hexdigit() || c == b':' || c == b'.'
+            });
+            if e == h + 1 || b.get(e) != Some(&b']') {
+                return Err(bad("malformed IPv6 host in Via", h));
+            }
+            e + 1
+        } else {
+            let e = scan(b, h, is_host_byte);
+            if e == h {
+                return Err(bad("missing Via host", h));
+            }
+            e
         };
-        let host = rest.get(..host_len).unwrap_or_default();
-        rest = skip_lws(rest.get(host_len..).unwrap_or_default());
+        let host = s.get(h..h_end).unwrap_or_default();
+        i = scan(b, h_end, is_lws_byte);
         let mut port = None;
-        if let Some(p) = rest.strip_prefix(':') {
-            let p = skip_lws(p);
-            let n = p.bytes().take_while(u8::is_ascii_digit).count();
-            let value = parse_decimal(p.get(..n).unwrap_or_default(), u16::MAX.into())
+        if b.get(i) == Some(&b':') {
+            let p = scan(b, i + 1, is_lws_byte);
+            let p_end = scan(b, p, |c| c.is_ascii_digit());
+            let value = parse_decimal(s.get(p..p_end).unwrap_or_default(), u16::MAX.into())
                 .and_then(|v| u16::try_from(v).ok())
                 .ok_or(bad("bad Via port", p))?;
             port = Some(value);
-            rest = skip_lws(p.get(n..).unwrap_or_default());
+            i = scan(b, p_end, is_lws_byte);
         }
-        if !rest.is_empty() && !rest.starts_with(';') {
-            return Err(bad("unexpected text after Via sent-by", rest));
+        if !matches!(b.get(i), None | Some(b';')) {
+            return Err(bad("unexpected text after Via sent-by", i));
         }
-        let params = trim_lws(rest);
+        let params = trim_lws(s.get(i..).unwrap_or_default());
         let mut via = Via {
             transport,
             host,
@@ -417,9 +453,9 @@ impl<'a> Via<'a> {
         };
         for (name, value) in Params::new(params) {
             match name.len() {
-                6 if name.eq_ignore_ascii_case("branch") => via.branch = via.branch.or(value),
-                8 if name.eq_ignore_ascii_case("received") => via.received = via.received.or(value),
-                5 if name.eq_ignore_ascii_case("rport") && via.rport.is_none() => {
+                6 if eq_lower(name, "branch") => via.branch = via.branch.or(value),
+                8 if eq_lower(name, "received") => via.received = via.received.or(value),
+                5 if eq_lower(name, "rport") && via.rport.is_none() => {
                     // A non-numeric rport is treated like a bare one: the peer
                     // asked for rport handling, the value is just garbage.
                     via.rport = Some(value.and_then(|v| v.parse::<u16>().ok()));
@@ -433,6 +469,10 @@ impl<'a> Via<'a> {
 
 /// A parsed message. Headers are stored inline (no heap); everything borrows
 /// from the input buffer.
+///
+/// The inline header array makes this about 2.7 KB: borrow it (`&Message`,
+/// `if let Ok(m) = &parsed`) rather than moving it around in hot loops, each
+/// move is a memcpy of that size.
 #[derive(Clone)]
 pub struct Message<'a> {
     start: StartLine<'a>,
@@ -479,15 +519,9 @@ impl std::fmt::Debug for Message<'_> {
 /// the reason "no message, only CRLF keepalive bytes"; callers that answer
 /// keepalives should check for that before parsing.
 pub fn parse_datagram(buf: &[u8]) -> Result<Message<'_>, ParseError> {
-    // Filling the message where it will be returned (every path returns
-    // `r`) avoids moving the ~2.6 KB header array, which showed in profiles.
-    let mut r: Result<Message<'_>, ParseError> = Ok(Message::EMPTY);
-    if let Ok(m) = &mut r
-        && let Err(e) = parse_into(m, buf, false)
-    {
-        r = Err(e);
-    }
-    r
+    let mut m = Message::EMPTY;
+    parse_into(&mut m, buf, false)?;
+    Ok(m)
 }
 
 /// A stream (TCP): returns the message and bytes consumed; Incomplete when headers or the Content-Length body are not all there yet; missing Content-Length is Invalid on a stream.
@@ -498,14 +532,9 @@ pub fn parse_datagram(buf: &[u8]) -> Result<Message<'_>, ParseError> {
 /// waiting for Incomplete to clear. After Invalid the stream has lost framing
 /// and should be closed.
 pub fn parse_stream(buf: &[u8]) -> Result<(Message<'_>, usize), ParseError> {
-    let mut r: Result<(Message<'_>, usize), ParseError> = Ok((Message::EMPTY, 0));
-    if let Ok((m, used)) = &mut r {
-        match parse_into(m, buf, true) {
-            Ok(n) => *used = n,
-            Err(e) => r = Err(e),
-        }
-    }
-    r
+    let mut m = Message::EMPTY;
+    let used = parse_into(&mut m, buf, true)?;
+    Ok((m, used))
 }
 
 /// Parses into `m` (which must be empty) and returns the bytes consumed.
@@ -538,16 +567,39 @@ fn parse_into<'a>(m: &mut Message<'a>, buf: &'a [u8], stream: bool) -> Result<us
         }
     };
 
+    // One UTF-8 validation over the front of the message (body included,
+    // it is usually text) is far cheaper than validating header by header;
+    // headers beyond this prefix (long messages, binary bodies that end it
+    // early) are validated individually.
+    let window = msg
+        .get(..msg.len().min(VALIDATED_PREFIX))
+        .unwrap_or_default();
+    let text = match std::str::from_utf8(window) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(window.get(..e.valid_up_to()).unwrap_or_default())
+            .unwrap_or_default(),
+    };
+
+    // NUL is legal in a body but not before it; one SIMD search over the
+    // prefix spares a per-line check (see `line_end`).
+    let clean = memchr(0, window).unwrap_or(window.len());
+
     let nl = memchr(b'\n', msg).ok_or_else(|| short("start line not terminated"))?;
-    let line = strip_cr(msg.get(..nl).unwrap_or_default());
-    if let Some(i) = memchr(0, line) {
+    let line_end = if msg.get(nl.wrapping_sub(1)) == Some(&b'\r') {
+        nl - 1
+    } else {
+        nl
+    };
+    if line_end > clean
+        && let Some(i) = memchr(0, msg.get(..line_end).unwrap_or_default())
+    {
         return Err(invalid("NUL byte in start line", start + i));
     }
-    let line = std::str::from_utf8(line)
-        .map_err(|e| invalid("start line is not UTF-8", start + e.valid_up_to()))?;
+    let line = as_text(text, msg, 0, line_end)
+        .map_err(|at| invalid("start line is not UTF-8", start + at))?;
     m.start = parse_start_line(line, start)?;
 
-    let Some(head) = parse_headers(m, msg, nl + 1, start)? else {
+    let Some(head) = parse_headers(m, msg, text, clean, nl + 1, start)? else {
         return Err(short("missing blank line after headers"));
     };
     let end_offset = start + head.end;
@@ -599,24 +651,54 @@ struct Head {
     body: usize,
 }
 
-/// Line end (`\n`) at or after `from`, or the first NUL, whichever is first.
-fn line_end(msg: &[u8], from: usize, base: usize) -> Result<Option<usize>, ParseError> {
-    match memchr::memchr2(b'\n', 0, msg.get(from..).unwrap_or_default()) {
-        Some(i) if msg.get(from + i) == Some(&0) => {
-            Err(invalid("NUL byte in headers", base + from + i))
-        }
-        Some(i) => Ok(Some(from + i)),
-        None => Ok(None),
+/// How much of a message is UTF-8-validated in one go (see `parse_into`).
+/// Covers typical SIP messages whole while bounding the wasted work when a
+/// stream buffer holds many pipelined messages.
+const VALIDATED_PREFIX: usize = 2048;
+
+/// `msg[from..to]` as text: sliced from the validated prefix when it lies
+/// inside it, validated on its own otherwise. Err carries the offset (into
+/// `msg`) of the first bad byte.
+fn as_text<'a>(text: &'a str, msg: &'a [u8], from: usize, to: usize) -> Result<&'a str, usize> {
+    if to <= text.len() {
+        // Cuts are next to ASCII bytes (line ends, ':'), so always on char
+        // boundaries; get() would return None rather than panic otherwise.
+        return text.get(from..to).ok_or(from);
     }
+    std::str::from_utf8(msg.get(from..to).unwrap_or_default()).map_err(|e| from + e.valid_up_to())
+}
+
+/// Line end (`\n`) at or after `from`; Err if the line holds a NUL byte.
+/// `clean` is how far the message is known to be free of NUL bytes, so the
+/// NUL check costs nothing for lines inside that stretch.
+fn line_end(
+    msg: &[u8],
+    from: usize,
+    clean: usize,
+    base: usize,
+) -> Result<Option<usize>, ParseError> {
+    let Some(le) = memchr(b'\n', msg.get(from..).unwrap_or_default()).map(|i| from + i) else {
+        return Ok(None);
+    };
+    if le > clean
+        && let Some(i) = memchr(0, msg.get(from..le).unwrap_or_default())
+    {
+        return Err(invalid("NUL byte in headers", base + from + i));
+    }
+    Ok(Some(le))
 }
 
 /// Walks header lines from `from` up to and including the blank line,
-/// filling `m`. One pass: each line is found once, its NUL check rides on
-/// the same search, and UTF-8 is validated per header. Ok(None) means the
-/// bytes ran out first. `base` turns indices into offsets for errors.
+/// filling `m`. One pass: each line is found once, and its text comes from
+/// the validated prefix `text` where possible. A line that fails a check
+/// is Invalid at once, even on a stream whose message is not complete yet
+/// (it can never become valid). Ok(None) means the bytes ran out first.
+/// `base` turns indices into offsets for errors.
 fn parse_headers<'a>(
     m: &mut Message<'a>,
     msg: &'a [u8],
+    text: &'a str,
+    clean: usize,
     from: usize,
     base: usize,
 ) -> Result<Option<Head>, ParseError> {
@@ -648,25 +730,26 @@ fn parse_headers<'a>(
             }
             _ => {}
         }
-        let Some(mut le) = line_end(msg, ls, base)? else {
+        let Some(mut le) = line_end(msg, ls, clean, base)? else {
             return Ok(None);
         };
         let line = msg.get(ls..le).unwrap_or_default();
-        let name_len = line.iter().take_while(|&&b| is_token_byte(b)).count();
-        let after_name = line.get(name_len..).unwrap_or_default();
-        let ws = after_name
-            .iter()
-            .take_while(|&&b| b == b' ' || b == b'\t')
-            .count();
-        if after_name.get(ws) != Some(&b':') {
-            return Err(if memchr(b':', line).is_none() {
-                invalid("header line without a colon", base + ls)
-            } else {
-                invalid("illegal character in header name", base + ls + name_len)
-            });
+        // Find the colon word-at-a-time, then check the name's bytes without
+        // an early exit: a byte-by-byte scan for the end of the token
+        // mispredicted its exit branch on every header.
+        let colon = find_colon(line).ok_or(invalid("header line without a colon", base + ls))?;
+        let name_part = line.get(..colon).unwrap_or_default();
+        let mut name_len = name_part.len();
+        while name_len > 0 && matches!(name_part.get(name_len - 1), Some(b' ' | b'\t')) {
+            name_len -= 1;
         }
+        let name = name_part.get(..name_len).unwrap_or_default();
         if name_len == 0 {
             return Err(invalid("empty header name", base + ls));
+        }
+        if !name.iter().fold(true, |ok, &b| ok & is_token_byte(b)) {
+            let bad = name.iter().position(|&b| !is_token_byte(b)).unwrap_or(0);
+            return Err(invalid("illegal character in header name", base + ls + bad));
         }
         // Folded continuation lines (RFC 3261 7.3.1) extend the value.
         loop {
@@ -675,7 +758,7 @@ fn parse_headers<'a>(
                 Some(_) => break,
                 None => return Ok(None),
             }
-            le = match line_end(msg, le + 1, base)? {
+            le = match line_end(msg, le + 1, clean, base)? {
                 Some(e) => e,
                 None => return Ok(None),
             };
@@ -685,10 +768,10 @@ fn parse_headers<'a>(
         } else {
             le
         };
-        let text = std::str::from_utf8(msg.get(ls..end).unwrap_or_default())
-            .map_err(|e| invalid("headers are not UTF-8", base + ls + e.valid_up_to()))?;
-        let raw_name = text.get(..name_len).unwrap_or_default();
-        let value = trim_lws(text.get(name_len + ws + 1..).unwrap_or_default());
+        let header = as_text(text, msg, ls, end)
+            .map_err(|at| invalid("headers are not UTF-8", base + at))?;
+        let raw_name = header.get(..name_len).unwrap_or_default();
+        let value = trim_lws(header.get(colon + 1..).unwrap_or_default());
         finish_header(m, &mut seen, raw_name, value, base + ls)?;
         ls = le + 1;
     }
@@ -790,14 +873,16 @@ fn parse_start_line(line: &str, at: usize) -> Result<StartLine<'_>, ParseError> 
     let b = line.as_bytes();
     // Byte scans instead of split_once/rsplit_once: this runs for every
     // message and the generic str searchers cost more than the line is long.
-    if b.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/")) {
+    if b.get(..4)
+        .is_some_and(|p| p == b"SIP/" || p.eq_ignore_ascii_case(b"SIP/"))
+    {
         let vlen = b
             .iter()
             .position(|&c| c == b' ')
             .ok_or(invalid("malformed status line", at))?;
         if !b
             .get(..vlen)
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"SIP/2.0"))
+            .is_some_and(|v| v == b"SIP/2.0" || v.eq_ignore_ascii_case(b"SIP/2.0"))
         {
             return Err(invalid("unsupported SIP version", at));
         }
@@ -822,24 +907,20 @@ fn parse_start_line(line: &str, at: usize) -> Result<StartLine<'_>, ParseError> 
         let reason = line.get(code_at + clen + 1..).unwrap_or_default();
         return Ok(StartLine::Response { code, reason });
     }
-    let mlen = b.iter().take_while(|&&c| is_token_byte(c)).count();
+    let mlen = scan(b, 0, is_token_byte);
     match b.get(mlen) {
         Some(b' ') if mlen > 0 => {}
         None | Some(b' ') => return Err(invalid("malformed request line", at)),
         Some(_) => return Err(invalid("illegal character in method", at + mlen)),
     }
     let uri_at = mlen + 1;
-    let ulen = b
-        .iter()
-        .skip(uri_at)
-        .take_while(|&&c| c > b' ' && c != 0x7f)
-        .count();
+    let ulen = scan(b, uri_at, |c| c > b' ' && c != 0x7f) - uri_at;
     let version_at = uri_at + ulen + 1;
     if ulen == 0 || b.get(uri_at + ulen) != Some(&b' ') {
         return Err(invalid("malformed request line", at + uri_at));
     }
     let version = b.get(version_at..).unwrap_or_default();
-    if !version.eq_ignore_ascii_case(b"SIP/2.0") {
+    if version != b"SIP/2.0" && !version.eq_ignore_ascii_case(b"SIP/2.0") {
         let looks_like_version = version
             .get(..4)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"));
@@ -860,16 +941,8 @@ fn parse_start_line(line: &str, at: usize) -> Result<StartLine<'_>, ParseError> 
     })
 }
 
-fn strip_cr(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
 fn is_lws(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\r' | '\n')
-}
-
-fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
 }
 
 impl<'a> Message<'a> {
@@ -1879,6 +1952,45 @@ mod tests {
             b"INVITE sip:\xff@x SIP/2.0\r\n\r\n",
             "start line is not UTF-8",
         );
+    }
+
+    #[test]
+    fn long_messages_beyond_the_validated_prefix() {
+        // Headers past VALIDATED_PREFIX take the per-header validation path;
+        // it must accept and reject exactly what the fast path does.
+        let pad: String = (0..30)
+            .map(|i| format!("X-Pad-{i:02}: {}\n", "p".repeat(60)))
+            .collect();
+        for shift in 0..8 {
+            let raw = invite(&format!(
+                "{pad}X-Shift: {}\nSubject: caf\u{e9} \u{2603} ok\n",
+                "s".repeat(shift)
+            ));
+            assert!(raw.len() > VALIDATED_PREFIX + 100);
+            let m = ok(&raw);
+            assert_eq!(m.header(HeaderName::Subject), Some("caf\u{e9} \u{2603} ok"));
+            assert_eq!(parse_stream(&raw).unwrap().1, raw.len());
+        }
+        // A multi-byte character straddling the prefix boundary.
+        for shift in 0..4 {
+            let head = format!("INVITE sip:b@lab.example SIP/2.0\n{GOOD_HEAD}X-Fill: ");
+            let fill = VALIDATED_PREFIX - crlf(&head).len() - 1 - shift;
+            let raw = invite(&format!("X-Fill: {}\u{2603}\n", "f".repeat(fill)));
+            let m = ok(&raw);
+            assert!(
+                m.headers().iter().any(|h| h.value.ends_with('\u{2603}')),
+                "shift {shift}"
+            );
+        }
+        let mut bad = invite(&format!("{pad}Subject: caf\u{e9}\n"));
+        let at = bad.iter().rposition(|&b| b == 0xc3).unwrap();
+        assert!(at > VALIDATED_PREFIX);
+        bad[at] = 0xff;
+        assert_eq!(reject(&bad, "not UTF-8").offset, at);
+        let nul = invite(&format!("{pad}Subject: a\0b\n"));
+        let e = reject(&nul, "NUL");
+        assert_eq!(nul.get(e.offset), Some(&0));
+        assert!(e.offset > VALIDATED_PREFIX);
     }
 
     #[test]
