@@ -7,16 +7,6 @@
 //! the caller's scheduler), in-band (audio tone) or SIP INFO DTMF, RFC 2198 redundancy,
 //! splitting events longer than the 16-bit duration field into segments, or tones other than
 //! the 16 DTMF events (other event codes decode but map to no digit).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 /// RTP clock ticks per millisecond for telephone-event at 8 kHz.
 const TICKS_PER_MS: u32 = 8;
 /// The longest tone whose duration fits the 16-bit field at 8 kHz.

@@ -5,16 +5,6 @@
 //! samples per 20 ms packet is the caller's arithmetic), packet loss concealment, comfort
 //! noise, or the G.711.1 wideband extension. Conversions are exact table-equivalent arithmetic;
 //! decoding uses precomputed tables since it is on the receive path of every packet.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 /// mu-law adds this bias so every segment boundary becomes a power of two.
 const ULAW_BIAS: i32 = 0x84;
 /// Largest magnitude mu-law can represent before the bias would overflow segment 7.

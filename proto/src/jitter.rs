@@ -11,16 +11,6 @@
 //! (during probation) is counted in neither `received` nor `expected`, and a re-sync after a
 //! large jump starts both counts afresh. Duplicates count as received, so loss can go
 //! negative. Only packets the sequence state accepts feed the jitter estimate.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 /// Largest forward jump still taken as loss rather than a restart (A.1).
 const MAX_DROPOUT: u16 = 3000;
 /// Largest backward step still taken as reordering (A.1).

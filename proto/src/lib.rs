@@ -9,6 +9,17 @@
 //! network is never trusted: every parser returns an error for what it cannot represent, and none
 //! panics.
 
+// Network input must never panic: outside tests, no unwrap, expect, panic or unchecked indexing.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod builder;
 pub mod digest;
 pub mod dtmf;

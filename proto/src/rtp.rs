@@ -6,16 +6,6 @@
 //! reports), SRTP, header extensions or CSRC lists on the sending side (received ones are
 //! skipped, not exposed), padding on the sending side, sequence/timestamp bookkeeping (the
 //! caller counts; SSRCs come in as arguments), or any socket work.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 use rtp_rs::{RtpReader, RtpReaderError};
 
 /// Length of the fixed RTP header we write.

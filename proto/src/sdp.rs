@@ -12,16 +12,6 @@
 //! A session description with no `c=` at either level parses (RFC 4566 makes that invalid,
 //! but the information may still be useful); [`SessionDescription::audio_addr`] is then `None`
 //! and [`write_answer`] fails with [`SdpError::NoConnectionAddress`].
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
