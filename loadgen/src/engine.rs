@@ -152,6 +152,9 @@ struct Call {
     rto: Nanos,
     timeout_at: Nanos,
     hold_until: Nanos,
+    /// Deadline of this call's one live entry in the timer heap (MAX: none). Entries that do
+    /// not match are stale and skipped, so finished calls leave nothing behind for 32 s.
+    armed_at: Nanos,
     bye_sent_at: Nanos,
     /// Their tag, their target URI and the route set (UAC: reversed Record-Route).
     remote_tag: String,
@@ -184,6 +187,7 @@ impl Call {
             rto: 0,
             timeout_at: Nanos::MAX,
             hold_until: Nanos::MAX,
+            armed_at: Nanos::MAX,
             bye_sent_at: 0,
             remote_tag: String::new(),
             remote_target: String::new(),
@@ -214,6 +218,7 @@ struct Registration {
     retransmit_at: Nanos,
     rto: Nanos,
     timeout_at: Nanos,
+    armed_at: Nanos,
     auth: String,
 }
 
@@ -285,6 +290,7 @@ impl Engine {
                 retransmit_at: Nanos::MAX,
                 rto: 0,
                 timeout_at: Nanos::MAX,
+                armed_at: Nanos::MAX,
                 auth: String::new(),
             })
             .collect();
@@ -335,8 +341,7 @@ impl Engine {
             if c.state == CallState::Established && c.hold_until > now {
                 c.hold_until = now + (k % 1000) * 1_000_000;
                 k += 1;
-                let at = c.hold_until;
-                self.arm(at, slot);
+                self.arm(slot);
             }
         }
     }
@@ -398,11 +403,16 @@ impl Engine {
                 break;
             }
             self.timers.pop();
+            if !self.take_armed(at, id) {
+                continue;
+            }
             if id >= REG_TIMER {
                 self.reg_timer(now, (id - REG_TIMER) as usize);
             } else {
                 self.call_timer(now, id);
             }
+            // Whatever the timer did, the next deadline (if any) gets its entry.
+            self.arm(id);
         }
     }
 
@@ -452,8 +462,57 @@ impl Engine {
         self.out.push((to, self.arena.len()));
     }
 
-    fn arm(&mut self, at: Nanos, id: u32) {
-        self.timers.push(Reverse((at, id)));
+    /// Makes sure `id` (a call slot, or `REG_TIMER` + a registration) has a live timer entry no
+    /// later than its next deadline. Each keeps one entry: a later deadline is armed when the
+    /// current entry fires, an earlier one replaces it (the old entry is skipped as stale).
+    fn arm(&mut self, id: u32) {
+        let (next, armed) = if id >= REG_TIMER {
+            let Some(r) = self.regs.get_mut((id - REG_TIMER) as usize) else {
+                return;
+            };
+            let next = if r.state == RegState::Sent {
+                r.retransmit_at.min(r.timeout_at)
+            } else {
+                Nanos::MAX
+            };
+            (next, &mut r.armed_at)
+        } else {
+            let Some(c) = self.calls.get_mut(id as usize) else {
+                return;
+            };
+            let next = match c.state {
+                CallState::Calling | CallState::ByeSent | CallState::Answered => {
+                    c.retransmit_at.min(c.timeout_at)
+                }
+                CallState::Proceeding => c.timeout_at,
+                CallState::Established => c.hold_until,
+                CallState::Ringing => c.retransmit_at,
+                CallState::UasEstablished | CallState::Free => Nanos::MAX,
+            };
+            (next, &mut c.armed_at)
+        };
+        if next < *armed {
+            *armed = next;
+            self.timers.push(Reverse((next, id)));
+        }
+    }
+
+    /// Whether a popped timer entry is the live one of its call or registration.
+    fn take_armed(&mut self, at: Nanos, id: u32) -> bool {
+        let armed = if id >= REG_TIMER {
+            self.regs
+                .get_mut((id - REG_TIMER) as usize)
+                .map(|r| &mut r.armed_at)
+        } else {
+            self.calls.get_mut(id as usize).map(|c| &mut c.armed_at)
+        };
+        match armed {
+            Some(a) if *a == at => {
+                *a = Nanos::MAX;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn t1(&self) -> Nanos {
@@ -474,10 +533,8 @@ impl Engine {
         r.rto = t1;
         r.retransmit_at = now + t1;
         r.timeout_at = now + 64 * t1;
-        let (a, b) = (r.retransmit_at, r.timeout_at);
         self.send_register(i);
-        self.arm(a, REG_TIMER + i as u32);
-        self.arm(b, REG_TIMER + i as u32);
+        self.arm(REG_TIMER + i as u32);
     }
 
     fn send_register(&mut self, i: usize) {
@@ -520,9 +577,8 @@ impl Engine {
         if now >= r.retransmit_at {
             r.rto = (r.rto * 2).min(t2);
             r.retransmit_at = now + r.rto;
-            let at = r.retransmit_at;
             self.send_register(i);
-            self.arm(at, REG_TIMER + i as u32);
+            self.arm(REG_TIMER + i as u32);
         }
     }
 
@@ -581,9 +637,8 @@ impl Engine {
                 r.cseq += 1;
                 r.rto = t1;
                 r.retransmit_at = now + t1;
-                let at = r.retransmit_at;
                 self.send_register(i);
-                self.arm(at, REG_TIMER + i as u32);
+                self.arm(REG_TIMER + i as u32);
             }
             _ => self.finish_register(i, Err(status_reason(code))),
         }
@@ -697,10 +752,8 @@ impl Engine {
         c.retransmit_at = now + t1;
         c.timeout_at = now + 64 * t1;
         c.next_hop = target;
-        let (a, b) = (c.retransmit_at, c.timeout_at);
         self.send_invite(slot);
-        self.arm(a, slot);
-        self.arm(b, slot);
+        self.arm(slot);
     }
 
     fn request_uri(&self, c: &Call) -> String {
@@ -815,9 +868,8 @@ impl Engine {
                     // Timer A: INVITE retransmissions double without a cap.
                     c.rto *= 2;
                     c.retransmit_at = now + c.rto;
-                    let at = c.retransmit_at;
                     self.send_invite(slot);
-                    self.arm(at, slot);
+                    self.arm(slot);
                 }
             }
             CallState::Established if now >= c.hold_until => {
@@ -827,15 +879,14 @@ impl Engine {
                 c.rto = ns(self.cfg.t1);
                 c.retransmit_at = now + c.rto;
                 c.timeout_at = now + 64 * c.rto;
-                let (a, b, cseq) = (c.retransmit_at, c.timeout_at, c.cseq);
+                let cseq = c.cseq;
                 if c.rtp {
                     self.media.push(MediaCommand::Stop {
                         stream: stream_id(slot, c.generation),
                     });
                 }
                 self.send_in_dialog(slot, "BYE", cseq);
-                self.arm(a, slot);
-                self.arm(b, slot);
+                self.arm(slot);
             }
             CallState::ByeSent => {
                 if now >= c.timeout_at {
@@ -844,9 +895,9 @@ impl Engine {
                     // Timer E: non-INVITE retransmissions double up to T2.
                     c.rto = (c.rto * 2).min(t2);
                     c.retransmit_at = now + c.rto;
-                    let (at, cseq) = (c.retransmit_at, c.cseq);
+                    let cseq = c.cseq;
                     self.send_in_dialog(slot, "BYE", cseq);
-                    self.arm(at, slot);
+                    self.arm(slot);
                 }
             }
             CallState::Ringing if now >= c.retransmit_at => {
@@ -855,10 +906,8 @@ impl Engine {
                 c.rto = ns(self.cfg.t1);
                 c.retransmit_at = now + c.rto;
                 c.timeout_at = now + 64 * c.rto;
-                let (a, b) = (c.retransmit_at, c.timeout_at);
                 self.send_uas_response(slot, 200, "OK", true);
-                self.arm(a, slot);
-                self.arm(b, slot);
+                self.arm(slot);
             }
             CallState::Answered => {
                 if now >= c.timeout_at {
@@ -869,9 +918,8 @@ impl Engine {
                     // Timer G: 200 retransmissions double up to T2.
                     c.rto = (c.rto * 2).min(t2);
                     c.retransmit_at = now + c.rto;
-                    let at = c.retransmit_at;
                     self.send_uas_response(slot, 200, "OK", true);
-                    self.arm(at, slot);
+                    self.arm(slot);
                 }
             }
             _ => {}
@@ -974,8 +1022,7 @@ impl Engine {
                 };
                 let c = &mut self.calls[slot as usize];
                 c.hold_until = now + hold;
-                let (hold_until, invite_cseq, rtp, generation) =
-                    (c.hold_until, c.cseq, c.rtp, c.generation);
+                let (invite_cseq, rtp, generation) = (c.cseq, c.rtp, c.generation);
                 self.send_in_dialog(slot, "ACK", invite_cseq);
                 if rtp {
                     match SessionDescription::parse(msg.body())
@@ -1003,7 +1050,7 @@ impl Engine {
                         }
                     }
                 }
-                self.arm(hold_until, slot);
+                self.arm(slot);
             }
             _ => {
                 let to = msg.header(HeaderName::To).unwrap_or_default().to_owned();
@@ -1028,10 +1075,8 @@ impl Engine {
                             c.rto = t1;
                             c.retransmit_at = now + t1;
                             c.timeout_at = now + 64 * t1;
-                            let (a, b) = (c.retransmit_at, c.timeout_at);
                             self.send_invite(slot);
-                            self.arm(a, slot);
-                            self.arm(b, slot);
+                            self.arm(slot);
                         }
                         None => self.fail_call(slot, "unusable digest challenge"),
                     }
@@ -1167,10 +1212,9 @@ impl Engine {
         c.next_hop = from;
         c.routes = routes;
         c.retransmit_at = now + ring;
-        let at = c.retransmit_at;
         self.uas_calls.insert(call_id, slot);
         self.send_uas_response(slot, 180, "Ringing", false);
-        self.arm(at, slot);
+        self.arm(slot);
     }
 
     /// A response on a call we answer, from the stored header block.
