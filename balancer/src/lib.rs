@@ -45,7 +45,8 @@ impl Role {
         Role::ALL.into_iter().find(|r| r.name() == name)
     }
 
-    fn index(self) -> usize {
+    /// Dense index (0..5) for per-role tables.
+    pub fn index(self) -> usize {
         self as usize
     }
 }

@@ -416,19 +416,6 @@ impl Engine {
         }
     }
 
-    /// Hands every queued datagram to `send`.
-    pub fn transmit(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
-        let mut start = 0;
-        for &(to, end) in &self.out {
-            if let Some(bytes) = self.arena.get(start..end) {
-                send(to, bytes);
-            }
-            start = end;
-        }
-        self.out.clear();
-        self.arena.clear();
-    }
-
     /// Hands every queued datagram to `send` at once (for batched sending), then forgets them.
     pub fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
         let mut start = 0;

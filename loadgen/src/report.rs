@@ -63,6 +63,8 @@ pub struct LoadReport {
     pub messages_received: u64,
     /// Of those, how many did not parse.
     pub malformed: u64,
+    /// Responses for calls or registrations already finished (late retransmissions).
+    pub stray: u64,
     pub metrics: BTreeMap<String, LatencySummary>,
     pub calls: Outcomes,
     pub registrations: Outcomes,

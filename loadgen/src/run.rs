@@ -261,6 +261,7 @@ fn build_report(
         interrupted,
         messages_received: responses,
         malformed: engine.malformed,
+        stray: engine.stray,
         metrics,
         calls: m.calls,
         registrations: m.registrations,

@@ -42,7 +42,13 @@ fn config() -> Config {
 /// Everything the engine sends now, as text.
 fn sent(e: &mut Engine) -> Vec<(SocketAddr, String)> {
     let mut out = Vec::new();
-    e.transmit(|to, bytes| out.push((to, String::from_utf8_lossy(bytes).into_owned())));
+    e.transmit_all(|datagrams| {
+        out.extend(
+            datagrams
+                .iter()
+                .map(|(to, bytes)| (*to, String::from_utf8_lossy(bytes).into_owned())),
+        );
+    });
     out
 }
 

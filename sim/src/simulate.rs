@@ -222,17 +222,6 @@ pub fn simulate(sc: &Scenario, options: Options<'_>) -> Result<Report, Error> {
     Ok(report)
 }
 
-fn role_slot(role: Role) -> usize {
-    Role::ALL.iter().position(|&r| r == role).unwrap_or(0)
-}
-
-fn mean_s(d: &HoldDist) -> f64 {
-    match *d {
-        HoldDist::Exponential { mean_s } | HoldDist::LogNormal { mean_s, .. } => mean_s,
-        HoldDist::Fixed { s } => s,
-    }
-}
-
 impl<'s> Sim<'s> {
     fn new(sc: &'s Scenario, seed: u64, self_check: bool) -> Result<Sim<'s>, Error> {
         let health = HealthConfig::new(
@@ -264,7 +253,7 @@ impl<'s> Sim<'s> {
                     alive: true,
                 });
             }
-            roles[role_slot(pool.role)] = Some(RoleStats {
+            roles[pool.role.index()] = Some(RoleStats {
                 whole: Tally::default(),
                 batches: vec![Tally::default(); batches],
                 dropped: 0,
@@ -515,7 +504,7 @@ impl<'s> Sim<'s> {
     /// Counts an offer (after warm-up) and whether it was blocked.
     fn count_offer(&mut self, role: Role, now: Nanos, blocked: bool) {
         let batch = self.batch(now);
-        if let (Some(b), Some(r)) = (batch, &mut self.roles[role_slot(role)]) {
+        if let (Some(b), Some(r)) = (batch, &mut self.roles[role.index()]) {
             for t in [&mut r.whole, &mut r.batches[b]] {
                 t.offered += 1;
                 t.blocked += u64::from(blocked);
@@ -753,7 +742,7 @@ impl<'s> Sim<'s> {
         if now >= warmup {
             s.peak = s.peak.max(s.load);
         }
-        if let Some(r) = &mut self.roles[role_slot(s.role)] {
+        if let Some(r) = &mut self.roles[s.role.index()] {
             let from = r.last.max(warmup);
             if now > from {
                 r.area += r.load as f64 * nanos_to_secs(now - from);
@@ -875,7 +864,7 @@ impl<'s> Sim<'s> {
             };
             self.book(d.from.0, -i64::from(owner.weight), now);
             let role = self.servers[d.from.0 as usize].role;
-            if let Some(r) = &mut self.roles[role_slot(role)] {
+            if let Some(r) = &mut self.roles[role.index()] {
                 r.dropped += 1;
             }
             match owner.kind {
@@ -937,11 +926,11 @@ impl<'s> Sim<'s> {
         let ivr_blocking = sc.traffic.ivr.as_ref().and_then(|ivr| {
             let pool = sc.pools.iter().find(|p| p.role == Role::Ivr)?;
             let cap = pool.capacity * pool.servers.len() as u32;
-            Some(erlang::erlang_b(cap, ivr.rate_per_s * mean_s(&ivr.hold)))
+            Some(erlang::erlang_b(cap, ivr.rate_per_s * ivr.hold.mean_s()))
         });
         let mut roles = std::collections::BTreeMap::new();
         for pool in &sc.pools {
-            let Some(r) = &self.roles[role_slot(pool.role)] else {
+            let Some(r) = &self.roles[pool.role.index()] else {
                 continue;
             };
             let capacity = u64::from(pool.capacity) * pool.servers.len() as u64;
@@ -958,17 +947,17 @@ impl<'s> Sim<'s> {
                     .traffic
                     .calls
                     .as_ref()
-                    .map(|c| c.rate_per_s * mean_s(&c.hold)),
+                    .map(|c| c.rate_per_s * c.hold.mean_s()),
                 Role::Ivr => sc
                     .traffic
                     .ivr
                     .as_ref()
-                    .map(|i| i.rate_per_s * mean_s(&i.hold)),
+                    .map(|i| i.rate_per_s * i.hold.mean_s()),
                 Role::Meeting => sc
                     .traffic
                     .meetings
                     .as_ref()
-                    .map(|m| m.rate_per_s * mean_s(&m.duration) * m.participants_mean),
+                    .map(|m| m.rate_per_s * m.duration.mean_s() * m.participants_mean),
                 Role::Queue | Role::Im => None,
             };
             let erlang_b = match pool.role {
@@ -1088,7 +1077,7 @@ impl<'s> Sim<'s> {
         });
         let model = QueueModel {
             arrival_per_s: (qt.rate_per_s + from_ivr) / f64::from(qt.queues.max(1)),
-            handle_s_mean: mean_s(&qt.handle),
+            handle_s_mean: qt.handle.mean_s(),
             agents: qt.agents,
             patience_s_mean: None,
             service_level_s: qt.service_level_s,

@@ -13,9 +13,7 @@ use pbxlab_balancer::Role;
 use serde::Serialize;
 
 use crate::erlang::{self, QueueModel};
-use crate::scenario::{
-    Codec, FaultAction, FaultSpec, HoldDist, PoolSpec, Scenario, ServerSpec, SizingCosts,
-};
+use crate::scenario::{Codec, FaultAction, FaultSpec, PoolSpec, Scenario, ServerSpec, SizingCosts};
 use crate::simulate::{Options, simulate};
 use crate::{Error, Report};
 
@@ -96,10 +94,6 @@ pub struct Assumptions {
     pub kbps_per_direction: f64,
 }
 
-fn mean_s(d: &HoldDist) -> f64 {
-    d.mean_s()
-}
-
 /// Sizes every role of the scenario.
 pub fn size(sc: &Scenario, options: Options<'_>) -> Result<Sizing, Error> {
     let target = sc.slo.blocking.unwrap_or(0.01);
@@ -121,7 +115,7 @@ pub fn size(sc: &Scenario, options: Options<'_>) -> Result<Sizing, Error> {
             .map_or(0.0, |i| i.rate_per_s * i.then_queue);
         let model = QueueModel {
             arrival_per_s: (q.rate_per_s + ivr) / f64::from(q.queues.max(1)),
-            handle_s_mean: mean_s(&q.handle),
+            handle_s_mean: q.handle.mean_s(),
             agents: q.agents,
             patience_s_mean: q.patience_s,
             service_level_s: q.service_level_s,
@@ -161,8 +155,8 @@ fn start(sc: &Scenario, role: Role, capacity: u32, target: f64) -> (u32, String)
     let (servers, basis) = match role {
         Role::Media | Role::Ivr => {
             let erlangs = match role {
-                Role::Media => t.calls.as_ref().map(|c| c.rate_per_s * mean_s(&c.hold)),
-                _ => t.ivr.as_ref().map(|i| i.rate_per_s * mean_s(&i.hold)),
+                Role::Media => t.calls.as_ref().map(|c| c.rate_per_s * c.hold.mean_s()),
+                _ => t.ivr.as_ref().map(|i| i.rate_per_s * i.hold.mean_s()),
             };
             match erlangs.and_then(|a| erlang::erlang_b_servers_for(a, target).map(|m| (a, m))) {
                 Some((a, slots)) => (
@@ -174,7 +168,7 @@ fn start(sc: &Scenario, role: Role, capacity: u32, target: f64) -> (u32, String)
         }
         Role::Meeting => {
             let load = t.meetings.as_ref().map_or(0.0, |m| {
-                m.rate_per_s * mean_s(&m.duration) * m.participants_mean
+                m.rate_per_s * m.duration.mean_s() * m.participants_mean
             });
             (
                 per_server(load),
@@ -184,7 +178,7 @@ fn start(sc: &Scenario, role: Role, capacity: u32, target: f64) -> (u32, String)
         Role::Queue => {
             let load = t.queue.as_ref().map_or(0.0, |q| {
                 let ivr = t.ivr.as_ref().map_or(0.0, |i| i.rate_per_s * i.then_queue);
-                (q.rate_per_s + ivr) * mean_s(&q.handle)
+                (q.rate_per_s + ivr) * q.handle.mean_s()
             });
             (
                 per_server(load),
