@@ -12,7 +12,6 @@ pub mod metrics;
 pub mod report;
 pub mod run;
 pub mod threshold;
-pub mod udp;
 
 pub use engine::{Callee, Config, Hold};
 pub use report::LoadReport;

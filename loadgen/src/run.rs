@@ -102,8 +102,8 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
 
     let mut engine = Engine::new(cfg);
     let started = Instant::now();
-    let mut sender = crate::udp::Sender::default();
-    let mut receiver = crate::udp::Receiver::new(&socket, started).map_err(|e| Error::Bind {
+    let mut sender = pbxlab_udp::Sender::default();
+    let mut receiver = pbxlab_udp::Receiver::new(&socket, started).map_err(|e| Error::Bind {
         addr: opts.bind,
         source: e,
     })?;

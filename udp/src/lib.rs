@@ -1,4 +1,6 @@
-//! Batched UDP receive with kernel arrival timestamps.
+//! Batched UDP for pbxlab's drivers (the load generator, the live cluster's Call Manager and
+//! nodes): receive with kernel arrival timestamps, send many datagrams per system call. Linux
+//! only (recvmmsg, sendmmsg, SO_TIMESTAMPNS). It knows nothing of SIP or RTP.
 //!
 //! `recvmmsg` reads up to a batch of datagrams in one system call, and `SO_TIMESTAMPNS` has the
 //! kernel stamp each one as it arrives. With the arrival time carried by the datagram, the driver
@@ -32,10 +34,20 @@ pub struct Receiver {
 impl Receiver {
     /// Turns on kernel timestamps for `socket`; `started` is the run's time origin.
     pub fn new(socket: &impl AsFd, started: Instant) -> io::Result<Receiver> {
+        Receiver::with_datagram_size(socket, started, DATAGRAM)
+    }
+
+    /// As [`Receiver::new`], with buffers of `size` bytes: RTP fits in 2 KiB, and a node with
+    /// 64 KiB buffers would hold 4 MiB for nothing. Longer datagrams are truncated.
+    pub fn with_datagram_size(
+        socket: &impl AsFd,
+        started: Instant,
+        size: usize,
+    ) -> io::Result<Receiver> {
         setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
         let cmsg = nix::cmsg_space!(TimeSpec);
         let headers = MultiHeaders::preallocate(BATCH, Some(cmsg));
-        let buffers = (0..BATCH).map(|_| vec![0u8; DATAGRAM]).collect();
+        let buffers = (0..BATCH).map(|_| vec![0u8; size]).collect();
         // Read both clocks together and step the wall clock back to `started`: reading it after
         // other work (allocating the buffers takes half a millisecond) would shift every
         // arrival early by that much.
