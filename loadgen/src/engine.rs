@@ -764,6 +764,7 @@ impl Engine {
                 payload_types: vec![sdp::PT_PCMU, sdp::PT_PCMA],
                 telephone_event: true,
                 ptime_ms: 20,
+                ssrc: Some(ssrc(slot, c.generation)),
             },
         );
         self.scratch.clear();
@@ -1218,6 +1219,7 @@ impl Engine {
                     payload_types: vec![sdp::PT_PCMU],
                     telephone_event: true,
                     ptime_ms: 20,
+                    ssrc: Some(ssrc(slot, c.generation)),
                 },
             );
         }
@@ -1272,6 +1274,7 @@ impl Engine {
                         payload_types: vec![sdp::PT_PCMU],
                         telephone_event: true,
                         ptime_ms: 20,
+                        ssrc: Some(ssrc(slot, generation)),
                     },
                 );
                 let body = std::mem::take(&mut self.body);

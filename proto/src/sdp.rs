@@ -219,6 +219,9 @@ pub struct AudioMedia<'a> {
     pub direction: Direction,
     /// `a=ptime`, in milliseconds.
     pub ptime_ms: Option<u32>,
+    /// The first `a=ssrc` (RFC 5576): the SSRC the sender will use. A single-port media server
+    /// demultiplexes the streams that arrive at one address by it.
+    pub ssrc: Option<u32>,
 }
 
 impl<'a> AudioMedia<'a> {
@@ -391,6 +394,8 @@ pub struct Offer {
     pub telephone_event: bool,
     /// `a=ptime` in milliseconds.
     pub ptime_ms: u32,
+    /// Announce our SSRC with `a=ssrc` (RFC 5576).
+    pub ssrc: Option<u32>,
 }
 
 /// Result of answering an offer.
@@ -432,6 +437,15 @@ pub fn write_offer(out: &mut Vec<u8>, offer: &Offer) {
             Direction::SendRecv.name()
         ),
     );
+    if let Some(ssrc) = offer.ssrc {
+        write_ssrc(out, ssrc);
+    }
+}
+
+/// Appends `a=ssrc:<ssrc> cname:pbxlab` (RFC 5576). Both writers put the audio section last, so
+/// a caller may append this to an answer as well.
+pub fn write_ssrc(out: &mut Vec<u8>, ssrc: u32) {
+    w(out, format_args!("a=ssrc:{ssrc} cname:pbxlab\r\n"));
 }
 
 /// Answers `offer` with our address `local`: the first offered PCMU or PCMA (under the
@@ -654,6 +668,7 @@ fn parse_audio_m_line(value: &str, line: usize) -> Result<AudioMedia<'_>, SdpErr
         telephone_event_pt: None,
         direction: Direction::SendRecv,
         ptime_ms: None,
+        ssrc: None,
     })
 }
 
@@ -685,6 +700,14 @@ fn parse_audio_attribute<'a>(
                 reason: "a=ptime is not a whole number of milliseconds",
             })?;
             audio.ptime_ms = Some(ms);
+        }
+        "ssrc" if audio.ssrc.is_none() => {
+            let id = rest.split_ascii_whitespace().next().unwrap_or_default();
+            let ssrc = id.parse::<u32>().map_err(|_| SdpError::Syntax {
+                line,
+                reason: "a=ssrc does not start with a 32-bit number",
+            })?;
+            audio.ssrc = Some(ssrc);
         }
         _ => {}
     }
@@ -834,6 +857,45 @@ a=fmtp:101 0-15\r\na=ptime:30\r\na=sendrecv\r\n"
     }
 
     #[test]
+    fn ssrc_attribute_is_read_and_written() {
+        let body = SIPP_OFFER.replace(
+            "a=rtpmap:0 PCMU/8000\r\n",
+            "a=rtpmap:0 PCMU/8000\r\na=ssrc:4000000001 cname:x\r\na=ssrc:7 cname:y\r\n",
+        );
+        assert_eq!(
+            parse(&body).audio.unwrap().ssrc,
+            Some(4_000_000_001),
+            "the first one counts"
+        );
+        assert_eq!(parse(SIPP_OFFER).audio.unwrap().ssrc, None);
+        let bad = SIPP_OFFER.replace(
+            "a=rtpmap:0 PCMU/8000\r\n",
+            "a=rtpmap:0 PCMU/8000\r\na=ssrc:x\r\n",
+        );
+        assert!(matches!(
+            SessionDescription::parse(bad.as_bytes()),
+            Err(SdpError::Syntax { .. })
+        ));
+        let mut out = Vec::new();
+        write_offer(
+            &mut out,
+            &Offer {
+                session_id: 1,
+                version: 1,
+                addr: "127.0.0.1:4000".parse().unwrap(),
+                payload_types: vec![PT_PCMU],
+                telephone_event: false,
+                ptime_ms: 20,
+                ssrc: Some(99),
+            },
+        );
+        assert_eq!(
+            SessionDescription::parse(&out).unwrap().audio.unwrap().ssrc,
+            Some(99)
+        );
+    }
+
+    #[test]
     fn offer_answer_round_trip() {
         let offer = Offer {
             session_id: 42,
@@ -842,6 +904,7 @@ a=fmtp:101 0-15\r\na=ptime:30\r\na=sendrecv\r\n"
             payload_types: vec![PT_PCMU, PT_PCMA],
             telephone_event: true,
             ptime_ms: 20,
+            ssrc: None,
         };
         let mut body = Vec::new();
         write_offer(&mut body, &offer);
@@ -1054,7 +1117,7 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
             ptime in any::<u32>(),
         ) {
             let ip: IpAddr = if v6 { Ipv6Addr::from(ip6).into() } else { Ipv4Addr::from(ip4).into() };
-            let offer = Offer { session_id: id, version: ver, addr: SocketAddr::new(ip, port), payload_types: pts.clone(), telephone_event: te, ptime_ms: ptime };
+            let offer = Offer { session_id: id, version: ver, addr: SocketAddr::new(ip, port), payload_types: pts.clone(), telephone_event: te, ptime_ms: ptime, ssrc: None };
             let mut body = Vec::new();
             write_offer(&mut body, &offer);
             let sd = SessionDescription::parse(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;

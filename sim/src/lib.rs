@@ -1,12 +1,15 @@
 //! pbxlab's model of a PBX cluster: scenario files, the virtual-time simulator behind
-//! `pbxlab plan`, and the sizing search behind `pbxlab plan --size`.
+//! `pbxlab plan`, the sizing search behind `pbxlab plan --size`, and the live emulated cluster
+//! behind `pbxlab cluster` ([`live`]).
 //!
-//! Every placement and failover decision is made by `pbxlab_balancer`; this crate only drives it
-//! with events in virtual time and measures what happens. It does no network I/O, and its
-//! results depend on nothing but the scenario and the seed (wall-clock figures aside).
+//! Every placement and failover decision is made by `pbxlab_balancer`; this crate drives it
+//! with events, in virtual time or live. The simulator does no network I/O, and its results
+//! depend on nothing but the scenario and the seed (wall-clock figures aside); [`live`] is the
+//! one part that owns sockets.
 
 pub mod des;
 pub mod erlang;
+pub mod live;
 pub mod report;
 pub mod rng;
 pub mod scenario;

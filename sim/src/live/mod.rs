@@ -1,0 +1,67 @@
+//! The emulated cluster, live on UDP sockets: a Call Manager (registrar, digest auth, B2BUA
+//! routing, per-source rate limit, health probes) in front of emulated media, meeting, IVR,
+//! queue and IM nodes that really relay, echo, play prompts, collect RFC 4733 digits, hold
+//! callers and mix meetings.
+//!
+//! As in the rest of the workspace, protocol state is sans-IO: [`cm::CallManager`] and
+//! [`node::Node`] take `now` and datagrams and hand back datagrams to send and commands for each
+//! other; the threads in [`cluster`] and [`node::spawn`] only move bytes and keep time. Every
+//! placement is the balancer's decision, exactly as in `plan`.
+//!
+//! The Call Manager talks to its nodes in two ways: SIP OPTIONS probes over UDP (so a stopped or
+//! cut-off node is detected the way a real one would be) and [`NodeCommand`]s over a channel
+//! (which media session to set up on the node, and how).
+
+use std::net::SocketAddr;
+
+pub mod node;
+
+/// Nanoseconds since the cluster started.
+pub type Nanos = u64;
+
+/// A media session on a node: one call's relay, one IVR or queue caller, one meeting
+/// participant. Numbered by the Call Manager, unique for the cluster's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MediaSession(pub u64);
+
+/// One RTP endpoint, as the Call Manager learned it from the endpoint's SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leg {
+    /// Where the endpoint wants its RTP (`c=` and `m=` port).
+    pub remote: SocketAddr,
+    /// The SSRC it announced with `a=ssrc` (RFC 5576). Without one, the node tells the leg's
+    /// packets apart by source address, learning the SSRC from the first packet.
+    pub ssrc: Option<u32>,
+    /// The audio payload type agreed with it: 0 (PCMU) or 8 (PCMA).
+    pub codec_pt: u8,
+    /// Its telephone-event payload type, if it offered one.
+    pub dtmf_pt: Option<u8>,
+}
+
+/// What the Call Manager asks of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeCommand {
+    /// Relay between two legs: what one sends goes, unchanged, to the other (media anchoring).
+    Relay { session: MediaSession, a: Leg, b: Leg },
+    /// Send every packet of the leg back to it.
+    Echo { session: MediaSession, leg: Leg },
+    /// Play the menu prompt to the leg, over and over, and report its RFC 4733 digits.
+    Ivr { session: MediaSession, leg: Leg },
+    /// Play hold audio to the leg until the session ends.
+    Hold { session: MediaSession, leg: Leg },
+    /// Add the leg to meeting `room`: it hears the mix of every other participant of the room.
+    Join {
+        session: MediaSession,
+        room: u64,
+        leg: Leg,
+    },
+    /// The session is over (hang-up, transfer elsewhere, or failover): forget it.
+    End { session: MediaSession },
+}
+
+/// What a node tells the Call Manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// An IVR session's caller pressed a key (the RFC 4733 event's end).
+    Digit { session: MediaSession, digit: char },
+}

@@ -1,0 +1,1 @@
+//! An emulated cluster node (media, meeting, IVR, queue or IM server).
