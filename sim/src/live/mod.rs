@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 
+pub mod cm;
 pub mod node;
 
 /// Nanoseconds since the cluster started.

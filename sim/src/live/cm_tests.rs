@@ -1,0 +1,423 @@
+//! The Call Manager driven with a fake clock and scripted SIP peers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pbxlab_balancer::{
+    Balancer, FailoverMode, HealthConfig, Policy, Role, ServerId, ServerSpec, ServerState,
+};
+use pbxlab_proto::digest;
+use pbxlab_proto::sdp::SessionDescription;
+use pbxlab_proto::sip::{HeaderName, Message, Method, parse_datagram};
+
+use super::*;
+
+const CM: &str = "127.0.0.1:5060";
+const UA: &str = "127.0.0.1:7000";
+const UA_RTP: &str = "127.0.0.1:7002";
+const CALLEE: &str = "127.0.0.1:7100";
+const FLOODER: &str = "127.0.0.2:9000";
+const MS: Nanos = 1_000_000;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A cluster of one media, one IVR, one queue and one meeting node; users 1000..1010, queue 1
+/// with agents 1000 and 1001.
+fn cm() -> CallManager {
+    let health = HealthConfig::new(
+        Duration::from_secs(1),
+        Duration::from_millis(500),
+        3,
+        2,
+    )
+    .unwrap();
+    let mut b = Balancer::new(health);
+    let mut nodes = Vec::new();
+    for (i, role) in [Role::Media, Role::Media, Role::Ivr, Role::Queue, Role::Meeting]
+        .into_iter()
+        .enumerate()
+    {
+        let policy = if matches!(role, Role::Queue | Role::Meeting) {
+            Policy::Affinity
+        } else {
+            Policy::LeastLoaded
+        };
+        b.set_pool(role, policy, FailoverMode::Auto);
+        let name = format!("{}-{i}", role.name());
+        let id = b
+            .add_server(ServerSpec {
+                name: name.clone(),
+                role,
+                capacity: 100,
+                weight: 1,
+            })
+            .unwrap();
+        nodes.push(NodeSpec {
+            id,
+            name,
+            role,
+            addr: addr(&format!("127.0.0.1:{}", 20000 + i)),
+        });
+    }
+    let mut cfg = Config::new(addr(CM));
+    cfg.users = 10;
+    cfg.queues = 1;
+    cfg.agents_per_queue = 2;
+    cfg.whitelist = vec![addr(UA).ip()];
+    cfg.rate_limit_per_s = 10.0;
+    cfg.rate_burst = 5.0;
+    CallManager::new(cfg, b, nodes)
+}
+
+fn sent(cm: &mut CallManager) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut out = Vec::new();
+    cm.transmit_all(|d| out.extend(d.iter().map(|(a, b)| (*a, b.to_vec()))));
+    out
+}
+
+fn texts(out: &[(SocketAddr, Vec<u8>)]) -> Vec<String> {
+    out.iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect()
+}
+
+fn parse(b: &[u8]) -> Message<'_> {
+    parse_datagram(b).unwrap()
+}
+
+fn offer(rtp: &str, ssrc: u32) -> String {
+    let a: SocketAddr = addr(rtp);
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n\
+         a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ssrc:{ssrc} cname:t\r\n",
+        ip = a.ip(),
+        port = a.port()
+    )
+}
+
+fn request(method: &str, ruri: &str, from_user: &str, call_id: &str, cseq: u32, extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {UA};branch=z9hG4bK{call_id}{cseq}\r\n\
+         From: <sip:{from_user}@pbxlab.test>;tag=ua{call_id}\r\nTo: <{ruri}>\r\nCall-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\nContact: <sip:{from_user}@{UA}>\r\n{extra}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Registers `user` from `from`, answering the challenge.
+fn register(cm: &mut CallManager, now: Nanos, user: u32, from: &str, password: &str) -> u16 {
+    let aor = format!("sip:{user}@pbxlab.test");
+    let first = format!(
+        "REGISTER sip:pbxlab.test SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKr{user}a\r\n\
+         From: <{aor}>;tag=r{user}\r\nTo: <{aor}>\r\nCall-ID: r{user}\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:{user}@{from}>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n"
+    );
+    cm.handle(now, addr(from), first.as_bytes());
+    let out = sent(cm);
+    let challenge = parse(&out[0].1);
+    assert_eq!(challenge.code(), Some(401));
+    let ch = digest::parse_challenge(challenge.header(HeaderName::WwwAuthenticate).unwrap()).unwrap();
+    let mut auth = String::new();
+    digest::write_authorization(&mut auth, &ch, &user.to_string(), password, "REGISTER", "sip:pbxlab.test", "c1", 1);
+    let second = first
+        .replace("CSeq: 1", "CSeq: 2")
+        .replace("r{user}a", "r{user}b")
+        .replace("Expires: 60\r\n", &format!("Expires: 60\r\nAuthorization: {auth}\r\n"));
+    cm.handle(now, addr(from), second.as_bytes());
+    let out = sent(cm);
+    parse(&out[0].1).code().unwrap()
+}
+
+#[test]
+fn registration_needs_the_right_password_and_expires() {
+    let mut cm = cm();
+    assert_eq!(register(&mut cm, 0, 1003, UA, "pw-1003"), 200);
+    assert_eq!(cm.stats().registered, 1);
+    assert_eq!(register(&mut cm, 0, 1004, UA, "wrong"), 403);
+    assert_eq!(cm.stats().auth_failures, 1);
+    // Not one of the scenario's users.
+    let r = request("REGISTER", "sip:pbxlab.test", "77", "x", 1, "", "");
+    let r = String::from_utf8(r).unwrap().replace("To: <sip:pbxlab.test>", "To: <sip:77@pbxlab.test>");
+    cm.handle(0, addr(UA), r.as_bytes());
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(404));
+    // The binding lapses after its 60 s.
+    cm.advance(61 * NS);
+    assert_eq!(cm.stats().registered, 0);
+}
+
+#[test]
+fn echo_call_is_answered_with_the_media_node_and_the_node_told() {
+    let mut cm = cm();
+    let invite = request("INVITE", "sip:echo@127.0.0.1:5060", "sipp", "e1", 1, "Content-Type: application/sdp\r\n", &offer(UA_RTP, 42));
+    cm.handle(0, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    let sdp = SessionDescription::parse(ok.body()).unwrap();
+    let node = sdp.audio_addr().unwrap();
+    assert!(cm.nodes().iter().any(|n| n.addr == node && n.role == Role::Media));
+    let cmds: Vec<_> = cm.node_commands().collect();
+    match &cmds[..] {
+        [(_, NodeCommand::Echo { leg, .. })] => {
+            assert_eq!(leg.remote, addr(UA_RTP));
+            assert_eq!(leg.ssrc, Some(42));
+            assert_eq!(leg.dtmf_pt, Some(101));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without the ACK the 200 is sent again after T1.
+    cm.advance(500 * MS);
+    assert!(texts(&sent(&mut cm)).iter().any(|t| t.starts_with("SIP/2.0 200")));
+    let to = ok.header(HeaderName::To).unwrap().to_owned();
+    let ack = String::from_utf8(request("ACK", "sip:cm@127.0.0.1:5060", "sipp", "e1", 1, "", ""))
+        .unwrap()
+        .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
+    cm.handle(600 * MS, addr(UA), ack.as_bytes());
+    cm.advance(2000 * MS);
+    assert!(texts(&sent(&mut cm)).iter().all(|t| !t.starts_with("SIP/2.0 200")));
+    let bye = String::from_utf8(request("BYE", "sip:cm@127.0.0.1:5060", "sipp", "e1", 2, "", ""))
+        .unwrap()
+        .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
+    cm.handle(3 * NS, addr(UA), bye.as_bytes());
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
+    assert!(matches!(cm.node_commands().next(), Some((_, NodeCommand::End { .. }))));
+    assert_eq!(cm.balancer().placed(), 0);
+    assert_eq!(cm.stats().calls_active, 0);
+    assert_eq!(cm.stats().calls_completed, 1);
+}
+
+#[test]
+fn a_call_between_users_is_bridged_through_one_media_node() {
+    let mut cm = cm();
+    assert_eq!(register(&mut cm, 0, 1005, CALLEE, "pw-1005"), 200);
+    let invite = request("INVITE", "sip:1005@pbxlab.test", "1004", "c1", 1, "Content-Type: application/sdp\r\n", &offer(UA_RTP, 7));
+    cm.handle(0, addr(UA), &invite);
+    let out = sent(&mut cm);
+    assert_eq!(parse(&out[0].1).code(), Some(100));
+    let (to, b_invite) = &out[1];
+    assert_eq!(*to, addr(CALLEE));
+    let b = parse(b_invite);
+    assert_eq!(b.method(), Some(Method::Invite));
+    assert_eq!(b.request_uri(), Some("sip:1005@127.0.0.1:7100"));
+    let node = SessionDescription::parse(b.body()).unwrap().audio_addr().unwrap();
+    // The callee rings, then answers with its own SDP.
+    let mut ringing = Vec::new();
+    pbxlab_proto::builder::write_response(&mut ringing, &b, 180, "Ringing", Some("cal"), &[], b"");
+    cm.handle(MS, addr(CALLEE), &ringing);
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(180));
+    let mut ok = Vec::new();
+    let body = offer("127.0.0.1:7102", 9);
+    pbxlab_proto::builder::write_response(&mut ok, &b, 200, "OK", Some("cal"), &[("Contact", "<sip:1005@127.0.0.1:7100>"), ("Content-Type", "application/sdp")], body.as_bytes());
+    cm.handle(2 * MS, addr(CALLEE), &ok);
+    let out = sent(&mut cm);
+    let texts = texts(&out);
+    assert!(texts[0].starts_with("ACK sip:1005@127.0.0.1:7100"), "{}", texts[0]);
+    let answer = parse(&out[1].1);
+    assert_eq!(answer.code(), Some(200));
+    assert_eq!(SessionDescription::parse(answer.body()).unwrap().audio_addr(), Some(node));
+    let cmds: Vec<_> = cm.node_commands().collect();
+    match &cmds[..] {
+        [(_, NodeCommand::Relay { a, b, .. })] => {
+            assert_eq!((a.remote, a.ssrc), (addr(UA_RTP), Some(7)));
+            assert_eq!((b.remote, b.ssrc), (addr("127.0.0.1:7102"), Some(9)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The callee hangs up: the caller gets a BYE in its own dialog.
+    let bye = format!(
+        "BYE sip:cm@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKbye\r\nFrom: {}\r\n\
+         To: {}\r\nCall-ID: {}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
+        answer.header(HeaderName::To).map(|_| "<sip:1005@pbxlab.test>;tag=cal").unwrap(),
+        b.header(HeaderName::From).unwrap(),
+        b.call_id().unwrap()
+    );
+    cm.handle(NS, addr(CALLEE), bye.as_bytes());
+    let out = sent(&mut cm);
+    let t = self::texts(&out);
+    assert!(t.iter().any(|t| t.starts_with("SIP/2.0 200")));
+    let to_a = out.iter().find(|(a, b)| *a == addr(UA) && b.starts_with(b"BYE")).expect("BYE to the caller");
+    let bye_a = parse(&to_a.1);
+    assert_eq!(bye_a.call_id(), Some("c1"));
+    assert_eq!(bye_a.to().and_then(|t| t.tag()), Some("uac1"));
+    assert_eq!(cm.balancer().placed(), 0);
+}
+
+#[test]
+fn unknown_targets_and_unregistered_users_are_refused() {
+    let mut cm = cm();
+    for (ruri, code) in [("sip:nobody@x", 404), ("sip:1002@x", 480), ("sip:queue-9@x", 404)] {
+        cm.handle(0, addr(UA), &request("INVITE", ruri, "1", "u", 1, "", &offer(UA_RTP, 1)));
+        assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(code), "{ruri}");
+    }
+    // No SDP offer: nothing to anchor.
+    cm.handle(0, addr(UA), &request("INVITE", "sip:echo@x", "1", "n", 1, "", ""));
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(488));
+    assert_eq!(cm.balancer().placed(), 0);
+}
+
+#[test]
+fn malformed_requests_are_counted_and_answered_400_when_possible() {
+    let mut cm = cm();
+    // Parses as SIP, but the CSeq is no number: the sender gets told why.
+    let bad_cseq = String::from_utf8(request("INVITE", "sip:echo@x", "1", "b", 1, "", ""))
+        .unwrap()
+        .replace("CSeq: 1 INVITE", "CSeq: one INVITE");
+    cm.handle(0, addr(UA), bad_cseq.as_bytes());
+    let out = texts(&sent(&mut cm));
+    assert!(out[0].starts_with("SIP/2.0 400 Bad Request (malformed CSeq)\r\nVia: "), "{}", out[0]);
+    assert!(out[0].contains("\r\nCall-ID: b\r\n"));
+    // Missing From, garbage, a body shorter than its Content-Length: nothing to answer to.
+    cm.handle(0, addr(UA), b"INVITE sip:echo@x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKx\r\nContent-Length: 0\r\n\r\n");
+    cm.handle(0, addr(UA), b"\x00\x01garbage");
+    cm.handle(0, addr(UA), b"INVITE sip:echo@x SIP/2.0\r\nContent-Length: 99\r\n\r\n");
+    assert!(sent(&mut cm).is_empty());
+    assert_eq!(cm.stats().malformed, 4);
+}
+
+#[test]
+fn a_flooding_source_earns_503_while_whitelisted_ones_pass() {
+    let mut cm = cm();
+    let mut codes = Vec::new();
+    for i in 0..20 {
+        let r = request("OPTIONS", "sip:cm@x", "f", &format!("f{i}"), 1, "", "");
+        cm.handle(i * MS, addr(FLOODER), &r);
+        codes.push(parse(&sent(&mut cm)[0].1).code().unwrap());
+    }
+    // The burst of 5 passes, the rest is refused (10/s refills only 0.2 in 20 ms).
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 5);
+    assert_eq!(codes.iter().filter(|&&c| c == 503).count(), 15);
+    assert_eq!(cm.stats().rate_limited, 15);
+    // The whitelisted source is not limited; the flooder recovers after a quiet second.
+    assert_eq!(register(&mut cm, 30 * MS, 1003, UA, "pw-1003"), 200);
+    for i in 0..20 {
+        let r = request("OPTIONS", "sip:cm@x", "u", &format!("w{i}"), 1, "", "");
+        cm.handle(40 * MS, addr(UA), &r);
+        assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
+    }
+    cm.handle(2 * NS, addr(FLOODER), &request("OPTIONS", "sip:cm@x", "f", "later", 1, "", ""));
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
+}
+
+#[test]
+fn unanswered_probes_take_a_node_down_and_its_calls_move() {
+    let mut cm = cm();
+    let invite = request("INVITE", "sip:echo@x", "sipp", "m1", 1, "", &offer(UA_RTP, 3));
+    cm.handle(0, addr(UA), &invite);
+    let ok = sent(&mut cm);
+    let first = SessionDescription::parse(parse(&ok[0].1).body()).unwrap().audio_addr().unwrap();
+    let _ = cm.node_commands().count();
+    let dead = cm.nodes().iter().find(|n| n.addr == first).unwrap().id;
+    // Every node but the dead one answers its probes.
+    let mut out = Vec::new();
+    for round in 0..4u64 {
+        let now = round * NS;
+        cm.advance(now);
+        for (to, probe) in sent(&mut cm) {
+            out.push((to, probe.clone()));
+            let p = parse(&probe);
+            if p.method() != Some(Method::Options) || to == first {
+                continue;
+            }
+            let mut ok = Vec::new();
+            pbxlab_proto::builder::write_response(&mut ok, &p, 200, "OK", Some("n"), &[], b"");
+            cm.handle(now + MS, to, &ok);
+        }
+        cm.advance(now + 500 * MS);
+        out.extend(sent(&mut cm));
+    }
+    let state = cm.balancer().server(dead).unwrap().state;
+    assert_eq!(state, ServerState::Down);
+    assert_eq!(cm.stats().moved, 1);
+    // The echo moved to the other media node, and the caller was re-INVITEd there.
+    let cmds: Vec<_> = cm.node_commands().collect();
+    assert!(cmds.iter().any(|(s, c)| *s != dead && matches!(c, NodeCommand::Echo { .. })), "{cmds:?}");
+    let reinvite = out.iter().find(|(a, b)| *a == addr(UA) && b.starts_with(b"INVITE")).expect("re-INVITE");
+    let moved_to = SessionDescription::parse(parse(&reinvite.1).body()).unwrap().audio_addr().unwrap();
+    assert_ne!(moved_to, first);
+    cm.balancer().audit().unwrap();
+}
+
+#[test]
+fn ivr_digit_transfers_to_the_queue_and_an_agent_takes_the_call() {
+    let mut cm = cm();
+    assert_eq!(register(&mut cm, 0, 1000, CALLEE, "pw-1000"), 200);
+    let invite = request("INVITE", "sip:ivr-1@x", "1008", "i1", 1, "", &offer(UA_RTP, 11));
+    cm.handle(0, addr(UA), &invite);
+    let answer = sent(&mut cm);
+    let ivr_node = SessionDescription::parse(parse(&answer[0].1).body()).unwrap().audio_addr().unwrap();
+    let (server, session) = match cm.node_commands().next() {
+        Some((s, NodeCommand::Ivr { session, .. })) => (s, session),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cm.nodes().iter().find(|n| n.id == server).unwrap().addr, ivr_node);
+    cm.on_node_event(NS, server, NodeEvent::Digit { session, digit: '1' });
+    assert_eq!(cm.stats().ivr_routed, 1);
+    let cmds: Vec<_> = cm.node_commands().collect();
+    assert!(matches!(cmds[0].1, NodeCommand::End { .. }));
+    assert!(matches!(cmds[1].1, NodeCommand::Hold { .. }));
+    let out = sent(&mut cm);
+    // The caller is moved to the queue node, and agent 1000 (idle, registered) is called.
+    let reinvite = out.iter().find(|(a, b)| *a == addr(UA) && b.starts_with(b"INVITE")).unwrap();
+    let queue_node = SessionDescription::parse(parse(&reinvite.1).body()).unwrap().audio_addr().unwrap();
+    assert!(cm.nodes().iter().any(|n| n.addr == queue_node && n.role == Role::Queue));
+    let to_agent = out.iter().find(|(a, _)| *a == addr(CALLEE)).expect("INVITE to the agent");
+    let agent_invite = parse(&to_agent.1);
+    assert_eq!(agent_invite.request_uri(), Some("sip:1000@127.0.0.1:7100"));
+    assert_eq!(cm.stats().queue_waiting, 0, "taken off the queue while the agent rings");
+    let mut ok = Vec::new();
+    let body = offer("127.0.0.1:7102", 99);
+    pbxlab_proto::builder::write_response(&mut ok, &agent_invite, 200, "OK", Some("ag"), &[("Contact", "<sip:1000@127.0.0.1:7100>"), ("Content-Type", "application/sdp")], body.as_bytes());
+    cm.handle(3 * NS, addr(CALLEE), &ok);
+    let cmds: Vec<_> = cm.node_commands().collect();
+    assert!(cmds.iter().any(|(_, c)| matches!(c, NodeCommand::Relay { b, .. } if b.ssrc == Some(99))));
+    assert_eq!(cm.stats().queue_answered, 1);
+    let out = sent(&mut cm);
+    let connect = out.iter().find(|(a, b)| *a == addr(UA) && b.starts_with(b"INVITE")).unwrap();
+    let media = SessionDescription::parse(parse(&connect.1).body()).unwrap().audio_addr().unwrap();
+    assert!(cm.nodes().iter().any(|n| n.addr == media && n.role == Role::Media));
+    // Balancer: a queue session (held until the end) and a media session.
+    assert_eq!(cm.balancer().placed(), 2);
+    cm.balancer().audit().unwrap();
+}
+
+#[test]
+fn a_caller_who_hangs_up_while_waiting_is_counted_abandoned() {
+    let mut cm = cm();
+    let invite = request("INVITE", "sip:queue-1@x", "1009", "q1", 1, "", &offer(UA_RTP, 5));
+    cm.handle(0, addr(UA), &invite);
+    let ok = sent(&mut cm);
+    let to = parse(&ok[0].1).header(HeaderName::To).unwrap().to_owned();
+    assert_eq!(cm.stats().queue_waiting, 1);
+    let bye = String::from_utf8(request("BYE", "sip:cm@x", "1009", "q1", 2, "", ""))
+        .unwrap()
+        .replace("To: <sip:cm@x>", &format!("To: {to}"));
+    cm.handle(NS, addr(UA), bye.as_bytes());
+    let s = cm.stats();
+    assert_eq!((s.queue_waiting, s.queue_abandoned, s.calls_active), (0, 1, 0));
+    assert_eq!(cm.balancer().placed(), 0);
+}
+
+#[test]
+fn every_participant_of_a_room_lands_on_one_meeting_node() {
+    let mut cm = cm();
+    let mut rooms = Vec::new();
+    for i in 0..6 {
+        let room = if i % 2 == 0 { "meeting-a" } else { "meeting-b" };
+        let invite = request("INVITE", &format!("sip:{room}@x"), "1", &format!("m{i}"), 1, "", &offer(UA_RTP, i));
+        cm.handle(0, addr(UA), &invite);
+        let _ = sent(&mut cm);
+        match cm.node_commands().next() {
+            Some((s, NodeCommand::Join { room, .. })) => rooms.push((room, s)),
+            other => panic!("{other:?}"),
+        }
+    }
+    for (room, server) in &rooms {
+        assert!(rooms.iter().filter(|(r, _)| r == room).all(|(_, s)| s == server));
+    }
+    assert_ne!(rooms[0].0, rooms[1].0);
+    let _ = ServerId(0);
+}
