@@ -42,6 +42,11 @@ pub enum Error {
     EventLimit { limit: usize },
     #[error("a fault names server {0:?}, which the cluster does not have")]
     UnknownServer(String),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the simulator and the balancer disagree: {0}")]
     SelfCheck(String),
     /// Any failure during a run, with the seed that reproduces it.

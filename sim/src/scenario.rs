@@ -303,6 +303,30 @@ impl Scenario {
     }
 
     /// Every server with its role, in pool order.
+    /// The balancer this scenario describes: its pools, servers and health settings. `plan`
+    /// and the live cluster both start from it.
+    pub fn balancer(&self) -> Result<pbxlab_balancer::Balancer, pbxlab_balancer::Error> {
+        let health = pbxlab_balancer::HealthConfig::new(
+            self.health.probe_interval,
+            self.health.probe_timeout,
+            self.health.down_after,
+            self.health.up_after,
+        )?;
+        let mut b = pbxlab_balancer::Balancer::new(health);
+        for pool in &self.pools {
+            b.set_pool(pool.role, pool.policy, pool.failover);
+            for s in &pool.servers {
+                b.add_server(pbxlab_balancer::ServerSpec {
+                    name: s.name.clone(),
+                    role: pool.role,
+                    capacity: pool.capacity,
+                    weight: s.weight,
+                })?;
+            }
+        }
+        Ok(b)
+    }
+
     pub fn server_names(&self) -> impl Iterator<Item = (&str, Role)> {
         self.pools.iter().flat_map(|pool| {
             pool.servers

@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pbxlab_balancer::{
-    AffinityKey, Balancer, EventKind, HealthConfig, Outcome, Probe, Request, Role, ServerId,
-    ServerSpec, SessionId,
+    AffinityKey, Balancer, EventKind, Outcome, Probe, Request, Role, ServerId, SessionId,
 };
 
 use crate::des::{EventQueue, Nanos, nanos_to_secs, secs_to_nanos};
@@ -224,26 +223,12 @@ pub fn simulate(sc: &Scenario, options: Options<'_>) -> Result<Report, Error> {
 
 impl<'s> Sim<'s> {
     fn new(sc: &'s Scenario, seed: u64, self_check: bool) -> Result<Sim<'s>, Error> {
-        let health = HealthConfig::new(
-            sc.health.probe_interval,
-            sc.health.probe_timeout,
-            sc.health.down_after,
-            sc.health.up_after,
-        )?;
-        let mut b = Balancer::new(health);
+        let b = sc.balancer()?;
         let mut servers = Vec::new();
         let mut roles: [Option<RoleStats>; 5] = Default::default();
         let batches = sc.batches.max(1) as usize;
         for pool in &sc.pools {
-            b.set_pool(pool.role, pool.policy, pool.failover);
-            for s in &pool.servers {
-                let id = b.add_server(ServerSpec {
-                    name: s.name.clone(),
-                    role: pool.role,
-                    capacity: pool.capacity,
-                    weight: s.weight,
-                })?;
-                debug_assert_eq!(id.0 as usize, servers.len());
+            for _ in &pool.servers {
                 servers.push(ServerStats {
                     role: pool.role,
                     load: 0,

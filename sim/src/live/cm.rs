@@ -557,7 +557,8 @@ impl CallManager {
 
     fn reanchor(&mut self, now: Nanos, call: CallRef, session: SessionId, to: ServerId) {
         let Some(c) = self.call_mut(call) else { return };
-        if c.queue.is_some_and(|p| p.session == session) && c.media.is_none_or(|p| p.session != session)
+        if c.queue.is_some_and(|p| p.session == session)
+            && c.media.is_none_or(|p| p.session != session)
         {
             // A queue session whose caller already talks to an agent: only the accounting moved.
             if let Some(q) = c.queue.as_mut() {
@@ -620,7 +621,11 @@ impl CallManager {
         if tx.proceeding || tx.next > now {
             return;
         }
-        tx.rto = if tx.invite { tx.rto * 2 } else { (tx.rto * 2).min(t2) };
+        tx.rto = if tx.invite {
+            tx.rto * 2
+        } else {
+            (tx.rto * 2).min(t2)
+        };
         tx.next = now + tx.rto;
         let at = tx.next.min(tx.deadline);
         let (dest, bytes) = (tx.dest, std::mem::take(&mut tx.bytes));
@@ -744,7 +749,9 @@ impl CallManager {
             };
             let name = name.trim();
             for (i, (long, short)) in wanted.iter().enumerate() {
-                if name.eq_ignore_ascii_case(long) || (!short.is_empty() && name.eq_ignore_ascii_case(short)) {
+                if name.eq_ignore_ascii_case(long)
+                    || (!short.is_empty() && name.eq_ignore_ascii_case(short))
+                {
                     found[i].get_or_insert(line);
                 }
             }
@@ -753,11 +760,15 @@ impl CallManager {
             return;
         }
         self.scratch.clear();
-        let _ = write!(Bytes(&mut self.scratch), "SIP/2.0 400 Bad Request ({why})\r\n");
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "SIP/2.0 400 Bad Request ({why})\r\n"
+        );
         for line in text.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
             let name = line.split_once(':').map_or("", |(n, _)| n.trim());
             if wanted.iter().any(|(long, short)| {
-                name.eq_ignore_ascii_case(long) || (!short.is_empty() && name.eq_ignore_ascii_case(short))
+                name.eq_ignore_ascii_case(long)
+                    || (!short.is_empty() && name.eq_ignore_ascii_case(short))
             }) {
                 self.scratch.extend_from_slice(line.as_bytes());
                 self.scratch.extend_from_slice(b"\r\n");
@@ -790,7 +801,9 @@ impl CallManager {
         let known = self.by_call_id.get(call_id).copied();
         match (method, known) {
             (Method::Register, _) => self.register(now, from, msg),
-            (Method::Options, None) => self.reply(from, msg, 200, "OK", &[("Accept", "application/sdp")]),
+            (Method::Options, None) => {
+                self.reply(from, msg, 200, "OK", &[("Accept", "application/sdp")])
+            }
             (Method::Invite, None) => {
                 if msg.to().and_then(|t| t.tag()).is_some() {
                     self.reply(from, msg, 481, "Call/Transaction Does Not Exist", &[]);
@@ -837,7 +850,13 @@ impl CallManager {
 
     fn challenge(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>, stale: bool) {
         let mut value = String::new();
-        digest::write_challenge(&mut value, &self.cfg.domain, &self.nonce(now), Algorithm::Md5, None);
+        digest::write_challenge(
+            &mut value,
+            &self.cfg.domain,
+            &self.nonce(now),
+            Algorithm::Md5,
+            None,
+        );
         if stale {
             value.push_str(", stale=true");
         }
@@ -982,7 +1001,9 @@ impl CallManager {
                 return;
             }
             Kind::Ivr
-        } else if let Some(q) = target.strip_prefix("queue-").and_then(|q| q.parse::<u32>().ok())
+        } else if let Some(q) = target
+            .strip_prefix("queue-")
+            .and_then(|q| q.parse::<u32>().ok())
         {
             if q == 0 || q > self.cfg.queues {
                 self.reply(from, msg, 404, "Not Found", &[]);
@@ -997,7 +1018,13 @@ impl CallManager {
         };
         if self.calls.len() - self.free_calls.len() >= self.cfg.max_calls {
             self.fail("call limit");
-            self.reply(from, msg, 503, "Service Unavailable", &[("Retry-After", "5")]);
+            self.reply(
+                from,
+                msg,
+                503,
+                "Service Unavailable",
+                &[("Retry-After", "5")],
+            );
             return;
         }
         let Ok(offer) = SessionDescription::parse(msg.body()) else {
@@ -1023,7 +1050,13 @@ impl CallManager {
                     Reject::NoCapacity { .. } => "no capacity",
                     _ => "no server in service",
                 });
-                self.reply(from, msg, 503, "Service Unavailable", &[("Retry-After", "1")]);
+                self.reply(
+                    from,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    &[("Retry-After", "1")],
+                );
                 return;
             }
         };
@@ -1062,7 +1095,15 @@ impl CallManager {
         let generation = self.calls[index as usize].generation;
         let call = (index, generation);
         let local_tag = format!("a{index}x{generation}");
-        write_response(&mut self.scratch, msg, 180, "Ringing", Some(&local_tag), &[], b"");
+        write_response(
+            &mut self.scratch,
+            msg,
+            180,
+            "Ringing",
+            Some(&local_tag),
+            &[],
+            b"",
+        );
         let block = response_block(&self.scratch);
         let caller = msg
             .from()
@@ -1075,12 +1116,18 @@ impl CallManager {
             .unwrap_or_else(|| format!("sip:{from}"));
         let dialog = Dialog {
             call_id: msg.call_id().unwrap_or_default().to_owned(),
-            remote_tag: msg.from().and_then(|f| f.tag()).unwrap_or_default().to_owned(),
+            remote_tag: msg
+                .from()
+                .and_then(|f| f.tag())
+                .unwrap_or_default()
+                .to_owned(),
             remote_uri,
             remote_addr: from,
             local_party: format!(
                 "{};tag={local_tag}",
-                msg.to().map(|t| t.uri).map_or_else(String::new, |u| format!("<{u}>"))
+                msg.to()
+                    .map(|t| t.uri)
+                    .map_or_else(String::new, |u| format!("<{u}>"))
             ),
             remote_party: msg.header(HeaderName::From).unwrap_or_default().to_owned(),
             local_cseq: 0,
@@ -1107,7 +1154,8 @@ impl CallManager {
                 c.waiting_since = Some(now);
             }
         }
-        self.by_call_id.insert(msg.call_id().unwrap_or_default().to_owned(), (index, true));
+        self.by_call_id
+            .insert(msg.call_id().unwrap_or_default().to_owned(), (index, true));
         self.by_session.insert(assignment.session, call);
         self.stats.calls_total += 1;
         if let Some(u) = caller {
@@ -1146,7 +1194,11 @@ impl CallManager {
             return;
         };
         if let Some(b) = self.busy.get_mut(k as usize) {
-            *b = if busy { b.saturating_add(1) } else { b.saturating_sub(1) };
+            *b = if busy {
+                b.saturating_add(1)
+            } else {
+                b.saturating_sub(1)
+            };
         }
     }
 
@@ -1187,7 +1239,8 @@ impl CallManager {
         if let Some(c) = self.call_mut(call) {
             c.a_final = bytes;
         }
-        self.timers.push(Reverse((now + t1, Timer::Call(call.0, call.1))));
+        self.timers
+            .push(Reverse((now + t1, Timer::Call(call.0, call.1))));
     }
 
     fn end_media(&mut self, p: Placement) {
@@ -1201,11 +1254,9 @@ impl CallManager {
         let Some(c) = self.call(call) else { return };
         let (session, leg) = (p.media, c.a_leg);
         let cmd = match (&c.kind, c.b_leg) {
-            (Kind::User(_), Some(b)) | (Kind::Queue(_), Some(b)) => NodeCommand::Relay {
-                session,
-                a: leg,
-                b,
-            },
+            (Kind::User(_), Some(b)) | (Kind::Queue(_), Some(b)) => {
+                NodeCommand::Relay { session, a: leg, b }
+            }
             (Kind::User(_), None) => return,
             (Kind::Echo, _) => NodeCommand::Echo { session, leg },
             (Kind::Ivr, _) => {
@@ -1278,15 +1329,21 @@ impl CallManager {
 
     fn invite_b(&mut self, now: Nanos, call: CallRef, user: u32, a: Assignment) {
         let Some(binding) = self.bindings.get(&user).cloned() else {
-            self.reject_a(now, call, 480, "Temporarily Unavailable", "callee not registered");
+            self.reject_a(
+                now,
+                call,
+                480,
+                "Temporarily Unavailable",
+                "callee not registered",
+            );
             return;
         };
-        let Some(node) = self.node_addr(a.server) else { return };
+        let Some(node) = self.node_addr(a.server) else {
+            return;
+        };
         let (us, domain) = (self.cfg.addr, self.cfg.domain.clone());
         let Some(c) = self.call(call) else { return };
-        let caller_party = c
-            .caller
-            .map_or_else(|| "cm".to_owned(), |u| u.to_string());
+        let caller_party = c.caller.map_or_else(|| "cm".to_owned(), |u| u.to_string());
         let leg = c.a_leg;
         let local_tag = format!("b{}x{}", call.0, call.1);
         let dialog = Dialog {
@@ -1329,7 +1386,8 @@ impl CallManager {
         );
         self.scratch.extend_from_slice(&body);
         self.start_tx(tx);
-        self.by_call_id.insert(dialog.call_id.clone(), (call.0, false));
+        self.by_call_id
+            .insert(dialog.call_id.clone(), (call.0, false));
         self.mark_busy(user, true);
         if let Some(c) = self.call_mut(call) {
             c.b = Some(dialog);
@@ -1415,7 +1473,10 @@ impl CallManager {
             }
             Method::Cancel if is_a => {
                 self.reply(from, msg, 200, "OK", &[]);
-                if self.call(call).is_some_and(|c| c.a_state == AState::Proceeding) {
+                if self
+                    .call(call)
+                    .is_some_and(|c| c.a_state == AState::Proceeding)
+                {
                     self.reject_a(now, call, 487, "Request Terminated", "cancelled");
                 }
             }
@@ -1470,7 +1531,9 @@ impl CallManager {
     }
 
     fn probe_response(&mut self, now: Nanos, rest: &str, code: u16) {
-        let Some((node, seq)) = parse_pair(rest) else { return };
+        let Some((node, seq)) = parse_pair(rest) else {
+            return;
+        };
         let Some(p) = self.probes.get_mut(node as usize) else {
             return;
         };
@@ -1516,7 +1579,11 @@ impl CallManager {
         if let Some(c) = self.call_mut(call)
             && let Some(b) = c.b.as_mut()
         {
-            b.remote_tag = msg.to().and_then(|t| t.tag()).unwrap_or_default().to_owned();
+            b.remote_tag = msg
+                .to()
+                .and_then(|t| t.tag())
+                .unwrap_or_default()
+                .to_owned();
             b.remote_party = msg.header(HeaderName::To).unwrap_or_default().to_owned();
             if let Some(contact) = msg.contact() {
                 b.remote_uri = contact.uri.to_owned();
@@ -1538,7 +1605,9 @@ impl CallManager {
                     return;
                 };
                 self.start_media(call, p);
-                let Some(node) = self.node_addr(p.server) else { return };
+                let Some(node) = self.node_addr(p.server) else {
+                    return;
+                };
                 let Some(c) = self.call(call) else { return };
                 let leg = c.a_leg;
                 let mut body = Vec::new();
@@ -1578,7 +1647,9 @@ impl CallManager {
         let (Some(via), Some(cseq)) = (msg.header(HeaderName::Via), msg.cseq()) else {
             return;
         };
-        let Some(dest) = self.dest_of_response(msg) else { return };
+        let Some(dest) = self.dest_of_response(msg) else {
+            return;
+        };
         let uri = msg.to().map(|t| t.uri).unwrap_or("sip:invalid");
         self.scratch.clear();
         let _ = write!(
@@ -1594,7 +1665,9 @@ impl CallManager {
     }
 
     fn ack_stray(&mut self, msg: &Message<'_>) {
-        let Some(dest) = self.dest_of_response(msg) else { return };
+        let Some(dest) = self.dest_of_response(msg) else {
+            return;
+        };
         let uri = msg.contact().map(|c| c.uri).unwrap_or("sip:invalid");
         let seq = msg.cseq().map_or(1, |c| c.seq);
         let us = self.cfg.addr;
@@ -1692,7 +1765,9 @@ impl CallManager {
             return;
         };
         self.free_tx(invite);
-        let Ok(msg) = parse_datagram(&bytes) else { return };
+        let Ok(msg) = parse_datagram(&bytes) else {
+            return;
+        };
         let Some(c) = self.call(call) else { return };
         let Some(d) = c.b.clone() else { return };
         let via = msg.header(HeaderName::Via).unwrap_or_default().to_owned();
@@ -1795,7 +1870,11 @@ impl CallManager {
         d.local_cseq += 1;
         d.sdp_version += 1;
         let d = d.clone();
-        let purpose = if to_a { Purpose::ReinviteA } else { Purpose::ReinviteB };
+        let purpose = if to_a {
+            Purpose::ReinviteA
+        } else {
+            Purpose::ReinviteB
+        };
         let tx = self.new_tx(now, call, purpose, d.remote_addr, true);
         let mut body = Vec::new();
         write_sdp(&mut body, u64::from(call.0), d.sdp_version, node, leg);
@@ -1847,17 +1926,18 @@ impl CallManager {
     }
 
     fn transfer_to_queue(&mut self, now: Nanos, call: CallRef, q: u32) {
-        let assignment = match self
-            .balancer
-            .assign(Request::keyed(Role::Queue, AffinityKey(u64::from(q)), 1))
-        {
-            Ok(a) => a,
-            Err(_) => {
-                // Nowhere to wait: the caller stays in the menu.
-                self.fail("queue full");
-                return;
-            }
-        };
+        let assignment =
+            match self
+                .balancer
+                .assign(Request::keyed(Role::Queue, AffinityKey(u64::from(q)), 1))
+            {
+                Ok(a) => a,
+                Err(_) => {
+                    // Nowhere to wait: the caller stays in the menu.
+                    self.fail("queue full");
+                    return;
+                }
+            };
         let Some(old) = self.call(call).and_then(|c| c.media) else {
             let _ = self.balancer.release(assignment.session);
             return;

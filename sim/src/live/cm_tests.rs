@@ -26,18 +26,19 @@ fn addr(s: &str) -> SocketAddr {
 /// A cluster of one media, one IVR, one queue and one meeting node; users 1000..1010, queue 1
 /// with agents 1000 and 1001.
 fn cm() -> CallManager {
-    let health = HealthConfig::new(
-        Duration::from_secs(1),
-        Duration::from_millis(500),
-        3,
-        2,
-    )
-    .unwrap();
+    let health =
+        HealthConfig::new(Duration::from_secs(1), Duration::from_millis(500), 3, 2).unwrap();
     let mut b = Balancer::new(health);
     let mut nodes = Vec::new();
-    for (i, role) in [Role::Media, Role::Media, Role::Ivr, Role::Queue, Role::Meeting]
-        .into_iter()
-        .enumerate()
+    for (i, role) in [
+        Role::Media,
+        Role::Media,
+        Role::Ivr,
+        Role::Queue,
+        Role::Meeting,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let policy = if matches!(role, Role::Queue | Role::Meeting) {
             Policy::Affinity
@@ -97,7 +98,15 @@ fn offer(rtp: &str, ssrc: u32) -> String {
     )
 }
 
-fn request(method: &str, ruri: &str, from_user: &str, call_id: &str, cseq: u32, extra: &str, body: &str) -> Vec<u8> {
+fn request(
+    method: &str,
+    ruri: &str,
+    from_user: &str,
+    call_id: &str,
+    cseq: u32,
+    extra: &str,
+    body: &str,
+) -> Vec<u8> {
     format!(
         "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {UA};branch=z9hG4bK{call_id}{cseq}\r\n\
          From: <sip:{from_user}@pbxlab.test>;tag=ua{call_id}\r\nTo: <{ruri}>\r\nCall-ID: {call_id}\r\n\
@@ -120,13 +129,26 @@ fn register(cm: &mut CallManager, now: Nanos, user: u32, from: &str, password: &
     let out = sent(cm);
     let challenge = parse(&out[0].1);
     assert_eq!(challenge.code(), Some(401));
-    let ch = digest::parse_challenge(challenge.header(HeaderName::WwwAuthenticate).unwrap()).unwrap();
+    let ch =
+        digest::parse_challenge(challenge.header(HeaderName::WwwAuthenticate).unwrap()).unwrap();
     let mut auth = String::new();
-    digest::write_authorization(&mut auth, &ch, &user.to_string(), password, "REGISTER", "sip:pbxlab.test", "c1", 1);
+    digest::write_authorization(
+        &mut auth,
+        &ch,
+        &user.to_string(),
+        password,
+        "REGISTER",
+        "sip:pbxlab.test",
+        "c1",
+        1,
+    );
     let second = first
         .replace("CSeq: 1", "CSeq: 2")
         .replace("r{user}a", "r{user}b")
-        .replace("Expires: 60\r\n", &format!("Expires: 60\r\nAuthorization: {auth}\r\n"));
+        .replace(
+            "Expires: 60\r\n",
+            &format!("Expires: 60\r\nAuthorization: {auth}\r\n"),
+        );
     cm.handle(now, addr(from), second.as_bytes());
     let out = sent(cm);
     parse(&out[0].1).code().unwrap()
@@ -141,7 +163,9 @@ fn registration_needs_the_right_password_and_expires() {
     assert_eq!(cm.stats().auth_failures, 1);
     // Not one of the scenario's users.
     let r = request("REGISTER", "sip:pbxlab.test", "77", "x", 1, "", "");
-    let r = String::from_utf8(r).unwrap().replace("To: <sip:pbxlab.test>", "To: <sip:77@pbxlab.test>");
+    let r = String::from_utf8(r)
+        .unwrap()
+        .replace("To: <sip:pbxlab.test>", "To: <sip:77@pbxlab.test>");
     cm.handle(0, addr(UA), r.as_bytes());
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(404));
     // The binding lapses after its 60 s.
@@ -152,14 +176,26 @@ fn registration_needs_the_right_password_and_expires() {
 #[test]
 fn echo_call_is_answered_with_the_media_node_and_the_node_told() {
     let mut cm = cm();
-    let invite = request("INVITE", "sip:echo@127.0.0.1:5060", "sipp", "e1", 1, "Content-Type: application/sdp\r\n", &offer(UA_RTP, 42));
+    let invite = request(
+        "INVITE",
+        "sip:echo@127.0.0.1:5060",
+        "sipp",
+        "e1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &offer(UA_RTP, 42),
+    );
     cm.handle(0, addr(UA), &invite);
     let out = sent(&mut cm);
     let ok = parse(&out[0].1);
     assert_eq!(ok.code(), Some(200));
     let sdp = SessionDescription::parse(ok.body()).unwrap();
     let node = sdp.audio_addr().unwrap();
-    assert!(cm.nodes().iter().any(|n| n.addr == node && n.role == Role::Media));
+    assert!(
+        cm.nodes()
+            .iter()
+            .any(|n| n.addr == node && n.role == Role::Media)
+    );
     let cmds: Vec<_> = cm.node_commands().collect();
     match &cmds[..] {
         [(_, NodeCommand::Echo { leg, .. })] => {
@@ -171,20 +207,47 @@ fn echo_call_is_answered_with_the_media_node_and_the_node_told() {
     }
     // Without the ACK the 200 is sent again after T1.
     cm.advance(500 * MS);
-    assert!(texts(&sent(&mut cm)).iter().any(|t| t.starts_with("SIP/2.0 200")));
+    assert!(
+        texts(&sent(&mut cm))
+            .iter()
+            .any(|t| t.starts_with("SIP/2.0 200"))
+    );
     let to = ok.header(HeaderName::To).unwrap().to_owned();
-    let ack = String::from_utf8(request("ACK", "sip:cm@127.0.0.1:5060", "sipp", "e1", 1, "", ""))
-        .unwrap()
-        .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
+    let ack = String::from_utf8(request(
+        "ACK",
+        "sip:cm@127.0.0.1:5060",
+        "sipp",
+        "e1",
+        1,
+        "",
+        "",
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
     cm.handle(600 * MS, addr(UA), ack.as_bytes());
     cm.advance(2000 * MS);
-    assert!(texts(&sent(&mut cm)).iter().all(|t| !t.starts_with("SIP/2.0 200")));
-    let bye = String::from_utf8(request("BYE", "sip:cm@127.0.0.1:5060", "sipp", "e1", 2, "", ""))
-        .unwrap()
-        .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
+    assert!(
+        texts(&sent(&mut cm))
+            .iter()
+            .all(|t| !t.starts_with("SIP/2.0 200"))
+    );
+    let bye = String::from_utf8(request(
+        "BYE",
+        "sip:cm@127.0.0.1:5060",
+        "sipp",
+        "e1",
+        2,
+        "",
+        "",
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
     cm.handle(3 * NS, addr(UA), bye.as_bytes());
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
-    assert!(matches!(cm.node_commands().next(), Some((_, NodeCommand::End { .. }))));
+    assert!(matches!(
+        cm.node_commands().next(),
+        Some((_, NodeCommand::End { .. }))
+    ));
     assert_eq!(cm.balancer().placed(), 0);
     assert_eq!(cm.stats().calls_active, 0);
     assert_eq!(cm.stats().calls_completed, 1);
@@ -194,7 +257,15 @@ fn echo_call_is_answered_with_the_media_node_and_the_node_told() {
 fn a_call_between_users_is_bridged_through_one_media_node() {
     let mut cm = cm();
     assert_eq!(register(&mut cm, 0, 1005, CALLEE, "pw-1005"), 200);
-    let invite = request("INVITE", "sip:1005@pbxlab.test", "1004", "c1", 1, "Content-Type: application/sdp\r\n", &offer(UA_RTP, 7));
+    let invite = request(
+        "INVITE",
+        "sip:1005@pbxlab.test",
+        "1004",
+        "c1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &offer(UA_RTP, 7),
+    );
     cm.handle(0, addr(UA), &invite);
     let out = sent(&mut cm);
     assert_eq!(parse(&out[0].1).code(), Some(100));
@@ -203,7 +274,10 @@ fn a_call_between_users_is_bridged_through_one_media_node() {
     let b = parse(b_invite);
     assert_eq!(b.method(), Some(Method::Invite));
     assert_eq!(b.request_uri(), Some("sip:1005@127.0.0.1:7100"));
-    let node = SessionDescription::parse(b.body()).unwrap().audio_addr().unwrap();
+    let node = SessionDescription::parse(b.body())
+        .unwrap()
+        .audio_addr()
+        .unwrap();
     // The callee rings, then answers with its own SDP.
     let mut ringing = Vec::new();
     pbxlab_proto::builder::write_response(&mut ringing, &b, 180, "Ringing", Some("cal"), &[], b"");
@@ -211,14 +285,34 @@ fn a_call_between_users_is_bridged_through_one_media_node() {
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(180));
     let mut ok = Vec::new();
     let body = offer("127.0.0.1:7102", 9);
-    pbxlab_proto::builder::write_response(&mut ok, &b, 200, "OK", Some("cal"), &[("Contact", "<sip:1005@127.0.0.1:7100>"), ("Content-Type", "application/sdp")], body.as_bytes());
+    pbxlab_proto::builder::write_response(
+        &mut ok,
+        &b,
+        200,
+        "OK",
+        Some("cal"),
+        &[
+            ("Contact", "<sip:1005@127.0.0.1:7100>"),
+            ("Content-Type", "application/sdp"),
+        ],
+        body.as_bytes(),
+    );
     cm.handle(2 * MS, addr(CALLEE), &ok);
     let out = sent(&mut cm);
     let texts = texts(&out);
-    assert!(texts[0].starts_with("ACK sip:1005@127.0.0.1:7100"), "{}", texts[0]);
+    assert!(
+        texts[0].starts_with("ACK sip:1005@127.0.0.1:7100"),
+        "{}",
+        texts[0]
+    );
     let answer = parse(&out[1].1);
     assert_eq!(answer.code(), Some(200));
-    assert_eq!(SessionDescription::parse(answer.body()).unwrap().audio_addr(), Some(node));
+    assert_eq!(
+        SessionDescription::parse(answer.body())
+            .unwrap()
+            .audio_addr(),
+        Some(node)
+    );
     let cmds: Vec<_> = cm.node_commands().collect();
     match &cmds[..] {
         [(_, NodeCommand::Relay { a, b, .. })] => {
@@ -231,7 +325,10 @@ fn a_call_between_users_is_bridged_through_one_media_node() {
     let bye = format!(
         "BYE sip:cm@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKbye\r\nFrom: {}\r\n\
          To: {}\r\nCall-ID: {}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
-        answer.header(HeaderName::To).map(|_| "<sip:1005@pbxlab.test>;tag=cal").unwrap(),
+        answer
+            .header(HeaderName::To)
+            .map(|_| "<sip:1005@pbxlab.test>;tag=cal")
+            .unwrap(),
         b.header(HeaderName::From).unwrap(),
         b.call_id().unwrap()
     );
@@ -239,7 +336,10 @@ fn a_call_between_users_is_bridged_through_one_media_node() {
     let out = sent(&mut cm);
     let t = self::texts(&out);
     assert!(t.iter().any(|t| t.starts_with("SIP/2.0 200")));
-    let to_a = out.iter().find(|(a, b)| *a == addr(UA) && b.starts_with(b"BYE")).expect("BYE to the caller");
+    let to_a = out
+        .iter()
+        .find(|(a, b)| *a == addr(UA) && b.starts_with(b"BYE"))
+        .expect("BYE to the caller");
     let bye_a = parse(&to_a.1);
     assert_eq!(bye_a.call_id(), Some("c1"));
     assert_eq!(bye_a.to().and_then(|t| t.tag()), Some("uac1"));
@@ -249,12 +349,24 @@ fn a_call_between_users_is_bridged_through_one_media_node() {
 #[test]
 fn unknown_targets_and_unregistered_users_are_refused() {
     let mut cm = cm();
-    for (ruri, code) in [("sip:nobody@x", 404), ("sip:1002@x", 480), ("sip:queue-9@x", 404)] {
-        cm.handle(0, addr(UA), &request("INVITE", ruri, "1", "u", 1, "", &offer(UA_RTP, 1)));
+    for (ruri, code) in [
+        ("sip:nobody@x", 404),
+        ("sip:1002@x", 480),
+        ("sip:queue-9@x", 404),
+    ] {
+        cm.handle(
+            0,
+            addr(UA),
+            &request("INVITE", ruri, "1", "u", 1, "", &offer(UA_RTP, 1)),
+        );
         assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(code), "{ruri}");
     }
     // No SDP offer: nothing to anchor.
-    cm.handle(0, addr(UA), &request("INVITE", "sip:echo@x", "1", "n", 1, "", ""));
+    cm.handle(
+        0,
+        addr(UA),
+        &request("INVITE", "sip:echo@x", "1", "n", 1, "", ""),
+    );
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(488));
     assert_eq!(cm.balancer().placed(), 0);
 }
@@ -268,12 +380,20 @@ fn malformed_requests_are_counted_and_answered_400_when_possible() {
         .replace("CSeq: 1 INVITE", "CSeq: one INVITE");
     cm.handle(0, addr(UA), bad_cseq.as_bytes());
     let out = texts(&sent(&mut cm));
-    assert!(out[0].starts_with("SIP/2.0 400 Bad Request (malformed CSeq)\r\nVia: "), "{}", out[0]);
+    assert!(
+        out[0].starts_with("SIP/2.0 400 Bad Request (malformed CSeq)\r\nVia: "),
+        "{}",
+        out[0]
+    );
     assert!(out[0].contains("\r\nCall-ID: b\r\n"));
     // Missing From, garbage, a body shorter than its Content-Length: nothing to answer to.
     cm.handle(0, addr(UA), b"INVITE sip:echo@x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKx\r\nContent-Length: 0\r\n\r\n");
     cm.handle(0, addr(UA), b"\x00\x01garbage");
-    cm.handle(0, addr(UA), b"INVITE sip:echo@x SIP/2.0\r\nContent-Length: 99\r\n\r\n");
+    cm.handle(
+        0,
+        addr(UA),
+        b"INVITE sip:echo@x SIP/2.0\r\nContent-Length: 99\r\n\r\n",
+    );
     assert!(sent(&mut cm).is_empty());
     assert_eq!(cm.stats().malformed, 4);
 }
@@ -298,17 +418,32 @@ fn a_flooding_source_earns_503_while_whitelisted_ones_pass() {
         cm.handle(40 * MS, addr(UA), &r);
         assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
     }
-    cm.handle(2 * NS, addr(FLOODER), &request("OPTIONS", "sip:cm@x", "f", "later", 1, "", ""));
+    cm.handle(
+        2 * NS,
+        addr(FLOODER),
+        &request("OPTIONS", "sip:cm@x", "f", "later", 1, "", ""),
+    );
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
 }
 
 #[test]
 fn unanswered_probes_take_a_node_down_and_its_calls_move() {
     let mut cm = cm();
-    let invite = request("INVITE", "sip:echo@x", "sipp", "m1", 1, "", &offer(UA_RTP, 3));
+    let invite = request(
+        "INVITE",
+        "sip:echo@x",
+        "sipp",
+        "m1",
+        1,
+        "",
+        &offer(UA_RTP, 3),
+    );
     cm.handle(0, addr(UA), &invite);
     let ok = sent(&mut cm);
-    let first = SessionDescription::parse(parse(&ok[0].1).body()).unwrap().audio_addr().unwrap();
+    let first = SessionDescription::parse(parse(&ok[0].1).body())
+        .unwrap()
+        .audio_addr()
+        .unwrap();
     let _ = cm.node_commands().count();
     let dead = cm.nodes().iter().find(|n| n.addr == first).unwrap().id;
     // Every node but the dead one answers its probes.
@@ -334,9 +469,19 @@ fn unanswered_probes_take_a_node_down_and_its_calls_move() {
     assert_eq!(cm.stats().moved, 1);
     // The echo moved to the other media node, and the caller was re-INVITEd there.
     let cmds: Vec<_> = cm.node_commands().collect();
-    assert!(cmds.iter().any(|(s, c)| *s != dead && matches!(c, NodeCommand::Echo { .. })), "{cmds:?}");
-    let reinvite = out.iter().find(|(a, b)| *a == addr(UA) && b.starts_with(b"INVITE")).expect("re-INVITE");
-    let moved_to = SessionDescription::parse(parse(&reinvite.1).body()).unwrap().audio_addr().unwrap();
+    assert!(
+        cmds.iter()
+            .any(|(s, c)| *s != dead && matches!(c, NodeCommand::Echo { .. })),
+        "{cmds:?}"
+    );
+    let reinvite = out
+        .iter()
+        .find(|(a, b)| *a == addr(UA) && b.starts_with(b"INVITE"))
+        .expect("re-INVITE");
+    let moved_to = SessionDescription::parse(parse(&reinvite.1).body())
+        .unwrap()
+        .audio_addr()
+        .unwrap();
     assert_ne!(moved_to, first);
     cm.balancer().audit().unwrap();
 }
@@ -345,40 +490,102 @@ fn unanswered_probes_take_a_node_down_and_its_calls_move() {
 fn ivr_digit_transfers_to_the_queue_and_an_agent_takes_the_call() {
     let mut cm = cm();
     assert_eq!(register(&mut cm, 0, 1000, CALLEE, "pw-1000"), 200);
-    let invite = request("INVITE", "sip:ivr-1@x", "1008", "i1", 1, "", &offer(UA_RTP, 11));
+    let invite = request(
+        "INVITE",
+        "sip:ivr-1@x",
+        "1008",
+        "i1",
+        1,
+        "",
+        &offer(UA_RTP, 11),
+    );
     cm.handle(0, addr(UA), &invite);
     let answer = sent(&mut cm);
-    let ivr_node = SessionDescription::parse(parse(&answer[0].1).body()).unwrap().audio_addr().unwrap();
+    let ivr_node = SessionDescription::parse(parse(&answer[0].1).body())
+        .unwrap()
+        .audio_addr()
+        .unwrap();
     let (server, session) = match cm.node_commands().next() {
         Some((s, NodeCommand::Ivr { session, .. })) => (s, session),
         other => panic!("{other:?}"),
     };
-    assert_eq!(cm.nodes().iter().find(|n| n.id == server).unwrap().addr, ivr_node);
-    cm.on_node_event(NS, server, NodeEvent::Digit { session, digit: '1' });
+    assert_eq!(
+        cm.nodes().iter().find(|n| n.id == server).unwrap().addr,
+        ivr_node
+    );
+    cm.on_node_event(
+        NS,
+        server,
+        NodeEvent::Digit {
+            session,
+            digit: '1',
+        },
+    );
     assert_eq!(cm.stats().ivr_routed, 1);
     let cmds: Vec<_> = cm.node_commands().collect();
     assert!(matches!(cmds[0].1, NodeCommand::End { .. }));
     assert!(matches!(cmds[1].1, NodeCommand::Hold { .. }));
     let out = sent(&mut cm);
     // The caller is moved to the queue node, and agent 1000 (idle, registered) is called.
-    let reinvite = out.iter().find(|(a, b)| *a == addr(UA) && b.starts_with(b"INVITE")).unwrap();
-    let queue_node = SessionDescription::parse(parse(&reinvite.1).body()).unwrap().audio_addr().unwrap();
-    assert!(cm.nodes().iter().any(|n| n.addr == queue_node && n.role == Role::Queue));
-    let to_agent = out.iter().find(|(a, _)| *a == addr(CALLEE)).expect("INVITE to the agent");
+    let reinvite = out
+        .iter()
+        .find(|(a, b)| *a == addr(UA) && b.starts_with(b"INVITE"))
+        .unwrap();
+    let queue_node = SessionDescription::parse(parse(&reinvite.1).body())
+        .unwrap()
+        .audio_addr()
+        .unwrap();
+    assert!(
+        cm.nodes()
+            .iter()
+            .any(|n| n.addr == queue_node && n.role == Role::Queue)
+    );
+    let to_agent = out
+        .iter()
+        .find(|(a, _)| *a == addr(CALLEE))
+        .expect("INVITE to the agent");
     let agent_invite = parse(&to_agent.1);
     assert_eq!(agent_invite.request_uri(), Some("sip:1000@127.0.0.1:7100"));
-    assert_eq!(cm.stats().queue_waiting, 0, "taken off the queue while the agent rings");
+    assert_eq!(
+        cm.stats().queue_waiting,
+        0,
+        "taken off the queue while the agent rings"
+    );
     let mut ok = Vec::new();
     let body = offer("127.0.0.1:7102", 99);
-    pbxlab_proto::builder::write_response(&mut ok, &agent_invite, 200, "OK", Some("ag"), &[("Contact", "<sip:1000@127.0.0.1:7100>"), ("Content-Type", "application/sdp")], body.as_bytes());
+    pbxlab_proto::builder::write_response(
+        &mut ok,
+        &agent_invite,
+        200,
+        "OK",
+        Some("ag"),
+        &[
+            ("Contact", "<sip:1000@127.0.0.1:7100>"),
+            ("Content-Type", "application/sdp"),
+        ],
+        body.as_bytes(),
+    );
     cm.handle(3 * NS, addr(CALLEE), &ok);
     let cmds: Vec<_> = cm.node_commands().collect();
-    assert!(cmds.iter().any(|(_, c)| matches!(c, NodeCommand::Relay { b, .. } if b.ssrc == Some(99))));
+    assert!(
+        cmds.iter()
+            .any(|(_, c)| matches!(c, NodeCommand::Relay { b, .. } if b.ssrc == Some(99)))
+    );
     assert_eq!(cm.stats().queue_answered, 1);
     let out = sent(&mut cm);
-    let connect = out.iter().find(|(a, b)| *a == addr(UA) && b.starts_with(b"INVITE")).unwrap();
-    let media = SessionDescription::parse(parse(&connect.1).body()).unwrap().audio_addr().unwrap();
-    assert!(cm.nodes().iter().any(|n| n.addr == media && n.role == Role::Media));
+    let connect = out
+        .iter()
+        .find(|(a, b)| *a == addr(UA) && b.starts_with(b"INVITE"))
+        .unwrap();
+    let media = SessionDescription::parse(parse(&connect.1).body())
+        .unwrap()
+        .audio_addr()
+        .unwrap();
+    assert!(
+        cm.nodes()
+            .iter()
+            .any(|n| n.addr == media && n.role == Role::Media)
+    );
     // Balancer: a queue session (held until the end) and a media session.
     assert_eq!(cm.balancer().placed(), 2);
     cm.balancer().audit().unwrap();
@@ -387,7 +594,15 @@ fn ivr_digit_transfers_to_the_queue_and_an_agent_takes_the_call() {
 #[test]
 fn a_caller_who_hangs_up_while_waiting_is_counted_abandoned() {
     let mut cm = cm();
-    let invite = request("INVITE", "sip:queue-1@x", "1009", "q1", 1, "", &offer(UA_RTP, 5));
+    let invite = request(
+        "INVITE",
+        "sip:queue-1@x",
+        "1009",
+        "q1",
+        1,
+        "",
+        &offer(UA_RTP, 5),
+    );
     cm.handle(0, addr(UA), &invite);
     let ok = sent(&mut cm);
     let to = parse(&ok[0].1).header(HeaderName::To).unwrap().to_owned();
@@ -397,7 +612,10 @@ fn a_caller_who_hangs_up_while_waiting_is_counted_abandoned() {
         .replace("To: <sip:cm@x>", &format!("To: {to}"));
     cm.handle(NS, addr(UA), bye.as_bytes());
     let s = cm.stats();
-    assert_eq!((s.queue_waiting, s.queue_abandoned, s.calls_active), (0, 1, 0));
+    assert_eq!(
+        (s.queue_waiting, s.queue_abandoned, s.calls_active),
+        (0, 1, 0)
+    );
     assert_eq!(cm.balancer().placed(), 0);
 }
 
@@ -407,7 +625,15 @@ fn every_participant_of_a_room_lands_on_one_meeting_node() {
     let mut rooms = Vec::new();
     for i in 0..6 {
         let room = if i % 2 == 0 { "meeting-a" } else { "meeting-b" };
-        let invite = request("INVITE", &format!("sip:{room}@x"), "1", &format!("m{i}"), 1, "", &offer(UA_RTP, i));
+        let invite = request(
+            "INVITE",
+            &format!("sip:{room}@x"),
+            "1",
+            &format!("m{i}"),
+            1,
+            "",
+            &offer(UA_RTP, i),
+        );
         cm.handle(0, addr(UA), &invite);
         let _ = sent(&mut cm);
         match cm.node_commands().next() {
@@ -416,7 +642,12 @@ fn every_participant_of_a_room_lands_on_one_meeting_node() {
         }
     }
     for (room, server) in &rooms {
-        assert!(rooms.iter().filter(|(r, _)| r == room).all(|(_, s)| s == server));
+        assert!(
+            rooms
+                .iter()
+                .filter(|(r, _)| r == room)
+                .all(|(_, s)| s == server)
+        );
     }
     assert_ne!(rooms[0].0, rooms[1].0);
     let _ = ServerId(0);
