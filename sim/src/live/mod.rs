@@ -42,7 +42,11 @@ pub struct Leg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeCommand {
     /// Relay between two legs: what one sends goes, unchanged, to the other (media anchoring).
-    Relay { session: MediaSession, a: Leg, b: Leg },
+    Relay {
+        session: MediaSession,
+        a: Leg,
+        b: Leg,
+    },
     /// Send every packet of the leg back to it.
     Echo { session: MediaSession, leg: Leg },
     /// Play the menu prompt to the leg, over and over, and report its RFC 4733 digits.

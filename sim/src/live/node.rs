@@ -12,8 +12,15 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::net::SocketAddr;
-use std::sync::LazyLock;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, LazyLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
 
 use pbxlab_balancer::Role;
 use pbxlab_proto::dtmf::DtmfReceiver;
@@ -842,6 +849,337 @@ fn mix(members: &[u32], slots: &mut [Option<Session>], outbox: &mut Outbox, fram
     }
 }
 
+/// A node's figures, shared with the Call Manager's status line; the driver refreshes them on
+/// every pass of its loop.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    sessions: AtomicU64,
+    rooms: AtomicU64,
+    packets_in: AtomicU64,
+    packets_out: AtomicU64,
+    unknown_packets: AtomicU64,
+    malformed: AtomicU64,
+    options_answered: AtomicU64,
+    digits: AtomicU64,
+    refused: AtomicU64,
+    ignored: AtomicU64,
+    dropped: AtomicU64,
+    /// Datagrams that arrived while the node was dead, read and dropped.
+    dead_drops: AtomicU64,
+    /// Failed sends, receives and polls.
+    io_errors: AtomicU64,
+}
+
+impl NodeCounters {
+    /// The node's stats as last published.
+    pub fn load(&self) -> NodeStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NodeStats {
+            sessions: l(&self.sessions),
+            rooms: l(&self.rooms),
+            packets_in: l(&self.packets_in),
+            packets_out: l(&self.packets_out),
+            unknown_packets: l(&self.unknown_packets),
+            malformed: l(&self.malformed),
+            options_answered: l(&self.options_answered),
+            digits: l(&self.digits),
+            refused: l(&self.refused),
+            ignored: l(&self.ignored),
+            dropped: l(&self.dropped),
+        }
+    }
+
+    pub fn dead_drops(&self) -> u64 {
+        self.dead_drops.load(Ordering::Relaxed)
+    }
+
+    pub fn io_errors(&self) -> u64 {
+        self.io_errors.load(Ordering::Relaxed)
+    }
+
+    fn store(&self, s: &NodeStats) {
+        let st = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        st(&self.sessions, s.sessions);
+        st(&self.rooms, s.rooms);
+        st(&self.packets_in, s.packets_in);
+        st(&self.packets_out, s.packets_out);
+        st(&self.unknown_packets, s.unknown_packets);
+        st(&self.malformed, s.malformed);
+        st(&self.options_answered, s.options_answered);
+        st(&self.digits, s.digits);
+        st(&self.refused, s.refused);
+        st(&self.ignored, s.ignored);
+        st(&self.dropped, s.dropped);
+    }
+
+    fn add(a: &AtomicU64, n: u64) {
+        if n > 0 {
+            a.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the Call Manager keeps of a node: where it is, how to command it, whether it is alive.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    pub id: u32,
+    pub name: String,
+    pub role: Role,
+    pub addr: SocketAddr,
+    pub commands: Sender<NodeCommand>,
+    /// Cleared, the node acts as a dead server: it reads and drops every datagram, sends
+    /// nothing and plays nothing. It still applies commands, so sessions the Call Manager ends
+    /// meanwhile are gone when it comes back.
+    pub alive: Arc<AtomicBool>,
+    pub counters: Arc<NodeCounters>,
+}
+
+impl NodeHandle {
+    /// Sends a command; false once the node thread has gone.
+    pub fn send(&self, cmd: NodeCommand) -> bool {
+        self.commands.send(cmd).is_ok()
+    }
+
+    pub fn set_alive(&self, alive: bool) {
+        self.alive.store(alive, Ordering::Relaxed);
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+}
+
+/// The node thread's side of a [`NodeHandle`].
+#[derive(Debug)]
+pub struct NodeControl {
+    pub commands: Receiver<NodeCommand>,
+    pub alive: Arc<AtomicBool>,
+    pub counters: Arc<NodeCounters>,
+}
+
+/// A handle and its control for `node`, which starts alive.
+pub fn channel(node: &Node) -> (NodeHandle, NodeControl) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let alive = Arc::new(AtomicBool::new(true));
+    let counters = Arc::new(NodeCounters::default());
+    (
+        NodeHandle {
+            id: node.id,
+            name: node.name.clone(),
+            role: node.role,
+            addr: node.addr,
+            commands: tx,
+            alive: Arc::clone(&alive),
+            counters: Arc::clone(&counters),
+        },
+        NodeControl {
+            commands: rx,
+            alive,
+            counters,
+        },
+    )
+}
+
+/// Binds a node's socket at `addr` (port 0 picks one) and makes the node, its handle and what
+/// [`spawn`] takes for it.
+pub fn bind(
+    id: u32,
+    role: Role,
+    name: String,
+    addr: SocketAddr,
+) -> io::Result<(NodeHandle, (Node, UdpSocket, NodeControl))> {
+    let socket = UdpSocket::bind(addr)?;
+    let node = Node::new(id, role, name, socket.local_addr()?);
+    let (handle, control) = channel(&node);
+    Ok((handle, (node, socket, control)))
+}
+
+/// Longest datagram a node reads; RTP and OPTIONS fit, longer ones are truncated (and then
+/// malformed). Small buffers keep a node's receive batch at 128 KiB.
+const DATAGRAM: usize = 2048;
+/// How long before a tick the thread stops sleeping and spins, when some node is generating
+/// audio: epoll's timeout has millisecond granularity.
+const SPIN: Nanos = 1_000_000;
+
+struct Served {
+    node: Node,
+    socket: mio::net::UdpSocket,
+    control: NodeControl,
+    receiver: pbxlab_udp::Receiver,
+}
+
+impl Served {
+    fn alive(&self) -> bool {
+        self.control.alive.load(Ordering::Relaxed)
+    }
+
+    fn flush(&mut self, sender: &mut pbxlab_udp::Sender) {
+        let Served {
+            node,
+            socket,
+            control,
+            ..
+        } = self;
+        if control.alive.load(Ordering::Relaxed) {
+            node.transmit_all(|datagrams| {
+                let failed = sender.send_all(socket, datagrams).len();
+                NodeCounters::add(&control.counters.io_errors, failed as u64);
+            });
+        } else {
+            node.transmit_all(|_| {});
+        }
+    }
+}
+
+/// Starts one thread serving every node in `nodes` until `stop` is set. Digits go to
+/// `events` with the node's id.
+///
+/// One thread for all nodes: the machine this was built for has two cores, and a thread per
+/// node would only add context switches, since a node's work per packet is a few hundred
+/// nanoseconds. The thread sleeps in epoll over every node's socket; when woken it takes each
+/// node's commands, then reads its datagrams in batches (`recvmmsg`) and sends what they
+/// produce at once (`sendmmsg`), so relayed packets are not held until a tick. Ticks fall on
+/// a 20 ms grid; after a stall the missed ones are skipped, not sent in a burst.
+pub fn spawn(
+    nodes: Vec<(Node, UdpSocket, NodeControl)>,
+    events: Sender<(u32, NodeEvent)>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<JoinHandle<()>> {
+    let started = Instant::now();
+    let poll = Poll::new()?;
+    let mut sockets = Vec::with_capacity(nodes.len());
+    for (i, (node, socket, control)) in nodes.into_iter().enumerate() {
+        socket.set_nonblocking(true)?;
+        let mut socket = mio::net::UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, Token(i), Interest::READABLE)?;
+        sockets.push((node, socket, control));
+    }
+    // The batch buffers hold raw pointers and cannot move between threads, so the thread
+    // makes them and reports whether that worked before serving.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("pbxlab-nodes".into())
+        .spawn(move || {
+            let mut served = Vec::with_capacity(sockets.len());
+            for (node, socket, control) in sockets {
+                match pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM) {
+                    Ok(receiver) => served.push(Served {
+                        node,
+                        socket,
+                        control,
+                        receiver,
+                    }),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let _ = ready_tx.send(Ok(()));
+            run(served, poll, started, &events, &stop);
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(io::Error::other("the node thread ended before serving"))
+        }
+    }
+}
+
+fn elapsed(started: Instant) -> Nanos {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn run(
+    mut served: Vec<Served>,
+    mut poll: Poll,
+    started: Instant,
+    events: &Sender<(u32, NodeEvent)>,
+    stop: &AtomicBool,
+) {
+    let mut ready = Events::with_capacity(64);
+    let mut sender = pbxlab_udp::Sender::default();
+    let mut next_tick = FRAME_NS;
+    while !stop.load(Ordering::Relaxed) {
+        // Sleep until the next tick (so `stop` and commands are seen every 20 ms) or a
+        // datagram; when audio is due, wake a little early and spin so it leaves on time.
+        let until = next_tick.saturating_sub(elapsed(started));
+        let generating = served.iter().any(|s| s.alive() && s.node.generating());
+        let wait = if !generating {
+            until
+        } else {
+            until.saturating_sub(SPIN)
+        };
+        if let Err(e) = poll.poll(&mut ready, Some(Duration::from_nanos(wait)))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            for s in &served {
+                NodeCounters::add(&s.control.counters.io_errors, 1);
+            }
+        }
+        // Commands before datagrams: a packet sent after its session's command finds it.
+        for s in &mut served {
+            while let Ok(cmd) = s.control.commands.try_recv() {
+                s.node.command(cmd);
+            }
+        }
+        for event in ready.iter() {
+            let Some(s) = served.get_mut(event.token().0) else {
+                continue;
+            };
+            let alive = s.alive();
+            let Served {
+                node,
+                socket,
+                control,
+                receiver,
+            } = s;
+            let mut dead = 0u64;
+            let read = receiver.drain(socket, |_, from, bytes| {
+                if alive {
+                    node.handle(from, bytes);
+                } else {
+                    dead += 1;
+                }
+            });
+            NodeCounters::add(&control.counters.dead_drops, dead);
+            if read.is_err() {
+                NodeCounters::add(&control.counters.io_errors, 1);
+            }
+            s.flush(&mut sender);
+            let id = s.node.id;
+            for event in s.node.events() {
+                // Nobody listening is not the node's problem: it keeps serving media.
+                let _ = events.send((id, event));
+            }
+        }
+        let now = elapsed(started);
+        if now >= next_tick {
+            for s in &mut served {
+                if s.alive() {
+                    s.node.tick(now);
+                    s.flush(&mut sender);
+                }
+                // Published once a tick: often enough for a status line, and the spin
+                // before a tick does not write them over and over.
+                s.control.counters.store(&s.node.stats());
+            }
+            // The first slot of the grid after now: one tick per wakeup, however late.
+            next_tick = (now / FRAME_NS + 1) * FRAME_NS;
+        }
+    }
+    // The final figures, for whoever reads them after the thread has ended.
+    for s in &served {
+        s.control.counters.store(&s.node.stats());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1331,5 +1669,106 @@ mod tests {
                 datagrams.len() as u64
             );
         }
+    }
+
+    #[test]
+    fn loopback_driver_relays_answers_plays_and_plays_dead() {
+        let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (handle, served) = bind(1, Role::Media, "media-1".into(), localhost).unwrap();
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = spawn(vec![served], events_tx, Arc::clone(&stop)).unwrap();
+        let [a, b, c] = [0; 3].map(|_| {
+            let s = UdpSocket::bind(localhost).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            s
+        });
+        let leg_of = |s: &UdpSocket, ssrc| Leg {
+            remote: s.local_addr().unwrap(),
+            ssrc,
+            codec_pt: 0,
+            dtmf_pt: Some(101),
+        };
+        // b announces no SSRC, as SIPp does.
+        assert!(handle.send(NodeCommand::Relay {
+            session: session(1),
+            a: leg_of(&a, Some(1)),
+            b: leg_of(&b, None),
+        }));
+        let mut buf = [0u8; 2048];
+        let mut exchange = |from: &UdpSocket, to: &UdpSocket, pkt: &[u8]| -> Option<Vec<u8>> {
+            // Sent again if lost: the first may overtake the command in the node thread.
+            for _ in 0..20 {
+                from.send_to(pkt, handle.addr).unwrap();
+                if let Ok((n, src)) = to.recv_from(&mut buf) {
+                    assert_eq!(src, handle.addr);
+                    return Some(buf[..n].to_vec());
+                }
+            }
+            None
+        };
+        let p = audio(1, 1);
+        let q = audio(2, 1);
+        assert_eq!(exchange(&a, &b, &p), Some(p.clone()));
+        assert_eq!(exchange(&b, &a, &q), Some(q.clone()));
+        let answer = exchange(&c, &c, OPTIONS.as_bytes()).unwrap();
+        assert_eq!(sip::parse_datagram(&answer).unwrap().code(), Some(200));
+
+        // IVR: the prompt arrives on the tick, and a digit comes back as an event.
+        assert!(handle.send(NodeCommand::Ivr {
+            session: session(2),
+            leg: leg_of(&c, Some(5)),
+        }));
+        let (n, _) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(rtp::read_rtp(&buf[..n]).unwrap().payload_type, 0);
+        for p in dtmf::digit_packets(9, 100, 20, 10) {
+            let mut pkt = [0u8; 16];
+            rtp::write_rtp(&mut pkt, 5, 1, 800, 101, p.marker, &p.payload).unwrap();
+            c.send_to(&pkt, handle.addr).unwrap();
+        }
+        assert_eq!(
+            events_rx.recv_timeout(Duration::from_secs(2)).unwrap(),
+            (
+                1,
+                NodeEvent::Digit {
+                    session: session(2),
+                    digit: '9'
+                }
+            )
+        );
+        assert!(handle.send(NodeCommand::End {
+            session: session(2),
+        }));
+
+        // Dead: nothing relayed, probes unanswered.
+        handle.set_alive(false);
+        a.send_to(&p, handle.addr).unwrap();
+        c.send_to(OPTIONS.as_bytes(), handle.addr).unwrap();
+        assert!(b.recv_from(&mut buf).is_err());
+        // Prompt frames sent before the End may still be queued at c; no answer after them.
+        while let Ok((n, _)) = c.recv_from(&mut buf) {
+            assert!(rtp::looks_like_rtp(&buf[..n]), "a dead node answered");
+        }
+        handle.set_alive(true);
+        let mut buf = [0u8; 2048];
+        let mut again = None;
+        for _ in 0..20 {
+            a.send_to(&p, handle.addr).unwrap();
+            if let Ok((n, _)) = b.recv_from(&mut buf) {
+                again = Some(buf[..n].to_vec());
+                break;
+            }
+        }
+        assert_eq!(again, Some(p));
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+        let s = handle.counters.load();
+        assert!(
+            s.packets_in >= 3 && s.options_answered >= 1 && s.digits == 1,
+            "{s:?}"
+        );
+        assert!(handle.counters.dead_drops() >= 2);
+        assert_eq!(s.sessions, 1);
     }
 }
