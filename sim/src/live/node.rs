@@ -1,1 +1,1774 @@
 //! An emulated cluster node (media, meeting, IVR, queue or IM server).
+//!
+//! A node has one UDP address. All RTP for all its sessions arrives there, as at a single-port
+//! media server, and so do the Call Manager's SIP OPTIONS probes. Datagrams are told apart by
+//! their first byte, as RFC 7983 multiplexes a shared port: 128-191 is RTP version 2 (or RTCP),
+//! an ASCII letter starts a SIP message. An RTP packet finds its session by SSRC; a leg whose
+//! endpoint announced none (SIPp) is found by source address, and its SSRC is learnt from its
+//! first packet.
+//!
+//! [`Node`] is the sans-IO core: commands, datagrams and 20 ms ticks in, datagrams and events
+//! out, no sockets and no clock. [`spawn`] is the driver: one thread serving any number of nodes.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, LazyLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+
+use pbxlab_balancer::Role;
+use pbxlab_proto::dtmf::DtmfReceiver;
+use pbxlab_proto::{builder, g711, rtp, sip};
+
+use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
+
+/// Sessions a node holds unless told otherwise; commands beyond the limit are refused.
+pub const MAX_SESSIONS: usize = 65_536;
+/// Datagrams queued between two calls of [`Node::transmit_all`]. The driver drains the queue
+/// after every read and every tick, so only a driver that stopped draining reaches it; four
+/// per session covers a tick of every session plus relayed traffic.
+const MAX_QUEUED: usize = 4 * MAX_SESSIONS;
+/// Events kept until [`Node::events`] drains them; a digit a second per IVR caller is far below.
+const MAX_EVENTS: usize = 4_096;
+/// Samples in a 20 ms frame at 8 kHz, and so RTP timestamp units per frame.
+const SAMPLES: usize = 160;
+/// The tick period.
+pub const FRAME_NS: Nanos = 20_000_000;
+/// RFC 4733 telephone-event payload type when the leg's SDP did not give one.
+const DEFAULT_DTMF_PT: u8 = 101;
+
+/// What a node has done since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Sessions now on the node.
+    pub sessions: u64,
+    /// Meeting rooms now on the node.
+    pub rooms: u64,
+    /// RTP packets that belonged to a session.
+    pub packets_in: u64,
+    /// Datagrams queued for sending (relayed, echoed, generated, OPTIONS answers).
+    pub packets_out: u64,
+    /// RTP packets that matched no session (or an ambiguous source address).
+    pub unknown_packets: u64,
+    /// Datagrams that are neither valid RTP nor valid SIP.
+    pub malformed: u64,
+    /// OPTIONS probes answered.
+    pub options_answered: u64,
+    /// RFC 4733 digits reported.
+    pub digits: u64,
+    /// Commands refused: session limit reached, or a codec the node cannot generate.
+    pub refused: u64,
+    /// Valid datagrams with nothing to do: RTCP, SIP other than OPTIONS, CRLF keepalives.
+    pub ignored: u64,
+    /// Datagrams or events dropped because their queue was full.
+    pub dropped: u64,
+}
+
+/// The audio codecs the node can generate and mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Pcmu,
+    Pcma,
+}
+
+impl Codec {
+    fn from_pt(pt: u8) -> Option<Codec> {
+        match pt {
+            0 => Some(Codec::Pcmu),
+            8 => Some(Codec::Pcma),
+            _ => None,
+        }
+    }
+
+    fn pt(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+        }
+    }
+
+    fn encode(self, pcm: &[i16], out: &mut [u8]) {
+        match self {
+            Codec::Pcmu => g711::encode_ulaw(pcm, out),
+            Codec::Pcma => g711::encode_alaw(pcm, out),
+        }
+    }
+
+    fn decode(self, codes: &[u8], out: &mut [i16]) {
+        match self {
+            Codec::Pcmu => g711::decode_ulaw(codes, out),
+            Codec::Pcma => g711::decode_alaw(codes, out),
+        }
+    }
+}
+
+/// A repeating tone pattern, encoded once in both codecs so a frame costs a copy.
+struct Tone {
+    ulaw: Vec<u8>,
+    alaw: Vec<u8>,
+}
+
+impl Tone {
+    /// Segments of (milliseconds, frequency in Hz; 0 is silence). Every length should be a
+    /// multiple of 20 ms so frames do not straddle segments (they may; it only clicks).
+    fn new(segments: &[(u32, f64)]) -> Tone {
+        let mut pcm = Vec::new();
+        for &(ms, hz) in segments {
+            let n = ms as usize * 8;
+            pcm.extend((0..n).map(|i| {
+                let phase = i as f64 * hz * std::f64::consts::TAU / 8000.0;
+                // About -12 dBFS: clearly audible, far from clipping.
+                (phase.sin() * 8000.0) as i16
+            }));
+        }
+        // Whole frames only, at least one.
+        pcm.resize(pcm.len().div_ceil(SAMPLES).max(1) * SAMPLES, 0);
+        let mut ulaw = vec![0u8; pcm.len()];
+        let mut alaw = vec![0u8; pcm.len()];
+        g711::encode_ulaw(&pcm, &mut ulaw);
+        g711::encode_alaw(&pcm, &mut alaw);
+        Tone { ulaw, alaw }
+    }
+
+    /// Frame `i` of the endless repetition.
+    fn frame(&self, codec: Codec, i: u64) -> &[u8] {
+        let codes = match codec {
+            Codec::Pcmu => &self.ulaw,
+            Codec::Pcma => &self.alaw,
+        };
+        let frames = (codes.len() / SAMPLES).max(1) as u64;
+        let at = (i % frames) as usize * SAMPLES;
+        codes.get(at..at + SAMPLES).unwrap_or(&[])
+    }
+}
+
+/// The IVR menu prompt: 400 ms of 440 Hz, 600 ms of silence.
+static PROMPT: LazyLock<Tone> = LazyLock::new(|| Tone::new(&[(400, 440.0), (600, 0.0)]));
+/// Hold audio: two notes (G4, B4) and a second of silence.
+static HOLD: LazyLock<Tone> =
+    LazyLock::new(|| Tone::new(&[(500, 392.0), (500, 493.9), (1000, 0.0)]));
+
+/// An RTP stream the node sends from its own SSRC (prompt, hold audio, a meeting mix).
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    codec: Codec,
+    dest: SocketAddr,
+    /// Frames since the stream started: the position in a tone pattern.
+    frame: u64,
+    /// Whether a packet has been sent: the first one carries the marker bit and keeps its
+    /// initial sequence number and timestamp.
+    sent: bool,
+}
+
+impl Stream {
+    /// Moves to the next packet, `frames` 20 ms frames after the previous one. The timestamp
+    /// follows the sampling clock across ticks the driver skipped; the sequence number counts
+    /// packets, so it advances by one (RFC 3550 5.1).
+    fn advance(&mut self, frames: u64) {
+        if self.sent {
+            self.seq = self.seq.wrapping_add(1);
+            let units = (frames as u32).wrapping_mul(SAMPLES as u32);
+            self.timestamp = self.timestamp.wrapping_add(units);
+            self.frame = self.frame.wrapping_add(frames);
+        }
+    }
+}
+
+/// One leg of a session and how its packets are found.
+#[derive(Debug, Clone, Copy)]
+struct LegState {
+    leg: Leg,
+    /// The SSRC under which this leg is in `by_ssrc` (announced or learnt).
+    ssrc: Option<u32>,
+    /// Whether this leg is in `by_addr`, waiting for its first packet.
+    by_addr: bool,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Relay,
+    Echo,
+    Ivr {
+        out: Stream,
+        digits: DtmfReceiver,
+        dtmf_pt: u8,
+        /// Position in `Node::players`.
+        player: usize,
+    },
+    Hold {
+        out: Stream,
+        player: usize,
+    },
+    Meeting {
+        room: u64,
+        out: Stream,
+        /// The participant's latest frame, decoded; boxed because it would make every other
+        /// session as big.
+        pcm: Box<[i16; SAMPLES]>,
+        /// Whether `pcm` arrived since the last tick; otherwise the participant is silent.
+        fresh: bool,
+    },
+}
+
+impl Kind {
+    fn stream(&self) -> Option<Stream> {
+        match self {
+            Kind::Relay | Kind::Echo => None,
+            Kind::Ivr { out, .. } | Kind::Hold { out, .. } | Kind::Meeting { out, .. } => {
+                Some(*out)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    id: MediaSession,
+    /// Relay: both; every other kind: the first only.
+    legs: [Option<LegState>; 2],
+    kind: Kind,
+}
+
+/// A leg on this node: its session's slot and which of the session's legs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LegRef {
+    slot: u32,
+    leg: u8,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    /// Slots of the participants' sessions.
+    members: Vec<u32>,
+}
+
+/// Datagrams waiting to be sent: one arena of bytes and where each ends, so queueing a packet
+/// allocates nothing once the buffers have grown to the node's traffic.
+#[derive(Debug, Default)]
+struct Outbox {
+    arena: Vec<u8>,
+    ends: Vec<(SocketAddr, usize)>,
+    sent: u64,
+    dropped: u64,
+}
+
+impl Outbox {
+    fn room(&mut self) -> bool {
+        if self.ends.len() >= MAX_QUEUED {
+            self.dropped += 1;
+            return false;
+        }
+        true
+    }
+
+    fn push(&mut self, to: SocketAddr, bytes: &[u8]) -> bool {
+        if !self.room() {
+            return false;
+        }
+        self.arena.extend_from_slice(bytes);
+        self.ends.push((to, self.arena.len()));
+        self.sent += 1;
+        true
+    }
+
+    fn push_rtp(&mut self, s: &Stream, payload: &[u8]) -> bool {
+        if !self.room() {
+            return false;
+        }
+        let start = self.arena.len();
+        self.arena
+            .resize(start + rtp::HEADER_LEN + payload.len(), 0);
+        let written = self.arena.get_mut(start..).map(|buf| {
+            rtp::write_rtp(
+                buf,
+                s.ssrc,
+                s.seq,
+                s.timestamp,
+                s.codec.pt(),
+                !s.sent,
+                payload,
+            )
+        });
+        match written {
+            Some(Ok(n)) => {
+                self.arena.truncate(start + n);
+                self.ends.push((s.dest, self.arena.len()));
+                self.sent += 1;
+                true
+            }
+            _ => {
+                self.arena.truncate(start);
+                false
+            }
+        }
+    }
+}
+
+/// One emulated node: its sessions, meeting rooms and the datagrams it has to send.
+#[derive(Debug)]
+pub struct Node {
+    id: u32,
+    role: Role,
+    name: String,
+    addr: SocketAddr,
+    max_sessions: usize,
+    /// Sessions by slot; a slot is reused after its session ends.
+    slots: Vec<Option<Session>>,
+    free: Vec<u32>,
+    by_session: HashMap<MediaSession, u32>,
+    by_ssrc: HashMap<u32, LegRef>,
+    /// Legs without a known SSRC, by their remote address. More than one leg at an address
+    /// is ambiguous: their packets are unknown until one of them ends.
+    by_addr: HashMap<SocketAddr, Vec<LegRef>>,
+    /// Slots of the sessions that play a tone (IVR, hold), visited every tick.
+    players: Vec<u32>,
+    rooms: HashMap<u64, Room>,
+    outbox: Outbox,
+    /// Reused to render SIP responses.
+    scratch: Vec<u8>,
+    events: Vec<NodeEvent>,
+    /// The To tag of OPTIONS answers: no dialog is made, so one per node is enough.
+    to_tag: String,
+    last_tick: Option<Nanos>,
+    stats: NodeStats,
+}
+
+/// SplitMix64's finaliser: spreads session and node ids over the SSRC space.
+fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Node {
+    /// A node with no sessions, holding at most [`MAX_SESSIONS`].
+    pub fn new(id: u32, role: Role, name: String, addr: SocketAddr) -> Node {
+        Node {
+            id,
+            role,
+            name,
+            addr,
+            max_sessions: MAX_SESSIONS,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_session: HashMap::new(),
+            by_ssrc: HashMap::new(),
+            by_addr: HashMap::new(),
+            players: Vec::new(),
+            rooms: HashMap::new(),
+            outbox: Outbox::default(),
+            scratch: Vec::new(),
+            events: Vec::new(),
+            to_tag: format!("{:08x}", mix64(u64::from(id)) as u32),
+            last_tick: None,
+            stats: NodeStats::default(),
+        }
+    }
+
+    /// Sets the session limit (at most [`MAX_SESSIONS`]: the send queue is sized for it).
+    pub fn with_max_sessions(mut self, max: usize) -> Node {
+        self.max_sessions = max.min(MAX_SESSIONS);
+        self
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.by_session.len()
+    }
+
+    /// Participants in meeting `room` on this node (0 if there is no such room).
+    pub fn room_members(&self, room: u64) -> usize {
+        self.rooms.get(&room).map_or(0, |r| r.members.len())
+    }
+
+    /// Whether any session needs ticks (a prompt, hold audio or a meeting): the driver keeps
+    /// its ticks punctual only then.
+    pub fn generating(&self) -> bool {
+        !self.players.is_empty() || !self.rooms.is_empty()
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            sessions: self.by_session.len() as u64,
+            rooms: self.rooms.len() as u64,
+            packets_out: self.outbox.sent,
+            dropped: self.stats.dropped + self.outbox.dropped,
+            ..self.stats
+        }
+    }
+
+    /// The SSRC the node sends from for `session`: derived from both ids, so it is the same
+    /// in every run and differs between nodes (a session moved by failover gets a new one,
+    /// as it would from a different server).
+    fn stream_for(&self, session: MediaSession, leg: &Leg, codec: Codec) -> Stream {
+        let h = mix64(mix64(session.0) ^ u64::from(self.id));
+        Stream {
+            ssrc: (h >> 32) as u32,
+            // RFC 3550 wants random initial values; these are arbitrary but reproducible.
+            seq: (h >> 16) as u16,
+            timestamp: (h as u32) & 0xffff_0000,
+            codec,
+            dest: leg.remote,
+            frame: 0,
+            sent: false,
+        }
+    }
+
+    /// Applies a command. A command for a session the node already has replaces it (the Call
+    /// Manager re-points a session, after a re-INVITE, by sending it again); a stream the
+    /// node was sending keeps its SSRC, sequence and timestamp.
+    ///
+    /// Takes no `now`: nothing a command does depends on the time.
+    pub fn command(&mut self, cmd: NodeCommand) {
+        match cmd {
+            NodeCommand::End { session } => {
+                self.end(session);
+            }
+            NodeCommand::Relay { session, a, b } => self.start(session, a, Some(b), Setup::Relay),
+            NodeCommand::Echo { session, leg } => self.start(session, leg, None, Setup::Echo),
+            NodeCommand::Ivr { session, leg } => self.start(session, leg, None, Setup::Ivr),
+            NodeCommand::Hold { session, leg } => self.start(session, leg, None, Setup::Hold),
+            NodeCommand::Join { session, room, leg } => {
+                self.start(session, leg, None, Setup::Join(room))
+            }
+        }
+    }
+
+    fn start(&mut self, id: MediaSession, leg: Leg, other: Option<Leg>, setup: Setup) {
+        let previous = self.end(id);
+        let generated = !matches!(setup, Setup::Relay | Setup::Echo);
+        let codec = Codec::from_pt(leg.codec_pt);
+        if self.by_session.len() >= self.max_sessions || (generated && codec.is_none()) {
+            self.stats.refused += 1;
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                // At most max_sessions (≤ 65,536) slots exist, so the index fits.
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let out = codec.map(|codec| match previous {
+            Some(s) => Stream {
+                codec,
+                dest: leg.remote,
+                ..s
+            },
+            None => self.stream_for(id, &leg, codec),
+        });
+        let kind = match (setup, out) {
+            (Setup::Relay, _) => Kind::Relay,
+            (Setup::Echo, _) => Kind::Echo,
+            (Setup::Ivr, Some(out)) => {
+                self.players.push(slot);
+                Kind::Ivr {
+                    out,
+                    digits: DtmfReceiver::new(),
+                    dtmf_pt: leg.dtmf_pt.unwrap_or(DEFAULT_DTMF_PT),
+                    player: self.players.len() - 1,
+                }
+            }
+            (Setup::Hold, Some(out)) => {
+                self.players.push(slot);
+                Kind::Hold {
+                    out,
+                    player: self.players.len() - 1,
+                }
+            }
+            (Setup::Join(room), Some(out)) => {
+                self.rooms.entry(room).or_default().members.push(slot);
+                Kind::Meeting {
+                    room,
+                    out,
+                    pcm: Box::new([0; SAMPLES]),
+                    fresh: false,
+                }
+            }
+            // Generated audio without a codec is refused above; should that change, the slot
+            // goes back rather than leaking.
+            (Setup::Ivr | Setup::Hold | Setup::Join(_), None) => {
+                self.free.push(slot);
+                self.stats.refused += 1;
+                return;
+            }
+        };
+        let legs = [
+            Some(self.register(LegRef { slot, leg: 0 }, leg)),
+            other.map(|b| self.register(LegRef { slot, leg: 1 }, b)),
+        ];
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = Some(Session { id, legs, kind });
+        }
+        self.by_session.insert(id, slot);
+    }
+
+    fn register(&mut self, r: LegRef, leg: Leg) -> LegState {
+        if let Some(ssrc) = leg.ssrc
+            && let Entry::Vacant(v) = self.by_ssrc.entry(ssrc)
+        {
+            v.insert(r);
+            return LegState {
+                leg,
+                ssrc: Some(ssrc),
+                by_addr: false,
+            };
+        }
+        // No SSRC announced, or another leg already has it: find the leg by its address
+        // until its first packet tells its SSRC.
+        self.by_addr.entry(leg.remote).or_default().push(r);
+        LegState {
+            leg,
+            ssrc: None,
+            by_addr: true,
+        }
+    }
+
+    fn unregister(&mut self, r: LegRef, st: &LegState) {
+        if let Some(ssrc) = st.ssrc
+            && self.by_ssrc.get(&ssrc) == Some(&r)
+        {
+            self.by_ssrc.remove(&ssrc);
+        }
+        if st.by_addr
+            && let Entry::Occupied(mut e) = self.by_addr.entry(st.leg.remote)
+        {
+            e.get_mut().retain(|&o| o != r);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// Forgets a session; returns the stream it was sending, if any.
+    fn end(&mut self, id: MediaSession) -> Option<Stream> {
+        let slot = self.by_session.remove(&id)?;
+        let session = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
+        for (i, st) in session.legs.iter().enumerate() {
+            if let Some(st) = st {
+                self.unregister(LegRef { slot, leg: i as u8 }, st);
+            }
+        }
+        match &session.kind {
+            Kind::Ivr { player, .. } | Kind::Hold { player, .. } => self.remove_player(*player),
+            Kind::Meeting { room, .. } => {
+                if let Entry::Occupied(mut e) = self.rooms.entry(*room) {
+                    e.get_mut().members.retain(|&m| m != slot);
+                    if e.get().members.is_empty() {
+                        e.remove();
+                    }
+                }
+            }
+            Kind::Relay | Kind::Echo => {}
+        }
+        session.kind.stream()
+    }
+
+    fn remove_player(&mut self, pos: usize) {
+        if pos >= self.players.len() {
+            return;
+        }
+        self.players.swap_remove(pos);
+        // The last player moved into `pos`: tell it.
+        if let Some(&moved) = self.players.get(pos)
+            && let Some(Some(s)) = self.slots.get_mut(moved as usize)
+            && let Kind::Ivr { player, .. } | Kind::Hold { player, .. } = &mut s.kind
+        {
+            *player = pos;
+        }
+    }
+
+    /// Takes one datagram from `from`: RTP for a session, or a SIP probe.
+    ///
+    /// Takes no `now`: nothing here depends on when a packet arrived (meeting frames are
+    /// "since the last tick", digits are reported as they end).
+    pub fn handle(&mut self, from: SocketAddr, datagram: &[u8]) {
+        match datagram.first() {
+            Some(0x80..=0xbf) => self.handle_rtp(from, datagram),
+            Some(b) if b.is_ascii_alphabetic() => self.handle_sip(from, datagram),
+            // RFC 5626 keepalive: CRLF pairs, nothing to answer over UDP.
+            Some(_) if datagram.iter().all(|&b| b == b'\r' || b == b'\n') => {
+                self.stats.ignored += 1
+            }
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    fn handle_rtp(&mut self, from: SocketAddr, datagram: &[u8]) {
+        if !rtp::looks_like_rtp(datagram) {
+            // RTCP (payload types 64-95 once the marker bit is off) is let through but not
+            // used; anything shorter than an RTP header is not RTP.
+            if datagram.len() >= rtp::HEADER_LEN {
+                self.stats.ignored += 1;
+            } else {
+                self.stats.malformed += 1;
+            }
+            return;
+        }
+        let Ok(p) = rtp::read_rtp(datagram) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Some(r) = self.find_leg(p.ssrc, from) else {
+            self.stats.unknown_packets += 1;
+            return;
+        };
+        let Some(Some(session)) = self.slots.get_mut(r.slot as usize) else {
+            // The maps only name live sessions (End removes a session's entries); count a
+            // miss as unknown rather than trust that here.
+            self.stats.unknown_packets += 1;
+            return;
+        };
+        self.stats.packets_in += 1;
+        match &mut session.kind {
+            Kind::Relay => {
+                let other = if r.leg == 0 { 1 } else { 0 };
+                if let Some(Some(to)) = session.legs.get(other) {
+                    self.outbox.push(to.leg.remote, datagram);
+                }
+            }
+            Kind::Echo => {
+                if let Some(Some(leg)) = session.legs.first() {
+                    self.outbox.push(leg.leg.remote, datagram);
+                }
+            }
+            Kind::Ivr {
+                digits, dtmf_pt, ..
+            } => {
+                // Audio from the caller is not listened to; only its telephone-events are.
+                // A short event payload is ignored like any other packet the IVR has no use for.
+                if p.payload_type == *dtmf_pt
+                    && let Ok(Some(digit)) = digits.on_packet(p.timestamp, p.payload)
+                {
+                    if self.events.len() < MAX_EVENTS {
+                        self.events.push(NodeEvent::Digit {
+                            session: session.id,
+                            digit,
+                        });
+                        self.stats.digits += 1;
+                    } else {
+                        self.stats.dropped += 1;
+                    }
+                }
+            }
+            Kind::Hold { .. } => {}
+            Kind::Meeting {
+                out, pcm, fresh, ..
+            } => {
+                if p.payload_type == out.codec.pt() {
+                    // A longer packet (another ptime) gives its first 20 ms, a shorter one
+                    // is padded with silence: the mix runs on 20 ms frames.
+                    pcm.fill(0);
+                    out.codec.decode(p.payload, &mut pcm[..]);
+                    *fresh = true;
+                }
+            }
+        }
+    }
+
+    /// The leg an RTP packet belongs to: by SSRC, else by source address when exactly one
+    /// leg without a known SSRC is there, which then learns the SSRC.
+    fn find_leg(&mut self, ssrc: u32, from: SocketAddr) -> Option<LegRef> {
+        if let Some(&r) = self.by_ssrc.get(&ssrc) {
+            return Some(r);
+        }
+        let r = match self.by_addr.get(&from).map(Vec::as_slice) {
+            Some(&[r]) => r,
+            _ => return None,
+        };
+        self.by_addr.remove(&from);
+        self.by_ssrc.insert(ssrc, r);
+        if let Some(Some(s)) = self.slots.get_mut(r.slot as usize)
+            && let Some(Some(st)) = s.legs.get_mut(usize::from(r.leg))
+        {
+            st.ssrc = Some(ssrc);
+            st.by_addr = false;
+        }
+        Some(r)
+    }
+
+    fn handle_sip(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let Ok(msg) = sip::parse_datagram(datagram) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if msg.method() != Some(sip::Method::Options) {
+            self.stats.ignored += 1;
+            return;
+        }
+        // Sent back to the source address, which is where RFC 3581's rport would send it too.
+        builder::write_response(
+            &mut self.scratch,
+            &msg,
+            200,
+            "OK",
+            Some(&self.to_tag),
+            &[("Allow", "OPTIONS")],
+            b"",
+        );
+        if self.outbox.push(from, &self.scratch) {
+            self.stats.options_answered += 1;
+        }
+    }
+
+    /// The 20 ms tick: a frame of prompt or hold audio to every IVR and hold session, and a
+    /// mix to every meeting participant.
+    ///
+    /// A participant hears the sum of every other participant's latest frame (a participant
+    /// with no frame since the last tick is silent). A participant alone in a room is sent
+    /// silence rather than nothing, so its stream, and what the far end measures of it, does
+    /// not stop while it waits for others.
+    pub fn tick(&mut self, now: Nanos) {
+        // Frames since the previous tick: one, or more after a stall the driver skipped.
+        let frames = self.last_tick.map_or(1, |t| {
+            (now.saturating_sub(t).saturating_add(FRAME_NS / 2) / FRAME_NS).max(1)
+        });
+        self.last_tick = Some(now);
+        for &slot in &self.players {
+            let Some(Some(s)) = self.slots.get_mut(slot as usize) else {
+                continue;
+            };
+            let (out, tone) = match &mut s.kind {
+                Kind::Ivr { out, .. } => (out, &*PROMPT),
+                Kind::Hold { out, .. } => (out, &*HOLD),
+                _ => continue,
+            };
+            out.advance(frames);
+            self.outbox.push_rtp(out, tone.frame(out.codec, out.frame));
+            out.sent = true;
+        }
+        for room in self.rooms.values() {
+            mix(&room.members, &mut self.slots, &mut self.outbox, frames);
+        }
+    }
+
+    /// Hands every queued datagram to `send` once, then forgets them.
+    pub fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
+        if self.outbox.ends.is_empty() {
+            return;
+        }
+        let mut start = 0;
+        let arena = &self.outbox.arena;
+        let batch: Vec<(SocketAddr, &[u8])> = self
+            .outbox
+            .ends
+            .iter()
+            .map(|&(to, end)| {
+                let bytes = arena.get(start..end).unwrap_or(&[]);
+                start = end;
+                (to, bytes)
+            })
+            .collect();
+        send(&batch);
+        self.outbox.ends.clear();
+        self.outbox.arena.clear();
+    }
+
+    /// Events since the last call.
+    pub fn events(&mut self) -> std::vec::Drain<'_, NodeEvent> {
+        self.events.drain(..)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Setup {
+    Relay,
+    Echo,
+    Ivr,
+    Hold,
+    Join(u64),
+}
+
+/// Sends each member of a room the sum of the others' latest frames. Allocates nothing: the
+/// sum and each output frame live on the stack.
+fn mix(members: &[u32], slots: &mut [Option<Session>], outbox: &mut Outbox, frames: u64) {
+    // i64: a room can hold every session of the node, and 65,536 full-scale frames overflow i32.
+    let mut sum = [0i64; SAMPLES];
+    for &m in members {
+        if let Some(Some(Session {
+            kind: Kind::Meeting {
+                pcm, fresh: true, ..
+            },
+            ..
+        })) = slots.get(m as usize)
+        {
+            for (s, &x) in sum.iter_mut().zip(pcm.iter()) {
+                *s += i64::from(x);
+            }
+        }
+    }
+    let mut mixed = [0i16; SAMPLES];
+    let mut payload = [0u8; SAMPLES];
+    for &m in members {
+        let Some(Some(Session {
+            kind: Kind::Meeting {
+                out, pcm, fresh, ..
+            },
+            ..
+        })) = slots.get_mut(m as usize)
+        else {
+            continue;
+        };
+        let own = if *fresh { &pcm[..] } else { &[0; SAMPLES][..] };
+        for ((o, &s), &x) in mixed.iter_mut().zip(&sum).zip(own) {
+            // Clamped to the i16 range, so the cast is exact.
+            *o = (s - i64::from(x)).clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16;
+        }
+        out.codec.encode(&mixed, &mut payload);
+        out.advance(frames);
+        outbox.push_rtp(out, &payload);
+        out.sent = true;
+        *fresh = false;
+    }
+}
+
+/// A node's figures, shared with the Call Manager's status line; the driver refreshes them on
+/// every pass of its loop.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    sessions: AtomicU64,
+    rooms: AtomicU64,
+    packets_in: AtomicU64,
+    packets_out: AtomicU64,
+    unknown_packets: AtomicU64,
+    malformed: AtomicU64,
+    options_answered: AtomicU64,
+    digits: AtomicU64,
+    refused: AtomicU64,
+    ignored: AtomicU64,
+    dropped: AtomicU64,
+    /// Datagrams that arrived while the node was dead, read and dropped.
+    dead_drops: AtomicU64,
+    /// Failed sends, receives and polls.
+    io_errors: AtomicU64,
+}
+
+impl NodeCounters {
+    /// The node's stats as last published.
+    pub fn load(&self) -> NodeStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NodeStats {
+            sessions: l(&self.sessions),
+            rooms: l(&self.rooms),
+            packets_in: l(&self.packets_in),
+            packets_out: l(&self.packets_out),
+            unknown_packets: l(&self.unknown_packets),
+            malformed: l(&self.malformed),
+            options_answered: l(&self.options_answered),
+            digits: l(&self.digits),
+            refused: l(&self.refused),
+            ignored: l(&self.ignored),
+            dropped: l(&self.dropped),
+        }
+    }
+
+    pub fn dead_drops(&self) -> u64 {
+        self.dead_drops.load(Ordering::Relaxed)
+    }
+
+    pub fn io_errors(&self) -> u64 {
+        self.io_errors.load(Ordering::Relaxed)
+    }
+
+    fn store(&self, s: &NodeStats) {
+        let st = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        st(&self.sessions, s.sessions);
+        st(&self.rooms, s.rooms);
+        st(&self.packets_in, s.packets_in);
+        st(&self.packets_out, s.packets_out);
+        st(&self.unknown_packets, s.unknown_packets);
+        st(&self.malformed, s.malformed);
+        st(&self.options_answered, s.options_answered);
+        st(&self.digits, s.digits);
+        st(&self.refused, s.refused);
+        st(&self.ignored, s.ignored);
+        st(&self.dropped, s.dropped);
+    }
+
+    fn add(a: &AtomicU64, n: u64) {
+        if n > 0 {
+            a.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the Call Manager keeps of a node: where it is, how to command it, whether it is alive.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    pub id: u32,
+    pub name: String,
+    pub role: Role,
+    pub addr: SocketAddr,
+    pub commands: Sender<NodeCommand>,
+    /// Cleared, the node acts as a dead server: it reads and drops every datagram, sends
+    /// nothing and plays nothing. It still applies commands, so sessions the Call Manager ends
+    /// meanwhile are gone when it comes back.
+    pub alive: Arc<AtomicBool>,
+    pub counters: Arc<NodeCounters>,
+}
+
+impl NodeHandle {
+    /// Sends a command; false once the node thread has gone.
+    pub fn send(&self, cmd: NodeCommand) -> bool {
+        self.commands.send(cmd).is_ok()
+    }
+
+    pub fn set_alive(&self, alive: bool) {
+        self.alive.store(alive, Ordering::Relaxed);
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+}
+
+/// The node thread's side of a [`NodeHandle`].
+#[derive(Debug)]
+pub struct NodeControl {
+    pub commands: Receiver<NodeCommand>,
+    pub alive: Arc<AtomicBool>,
+    pub counters: Arc<NodeCounters>,
+}
+
+/// A handle and its control for `node`, which starts alive.
+pub fn channel(node: &Node) -> (NodeHandle, NodeControl) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let alive = Arc::new(AtomicBool::new(true));
+    let counters = Arc::new(NodeCounters::default());
+    (
+        NodeHandle {
+            id: node.id,
+            name: node.name.clone(),
+            role: node.role,
+            addr: node.addr,
+            commands: tx,
+            alive: Arc::clone(&alive),
+            counters: Arc::clone(&counters),
+        },
+        NodeControl {
+            commands: rx,
+            alive,
+            counters,
+        },
+    )
+}
+
+/// Binds a node's socket at `addr` (port 0 picks one) and makes the node, its handle and what
+/// [`spawn`] takes for it.
+pub fn bind(
+    id: u32,
+    role: Role,
+    name: String,
+    addr: SocketAddr,
+) -> io::Result<(NodeHandle, (Node, UdpSocket, NodeControl))> {
+    let socket = UdpSocket::bind(addr)?;
+    let node = Node::new(id, role, name, socket.local_addr()?);
+    let (handle, control) = channel(&node);
+    Ok((handle, (node, socket, control)))
+}
+
+/// Longest datagram a node reads; RTP and OPTIONS fit, longer ones are truncated (and then
+/// malformed). Small buffers keep a node's receive batch at 128 KiB.
+const DATAGRAM: usize = 2048;
+/// How long before a tick the thread stops sleeping and spins, when some node is generating
+/// audio: epoll's timeout has millisecond granularity.
+const SPIN: Nanos = 1_000_000;
+
+struct Served {
+    node: Node,
+    socket: mio::net::UdpSocket,
+    control: NodeControl,
+    receiver: pbxlab_udp::Receiver,
+}
+
+impl Served {
+    fn alive(&self) -> bool {
+        self.control.alive.load(Ordering::Relaxed)
+    }
+
+    fn flush(&mut self, sender: &mut pbxlab_udp::Sender) {
+        let Served {
+            node,
+            socket,
+            control,
+            ..
+        } = self;
+        if control.alive.load(Ordering::Relaxed) {
+            node.transmit_all(|datagrams| {
+                let failed = sender.send_all(socket, datagrams).len();
+                NodeCounters::add(&control.counters.io_errors, failed as u64);
+            });
+        } else {
+            node.transmit_all(|_| {});
+        }
+    }
+}
+
+/// Starts one thread serving every node in `nodes` until `stop` is set. Digits go to
+/// `events` with the node's id.
+///
+/// One thread for all nodes: the machine this was built for has two cores, and a thread per
+/// node would only add context switches, since a node's work per packet is a few hundred
+/// nanoseconds. The thread sleeps in epoll over every node's socket; when woken it takes each
+/// node's commands, then reads its datagrams in batches (`recvmmsg`) and sends what they
+/// produce at once (`sendmmsg`), so relayed packets are not held until a tick. Ticks fall on
+/// a 20 ms grid; after a stall the missed ones are skipped, not sent in a burst.
+pub fn spawn(
+    nodes: Vec<(Node, UdpSocket, NodeControl)>,
+    events: Sender<(u32, NodeEvent)>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<JoinHandle<()>> {
+    let started = Instant::now();
+    let poll = Poll::new()?;
+    let mut sockets = Vec::with_capacity(nodes.len());
+    for (i, (node, socket, control)) in nodes.into_iter().enumerate() {
+        socket.set_nonblocking(true)?;
+        let mut socket = mio::net::UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, Token(i), Interest::READABLE)?;
+        sockets.push((node, socket, control));
+    }
+    // The batch buffers hold raw pointers and cannot move between threads, so the thread
+    // makes them and reports whether that worked before serving.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("pbxlab-nodes".into())
+        .spawn(move || {
+            let mut served = Vec::with_capacity(sockets.len());
+            for (node, socket, control) in sockets {
+                match pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM) {
+                    Ok(receiver) => served.push(Served {
+                        node,
+                        socket,
+                        control,
+                        receiver,
+                    }),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let _ = ready_tx.send(Ok(()));
+            run(served, poll, started, &events, &stop);
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(io::Error::other("the node thread ended before serving"))
+        }
+    }
+}
+
+fn elapsed(started: Instant) -> Nanos {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn run(
+    mut served: Vec<Served>,
+    mut poll: Poll,
+    started: Instant,
+    events: &Sender<(u32, NodeEvent)>,
+    stop: &AtomicBool,
+) {
+    let mut ready = Events::with_capacity(64);
+    let mut sender = pbxlab_udp::Sender::default();
+    let mut next_tick = FRAME_NS;
+    while !stop.load(Ordering::Relaxed) {
+        // Sleep until the next tick (so `stop` and commands are seen every 20 ms) or a
+        // datagram; when audio is due, wake a little early and spin so it leaves on time.
+        let until = next_tick.saturating_sub(elapsed(started));
+        let generating = served.iter().any(|s| s.alive() && s.node.generating());
+        let wait = if !generating {
+            until
+        } else {
+            until.saturating_sub(SPIN)
+        };
+        if let Err(e) = poll.poll(&mut ready, Some(Duration::from_nanos(wait)))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            for s in &served {
+                NodeCounters::add(&s.control.counters.io_errors, 1);
+            }
+        }
+        // Commands before datagrams: a packet sent after its session's command finds it.
+        for s in &mut served {
+            while let Ok(cmd) = s.control.commands.try_recv() {
+                s.node.command(cmd);
+            }
+        }
+        for event in ready.iter() {
+            let Some(s) = served.get_mut(event.token().0) else {
+                continue;
+            };
+            let alive = s.alive();
+            let Served {
+                node,
+                socket,
+                control,
+                receiver,
+            } = s;
+            let mut dead = 0u64;
+            let read = receiver.drain(socket, |_, from, bytes| {
+                if alive {
+                    node.handle(from, bytes);
+                } else {
+                    dead += 1;
+                }
+            });
+            NodeCounters::add(&control.counters.dead_drops, dead);
+            if read.is_err() {
+                NodeCounters::add(&control.counters.io_errors, 1);
+            }
+            s.flush(&mut sender);
+            let id = s.node.id;
+            for event in s.node.events() {
+                // Nobody listening is not the node's problem: it keeps serving media.
+                let _ = events.send((id, event));
+            }
+        }
+        let now = elapsed(started);
+        if now >= next_tick {
+            for s in &mut served {
+                if s.alive() {
+                    s.node.tick(now);
+                    s.flush(&mut sender);
+                }
+                // Published once a tick: often enough for a status line, and the spin
+                // before a tick does not write them over and over.
+                s.control.counters.store(&s.node.stats());
+            }
+            // The first slot of the grid after now: one tick per wakeup, however late.
+            next_tick = (now / FRAME_NS + 1) * FRAME_NS;
+        }
+    }
+    // The final figures, for whoever reads them after the thread has ended.
+    for s in &served {
+        s.control.counters.store(&s.node.stats());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbxlab_proto::dtmf;
+    use proptest::prelude::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    fn node() -> Node {
+        Node::new(7, Role::Media, "media-1".into(), addr(4000))
+    }
+
+    fn leg(port: u16, ssrc: Option<u32>, codec_pt: u8) -> Leg {
+        Leg {
+            remote: addr(port),
+            ssrc,
+            codec_pt,
+            dtmf_pt: Some(101),
+        }
+    }
+
+    fn packet(ssrc: u32, seq: u16, ts: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; rtp::HEADER_LEN + payload.len()];
+        rtp::write_rtp(&mut buf, ssrc, seq, ts, pt, false, payload).unwrap();
+        buf
+    }
+
+    fn audio(ssrc: u32, seq: u16) -> Vec<u8> {
+        packet(ssrc, seq, u32::from(seq) * 160, 0, &[0xff; 160])
+    }
+
+    fn sent(n: &mut Node) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        n.transmit_all(|d| out.extend(d.iter().map(|(a, b)| (*a, b.to_vec()))));
+        out
+    }
+
+    fn session(n: u64) -> MediaSession {
+        MediaSession(n)
+    }
+
+    #[test]
+    fn relays_by_ssrc_both_ways_unchanged() {
+        let mut n = node();
+        n.command(NodeCommand::Relay {
+            session: session(1),
+            a: leg(5000, Some(0xaaaa), 0),
+            b: leg(6000, Some(0xbbbb), 0),
+        });
+        // The load generator sends every stream from one address: only the SSRC tells them apart.
+        let a = audio(0xaaaa, 1);
+        let b = audio(0xbbbb, 9);
+        n.handle(addr(9999), &a);
+        n.handle(addr(9999), &b);
+        assert_eq!(sent(&mut n), vec![(addr(6000), a), (addr(5000), b)]);
+        let s = n.stats();
+        assert_eq!((s.packets_in, s.packets_out, s.unknown_packets), (2, 2, 0));
+        assert!(
+            sent(&mut n).is_empty(),
+            "transmit_all hands out each datagram once"
+        );
+    }
+
+    #[test]
+    fn learns_the_ssrc_of_a_leg_found_by_address() {
+        let mut n = node();
+        // SIPp style: no a=ssrc, one media port per call.
+        n.command(NodeCommand::Relay {
+            session: session(1),
+            a: leg(5000, None, 0),
+            b: leg(6000, None, 8),
+        });
+        let a = audio(0x1234, 1);
+        n.handle(addr(5000), &a);
+        let b = audio(0x5678, 1);
+        n.handle(addr(6000), &b);
+        assert_eq!(sent(&mut n), vec![(addr(6000), a), (addr(5000), b)]);
+        // Learnt: the SSRC now finds the leg from any address.
+        let moved = audio(0x1234, 2);
+        n.handle(addr(5001), &moved);
+        assert_eq!(sent(&mut n), vec![(addr(6000), moved)]);
+        // And the address alone no longer does.
+        n.handle(addr(5000), &audio(0x9999, 1));
+        assert!(sent(&mut n).is_empty());
+        assert_eq!(n.stats().unknown_packets, 1);
+    }
+
+    #[test]
+    fn a_shared_address_without_ssrc_is_ambiguous() {
+        let mut n = node();
+        n.command(NodeCommand::Echo {
+            session: session(1),
+            leg: leg(5000, None, 0),
+        });
+        n.command(NodeCommand::Echo {
+            session: session(2),
+            leg: leg(5000, None, 0),
+        });
+        n.handle(addr(5000), &audio(0x1234, 1));
+        assert!(sent(&mut n).is_empty());
+        assert_eq!(n.stats().unknown_packets, 1);
+        // Once one of them ends, the other is the only leg at the address.
+        n.command(NodeCommand::End {
+            session: session(1),
+        });
+        let p = audio(0x1234, 2);
+        n.handle(addr(5000), &p);
+        assert_eq!(sent(&mut n), vec![(addr(5000), p)]);
+    }
+
+    #[test]
+    fn echoes_to_the_leg() {
+        let mut n = node();
+        n.command(NodeCommand::Echo {
+            session: session(3),
+            leg: leg(5000, Some(42), 8),
+        });
+        let p = packet(42, 7, 1120, 8, &[0xd5; 160]);
+        n.handle(addr(7777), &p);
+        assert_eq!(sent(&mut n), vec![(addr(5000), p)]);
+        assert_eq!(n.sessions(), 1);
+    }
+
+    /// Sends one digit as RFC 4733 schedules it: updates, then the end packet three times.
+    fn press(n: &mut Node, ssrc: u32, digit: char, ts: u32, seq: &mut u16) {
+        let event = dtmf::digit_to_event(digit).unwrap();
+        for p in dtmf::digit_packets(event, 100, 20, 10) {
+            let mut buf = vec![0u8; 16];
+            rtp::write_rtp(&mut buf, ssrc, *seq, ts, 101, p.marker, &p.payload).unwrap();
+            *seq = seq.wrapping_add(1);
+            n.handle(addr(5000), &buf);
+        }
+    }
+
+    #[test]
+    fn ivr_reports_each_digit_once() {
+        let mut n = node();
+        n.command(NodeCommand::Ivr {
+            session: session(4),
+            leg: leg(5000, Some(77), 0),
+        });
+        let mut seq = 1;
+        press(&mut n, 77, '5', 8000, &mut seq);
+        assert_eq!(
+            n.events().collect::<Vec<_>>(),
+            vec![NodeEvent::Digit {
+                session: session(4),
+                digit: '5'
+            }]
+        );
+        // Audio from the caller is counted and dropped; two keys give two events.
+        n.handle(addr(5000), &audio(77, 100));
+        press(&mut n, 77, '#', 16000, &mut seq);
+        press(&mut n, 77, '0', 24000, &mut seq);
+        let digits: Vec<char> = n
+            .events()
+            .map(|e| match e {
+                NodeEvent::Digit { digit, .. } => digit,
+            })
+            .collect();
+        assert_eq!(digits, vec!['#', '0']);
+        assert_eq!(n.stats().digits, 3);
+        assert!(
+            sent(&mut n).is_empty(),
+            "nothing is sent back between ticks"
+        );
+        // The prompt: 400 ms of tone, then silence.
+        let mut frames = Vec::new();
+        for k in 0..50u64 {
+            n.tick(k * FRAME_NS);
+            frames.extend(sent(&mut n));
+        }
+        assert_eq!(frames.len(), 50);
+        let loud = |b: &[u8]| {
+            let mut pcm = [0i16; 160];
+            g711::decode_ulaw(&b[rtp::HEADER_LEN..], &mut pcm);
+            pcm.iter().map(|s| i32::from(*s).abs()).max().unwrap_or(0)
+        };
+        assert!(frames[..20].iter().all(|(_, b)| loud(b) > 5000));
+        assert!(frames[20..].iter().all(|(_, b)| loud(b) < 100));
+    }
+
+    #[test]
+    fn hold_audio_advances_by_one_packet_and_160_samples() {
+        let mut n = node();
+        n.command(NodeCommand::Hold {
+            session: session(5),
+            leg: leg(5000, None, 8),
+        });
+        let mut got = Vec::new();
+        for k in 0..5u64 {
+            n.tick(1_000_000 + k * FRAME_NS);
+            got.extend(sent(&mut n));
+        }
+        // A stall: the driver skipped four ticks; the timestamp follows the clock.
+        n.tick(1_000_000 + 9 * FRAME_NS);
+        got.extend(sent(&mut n));
+        let views: Vec<_> = got
+            .iter()
+            .map(|(to, b)| {
+                assert_eq!(*to, addr(5000));
+                rtp::read_rtp(b).unwrap()
+            })
+            .collect();
+        assert_eq!(views.len(), 6);
+        for (i, v) in views.iter().enumerate() {
+            assert_eq!(v.payload_type, 8);
+            assert_eq!(v.payload.len(), 160);
+            assert_eq!(v.ssrc, views[0].ssrc);
+            assert_eq!(v.marker, i == 0);
+            assert_eq!(v.seq, views[0].seq.wrapping_add(i as u16));
+        }
+        for w in views[..5].windows(2) {
+            assert_eq!(w[1].timestamp.wrapping_sub(w[0].timestamp), 160);
+        }
+        assert_eq!(views[5].timestamp.wrapping_sub(views[4].timestamp), 800);
+        // What the caller sends is counted and discarded.
+        n.handle(addr(5000), &audio(1, 1));
+        assert!(sent(&mut n).is_empty());
+        assert_eq!(n.stats().packets_in, 1);
+        // Another node sends this session from another SSRC.
+        let mut other = Node::new(8, Role::Queue, "queue-2".into(), addr(4001));
+        other.command(NodeCommand::Hold {
+            session: session(5),
+            leg: leg(5000, None, 8),
+        });
+        other.tick(0);
+        let o = sent(&mut other);
+        assert_ne!(rtp::read_rtp(&o[0].1).unwrap().ssrc, views[0].ssrc);
+    }
+
+    fn level(codec: Codec, payload: &[u8]) -> f64 {
+        let mut pcm = [0i16; 160];
+        codec.decode(payload, &mut pcm);
+        pcm.iter().map(|&s| f64::from(s)).sum::<f64>() / 160.0
+    }
+
+    fn constant(codec: Codec, level: i16) -> [u8; 160] {
+        let mut out = [0u8; 160];
+        codec.encode(&[level; 160], &mut out);
+        out
+    }
+
+    #[test]
+    fn meeting_participants_hear_the_others() {
+        let mut n = node();
+        // (port, ssrc, codec, level)
+        let people = [
+            (5001u16, 11u32, Codec::Pcmu, 1000i16),
+            (5002, 12, Codec::Pcma, 2000),
+            (5003, 13, Codec::Pcmu, -4000),
+        ];
+        for (i, &(port, ssrc, codec, _)) in people.iter().enumerate() {
+            n.command(NodeCommand::Join {
+                session: session(10 + i as u64),
+                room: 99,
+                leg: leg(port, Some(ssrc), codec.pt()),
+            });
+        }
+        assert_eq!(n.room_members(99), 3);
+        assert_eq!(n.stats().rooms, 1);
+        for &(port, ssrc, codec, lvl) in &people {
+            n.handle(
+                addr(port),
+                &packet(ssrc, 1, 0, codec.pt(), &constant(codec, lvl)),
+            );
+        }
+        n.tick(0);
+        let out = sent(&mut n);
+        assert_eq!(out.len(), 3);
+        let total: i32 = people.iter().map(|p| i32::from(p.3)).sum();
+        for &(port, _, codec, lvl) in &people {
+            let (_, b) = out.iter().find(|(a, _)| *a == addr(port)).unwrap();
+            let v = rtp::read_rtp(b).unwrap();
+            assert_eq!(v.payload_type, codec.pt());
+            let want = f64::from(total - i32::from(lvl));
+            let got = level(codec, v.payload);
+            // G.711 quantises each input and the mix again: a few percent at these levels.
+            assert!(
+                (got - want).abs() <= want.abs() * 0.05 + 64.0,
+                "participant at {port} heard {got}, expected {want}"
+            );
+        }
+        // Nothing new arrived: everyone hears silence.
+        n.tick(FRAME_NS);
+        for (_, b) in sent(&mut n) {
+            let v = rtp::read_rtp(&b).unwrap();
+            assert!(level(Codec::from_pt(v.payload_type).unwrap(), v.payload).abs() < 16.0);
+        }
+        // Alone in the room: silence, still on time.
+        n.command(NodeCommand::End {
+            session: session(10),
+        });
+        n.command(NodeCommand::End {
+            session: session(11),
+        });
+        assert_eq!(n.room_members(99), 1);
+        n.handle(
+            addr(5003),
+            &packet(13, 2, 160, 0, &constant(Codec::Pcmu, 8000)),
+        );
+        n.tick(2 * FRAME_NS);
+        let alone = sent(&mut n);
+        assert_eq!(alone.len(), 1);
+        assert!(level(Codec::Pcmu, rtp::read_rtp(&alone[0].1).unwrap().payload).abs() < 16.0);
+        n.command(NodeCommand::End {
+            session: session(12),
+        });
+        assert_eq!((n.room_members(99), n.stats().rooms), (0, 0));
+        assert!(!n.generating());
+    }
+
+    #[test]
+    fn end_forgets_every_mapping() {
+        let mut n = node();
+        n.command(NodeCommand::Relay {
+            session: session(1),
+            a: leg(5000, Some(1), 0),
+            b: leg(6000, None, 0),
+        });
+        n.command(NodeCommand::End {
+            session: session(1),
+        });
+        n.handle(addr(5000), &audio(1, 1));
+        n.handle(addr(6000), &audio(2, 1));
+        assert!(sent(&mut n).is_empty());
+        let s = n.stats();
+        assert_eq!((s.sessions, s.unknown_packets), (0, 2));
+        // Ending twice, or a session never started, is harmless.
+        n.command(NodeCommand::End {
+            session: session(1),
+        });
+        n.command(NodeCommand::End {
+            session: session(2),
+        });
+        // The slot is reused cleanly.
+        n.command(NodeCommand::Echo {
+            session: session(3),
+            leg: leg(6000, None, 0),
+        });
+        let p = audio(3, 1);
+        n.handle(addr(6000), &p);
+        assert_eq!(sent(&mut n), vec![(addr(6000), p)]);
+    }
+
+    #[test]
+    fn a_repeated_command_repoints_the_session() {
+        let mut n = node();
+        n.command(NodeCommand::Hold {
+            session: session(1),
+            leg: leg(5000, None, 0),
+        });
+        n.tick(0);
+        let first = rtp::read_rtp(&sent(&mut n)[0].1).unwrap().seq;
+        n.command(NodeCommand::Hold {
+            session: session(1),
+            leg: leg(5100, None, 0),
+        });
+        n.tick(FRAME_NS);
+        let out = sent(&mut n);
+        assert_eq!(n.sessions(), 1);
+        assert_eq!(out[0].0, addr(5100));
+        // The stream goes on: same SSRC, next sequence number, no marker.
+        let v = rtp::read_rtp(&out[0].1).unwrap();
+        assert_eq!((v.seq, v.marker), (first.wrapping_add(1), false));
+    }
+
+    #[test]
+    fn refuses_beyond_the_limit_and_unknown_codecs() {
+        let mut n = node().with_max_sessions(2);
+        for s in 0..3 {
+            n.command(NodeCommand::Echo {
+                session: session(s),
+                leg: leg(5000 + s as u16, None, 0),
+            });
+        }
+        n.command(NodeCommand::Ivr {
+            session: session(1),
+            leg: leg(5000, None, 18),
+        });
+        let s = n.stats();
+        assert_eq!((s.sessions, s.refused), (1, 2));
+    }
+
+    const OPTIONS: &str = "OPTIONS sip:media-1@192.0.2.1:4000 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKprobe17;rport\r\n\
+        Via: SIP/2.0/UDP 192.0.2.8:5060;branch=z9hG4bKouter\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:cm@192.0.2.9>;tag=cm1\r\n\
+        To: <sip:media-1@192.0.2.1:4000>\r\n\
+        Call-ID: probe-17@cm\r\n\
+        CSeq: 17 OPTIONS\r\n\
+        Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn answers_options() {
+        let mut n = node();
+        n.handle(addr(5060), OPTIONS.as_bytes());
+        let out = sent(&mut n);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, addr(5060));
+        let m = sip::parse_datagram(&out[0].1).unwrap();
+        assert_eq!(m.code(), Some(200));
+        assert_eq!(m.call_id(), Some("probe-17@cm"));
+        let cseq = m.cseq().unwrap();
+        assert_eq!((cseq.seq, cseq.method), (17, sip::Method::Options));
+        let vias: Vec<_> = m.vias().map(|v| v.branch).collect();
+        assert_eq!(vias, vec![Some("z9hG4bKprobe17"), Some("z9hG4bKouter")]);
+        assert_eq!(m.from().unwrap().tag(), Some("cm1"));
+        assert!(m.to().unwrap().tag().is_some());
+        assert_eq!(m.content_length(), Some(0));
+        assert_eq!(n.stats().options_answered, 1);
+        // Other requests and responses are not answered.
+        n.handle(addr(5060), OPTIONS.replace("OPTIONS", "INFO").as_bytes());
+        n.handle(
+            addr(5060),
+            b"SIP/2.0 200 OK\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n",
+        );
+        assert!(sent(&mut n).is_empty());
+    }
+
+    #[test]
+    fn odd_datagrams_are_counted() {
+        let mut n = node();
+        n.command(NodeCommand::Relay {
+            session: session(1),
+            a: leg(5000, Some(1), 0),
+            b: leg(6000, None, 0),
+        });
+        let rtcp = [0x80, 200, 0, 6, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        let cases: [&[u8]; 8] = [
+            b"",
+            &[0x80],
+            &[0x80; 11],
+            &[0x00, 0x01, 0, 0],
+            b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP",
+            b"\r\n\r\n",
+            &rtcp,
+            // Two CSRCs claimed, none present.
+            &[0x82, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+        ];
+        for c in cases {
+            n.handle(addr(5000), c);
+        }
+        assert!(sent(&mut n).is_empty());
+        let s = n.stats();
+        assert_eq!((s.malformed, s.ignored, s.packets_in), (6, 2, 0));
+    }
+
+    proptest! {
+        #[test]
+        fn any_datagram_is_counted_once_and_never_panics(
+            datagrams in proptest::collection::vec(
+                (0u8..4, proptest::collection::vec(any::<u8>(), 0..200)), 1..40),
+        ) {
+            let mut n = node();
+            n.command(NodeCommand::Relay {
+                session: session(1),
+                a: leg(5000, Some(1), 0),
+                b: leg(6000, None, 0),
+            });
+            n.command(NodeCommand::Ivr { session: session(2), leg: leg(5000, Some(2), 8) });
+            n.command(NodeCommand::Join { session: session(3), room: 1, leg: leg(5001, None, 0) });
+            for (i, (kind, mut bytes)) in datagrams.iter().cloned().enumerate() {
+                // Steer some towards the RTP and SIP paths, with SSRCs the node knows.
+                match kind {
+                    1 if !bytes.is_empty() => bytes[0] = 0x80 | (bytes[0] & 0x3f),
+                    2 if !bytes.is_empty() => bytes[0] = b'O',
+                    3 if bytes.len() >= 12 => {
+                        bytes[0] = 0x80;
+                        bytes[8..12].copy_from_slice(&(1 + (i as u32 % 3)).to_be_bytes());
+                    }
+                    _ => {}
+                }
+                n.handle(addr(5000 + (i as u16 % 3)), &bytes);
+                if i % 7 == 0 {
+                    n.tick(i as u64 * FRAME_NS);
+                }
+            }
+            let _ = sent(&mut n);
+            let _ = n.events().count();
+            let s = n.stats();
+            prop_assert_eq!(
+                s.packets_in + s.unknown_packets + s.malformed + s.ignored + s.options_answered,
+                datagrams.len() as u64
+            );
+        }
+    }
+
+    #[test]
+    fn loopback_driver_relays_answers_plays_and_plays_dead() {
+        let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (handle, served) = bind(1, Role::Media, "media-1".into(), localhost).unwrap();
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = spawn(vec![served], events_tx, Arc::clone(&stop)).unwrap();
+        let [a, b, c] = [0; 3].map(|_| {
+            let s = UdpSocket::bind(localhost).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            s
+        });
+        let leg_of = |s: &UdpSocket, ssrc| Leg {
+            remote: s.local_addr().unwrap(),
+            ssrc,
+            codec_pt: 0,
+            dtmf_pt: Some(101),
+        };
+        // b announces no SSRC, as SIPp does.
+        assert!(handle.send(NodeCommand::Relay {
+            session: session(1),
+            a: leg_of(&a, Some(1)),
+            b: leg_of(&b, None),
+        }));
+        let mut buf = [0u8; 2048];
+        let mut exchange = |from: &UdpSocket, to: &UdpSocket, pkt: &[u8]| -> Option<Vec<u8>> {
+            // Sent again if lost: the first may overtake the command in the node thread.
+            for _ in 0..20 {
+                from.send_to(pkt, handle.addr).unwrap();
+                if let Ok((n, src)) = to.recv_from(&mut buf) {
+                    assert_eq!(src, handle.addr);
+                    return Some(buf[..n].to_vec());
+                }
+            }
+            None
+        };
+        let p = audio(1, 1);
+        let q = audio(2, 1);
+        assert_eq!(exchange(&a, &b, &p), Some(p.clone()));
+        assert_eq!(exchange(&b, &a, &q), Some(q.clone()));
+        let answer = exchange(&c, &c, OPTIONS.as_bytes()).unwrap();
+        assert_eq!(sip::parse_datagram(&answer).unwrap().code(), Some(200));
+
+        // IVR: the prompt arrives on the tick, and a digit comes back as an event.
+        assert!(handle.send(NodeCommand::Ivr {
+            session: session(2),
+            leg: leg_of(&c, Some(5)),
+        }));
+        let (n, _) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(rtp::read_rtp(&buf[..n]).unwrap().payload_type, 0);
+        for p in dtmf::digit_packets(9, 100, 20, 10) {
+            let mut pkt = [0u8; 16];
+            rtp::write_rtp(&mut pkt, 5, 1, 800, 101, p.marker, &p.payload).unwrap();
+            c.send_to(&pkt, handle.addr).unwrap();
+        }
+        assert_eq!(
+            events_rx.recv_timeout(Duration::from_secs(2)).unwrap(),
+            (
+                1,
+                NodeEvent::Digit {
+                    session: session(2),
+                    digit: '9'
+                }
+            )
+        );
+        assert!(handle.send(NodeCommand::End {
+            session: session(2),
+        }));
+
+        // Dead: nothing relayed, probes unanswered.
+        handle.set_alive(false);
+        a.send_to(&p, handle.addr).unwrap();
+        c.send_to(OPTIONS.as_bytes(), handle.addr).unwrap();
+        assert!(b.recv_from(&mut buf).is_err());
+        // Prompt frames sent before the End may still be queued at c; no answer after them.
+        while let Ok((n, _)) = c.recv_from(&mut buf) {
+            assert!(rtp::looks_like_rtp(&buf[..n]), "a dead node answered");
+        }
+        handle.set_alive(true);
+        let mut buf = [0u8; 2048];
+        let mut again = None;
+        for _ in 0..20 {
+            a.send_to(&p, handle.addr).unwrap();
+            if let Ok((n, _)) = b.recv_from(&mut buf) {
+                again = Some(buf[..n].to_vec());
+                break;
+            }
+        }
+        assert_eq!(again, Some(p));
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+        let s = handle.counters.load();
+        assert!(
+            s.packets_in >= 3 && s.options_answered >= 1 && s.digits == 1,
+            "{s:?}"
+        );
+        assert!(handle.counters.dead_drops() >= 2);
+        assert_eq!(s.sessions, 1);
+    }
+}
