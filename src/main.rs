@@ -4,6 +4,7 @@
 //! does not parse or validate, a bad flag); 3 `load`: the target never answered; 99 thresholds
 //! breached (`load`), or no size within the search bound meets the SLOs (`plan --size`).
 
+mod cluster;
 mod load;
 
 use std::io::Write as _;
@@ -34,6 +35,8 @@ enum Command {
     /// Drive SIP/RTP traffic at a SIP server and measure it (CI benchmarks: exit 99 on
     /// breached thresholds).
     Load(Box<load::LoadArgs>),
+    /// Run the emulated cluster (Call Manager and nodes) live on loopback until stopped.
+    Cluster(Box<cluster::ClusterArgs>),
     /// Validate a scenario file and print its warnings.
     Check {
         /// Scenario file (TOML).
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plan(args) => plan(args, &stop),
         Command::Load(args) => load::load(*args, &stop),
+        Command::Cluster(args) => cluster::cluster(*args, &stop),
         Command::Check { scenario } => check(&scenario),
     };
     match result {

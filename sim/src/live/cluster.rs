@@ -109,12 +109,12 @@ impl Cluster {
                 let id = balancer
                     .server_by_name(&s.name)
                     .ok_or_else(|| Error::UnknownServer(s.name.clone()))?;
-                let port = pool
-                    .first_port
-                    .map_or(0, |p| p.saturating_add(u16::try_from(i).unwrap_or(u16::MAX)));
+                let port = pool.first_port.map_or(0, |p| {
+                    p.saturating_add(u16::try_from(i).unwrap_or(u16::MAX))
+                });
                 let want = SocketAddr::new(sip.ip(), port);
-                let (handle, parts) = node::bind(id.0, pool.role, s.name.clone(), want)
-                    .map_err(|e| Error::Bind {
+                let (handle, parts) =
+                    node::bind(id.0, pool.role, s.name.clone(), want).map_err(|e| Error::Bind {
                         addr: want,
                         source: e,
                     })?;
@@ -152,8 +152,7 @@ impl Cluster {
             })?;
         let status = Arc::new(Mutex::new(Status::default()));
         let cm_thread = {
-            let (stop, status, handles) =
-                (Arc::clone(&stop), Arc::clone(&status), handles.clone());
+            let (stop, status, handles) = (Arc::clone(&stop), Arc::clone(&status), handles.clone());
             std::thread::Builder::new()
                 .name("pbxlab-cm".into())
                 .spawn(move || serve(cm, socket, &handles, &events_rx, &stop, &status))
@@ -229,11 +228,10 @@ fn serve(
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_status = Duration::ZERO;
     let mut log: Vec<String> = Vec::new();
-    let mut busy = false;
     let names: Vec<String> = cm.nodes().iter().map(|n| n.name.clone()).collect();
     while !stop.load(Ordering::Relaxed) {
         let read = receiver.drain(&socket, |at, from, bytes| cm.handle(at, from, bytes));
-        busy = matches!(read, Ok(n) if n > 0);
+        let busy = matches!(read, Ok(n) if n > 0);
         let now = elapsed(started);
         while let Ok((id, event)) = node_events.try_recv() {
             cm.on_node_event(now, ServerId(id), event);
@@ -299,9 +297,9 @@ fn snapshot(cm: &CallManager, handles: &[NodeHandle], elapsed: Duration, log: &[
                 name: n.name.clone(),
                 role: n.role.name(),
                 addr: n.addr,
-                state: view.map_or("?", |v| v.state.name()),
-                load: view.map_or(0, |v| v.load),
-                capacity: view.map_or(0, |v| v.capacity),
+                state: view.as_ref().map_or("?", |v| v.state.name()),
+                load: view.as_ref().map_or(0, |v| v.load),
+                capacity: view.as_ref().map_or(0, |v| v.capacity),
                 node_sessions: counters.as_ref().map_or(0, |c| c.sessions),
                 packets_in: counters.as_ref().map_or(0, |c| c.packets_in),
                 packets_out: counters.as_ref().map_or(0, |c| c.packets_out),

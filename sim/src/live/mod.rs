@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 
+pub mod cluster;
 pub mod cm;
 pub mod node;
 

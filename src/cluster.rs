@@ -1,0 +1,209 @@
+//! `pbxlab cluster`: run the emulated cluster live on loopback until Ctrl-C, SIGTERM or
+//! `--for` runs out, printing a status line every interval.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use pbxlab_sim::live::cluster::{Cluster, Options, Status};
+use pbxlab_sim::scenario::{parse_duration, parse_rate};
+
+use crate::{BadInput, load_scenario};
+
+/// Run the emulated cluster (Call Manager + nodes) live on loopback.
+///
+/// Users are those of the scenario's [traffic.registrations] (first_user..), each with the
+/// digest password PREFIX+N. Services: `echo`, `ivr-N`, `queue-N` (agents of queue q are users
+/// first_user + (q-1)*agents ..), `meeting-ROOM`; any registered user by number.
+#[derive(clap::Args)]
+pub(crate) struct ClusterArgs {
+    /// Scenario file (default: the embedded reference cluster).
+    scenario: Option<PathBuf>,
+    /// The Call Manager's SIP address (UDP).
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    sip: SocketAddr,
+    /// Realm and domain of the users.
+    #[arg(long, default_value = "pbxlab.test")]
+    domain: String,
+    /// Digest password of user N is this prefix followed by N.
+    #[arg(long, default_value = "pw-")]
+    password_prefix: String,
+    /// Requests per second one source address may send before it gets 503s.
+    #[arg(long, default_value = "200/s")]
+    rate_limit: String,
+    /// Requests a quiet source may send at once.
+    #[arg(long, default_value_t = 400.0)]
+    burst: f64,
+    /// Sources exempt from the rate limit (repeatable; the nodes always are).
+    #[arg(long, default_value = "127.0.0.1")]
+    whitelist: Vec<IpAddr>,
+    /// Stop by itself after this long ("90s"); default: run until stopped.
+    #[arg(long = "for", value_name = "DURATION")]
+    run_for: Option<String>,
+    /// How often the status line is printed.
+    #[arg(long, default_value = "1s")]
+    status_every: String,
+    /// Write the final status as JSON here ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+    let scenario = load_scenario(args.scenario.as_ref())?;
+    let bad = |what: &str, e: String| BadInput(format!("{what}: {e}"));
+    let rate = parse_rate(&args.rate_limit).map_err(|e| bad("--rate-limit", e))?;
+    let every = parse_duration(&args.status_every).map_err(|e| bad("--status-every", e))?;
+    let run_for = args
+        .run_for
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| bad("--for", e))?;
+    let mut opts = Options::new(args.sip);
+    opts.domain = args.domain;
+    opts.password_prefix = args.password_prefix;
+    opts.rate_limit_per_s = rate;
+    opts.rate_burst = args.burst.max(1.0);
+    opts.whitelist = args.whitelist;
+    let cluster = Cluster::start(&scenario, &opts).context("cannot start the cluster")?;
+    eprintln!(
+        "pbxlab cluster {:?}: Call Manager on {} (UDP)",
+        scenario.name,
+        cluster.sip_addr()
+    );
+    for n in cluster.nodes() {
+        eprintln!("  {:<12} {:<8} {}", n.name, n.role.name(), n.addr);
+    }
+    let started = Instant::now();
+    let mut next = every;
+    let mut seen_events = 0;
+    while !stop.load(Ordering::Relaxed) && run_for.is_none_or(|d| started.elapsed() < d) {
+        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() >= next {
+            next += every;
+            let s = cluster.status();
+            for e in s.events.iter().skip(seen_events) {
+                eprintln!("event: {e}");
+            }
+            seen_events = s.events.len();
+            eprintln!("{}", status_line(&s));
+        }
+    }
+    let last = cluster.stop().context("the cluster did not stop cleanly")?;
+    eprintln!("{}", status_line(&last));
+    print!("{}", render(&last));
+    crate::write_json(args.json.as_ref(), &to_json(&last))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_line(s: &Status) -> String {
+    let mut per_role: Vec<(&str, u32)> = Vec::new();
+    for n in &s.nodes {
+        match per_role.iter_mut().find(|(r, _)| *r == n.role) {
+            Some((_, load)) => *load += n.load,
+            None => per_role.push((n.role, n.load)),
+        }
+    }
+    let roles: Vec<String> = per_role.iter().map(|(r, l)| format!("{r} {l}")).collect();
+    let down: Vec<&str> = s
+        .nodes
+        .iter()
+        .filter(|n| n.state != "online")
+        .map(|n| n.name.as_str())
+        .collect();
+    format!(
+        "[{:>6.1}s] registered {} | calls {} active, {} total, {} failed | sessions: {} | queue waiting {} | rate-limited {}{}",
+        s.elapsed.as_secs_f64(),
+        s.cm.registered,
+        s.cm.calls_active,
+        s.cm.calls_total,
+        s.cm.failures.values().sum::<u64>(),
+        roles.join(", "),
+        s.cm.queue_waiting,
+        s.cm.rate_limited,
+        if down.is_empty() {
+            String::new()
+        } else {
+            format!(" | not online: {}", down.join(", "))
+        }
+    )
+}
+
+fn render(s: &Status) -> String {
+    let mut out = String::new();
+    out.push_str("node         role     address                state     sessions/capacity   node sessions  packets in  packets out\n");
+    for n in &s.nodes {
+        out.push_str(&format!(
+            "{:<12} {:<8} {:<22} {:<9} {:>8}/{:<9} {:>14} {:>9} {:>10}\n",
+            n.name,
+            n.role,
+            n.addr,
+            n.state,
+            n.load,
+            n.capacity,
+            n.node_sessions,
+            n.packets_in,
+            n.packets_out
+        ));
+    }
+    let c = &s.cm;
+    out.push_str(&format!(
+        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, moved {} dropped {}, rate-limited {}, malformed {}, Call Manager CPU {:.2} s\n",
+        c.registrations,
+        c.auth_failures,
+        c.calls_total,
+        c.calls_completed,
+        c.queue_answered,
+        c.queue_abandoned,
+        c.ivr_digits,
+        c.ivr_routed,
+        c.moved,
+        c.dropped,
+        c.rate_limited,
+        c.malformed,
+        s.cm_cpu.as_secs_f64()
+    ));
+    for (reason, n) in &c.failures {
+        out.push_str(&format!("  failed: {reason}: {n}\n"));
+    }
+    out
+}
+
+fn to_json(s: &Status) -> serde_json::Value {
+    let c = &s.cm;
+    serde_json::json!({
+        "elapsed_s": s.elapsed.as_secs_f64(),
+        "cm_cpu_s": s.cm_cpu.as_secs_f64(),
+        "registered": c.registered,
+        "registrations": c.registrations,
+        "auth_failures": c.auth_failures,
+        "calls": {
+            "active": c.calls_active,
+            "total": c.calls_total,
+            "completed": c.calls_completed,
+        },
+        "failures": c.failures,
+        "queue": { "answered": c.queue_answered, "abandoned": c.queue_abandoned },
+        "ivr": { "digits": c.ivr_digits, "routed": c.ivr_routed },
+        "moved": c.moved,
+        "dropped": c.dropped,
+        "rate_limited": c.rate_limited,
+        "malformed": c.malformed,
+        "events": s.events,
+        "nodes": s.nodes.iter().map(|n| serde_json::json!({
+            "name": n.name,
+            "role": n.role,
+            "addr": n.addr.to_string(),
+            "state": n.state,
+            "load": n.load,
+            "capacity": n.capacity,
+            "node_sessions": n.node_sessions,
+            "packets_in": n.packets_in,
+            "packets_out": n.packets_out,
+            "unknown_packets": n.unknown_packets,
+        })).collect::<Vec<_>>(),
+    })
+}
