@@ -317,3 +317,96 @@ fn our_users_call_each_other_through_kamailio() {
     );
     assert_eq!(v["rtp"]["streams"], 200, "both legs send media: {v}");
 }
+
+/// `pbxlab cluster` as a child process on `port`, stopping by itself after `run_for`.
+fn pbxlab_cluster(port: u16, run_for: &str) -> Peer {
+    let child = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args([
+            "cluster",
+            "--sip",
+            &format!("127.0.0.1:{port}"),
+            "--for",
+            run_for,
+            "--status-every",
+            "1h",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pbxlab runs");
+    let mut peer = Peer {
+        name: "pbxlab cluster",
+        child,
+    };
+    wait_for_sip(port, &mut peer);
+    peer
+}
+
+#[test]
+#[ignore = "needs sipp (apt-get install sip-tester); run by .ci/run"]
+fn sipp_uac_calls_the_cluster_echo_at_1000_per_second() {
+    let port = free_port();
+    let _cluster = pbxlab_cluster(port, "60s");
+    let (sipp_port, media) = (free_port(), free_port());
+    let dir = scratch_dir("sipp-uac-echo");
+    // 5,000 calls at 1,000/s, each held 2 s: about 2,000 at once through the Call Manager,
+    // every one anchored on a media node that echoes.
+    let out = Command::new("sipp")
+        .args([
+            "-sn",
+            "uac",
+            "-s",
+            "echo",
+            &format!("127.0.0.1:{port}"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &sipp_port.to_string(),
+            "-mp",
+            &media.to_string(),
+            "-r",
+            "1000",
+            "-m",
+            "5000",
+            "-d",
+            "2000",
+            "-timeout",
+            "40s",
+            "-nostdin",
+            "-trace_err",
+            "-trace_stat",
+            "-fd",
+            "1",
+        ])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sipp is installed (apt-get install sip-tester)");
+    let stat = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .last()
+        .unwrap_or_default();
+    // SIPp exits 0 only when every call succeeded.
+    assert!(
+        out.status.success(),
+        "sipp: {}\n{}\nstats:\n{stat}",
+        out.status,
+        show(&out)
+    );
+    let last = stat.lines().last().unwrap_or_default();
+    let fields: Vec<&str> = stat.lines().next().unwrap_or_default().split(';').collect();
+    let column = |name: &str| {
+        fields
+            .iter()
+            .position(|f| *f == name)
+            .and_then(|i| last.split(';').nth(i))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(column("SuccessfulCall(C)"), Some(5000), "{stat}");
+    assert_eq!(column("FailedCall(C)"), Some(0), "{stat}");
+}
