@@ -9,9 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use pbxlab_loadgen::engine::{Arrivals, Dtmf, Workload};
 use pbxlab_loadgen::{Callee, Config, Hold, LoadReport, Progress, RunOptions, Threshold};
 use pbxlab_sim::Scenario;
-use pbxlab_sim::scenario::{HoldDist, parse_duration, parse_rate};
+use pbxlab_sim::scenario::{HoldDist, Traffic, parse_duration, parse_rate};
 
 use crate::BadInput;
 
@@ -20,12 +21,23 @@ pub const EXIT_THRESHOLDS: u8 = 99;
 /// Exit code when the target never sent a single datagram back.
 pub const EXIT_NO_ANSWER: u8 = 3;
 
+/// With a scenario, `pbxlab load` runs one workload per table of its [traffic]: [traffic.calls]
+/// (our users call each other), [traffic.ivr] (`ivr-1` calls; a then_queue fraction presses a
+/// digit 1..queues to be transferred to that queue), [traffic.queue] (`queue-Q` calls, Q uniform
+/// over the queues, with the scenario's patience) and [traffic.meetings] (`meeting-N` calls
+/// filling rooms of round(participants) people, each held for the meeting's duration), each at
+/// its own rate, Poisson arrivals by default. --service replaces the mix with one workload.
+///
+/// Queue agents are our registered users: the agents of queue q are users
+/// first_user + (q-1)*agents .. first_user + q*agents - 1 (the cluster numbers them the same
+/// way). They only answer the calls the cluster places to them; none of our own calls uses them.
 #[derive(clap::Args)]
 pub struct LoadArgs {
     /// The SIP server to load: a registrar, proxy or UAS (HOST:PORT, UDP).
     #[arg(long)]
     target: String,
-    /// Scenario file: users, call rate, hold time and SLOs from its [traffic] and [slo].
+    /// Scenario file: users, the workload mix with its rates and hold times, and SLOs from its
+    /// [traffic] and [slo].
     scenario: Option<PathBuf>,
     /// Users to register with digest authentication (0: place calls without registering).
     #[arg(long)]
@@ -45,13 +57,15 @@ pub struct LoadArgs {
     /// Expires of each registration, seconds.
     #[arg(long, default_value_t = 3600)]
     expires: u32,
-    /// Call attempts in all (default: call rate x duration).
+    /// Call attempts in all (default: rate x duration per workload); with several workloads,
+    /// shared in proportion to their rates.
     #[arg(long)]
     calls: Option<u64>,
-    /// Call attempts per second ("100/s").
+    /// Call attempts per second ("100/s") of the user-to-user (or --service) workload.
     #[arg(long)]
     call_rate: Option<String>,
-    /// How long each call is held before the BYE ("20s").
+    /// How long each call of the user-to-user (or --service) workload is held before the BYE
+    /// ("20s"); for queue calls, the talk once an agent answered.
     #[arg(long)]
     hold: Option<String>,
     /// fixed (as SIPp's pause) or exponential with --hold as the mean.
@@ -67,14 +81,30 @@ pub struct LoadArgs {
     /// Fraction of calls with G.711 RTP in both directions (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     rtp: f64,
-    /// Call this user part at the target (echo, ivr-N, queue-N, meeting-N, ...) instead of
-    /// another of our registered users.
+    /// Call this user part at the target instead of another of our registered users, as the
+    /// only workload. pbxlab's cluster services: echo; ivr-N (with --dtmf; a first digit 1-9
+    /// asks for that queue, '#' makes the IVR hang up); queue-N (waits for an agent, abandons
+    /// after --patience); meeting-N (rooms of N participants: call k joins meeting-(k/N+1)).
     #[arg(long)]
     service: Option<String>,
+    /// Mean of queue callers' exponential patience ("30s"; default: the scenario's, else
+    /// callers never abandon). A caller whose patience runs out hangs up: abandoned.
+    #[arg(long)]
+    patience: Option<String>,
+    /// Queue callers answered within this wait count as within the service level (default:
+    /// the scenario's [traffic.queue] service_level, else 20s).
+    #[arg(long)]
+    service_level: Option<String>,
+    /// Arrival schedule: fixed (attempt k at k / rate) or poisson (default: poisson for a
+    /// scenario's workload mix, fixed otherwise).
+    #[arg(long)]
+    arrivals: Option<String>,
     /// How long our users let an incoming call ring before answering.
     #[arg(long, default_value = "1s")]
     ring_delay: String,
-    /// Digits to send as RFC 4733 events once a call is answered (needs --rtp).
+    /// Digits to send as RFC 4733 events once a call is answered; calls that send digits
+    /// always have RTP. With a scenario's mix, the IVR calls send these instead of choosing a
+    /// queue by then_queue.
     #[arg(long, default_value = "")]
     dtmf: String,
     /// Pass/fail threshold, k6-style: 'setup.p99<200ms', 'calls.failed==0' (repeatable).
@@ -172,12 +202,7 @@ fn configure(
                 }
             }
         }
-        (None, Some(c)) => match c.hold {
-            HoldDist::Fixed { s } => Hold::Fixed(Duration::from_secs_f64(s)),
-            HoldDist::Exponential { mean_s } | HoldDist::LogNormal { mean_s, .. } => {
-                Hold::Exponential(Duration::from_secs_f64(mean_s))
-            }
-        },
+        (None, Some(c)) => hold_of(c.hold),
         (None, None) => Hold::Fixed(Duration::from_secs(5)),
     };
     let run_for = match (&args.duration, scenario) {
@@ -185,29 +210,104 @@ fn configure(
         (None, Some(s)) => s.duration,
         (None, None) => Duration::from_secs(10),
     };
-    let total_calls = args
-        .calls
-        .unwrap_or_else(|| (call_rate * run_for.as_secs_f64()).round() as u64);
-    let my_calls = total_calls / u64::from(shards)
-        + u64::from(u64::from(shard) < total_calls % u64::from(shards));
     if !(0.0..=1.0).contains(&args.rtp) {
         return Err(bad(format!("--rtp {}: a fraction from 0 to 1", args.rtp)));
     }
-    let callee = match &args.service {
-        Some(s) => Callee::Service(s.clone()),
-        None if users >= 2 => Callee::Users,
-        None => Callee::Service("service".into()),
+    let queue_traffic = traffic.and_then(|t| t.queue.as_ref());
+    let patience = match &args.patience {
+        Some(p) => Some(duration("patience", p)?),
+        None => queue_traffic
+            .and_then(|q| q.patience_s)
+            .map(Duration::from_secs_f64),
+    };
+    let service_level = match &args.service_level {
+        Some(d) => duration("service-level", d)?,
+        None => queue_traffic.map_or(Duration::from_secs(20), |q| {
+            Duration::from_secs_f64(q.service_level_s)
+        }),
+    };
+    // Our users call each other; with fewer than two, a placeholder user part at the target.
+    let (users_name, users_callee) = if users >= 2 {
+        ("users", Callee::Users)
+    } else {
+        ("service", Callee::Service("service".into()))
+    };
+    let dtmf = (!args.dtmf.is_empty()).then(|| Dtmf::Digits(args.dtmf.clone()));
+    let mix = match (&args.service, traffic) {
+        (None, Some(t)) => {
+            let calls = (calls_traffic.is_some() || args.call_rate.is_some())
+                .then(|| Workload::new(users_name, users_callee.clone(), 0, call_rate, hold));
+            Some(mixed_workloads(t, calls, dtmf.clone(), patience))
+        }
+        _ => None,
+    };
+    let arrivals = match args.arrivals.as_deref() {
+        Some("fixed") => Arrivals::Fixed,
+        Some("poisson") => Arrivals::Poisson,
+        Some(other) => {
+            return Err(bad(format!("--arrivals {other:?}: use fixed or poisson")));
+        }
+        None if mix.is_some() => Arrivals::Poisson,
+        None => Arrivals::Fixed,
+    };
+    let mut workloads = mix.unwrap_or_else(|| {
+        let (name, callee) = match &args.service {
+            Some(s) => (s.as_str(), Callee::Service(s.clone())),
+            None => (users_name, users_callee),
+        };
+        let mut w = Workload::new(name, callee, 0, call_rate, hold);
+        w.dtmf = dtmf.unwrap_or(Dtmf::None);
+        w.patience = patience;
+        vec![w]
+    });
+    let totals = call_totals(&workloads, args.calls, run_for);
+    for (w, total) in workloads.iter_mut().zip(totals) {
+        w.calls =
+            total / u64::from(shards) + u64::from(u64::from(shard) < total % u64::from(shards));
+        w.rate /= f64::from(shards);
+        w.arrivals = arrivals;
+    }
+    // The cluster takes queue q's agents from the users: keep them out of our own calls.
+    let reserved = match queue_traffic {
+        Some(q) if users > 0 => {
+            let agents = q.queues.saturating_mul(q.agents);
+            if agents > users {
+                eprintln!(
+                    "pbxlab: warning: the queues have {agents} agents but only {users} users register"
+                );
+            }
+            first_user..first_user.saturating_add(agents.min(users))
+        }
+        _ => 0..0,
     };
     let mut thresholds = args
         .thresholds
         .iter()
         .map(|t| Threshold::parse(t).map_err(|e| bad(e.to_string())))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if let Some(b) = scenario.and_then(|s| s.slo.blocking) {
-        thresholds.push(
-            Threshold::parse(&format!("calls.failed_fraction<={b}"))
-                .map_err(|e| bad(e.to_string()))?,
+    let mut slo = Vec::new();
+    if let Some(s) = scenario {
+        slo.extend(
+            s.slo
+                .blocking
+                .map(|b| format!("calls.failed_fraction<={b}")),
         );
+        if workloads.iter().any(queued) {
+            slo.extend(
+                s.slo
+                    .queue_service_level
+                    .map(|x| format!("queue.service_level>={x}")),
+            );
+            slo.extend(
+                s.slo
+                    .queue_abandoned
+                    .map(|x| format!("queue.abandoned_fraction<={x}")),
+            );
+            slo.extend(s.slo.queue_asa_s.map(|x| format!("queue.asa<={x}s")));
+        }
+    }
+    for expr in slo {
+        thresholds.push(Threshold::parse(&expr).map_err(|e| bad(e.to_string()))?);
     }
     let seed = args.seed.or(scenario.map(|s| s.seed)).unwrap_or(1);
     let cfg = Config {
@@ -223,14 +323,13 @@ fn configure(
         register: users > 0,
         register_rate: rate("register-rate", &args.register_rate)? / f64::from(shards),
         expires_s: args.expires,
-        calls: my_calls,
-        call_rate: call_rate / f64::from(shards),
-        hold,
-        callee,
+        workloads,
+        reserved,
+        shard: (shard, shards),
         rtp_fraction: args.rtp,
         max_concurrent: args.max_concurrent,
         ring_delay: duration("ring-delay", &args.ring_delay)?,
-        dtmf: args.dtmf.clone(),
+        service_level,
         t1: duration("t1", &args.t1)?,
         t2: Duration::from_secs(4),
         seed,
@@ -238,6 +337,110 @@ fn configure(
         run_id: (seed as u32).wrapping_mul(2_654_435_761) ^ (std::process::id() << 8) ^ shard,
     };
     Ok((cfg, thresholds))
+}
+
+fn hold_of(dist: HoldDist) -> Hold {
+    let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or_default();
+    match dist {
+        HoldDist::Fixed { s } => Hold::Fixed(secs(s)),
+        HoldDist::Exponential { mean_s } | HoldDist::LogNormal { mean_s, .. } => {
+            Hold::Exponential(secs(mean_s))
+        }
+    }
+}
+
+/// The workloads of a scenario's [traffic], at the whole run's rates: `users` (the
+/// user-to-user calls, if any), then IVR, one per queue, meetings. Tables with a rate of 0
+/// add nothing.
+fn mixed_workloads(
+    t: &Traffic,
+    calls: Option<Workload>,
+    dtmf: Option<Dtmf>,
+    patience: Option<Duration>,
+) -> Vec<Workload> {
+    let mut out: Vec<Workload> = calls.into_iter().collect();
+    if let Some(ivr) = t.ivr.as_ref().filter(|i| i.rate_per_s > 0.0) {
+        let mut w = Workload::new(
+            "ivr",
+            Callee::Service("ivr-1".into()),
+            0,
+            ivr.rate_per_s,
+            hold_of(ivr.hold),
+        );
+        w.dtmf = dtmf.unwrap_or(match &t.queue {
+            Some(q) if ivr.then_queue > 0.0 => Dtmf::Queue {
+                fraction: ivr.then_queue,
+                queues: q.queues,
+            },
+            _ => Dtmf::None,
+        });
+        w.agent_hold = t.queue.as_ref().map(|q| hold_of(q.handle));
+        w.patience = patience;
+        out.push(w);
+    }
+    if let Some(q) = t.queue.as_ref().filter(|q| q.rate_per_s > 0.0) {
+        // Callers pick a queue uniformly: a Poisson stream split at random is one independent
+        // Poisson stream per queue, each with its share of the rate.
+        for n in 1..=q.queues.max(1) {
+            let name = format!("queue-{n}");
+            let mut w = Workload::new(
+                &name,
+                Callee::Service(name.clone()),
+                0,
+                q.rate_per_s / f64::from(q.queues.max(1)),
+                hold_of(q.handle),
+            );
+            w.patience = patience;
+            out.push(w);
+        }
+    }
+    if let Some(m) = t.meetings.as_ref().filter(|m| m.rate_per_s > 0.0) {
+        // A meeting is round(mean) calls to one room, so the calls come that much faster.
+        let size = m.participants_mean.round().max(1.0) as u32;
+        out.push(Workload::new(
+            "meetings",
+            Callee::Service(format!("meeting-{size}")),
+            0,
+            m.rate_per_s * f64::from(size),
+            hold_of(m.duration),
+        ));
+    }
+    out
+}
+
+/// Whether a workload's callers go through a queue.
+fn queued(w: &Workload) -> bool {
+    matches!(&w.callee, Callee::Service(s) if s.starts_with("queue-"))
+        || matches!(w.dtmf, Dtmf::Queue { fraction, .. } if fraction > 0.0)
+}
+
+/// Attempts of each workload over the whole run: `calls` shared in proportion to the rates
+/// (the remainder to the first ones), or each rate times the duration.
+fn call_totals(workloads: &[Workload], calls: Option<u64>, run_for: Duration) -> Vec<u64> {
+    let Some(n) = calls else {
+        return workloads
+            .iter()
+            .map(|w| (w.rate * run_for.as_secs_f64()).round() as u64)
+            .collect();
+    };
+    let sum: f64 = workloads.iter().map(|w| w.rate).sum();
+    let mut out: Vec<u64> = workloads
+        .iter()
+        .map(|w| {
+            if sum > 0.0 {
+                (n as f64 * w.rate / sum).floor() as u64
+            } else {
+                0
+            }
+        })
+        .collect();
+    // Flooring leaves less than one attempt per workload over, unless every rate is 0.
+    let left = n.saturating_sub(out.iter().sum());
+    let len = out.len() as u64;
+    for (i, c) in out.iter_mut().enumerate() {
+        *c += left / len + u64::from((i as u64) < left % len);
+    }
+    out
 }
 
 pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
@@ -256,11 +459,23 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
             None => eprintln!("{line}"),
         }
     };
-    let drain_limit = cfg.t1 * 64
-        + match cfg.hold {
-            Hold::Fixed(d) => d,
-            Hold::Exponential(m) => m * 10,
-        };
+    // Long enough for nearly every call to finish: a call may wait for an IVR transfer, then
+    // for an agent, then talk.
+    let bound = |h: Hold| match h {
+        Hold::Fixed(d) => d,
+        Hold::Exponential(m) => m * 10,
+    };
+    let drain_limit = cfg.t1 * 128
+        + cfg
+            .workloads
+            .iter()
+            .map(|w| {
+                bound(w.hold)
+                    + w.agent_hold.map_or(Duration::ZERO, bound)
+                    + w.patience.unwrap_or_default() * 10
+            })
+            .max()
+            .unwrap_or_default();
     let (report, log) = pbxlab_loadgen::run(
         cfg,
         RunOptions {
@@ -318,4 +533,77 @@ fn progress_line(p: &Progress) -> String {
         ms(i.p99_us[pbxlab_loadgen::metrics::Metric::Setup as usize]),
         ms(i.p99_us[pbxlab_loadgen::metrics::Metric::Register as usize]),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    fn configured(flags: &[&str]) -> (Config, Vec<Threshold>) {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/reference.toml");
+        let scenario = Scenario::load(std::path::Path::new(path)).expect("shipped scenario");
+        let mut argv = vec!["load", "--target", "127.0.0.1:5060", path];
+        argv.extend_from_slice(flags);
+        let cli = Cli::try_parse_from(argv).expect("flags parse");
+        configure(&cli.load, Some(&scenario)).expect("configures")
+    }
+
+    #[test]
+    fn a_scenario_runs_one_workload_per_traffic_table_at_its_rate() {
+        let (cfg, thresholds) = configured(&[]);
+        let names: Vec<&str> = cfg.workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["users", "ivr", "queue-1", "queue-2", "meetings"]);
+        let rates: Vec<f64> = cfg.workloads.iter().map(|w| w.rate).collect();
+        assert_eq!(rates, [55.0, 5.0, 1.0, 1.0, 0.4], "meetings of 8 at 0.05/s");
+        assert!(
+            cfg.workloads
+                .iter()
+                .all(|w| w.arrivals == Arrivals::Poisson)
+        );
+        assert_eq!(cfg.workloads[0].callee, Callee::Users);
+        assert_eq!(
+            cfg.workloads[1].dtmf,
+            Dtmf::Queue {
+                fraction: 0.4,
+                queues: 2
+            }
+        );
+        assert_eq!(cfg.workloads[4].callee, Callee::Service("meeting-8".into()));
+        for w in &cfg.workloads[1..4] {
+            assert_eq!(w.patience, Some(Duration::from_secs(120)), "{}", w.name);
+        }
+        // 2 queues of 500 agents: users 1000..=1999 stay free for the queues' calls.
+        assert_eq!(cfg.reserved, 1000..2000);
+        assert_eq!(cfg.service_level, Duration::from_secs(20));
+        assert!(
+            thresholds
+                .iter()
+                .any(|t| t.expr == "queue.service_level>=0.8"),
+            "{thresholds:?}"
+        );
+        // The scenario's two hours at 55/s.
+        assert_eq!(cfg.workloads[0].calls, 396_000);
+    }
+
+    #[test]
+    fn flags_select_one_workload_and_shards_split_each_one() {
+        let (cfg, _) = configured(&["--service", "queue-2", "--patience", "5s"]);
+        assert_eq!(cfg.workloads.len(), 1);
+        let w = &cfg.workloads[0];
+        assert_eq!(w.callee, Callee::Service("queue-2".into()));
+        assert_eq!((w.rate, w.arrivals), (55.0, Arrivals::Fixed));
+        assert_eq!(w.patience, Some(Duration::from_secs(5)));
+        let (cfg, _) = configured(&["--calls", "1001", "--shard", "1/2"]);
+        let calls: u64 = cfg.workloads.iter().map(|w| w.calls).sum();
+        assert!((499..=502).contains(&calls), "about half of 1001: {calls}");
+        assert_eq!(cfg.workloads[0].rate, 27.5);
+        assert_eq!(cfg.shard, (1, 2));
+    }
 }

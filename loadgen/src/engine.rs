@@ -10,6 +10,31 @@
 //! generator that falls behind (or a target that stalls it) therefore shows up in the figures
 //! instead of silently stretching the schedule — the coordinated omission wrk2 corrects for.
 //!
+//! A run is a small list of workloads (plain calls, IVR, queue, meetings), each with its own
+//! arrival schedule; arrivals of all workloads are merged by intended start time.
+//!
+//! Services of pbxlab's cluster are recognised by the called user part, and change what a call
+//! measures and when it hangs up:
+//! - `queue-N`: after the 200 the caller waits for an agent. The first re-INVITE connects it
+//!   (`queue_wait`, from the 200), and only then does the hold (the talk with the agent) start.
+//!   If the caller's patience (exponential, drawn per call) runs out first, it hangs up: the call
+//!   is *abandoned*, counted apart from succeeded and failed.
+//! - `ivr-N`: the digits go out once answered (every call that sends digits gets RTP, whatever
+//!   the RTP fraction: RFC 4733 events travel in the RTP stream). If they ask for a queue (first
+//!   digit '1'..='9'), the first re-INVITE is the transfer (`ivr_route`, from when the digits were
+//!   handed to the RTP worker, which starts them about a second later), and from then on the call
+//!   is a queue call: patience from the transfer, the second re-INVITE connects it to an agent.
+//!   The call waits for the transfer for its hold time, and at least 64 x T1; without a transfer
+//!   by then it hangs up as a plain call would.
+//! - `meeting-N` (N a number) means rooms of N participants: the k-th call of the workload
+//!   (0-based, in this shard) joins room `k / N * shards + shard + 1`, so consecutive calls fill
+//!   a room and shards never share one.
+//! - anything else (`echo`, a UAS's user part): held for the hold time, then BYE.
+//!
+//! A re-INVITE counts as a transfer or a connect only when its CSeq is new, so a retransmission
+//! does not advance a call; a re-INVITE that merely moves media (a node failing over) while a
+//! caller waits cannot be told from a connect and is counted as one.
+//!
 //! Calls live in a slab; the slot and its generation are encoded in the Call-ID and branch, so a
 //! response finds its call without a map lookup.
 
@@ -17,6 +42,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::time::Duration;
 
 use pbxlab_proto::builder::write_response;
@@ -25,7 +51,7 @@ use pbxlab_proto::sdp::{self, Offer, SessionDescription};
 use pbxlab_proto::sip::{self, HeaderName, Message, Method};
 use pbxlab_proto::uri::{Host, NameAddr, SipUri};
 
-use crate::metrics::{Metric, Metrics};
+use crate::metrics::{Metric, Metrics, Outcomes};
 
 /// Nanoseconds since the start of the run.
 pub type Nanos = u64;
@@ -52,6 +78,68 @@ pub enum Callee {
     Users,
 }
 
+/// How the attempts of a workload are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrivals {
+    /// Attempt k is due at k / rate, as SIPp and wrk2 schedule.
+    Fixed,
+    /// A Poisson process: exponential gaps with mean 1 / rate, drawn from the workload's own
+    /// seeded stream, so the schedule does not depend on what the target answers.
+    Poisson,
+}
+
+/// The RFC 4733 digits a workload's calls send once answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dtmf {
+    None,
+    /// Every call sends these.
+    Digits(String),
+    /// IVR callers asking for a queue: with probability `fraction` a call sends one digit, '1'
+    /// to `queues` (at most '9') uniformly; the other calls send nothing.
+    Queue {
+        fraction: f64,
+        queues: u32,
+    },
+}
+
+/// One stream of calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// How the report names it: `calls`, `ivr`, `queue-1`, `meetings`, a service.
+    pub name: String,
+    /// Call attempts of this workload in this shard.
+    pub calls: u64,
+    /// Attempts per second in this shard.
+    pub rate: f64,
+    pub arrivals: Arrivals,
+    pub callee: Callee,
+    /// How long calls are held; for queue calls, the talk with the agent once connected.
+    pub hold: Hold,
+    /// The talk with the agent of IVR calls transferred to a queue (`None`: `hold`).
+    pub agent_hold: Option<Hold>,
+    pub dtmf: Dtmf,
+    /// Mean of a queue caller's exponential patience; `None`: callers never abandon.
+    pub patience: Option<Duration>,
+}
+
+impl Workload {
+    /// A workload of `calls` attempts at `rate` per second on the fixed schedule, held for
+    /// `hold`, sending no digits, with callers that never abandon.
+    pub fn new(name: &str, callee: Callee, calls: u64, rate: f64, hold: Hold) -> Workload {
+        Workload {
+            name: name.to_owned(),
+            calls,
+            rate,
+            arrivals: Arrivals::Fixed,
+            callee,
+            hold,
+            agent_hold: None,
+            dtmf: Dtmf::None,
+            patience: None,
+        }
+    }
+}
+
 /// Everything the engine needs to know about the run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -70,17 +158,20 @@ pub struct Config {
     pub register: bool,
     pub register_rate: f64,
     pub expires_s: u32,
-    /// Call attempts of this shard.
-    pub calls: u64,
-    pub call_rate: f64,
-    pub hold: Hold,
-    pub callee: Callee,
-    /// Fraction of calls that send and receive RTP.
+    /// The calls of this shard: every workload's attempts, merged by intended start.
+    pub workloads: Vec<Workload>,
+    /// Users registered (queue agents, say) but never chosen as caller or callee of our own
+    /// calls, so they stay free for the calls the target places to them. If every user is
+    /// reserved, callers are chosen among all of them.
+    pub reserved: Range<u32>,
+    /// This process's slice of the run: (i, n) for `--shard i/n`. Meeting rooms interleave by it.
+    pub shard: (u32, u32),
+    /// Fraction of calls that send and receive RTP (calls that send digits always do).
     pub rtp_fraction: f64,
     /// How long an incoming call rings before we answer.
     pub ring_delay: Duration,
-    /// Digits sent as RFC 4733 events once a call is answered.
-    pub dtmf: String,
+    /// Queue callers answered within this wait count in `answered_within_sl`.
+    pub service_level: Duration,
     /// At most this many calls at once (SIPp's -l): later attempts wait, and their wait counts
     /// in `setup`, which is measured from the intended start.
     pub max_concurrent: Option<usize>,
@@ -117,6 +208,71 @@ pub enum MediaCommand {
     },
 }
 
+/// Where an outgoing call is in its service's flow while established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Held until `hold_until`, then BYE: plain calls, meetings, IVR calls that are not routed.
+    Hold,
+    /// An IVR call that asked for a queue, waiting for the transfer (re-INVITE).
+    Menu,
+    /// Waiting for an agent; `hold_until` is when patience runs out.
+    Queued,
+    /// Talking to an agent until `hold_until`.
+    Agent,
+    /// Hung up out of patience: the BYE's 200 counts the call as abandoned.
+    Abandoned,
+}
+
+/// What the engine makes of a workload's callee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Ivr,
+    Queue,
+    /// Rooms of this many participants.
+    Meeting(u32),
+}
+
+impl Kind {
+    fn of(callee: &Callee) -> Kind {
+        let Callee::Service(s) = callee else {
+            return Kind::Plain;
+        };
+        if s.starts_with("queue-") {
+            Kind::Queue
+        } else if s.starts_with("ivr-") {
+            Kind::Ivr
+        } else if let Some(size) = s
+            .strip_prefix("meeting-")
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|&n| n > 0)
+        {
+            Kind::Meeting(size)
+        } else {
+            Kind::Plain
+        }
+    }
+}
+
+/// The arrival schedule of one workload.
+#[derive(Debug, Clone)]
+struct Schedule {
+    kind: Kind,
+    started: u64,
+    /// Intended start of the next attempt, from the start of the call phase.
+    next_at: Nanos,
+    /// Poisson gaps come from here, apart from the engine's stream.
+    rng: Rng,
+}
+
+/// How one of our calls ended, for the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Succeeded,
+    Failed,
+    Abandoned,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallState {
     Free,
@@ -145,6 +301,18 @@ struct Call {
     invite_round: u8,
     caller: u32,
     callee: u32,
+    /// Index of the call's workload in `Config::workloads`.
+    workload: u32,
+    stage: Stage,
+    /// When the current wait began: digits requested (`Menu`), queue entered (`Queued`).
+    stage_at: Nanos,
+    /// The digit an IVR caller chose (`Dtmf::Queue`), 0 for none.
+    digit: u8,
+    /// Meeting room number, 0 if not a meeting call.
+    room: u32,
+    /// Highest CSeq of a request from the far end in this dialog, so a retransmitted
+    /// re-INVITE does not advance the call.
+    remote_cseq: u32,
     pdd_seen: bool,
     /// When the first INVITE actually left, for the uncorrected setup time.
     sent: Nanos,
@@ -181,6 +349,12 @@ impl Call {
             invite_round: 0,
             caller: 0,
             callee: 0,
+            workload: 0,
+            stage: Stage::Hold,
+            stage_at: 0,
+            digit: 0,
+            room: 0,
+            remote_cseq: 0,
             pdd_seen: false,
             sent: 0,
             retransmit_at: Nanos::MAX,
@@ -241,6 +415,11 @@ impl Rng {
     fn uniform(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
+
+    /// An exponential draw with this mean.
+    fn exponential(&mut self, mean: Nanos) -> Nanos {
+        (-(1.0 - self.uniform()).ln() * mean as f64) as Nanos
+    }
 }
 
 pub struct Engine {
@@ -249,6 +428,9 @@ pub struct Engine {
     free: Vec<u32>,
     uas_calls: HashMap<String, u32>,
     user_index: HashMap<u32, u32>,
+    /// Users that place calls: all but the reserved ones.
+    callers: Vec<u32>,
+    schedules: Vec<Schedule>,
     regs: Vec<Registration>,
     timers: BinaryHeap<Reverse<(Nanos, u32)>>,
     /// Outgoing datagrams: (destination, end offset in `arena`).
@@ -302,18 +484,49 @@ impl Engine {
             .collect();
         let rng = Rng(cfg.seed ^ u64::from(cfg.run_id).rotate_left(32));
         let call_phase = (!cfg.register || cfg.users.is_empty()).then_some(0);
+        let mut callers: Vec<u32> = cfg
+            .users
+            .iter()
+            .copied()
+            .filter(|u| !cfg.reserved.contains(u))
+            .collect();
+        if callers.is_empty() {
+            callers = cfg.users.clone();
+        }
+        let schedules = cfg
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let mut rng = Rng(rng.0 ^ (i as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+                let next_at = match w.arrivals {
+                    Arrivals::Fixed => 0,
+                    Arrivals::Poisson => poisson_gap(&mut rng, w.rate),
+                };
+                Schedule {
+                    kind: Kind::of(&w.callee),
+                    started: 0,
+                    next_at,
+                    rng,
+                }
+            })
+            .collect();
+        let mut metrics = Metrics::new();
+        metrics.workloads = vec![Outcomes::default(); cfg.workloads.len()];
         Engine {
             cfg,
             calls: Vec::new(),
             free: Vec::new(),
             uas_calls: HashMap::new(),
             user_index,
+            callers,
+            schedules,
             regs,
             timers: BinaryHeap::new(),
             out: Vec::new(),
             arena: Vec::new(),
             media: Vec::new(),
-            metrics: Metrics::new(),
+            metrics,
             rng,
             regs_started: 0,
             regs_finished: 0,
@@ -339,6 +552,11 @@ impl Engine {
         for slot in 0..self.calls.len() as u32 {
             let c = &mut self.calls[slot as usize];
             if c.state == CallState::Established && c.hold_until > now {
+                // A caller still waiting was cut short by the stop, not by its patience: it
+                // hangs up as a plain call and is not counted as abandoned.
+                if matches!(c.stage, Stage::Menu | Stage::Queued) {
+                    c.stage = Stage::Hold;
+                }
                 c.hold_until = now + (k % 1000) * 1_000_000;
                 k += 1;
                 self.arm(slot);
@@ -351,7 +569,12 @@ impl Engine {
         let regs_done = !self.cfg.register
             || self.regs_finished == self.regs.len()
             || (self.stopping && self.regs_finished == self.regs_started);
-        let calls_done = self.stopping || self.calls_started >= self.cfg.calls;
+        let calls_done = self.stopping
+            || self
+                .schedules
+                .iter()
+                .zip(&self.cfg.workloads)
+                .all(|(s, w)| s.started >= w.calls);
         regs_done && calls_done && self.active_calls == 0
     }
 
@@ -373,6 +596,12 @@ impl Engine {
         if self.cfg.register && self.regs_started < self.regs.len() {
             return Some(self.reg_phase + gap(self.regs_started as u64, self.cfg.register_rate));
         }
+        self.next_call().map(|(at, _)| at)
+    }
+
+    /// The intended start of the next call and its workload: the earliest due of all
+    /// workloads, the first listed on a tie.
+    fn next_call(&self) -> Option<(Nanos, usize)> {
         let phase = self.call_phase?;
         if self
             .cfg
@@ -382,8 +611,13 @@ impl Engine {
             // Held back until a call ends; the attempt keeps its intended start.
             return None;
         }
-        (self.calls_started < self.cfg.calls)
-            .then(|| phase + gap(self.calls_started, self.cfg.call_rate))
+        self.schedules
+            .iter()
+            .zip(&self.cfg.workloads)
+            .enumerate()
+            .filter(|(_, (s, w))| s.started < w.calls)
+            .map(|(i, (s, _))| (phase.saturating_add(s.next_at), i))
+            .min()
     }
 
     /// Starts every attempt whose intended time has come and fires due timers.
@@ -393,9 +627,17 @@ impl Engine {
                 let i = self.regs_started;
                 self.regs_started += 1;
                 self.start_register(now, at, i);
-            } else {
+            } else if let Some((_, w)) = self.next_call() {
                 self.calls_started += 1;
-                self.start_call(now, at);
+                let k = self.schedules[w].started;
+                let (rate, arrivals) = (self.cfg.workloads[w].rate, self.cfg.workloads[w].arrivals);
+                let s = &mut self.schedules[w];
+                s.started += 1;
+                s.next_at = match arrivals {
+                    Arrivals::Fixed => gap(s.started, rate),
+                    Arrivals::Poisson => s.next_at.saturating_add(poisson_gap(&mut s.rng, rate)),
+                };
+                self.start_call(now, at, w, k);
             }
         }
         while let Some(&Reverse((at, id))) = self.timers.peek() {
@@ -442,6 +684,30 @@ impl Engine {
     /// Calls in progress (either side).
     pub fn active_calls(&self) -> usize {
         self.active_calls
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Ends whatever is still in progress without a word to the far end (the run is over):
+    /// our own calls count as failed with `reason`, calls to our users are just dropped.
+    /// Returns how many of our calls that was.
+    pub fn give_up(&mut self, reason: &str) -> u64 {
+        let mut n = 0;
+        for slot in 0..self.calls.len() as u32 {
+            let c = &self.calls[slot as usize];
+            if c.state == CallState::Free {
+                continue;
+            }
+            if c.uas_call_id.is_empty() {
+                n += 1;
+                self.fail_call(slot, reason);
+            } else {
+                self.release(slot);
+            }
+        }
+        n
     }
 
     fn queue(&mut self, to: SocketAddr) {
@@ -708,21 +974,58 @@ impl Engine {
         self.active_calls = self.active_calls.saturating_sub(1);
     }
 
-    fn start_call(&mut self, now: Nanos, intended: Nanos) {
+    /// Starts attempt `k` (0-based) of workload `w`.
+    fn start_call(&mut self, now: Nanos, intended: Nanos, w: usize, k: u64) {
         self.metrics.calls.attempted += 1;
+        self.metrics.workloads[w].attempted += 1;
         let n = self.calls_started - 1;
-        let users = self.cfg.users.len() as u64;
-        let (caller, callee) = match (&self.cfg.callee, users) {
+        let users = self.callers.len() as u64;
+        let workload = &self.cfg.workloads[w];
+        let (caller, callee) = match (&workload.callee, users) {
             (_, 0) => (1000 + (n % 1000) as u32, 0),
             (Callee::Users, u) if u >= 2 => {
                 // Pair user k with the one half the population away, so caller and callee differ.
                 let a = (n % u) as usize;
                 let b = (a + (u as usize) / 2) % u as usize;
-                (self.cfg.users[a], self.cfg.users[b])
+                (self.callers[a], self.callers[b])
             }
-            _ => (self.cfg.users[(n % users) as usize], 0),
+            _ => (self.callers[(n % users) as usize], 0),
         };
-        let rtp = self.cfg.rtp_fraction > 0.0 && self.rng.uniform() < self.cfg.rtp_fraction;
+        let kind = self.schedules[w].kind;
+        let room = match kind {
+            Kind::Meeting(size) => {
+                let (shard, shards) = self.cfg.shard;
+                let room = (k / u64::from(size)) * u64::from(shards.max(1)) + u64::from(shard) + 1;
+                u32::try_from(room).unwrap_or(u32::MAX)
+            }
+            _ => 0,
+        };
+        let drawn = self.cfg.rtp_fraction > 0.0 && self.rng.uniform() < self.cfg.rtp_fraction;
+        let (digit, digits) = match &workload.dtmf {
+            Dtmf::None => (0, false),
+            Dtmf::Digits(d) => (0, !d.is_empty()),
+            &Dtmf::Queue { fraction, queues } => {
+                if queues > 0 && self.rng.uniform() < fraction {
+                    let q = self.rng.next() % u64::from(queues.min(9));
+                    (b'1' + q as u8, true)
+                } else {
+                    (0, false)
+                }
+            }
+        };
+        // RFC 4733 events travel in the RTP stream: a call that sends digits needs one.
+        let rtp = drawn || digits;
+        let routes = kind == Kind::Ivr
+            && match (&workload.dtmf, digit) {
+                (_, b'1'..=b'9') => true,
+                (Dtmf::Digits(d), _) => d.starts_with(|c: char| ('1'..='9').contains(&c)),
+                _ => false,
+            };
+        let stage = match kind {
+            Kind::Queue => Stage::Queued,
+            Kind::Ivr if routes => Stage::Menu,
+            _ => Stage::Hold,
+        };
         let slot = self.alloc();
         let t1 = self.t1();
         let target = self.cfg.target;
@@ -734,6 +1037,10 @@ impl Engine {
         c.invite_round = 1;
         c.caller = caller;
         c.callee = callee;
+        c.workload = w as u32;
+        c.stage = stage;
+        c.digit = digit;
+        c.room = room;
         c.rtp = rtp;
         c.rto = t1;
         c.retransmit_at = now + t1;
@@ -744,9 +1051,71 @@ impl Engine {
     }
 
     fn request_uri(&self, c: &Call) -> String {
-        match &self.cfg.callee {
-            Callee::Service(s) if c.callee == 0 => format!("sip:{s}@{}", self.cfg.domain),
+        let callee = self
+            .cfg
+            .workloads
+            .get(c.workload as usize)
+            .map(|w| &w.callee);
+        match callee {
+            Some(Callee::Service(_)) if c.callee == 0 && c.room > 0 => {
+                format!("sip:meeting-{}@{}", c.room, self.cfg.domain)
+            }
+            Some(Callee::Service(s)) if c.callee == 0 => format!("sip:{s}@{}", self.cfg.domain),
             _ => format!("sip:{}@{}", c.callee, self.cfg.domain),
+        }
+    }
+
+    /// The digits call `c` sends once answered.
+    fn digits(&self, c: &Call) -> Option<String> {
+        if c.digit != 0 {
+            return Some(char::from(c.digit).to_string());
+        }
+        match &self.cfg.workloads.get(c.workload as usize)?.dtmf {
+            Dtmf::Digits(d) if !d.is_empty() => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    /// A hold (or talk, or patience) time drawn from `hold`.
+    fn draw(&mut self, hold: Hold) -> Nanos {
+        match hold {
+            Hold::Fixed(d) => ns(d),
+            Hold::Exponential(mean) => self.rng.exponential(ns(mean)),
+        }
+    }
+
+    /// Call `slot` enters its queue now: it waits for an agent until its patience runs out.
+    fn enter_queue(&mut self, now: Nanos, slot: u32) {
+        self.metrics.queue.offered += 1;
+        let w = self.calls[slot as usize].workload as usize;
+        let patience = self
+            .cfg
+            .workloads
+            .get(w)
+            .and_then(|w| w.patience)
+            .map(|p| self.rng.exponential(ns(p)));
+        let c = &mut self.calls[slot as usize];
+        c.stage = Stage::Queued;
+        c.stage_at = now;
+        c.hold_until = patience.map_or(Nanos::MAX, |p| now.saturating_add(p));
+    }
+
+    /// Counts how our call `slot` ended (it must be one of ours).
+    fn count_end(&mut self, slot: u32, ended: End) {
+        let c = &self.calls[slot as usize];
+        let ended = if ended == End::Succeeded && c.stage == Stage::Abandoned {
+            End::Abandoned
+        } else {
+            ended
+        };
+        let m = &mut self.metrics;
+        let workload = m.workloads.get_mut(c.workload as usize);
+        for o in std::iter::once(&mut m.calls).chain(workload) {
+            match ended {
+                End::Succeeded => o.succeeded += 1,
+                End::Failed => o.failed += 1,
+                End::Abandoned => o.abandoned += 1,
+            }
         }
     }
 
@@ -838,7 +1207,7 @@ impl Engine {
     }
 
     fn fail_call(&mut self, slot: u32, reason: &str) {
-        self.metrics.calls.failed += 1;
+        self.count_end(slot, End::Failed);
         self.metrics.fail(reason);
         self.release(slot);
     }
@@ -861,6 +1230,11 @@ impl Engine {
                 }
             }
             CallState::Established if now >= c.hold_until => {
+                if c.stage == Stage::Queued {
+                    // Patience ran out before an agent answered.
+                    c.stage = Stage::Abandoned;
+                    self.metrics.queue.abandoned += 1;
+                }
                 c.state = CallState::ByeSent;
                 c.cseq += 1;
                 c.bye_sent_at = now;
@@ -954,7 +1328,7 @@ impl Engine {
                 if (200..300).contains(&code) || code == 481 {
                     self.metrics
                         .record(Metric::Bye, Duration::from_nanos(elapsed));
-                    self.metrics.calls.succeeded += 1;
+                    self.count_end(slot, End::Succeeded);
                     self.release(slot);
                 } else {
                     self.fail_call(slot, &format!("BYE {}", status_reason(code)));
@@ -1002,15 +1376,32 @@ impl Engine {
                 routes.reverse();
                 c.routes = routes;
                 c.next_hop = next_hop(&c.routes, &c.remote_target).unwrap_or(self.cfg.target);
-                let hold = match self.cfg.hold {
-                    Hold::Fixed(d) => ns(d),
-                    Hold::Exponential(mean) => {
-                        (-(1.0 - self.rng.uniform()).ln() * ns(mean) as f64) as Nanos
-                    }
+                let (w, stage) = (c.workload as usize, c.stage);
+                let Some(workload) = self.cfg.workloads.get(w) else {
+                    return;
                 };
-                let c = &mut self.calls[slot as usize];
-                c.hold_until = now + hold;
+                let hold = workload.hold;
+                if self.schedules[w].kind == Kind::Ivr {
+                    self.metrics.ivr.calls += 1;
+                }
+                match stage {
+                    Stage::Queued => self.enter_queue(now, slot),
+                    Stage::Menu => {
+                        // Waits for the transfer; a short hold must not hang up before the
+                        // digits have even been played.
+                        let wait = self.draw(hold).max(64 * self.t1());
+                        let c = &mut self.calls[slot as usize];
+                        c.stage_at = now;
+                        c.hold_until = now.saturating_add(wait);
+                    }
+                    _ => {
+                        let hold = self.draw(hold);
+                        self.calls[slot as usize].hold_until = now.saturating_add(hold);
+                    }
+                }
+                let c = &self.calls[slot as usize];
                 let (invite_cseq, rtp, generation) = (c.cseq, c.rtp, c.generation);
+                let digits = self.digits(c);
                 self.send_in_dialog(slot, "ACK", invite_cseq);
                 if rtp {
                     match SessionDescription::parse(msg.body())
@@ -1025,11 +1416,8 @@ impl Engine {
                                 dest,
                                 payload_type: sdp::PT_PCMU,
                             });
-                            if !self.cfg.dtmf.is_empty() {
-                                self.media.push(MediaCommand::Dtmf {
-                                    stream,
-                                    digits: self.cfg.dtmf.clone(),
-                                });
+                            if let Some(digits) = digits {
+                                self.media.push(MediaCommand::Dtmf { stream, digits });
                             }
                         }
                         None => {
@@ -1090,7 +1478,7 @@ impl Engine {
             && let Some((slot, generation)) = self.own_call(call_id)
             && tag == format!("{slot}x{generation}")
         {
-            self.in_dialog_request(from, slot, method, msg);
+            self.in_dialog_request(now, from, slot, method, msg);
             return;
         }
         let known = self.uas_calls.get(call_id).copied();
@@ -1123,7 +1511,7 @@ impl Engine {
                     }
                 }
             }
-            (_, Some(slot), _) => self.in_dialog_request(from, slot, method, msg),
+            (_, Some(slot), _) => self.in_dialog_request(now, from, slot, method, msg),
             (Method::Options, _, _) | (Method::Register, _, _) => {
                 self.respond(from, msg, 200, "OK", &[], b"")
             }
@@ -1241,25 +1629,34 @@ impl Engine {
 
     fn in_dialog_request(
         &mut self,
+        now: Nanos,
         from: SocketAddr,
         slot: u32,
         method: Method,
         msg: &Message<'_>,
     ) {
-        let c = &self.calls[slot as usize];
+        let c = &mut self.calls[slot as usize];
         let (generation, state, rtp, uac) =
             (c.generation, c.state, c.rtp, c.uas_call_id.is_empty());
         let user = c.caller.max(c.callee);
+        // Only a request with a new CSeq moves the call on; a retransmission is answered again.
+        let seq = msg.cseq().map_or(0, |s| s.seq);
+        let fresh = seq > c.remote_cseq;
+        c.remote_cseq = c.remote_cseq.max(seq);
         match method {
             Method::Bye => {
                 self.respond(from, msg, 200, "OK", &[], b"");
                 if uac && matches!(state, CallState::Established | CallState::ByeSent) {
-                    // The far end hung up first: the call still completed.
-                    self.metrics.calls.succeeded += 1;
+                    // The far end hung up first (an IVR after '#', say): the call still
+                    // completed, unless we were already hanging up out of patience.
+                    self.count_end(slot, End::Succeeded);
                 }
                 self.release(slot);
             }
             Method::Invite => {
+                if uac && fresh && state == CallState::Established {
+                    self.advance_stage(now, slot);
+                }
                 // A re-INVITE moves our media: answer with our address, send to the new one.
                 let dest = SessionDescription::parse(msg.body())
                     .ok()
@@ -1304,6 +1701,41 @@ impl Engine {
                 }
             }
             _ => self.respond(from, msg, 200, "OK", &[], b""),
+        }
+    }
+
+    /// A new re-INVITE on our established call `slot`: an IVR's transfer to a queue, or a
+    /// queue's connect to an agent.
+    fn advance_stage(&mut self, now: Nanos, slot: u32) {
+        let c = &self.calls[slot as usize];
+        let since = Duration::from_nanos(now.saturating_sub(c.stage_at));
+        match c.stage {
+            Stage::Menu => {
+                self.metrics.record(Metric::IvrRoute, since);
+                self.metrics.ivr.routed += 1;
+                self.enter_queue(now, slot);
+                self.arm(slot);
+            }
+            Stage::Queued => {
+                self.metrics.record(Metric::QueueWait, since);
+                self.metrics.queue.answered += 1;
+                if since <= self.cfg.service_level {
+                    self.metrics.queue.answered_within_sl += 1;
+                }
+                let Some(w) = self.cfg.workloads.get(c.workload as usize) else {
+                    return;
+                };
+                let talk = w
+                    .agent_hold
+                    .filter(|_| self.schedules[c.workload as usize].kind == Kind::Ivr)
+                    .unwrap_or(w.hold);
+                let talk = self.draw(talk);
+                let c = &mut self.calls[slot as usize];
+                c.stage = Stage::Agent;
+                c.hold_until = now.saturating_add(talk);
+                self.arm(slot);
+            }
+            Stage::Hold | Stage::Agent | Stage::Abandoned => {}
         }
     }
 
@@ -1372,6 +1804,15 @@ impl Engine {
         } else {
             self.stray += 1;
         }
+    }
+}
+
+/// A gap of a Poisson process of `rate` per second (none at a rate of 0: all at once).
+fn poisson_gap(rng: &mut Rng, rate: f64) -> Nanos {
+    if rate <= 0.0 {
+        0
+    } else {
+        rng.exponential((1e9 / rate) as Nanos)
     }
 }
 

@@ -13,7 +13,7 @@ pub mod report;
 pub mod run;
 pub mod threshold;
 
-pub use engine::{Callee, Config, Hold};
+pub use engine::{Arrivals, Callee, Config, Dtmf, Hold, Workload};
 pub use report::LoadReport;
 pub use run::{Progress, RunOptions, run};
 pub use threshold::Threshold;

@@ -29,16 +29,27 @@ pub enum Metric {
     /// measures: blind to the time an attempt spent waiting to be sent (coordinated omission).
     /// Reported beside `setup` so the difference is visible, as wrk2 reports uncorrected latency.
     SetupUncorrected,
+    /// A queue caller's wait: from entering the queue (the 200 of a `queue-N` call, or the
+    /// transfer of an IVR call) to the re-INVITE that connects it to an agent.
+    QueueWait,
+    /// From asking the IVR for a queue (digits handed to the RTP worker) to the transfer
+    /// (re-INVITE).
+    IvrRoute,
 }
 
+/// How many metrics there are.
+pub const METRICS: usize = 8;
+
 impl Metric {
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; METRICS] = [
         Metric::Register,
         Metric::Pdd,
         Metric::Setup,
         Metric::Bye,
         Metric::MediaGap,
         Metric::SetupUncorrected,
+        Metric::QueueWait,
+        Metric::IvrRoute,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +60,8 @@ impl Metric {
             Metric::Bye => "bye",
             Metric::MediaGap => "media_gap",
             Metric::SetupUncorrected => "setup_uncorrected",
+            Metric::QueueWait => "queue_wait",
+            Metric::IvrRoute => "ivr_route",
         }
     }
 
@@ -67,19 +80,56 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_US, 3).expect("constant histogram bounds are valid")
 }
 
-/// Outcome counts of one kind of attempt.
+/// Outcome counts of one kind of attempt. Every attempt that ends lands in exactly one of
+/// `succeeded`, `failed` and `abandoned`, so `attempted = succeeded + failed + abandoned` once a
+/// run has drained (attempts still in flight at the end are counted as failed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Outcomes {
     pub attempted: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// Queue callers whose patience ran out before an agent answered: they hung up, which is
+    /// the caller's choice and not a failure of the target. Always 0 for registrations.
+    pub abandoned: u64,
+}
+
+impl Outcomes {
+    fn add(&mut self, other: &Outcomes) {
+        self.attempted += other.attempted;
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.abandoned += other.abandoned;
+    }
+}
+
+/// What happened to the callers that entered a queue (`queue-N` calls once answered, IVR calls
+/// once transferred).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub offered: u64,
+    /// Connected to an agent (their wait is in `queue_wait`).
+    pub answered: u64,
+    pub abandoned: u64,
+    /// Answered with a wait of at most the service-level threshold.
+    pub answered_within_sl: u64,
+}
+
+/// IVR calls (`ivr-N`) that were answered, and how many of them the IVR transferred to a queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IvrCounts {
+    pub calls: u64,
+    pub routed: u64,
 }
 
 pub struct Metrics {
-    interval: [Histogram<u64>; 6],
-    total: [Histogram<u64>; 6],
+    interval: [Histogram<u64>; METRICS],
+    total: [Histogram<u64>; METRICS],
     pub calls: Outcomes,
     pub registrations: Outcomes,
+    /// The calls of each workload, in the order of `Config::workloads`.
+    pub workloads: Vec<Outcomes>,
+    pub queue: QueueCounts,
+    pub ivr: IvrCounts,
     /// Reason (timeout, a status code, malformed response, ...) to count.
     pub failures: BTreeMap<String, u64>,
     interval_start: Duration,
@@ -100,6 +150,9 @@ impl Metrics {
             total: std::array::from_fn(|_| histogram()),
             calls: Outcomes::default(),
             registrations: Outcomes::default(),
+            workloads: Vec::new(),
+            queue: QueueCounts::default(),
+            ivr: IvrCounts::default(),
             failures: BTreeMap::new(),
             interval_start: Duration::ZERO,
             log: Vec::new(),
@@ -131,8 +184,8 @@ impl Metrics {
         let length = now.saturating_sub(self.interval_start);
         let mut summary = IntervalSummary {
             length,
-            counts: [0; 6],
-            p99_us: [0; 6],
+            counts: [0; METRICS],
+            p99_us: [0; METRICS],
         };
         for (i, h) in self.interval.iter_mut().enumerate() {
             summary.counts[i] = h.len();
@@ -163,14 +216,22 @@ impl Metrics {
         for i in 0..Metric::ALL.len() {
             let _ = self.total[i].add(&other.total[i]);
         }
-        for (a, b) in [
-            (&mut self.calls, &other.calls),
-            (&mut self.registrations, &other.registrations),
-        ] {
-            a.attempted += b.attempted;
-            a.succeeded += b.succeeded;
-            a.failed += b.failed;
+        self.calls.add(&other.calls);
+        self.registrations.add(&other.registrations);
+        if self.workloads.len() < other.workloads.len() {
+            self.workloads
+                .resize(other.workloads.len(), Outcomes::default());
         }
+        for (a, b) in self.workloads.iter_mut().zip(&other.workloads) {
+            a.add(b);
+        }
+        let (q, o) = (&mut self.queue, &other.queue);
+        q.offered += o.offered;
+        q.answered += o.answered;
+        q.abandoned += o.abandoned;
+        q.answered_within_sl += o.answered_within_sl;
+        self.ivr.calls += other.ivr.calls;
+        self.ivr.routed += other.ivr.routed;
         for (reason, n) in &other.failures {
             *self.failures.entry(reason.clone()).or_default() += n;
         }
@@ -183,7 +244,7 @@ impl Metrics {
         let mut serializer = V2Serializer::new();
         let _ = IntervalLogWriterBuilder::new()
             .add_comment(comment)
-            .add_comment("tags: register, pdd, setup, bye, media_gap, setup_uncorrected; values in microseconds")
+            .add_comment("tags: register, pdd, setup, bye, media_gap, setup_uncorrected, queue_wait, ivr_route; values in microseconds")
             .begin_log_with(&mut out, &mut serializer);
         out.extend_from_slice(&self.log);
         out
@@ -194,8 +255,8 @@ impl Metrics {
 #[derive(Debug, Clone, Copy)]
 pub struct IntervalSummary {
     pub length: Duration,
-    pub counts: [u64; 6],
-    pub p99_us: [u64; 6],
+    pub counts: [u64; METRICS],
+    pub p99_us: [u64; METRICS],
 }
 
 #[cfg(test)]

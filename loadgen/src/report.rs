@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::metrics::{Metric, Outcomes};
-use crate::threshold::{Field, Subject};
+use crate::metrics::{IvrCounts, Metric, Outcomes, QueueCounts};
+use crate::threshold::{Field, QueueField, Subject};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LatencySummary {
@@ -47,6 +47,67 @@ pub struct RtpSummary {
     pub jitter_p99_us: u64,
 }
 
+/// The calls of one workload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkloadSummary {
+    pub name: String,
+    #[serde(flatten)]
+    pub outcomes: Outcomes,
+}
+
+/// Queue callers: `queue-N` calls once answered and IVR calls once transferred. Callers neither
+/// answered nor abandoned were still waiting when the run stopped, or the target hung up on them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct QueueSummary {
+    pub offered: u64,
+    pub answered: u64,
+    pub abandoned: u64,
+    /// Average speed of answer: the mean wait of the answered callers.
+    pub asa_ms: f64,
+    pub answered_within_sl: u64,
+    /// The service-level threshold `answered_within_sl` counts against.
+    pub service_level_s: f64,
+}
+
+impl QueueSummary {
+    pub fn of(
+        counts: &QueueCounts,
+        wait_us: &Histogram<u64>,
+        service_level: std::time::Duration,
+    ) -> QueueSummary {
+        QueueSummary {
+            offered: counts.offered,
+            answered: counts.answered,
+            abandoned: counts.abandoned,
+            asa_ms: if wait_us.is_empty() {
+                0.0
+            } else {
+                wait_us.mean() / 1000.0
+            },
+            answered_within_sl: counts.answered_within_sl,
+            service_level_s: service_level.as_secs_f64(),
+        }
+    }
+
+    /// Fraction of offered callers answered within the service level (1 with none offered), as
+    /// `plan` defines it.
+    pub fn service_level(&self) -> f64 {
+        if self.offered == 0 {
+            1.0
+        } else {
+            self.answered_within_sl as f64 / self.offered as f64
+        }
+    }
+
+    pub fn abandoned_fraction(&self) -> f64 {
+        if self.offered == 0 {
+            0.0
+        } else {
+            self.abandoned as f64 / self.offered as f64
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ThresholdResult {
     pub expr: String,
@@ -68,6 +129,10 @@ pub struct LoadReport {
     pub metrics: BTreeMap<String, LatencySummary>,
     pub calls: Outcomes,
     pub registrations: Outcomes,
+    /// The calls of each workload (one unless a scenario mixes them).
+    pub workloads: Vec<WorkloadSummary>,
+    pub queue: QueueSummary,
+    pub ivr: IvrCounts,
     /// Reason to count: timeouts, final status codes, malformed messages, socket errors.
     pub failures: BTreeMap<String, u64>,
     pub rtp: RtpSummary,
@@ -81,6 +146,7 @@ impl LoadReport {
             Field::Attempted => o.attempted as f64,
             Field::Succeeded => o.succeeded as f64,
             Field::Failed => o.failed as f64,
+            Field::Abandoned => o.abandoned as f64,
             Field::FailedFraction => {
                 if o.attempted == 0 {
                     0.0
@@ -96,6 +162,14 @@ impl LoadReport {
             Subject::Count(m) => hist(*m).len() as f64,
             Subject::Calls(f) => outcome(&self.calls, f),
             Subject::Registrations(f) => outcome(&self.registrations, f),
+            Subject::Queue(f) => match f {
+                QueueField::Offered => self.queue.offered as f64,
+                QueueField::Answered => self.queue.answered as f64,
+                QueueField::Abandoned => self.queue.abandoned as f64,
+                QueueField::AbandonedFraction => self.queue.abandoned_fraction(),
+                QueueField::ServiceLevel => self.queue.service_level(),
+                QueueField::Asa => self.queue.asa_ms * 1000.0,
+            },
             Subject::RtpLossFraction => self.rtp.loss_fraction,
             Subject::RtpJitterP99 => self.rtp.jitter_p99_us as f64,
         }
@@ -142,20 +216,59 @@ impl LoadReport {
         }
         let _ = writeln!(
             o,
-            "\n{:<14} {:>10} {:>10} {:>8}",
-            "", "attempted", "succeeded", "failed"
+            "\n{:<14} {:>10} {:>10} {:>8} {:>10}",
+            "", "attempted", "succeeded", "failed", "abandoned"
         );
-        for (label, x) in [
+        let mut rows = vec![
             ("registrations", &self.registrations),
             ("calls", &self.calls),
-        ] {
+        ];
+        if self.workloads.len() > 1 {
+            rows.extend(
+                self.workloads
+                    .iter()
+                    .map(|w| (w.name.as_str(), &w.outcomes)),
+            );
+        }
+        for (i, (label, x)) in rows.into_iter().enumerate() {
             if x.attempted > 0 {
+                // Workloads are indented under the calls they add up to.
+                let label = if i > 1 {
+                    format!("  {label}")
+                } else {
+                    label.to_owned()
+                };
                 let _ = writeln!(
                     o,
-                    "{label:<14} {:>10} {:>10} {:>8}",
-                    x.attempted, x.succeeded, x.failed
+                    "{label:<14} {:>10} {:>10} {:>8} {:>10}",
+                    x.attempted, x.succeeded, x.failed, x.abandoned
                 );
             }
+        }
+        let q = &self.queue;
+        if q.offered > 0 || self.ivr.calls > 0 {
+            o.push('\n');
+        }
+        if q.offered > 0 {
+            let _ = writeln!(
+                o,
+                "queue: {} offered, {} answered ({} within {} s: service level {:.1}%), {} abandoned ({:.1}%), ASA {:.1} s",
+                q.offered,
+                q.answered,
+                q.answered_within_sl,
+                q.service_level_s,
+                q.service_level() * 100.0,
+                q.abandoned,
+                q.abandoned_fraction() * 100.0,
+                q.asa_ms / 1000.0
+            );
+        }
+        if self.ivr.calls > 0 {
+            let _ = writeln!(
+                o,
+                "ivr: {} calls answered, {} transferred to a queue",
+                self.ivr.calls, self.ivr.routed
+            );
         }
         if self.rtp.streams > 0 {
             let _ = writeln!(
@@ -187,5 +300,63 @@ impl LoadReport {
             }
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_rows_and_figures_show_when_there_were_queue_callers() {
+        let wait = LatencySummary {
+            count: 2,
+            p50_us: 3_000_000,
+            max_us: 5_000_000,
+            ..LatencySummary::default()
+        };
+        let mut report = LoadReport {
+            target: "127.0.0.1:5060".into(),
+            duration_s: 10.0,
+            interrupted: false,
+            messages_received: 10,
+            malformed: 0,
+            stray: 0,
+            metrics: [
+                ("queue_wait".to_owned(), wait),
+                ("ivr_route".to_owned(), LatencySummary::default()),
+            ]
+            .into(),
+            calls: Outcomes::default(),
+            registrations: Outcomes::default(),
+            workloads: Vec::new(),
+            queue: QueueSummary {
+                offered: 4,
+                answered: 2,
+                abandoned: 1,
+                asa_ms: 4000.0,
+                answered_within_sl: 2,
+                service_level_s: 20.0,
+            },
+            ivr: IvrCounts::default(),
+            failures: BTreeMap::new(),
+            rtp: RtpSummary::default(),
+            thresholds: Vec::new(),
+        };
+        let text = report.render_text();
+        assert!(text.contains("\nqueue_wait "), "{text}");
+        assert!(!text.contains("ivr_route"), "no row without a measurement");
+        assert!(
+            text.contains("service level 50.0%") && text.contains("1 abandoned (25.0%)"),
+            "{text}"
+        );
+        assert_eq!(report.queue.service_level(), 0.5);
+        report.queue = QueueSummary::default();
+        assert!(!report.render_text().contains("queue:"));
+        assert_eq!(
+            report.queue.service_level(),
+            1.0,
+            "nobody offered, nobody missed"
+        );
     }
 }

@@ -22,7 +22,9 @@ use crate::Error;
 use crate::engine::{Config, Engine, Nanos};
 use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
-use crate::report::{LatencySummary, LoadReport, RtpSummary, ThresholdResult};
+use crate::report::{
+    LatencySummary, LoadReport, QueueSummary, RtpSummary, ThresholdResult, WorkloadSummary,
+};
 use crate::threshold::Threshold;
 
 /// How long in-flight calls get to finish after a stop (Ctrl-C) before the run gives up on them.
@@ -199,15 +201,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         }
     }
     let elapsed = started.elapsed();
-    let leftover = engine.active_calls() as u64;
-    if leftover > 0 {
-        engine.metrics.calls.failed += leftover;
-        *engine
-            .metrics
-            .failures
-            .entry("unfinished at the end of the run".into())
-            .or_default() += leftover;
-    }
+    engine.give_up("unfinished at the end of the run");
     engine.metrics.close_interval(elapsed);
     media_stop.store(true, Ordering::Relaxed);
     let media = worker.join().map_err(|_| Error::MediaWorker)?;
@@ -265,6 +259,22 @@ fn build_report(
         metrics,
         calls: m.calls,
         registrations: m.registrations,
+        workloads: engine
+            .config()
+            .workloads
+            .iter()
+            .zip(&m.workloads)
+            .map(|(w, o)| WorkloadSummary {
+                name: w.name.clone(),
+                outcomes: *o,
+            })
+            .collect(),
+        queue: QueueSummary::of(
+            &m.queue,
+            engine.metrics.total(Metric::QueueWait),
+            engine.config().service_level,
+        ),
+        ivr: m.ivr,
         failures: m.failures.clone(),
         rtp,
         thresholds: Vec::new(),

@@ -1,5 +1,5 @@
 //! Pass/fail thresholds on a run's figures, k6-style: `setup.p99<200ms`, `calls.failed==0`,
-//! `rtp.loss_fraction<0.001`. A latency value takes a unit (us, ms, s; a bare number is ms, as in
+//! `rtp.loss_fraction<0.001`, `queue_wait.p99<30s`, `queue.abandoned_fraction<0.05`. A latency value takes a unit (us, ms, s; a bare number is ms, as in
 //! k6); counts and fractions are plain numbers.
 
 use std::fmt;
@@ -47,6 +47,7 @@ pub enum Subject {
     Count(Metric),
     Calls(Field),
     Registrations(Field),
+    Queue(QueueField),
     RtpLossFraction,
     RtpJitterP99,
 }
@@ -67,7 +68,22 @@ pub enum Field {
     Attempted,
     Succeeded,
     Failed,
+    Abandoned,
     FailedFraction,
+}
+
+/// Figures of the queue callers (see `report::QueueSummary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueField {
+    Offered,
+    Answered,
+    Abandoned,
+    /// Abandoned over offered.
+    AbandonedFraction,
+    /// Answered within the service level over offered, as `plan` reports it.
+    ServiceLevel,
+    /// Average speed of answer, a latency.
+    Asa,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,10 +160,11 @@ impl Threshold {
                     "attempted" => Field::Attempted,
                     "succeeded" => Field::Succeeded,
                     "failed" => Field::Failed,
+                    "abandoned" => Field::Abandoned,
                     "failed_fraction" => Field::FailedFraction,
                     s => {
                         return Err(err(format!(
-                            "unknown field {s:?}; use attempted, succeeded, failed or failed_fraction"
+                            "unknown field {s:?}; use attempted, succeeded, failed, abandoned or failed_fraction"
                         )));
                     }
                 };
@@ -157,6 +174,19 @@ impl Threshold {
                     Subject::Registrations(field)
                 }
             }
+            (None, "queue") => Subject::Queue(match stat {
+                "offered" => QueueField::Offered,
+                "answered" => QueueField::Answered,
+                "abandoned" => QueueField::Abandoned,
+                "abandoned_fraction" => QueueField::AbandonedFraction,
+                "service_level" => QueueField::ServiceLevel,
+                "asa" => QueueField::Asa,
+                s => {
+                    return Err(err(format!(
+                        "unknown queue figure {s:?}; use offered, answered, abandoned, abandoned_fraction, service_level or asa"
+                    )));
+                }
+            }),
             (None, "rtp") => match stat {
                 "loss_fraction" => Subject::RtpLossFraction,
                 "jitter_p99" => Subject::RtpJitterP99,
@@ -168,13 +198,17 @@ impl Threshold {
             },
             (None, n) => {
                 return Err(err(format!(
-                    "unknown name {n:?}; use register, pdd, setup, bye, media_gap, calls, registrations or rtp"
+                    "unknown name {n:?}; use register, pdd, setup, setup_uncorrected, bye, media_gap, queue_wait, ivr_route, calls, registrations, queue or rtp"
                 )));
             }
         };
         let is_latency = matches!(
             subject,
-            Subject::Percentile(..) | Subject::Max(_) | Subject::Mean(_) | Subject::RtpJitterP99
+            Subject::Percentile(..)
+                | Subject::Max(_)
+                | Subject::Mean(_)
+                | Subject::RtpJitterP99
+                | Subject::Queue(QueueField::Asa)
         );
         let limit = if is_latency {
             parse_latency_us(value)
@@ -277,6 +311,28 @@ mod tests {
                 .passes(0.0005)
         );
         assert!(Threshold::parse("media_gap.p99<=300ms").is_ok());
+        let t = Threshold::parse("queue_wait.p99<30s").expect("valid");
+        assert_eq!(
+            (t.subject, t.limit),
+            (
+                Subject::Percentile(Metric::QueueWait, Quantile(99_000)),
+                30e6
+            )
+        );
+        assert!(Threshold::parse("ivr_route.max<5s").is_ok());
+        let t = Threshold::parse("queue.abandoned_fraction<0.05").expect("valid");
+        assert_eq!(
+            (t.subject, t.limit),
+            (Subject::Queue(QueueField::AbandonedFraction), 0.05)
+        );
+        let t = Threshold::parse("queue.asa<=8s").expect("valid");
+        assert_eq!(t.limit, 8e6, "ASA is a latency");
+        assert_eq!(
+            Threshold::parse("calls.abandoned==0")
+                .expect("valid")
+                .subject,
+            Subject::Calls(Field::Abandoned)
+        );
     }
 
     #[test]
@@ -290,6 +346,7 @@ mod tests {
             ("setup.median<1s", "unknown statistic"),
             ("setup.p99<fast", "not a latency"),
             ("calls.lost<1", "unknown field"),
+            ("queue.waiting<1", "unknown queue figure"),
             ("calls.failed<lots", "not a number"),
             ("setup.p99=<1s", "unknown comparison"),
         ] {

@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pbxlab_loadgen::engine::{Callee, Config, Engine, Hold, MediaCommand, Nanos};
+use pbxlab_loadgen::engine::{
+    Arrivals, Callee, Config, Dtmf, Engine, Hold, MediaCommand, Nanos, Workload,
+};
+use pbxlab_loadgen::metrics::Metric;
 use pbxlab_proto::sip::{self, HeaderName, Method};
 
 const MS: Nanos = 1_000_000;
@@ -24,14 +27,19 @@ fn config() -> Config {
         register: false,
         register_rate: 100.0,
         expires_s: 3600,
-        calls: 1,
-        call_rate: 10.0,
-        hold: Hold::Fixed(Duration::from_millis(1000)),
-        callee: Callee::Service("echo".into()),
+        workloads: vec![Workload::new(
+            "echo",
+            Callee::Service("echo".into()),
+            1,
+            10.0,
+            Hold::Fixed(Duration::from_millis(1000)),
+        )],
+        reserved: 0..0,
+        shard: (0, 1),
         rtp_fraction: 0.0,
         max_concurrent: None,
         ring_delay: Duration::from_millis(300),
-        dtmf: String::new(),
+        service_level: Duration::from_secs(20),
         t1: Duration::from_millis(500),
         t2: Duration::from_secs(4),
         seed: 1,
@@ -262,7 +270,7 @@ fn a_407_gets_an_ack_and_an_authenticated_invite_with_the_next_cseq() {
 fn an_incoming_call_rings_then_is_answered_and_the_200_repeats_until_acked() {
     let mut cfg = config();
     cfg.users = vec![1000, 1001];
-    cfg.calls = 0;
+    cfg.workloads[0].calls = 0;
     cfg.rtp_fraction = 1.0;
     let mut e = Engine::new(cfg);
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9002 RTP/AVP 0\r\n";
@@ -350,7 +358,7 @@ fn registration_answers_the_challenge_and_measures_across_it() {
     let mut cfg = config();
     cfg.users = vec![1000];
     cfg.register = true;
-    cfg.calls = 0;
+    cfg.workloads[0].calls = 0;
     let mut e = Engine::new(cfg);
     let reg = step(&mut e, 0);
     assert_eq!(methods(&reg), ["REGISTER"]);
@@ -390,7 +398,7 @@ fn registration_answers_the_challenge_and_measures_across_it() {
 fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
     let mut cfg = config();
     cfg.users = vec![1000, 1001];
-    cfg.callee = Callee::Users;
+    cfg.workloads[0].callee = Callee::Users;
     let mut e = Engine::new(cfg);
     let proxy = addr(5060);
     // The proxy forwards a request back to us with its own Via on top.
@@ -447,4 +455,443 @@ fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
         "rang for the ring delay: {}",
         setup.max()
     );
+}
+
+// ---- services of pbxlab's cluster -------------------------------------------------------------
+
+fn sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n"
+    )
+}
+
+/// A request from the peer inside the dialog that our INVITE `invite` started (the peer's
+/// tag is `peer`, as `reply` gives it).
+fn from_peer(invite: &str, method: &str, cseq: u32, body: &str) -> String {
+    let msg = sip::parse_datagram(invite.as_bytes()).expect("engine sends valid SIP");
+    let ctype = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    format!(
+        "{method} sip:caller@127.0.0.1:6000 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKpeer{cseq}\r\n\
+         From: {};tag=peer\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:cm@127.0.0.1:5060>\r\n\
+         {ctype}Content-Length: {}\r\n\r\n{body}",
+        msg.header(HeaderName::To).expect("To"),
+        msg.header(HeaderName::From).expect("From"),
+        msg.call_id().expect("Call-ID"),
+        body.len()
+    )
+}
+
+fn status(msg: &str) -> Option<u16> {
+    sip::parse_datagram(msg.as_bytes()).ok()?.code()
+}
+
+/// The single value a histogram holds, in µs.
+fn only_us(e: &mut Engine, metric: Metric, now: Nanos) -> u64 {
+    e.metrics.close_interval(Duration::from_nanos(now));
+    let h = e.metrics.total(metric);
+    assert_eq!(h.len(), 1, "one {metric:?} measurement");
+    h.max()
+}
+
+/// `ok` answered with a 200 whose SDP points at port `port` of the peer: the ACK goes out.
+fn answer(e: &mut Engine, now: Nanos, invite: &str, port: u16) {
+    let ok = reply(
+        invite,
+        "200 OK",
+        "Contact: <sip:cm@127.0.0.1:5060>\r\nContent-Type: application/sdp\r\n",
+        &sdp(port),
+    );
+    e.handle(now, addr(5060), ok.as_bytes());
+    assert_eq!(methods(&sent(e)), ["ACK"]);
+}
+
+fn queue_config(patience: Option<Duration>) -> Config {
+    let mut cfg = config();
+    let mut w = Workload::new(
+        "queue-1",
+        Callee::Service("queue-1".into()),
+        1,
+        10.0,
+        Hold::Fixed(Duration::from_secs(1)),
+    );
+    w.patience = patience;
+    cfg.workloads = vec![w];
+    cfg
+}
+
+#[test]
+fn a_queue_call_waits_for_the_agent_then_talks_for_the_hold_time() {
+    let mut e = Engine::new(queue_config(Some(Duration::from_secs(3600))));
+    let invite = step(&mut e, 0).remove(0).1;
+    assert!(invite.starts_with("INVITE sip:queue-1@127.0.0.1 SIP/2.0"));
+    answer(&mut e, 100 * MS, &invite, 9000);
+    // On hold: the 1 s hold has not started, so no BYE.
+    assert!(step(&mut e, 3_000 * MS).is_empty(), "waiting for an agent");
+    // The Call Manager moves the caller to the relay once the agent answered.
+    let reinvite = from_peer(&invite, "INVITE", 1, &sdp(9100));
+    e.handle(3_100 * MS, addr(5060), reinvite.as_bytes());
+    let answered = sent(&mut e);
+    assert_eq!(status(&answered[0].1), Some(200));
+    assert!(answered[0].1.contains("m=audio 7000"), "our SDP");
+    // A retransmission of that re-INVITE is answered again but connects nothing twice.
+    e.handle(3_600 * MS, addr(5060), reinvite.as_bytes());
+    assert_eq!(status(&sent(&mut e)[0].1), Some(200));
+    assert_eq!(e.metrics.queue.answered, 1);
+    // Talk for the hold time from the connect, then BYE.
+    assert!(step(&mut e, 4_099 * MS).is_empty());
+    let bye = step(&mut e, 4_100 * MS);
+    assert_eq!(methods(&bye), ["BYE"]);
+    e.handle(
+        4_110 * MS,
+        addr(5060),
+        reply(&bye[0].1, "200 OK", "", "").as_bytes(),
+    );
+    assert!(e.finished());
+    let m = &e.metrics;
+    assert_eq!(
+        (m.calls.succeeded, m.calls.failed, m.calls.abandoned),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        (m.queue.offered, m.queue.answered, m.queue.abandoned),
+        (1, 1, 0)
+    );
+    assert_eq!(m.queue.answered_within_sl, 1, "3 s is within 20 s");
+    assert_eq!(m.workloads[0].succeeded, 1);
+    let wait = only_us(&mut e, Metric::QueueWait, 5_000 * MS);
+    assert!(
+        (2_990_000..=3_010_000).contains(&wait),
+        "from the 200 to the re-INVITE: {wait} µs"
+    );
+}
+
+#[test]
+fn a_queue_caller_out_of_patience_hangs_up_and_is_abandoned_not_failed() {
+    let mut e = Engine::new(queue_config(Some(Duration::from_secs(1))));
+    let invite = step(&mut e, 0).remove(0).1;
+    answer(&mut e, 100 * MS, &invite, 9000);
+    let mut at = 100 * MS;
+    let bye = loop {
+        at += 10 * MS;
+        assert!(at < 60_000 * MS, "patience (mean 1 s) never ran out");
+        let out = step(&mut e, at);
+        if !out.is_empty() {
+            break out;
+        }
+    };
+    assert_eq!(methods(&bye), ["BYE"], "the caller hangs up");
+    assert_eq!(e.metrics.queue.abandoned, 1);
+    e.handle(
+        at + MS,
+        addr(5060),
+        reply(&bye[0].1, "200 OK", "", "").as_bytes(),
+    );
+    assert!(e.finished());
+    let m = &e.metrics;
+    assert_eq!(
+        (
+            m.calls.attempted,
+            m.calls.succeeded,
+            m.calls.failed,
+            m.calls.abandoned
+        ),
+        (1, 0, 0, 1),
+        "attempted = succeeded + failed + abandoned"
+    );
+    assert_eq!(m.workloads[0].abandoned, 1);
+    assert_eq!((m.queue.offered, m.queue.answered), (1, 0));
+    assert!(m.failures.is_empty(), "{:?}", m.failures);
+    e.metrics.close_interval(Duration::from_nanos(at));
+    assert!(e.metrics.total(Metric::QueueWait).is_empty());
+}
+
+#[test]
+fn a_queue_caller_without_patience_waits_until_stopped_and_is_not_abandoned() {
+    let mut e = Engine::new(queue_config(None));
+    let invite = step(&mut e, 0).remove(0).1;
+    answer(&mut e, 100 * MS, &invite, 9000);
+    assert!(step(&mut e, 600_000 * MS).is_empty(), "waits for ever");
+    e.stop(600_000 * MS);
+    let bye = step(&mut e, 600_001 * MS);
+    assert_eq!(methods(&bye), ["BYE"]);
+    e.handle(
+        600_002 * MS,
+        addr(5060),
+        reply(&bye[0].1, "200 OK", "", "").as_bytes(),
+    );
+    assert!(e.finished());
+    assert_eq!(
+        (e.metrics.calls.succeeded, e.metrics.calls.abandoned),
+        (1, 0)
+    );
+    assert_eq!(e.metrics.queue.abandoned, 0);
+}
+
+fn ivr_config(digits: &str) -> Config {
+    let mut cfg = config();
+    let mut w = Workload::new(
+        "ivr",
+        Callee::Service("ivr-1".into()),
+        1,
+        10.0,
+        Hold::Fixed(Duration::from_secs(60)),
+    );
+    w.dtmf = Dtmf::Digits(digits.into());
+    w.agent_hold = Some(Hold::Fixed(Duration::from_secs(2)));
+    cfg.workloads = vec![w];
+    cfg
+}
+
+#[test]
+fn an_ivr_call_sends_its_digits_is_routed_to_a_queue_and_connected_to_an_agent() {
+    // No RTP by the fraction: a call that sends digits gets it anyway.
+    let mut e = Engine::new(ivr_config("2"));
+    let invite = step(&mut e, 0).remove(0).1;
+    assert!(invite.starts_with("INVITE sip:ivr-1@"));
+    answer(&mut e, 100 * MS, &invite, 9000);
+    let media: Vec<MediaCommand> = e.media_commands().collect();
+    assert!(
+        matches!(
+            media.as_slice(),
+            [MediaCommand::Start { dest, .. }, MediaCommand::Dtmf { digits, .. }]
+                if *dest == addr(9000) && digits == "2"
+        ),
+        "{media:?}"
+    );
+    // The IVR transfers the caller to queue 2: the hold node.
+    e.handle(
+        1_600 * MS,
+        addr(5060),
+        from_peer(&invite, "INVITE", 1, &sdp(9200)).as_bytes(),
+    );
+    assert_eq!(status(&sent(&mut e)[0].1), Some(200));
+    assert!(matches!(e.media_commands().collect::<Vec<_>>().as_slice(),
+            [MediaCommand::Redirect { dest, .. }] if *dest == addr(9200)));
+    assert_eq!((e.metrics.ivr.calls, e.metrics.ivr.routed), (1, 1));
+    assert_eq!(e.metrics.queue.offered, 1);
+    // The agent answers: the caller moves to the relay.
+    assert!(step(&mut e, 5_000 * MS).is_empty());
+    e.handle(
+        5_600 * MS,
+        addr(5060),
+        from_peer(&invite, "INVITE", 2, &sdp(9300)).as_bytes(),
+    );
+    assert_eq!(status(&sent(&mut e)[0].1), Some(200));
+    assert_eq!(e.metrics.queue.answered, 1);
+    // Talk with the agent for the queue's handle time.
+    assert!(step(&mut e, 7_599 * MS).is_empty());
+    let bye = step(&mut e, 7_600 * MS);
+    assert_eq!(methods(&bye), ["BYE"]);
+    e.handle(
+        7_610 * MS,
+        addr(5060),
+        reply(&bye[0].1, "200 OK", "", "").as_bytes(),
+    );
+    assert_eq!(e.metrics.calls.succeeded, 1);
+    e.metrics.close_interval(Duration::from_secs(8));
+    let route = e.metrics.total(Metric::IvrRoute);
+    assert!(
+        route.len() == 1 && route.equivalent(route.max(), 1_500_000),
+        "from the digits to the transfer: {}",
+        route.max()
+    );
+    let wait = e.metrics.total(Metric::QueueWait);
+    assert!(
+        wait.len() == 1 && wait.equivalent(wait.max(), 4_000_000),
+        "from the transfer to the agent: {}",
+        wait.max()
+    );
+}
+
+#[test]
+fn an_ivr_that_hangs_up_after_the_hash_key_ends_the_call_as_succeeded() {
+    let mut e = Engine::new(ivr_config("#"));
+    let invite = step(&mut e, 0).remove(0).1;
+    answer(&mut e, 100 * MS, &invite, 9000);
+    assert!(
+        e.media_commands()
+            .any(|m| matches!(m, MediaCommand::Dtmf { ref digits, .. } if digits == "#"))
+    );
+    e.handle(
+        1_500 * MS,
+        addr(5060),
+        from_peer(&invite, "BYE", 1, "").as_bytes(),
+    );
+    assert_eq!(status(&sent(&mut e)[0].1), Some(200));
+    assert!(e.finished());
+    let m = &e.metrics;
+    assert_eq!((m.calls.succeeded, m.calls.failed), (1, 0));
+    assert_eq!((m.ivr.calls, m.ivr.routed, m.queue.offered), (1, 0, 0));
+}
+
+#[test]
+fn ivr_callers_asking_for_a_queue_press_one_of_its_digits() {
+    let mut cfg = ivr_config("");
+    cfg.workloads[0].dtmf = Dtmf::Queue {
+        fraction: 0.5,
+        queues: 3,
+    };
+    cfg.workloads[0].calls = 200;
+    cfg.workloads[0].rate = 1000.0;
+    let mut e = Engine::new(cfg);
+    let invites = step(&mut e, 200 * MS);
+    assert_eq!(invites.len(), 200);
+    for (_, invite) in &invites {
+        answer(&mut e, 201 * MS, invite, 9000);
+    }
+    let mut pressed = [0u32; 3];
+    for m in e.media_commands() {
+        if let MediaCommand::Dtmf { digits, .. } = m {
+            let d = digits.parse::<usize>().expect("one digit");
+            assert!((1..=3).contains(&d), "{digits}");
+            pressed[d - 1] += 1;
+        }
+    }
+    let total: u32 = pressed.iter().sum();
+    assert!((70..=130).contains(&total), "about half: {pressed:?}");
+    assert!(pressed.iter().all(|&n| n >= 10), "every queue: {pressed:?}");
+}
+
+fn rooms(shard: (u32, u32)) -> Vec<String> {
+    let mut cfg = config();
+    cfg.workloads = vec![Workload::new(
+        "meetings",
+        Callee::Service("meeting-3".into()),
+        7,
+        1000.0,
+        Hold::Fixed(Duration::from_secs(1)),
+    )];
+    cfg.shard = shard;
+    let mut e = Engine::new(cfg);
+    step(&mut e, 100 * MS)
+        .iter()
+        .map(|(_, m)| {
+            let uri = m.split(' ').nth(1).expect("request line");
+            uri.trim_start_matches("sip:")
+                .split('@')
+                .next()
+                .expect("user")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn meeting_calls_fill_rooms_of_n_and_shards_never_share_a_room() {
+    let r = |s: &[&str]| s.iter().map(|&x| x.to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        rooms((0, 1)),
+        r(&[
+            "meeting-1",
+            "meeting-1",
+            "meeting-1",
+            "meeting-2",
+            "meeting-2",
+            "meeting-2",
+            "meeting-3"
+        ])
+    );
+    assert_eq!(
+        rooms((1, 2)),
+        r(&[
+            "meeting-2",
+            "meeting-2",
+            "meeting-2",
+            "meeting-4",
+            "meeting-4",
+            "meeting-4",
+            "meeting-6"
+        ])
+    );
+}
+
+#[test]
+fn merged_workloads_each_keep_their_rate() {
+    let run = |seed: u64| {
+        let mut cfg = config();
+        let w = |name: &str, rate: f64, arrivals: Arrivals| {
+            let mut w = Workload::new(
+                name,
+                Callee::Service(name.into()),
+                u64::MAX,
+                rate,
+                Hold::Fixed(Duration::from_secs(1)),
+            );
+            w.arrivals = arrivals;
+            w
+        };
+        cfg.workloads = vec![
+            w("fast", 50.0, Arrivals::Poisson),
+            w("slow", 2.0, Arrivals::Poisson),
+            w("fixed", 20.0, Arrivals::Fixed),
+        ];
+        cfg.seed = seed;
+        let mut e = Engine::new(cfg);
+        let mut now = 0;
+        while now <= 400_000 * MS {
+            // Unanswered INVITEs retransmit and time out; only the attempts count here.
+            step(&mut e, now);
+            now += 100 * MS;
+        }
+        e.metrics
+            .workloads
+            .iter()
+            .map(|o| o.attempted)
+            .collect::<Vec<u64>>()
+    };
+    let a = run(7);
+    // 400 s: 20,000 and 800 expected from the Poisson streams (sd about 141 and 28), exactly
+    // 8,001 from the fixed one (k / rate <= 400 s).
+    assert!((19_400..=20_600).contains(&a[0]), "{a:?}");
+    assert!((690..=910).contains(&a[1]), "{a:?}");
+    assert_eq!(a[2], 8_001, "{a:?}");
+    assert_eq!(run(7), a, "one seed, one schedule");
+    assert_ne!(run(8), a, "another seed, another schedule");
+}
+
+#[test]
+fn reserved_users_are_never_callers_or_callees_of_our_own_calls() {
+    let mut cfg = config();
+    cfg.users = (1000..1012).collect();
+    // Queue agents: the first four users.
+    cfg.reserved = 1000..1004;
+    cfg.workloads = vec![
+        Workload::new(
+            "calls",
+            Callee::Users,
+            60,
+            1000.0,
+            Hold::Fixed(Duration::from_secs(1)),
+        ),
+        Workload::new(
+            "queue-1",
+            Callee::Service("queue-1".into()),
+            20,
+            1000.0,
+            Hold::Fixed(Duration::from_secs(1)),
+        ),
+    ];
+    let mut e = Engine::new(cfg);
+    let out = step(&mut e, 1_000 * MS);
+    assert_eq!(out.len(), 80);
+    let user = |uri: &str| -> Option<u32> { uri.split(['@', ':']).nth(1)?.parse().ok() };
+    let mut callees = std::collections::BTreeSet::new();
+    for (_, m) in &out {
+        let msg = sip::parse_datagram(m.as_bytes()).expect("valid");
+        let caller = msg
+            .from()
+            .and_then(|f| user(f.uri.trim_start_matches('<')))
+            .expect("our user calls");
+        assert!(!(1000..1004).contains(&caller), "agent {caller} calls");
+        if let Some(callee) = msg.request_uri().and_then(user) {
+            assert!(!(1000..1004).contains(&callee), "agent {callee} called");
+            assert_ne!(caller, callee);
+            callees.insert(callee);
+        }
+    }
+    assert_eq!(callees.len(), 8, "every other user is called: {callees:?}");
 }
