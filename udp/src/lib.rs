@@ -6,6 +6,11 @@
 //! kernel stamp each one as it arrives. With the arrival time carried by the datagram, the driver
 //! may read late — once a millisecond instead of waking for every datagram — and still measure
 //! exactly: that is what brings the generator's CPU per call below SIPp's.
+//!
+//! [`Sender::send_segmented`] goes further for many equal datagrams to few addresses (RTP to a
+//! cluster's nodes): UDP generic segmentation offload (`UDP_SEGMENT`, Linux 4.18+) hands the
+//! kernel up to 64 datagrams to one address as one buffer, and a `sendmmsg` carries up to 64
+//! such buffers.
 
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
@@ -13,9 +18,10 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
-    sendmmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, getsockopt,
+    recvmmsg, sendmmsg, setsockopt, sockopt,
 };
 use nix::sys::time::TimeSpec;
 
@@ -45,7 +51,23 @@ impl Receiver {
         size: usize,
     ) -> io::Result<Receiver> {
         setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
-        let cmsg = nix::cmsg_space!(TimeSpec);
+        Ok(Receiver::with_buffers(started, size))
+    }
+
+    /// As [`Receiver::new`], and asks the kernel to coalesce datagrams of one flow (`UDP_GRO`,
+    /// Linux 5.0+): on loopback a segmented send arrives as the one buffer it left as, and on a
+    /// NIC with GRO a burst of one sender's datagrams does; `drain` still hands them out one by
+    /// one, all with the buffer's arrival time. That is most of the receiving cost gone at
+    /// hundreds of thousands of datagrams a second. Returns whether coalescing is on (a kernel
+    /// without `UDP_GRO` gives an ordinary receiver). Buffers are 64 KiB, the most GRO makes.
+    pub fn coalescing(socket: &impl AsFd, started: Instant) -> io::Result<(Receiver, bool)> {
+        setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
+        let gro = setsockopt(socket, sockopt::UdpGroSegment, &true).is_ok();
+        Ok((Receiver::with_buffers(started, DATAGRAM), gro))
+    }
+
+    fn with_buffers(started: Instant, size: usize) -> Receiver {
+        let cmsg = nix::cmsg_space!(TimeSpec, i32);
         let headers = MultiHeaders::preallocate(BATCH, Some(cmsg));
         let buffers = (0..BATCH).map(|_| vec![0u8; size]).collect();
         // Read both clocks together and step the wall clock back to `started`: reading it after
@@ -55,16 +77,17 @@ impl Receiver {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let wall_at_start = wall_now.saturating_sub(started.elapsed());
-        Ok(Receiver {
+        Receiver {
             headers,
             buffers,
             wall_at_start,
             started,
-        })
+        }
     }
 
     /// Reads every datagram waiting on the (non-blocking) socket, calling `f` with its arrival
-    /// time in nanoseconds since `started`, its source and its bytes. Returns how many it read.
+    /// time in nanoseconds since `started`, its source and its bytes. Returns how many it read
+    /// (a coalesced buffer counts as the datagrams in it).
     pub fn drain(
         &mut self,
         socket: &impl AsRawFd,
@@ -75,7 +98,7 @@ impl Receiver {
             let now = self.started.elapsed();
             // What the kernel reported, per datagram; the buffers are read once the batch's
             // borrows of them have ended.
-            let batch: Vec<(Duration, Option<SocketAddr>, usize)> = {
+            let batch: Vec<(Duration, Option<SocketAddr>, usize, usize)> = {
                 let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
                     .buffers
                     .iter_mut()
@@ -96,42 +119,51 @@ impl Receiver {
                 let wall_at_start = self.wall_at_start;
                 received
                     .map(|msg| {
-                        let arrival = msg
-                            .cmsgs()
-                            .ok()
-                            .and_then(|mut c| {
-                                c.find_map(|m| match m {
-                                    ControlMessageOwned::ScmTimestampns(ts) => {
-                                        Some(Duration::from(ts))
-                                    }
-                                    _ => None,
-                                })
-                            })
-                            // Wall clock to run time; a datagram stamped before the start (or a
-                            // clock step) falls back to the time it was read.
+                        let mut stamp = None;
+                        // The length of each datagram in a coalesced buffer (0: not coalesced).
+                        let mut segment = 0;
+                        for m in msg.cmsgs().into_iter().flatten() {
+                            match m {
+                                ControlMessageOwned::ScmTimestampns(ts) => {
+                                    stamp = Some(Duration::from(ts));
+                                }
+                                ControlMessageOwned::UdpGroSegments(size) => {
+                                    segment = usize::try_from(size).unwrap_or(0);
+                                }
+                                _ => {}
+                            }
+                        }
+                        // Wall clock to run time; a datagram stamped before the start (or a
+                        // clock step) falls back to the time it was read.
+                        let arrival = stamp
                             .and_then(|wall| wall.checked_sub(wall_at_start))
                             .unwrap_or(now);
                         (
                             arrival,
                             msg.address.and_then(|a: SockaddrStorage| to_std(&a)),
                             msg.bytes,
+                            segment,
                         )
                     })
                     .collect()
             };
             let n = batch.len();
-            for (i, (arrival, from, len)) in batch.into_iter().enumerate() {
+            for (i, (arrival, from, len, segment)) in batch.into_iter().enumerate() {
                 if let (Some(from), Some(bytes)) =
                     (from, self.buffers.get(i).and_then(|b| b.get(..len)))
                 {
-                    f(
-                        u64::try_from(arrival.as_nanos()).unwrap_or(u64::MAX),
-                        from,
-                        bytes,
-                    );
+                    let at = u64::try_from(arrival.as_nanos()).unwrap_or(u64::MAX);
+                    if segment > 0 && segment < bytes.len() {
+                        for datagram in bytes.chunks(segment) {
+                            f(at, from, datagram);
+                            total += 1;
+                        }
+                    } else {
+                        f(at, from, bytes);
+                        total += 1;
+                    }
                 }
             }
-            total += n;
             if n < BATCH {
                 return Ok(total);
             }
@@ -139,15 +171,57 @@ impl Receiver {
     }
 }
 
+/// The socket buffer sizes the kernel granted, as `getsockopt` reads them back (Linux doubles
+/// the requested value for its bookkeeping and caps it at `net.core.rmem_max`/`wmem_max`
+/// unless the process may force it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferSizes {
+    pub receive_bytes: usize,
+    pub send_bytes: usize,
+    /// Whether `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` (CAP_NET_ADMIN) lifted the sysctl caps.
+    pub forced: bool,
+}
+
+/// Asks for `bytes` of receive and send buffer: forced past the sysctl caps when the process
+/// may (root, CAP_NET_ADMIN), else as much as `SO_RCVBUF`/`SO_SNDBUF` grant. A burst of a tick's
+/// datagrams from thousands of streams must fit, or the kernel drops them.
+pub fn set_buffer_sizes(socket: &impl AsFd, bytes: usize) -> io::Result<BufferSizes> {
+    let forced = setsockopt(socket, sockopt::RcvBufForce, &bytes).is_ok()
+        & setsockopt(socket, sockopt::SndBufForce, &bytes).is_ok();
+    if !forced {
+        setsockopt(socket, sockopt::RcvBuf, &bytes).map_err(io::Error::from)?;
+        setsockopt(socket, sockopt::SndBuf, &bytes).map_err(io::Error::from)?;
+    }
+    Ok(BufferSizes {
+        receive_bytes: getsockopt(socket, sockopt::RcvBuf).map_err(io::Error::from)?,
+        send_bytes: getsockopt(socket, sockopt::SndBuf).map_err(io::Error::from)?,
+        forced,
+    })
+}
+
+/// Segments per GSO buffer. Linux allowed 64 (`UDP_MAX_SEGMENTS`) until 6.9 raised it to 128.
+const SEGMENTS: usize = 64;
+/// Largest datagram sent segmented: one that fits an Ethernet MTU, so the buffer is legal on
+/// any route (the kernel refuses a segment size above the path's MTU).
+const SEGMENT_MAX: usize = 1472;
+/// Largest UDP payload, which bounds a whole GSO buffer.
+const GSO_BYTES_MAX: usize = 65_507;
+
 /// Batched UDP send: one `sendmmsg` for up to a batch of datagrams.
 pub struct Sender {
     headers: MultiHeaders<SockaddrStorage>,
+    /// Headers with room for a `UDP_SEGMENT` control message each.
+    gso_headers: MultiHeaders<SockaddrStorage>,
+    /// `None` until tried; `Some(false)` once the kernel refused segmentation.
+    gso: Option<bool>,
 }
 
 impl Default for Sender {
     fn default() -> Self {
         Sender {
             headers: MultiHeaders::preallocate(BATCH, None),
+            gso_headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(u16))),
+            gso: None,
         }
     }
 }
@@ -200,6 +274,167 @@ impl Sender {
         }
         errors
     }
+}
+
+impl Sender {
+    /// Whether [`Sender::send_segmented`] uses segmentation offload: `None` before its first
+    /// call, `Some(false)` when the kernel has no `UDP_SEGMENT` or refused it.
+    pub fn segmentation(&self) -> Option<bool> {
+        self.gso
+    }
+
+    /// As [`Sender::send_all`], but consecutive datagrams to the same address with the same
+    /// length (the last of a run may be shorter) leave as one segmented buffer of up to 64.
+    /// Callers group their datagrams by address to benefit. Falls back to `send_all` for good
+    /// when the kernel lacks `UDP_SEGMENT` or refuses a segmented send (EIO, EINVAL).
+    pub fn send_segmented(
+        &mut self,
+        socket: &(impl AsRawFd + AsFd),
+        datagrams: &[(SocketAddr, &[u8])],
+    ) -> Vec<io::Error> {
+        if self.gso.is_none() {
+            self.gso = Some(getsockopt(socket, sockopt::UdpGsoSegment).is_ok());
+        }
+        if self.gso != Some(true) {
+            return self.send_all(socket, datagrams);
+        }
+        let runs = segment_runs(datagrams);
+        let part = |r: &Run| datagrams.get(r.start..r.end).unwrap_or(&[]);
+        let mut errors = Vec::new();
+        let mut next = 0;
+        let mut stalls = 0;
+        while let Some(run) = runs.get(next) {
+            let Some(size) = run.segment_size() else {
+                errors.extend(self.send_all(socket, part(run)));
+                next += 1;
+                continue;
+            };
+            // One sendmmsg shares one control message, so a batch is runs of one segment size.
+            let batch = runs
+                .get(next..)
+                .unwrap_or(&[])
+                .iter()
+                .take(BATCH)
+                .take_while(|r| r.segment_size() == Some(size));
+            match self.send_batch(socket, datagrams, batch, size) {
+                Ok(sent) => {
+                    next += sent.max(1);
+                    stalls = 0;
+                }
+                // A full send buffer: wait a little, and give up on this run after a few tries.
+                Err(Errno::EINTR | Errno::EAGAIN) if stalls < 4 => {
+                    stalls += 1;
+                    std::thread::yield_now();
+                }
+                Err(Errno::EIO | Errno::EINVAL) => {
+                    // Either GSO is refused (by the kernel, or by the route: xfrm, UDP-Lite, no
+                    // checksums) or this run's address is bad. Sending it plainly tells which.
+                    let plain = self.send_all(socket, part(run));
+                    next += 1;
+                    if plain.len() < run.end - run.start {
+                        self.gso = Some(false);
+                        errors.extend(plain);
+                        let rest = run.end;
+                        errors.extend(self.send_all(socket, datagrams.get(rest..).unwrap_or(&[])));
+                        return errors;
+                    }
+                    errors.extend(plain);
+                }
+                Err(e) => {
+                    errors.extend((run.start..run.end).map(|_| io::Error::from(e)));
+                    next += 1;
+                    stalls = 0;
+                }
+            }
+        }
+        errors
+    }
+
+    /// One `sendmmsg` of `runs`, each a buffer of segments of `size` bytes; how many runs went.
+    fn send_batch<'r>(
+        &mut self,
+        socket: &impl AsRawFd,
+        datagrams: &[(SocketAddr, &[u8])],
+        runs: impl Iterator<Item = &'r Run> + Clone,
+        size: u16,
+    ) -> Result<usize, Errno> {
+        let slices: Vec<Vec<IoSlice<'_>>> = runs
+            .clone()
+            .map(|r| {
+                datagrams
+                    .get(r.start..r.end)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|(_, b)| IoSlice::new(b))
+                    .collect()
+            })
+            .collect();
+        let addrs: Vec<Option<SockaddrStorage>> = runs
+            .map(|r| {
+                datagrams
+                    .get(r.start)
+                    .map(|(a, _)| SockaddrStorage::from(*a))
+            })
+            .collect();
+        let cmsgs = [ControlMessage::UdpGsoSegments(&size)];
+        sendmmsg(
+            socket.as_raw_fd(),
+            &mut self.gso_headers,
+            slices.iter(),
+            &addrs,
+            cmsgs,
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map(|sent| sent.count())
+    }
+}
+
+/// Datagrams `start..end` go to one address as segments of `size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    start: usize,
+    end: usize,
+    /// The length of the first datagram.
+    size: usize,
+}
+
+impl Run {
+    /// The segment size to send the run with, or `None` to send it plainly: empty datagrams,
+    /// and datagrams too long for an Ethernet MTU (the kernel refuses such a segment size on
+    /// most routes; sent plainly they are fragmented instead).
+    fn segment_size(&self) -> Option<u16> {
+        if self.size == 0 || self.size > SEGMENT_MAX {
+            return None;
+        }
+        u16::try_from(self.size).ok()
+    }
+}
+
+/// Cuts `datagrams` into GSO buffers: consecutive datagrams to one address, all of one length
+/// except a shorter last, at most 64 and 64 KiB. A datagram too long to segment is a run alone.
+fn segment_runs(datagrams: &[(SocketAddr, &[u8])]) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while let Some((to, first)) = datagrams.get(start) {
+        let size = first.len();
+        let mut end = start + 1;
+        if size <= SEGMENT_MAX && size > 0 {
+            let most = SEGMENTS.min(GSO_BYTES_MAX / size);
+            while end - start < most {
+                match datagrams.get(end) {
+                    Some((a, b)) if a == to && b.len() == size => end += 1,
+                    Some((a, b)) if a == to && b.len() < size && !b.is_empty() => {
+                        end += 1;
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        runs.push(Run { start, end, size });
+        start = end;
+    }
+    runs
 }
 
 fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -259,6 +494,103 @@ mod tests {
         );
         assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0));
         assert_eq!(r.drain(&rx, |_, _, _| {}).expect("empty"), 0);
+    }
+
+    #[test]
+    fn runs_are_one_address_and_one_length_with_a_shorter_last() {
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let (long, short, huge) = ([0u8; 172], [0u8; 16], [0u8; 2000]);
+        let mut d: Vec<(SocketAddr, &[u8])> = vec![(a, &long); 70];
+        d.extend([
+            (a, &short[..]),
+            (a, &short[..]),
+            (b, &long[..]),
+            (b, &huge[..]),
+        ]);
+        d.extend([(b, &huge[..]), (a, &[][..]), (a, &[][..])]);
+        let runs: Vec<(usize, usize)> = segment_runs(&d).iter().map(|r| (r.start, r.end)).collect();
+        assert_eq!(
+            runs,
+            [
+                (0, 64),
+                (64, 71),
+                (71, 72),
+                (72, 73),
+                (73, 74),
+                (74, 75),
+                (75, 76),
+                (76, 77)
+            ]
+        );
+        // 64 KiB bounds a buffer: 46 datagrams of 1,400 bytes.
+        let kilo = [0u8; 1400];
+        let d: Vec<(SocketAddr, &[u8])> = vec![(a, &kilo); 100];
+        assert_eq!(segment_runs(&d)[0].end, 46);
+    }
+
+    #[test]
+    fn segmented_sends_arrive_as_the_datagrams_they_were() {
+        let rx: Vec<UdpSocket> = (0..2)
+            .map(|_| {
+                let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+                s.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                s
+            })
+            .collect();
+        let to: Vec<SocketAddr> = rx.iter().map(|s| s.local_addr().expect("addr")).collect();
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        set_buffer_sizes(&tx, 1 << 20).expect("buffers");
+        set_buffer_sizes(&rx[0], 1 << 20).expect("buffers");
+        // 150 equal datagrams to the first socket, a shorter one, 3 to the second, one too long
+        // to segment, and the first socket again.
+        let mut payloads: Vec<(usize, Vec<u8>)> = (0..150u8).map(|i| (0, vec![i; 172])).collect();
+        payloads.push((0, vec![150; 20]));
+        payloads.extend((151..154u8).map(|i| (1, vec![i; 172])));
+        payloads.push((1, vec![154; 3000]));
+        payloads.push((0, vec![155; 172]));
+        let datagrams: Vec<(SocketAddr, &[u8])> = payloads
+            .iter()
+            .map(|(s, p)| (to[*s], p.as_slice()))
+            .collect();
+        let mut sender = Sender::default();
+        let errors = sender.send_segmented(&tx, &datagrams);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(sender.segmentation().is_some());
+        let mut buf = [0u8; 4096];
+        for (s, p) in &payloads {
+            let (n, from) = rx[*s].recv_from(&mut buf).expect("datagram");
+            assert_eq!(from, tx.local_addr().expect("addr"));
+            assert_eq!(&buf[..n], p.as_slice());
+        }
+    }
+
+    #[test]
+    fn a_coalescing_receiver_hands_out_the_datagrams_one_by_one() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_nonblocking(true).expect("nonblocking");
+        let to = rx.local_addr().expect("addr");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let started = Instant::now();
+        let (mut r, _coalescing) = Receiver::coalescing(&rx, started).expect("receiver");
+        let payloads: Vec<Vec<u8>> = (0..200u8)
+            .map(|i| vec![i; if i == 99 { 50 } else { 172 }])
+            .collect();
+        let datagrams: Vec<(SocketAddr, &[u8])> =
+            payloads.iter().map(|p| (to, p.as_slice())).collect();
+        let errors = Sender::default().send_segmented(&tx, &datagrams);
+        assert!(errors.is_empty(), "{errors:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let n = r
+            .drain(&rx, |_, from, bytes| {
+                assert_eq!(from, tx.local_addr().expect("addr"));
+                seen.push(bytes.to_vec());
+            })
+            .expect("drain");
+        assert_eq!(n, 200);
+        assert_eq!(seen, payloads);
     }
 
     #[test]
