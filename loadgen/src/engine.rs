@@ -394,6 +394,11 @@ struct Registration {
     timeout_at: Nanos,
     armed_at: Nanos,
     auth: String,
+    /// When the binding is refreshed (at 80% of its lifetime, as phones do), while the run
+    /// goes on; `Nanos::MAX` when not yet registered.
+    refresh_at: Nanos,
+    /// This attempt is a refresh, not the user's first registration.
+    refreshing: bool,
 }
 
 /// Timer ids: call slots below this, registrations (index + this) above.
@@ -474,6 +479,8 @@ impl Engine {
                 timeout_at: Nanos::MAX,
                 armed_at: Nanos::MAX,
                 auth: String::new(),
+                refresh_at: Nanos::MAX,
+                refreshing: false,
             })
             .collect();
         let user_index = cfg
@@ -723,10 +730,10 @@ impl Engine {
             let Some(r) = self.regs.get_mut((id - REG_TIMER) as usize) else {
                 return;
             };
-            let next = if r.state == RegState::Sent {
-                r.retransmit_at.min(r.timeout_at)
-            } else {
-                Nanos::MAX
+            let next = match r.state {
+                RegState::Sent => r.retransmit_at.min(r.timeout_at),
+                RegState::Done => r.refresh_at,
+                RegState::Idle => Nanos::MAX,
             };
             (next, &mut r.armed_at)
         } else {
@@ -817,9 +824,17 @@ impl Engine {
 
     fn reg_timer(&mut self, now: Nanos, i: usize) {
         let t2 = ns(self.cfg.t2);
+        let stopping = self.stopping;
         let Some(r) = self.regs.get_mut(i) else {
             return;
         };
+        if r.state == RegState::Done && now >= r.refresh_at {
+            r.refresh_at = Nanos::MAX;
+            if !stopping {
+                self.refresh_register(now, i);
+            }
+            return;
+        }
         if r.state != RegState::Sent {
             return;
         }
@@ -835,11 +850,53 @@ impl Engine {
         }
     }
 
+    /// Renews a binding before it lapses: the same Call-ID, the next CSeq (RFC 3261 10.2.4).
+    fn refresh_register(&mut self, now: Nanos, i: usize) {
+        self.metrics.registrations.attempted += 1;
+        let t1 = self.t1();
+        let r = &mut self.regs[i];
+        r.state = RegState::Sent;
+        r.refreshing = true;
+        r.intended = now;
+        r.cseq += 1;
+        r.authed = false;
+        r.auth.clear();
+        r.rto = t1;
+        r.retransmit_at = now + t1;
+        r.timeout_at = now + 64 * t1;
+        self.send_register(i);
+        self.arm(REG_TIMER + i as u32);
+    }
+
     fn finish_register(&mut self, i: usize, result: Result<Nanos, &str>) {
+        let lifetime = u64::from(self.cfg.expires_s) * 800_000_000;
         let r = &mut self.regs[i];
         r.state = RegState::Done;
         r.auth = String::new();
         let intended = r.intended;
+        let refreshed = std::mem::take(&mut r.refreshing);
+        if let Ok(now) = result
+            && lifetime > 0
+        {
+            r.refresh_at = now.saturating_add(lifetime);
+        }
+        if refreshed {
+            match result {
+                Ok(now) => {
+                    self.metrics.registrations.succeeded += 1;
+                    self.metrics.registrations_refreshed += 1;
+                    self.metrics.record(
+                        Metric::Register,
+                        Duration::from_nanos(now.saturating_sub(intended)),
+                    );
+                }
+                Err(reason) => {
+                    self.metrics.registrations.failed += 1;
+                    self.metrics.fail(reason);
+                }
+            }
+            return;
+        }
         match result {
             Ok(now) => {
                 self.metrics.registrations.succeeded += 1;

@@ -126,6 +126,8 @@ pub struct Metrics {
     total: [Histogram<u64>; METRICS],
     pub calls: Outcomes,
     pub registrations: Outcomes,
+    /// Of the registrations, how many renewed a binding before it lapsed.
+    pub registrations_refreshed: u64,
     /// The calls of each workload, in the order of `Config::workloads`.
     pub workloads: Vec<Outcomes>,
     pub queue: QueueCounts,
@@ -150,6 +152,7 @@ impl Metrics {
             total: std::array::from_fn(|_| histogram()),
             calls: Outcomes::default(),
             registrations: Outcomes::default(),
+            registrations_refreshed: 0,
             workloads: Vec::new(),
             queue: QueueCounts::default(),
             ivr: IvrCounts::default(),

@@ -129,6 +129,8 @@ pub struct LoadReport {
     pub metrics: BTreeMap<String, LatencySummary>,
     pub calls: Outcomes,
     pub registrations: Outcomes,
+    /// Of the registrations, how many were refreshes of a binding (at 80% of its expiry).
+    pub registrations_refreshed: u64,
     /// The calls of each workload (one unless a scenario mixes them).
     pub workloads: Vec<WorkloadSummary>,
     pub queue: QueueSummary,
@@ -245,6 +247,13 @@ impl LoadReport {
                 );
             }
         }
+        if self.registrations_refreshed > 0 {
+            let _ = writeln!(
+                o,
+                "({} of the registrations refreshed a binding before it lapsed)",
+                self.registrations_refreshed
+            );
+        }
         let q = &self.queue;
         if q.offered > 0 || self.ivr.calls > 0 {
             o.push('\n');
@@ -329,6 +338,7 @@ mod tests {
             .into(),
             calls: Outcomes::default(),
             registrations: Outcomes::default(),
+            registrations_refreshed: 0,
             workloads: Vec::new(),
             queue: QueueSummary {
                 offered: 4,

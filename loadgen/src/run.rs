@@ -259,6 +259,7 @@ fn build_report(
         metrics,
         calls: m.calls,
         registrations: m.registrations,
+        registrations_refreshed: m.registrations_refreshed,
         workloads: engine
             .config()
             .workloads

@@ -895,3 +895,45 @@ fn reserved_users_are_never_callers_or_callees_of_our_own_calls() {
     }
     assert_eq!(callees.len(), 8, "every other user is called: {callees:?}");
 }
+
+#[test]
+fn registrations_are_refreshed_at_80_percent_of_their_expiry_until_the_run_stops() {
+    let mut cfg = config();
+    cfg.users = vec![1000];
+    cfg.register = true;
+    cfg.expires_s = 10;
+    cfg.workloads.clear();
+    let mut e = Engine::new(cfg);
+    let registrar = addr(5060);
+    let mut registers = Vec::new();
+    let mut now = 0;
+    while now < 25_000 * MS {
+        e.advance(now);
+        for (to, text) in sent(&mut e) {
+            if text.starts_with("REGISTER") {
+                assert_eq!(to, registrar);
+                registers.push((now, text.clone()));
+                let ok = reply(&text, "200 OK", "", "");
+                e.handle(now, registrar, ok.as_bytes());
+            }
+        }
+        now += 100 * MS;
+    }
+    // The first registration at 0, refreshes at 8 s and 16 s (and 24 s), each with the same
+    // Call-ID and a higher CSeq.
+    let times: Vec<u64> = registers.iter().map(|(t, _)| t / (1000 * MS)).collect();
+    assert_eq!(times, vec![0, 8, 16, 24], "{times:?}");
+    let call_ids: Vec<&str> = registers
+        .iter()
+        .map(|(_, t)| t.lines().find(|l| l.starts_with("Call-ID")).unwrap())
+        .collect();
+    assert!(call_ids.windows(2).all(|w| w[0] == w[1]));
+    assert!(registers[3].1.contains("CSeq: 4 REGISTER"));
+    assert_eq!(e.metrics.registrations.attempted, 4);
+    assert_eq!(e.metrics.registrations.succeeded, 4);
+    assert_eq!(e.metrics.registrations_refreshed, 3);
+    // After stop, no more refreshes.
+    e.stop(now);
+    e.advance(now + 20_000 * MS);
+    assert!(sent(&mut e).is_empty());
+}

@@ -224,6 +224,8 @@ fn serve(
         .register(&mut socket, Token(0), Interest::READABLE)?;
     let mut events = Events::with_capacity(8);
     let started = Instant::now();
+    // 50,000 users registering at once arrive in bursts; a small buffer would drop them.
+    let _ = pbxlab_udp::set_buffer_sizes(&socket, 8 << 20);
     let mut receiver = pbxlab_udp::Receiver::new(&socket, started)?;
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_status = Duration::ZERO;

@@ -996,7 +996,8 @@ pub fn bind(
 
 /// Longest datagram a node reads; RTP and OPTIONS fit, longer ones are truncated (and then
 /// malformed). Small buffers keep a node's receive batch at 128 KiB.
-const DATAGRAM: usize = 2048;
+/// Receive and send buffer asked of the kernel for each node socket.
+const SOCKET_BUFFER_BYTES: usize = 16 << 20;
 /// How long before a tick the thread stops sleeping and spins, when some node is generating
 /// audio: epoll's timeout has millisecond granularity.
 const SPIN: Nanos = 1_000_000;
@@ -1022,7 +1023,12 @@ impl Served {
         } = self;
         if control.alive.load(Ordering::Relaxed) {
             node.transmit_all(|datagrams| {
-                let failed = sender.send_all(socket, datagrams).len();
+                // Grouped by destination (stable, so each stream keeps its order), runs of
+                // equal-sized packets to one address leave as one segmented send: with the
+                // load generator's one RTP address that is nearly every relayed packet.
+                let mut grouped = datagrams.to_vec();
+                grouped.sort_by_key(|(to, _)| *to);
+                let failed = sender.send_segmented(socket, &grouped).len();
                 NodeCounters::add(&control.counters.io_errors, failed as u64);
             });
         } else {
@@ -1063,7 +1069,10 @@ pub fn spawn(
         .spawn(move || {
             let mut served = Vec::with_capacity(sockets.len());
             for (node, socket, control) in sockets {
-                match pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM) {
+                // Coalesced receive (GRO): a generator's segmented burst to this node arrives
+                // as one buffer. Large socket buffers hold a tick's burst from every stream.
+                let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
+                match pbxlab_udp::Receiver::coalescing(&socket, started).map(|(r, _)| r) {
                     Ok(receiver) => served.push(Served {
                         node,
                         socket,
