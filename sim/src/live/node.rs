@@ -996,6 +996,8 @@ pub fn bind(
 
 /// Longest datagram a node reads; RTP and OPTIONS fit, longer ones are truncated (and then
 /// malformed). Small buffers keep a node's receive batch at 128 KiB.
+/// Receive buffers hold one RTP packet (or a SIP probe).
+const DATAGRAM: usize = 2048;
 /// Receive and send buffer asked of the kernel for each node socket.
 const SOCKET_BUFFER_BYTES: usize = 16 << 20;
 /// How long before a tick the thread stops sleeping and spins, when some node is generating
@@ -1069,10 +1071,11 @@ pub fn spawn(
         .spawn(move || {
             let mut served = Vec::with_capacity(sockets.len());
             for (node, socket, control) in sockets {
-                // Coalesced receive (GRO): a generator's segmented burst to this node arrives
-                // as one buffer. Large socket buffers hold a tick's burst from every stream.
+                // Large socket buffers hold a tick's burst from every stream. (Coalesced
+                // receive, UDP_GRO, is not used here: on this kernel the node was handed whole
+                // coalesced buffers as single datagrams; see BENCHMARKS.md.)
                 let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
-                match pbxlab_udp::Receiver::coalescing(&socket, started).map(|(r, _)| r) {
+                match pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM) {
                     Ok(receiver) => served.push(Served {
                         node,
                         socket,
