@@ -108,6 +108,12 @@ fn status_line(s: &Status) -> String {
         }
     }
     let roles: Vec<String> = per_role.iter().map(|(r, l)| format!("{r} {l}")).collect();
+    let busy: Vec<String> = s
+        .nodes
+        .iter()
+        .filter(|n| n.load > 0)
+        .map(|n| format!("{} {}", n.name, n.load))
+        .collect();
     let down: Vec<&str> = s
         .nodes
         .iter()
@@ -115,13 +121,18 @@ fn status_line(s: &Status) -> String {
         .map(|n| n.name.as_str())
         .collect();
     format!(
-        "[{:>6.1}s] registered {} | calls {} active, {} total, {} failed | sessions: {} | queue waiting {} | rate-limited {}{}",
+        "[{:>6.1}s] registered {} | calls {} active, {} total, {} failed | sessions: {} ({}) | queue waiting {} | rate-limited {}{}",
         s.elapsed.as_secs_f64(),
         s.cm.registered,
         s.cm.calls_active,
         s.cm.calls_total,
         s.cm.failures.values().sum::<u64>(),
         roles.join(", "),
+        if busy.is_empty() {
+            "none busy".to_owned()
+        } else {
+            busy.join(", ")
+        },
         s.cm.queue_waiting,
         s.cm.rate_limited,
         if down.is_empty() {

@@ -1628,7 +1628,11 @@ impl Engine {
             .collect();
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         let ring = ns(self.cfg.ring_delay);
-        let rtp = offer.is_some() && self.cfg.rtp_fraction > 0.0;
+        // The answering side draws too, so `--rtp 0.1` means a tenth of the streams on both
+        // sides of calls between our own users, not a tenth of callers and every callee.
+        let rtp = offer.is_some()
+            && self.cfg.rtp_fraction > 0.0
+            && (self.cfg.rtp_fraction >= 1.0 || self.rng.uniform() < self.cfg.rtp_fraction);
         let c = &mut self.calls[slot as usize];
         c.state = CallState::Ringing;
         c.intended = now;

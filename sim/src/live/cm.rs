@@ -988,7 +988,7 @@ impl CallManager {
             .and_then(|u| u.user)
             .unwrap_or_default();
         let kind = if let Some(user) = self.user_number(target) {
-            if !self.bindings.get(&user).is_some_and(|b| b.expires_at > now) {
+            if self.bindings.get(&user).is_none_or(|b| b.expires_at <= now) {
                 self.reply(from, msg, 480, "Temporarily Unavailable", &[]);
                 return;
             }
@@ -1903,9 +1903,9 @@ impl CallManager {
         let Some(&call) = self.ivr.get(&session) else {
             return;
         };
-        if !self
+        if self
             .call(call)
-            .is_some_and(|c| c.media.is_some_and(|p| p.server == server))
+            .is_none_or(|c| c.media.is_none_or(|p| p.server != server))
         {
             return;
         }

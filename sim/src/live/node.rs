@@ -1025,12 +1025,11 @@ impl Served {
         } = self;
         if control.alive.load(Ordering::Relaxed) {
             node.transmit_all(|datagrams| {
-                // Grouped by destination (stable, so each stream keeps its order), runs of
-                // equal-sized packets to one address leave as one segmented send: with the
-                // load generator's one RTP address that is nearly every relayed packet.
-                let mut grouped = datagrams.to_vec();
-                grouped.sort_by_key(|(to, _)| *to);
-                let failed = sender.send_segmented(socket, &grouped).len();
+                // Plain sendmmsg. Segmented sends (GSO) from here to the generator's coalescing
+                // receiver lost most packets at scale on this kernel (BENCHMARKS.md, "Scale
+                // run"), so they stay off until that is understood.
+                let grouped = datagrams;
+                let failed = sender.send_all(socket, grouped).len();
                 NodeCounters::add(&control.counters.io_errors, failed as u64);
             });
         } else {
@@ -1073,7 +1072,7 @@ pub fn spawn(
             for (node, socket, control) in sockets {
                 // Large socket buffers hold a tick's burst from every stream. (Coalesced
                 // receive, UDP_GRO, is not used here: on this kernel the node was handed whole
-                // coalesced buffers as single datagrams; see BENCHMARKS.md.)
+                // coalesced buffers as single datagrams; ARCHITECTURE.md.)
                 let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
                 match pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM) {
                     Ok(receiver) => served.push(Served {
