@@ -162,7 +162,7 @@ fn render(s: &Status) -> String {
     }
     let c = &s.cm;
     out.push_str(&format!(
-        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, moved {} dropped {}, rate-limited {}, malformed {}, Call Manager CPU {:.2} s\n",
+        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {}, malformed {}, Call Manager CPU {:.2} s\n",
         c.registrations,
         c.auth_failures,
         c.calls_total,
@@ -171,6 +171,10 @@ fn render(s: &Status) -> String {
         c.queue_abandoned,
         c.ivr_digits,
         c.ivr_routed,
+        c.meeting_rooms,
+        c.meeting_joins,
+        c.meeting_split_joins,
+        c.meeting_largest,
         c.moved,
         c.dropped,
         c.rate_limited,
@@ -199,6 +203,12 @@ fn to_json(s: &Status) -> serde_json::Value {
         "failures": c.failures,
         "queue": { "answered": c.queue_answered, "abandoned": c.queue_abandoned },
         "ivr": { "digits": c.ivr_digits, "routed": c.ivr_routed },
+        "meetings": {
+            "rooms": c.meeting_rooms,
+            "joins": c.meeting_joins,
+            "split_joins": c.meeting_split_joins,
+            "largest": c.meeting_largest,
+        },
         "moved": c.moved,
         "dropped": c.dropped,
         "rate_limited": c.rate_limited,

@@ -34,12 +34,35 @@ fn scenario(name: &str) -> String {
         .into_owned()
 }
 
+impl ClusterProcess {
+    /// SIGTERM, as an operator's `kill` would: the cluster stops cleanly and writes its report.
+    fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                assert!(status.success(), "the cluster exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the cluster did not stop on SIGTERM");
+    }
+}
+
 /// Starts `pbxlab cluster` on a free port and waits until it answers OPTIONS.
 fn start_cluster(scenario: &str) -> (ClusterProcess, u16) {
+    start_cluster_with(scenario, &[])
+}
+
+fn start_cluster_with(scenario: &str, extra: &[&str]) -> (ClusterProcess, u16) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
         .args(["cluster", scenario, "--sip", &format!("127.0.0.1:{port}")])
         .args(["--for", "120s", "--status-every", "1h"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -92,8 +115,23 @@ fn n(v: &serde_json::Value) -> u64 {
 #[test]
 fn every_service_works_end_to_end_under_load() {
     let services = scenario("services.toml");
-    let (_cluster, port) = start_cluster(&services);
+    let cluster_json =
+        std::env::temp_dir().join(format!("pbxlab-cluster-status-{}.json", std::process::id()));
+    let (cluster, port) = start_cluster_with(
+        &services,
+        &["--json", cluster_json.to_str().expect("utf-8")],
+    );
     let (out, v) = load(port, &[&services, "--duration", "8s", "--rtp", "1"]);
+    cluster.terminate();
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cluster_json).expect("the cluster's report"))
+            .expect("JSON");
+    // Every participant of every room was placed on the room's one node.
+    assert!(n(&c["meetings"]["rooms"]) > 0, "{c}");
+    assert_eq!(n(&c["meetings"]["split_joins"]), 0, "{c}");
+    assert!(n(&c["meetings"]["largest"]) >= 2, "{c}");
+    assert!(n(&c["ivr"]["routed"]) > 0, "{c}");
+    assert!(n(&c["queue"]["answered"]) > 0, "{c}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}\n{v}");
     assert_eq!(n(&v["registrations"]["failed"]), 0, "{v}");

@@ -117,6 +117,13 @@ pub struct Stats {
     pub ivr_digits: u64,
     pub ivr_routed: u64,
     pub moved: u64,
+    /// Meeting rooms seen, participants who joined one, and joins that found the room's other
+    /// participants on another node (affinity broken: must stay 0).
+    pub meeting_rooms: u64,
+    pub meeting_joins: u64,
+    pub meeting_split_joins: u64,
+    /// The most participants one room had at once.
+    pub meeting_largest: u32,
     pub dropped: u64,
 }
 
@@ -334,6 +341,8 @@ pub struct CallManager {
     by_session: HashMap<SessionId, CallRef>,
     /// IVR sessions, to route digits back to their calls.
     ivr: HashMap<MediaSession, CallRef>,
+    /// Participants of each meeting room per node.
+    rooms: HashMap<u64, Vec<(ServerId, u32)>>,
     /// Media placed for a queue caller while its agent's phone rings.
     pending_media: HashMap<CallRef, Assignment>,
     txs: Vec<ClientTx>,
@@ -372,6 +381,7 @@ impl CallManager {
             by_call_id: HashMap::new(),
             by_session: HashMap::new(),
             ivr: HashMap::new(),
+            rooms: HashMap::new(),
             pending_media: HashMap::new(),
             txs: Vec::new(),
             free_txs: Vec::new(),
@@ -581,6 +591,10 @@ impl CallManager {
             if c.queue.is_some_and(|p| p.session == session) {
                 c.queue = Some(placement);
             }
+        }
+        if let Some(Kind::Meeting(room)) = self.call(call).map(|c| c.kind.clone()) {
+            self.leave_room(room, old.server);
+            self.join_room(room, to, false);
         }
         self.end_media(old);
         self.start_media(call, placement);
@@ -1158,6 +1172,9 @@ impl CallManager {
             .insert(msg.call_id().unwrap_or_default().to_owned(), (index, true));
         self.by_session.insert(assignment.session, call);
         self.stats.calls_total += 1;
+        if let Kind::Meeting(room) = kind {
+            self.join_room(room, assignment.server, true);
+        }
         if let Some(u) = caller {
             self.mark_busy(u, true);
         }
@@ -1241,6 +1258,39 @@ impl CallManager {
         }
         self.timers
             .push(Reverse((now + t1, Timer::Call(call.0, call.1))));
+    }
+
+    /// Counts a participant of `room` on `server`; a first join that finds the room's other
+    /// participants elsewhere is a split (the balancer's affinity should make that impossible).
+    fn join_room(&mut self, room: u64, server: ServerId, first_join: bool) {
+        let nodes = self.rooms.entry(room).or_default();
+        if first_join {
+            if nodes.is_empty() {
+                self.stats.meeting_rooms += 1;
+            }
+            self.stats.meeting_joins += 1;
+            if nodes.iter().any(|&(s, n)| s != server && n > 0) {
+                self.stats.meeting_split_joins += 1;
+            }
+        }
+        match nodes.iter_mut().find(|(s, _)| *s == server) {
+            Some((_, n)) => *n += 1,
+            None => nodes.push((server, 1)),
+        }
+        let total = nodes.iter().map(|&(_, n)| n).sum::<u32>();
+        self.stats.meeting_largest = self.stats.meeting_largest.max(total);
+    }
+
+    fn leave_room(&mut self, room: u64, server: ServerId) {
+        if let Some(nodes) = self.rooms.get_mut(&room) {
+            if let Some((_, n)) = nodes.iter_mut().find(|(s, _)| *s == server) {
+                *n = n.saturating_sub(1);
+            }
+            nodes.retain(|&(_, n)| n > 0);
+            if nodes.is_empty() {
+                self.rooms.remove(&room);
+            }
+        }
     }
 
     fn end_media(&mut self, p: Placement) {
@@ -1819,6 +1869,9 @@ impl CallManager {
             && c.media.is_none_or(|m| m.media != q.media)
         {
             self.end_media(q);
+        }
+        if let (Kind::Meeting(room), Some(p)) = (&c.kind, c.media) {
+            self.leave_room(*room, p.server);
         }
         if let Kind::Queue(q) = c.kind
             && let Some(queue) = self.queues.get_mut(q as usize - 1)

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pbxlab_balancer::{
-    Balancer, FailoverMode, HealthConfig, Policy, Role, ServerId, ServerSpec, ServerState,
+    Balancer, FailoverMode, HealthConfig, Policy, Role, ServerSpec, ServerState,
 };
 use pbxlab_proto::digest;
 use pbxlab_proto::sdp::SessionDescription;
@@ -650,5 +650,14 @@ fn every_participant_of_a_room_lands_on_one_meeting_node() {
         );
     }
     assert_ne!(rooms[0].0, rooms[1].0);
-    let _ = ServerId(0);
+    let st = cm.stats();
+    assert_eq!(
+        (
+            st.meeting_rooms,
+            st.meeting_joins,
+            st.meeting_split_joins,
+            st.meeting_largest
+        ),
+        (2, 6, 0, 3)
+    );
 }
