@@ -145,10 +145,10 @@ fn status_line(s: &Status) -> String {
 
 fn render(s: &Status) -> String {
     let mut out = String::new();
-    out.push_str("node         role     address                state     sessions/capacity   node sessions  packets in  packets out\n");
+    out.push_str("node         role     address                state     sessions/capacity   node sessions  packets in  packets out  send errors\n");
     for n in &s.nodes {
         out.push_str(&format!(
-            "{:<12} {:<8} {:<22} {:<9} {:>8}/{:<9} {:>14} {:>9} {:>10}\n",
+            "{:<12} {:<8} {:<22} {:<9} {:>8}/{:<9} {:>14} {:>11} {:>12} {:>12}\n",
             n.name,
             n.role,
             n.addr,
@@ -157,7 +157,8 @@ fn render(s: &Status) -> String {
             n.capacity,
             n.node_sessions,
             n.packets_in,
-            n.packets_out
+            n.packets_out,
+            n.send_errors
         ));
     }
     let c = &s.cm;
@@ -225,6 +226,7 @@ fn to_json(s: &Status) -> serde_json::Value {
             "packets_in": n.packets_in,
             "packets_out": n.packets_out,
             "unknown_packets": n.unknown_packets,
+            "send_errors": n.send_errors,
         })).collect::<Vec<_>>(),
     })
 }

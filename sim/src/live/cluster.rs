@@ -64,6 +64,8 @@ pub struct NodeStatus {
     pub packets_in: u64,
     pub packets_out: u64,
     pub unknown_packets: u64,
+    /// Datagrams the node's socket would not take (full buffer, unreachable).
+    pub send_errors: u64,
 }
 
 /// A snapshot of the running cluster.
@@ -306,6 +308,9 @@ fn snapshot(cm: &CallManager, handles: &[NodeHandle], elapsed: Duration, log: &[
                 packets_in: counters.as_ref().map_or(0, |c| c.packets_in),
                 packets_out: counters.as_ref().map_or(0, |c| c.packets_out),
                 unknown_packets: counters.as_ref().map_or(0, |c| c.unknown_packets),
+                send_errors: handles
+                    .get(n.id.0 as usize)
+                    .map_or(0, |h| h.counters.io_errors()),
             }
         })
         .collect();
