@@ -661,3 +661,54 @@ fn every_participant_of_a_room_lands_on_one_meeting_node() {
         (2, 6, 0, 3)
     );
 }
+
+#[test]
+fn expires_zero_unregisters_and_the_user_becomes_unreachable() {
+    let mut cm = cm();
+    assert_eq!(register(&mut cm, 0, 1006, CALLEE, "pw-1006"), 200);
+    assert_eq!(cm.stats().registered, 1);
+    // The same client, authenticated again (a fresh challenge), with Expires: 0.
+    let aor = "sip:1006@pbxlab.test";
+    let first = format!(
+        "REGISTER sip:pbxlab.test SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKu1\r\n\
+         From: <{aor}>;tag=r1006\r\nTo: <{aor}>\r\nCall-ID: r1006\r\nCSeq: 3 REGISTER\r\n\
+         Contact: <sip:1006@{CALLEE}>\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n"
+    );
+    cm.handle(NS, addr(CALLEE), first.as_bytes());
+    let out = sent(&mut cm);
+    let challenge = parse(&out[0].1);
+    let ch =
+        digest::parse_challenge(challenge.header(HeaderName::WwwAuthenticate).unwrap()).unwrap();
+    let mut auth = String::new();
+    digest::write_authorization(
+        &mut auth,
+        &ch,
+        "1006",
+        "pw-1006",
+        "REGISTER",
+        "sip:pbxlab.test",
+        "c2",
+        1,
+    );
+    let second = first.replace("CSeq: 3", "CSeq: 4").replace(
+        "Expires: 0\r\n",
+        &format!("Expires: 0\r\nAuthorization: {auth}\r\n"),
+    );
+    cm.handle(NS, addr(CALLEE), second.as_bytes());
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
+    assert_eq!(cm.stats().registered, 0);
+    cm.handle(
+        NS,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:1006@x",
+            "1",
+            "after",
+            1,
+            "",
+            &offer(UA_RTP, 1),
+        ),
+    );
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(480));
+}
