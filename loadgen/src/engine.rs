@@ -782,12 +782,23 @@ impl Engine {
     // ---- registrations -------------------------------------------------------------------
 
     fn start_register(&mut self, now: Nanos, intended: Nanos, i: usize) {
+        self.begin_register(now, intended, i, 1, false);
+    }
+
+    /// Renews a binding before it lapses: the same Call-ID, the next CSeq (RFC 3261 10.2.4).
+    fn refresh_register(&mut self, now: Nanos, i: usize) {
+        let cseq = self.regs.get(i).map_or(1, |r| r.cseq + 1);
+        self.begin_register(now, now, i, cseq, true);
+    }
+
+    fn begin_register(&mut self, now: Nanos, intended: Nanos, i: usize, cseq: u32, refresh: bool) {
         self.metrics.registrations.attempted += 1;
         let t1 = self.t1();
         let r = &mut self.regs[i];
         r.state = RegState::Sent;
+        r.refreshing = refresh;
         r.intended = intended;
-        r.cseq = 1;
+        r.cseq = cseq;
         r.authed = false;
         r.auth.clear();
         r.rto = t1;
@@ -850,24 +861,6 @@ impl Engine {
         }
     }
 
-    /// Renews a binding before it lapses: the same Call-ID, the next CSeq (RFC 3261 10.2.4).
-    fn refresh_register(&mut self, now: Nanos, i: usize) {
-        self.metrics.registrations.attempted += 1;
-        let t1 = self.t1();
-        let r = &mut self.regs[i];
-        r.state = RegState::Sent;
-        r.refreshing = true;
-        r.intended = now;
-        r.cseq += 1;
-        r.authed = false;
-        r.auth.clear();
-        r.rto = t1;
-        r.retransmit_at = now + t1;
-        r.timeout_at = now + 64 * t1;
-        self.send_register(i);
-        self.arm(REG_TIMER + i as u32);
-    }
-
     fn finish_register(&mut self, i: usize, result: Result<Nanos, &str>) {
         let lifetime = u64::from(self.cfg.expires_s) * 800_000_000;
         let r = &mut self.regs[i];
@@ -880,26 +873,12 @@ impl Engine {
         {
             r.refresh_at = now.saturating_add(lifetime);
         }
-        if refreshed {
-            match result {
-                Ok(now) => {
-                    self.metrics.registrations.succeeded += 1;
-                    self.metrics.registrations_refreshed += 1;
-                    self.metrics.record(
-                        Metric::Register,
-                        Duration::from_nanos(now.saturating_sub(intended)),
-                    );
-                }
-                Err(reason) => {
-                    self.metrics.registrations.failed += 1;
-                    self.metrics.fail(reason);
-                }
-            }
-            return;
-        }
         match result {
             Ok(now) => {
                 self.metrics.registrations.succeeded += 1;
+                if refreshed {
+                    self.metrics.registrations_refreshed += 1;
+                }
                 self.metrics.record(
                     Metric::Register,
                     Duration::from_nanos(now.saturating_sub(intended)),
@@ -909,6 +888,10 @@ impl Engine {
                 self.metrics.registrations.failed += 1;
                 self.metrics.fail(reason);
             }
+        }
+        if refreshed {
+            // A refresh is not a first registration: the phase bookkeeping below is done.
+            return;
         }
         self.regs_finished += 1;
         if self.regs_finished == self.regs.len() && self.call_phase.is_none() {

@@ -1391,7 +1391,7 @@ impl CallManager {
         let Some(node) = self.node_addr(a.server) else {
             return;
         };
-        let (us, domain) = (self.cfg.addr, self.cfg.domain.clone());
+        let domain = self.cfg.domain.clone();
         let Some(c) = self.call(call) else { return };
         let caller_party = c.caller.map_or_else(|| "cm".to_owned(), |u| u.to_string());
         let leg = c.a_leg;
@@ -1408,34 +1408,8 @@ impl CallManager {
         };
         let tx = self.new_tx(now, call, Purpose::InviteB, binding.addr, true);
         let mut body = Vec::new();
-        sdp::write_offer(
-            &mut body,
-            &Offer {
-                session_id: u64::from(call.0),
-                version: 1,
-                addr: node,
-                payload_types: vec![leg.codec_pt],
-                telephone_event: leg.dtmf_pt.is_some(),
-                ptime_ms: 20,
-                ssrc: None,
-            },
-        );
-        self.scratch.clear();
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKc{}x{};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\n\
-             Contact: <sip:cm@{us}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
-            tx.0,
-            tx.1,
-            body.len(),
-            uri = dialog.remote_uri,
-            from = dialog.local_party,
-            to = dialog.remote_party,
-            cid = dialog.call_id,
-        );
-        self.scratch.extend_from_slice(&body);
-        self.start_tx(tx);
+        write_sdp(&mut body, u64::from(call.0), 1, node, leg);
+        self.send_invite(tx, &dialog, &body);
         self.by_call_id
             .insert(dialog.call_id.clone(), (call.0, false));
         self.mark_busy(user, true);
@@ -1906,7 +1880,6 @@ impl CallManager {
     }
 
     fn reinvite(&mut self, now: Nanos, call: CallRef, to_a: bool) {
-        let us = self.cfg.addr;
         let Some(node) = self
             .call(call)
             .and_then(|c| c.media)
@@ -1931,6 +1904,12 @@ impl CallManager {
         let tx = self.new_tx(now, call, purpose, d.remote_addr, true);
         let mut body = Vec::new();
         write_sdp(&mut body, u64::from(call.0), d.sdp_version, node, leg);
+        self.send_invite(tx, &d, &body);
+    }
+
+    /// An INVITE (first or re-) in dialog `d` with CSeq `d.local_cseq`, as transaction `tx`.
+    fn send_invite(&mut self, tx: TxId, d: &Dialog, body: &[u8]) {
+        let us = self.cfg.addr;
         self.scratch.clear();
         let _ = write!(
             Bytes(&mut self.scratch),
@@ -1946,7 +1925,7 @@ impl CallManager {
             cid = d.call_id,
             seq = d.local_cseq,
         );
-        self.scratch.extend_from_slice(&body);
+        self.scratch.extend_from_slice(body);
         self.start_tx(tx);
     }
 

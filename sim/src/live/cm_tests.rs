@@ -117,13 +117,24 @@ fn request(
     .into_bytes()
 }
 
-/// Registers `user` from `from`, answering the challenge.
+/// Registers `user` from `from` for 60 s, answering the challenge.
 fn register(cm: &mut CallManager, now: Nanos, user: u32, from: &str, password: &str) -> u16 {
+    register_for(cm, now, user, from, password, 60)
+}
+
+fn register_for(
+    cm: &mut CallManager,
+    now: Nanos,
+    user: u32,
+    from: &str,
+    password: &str,
+    expires: u32,
+) -> u16 {
     let aor = format!("sip:{user}@pbxlab.test");
     let first = format!(
         "REGISTER sip:pbxlab.test SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKr{user}a\r\n\
          From: <{aor}>;tag=r{user}\r\nTo: <{aor}>\r\nCall-ID: r{user}\r\nCSeq: 1 REGISTER\r\n\
-         Contact: <sip:{user}@{from}>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n"
+         Contact: <sip:{user}@{from}>\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n"
     );
     cm.handle(now, addr(from), first.as_bytes());
     let out = sent(cm);
@@ -142,13 +153,10 @@ fn register(cm: &mut CallManager, now: Nanos, user: u32, from: &str, password: &
         "c1",
         1,
     );
-    let second = first
-        .replace("CSeq: 1", "CSeq: 2")
-        .replace("r{user}a", "r{user}b")
-        .replace(
-            "Expires: 60\r\n",
-            &format!("Expires: 60\r\nAuthorization: {auth}\r\n"),
-        );
+    let second = first.replace("CSeq: 1", "CSeq: 2").replace(
+        &format!("Expires: {expires}\r\n"),
+        &format!("Expires: {expires}\r\nAuthorization: {auth}\r\n"),
+    );
     cm.handle(now, addr(from), second.as_bytes());
     let out = sent(cm);
     parse(&out[0].1).code().unwrap()
@@ -668,34 +676,7 @@ fn expires_zero_unregisters_and_the_user_becomes_unreachable() {
     assert_eq!(register(&mut cm, 0, 1006, CALLEE, "pw-1006"), 200);
     assert_eq!(cm.stats().registered, 1);
     // The same client, authenticated again (a fresh challenge), with Expires: 0.
-    let aor = "sip:1006@pbxlab.test";
-    let first = format!(
-        "REGISTER sip:pbxlab.test SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKu1\r\n\
-         From: <{aor}>;tag=r1006\r\nTo: <{aor}>\r\nCall-ID: r1006\r\nCSeq: 3 REGISTER\r\n\
-         Contact: <sip:1006@{CALLEE}>\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n"
-    );
-    cm.handle(NS, addr(CALLEE), first.as_bytes());
-    let out = sent(&mut cm);
-    let challenge = parse(&out[0].1);
-    let ch =
-        digest::parse_challenge(challenge.header(HeaderName::WwwAuthenticate).unwrap()).unwrap();
-    let mut auth = String::new();
-    digest::write_authorization(
-        &mut auth,
-        &ch,
-        "1006",
-        "pw-1006",
-        "REGISTER",
-        "sip:pbxlab.test",
-        "c2",
-        1,
-    );
-    let second = first.replace("CSeq: 3", "CSeq: 4").replace(
-        "Expires: 0\r\n",
-        &format!("Expires: 0\r\nAuthorization: {auth}\r\n"),
-    );
-    cm.handle(NS, addr(CALLEE), second.as_bytes());
-    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
+    assert_eq!(register_for(&mut cm, NS, 1006, CALLEE, "pw-1006", 0), 200);
     assert_eq!(cm.stats().registered, 0);
     cm.handle(
         NS,
