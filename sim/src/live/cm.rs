@@ -749,44 +749,29 @@ impl CallManager {
         if first.starts_with("SIP/") || !first.ends_with("SIP/2.0") {
             return;
         }
-        let wanted = [
-            ("via", "v"),
-            ("from", "f"),
-            ("to", "t"),
-            ("call-id", "i"),
-            ("cseq", ""),
+        const WANTED: [HeaderName; 5] = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
         ];
-        let mut found: [Option<&str>; 5] = [None; 5];
-        for line in lines.take_while(|l| !l.is_empty()) {
-            let Some((name, _)) = line.split_once(':') else {
-                continue;
-            };
-            let name = name.trim();
-            for (i, (long, short)) in wanted.iter().enumerate() {
-                if name.eq_ignore_ascii_case(long)
-                    || (!short.is_empty() && name.eq_ignore_ascii_case(short))
-                {
-                    found[i].get_or_insert(line);
-                }
-            }
-        }
-        if found.iter().any(Option::is_none) {
-            return;
-        }
         self.scratch.clear();
         let _ = write!(
             Bytes(&mut self.scratch),
             "SIP/2.0 400 Bad Request ({why})\r\n"
         );
-        for line in text.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
-            let name = line.split_once(':').map_or("", |(n, _)| n.trim());
-            if wanted.iter().any(|(long, short)| {
-                name.eq_ignore_ascii_case(long)
-                    || (!short.is_empty() && name.eq_ignore_ascii_case(short))
-            }) {
+        let mut seen = [false; WANTED.len()];
+        for line in lines.take_while(|l| !l.is_empty()) {
+            let name = HeaderName::parse(line.split_once(':').map_or("", |(n, _)| n.trim()));
+            if let Some(i) = WANTED.iter().position(|&w| w == name) {
+                seen[i] = true;
                 self.scratch.extend_from_slice(line.as_bytes());
                 self.scratch.extend_from_slice(b"\r\n");
             }
+        }
+        if seen.contains(&false) {
+            return;
         }
         self.scratch.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         self.send_scratch(to);
@@ -1332,36 +1317,35 @@ impl CallManager {
         invite: bool,
     ) -> TxId {
         let t1 = ns(self.cfg.t1);
+        let fresh = ClientTx {
+            generation: 0,
+            live: true,
+            call,
+            purpose,
+            dest,
+            bytes: Vec::new(),
+            invite,
+            rto: t1,
+            next: now + t1,
+            deadline: now + 64 * t1,
+            proceeding: false,
+        };
         let index = match self.free_txs.pop() {
             Some(i) => i,
             None => {
-                self.txs.push(ClientTx {
-                    generation: 0,
-                    live: false,
-                    call,
-                    purpose,
-                    dest,
-                    bytes: Vec::new(),
-                    invite,
-                    rto: t1,
-                    next: 0,
-                    deadline: 0,
-                    proceeding: false,
-                });
+                self.txs.push(fresh.clone());
                 (self.txs.len() - 1) as u32
             }
         };
         let tx = &mut self.txs[index as usize];
-        tx.generation = tx.generation.wrapping_add(1);
-        tx.live = true;
-        tx.call = call;
-        tx.purpose = purpose;
-        tx.dest = dest;
-        tx.invite = invite;
-        tx.rto = t1;
-        tx.next = now + t1;
-        tx.deadline = now + 64 * t1;
-        tx.proceeding = false;
+        // Reuse the slot's buffer; the generation tells a stale id from this one.
+        let generation = tx.generation.wrapping_add(1);
+        let bytes = std::mem::take(&mut tx.bytes);
+        *tx = ClientTx {
+            generation,
+            bytes,
+            ..fresh
+        };
         let id = TxId(index, tx.generation);
         self.timers.push(Reverse((now + t1, Timer::Tx(id.0, id.1))));
         id
@@ -1813,10 +1797,11 @@ impl CallManager {
 
     /// Forgets a call: node sessions ended, balancer sessions released, users freed.
     fn cleanup(&mut self, now: Nanos, call: CallRef) {
-        let Some(c) = self.call_mut(call) else { return };
-        c.live = false;
-        c.generation = c.generation.wrapping_add(1);
-        let c = c.clone();
+        let Some(slot) = self.call_mut(call) else {
+            return;
+        };
+        // The slot keeps only its next generation; the ended call's strings go with `c`.
+        let c = std::mem::replace(slot, Call::new(call.1.wrapping_add(1)));
         if let Some(tx) = c.b_invite {
             self.free_tx(tx);
         }

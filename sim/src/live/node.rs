@@ -1028,8 +1028,7 @@ impl Served {
                 // Plain sendmmsg. Segmented sends (GSO) from here to the generator's coalescing
                 // receiver lost most packets at scale on this kernel (BENCHMARKS.md, "Scale
                 // run"), so they stay off until that is understood.
-                let grouped = datagrams;
-                let failed = sender.send_all(socket, grouped).len();
+                let failed = sender.send_all(socket, datagrams).len();
                 NodeCounters::add(&control.counters.io_errors, failed as u64);
             });
         } else {
