@@ -104,6 +104,8 @@ pub struct ServerView<'a> {
     pub load: u32,
     pub capacity: u32,
     pub sessions: usize,
+    /// What its probes say, whatever an operator did: a disabled server can be healthy.
+    pub healthy: bool,
     pub last_probe: Option<(Duration, Probe)>,
 }
 
@@ -379,6 +381,7 @@ impl Balancer {
             load: s.load,
             capacity: s.capacity,
             sessions: s.sessions.len(),
+            healthy: s.healthy,
             last_probe: s.last_probe,
         })
     }

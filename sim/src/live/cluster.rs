@@ -8,16 +8,17 @@
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
-use pbxlab_balancer::{EventKind, ServerId};
+use pbxlab_balancer::{EventKind, HealthConfig, Probe, Role, ServerId, ServerState};
 
 use super::Nanos;
-use super::cm::{self, CallManager, NodeSpec};
+use super::NodeCommand;
+use super::cm::{self, Admin, CallManager, DroppedCall, NodeSpec, Reassigned};
 use super::node::{self, NodeHandle};
 use crate::Error;
 use crate::scenario::Scenario;
@@ -55,10 +56,16 @@ pub struct NodeStatus {
     pub name: String,
     pub role: &'static str,
     pub addr: SocketAddr,
+    /// As the vendor's console says it: online, offline (failed its probes), disabled or
+    /// draining.
     pub state: &'static str,
     /// Sessions (weight) placed by the balancer, and the capacity.
     pub load: u32,
     pub capacity: u32,
+    /// The last probe: how long before this snapshot it was judged, and how it went
+    /// (ok, timeout, failed); its round-trip time if it was answered.
+    pub last_probe: Option<(Duration, &'static str)>,
+    pub probe_rtt: Option<Duration>,
     /// Sessions the node itself is serving.
     pub node_sessions: u64,
     pub packets_in: u64,
@@ -66,6 +73,8 @@ pub struct NodeStatus {
     pub unknown_packets: u64,
     /// Datagrams the node's socket would not take (full buffer, unreachable).
     pub send_errors: u64,
+    /// Whether the node's process is serving (false: stopped, crashed or cut off).
+    pub running: bool,
 }
 
 /// A snapshot of the running cluster.
@@ -78,6 +87,163 @@ pub struct Status {
     pub events: Vec<String>,
     /// CPU time of the Call Manager thread.
     pub cm_cpu: Duration,
+    pub whitelist: Vec<IpAddr>,
+}
+
+/// A balancer event with the server's name, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterEvent {
+    /// Since the cluster started.
+    pub at: Duration,
+    pub server: String,
+    pub kind: EventKind,
+}
+
+/// What the Call Manager recorded for reports: events, moved calls, dropped calls.
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    pub events: Vec<ClusterEvent>,
+    pub reassigned: Vec<Reassigned>,
+    pub dropped: Vec<DroppedCall>,
+}
+
+/// What an operator or a drill does to servers (`pbxlab ctl`, `[[fault]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start a stopped server's process; returns once its probes say it is up.
+    Start,
+    /// Stop the process: the Call Manager moves its sessions first, then it stops.
+    Stop,
+    Restart,
+    /// Rolling upgrade: disable (sessions move), restart, wait for the probes, enable.
+    Upgrade,
+    /// Remove it from the cluster for good (sessions move first).
+    Remove,
+    Disable,
+    Enable,
+    Drain,
+    /// Crash: the process dies abruptly, with its sessions; only the probes find out.
+    Fail,
+    /// Cut it off: every datagram to or from it is lost, but it keeps running.
+    Partition,
+    /// Undo a partition.
+    Heal,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+            Action::Upgrade => "upgrade",
+            Action::Remove => "rm",
+            Action::Disable => "disable",
+            Action::Enable => "enable",
+            Action::Drain => "drain",
+            Action::Fail => "fail",
+            Action::Partition => "partition",
+            Action::Heal => "heal",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Action> {
+        ALL_ACTIONS.into_iter().find(|a| a.name() == name)
+    }
+}
+
+const ALL_ACTIONS: [Action; 11] = [
+    Action::Start,
+    Action::Stop,
+    Action::Restart,
+    Action::Upgrade,
+    Action::Remove,
+    Action::Disable,
+    Action::Enable,
+    Action::Drain,
+    Action::Fail,
+    Action::Partition,
+    Action::Heal,
+];
+
+/// Which servers an action applies to; empty: every server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub role: Option<Role>,
+    pub server: Option<String>,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Filter {
+    fn matches(&self, name: &str, role: Role, addr: SocketAddr) -> bool {
+        self.role.is_none_or(|r| r == role)
+            && self.server.as_deref().is_none_or(|s| s == name)
+            && self.addr.is_none_or(|a| a == addr)
+    }
+}
+
+/// Why an operation was refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    #[error("no server matches {0}")]
+    NoMatch(String),
+    #[error("a server named {0:?} already exists")]
+    DuplicateName(String),
+    #[error("address {0} is taken by server {1:?}")]
+    DuplicateAddr(SocketAddr, String),
+    #[error("the cluster has no {0} pool to add to")]
+    NoPool(Role),
+    #[error("cannot bind {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("{server}: {reason}")]
+    Failed { server: String, reason: String },
+    #[error("the cluster has stopped")]
+    Stopped,
+}
+
+/// What one action did to one server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub server: String,
+    pub action: Action,
+    /// Since the cluster started: when the action began and ended.
+    pub started: Duration,
+    pub finished: Duration,
+    /// The server's state afterwards.
+    pub state: &'static str,
+}
+
+/// Requests the Call Manager thread carries out between datagrams.
+enum Request {
+    Admin(ServerId, Admin, Sender<Result<(), String>>),
+    Add {
+        name: String,
+        role: Role,
+        addr: SocketAddr,
+        capacity: u32,
+        reply: Sender<Result<ServerId, String>>,
+    },
+    Whitelist(Option<(IpAddr, bool)>, Sender<Vec<IpAddr>>),
+}
+
+struct Shared {
+    epoch: Instant,
+    requests: Mutex<Sender<Request>>,
+    handles: Mutex<Vec<NodeHandle>>,
+    adds: Mutex<Sender<(node::Node, UdpSocket, node::NodeControl)>>,
+    status: Mutex<Status>,
+    records: Mutex<Records>,
+    /// Capacity of a new server of each role, from the scenario's pools.
+    capacities: Vec<(Role, u32)>,
+    health: HealthConfig,
+    ip: IpAddr,
+}
+
+/// A handle to operate a running cluster from any thread: status, operator actions, faults.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
 }
 
 /// A running cluster; dropping it without [`Cluster::stop`] leaves the threads running until
@@ -87,14 +253,14 @@ pub struct Cluster {
     stop: Arc<AtomicBool>,
     cm_thread: JoinHandle<io::Result<()>>,
     node_thread: JoinHandle<()>,
-    handles: Vec<NodeHandle>,
-    status: Arc<Mutex<Status>>,
+    control: Control,
 }
 
 impl Cluster {
     /// Binds every socket and starts the threads; the cluster serves until [`Cluster::stop`].
     pub fn start(sc: &Scenario, opts: &Options) -> Result<Cluster, Error> {
         let balancer = sc.balancer()?;
+        let health = balancer.health();
         let socket = UdpSocket::bind(opts.sip).map_err(|e| Error::Bind {
             addr: opts.sip,
             source: e,
@@ -147,17 +313,31 @@ impl Cluster {
 
         let stop = Arc::new(AtomicBool::new(false));
         let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let (adds_tx, adds_rx) = std::sync::mpsc::channel();
         let node_thread =
-            node::spawn(served, events_tx, Arc::clone(&stop)).map_err(|e| Error::Bind {
-                addr: sip,
-                source: e,
+            node::spawn(served, adds_rx, events_tx, Arc::clone(&stop)).map_err(|e| {
+                Error::Bind {
+                    addr: sip,
+                    source: e,
+                }
             })?;
-        let status = Arc::new(Mutex::new(Status::default()));
+        let (requests_tx, requests_rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
+            epoch: Instant::now(),
+            requests: Mutex::new(requests_tx),
+            handles: Mutex::new(handles),
+            adds: Mutex::new(adds_tx),
+            status: Mutex::new(Status::default()),
+            records: Mutex::new(Records::default()),
+            capacities: sc.pools.iter().map(|p| (p.role, p.capacity)).collect(),
+            health,
+            ip: sip.ip(),
+        });
         let cm_thread = {
-            let (stop, status, handles) = (Arc::clone(&stop), Arc::clone(&status), handles.clone());
+            let (stop, shared) = (Arc::clone(&stop), Arc::clone(&shared));
             std::thread::Builder::new()
                 .name("pbxlab-cm".into())
-                .spawn(move || serve(cm, socket, &handles, &events_rx, &stop, &status))
+                .spawn(move || serve(cm, socket, &shared, &events_rx, &requests_rx, &stop))
                 .map_err(|e| Error::Bind {
                     addr: sip,
                     source: e,
@@ -168,8 +348,7 @@ impl Cluster {
             stop,
             cm_thread,
             node_thread,
-            handles,
-            status,
+            control: Control { shared },
         })
     }
 
@@ -178,14 +357,19 @@ impl Cluster {
         self.sip
     }
 
+    /// A handle for operators and drills; clone it freely.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
     /// The nodes, to stop or cut one off (drills).
-    pub fn nodes(&self) -> &[NodeHandle] {
-        &self.handles
+    pub fn nodes(&self) -> Vec<NodeHandle> {
+        self.control.handles()
     }
 
     /// The latest snapshot (refreshed every 100 ms).
     pub fn status(&self) -> Status {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        self.control.status()
     }
 
     /// Stops every thread and returns the final snapshot.
@@ -199,7 +383,288 @@ impl Cluster {
             .join()
             .map_err(|_| io::Error::other("the node thread panicked"))?;
         cm?;
-        Ok(self.status.lock().map(|s| s.clone()).unwrap_or_default())
+        Ok(self.control.status())
+    }
+}
+
+/// How long a stopped or upgraded node gets to finish moving its sessions before it stops.
+const MOVE_WAIT: Duration = Duration::from_secs(5);
+/// How long an upgraded process is down between stop and start.
+const UPGRADE_PAUSE: Duration = Duration::from_millis(200);
+
+impl Control {
+    /// The latest snapshot (refreshed every 100 ms).
+    pub fn status(&self) -> Status {
+        self.shared
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// When the cluster started: every `Duration` in its records counts from here.
+    pub fn epoch(&self) -> Instant {
+        self.shared.epoch
+    }
+
+    /// Time since the cluster started.
+    pub fn now(&self) -> Duration {
+        self.shared.epoch.elapsed()
+    }
+
+    pub fn health(&self) -> HealthConfig {
+        self.shared.health
+    }
+
+    /// Every node the cluster has started, removed ones included.
+    pub fn handles(&self) -> Vec<NodeHandle> {
+        self.shared
+            .handles
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+
+    /// Events, moved calls and dropped calls recorded so far.
+    pub fn records(&self) -> Records {
+        self.shared
+            .records
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// The servers `filter` selects, in cluster order.
+    pub fn select(&self, filter: &Filter) -> Vec<NodeStatus> {
+        self.status()
+            .nodes
+            .into_iter()
+            .filter(|n| Role::from_name(n.role).is_some_and(|r| filter.matches(&n.name, r, n.addr)))
+            .collect()
+    }
+
+    /// Carries out `action` on every server `filter` selects, one after the other (a rolling
+    /// upgrade finishes each server before the next).
+    pub fn act(&self, action: Action, filter: &Filter) -> Result<Vec<Done>, OpError> {
+        let targets = self.select(filter);
+        if targets.is_empty() {
+            return Err(OpError::NoMatch(describe(filter)));
+        }
+        let mut done = Vec::with_capacity(targets.len());
+        for t in targets {
+            let started = self.now();
+            self.act_on(action, &t.name)
+                .map_err(|reason| OpError::Failed {
+                    server: t.name.clone(),
+                    reason,
+                })?;
+            let state = self.node_status(&t.name).map_or("removed", |n| n.state);
+            done.push(Done {
+                server: t.name,
+                action,
+                started,
+                finished: self.now(),
+                state,
+            });
+        }
+        Ok(done)
+    }
+
+    fn act_on(&self, action: Action, name: &str) -> Result<(), String> {
+        let handle = self
+            .handles()
+            .into_iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| format!("no node named {name:?}"))?;
+        let id = ServerId(handle.id);
+        match action {
+            Action::Fail => {
+                handle.set_alive(false);
+                handle.send(NodeCommand::Reset);
+            }
+            Action::Partition => handle.set_alive(false),
+            Action::Heal => handle.set_alive(true),
+            Action::Start => self.start_node(&handle)?,
+            Action::Stop => self.stop_node(&handle, id, Admin::Fail)?,
+            Action::Restart => {
+                self.stop_node(&handle, id, Admin::Fail)?;
+                self.start_node(&handle)?;
+            }
+            Action::Upgrade => {
+                self.stop_node(&handle, id, Admin::Disable)?;
+                std::thread::sleep(UPGRADE_PAUSE);
+                self.start_node(&handle)?;
+                self.admin(id, Admin::Enable)?;
+            }
+            Action::Remove => self.stop_node(&handle, id, Admin::Remove)?,
+            Action::Disable => self.admin(id, Admin::Disable)?,
+            Action::Enable => self.admin(id, Admin::Enable)?,
+            Action::Drain => self.admin(id, Admin::Drain)?,
+        }
+        Ok(())
+    }
+
+    /// Moves the node's sessions away (`how`), waits until the node has let them go, then
+    /// stops its process.
+    fn stop_node(&self, handle: &NodeHandle, id: ServerId, how: Admin) -> Result<(), String> {
+        self.admin(id, how)?;
+        let until = Instant::now() + MOVE_WAIT;
+        while handle.counters.load().sessions > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        handle.set_alive(false);
+        handle.send(NodeCommand::Reset);
+        Ok(())
+    }
+
+    /// Starts the node's process afresh and waits until its probes bring it back.
+    fn start_node(&self, handle: &NodeHandle) -> Result<(), String> {
+        let since = self.now();
+        handle.send(NodeCommand::Reset);
+        handle.set_alive(true);
+        let h = self.shared.health;
+        let limit = h.interval * (h.up_after + 1) + h.timeout + Duration::from_secs(1);
+        let until = Instant::now() + limit;
+        loop {
+            // Healthy again, by a probe answered after the start.
+            let status = self.status();
+            if status.elapsed > since + h.interval
+                && let Some(n) = status.nodes.iter().find(|n| n.name == handle.name)
+                && n.state != "offline"
+                && n.last_probe.is_some_and(|(_, r)| r == "ok")
+            {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "started, but its probes did not bring it back within {:.1} s",
+                    limit.as_secs_f64()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn admin(&self, id: ServerId, action: Admin) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.request(Request::Admin(id, action, tx))?;
+        rx.recv().map_err(|_| OpError::Stopped.to_string())?
+    }
+
+    fn request(&self, request: Request) -> Result<(), String> {
+        self.shared
+            .requests
+            .lock()
+            .map_err(|_| OpError::Stopped.to_string())?
+            .send(request)
+            .map_err(|_| OpError::Stopped.to_string())
+    }
+
+    fn node_status(&self, name: &str) -> Option<NodeStatus> {
+        self.status().nodes.into_iter().find(|n| n.name == name)
+    }
+
+    /// Adds a server of `role` named `name`, at `addr` (default: the Call Manager's IP, any
+    /// port). Names and addresses are unique in the cluster, as the vendor requires.
+    pub fn add(
+        &self,
+        role: Role,
+        name: &str,
+        addr: Option<SocketAddr>,
+    ) -> Result<NodeStatus, OpError> {
+        let handles = self.handles();
+        if handles.iter().any(|h| h.name == name) {
+            return Err(OpError::DuplicateName(name.to_owned()));
+        }
+        if let Some(a) = addr
+            && let Some(h) = handles.iter().find(|h| h.addr == a)
+        {
+            return Err(OpError::DuplicateAddr(a, h.name.clone()));
+        }
+        let capacity = self
+            .shared
+            .capacities
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|&(_, c)| c)
+            .ok_or(OpError::NoPool(role))?;
+        let want = addr.unwrap_or(SocketAddr::new(self.shared.ip, 0));
+        let next_id = handles.iter().map(|h| h.id + 1).max().unwrap_or(0);
+        let (handle, parts) =
+            node::bind(next_id, role, name.to_owned(), want).map_err(|e| OpError::Bind {
+                addr: want,
+                reason: e.to_string(),
+            })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.request(Request::Add {
+            name: name.to_owned(),
+            role,
+            addr: handle.addr,
+            capacity,
+            reply: tx,
+        })
+        .map_err(|_| OpError::Stopped)?;
+        let id = rx
+            .recv()
+            .map_err(|_| OpError::Stopped)?
+            .map_err(|reason| OpError::Failed {
+                server: name.to_owned(),
+                reason,
+            })?;
+        if id.0 != next_id {
+            // The balancer numbers servers in the order they were added, as we do.
+            return Err(OpError::Failed {
+                server: name.to_owned(),
+                reason: format!("the balancer numbered it {} instead of {next_id}", id.0),
+            });
+        }
+        if let Ok(mut h) = self.shared.handles.lock() {
+            h.push(handle.clone());
+        }
+        self.shared
+            .adds
+            .lock()
+            .map_err(|_| OpError::Stopped)?
+            .send(parts)
+            .map_err(|_| OpError::Stopped)?;
+        // Wait for the next status snapshot to show it.
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            if let Some(n) = self.node_status(name) {
+                return Ok(n);
+            }
+            if Instant::now() >= until {
+                return Err(OpError::Stopped);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The whitelist after adding (`Some((ip, true))`), removing (`Some((ip, false))`) or
+    /// nothing (`None`).
+    pub fn whitelist(&self, change: Option<(IpAddr, bool)>) -> Result<Vec<IpAddr>, OpError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.request(Request::Whitelist(change, tx))
+            .map_err(|_| OpError::Stopped)?;
+        rx.recv().map_err(|_| OpError::Stopped)
+    }
+}
+
+fn describe(filter: &Filter) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = filter.role {
+        parts.push(format!("role {r}"));
+    }
+    if let Some(s) = &filter.server {
+        parts.push(format!("name {s:?}"));
+    }
+    if let Some(a) = filter.addr {
+        parts.push(format!("address {a}"));
+    }
+    if parts.is_empty() {
+        "(no servers at all)".to_owned()
+    } else {
+        parts.join(" and ")
     }
 }
 
@@ -214,10 +679,10 @@ const BUSY_TICK: Duration = Duration::from_millis(1);
 fn serve(
     mut cm: CallManager,
     socket: UdpSocket,
-    handles: &[NodeHandle],
+    shared: &Shared,
     node_events: &Receiver<(u32, super::NodeEvent)>,
+    requests: &Receiver<Request>,
     stop: &AtomicBool,
-    status: &Mutex<Status>,
 ) -> io::Result<()> {
     socket.set_nonblocking(true)?;
     let mut socket = mio::net::UdpSocket::from_std(socket);
@@ -225,14 +690,14 @@ fn serve(
     poll.registry()
         .register(&mut socket, Token(0), Interest::READABLE)?;
     let mut events = Events::with_capacity(8);
-    let started = Instant::now();
+    let started = shared.epoch;
     // 50,000 users registering at once arrive in bursts; a small buffer would drop them.
     let _ = pbxlab_udp::set_buffer_sizes(&socket, 8 << 20);
     let mut receiver = pbxlab_udp::Receiver::new(&socket, started)?;
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_status = Duration::ZERO;
     let mut log: Vec<String> = Vec::new();
-    let names: Vec<String> = cm.nodes().iter().map(|n| n.name.clone()).collect();
+    let mut handles = shared.handles.lock().map(|h| h.clone()).unwrap_or_default();
     while !stop.load(Ordering::Relaxed) {
         let read = receiver.drain(&socket, |at, from, bytes| cm.handle(at, from, bytes));
         let busy = matches!(read, Ok(n) if n > 0);
@@ -240,30 +705,31 @@ fn serve(
         while let Ok((id, event)) = node_events.try_recv() {
             cm.on_node_event(now, ServerId(id), event);
         }
+        while let Ok(request) = requests.try_recv() {
+            handle_request(&mut cm, now, request);
+        }
         cm.advance(now);
         cm.transmit_all(|datagrams| {
             // A send error (full buffer, unreachable peer) costs that datagram only; SIP's
             // retransmissions are there for exactly that.
             let _ = sender.send_all(&socket, datagrams);
         });
+        if handles.len() < cm.nodes().len()
+            && let Ok(h) = shared.handles.lock()
+        {
+            handles = h.clone();
+        }
         for (server, command) in cm.node_commands() {
-            if let Some(h) = handles.get(server.0 as usize) {
+            if let Some(h) = handles.iter().find(|h| h.id == server.0) {
                 let _ = h.send(command);
             }
         }
-        for e in cm.take_events() {
-            let name = names.get(e.server.0 as usize).map_or("?", String::as_str);
-            let what = match &e.kind {
-                EventKind::Alert(text) => format!("alert: {text}"),
-                other => format!("{other:?}").to_lowercase(),
-            };
-            log.push(format!("{:.3}s {name} {what}", e.at.as_secs_f64()));
-        }
+        record(&mut cm, shared, &mut log);
         let since = started.elapsed();
         if since >= next_status {
             next_status = since + STATUS_EVERY;
-            let snapshot = snapshot(&cm, handles, since, &log);
-            if let Ok(mut s) = status.lock() {
+            let snapshot = snapshot(&cm, &handles, since, &log);
+            if let Ok(mut s) = shared.status.lock() {
                 *s = snapshot;
             }
         }
@@ -278,11 +744,76 @@ fn serve(
             return Err(e);
         }
     }
-    let last = snapshot(&cm, handles, started.elapsed(), &log);
-    if let Ok(mut s) = status.lock() {
+    record(&mut cm, shared, &mut log);
+    let last = snapshot(&cm, &handles, started.elapsed(), &log);
+    if let Ok(mut s) = shared.status.lock() {
         *s = last;
     }
     Ok(())
+}
+
+fn handle_request(cm: &mut CallManager, now: super::Nanos, request: Request) {
+    // A requester that gave up waiting is no reason to stop serving.
+    match request {
+        Request::Admin(server, action, reply) => {
+            let _ = reply.send(cm.admin(now, server, action).map_err(|e| e.to_string()));
+        }
+        Request::Add {
+            name,
+            role,
+            addr,
+            capacity,
+            reply,
+        } => {
+            let added = cm.add_node(&name, role, addr, capacity);
+            let _ = reply.send(added.map_err(|e| e.to_string()));
+        }
+        Request::Whitelist(change, reply) => {
+            match change {
+                Some((ip, true)) => {
+                    cm.whitelist_add(ip);
+                }
+                Some((ip, false)) => {
+                    cm.whitelist_remove(ip);
+                }
+                None => {}
+            }
+            let _ = reply.send(cm.whitelist().to_vec());
+        }
+    }
+}
+
+/// Moves what the Call Manager recorded into the shared records, and events into the log.
+fn record(cm: &mut CallManager, shared: &Shared, log: &mut Vec<String>) {
+    let events = cm.take_events();
+    let reassigned = cm.take_reassigned();
+    let dropped = cm.take_dropped_calls();
+    if events.is_empty() && reassigned.is_empty() && dropped.is_empty() {
+        return;
+    }
+    let Ok(mut r) = shared.records.lock() else {
+        return;
+    };
+    for e in events {
+        let name = cm
+            .nodes()
+            .iter()
+            .find(|n| n.id == e.server)
+            .map_or("?", |n| n.name.as_str())
+            .to_owned();
+        let what = match &e.kind {
+            EventKind::Alert(text) => format!("alert: {text}"),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        log.push(format!("{:.3}s {name} {what}", e.at.as_secs_f64()));
+        r.events.push(ClusterEvent {
+            at: e.at,
+            server: name,
+            kind: e.kind,
+        });
+    }
+    r.reassigned.extend(reassigned);
+    r.dropped.extend(dropped);
 }
 
 fn elapsed(started: Instant) -> Nanos {
@@ -294,24 +825,40 @@ fn snapshot(cm: &CallManager, handles: &[NodeHandle], elapsed: Duration, log: &[
     let nodes = cm
         .nodes()
         .iter()
-        .map(|n| {
-            let view = b.server(n.id);
-            let counters = handles.get(n.id.0 as usize).map(|h| h.counters.load());
-            NodeStatus {
+        .filter_map(|n| {
+            // Removed servers leave the status.
+            let view = b.server(n.id)?;
+            let handle = handles.iter().find(|h| h.id == n.id.0);
+            let counters = handle.map(|h| h.counters.load());
+            let counters = counters.as_ref();
+            Some(NodeStatus {
                 name: n.name.clone(),
                 role: n.role.name(),
                 addr: n.addr,
-                state: view.as_ref().map_or("?", |v| v.state.name()),
-                load: view.as_ref().map_or(0, |v| v.load),
-                capacity: view.as_ref().map_or(0, |v| v.capacity),
-                node_sessions: counters.as_ref().map_or(0, |c| c.sessions),
-                packets_in: counters.as_ref().map_or(0, |c| c.packets_in),
-                packets_out: counters.as_ref().map_or(0, |c| c.packets_out),
-                unknown_packets: counters.as_ref().map_or(0, |c| c.unknown_packets),
-                send_errors: handles
-                    .get(n.id.0 as usize)
-                    .map_or(0, |h| h.counters.io_errors()),
-            }
+                state: match view.state {
+                    ServerState::Online => "online",
+                    ServerState::Down => "offline",
+                    ServerState::Disabled => "disabled",
+                    ServerState::Draining => "draining",
+                },
+                load: view.load,
+                capacity: view.capacity,
+                last_probe: view.last_probe.map(|(at, p)| {
+                    let result = match p {
+                        Probe::Ok => "ok",
+                        Probe::Timeout => "timeout",
+                        Probe::Failed => "failed",
+                    };
+                    (elapsed.saturating_sub(at), result)
+                }),
+                probe_rtt: cm.probe_rtt(n.id),
+                node_sessions: counters.map_or(0, |c| c.sessions),
+                packets_in: counters.map_or(0, |c| c.packets_in),
+                packets_out: counters.map_or(0, |c| c.packets_out),
+                unknown_packets: counters.map_or(0, |c| c.unknown_packets),
+                send_errors: handle.map_or(0, |h| h.counters.io_errors()),
+                running: handle.is_some_and(NodeHandle::is_alive),
+            })
         })
         .collect();
     Status {
@@ -320,6 +867,7 @@ fn snapshot(cm: &CallManager, handles: &[NodeHandle], elapsed: Duration, log: &[
         nodes,
         events: log.to_vec(),
         cm_cpu: thread_cpu(),
+        whitelist: cm.whitelist().to_vec(),
     }
 }
 

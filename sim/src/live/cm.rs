@@ -127,6 +127,40 @@ pub struct Stats {
     pub dropped: u64,
 }
 
+/// What an operator (or a drill) does to a server through the Call Manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    /// Mark it down now, as if its probes had failed: the operator stopped it.
+    Fail,
+    Disable,
+    Enable,
+    Drain,
+    /// Take it out of the cluster for good, moving its sessions first.
+    Remove,
+}
+
+/// One call whose media a failover or an operator moved: when, and how long until every leg
+/// had accepted the new node (re-INVITE answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reassigned {
+    pub at: Nanos,
+    pub took: Nanos,
+}
+
+/// A call the cluster ended because its session could not be placed again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedCall {
+    pub at: Nanos,
+    /// The caller's Call-ID (leg A), as the caller's logs know it.
+    pub call_id: String,
+    /// The server the session was on.
+    pub server: ServerId,
+    pub reason: &'static str,
+}
+
+/// The most reassignment and drop records kept for a report; later ones are counted only.
+const MAX_RECORDS: usize = 1 << 20;
+
 /// Where one of a call's sessions lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Placement {
@@ -214,6 +248,10 @@ struct Call {
     /// The queue session, held from arrival until the call ends.
     queue: Option<Placement>,
     waiting_since: Option<Nanos>,
+    /// When a failover or operator action moved the call's media, until every leg answered
+    /// the re-INVITE: the reassignment time the drill reports.
+    moved_at: Option<Nanos>,
+    reinvites_open: u8,
 }
 
 impl Call {
@@ -245,6 +283,8 @@ impl Call {
             media: None,
             queue: None,
             waiting_since: None,
+            moved_at: None,
+            reinvites_open: 0,
         }
     }
 }
@@ -299,6 +339,8 @@ struct ProbeState {
     seq: u32,
     sent_at: Nanos,
     pending: bool,
+    /// Round-trip time of the last answered probe.
+    last_rtt: Option<Nanos>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -359,6 +401,8 @@ pub struct CallManager {
     events: Vec<Event>,
     scratch: Vec<u8>,
     stats: Stats,
+    reassigned: Vec<Reassigned>,
+    dropped_calls: Vec<DroppedCall>,
 }
 
 impl CallManager {
@@ -397,6 +441,8 @@ impl CallManager {
             events: Vec::new(),
             scratch: Vec::new(),
             stats: Stats::default(),
+            reassigned: Vec::new(),
+            dropped_calls: Vec::new(),
             cfg,
         }
     }
@@ -415,6 +461,88 @@ impl CallManager {
         s.calls_active = self.calls.len() - self.free_calls.len();
         s.queue_waiting = self.queues.iter().map(VecDeque::len).sum();
         s
+    }
+
+    /// Calls whose media was moved and re-INVITEd since the last call, with how long it took.
+    pub fn take_reassigned(&mut self) -> Vec<Reassigned> {
+        std::mem::take(&mut self.reassigned)
+    }
+
+    /// Calls ended because failover found no place for them, since the last call.
+    pub fn take_dropped_calls(&mut self) -> Vec<DroppedCall> {
+        std::mem::take(&mut self.dropped_calls)
+    }
+
+    /// The round-trip time of the last answered probe of `server`.
+    pub fn probe_rtt(&self, server: ServerId) -> Option<Duration> {
+        let i = self.nodes.iter().position(|n| n.id == server)?;
+        self.probes.get(i)?.last_rtt.map(Duration::from_nanos)
+    }
+
+    pub fn whitelist(&self) -> &[IpAddr] {
+        &self.cfg.whitelist
+    }
+
+    /// Adds a source to the whitelist; false if it was there already.
+    pub fn whitelist_add(&mut self, ip: IpAddr) -> bool {
+        if self.cfg.whitelist.contains(&ip) {
+            return false;
+        }
+        self.cfg.whitelist.push(ip);
+        self.buckets.remove(&ip);
+        true
+    }
+
+    /// Takes a source off the whitelist; false if it was not on it.
+    pub fn whitelist_remove(&mut self, ip: IpAddr) -> bool {
+        let before = self.cfg.whitelist.len();
+        self.cfg.whitelist.retain(|&w| w != ip);
+        before != self.cfg.whitelist.len()
+    }
+
+    /// Carries out an operator's action on `server`: the balancer decides, and moved sessions
+    /// are re-anchored (node commands and re-INVITEs) as after a failed probe.
+    pub fn admin(
+        &mut self,
+        now: Nanos,
+        server: ServerId,
+        action: Admin,
+    ) -> Result<(), pbxlab_balancer::Error> {
+        let at = Duration::from_nanos(now);
+        let outcome = match action {
+            Admin::Fail => self.balancer.fail(at, server)?,
+            Admin::Disable => self.balancer.disable(at, server)?,
+            Admin::Enable => self.balancer.enable(at, server)?,
+            Admin::Drain => self.balancer.drain(at, server)?,
+            Admin::Remove => self.balancer.remove_server(at, server)?,
+        };
+        self.apply(now, outcome);
+        Ok(())
+    }
+
+    /// Adds a node to the cluster, online; the balancer places sessions on it from now on and
+    /// the probes watch it from the next round.
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        role: Role,
+        addr: SocketAddr,
+        capacity: u32,
+    ) -> Result<ServerId, pbxlab_balancer::Error> {
+        let id = self.balancer.add_server(pbxlab_balancer::ServerSpec {
+            name: name.to_owned(),
+            role,
+            capacity,
+            weight: 1,
+        })?;
+        self.nodes.push(NodeSpec {
+            id,
+            name: name.to_owned(),
+            role,
+            addr,
+        });
+        self.probes.push(ProbeState::default());
+        Ok(id)
     }
 
     /// Balancer events (server down or up, alerts) since the last call.
@@ -490,6 +618,10 @@ impl CallManager {
         let health = self.balancer.health();
         self.probe_timeouts(now);
         for i in 0..self.nodes.len() {
+            if self.balancer.server(self.nodes[i].id).is_none() {
+                // Removed from the cluster: nobody watches it any more.
+                continue;
+            }
             let p = &mut self.probes[i];
             p.seq = p.seq.wrapping_add(1);
             p.sent_at = now;
@@ -550,6 +682,16 @@ impl CallManager {
                     Reject::NoCapacity { .. } => "failover: no capacity",
                     _ => "failover: no server in service",
                 };
+                if self.dropped_calls.len() < MAX_RECORDS
+                    && let Some(c) = self.call(call)
+                {
+                    self.dropped_calls.push(DroppedCall {
+                        at: now,
+                        call_id: c.a.call_id.clone(),
+                        server: d.from,
+                        reason,
+                    });
+                }
                 // The balancer has forgotten the session already.
                 if let Some(c) = self.call_mut(call) {
                     if c.media.is_some_and(|p| p.session == d.session) {
@@ -591,6 +733,8 @@ impl CallManager {
             if c.queue.is_some_and(|p| p.session == session) {
                 c.queue = Some(placement);
             }
+            // A second move before the first finished counts from the first.
+            c.moved_at.get_or_insert(now);
         }
         if let Some(Kind::Meeting(room)) = self.call(call).map(|c| c.kind.clone()) {
             self.leave_room(room, old.server);
@@ -1532,6 +1676,8 @@ impl CallManager {
                 self.ack(call, purpose == Purpose::ReinviteA, msg);
                 if code >= 300 {
                     self.hang_up(now, call, "re-INVITE refused");
+                } else {
+                    self.reinvite_answered(now, call);
                 }
             }
             Purpose::ByeA | Purpose::ByeB | Purpose::CancelB => {}
@@ -1549,6 +1695,7 @@ impl CallManager {
             return;
         }
         p.pending = false;
+        p.last_rtt = Some(now.saturating_sub(p.sent_at));
         let id = self.nodes[node as usize].id;
         let result = if (200..300).contains(&code) {
             Probe::Ok
@@ -1853,6 +2000,22 @@ impl CallManager {
     // ---------------------------------------------------------------- transfers
 
     /// Re-INVITEs every established leg so its audio goes to the call's current node.
+    fn reinvite_answered(&mut self, now: Nanos, call: CallRef) {
+        let Some(c) = self.call_mut(call) else { return };
+        c.reinvites_open = c.reinvites_open.saturating_sub(1);
+        if c.reinvites_open > 0 {
+            return;
+        }
+        if let Some(at) = c.moved_at.take()
+            && self.reassigned.len() < MAX_RECORDS
+        {
+            self.reassigned.push(Reassigned {
+                at,
+                took: now.saturating_sub(at),
+            });
+        }
+    }
+
     fn reinvite_legs(&mut self, now: Nanos, call: CallRef) {
         let Some(c) = self.call(call) else { return };
         let b = c.b_answered;
@@ -1881,6 +2044,9 @@ impl CallManager {
         d.local_cseq += 1;
         d.sdp_version += 1;
         let d = d.clone();
+        if c.moved_at.is_some() {
+            c.reinvites_open += 1;
+        }
         let purpose = if to_a {
             Purpose::ReinviteA
         } else {

@@ -63,6 +63,9 @@ pub enum NodeCommand {
     },
     /// The session is over (hang-up, transfer elsewhere, or failover): forget it.
     End { session: MediaSession },
+    /// The node's process started afresh (after a crash, a stop or an upgrade): every session
+    /// it had is gone.
+    Reset,
 }
 
 /// What a node tells the Call Manager.

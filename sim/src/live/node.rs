@@ -449,6 +449,12 @@ impl Node {
             NodeCommand::End { session } => {
                 self.end(session);
             }
+            NodeCommand::Reset => {
+                let all: Vec<MediaSession> = self.by_session.keys().copied().collect();
+                for session in all {
+                    self.end(session);
+                }
+            }
             NodeCommand::Relay { session, a, b } => self.start(session, a, Some(b), Setup::Relay),
             NodeCommand::Echo { session, leg } => self.start(session, leg, None, Setup::Echo),
             NodeCommand::Ivr { session, leg } => self.start(session, leg, None, Setup::Ivr),
@@ -1012,6 +1018,25 @@ struct Served {
 }
 
 impl Served {
+    fn new(
+        node: Node,
+        socket: mio::net::UdpSocket,
+        control: NodeControl,
+        started: Instant,
+    ) -> io::Result<Served> {
+        // Large socket buffers hold a tick's burst from every stream. (Coalesced receive,
+        // UDP_GRO, is not used here: on this kernel the node was handed whole coalesced
+        // buffers as single datagrams; ARCHITECTURE.md.)
+        let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
+        let receiver = pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM)?;
+        Ok(Served {
+            node,
+            socket,
+            control,
+            receiver,
+        })
+    }
+
     fn alive(&self) -> bool {
         self.control.alive.load(Ordering::Relaxed)
     }
@@ -1048,6 +1073,7 @@ impl Served {
 /// a 20 ms grid; after a stall the missed ones are skipped, not sent in a burst.
 pub fn spawn(
     nodes: Vec<(Node, UdpSocket, NodeControl)>,
+    adds: Receiver<(Node, UdpSocket, NodeControl)>,
     events: Sender<(u32, NodeEvent)>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
@@ -1069,17 +1095,8 @@ pub fn spawn(
         .spawn(move || {
             let mut served = Vec::with_capacity(sockets.len());
             for (node, socket, control) in sockets {
-                // Large socket buffers hold a tick's burst from every stream. (Coalesced
-                // receive, UDP_GRO, is not used here: on this kernel the node was handed whole
-                // coalesced buffers as single datagrams; ARCHITECTURE.md.)
-                let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
-                match pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM) {
-                    Ok(receiver) => served.push(Served {
-                        node,
-                        socket,
-                        control,
-                        receiver,
-                    }),
+                match Served::new(node, socket, control, started) {
+                    Ok(s) => served.push(s),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
@@ -1087,7 +1104,7 @@ pub fn spawn(
                 }
             }
             let _ = ready_tx.send(Ok(()));
-            run(served, poll, started, &events, &stop);
+            run(served, poll, started, &adds, &events, &stop);
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(thread),
@@ -1110,6 +1127,7 @@ fn run(
     mut served: Vec<Served>,
     mut poll: Poll,
     started: Instant,
+    adds: &Receiver<(Node, UdpSocket, NodeControl)>,
     events: &Sender<(u32, NodeEvent)>,
     stop: &AtomicBool,
 ) {
@@ -1117,6 +1135,21 @@ fn run(
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_tick = FRAME_NS;
     while !stop.load(Ordering::Relaxed) {
+        // Nodes an operator added (`pbxlab ctl add`) join the loop; a socket that cannot be
+        // set up leaves its node silent, and its probes then mark it down.
+        while let Ok((node, socket, control)) = adds.try_recv() {
+            let counters = Arc::clone(&control.counters);
+            let added = socket.set_nonblocking(true).and_then(|()| {
+                let mut socket = mio::net::UdpSocket::from_std(socket);
+                poll.registry()
+                    .register(&mut socket, Token(served.len()), Interest::READABLE)?;
+                Served::new(node, socket, control, started)
+            });
+            match added {
+                Ok(s) => served.push(s),
+                Err(_) => NodeCounters::add(&counters.io_errors, 1),
+            }
+        }
         // Sleep until the next tick (so `stop` and commands are seen every 20 ms) or a
         // datagram; when audio is due, wake a little early and spin so it leaves on time.
         let until = next_tick.saturating_sub(elapsed(started));
@@ -1687,7 +1720,8 @@ mod tests {
         let (handle, served) = bind(1, Role::Media, "media-1".into(), localhost).unwrap();
         let (events_tx, events_rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = spawn(vec![served], events_tx, Arc::clone(&stop)).unwrap();
+        let (_adds_tx, adds_rx) = std::sync::mpsc::channel();
+        let thread = spawn(vec![served], adds_rx, events_tx, Arc::clone(&stop)).unwrap();
         let [a, b, c] = [0; 3].map(|_| {
             let s = UdpSocket::bind(localhost).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(100)))
