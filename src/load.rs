@@ -149,7 +149,7 @@ fn rate(flag: &str, text: &str) -> anyhow::Result<f64> {
 }
 
 /// The configuration of this shard, and the thresholds to check.
-fn configure(
+pub(crate) fn configure(
     args: &LoadArgs,
     scenario: Option<&Scenario>,
 ) -> anyhow::Result<(Config, Vec<Threshold>)> {
@@ -459,23 +459,7 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
             None => eprintln!("{line}"),
         }
     };
-    // Long enough for nearly every call to finish: a call may wait for an IVR transfer, then
-    // for an agent, then talk.
-    let bound = |h: Hold| match h {
-        Hold::Fixed(d) => d,
-        Hold::Exponential(m) => m * 10,
-    };
-    let drain_limit = cfg.t1 * 128
-        + cfg
-            .workloads
-            .iter()
-            .map(|w| {
-                bound(w.hold)
-                    + w.agent_hold.map_or(Duration::ZERO, bound)
-                    + w.patience.unwrap_or_default() * 10
-            })
-            .max()
-            .unwrap_or_default();
+    let drain_limit = drain_limit(&cfg);
     let (report, log) = pbxlab_loadgen::run(
         cfg,
         RunOptions {
@@ -504,6 +488,41 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     Ok(exit_code(&report))
 }
 
+/// Long enough for nearly every call to finish: a call may wait for an IVR transfer, then for
+/// an agent, then talk.
+pub(crate) fn drain_limit(cfg: &Config) -> Duration {
+    let bound = |h: Hold| match h {
+        Hold::Fixed(d) => d,
+        Hold::Exponential(m) => m * 10,
+    };
+    cfg.t1 * 128
+        + cfg
+            .workloads
+            .iter()
+            .map(|w| {
+                bound(w.hold)
+                    + w.agent_hold.map_or(Duration::ZERO, bound)
+                    + w.patience.unwrap_or_default() * 10
+            })
+            .max()
+            .unwrap_or_default()
+}
+
+/// `pbxlab load`'s flags given as words (a drill's `[drill] load`), against `target`.
+pub(crate) fn flags(target: SocketAddr, words: &[String]) -> anyhow::Result<LoadArgs> {
+    #[derive(clap::Parser)]
+    #[command(name = "load", no_binary_name = true)]
+    struct Words {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+    let mut argv = vec!["--target".to_owned(), target.to_string()];
+    argv.extend(words.iter().cloned());
+    <Words as clap::Parser>::try_parse_from(argv)
+        .map(|w| w.load)
+        .map_err(|e| bad(format!("[drill] load: {}", e.render().to_string().trim())))
+}
+
 fn exit_code(report: &LoadReport) -> ExitCode {
     let attempted = report.calls.attempted + report.registrations.attempted;
     if attempted > 0 && report.messages_received == 0 {
@@ -519,7 +538,7 @@ fn exit_code(report: &LoadReport) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn progress_line(p: &Progress) -> String {
+pub(crate) fn progress_line(p: &Progress) -> String {
     let ms = |us: u64| us as f64 / 1000.0;
     let i = &p.interval;
     format!(

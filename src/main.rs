@@ -2,9 +2,11 @@
 //!
 //! Exit codes: 0 success; 1 the run itself failed; 2 bad usage or bad input (a scenario that
 //! does not parse or validate, a bad flag); 3 `load`: the target never answered; 99 thresholds
-//! breached (`load`), or no size within the search bound meets the SLOs (`plan --size`).
+//! breached (`load`), an SLO broke (`drill`), or no size within the search bound meets the SLOs
+//! (`plan --size`).
 
 mod cluster;
+mod drill;
 mod load;
 
 use std::io::Write as _;
@@ -37,6 +39,9 @@ enum Command {
     Load(Box<load::LoadArgs>),
     /// Run the emulated cluster (Call Manager and nodes) live on loopback until stopped.
     Cluster(Box<cluster::ClusterArgs>),
+    /// Failover drill: the live cluster, a load and a fault timeline in one run, with a
+    /// verdict (exit 99 when an SLO broke).
+    Drill(Box<drill::DrillArgs>),
     /// Validate a scenario file and print its warnings.
     Check {
         /// Scenario file (TOML).
@@ -94,6 +99,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan(args, &stop),
         Command::Load(args) => load::load(*args, &stop),
         Command::Cluster(args) => cluster::cluster(*args, &stop),
+        Command::Drill(args) => drill::drill(*args, &stop),
         Command::Check { scenario } => check(&scenario),
     };
     match result {

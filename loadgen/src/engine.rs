@@ -1690,6 +1690,23 @@ impl Engine {
         match method {
             Method::Bye => {
                 self.respond(from, msg, 200, "OK", &[], b"");
+                let c = &self.calls[slot as usize];
+                let sends_digits = self
+                    .cfg
+                    .workloads
+                    .get(c.workload as usize)
+                    .is_some_and(|w| w.dtmf != Dtmf::None);
+                if uac
+                    && state == CallState::Established
+                    && c.stage == Stage::Hold
+                    && !sends_digits
+                    && now < c.hold_until
+                {
+                    // A plain call the far end (or a cluster that lost its media node) ended
+                    // before its hold time: dropped, not completed.
+                    self.fail_call(slot, "BYE from the far end before the hold ended");
+                    return;
+                }
                 if uac && matches!(state, CallState::Established | CallState::ByeSent) {
                     // The far end hung up first (an IVR after '#', say): the call still
                     // completed, unless we were already hanging up out of patience.

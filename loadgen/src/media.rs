@@ -39,6 +39,7 @@ use crate::engine::MediaCommand;
 use crate::metrics::{MAX_US, histogram};
 
 const FRAME: Duration = Duration::from_millis(20);
+const GAP_RECORDED_NS: u64 = GAP_RECORDED.as_nanos() as u64;
 /// Samples per 20 ms frame at 8 kHz.
 const SAMPLES: u32 = 160;
 /// Nanoseconds per RTP timestamp unit at 8 kHz.
@@ -70,9 +71,29 @@ struct Receiving {
     events: u64,
 }
 
+/// A silence in a received stream longer than [`GAP_RECORDED`]: when the last packet before
+/// it arrived and how long until the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub ssrc: u32,
+    /// Since [`MediaReport::epoch`].
+    pub start_ns: u64,
+    pub len_ns: u64,
+}
+
+/// Silences from this long are recorded one by one: three lost frames, beyond any jitter
+/// loopback shows, yet well below the failovers a drill looks for.
+pub const GAP_RECORDED: Duration = Duration::from_millis(60);
+/// The most gaps recorded one by one; later ones still count in `gap_us`.
+const MAX_GAPS: usize = 1 << 20;
+
 /// What the worker saw, at the end of the run.
 #[derive(Debug, Clone)]
 pub struct MediaReport {
+    /// The clock's origin for `gaps`.
+    pub epoch: Instant,
+    /// Every silence of [`GAP_RECORDED`] or more, in the order they ended.
+    pub gaps: Vec<Gap>,
     pub streams: u64,
     pub packets_sent: u64,
     pub packets_received: u64,
@@ -128,6 +149,8 @@ pub fn spawn(
     poll.registry()
         .register(&mut socket, Token(0), Interest::READABLE)?;
     let mut report = MediaReport {
+        epoch: Instant::now(),
+        gaps: Vec::new(),
         streams: 0,
         packets_sent: 0,
         packets_received: 0,
@@ -149,6 +172,7 @@ pub fn spawn(
         .name("pbxlab-rtp".into())
         .spawn(move || {
             let epoch = Instant::now();
+            report.epoch = epoch;
             let receiver = match pbxlab_udp::Receiver::coalescing(&socket, epoch) {
                 Ok((r, coalescing)) => {
                     report.receive_coalescing = coalescing;
@@ -348,7 +372,15 @@ fn run(
                     let units = (arrival_ns / NS_PER_SAMPLE) as u32;
                     r.stats.on_packet(p.seq, p.timestamp, units);
                     if let Some(last) = r.last_ns {
-                        r.max_gap_ns = r.max_gap_ns.max(arrival_ns.saturating_sub(last));
+                        let gap = arrival_ns.saturating_sub(last);
+                        r.max_gap_ns = r.max_gap_ns.max(gap);
+                        if gap >= GAP_RECORDED_NS && report.gaps.len() < MAX_GAPS {
+                            report.gaps.push(Gap {
+                                ssrc: p.ssrc,
+                                start_ns: last,
+                                len_ns: gap,
+                            });
+                        }
                     }
                     r.last_ns = Some(arrival_ns);
                 }

@@ -139,6 +139,13 @@ pub struct LoadReport {
     pub failures: BTreeMap<String, u64>,
     pub rtp: RtpSummary,
     pub thresholds: Vec<ThresholdResult>,
+    /// Media silences of 60 ms or more, one by one, for drills to attribute to faults; not
+    /// part of the JSON report.
+    #[serde(skip)]
+    pub gaps: Vec<crate::media::Gap>,
+    /// The clock origin of `gaps`.
+    #[serde(skip)]
+    pub media_epoch: Option<std::time::Instant>,
 }
 
 impl LoadReport {
@@ -352,6 +359,8 @@ mod tests {
             failures: BTreeMap::new(),
             rtp: RtpSummary::default(),
             thresholds: Vec::new(),
+            gaps: Vec::new(),
+            media_epoch: None,
         };
         let text = report.render_text();
         assert!(text.contains("\nqueue_wait "), "{text}");

@@ -85,6 +85,9 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         source: e,
     };
     socket.set_nonblocking(true).map_err(io)?;
+    // A failover re-INVITEs hundreds of calls at once: a default-sized buffer drops part of
+    // the burst, and each loss costs a T1 retransmission in the measured figures.
+    let _ = pbxlab_udp::set_buffer_sizes(&socket, 8 << 20);
     let mut socket = mio::net::UdpSocket::from_std(socket);
     let mut poll = Poll::new().map_err(io)?;
     poll.registry()
@@ -279,6 +282,8 @@ fn build_report(
         failures: m.failures.clone(),
         rtp,
         thresholds: Vec::new(),
+        gaps: media.gaps.clone(),
+        media_epoch: Some(media.epoch),
     };
     report.thresholds = thresholds
         .iter()

@@ -25,6 +25,15 @@ pub use simulate::{Options, simulate};
 pub const REFERENCE_SCENARIO: &str = include_str!("../../scenarios/reference.toml");
 pub const REFERENCE_SCENARIO_NAME: &str = "<embedded reference>";
 
+/// The embedded failover drill, used by `pbxlab drill` when no scenario file is given.
+pub const DRILL_SCENARIO: &str = include_str!("../../scenarios/drill.toml");
+pub const DRILL_SCENARIO_NAME: &str = "<embedded drill>";
+
+/// Loads the failover drill that ships inside the binary.
+pub fn drill_scenario() -> Result<Scenario, ScenarioError> {
+    Scenario::from_toml(DRILL_SCENARIO_NAME, DRILL_SCENARIO)
+}
+
 /// Loads the reference cluster that ships inside the binary.
 pub fn reference_scenario() -> Result<Scenario, ScenarioError> {
     Scenario::from_toml(REFERENCE_SCENARIO_NAME, REFERENCE_SCENARIO)

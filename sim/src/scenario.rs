@@ -44,6 +44,8 @@ pub struct Scenario {
     pub faults: Vec<FaultSpec>,
     pub slo: Slo,
     pub sizing: SizingCosts,
+    /// How `pbxlab drill` runs this scenario live; `plan` ignores it.
+    pub drill: Option<DrillSpec>,
     /// Things worth telling the user that do not stop the run.
     pub warnings: Vec<Diagnostic>,
 }
@@ -158,11 +160,18 @@ pub struct RegistrationTraffic {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultAction {
+    /// The server stops abruptly; only its probes tell.
     Fail,
     Recover,
     Disable,
     Enable,
     Drain,
+    /// Its packets are dropped both ways; it keeps running.
+    Partition,
+    /// The partition ends.
+    Heal,
+    /// Rolling upgrade of one server: disable (sessions move), restart, enable.
+    Upgrade,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +179,24 @@ pub struct FaultSpec {
     pub at: Duration,
     pub action: FaultAction,
     pub server: String,
+}
+
+/// `[drill]`: the live load a drill runs against the cluster and what it must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillSpec {
+    /// Flags of `pbxlab load` for the drill's traffic (the scenario's [traffic] fills in the
+    /// rest, as it does for `pbxlab load SCENARIO`).
+    pub load: Vec<String>,
+    /// The window before the first fault in which the steady-state hypothesis is checked.
+    pub steady: Duration,
+    /// How long after a fault (once detected) the cluster gets before "after" checks start.
+    pub settle: Duration,
+    /// SLOs checked in every phase: media gap p99 of the affected calls, setup p99, calls
+    /// dropped by failover, failed calls.
+    pub media_gap_p99: Duration,
+    pub setup_p99: Duration,
+    pub dropped: u64,
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -347,6 +374,9 @@ pub fn fault_action_name(action: FaultAction) -> &'static str {
         FaultAction::Disable => "disable",
         FaultAction::Enable => "enable",
         FaultAction::Drain => "drain",
+        FaultAction::Partition => "partition",
+        FaultAction::Heal => "heal",
+        FaultAction::Upgrade => "upgrade",
     }
 }
 
@@ -365,6 +395,9 @@ pub fn parse_fault_action(text: &str) -> Option<FaultAction> {
         "disable" => Some(FaultAction::Disable),
         "enable" => Some(FaultAction::Enable),
         "drain" => Some(FaultAction::Drain),
+        "partition" => Some(FaultAction::Partition),
+        "heal" => Some(FaultAction::Heal),
+        "upgrade" => Some(FaultAction::Upgrade),
         _ => None,
     }
 }
@@ -398,7 +431,7 @@ fn parse_dist_kind(text: &str) -> Option<DistKind> {
 const ROLES: &str = "media, meeting, ivr, queue, im";
 const POLICIES: &str = "least-loaded, round-robin, weighted, affinity";
 const FAILOVERS: &str = "auto, operator";
-const FAULT_ACTIONS: &str = "fail, recover, disable, enable, drain";
+const FAULT_ACTIONS: &str = "fail, recover, disable, enable, drain, partition, heal, upgrade";
 const CODECS: &str = "g711, g729, opus";
 const DISTS: &str = "exponential, lognormal, fixed";
 
@@ -589,6 +622,19 @@ struct RawScenario {
     fault: Option<Spanned<Vec<Tab<RawFault>>>>,
     slo: Option<Tab<RawSlo>>,
     sizing: Option<Tab<RawSizing>>,
+    drill: Option<Tab<RawDrill>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrill {
+    load: Option<LeafList>,
+    steady: Option<Leaf>,
+    settle: Option<Leaf>,
+    media_gap_p99: Option<Leaf>,
+    setup_p99: Option<Leaf>,
+    dropped: Option<Leaf>,
+    failed: Option<Leaf>,
 }
 
 #[derive(Deserialize)]
@@ -1161,6 +1207,7 @@ impl Checker<'_> {
         let faults = self.faults(raw.fault.as_ref(), &pools, duration)?;
         let slo = self.slo(raw.slo.as_ref())?;
         let sizing = self.sizing(raw.sizing.as_ref())?;
+        let drill = self.drill(raw.drill.as_ref())?;
 
         Ok(Scenario {
             name: name.to_owned(),
@@ -1174,6 +1221,7 @@ impl Checker<'_> {
             faults,
             slo,
             sizing,
+            drill,
             warnings: self.warnings,
         })
     }
@@ -1791,6 +1839,40 @@ impl Checker<'_> {
             });
         }
         Ok(faults)
+    }
+
+    fn drill(&self, raw: Option<&Tab<RawDrill>>) -> Res<Option<DrillSpec>> {
+        let key = "drill";
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let raw = raw.get_ref();
+        let mut load = Vec::new();
+        if let Some(list) = &raw.load {
+            for (i, value) in list.get_ref().iter().enumerate() {
+                load.push(self.string(value, key, &format!("load[{i}]"))?.to_owned());
+            }
+        }
+        let duration = |value: &Option<Leaf>, name: &str, default_ms: u64| -> Res<Duration> {
+            Ok(self
+                .opt_duration(value, key, name, false)?
+                .unwrap_or(Duration::from_millis(default_ms)))
+        };
+        let count = |value: &Option<Leaf>, name: &str| -> Res<u64> {
+            match value {
+                Some(v) => Ok(u64::try_from(self.integer(v, key, name, 0, i64::MAX)?).unwrap_or(0)),
+                None => Ok(0),
+            }
+        };
+        Ok(Some(DrillSpec {
+            load,
+            steady: duration(&raw.steady, "steady", 10_000)?,
+            settle: duration(&raw.settle, "settle", 5_000)?,
+            media_gap_p99: duration(&raw.media_gap_p99, "media_gap_p99", 300)?,
+            setup_p99: duration(&raw.setup_p99, "setup_p99", 2_000)?,
+            dropped: count(&raw.dropped, "dropped")?,
+            failed: count(&raw.failed, "failed")?,
+        }))
     }
 
     fn slo(&self, raw: Option<&Tab<RawSlo>>) -> Res<Slo> {
@@ -2741,6 +2823,9 @@ disk_gb_base = 40.0
             FaultAction::Disable,
             FaultAction::Enable,
             FaultAction::Drain,
+            FaultAction::Partition,
+            FaultAction::Heal,
+            FaultAction::Upgrade,
         ] {
             assert_eq!(parse_fault_action(fault_action_name(action)), Some(action));
         }

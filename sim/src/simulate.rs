@@ -759,21 +759,30 @@ impl<'s> Sim<'s> {
         });
         let at = Duration::from_nanos(now);
         let out = match action {
-            // The balancer is not told: it has to notice through its probes.
-            FaultAction::Fail => {
+            // The balancer is not told: it has to notice through its probes. In virtual time a
+            // partitioned server is as silent as a failed one.
+            FaultAction::Fail | FaultAction::Partition => {
                 self.servers[id.0 as usize].alive = false;
                 return Ok(());
             }
-            FaultAction::Recover => {
+            FaultAction::Recover | FaultAction::Heal => {
                 self.servers[id.0 as usize].alive = true;
                 return Ok(());
+            }
+            // An upgrade moves the sessions away and takes the server back at once: the
+            // restart itself takes no virtual time worth modelling.
+            FaultAction::Upgrade => {
+                let mut out = self.b.disable(at, id)?;
+                let back = self.b.enable(at, id)?;
+                out.events.extend(back.events);
+                out
             }
             FaultAction::Disable => self.b.disable(at, id)?,
             FaultAction::Enable => self.b.enable(at, id)?,
             FaultAction::Drain => self.b.drain(at, id)?,
         };
         if let Some(f) = self.faults.last_mut() {
-            f.sessions_affected = if action == FaultAction::Disable {
+            f.sessions_affected = if matches!(action, FaultAction::Disable | FaultAction::Upgrade) {
                 before
             } else {
                 0

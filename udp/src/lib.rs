@@ -91,6 +91,18 @@ impl Receiver {
     pub fn drain(
         &mut self,
         socket: &impl AsRawFd,
+        f: impl FnMut(u64, SocketAddr, &[u8]),
+    ) -> io::Result<usize> {
+        self.drain_up_to(socket, usize::MAX, f)
+    }
+
+    /// As [`Receiver::drain`], but stops once `limit` datagrams have been read (whole batches:
+    /// up to `BATCH - 1` more). A thread serving several sockets uses it so one busy socket
+    /// cannot keep the others waiting; reading `limit` or more means more may be waiting.
+    pub fn drain_up_to(
+        &mut self,
+        socket: &impl AsRawFd,
+        limit: usize,
         mut f: impl FnMut(u64, SocketAddr, &[u8]),
     ) -> io::Result<usize> {
         let mut total = 0;
@@ -164,7 +176,7 @@ impl Receiver {
                     }
                 }
             }
-            if n < BATCH {
+            if n < BATCH || total >= limit {
                 return Ok(total);
             }
         }
@@ -237,12 +249,13 @@ impl Sender {
         let no_cmsgs: [ControlMessage<'_>; 0] = [];
         for chunk in datagrams.chunks(BATCH) {
             let mut done = 0;
-            // A full send buffer can take part of a batch; the rest is retried a few times.
-            for _ in 0..4 {
+            // A full send buffer can take part of a batch; the rest is retried a few times. A
+            // datagram the kernel refuses ends a call early (sendmmsg reports what it sent
+            // before it, and the error on the next call), so refusals must not use up the
+            // retries: once cost a whole batch of the Call Manager's probes.
+            let mut full = 0;
+            while done < chunk.len() && full < 4 {
                 let rest = chunk.get(done..).unwrap_or(&[]);
-                if rest.is_empty() {
-                    break;
-                }
                 let slices: Vec<[IoSlice<'_>; 1]> =
                     rest.iter().map(|(_, b)| [IoSlice::new(b)]).collect();
                 let addrs: Vec<Option<SockaddrStorage>> = rest
@@ -257,10 +270,19 @@ impl Sender {
                     no_cmsgs,
                     MsgFlags::MSG_DONTWAIT,
                 ) {
-                    Ok(sent) => done += sent.count().max(1),
-                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {
-                        std::thread::yield_now()
+                    Ok(sent) => {
+                        let n = sent.count();
+                        if n > 0 {
+                            done += n;
+                        } else {
+                            full += 1;
+                        }
                     }
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        full += 1;
+                        std::thread::yield_now();
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => {
                         // Skip the datagram the kernel refused (e.g. unreachable) and go on.
                         errors.push(io::Error::from(e));

@@ -87,6 +87,8 @@ pub struct Status {
     pub events: Vec<String>,
     /// CPU time of the Call Manager thread.
     pub cm_cpu: Duration,
+    /// Datagrams the Call Manager's socket would not take.
+    pub cm_send_errors: u64,
     pub whitelist: Vec<IpAddr>,
 }
 
@@ -698,10 +700,14 @@ fn serve(
     let mut next_status = Duration::ZERO;
     let mut log: Vec<String> = Vec::new();
     let mut handles = shared.handles.lock().map(|h| h.clone()).unwrap_or_default();
+    let mut send_errors = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        // The clock is read before the socket: every datagram that arrived by `now` is
+        // handled before `advance(now)` judges probe timeouts, so a thread that was held up
+        // between the two never takes an answer sitting in its buffer for a dead node.
+        let now = elapsed(started);
         let read = receiver.drain(&socket, |at, from, bytes| cm.handle(at, from, bytes));
         let busy = matches!(read, Ok(n) if n > 0);
-        let now = elapsed(started);
         while let Ok((id, event)) = node_events.try_recv() {
             cm.on_node_event(now, ServerId(id), event);
         }
@@ -711,8 +717,8 @@ fn serve(
         cm.advance(now);
         cm.transmit_all(|datagrams| {
             // A send error (full buffer, unreachable peer) costs that datagram only; SIP's
-            // retransmissions are there for exactly that.
-            let _ = sender.send_all(&socket, datagrams);
+            // retransmissions are there for exactly that. They are counted for the status.
+            send_errors += sender.send_all(&socket, datagrams).len() as u64;
         });
         if handles.len() < cm.nodes().len()
             && let Ok(h) = shared.handles.lock()
@@ -728,7 +734,8 @@ fn serve(
         let since = started.elapsed();
         if since >= next_status {
             next_status = since + STATUS_EVERY;
-            let snapshot = snapshot(&cm, &handles, since, &log);
+            let mut snapshot = snapshot(&cm, &handles, since, &log);
+            snapshot.cm_send_errors = send_errors;
             if let Ok(mut s) = shared.status.lock() {
                 *s = snapshot;
             }
@@ -745,7 +752,8 @@ fn serve(
         }
     }
     record(&mut cm, shared, &mut log);
-    let last = snapshot(&cm, &handles, started.elapsed(), &log);
+    let mut last = snapshot(&cm, &handles, started.elapsed(), &log);
+    last.cm_send_errors = send_errors;
     if let Ok(mut s) = shared.status.lock() {
         *s = last;
     }
@@ -867,6 +875,7 @@ fn snapshot(cm: &CallManager, handles: &[NodeHandle], elapsed: Duration, log: &[
         nodes,
         events: log.to_vec(),
         cm_cpu: thread_cpu(),
+        cm_send_errors: 0,
         whitelist: cm.whitelist().to_vec(),
     }
 }

@@ -125,6 +125,11 @@ pub struct Stats {
     /// The most participants one room had at once.
     pub meeting_largest: u32,
     pub dropped: u64,
+    /// Probe answers that came after their timeout, and the longest round trip seen.
+    pub probes_late: u64,
+    /// Probe rounds not counted because most of the cluster was silent at once.
+    pub probe_rounds_ignored: u64,
+    pub probe_rtt_max_us: u64,
 }
 
 /// What an operator (or a drill) does to a server through the Call Manager.
@@ -403,7 +408,13 @@ pub struct CallManager {
     stats: Stats,
     reassigned: Vec<Reassigned>,
     dropped_calls: Vec<DroppedCall>,
+    /// Consecutive probe rounds in which most nodes were silent.
+    inconclusive_rounds: u32,
 }
+
+/// Consecutive rounds with most of the cluster silent that are put down to the Call Manager's
+/// own trouble; after that many, the silence is believed.
+const MAX_INCONCLUSIVE: u32 = 5;
 
 impl CallManager {
     /// A Call Manager over `balancer`, whose servers are `nodes`.
@@ -443,6 +454,7 @@ impl CallManager {
             stats: Stats::default(),
             reassigned: Vec::new(),
             dropped_calls: Vec::new(),
+            inconclusive_rounds: 0,
             cfg,
         }
     }
@@ -650,12 +662,32 @@ impl CallManager {
 
     fn probe_timeouts(&mut self, now: Nanos) {
         let timeout = ns(self.balancer.health().timeout);
+        let mut late = Vec::new();
+        let mut probed = 0;
         for i in 0..self.nodes.len() {
+            if self.balancer.server(self.nodes[i].id).is_none() {
+                continue;
+            }
+            probed += 1;
             if self.probes[i].pending && self.probes[i].sent_at + timeout <= now {
                 self.probes[i].pending = false;
-                let id = self.nodes[i].id;
-                self.probe_result(now, id, Probe::Timeout);
+                late.push(self.nodes[i].id);
             }
+        }
+        // More than half the cluster silent in the same round says more about the Call
+        // Manager's own host or network (a stalled thread, a saturated machine) than about the
+        // nodes: such a round is not counted, as a load balancer's panic threshold would have
+        // it, for a few rounds. Longer, it is a real outage and counts.
+        if probed >= 3 && late.len() * 2 > probed && self.inconclusive_rounds < MAX_INCONCLUSIVE {
+            self.inconclusive_rounds += 1;
+            self.stats.probe_rounds_ignored += 1;
+            return;
+        }
+        if !late.is_empty() || probed > 0 {
+            self.inconclusive_rounds = 0;
+        }
+        for id in late {
+            self.probe_result(now, id, Probe::Timeout);
         }
     }
 
@@ -1691,7 +1723,15 @@ impl CallManager {
         let Some(p) = self.probes.get_mut(node as usize) else {
             return;
         };
+        if p.seq == seq {
+            let rtt = now.saturating_sub(p.sent_at);
+            self.stats.probe_rtt_max_us = self.stats.probe_rtt_max_us.max(rtt / 1000);
+        }
         if !p.pending || p.seq != seq || now > p.sent_at + ns(self.balancer.health().timeout) {
+            if p.seq == seq && !p.pending {
+                // Answered, but after its timeout had been counted.
+                self.stats.probes_late += 1;
+            }
             return;
         }
         p.pending = false;

@@ -1006,6 +1006,8 @@ pub fn bind(
 const DATAGRAM: usize = 2048;
 /// Receive and send buffer asked of the kernel for each node socket.
 const SOCKET_BUFFER_BYTES: usize = 16 << 20;
+/// Datagrams one node's socket may hand over before the others get their turn.
+const SHARE: usize = 256;
 /// How long before a tick the thread stops sleeping and spins, when some node is generating
 /// audio: epoll's timeout has millisecond granularity.
 const SPIN: Nanos = 1_000_000;
@@ -1134,6 +1136,7 @@ fn run(
     let mut ready = Events::with_capacity(64);
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_tick = FRAME_NS;
+    let mut backlog: Vec<usize> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         // Nodes an operator added (`pbxlab ctl add`) join the loop; a socket that cannot be
         // set up leaves its node silent, and its probes then mark it down.
@@ -1154,7 +1157,9 @@ fn run(
         // datagram; when audio is due, wake a little early and spin so it leaves on time.
         let until = next_tick.saturating_sub(elapsed(started));
         let generating = served.iter().any(|s| s.alive() && s.node.generating());
-        let wait = if !generating {
+        let wait = if !backlog.is_empty() {
+            0
+        } else if !generating {
             until
         } else {
             until.saturating_sub(SPIN)
@@ -1172,8 +1177,19 @@ fn run(
                 s.node.command(cmd);
             }
         }
+        // Sockets with something to read: those epoll reported, and those left with more
+        // after their share last time (epoll is edge-triggered and will not report them
+        // again). Each gets at most SHARE datagrams a round, so a busy media node's stream
+        // never keeps an idle node's probe waiting.
         for event in ready.iter() {
-            let Some(s) = served.get_mut(event.token().0) else {
+            let i = event.token().0;
+            if !backlog.contains(&i) {
+                backlog.push(i);
+            }
+        }
+        let mut more = Vec::new();
+        for i in backlog.drain(..) {
+            let Some(s) = served.get_mut(i) else {
                 continue;
             };
             let alive = s.alive();
@@ -1184,7 +1200,7 @@ fn run(
                 receiver,
             } = s;
             let mut dead = 0u64;
-            let read = receiver.drain(socket, |_, from, bytes| {
+            let read = receiver.drain_up_to(socket, SHARE, |_, from, bytes| {
                 if alive {
                     node.handle(from, bytes);
                 } else {
@@ -1192,8 +1208,10 @@ fn run(
                 }
             });
             NodeCounters::add(&control.counters.dead_drops, dead);
-            if read.is_err() {
-                NodeCounters::add(&control.counters.io_errors, 1);
+            match read {
+                Ok(n) if n >= SHARE => more.push(i),
+                Ok(_) => {}
+                Err(_) => NodeCounters::add(&control.counters.io_errors, 1),
             }
             s.flush(&mut sender);
             let id = s.node.id;
@@ -1202,6 +1220,7 @@ fn run(
                 let _ = events.send((id, event));
             }
         }
+        backlog = more;
         let now = elapsed(started);
         if now >= next_tick {
             for s in &mut served {
