@@ -2336,3 +2336,7 @@ fn status_reason(code: u16) -> &'static str {
 #[cfg(test)]
 #[path = "cm_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "failover_tests.rs"]
+mod failover_tests;
