@@ -243,6 +243,9 @@ struct Call {
     b_user: Option<u32>,
     b_answered: bool,
     b_invite: Option<TxId>,
+    /// The node our INVITE to leg B named. A failover can move the media while B rings; B
+    /// then answers towards this node, so it is re-INVITEd once it has answered.
+    b_offered: Option<ServerId>,
     /// Where the audio of the call is handled now.
     media: Option<Placement>,
     /// The queue session, held from arrival until the call ends.
@@ -280,6 +283,7 @@ impl Call {
             b_user: None,
             b_answered: false,
             b_invite: None,
+            b_offered: None,
             media: None,
             queue: None,
             waiting_since: None,
@@ -708,6 +712,19 @@ impl CallManager {
     }
 
     fn reanchor(&mut self, now: Nanos, call: CallRef, session: SessionId, to: ServerId) {
+        if let Some(a) = self
+            .pending_media
+            .get_mut(&call)
+            .filter(|a| a.session == session)
+        {
+            // Media for an agent who is still ringing: nothing runs on the node yet. The agent
+            // was offered the old node, so it is re-INVITEd when it answers (`b_offered`).
+            a.server = to;
+            if let Some(c) = self.call_mut(call) {
+                c.moved_at.get_or_insert(now);
+            }
+            return;
+        }
         let Some(c) = self.call_mut(call) else { return };
         if c.queue.is_some_and(|p| p.session == session)
             && c.media.is_none_or(|p| p.session != session)
@@ -1546,6 +1563,7 @@ impl CallManager {
             c.b_user = Some(user);
             c.b_invite = Some(tx);
             c.b_answered = false;
+            c.b_offered = Some(a.server);
         }
     }
 
@@ -1768,6 +1786,7 @@ impl CallManager {
                 let mut body = Vec::new();
                 write_sdp(&mut body, p.media.0, 1, node, leg);
                 self.answer_a(now, call, &body);
+                self.reinvite_b_if_moved(now, call, p.server);
             }
         }
     }
@@ -1953,6 +1972,7 @@ impl CallManager {
             self.free_tx(tx);
         }
         if let Some(a) = self.pending_media.remove(&call) {
+            self.by_session.remove(&a.session);
             let _ = self.balancer.release(a.session);
         }
         self.by_call_id.remove(&c.a.call_id);
@@ -2206,11 +2226,15 @@ impl CallManager {
             }
         };
         self.pending_media.insert(call, a);
+        // Known by session from now on, so a failover of its node while the agent rings
+        // reaches it (`reanchor`, `apply`).
+        self.by_session.insert(a.session, call);
         self.invite_b(now, call, agent, a);
     }
 
     fn agent_failed(&mut self, now: Nanos, call: CallRef, q: u32) {
         if let Some(a) = self.pending_media.remove(&call) {
+            self.by_session.remove(&a.session);
             let _ = self.balancer.release(a.session);
         }
         if let Some(c) = self.call_mut(call)
@@ -2252,6 +2276,19 @@ impl CallManager {
         self.stats.queue_answered += 1;
         self.start_media(call, placement);
         self.reinvite(now, call, true);
+        self.reinvite_b_if_moved(now, call, placement.server);
+    }
+
+    /// Re-INVITEs leg B, just answered, when its media is no longer on the node our INVITE
+    /// named (a failover moved it while B rang); otherwise B would send its audio to the
+    /// failed node for the whole call.
+    fn reinvite_b_if_moved(&mut self, now: Nanos, call: CallRef, server: ServerId) {
+        if self
+            .call(call)
+            .is_some_and(|c| c.b_offered.is_some_and(|s| s != server))
+        {
+            self.reinvite(now, call, false);
+        }
     }
 }
 

@@ -73,6 +73,10 @@ fn node(cm: &CallManager, id: ServerId) -> SocketAddr {
     cm.node_addr(id).unwrap()
 }
 
+fn server_of(cm: &CallManager, at: SocketAddr) -> ServerId {
+    cm.nodes().iter().find(|n| n.addr == at).unwrap().id
+}
+
 /// Where caller `i` (or callee `i`) wants its RTP: a port of its own, so a leg in a node
 /// command tells whose it is.
 fn caller_rtp(i: u32) -> SocketAddr {
@@ -863,5 +867,108 @@ fn remove_moves_calls_and_the_node_is_no_longer_probed() {
     }
     assert_eq!(cm.stats().calls_active, 4);
     assert_eq!(cm.balancer().servers().count(), 1);
+    cm.balancer().audit().unwrap();
+}
+
+/// The node an SDP body names.
+fn sdp_node(bytes: &[u8]) -> SocketAddr {
+    SessionDescription::parse(parse(bytes).body())
+        .unwrap()
+        .audio_addr()
+        .unwrap()
+}
+
+/// User 1010 calls user 1020, whose phone rings; returns the INVITE the callee got.
+fn ringing_call(cm: &mut CallManager, now: Nanos) -> Vec<u8> {
+    assert_eq!(register(cm, now, 1020, CALLEE, "pw-1020"), 200);
+    cm.handle(
+        now,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:1020@pbxlab.test",
+            "1010",
+            "u0",
+            1,
+            "Content-Type: application/sdp\r\n",
+            &offer(&caller_rtp(0).to_string(), 0),
+        ),
+    );
+    let (_, invite) = sent(cm)
+        .into_iter()
+        .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
+        .expect("INVITE to the callee");
+    invite
+}
+
+#[test]
+fn a_call_whose_media_node_fails_while_the_callee_rings_reaches_the_callee_on_the_new_node() {
+    let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 10)], &[]);
+    let invite = ringing_call(&mut cm, 0);
+    let x = server_of(&cm, sdp_node(&invite));
+    cm.admin(MS, x, Admin::Fail).unwrap();
+    assert_eq!(cm.stats().moved, 1);
+    let _ = cm.node_commands().count();
+
+    let invite = parse(&invite);
+    let b_call_id = invite.call_id().unwrap().to_owned();
+    let ok = ok_for(&invite, "cal", "<sip:1020@127.0.0.1:7100>", callee_rtp(0));
+    cm.handle(2 * MS, addr(CALLEE), &ok);
+    let y = match &cm.node_commands().collect::<Vec<_>>()[..] {
+        [(s, NodeCommand::Relay { .. })] => *s,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(y, x);
+    let out = exchange(&mut cm, 3 * MS);
+    let (_, answer) = out
+        .iter()
+        .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
+        .expect("200 to the caller");
+    assert_eq!(sdp_node(answer), node(&cm, y));
+    // The callee was offered the failed node: it is told where the audio is now.
+    assert_eq!(
+        reinvites(&out),
+        vec![(addr(CALLEE), b_call_id, node(&cm, y))]
+    );
+    assert_eq!(cm.take_reassigned().len(), 1);
+    cm.balancer().audit().unwrap();
+}
+
+#[test]
+fn a_queue_call_whose_media_node_fails_while_the_agent_rings_reaches_the_agent_on_the_new_node() {
+    let mut cm = cluster(
+        &[(Role::Queue, 10), (Role::Media, 10), (Role::Media, 10)],
+        &[],
+    );
+    let _ = service_call(&mut cm, 0, "queue-1", 0);
+    let out = register_out(&mut cm, NS, AGENT, CALLEE, "pw-1000", 600);
+    let (_, invite) = out
+        .iter()
+        .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
+        .expect("INVITE to the agent");
+    let x = server_of(&cm, sdp_node(invite));
+    cm.admin(NS + MS, x, Admin::Fail).unwrap();
+    assert_eq!(cm.stats().moved, 1);
+    assert!(sent(&mut cm).is_empty());
+
+    let (caller, b_call_id, _) = agent_answers(&mut cm, NS + 2 * MS, &out);
+    assert_eq!(caller, 1010);
+    let cmds: Vec<_> = cm.node_commands().collect();
+    let y = cmds
+        .iter()
+        .find_map(|(s, c)| matches!(c, NodeCommand::Relay { .. }).then_some(*s))
+        .unwrap_or_else(|| panic!("{cmds:?}"));
+    assert_ne!(y, x, "the agent's call is relayed by a live node");
+    let out = exchange(&mut cm, NS + 3 * MS);
+    let mut sip = reinvites(&out);
+    sip.sort();
+    let mut expected = vec![
+        (addr(UA), "s0".to_owned(), node(&cm, y)),
+        (addr(CALLEE), b_call_id, node(&cm, y)),
+    ];
+    expected.sort();
+    assert_eq!(sip, expected);
+    assert_eq!(cm.take_reassigned().len(), 1);
+    assert_eq!(cm.stats().queue_answered, 1);
     cm.balancer().audit().unwrap();
 }
