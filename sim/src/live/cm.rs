@@ -1875,8 +1875,14 @@ impl CallManager {
             self.hang_up(now, call, why);
             return;
         }
+        let ringing = c.b_invite;
         self.fail(why);
         self.reply_in_call(call, code, reason);
+        // A callee still ringing must stop (RFC 3261 9.1); without the CANCEL it could answer
+        // a call that is gone (a caller's CANCEL, a failover that found no node for the media).
+        if let Some(tx) = ringing {
+            self.cancel_b(now, call, tx);
+        }
         self.cleanup(now, call);
     }
 

@@ -972,3 +972,69 @@ fn a_queue_call_whose_media_node_fails_while_the_agent_rings_reaches_the_agent_o
     assert_eq!(cm.stats().queue_answered, 1);
     cm.balancer().audit().unwrap();
 }
+
+#[test]
+fn a_ringing_call_whose_media_finds_no_node_is_refused_and_the_callee_cancelled() {
+    let mut cm = cluster(&[(Role::Media, 10)], &[]);
+    let invite = ringing_call(&mut cm, 0);
+    let x = server_of(&cm, sdp_node(&invite));
+    cm.admin(MS, x, Admin::Fail).unwrap();
+    let out = sent(&mut cm);
+    let texts: Vec<_> = out
+        .iter()
+        .map(|(to, b)| (*to, String::from_utf8_lossy(b).into_owned()))
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|(to, t)| *to == addr(UA) && t.starts_with("SIP/2.0 500")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|(to, t)| *to == addr(CALLEE) && t.starts_with("CANCEL sip:1020@")),
+        "the callee stops ringing: {texts:?}"
+    );
+    let dropped = cm.take_dropped_calls();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(
+        (dropped[0].call_id.as_str(), dropped[0].reason),
+        ("u0", "failover: no server in service")
+    );
+    let st = cm.stats();
+    assert_eq!((st.dropped, st.calls_active), (1, 0));
+    assert_eq!(cm.balancer().placed(), 0);
+    cm.balancer().audit().unwrap();
+}
+
+#[test]
+fn a_callers_cancel_reaches_the_ringing_callee() {
+    let mut cm = cluster(&[(Role::Media, 10)], &[]);
+    let _ = ringing_call(&mut cm, 0);
+    cm.handle(
+        MS,
+        addr(UA),
+        &request("CANCEL", "sip:1020@pbxlab.test", "1010", "u0", 1, "", ""),
+    );
+    let out = sent(&mut cm);
+    let firsts: Vec<_> = out
+        .iter()
+        .map(|(to, b)| {
+            let t = String::from_utf8_lossy(b);
+            (*to, t.lines().next().unwrap_or("").to_owned())
+        })
+        .collect();
+    assert_eq!(
+        firsts,
+        vec![
+            (addr(UA), "SIP/2.0 200 OK".to_owned()),
+            (addr(UA), "SIP/2.0 487 Request Terminated".to_owned()),
+            (
+                addr(CALLEE),
+                "CANCEL sip:1020@127.0.0.1:7100 SIP/2.0".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(cm.balancer().placed(), 0);
+}
