@@ -22,8 +22,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use pbxlab_balancer::{
-    AffinityKey, Assignment, Balancer, Event, Outcome, Probe, Reject, Request, Role, ServerId,
-    SessionId,
+    AffinityKey, Assignment, Balancer, Event, EventKind, Outcome, Probe, Reject, Request, Role,
+    ServerId, SessionId,
 };
 use pbxlab_proto::builder::write_response;
 use pbxlab_proto::digest::{self, Algorithm};
@@ -670,6 +670,20 @@ impl CallManager {
         }
     }
 
+    /// Gives a session back to the balancer. The last session of a draining server ending
+    /// is what tells an operator that server can be stopped, so it becomes a `Drained` event.
+    fn release(&mut self, now: Nanos, session: SessionId) {
+        if let Ok(r) = self.balancer.release(session)
+            && r.drained
+        {
+            self.events.push(Event {
+                at: Duration::from_nanos(now),
+                server: r.server,
+                kind: EventKind::Drained,
+            });
+        }
+    }
+
     /// Carries out what the balancer decided: moved sessions are re-anchored on their new
     /// node (node command plus re-INVITEs), dropped ones are ended.
     pub fn apply(&mut self, now: Nanos, outcome: Outcome) {
@@ -1221,7 +1235,7 @@ impl CallManager {
             }
         };
         let Some(node_addr) = self.node_addr(assignment.server) else {
-            let _ = self.balancer.release(assignment.session);
+            self.release(now, assignment.session);
             self.reply(from, msg, 500, "Server Internal Error", &[]);
             return;
         };
@@ -1232,7 +1246,7 @@ impl CallManager {
         let answer = match sdp::write_answer(&mut body, &offer, node_addr, media_id, 1) {
             Ok(a) => a,
             Err(_) => {
-                let _ = self.balancer.release(assignment.session);
+                self.release(now, assignment.session);
                 self.fail("no usable SDP offer");
                 self.reply(from, msg, 488, "Not Acceptable Here", &[]);
                 return;
@@ -1979,7 +1993,7 @@ impl CallManager {
         }
         if let Some(a) = self.pending_media.remove(&call) {
             self.by_session.remove(&a.session);
-            let _ = self.balancer.release(a.session);
+            self.release(now, a.session);
         }
         self.by_call_id.remove(&c.a.call_id);
         if let Some(b) = &c.b {
@@ -1992,7 +2006,7 @@ impl CallManager {
             }
             released.push(p.session);
             self.by_session.remove(&p.session);
-            let _ = self.balancer.release(p.session);
+            self.release(now, p.session);
         }
         if let Some(p) = c.media {
             self.end_media(p);
@@ -2148,11 +2162,11 @@ impl CallManager {
                 }
             };
         let Some(old) = self.call(call).and_then(|c| c.media) else {
-            let _ = self.balancer.release(assignment.session);
+            self.release(now, assignment.session);
             return;
         };
         self.stats.ivr_routed += 1;
-        let _ = self.balancer.release(old.session);
+        self.release(now, old.session);
         self.by_session.remove(&old.session);
         self.end_media(old);
         let placement = Placement {
@@ -2241,7 +2255,7 @@ impl CallManager {
     fn agent_failed(&mut self, now: Nanos, call: CallRef, q: u32) {
         if let Some(a) = self.pending_media.remove(&call) {
             self.by_session.remove(&a.session);
-            let _ = self.balancer.release(a.session);
+            self.release(now, a.session);
         }
         if let Some(c) = self.call_mut(call)
             && let Some(u) = c.b_user.take()
@@ -2269,7 +2283,7 @@ impl CallManager {
         };
         self.next_media += 1;
         let Some(c) = self.call_mut(call) else {
-            let _ = self.balancer.release(a.session);
+            self.release(now, a.session);
             return;
         };
         let hold = c.media;

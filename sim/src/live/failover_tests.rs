@@ -1038,3 +1038,30 @@ fn a_callers_cancel_reaches_the_ringing_callee() {
     );
     assert_eq!(cm.balancer().placed(), 0);
 }
+
+#[test]
+fn a_draining_node_reports_drained_when_its_last_call_ends() {
+    let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 10)], &[]);
+    let first = user_call(&mut cm, 0, 0);
+    let x = first.server;
+    cm.admin(NS, x, Admin::Drain).unwrap();
+    let kinds: Vec<_> = cm.take_events().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![EventKind::Draining]);
+    cm.handle(
+        2 * NS,
+        addr(UA),
+        &request("BYE", "sip:cm@127.0.0.1:5060", "1010", "u0", 2, "", ""),
+    );
+    let _ = exchange(&mut cm, 2 * NS);
+    let events = cm.take_events();
+    assert_eq!(
+        events,
+        vec![Event {
+            at: Duration::from_secs(2),
+            server: x,
+            kind: EventKind::Drained,
+        }],
+        "the operator learns the node can be stopped"
+    );
+    assert_eq!(cm.balancer().server(x).unwrap().load, 0);
+}
