@@ -202,6 +202,10 @@ struct Dialog {
     local_party: String,
     remote_party: String,
     local_cseq: u32,
+    /// The `o=` session id and version of the last SDP we sent in this dialog: a changed SDP
+    /// keeps the id and raises the version (RFC 3264 8), or the peer may take it for another
+    /// session and refuse the re-INVITE that moves its media.
+    sdp_id: u64,
     sdp_version: u64,
 }
 
@@ -215,6 +219,7 @@ impl Dialog {
             local_party: String::new(),
             remote_party: String::new(),
             local_cseq: 0,
+            sdp_id: 0,
             sdp_version: 1,
         }
     }
@@ -1305,6 +1310,7 @@ impl CallManager {
             ),
             remote_party: msg.header(HeaderName::From).unwrap_or_default().to_owned(),
             local_cseq: 0,
+            sdp_id: media_id,
             sdp_version: 1,
         };
         let placement = Placement {
@@ -1563,11 +1569,12 @@ impl CallManager {
             local_party: format!("<sip:{caller_party}@{domain}>;tag={local_tag}"),
             remote_party: format!("<sip:{user}@{domain}>"),
             local_cseq: 1,
+            sdp_id: u64::from(call.0),
             sdp_version: 1,
         };
         let tx = self.new_tx(now, call, Purpose::InviteB, binding.addr, true);
         let mut body = Vec::new();
-        write_sdp(&mut body, u64::from(call.0), 1, node, leg);
+        write_sdp(&mut body, dialog.sdp_id, dialog.sdp_version, node, leg);
         self.send_invite(tx, &dialog, &body);
         self.by_call_id
             .insert(dialog.call_id.clone(), (call.0, false));
@@ -1638,8 +1645,16 @@ impl CallManager {
                     self.reply(from, msg, 488, "Not Acceptable Here", &[]);
                     return;
                 };
+                let Some(d) = self
+                    .call_mut(call)
+                    .and_then(|c| if is_a { Some(&mut c.a) } else { c.b.as_mut() })
+                else {
+                    return;
+                };
+                d.sdp_version += 1;
+                let (id, version) = (d.sdp_id, d.sdp_version);
                 let mut body = Vec::new();
-                if sdp::write_answer(&mut body, &offer, node, u64::from(call.0), 2).is_err() {
+                if sdp::write_answer(&mut body, &offer, node, id, version).is_err() {
                     self.reply(from, msg, 488, "Not Acceptable Here", &[]);
                     return;
                 }
@@ -1798,7 +1813,7 @@ impl CallManager {
                 let Some(c) = self.call(call) else { return };
                 let leg = c.a_leg;
                 let mut body = Vec::new();
-                write_sdp(&mut body, p.media.0, 1, node, leg);
+                write_sdp(&mut body, c.a.sdp_id, c.a.sdp_version, node, leg);
                 self.answer_a(now, call, &body);
                 self.reinvite_b_if_moved(now, call, p.server);
             }
@@ -2094,7 +2109,7 @@ impl CallManager {
         };
         let tx = self.new_tx(now, call, purpose, d.remote_addr, true);
         let mut body = Vec::new();
-        write_sdp(&mut body, u64::from(call.0), d.sdp_version, node, leg);
+        write_sdp(&mut body, d.sdp_id, d.sdp_version, node, leg);
         self.send_invite(tx, &d, &body);
     }
 

@@ -1065,3 +1065,101 @@ fn a_draining_node_reports_drained_when_its_last_call_ends() {
     );
     assert_eq!(cm.balancer().server(x).unwrap().load, 0);
 }
+
+/// The `o=` session id and version of an SDP body.
+fn origin(bytes: &[u8]) -> (u64, u64) {
+    let sd = SessionDescription::parse(parse(bytes).body()).unwrap();
+    (sd.origin_session_id, sd.origin_version)
+}
+
+/// The re-INVITE in `out` to `to` in dialog `call_id`.
+fn reinvite_in<'a>(out: &'a Out, to: &str, call_id: &str) -> &'a [u8] {
+    out.iter()
+        .find(|(a, b)| {
+            let m = parse(b);
+            *a == addr(to) && m.method() == Some(Method::Invite) && m.call_id() == Some(call_id)
+        })
+        .map(|(_, b)| b.as_slice())
+        .unwrap_or_else(|| panic!("no re-INVITE to {to} in {call_id}"))
+}
+
+#[test]
+fn each_legs_sdp_keeps_its_origin_and_raises_its_version_across_moves() {
+    let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 10)], &[]);
+    assert_eq!(register(&mut cm, 0, 1020, CALLEE, "pw-1020"), 200);
+    cm.handle(
+        0,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:1020@pbxlab.test",
+            "1010",
+            "u0",
+            1,
+            "Content-Type: application/sdp\r\n",
+            &offer(&caller_rtp(0).to_string(), 0),
+        ),
+    );
+    let (_, invite) = sent(&mut cm)
+        .into_iter()
+        .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
+        .unwrap();
+    let b_origin = origin(&invite);
+    let invite = parse(&invite);
+    let b_call_id = invite.call_id().unwrap().to_owned();
+    let ok = ok_for(&invite, "cal", "<sip:1020@127.0.0.1:7100>", callee_rtp(0));
+    cm.handle(MS, addr(CALLEE), &ok);
+    let (_, answer) = sent(&mut cm)
+        .into_iter()
+        .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
+        .unwrap();
+    let a_origin = origin(&answer);
+    ack(&mut cm, MS, 1010, "u0", &parse(&answer));
+    let x = match cm.node_commands().next() {
+        Some((s, NodeCommand::Relay { .. })) => s,
+        other => panic!("{other:?}"),
+    };
+
+    // The caller re-INVITEs (a session refresh, say): the answer is the same session, newer.
+    let to = parse(&answer).header(HeaderName::To).unwrap().to_owned();
+    let refresh = String::from_utf8(request(
+        "INVITE",
+        "sip:cm@127.0.0.1:5060",
+        "1010",
+        "u0",
+        2,
+        "Content-Type: application/sdp\r\n",
+        &offer(&caller_rtp(0).to_string(), 0),
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
+    cm.handle(NS, addr(UA), refresh.as_bytes());
+    let out = sent(&mut cm);
+    assert_eq!(parse(&out[0].1).code(), Some(200));
+    assert_eq!(origin(&out[0].1), (a_origin.0, a_origin.1 + 1));
+
+    // Each failover re-INVITE is that leg's session again, one version up.
+    cm.admin(2 * NS, x, Admin::Disable).unwrap();
+    let out = exchange(&mut cm, 2 * NS);
+    assert_eq!(
+        origin(reinvite_in(&out, UA, "u0")),
+        (a_origin.0, a_origin.1 + 2)
+    );
+    assert_eq!(
+        origin(reinvite_in(&out, CALLEE, &b_call_id)),
+        (b_origin.0, b_origin.1 + 1)
+    );
+    // And back: the other node is disabled in turn.
+    cm.admin(3 * NS, x, Admin::Enable).unwrap();
+    assert!(cm.balancer().sessions_on(x).is_empty());
+    cm.admin(3 * NS, ServerId(1 - x.0), Admin::Disable).unwrap();
+    let out = exchange(&mut cm, 3 * NS);
+    assert_eq!(
+        origin(reinvite_in(&out, UA, "u0")),
+        (a_origin.0, a_origin.1 + 3)
+    );
+    assert_eq!(
+        origin(reinvite_in(&out, CALLEE, &b_call_id)),
+        (b_origin.0, b_origin.1 + 2)
+    );
+}
