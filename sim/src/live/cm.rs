@@ -22,8 +22,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use pbxlab_balancer::{
-    AffinityKey, Assignment, Balancer, Event, Outcome, Probe, Reject, Request, Role, ServerId,
-    SessionId,
+    AffinityKey, Assignment, Balancer, Event, EventKind, Outcome, Probe, Reject, Request, Role,
+    ServerId, SessionId,
 };
 use pbxlab_proto::builder::write_response;
 use pbxlab_proto::digest::{self, Algorithm};
@@ -207,6 +207,10 @@ struct Dialog {
     local_party: String,
     remote_party: String,
     local_cseq: u32,
+    /// The `o=` session id and version of the last SDP we sent in this dialog: a changed SDP
+    /// keeps the id and raises the version (RFC 3264 8), or the peer may take it for another
+    /// session and refuse the re-INVITE that moves its media.
+    sdp_id: u64,
     sdp_version: u64,
 }
 
@@ -220,6 +224,7 @@ impl Dialog {
             local_party: String::new(),
             remote_party: String::new(),
             local_cseq: 0,
+            sdp_id: 0,
             sdp_version: 1,
         }
     }
@@ -248,6 +253,9 @@ struct Call {
     b_user: Option<u32>,
     b_answered: bool,
     b_invite: Option<TxId>,
+    /// The node our INVITE to leg B named. A failover can move the media while B rings; B
+    /// then answers towards this node, so it is re-INVITEd once it has answered.
+    b_offered: Option<ServerId>,
     /// Where the audio of the call is handled now.
     media: Option<Placement>,
     /// The queue session, held from arrival until the call ends.
@@ -285,6 +293,7 @@ impl Call {
             b_user: None,
             b_answered: false,
             b_invite: None,
+            b_offered: None,
             media: None,
             queue: None,
             waiting_since: None,
@@ -698,6 +707,20 @@ impl CallManager {
         }
     }
 
+    /// Gives a session back to the balancer. The last session of a draining server ending
+    /// is what tells an operator that server can be stopped, so it becomes a `Drained` event.
+    fn release(&mut self, now: Nanos, session: SessionId) {
+        if let Ok(r) = self.balancer.release(session)
+            && r.drained
+        {
+            self.events.push(Event {
+                at: Duration::from_nanos(now),
+                server: r.server,
+                kind: EventKind::Drained,
+            });
+        }
+    }
+
     /// Carries out what the balancer decided: moved sessions are re-anchored on their new
     /// node (node command plus re-INVITEs), dropped ones are ended.
     pub fn apply(&mut self, now: Nanos, outcome: Outcome) {
@@ -740,6 +763,19 @@ impl CallManager {
     }
 
     fn reanchor(&mut self, now: Nanos, call: CallRef, session: SessionId, to: ServerId) {
+        if let Some(a) = self
+            .pending_media
+            .get_mut(&call)
+            .filter(|a| a.session == session)
+        {
+            // Media for an agent who is still ringing: nothing runs on the node yet. The agent
+            // was offered the old node, so it is re-INVITEd when it answers (`b_offered`).
+            a.server = to;
+            if let Some(c) = self.call_mut(call) {
+                c.moved_at.get_or_insert(now);
+            }
+            return;
+        }
         let Some(c) = self.call_mut(call) else { return };
         if c.queue.is_some_and(|p| p.session == session)
             && c.media.is_none_or(|p| p.session != session)
@@ -1236,7 +1272,7 @@ impl CallManager {
             }
         };
         let Some(node_addr) = self.node_addr(assignment.server) else {
-            let _ = self.balancer.release(assignment.session);
+            self.release(now, assignment.session);
             self.reply(from, msg, 500, "Server Internal Error", &[]);
             return;
         };
@@ -1247,7 +1283,7 @@ impl CallManager {
         let answer = match sdp::write_answer(&mut body, &offer, node_addr, media_id, 1) {
             Ok(a) => a,
             Err(_) => {
-                let _ = self.balancer.release(assignment.session);
+                self.release(now, assignment.session);
                 self.fail("no usable SDP offer");
                 self.reply(from, msg, 488, "Not Acceptable Here", &[]);
                 return;
@@ -1306,6 +1342,7 @@ impl CallManager {
             ),
             remote_party: msg.header(HeaderName::From).unwrap_or_default().to_owned(),
             local_cseq: 0,
+            sdp_id: media_id,
             sdp_version: 1,
         };
         let placement = Placement {
@@ -1564,11 +1601,12 @@ impl CallManager {
             local_party: format!("<sip:{caller_party}@{domain}>;tag={local_tag}"),
             remote_party: format!("<sip:{user}@{domain}>"),
             local_cseq: 1,
+            sdp_id: u64::from(call.0),
             sdp_version: 1,
         };
         let tx = self.new_tx(now, call, Purpose::InviteB, binding.addr, true);
         let mut body = Vec::new();
-        write_sdp(&mut body, u64::from(call.0), 1, node, leg);
+        write_sdp(&mut body, dialog.sdp_id, dialog.sdp_version, node, leg);
         self.send_invite(tx, &dialog, &body);
         self.by_call_id
             .insert(dialog.call_id.clone(), (call.0, false));
@@ -1578,6 +1616,7 @@ impl CallManager {
             c.b_user = Some(user);
             c.b_invite = Some(tx);
             c.b_answered = false;
+            c.b_offered = Some(a.server);
         }
     }
 
@@ -1638,8 +1677,16 @@ impl CallManager {
                     self.reply(from, msg, 488, "Not Acceptable Here", &[]);
                     return;
                 };
+                let Some(d) = self
+                    .call_mut(call)
+                    .and_then(|c| if is_a { Some(&mut c.a) } else { c.b.as_mut() })
+                else {
+                    return;
+                };
+                d.sdp_version += 1;
+                let (id, version) = (d.sdp_id, d.sdp_version);
                 let mut body = Vec::new();
-                if sdp::write_answer(&mut body, &offer, node, u64::from(call.0), 2).is_err() {
+                if sdp::write_answer(&mut body, &offer, node, id, version).is_err() {
                     self.reply(from, msg, 488, "Not Acceptable Here", &[]);
                     return;
                 }
@@ -1806,8 +1853,9 @@ impl CallManager {
                 let Some(c) = self.call(call) else { return };
                 let leg = c.a_leg;
                 let mut body = Vec::new();
-                write_sdp(&mut body, p.media.0, 1, node, leg);
+                write_sdp(&mut body, c.a.sdp_id, c.a.sdp_version, node, leg);
                 self.answer_a(now, call, &body);
+                self.reinvite_b_if_moved(now, call, p.server);
             }
         }
     }
@@ -1896,8 +1944,14 @@ impl CallManager {
             self.hang_up(now, call, why);
             return;
         }
+        let ringing = c.b_invite;
         self.fail(why);
         self.reply_in_call(call, code, reason);
+        // A callee still ringing must stop (RFC 3261 9.1); without the CANCEL it could answer
+        // a call that is gone (a caller's CANCEL, a failover that found no node for the media).
+        if let Some(tx) = ringing {
+            self.cancel_b(now, call, tx);
+        }
         self.cleanup(now, call);
     }
 
@@ -1993,7 +2047,8 @@ impl CallManager {
             self.free_tx(tx);
         }
         if let Some(a) = self.pending_media.remove(&call) {
-            let _ = self.balancer.release(a.session);
+            self.by_session.remove(&a.session);
+            self.release(now, a.session);
         }
         self.by_call_id.remove(&c.a.call_id);
         if let Some(b) = &c.b {
@@ -2006,7 +2061,7 @@ impl CallManager {
             }
             released.push(p.session);
             self.by_session.remove(&p.session);
-            let _ = self.balancer.release(p.session);
+            self.release(now, p.session);
         }
         if let Some(p) = c.media {
             self.end_media(p);
@@ -2094,7 +2149,7 @@ impl CallManager {
         };
         let tx = self.new_tx(now, call, purpose, d.remote_addr, true);
         let mut body = Vec::new();
-        write_sdp(&mut body, u64::from(call.0), d.sdp_version, node, leg);
+        write_sdp(&mut body, d.sdp_id, d.sdp_version, node, leg);
         self.send_invite(tx, &d, &body);
     }
 
@@ -2162,11 +2217,11 @@ impl CallManager {
                 }
             };
         let Some(old) = self.call(call).and_then(|c| c.media) else {
-            let _ = self.balancer.release(assignment.session);
+            self.release(now, assignment.session);
             return;
         };
         self.stats.ivr_routed += 1;
-        let _ = self.balancer.release(old.session);
+        self.release(now, old.session);
         self.by_session.remove(&old.session);
         self.end_media(old);
         let placement = Placement {
@@ -2246,12 +2301,16 @@ impl CallManager {
             }
         };
         self.pending_media.insert(call, a);
+        // Known by session from now on, so a failover of its node while the agent rings
+        // reaches it (`reanchor`, `apply`).
+        self.by_session.insert(a.session, call);
         self.invite_b(now, call, agent, a);
     }
 
     fn agent_failed(&mut self, now: Nanos, call: CallRef, q: u32) {
         if let Some(a) = self.pending_media.remove(&call) {
-            let _ = self.balancer.release(a.session);
+            self.by_session.remove(&a.session);
+            self.release(now, a.session);
         }
         if let Some(c) = self.call_mut(call)
             && let Some(u) = c.b_user.take()
@@ -2279,7 +2338,7 @@ impl CallManager {
         };
         self.next_media += 1;
         let Some(c) = self.call_mut(call) else {
-            let _ = self.balancer.release(a.session);
+            self.release(now, a.session);
             return;
         };
         let hold = c.media;
@@ -2292,6 +2351,19 @@ impl CallManager {
         self.stats.queue_answered += 1;
         self.start_media(call, placement);
         self.reinvite(now, call, true);
+        self.reinvite_b_if_moved(now, call, placement.server);
+    }
+
+    /// Re-INVITEs leg B, just answered, when its media is no longer on the node our INVITE
+    /// named (a failover moved it while B rang); otherwise B would send its audio to the
+    /// failed node for the whole call.
+    fn reinvite_b_if_moved(&mut self, now: Nanos, call: CallRef, server: ServerId) {
+        if self
+            .call(call)
+            .is_some_and(|c| c.b_offered.is_some_and(|s| s != server))
+        {
+            self.reinvite(now, call, false);
+        }
     }
 }
 
@@ -2376,3 +2448,7 @@ fn status_reason(code: u16) -> &'static str {
 #[cfg(test)]
 #[path = "cm_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "failover_tests.rs"]
+mod failover_tests;

@@ -12,14 +12,14 @@ use pbxlab_proto::sip::{HeaderName, Message, Method, parse_datagram};
 
 use super::*;
 
-const CM: &str = "127.0.0.1:5060";
-const UA: &str = "127.0.0.1:7000";
+pub(super) const CM: &str = "127.0.0.1:5060";
+pub(super) const UA: &str = "127.0.0.1:7000";
 const UA_RTP: &str = "127.0.0.1:7002";
-const CALLEE: &str = "127.0.0.1:7100";
+pub(super) const CALLEE: &str = "127.0.0.1:7100";
 const FLOODER: &str = "127.0.0.2:9000";
-const MS: Nanos = 1_000_000;
+pub(super) const MS: Nanos = 1_000_000;
 
-fn addr(s: &str) -> SocketAddr {
+pub(super) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
@@ -72,23 +72,23 @@ fn cm() -> CallManager {
     CallManager::new(cfg, b, nodes)
 }
 
-fn sent(cm: &mut CallManager) -> Vec<(SocketAddr, Vec<u8>)> {
+pub(super) fn sent(cm: &mut CallManager) -> Vec<(SocketAddr, Vec<u8>)> {
     let mut out = Vec::new();
     cm.transmit_all(|d| out.extend(d.iter().map(|(a, b)| (*a, b.to_vec()))));
     out
 }
 
-fn texts(out: &[(SocketAddr, Vec<u8>)]) -> Vec<String> {
+pub(super) fn texts(out: &[(SocketAddr, Vec<u8>)]) -> Vec<String> {
     out.iter()
         .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
         .collect()
 }
 
-fn parse(b: &[u8]) -> Message<'_> {
+pub(super) fn parse(b: &[u8]) -> Message<'_> {
     parse_datagram(b).unwrap()
 }
 
-fn offer(rtp: &str, ssrc: u32) -> String {
+pub(super) fn offer(rtp: &str, ssrc: u32) -> String {
     let a: SocketAddr = addr(rtp);
     format!(
         "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n\
@@ -98,7 +98,7 @@ fn offer(rtp: &str, ssrc: u32) -> String {
     )
 }
 
-fn request(
+pub(super) fn request(
     method: &str,
     ruri: &str,
     from_user: &str,
@@ -118,7 +118,13 @@ fn request(
 }
 
 /// Registers `user` from `from` for 60 s, answering the challenge.
-fn register(cm: &mut CallManager, now: Nanos, user: u32, from: &str, password: &str) -> u16 {
+pub(super) fn register(
+    cm: &mut CallManager,
+    now: Nanos,
+    user: u32,
+    from: &str,
+    password: &str,
+) -> u16 {
     register_for(cm, now, user, from, password, 60)
 }
 
@@ -130,6 +136,20 @@ fn register_for(
     password: &str,
     expires: u32,
 ) -> u16 {
+    let out = register_out(cm, now, user, from, password, expires);
+    parse(&out[0].1).code().unwrap()
+}
+
+/// Registers `user` as [`register_for`] does; returns all the Call Manager sent on the
+/// authenticated REGISTER, its answer first (a queue agent's first call may follow).
+pub(super) fn register_out(
+    cm: &mut CallManager,
+    now: Nanos,
+    user: u32,
+    from: &str,
+    password: &str,
+    expires: u32,
+) -> Vec<(SocketAddr, Vec<u8>)> {
     let aor = format!("sip:{user}@pbxlab.test");
     let first = format!(
         "REGISTER sip:pbxlab.test SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKr{user}a\r\n\
@@ -158,8 +178,7 @@ fn register_for(
         &format!("Expires: {expires}\r\nAuthorization: {auth}\r\n"),
     );
     cm.handle(now, addr(from), second.as_bytes());
-    let out = sent(cm);
-    parse(&out[0].1).code().unwrap()
+    sent(cm)
 }
 
 #[test]
