@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 
 pub mod cluster;
 pub mod cm;
+pub mod ctl;
 pub mod http;
 pub mod node;
 
