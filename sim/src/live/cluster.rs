@@ -434,6 +434,16 @@ impl Control {
             .unwrap_or_default()
     }
 
+    /// The events recorded after the first `seen`, for whoever follows them (alert sinks)
+    /// without copying every record each time.
+    pub fn events_since(&self, seen: usize) -> Vec<ClusterEvent> {
+        self.shared
+            .records
+            .lock()
+            .map(|r| r.events.get(seen..).unwrap_or_default().to_vec())
+            .unwrap_or_default()
+    }
+
     /// The servers `filter` selects, in cluster order.
     pub fn select(&self, filter: &Filter) -> Vec<NodeStatus> {
         self.status()
