@@ -5,6 +5,7 @@
 //! breached (`load`), or no size within the search bound meets the SLOs (`plan --size`).
 
 mod cluster;
+mod ctl;
 mod load;
 
 use std::io::Write as _;
@@ -37,6 +38,8 @@ enum Command {
     Load(Box<load::LoadArgs>),
     /// Run the emulated cluster (Call Manager and nodes) live on loopback until stopped.
     Cluster(Box<cluster::ClusterArgs>),
+    /// Operate a running cluster through its control endpoint (`pbxlab cluster --ctl`).
+    Ctl(Box<ctl::CtlArgs>),
     /// Validate a scenario file and print its warnings.
     Check {
         /// Scenario file (TOML).
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan(args, &stop),
         Command::Load(args) => load::load(*args, &stop),
         Command::Cluster(args) => cluster::cluster(*args, &stop),
+        Command::Ctl(args) => ctl::ctl(*args),
         Command::Check { scenario } => check(&scenario),
     };
     match result {
