@@ -69,8 +69,10 @@ enum Verb {
     Drain(Select),
     /// Add a server to its role's pool (names and addresses are unique in the cluster).
     Add {
+        /// Its role; the cluster must have a pool of it.
         #[arg(long, value_parser = ROLES)]
         role: String,
+        /// A name no other server has (letters, digits, '-', '_', '.').
         #[arg(long)]
         name: String,
         /// Its address (default: the Call Manager's IP, a free port).
@@ -89,18 +91,24 @@ const ROLES: [&str; 5] = ["media", "meeting", "ivr", "queue", "im"];
 /// Which servers an action applies to; none given: every server.
 #[derive(clap::Args)]
 struct Select {
+    /// Only the servers of this role (without any of these: every server).
     #[arg(long, value_parser = ROLES)]
     role: Option<String>,
+    /// Only the server with this name.
     #[arg(long, value_name = "NAME")]
     server: Option<String>,
+    /// Only the server at this address.
     #[arg(long, value_name = "IP:PORT")]
     addr: Option<SocketAddr>,
 }
 
 #[derive(clap::Subcommand)]
 enum WhitelistVerb {
+    /// Exempt a source address.
     Add { ip: IpAddr },
+    /// Subject a source address to the rate limit again.
     Rm { ip: IpAddr },
+    /// The exempt addresses.
     List,
 }
 
