@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use pbxlab_sim::live::alerts::AlertSink;
 use pbxlab_sim::live::cluster::{Cluster, Options, Status};
 use pbxlab_sim::scenario::{parse_duration, parse_rate};
 
@@ -49,6 +50,19 @@ pub(crate) struct ClusterArgs {
     /// Write the final status as JSON here ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Serve the HTTP control endpoint of `pbxlab ctl` on this address (TCP).
+    #[arg(long, value_name = "ADDR")]
+    ctl: Option<SocketAddr>,
+    /// Bearer token the control endpoint requires (default: $PBXLAB_TOKEN, else a random one,
+    /// printed at start).
+    #[arg(long)]
+    token: Option<String>,
+    /// Append one JSON line per alert (an IVR, queue or meeting server down) to FILE.
+    #[arg(long, value_name = "FILE")]
+    alerts: Option<PathBuf>,
+    /// POST each alert's JSON to this URL (http://HOST:PORT/PATH); failures are logged.
+    #[arg(long, value_name = "URL")]
+    alert_webhook: Option<String>,
 }
 
 pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
@@ -68,20 +82,25 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.rate_limit_per_s = rate;
     opts.rate_burst = args.burst.max(1.0);
     opts.whitelist = args.whitelist;
+    let mut alerts =
+        AlertSink::new(args.alerts, args.alert_webhook).map_err(|e| BadInput(e.to_string()))?;
     let cluster = Cluster::start(&scenario, &opts).context("cannot start the cluster")?;
     eprintln!(
         "pbxlab cluster {:?}: Call Manager on {} (UDP)",
         scenario.name,
         cluster.sip_addr()
     );
+    let endpoint = crate::ctl::serve(args.ctl, args.token, cluster.control())?;
     for n in cluster.nodes() {
         eprintln!("  {:<12} {:<8} {}", n.name, n.role.name(), n.addr);
     }
     let started = Instant::now();
     let mut next = every;
     let mut seen_events = 0;
+    let control = cluster.control();
     while !stop.load(Ordering::Relaxed) && run_for.is_none_or(|d| started.elapsed() < d) {
         std::thread::sleep(Duration::from_millis(50));
+        alerts.poll(&control);
         if started.elapsed() >= next {
             next += every;
             let s = cluster.status();
@@ -92,7 +111,12 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
             eprintln!("{}", status_line(&s));
         }
     }
+    if let Some(endpoint) = endpoint {
+        endpoint.stop();
+    }
     let last = cluster.stop().context("the cluster did not stop cleanly")?;
+    alerts.poll(&control);
+    alerts.close(Duration::from_secs(5));
     eprintln!("{}", status_line(&last));
     print!("{}", render(&last));
     crate::write_json(args.json.as_ref(), &to_json(&last))?;

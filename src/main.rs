@@ -6,6 +6,7 @@
 //! (`plan --size`).
 
 mod cluster;
+mod ctl;
 mod drill;
 mod load;
 
@@ -42,6 +43,8 @@ enum Command {
     /// Failover drill: the live cluster, a load and a fault timeline in one run, with a
     /// verdict (exit 99 when an SLO broke).
     Drill(Box<drill::DrillArgs>),
+    /// Operate a running cluster through its control endpoint (`pbxlab cluster --ctl`).
+    Ctl(Box<ctl::CtlArgs>),
     /// Validate a scenario file and print its warnings.
     Check {
         /// Scenario file (TOML).
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load::load(*args, &stop),
         Command::Cluster(args) => cluster::cluster(*args, &stop),
         Command::Drill(args) => drill::drill(*args, &stop),
+        Command::Ctl(args) => ctl::ctl(*args),
         Command::Check { scenario } => check(&scenario),
     };
     match result {

@@ -56,6 +56,13 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("alerts file {path}: {source}")]
+    AlertFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("alert webhook: {0}")]
+    Webhook(String),
     #[error("the simulator and the balancer disagree: {0}")]
     SelfCheck(String),
     /// Any failure during a run, with the seed that reproduces it.

@@ -436,6 +436,16 @@ impl Control {
             .unwrap_or_default()
     }
 
+    /// The events recorded after the first `seen`, for whoever follows them (alert sinks)
+    /// without copying every record each time.
+    pub fn events_since(&self, seen: usize) -> Vec<ClusterEvent> {
+        self.shared
+            .records
+            .lock()
+            .map(|r| r.events.get(seen..).unwrap_or_default().to_vec())
+            .unwrap_or_default()
+    }
+
     /// The servers `filter` selects, in cluster order.
     pub fn select(&self, filter: &Filter) -> Vec<NodeStatus> {
         self.status()
@@ -460,12 +470,18 @@ impl Control {
                     server: t.name.clone(),
                     reason,
                 })?;
-            let state = self.node_status(&t.name).map_or("removed", |n| n.state);
+            let finished = self.now();
+            let state = self
+                .status_after(finished)
+                .nodes
+                .into_iter()
+                .find(|n| n.name == t.name)
+                .map_or("removed", |n| n.state);
             done.push(Done {
                 server: t.name,
                 action,
                 started,
-                finished: self.now(),
+                finished,
                 state,
             });
         }
@@ -560,6 +576,19 @@ impl Control {
             .map_err(|_| OpError::Stopped.to_string())?
             .send(request)
             .map_err(|_| OpError::Stopped.to_string())
+    }
+
+    /// A snapshot taken at or after `at` (they come every [`STATUS_EVERY`]), so that it shows
+    /// what an action just did; the latest one if none comes within a second.
+    fn status_after(&self, at: Duration) -> Status {
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            let status = self.status();
+            if status.elapsed >= at || Instant::now() >= until {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn node_status(&self, name: &str) -> Option<NodeStatus> {

@@ -11,11 +11,18 @@
 //! The Call Manager talks to its nodes in two ways: SIP OPTIONS probes over UDP (so a stopped or
 //! cut-off node is detected the way a real one would be) and [`NodeCommand`]s over a channel
 //! (which media session to set up on the node, and how).
+//!
+//! Operators reach a running cluster through [`ctl`], an HTTP+JSON endpoint over
+//! [`cluster::Control`] (with the little HTTP of [`http`]); [`alerts`] carries the balancer's
+//! alerts to a file, the log and a webhook.
 
 use std::net::SocketAddr;
 
+pub mod alerts;
 pub mod cluster;
 pub mod cm;
+pub mod ctl;
+pub mod http;
 pub mod node;
 
 /// Nanoseconds since the cluster started.

@@ -1,0 +1,590 @@
+//! The control endpoint: HTTP+JSON over a running cluster's [`Control`], for `pbxlab ctl` and
+//! anything else that speaks HTTP (curl). Every request needs `Authorization: Bearer TOKEN`.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `GET /v1/status` | | the status: nodes, calls, whitelist, recent events |
+//! | `POST /v1/servers/ACTION` | `{"role", "server", "addr"}`, any subset; none: every server | `[{server, action, started_s, finished_s, state}]` |
+//! | `POST /v1/servers` | `{"role", "name", "addr"?}` | the new server (201) |
+//! | `GET`, `POST`, `DELETE /v1/whitelist` | `{"ip"}` to add or remove | `{"whitelist": [..]}` |
+//!
+//! ACTION is one of [`OPERATOR_ACTIONS`]; the drill faults (fail, partition, heal) are not
+//! offered to operators. Errors answer `{"error": reason}`: 400 bad request or JSON, 401 no or
+//! wrong token, 404 unknown route or no server matches, 405 wrong method, 409 refused (a
+//! duplicate name or address, no pool of that role), 500 an action that failed half-way, 503
+//! the cluster has stopped or too many connections.
+//!
+//! One thread accepts; each connection gets a thread of its own, at most [`MAX_CONNECTIONS`]
+//! at once, so a rolling upgrade that takes a minute does not hold up a status.
+
+use std::io::{self, ErrorKind, Read as _};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pbxlab_balancer::Role;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::cluster::{Action, Control, Done, Filter, NodeStatus, OpError, Status};
+use super::http::{self, ReadError, Request};
+
+/// Connections served at once; more get 503 at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a client has to send its whole request.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing an answer may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the accept loop looks at its stop flag when nobody connects.
+const ACCEPT_NAP: Duration = Duration::from_millis(20);
+/// The most event lines a status carries (the most recent).
+const STATUS_EVENTS: usize = 100;
+/// The longest server name `POST /v1/servers` takes.
+const MAX_NAME: usize = 64;
+
+/// The actions `POST /v1/servers/ACTION` carries out.
+pub const OPERATOR_ACTIONS: [Action; 8] = [
+    Action::Start,
+    Action::Stop,
+    Action::Restart,
+    Action::Upgrade,
+    Action::Remove,
+    Action::Disable,
+    Action::Enable,
+    Action::Drain,
+];
+
+/// A running control endpoint.
+pub struct CtlServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl CtlServer {
+    /// Binds `addr` and serves `control` from a thread of its own.
+    pub fn start(addr: SocketAddr, token: String, control: Control) -> io::Result<CtlServer> {
+        if token.is_empty() {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "the token is empty",
+            ));
+        }
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        // Non-blocking accepts, so that `stop` is seen without a connection to wake us.
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let token: Arc<str> = token.into();
+            std::thread::Builder::new()
+                .name("pbxlab-ctl".into())
+                .spawn(move || accept_loop(&listener, &token, &control, &stop))?
+        };
+        Ok(CtlServer { addr, stop, thread })
+    }
+
+    /// Where it listens (the port chosen, if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting. Requests in progress finish on their own threads.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// A token for the endpoint: 16 bytes of /dev/urandom, in hex.
+pub fn random_token() -> io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Counts a connection thread while it lives.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn accept_loop(listener: &TcpListener, token: &Arc<str>, control: &Control, stop: &AtomicBool) {
+    let active = Arc::new(AtomicUsize::new(0));
+    while !stop.load(Ordering::Relaxed) {
+        let mut stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(ACCEPT_NAP);
+                continue;
+            }
+            Err(_) => {
+                // Out of descriptors, or a connection reset before we took it: try again later.
+                std::thread::sleep(ACCEPT_NAP);
+                continue;
+            }
+        };
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let body = error_json(&format!(
+                "{MAX_CONNECTIONS} requests are in progress; try again later"
+            ));
+            let _ = http::write_json_response(&mut stream, 503, &[], &body);
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let guard = Active(Arc::clone(&active));
+        let (token, control) = (Arc::clone(token), control.clone());
+        // A thread that cannot be spawned drops the connection (and the guard) with it.
+        let _ = std::thread::Builder::new()
+            .name("pbxlab-ctl-conn".into())
+            .spawn(move || {
+                let _guard = guard;
+                serve_connection(stream, &token, &control);
+            });
+    }
+}
+
+fn serve_connection(mut stream: TcpStream, token: &str, control: &Control) {
+    let (status, body, headers) =
+        match http::read_request(&mut stream, Instant::now() + READ_TIMEOUT) {
+            Ok(request) => handle(control, token, &request),
+            Err(ReadError::Closed) => return,
+            Err(ReadError::Io(e))
+                if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+            {
+                let body = error_json(&format!(
+                    "no complete request within {} s",
+                    READ_TIMEOUT.as_secs()
+                ));
+                let _ = http::write_json_response(&mut stream, 408, &[], &body);
+                return;
+            }
+            Err(ReadError::Io(_)) => return,
+            Err(ReadError::Parse(e)) => {
+                let body = error_json(&e.to_string());
+                let _ = http::write_json_response(&mut stream, e.status(), &[], &body);
+                linger(&mut stream);
+                return;
+            }
+        };
+    let _ = http::write_json_response(&mut stream, status, &headers, &body);
+}
+
+/// After refusing a request that was not read to its end, reads (a bounded amount of) what the
+/// client is still sending, so that closing does not reset the connection before the client
+/// has read the refusal.
+fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    let mut left = http::MAX_BODY;
+    while left > 0 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Status,
+    Act(Action),
+    Add,
+    WhitelistList,
+    WhitelistAdd,
+    WhitelistRemove,
+}
+
+/// Why a request is refused: status, reason, and the methods allowed (for 405).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    status: u16,
+    reason: String,
+    allow: Option<&'static str>,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason: reason.into(),
+            allow: None,
+        }
+    }
+}
+
+fn route(method: &str, target: &str) -> Result<Route, Refusal> {
+    // The routes take no query; one is ignored rather than refused, as curl users add them.
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let (allow, route) = match path {
+        "/v1/status" => ("GET", (method == "GET").then_some(Route::Status)),
+        "/v1/servers" => ("POST", (method == "POST").then_some(Route::Add)),
+        "/v1/whitelist" => (
+            "GET, POST, DELETE",
+            match method {
+                "GET" => Some(Route::WhitelistList),
+                "POST" => Some(Route::WhitelistAdd),
+                "DELETE" => Some(Route::WhitelistRemove),
+                _ => None,
+            },
+        ),
+        _ => {
+            let Some(name) = path.strip_prefix("/v1/servers/") else {
+                return Err(Refusal::new(404, format!("no route {path}")));
+            };
+            let action = Action::from_name(name)
+                .filter(|a| OPERATOR_ACTIONS.contains(a))
+                .ok_or_else(|| {
+                    let names: Vec<&str> = OPERATOR_ACTIONS.iter().map(|a| a.name()).collect();
+                    Refusal::new(
+                        404,
+                        format!("no action {name:?}; the actions are {}", names.join(", ")),
+                    )
+                })?;
+            ("POST", (method == "POST").then_some(Route::Act(action)))
+        }
+    };
+    route.ok_or(Refusal {
+        status: 405,
+        reason: format!("{path} takes {allow}, not {method}"),
+        allow: Some(allow),
+    })
+}
+
+/// Whether the request carries the token, compared in constant time.
+fn authorized(request: &Request, token: &str) -> bool {
+    let Some(value) = request.header("authorization") else {
+        return false;
+    };
+    let Some((scheme, given)) = value.split_once(' ') else {
+        return false;
+    };
+    let (given, token) = (given.trim().as_bytes(), token.as_bytes());
+    scheme.eq_ignore_ascii_case("bearer")
+        && given.len() == token.len()
+        && given
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The answer to one request: status, JSON body, extra header fields.
+type Answer = (u16, Value, Vec<(&'static str, &'static str)>);
+
+fn handle(control: &Control, token: &str, request: &Request) -> Answer {
+    if !authorized(request, token) {
+        let reason = if request.header("authorization").is_some() {
+            "wrong token"
+        } else {
+            "no token: send Authorization: Bearer TOKEN"
+        };
+        return (
+            401,
+            error_json(reason),
+            vec![("WWW-Authenticate", "Bearer")],
+        );
+    }
+    match route(&request.method, &request.target).and_then(|r| answer(control, r, &request.body)) {
+        Ok((status, body)) => (status, body, Vec::new()),
+        Err(r) => {
+            let allow = r.allow.map(|a| ("Allow", a)).into_iter().collect();
+            (r.status, error_json(&r.reason), allow)
+        }
+    }
+}
+
+fn answer(control: &Control, route: Route, body: &[u8]) -> Result<(u16, Value), Refusal> {
+    match route {
+        Route::Status => Ok((200, status_json(&control.status()))),
+        Route::Act(action) => {
+            let filter = filter(parse_body::<FilterBody>(body, true)?)?;
+            let done = control.act(action, &filter).map_err(op_refusal)?;
+            Ok((200, Value::Array(done.iter().map(done_json).collect())))
+        }
+        Route::Add => {
+            let add = parse_body::<AddBody>(body, false)?;
+            let role = role(&add.role)?;
+            check_name(&add.name)?;
+            let addr = add.addr.as_deref().map(socket_addr).transpose()?;
+            let node = control.add(role, &add.name, addr).map_err(op_refusal)?;
+            Ok((201, node_json(&node)))
+        }
+        Route::WhitelistList => whitelist(control, None),
+        Route::WhitelistAdd | Route::WhitelistRemove => {
+            let body = parse_body::<IpBody>(body, false)?;
+            let ip: IpAddr = body
+                .ip
+                .parse()
+                .map_err(|e| Refusal::new(400, format!("ip {:?}: {e}", body.ip)))?;
+            whitelist(control, Some((ip, route == Route::WhitelistAdd)))
+        }
+    }
+}
+
+fn whitelist(control: &Control, change: Option<(IpAddr, bool)>) -> Result<(u16, Value), Refusal> {
+    let list = control.whitelist(change).map_err(op_refusal)?;
+    let list: Vec<String> = list.iter().map(IpAddr::to_string).collect();
+    Ok((200, json!({ "whitelist": list })))
+}
+
+/// Which servers an action applies to, as JSON; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterBody {
+    role: Option<String>,
+    server: Option<String>,
+    addr: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    role: String,
+    name: String,
+    addr: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IpBody {
+    ip: String,
+}
+
+/// The body as `T`; an empty body is `T::default()` where `empty_ok`.
+fn parse_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    empty_ok: bool,
+) -> Result<T, Refusal> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return if empty_ok {
+            Ok(T::default())
+        } else {
+            Err(Refusal::new(400, "this request needs a JSON body"))
+        };
+    }
+    serde_json::from_slice(body).map_err(|e| Refusal::new(400, format!("bad JSON: {e}")))
+}
+
+fn filter(body: FilterBody) -> Result<Filter, Refusal> {
+    Ok(Filter {
+        role: body.role.as_deref().map(role).transpose()?,
+        server: body.server,
+        addr: body.addr.as_deref().map(socket_addr).transpose()?,
+    })
+}
+
+fn role(name: &str) -> Result<Role, Refusal> {
+    Role::from_name(name).ok_or_else(|| {
+        Refusal::new(
+            400,
+            format!("unknown role {name:?}: media, meeting, ivr, queue or im"),
+        )
+    })
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, Refusal> {
+    text.parse()
+        .map_err(|e| Refusal::new(400, format!("addr {text:?}: {e} (write IP:PORT)")))
+}
+
+fn check_name(name: &str) -> Result<(), Refusal> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            400,
+            format!(
+                "name {:?}: 1 to {MAX_NAME} letters, digits, '-', '_' or '.'",
+                name.chars().take(MAX_NAME).collect::<String>()
+            ),
+        ))
+    }
+}
+
+fn op_refusal(e: OpError) -> Refusal {
+    let status = match &e {
+        OpError::NoMatch(_) => 404,
+        OpError::DuplicateName(_)
+        | OpError::DuplicateAddr(..)
+        | OpError::NoPool(_)
+        | OpError::Bind { .. } => 409,
+        OpError::Failed { .. } => 500,
+        OpError::Stopped => 503,
+    };
+    Refusal::new(status, e.to_string())
+}
+
+fn error_json(reason: &str) -> Value {
+    json!({ "error": reason })
+}
+
+/// The status as `GET /v1/status` answers it.
+pub fn status_json(s: &Status) -> Value {
+    let c = &s.cm;
+    let events = &s.events[s.events.len().saturating_sub(STATUS_EVENTS)..];
+    json!({
+        "elapsed_s": s.elapsed.as_secs_f64(),
+        "registered": c.registered,
+        "calls": {
+            "active": c.calls_active,
+            "total": c.calls_total,
+            "completed": c.calls_completed,
+            "failed": c.failures.values().sum::<u64>(),
+        },
+        "moved": c.moved,
+        "dropped": c.dropped,
+        "rate_limited": c.rate_limited,
+        "whitelist": s.whitelist.iter().map(IpAddr::to_string).collect::<Vec<_>>(),
+        "events": events,
+        "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One server as the endpoint shows it.
+pub fn node_json(n: &NodeStatus) -> Value {
+    json!({
+        "name": n.name,
+        "role": n.role,
+        "addr": n.addr.to_string(),
+        "state": n.state,
+        "load": n.load,
+        "capacity": n.capacity,
+        "last_probe": n.last_probe.map(|(ago, result)| json!({
+            "result": result,
+            "ago_s": ago.as_secs_f64(),
+        })),
+        "probe_rtt_ms": n.probe_rtt.map(|d| d.as_secs_f64() * 1e3),
+        "node_sessions": n.node_sessions,
+        "packets_in": n.packets_in,
+        "packets_out": n.packets_out,
+        "send_errors": n.send_errors,
+        "running": n.running,
+    })
+}
+
+/// What an action did to one server.
+pub fn done_json(d: &Done) -> Value {
+    json!({
+        "server": d.server,
+        "action": d.action.name(),
+        "started_s": d.started.as_secs_f64(),
+        "finished_s": d.finished.as_secs_f64(),
+        "state": d.state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(auth: Option<&str>) -> Request {
+        Request {
+            method: "GET".into(),
+            target: "/v1/status".into(),
+            headers: auth
+                .map(|a| vec![("Authorization".to_owned(), a.to_owned())])
+                .unwrap_or_default(),
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_the_bearer_token_passes() {
+        assert!(authorized(&request(Some("Bearer s3cret")), "s3cret"));
+        assert!(authorized(&request(Some("bearer s3cret")), "s3cret"));
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "Basic s3cret",
+            "s3cret",
+            "",
+        ] {
+            assert!(!authorized(&request(Some(wrong)), "s3cret"), "{wrong:?}");
+        }
+        assert!(!authorized(&request(None), "s3cret"));
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET", "/v1/status"), Ok(Route::Status));
+        assert_eq!(route("GET", "/v1/status?pretty"), Ok(Route::Status));
+        assert_eq!(
+            route("POST", "/v1/servers/upgrade"),
+            Ok(Route::Act(Action::Upgrade))
+        );
+        assert_eq!(
+            route("POST", "/v1/servers/rm"),
+            Ok(Route::Act(Action::Remove))
+        );
+        assert_eq!(route("POST", "/v1/servers"), Ok(Route::Add));
+        assert_eq!(route("DELETE", "/v1/whitelist"), Ok(Route::WhitelistRemove));
+        assert_eq!(route("GET", "/v1/nothing").map_err(|r| r.status), Err(404));
+        // Drill faults are not operator actions.
+        let r = route("POST", "/v1/servers/fail").expect_err("a fault");
+        assert_eq!(r.status, 404);
+        assert!(r.reason.contains("upgrade"), "{}", r.reason);
+        let r = route("GET", "/v1/servers/stop").expect_err("wrong method");
+        assert_eq!((r.status, r.allow), (405, Some("POST")));
+    }
+
+    #[test]
+    fn bodies() {
+        let f: FilterBody = parse_body(b"", true).expect("empty: every server");
+        assert_eq!(filter(f).expect("filter"), Filter::default());
+        let f: FilterBody =
+            parse_body(br#"{"role": "media", "addr": "127.0.0.1:4000"}"#, true).expect("body");
+        let f = filter(f).expect("filter");
+        assert_eq!(f.role, Some(Role::Media));
+        assert_eq!(f.addr, Some(SocketAddr::from(([127, 0, 0, 1], 4000))));
+        for (body, says) in [
+            (&br#"{"rol": "media"}"#[..], "unknown field"),
+            (b"{", "bad JSON"),
+            (b"[1]", "bad JSON"),
+        ] {
+            let e = parse_body::<FilterBody>(body, true).expect_err("refused");
+            assert_eq!(e.status, 400);
+            assert!(e.reason.contains(says), "{}", e.reason);
+        }
+        let e = filter(FilterBody {
+            role: Some("pbx".into()),
+            ..FilterBody::default()
+        })
+        .expect_err("no such role");
+        assert!(e.reason.contains("pbx"), "{}", e.reason);
+        assert!(parse_body::<AddBody>(b" ", false).is_err());
+        assert!(check_name("media-3").is_ok());
+        for bad in ["", "a b", "x/y", &"n".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let (a, b) = (
+            random_token().expect("urandom"),
+            random_token().expect("urandom"),
+        );
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
