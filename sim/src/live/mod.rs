@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 
 pub mod cluster;
 pub mod cm;
+pub mod link;
 pub mod node;
 
 /// Nanoseconds since the cluster started.
