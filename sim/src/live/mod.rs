@@ -9,15 +9,19 @@
 //! placement is the balancer's decision, exactly as in `plan`.
 //!
 //! The Call Manager talks to its nodes in two ways: SIP OPTIONS probes over UDP (so a stopped or
-//! cut-off node is detected the way a real one would be) and [`NodeCommand`]s over a channel
-//! (which media session to set up on the node, and how).
+//! cut-off node is detected the way a real one would be) and [`NodeCommand`]s (which media
+//! session to set up on the node, and how): over a channel to a node of the same process, over
+//! the control link ([`link`]) to a node in its own process ([`remote`], joined through
+//! [`hub`]).
 
 use std::net::SocketAddr;
 
 pub mod cluster;
 pub mod cm;
+pub mod hub;
 pub mod link;
 pub mod node;
+pub mod remote;
 
 /// Nanoseconds since the cluster started.
 pub type Nanos = u64;
