@@ -49,6 +49,10 @@ pub(crate) struct ClusterArgs {
     /// Write the final status as JSON here ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// The cluster's join token: nodes in their own processes (`pbxlab node --token T`) that
+    /// present it join a pool of the scenario; without it, none may.
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
 }
 
 pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
@@ -68,6 +72,16 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.rate_limit_per_s = rate;
     opts.rate_burst = args.burst.max(1.0);
     opts.whitelist = args.whitelist;
+    if let Some(t) = &args.token
+        && !pbxlab_sim::live::link::valid_word(t)
+    {
+        return Err(bad(
+            "--token",
+            "1 to 64 visible ASCII characters, no spaces".into(),
+        )
+        .into());
+    }
+    opts.token = args.token;
     let cluster = Cluster::start(&scenario, &opts).context("cannot start the cluster")?;
     eprintln!(
         "pbxlab cluster {:?}: Call Manager on {} (UDP)",
@@ -76,6 +90,12 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     );
     for n in cluster.nodes() {
         eprintln!("  {:<12} {:<8} {}", n.name, n.role.name(), n.addr);
+    }
+    if opts.token.is_some() {
+        eprintln!(
+            "  nodes in their own processes join with: pbxlab node --join {} --token T --role R --name N",
+            cluster.sip_addr()
+        );
     }
     let started = Instant::now();
     let mut next = every;

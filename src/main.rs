@@ -6,6 +6,7 @@
 
 mod cluster;
 mod load;
+mod node;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ enum Command {
     Load(Box<load::LoadArgs>),
     /// Run the emulated cluster (Call Manager and nodes) live on loopback until stopped.
     Cluster(Box<cluster::ClusterArgs>),
+    /// Run one node (media, meeting, IVR, queue or IM server) in its own process, joined to a
+    /// running `pbxlab cluster`.
+    Node(node::NodeArgs),
     /// Validate a scenario file and print its warnings.
     Check {
         /// Scenario file (TOML).
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan(args, &stop),
         Command::Load(args) => load::load(*args, &stop),
         Command::Cluster(args) => cluster::cluster(*args, &stop),
+        Command::Node(args) => node::node(args, &stop),
         Command::Check { scenario } => check(&scenario),
     };
     match result {
