@@ -53,16 +53,18 @@ pub(crate) struct ClusterArgs {
     /// Serve the HTTP control endpoint of `pbxlab ctl` on this address (TCP).
     #[arg(long, value_name = "ADDR")]
     ctl: Option<SocketAddr>,
-    /// Bearer token the control endpoint requires (default: $PBXLAB_TOKEN, else a random one,
-    /// printed at start).
-    #[arg(long)]
-    token: Option<String>,
     /// Append one JSON line per alert (an IVR, queue or meeting server down) to FILE.
     #[arg(long, value_name = "FILE")]
     alerts: Option<PathBuf>,
     /// POST each alert's JSON to this URL (http://HOST:PORT/PATH); failures are logged.
     #[arg(long, value_name = "URL")]
     alert_webhook: Option<String>,
+    /// The cluster's token (default: $PBXLAB_TOKEN): nodes in their own processes
+    /// (`pbxlab node --token T`) that present it join a pool of the scenario, and the control
+    /// endpoint requires it as a bearer token. Without one, no node may join and `--ctl`
+    /// makes a random token, printed at start.
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
 }
 
 pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
@@ -84,15 +86,35 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.whitelist = args.whitelist;
     let mut alerts =
         AlertSink::new(args.alerts, args.alert_webhook).map_err(|e| BadInput(e.to_string()))?;
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("PBXLAB_TOKEN").ok());
+    if let Some(t) = &token
+        && !pbxlab_sim::live::link::valid_word(t)
+    {
+        return Err(bad(
+            "--token",
+            "1 to 64 visible ASCII characters, no spaces".into(),
+        )
+        .into());
+    }
+    opts.token = token.clone();
     let cluster = Cluster::start(&scenario, &opts).context("cannot start the cluster")?;
     eprintln!(
         "pbxlab cluster {:?}: Call Manager on {} (UDP)",
         scenario.name,
         cluster.sip_addr()
     );
-    let endpoint = crate::ctl::serve(args.ctl, args.token, cluster.control())?;
+    let endpoint = crate::ctl::serve(args.ctl, token, cluster.control())?;
     for n in cluster.nodes() {
         eprintln!("  {:<12} {:<8} {}", n.name, n.role.name(), n.addr);
+    }
+    if opts.token.is_some() {
+        eprintln!(
+            "  nodes in their own processes join with: pbxlab node --join {} --token T --role R --name N",
+            cluster.sip_addr()
+        );
     }
     let started = Instant::now();
     let mut next = every;

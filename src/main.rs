@@ -9,6 +9,7 @@ mod cluster;
 mod ctl;
 mod drill;
 mod load;
+mod node;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ enum Command {
     Drill(Box<drill::DrillArgs>),
     /// Operate a running cluster through its control endpoint (`pbxlab cluster --ctl`).
     Ctl(Box<ctl::CtlArgs>),
+    /// Run one node (media, meeting, IVR, queue or IM server) in its own process, joined to a
+    /// running `pbxlab cluster`.
+    Node(node::NodeArgs),
     /// Validate a scenario file and print its warnings.
     Check {
         /// Scenario file (TOML).
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::cluster(*args, &stop),
         Command::Drill(args) => drill::drill(*args, &stop),
         Command::Ctl(args) => ctl::ctl(*args),
+        Command::Node(args) => node::node(args, &stop),
         Command::Check { scenario } => check(&scenario),
     };
     match result {

@@ -63,6 +63,23 @@ pub enum Error {
     },
     #[error("alert webhook: {0}")]
     Webhook(String),
+    #[error("refused by the Call Manager at {cm}: {reason}")]
+    Refused {
+        cm: std::net::SocketAddr,
+        reason: String,
+    },
+    #[error("the Call Manager at {cm} did not answer within {:.1} s", waited.as_secs_f64())]
+    NoAnswer {
+        cm: std::net::SocketAddr,
+        waited: std::time::Duration,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("interrupted")]
+    Interrupted,
     #[error("the simulator and the balancer disagree: {0}")]
     SelfCheck(String),
     /// Any failure during a run, with the seed that reproduces it.

@@ -1342,6 +1342,19 @@ impl Checker<'_> {
                 ),
             );
         }
+        if servers.is_empty()
+            && let Some(value) = &raw.servers
+        {
+            self.warn(
+                value.span(),
+                &join(key, "servers"),
+                format!(
+                    "no {} servers: only nodes that join the live cluster (`pbxlab node`) serve \
+                     this pool, and `plan` places none of its sessions",
+                    role.name()
+                ),
+            );
+        }
         if let [only] = servers.as_slice() {
             let (span, at) = match (&raw.servers, &raw.names) {
                 (Some(value), _) => (value.span(), join(key, "servers")),
@@ -1387,7 +1400,8 @@ impl Checker<'_> {
                 format!("missing required key `servers` in {key} (or give `names` instead)"),
             )),
             (Some(count), None) => {
-                let n = self.integer(count, key, "servers", 1, MAX_SERVERS_PER_POOL)?;
+                // 0: a pool only nodes in their own processes (`pbxlab node`) join.
+                let n = self.integer(count, key, "servers", 0, MAX_SERVERS_PER_POOL)?;
                 let servers_key = join(key, "servers");
                 Ok((1..=n)
                     .map(|i| {
@@ -2627,6 +2641,22 @@ disk_gb_base = 40.0
             "sizing.target_cpu",
             &["target_cpu", "at most 1"],
         );
+    }
+
+    #[test]
+    fn a_pool_may_start_empty_for_remote_nodes() {
+        let s = parse(
+            "name = \"x\"\nseed = 1\n[[pool]]\nrole = \"media\"\nservers = 0\ncapacity = 60\n",
+        );
+        assert!(s.pools[0].servers.is_empty());
+        assert_eq!(s.warnings.len(), 1);
+        assert_eq!(s.warnings[0].key, "pool[0].servers");
+        assert!(s.warnings[0].message.contains("pbxlab node"));
+        // A negative count is still an error.
+        let d = invalid(
+            "name = \"x\"\nseed = 1\n[[pool]]\nrole = \"media\"\nservers = -1\ncapacity = 6\n",
+        );
+        assert_eq!(d.key, "pool[0].servers");
     }
 
     #[test]

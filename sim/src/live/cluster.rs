@@ -19,7 +19,9 @@ use pbxlab_balancer::{EventKind, HealthConfig, Probe, Role, ServerId, ServerStat
 use super::Nanos;
 use super::NodeCommand;
 use super::cm::{self, Admin, CallManager, DroppedCall, NodeSpec, Reassigned};
-use super::node::{self, NodeHandle};
+use super::hub::Hub;
+use super::link;
+use super::node::{self, NodeHandle, Place};
 use crate::Error;
 use crate::scenario::Scenario;
 
@@ -35,6 +37,9 @@ pub struct Options {
     pub rate_burst: f64,
     /// Sources the rate limit never applies to (the nodes always pass).
     pub whitelist: Vec<IpAddr>,
+    /// The token a node in its own process (`pbxlab node`) presents to join; without one,
+    /// none may.
+    pub token: Option<String>,
 }
 
 impl Options {
@@ -46,6 +51,7 @@ impl Options {
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
             whitelist: vec![IpAddr::from([127, 0, 0, 1])],
+            token: None,
         }
     }
 }
@@ -324,6 +330,8 @@ impl Cluster {
                 }
             })?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
+        let capacities: Vec<(Role, u32)> = sc.pools.iter().map(|p| (p.role, p.capacity)).collect();
+        let hub = Hub::new(opts.token.clone(), capacities.clone());
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             requests: Mutex::new(requests_tx),
@@ -331,7 +339,7 @@ impl Cluster {
             adds: Mutex::new(adds_tx),
             status: Mutex::new(Status::default()),
             records: Mutex::new(Records::default()),
-            capacities: sc.pools.iter().map(|p| (p.role, p.capacity)).collect(),
+            capacities,
             health,
             ip: sip.ip(),
         });
@@ -339,7 +347,7 @@ impl Cluster {
             let (stop, shared) = (Arc::clone(&stop), Arc::clone(&shared));
             std::thread::Builder::new()
                 .name("pbxlab-cm".into())
-                .spawn(move || serve(cm, socket, &shared, &events_rx, &requests_rx, &stop))
+                .spawn(move || serve(cm, hub, socket, &shared, &events_rx, &requests_rx, &stop))
                 .map_err(|e| Error::Bind {
                     addr: sip,
                     source: e,
@@ -495,6 +503,25 @@ impl Control {
             .find(|h| h.name == name)
             .ok_or_else(|| format!("no node named {name:?}"))?;
         let id = ServerId(handle.id);
+        if handle.place == Place::Remote
+            && matches!(
+                action,
+                Action::Fail
+                    | Action::Partition
+                    | Action::Heal
+                    | Action::Start
+                    | Action::Stop
+                    | Action::Restart
+                    | Action::Upgrade
+            )
+        {
+            return Err(format!(
+                "{name} runs in its own process at {}: {} acts only on nodes of the cluster's \
+                 process (stop, restart or cut off that process where it runs)",
+                handle.addr,
+                action.name()
+            ));
+        }
         match action {
             Action::Fail => {
                 handle.set_alive(false);
@@ -709,6 +736,7 @@ const BUSY_TICK: Duration = Duration::from_millis(1);
 
 fn serve(
     mut cm: CallManager,
+    mut hub: Hub,
     socket: UdpSocket,
     shared: &Shared,
     node_events: &Receiver<(u32, super::NodeEvent)>,
@@ -735,7 +763,20 @@ fn serve(
         // handled before `advance(now)` judges probe timeouts, so a thread that was held up
         // between the two never takes an answer sitting in its buffer for a dead node.
         let now = elapsed(started);
-        let read = receiver.drain(&socket, |at, from, bytes| cm.handle(at, from, bytes));
+        // Link datagrams (nodes in their own processes) share the SIP socket; their magic
+        // cannot start SIP.
+        let read = receiver.drain(&socket, |at, from, bytes| {
+            if link::is_link(bytes) {
+                hub.handle(&mut cm, at, from, bytes);
+            } else {
+                cm.handle(at, from, bytes);
+            }
+        });
+        for h in hub.take_joined() {
+            if let Ok(mut shared) = shared.handles.lock() {
+                shared.push(h);
+            }
+        }
         let busy = matches!(read, Ok(n) if n > 0);
         while let Ok((id, event)) = node_events.try_recv() {
             cm.on_node_event(now, ServerId(id), event);
@@ -759,6 +800,12 @@ fn serve(
                 let _ = h.send(command);
             }
         }
+        // Remote nodes' commands, routed into their channels just now, go on their links.
+        hub.advance(&mut cm, now);
+        hub.transmit_all(|datagrams| {
+            let _ = sender.send_all(&socket, datagrams);
+        });
+        log.extend(hub.take_log());
         record(&mut cm, shared, &mut log);
         let since = started.elapsed();
         if since >= next_status {

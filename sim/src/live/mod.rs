@@ -9,8 +9,10 @@
 //! placement is the balancer's decision, exactly as in `plan`.
 //!
 //! The Call Manager talks to its nodes in two ways: SIP OPTIONS probes over UDP (so a stopped or
-//! cut-off node is detected the way a real one would be) and [`NodeCommand`]s over a channel
-//! (which media session to set up on the node, and how).
+//! cut-off node is detected the way a real one would be) and [`NodeCommand`]s (which media
+//! session to set up on the node, and how): over a channel to a node of the same process, over
+//! the control link ([`link`]) to a node in its own process ([`remote`], joined through
+//! [`hub`]).
 //!
 //! Operators reach a running cluster through [`ctl`], an HTTP+JSON endpoint over
 //! [`cluster::Control`] (with the little HTTP of [`http`]); [`alerts`] carries the balancer's
@@ -23,7 +25,10 @@ pub mod cluster;
 pub mod cm;
 pub mod ctl;
 pub mod http;
+pub mod hub;
+pub mod link;
 pub mod node;
+pub mod remote;
 
 /// Nanoseconds since the cluster started.
 pub type Nanos = u64;

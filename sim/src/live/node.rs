@@ -5,7 +5,9 @@
 //! their first byte, as RFC 7983 multiplexes a shared port: 128-191 is RTP version 2 (or RTCP),
 //! an ASCII letter starts a SIP message. An RTP packet finds its session by SSRC; a leg whose
 //! endpoint announced none (SIPp) is found by source address, and its SSRC is learnt from its
-//! first packet.
+//! first packet. A node in its own process gets its control link there too (`PBXL/1 `,
+//! [`super::link`]); the driver hands those datagrams to its [`Member`] before the node sees
+//! anything.
 //!
 //! [`Node`] is the sans-IO core: commands, datagrams and 20 ms ticks in, datagrams and events
 //! out, no sockets and no clock. [`spawn`] is the driver: one thread serving any number of nodes.
@@ -26,6 +28,8 @@ use pbxlab_balancer::Role;
 use pbxlab_proto::dtmf::DtmfReceiver;
 use pbxlab_proto::{builder, g711, rtp, sip};
 
+use super::link;
+use super::remote::Member;
 use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
 
 /// Sessions a node holds unless told otherwise; commands beyond the limit are refused.
@@ -918,11 +922,29 @@ impl NodeCounters {
         st(&self.dropped, s.dropped);
     }
 
+    /// Takes a remote node's figures, as its link reports them.
+    pub(super) fn publish(&self, s: &NodeStats, io_errors: u64) {
+        self.store(s);
+        self.io_errors.store(io_errors, Ordering::Relaxed);
+    }
+
     fn add(a: &AtomicU64, n: u64) {
         if n > 0 {
             a.fetch_add(n, Ordering::Relaxed);
         }
     }
+}
+
+/// Where a node runs, and so who carries the commands sent to its handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A node of this process, served by [`spawn`]'s thread, which reads the channel.
+    InProcess,
+    /// A node in its own process (`pbxlab node`): the Call Manager's thread reads the channel
+    /// and sends the commands over the control link ([`super::hub`]). Its `alive` says whether
+    /// it was heard from lately, and its counters are what it last reported; an operator here
+    /// cannot crash, cut off or start its process.
+    Remote,
 }
 
 /// What the Call Manager keeps of a node: where it is, how to command it, whether it is alive.
@@ -932,6 +954,7 @@ pub struct NodeHandle {
     pub name: String,
     pub role: Role,
     pub addr: SocketAddr,
+    pub place: Place,
     pub commands: Sender<NodeCommand>,
     /// Cleared, the node acts as a dead server: it reads and drops every datagram, sends
     /// nothing and plays nothing. It still applies commands, so sessions the Call Manager ends
@@ -965,15 +988,37 @@ pub struct NodeControl {
 
 /// A handle and its control for `node`, which starts alive.
 pub fn channel(node: &Node) -> (NodeHandle, NodeControl) {
+    handle(
+        node.id,
+        node.name.clone(),
+        node.role,
+        node.addr,
+        Place::InProcess,
+    )
+}
+
+/// A handle and its control for a node in its own process that joined from `addr`.
+pub fn remote(id: u32, name: String, role: Role, addr: SocketAddr) -> (NodeHandle, NodeControl) {
+    handle(id, name, role, addr, Place::Remote)
+}
+
+fn handle(
+    id: u32,
+    name: String,
+    role: Role,
+    addr: SocketAddr,
+    place: Place,
+) -> (NodeHandle, NodeControl) {
     let (tx, rx) = std::sync::mpsc::channel();
     let alive = Arc::new(AtomicBool::new(true));
     let counters = Arc::new(NodeCounters::default());
     (
         NodeHandle {
-            id: node.id,
-            name: node.name.clone(),
-            role: node.role,
-            addr: node.addr,
+            id,
+            name,
+            role,
+            addr,
+            place,
             commands: tx,
             alive: Arc::clone(&alive),
             counters: Arc::clone(&counters),
@@ -1017,6 +1062,9 @@ struct Served {
     socket: mio::net::UdpSocket,
     control: NodeControl,
     receiver: pbxlab_udp::Receiver,
+    /// A node in its own process: its end of the control link, where its commands arrive
+    /// and its events go.
+    member: Option<Member>,
 }
 
 impl Served {
@@ -1036,6 +1084,7 @@ impl Served {
             socket,
             control,
             receiver,
+            member: None,
         })
     }
 
@@ -1048,8 +1097,15 @@ impl Served {
             node,
             socket,
             control,
+            member,
             ..
         } = self;
+        if let Some(m) = member {
+            m.transmit_all(|datagrams| {
+                let failed = sender.send_all(socket, datagrams).len();
+                NodeCounters::add(&control.counters.io_errors, failed as u64);
+            });
+        }
         if control.alive.load(Ordering::Relaxed) {
             node.transmit_all(|datagrams| {
                 // Plain sendmmsg. Segmented sends (GSO) from here to the generator's coalescing
@@ -1079,15 +1135,50 @@ pub fn spawn(
     events: Sender<(u32, NodeEvent)>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
-    let started = Instant::now();
+    let nodes = nodes.into_iter().map(|(n, s, c)| (n, s, c, None)).collect();
+    start(nodes, adds, events, stop, Instant::now())
+}
+
+/// Starts the thread serving one node of its own process, whose commands arrive and events
+/// leave through `member` (joined already, [`super::remote::join`]) on the node's socket.
+/// `epoch` is the member's clock's zero.
+pub fn spawn_member(
+    node: Node,
+    socket: UdpSocket,
+    control: NodeControl,
+    member: Member,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+) -> io::Result<JoinHandle<()>> {
+    // Nobody adds nodes to this thread, and its events go over the link.
+    let (_, adds) = std::sync::mpsc::channel();
+    let (events, _) = std::sync::mpsc::channel();
+    start(
+        vec![(node, socket, control, Some(member))],
+        adds,
+        events,
+        stop,
+        epoch,
+    )
+}
+
+type ToServe = (Node, UdpSocket, NodeControl, Option<Member>);
+
+fn start(
+    nodes: Vec<ToServe>,
+    adds: Receiver<(Node, UdpSocket, NodeControl)>,
+    events: Sender<(u32, NodeEvent)>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> io::Result<JoinHandle<()>> {
     let poll = Poll::new()?;
     let mut sockets = Vec::with_capacity(nodes.len());
-    for (i, (node, socket, control)) in nodes.into_iter().enumerate() {
+    for (i, (node, socket, control, member)) in nodes.into_iter().enumerate() {
         socket.set_nonblocking(true)?;
         let mut socket = mio::net::UdpSocket::from_std(socket);
         poll.registry()
             .register(&mut socket, Token(i), Interest::READABLE)?;
-        sockets.push((node, socket, control));
+        sockets.push((node, socket, control, member));
     }
     // The batch buffers hold raw pointers and cannot move between threads, so the thread
     // makes them and reports whether that worked before serving.
@@ -1096,9 +1187,9 @@ pub fn spawn(
         .name("pbxlab-nodes".into())
         .spawn(move || {
             let mut served = Vec::with_capacity(sockets.len());
-            for (node, socket, control) in sockets {
+            for (node, socket, control, member) in sockets {
                 match Served::new(node, socket, control, started) {
-                    Ok(s) => served.push(s),
+                    Ok(s) => served.push(Served { member, ..s }),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
@@ -1198,13 +1289,19 @@ fn run(
                 socket,
                 control,
                 receiver,
+                member,
             } = s;
             let mut dead = 0u64;
-            let read = receiver.drain_up_to(socket, SHARE, |_, from, bytes| {
-                if alive {
-                    node.handle(from, bytes);
-                } else {
+            let read = receiver.drain_up_to(socket, SHARE, |at, from, bytes| {
+                if !alive {
                     dead += 1;
+                    return;
+                }
+                match member {
+                    Some(m) if link::is_link(bytes) => {
+                        m.handle(at, from, bytes, |command| node.command(command));
+                    }
+                    _ => node.handle(from, bytes),
                 }
             });
             NodeCounters::add(&control.counters.dead_drops, dead);
@@ -1213,12 +1310,17 @@ fn run(
                 Ok(_) => {}
                 Err(_) => NodeCounters::add(&control.counters.io_errors, 1),
             }
-            s.flush(&mut sender);
             let id = s.node.id;
             for event in s.node.events() {
-                // Nobody listening is not the node's problem: it keeps serving media.
-                let _ = events.send((id, event));
+                match &mut s.member {
+                    Some(m) => m.push_event(event),
+                    // Nobody listening is not the node's problem: it keeps serving media.
+                    None => {
+                        let _ = events.send((id, event));
+                    }
+                }
             }
+            s.flush(&mut sender);
         }
         backlog = more;
         let now = elapsed(started);
@@ -1226,6 +1328,10 @@ fn run(
             for s in &mut served {
                 if s.alive() {
                     s.node.tick(now);
+                    if let Some(m) = &mut s.member {
+                        let io_errors = s.control.counters.io_errors();
+                        m.advance(now, &s.node.stats(), io_errors);
+                    }
                     s.flush(&mut sender);
                 }
                 // Published once a tick: often enough for a status line, and the spin

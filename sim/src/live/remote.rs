@@ -1,0 +1,531 @@
+//! A node in its own process (`pbxlab node`): the node's side of the control link.
+//!
+//! [`Member`] is sans-IO: it asks to join, then turns COMMAND datagrams into
+//! [`NodeCommand`]s for the node (in order, once each, acknowledged), sends the node's events
+//! until they are acknowledged, and sends its figures once a second as a heartbeat. [`join`]
+//! drives the handshake on a blocking socket; after it, [`super::node::spawn_member`] serves
+//! the node exactly as an in-process one, with the member in its loop.
+//!
+//! What it does not do: notice that the Call Manager restarted (a restarted Call Manager does
+//! not know the node; restart the node too), or choose its address: the Call Manager sends
+//! probes, commands and callers' media to the address the JOIN came from.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pbxlab_balancer::Role;
+
+use super::link::{self, Delivery, Incoming, Message, Outgoing};
+use super::node::NodeStats;
+use super::{Nanos, NodeCommand, NodeEvent};
+use crate::Error;
+
+/// How often a JOIN is repeated until the Call Manager answers.
+const JOIN_RETRY: Nanos = 250_000_000;
+/// How often the node's figures go to the Call Manager (and show it the node is there).
+const STATS_EVERY: Nanos = 1_000_000_000;
+/// Link datagrams queued between two calls of [`Member::transmit_all`]: an ACK per command
+/// of a read batch, and the events; more than that and the driver has stopped draining.
+const MAX_OUT: usize = 4_096;
+
+/// Who the node is and where it joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinSpec {
+    pub cm: SocketAddr,
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+    /// This process: a JOIN with a new instance from a known node is a restart.
+    pub instance: u64,
+}
+
+impl JoinSpec {
+    /// A spec with a fresh random instance. Fails if the name or token cannot travel on the
+    /// link (see [`link::valid_word`]).
+    pub fn new(cm: SocketAddr, name: &str, role: Role, token: &str) -> Result<JoinSpec, String> {
+        if !link::valid_word(name) {
+            return Err(format!(
+                "node name {name:?}: 1 to {} visible ASCII characters, no spaces",
+                link::MAX_WORD
+            ));
+        }
+        if !link::valid_word(token) {
+            return Err(format!(
+                "the token: 1 to {} visible ASCII characters, no spaces",
+                link::MAX_WORD
+            ));
+        }
+        // std's RandomState is seeded from the OS per process; the time and pid make two
+        // processes differ even where it is not.
+        let mut h = std::hash::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        Ok(JoinSpec {
+            cm,
+            name: name.to_owned(),
+            role,
+            token: token.to_owned(),
+            instance: h.finish(),
+        })
+    }
+}
+
+/// Where the handshake is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberState {
+    Joining,
+    /// In, as server `id`.
+    Joined(u32),
+    /// Refused, with the Call Manager's reason.
+    Refused(String),
+}
+
+/// What the member has seen, for the node's final report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    pub commands: u64,
+    pub duplicates: u64,
+    /// Commands that arrived beyond the window (dropped for the retransmission).
+    pub too_far: u64,
+    pub events_sent: u64,
+    /// Events given up on (unacknowledged after every attempt) or never queued.
+    pub events_lost: u64,
+    /// Link datagrams that did not decode, came from elsewhere, or made no sense now.
+    pub ignored: u64,
+    /// Datagrams dropped because the outbox was full.
+    pub dropped: u64,
+}
+
+/// The node's side of the link.
+#[derive(Debug)]
+pub struct Member {
+    spec: JoinSpec,
+    state: MemberState,
+    next_join: Nanos,
+    commands: Incoming<NodeCommand>,
+    events: Outgoing<NodeEvent>,
+    next_stats: Nanos,
+    out: Vec<Vec<u8>>,
+    stats: MemberStats,
+}
+
+impl Member {
+    pub fn new(spec: JoinSpec) -> Member {
+        Member {
+            spec,
+            state: MemberState::Joining,
+            next_join: 0,
+            commands: Incoming::new(0),
+            events: Outgoing::new(1),
+            next_stats: 0,
+            out: Vec::new(),
+            stats: MemberStats::default(),
+        }
+    }
+
+    pub fn state(&self) -> &MemberState {
+        &self.state
+    }
+
+    pub fn spec(&self) -> &JoinSpec {
+        &self.spec
+    }
+
+    pub fn stats(&self) -> MemberStats {
+        self.stats
+    }
+
+    fn queue(&mut self, msg: &Message) {
+        if self.out.len() >= MAX_OUT {
+            self.stats.dropped += 1;
+            return;
+        }
+        let mut buf = Vec::new();
+        link::encode(msg, &mut buf);
+        self.out.push(buf);
+    }
+
+    /// Takes one link datagram; hands `apply` the commands it makes due, in order (none, or
+    /// several when it fills a gap).
+    pub fn handle(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        datagram: &[u8],
+        mut apply: impl FnMut(NodeCommand),
+    ) {
+        let msg = match link::decode(datagram) {
+            Ok(msg) if from == self.spec.cm => msg,
+            _ => {
+                self.stats.ignored += 1;
+                return;
+            }
+        };
+        match (&self.state, msg) {
+            (MemberState::Joining, Message::Joined { id, first_seq }) => {
+                self.state = MemberState::Joined(id);
+                self.commands = Incoming::new(first_seq);
+                // The first figures at once: the Call Manager hears from us before any probe.
+                self.next_stats = now;
+            }
+            (MemberState::Joining, Message::Refused { reason }) => {
+                self.state = MemberState::Refused(reason);
+            }
+            (MemberState::Joined(_), Message::Command { seq, command }) => {
+                match self.commands.receive(seq, command) {
+                    Delivery::Accepted => self.queue(&Message::Ack { seq }),
+                    Delivery::Duplicate => {
+                        self.stats.duplicates += 1;
+                        self.queue(&Message::Ack { seq });
+                    }
+                    Delivery::TooFar => self.stats.too_far += 1,
+                }
+                while let Some(command) = self.commands.pop() {
+                    self.stats.commands += 1;
+                    apply(command);
+                }
+            }
+            (MemberState::Joined(_), Message::Ack { seq }) => {
+                self.events.ack(seq);
+            }
+            // A repeated JOINED (our JOIN was repeated too), or anything out of place.
+            _ => self.stats.ignored += 1,
+        }
+    }
+
+    /// Queues an event for the Call Manager.
+    pub fn push_event(&mut self, event: NodeEvent) {
+        if self.events.push(event).is_err() {
+            self.stats.events_lost += 1;
+        }
+    }
+
+    /// JOINs while joining; then retransmissions, and the figures once a second.
+    pub fn advance(&mut self, now: Nanos, stats: &NodeStats, io_errors: u64) {
+        match self.state {
+            MemberState::Joining => {
+                if now >= self.next_join {
+                    self.next_join = now + JOIN_RETRY;
+                    let join = Message::Join {
+                        name: self.spec.name.clone(),
+                        role: self.spec.role,
+                        instance: self.spec.instance,
+                        token: self.spec.token.clone(),
+                    };
+                    self.queue(&join);
+                }
+            }
+            MemberState::Joined(_) => {
+                let mut due = Vec::new();
+                let sent = self
+                    .events
+                    .poll_transmit(now, |seq, &event| due.push(Message::Event { seq, event }));
+                if sent.is_err() {
+                    // The Call Manager has not acknowledged for seconds: those digits are
+                    // stale now; later ones start afresh.
+                    self.stats.events_lost += self.events.len() as u64;
+                    self.events.clear();
+                }
+                self.stats.events_sent += due.len() as u64;
+                for msg in &due {
+                    self.queue(msg);
+                }
+                if now >= self.next_stats {
+                    self.next_stats = now + STATS_EVERY;
+                    self.queue(&Message::Stats {
+                        stats: *stats,
+                        io_errors,
+                    });
+                }
+            }
+            MemberState::Refused(_) => {}
+        }
+    }
+
+    /// Hands every queued datagram (all to the Call Manager) to `send`, once.
+    pub fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
+        if self.out.is_empty() {
+            return;
+        }
+        let batch: Vec<(SocketAddr, &[u8])> =
+            self.out.iter().map(|d| (self.spec.cm, &d[..])).collect();
+        send(&batch);
+        self.out.clear();
+    }
+}
+
+/// Asks the Call Manager to take the node, over `socket` (which then serves the node), until
+/// it answers, `timeout` passes or `stop` is set. Returns the node's server id.
+pub fn join(
+    socket: &UdpSocket,
+    member: &mut Member,
+    epoch: Instant,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<u32, Error> {
+    let cm = member.spec().cm;
+    let io = |what: &'static str| move |source| Error::Io { what, source };
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(io("setting the socket's read timeout"))?;
+    let mut buf = vec![0u8; link::MAX_DATAGRAM + 1];
+    let started = Instant::now();
+    loop {
+        match member.state() {
+            MemberState::Joined(id) => return Ok(*id),
+            MemberState::Refused(reason) => {
+                return Err(Error::Refused {
+                    cm,
+                    reason: reason.clone(),
+                });
+            }
+            MemberState::Joining => {}
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        if started.elapsed() >= timeout {
+            return Err(Error::NoAnswer {
+                cm,
+                waited: timeout,
+            });
+        }
+        let now = nanos(epoch);
+        member.advance(now, &NodeStats::default(), 0);
+        let mut failed = None;
+        member.transmit_all(|datagrams| {
+            for (to, bytes) in datagrams {
+                if let Err(e) = socket.send_to(bytes, to) {
+                    failed = Some(e);
+                }
+            }
+        });
+        // Unreachable for now (no route yet, ICMP refused): keep trying until the timeout.
+        let _ = failed;
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let bytes = buf.get(..n).unwrap_or_default();
+                if link::is_link(bytes) {
+                    // No commands before JOINED: the member drops them unacknowledged.
+                    member.handle(nanos(epoch), from, bytes, |_| {});
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => return Err(io("receiving from the Call Manager")(e)),
+        }
+    }
+}
+
+fn nanos(epoch: Instant) -> Nanos {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(Nanos::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::MediaSession;
+
+    fn cm() -> SocketAddr {
+        SocketAddr::from(([10, 211, 0, 1], 5060))
+    }
+
+    fn member() -> Member {
+        Member::new(JoinSpec::new(cm(), "media-a", Role::Media, "tok").unwrap())
+    }
+
+    fn sent(m: &mut Member) -> Vec<Message> {
+        let mut out = Vec::new();
+        m.transmit_all(|d| {
+            out.extend(d.iter().map(|(to, b)| {
+                assert_eq!(*to, cm());
+                link::decode(b).unwrap()
+            }))
+        });
+        out
+    }
+
+    fn bytes(msg: &Message) -> Vec<u8> {
+        let mut b = Vec::new();
+        link::encode(msg, &mut b);
+        b
+    }
+
+    fn end(seq: u64, session: u64) -> Vec<u8> {
+        bytes(&Message::Command {
+            seq,
+            command: NodeCommand::End {
+                session: MediaSession(session),
+            },
+        })
+    }
+
+    fn handle(m: &mut Member, now: Nanos, from: SocketAddr, datagram: &[u8]) -> Vec<NodeCommand> {
+        let mut got = Vec::new();
+        m.handle(now, from, datagram, |c| got.push(c));
+        got
+    }
+
+    fn ended(sessions: &[u64]) -> Vec<NodeCommand> {
+        sessions
+            .iter()
+            .map(|&s| NodeCommand::End {
+                session: MediaSession(s),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn joins_then_applies_commands_in_order_once() {
+        let mut m = member();
+        let s = NodeStats::default();
+        m.advance(0, &s, 0);
+        let join = sent(&mut m);
+        assert!(
+            matches!(&join[..], [Message::Join { name, token, .. }] if name == "media-a" && token == "tok")
+        );
+        // Repeated until answered.
+        m.advance(JOIN_RETRY - 1, &s, 0);
+        assert!(sent(&mut m).is_empty());
+        m.advance(JOIN_RETRY, &s, 0);
+        assert_eq!(sent(&mut m).len(), 1);
+        // A command before JOINED is not taken (nor acknowledged).
+        assert!(handle(&mut m, 1, cm(), &end(100, 1)).is_empty());
+        let joined = bytes(&Message::Joined {
+            id: 4,
+            first_seq: 100,
+        });
+        // Only the Call Manager's address counts.
+        handle(
+            &mut m,
+            1,
+            SocketAddr::from(([10, 211, 0, 66], 5060)),
+            &joined,
+        );
+        assert_eq!(m.state(), &MemberState::Joining);
+        handle(&mut m, 1, cm(), &joined);
+        assert_eq!(m.state(), &MemberState::Joined(4));
+        // Ahead of a gap: held and acknowledged; applied once the gap fills.
+        assert!(handle(&mut m, 2, cm(), &end(101, 2)).is_empty());
+        assert_eq!(sent(&mut m), [Message::Ack { seq: 101 }]);
+        assert_eq!(handle(&mut m, 2, cm(), &end(100, 1)), ended(&[1, 2]));
+        // A duplicate is acknowledged again, not applied again.
+        assert!(handle(&mut m, 2, cm(), &end(101, 2)).is_empty());
+        assert_eq!(handle(&mut m, 2, cm(), &end(102, 3)), ended(&[3]));
+        assert_eq!(
+            sent(&mut m),
+            [
+                Message::Ack { seq: 100 },
+                Message::Ack { seq: 101 },
+                Message::Ack { seq: 102 }
+            ]
+        );
+        let st = m.stats();
+        assert_eq!((st.commands, st.duplicates, st.too_far), (3, 1, 0));
+    }
+
+    #[test]
+    fn refused_is_final() {
+        let mut m = member();
+        handle(
+            &mut m,
+            0,
+            cm(),
+            &bytes(&Message::Refused {
+                reason: "wrong token".into(),
+            }),
+        );
+        assert_eq!(m.state(), &MemberState::Refused("wrong token".into()));
+        handle(
+            &mut m,
+            0,
+            cm(),
+            &bytes(&Message::Joined {
+                id: 1,
+                first_seq: 1,
+            }),
+        );
+        assert_eq!(m.state(), &MemberState::Refused("wrong token".into()));
+    }
+
+    #[test]
+    fn events_are_resent_until_acknowledged_and_stats_beat() {
+        let mut m = member();
+        handle(
+            &mut m,
+            0,
+            cm(),
+            &bytes(&Message::Joined {
+                id: 1,
+                first_seq: 1,
+            }),
+        );
+        let s = NodeStats {
+            sessions: 3,
+            ..NodeStats::default()
+        };
+        let digit = NodeEvent::Digit {
+            session: MediaSession(9),
+            digit: '5',
+        };
+        m.push_event(digit);
+        m.advance(0, &s, 2);
+        assert_eq!(
+            sent(&mut m),
+            [
+                Message::Event {
+                    seq: 1,
+                    event: digit
+                },
+                Message::Stats {
+                    stats: s,
+                    io_errors: 2
+                }
+            ]
+        );
+        m.advance(link::RETRY, &s, 2);
+        assert_eq!(
+            sent(&mut m),
+            [Message::Event {
+                seq: 1,
+                event: digit
+            }]
+        );
+        handle(&mut m, link::RETRY, cm(), &bytes(&Message::Ack { seq: 1 }));
+        m.advance(2 * link::RETRY, &s, 2);
+        assert!(sent(&mut m).is_empty());
+        m.advance(STATS_EVERY, &s, 2);
+        assert!(matches!(&sent(&mut m)[..], [Message::Stats { .. }]));
+    }
+
+    #[test]
+    fn garbage_is_ignored() {
+        let mut m = member();
+        assert!(handle(&mut m, 0, cm(), b"PBXL/1 CMD x").is_empty());
+        assert!(handle(&mut m, 0, cm(), b"PBXL/1 JOINED").is_empty());
+        assert_eq!(m.state(), &MemberState::Joining);
+        assert_eq!(m.stats().ignored, 2);
+    }
+
+    #[test]
+    fn names_and_tokens_must_fit_the_wire() {
+        assert!(JoinSpec::new(cm(), "media a", Role::Media, "t").is_err());
+        assert!(JoinSpec::new(cm(), "m", Role::Media, "").is_err());
+        assert!(JoinSpec::new(cm(), "m", Role::Media, &"t".repeat(65)).is_err());
+        let a = JoinSpec::new(cm(), "m", Role::Media, "t").unwrap();
+        let b = JoinSpec::new(cm(), "m", Role::Media, "t").unwrap();
+        assert_ne!(a.instance, b.instance);
+    }
+}

@@ -1,0 +1,405 @@
+//! Nodes in their own processes and their own network namespaces: the Call Manager and the load
+//! generator in one namespace, each `pbxlab node` in another, joined by veth pairs on a bridge
+//! (10.211.0.0/24). Cutting a node's link (`ip link set eth0 down` in its namespace) is a real
+//! network failure: its probes time out, the Call Manager marks it down and moves its calls.
+//!
+//! They need root and iproute2's `ip`, so a plain `cargo test` skips them; `.ci/run` runs
+//! `cargo test --test netns -- --ignored`. Every namespace carries the test's pid in its name
+//! and is deleted, and every process stopped, when the test ends, however it ends. Every run is
+//! bounded in calls and time.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const CM_IP: &str = "10.211.0.1";
+const TOKEN: &str = "netns-test-token";
+
+fn pbxlab() -> &'static str {
+    env!("CARGO_BIN_EXE_pbxlab")
+}
+
+/// Fails the test with a clear message unless it can create namespaces.
+fn preflight() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0");
+    assert!(
+        root,
+        "tests/netns.rs needs root (it creates network namespaces); run it as root, as .ci/run does"
+    );
+    let ip = Command::new("ip").arg("-V").output();
+    assert!(
+        ip.is_ok_and(|o| o.status.success()),
+        "tests/netns.rs needs iproute2's `ip` on the PATH (apt-get install iproute2)"
+    );
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test's namespaces: the Call Manager's (with the bridge) and one per node. Deleted on
+/// drop, which also deletes every interface in them.
+struct Net {
+    prefix: String,
+    names: Vec<String>,
+}
+
+impl Net {
+    /// `nodes` namespaces for nodes, at 10.211.0.11, .12, ...
+    fn new(test: &str, nodes: usize) -> Net {
+        preflight();
+        let prefix = format!("pbxl{}{test}", std::process::id());
+        let mut net = Net {
+            prefix,
+            names: Vec::new(),
+        };
+        let cm = net.add("cm");
+        ip(&["-n", &cm, "link", "set", "lo", "up"]);
+        ip(&["-n", &cm, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &cm,
+            "addr",
+            "add",
+            &format!("{CM_IP}/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &cm, "link", "set", "br0", "up"]);
+        for i in 1..=nodes {
+            let ns = net.add(&format!("n{i}"));
+            let port = format!("v{i}");
+            ip(&[
+                "-n", &cm, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ]);
+            ip(&["-n", &cm, "link", "set", &port, "master", "br0"]);
+            ip(&["-n", &cm, "link", "set", &port, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", node_ip(i)),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    fn add(&mut self, what: &str) -> String {
+        let name = format!("{}-{what}", self.prefix);
+        // A namespace of that name left by a killed run of the same pid would be ours anyway.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        self.names.push(name.clone());
+        name
+    }
+
+    fn ns(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix)
+    }
+
+    /// `pbxlab args` in namespace `what`, its stderr (and stdout) into `log`.
+    fn spawn(&self, what: &str, args: &[&str], log: &Path) -> Proc {
+        let file = File::create(log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(what), pbxlab()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("ip netns exec runs");
+        Proc {
+            child,
+            log: log.to_owned(),
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+fn node_ip(i: usize) -> String {
+    format!("10.211.0.{}", 10 + i)
+}
+
+/// A process in a namespace (`ip netns exec` execs it, so the pid is its own): SIGTERM, then
+/// SIGKILL, when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGTERM, and its exit status once it stopped.
+    fn terminate(&mut self) -> ExitStatus {
+        self.signal("-TERM");
+        match self.wait_for(Duration::from_secs(10)) {
+            Some(status) => status,
+            None => panic!("did not stop on SIGTERM:\n{}", self.log()),
+        }
+    }
+
+    /// Waits up to `limit` for `text` in the log; returns how long that took.
+    fn wait_for_log(&mut self, text: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.log().contains(text) {
+                return started.elapsed();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("exited ({status}) before logging {text:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no {text:?} within {limit:?}:\n{}", self.log());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("-TERM");
+            if self.wait_for(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+fn scratch(test: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pbxlab-netns-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir.join(name)
+}
+
+fn scenario() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/netns/remote-media.toml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&text).expect("JSON")
+}
+
+fn n(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// The Call Manager in its namespace, with the remote-media scenario and the token.
+fn call_manager(net: &Net, test: &str, json: &Path) -> Proc {
+    let sip = format!("{CM_IP}:5060");
+    net.spawn(
+        "cm",
+        &[
+            "cluster",
+            &scenario(),
+            "--sip",
+            &sip,
+            "--token",
+            TOKEN,
+            "--whitelist",
+            CM_IP,
+            "--status-every",
+            "100ms",
+            "--for",
+            "90s",
+            "--json",
+            json.to_str().expect("utf-8"),
+        ],
+        &scratch(test, "cm.log"),
+    )
+}
+
+fn node(net: &Net, test: &str, i: usize, token: &str) -> Proc {
+    let name = format!("media-{i}");
+    let join = format!("{CM_IP}:5060");
+    net.spawn(
+        &format!("n{i}"),
+        &[
+            "node",
+            "--role",
+            "media",
+            "--name",
+            &name,
+            "--join",
+            &join,
+            "--token",
+            token,
+            "--join-timeout",
+            "10s",
+            "--status-every",
+            "1s",
+        ],
+        &scratch(test, &format!("{name}.log")),
+    )
+}
+
+#[test]
+#[ignore = "needs root and ip netns; run by .ci/run"]
+fn a_cut_node_is_marked_down_and_its_calls_move() {
+    let test = "cut";
+    let net = Net::new(test, 2);
+    let cm_json = scratch(test, "cm.json");
+    let mut cm = call_manager(&net, test, &cm_json);
+    let _n1 = node(&net, test, 1, TOKEN);
+    let _n2 = node(&net, test, 2, TOKEN);
+    cm.wait_for_log(
+        "media-1 joined as media from 10.211.0.11:",
+        Duration::from_secs(15),
+    );
+    cm.wait_for_log(
+        "media-2 joined as media from 10.211.0.12:",
+        Duration::from_secs(15),
+    );
+    // Up means probed: placement waits for nothing, but the test should not race the first
+    // round of probes.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 20 echo calls with RTP, placed over 2 s and held 8 s: ten on each node.
+    let load_json = scratch(test, "load.json");
+    let target = format!("{CM_IP}:5060");
+    let local = format!("{CM_IP}:0");
+    let mut load = net.spawn(
+        "cm",
+        &[
+            "load",
+            "--target",
+            &target,
+            "--bind",
+            &local,
+            "--rtp-bind",
+            &local,
+            "--domain",
+            "pbxlab.test",
+            "--service",
+            "echo",
+            "--rtp",
+            "1",
+            "--calls",
+            "20",
+            "--call-rate",
+            "10/s",
+            "--hold",
+            "8s",
+            "--json",
+            load_json.to_str().expect("utf-8"),
+        ],
+        &scratch(test, "load.log"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // Cut media-1 off while every call is up.
+    ip(&["-n", &net.ns("n1"), "link", "set", "eth0", "down"]);
+    // Probes every 200 ms, timeout 100 ms, down after 2 misses: 0.5 s, plus the status line
+    // (100 ms) and slack for a busy machine.
+    let detected = cm.wait_for_log("media-1 down", Duration::from_secs(5));
+    let bound = Duration::from_millis(200 * 2 + 100) + Duration::from_millis(1500);
+    assert!(
+        detected <= bound,
+        "media-1 marked down {detected:?} after the cut (bound {bound:?})"
+    );
+
+    let status = load
+        .wait_for(Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("the load did not finish:\n{}", load.log()));
+    assert!(status.success(), "load: {status}\n{}", load.log());
+    let status = cm.terminate();
+    assert!(status.success(), "cluster: {status}\n{}", cm.log());
+
+    let v = read_json(&load_json);
+    assert_eq!(n(&v["calls"]["attempted"]), 20, "{v}");
+    assert_eq!(n(&v["calls"]["failed"]), 0, "{v}");
+    assert_eq!(n(&v["calls"]["succeeded"]), 20, "{v}");
+    // Echoed audio kept coming back after the move: far more than the first 3 s worth.
+    assert!(n(&v["rtp"]["packets_received"]) > 20 * 250, "{v}");
+
+    let c = read_json(&cm_json);
+    let state = |name: &str| {
+        c["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|x| x["name"] == name))
+            .map(|x| x["state"].clone())
+            .unwrap_or_else(|| panic!("no {name} in {c}"))
+    };
+    assert_eq!(state("media-1"), "offline", "{c}");
+    assert_eq!(state("media-2"), "online", "{c}");
+    // media-1's calls moved to media-2; none was dropped.
+    assert!(n(&c["moved"]) >= 5, "{c}");
+    assert_eq!(n(&c["dropped"]), 0, "{c}");
+    assert_eq!(n(&c["calls"]["completed"]), 20, "{c}");
+}
+
+#[test]
+#[ignore = "needs root and ip netns; run by .ci/run"]
+fn a_node_with_the_wrong_token_is_refused() {
+    let test = "token";
+    let net = Net::new(test, 1);
+    let cm_json = scratch(test, "cm.json");
+    let mut cm = call_manager(&net, test, &cm_json);
+    let mut intruder = node(&net, test, 1, "not-the-token");
+    let status = intruder
+        .wait_for(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the node did not give up:\n{}", intruder.log()));
+    assert_eq!(status.code(), Some(2), "{}", intruder.log());
+    assert!(
+        intruder
+            .log()
+            .contains("refused by the Call Manager at 10.211.0.1:5060: wrong token"),
+        "{}",
+        intruder.log()
+    );
+    cm.wait_for_log("media-1 refused from 10.211.0.11:", Duration::from_secs(2));
+    assert!(cm.log().contains(": wrong token"), "{}", cm.log());
+    let status = cm.terminate();
+    assert!(status.success(), "cluster: {status}\n{}", cm.log());
+    let c = read_json(&cm_json);
+    assert_eq!(c["nodes"].as_array().map(Vec::len), Some(0), "{c}");
+}

@@ -1,0 +1,248 @@
+//! `pbxlab node` on loopback: nodes in their own processes join `pbxlab cluster`, carry its
+//! calls, and rejoin after a crash; a node whose Call Manager never answers gives up. (Cutting
+//! a node's network needs namespaces and root: tests/netns.rs.) Everything listens on
+//! 127.0.0.1, and every run is bounded in calls and time.
+
+use std::fs::File;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "loopback-token";
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pbxlab-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir.join(name)
+}
+
+/// A child process with its output in a file; SIGTERM, then SIGKILL, when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], log: &Path) -> Proc {
+        let file = File::create(log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("pbxlab runs");
+        Proc {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        self.signal("-TERM");
+        self.wait_for(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("did not stop on SIGTERM:\n{}", self.log()))
+    }
+
+    fn wait_for_log(&mut self, text: &str, limit: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.log().contains(text) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("exited ({status}) before logging {text:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no {text:?} within {limit:?}:\n{}", self.log());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("-TERM");
+            if self.wait_for(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+fn scenario() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/netns/remote-media.toml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn n(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn node(name: &str, cm: &str, bind: Option<&str>, log: &str) -> Proc {
+    let mut args = vec![
+        "node", "--role", "media", "--name", name, "--join", cm, "--token", TOKEN,
+    ];
+    if let Some(b) = bind {
+        args.extend(["--bind", b]);
+    }
+    Proc::spawn(&args, &scratch(log))
+}
+
+#[test]
+fn remote_nodes_carry_calls_and_a_crashed_one_rejoins() {
+    let cm_addr = format!("127.0.0.1:{}", free_port());
+    let cm_json = scratch("cm.json");
+    let mut cm = Proc::spawn(
+        &[
+            "cluster",
+            &scenario(),
+            "--sip",
+            &cm_addr,
+            "--token",
+            TOKEN,
+            "--status-every",
+            "100ms",
+            "--for",
+            "60s",
+            "--json",
+            cm_json.to_str().expect("utf-8"),
+        ],
+        &scratch("cm.log"),
+    );
+    // media-1 keeps its address across its restart, as a rejoin requires.
+    let media_1 = format!("127.0.0.1:{}", free_port());
+    let mut n1 = node("media-1", &cm_addr, Some(&media_1), "media-1.log");
+    let _n2 = node("media-2", &cm_addr, None, "media-2.log");
+    let joined = format!("media-1 joined as media from {media_1}");
+    cm.wait_for_log(&joined, Duration::from_secs(10));
+    cm.wait_for_log("media-2 joined as media", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let load_json = scratch("load.json");
+    let mut load = Proc::spawn(
+        &[
+            "load",
+            "--target",
+            &cm_addr,
+            "--domain",
+            "pbxlab.test",
+            "--service",
+            "echo",
+            "--rtp",
+            "1",
+            "--calls",
+            "10",
+            "--call-rate",
+            "10/s",
+            "--hold",
+            "6s",
+            "--json",
+            load_json.to_str().expect("utf-8"),
+        ],
+        &scratch("load.log"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // A crash: no goodbye, only the probes find out.
+    let _ = n1.child.kill();
+    let _ = n1.child.wait();
+    cm.wait_for_log("media-1 down", Duration::from_secs(5));
+    let _n1 = node("media-1", &cm_addr, Some(&media_1), "media-1-again.log");
+    cm.wait_for_log(
+        &format!("media-1 rejoined from {media_1} (restarted)"),
+        Duration::from_secs(10),
+    );
+    cm.wait_for_log("media-1 up", Duration::from_secs(5));
+
+    let status = load
+        .wait_for(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the load did not finish:\n{}", load.log()));
+    assert!(status.success(), "load: {status}\n{}", load.log());
+    let status = cm.terminate();
+    assert!(status.success(), "cluster: {status}\n{}", cm.log());
+
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&load_json).expect("load report")).expect("JSON");
+    assert_eq!(n(&v["calls"]["failed"]), 0, "{v}");
+    assert_eq!(n(&v["calls"]["succeeded"]), 10, "{v}");
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cm_json).expect("cluster report")).expect("JSON");
+    assert!(n(&c["moved"]) >= 1, "{c}");
+    assert_eq!(n(&c["dropped"]), 0, "{c}");
+    let nodes = c["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "the restart is the same server: {c}");
+    assert!(nodes.iter().all(|x| x["state"] == "online"), "{c}");
+}
+
+#[test]
+fn a_node_gives_up_when_no_call_manager_answers() {
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["node", "--role", "media", "--name", "m", "--token", "t"])
+        .args(["--join", &nobody, "--join-timeout", "1s"])
+        .output()
+        .expect("pbxlab runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the Call Manager at {nobody} did not answer within 1.0 s"
+        )),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Bad flags are bad input.
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["node", "--role", "wizard", "--name", "m", "--token", "t"])
+        .args(["--join", &nobody])
+        .output()
+        .expect("pbxlab runs");
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args([
+            "node",
+            "--role",
+            "media",
+            "--name",
+            "m",
+            "--token",
+            "has space",
+        ])
+        .args(["--join", &nobody])
+        .output()
+        .expect("pbxlab runs");
+    assert_eq!(out.status.code(), Some(2));
+}
