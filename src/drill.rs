@@ -22,6 +22,7 @@ use pbxlab_balancer::EventKind;
 use pbxlab_loadgen::metrics::Metric;
 use pbxlab_loadgen::{LoadReport, Progress, RunOptions};
 use pbxlab_sim::Scenario;
+use pbxlab_sim::live::alerts::AlertSink;
 use pbxlab_sim::live::cluster::{Action, Cluster, Control, Filter, Options, Records};
 use pbxlab_sim::scenario::{DrillSpec, FaultAction, FaultSpec, fault_action_name};
 use serde_json::json;
@@ -50,6 +51,12 @@ pub(crate) struct DrillArgs {
     /// Seed for every random stream (overrides the scenario's).
     #[arg(long)]
     seed: Option<u64>,
+    /// Append one JSON line per alert (an IVR, queue or meeting server down) to FILE.
+    #[arg(long, value_name = "FILE")]
+    alerts: Option<PathBuf>,
+    /// POST each alert's JSON to this URL (http://HOST:PORT/PATH); failures are logged.
+    #[arg(long, value_name = "URL")]
+    alert_webhook: Option<String>,
 }
 
 /// One closed interval of the load, stamped on the cluster's clock.
@@ -103,6 +110,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         .into());
     }
 
+    let mut alerts = AlertSink::new(args.alerts.clone(), args.alert_webhook.clone())
+        .map_err(|e| BadInput(e.to_string()))?;
     let mut opts = Options::new(args.sip);
     opts.whitelist = vec![args.sip.ip(), IpAddr::from([127, 0, 0, 1])];
     let cluster = Cluster::start(&scenario, &opts).context("starting the cluster")?;
@@ -164,6 +173,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
             }
         });
         let mut progress = |p: &Progress| {
+            alerts.poll(&control);
             let at = control.now();
             let i = &p.interval;
             if let Ok(mut s) = samples.lock() {
@@ -217,6 +227,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let cluster_epoch = control.epoch();
     let records = control.records();
     let status = cluster.stop().context("stopping the cluster")?;
+    alerts.poll(&control);
+    alerts.close(Duration::from_secs(5));
     let (report, _log) = result?;
 
     let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();

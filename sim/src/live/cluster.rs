@@ -704,7 +704,13 @@ impl Control {
         let (tx, rx) = std::sync::mpsc::channel();
         self.request(Request::Whitelist(change, tx))
             .map_err(|_| OpError::Stopped)?;
-        rx.recv().map_err(|_| OpError::Stopped)
+        let list = rx.recv().map_err(|_| OpError::Stopped)?;
+        // The next snapshot is up to 100 ms away; a status read right after the change must
+        // already show it.
+        if let Ok(mut s) = self.shared.status.lock() {
+            s.whitelist = list.clone();
+        }
+        Ok(list)
     }
 }
 

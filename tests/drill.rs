@@ -1,0 +1,125 @@
+//! `pbxlab drill` end to end on loopback: a media server fails under load with spare capacity
+//! elsewhere (the drill passes, and its report says why), and without (the drill names every
+//! dropped call and exits 99). Each run is bounded in calls and time and stops by itself.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn scenario(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("drill")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn drill(name: &str) -> (Output, serde_json::Value) {
+    let json = std::env::temp_dir().join(format!(
+        "pbxlab-drill-test-{}-{name}.json",
+        std::process::id()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["drill", &scenario(name), "--json"])
+        .arg(&json)
+        .output()
+        .expect("pbxlab runs");
+    let text = std::fs::read(&json).unwrap_or_else(|_| {
+        panic!(
+            "no report; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, serde_json::from_slice(&text).expect("JSON"))
+}
+
+fn n(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+#[test]
+fn a_failed_media_server_with_spare_capacity_elsewhere_drops_no_call() {
+    let (out, v) = drill("small.toml");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let context = format!("{stdout}\n{stderr}");
+    assert_eq!(v["steady"]["pass"], true, "{context}");
+    let fail = &v["faults"][0];
+    assert_eq!(fail["action"], "fail");
+    assert_eq!(fail["server"], "media-2");
+    // The probes noticed within their bound: down_after x interval + timeout.
+    let bound = n(&fail["detection_bound_us"]);
+    assert_eq!(bound, 220_000);
+    let detection = n(&fail["detection_us"]);
+    assert!(
+        detection <= bound,
+        "detected after {detection} us: {context}"
+    );
+    // Every call on media-2 (a third of 300) moved and was re-INVITEd; none was dropped.
+    let moved = n(&fail["reassignment"]["count"]);
+    assert!((60..=140).contains(&moved), "{moved} moved: {context}");
+    assert_eq!(
+        fail["dropped"].as_array().map(Vec::len),
+        Some(0),
+        "{context}"
+    );
+    // The callers heard the gap, and it was short: the probes' time plus a re-INVITE. (A call
+    // whose hold ends inside the gap hears no audio after it, so it has no gap to measure.)
+    let gaps = n(&fail["media_gap"]["count"]);
+    assert!(
+        gaps * 10 >= moved * 9,
+        "{gaps} gaps for {moved} moved calls: {context}"
+    );
+    assert!(n(&fail["media_gap"]["p99_us"]) <= 300_000, "{context}");
+    assert!(
+        n(&fail["media_gap"]["p50_us"]) >= detection / 2,
+        "{context}"
+    );
+    // The load saw every call through.
+    assert_eq!(n(&v["load"]["calls"]["failed"]), 0, "{context}");
+    assert_eq!(v["faults"][1]["action"], "recover");
+    assert_eq!(v["pass"], true, "{context}");
+    assert_eq!(out.status.code(), Some(0), "{context}");
+    assert!(stdout.contains("verdict: PASS"), "{stdout}");
+}
+
+#[test]
+fn without_spare_capacity_the_drill_names_the_dropped_calls_and_exits_99() {
+    let (out, v) = drill("no-spare.toml");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let context = format!("{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(99), "{context}");
+    assert_eq!(v["pass"], false);
+    let fault = &v["faults"][0];
+    let dropped = fault["dropped"]
+        .as_array()
+        .expect("a list of dropped calls");
+    // About 100 calls were on media-1 and media-2 had room for about 20 of them.
+    assert!(
+        (40..=120).contains(&dropped.len()),
+        "{} dropped: {context}",
+        dropped.len()
+    );
+    for d in dropped {
+        assert_eq!(d["reason"], "failover: no capacity", "{d}");
+        assert!(
+            d["call_id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{d}"
+        );
+    }
+    assert!(
+        n(&fault["reassignment"]["count"]) > 0,
+        "the ones that fit moved"
+    );
+    assert!(
+        fault["broken"].as_array().is_some_and(|b| b
+            .iter()
+            .any(|x| x.as_str().is_some_and(|s| s.contains("dropped")))),
+        "{fault}"
+    );
+    // The callers saw those calls end early.
+    let failed = n(&v["load"]["calls"]["failed"]);
+    assert!(failed >= dropped.len() as u64, "{failed} failed: {context}");
+    assert!(stdout.contains("failover: no capacity"), "{stdout}");
+}
