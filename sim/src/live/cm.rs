@@ -663,8 +663,15 @@ impl CallManager {
             self.send_scratch(to);
         }
         // The timeout is shorter than the interval (HealthConfig checks), so each round's
-        // probes are judged before the next round starts.
-        self.next_probe = now + ns(health.interval);
+        // probes are judged before the next round starts. Rounds keep to a fixed grid: timed
+        // from when each actually ran, a thread woken a millisecond late would stretch every
+        // interval and detection would drift past its bound.
+        let interval = ns(health.interval);
+        self.next_probe = if self.next_probe == 0 || now >= self.next_probe + interval {
+            now + interval
+        } else {
+            self.next_probe + interval
+        };
         self.timers
             .push(Reverse((now + ns(health.timeout), Timer::ProbeCheck)));
     }
