@@ -265,6 +265,11 @@ struct Call {
     /// the re-INVITE: the reassignment time the drill reports.
     moved_at: Option<Nanos>,
     reinvites_open: u8,
+    /// Per leg (A, B): a re-INVITE of ours is in progress, and the media moved again meanwhile.
+    /// RFC 3261 14.1: no second INVITE in a dialog while one is pending; the newer SDP goes
+    /// once the first is answered.
+    reinviting: [bool; 2],
+    reinvite_again: [bool; 2],
 }
 
 impl Call {
@@ -299,6 +304,8 @@ impl Call {
             waiting_since: None,
             moved_at: None,
             reinvites_open: 0,
+            reinviting: [false; 2],
+            reinvite_again: [false; 2],
         }
     }
 }
@@ -1759,10 +1766,20 @@ impl CallManager {
         match purpose {
             Purpose::InviteB => self.invite_b_final(now, call, code, msg),
             Purpose::ReinviteA | Purpose::ReinviteB => {
-                self.ack(call, purpose == Purpose::ReinviteA, msg);
+                let to_a = purpose == Purpose::ReinviteA;
+                self.ack(call, to_a, msg);
+                let side = usize::from(!to_a);
+                let again = self.call_mut(call).is_some_and(|c| {
+                    c.reinviting[side] = false;
+                    std::mem::take(&mut c.reinvite_again[side])
+                });
                 if code >= 300 {
                     self.hang_up(now, call, "re-INVITE refused");
                 } else {
+                    if again {
+                        // The media moved while this one was pending: send where it is now.
+                        self.reinvite(now, call, to_a);
+                    }
                     self.reinvite_answered(now, call);
                 }
             }
@@ -2140,6 +2157,12 @@ impl CallManager {
         let Some(c) = self.call_mut(call) else { return };
         let leg = if to_a { Some(c.a_leg) } else { c.b_leg };
         let Some(leg) = leg else { return };
+        let side = usize::from(!to_a);
+        if c.reinviting[side] {
+            c.reinvite_again[side] = true;
+            return;
+        }
+        c.reinviting[side] = true;
         let Some(d) = (if to_a { Some(&mut c.a) } else { c.b.as_mut() }) else {
             return;
         };

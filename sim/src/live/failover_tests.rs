@@ -1163,3 +1163,44 @@ fn each_legs_sdp_keeps_its_origin_and_raises_its_version_across_moves() {
         (b_origin.0, b_origin.1 + 2)
     );
 }
+
+/// RFC 3261 14.1: a second move while the first re-INVITE of a leg is unanswered waits for it,
+/// then goes out with the newest node; the move is timed once, from the first plan.
+#[test]
+fn a_second_move_waits_for_the_pending_reinvite_and_then_names_the_newest_node() {
+    let mut cm = cluster(&[(Role::Media, 10); 3], &[]);
+    let c = user_call(&mut cm, 0, 0);
+    cm.admin(NS, c.server, Admin::Fail).expect("known server");
+    let first = sent(&mut cm);
+    let moved: Vec<_> = reinvites(&first);
+    assert_eq!(moved.len(), 2, "one re-INVITE per leg: {moved:?}");
+    let second_node = moved[0].2;
+    // Nobody has answered yet when the new node is disabled too.
+    let _ = cm.node_commands().count();
+    cm.admin(NS + 5 * MS, server_of(&cm, second_node), Admin::Disable)
+        .expect("known server");
+    assert!(
+        reinvites(&sent(&mut cm)).is_empty(),
+        "no second INVITE while one is pending in the dialog"
+    );
+    let third_node = match cm.node_commands().collect::<Vec<_>>()[..] {
+        [.., (s, NodeCommand::Relay { .. })] => node(&cm, s),
+        ref other => panic!("{other:?}"),
+    };
+    assert_ne!(third_node, second_node);
+    // The peers answer the first re-INVITEs: the Call Manager follows with the newest node.
+    let out = answer_peers(&mut cm, NS + 20 * MS, first);
+    let again: Vec<_> = reinvites(&out)
+        .into_iter()
+        .filter(|&(_, _, media)| media == third_node)
+        .collect();
+    assert_eq!(again.len(), 2, "{:?}", reinvites(&out));
+    assert_eq!(
+        cm.take_reassigned(),
+        vec![Reassigned {
+            at: NS,
+            took: 20 * MS
+        }]
+    );
+    assert_eq!(cm.stats().calls_active, 1);
+}
