@@ -567,6 +567,22 @@ fn ivr_digit_transfers_to_the_queue_and_an_agent_takes_the_call() {
             .iter()
             .any(|n| n.addr == queue_node && n.role == Role::Queue)
     );
+    // The caller accepts the transfer; until it does, no other re-INVITE may go to it.
+    let mut accepted = Vec::new();
+    let transfer_body = offer("127.0.0.1:7002", 7);
+    pbxlab_proto::builder::write_response(
+        &mut accepted,
+        &parse(&reinvite.1),
+        200,
+        "OK",
+        Some("ua"),
+        &[
+            ("Contact", "<sip:1001@127.0.0.1:7000>"),
+            ("Content-Type", "application/sdp"),
+        ],
+        transfer_body.as_bytes(),
+    );
+    cm.handle(2 * NS, addr(UA), &accepted);
     let to_agent = out
         .iter()
         .find(|(a, _)| *a == addr(CALLEE))
