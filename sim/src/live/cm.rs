@@ -747,6 +747,15 @@ impl CallManager {
         for d in outcome.plan.dropped {
             self.stats.dropped += 1;
             if let Some(call) = self.by_session.remove(&d.session) {
+                // A queue session whose caller already talks to an agent through a media node
+                // is only accounting: losing it costs the call nothing.
+                if let Some(c) = self.call_mut(call)
+                    && c.queue.is_some_and(|p| p.session == d.session)
+                    && c.media.is_some_and(|p| p.session != d.session)
+                {
+                    c.queue = None;
+                    continue;
+                }
                 let reason = match d.reason {
                     Reject::NoCapacity { .. } => "failover: no capacity",
                     _ => "failover: no server in service",

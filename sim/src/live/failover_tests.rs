@@ -1204,3 +1204,25 @@ fn a_second_move_waits_for_the_pending_reinvite_and_then_names_the_newest_node()
     );
     assert_eq!(cm.stats().calls_active, 1);
 }
+
+/// A caller who already talks to an agent keeps the call when the queue node dies and no other
+/// queue node can take the queue session: the audio is on a media node, and the queue session
+/// was only the queue's accounting.
+#[test]
+fn a_caller_talking_to_an_agent_survives_the_loss_of_the_only_queue_node() {
+    let mut cm = cluster(&[(Role::Queue, 20), (Role::Media, 20)], &[]);
+    let (x, _) = service_call(&mut cm, 0, "queue-1", 0);
+    let now = NS;
+    let out = register_out(&mut cm, now, AGENT, CALLEE, "pw-1000", 600);
+    let _ = agent_answers(&mut cm, now, &out);
+    let _ = exchange(&mut cm, now);
+    assert_eq!(cm.stats().queue_answered, 1);
+    let _ = cm.node_commands().count();
+
+    cm.admin(2 * NS, x, Admin::Fail).expect("known server");
+    let out = exchange(&mut cm, 2 * NS);
+    assert!(byes(&out).is_empty(), "{:?}", byes(&out));
+    assert!(cm.take_dropped_calls().is_empty());
+    assert_eq!(cm.stats().calls_active, 1);
+    cm.balancer().audit().unwrap();
+}
