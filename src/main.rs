@@ -43,6 +43,15 @@ enum Command {
     Cluster(Box<cluster::ClusterArgs>),
     /// Failover drill: the live cluster, a load and a fault timeline in one run, with a
     /// verdict (exit 99 when an SLO broke).
+    ///
+    /// Starts the cluster and the scenario's [drill] load, checks that the SLOs hold before the
+    /// first fault (else injects none), carries out the [[fault]]s (fail, partition, heal,
+    /// recover, drain, disable, enable, upgrade) and reports per fault: detection time and its
+    /// bound, reassignment time per moved call, the callers' media gap, dropped calls by
+    /// Call-ID and reason, alerts, and the SLO verdict during and after. Without a scenario:
+    /// the embedded drill (2,400 calls with RTP, media-2 failed at 40 s, back at 47 s).
+    ///
+    /// Exit codes: 0 every SLO held; 99 an SLO broke; 2 bad input; 1 the drill could not run.
     Drill(Box<drill::DrillArgs>),
     /// Operate a running cluster through its control endpoint (`pbxlab cluster --ctl`).
     Ctl(Box<ctl::CtlArgs>),
