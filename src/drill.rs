@@ -96,6 +96,16 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     }
     let spec = scenario.drill.clone().unwrap_or_else(default_spec);
     let mut faults = scenario.faults.clone();
+    // A fault the probes must find lands at a phase of their grid drawn from the seed: at the
+    // scenario's exact second it would fall at the same phase in every run (the grid counts
+    // from the cluster's start too), and detection would always read the same.
+    let mut phase = pbxlab_sim::rng::Rng::stream(scenario.seed, "drill fault phase");
+    let interval_ns = u64::try_from(scenario.health.probe_interval.as_nanos()).unwrap_or(0);
+    for f in &mut faults {
+        if matches!(f.action, FaultAction::Fail | FaultAction::Partition) && interval_ns > 0 {
+            f.at += Duration::from_nanos(phase.below(interval_ns));
+        }
+    }
     faults.sort_by_key(|f| f.at);
     let Some(first) = faults.first().map(|f| f.at) else {
         return Err(BadInput(format!(
