@@ -123,6 +123,9 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         .into());
     }
 
+    // The load's flags are checked before anything starts; they are read again below with the
+    // address the Call Manager was given.
+    load::configure(&load::flags(args.sip, &spec.load)?, Some(&scenario))?;
     let mut alerts = AlertSink::new(args.alerts.clone(), args.alert_webhook.clone())
         .map_err(|e| BadInput(e.to_string()))?;
     let mut opts = Options::new(args.sip);
@@ -136,14 +139,15 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let rtp = cfg.rtp_fraction;
     let drain_limit = load::drain_limit(&cfg);
     eprintln!(
-        "pbxlab drill {:?}: Call Manager on {sip}, {} servers; {calls} calls ({:.0}% with RTP), {} faults; detection bound {:.0} ms",
+        "pbxlab drill {:?}: Call Manager on {sip}, {} servers; {calls} calls ({:.0}% with RTP) started over {:.0} s, {} faults; detection bound {:.0} ms",
         scenario.name,
-        control
-            .status()
-            .nodes
-            .len()
-            .max(scenario.pools.iter().map(|p| p.servers.len()).sum()),
+        scenario
+            .pools
+            .iter()
+            .map(|p| p.servers.len())
+            .sum::<usize>(),
         rtp * 100.0,
+        scenario.duration.as_secs_f64(),
         faults.len(),
         control.health().detection_bound().as_secs_f64() * 1000.0,
     );
