@@ -8,10 +8,12 @@
 //! and is deleted, and every process stopped, when the test ends, however it ends. Every run is
 //! bounded in calls and time.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+mod common;
+use common::Proc;
 
 const CM_IP: &str = "10.211.0.1";
 const TOKEN: &str = "netns-test-token";
@@ -115,21 +117,13 @@ impl Net {
         format!("{}-{what}", self.prefix)
     }
 
-    /// `pbxlab args` in namespace `what`, its stderr (and stdout) into `log`.
+    /// `pbxlab args` in namespace `what` (`ip netns exec` execs it, so the pid is its own), its
+    /// stderr (and stdout) into `log`.
     fn spawn(&self, what: &str, args: &[&str], log: &Path) -> Proc {
-        let file = File::create(log).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(what), pbxlab()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("ip netns exec runs");
-        Proc {
-            child,
-            log: log.to_owned(),
-        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(what), pbxlab()])
+            .args(args);
+        Proc::start(cmd, log)
     }
 }
 
@@ -143,73 +137,6 @@ impl Drop for Net {
 
 fn node_ip(i: usize) -> String {
     format!("10.211.0.{}", 10 + i)
-}
-
-/// A process in a namespace (`ip netns exec` execs it, so the pid is its own): SIGTERM, then
-/// SIGKILL, when dropped.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status();
-    }
-
-    /// Waits up to `limit` for the process to exit by itself.
-    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    /// SIGTERM, and its exit status once it stopped.
-    fn terminate(&mut self) -> ExitStatus {
-        self.signal("-TERM");
-        match self.wait_for(Duration::from_secs(10)) {
-            Some(status) => status,
-            None => panic!("did not stop on SIGTERM:\n{}", self.log()),
-        }
-    }
-
-    /// Waits up to `limit` for `text` in the log; returns how long that took.
-    fn wait_for_log(&mut self, text: &str, limit: Duration) -> Duration {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if self.log().contains(text) {
-                return started.elapsed();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("exited ({status}) before logging {text:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("no {text:?} within {limit:?}:\n{}", self.log());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal("-TERM");
-            if self.wait_for(Duration::from_secs(3)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-    }
 }
 
 fn scratch(test: &str, name: &str) -> PathBuf {

@@ -3,11 +3,13 @@
 //! a node's network needs namespaces and root: tests/netns.rs.) Everything listens on
 //! 127.0.0.1, and every run is bounded in calls and time.
 
-use std::fs::File;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Proc;
 
 const TOKEN: &str = "loopback-token";
 
@@ -24,80 +26,11 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A child process with its output in a file; SIGTERM, then SIGKILL, when dropped.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], log: &Path) -> Proc {
-        let file = File::create(log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("pbxlab runs");
-        Proc {
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status();
-    }
-
-    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn terminate(&mut self) -> ExitStatus {
-        self.signal("-TERM");
-        self.wait_for(Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("did not stop on SIGTERM:\n{}", self.log()))
-    }
-
-    fn wait_for_log(&mut self, text: &str, limit: Duration) {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if self.log().contains(text) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("exited ({status}) before logging {text:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("no {text:?} within {limit:?}:\n{}", self.log());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal("-TERM");
-            if self.wait_for(Duration::from_secs(3)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-    }
+/// `pbxlab args`, its output into `log`.
+fn spawn(args: &[&str], log: &Path) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pbxlab"));
+    cmd.args(args);
+    Proc::start(cmd, log)
 }
 
 fn scenario() -> String {
@@ -118,14 +51,14 @@ fn node(name: &str, cm: &str, bind: Option<&str>, log: &str) -> Proc {
     if let Some(b) = bind {
         args.extend(["--bind", b]);
     }
-    Proc::spawn(&args, &scratch(log))
+    spawn(&args, &scratch(log))
 }
 
 #[test]
 fn remote_nodes_carry_calls_and_a_crashed_one_rejoins() {
     let cm_addr = format!("127.0.0.1:{}", free_port());
     let cm_json = scratch("cm.json");
-    let mut cm = Proc::spawn(
+    let mut cm = spawn(
         &[
             "cluster",
             &scenario(),
@@ -152,7 +85,7 @@ fn remote_nodes_carry_calls_and_a_crashed_one_rejoins() {
     std::thread::sleep(Duration::from_millis(500));
 
     let load_json = scratch("load.json");
-    let mut load = Proc::spawn(
+    let mut load = spawn(
         &[
             "load",
             "--target",
