@@ -530,3 +530,87 @@ fn a_stopped_ivr_server_is_alerted_to_the_file_and_the_webhook() {
     let out = c.ok(&["start", "--server", "ivr-1"]);
     assert!(out.contains("now Online"), "{out}");
 }
+
+/// Two meeting servers carrying rooms of four; one is stopped mid-meeting. Its rooms move whole
+/// to the other (no participant ever lands apart from the rest of the room), every participant
+/// keeps the call, and the alert is raised.
+const MEETINGS: &str = r#"name = "meetings"
+seed = 4
+duration = "10m"
+[[pool]]
+role = "meeting"
+servers = 2
+capacity = 400
+policy = "affinity"
+failover = "auto"
+[health]
+probe_interval = "200ms"
+probe_timeout = "150ms"
+down_after = 3
+up_after = 2
+[traffic.registrations]
+users = 100
+first_user = 1000
+expires = "600s"
+"#;
+
+#[test]
+fn a_stopped_meeting_server_moves_its_rooms_whole_and_no_participant_drops() {
+    let scenario = scratch("meetings.toml");
+    std::fs::write(&scenario, MEETINGS).expect("write the scenario");
+    let cluster_json = scratch("meetings-cluster.json");
+    let load_json = scratch("meetings-load.json");
+    let _ = std::fs::remove_file(&load_json);
+    let c = Running::start(
+        scenario.to_str().expect("utf-8"),
+        &["--json", cluster_json.to_str().expect("utf-8")],
+    );
+    let load = {
+        let target = format!("127.0.0.1:{}", c.sip_port);
+        let json = load_json.clone();
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+                .args(["load", "--target", &target, "--domain", "pbxlab.test"])
+                .args(["--users", "100", "--service", "meeting-4"])
+                .args(["--calls", "64", "--call-rate", "8/s", "--hold", "10s"])
+                .args(["--json", json.to_str().expect("utf-8")])
+                .output()
+                .expect("pbxlab load runs")
+        })
+    };
+    let both = wait_until(Duration::from_secs(30), || {
+        c.status()["nodes"].as_array().is_some_and(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n["role"] == "meeting" && n["load"].as_u64() >= Some(4))
+                .count()
+                == 2
+        })
+    });
+    assert!(both, "rooms never reached both servers: {}", c.status());
+    let out = c.ok(&["stop", "--server", "meeting-1"]);
+    assert!(out.contains("now Offline"), "{out}");
+
+    let out = load.join().expect("load thread");
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&load_json)
+            .unwrap_or_else(|_| panic!("no load report: {}", text(&out.stderr))),
+    )
+    .expect("JSON");
+    let log = c.log();
+    c.terminate();
+    let cluster: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cluster_json).expect("the cluster's report"))
+            .expect("JSON");
+    assert_eq!(n(&report["calls"]["failed"]), 0, "{report}");
+    assert_eq!(n(&report["calls"]["succeeded"]), 64, "{report}");
+    assert!(n(&cluster["moved"]) >= 4, "{cluster}");
+    assert_eq!(n(&cluster["dropped"]), 0, "{cluster}");
+    assert_eq!(n(&cluster["meetings"]["split_joins"]), 0, "{cluster}");
+    assert_eq!(n(&cluster["meetings"]["rooms"]), 16, "{cluster}");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("alert: ") && l.contains("meeting-1")),
+        "{log:?}"
+    );
+}
