@@ -260,6 +260,12 @@ fn to_json(s: &Status) -> serde_json::Value {
         "dropped": c.dropped,
         "rate_limited": c.rate_limited,
         "malformed": c.malformed,
+        "probes": {
+            "late": c.probes_late,
+            "rtt_max_us": c.probe_rtt_max_us,
+            "rounds_ignored": c.probe_rounds_ignored,
+        },
+        "send_errors": s.cm_send_errors,
         "events": s.events,
         "nodes": s.nodes.iter().map(|n| serde_json::json!({
             "name": n.name,

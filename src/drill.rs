@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -152,43 +152,17 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         control.health().detection_bound().as_secs_f64() * 1000.0,
     );
 
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let injected: Arc<Mutex<Vec<Injected>>> = Arc::default();
-    let load_done = Arc::new(AtomicBool::new(false));
-    // The load stops when the drill is interrupted, or when the steady state never held.
-    let abort = Arc::new(AtomicBool::new(false));
-    let steady_verdict: Arc<Mutex<Option<Phase>>> = Arc::default();
-    let timeline = {
-        let (control, samples, injected, load_done, abort, verdict) = (
-            control.clone(),
-            Arc::clone(&samples),
-            Arc::clone(&injected),
-            Arc::clone(&load_done),
-            Arc::clone(&abort),
-            Arc::clone(&steady_verdict),
-        );
-        let spec = spec.clone();
-        let faults = faults.clone();
-        std::thread::Builder::new()
+    let samples: Mutex<Vec<Sample>> = Mutex::default();
+    let load_done = AtomicBool::new(false);
+    let (result, (steady, injected)) = std::thread::scope(|scope| {
+        // Setting `stop` (Ctrl-C, or the timeline when the steady state does not hold) makes
+        // the load stop starting calls, hang up and report.
+        let timeline = std::thread::Builder::new()
             .name("pbxlab-drill".into())
-            .spawn(move || {
-                run_timeline(
-                    &control, &spec, &faults, &samples, &injected, &load_done, &abort, &verdict,
-                );
+            .spawn_scoped(scope, || {
+                run_timeline(&control, &spec, &faults, &samples, &load_done, stop)
             })
-            .context("starting the fault timeline")?
-    };
-
-    let load_stop = AtomicBool::new(false);
-    let result = std::thread::scope(|scope| {
-        let watcher = scope.spawn(|| {
-            while !load_done.load(Ordering::Relaxed) {
-                if stop.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed) {
-                    load_stop.store(true, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
+            .context("starting the fault timeline")?;
         let mut progress = |p: &Progress| {
             alerts.poll(&control);
             let at = control.now();
@@ -210,13 +184,14 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
                 .map(|n| format!("{} {}", n.name, n.state))
                 .collect();
             eprintln!(
-                "[{:>6.1}s] {} | moved {} dropped {} | probes late {} (worst {:.0} ms){}",
+                "[{:>6.1}s] {} | moved {} dropped {} | probes late {} (worst {:.0} ms), rounds ignored {}{}",
                 at.as_secs_f64(),
                 load::progress_line(p).trim_start(),
                 st.cm.moved,
                 st.cm.dropped,
                 st.cm.probes_late,
                 st.cm.probe_rtt_max_us as f64 / 1000.0,
+                st.cm.probe_rounds_ignored,
                 if down.is_empty() {
                     String::new()
                 } else {
@@ -231,16 +206,15 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
                 rtp_bind: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 0),
                 interval: Duration::from_secs(1),
                 thresholds,
-                stop: &load_stop,
+                stop,
                 progress: &mut progress,
                 drain_limit,
             },
         );
         load_done.store(true, Ordering::Relaxed);
-        let _ = watcher.join();
-        run
-    });
-    let _ = timeline.join();
+        let timeline = timeline.join().unwrap_or_default();
+        anyhow::Ok((run, timeline))
+    })?;
     let cluster_epoch = control.epoch();
     let records = control.records();
     let status = cluster.stop().context("stopping the cluster")?;
@@ -248,9 +222,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     alerts.close(Duration::from_secs(5));
     let (report, _log) = result?;
 
-    let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
-    let injected = injected.lock().map(|s| s.clone()).unwrap_or_default();
-    let steady = steady_verdict.lock().ok().and_then(|v| v.clone());
+    let samples = samples.into_inner().unwrap_or_default();
     let drill = judge(
         &spec,
         &control,
@@ -288,74 +260,58 @@ fn default_spec() -> DrillSpec {
     }
 }
 
-/// Waits for each fault's time and carries it out; checks the steady state before the first.
-#[allow(clippy::too_many_arguments)]
+/// Checks the steady state before the first fault, then waits for each fault's time and
+/// carries it out. Returns the steady state's verdict (none if the load ended first) and what
+/// was injected; when the steady state does not hold, stops the load and injects nothing.
 fn run_timeline(
     control: &Control,
     spec: &DrillSpec,
     faults: &[FaultSpec],
     samples: &Mutex<Vec<Sample>>,
-    injected: &Mutex<Vec<Injected>>,
     load_done: &AtomicBool,
-    abort: &AtomicBool,
-    verdict: &Mutex<Option<Phase>>,
-) {
-    let mut checked = false;
-    for fault in faults {
-        loop {
-            if load_done.load(Ordering::Relaxed) {
-                return;
-            }
-            let now = control.now();
-            if now >= fault.at {
-                break;
-            }
-            // Calls failing before the first fault break the hypothesis already: say so now
-            // rather than at the fault's time, which may be minutes away.
-            if !checked {
-                let list = samples.lock().map(|s| s.clone()).unwrap_or_default();
-                if failed_in(&list, (Duration::ZERO, now)) > spec.failed {
-                    let window = (fault.at.saturating_sub(spec.steady), fault.at);
-                    let phase = steady_phase(spec, &list, window);
-                    eprintln!(
-                        "steady state: does not hold ({}); no fault injected",
-                        phase.broken.join("; ")
-                    );
-                    if let Ok(mut v) = verdict.lock() {
-                        *v = Some(phase);
-                    }
-                    abort.store(true, Ordering::Relaxed);
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(2));
+    stop: &AtomicBool,
+) -> (Option<Phase>, Vec<Injected>) {
+    let mut injected = Vec::new();
+    let Some(first) = faults.first() else {
+        return (None, injected);
+    };
+    // Calls failing before the first fault break the hypothesis already: say so at once rather
+    // than at the fault's time, which may be minutes away.
+    let failed_so_far = || {
+        samples
+            .lock()
+            .ok()
+            .and_then(|s| s.last().map(|x| x.calls_failed))
+            .unwrap_or(0)
+    };
+    if !wait_for(control, first.at, load_done, || {
+        failed_so_far() > spec.failed
+    }) {
+        return (None, injected);
+    }
+    let window = (first.at.saturating_sub(spec.steady), first.at);
+    let list = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let steady = steady_phase(spec, &list, window);
+    eprintln!(
+        "steady state {:.1}-{:.1} s: {}",
+        window.0.as_secs_f64(),
+        window.1.as_secs_f64(),
+        if steady.pass {
+            "holds".to_owned()
+        } else {
+            format!(
+                "does not hold ({}); no fault injected",
+                steady.broken.join("; ")
+            )
         }
-        if !checked {
-            checked = true;
-            let window = (fault.at.saturating_sub(spec.steady), fault.at);
-            let list = samples.lock().map(|s| s.clone()).unwrap_or_default();
-            let phase = steady_phase(spec, &list, window);
-            eprintln!(
-                "steady state {:.1}-{:.1} s: {}",
-                window.0.as_secs_f64(),
-                window.1.as_secs_f64(),
-                if phase.pass {
-                    "holds".to_owned()
-                } else {
-                    format!(
-                        "does not hold ({}); no fault injected",
-                        phase.broken.join("; ")
-                    )
-                }
-            );
-            let pass = phase.pass;
-            if let Ok(mut v) = verdict.lock() {
-                *v = Some(phase);
-            }
-            if !pass {
-                abort.store(true, Ordering::Relaxed);
-                return;
-            }
+    );
+    if !steady.pass {
+        stop.store(true, Ordering::Relaxed);
+        return (Some(steady), injected);
+    }
+    for fault in faults {
+        if !wait_for(control, fault.at, load_done, || false) {
+            break;
         }
         let at = control.now();
         let action = match fault.action {
@@ -386,15 +342,31 @@ fn run_timeline(
                 fault.server
             );
         }
-        if let Ok(mut list) = injected.lock() {
-            list.push(Injected {
-                spec: fault.clone(),
-                at,
-                finished: control.now(),
-                error,
-            });
-        }
+        injected.push(Injected {
+            spec: fault.clone(),
+            at,
+            finished: control.now(),
+            error,
+        });
     }
+    (Some(steady), injected)
+}
+
+/// Waits until the cluster's clock reaches `at` or `early` says so (true), or the load ends
+/// first (false).
+fn wait_for(
+    control: &Control,
+    at: Duration,
+    load_done: &AtomicBool,
+    early: impl Fn() -> bool,
+) -> bool {
+    while control.now() < at && !early() {
+        if load_done.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
 }
 
 /// The verdict of one phase: what was measured and which SLOs broke.
@@ -606,10 +578,11 @@ fn judge(
         // The fault's effect lasts until it is detected and the cluster has settled.
         let settled = inj.finished.max(inj.at + detection.unwrap_or_default()) + spec.settle;
         let during_end = settled.min(window_end);
+        let in_fault = |at: Duration| at >= inj.at && at < window_end;
         let alerts = records
             .events
             .iter()
-            .filter(|e| e.at >= inj.at && e.at < window_end)
+            .filter(|e| in_fault(e.at))
             .filter_map(|e| match &e.kind {
                 EventKind::Alert(text) => Some(text.clone()),
                 _ => None,
@@ -619,10 +592,7 @@ fn judge(
             records
                 .reassigned
                 .iter()
-                .filter(|r| {
-                    let at = Duration::from_nanos(r.at);
-                    at >= inj.at && at < window_end
-                })
+                .filter(|r| in_fault(Duration::from_nanos(r.at)))
                 .map(|r| r.took / 1000),
         );
         // A caller's silence belongs to the fault if it began within a frame or so of it and
@@ -636,10 +606,7 @@ fn judge(
         let dropped: Vec<(String, &'static str)> = records
             .dropped
             .iter()
-            .filter(|d| {
-                let at = Duration::from_nanos(d.at);
-                at >= inj.at && at < window_end
-            })
+            .filter(|d| in_fault(Duration::from_nanos(d.at)))
             .map(|d| (d.call_id.clone(), d.reason))
             .collect();
         let mut during = phase(spec, samples, (inj.at, during_end));

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pbxlab_sim::live::http;
@@ -201,6 +202,36 @@ impl Running {
     }
 }
 
+/// `pbxlab load` against the cluster on `port`, with `args`, its report into `json`.
+fn load_in_background(port: u16, args: &[&str], json: &Path) -> JoinHandle<Output> {
+    let target = format!("127.0.0.1:{port}");
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let json = json.to_owned();
+    std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+            .args(["load", "--target", &target, "--domain", "pbxlab.test"])
+            .args(&args)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .expect("pbxlab load runs")
+    })
+}
+
+/// The load's output and its JSON report, once it has finished.
+fn finished(load: JoinHandle<Output>, json: &Path) -> (Output, serde_json::Value) {
+    let out = load.join().expect("load thread");
+    let report = serde_json::from_slice(
+        &std::fs::read(json).unwrap_or_else(|_| panic!("no load report: {}", text(&out.stderr))),
+    )
+    .expect("JSON");
+    (out, report)
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("the cluster's report")).expect("JSON")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -390,19 +421,22 @@ fn a_rolling_upgrade_under_load_drops_no_call() {
         &ops_scenario(),
         &["--json", cluster_json.to_str().expect("utf-8")],
     );
-    let load = {
-        let target = format!("127.0.0.1:{}", c.sip_port);
-        let json = load_json.clone();
-        std::thread::spawn(move || {
-            Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-                .args(["load", "--target", &target, "--domain", "pbxlab.test"])
-                .args(["--users", "200", "--call-rate", "20/s", "--hold", "8s"])
-                .args(["--duration", "12s", "--rtp", "0.2"])
-                .args(["--json", json.to_str().expect("utf-8")])
-                .output()
-                .expect("pbxlab load runs")
-        })
-    };
+    let load = load_in_background(
+        c.sip_port,
+        &[
+            "--users",
+            "200",
+            "--call-rate",
+            "20/s",
+            "--hold",
+            "8s",
+            "--duration",
+            "12s",
+            "--rtp",
+            "0.2",
+        ],
+        &load_json,
+    );
     // Upgrade once both media servers carry calls.
     let busy = wait_until(Duration::from_secs(30), || {
         let s = c.status();
@@ -428,17 +462,10 @@ fn a_rolling_upgrade_under_load_drops_no_call() {
     );
     assert!(lines.iter().all(|l| l.ends_with("now Online")), "{out}");
 
-    let out = load.join().expect("load thread");
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&load_json)
-            .unwrap_or_else(|_| panic!("no load report: {}", text(&out.stderr))),
-    )
-    .expect("JSON");
+    let (out, report) = finished(load, &load_json);
     let status = c.status();
     c.terminate();
-    let cluster: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cluster_json).expect("the cluster's report"))
-            .expect("JSON");
+    let cluster = read_json(&cluster_json);
     assert!(out.status.success(), "{}\n{report}", text(&out.stderr));
     assert_eq!(n(&report["registrations"]["failed"]), 0, "{report}");
     assert!(n(&report["calls"]["succeeded"]) > 100, "{report}");
@@ -565,19 +592,22 @@ fn a_stopped_meeting_server_moves_its_rooms_whole_and_no_participant_drops() {
         scenario.to_str().expect("utf-8"),
         &["--json", cluster_json.to_str().expect("utf-8")],
     );
-    let load = {
-        let target = format!("127.0.0.1:{}", c.sip_port);
-        let json = load_json.clone();
-        std::thread::spawn(move || {
-            Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-                .args(["load", "--target", &target, "--domain", "pbxlab.test"])
-                .args(["--users", "100", "--service", "meeting-4"])
-                .args(["--calls", "64", "--call-rate", "8/s", "--hold", "10s"])
-                .args(["--json", json.to_str().expect("utf-8")])
-                .output()
-                .expect("pbxlab load runs")
-        })
-    };
+    let load = load_in_background(
+        c.sip_port,
+        &[
+            "--users",
+            "100",
+            "--service",
+            "meeting-4",
+            "--calls",
+            "64",
+            "--call-rate",
+            "8/s",
+            "--hold",
+            "10s",
+        ],
+        &load_json,
+    );
     let both = wait_until(Duration::from_secs(30), || {
         c.status()["nodes"].as_array().is_some_and(|nodes| {
             nodes
@@ -591,17 +621,10 @@ fn a_stopped_meeting_server_moves_its_rooms_whole_and_no_participant_drops() {
     let out = c.ok(&["stop", "--server", "meeting-1"]);
     assert!(out.contains("now Offline"), "{out}");
 
-    let out = load.join().expect("load thread");
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&load_json)
-            .unwrap_or_else(|_| panic!("no load report: {}", text(&out.stderr))),
-    )
-    .expect("JSON");
+    let (_, report) = finished(load, &load_json);
     let log = c.log();
     c.terminate();
-    let cluster: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cluster_json).expect("the cluster's report"))
-            .expect("JSON");
+    let cluster = read_json(&cluster_json);
     assert_eq!(n(&report["calls"]["failed"]), 0, "{report}");
     assert_eq!(n(&report["calls"]["succeeded"]), 64, "{report}");
     assert!(n(&cluster["moved"]) >= 4, "{cluster}");

@@ -124,3 +124,37 @@ fn without_spare_capacity_the_drill_names_the_dropped_calls_and_exits_99() {
     assert!(failed >= dropped.len() as u64, "{failed} failed: {context}");
     assert!(stdout.contains("failover: no capacity"), "{stdout}");
 }
+
+#[test]
+fn a_partitioned_server_is_found_by_its_probes_and_an_upgraded_one_hands_its_calls_over() {
+    let (out, v) = drill("verbs.toml");
+    let context = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let actions: Vec<&str> = v["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .filter_map(|f| f["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["partition", "heal", "upgrade"], "{context}");
+    // Cut off, media-2 answers no probe: found within the bound, its calls moved.
+    let cut = &v["faults"][0];
+    assert!(
+        n(&cut["detection_us"]) <= n(&cut["detection_bound_us"]) + 5_000,
+        "{context}"
+    );
+    assert!(n(&cut["reassignment"]["count"]) >= 60, "{context}");
+    // An upgrade is an operator's action: the Call Manager moves the calls before the restart.
+    let upgrade = &v["faults"][2];
+    assert!(upgrade["detection_us"].is_null(), "{upgrade}");
+    assert!(n(&upgrade["reassignment"]["count"]) >= 60, "{context}");
+    for f in v["faults"].as_array().expect("faults") {
+        assert!(f["error"].is_null(), "{f}");
+        assert_eq!(f["dropped"].as_array().map(Vec::len), Some(0), "{f}");
+    }
+    assert_eq!(n(&v["load"]["calls"]["failed"]), 0, "{context}");
+    assert_eq!(out.status.code(), Some(0), "{context}");
+}

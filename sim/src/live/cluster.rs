@@ -156,11 +156,15 @@ impl Action {
     }
 
     pub fn from_name(name: &str) -> Option<Action> {
-        ALL_ACTIONS.into_iter().find(|a| a.name() == name)
+        OPERATOR_ACTIONS
+            .into_iter()
+            .chain(DRILL_FAULTS)
+            .find(|a| a.name() == name)
     }
 }
 
-const ALL_ACTIONS: [Action; 11] = [
+/// The operator's verbs (`pbxlab ctl`, the control endpoint).
+pub const OPERATOR_ACTIONS: [Action; 8] = [
     Action::Start,
     Action::Stop,
     Action::Restart,
@@ -169,10 +173,10 @@ const ALL_ACTIONS: [Action; 11] = [
     Action::Disable,
     Action::Enable,
     Action::Drain,
-    Action::Fail,
-    Action::Partition,
-    Action::Heal,
 ];
+
+/// Faults only a drill injects: they act on a process as no operator would.
+const DRILL_FAULTS: [Action; 3] = [Action::Fail, Action::Partition, Action::Heal];
 
 /// Which servers an action applies to; empty: every server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -816,8 +820,7 @@ fn serve(
         let since = started.elapsed();
         if since >= next_status {
             next_status = since + STATUS_EVERY;
-            let mut snapshot = snapshot(&cm, &handles, since, &log);
-            snapshot.cm_send_errors = send_errors;
+            let snapshot = snapshot(&cm, &handles, since, &log, send_errors);
             if let Ok(mut s) = shared.status.lock() {
                 *s = snapshot;
             }
@@ -834,8 +837,7 @@ fn serve(
         }
     }
     record(&mut cm, shared, &mut log);
-    let mut last = snapshot(&cm, &handles, started.elapsed(), &log);
-    last.cm_send_errors = send_errors;
+    let last = snapshot(&cm, &handles, started.elapsed(), &log, send_errors);
     if let Ok(mut s) = shared.status.lock() {
         *s = last;
     }
@@ -910,7 +912,13 @@ fn elapsed(started: Instant) -> Nanos {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(Nanos::MAX)
 }
 
-fn snapshot(cm: &CallManager, handles: &[NodeHandle], elapsed: Duration, log: &[String]) -> Status {
+fn snapshot(
+    cm: &CallManager,
+    handles: &[NodeHandle],
+    elapsed: Duration,
+    log: &[String],
+    cm_send_errors: u64,
+) -> Status {
     let b = cm.balancer();
     let nodes = cm
         .nodes()
@@ -957,7 +965,7 @@ fn snapshot(cm: &CallManager, handles: &[NodeHandle], elapsed: Duration, log: &[
         nodes,
         events: log.to_vec(),
         cm_cpu: thread_cpu(),
-        cm_send_errors: 0,
+        cm_send_errors,
         whitelist: cm.whitelist().to_vec(),
     }
 }

@@ -706,9 +706,7 @@ impl CallManager {
             self.stats.probe_rounds_ignored += 1;
             return;
         }
-        if !late.is_empty() || probed > 0 {
-            self.inconclusive_rounds = 0;
-        }
+        self.inconclusive_rounds = 0;
         for id in late {
             self.probe_result(now, id, Probe::Timeout);
         }

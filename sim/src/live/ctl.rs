@@ -8,8 +8,8 @@
 //! | `POST /v1/servers` | `{"role", "name", "addr"?}` | the new server (201) |
 //! | `GET`, `POST`, `DELETE /v1/whitelist` | `{"ip"}` to add or remove | `{"whitelist": [..]}` |
 //!
-//! ACTION is one of [`OPERATOR_ACTIONS`]; the drill faults (fail, partition, heal) are not
-//! offered to operators. Errors answer `{"error": reason}`: 400 bad request or JSON, 401 no or
+//! ACTION is one of [`super::cluster::OPERATOR_ACTIONS`]; the drill faults (fail, partition,
+//! heal) are not offered to operators. Errors answer `{"error": reason}`: 400 bad request or JSON, 401 no or
 //! wrong token, 404 unknown route or no server matches, 405 wrong method, 409 refused (a
 //! duplicate name or address, no pool of that role), 500 an action that failed half-way, 503
 //! the cluster has stopped or too many connections.
@@ -28,7 +28,9 @@ use pbxlab_balancer::Role;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::cluster::{Action, Control, Done, Filter, NodeStatus, OpError, Status};
+use super::cluster::{
+    Action, Control, Done, Filter, NodeStatus, OPERATOR_ACTIONS, OpError, Status,
+};
 use super::http::{self, ReadError, Request};
 
 /// Connections served at once; more get 503 at once.
@@ -43,18 +45,6 @@ const ACCEPT_NAP: Duration = Duration::from_millis(20);
 const STATUS_EVENTS: usize = 100;
 /// The longest server name `POST /v1/servers` takes.
 const MAX_NAME: usize = 64;
-
-/// The actions `POST /v1/servers/ACTION` carries out.
-pub const OPERATOR_ACTIONS: [Action; 8] = [
-    Action::Start,
-    Action::Stop,
-    Action::Restart,
-    Action::Upgrade,
-    Action::Remove,
-    Action::Disable,
-    Action::Enable,
-    Action::Drain,
-];
 
 /// A running control endpoint.
 pub struct CtlServer {

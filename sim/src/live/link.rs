@@ -215,6 +215,36 @@ fn stats_fields(s: &NodeStats) -> [u64; 11] {
     ]
 }
 
+/// The STATS counters from their wire order.
+fn stats_from_fields(n: [u64; 11]) -> NodeStats {
+    let [
+        sessions,
+        rooms,
+        packets_in,
+        packets_out,
+        unknown_packets,
+        malformed,
+        options_answered,
+        digits,
+        refused,
+        ignored,
+        dropped,
+    ] = n;
+    NodeStats {
+        sessions,
+        rooms,
+        packets_in,
+        packets_out,
+        unknown_packets,
+        malformed,
+        options_answered,
+        digits,
+        refused,
+        ignored,
+        dropped,
+    }
+}
+
 /// Reads one link datagram.
 pub fn decode(datagram: &[u8]) -> Result<Message, Malformed> {
     if datagram.len() > MAX_DATAGRAM {
@@ -292,25 +322,13 @@ pub fn decode(datagram: &[u8]) -> Result<Message, Malformed> {
             seq: w.number("ACK needs a sequence number")?,
         },
         "STATS" => {
-            let mut n = [0u64; 12];
+            let mut n = [0u64; 11];
             for v in &mut n {
                 *v = w.number("STATS needs 12 counters")?;
             }
             Message::Stats {
-                stats: NodeStats {
-                    sessions: n[0],
-                    rooms: n[1],
-                    packets_in: n[2],
-                    packets_out: n[3],
-                    unknown_packets: n[4],
-                    malformed: n[5],
-                    options_answered: n[6],
-                    digits: n[7],
-                    refused: n[8],
-                    ignored: n[9],
-                    dropped: n[10],
-                },
-                io_errors: n[11],
+                stats: stats_from_fields(n),
+                io_errors: w.number("STATS needs 12 counters")?,
             }
         }
         _ => return malformed("unknown message"),
@@ -961,19 +979,7 @@ mod tests {
             }),
             any::<u64>().prop_map(|seq| Message::Ack { seq }),
             (any::<[u64; 11]>(), any::<u64>()).prop_map(|(n, io_errors)| Message::Stats {
-                stats: NodeStats {
-                    sessions: n[0],
-                    rooms: n[1],
-                    packets_in: n[2],
-                    packets_out: n[3],
-                    unknown_packets: n[4],
-                    malformed: n[5],
-                    options_answered: n[6],
-                    digits: n[7],
-                    refused: n[8],
-                    ignored: n[9],
-                    dropped: n[10],
-                },
+                stats: stats_from_fields(n),
                 io_errors,
             }),
         ]
