@@ -15,6 +15,8 @@
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::builder::Decimal;
+
 /// Static payload type of G.711 mu-law (RFC 3551).
 pub const PT_PCMU: u8 = 0;
 /// Static payload type of G.711 A-law (RFC 3551).
@@ -442,6 +444,51 @@ pub fn write_offer(out: &mut Vec<u8>, offer: &Offer) {
     }
 }
 
+/// An offer rendered once for many calls: from one call to the next only the session id (in
+/// `o=`) and the SSRC change, so [`OfferTemplate::render`] copies two fixed pieces around them
+/// instead of formatting the whole description again.
+#[derive(Debug, Clone)]
+pub struct OfferTemplate {
+    /// Up to the session id.
+    head: Vec<u8>,
+    /// From after the session id to the end, without `a=ssrc`.
+    tail: Vec<u8>,
+}
+
+impl OfferTemplate {
+    /// `offer`'s session id and SSRC are not used: [`OfferTemplate::render`] takes them.
+    pub fn new(offer: &Offer) -> OfferTemplate {
+        const HEAD: &[u8] = b"v=0\r\no=pbxlab ";
+        let mut whole = Vec::new();
+        write_offer(
+            &mut whole,
+            &Offer {
+                session_id: 0,
+                ssrc: None,
+                ..offer.clone()
+            },
+        );
+        // `write_header` starts every description with HEAD and the session id, here "0".
+        let tail = whole.get(HEAD.len() + 1..).unwrap_or_default().to_vec();
+        OfferTemplate {
+            head: HEAD.to_vec(),
+            tail,
+        }
+    }
+
+    /// Appends the offer with this session id and SSRC: the same bytes as [`write_offer`].
+    pub fn render(&self, out: &mut Vec<u8>, session_id: u64, ssrc: Option<u32>) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(Decimal::new(session_id).as_bytes());
+        out.extend_from_slice(&self.tail);
+        if let Some(ssrc) = ssrc {
+            out.extend_from_slice(b"a=ssrc:");
+            out.extend_from_slice(Decimal::new(u64::from(ssrc)).as_bytes());
+            out.extend_from_slice(b" cname:pbxlab\r\n");
+        }
+    }
+}
+
 /// Appends `a=ssrc:<ssrc> cname:pbxlab` (RFC 5576). Both writers put the audio section last, so
 /// a caller may append this to an answer as well.
 pub fn write_ssrc(out: &mut Vec<u8>, ssrc: u32) {
@@ -729,6 +776,30 @@ fn parse_rtpmap(rest: &str) -> Option<RtpMap<'_>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn offer_template_matches_write_offer() {
+        for addr in ["192.0.2.7:40000", "[2001:db8::9]:7078"] {
+            let mut offer = Offer {
+                session_id: 0,
+                version: 1,
+                addr: addr.parse().unwrap(),
+                payload_types: vec![PT_PCMU, PT_PCMA],
+                telephone_event: true,
+                ptime_ms: 20,
+                ssrc: None,
+            };
+            let template = OfferTemplate::new(&offer);
+            for (session_id, ssrc) in [(0, None), (17, Some(0xdead_beef)), (u64::MAX, Some(0))] {
+                offer.session_id = session_id;
+                offer.ssrc = ssrc;
+                let (mut want, mut got) = (Vec::new(), b"kept".to_vec());
+                write_offer(&mut want, &offer);
+                template.render(&mut got, session_id, ssrc);
+                assert_eq!(got.strip_prefix(b"kept".as_slice()), Some(want.as_slice()));
+            }
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

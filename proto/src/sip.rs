@@ -503,6 +503,32 @@ impl Message<'static> {
     };
 }
 
+impl<'a> Message<'a> {
+    /// A message with nothing in it, to parse into with [`parse_datagram_into`].
+    pub fn empty() -> Message<'a> {
+        Message::EMPTY
+    }
+
+    /// Back to empty without rewriting the header table: entries past `count` are never read.
+    fn clear(&mut self) {
+        let Message {
+            start,
+            headers: _,
+            count,
+            body,
+            cseq,
+            call_id,
+            content_length,
+        } = Message::EMPTY;
+        self.start = start;
+        self.count = count;
+        self.body = body;
+        self.cseq = cseq;
+        self.call_id = call_id;
+        self.content_length = content_length;
+    }
+}
+
 impl std::fmt::Debug for Message<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Message")
@@ -522,6 +548,28 @@ pub fn parse_datagram(buf: &[u8]) -> Result<Message<'_>, ParseError> {
     let mut m = Message::EMPTY;
     parse_into(&mut m, buf, false)?;
     Ok(m)
+}
+
+/// As [`parse_datagram`], into a message the caller holds: a [`Message`] is about 2.7 KB, and
+/// returning one by value copies all of it on every datagram. `m` is cleared first, so one
+/// message can take several datagrams in turn (of one lifetime). On error `m` holds no message.
+///
+/// ```
+/// use pbxlab_proto::sip::{Message, parse_datagram_into};
+/// let datagram = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+///     From: <sip:a@b>;tag=1\r\nTo: <sip:c@b>;tag=2\r\nCall-ID: a@b\r\n\
+///     CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+/// let mut m = Message::empty();
+/// parse_datagram_into(&mut m, datagram).unwrap();
+/// assert_eq!(m.call_id(), Some("a@b"));
+/// ```
+pub fn parse_datagram_into<'a>(m: &mut Message<'a>, buf: &'a [u8]) -> Result<(), ParseError> {
+    m.clear();
+    let parsed = parse_into(m, buf, false).map(|_| ());
+    if parsed.is_err() {
+        m.clear();
+    }
+    parsed
 }
 
 /// A stream (TCP): returns the message and bytes consumed; Incomplete when headers or the Content-Length body are not all there yet; missing Content-Length is Invalid on a stream.
@@ -1641,6 +1689,28 @@ mod tests {
         let (m, used) = parse_stream(&raw).unwrap();
         assert_eq!(m.body(), &body[..]);
         assert_eq!(used, raw.len());
+    }
+
+    #[test]
+    fn parse_into_a_reused_message() {
+        let invite = b"INVITE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+            Call-ID: one@h\r\nCSeq: 7 INVITE\r\nContent-Length: 3\r\n\r\nabc";
+        let ok = b"SIP/2.0 200 OK\r\nCall-ID: two@h\r\nCSeq: 8 BYE\r\n\r\n";
+        let buffers: [&[u8]; 3] = [invite, b"garbage\r\n\r\n", ok];
+        let mut m = Message::empty();
+        for buf in buffers {
+            let fresh = parse_datagram(buf);
+            let reused = parse_datagram_into(&mut m, buf);
+            assert_eq!(fresh.is_ok(), reused.is_ok());
+            match fresh {
+                Ok(f) => {
+                    assert_eq!(m.headers(), f.headers());
+                    assert_eq!((m.call_id(), m.body()), (f.call_id(), f.body()));
+                    assert_eq!(m.cseq().map(|c| c.seq), f.cseq().map(|c| c.seq));
+                }
+                Err(_) => assert!(m.headers().is_empty() && m.call_id().is_none()),
+            }
+        }
     }
 
     #[test]
