@@ -38,20 +38,20 @@
 //! Calls live in a slab; the slot and its generation are encoded in the Call-ID and branch, so a
 //! response finds its call without a map lookup.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
-use pbxlab_proto::builder::write_response;
+use pbxlab_proto::builder::{Decimal, Template, write_response};
 use pbxlab_proto::digest;
-use pbxlab_proto::sdp::{self, Offer, SessionDescription};
+use pbxlab_proto::sdp::{self, Offer, OfferTemplate, SessionDescription};
 use pbxlab_proto::sip::{self, HeaderName, Message, Method};
 use pbxlab_proto::uri::{Host, NameAddr, SipUri};
 
 use crate::metrics::{Metric, Metrics, Outcomes};
+use crate::wheel::Wheel;
 
 /// Nanoseconds since the start of the run.
 pub type Nanos = u64;
@@ -427,6 +427,66 @@ impl Rng {
     }
 }
 
+/// The requests every call sends, compiled once: a message is then fixed pieces copied around
+/// the call's numbers, with no `core::fmt` on the way (it was the largest part of the
+/// generator's own CPU after the timers). The run's constants are holes too, so the template
+/// texts are literals and cannot fail to compile whatever the configuration holds.
+struct Wire {
+    invite: Template,
+    in_dialog: Template,
+    offer: OfferTemplate,
+    /// Our SIP address and the run id, as text.
+    local: Vec<u8>,
+    run: Vec<u8>,
+}
+
+/// {0} request URI, {1} our address, {2} slot, {3} generation, {4} CSeq, {5} run id,
+/// {6} caller, {7} domain, {8} Authorization line (or nothing).
+const INVITE: &str = "INVITE {0} SIP/2.0\r\n\
+    Via: SIP/2.0/UDP {1};branch=z9hG4bK{2}x{3}x{4}x{5};rport\r\n\
+    Max-Forwards: 70\r\n\
+    From: <sip:{6}@{7}>;tag={2}x{3}\r\n\
+    To: <{0}>\r\n\
+    Call-ID: {2}-{3}-{5}@pbxlab\r\n\
+    CSeq: {4} INVITE\r\n\
+    Contact: <sip:{6}@{1}>\r\n\
+    {8}Content-Type: application/sdp\r\n\
+    User-Agent: pbxlab";
+
+/// {0} method, {1} request URI, {2} our address, {3} slot, {4} generation, {5} CSeq,
+/// {6} run id, {7} the method's initial (branches differ per method), {8} caller, {9} domain,
+/// {10} the To URI, {11} their tag, {12} Route lines (or nothing).
+const IN_DIALOG: &str = "{0} {1} SIP/2.0\r\n\
+    Via: SIP/2.0/UDP {2};branch=z9hG4bK{3}x{4}x{5}x{6}{7};rport\r\n\
+    Max-Forwards: 70\r\n\
+    From: <sip:{8}@{9}>;tag={3}x{4}\r\n\
+    To: <{10}>;tag={11}\r\n\
+    Call-ID: {3}-{4}-{6}@pbxlab\r\n\
+    CSeq: {5} {0}\r\n\
+    {12}User-Agent: pbxlab";
+
+impl Wire {
+    fn new(cfg: &Config) -> Wire {
+        // The texts are the literals above, which the tests render: compiling cannot fail.
+        let compile = |text| Template::compile(text).expect("a literal request template");
+        Wire {
+            invite: compile(INVITE),
+            in_dialog: compile(IN_DIALOG),
+            offer: OfferTemplate::new(&Offer {
+                session_id: 0,
+                version: 1,
+                addr: cfg.rtp_local,
+                payload_types: vec![sdp::PT_PCMU, sdp::PT_PCMA],
+                telephone_event: true,
+                ptime_ms: 20,
+                ssrc: None,
+            }),
+            local: cfg.local.to_string().into_bytes(),
+            run: cfg.run_id.to_string().into_bytes(),
+        }
+    }
+}
+
 pub struct Engine {
     cfg: Config,
     calls: Vec<Call>,
@@ -437,7 +497,7 @@ pub struct Engine {
     callers: Vec<u32>,
     schedules: Vec<Schedule>,
     regs: Vec<Registration>,
-    timers: BinaryHeap<Reverse<(Nanos, u32)>>,
+    timers: Wheel,
     /// Outgoing datagrams: (destination, end offset in `arena`).
     out: Vec<(SocketAddr, usize)>,
     arena: Vec<u8>,
@@ -453,6 +513,9 @@ pub struct Engine {
     stopping: bool,
     scratch: Vec<u8>,
     body: Vec<u8>,
+    /// The request URI being written (reused).
+    uri: Vec<u8>,
+    wire: Wire,
     /// Datagrams that did not parse, for the report.
     pub malformed: u64,
     /// Responses for calls or registrations we no longer know (late retransmissions).
@@ -520,6 +583,7 @@ impl Engine {
             .collect();
         let mut metrics = Metrics::new();
         metrics.workloads = vec![Outcomes::default(); cfg.workloads.len()];
+        let wire = Wire::new(&cfg);
         Engine {
             cfg,
             calls: Vec::new(),
@@ -529,7 +593,7 @@ impl Engine {
             callers,
             schedules,
             regs,
-            timers: BinaryHeap::new(),
+            timers: Wheel::new(),
             out: Vec::new(),
             arena: Vec::new(),
             media: Vec::new(),
@@ -544,6 +608,8 @@ impl Engine {
             stopping: false,
             scratch: Vec::with_capacity(2048),
             body: Vec::with_capacity(512),
+            uri: Vec::with_capacity(128),
+            wire,
             malformed: 0,
             stray: 0,
         }
@@ -592,7 +658,7 @@ impl Engine {
 
     /// The next instant anything is due: a timer or a scheduled start.
     pub fn next_deadline(&self) -> Option<Nanos> {
-        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        let timer = self.timers.peek();
         [timer, self.next_start()].into_iter().flatten().min()
     }
 
@@ -647,11 +713,7 @@ impl Engine {
                 self.start_call(now, at, w, k);
             }
         }
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, id)) = self.timers.pop_due(now) {
             if !self.take_armed(at, id) {
                 continue;
             }
@@ -753,7 +815,7 @@ impl Engine {
         };
         if next < *armed {
             *armed = next;
-            self.timers.push(Reverse((next, id)));
+            self.timers.push(next, id);
         }
     }
 
@@ -1091,18 +1153,29 @@ impl Engine {
     }
 
     fn request_uri(&self, c: &Call) -> String {
+        let mut uri = Vec::new();
+        self.write_request_uri(&mut uri, c);
+        String::from_utf8_lossy(&uri).into_owned()
+    }
+
+    /// Appends the URI call `c` dials: a user, a service, or a meeting room, at our domain.
+    fn write_request_uri(&self, out: &mut Vec<u8>, c: &Call) {
         let callee = self
             .cfg
             .workloads
             .get(c.workload as usize)
             .map(|w| &w.callee);
+        out.extend_from_slice(b"sip:");
         match callee {
             Some(Callee::Service(_)) if c.callee == 0 && c.room > 0 => {
-                format!("sip:meeting-{}@{}", c.room, self.cfg.domain)
+                out.extend_from_slice(b"meeting-");
+                out.extend_from_slice(Decimal::new(c.room.into()).as_bytes());
             }
-            Some(Callee::Service(s)) if c.callee == 0 => format!("sip:{s}@{}", self.cfg.domain),
-            _ => format!("sip:{}@{}", c.callee, self.cfg.domain),
+            Some(Callee::Service(s)) if c.callee == 0 => out.extend_from_slice(s.as_bytes()),
+            _ => out.extend_from_slice(Decimal::new(c.callee.into()).as_bytes()),
         }
+        out.push(b'@');
+        out.extend_from_slice(self.cfg.domain.as_bytes());
     }
 
     /// The digits call `c` sends once answered.
@@ -1161,70 +1234,77 @@ impl Engine {
 
     fn send_invite(&mut self, slot: u32) {
         let c = &self.calls[slot as usize];
-        let ruri = self.request_uri(c);
-        let (local, domain, run) = (self.cfg.local, &self.cfg.domain, self.cfg.run_id);
+        let mut uri = std::mem::take(&mut self.uri);
+        uri.clear();
+        self.write_request_uri(&mut uri, c);
         self.body.clear();
-        sdp::write_offer(
+        self.wire.offer.render(
             &mut self.body,
-            &Offer {
-                session_id: u64::from(slot),
-                version: 1,
-                addr: self.cfg.rtp_local,
-                payload_types: vec![sdp::PT_PCMU, sdp::PT_PCMA],
-                telephone_event: true,
-                ptime_ms: 20,
-                ssrc: Some(ssrc(slot, c.generation)),
-            },
+            u64::from(slot),
+            Some(ssrc(slot, c.generation)),
         );
-        self.scratch.clear();
-        let _ = write!(
-            self.scratch,
-            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{slot}x{g}x{cseq}x{run};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{caller}@{domain}>;tag={slot}x{g}\r\nTo: <{ruri}>\r\n\
-             Call-ID: {slot}-{g}-{run}@pbxlab\r\nCSeq: {cseq} INVITE\r\nContact: <sip:{caller}@{local}>\r\n",
-            g = c.generation,
-            cseq = c.cseq,
-            caller = c.caller,
+        let _ = self.wire.invite.render_append(
+            &mut self.arena,
+            &[
+                &uri,
+                &self.wire.local,
+                Decimal::new(slot.into()).as_bytes(),
+                Decimal::new(c.generation.into()).as_bytes(),
+                Decimal::new(c.cseq.into()).as_bytes(),
+                &self.wire.run,
+                Decimal::new(c.caller.into()).as_bytes(),
+                self.cfg.domain.as_bytes(),
+                c.auth.as_bytes(),
+            ],
+            &self.body,
         );
-        self.scratch.extend_from_slice(c.auth.as_bytes());
-        let _ = write!(
-            self.scratch,
-            "Content-Type: application/sdp\r\nUser-Agent: pbxlab\r\nContent-Length: {}\r\n\r\n",
-            self.body.len()
-        );
-        self.scratch.extend_from_slice(&self.body);
-        let to = c.next_hop;
-        self.queue(to);
+        self.uri = uri;
+        self.out.push((c.next_hop, self.arena.len()));
     }
 
     /// ACK or BYE inside the dialog, along the route set to the next hop.
     fn send_in_dialog(&mut self, slot: u32, method: &str, cseq: u32) {
         let c = &self.calls[slot as usize];
-        let (local, domain, run) = (self.cfg.local, &self.cfg.domain, self.cfg.run_id);
-        let ruri = if c.remote_target.is_empty() {
-            self.request_uri(c)
-        } else {
-            c.remote_target.clone()
-        };
-        let to_uri = self.request_uri(c);
-        self.scratch.clear();
-        let _ = write!(
-            self.scratch,
-            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{slot}x{g}x{cseq}x{run}{m};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{caller}@{domain}>;tag={slot}x{g}\r\nTo: <{to_uri}>;tag={tag}\r\n\
-             Call-ID: {slot}-{g}-{run}@pbxlab\r\nCSeq: {cseq} {method}\r\n",
-            g = c.generation,
-            caller = c.caller,
-            tag = c.remote_tag,
-            m = &method[..1],
+        let (mut uri, mut to_uri) = (
+            std::mem::take(&mut self.uri),
+            std::mem::take(&mut self.scratch),
         );
-        for r in &c.routes {
-            let _ = write!(self.scratch, "Route: {r}\r\n");
+        uri.clear();
+        to_uri.clear();
+        self.write_request_uri(&mut to_uri, c);
+        if c.remote_target.is_empty() {
+            uri.extend_from_slice(&to_uri);
+        } else {
+            uri.extend_from_slice(c.remote_target.as_bytes());
         }
-        self.scratch
-            .extend_from_slice(b"User-Agent: pbxlab\r\nContent-Length: 0\r\n\r\n");
-        let to = c.next_hop;
-        self.queue(to);
+        self.body.clear();
+        for r in &c.routes {
+            self.body.extend_from_slice(b"Route: ");
+            self.body.extend_from_slice(r.as_bytes());
+            self.body.extend_from_slice(b"\r\n");
+        }
+        let method = method.as_bytes();
+        let _ = self.wire.in_dialog.render_append(
+            &mut self.arena,
+            &[
+                method,
+                &uri,
+                &self.wire.local,
+                Decimal::new(slot.into()).as_bytes(),
+                Decimal::new(c.generation.into()).as_bytes(),
+                Decimal::new(cseq.into()).as_bytes(),
+                &self.wire.run,
+                method.get(..1).unwrap_or_default(),
+                Decimal::new(c.caller.into()).as_bytes(),
+                self.cfg.domain.as_bytes(),
+                &to_uri,
+                c.remote_tag.as_bytes(),
+                &self.body,
+            ],
+            b"",
+        );
+        (self.uri, self.scratch) = (uri, to_uri);
+        self.out.push((c.next_hop, self.arena.len()));
     }
 
     /// The ACK for a non-2xx final response: same branch as the INVITE, to the same place.
@@ -1845,14 +1925,13 @@ impl Engine {
         if datagram.iter().all(|b| b.is_ascii_whitespace()) {
             return;
         }
-        let msg = match sip::parse_datagram(datagram) {
-            Ok(m) => m,
-            Err(_) => {
-                self.malformed += 1;
-                self.metrics.fail("malformed message");
-                return;
-            }
-        };
+        // Parsed in place: returning a message by value copies its 2.7 KB header table.
+        let mut msg = Message::empty();
+        if sip::parse_datagram_into(&mut msg, datagram).is_err() {
+            self.malformed += 1;
+            self.metrics.fail("malformed message");
+            return;
+        }
         if msg.is_request() {
             self.on_request(now, from, &msg);
             return;

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod report;
 pub mod run;
 pub mod threshold;
+mod wheel;
 
 pub use engine::{Arrivals, Callee, Config, Dtmf, Hold, Workload};
 pub use report::LoadReport;
