@@ -25,13 +25,16 @@ command -v sipp >/dev/null || { echo "needs sipp: apt-get install sip-tester" >&
 cargo build --release --quiet
 PBXLAB=target/release/pbxlab
 WORK=$(mktemp -d)
-trap 'kill $UAS_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# Waits for the uas to exit, so a run started right after this one finds the port free.
+trap 'kill $UAS_PID 2>/dev/null && while kill -0 $UAS_PID 2>/dev/null; do sleep 0.1; done; rm -rf "$WORK"' EXIT
 
 # A uas with room for the longest run; -aa answers INFO/NOTIFY/OPTIONS automatically.
 # exec: $! must be SIPp itself, so the trap below stops it.
 (cd "$WORK" && exec sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -nostdin -aa -max_socket 65000 >/dev/null 2>&1) &
 UAS_PID=$!
 sleep 1
+# A uas that could not bind (say, the previous run's still exiting) would fail every call.
+kill -0 "$UAS_PID" 2>/dev/null || { echo "sipp -sn uas did not start: is port $UAS_PORT busy?" >&2; exit 1; }
 
 # Runs one tool; prints "cpu_s rss_kb failed" (failed = calls that did not complete).
 run_sipp() {

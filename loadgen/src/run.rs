@@ -4,16 +4,15 @@
 //! One thread and one non-blocking UDP socket. The kernel stamps every datagram on arrival
 //! (`SO_TIMESTAMPNS`) and the loop reads them in batches (`recvmmsg`), so it need not wake for
 //! each one: while calls are in progress it runs once a millisecond (or at the next deadline, if
-//! sooner), and when idle it sleeps in epoll until a datagram or a deadline. Responses are
+//! sooner), and when idle it sleeps in poll(2) until a datagram or a deadline. Responses are
 //! therefore processed up to a millisecond after they arrive, but measured from when they
 //! arrived; attempts leave at most about a millisecond late, and are measured from when they were
 //! intended to leave, so neither delay hides in the figures.
 
 use std::collections::BTreeMap;
-use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 
-use mio::{Events, Interest, Poll, Token};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -88,12 +87,16 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     // A failover re-INVITEs hundreds of calls at once: a default-sized buffer drops part of
     // the burst, and each loss costs a T1 retransmission in the measured figures.
     let _ = pbxlab_udp::set_buffer_sizes(&socket, 8 << 20);
-    let mut socket = mio::net::UdpSocket::from_std(socket);
-    let mut poll = Poll::new().map_err(io)?;
-    poll.registry()
-        .register(&mut socket, Token(0), Interest::READABLE)
-        .map_err(io)?;
-    let mut events = Events::with_capacity(16);
+    // The target gets a socket of its own, connected to it, on the same port: most traffic is
+    // with the target, and a connected send costs less than one that names its destination.
+    // Without it (say, an IPv6 target from an IPv4 address) everything goes by the socket,
+    // which fails or works as it would anyway.
+    let twin = pbxlab_udp::connected_twin(&socket, cfg.target)
+        .and_then(|twin| {
+            pbxlab_udp::Receiver::new(&twin, Instant::now())?;
+            Ok(twin)
+        })
+        .ok();
     let target = cfg.target;
     let shard_note = format!("target {target}, local {}", cfg.local);
 
@@ -108,16 +111,17 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     let mut engine = Engine::new(cfg);
     let started = Instant::now();
     let mut sender = pbxlab_udp::Sender::default();
-    let mut receiver = pbxlab_udp::Receiver::new(&socket, started).map_err(|e| Error::Bind {
-        addr: opts.bind,
-        source: e,
-    })?;
+    // One set of buffers serves both sockets (the twin's arrival stamps are on).
+    let mut receiver = pbxlab_udp::Receiver::new(&socket, started).map_err(io)?;
     let mut next_interval = opts.interval;
     let mut responses = 0u64;
     let mut send_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut stopped_at: Option<Nanos> = None;
     let mut last_due: Option<Nanos> = None;
     let interrupted;
+    // Whether the last round sent or received anything: while traffic flows the loop keeps to
+    // the 1 ms grid, and once a round is quiet it waits for a datagram or the next deadline.
+    let mut received = 0;
     loop {
         let now = started.elapsed();
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
@@ -126,8 +130,19 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
             engine.stop(now_ns);
         }
         engine.advance(now_ns);
+        let mut sent = false;
         engine.transmit_all(|datagrams| {
-            for e in sender.send_all(&socket, datagrams) {
+            sent = true;
+            let (to_target, others): (Vec<_>, Vec<_>) = datagrams
+                .iter()
+                .copied()
+                .partition(|(to, _)| twin.is_some() && *to == target);
+            let to_target: Vec<&[u8]> = to_target.into_iter().map(|(_, b)| b).collect();
+            let mut errors = sender.send_all(&socket, &others);
+            if let Some(twin) = &twin {
+                errors.extend(sender.send_connected(twin, &to_target));
+            }
+            for e in errors {
                 *send_errors
                     .entry(format!("send: {}", e.kind()))
                     .or_default() += 1;
@@ -171,35 +186,42 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
                 break;
             }
         }
-        // Busy: wake once a millisecond (or at the deadline, if sooner) and read in batches;
-        // kernel timestamps keep every arrival exact. Idle: sleep until a datagram or a deadline.
+        // Traffic flowing: wake once a millisecond and read in batches; kernel timestamps keep
+        // every arrival exact. Quiet: wait for a datagram (handled at once) or the deadline.
         let until = engine
             .next_deadline()
             .map(|d| Duration::from_nanos(d.saturating_sub(now_ns)));
-        if engine.active_calls() > 0 || until.is_some_and(|u| u < BUSY_TICK) {
+        if until.is_some_and(|u| u < BUSY_TICK) || sent || received > 0 {
             // To the next boundary of a 1 ms grid, whatever falls due before it: deadlines
             // scattered inside a millisecond would otherwise each cost a wakeup.
             let tick = BUSY_TICK.as_nanos() as u64;
             let nap = Duration::from_nanos(tick - started.elapsed().as_nanos() as u64 % tick);
             std::thread::sleep(nap);
-        } else if let Err(e) =
-            poll.poll(&mut events, Some(until.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)))
-            && e.kind() != ErrorKind::Interrupted
-        {
+        } else if let Err(e) = pbxlab_udp::wait_readable(
+            &[Some(socket.as_fd()), twin.as_ref().map(AsFd::as_fd)]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+            until.unwrap_or(IDLE_WAIT).min(IDLE_WAIT),
+        ) {
             *send_errors
                 .entry(format!("poll: {}", e.kind()))
                 .or_default() += 1;
         }
-        match receiver.drain(&socket, |at, from, bytes| {
-            responses += 1;
-            engine.handle(at, from, bytes);
-        }) {
-            Ok(_) => {}
-            // ICMP port unreachable can surface here: nobody listens at the target.
-            Err(e) => {
-                *send_errors
-                    .entry(format!("receive: {}", e.kind()))
-                    .or_default() += 1
+        // The target's datagrams come to the twin, anyone else's to the socket.
+        received = 0;
+        for s in twin.iter().chain([&socket]) {
+            match receiver.drain(s, |at, from, bytes| {
+                responses += 1;
+                engine.handle(at, from, bytes);
+            }) {
+                Ok(n) => received += n,
+                // ICMP port unreachable surfaces here: nobody listens at the target.
+                Err(e) => {
+                    *send_errors
+                        .entry(format!("receive: {}", e.kind()))
+                        .or_default() += 1
+                }
             }
         }
     }

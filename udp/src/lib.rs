@@ -14,8 +14,8 @@
 
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -211,6 +211,64 @@ pub fn set_buffer_sizes(socket: &impl AsFd, bytes: usize) -> io::Result<BufferSi
     })
 }
 
+/// Sleeps until one of `sockets` has a datagram to read or `timeout` has passed; a signal also
+/// ends the wait. Returns whether any is readable.
+///
+/// A one-shot `ppoll(2)` (nanosecond timeout), not a standing epoll registration: a socket
+/// registered with epoll keeps a waiter on its queue, and then every datagram sent from it pays
+/// for a write-space wake-up when the kernel frees the buffer, busy or not.
+pub fn wait_readable(sockets: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, ppoll};
+    let mut fds: Vec<PollFd<'_>> = sockets
+        .iter()
+        .map(|&fd| PollFd::new(fd, PollFlags::POLLIN))
+        .collect();
+    match ppoll(&mut fds, Some(TimeSpec::from_duration(timeout)), None) {
+        Ok(n) => Ok(n > 0),
+        Err(Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A second socket on `socket`'s address, connected to `peer`, for the traffic with that one
+/// peer: the kernel delivers `peer`'s datagrams to it and `socket` keeps everyone else's (a
+/// connected socket outscores an unconnected one on the same port). Sending on it without an
+/// address skips the route lookup (and any per-destination `sendmsg` hook) that an
+/// unconnected send pays on every datagram; [`Sender::send_connected`] does that.
+///
+/// `socket` must already be bound; it is bound as it was, alone on its port, so a busy port is
+/// refused as before. Only then is `SO_REUSEPORT` turned on for it, which lets the twin share
+/// the port. The twin is non-blocking and gets `socket`'s buffer sizes.
+pub fn connected_twin(socket: &UdpSocket, peer: SocketAddr) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, bind, connect, socket as new_socket,
+    };
+    let local = socket.local_addr()?;
+    let family = match local {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    setsockopt(socket, sockopt::ReusePort, &true).map_err(io::Error::from)?;
+    let fd = new_socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    setsockopt(&fd, sockopt::ReusePort, &true).map_err(io::Error::from)?;
+    let receive: usize = getsockopt(socket, sockopt::RcvBuf).map_err(io::Error::from)?;
+    let send: usize = getsockopt(socket, sockopt::SndBuf).map_err(io::Error::from)?;
+    // getsockopt reports twice what was asked for (the kernel's bookkeeping); ask for half.
+    let _ = setsockopt(&fd, sockopt::RcvBufForce, &(receive / 2))
+        .or_else(|_| setsockopt(&fd, sockopt::RcvBuf, &(receive / 2)));
+    let _ = setsockopt(&fd, sockopt::SndBufForce, &(send / 2))
+        .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &(send / 2)));
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(local)).map_err(io::Error::from)?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(peer)).map_err(io::Error::from)?;
+    Ok(UdpSocket::from(fd))
+}
+
 /// Segments per GSO buffer. Linux allowed 64 (`UDP_MAX_SEGMENTS`) until 6.9 raised it to 128.
 const SEGMENTS: usize = 64;
 /// Largest datagram sent segmented: one that fits an Ethernet MTU, so the buffer is legal on
@@ -245,9 +303,29 @@ impl Sender {
         socket: &impl AsRawFd,
         datagrams: &[(SocketAddr, &[u8])],
     ) -> Vec<io::Error> {
+        let items: Vec<(Option<SockaddrStorage>, &[u8])> = datagrams
+            .iter()
+            .map(|&(to, bytes)| (Some(SockaddrStorage::from(to)), bytes))
+            .collect();
+        self.send_items(socket, &items)
+    }
+
+    /// Sends every datagram to the peer a connected `socket` (see [`connected_twin`]) is
+    /// connected to, without an address; returns the errors of those that could not be sent.
+    pub fn send_connected(&mut self, socket: &impl AsRawFd, datagrams: &[&[u8]]) -> Vec<io::Error> {
+        let items: Vec<(Option<SockaddrStorage>, &[u8])> =
+            datagrams.iter().map(|&bytes| (None, bytes)).collect();
+        self.send_items(socket, &items)
+    }
+
+    fn send_items(
+        &mut self,
+        socket: &impl AsRawFd,
+        items: &[(Option<SockaddrStorage>, &[u8])],
+    ) -> Vec<io::Error> {
         let mut errors = Vec::new();
         let no_cmsgs: [ControlMessage<'_>; 0] = [];
-        for chunk in datagrams.chunks(BATCH) {
+        for chunk in items.chunks(BATCH) {
             let mut done = 0;
             // A full send buffer can take part of a batch; the rest is retried a few times. A
             // datagram the kernel refuses ends a call early (sendmmsg reports what it sent
@@ -258,10 +336,7 @@ impl Sender {
                 let rest = chunk.get(done..).unwrap_or(&[]);
                 let slices: Vec<[IoSlice<'_>; 1]> =
                     rest.iter().map(|(_, b)| [IoSlice::new(b)]).collect();
-                let addrs: Vec<Option<SockaddrStorage>> = rest
-                    .iter()
-                    .map(|(a, _)| Some(SockaddrStorage::from(*a)))
-                    .collect();
+                let addrs: Vec<Option<SockaddrStorage>> = rest.iter().map(|(a, _)| *a).collect();
                 match sendmmsg(
                     socket.as_raw_fd(),
                     &mut self.headers,
