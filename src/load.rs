@@ -526,9 +526,16 @@ pub(crate) fn flags(target: SocketAddr, words: &[String]) -> anyhow::Result<Load
 fn exit_code(report: &LoadReport) -> ExitCode {
     let attempted = report.calls.attempted + report.registrations.attempted;
     if attempted > 0 && report.messages_received == 0 {
+        // The kernel reports ICMP port unreachable on the socket connected to the target.
+        let refused = report.failures.keys().any(|r| r.contains("refused"));
         eprintln!(
-            "pbxlab: no answer from {}: nothing came back to any of {attempted} attempts",
-            report.target
+            "pbxlab: no answer from {}: nothing came back to any of {attempted} attempts{}",
+            report.target,
+            if refused {
+                " (the host refused them: nothing listens on that port)"
+            } else {
+                ""
+            }
         );
         return ExitCode::from(EXIT_NO_ANSWER);
     }

@@ -288,6 +288,12 @@ fn an_unreachable_target_gets_a_clear_error() {
         stderr.contains(&format!("no answer from {target}")),
         "{stderr}"
     );
+    // The socket connected to the target hears the ICMP port unreachable.
+    assert!(stderr.contains("nothing listens on that port"), "{stderr}");
+    assert!(
+        v["failures"]["receive: connection refused"].as_u64() > Some(0),
+        "{v}"
+    );
     assert_eq!(v["calls"]["failed"], 3, "the report is still written: {v}");
 }
 
