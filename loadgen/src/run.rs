@@ -91,12 +91,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     // with the target, and a connected send costs less than one that names its destination.
     // Without it (say, an IPv6 target from an IPv4 address) everything goes by the socket,
     // which fails or works as it would anyway.
-    let twin = pbxlab_udp::connected_twin(&socket, cfg.target)
-        .and_then(|twin| {
-            pbxlab_udp::Receiver::new(&twin, Instant::now())?;
-            Ok(twin)
-        })
-        .ok();
+    let twin = pbxlab_udp::connected_twin(&socket, cfg.target).ok();
     let target = cfg.target;
     let shard_note = format!("target {target}, local {}", cfg.local);
 
@@ -111,7 +106,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     let mut engine = Engine::new(cfg);
     let started = Instant::now();
     let mut sender = pbxlab_udp::Sender::default();
-    // One set of buffers serves both sockets (the twin's arrival stamps are on).
+    // One set of buffers serves both sockets.
     let mut receiver = pbxlab_udp::Receiver::new(&socket, started).map_err(io)?;
     let mut next_interval = opts.interval;
     let mut responses = 0u64;

@@ -29,6 +29,12 @@ use nix::sys::time::TimeSpec;
 pub const BATCH: usize = 64;
 const DATAGRAM: usize = 65_536;
 
+/// Has the kernel stamp each datagram `socket` receives with its arrival time
+/// (`SO_TIMESTAMPNS`), which [`Receiver::drain`] hands out.
+pub fn stamp_arrivals(socket: &impl AsFd) -> io::Result<()> {
+    setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
+}
+
 pub struct Receiver {
     headers: MultiHeaders<SockaddrStorage>,
     buffers: Vec<Vec<u8>>,
@@ -50,7 +56,7 @@ impl Receiver {
         started: Instant,
         size: usize,
     ) -> io::Result<Receiver> {
-        setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
+        stamp_arrivals(socket)?;
         Ok(Receiver::with_buffers(started, size))
     }
 
@@ -61,7 +67,7 @@ impl Receiver {
     /// hundreds of thousands of datagrams a second. Returns whether coalescing is on (a kernel
     /// without `UDP_GRO` gives an ordinary receiver). Buffers are 64 KiB, the most GRO makes.
     pub fn coalescing(socket: &impl AsFd, started: Instant) -> io::Result<(Receiver, bool)> {
-        setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
+        stamp_arrivals(socket)?;
         let gro = setsockopt(socket, sockopt::UdpGroSegment, &true).is_ok();
         Ok((Receiver::with_buffers(started, DATAGRAM), gro))
     }
@@ -238,17 +244,31 @@ pub fn wait_readable(sockets: &[BorrowedFd<'_>], timeout: Duration) -> io::Resul
 ///
 /// `socket` must already be bound; it is bound as it was, alone on its port, so a busy port is
 /// refused as before. Only then is `SO_REUSEPORT` turned on for it, which lets the twin share
-/// the port. The twin is non-blocking and gets `socket`'s buffer sizes.
+/// the port. The twin is non-blocking, gets `socket`'s buffer sizes and has its arrivals stamped
+/// (see [`stamp_arrivals`]), so one [`Receiver`] can read both. On error `socket` is as it was.
 pub fn connected_twin(socket: &UdpSocket, peer: SocketAddr) -> io::Result<UdpSocket> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, bind, connect, socket as new_socket,
-    };
+    use nix::sys::socket::AddressFamily;
     let local = socket.local_addr()?;
     let family = match local {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
     };
     setsockopt(socket, sockopt::ReusePort, &true).map_err(io::Error::from)?;
+    let twin = twin_of(socket, local, family, peer);
+    if twin.is_err() {
+        // Alone on its port again.
+        let _ = setsockopt(socket, sockopt::ReusePort, &false);
+    }
+    twin
+}
+
+fn twin_of(
+    socket: &UdpSocket,
+    local: SocketAddr,
+    family: nix::sys::socket::AddressFamily,
+    peer: SocketAddr,
+) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{SockFlag, SockType, bind, connect, socket as new_socket};
     let fd = new_socket(
         family,
         SockType::Datagram,
@@ -264,6 +284,7 @@ pub fn connected_twin(socket: &UdpSocket, peer: SocketAddr) -> io::Result<UdpSoc
         .or_else(|_| setsockopt(&fd, sockopt::RcvBuf, &(receive / 2)));
     let _ = setsockopt(&fd, sockopt::SndBufForce, &(send / 2))
         .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &(send / 2)));
+    stamp_arrivals(&fd)?;
     bind(fd.as_raw_fd(), &SockaddrStorage::from(local)).map_err(io::Error::from)?;
     connect(fd.as_raw_fd(), &SockaddrStorage::from(peer)).map_err(io::Error::from)?;
     Ok(UdpSocket::from(fd))
@@ -552,6 +573,51 @@ fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
 mod tests {
     use super::*;
     use std::net::UdpSocket;
+
+    #[test]
+    fn a_connected_twin_takes_the_peers_traffic_and_only_that() {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let port = socket.local_addr().expect("addr");
+        let (target, other) = (
+            UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        );
+        target
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let twin = connected_twin(&socket, target.local_addr().expect("addr")).expect("twin");
+        // Still nobody else's port: a plain bind is refused.
+        assert!(UdpSocket::bind(port).is_err());
+
+        // Sent without an address, from the shared port.
+        let errors = Sender::default().send_connected(&twin, &[b"to target".as_slice()]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut buf = [0u8; 64];
+        let (n, from) = target
+            .recv_from(&mut buf)
+            .expect("the target hears the twin");
+        assert_eq!((&buf[..n], from), (b"to target".as_slice(), port));
+
+        target.send_to(b"from target", port).expect("send");
+        other.send_to(b"from other", port).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+        let mut r = Receiver::new(&socket, Instant::now()).expect("timestamps");
+        let read = |r: &mut Receiver, s: &UdpSocket| {
+            let mut got = Vec::new();
+            r.drain(s, |_, from, bytes| got.push((from, bytes.to_vec())))
+                .expect("drain");
+            got
+        };
+        assert_eq!(
+            read(&mut r, &twin),
+            vec![(target.local_addr().expect("addr"), b"from target".to_vec())]
+        );
+        assert_eq!(
+            read(&mut r, &socket),
+            vec![(other.local_addr().expect("addr"), b"from other".to_vec())]
+        );
+    }
 
     #[test]
     fn reads_a_batch_with_arrival_times_in_order() {
