@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use pbxlab_sim::live::alerts::AlertSink;
 use pbxlab_sim::live::cluster::{Cluster, Options, Status};
+use pbxlab_sim::live::ctl::node_json;
 use pbxlab_sim::scenario::{parse_duration, parse_rate};
 
 use crate::{BadInput, load_scenario};
@@ -267,18 +268,11 @@ fn to_json(s: &Status) -> serde_json::Value {
         },
         "send_errors": s.cm_send_errors,
         "events": s.events,
-        "nodes": s.nodes.iter().map(|n| serde_json::json!({
-            "name": n.name,
-            "role": n.role,
-            "addr": n.addr.to_string(),
-            "state": n.state,
-            "load": n.load,
-            "capacity": n.capacity,
-            "node_sessions": n.node_sessions,
-            "packets_in": n.packets_in,
-            "packets_out": n.packets_out,
-            "unknown_packets": n.unknown_packets,
-            "send_errors": n.send_errors,
-        })).collect::<Vec<_>>(),
+        // As the control endpoint shows them, with the packets no session claimed.
+        "nodes": s.nodes.iter().map(|n| {
+            let mut v = node_json(n);
+            v["unknown_packets"] = n.unknown_packets.into();
+            v
+        }).collect::<Vec<_>>(),
     })
 }

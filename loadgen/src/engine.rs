@@ -1280,6 +1280,7 @@ impl Engine {
         } else {
             uri.extend_from_slice(c.remote_target.as_bytes());
         }
+        // No body here: its buffer takes the Route lines.
         self.body.clear();
         for r in &c.routes {
             self.body.extend_from_slice(b"Route: ");

@@ -128,11 +128,14 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         let mut sent = false;
         engine.transmit_all(|datagrams| {
             sent = true;
-            let (to_target, others): (Vec<_>, Vec<_>) = datagrams
-                .iter()
-                .copied()
-                .partition(|(to, _)| twin.is_some() && *to == target);
-            let to_target: Vec<&[u8]> = to_target.into_iter().map(|(_, b)| b).collect();
+            let (mut to_target, mut others) = (Vec::new(), Vec::new());
+            for &(to, bytes) in datagrams {
+                if twin.is_some() && to == target {
+                    to_target.push(bytes);
+                } else {
+                    others.push((to, bytes));
+                }
+            }
             let mut errors = sender.send_all(&socket, &others);
             if let Some(twin) = &twin {
                 errors.extend(sender.send_connected(twin, &to_target));
@@ -172,7 +175,8 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
             break;
         }
         // Nothing left to start: in-flight calls get a bounded time to end.
-        if engine.next_deadline().is_none() && engine.active_calls() > 0 {
+        let next_deadline = engine.next_deadline();
+        if next_deadline.is_none() && engine.active_calls() > 0 {
             let due = *last_due.get_or_insert(now_ns);
             if now_ns.saturating_sub(due)
                 > u64::try_from(opts.drain_limit.as_nanos()).unwrap_or(u64::MAX)
@@ -183,9 +187,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         }
         // Traffic flowing: wake once a millisecond and read in batches; kernel timestamps keep
         // every arrival exact. Quiet: wait for a datagram (handled at once) or the deadline.
-        let until = engine
-            .next_deadline()
-            .map(|d| Duration::from_nanos(d.saturating_sub(now_ns)));
+        let until = next_deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_ns)));
         if until.is_some_and(|u| u < BUSY_TICK) || sent || received > 0 {
             // To the next boundary of a 1 ms grid, whatever falls due before it: deadlines
             // scattered inside a millisecond would otherwise each cost a wakeup.

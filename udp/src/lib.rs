@@ -239,7 +239,7 @@ pub fn wait_readable(sockets: &[BorrowedFd<'_>], timeout: Duration) -> io::Resul
 /// A second socket on `socket`'s address, connected to `peer`, for the traffic with that one
 /// peer: the kernel delivers `peer`'s datagrams to it and `socket` keeps everyone else's (a
 /// connected socket outscores an unconnected one on the same port). Sending on it without an
-/// address skips the route lookup (and any per-destination `sendmsg` hook) that an
+/// address skips the route lookup (and other per-destination work) that an
 /// unconnected send pays on every datagram; [`Sender::send_connected`] does that.
 ///
 /// `socket` must already be bound; it is bound as it was, alone on its port, so a busy port is
@@ -324,45 +324,47 @@ impl Sender {
         socket: &impl AsRawFd,
         datagrams: &[(SocketAddr, &[u8])],
     ) -> Vec<io::Error> {
-        let items: Vec<(Option<SockaddrStorage>, &[u8])> = datagrams
+        let (addrs, bufs): (Vec<_>, Vec<_>) = datagrams
             .iter()
             .map(|&(to, bytes)| (Some(SockaddrStorage::from(to)), bytes))
-            .collect();
-        self.send_items(socket, &items)
+            .unzip();
+        self.send_items(socket, &addrs, &bufs)
     }
 
     /// Sends every datagram to the peer a connected `socket` (see [`connected_twin`]) is
     /// connected to, without an address; returns the errors of those that could not be sent.
     pub fn send_connected(&mut self, socket: &impl AsRawFd, datagrams: &[&[u8]]) -> Vec<io::Error> {
-        let items: Vec<(Option<SockaddrStorage>, &[u8])> =
-            datagrams.iter().map(|&bytes| (None, bytes)).collect();
-        self.send_items(socket, &items)
+        self.send_items(socket, &vec![None; datagrams.len()], datagrams)
     }
 
+    /// Sends `bufs[i]` to `addrs[i]` (`None`: the connected peer).
     fn send_items(
         &mut self,
         socket: &impl AsRawFd,
-        items: &[(Option<SockaddrStorage>, &[u8])],
+        addrs: &[Option<SockaddrStorage>],
+        bufs: &[&[u8]],
     ) -> Vec<io::Error> {
         let mut errors = Vec::new();
         let no_cmsgs: [ControlMessage<'_>; 0] = [];
-        for chunk in items.chunks(BATCH) {
+        for (addrs, bufs) in addrs.chunks(BATCH).zip(bufs.chunks(BATCH)) {
             let mut done = 0;
             // A full send buffer can take part of a batch; the rest is retried a few times. A
             // datagram the kernel refuses ends a call early (sendmmsg reports what it sent
             // before it, and the error on the next call), so refusals must not use up the
             // retries: once cost a whole batch of the Call Manager's probes.
             let mut full = 0;
-            while done < chunk.len() && full < 4 {
-                let rest = chunk.get(done..).unwrap_or(&[]);
-                let slices: Vec<[IoSlice<'_>; 1]> =
-                    rest.iter().map(|(_, b)| [IoSlice::new(b)]).collect();
-                let addrs: Vec<Option<SockaddrStorage>> = rest.iter().map(|(a, _)| *a).collect();
+            while done < bufs.len() && full < 4 {
+                let slices: Vec<[IoSlice<'_>; 1]> = bufs
+                    .get(done..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|b| [IoSlice::new(b)])
+                    .collect();
                 match sendmmsg(
                     socket.as_raw_fd(),
                     &mut self.headers,
                     slices.iter(),
-                    &addrs,
+                    addrs.get(done..).unwrap_or_default(),
                     no_cmsgs,
                     MsgFlags::MSG_DONTWAIT,
                 ) {
@@ -386,7 +388,7 @@ impl Sender {
                     }
                 }
             }
-            for _ in done..chunk.len() {
+            for _ in done..bufs.len() {
                 errors.push(io::Error::from(io::ErrorKind::WouldBlock));
             }
         }

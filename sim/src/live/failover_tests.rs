@@ -1086,24 +1086,7 @@ fn reinvite_in<'a>(out: &'a Out, to: &str, call_id: &str) -> &'a [u8] {
 #[test]
 fn each_legs_sdp_keeps_its_origin_and_raises_its_version_across_moves() {
     let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 10)], &[]);
-    assert_eq!(register(&mut cm, 0, 1020, CALLEE, "pw-1020"), 200);
-    cm.handle(
-        0,
-        addr(UA),
-        &request(
-            "INVITE",
-            "sip:1020@pbxlab.test",
-            "1010",
-            "u0",
-            1,
-            "Content-Type: application/sdp\r\n",
-            &offer(&caller_rtp(0).to_string(), 0),
-        ),
-    );
-    let (_, invite) = sent(&mut cm)
-        .into_iter()
-        .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
-        .unwrap();
+    let invite = ringing_call(&mut cm, 0);
     let b_origin = origin(&invite);
     let invite = parse(&invite);
     let b_call_id = invite.call_id().unwrap().to_owned();
