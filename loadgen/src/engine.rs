@@ -498,8 +498,8 @@ pub struct Engine {
     schedules: Vec<Schedule>,
     regs: Vec<Registration>,
     timers: Wheel,
-    /// Outgoing datagrams: (destination, end offset in `arena`).
-    out: Vec<(SocketAddr, usize)>,
+    /// Outgoing datagrams: (destination, their bytes' range in `arena`).
+    out: Vec<(SocketAddr, std::ops::Range<usize>)>,
     arena: Vec<u8>,
     media: Vec<MediaCommand>,
     pub metrics: Metrics,
@@ -694,7 +694,13 @@ impl Engine {
     }
 
     /// Starts every attempt whose intended time has come and fires due timers.
+    ///
+    /// The new attempts' requests are queued ahead of everything else: their latency counts
+    /// from the intended start, so they leave first. What follows them is in-dialog (the ACKs
+    /// the last read left, then the timers' BYEs), so requests of one kind and length are
+    /// adjacent, for the sender to batch.
     pub fn advance(&mut self, now: Nanos) {
+        let queued = self.out.len();
         while let Some(at) = self.next_start().filter(|&t| t <= now) {
             if self.cfg.register && self.regs_started < self.regs.len() {
                 let i = self.regs_started;
@@ -713,6 +719,10 @@ impl Engine {
                 self.start_call(now, at, w, k);
             }
         }
+        let started = self.out.len() - queued;
+        if let Some(first) = self.out.get_mut(..queued + started) {
+            first.rotate_right(started);
+        }
         while let Some((at, id)) = self.timers.pop_due(now) {
             if !self.take_armed(at, id) {
                 continue;
@@ -729,15 +739,10 @@ impl Engine {
 
     /// Hands every queued datagram to `send` at once (for batched sending), then forgets them.
     pub fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
-        let mut start = 0;
         let batch: Vec<(SocketAddr, &[u8])> = self
             .out
             .iter()
-            .filter_map(|&(to, end)| {
-                let bytes = self.arena.get(start..end);
-                start = end;
-                bytes.map(|b| (to, b))
-            })
+            .filter_map(|(to, range)| Some((*to, self.arena.get(range.clone())?)))
             .collect();
         if !batch.is_empty() {
             send(&batch);
@@ -780,8 +785,9 @@ impl Engine {
     }
 
     fn queue(&mut self, to: SocketAddr) {
+        let start = self.arena.len();
         self.arena.extend_from_slice(&self.scratch);
-        self.out.push((to, self.arena.len()));
+        self.out.push((to, start..self.arena.len()));
     }
 
     /// Makes sure `id` (a call slot, or `REG_TIMER` + a registration) has a live timer entry no
@@ -1240,16 +1246,17 @@ impl Engine {
         self.body.clear();
         self.wire.offer.render(
             &mut self.body,
-            u64::from(slot),
+            SESSION_ID_BASE + u64::from(slot),
             Some(ssrc(slot, c.generation)),
         );
+        let start = self.arena.len();
         let rendered = self.wire.invite.render_append(
             &mut self.arena,
             &[
                 &uri,
                 &self.wire.local,
-                Decimal::new(slot.into()).as_bytes(),
-                Decimal::new(c.generation.into()).as_bytes(),
+                slot_digits(slot).as_bytes(),
+                generation_digits(c.generation).as_bytes(),
                 Decimal::new(c.cseq.into()).as_bytes(),
                 &self.wire.run,
                 Decimal::new(c.caller.into()).as_bytes(),
@@ -1261,7 +1268,7 @@ impl Engine {
         self.uri = uri;
         // Only a wrong number of values fails, and these are fixed here (the tests send them).
         if rendered.is_ok() {
-            self.out.push((c.next_hop, self.arena.len()));
+            self.out.push((c.next_hop, start..self.arena.len()));
         }
     }
 
@@ -1288,14 +1295,15 @@ impl Engine {
             self.body.extend_from_slice(b"\r\n");
         }
         let method = method.as_bytes();
+        let start = self.arena.len();
         let rendered = self.wire.in_dialog.render_append(
             &mut self.arena,
             &[
                 method,
                 &uri,
                 &self.wire.local,
-                Decimal::new(slot.into()).as_bytes(),
-                Decimal::new(c.generation.into()).as_bytes(),
+                slot_digits(slot).as_bytes(),
+                generation_digits(c.generation).as_bytes(),
                 Decimal::new(cseq.into()).as_bytes(),
                 &self.wire.run,
                 method.get(..1).unwrap_or_default(),
@@ -1309,7 +1317,7 @@ impl Engine {
         );
         (self.uri, self.scratch) = (uri, to_uri);
         if rendered.is_ok() {
-            self.out.push((c.next_hop, self.arena.len()));
+            self.out.push((c.next_hop, start..self.arena.len()));
         }
     }
 
@@ -1324,7 +1332,8 @@ impl Engine {
             "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{slot}x{g}x{cseq}x{run};rport\r\n\
              Max-Forwards: 70\r\nFrom: <sip:{caller}@{domain}>;tag={slot}x{g}\r\nTo: {to_header}\r\n\
              Call-ID: {slot}-{g}-{run}@pbxlab\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
-            g = c.generation,
+            slot = String::from_utf8_lossy(slot_digits(slot).as_bytes()),
+            g = String::from_utf8_lossy(generation_digits(c.generation).as_bytes()),
             cseq = c.cseq,
             caller = c.caller,
         );
@@ -1602,7 +1611,10 @@ impl Engine {
         if let Some(tag) = to_tag
             && !tag.starts_with('u')
             && let Some((slot, generation)) = self.own_call(call_id)
-            && tag == format!("{slot}x{generation}")
+            && tag
+                .split_once('x')
+                .and_then(|(s, g)| Some((s.parse().ok()?, g.parse().ok()?)))
+                == Some((slot, generation))
         {
             self.in_dialog_request(now, from, slot, method, msg);
             return;
@@ -1972,8 +1984,26 @@ fn gap(k: u64, rate: f64) -> Nanos {
 }
 
 fn ssrc(slot: u32, generation: u32) -> u32 {
-    // Distinct per live call; mixed so streams do not share low bits.
-    (slot.wrapping_mul(0x9e37_79b1)) ^ generation.rotate_left(16) ^ 0x5a5a_0000
+    // Mixed so streams do not share low bits; the top bit set gives every SSRC ten digits, so
+    // offers have one length (see `slot_digits`).
+    (slot.wrapping_mul(0x9e37_79b1)) ^ generation.rotate_left(16) ^ 0x5a5a_0000 | 0x8000_0000
+}
+
+/// Digits of a call's slot and generation in its Call-ID, tags and branches. Zero-padded, so
+/// the INVITEs of a run have one length, and so do its ACKs and BYEs: consecutive requests of
+/// one length leave as one segmented buffer (`pbxlab_udp::Sender::send_connected_segmented`),
+/// which costs the kernel one pass through the stack instead of one per datagram.
+const SLOT_DIGITS: usize = 6;
+const GENERATION_DIGITS: usize = 4;
+/// The SDP session id is this plus the slot: ten digits, for the same reason.
+const SESSION_ID_BASE: u64 = 1_000_000_000;
+
+fn slot_digits(slot: u32) -> Decimal {
+    Decimal::padded(slot.into(), SLOT_DIGITS)
+}
+
+fn generation_digits(generation: u32) -> Decimal {
+    Decimal::padded(generation.into(), GENERATION_DIGITS)
 }
 
 /// The address of the first hop of a request inside a dialog: the first route (loose routing),

@@ -138,7 +138,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
             }
             let mut errors = sender.send_all(&socket, &others);
             if let Some(twin) = &twin {
-                errors.extend(sender.send_connected(twin, &to_target));
+                errors.extend(sender.send_connected_segmented(twin, &to_target));
             }
             for e in errors {
                 *send_errors

@@ -196,6 +196,41 @@ fn a_call_completes_and_measures_from_the_intended_start() {
 }
 
 #[test]
+fn new_attempts_leave_first_and_requests_of_one_length_queue_together() {
+    let mut cfg = config();
+    cfg.workloads = vec![Workload::new(
+        "echo",
+        Callee::Service("echo".into()),
+        3,
+        1000.0,
+        Hold::Fixed(Duration::from_micros(1500)),
+    )];
+    let mut e = Engine::new(cfg);
+    let a = step(&mut e, 0).remove(0).1;
+    let ok = |invite: &str| {
+        reply(
+            invite,
+            "200 OK",
+            "Contact: <sip:echo@127.0.0.1:5060>\r\n",
+            "",
+        )
+    };
+    // Call A's ACK waits for the next round, which starts call B: B's INVITE goes first.
+    e.handle(MS / 2, addr(5060), ok(&a).as_bytes());
+    let round = step(&mut e, MS);
+    assert_eq!(methods(&round), ["INVITE", "ACK"]);
+    let b = &round[0].1;
+    // At 2 ms: B's ACK, C's INVITE and A's BYE (1.5 ms after its answer). The INVITE leaves
+    // first; the ACK and the BYE, of one length, are adjacent.
+    e.handle(MS + MS / 2, addr(5060), ok(b).as_bytes());
+    let round = step(&mut e, 2 * MS);
+    assert_eq!(methods(&round), ["INVITE", "ACK", "BYE"]);
+    assert_eq!(round[1].1.len(), round[2].1.len(), "{round:?}");
+    // Every call's requests have one length: the numbers in them are fixed-width.
+    assert_eq!(a.len(), round[0].1.len());
+}
+
+#[test]
 fn bye_retransmissions_are_capped_at_t2() {
     let mut e = Engine::new(config());
     let invite = step(&mut e, 0).remove(0).1;

@@ -221,6 +221,18 @@ impl Decimal {
         Decimal { digits, start }
     }
 
+    /// `n` with leading zeros to at least `width` digits (at most 20): equal-length numbers make
+    /// equal-length messages, which the sender can batch.
+    pub fn padded(n: u64, width: usize) -> Decimal {
+        let mut d = Decimal::new(n);
+        let first = d.digits.len().saturating_sub(width).min(d.start);
+        if let Some(zeros) = d.digits.get_mut(first..d.start) {
+            zeros.fill(b'0');
+        }
+        d.start = first;
+        d
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         self.digits.get(self.start..).unwrap_or_default()
     }
@@ -441,6 +453,14 @@ mod tests {
     fn decimal_digits() {
         for n in [0, 7, 10, 4_294_967_295, u64::MAX] {
             assert_eq!(Decimal::new(n).as_bytes(), n.to_string().as_bytes());
+            for width in [0, 1, 4, 10, 20, 25] {
+                // Twenty digits at most: a wider width pads to twenty.
+                let w = width.min(20);
+                assert_eq!(
+                    Decimal::padded(n, width).as_bytes(),
+                    format!("{n:0w$}").as_bytes()
+                );
+            }
         }
     }
 

@@ -412,20 +412,50 @@ impl Sender {
         socket: &(impl AsRawFd + AsFd),
         datagrams: &[(SocketAddr, &[u8])],
     ) -> Vec<io::Error> {
+        let (addrs, bufs): (Vec<_>, Vec<_>) = datagrams
+            .iter()
+            .map(|&(to, bytes)| (Some(SockaddrStorage::from(to)), bytes))
+            .unzip();
+        self.segmented_items(socket, &addrs, &bufs)
+    }
+
+    /// As [`Sender::send_connected`], with the segmentation of [`Sender::send_segmented`]:
+    /// consecutive datagrams of one length leave as one buffer.
+    pub fn send_connected_segmented(
+        &mut self,
+        socket: &(impl AsRawFd + AsFd),
+        datagrams: &[&[u8]],
+    ) -> Vec<io::Error> {
+        self.segmented_items(socket, &vec![None; datagrams.len()], datagrams)
+    }
+
+    /// Sends `bufs[i]` to `addrs[i]` (`None`: the connected peer), segmenting runs.
+    fn segmented_items(
+        &mut self,
+        socket: &(impl AsRawFd + AsFd),
+        addrs: &[Option<SockaddrStorage>],
+        bufs: &[&[u8]],
+    ) -> Vec<io::Error> {
         if self.gso.is_none() {
             self.gso = Some(getsockopt(socket, sockopt::UdpGsoSegment).is_ok());
         }
         if self.gso != Some(true) {
-            return self.send_all(socket, datagrams);
+            return self.send_items(socket, addrs, bufs);
         }
-        let runs = segment_runs(datagrams);
-        let part = |r: &Run| datagrams.get(r.start..r.end).unwrap_or(&[]);
+        let runs = segment_runs(addrs, bufs);
+        let part = |r: &Run| {
+            (
+                addrs.get(r.start..r.end).unwrap_or(&[]),
+                bufs.get(r.start..r.end).unwrap_or(&[]),
+            )
+        };
         let mut errors = Vec::new();
         let mut next = 0;
         let mut stalls = 0;
         while let Some(run) = runs.get(next) {
             let Some(size) = run.segment_size() else {
-                errors.extend(self.send_all(socket, part(run)));
+                let (a, b) = part(run);
+                errors.extend(self.send_items(socket, a, b));
                 next += 1;
                 continue;
             };
@@ -436,7 +466,7 @@ impl Sender {
                 .iter()
                 .take(BATCH)
                 .take_while(|r| r.segment_size() == Some(size));
-            match self.send_batch(socket, datagrams, batch, size) {
+            match self.send_batch(socket, addrs, bufs, batch, size) {
                 Ok(sent) => {
                     next += sent.max(1);
                     stalls = 0;
@@ -449,13 +479,18 @@ impl Sender {
                 Err(Errno::EIO | Errno::EINVAL) => {
                     // Either GSO is refused (by the kernel, or by the route: xfrm, UDP-Lite, no
                     // checksums) or this run's address is bad. Sending it plainly tells which.
-                    let plain = self.send_all(socket, part(run));
+                    let (a, b) = part(run);
+                    let plain = self.send_items(socket, a, b);
                     next += 1;
                     if plain.len() < run.end - run.start {
                         self.gso = Some(false);
                         errors.extend(plain);
                         let rest = run.end;
-                        errors.extend(self.send_all(socket, datagrams.get(rest..).unwrap_or(&[])));
+                        errors.extend(self.send_items(
+                            socket,
+                            addrs.get(rest..).unwrap_or(&[]),
+                            bufs.get(rest..).unwrap_or(&[]),
+                        ));
                         return errors;
                     }
                     errors.extend(plain);
@@ -474,27 +509,23 @@ impl Sender {
     fn send_batch<'r>(
         &mut self,
         socket: &impl AsRawFd,
-        datagrams: &[(SocketAddr, &[u8])],
+        addrs: &[Option<SockaddrStorage>],
+        bufs: &[&[u8]],
         runs: impl Iterator<Item = &'r Run> + Clone,
         size: u16,
     ) -> Result<usize, Errno> {
         let slices: Vec<Vec<IoSlice<'_>>> = runs
             .clone()
             .map(|r| {
-                datagrams
-                    .get(r.start..r.end)
+                bufs.get(r.start..r.end)
                     .unwrap_or(&[])
                     .iter()
-                    .map(|(_, b)| IoSlice::new(b))
+                    .map(|b| IoSlice::new(b))
                     .collect()
             })
             .collect();
         let addrs: Vec<Option<SockaddrStorage>> = runs
-            .map(|r| {
-                datagrams
-                    .get(r.start)
-                    .map(|(a, _)| SockaddrStorage::from(*a))
-            })
+            .map(|r| addrs.get(r.start).copied().flatten())
             .collect();
         let cmsgs = [ControlMessage::UdpGsoSegments(&size)];
         sendmmsg(
@@ -530,20 +561,21 @@ impl Run {
     }
 }
 
-/// Cuts `datagrams` into GSO buffers: consecutive datagrams to one address, all of one length
-/// except a shorter last, at most 64 and 64 KiB. A datagram too long to segment is a run alone.
-fn segment_runs(datagrams: &[(SocketAddr, &[u8])]) -> Vec<Run> {
+/// Cuts the datagrams `bufs` (to `addrs`) into GSO buffers: consecutive datagrams to one
+/// address, all of one length except a shorter last, at most 64 and 64 KiB. A datagram too long
+/// to segment is a run alone.
+fn segment_runs(addrs: &[Option<SockaddrStorage>], bufs: &[&[u8]]) -> Vec<Run> {
     let mut runs = Vec::new();
     let mut start = 0;
-    while let Some((to, first)) = datagrams.get(start) {
+    while let (Some(to), Some(first)) = (addrs.get(start), bufs.get(start)) {
         let size = first.len();
         let mut end = start + 1;
         if size <= SEGMENT_MAX && size > 0 {
             let most = SEGMENTS.min(GSO_BYTES_MAX / size);
             while end - start < most {
-                match datagrams.get(end) {
-                    Some((a, b)) if a == to && b.len() == size => end += 1,
-                    Some((a, b)) if a == to && b.len() < size && !b.is_empty() => {
+                match (addrs.get(end), bufs.get(end)) {
+                    (Some(a), Some(b)) if a == to && b.len() == size => end += 1,
+                    (Some(a), Some(b)) if a == to && b.len() < size && !b.is_empty() => {
                         end += 1;
                         break;
                     }
@@ -674,7 +706,7 @@ mod tests {
             (b, &huge[..]),
         ]);
         d.extend([(b, &huge[..]), (a, &[][..]), (a, &[][..])]);
-        let runs: Vec<(usize, usize)> = segment_runs(&d).iter().map(|r| (r.start, r.end)).collect();
+        let runs: Vec<(usize, usize)> = runs_of(&d).iter().map(|r| (r.start, r.end)).collect();
         assert_eq!(
             runs,
             [
@@ -691,7 +723,15 @@ mod tests {
         // 64 KiB bounds a buffer: 46 datagrams of 1,400 bytes.
         let kilo = [0u8; 1400];
         let d: Vec<(SocketAddr, &[u8])> = vec![(a, &kilo); 100];
-        assert_eq!(segment_runs(&d)[0].end, 46);
+        assert_eq!(runs_of(&d)[0].end, 46);
+    }
+
+    fn runs_of(d: &[(SocketAddr, &[u8])]) -> Vec<Run> {
+        let (addrs, bufs): (Vec<_>, Vec<_>) = d
+            .iter()
+            .map(|&(a, b)| (Some(SockaddrStorage::from(a)), b))
+            .unzip();
+        segment_runs(&addrs, &bufs)
     }
 
     #[test]
@@ -726,6 +766,32 @@ mod tests {
         let mut buf = [0u8; 4096];
         for (s, p) in &payloads {
             let (n, from) = rx[*s].recv_from(&mut buf).expect("datagram");
+            assert_eq!(from, tx.local_addr().expect("addr"));
+            assert_eq!(&buf[..n], p.as_slice());
+        }
+    }
+
+    #[test]
+    fn connected_segmented_sends_arrive_as_the_datagrams_they_were() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        tx.connect(rx.local_addr().expect("addr")).expect("connect");
+        // Runs of two lengths, each with a shorter last, one too long to segment, and singles.
+        let mut payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 600]).collect();
+        payloads.push(vec![5; 590]);
+        payloads.extend((6..10u8).map(|i| vec![i; 300]));
+        payloads.push(vec![10; 2500]);
+        payloads.extend([vec![11; 300], vec![12; 600], vec![13; 1]]);
+        let datagrams: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let mut sender = Sender::default();
+        let errors = sender.send_connected_segmented(&tx, &datagrams);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(sender.segmentation().is_some());
+        let mut buf = [0u8; 4096];
+        for p in &payloads {
+            let (n, from) = rx.recv_from(&mut buf).expect("datagram");
             assert_eq!(from, tx.local_addr().expect("addr"));
             assert_eq!(&buf[..n], p.as_slice());
         }
