@@ -335,6 +335,7 @@ pub(crate) fn configure(
         seed,
         // Call-IDs of different shards and runs never collide.
         run_id: (seed as u32).wrapping_mul(2_654_435_761) ^ (std::process::id() << 8) ^ shard,
+        arrival_grid: pbxlab_loadgen::run::TICK,
     };
     Ok((cfg, thresholds))
 }

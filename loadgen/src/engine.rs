@@ -9,6 +9,9 @@
 //! whatever happened to attempt k-1, and every latency is measured from that intended start. A
 //! generator that falls behind (or a target that stalls it) therefore shows up in the figures
 //! instead of silently stretching the schedule — the coordinated omission wrk2 corrects for.
+//! The intended start is rounded up to the driver's wake grid (`Config::arrival_grid`, 1 ms):
+//! the driver sends at most once a grid step anyway, and an attempt due between two wakes would
+//! otherwise be charged the wait for the next one, which is the generator's, not the target's.
 //!
 //! A run is a small list of workloads (plain calls, IVR, queue, meetings), each with its own
 //! arrival schedule; arrivals of all workloads are merged by intended start time.
@@ -181,6 +184,10 @@ pub struct Config {
     pub seed: u64,
     /// Distinguishes this run's (and shard's) Call-IDs from any other's.
     pub run_id: u32,
+    /// The driver's wake period: intended starts are rounded up to a multiple of it, so an
+    /// attempt is due when the driver wakes, and its latency is not charged with the wait for
+    /// the next wake. Zero keeps the exact schedule.
+    pub arrival_grid: Duration,
 }
 
 /// What the engine asks of the RTP worker.
@@ -667,9 +674,18 @@ impl Engine {
             return None;
         }
         if self.cfg.register && self.regs_started < self.regs.len() {
-            return Some(self.reg_phase + gap(self.regs_started as u64, self.cfg.register_rate));
+            let at = self.reg_phase + gap(self.regs_started as u64, self.cfg.register_rate);
+            return Some(self.on_grid(at));
         }
         self.next_call().map(|(at, _)| at)
+    }
+
+    /// `at` rounded up to the arrival grid.
+    fn on_grid(&self, at: Nanos) -> Nanos {
+        match u64::try_from(self.cfg.arrival_grid.as_nanos()) {
+            Ok(grid) if grid > 0 => at.div_ceil(grid).saturating_mul(grid),
+            _ => at,
+        }
     }
 
     /// The intended start of the next call and its workload: the earliest due of all
@@ -689,7 +705,7 @@ impl Engine {
             .zip(&self.cfg.workloads)
             .enumerate()
             .filter(|(_, (s, w))| s.started < w.calls)
-            .map(|(i, (s, _))| (phase.saturating_add(s.next_at), i))
+            .map(|(i, (s, _))| (self.on_grid(phase.saturating_add(s.next_at)), i))
             .min()
     }
 
@@ -1984,9 +2000,11 @@ fn gap(k: u64, rate: f64) -> Nanos {
 }
 
 fn ssrc(slot: u32, generation: u32) -> u32 {
-    // Mixed so streams do not share low bits; the top bit set gives every SSRC ten digits, so
-    // offers have one length (see `slot_digits`).
-    (slot.wrapping_mul(0x9e37_79b1)) ^ generation.rotate_left(16) ^ 0x5a5a_0000 | 0x8000_0000
+    // Distinct for live calls (they have distinct slots, and the multiplier is odd, so the low
+    // 24 bits are a bijection of slots below 2^24); mixed so streams do not share low bits; the
+    // generation tells a slot's successive calls apart. The top bit set gives every SSRC ten
+    // digits, so offers have one length (see `slot_digits`).
+    0x8000_0000 | (generation & 0x7f) << 24 | (slot.wrapping_mul(0x9e37_79b1) & 0xff_ffff)
 }
 
 /// Digits of a call's slot and generation in its Call-ID, tags and branches. Zero-padded, so
@@ -2049,4 +2067,20 @@ fn status_reason(code: u16) -> &'static str {
         6 => "6xx global failure",
         _ => "unexpected status",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssrcs_are_distinct_across_live_calls_and_ten_digits_long() {
+        let mut seen = std::collections::HashSet::new();
+        for slot in 0..200_000u32 {
+            let s = ssrc(slot, slot % 300);
+            assert!(seen.insert(s), "slot {slot}: {s} again");
+            assert_eq!(s.to_string().len(), 10, "{s}");
+        }
+        assert_ne!(ssrc(5, 1), ssrc(5, 2), "a slot's next call");
+    }
 }

@@ -28,8 +28,9 @@ use crate::threshold::Threshold;
 
 /// How long in-flight calls get to finish after a stop (Ctrl-C) before the run gives up on them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// The loop's period while calls are in progress.
-const BUSY_TICK: Duration = Duration::from_millis(1);
+/// The loop's period while calls are in progress, and the grid intended starts are rounded up
+/// to (`Config::arrival_grid`).
+pub const TICK: Duration = Duration::from_millis(1);
 /// The longest idle wait, so stop requests and progress lines are not delayed.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
@@ -188,10 +189,10 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         // Traffic flowing: wake once a millisecond and read in batches; kernel timestamps keep
         // every arrival exact. Quiet: wait for a datagram (handled at once) or the deadline.
         let until = next_deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_ns)));
-        if until.is_some_and(|u| u < BUSY_TICK) || sent || received > 0 {
+        if until.is_some_and(|u| u < TICK) || sent || received > 0 {
             // To the next boundary of a 1 ms grid, whatever falls due before it: deadlines
             // scattered inside a millisecond would otherwise each cost a wakeup.
-            let tick = BUSY_TICK.as_nanos() as u64;
+            let tick = TICK.as_nanos() as u64;
             let nap = Duration::from_nanos(tick - started.elapsed().as_nanos() as u64 % tick);
             std::thread::sleep(nap);
         } else if let Err(e) = pbxlab_udp::wait_readable(

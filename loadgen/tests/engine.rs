@@ -44,6 +44,7 @@ fn config() -> Config {
         t2: Duration::from_secs(4),
         seed: 1,
         run_id: 77,
+        arrival_grid: Duration::ZERO,
     }
 }
 
@@ -228,6 +229,37 @@ fn new_attempts_leave_first_and_requests_of_one_length_queue_together() {
     assert_eq!(round[1].1.len(), round[2].1.len(), "{round:?}");
     // Every call's requests have one length: the numbers in them are fixed-width.
     assert_eq!(a.len(), round[0].1.len());
+}
+
+#[test]
+fn intended_starts_are_rounded_up_to_the_arrival_grid() {
+    let mut cfg = config();
+    cfg.arrival_grid = Duration::from_millis(1);
+    cfg.workloads = vec![Workload::new(
+        "echo",
+        Callee::Service("echo".into()),
+        8,
+        4000.0,
+        Hold::Fixed(Duration::from_secs(1)),
+    )];
+    let mut e = Engine::new(cfg);
+    assert_eq!(e.next_deadline(), Some(0));
+    assert_eq!(methods(&step(&mut e, 0)), ["INVITE"]);
+    // Due at 0.25, 0.5, 0.75 and 1 ms: all four on the 1 ms grid point, none before it.
+    assert_eq!(e.next_deadline(), Some(MS));
+    assert!(step(&mut e, MS - 1).is_empty());
+    let round = step(&mut e, MS);
+    assert_eq!(methods(&round), ["INVITE"; 4]);
+    // The first of them (intended at 0.25 ms) answered 100 µs after it left: 100 µs of setup,
+    // not 850.
+    let ok = reply(
+        &round[0].1,
+        "200 OK",
+        "Contact: <sip:echo@127.0.0.1:5060>\r\n",
+        "",
+    );
+    e.handle(MS + 100_000, addr(5060), ok.as_bytes());
+    assert_eq!(only_us(&mut e, Metric::Setup, 2 * MS), 100);
 }
 
 #[test]
