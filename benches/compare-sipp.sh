@@ -2,19 +2,21 @@
 # The same call load from SIPp's built-in uac and from `pbxlab load`, both against one
 # `sipp -sn uas` on loopback (signaling only, as SIPp's uac sends no RTP by default).
 #
-# Prints CPU seconds per 1,000 calls and peak RSS for each tool, and the ratios, from one run.
-# Memory per concurrent call is the slope of peak RSS between a short and a long hold at the
-# same rate (concurrent calls = rate x hold), which removes each tool's fixed baseline.
+# For each rate in RATES: DURATION_S seconds of calls at that rate with a short hold, from each tool, and
+# their CPU seconds per 1,000 calls, wakeups (voluntary context switches) per call and the
+# ratio. Memory per concurrent call is the slope of peak RSS between the short hold and a long
+# one at the first rate (concurrent calls = rate x hold), which removes each tool's baseline.
+# Every figure comes from one run of each tool.
 #
-#   benches/compare-sipp.sh                  # RATE=1000 CALLS=20000 HOLD_SHORT_MS=1000 HOLD_LONG_MS=8000
-#   RATE=2000 CALLS=40000 benches/compare-sipp.sh
+#   benches/compare-sipp.sh            # RATES="1000 2000 4000" DURATION_S=20 HOLD_SHORT_MS=1000 HOLD_LONG_MS=8000
+#   RATES=8000 DURATION_S=10 benches/compare-sipp.sh
 #
 # Needs sipp (apt-get install sip-tester) and GNU time (apt-get install time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RATE=${RATE:-1000}
-CALLS=${CALLS:-20000}
+RATES=${RATES:-1000 2000 4000}
+SECONDS_PER_RATE=${DURATION_S:-20}
 HOLD_SHORT_MS=${HOLD_SHORT_MS:-1000}
 HOLD_LONG_MS=${HOLD_LONG_MS:-8000}
 UAS_PORT=${UAS_PORT:-25060}
@@ -36,55 +38,89 @@ sleep 1
 # A uas that could not bind (say, the previous run's still exiting) would fail every call.
 kill -0 "$UAS_PID" 2>/dev/null || { echo "sipp -sn uas did not start: is port $UAS_PORT busy?" >&2; exit 1; }
 
-# Runs one tool; prints "cpu_s rss_kb failed" (failed = calls that did not complete).
+# GNU time's "%U %S %M %w" as "cpu_s rss_kb wakeups"; it puts "Command exited with non-zero
+# status" first when a tool fails calls, so the figures are its last line.
+time_figures() {
+  tail -n 1 "$WORK/time" | awk '{printf "%.3f %d %d", $1 + $2, $3, $4}'
+}
+
+# run_sipp RATE CALLS HOLD_MS; prints "cpu_s rss_kb wakeups failed".
 run_sipp() {
-  local hold_ms=$1
-  (cd "$WORK" && /usr/bin/time -f "%U %S %M" -o "$WORK/time" \
-    sipp -sn uac -i 127.0.0.1 -p "$UAC_PORT" -r "$RATE" -d "$hold_ms" -m "$CALLS" -l $((RATE * (hold_ms / 1000 + 5))) \
-      -nostdin -timeout $((CALLS / RATE + hold_ms / 1000 + 60))s -timeout_error -trace_stat -stf stat.csv \
+  local rate=$1 calls=$2 hold_ms=$3
+  (cd "$WORK" && /usr/bin/time -f "%U %S %M %w" -o "$WORK/time" \
+    sipp -sn uac -i 127.0.0.1 -p "$UAC_PORT" -r "$rate" -d "$hold_ms" -m "$calls" -l $((rate * (hold_ms / 1000 + 5))) \
+      -nostdin -timeout $((calls / rate + hold_ms / 1000 + 60))s -timeout_error -trace_stat -stf stat.csv \
       "127.0.0.1:$UAS_PORT" >/dev/null 2>&1 || true)
   local failed
   failed=$(tail -n 1 "$WORK/stat.csv" | awk -F';' '{print $18}')  # FailedCall(C)
   rm -f "$WORK"/*.csv
-  # GNU time puts "Command exited with non-zero status" first when a tool fails calls.
-  tail -n 1 "$WORK/time" | awk -v f="$failed" '{printf "%.3f %d %s\n", $1 + $2, $3, f}'
+  echo "$(time_figures) $failed"
 }
 
+# run_pbxlab RATE CALLS HOLD_MS; prints "cpu_s rss_kb wakeups failed".
 run_pbxlab() {
-  local hold_ms=$1
-  /usr/bin/time -f "%U %S %M" -o "$WORK/time" \
-    "$PBXLAB" load --target "127.0.0.1:$UAS_PORT" --service uac --calls "$CALLS" --call-rate "$RATE/s" \
+  local rate=$1 calls=$2 hold_ms=$3
+  /usr/bin/time -f "%U %S %M %w" -o "$WORK/time" \
+    "$PBXLAB" load --target "127.0.0.1:$UAS_PORT" --service uac --calls "$calls" --call-rate "$rate/s" \
       --hold "${hold_ms}ms" --json "$WORK/report.json" >/dev/null 2>"$WORK/stderr" || true
   local failed
-  failed=$(python3 -c "import json;print(json.load(open('$WORK/report.json'))['calls']['failed'])")
-  # GNU time puts "Command exited with non-zero status" first when a tool fails calls.
-  tail -n 1 "$WORK/time" | awk -v f="$failed" '{printf "%.3f %d %s\n", $1 + $2, $3, f}'
+  failed=$(python3 -c "import json;print(json.load(open('$WORK/report.json'))['calls']['failed'])" 2>/dev/null || echo "?")
+  echo "$(time_figures) $failed"
 }
 
-echo "load: $CALLS calls at $RATE/s; holds ${HOLD_SHORT_MS} ms and ${HOLD_LONG_MS} ms; against sipp -sn uas on 127.0.0.1:$UAS_PORT"
-read -r S_CPU S_RSS_SHORT S_FAIL_SHORT < <(run_sipp "$HOLD_SHORT_MS")
-read -r P_CPU P_RSS_SHORT P_FAIL_SHORT < <(run_pbxlab "$HOLD_SHORT_MS")
-read -r S_CPU_LONG S_RSS_LONG S_FAIL_LONG < <(run_sipp "$HOLD_LONG_MS")
-read -r P_CPU_LONG P_RSS_LONG P_FAIL_LONG < <(run_pbxlab "$HOLD_LONG_MS")
+echo "load: ${SECONDS_PER_RATE} s of calls at each of $RATES calls/s, hold ${HOLD_SHORT_MS} ms (and ${HOLD_LONG_MS} ms at the first rate); against sipp -sn uas on 127.0.0.1:$UAS_PORT"
+# Lines of "label rate calls hold_ms sipp-figures pbxlab-figures" for the report below.
+RESULTS=$WORK/results
+for rate in $RATES; do
+  calls=$((rate * SECONDS_PER_RATE))
+  echo "short $rate $calls $HOLD_SHORT_MS $(run_sipp "$rate" "$calls" "$HOLD_SHORT_MS") $(run_pbxlab "$rate" "$calls" "$HOLD_SHORT_MS")" >>"$RESULTS"
+done
+rate=${RATES%% *}
+calls=$((rate * SECONDS_PER_RATE))
+echo "long $rate $calls $HOLD_LONG_MS $(run_sipp "$rate" "$calls" "$HOLD_LONG_MS") $(run_pbxlab "$rate" "$calls" "$HOLD_LONG_MS")" >>"$RESULTS"
 
-python3 - "$CALLS" "$RATE" "$HOLD_SHORT_MS" "$HOLD_LONG_MS" \
-  "$S_CPU" "$S_RSS_SHORT" "$S_FAIL_SHORT" "$P_CPU" "$P_RSS_SHORT" "$P_FAIL_SHORT" \
-  "$S_CPU_LONG" "$S_RSS_LONG" "$S_FAIL_LONG" "$P_CPU_LONG" "$P_RSS_LONG" "$P_FAIL_LONG" <<'PY'
+python3 - "$RESULTS" <<'PY'
 import sys
-calls, rate, hs, hl = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-v = sys.argv[5:]
-s_cpu, s_rss, s_fail, p_cpu, p_rss, p_fail = float(v[0]), int(v[1]), v[2], float(v[3]), int(v[4]), v[5]
-s_cpu2, s_rss2, s_fail2, p_cpu2, p_rss2, p_fail2 = float(v[6]), int(v[7]), v[8], float(v[9]), int(v[10]), v[11]
-conc = lambda h: rate * h / 1000.0
+rows = []
+for line in open(sys.argv[1]):
+    f = line.split()
+    label, rate, calls, hold = f[0], int(f[1]), int(f[2]), int(f[3])
+    tool = lambda v: dict(cpu=float(v[0]), rss=int(v[1]), wakes=int(v[2]), failed=v[3])
+    rows.append(dict(label=label, rate=rate, calls=calls, hold=hold, sipp=tool(f[4:8]), pbx=tool(f[8:12])))
 ratio = lambda a, b: f"{a / b:.2f}" if b else "n/a"
-per_k = lambda cpu: cpu / calls * 1000.0
-slope = lambda a, b: (b - a) * 1024.0 / (conc(hl) - conc(hs))   # bytes per concurrent call
-print(f"{'':28}{'SIPp':>12}{'pbxlab':>12}{'ratio':>8}")
-print(f"{'CPU s / 1000 calls, hold ' + str(hs) + 'ms':28}{per_k(s_cpu):>12.3f}{per_k(p_cpu):>12.3f}{ratio(p_cpu, s_cpu):>8}")
-print(f"{'CPU s / 1000 calls, hold ' + str(hl) + 'ms':28}{per_k(s_cpu2):>12.3f}{per_k(p_cpu2):>12.3f}{ratio(p_cpu2, s_cpu2):>8}")
-print(f"{'peak RSS KB, ' + str(int(conc(hs))) + ' concurrent':28}{s_rss:>12}{p_rss:>12}{ratio(p_rss, s_rss):>8}")
-print(f"{'peak RSS KB, ' + str(int(conc(hl))) + ' concurrent':28}{s_rss2:>12}{p_rss2:>12}{ratio(p_rss2, s_rss2):>8}")
-print(f"{'bytes per concurrent call':28}{slope(s_rss, s_rss2):>12.0f}{slope(p_rss, p_rss2):>12.0f}{ratio(slope(p_rss, p_rss2), slope(s_rss, s_rss2)):>8}")
+per_k = lambda r, t: r[t]["cpu"] / r["calls"] * 1000.0
+wakes = lambda r, t: r[t]["wakes"] / r["calls"]
+conc = lambda r: int(r["rate"] * r["hold"] / 1000)
+print(f"{'':44}{'SIPp':>10}{'pbxlab':>10}{'ratio':>8}")
+for r in rows:
+    name = f"CPU s / 1000 calls, {r['rate']}/s, hold {r['hold']} ms"
+    print(f"{name:44}{per_k(r, 'sipp'):>10.3f}{per_k(r, 'pbx'):>10.3f}{ratio(per_k(r, 'pbx'), per_k(r, 'sipp')):>8}")
+for r in rows:
+    name = f"wakeups per call, {r['rate']}/s, hold {r['hold']} ms"
+    print(f"{name:44}{wakes(r, 'sipp'):>10.2f}{wakes(r, 'pbx'):>10.2f}")
+short, long = next(r for r in rows if r["label"] == "short"), rows[-1]
+for r in (short, long):
+    name = f"peak RSS KB, {conc(r)} concurrent"
+    print(f"{name:44}{r['sipp']['rss']:>10}{r['pbx']['rss']:>10}{ratio(r['pbx']['rss'], r['sipp']['rss']):>8}")
+# Bytes per concurrent call: the slope of peak RSS between the two holds.
+slope = lambda t: (long[t]["rss"] - short[t]["rss"]) * 1024.0 / max(conc(long) - conc(short), 1)
+print(f"{'bytes per concurrent call':44}{slope('sipp'):>10.0f}{slope('pbx'):>10.0f}{ratio(slope('pbx'), slope('sipp')):>8}")
 print("(a zero means that run produced no figures: see the tool's own output)")
-print(f"{'failed calls (short, long)':28}{s_fail + ', ' + s_fail2:>12}{p_fail + ', ' + p_fail2:>12}")
+failed = lambda t: ", ".join(r[t]["failed"] for r in rows)
+print(f"{'failed calls (each run, in order)':44}{failed('sipp'):>10}  {failed('pbx')}")
+PY
+
+# What one wakeup costs here, whoever wakes: a process that only sleeps to a 1 ms grid. Both
+# tools pay it for every wakeup counted above; on a VM it can be the larger part of a call.
+python3 - <<'PY'
+import resource, time
+n = 2000
+r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+for i in range(1, n + 1):
+    d = t0 + i / 1000 - time.monotonic()
+    if d > 0:
+        time.sleep(d)
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+print(f"CPU per wakeup of a process that only sleeps: {cpu / max(r1.ru_nvcsw - r0.ru_nvcsw, 1) * 1e6:.1f} us")
 PY
