@@ -2,10 +2,11 @@
 # The same call load from SIPp's built-in uac and from `pbxlab load`, both against one
 # `sipp -sn uas` on loopback (signaling only, as SIPp's uac sends no RTP by default).
 #
-# For each rate in RATES: DURATION_S seconds of calls at that rate with a short hold, from each tool, and
-# their CPU seconds per 1,000 calls, wakeups (voluntary context switches) per call and the
-# ratio. Memory per concurrent call is the slope of peak RSS between the short hold and a long
-# one at the first rate (concurrent calls = rate x hold), which removes each tool's baseline.
+# For each rate in RATES: DURATION_S seconds of calls at that rate with a short hold, from each
+# tool: CPU seconds per 1,000 calls, wakeups (voluntary context switches) per call, and the
+# ratio. At the first rate, pbxlab runs once more with --tick TICK_ALT (2ms). Memory per
+# concurrent call is the slope of peak RSS between the short hold and a long one at the first
+# rate (concurrent calls = rate x hold), which removes each tool's baseline.
 # Every figure comes from one run of each tool.
 #
 #   benches/compare-sipp.sh            # RATES="1000 2000 4000" DURATION_S=20 HOLD_SHORT_MS=1000 HOLD_LONG_MS=8000
@@ -57,12 +58,12 @@ run_sipp() {
   echo "$(time_figures) $failed"
 }
 
-# run_pbxlab RATE CALLS HOLD_MS; prints "cpu_s rss_kb wakeups failed".
+# run_pbxlab RATE CALLS HOLD_MS [TICK]; prints "cpu_s rss_kb wakeups failed".
 run_pbxlab() {
-  local rate=$1 calls=$2 hold_ms=$3
+  local rate=$1 calls=$2 hold_ms=$3 tick=${4:-1ms}
   /usr/bin/time -f "%U %S %M %w" -o "$WORK/time" \
     "$PBXLAB" load --target "127.0.0.1:$UAS_PORT" --service uac --calls "$calls" --call-rate "$rate/s" \
-      --hold "${hold_ms}ms" --json "$WORK/report.json" >/dev/null 2>"$WORK/stderr" || true
+      --hold "${hold_ms}ms" --tick "$tick" --json "$WORK/report.json" >/dev/null 2>"$WORK/stderr" || true
   local failed
   failed=$(python3 -c "import json;print(json.load(open('$WORK/report.json'))['calls']['failed'])" 2>/dev/null || echo "?")
   echo "$(time_figures) $failed"
@@ -77,6 +78,10 @@ for rate in $RATES; do
 done
 rate=${RATES%% *}
 calls=$((rate * SECONDS_PER_RATE))
+# pbxlab with a coarser tick (TICK_ALT, 2 ms by default) at the first rate, against the same
+# SIPp run: wakeups per call halve, and so does most of the CPU at a low rate.
+S_FIRST=$(awk -v r="$rate" '$1 == "short" && $2 == r {print $5, $6, $7, $8; exit}' "$RESULTS")
+echo "tick=${TICK_ALT:-2ms} $rate $calls $HOLD_SHORT_MS $S_FIRST $(run_pbxlab "$rate" "$calls" "$HOLD_SHORT_MS" "${TICK_ALT:-2ms}")" >>"$RESULTS"
 echo "long $rate $calls $HOLD_LONG_MS $(run_sipp "$rate" "$calls" "$HOLD_LONG_MS") $(run_pbxlab "$rate" "$calls" "$HOLD_LONG_MS")" >>"$RESULTS"
 
 python3 - "$RESULTS" <<'PY'
@@ -91,23 +96,24 @@ ratio = lambda a, b: f"{a / b:.2f}" if b else "n/a"
 per_k = lambda r, t: r[t]["cpu"] / r["calls"] * 1000.0
 wakes = lambda r, t: r[t]["wakes"] / r["calls"]
 conc = lambda r: int(r["rate"] * r["hold"] / 1000)
-print(f"{'':44}{'SIPp':>10}{'pbxlab':>10}{'ratio':>8}")
+print(f"{'':60}{'SIPp':>10}{'pbxlab':>10}{'ratio':>8}")
+tag = lambda r: f", pbxlab --{r['label'].replace('=', ' ')}" if r["label"].startswith("tick") else ""
 for r in rows:
-    name = f"CPU s / 1000 calls, {r['rate']}/s, hold {r['hold']} ms"
-    print(f"{name:44}{per_k(r, 'sipp'):>10.3f}{per_k(r, 'pbx'):>10.3f}{ratio(per_k(r, 'pbx'), per_k(r, 'sipp')):>8}")
+    name = f"CPU s / 1000 calls, {r['rate']}/s, hold {r['hold']} ms{tag(r)}"
+    print(f"{name:60}{per_k(r, 'sipp'):>10.3f}{per_k(r, 'pbx'):>10.3f}{ratio(per_k(r, 'pbx'), per_k(r, 'sipp')):>8}")
 for r in rows:
-    name = f"wakeups per call, {r['rate']}/s, hold {r['hold']} ms"
-    print(f"{name:44}{wakes(r, 'sipp'):>10.2f}{wakes(r, 'pbx'):>10.2f}")
+    name = f"wakeups per call, {r['rate']}/s, hold {r['hold']} ms{tag(r)}"
+    print(f"{name:60}{wakes(r, 'sipp'):>10.2f}{wakes(r, 'pbx'):>10.2f}")
 short, long = next(r for r in rows if r["label"] == "short"), rows[-1]
 for r in (short, long):
     name = f"peak RSS KB, {conc(r)} concurrent"
-    print(f"{name:44}{r['sipp']['rss']:>10}{r['pbx']['rss']:>10}{ratio(r['pbx']['rss'], r['sipp']['rss']):>8}")
+    print(f"{name:60}{r['sipp']['rss']:>10}{r['pbx']['rss']:>10}{ratio(r['pbx']['rss'], r['sipp']['rss']):>8}")
 # Bytes per concurrent call: the slope of peak RSS between the two holds.
 slope = lambda t: (long[t]["rss"] - short[t]["rss"]) * 1024.0 / max(conc(long) - conc(short), 1)
-print(f"{'bytes per concurrent call':44}{slope('sipp'):>10.0f}{slope('pbx'):>10.0f}{ratio(slope('pbx'), slope('sipp')):>8}")
+print(f"{'bytes per concurrent call':60}{slope('sipp'):>10.0f}{slope('pbx'):>10.0f}{ratio(slope('pbx'), slope('sipp')):>8}")
 print("(a zero means that run produced no figures: see the tool's own output)")
-failed = lambda t: ", ".join(r[t]["failed"] for r in rows)
-print(f"{'failed calls (each run, in order)':44}{failed('sipp'):>10}  {failed('pbx')}")
+failed = lambda t: ", ".join(r[t]["failed"] for r in rows if t == "pbx" or not r["label"].startswith("tick"))
+print(f"{'failed calls (each run, in order)':60}{failed('sipp'):>10}  {failed('pbx')}")
 PY
 
 # What one wakeup costs here, whoever wakes: a process that only sleeps to a 1 ms grid. Both

@@ -102,6 +102,11 @@ pub struct LoadArgs {
     /// How long our users let an incoming call ring before answering.
     #[arg(long, default_value = "1s")]
     ring_delay: String,
+    /// The generator's clock while calls are in progress, like SIPp's -timer_resol: it wakes
+    /// once a tick, attempts start on the tick (latency counts from there), and replies wait
+    /// up to a tick. A longer tick costs less CPU per call at low rates (0.1ms to 100ms).
+    #[arg(long, default_value = "1ms")]
+    tick: String,
     /// Digits to send as RFC 4733 events once a call is answered; calls that send digits
     /// always have RTP. With a scenario's mix, the IVR calls send these instead of choosing a
     /// queue by then_queue.
@@ -142,6 +147,16 @@ fn bad(msg: String) -> anyhow::Error {
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
     parse_duration(text).map_err(|e| bad(format!("--{flag} {text:?}: {e}")))
+}
+
+fn tick(text: &str) -> anyhow::Result<Duration> {
+    let tick = duration("tick", text)?;
+    if !(Duration::from_micros(100)..=Duration::from_millis(100)).contains(&tick) {
+        return Err(bad(format!(
+            "--tick {text:?}: must be between 0.1ms and 100ms"
+        )));
+    }
+    Ok(tick)
 }
 
 fn rate(flag: &str, text: &str) -> anyhow::Result<f64> {
@@ -335,7 +350,7 @@ pub(crate) fn configure(
         seed,
         // Call-IDs of different shards and runs never collide.
         run_id: (seed as u32).wrapping_mul(2_654_435_761) ^ (std::process::id() << 8) ^ shard,
-        arrival_grid: pbxlab_loadgen::run::TICK,
+        arrival_grid: tick(&args.tick)?,
     };
     Ok((cfg, thresholds))
 }

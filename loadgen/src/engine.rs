@@ -9,7 +9,8 @@
 //! whatever happened to attempt k-1, and every latency is measured from that intended start. A
 //! generator that falls behind (or a target that stalls it) therefore shows up in the figures
 //! instead of silently stretching the schedule — the coordinated omission wrk2 corrects for.
-//! The intended start is rounded up to the driver's wake grid (`Config::arrival_grid`, 1 ms):
+//! The intended start is rounded up to the driver's wake grid (`Config::arrival_grid`, a 1 ms
+//! tick by default):
 //! the driver sends at most once a grid step anyway, and an attempt due between two wakes would
 //! otherwise be charged the wait for the next one, which is the generator's, not the target's.
 //!

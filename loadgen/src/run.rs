@@ -3,11 +3,12 @@
 //!
 //! One thread and one non-blocking UDP socket. The kernel stamps every datagram on arrival
 //! (`SO_TIMESTAMPNS`) and the loop reads them in batches (`recvmmsg`), so it need not wake for
-//! each one: while calls are in progress it runs once a millisecond (or at the next deadline, if
-//! sooner), and when idle it sleeps in poll(2) until a datagram or a deadline. Responses are
-//! therefore processed up to a millisecond after they arrive, but measured from when they
-//! arrived; attempts leave at most about a millisecond late, and are measured from when they were
-//! intended to leave, so neither delay hides in the figures.
+//! each one: while calls are in progress it runs once a tick (`Config::arrival_grid`, 1 ms by
+//! default; `--tick`), and when idle it sleeps in poll(2) until a datagram or a deadline.
+//! Responses are therefore processed up to a tick after they arrive, but measured from when
+//! they arrived. Attempts are intended to start on the tick grid and leave when the loop wakes
+//! there; a loop that wakes late (or a target that stalls it) is measured from the intended
+//! start, so the delay does not hide in the figures.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -28,8 +29,8 @@ use crate::threshold::Threshold;
 
 /// How long in-flight calls get to finish after a stop (Ctrl-C) before the run gives up on them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// The loop's period while calls are in progress, and the grid intended starts are rounded up
-/// to (`Config::arrival_grid`).
+/// The loop's period while calls are in progress when `Config::arrival_grid` is zero; otherwise
+/// the loop wakes on that grid, the one intended starts are rounded up to.
 pub const TICK: Duration = Duration::from_millis(1);
 /// The longest idle wait, so stop requests and progress lines are not delayed.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
@@ -104,6 +105,11 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
             source: e,
         })?;
 
+    let tick = if cfg.arrival_grid.is_zero() {
+        TICK
+    } else {
+        cfg.arrival_grid
+    };
     let mut engine = Engine::new(cfg);
     let started = Instant::now();
     let mut sender = pbxlab_udp::Sender::default();
@@ -116,7 +122,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     let mut last_due: Option<Nanos> = None;
     let interrupted;
     // Whether the last round sent or received anything: while traffic flows the loop keeps to
-    // the 1 ms grid, and once a round is quiet it waits for a datagram or the next deadline.
+    // the tick grid, and once a round is quiet it waits for a datagram or the next deadline.
     let mut received = 0;
     loop {
         let now = started.elapsed();
@@ -186,13 +192,13 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
                 break;
             }
         }
-        // Traffic flowing: wake once a millisecond and read in batches; kernel timestamps keep
-        // every arrival exact. Quiet: wait for a datagram (handled at once) or the deadline.
+        // Traffic flowing: wake once a tick and read in batches; kernel timestamps keep every
+        // arrival exact. Quiet: wait for a datagram (handled at once) or the deadline.
         let until = next_deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_ns)));
-        if until.is_some_and(|u| u < TICK) || sent || received > 0 {
-            // To the next boundary of a 1 ms grid, whatever falls due before it: deadlines
-            // scattered inside a millisecond would otherwise each cost a wakeup.
-            let tick = TICK.as_nanos() as u64;
+        if until.is_some_and(|u| u < tick) || sent || received > 0 {
+            // To the next boundary of the tick grid, whatever falls due before it: deadlines
+            // scattered inside a tick would otherwise each cost a wakeup.
+            let tick = tick.as_nanos() as u64;
             let nap = Duration::from_nanos(tick - started.elapsed().as_nanos() as u64 % tick);
             std::thread::sleep(nap);
         } else if let Err(e) = pbxlab_udp::wait_readable(
