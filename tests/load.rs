@@ -390,3 +390,35 @@ fn shards_split_the_calls() {
     let (bad, _) = load(&["--target", &target, "--shard", "3/3"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn a_coarse_tick_starts_calls_on_its_grid_without_charging_them_the_wait() {
+    let uas = fake_uas(Quirk::Garbage { every: 1_000_000 });
+    let target = uas.addr.to_string();
+    // 1,000 calls/s on a 20 ms tick: 20 calls start on each tick. Charged the wait from k / rate
+    // to the tick, their setup would be 10 ms at the median; from the tick, it is the reply's.
+    let (out, v) = load(&[
+        "--target",
+        &target,
+        "--service",
+        "echo",
+        "--calls",
+        "200",
+        "--call-rate",
+        "1000/s",
+        "--hold",
+        "10ms",
+        "--tick",
+        "20ms",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["calls"]["succeeded"], 200, "{v}");
+    assert!(us(&v, "setup", "p50_us") < 5_000, "{v}");
+    let (bad, _) = load(&["--target", &target, "--tick", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--tick"));
+}
