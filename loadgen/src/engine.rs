@@ -10,9 +10,9 @@
 //! generator that falls behind (or a target that stalls it) therefore shows up in the figures
 //! instead of silently stretching the schedule — the coordinated omission wrk2 corrects for.
 //! The intended start is rounded up to the driver's wake grid (`Config::arrival_grid`, a 1 ms
-//! tick by default):
-//! the driver sends at most once a grid step anyway, and an attempt due between two wakes would
-//! otherwise be charged the wait for the next one, which is the generator's, not the target's.
+//! tick by default): the driver sends only when it wakes, and an attempt due between two wakes
+//! would otherwise be charged the wait for the next one, which is the generator's, not the
+//! target's.
 //!
 //! A run is a small list of workloads (plain calls, IVR, queue, meetings), each with its own
 //! arrival schedule; arrivals of all workloads are merged by intended start time.
@@ -737,9 +737,7 @@ impl Engine {
             }
         }
         let started = self.out.len() - queued;
-        if let Some(first) = self.out.get_mut(..queued + started) {
-            first.rotate_right(started);
-        }
+        self.out.rotate_right(started);
         while let Some((at, id)) = self.timers.pop_due(now) {
             if !self.take_armed(at, id) {
                 continue;
