@@ -407,6 +407,35 @@ struct Registration {
     refresh_at: Nanos,
     /// This attempt is a refresh, not the user's first registration.
     refreshing: bool,
+    /// When this attempt's first REGISTER left.
+    sent: Nanos,
+}
+
+/// How long after a request its digest challenge (401/407) comes back: smoothed as RFC 6298
+/// smooths TCP's round trip, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct ChallengeRtt {
+    srtt: u64,
+    rttvar: u64,
+}
+
+impl ChallengeRtt {
+    fn first(sample: Nanos) -> ChallengeRtt {
+        ChallengeRtt {
+            srtt: sample,
+            rttvar: sample / 2,
+        }
+    }
+
+    fn update(&mut self, sample: Nanos) {
+        self.rttvar = (3 * self.rttvar + self.srtt.abs_diff(sample)) / 4;
+        self.srtt = (7 * self.srtt + sample) / 8;
+    }
+
+    /// By then most challenges to a request sent now have come back.
+    fn expected(&self) -> Nanos {
+        self.srtt + 2 * self.rttvar
+    }
 }
 
 /// Timer ids: call slots below this, registrations (index + this) above.
@@ -517,6 +546,11 @@ pub struct Engine {
     reg_phase: Nanos,
     calls_started: u64,
     call_phase: Option<Nanos>,
+    /// Challenge round trips of REGISTERs and of INVITEs, once one has been challenged.
+    register_challenges: Option<ChallengeRtt>,
+    invite_challenges: Option<ChallengeRtt>,
+    /// When the challenges to the requests sent last are due back (see `challenges_due`).
+    challenges_due: Option<Nanos>,
     active_calls: usize,
     stopping: bool,
     scratch: Vec<u8>,
@@ -552,6 +586,7 @@ impl Engine {
                 auth: String::new(),
                 refresh_at: Nanos::MAX,
                 refreshing: false,
+                sent: 0,
             })
             .collect();
         let user_index = cfg
@@ -612,6 +647,9 @@ impl Engine {
             reg_phase: 0,
             calls_started: 0,
             call_phase,
+            register_challenges: None,
+            invite_challenges: None,
+            challenges_due: None,
             active_calls: 0,
             stopping: false,
             scratch: Vec::with_capacity(2048),
@@ -887,8 +925,30 @@ impl Engine {
         r.rto = t1;
         r.retransmit_at = now + t1;
         r.timeout_at = now + 64 * t1;
+        r.sent = now;
         self.send_register(i);
         self.arm(REG_TIMER + i as u32);
+        self.expect_challenges(now, self.register_challenges);
+    }
+
+    /// A request that may be challenged left at `now`: its challenge, if it comes back as the
+    /// others did, is due at `now` plus their round trip.
+    fn expect_challenges(&mut self, now: Nanos, rtt: Option<ChallengeRtt>) {
+        let Some(rtt) = rtt else { return };
+        let at = now.saturating_add(rtt.expected());
+        self.challenges_due = Some(match self.challenges_due {
+            Some(due) if due > now => due.min(at),
+            _ => at,
+        });
+    }
+
+    /// When the driver should read once more before its next tick, to answer the digest
+    /// challenges to requests it has just sent: the challenges of the run so far came back by
+    /// then. `None` until a request has been challenged. Answered at the next tick instead, a
+    /// challenge would add up to a tick of the generator's own turnaround to `register` (or
+    /// `setup`), which run from the first request to the final response.
+    pub fn challenges_due(&self) -> Option<Nanos> {
+        self.challenges_due
     }
 
     fn send_register(&mut self, i: usize) {
@@ -994,6 +1054,14 @@ impl Engine {
         match code {
             200..=299 => self.finish_register(i, Ok(now)),
             401 | 407 if !r.authed => {
+                // Only a request sent once times its challenge (Karn's rule).
+                if r.rto == self.t1() {
+                    let sample = now.saturating_sub(r.sent);
+                    match &mut self.register_challenges {
+                        Some(rtt) => rtt.update(sample),
+                        None => self.register_challenges = Some(ChallengeRtt::first(sample)),
+                    }
+                }
                 let header = if code == 401 {
                     HeaderName::WwwAuthenticate
                 } else {
@@ -1171,6 +1239,7 @@ impl Engine {
         c.next_hop = target;
         self.send_invite(slot);
         self.arm(slot);
+        self.expect_challenges(now, self.invite_challenges);
     }
 
     fn request_uri(&self, c: &Call) -> String {
@@ -1584,6 +1653,13 @@ impl Engine {
                 let c = &self.calls[slot as usize];
                 if (code == 401 || code == 407) && c.invite_round == 1 && !self.cfg.users.is_empty()
                 {
+                    if c.rto == self.t1() {
+                        let sample = now.saturating_sub(c.sent);
+                        match &mut self.invite_challenges {
+                            Some(rtt) => rtt.update(sample),
+                            None => self.invite_challenges = Some(ChallengeRtt::first(sample)),
+                        }
+                    }
                     let header = if code == 401 {
                         HeaderName::WwwAuthenticate
                     } else {

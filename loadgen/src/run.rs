@@ -199,8 +199,16 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
             // To the next boundary of the tick grid, whatever falls due before it: deadlines
             // scattered inside a tick would otherwise each cost a wakeup.
             let tick = tick.as_nanos() as u64;
-            let nap = Duration::from_nanos(tick - started.elapsed().as_nanos() as u64 % tick);
-            std::thread::sleep(nap);
+            let elapsed = started.elapsed().as_nanos() as u64;
+            let mut nap = tick - elapsed % tick;
+            // Challenges to what was just sent are due back before the next tick: wake for
+            // them then, so the answers leave without waiting for the tick.
+            if let Some(due) = engine.challenges_due()
+                && due > elapsed
+            {
+                nap = nap.min(due - elapsed);
+            }
+            std::thread::sleep(Duration::from_nanos(nap));
         } else if let Err(e) = pbxlab_udp::wait_readable(
             &[Some(socket.as_fd()), twin.as_ref().map(AsFd::as_fd)]
                 .into_iter()

@@ -462,6 +462,37 @@ fn registration_answers_the_challenge_and_measures_across_it() {
 /// Our users calling each other through a proxy: the callee's INVITE arrives with the caller's
 /// own Call-ID and must start a new (ringing) dialog, not look like a re-INVITE.
 #[test]
+fn once_requests_are_challenged_the_driver_is_told_when_the_next_challenges_are_due() {
+    let mut cfg = config();
+    cfg.users = vec![1000, 1001, 1002];
+    cfg.register = true;
+    cfg.register_rate = 1000.0;
+    cfg.workloads[0].calls = 0;
+    let challenge = "WWW-Authenticate: Digest realm=\"127.0.0.1\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"\r\n";
+    let mut e = Engine::new(cfg);
+    let first = step(&mut e, 0);
+    assert_eq!(e.challenges_due(), None, "no challenge seen yet");
+    // Challenged 300 µs after it left: the next REGISTER's challenge is expected 600 µs after
+    // it (the smoothed round trip plus twice its variation, which starts at half of it).
+    let reply_401 = |req: &str| reply(req, "401 Unauthorized", challenge, "");
+    e.handle(300_000, addr(5060), reply_401(&first[0].1).as_bytes());
+    assert_eq!(methods(&sent(&mut e)), ["REGISTER"]);
+    assert_eq!(
+        e.challenges_due(),
+        None,
+        "an answer with credentials is not challenged"
+    );
+    let second = step(&mut e, MS);
+    assert_eq!(methods(&second), ["REGISTER"]);
+    assert_eq!(e.challenges_due(), Some(MS + 600_000));
+    // A second sample of 300 µs: srtt 300, rttvar (3 x 150 + 0) / 4 = 112.5 µs.
+    e.handle(MS + 300_000, addr(5060), reply_401(&second[0].1).as_bytes());
+    sent(&mut e);
+    step(&mut e, 2 * MS);
+    assert_eq!(e.challenges_due(), Some(2 * MS + 300_000 + 225_000));
+}
+
+#[test]
 fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
     let mut cfg = config();
     cfg.users = vec![1000, 1001];
