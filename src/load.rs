@@ -103,8 +103,10 @@ pub struct LoadArgs {
     #[arg(long, default_value = "1s")]
     ring_delay: String,
     /// The generator's clock while calls are in progress, like SIPp's -timer_resol: it wakes
-    /// once a tick, attempts start on the tick (latency counts from there), and replies wait
-    /// up to a tick. A longer tick costs less CPU per call at low rates (0.1ms to 100ms).
+    /// once a tick, attempts start on the tick (latency counts from there), and ACKs and
+    /// answers to the far end wait up to a tick (answers to digest challenges are timed by their
+    /// round trip instead). A longer tick costs less CPU per call at low rates and bunches more
+    /// attempts on each tick (0.1ms to 100ms).
     #[arg(long, default_value = "1ms")]
     tick: String,
     /// Digits to send as RFC 4733 events once a call is answered; calls that send digits
