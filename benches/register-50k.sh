@@ -4,6 +4,7 @@
 # and peak RSS of each generator.
 #
 #   benches/register-50k.sh                 # USERS=50000 RATE=10000
+#   USERS=20000 PBXLAB_ARGS="--tick 2ms" benches/register-50k.sh
 #
 # Needs sipp and kamailio (apt-get install sip-tester kamailio) and GNU time.
 set -euo pipefail
@@ -35,7 +36,7 @@ read -r S_WALL S_USER S_SYS S_RSS < <(tail -n 1 "$WORK/sipp.time")
 
 /usr/bin/time -f "%e %U %S %M" -o "$WORK/pbxlab.time" \
   target/release/pbxlab load --target "127.0.0.1:$PORT" --users "$USERS" --first-user 1000 \
-    --register-rate "$RATE/s" --calls 0 --json "$WORK/report.json" >/dev/null 2>&1 || true
+    --register-rate "$RATE/s" --calls 0 ${PBXLAB_ARGS:-} --json "$WORK/report.json" >/dev/null 2>&1 || true
 read -r P_WALL P_USER P_SYS P_RSS < <(tail -n 1 "$WORK/pbxlab.time")
 P_SUMMARY=$(python3 -c "
 import json; r = json.load(open('$WORK/report.json'))

@@ -427,9 +427,15 @@ impl ChallengeRtt {
         }
     }
 
-    fn update(&mut self, sample: Nanos) {
-        self.rttvar = (3 * self.rttvar + self.srtt.abs_diff(sample)) / 4;
-        self.srtt = (7 * self.srtt + sample) / 8;
+    /// Takes one round trip into `rtt` (the first one starts it).
+    fn sample(rtt: &mut Option<ChallengeRtt>, sample: Nanos) {
+        match rtt {
+            Some(r) => {
+                r.rttvar = (3 * r.rttvar + r.srtt.abs_diff(sample)) / 4;
+                r.srtt = (7 * r.srtt + sample) / 8;
+            }
+            None => *rtt = Some(ChallengeRtt::first(sample)),
+        }
     }
 
     /// By then most challenges to a request sent now have come back.
@@ -1056,11 +1062,7 @@ impl Engine {
             401 | 407 if !r.authed => {
                 // Only a request sent once times its challenge (Karn's rule).
                 if r.rto == self.t1() {
-                    let sample = now.saturating_sub(r.sent);
-                    match &mut self.register_challenges {
-                        Some(rtt) => rtt.update(sample),
-                        None => self.register_challenges = Some(ChallengeRtt::first(sample)),
-                    }
+                    ChallengeRtt::sample(&mut self.register_challenges, now.saturating_sub(r.sent));
                 }
                 let header = if code == 401 {
                     HeaderName::WwwAuthenticate
@@ -1416,8 +1418,8 @@ impl Engine {
             "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{slot}x{g}x{cseq}x{run};rport\r\n\
              Max-Forwards: 70\r\nFrom: <sip:{caller}@{domain}>;tag={slot}x{g}\r\nTo: {to_header}\r\n\
              Call-ID: {slot}-{g}-{run}@pbxlab\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
-            slot = String::from_utf8_lossy(slot_digits(slot).as_bytes()),
-            g = String::from_utf8_lossy(generation_digits(c.generation).as_bytes()),
+            slot = slot_digits(slot),
+            g = generation_digits(c.generation),
             cseq = c.cseq,
             caller = c.caller,
         );
@@ -1653,12 +1655,12 @@ impl Engine {
                 let c = &self.calls[slot as usize];
                 if (code == 401 || code == 407) && c.invite_round == 1 && !self.cfg.users.is_empty()
                 {
+                    // Karn's rule, as for REGISTER.
                     if c.rto == self.t1() {
-                        let sample = now.saturating_sub(c.sent);
-                        match &mut self.invite_challenges {
-                            Some(rtt) => rtt.update(sample),
-                            None => self.invite_challenges = Some(ChallengeRtt::first(sample)),
-                        }
+                        ChallengeRtt::sample(
+                            &mut self.invite_challenges,
+                            now.saturating_sub(c.sent),
+                        );
                     }
                     let header = if code == 401 {
                         HeaderName::WwwAuthenticate

@@ -31,7 +31,7 @@ use crate::threshold::Threshold;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The loop's period while calls are in progress when `Config::arrival_grid` is zero; otherwise
 /// the loop wakes on that grid, the one intended starts are rounded up to.
-pub const TICK: Duration = Duration::from_millis(1);
+const TICK: Duration = Duration::from_millis(1);
 /// The longest idle wait, so stop requests and progress lines are not delayed.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 

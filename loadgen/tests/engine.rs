@@ -199,13 +199,9 @@ fn a_call_completes_and_measures_from_the_intended_start() {
 #[test]
 fn new_attempts_leave_first_and_requests_of_one_length_queue_together() {
     let mut cfg = config();
-    cfg.workloads = vec![Workload::new(
-        "echo",
-        Callee::Service("echo".into()),
-        3,
-        1000.0,
-        Hold::Fixed(Duration::from_micros(1500)),
-    )];
+    cfg.workloads[0].calls = 3;
+    cfg.workloads[0].rate = 1000.0;
+    cfg.workloads[0].hold = Hold::Fixed(Duration::from_micros(1500));
     let mut e = Engine::new(cfg);
     let a = step(&mut e, 0).remove(0).1;
     let ok = |invite: &str| {
@@ -227,21 +223,29 @@ fn new_attempts_leave_first_and_requests_of_one_length_queue_together() {
     let round = step(&mut e, 2 * MS);
     assert_eq!(methods(&round), ["INVITE", "ACK", "BYE"]);
     assert_eq!(round[1].1.len(), round[2].1.len(), "{round:?}");
-    // Every call's requests have one length: the numbers in them are fixed-width.
-    assert_eq!(a.len(), round[0].1.len());
+}
+
+#[test]
+fn the_invites_of_a_run_have_one_length_whatever_their_slot() {
+    // Slots 0 to 11 (one and two digits), none answered: the numbers are fixed-width.
+    let mut cfg = config();
+    cfg.workloads[0].calls = 12;
+    cfg.workloads[0].rate = 1000.0;
+    let mut e = Engine::new(cfg);
+    let lengths: Vec<usize> = (0..12)
+        .flat_map(|ms| step(&mut e, ms * MS))
+        .map(|(_, invite)| invite.len())
+        .collect();
+    assert_eq!(lengths.len(), 12);
+    assert!(lengths.iter().all(|&l| l == lengths[0]), "{lengths:?}");
 }
 
 #[test]
 fn intended_starts_are_rounded_up_to_the_arrival_grid() {
     let mut cfg = config();
     cfg.arrival_grid = Duration::from_millis(1);
-    cfg.workloads = vec![Workload::new(
-        "echo",
-        Callee::Service("echo".into()),
-        8,
-        4000.0,
-        Hold::Fixed(Duration::from_secs(1)),
-    )];
+    cfg.workloads[0].calls = 8;
+    cfg.workloads[0].rate = 4000.0;
     let mut e = Engine::new(cfg);
     assert_eq!(e.next_deadline(), Some(0));
     assert_eq!(methods(&step(&mut e, 0)), ["INVITE"]);

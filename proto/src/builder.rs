@@ -238,6 +238,13 @@ impl Decimal {
     }
 }
 
+/// For the cold paths that still format: the same digits.
+impl std::fmt::Display for Decimal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(self.as_bytes()).unwrap_or_default())
+    }
+}
+
 fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -453,6 +460,7 @@ mod tests {
     fn decimal_digits() {
         for n in [0, 7, 10, 4_294_967_295, u64::MAX] {
             assert_eq!(Decimal::new(n).as_bytes(), n.to_string().as_bytes());
+            assert_eq!(Decimal::new(n).to_string(), n.to_string());
             for width in [0, 1, 4, 10, 20, 25] {
                 // Twenty digits at most: a wider width pads to twenty.
                 let w = width.min(20);

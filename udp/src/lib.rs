@@ -324,10 +324,7 @@ impl Sender {
         socket: &impl AsRawFd,
         datagrams: &[(SocketAddr, &[u8])],
     ) -> Vec<io::Error> {
-        let (addrs, bufs): (Vec<_>, Vec<_>) = datagrams
-            .iter()
-            .map(|&(to, bytes)| (Some(SockaddrStorage::from(to)), bytes))
-            .unzip();
+        let (addrs, bufs) = addressed(datagrams);
         self.send_items(socket, &addrs, &bufs)
     }
 
@@ -412,10 +409,7 @@ impl Sender {
         socket: &(impl AsRawFd + AsFd),
         datagrams: &[(SocketAddr, &[u8])],
     ) -> Vec<io::Error> {
-        let (addrs, bufs): (Vec<_>, Vec<_>) = datagrams
-            .iter()
-            .map(|&(to, bytes)| (Some(SockaddrStorage::from(to)), bytes))
-            .unzip();
+        let (addrs, bufs) = addressed(datagrams);
         self.segmented_items(socket, &addrs, &bufs)
     }
 
@@ -538,6 +532,17 @@ impl Sender {
         )
         .map(|sent| sent.count())
     }
+}
+
+/// `datagrams` as the two lists the senders take: addresses (`None` would be a connected
+/// socket's peer) and buffers.
+fn addressed<'b>(
+    datagrams: &[(SocketAddr, &'b [u8])],
+) -> (Vec<Option<SockaddrStorage>>, Vec<&'b [u8]>) {
+    datagrams
+        .iter()
+        .map(|&(to, bytes)| (Some(SockaddrStorage::from(to)), bytes))
+        .unzip()
 }
 
 /// Datagrams `start..end` go to one address as segments of `size` bytes.
@@ -727,10 +732,7 @@ mod tests {
     }
 
     fn runs_of(d: &[(SocketAddr, &[u8])]) -> Vec<Run> {
-        let (addrs, bufs): (Vec<_>, Vec<_>) = d
-            .iter()
-            .map(|&(a, b)| (Some(SockaddrStorage::from(a)), b))
-            .unzip();
+        let (addrs, bufs) = addressed(d);
         segment_runs(&addrs, &bufs)
     }
 
