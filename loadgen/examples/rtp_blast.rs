@@ -10,8 +10,6 @@
 //! (defaults: 10 s; N = 1000 2000 5000 10000, one run each).
 
 use std::net::UdpSocket;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pbxlab_loadgen::engine::MediaCommand;
@@ -47,31 +45,25 @@ fn blast(n: u64, duration: Duration) -> std::io::Result<()> {
     let a = UdpSocket::bind("127.0.0.1:0")?;
     let b = UdpSocket::bind("127.0.0.1:0")?;
     let (a_addr, b_addr) = (a.local_addr()?, b.local_addr()?);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (a_tx, a_rx) = std::sync::mpsc::channel();
-    let (b_tx, b_rx) = std::sync::mpsc::channel();
     let drops_before = rcvbuf_errors();
     let cpu_before = cpu_seconds();
-    let a_worker = media::spawn(a, a_rx, Arc::clone(&stop))?;
-    let b_worker = media::spawn(b, b_rx, Arc::clone(&stop))?;
-    for i in 0..n {
-        let start = |ssrc, dest| MediaCommand::Start {
-            stream: i,
-            ssrc,
-            dest,
-            payload_type: 0,
-        };
-        let _ = a_tx.send(start(0x1000_0000 + i as u32, b_addr));
-        let _ = b_tx.send(start(0x2000_0000 + i as u32, a_addr));
-    }
+    let a_worker = media::spawn(a)?;
+    let b_worker = media::spawn(b)?;
+    let start = |stream, ssrc, dest| MediaCommand::Start {
+        stream,
+        ssrc,
+        dest,
+        payload_type: 0,
+    };
+    a_worker.send((0..n).map(|i| start(i, 0x1000_0000 + i as u32, b_addr)));
+    b_worker.send((0..n).map(|i| start(i, 0x2000_0000 + i as u32, a_addr)));
     let started = Instant::now();
     std::thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let reports: Vec<MediaReport> = [a_worker, b_worker]
         .into_iter()
         .map(|w| {
-            w.join()
+            w.stop()
                 .map_err(|_| std::io::Error::other("worker panicked"))
         })
         .collect::<Result<_, _>>()?;

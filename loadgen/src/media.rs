@@ -16,15 +16,17 @@
 //!
 //! The thread waits in epoll until a millisecond before each tick and spins the rest, so frames
 //! leave within microseconds of their 20 ms slots: jitter the far end measures (or that an echo
-//! brings back) is the network's, not the generator's timer granularity.
+//! brings back) is the network's, not the generator's timer granularity. A worker with nothing
+//! to send sleeps until packets come or the load loop hands it commands ([`Worker::send`] wakes
+//! it), so a run without RTP costs no wakeups here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -136,18 +138,50 @@ fn tone() -> Vec<u8> {
     out
 }
 
-/// Starts the worker on `socket`; it runs until `stop` is set and then reports.
-pub fn spawn(
-    socket: UdpSocket,
-    commands: Receiver<MediaCommand>,
+/// The running worker: streams are started, redirected and stopped by [`Worker::send`], and
+/// [`Worker::stop`] ends it and returns its report.
+pub struct Worker {
+    commands: Sender<MediaCommand>,
+    /// Wakes the thread from its wait: a worker without streams sleeps until told something.
+    waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<MediaReport>> {
+    thread: JoinHandle<MediaReport>,
+}
+
+impl Worker {
+    /// Hands the commands to the worker and wakes it for them.
+    pub fn send(&self, commands: impl IntoIterator<Item = MediaCommand>) {
+        let mut any = false;
+        for cmd in commands {
+            // A closed channel only means the thread has ended; `stop` reports why.
+            let _ = self.commands.send(cmd);
+            any = true;
+        }
+        if any {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Stops the worker and returns what it measured; `Err` if its thread panicked.
+    pub fn stop(self) -> std::thread::Result<MediaReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+        self.thread.join()
+    }
+}
+
+/// Starts the worker on `socket`.
+pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
     socket.set_nonblocking(true)?;
     let buffers = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES)?;
     let mut socket = mio::net::UdpSocket::from_std(socket);
     let poll = Poll::new()?;
     poll.registry()
         .register(&mut socket, Token(0), Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), Token(1))?);
+    let (commands_tx, commands) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = Arc::clone(&stop);
     let mut report = MediaReport {
         epoch: Instant::now(),
         gaps: Vec::new(),
@@ -168,7 +202,7 @@ pub fn spawn(
     // The batch headers hold raw pointers and cannot cross threads, so the worker makes them and
     // says whether it could (kernel timestamps on).
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let worker = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("pbxlab-rtp".into())
         .spawn(move || {
             let epoch = Instant::now();
@@ -191,9 +225,15 @@ pub fn spawn(
                 sender: pbxlab_udp::Sender::default(),
                 epoch,
             };
-            run(io, &commands, &stop, &mut report);
+            run(io, &commands, &stop_flag, &mut report);
             report
         })?;
+    let worker = Worker {
+        commands: commands_tx,
+        waker,
+        stop,
+        thread,
+    };
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(worker),
         Ok(Err(e)) => Err(e),
@@ -353,8 +393,8 @@ fn run(
         // Sleep until shortly before the next tick or until packets arrive; then read them all.
         let until_tick = next_tick.saturating_duration_since(Instant::now());
         if sending.is_empty() {
-            // Nothing to send: wake for packets, or every frame to look for commands and stop.
-            let _ = io.poll.poll(&mut events, Some(FRAME));
+            // Nothing to send: sleep until packets come or the waker brings commands or a stop.
+            let _ = io.poll.poll(&mut events, None);
         } else if until_tick > SPIN {
             let _ = io.poll.poll(&mut events, Some(until_tick - SPIN));
         }
@@ -418,68 +458,40 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc::Sender;
 
-    struct Worker {
-        addr: SocketAddr,
-        commands: Sender<MediaCommand>,
-        stop: Arc<AtomicBool>,
-        handle: JoinHandle<MediaReport>,
-    }
-
-    fn worker() -> Worker {
+    fn worker() -> (SocketAddr, Worker) {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let addr = socket.local_addr().expect("addr");
-        let (commands, rx) = std::sync::mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = spawn(socket, rx, Arc::clone(&stop)).expect("spawn");
-        Worker {
-            addr,
-            commands,
-            stop,
-            handle,
-        }
+        (addr, spawn(socket).expect("spawn"))
     }
 
     #[test]
     fn two_workers_exchange_fifty_streams_without_loss() {
         const STREAMS: u64 = 50;
-        let (a, b) = (worker(), worker());
-        for (w, to, base) in [(&a, b.addr, 0x1000_0000), (&b, a.addr, 0x2000_0000)] {
-            for i in 0..STREAMS {
-                w.commands
-                    .send(MediaCommand::Start {
-                        stream: i,
-                        ssrc: base + i as u32,
-                        dest: to,
-                        payload_type: 0,
-                    })
-                    .expect("worker alive");
-            }
+        let ((a_addr, a), (b_addr, b)) = (worker(), worker());
+        for (w, to, base) in [(&a, b_addr, 0x1000_0000), (&b, a_addr, 0x2000_0000)] {
+            w.send((0..STREAMS).map(|i| MediaCommand::Start {
+                stream: i,
+                ssrc: base + i as u32,
+                dest: to,
+                payload_type: 0,
+            }));
         }
         // Digits ride on the same streams and the same batches.
-        a.commands
-            .send(MediaCommand::Dtmf {
-                stream: 7,
-                digits: "1#".into(),
-            })
-            .expect("worker alive");
+        a.send([MediaCommand::Dtmf {
+            stream: 7,
+            digits: "1#".into(),
+        }]);
         std::thread::sleep(Duration::from_millis(1500));
         // Stop sending first and let the last packets land, so every packet sent is counted.
         for w in [&a, &b] {
-            for i in 0..STREAMS {
-                w.commands
-                    .send(MediaCommand::Stop { stream: i })
-                    .expect("worker alive");
-            }
+            w.send((0..STREAMS).map(|stream| MediaCommand::Stop { stream }));
         }
         std::thread::sleep(Duration::from_millis(300));
+        // Both are idle now, asleep until told: stopping must wake them.
         let reports: Vec<MediaReport> = [a, b]
             .into_iter()
-            .map(|w| {
-                w.stop.store(true, Ordering::Relaxed);
-                w.handle.join().expect("worker")
-            })
+            .map(|w| w.stop().expect("worker"))
             .collect();
         for (r, far) in [(&reports[0], &reports[1]), (&reports[1], &reports[0])] {
             assert_eq!(r.streams, STREAMS);

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -97,13 +96,10 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     let target = cfg.target;
     let shard_note = format!("target {target}, local {}", cfg.local);
 
-    let media_stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let worker =
-        media::spawn(rtp_socket, rx, Arc::clone(&media_stop)).map_err(|e| Error::Bind {
-            addr: cfg.rtp_local,
-            source: e,
-        })?;
+    let worker = media::spawn(rtp_socket).map_err(|e| Error::Bind {
+        addr: cfg.rtp_local,
+        source: e,
+    })?;
 
     let tick = if cfg.arrival_grid.is_zero() {
         TICK
@@ -153,10 +149,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
                     .or_default() += 1;
             }
         });
-        for cmd in engine.media_commands() {
-            // The worker outlives the engine loop; a closed channel only means it has stopped.
-            let _ = tx.send(cmd);
-        }
+        worker.send(engine.media_commands());
         if now >= next_interval {
             let interval = engine.metrics.close_interval(now);
             let m = &engine.metrics;
@@ -240,8 +233,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     let elapsed = started.elapsed();
     engine.give_up("unfinished at the end of the run");
     engine.metrics.close_interval(elapsed);
-    media_stop.store(true, Ordering::Relaxed);
-    let mut media = worker.join().map_err(|_| Error::MediaWorker)?;
+    let mut media = worker.stop().map_err(|_| Error::MediaWorker)?;
     for (reason, n) in send_errors {
         *engine.metrics.failures.entry(reason).or_default() += n;
     }

@@ -447,19 +447,14 @@ impl Sender {
         let mut next = 0;
         let mut stalls = 0;
         while let Some(run) = runs.get(next) {
-            let Some(size) = run.segment_size() else {
+            if run.segment_size().is_none() {
                 let (a, b) = part(run);
                 errors.extend(self.send_items(socket, a, b));
                 next += 1;
                 continue;
-            };
-            // One sendmmsg shares one control message, so a batch is runs of one segment size.
-            let batch = runs
-                .get(next..)
-                .unwrap_or(&[])
-                .iter()
-                .take(BATCH)
-                .take_while(|r| r.segment_size() == Some(size));
+            }
+            let (count, size) = shared_batch(runs.get(next..).unwrap_or(&[]));
+            let batch = runs.get(next..next + count).unwrap_or(&[]).iter();
             match self.send_batch(socket, addrs, bufs, batch, size) {
                 Ok(sent) => {
                     next += sent.max(1);
@@ -592,6 +587,35 @@ fn segment_runs(addrs: &[Option<SockaddrStorage>], bufs: &[&[u8]]) -> Vec<Run> {
         start = end;
     }
     runs
+}
+
+/// How many of `runs`, from the first, can leave in one `sendmmsg`, and the segment size they
+/// share: one sendmmsg takes one control message. A run of several datagrams needs its own
+/// size exactly; a datagram alone needs only to be no longer than the size, as the kernel
+/// segments only what exceeds it. So a tick's lone INVITE, ACK and BYE leave together.
+fn shared_batch(runs: &[Run]) -> (usize, u16) {
+    // Fixed by the first run of several datagrams; until then, the longest single one.
+    let mut fixed: Option<u16> = None;
+    let mut longest = 0;
+    let mut count = 0;
+    for run in runs.iter().take(BATCH) {
+        let Some(size) = run.segment_size() else {
+            break;
+        };
+        match fixed {
+            Some(f) if run.end - run.start > 1 && size != f => break,
+            Some(f) if size > f => break,
+            None if run.end - run.start > 1 => {
+                if size < longest {
+                    break;
+                }
+                fixed = Some(size);
+            }
+            _ => longest = longest.max(size),
+        }
+        count += 1;
+    }
+    (count, fixed.unwrap_or(longest))
 }
 
 fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -729,6 +753,30 @@ mod tests {
         let kilo = [0u8; 1400];
         let d: Vec<(SocketAddr, &[u8])> = vec![(a, &kilo); 100];
         assert_eq!(runs_of(&d)[0].end, 46);
+    }
+
+    #[test]
+    fn one_sendmmsg_takes_runs_of_one_size_and_lone_datagrams_no_longer() {
+        let run = |start, end, size| Run { start, end, size };
+        // A lone INVITE, ACK and BYE: one batch, segmented at the longest (so not at all).
+        assert_eq!(
+            shared_batch(&[run(0, 1, 900), run(1, 2, 400), run(2, 3, 420)]),
+            (3, 900)
+        );
+        // Lone ones before and after a run of its size or shorter join it; a longer one,
+        // or a run of another size, starts the next batch.
+        let runs = [
+            run(0, 1, 400),
+            run(1, 5, 900),
+            run(5, 6, 900),
+            run(6, 7, 300),
+            run(7, 9, 420),
+        ];
+        assert_eq!(shared_batch(&runs), (4, 900));
+        assert_eq!(shared_batch(&[run(0, 1, 900), run(1, 3, 400)]), (1, 900));
+        assert_eq!(shared_batch(&[run(0, 2, 400), run(2, 3, 900)]), (1, 400));
+        // A datagram too long to segment goes alone, plainly.
+        assert_eq!(shared_batch(&[run(0, 1, 2000), run(1, 2, 400)]), (0, 0));
     }
 
     fn runs_of(d: &[(SocketAddr, &[u8])]) -> Vec<Run> {
