@@ -3,14 +3,17 @@
 # `sipp -sn uas` on loopback (signaling only, as SIPp's uac sends no RTP by default).
 #
 # For each rate in RATES: DURATION_S seconds of calls at that rate with a short hold, from each
-# tool: CPU seconds per 1,000 calls, wakeups (voluntary context switches) per call, and the
-# ratio. At the first rate, pbxlab runs once more with --tick TICK_ALT (2ms). Memory per
-# concurrent call is the slope of peak RSS between the short hold and a long one at the first
-# rate (concurrent calls = rate x hold), which removes each tool's baseline.
-# Every figure comes from one run of each tool.
+# tool with its default clock: CPU seconds per 1,000 calls, wakeups (voluntary context
+# switches) per call, and the ratio. At the first rate, pbxlab runs once more with
+# --tick TICK_ALT (1ms: its finest default tick, against the 2 ms that --tick auto picks at
+# 1,000 calls/s). Memory per concurrent call is the slope of peak RSS between the short hold
+# and a long one at the first rate (concurrent calls = rate x hold), which removes each tool's
+# baseline. With REPEAT=n every run is made n times, the two tools alternating, and each figure
+# is the median of its n.
 #
-#   benches/compare-sipp.sh            # RATES="1000 2000 4000" DURATION_S=20 HOLD_SHORT_MS=1000 HOLD_LONG_MS=8000
+#   benches/compare-sipp.sh            # RATES="1000 2000 4000" DURATION_S=20 HOLD_SHORT_MS=1000 HOLD_LONG_MS=8000 REPEAT=3 (about 11 minutes)
 #   RATES=8000 DURATION_S=10 benches/compare-sipp.sh
+#   REPEAT=1 benches/compare-sipp.sh   # one run of each, about 4 minutes
 #
 # Needs sipp (apt-get install sip-tester) and GNU time (apt-get install time).
 set -euo pipefail
@@ -20,6 +23,8 @@ RATES=${RATES:-1000 2000 4000}
 SECONDS_PER_RATE=${DURATION_S:-20}
 HOLD_SHORT_MS=${HOLD_SHORT_MS:-1000}
 HOLD_LONG_MS=${HOLD_LONG_MS:-8000}
+REPEAT=${REPEAT:-3}
+TICK_ALT=${TICK_ALT:-1ms}
 UAS_PORT=${UAS_PORT:-25060}
 UAC_PORT=${UAC_PORT:-25062}
 
@@ -60,7 +65,7 @@ run_sipp() {
 
 # run_pbxlab RATE CALLS HOLD_MS [TICK]; prints "cpu_s rss_kb wakeups failed".
 run_pbxlab() {
-  local rate=$1 calls=$2 hold_ms=$3 tick=${4:-1ms}
+  local rate=$1 calls=$2 hold_ms=$3 tick=${4:-auto}
   /usr/bin/time -f "%U %S %M %w" -o "$WORK/time" \
     "$PBXLAB" load --target "127.0.0.1:$UAS_PORT" --service uac --calls "$calls" --call-rate "$rate/s" \
       --hold "${hold_ms}ms" --tick "$tick" --json "$WORK/report.json" >/dev/null 2>"$WORK/stderr" || true
@@ -69,29 +74,38 @@ run_pbxlab() {
   echo "$(time_figures) $failed"
 }
 
-echo "load: ${SECONDS_PER_RATE} s of calls at each of $RATES calls/s, hold ${HOLD_SHORT_MS} ms (and ${HOLD_LONG_MS} ms at the first rate); against sipp -sn uas on 127.0.0.1:$UAS_PORT"
+echo "load: ${SECONDS_PER_RATE} s of calls at each of $RATES calls/s, hold ${HOLD_SHORT_MS} ms (and ${HOLD_LONG_MS} ms at the first rate); against sipp -sn uas on 127.0.0.1:$UAS_PORT; each figure the median of $REPEAT run(s)"
 # Lines of "label rate calls hold_ms sipp-figures pbxlab-figures" for the report below.
 RESULTS=$WORK/results
-for rate in $RATES; do
-  calls=$((rate * SECONDS_PER_RATE))
-  echo "short $rate $calls $HOLD_SHORT_MS $(run_sipp "$rate" "$calls" "$HOLD_SHORT_MS") $(run_pbxlab "$rate" "$calls" "$HOLD_SHORT_MS")" >>"$RESULTS"
+first=${RATES%% *}
+for _ in $(seq "$REPEAT"); do
+  for rate in $RATES; do
+    calls=$((rate * SECONDS_PER_RATE))
+    S=$(run_sipp "$rate" "$calls" "$HOLD_SHORT_MS")
+    echo "short $rate $calls $HOLD_SHORT_MS $S $(run_pbxlab "$rate" "$calls" "$HOLD_SHORT_MS")" >>"$RESULTS"
+    # pbxlab with the tick TICK_ALT at the first rate, against the same SIPp run.
+    if [ "$rate" = "$first" ]; then
+      echo "tick=$TICK_ALT $rate $calls $HOLD_SHORT_MS $S $(run_pbxlab "$rate" "$calls" "$HOLD_SHORT_MS" "$TICK_ALT")" >>"$RESULTS"
+    fi
+  done
+  calls=$((first * SECONDS_PER_RATE))
+  echo "long $first $calls $HOLD_LONG_MS $(run_sipp "$first" "$calls" "$HOLD_LONG_MS") $(run_pbxlab "$first" "$calls" "$HOLD_LONG_MS")" >>"$RESULTS"
 done
-rate=${RATES%% *}
-calls=$((rate * SECONDS_PER_RATE))
-# pbxlab with a coarser tick (TICK_ALT, 2 ms by default) at the first rate, against the same
-# SIPp run: wakeups per call halve, and so does most of the CPU at a low rate.
-S_FIRST=$(awk -v r="$rate" '$1 == "short" && $2 == r {print $5, $6, $7, $8; exit}' "$RESULTS")
-echo "tick=${TICK_ALT:-2ms} $rate $calls $HOLD_SHORT_MS $S_FIRST $(run_pbxlab "$rate" "$calls" "$HOLD_SHORT_MS" "${TICK_ALT:-2ms}")" >>"$RESULTS"
-echo "long $rate $calls $HOLD_LONG_MS $(run_sipp "$rate" "$calls" "$HOLD_LONG_MS") $(run_pbxlab "$rate" "$calls" "$HOLD_LONG_MS")" >>"$RESULTS"
 
 python3 - "$RESULTS" <<'PY'
-import sys
-rows = []
+import statistics, sys
+runs = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    label, rate, calls, hold = f[0], int(f[1]), int(f[2]), int(f[3])
-    tool = lambda v: dict(cpu=float(v[0]), rss=int(v[1]), wakes=int(v[2]), failed=v[3])
-    rows.append(dict(label=label, rate=rate, calls=calls, hold=hold, sipp=tool(f[4:8]), pbx=tool(f[8:12])))
+    runs.setdefault((f[0], int(f[1]), int(f[2]), int(f[3])), []).append(f[4:])
+# One row per run kind, each figure the median of its repeats; failed calls listed per run.
+rows = []
+for (label, rate, calls, hold), reps in runs.items():
+    def tool(i):
+        med = lambda k, cast: statistics.median(cast(r[i + k]) for r in reps)
+        return dict(cpu=med(0, float), rss=int(med(1, int)), wakes=med(2, int),
+                    failed="/".join(r[i + 3] for r in reps))
+    rows.append(dict(label=label, rate=rate, calls=calls, hold=hold, sipp=tool(0), pbx=tool(4)))
 ratio = lambda a, b: f"{a / b:.2f}" if b else "n/a"
 per_k = lambda r, t: r[t]["cpu"] / r["calls"] * 1000.0
 wakes = lambda r, t: r[t]["wakes"] / r["calls"]

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use pbxlab_loadgen::engine::{Arrivals, Dtmf, Workload};
+use pbxlab_loadgen::engine::{Arrivals, Dtmf, Grid, Workload};
 use pbxlab_loadgen::{Callee, Config, Hold, LoadReport, Progress, RunOptions, Threshold};
 use pbxlab_sim::Scenario;
 use pbxlab_sim::scenario::{HoldDist, Traffic, parse_duration, parse_rate};
@@ -106,8 +106,9 @@ pub struct LoadArgs {
     /// once a tick, attempts start on the tick (latency counts from there), and ACKs and
     /// answers to the far end wait up to a tick (answers to digest challenges are timed by their
     /// round trip instead). A longer tick costs less CPU per call at low rates and bunches more
-    /// attempts on each tick (0.1ms to 100ms).
-    #[arg(long, default_value = "1ms")]
+    /// attempts on each tick. auto: per phase (registrations, then calls), the time two
+    /// attempts take at its rate, between 1ms and 2ms; or 0.1ms to 100ms.
+    #[arg(long, default_value = "auto")]
     tick: String,
     /// Digits to send as RFC 4733 events once a call is answered; calls that send digits
     /// always have RTP. With a scenario's mix, the IVR calls send these instead of choosing a
@@ -151,14 +152,17 @@ fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
     parse_duration(text).map_err(|e| bad(format!("--{flag} {text:?}: {e}")))
 }
 
-fn tick(text: &str) -> anyhow::Result<Duration> {
+fn tick(text: &str) -> anyhow::Result<Grid> {
+    if text == "auto" {
+        return Ok(Grid::Auto);
+    }
     let tick = duration("tick", text)?;
     if !(Duration::from_micros(100)..=Duration::from_millis(100)).contains(&tick) {
         return Err(bad(format!(
-            "--tick {text:?}: must be between 0.1ms and 100ms"
+            "--tick {text:?}: must be auto or between 0.1ms and 100ms"
         )));
     }
-    Ok(tick)
+    Ok(Grid::Every(tick))
 }
 
 fn rate(flag: &str, text: &str) -> anyhow::Result<f64> {

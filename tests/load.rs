@@ -384,6 +384,9 @@ fn shards_split_the_calls() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(v["calls"]["failed"], 0, "{v}");
+        // 100 calls a second in each: the automatic tick's longest.
+        assert_eq!(v["tick"]["auto"], true, "{v}");
+        assert_eq!(v["tick"]["calls_us"], 2000, "{v}");
         total += v["calls"]["attempted"].as_u64().expect("number");
     }
     assert_eq!(total, 100, "34 + 33 + 33");
@@ -418,6 +421,12 @@ fn a_coarse_tick_starts_calls_on_its_grid_without_charging_them_the_wait() {
     );
     assert_eq!(v["calls"]["succeeded"], 200, "{v}");
     assert!(us(&v, "setup", "p50_us") < 5_000, "{v}");
+    assert_eq!(v["tick"]["auto"], false, "{v}");
+    assert_eq!(v["tick"]["calls_us"], 20_000, "{v}");
+    assert!(
+        v["tick"]["registrations_us"].is_null(),
+        "no registrations: {v}"
+    );
     let (bad, _) = load(&["--target", &target, "--tick", "0"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--tick"));

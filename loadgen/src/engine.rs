@@ -9,10 +9,10 @@
 //! whatever happened to attempt k-1, and every latency is measured from that intended start. A
 //! generator that falls behind (or a target that stalls it) therefore shows up in the figures
 //! instead of silently stretching the schedule — the coordinated omission wrk2 corrects for.
-//! The intended start is rounded up to the driver's wake grid (`Config::arrival_grid`, a 1 ms
-//! tick by default): the driver sends only when it wakes, and an attempt due between two wakes
-//! would otherwise be charged the wait for the next one, which is the generator's, not the
-//! target's.
+//! The intended start is rounded up to the driver's wake grid (`Config::arrival_grid`, by
+//! default a tick of 1 to 2 ms chosen from the phase's rate, [`Grid::Auto`]): the driver sends
+//! only when it wakes, and an attempt due between two wakes would otherwise be charged the wait
+//! for the next one, which is the generator's, not the target's.
 //!
 //! A run is a small list of workloads (plain calls, IVR, queue, meetings), each with its own
 //! arrival schedule; arrivals of all workloads are merged by intended start time.
@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
 
 use pbxlab_proto::builder::{Decimal, Template, write_response};
@@ -187,8 +187,52 @@ pub struct Config {
     pub run_id: u32,
     /// The driver's wake period: intended starts are rounded up to a multiple of it, so an
     /// attempt is due when the driver wakes, and its latency is not charged with the wait for
-    /// the next wake. Zero keeps the exact schedule.
-    pub arrival_grid: Duration,
+    /// the next wake.
+    pub arrival_grid: Grid,
+}
+
+/// The grid intended starts are rounded up to, which is the period the driver wakes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grid {
+    /// No rounding: the exact schedule, for a driver that wakes for each attempt.
+    Exact,
+    /// One period for the whole run (`--tick`).
+    Every(Duration),
+    /// A period per phase (registrations, then calls) from its rate: see [`auto_grid`].
+    Auto,
+}
+
+/// The shortest and the longest period [`auto_grid`] chooses.
+pub const AUTO_GRID: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_millis(2);
+
+/// The grids of the registration phase and of the call phase that `cfg` asks for.
+fn phase_grids(cfg: &Config) -> (Duration, Duration) {
+    let calls: f64 = cfg.workloads.iter().map(|w| w.rate).sum();
+    match cfg.arrival_grid {
+        Grid::Exact => (Duration::ZERO, Duration::ZERO),
+        Grid::Every(d) => (d, d),
+        Grid::Auto => (auto_grid(cfg.register_rate), auto_grid(calls)),
+    }
+}
+
+/// The wake period for a phase that starts `rate` attempts a second: the time in which two fall
+/// due, within [`AUTO_GRID`].
+///
+/// A timer wakeup costs the generator about what an attempt's half-dozen datagrams do (16 µs on
+/// the machine BENCHMARKS.md describes), so a driver that wakes for every attempt spends most
+/// of its CPU waking. From 2,000 attempts a second a 1 ms tick already has two or more to a
+/// wake, and a longer one would only send bigger bursts at the target; below that, the period
+/// stretches to keep two to a wake, up to 2 ms, half the 4 ms bursts SIPp sends in. A
+/// generator for which bursts of two matter more than CPU sets the tick itself.
+pub fn auto_grid(rate: f64) -> Duration {
+    let two = if rate > 0.0 {
+        Duration::try_from_secs_f64(2.0 / rate).unwrap_or(*AUTO_GRID.end())
+    } else {
+        *AUTO_GRID.end()
+    };
+    // Whole microseconds, so the tick reads plainly in reports.
+    let two = Duration::from_micros(two.as_micros() as u64);
+    two.clamp(*AUTO_GRID.start(), *AUTO_GRID.end())
 }
 
 /// What the engine asks of the RTP worker.
@@ -550,6 +594,8 @@ pub struct Engine {
     regs_started: usize,
     regs_finished: usize,
     reg_phase: Nanos,
+    /// `Engine::grids`.
+    grids: (Duration, Duration),
     calls_started: u64,
     call_phase: Option<Nanos>,
     /// Challenge round trips of REGISTERs and of INVITEs, once one has been challenged.
@@ -603,6 +649,7 @@ impl Engine {
             .collect();
         let rng = Rng(cfg.seed ^ u64::from(cfg.run_id).rotate_left(32));
         let call_phase = (!cfg.register || cfg.users.is_empty()).then_some(0);
+        let grids = phase_grids(&cfg);
         let mut callers: Vec<u32> = cfg
             .users
             .iter()
@@ -651,6 +698,7 @@ impl Engine {
             regs_started: 0,
             regs_finished: 0,
             reg_phase: 0,
+            grids,
             calls_started: 0,
             call_phase,
             register_challenges: None,
@@ -720,16 +768,31 @@ impl Engine {
         }
         if self.cfg.register && self.regs_started < self.regs.len() {
             let at = self.reg_phase + gap(self.regs_started as u64, self.cfg.register_rate);
-            return Some(self.on_grid(at));
+            return Some(Engine::on_grid(at, self.grids.0));
         }
         self.next_call().map(|(at, _)| at)
     }
 
-    /// `at` rounded up to the arrival grid.
-    fn on_grid(&self, at: Nanos) -> Nanos {
-        match u64::try_from(self.cfg.arrival_grid.as_nanos()) {
+    /// `at` rounded up to `grid` (zero: not rounded).
+    fn on_grid(at: Nanos, grid: Duration) -> Nanos {
+        match u64::try_from(grid.as_nanos()) {
             Ok(grid) if grid > 0 => at.div_ceil(grid).saturating_mul(grid),
             _ => at,
+        }
+    }
+
+    /// The wake grids of the registration phase and of the call phase (zero: exact schedule).
+    pub fn grids(&self) -> (Duration, Duration) {
+        self.grids
+    }
+
+    /// The wake grid of the phase in progress: the period the driver keeps while traffic flows.
+    pub fn grid(&self) -> Duration {
+        let (registrations, calls) = self.grids;
+        if self.call_phase.is_some() {
+            calls
+        } else {
+            registrations
         }
     }
 
@@ -750,7 +813,12 @@ impl Engine {
             .zip(&self.cfg.workloads)
             .enumerate()
             .filter(|(_, (s, w))| s.started < w.calls)
-            .map(|(i, (s, _))| (self.on_grid(phase.saturating_add(s.next_at)), i))
+            .map(|(i, (s, _))| {
+                (
+                    Engine::on_grid(phase.saturating_add(s.next_at), self.grids.1),
+                    i,
+                )
+            })
             .min()
     }
 

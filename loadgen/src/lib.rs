@@ -14,7 +14,7 @@ pub mod run;
 pub mod threshold;
 mod wheel;
 
-pub use engine::{Arrivals, Callee, Config, Dtmf, Hold, Workload};
+pub use engine::{Arrivals, Callee, Config, Dtmf, Grid, Hold, Workload};
 pub use report::LoadReport;
 pub use run::{Progress, RunOptions, run};
 pub use threshold::Threshold;

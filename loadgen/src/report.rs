@@ -115,11 +115,22 @@ pub struct ThresholdResult {
     pub pass: bool,
 }
 
+/// The period the generator woke on while traffic flowed, in each phase (`--tick`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct TickSummary {
+    /// Chosen from each phase's rate (`--tick auto`) rather than set.
+    pub auto: bool,
+    /// `None` for a phase the run did not have; 0 for an exact schedule.
+    pub registrations_us: Option<u64>,
+    pub calls_us: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoadReport {
     pub target: String,
     pub duration_s: f64,
     pub interrupted: bool,
+    pub tick: TickSummary,
     /// Datagrams received on the SIP socket.
     pub messages_received: u64,
     /// Of those, how many did not parse.
@@ -202,6 +213,21 @@ impl LoadReport {
                 ""
             }
         );
+        let phases: Vec<String> = [
+            ("registrations", self.tick.registrations_us),
+            ("calls", self.tick.calls_us),
+        ]
+        .into_iter()
+        .filter_map(|(phase, us)| Some(format!("{phase} {} ms", us? as f64 / 1000.0)))
+        .collect();
+        if !phases.is_empty() {
+            let _ = writeln!(
+                o,
+                "tick   {}{}",
+                phases.join(", "),
+                if self.tick.auto { " (auto)" } else { "" }
+            );
+        }
         let _ = writeln!(
             o,
             "\n{:<10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}   (ms)",
@@ -335,6 +361,7 @@ mod tests {
             target: "127.0.0.1:5060".into(),
             duration_s: 10.0,
             interrupted: false,
+            tick: TickSummary::default(),
             messages_received: 10,
             malformed: 0,
             stray: 0,

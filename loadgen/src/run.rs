@@ -3,12 +3,13 @@
 //!
 //! One thread and one non-blocking UDP socket. The kernel stamps every datagram on arrival
 //! (`SO_TIMESTAMPNS`) and the loop reads them in batches (`recvmmsg`), so it need not wake for
-//! each one: while calls are in progress it runs once a tick (`Config::arrival_grid`, 1 ms by
-//! default; `--tick`), and when idle it sleeps in poll(2) until a datagram or a deadline.
-//! Responses are therefore processed up to a tick after they arrive, but measured from when
-//! they arrived. Attempts are intended to start on the tick grid and leave when the loop wakes
-//! there; a loop that wakes late (or a target that stalls it) is measured from the intended
-//! start, so the delay does not hide in the figures.
+//! each one: while calls are in progress it runs once a tick (`Config::arrival_grid`: by
+//! default 1 to 2 ms from the rate, see `engine::auto_grid`; `--tick`), and when idle it
+//! sleeps in poll(2) until a datagram or a deadline. Responses are therefore processed up to a
+//! tick after they arrive, but measured from when they arrived. Attempts are intended to start
+//! on the tick grid and leave when the loop wakes there; a loop that wakes late (or a target
+//! that stalls it) is measured from the intended start, so the delay does not hide in the
+//! figures.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -18,17 +19,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::engine::{Config, Engine, Nanos};
+use crate::engine::{Config, Engine, Grid, Nanos};
 use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
 use crate::report::{
-    LatencySummary, LoadReport, QueueSummary, RtpSummary, ThresholdResult, WorkloadSummary,
+    LatencySummary, LoadReport, QueueSummary, RtpSummary, ThresholdResult, TickSummary,
+    WorkloadSummary,
 };
 use crate::threshold::Threshold;
 
 /// How long in-flight calls get to finish after a stop (Ctrl-C) before the run gives up on them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// The loop's period while calls are in progress when `Config::arrival_grid` is zero; otherwise
+/// The loop's period while calls are in progress when `Config::arrival_grid` is exact; otherwise
 /// the loop wakes on that grid, the one intended starts are rounded up to.
 const TICK: Duration = Duration::from_millis(1);
 /// The longest idle wait, so stop requests and progress lines are not delayed.
@@ -101,11 +103,6 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         source: e,
     })?;
 
-    let tick = if cfg.arrival_grid.is_zero() {
-        TICK
-    } else {
-        cfg.arrival_grid
-    };
     let mut engine = Engine::new(cfg);
     let started = Instant::now();
     let mut sender = pbxlab_udp::Sender::default();
@@ -188,6 +185,8 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         // Traffic flowing: wake once a tick and read in batches; kernel timestamps keep every
         // arrival exact. Quiet: wait for a datagram (handled at once) or the deadline.
         let until = next_deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_ns)));
+        // The grid of the phase in progress (registrations, then calls).
+        let tick = Some(engine.grid()).filter(|g| !g.is_zero()).unwrap_or(TICK);
         if until.is_some_and(|u| u < tick) || sent || received > 0 {
             // To the next boundary of the tick grid, whatever falls due before it: deadlines
             // scattered inside a tick would otherwise each cost a wakeup.
@@ -280,10 +279,23 @@ fn build_report(
         loss_fraction: media.loss_fraction(),
         jitter_p99_us: media.jitter_us.value_at_quantile(0.99),
     };
+    let cfg = engine.config();
+    let (registrations_tick, calls_tick) = engine.grids();
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let tick = TickSummary {
+        auto: cfg.arrival_grid == Grid::Auto,
+        registrations_us: (cfg.register && !cfg.users.is_empty()).then(|| us(registrations_tick)),
+        calls_us: cfg
+            .workloads
+            .iter()
+            .any(|w| w.calls > 0)
+            .then(|| us(calls_tick)),
+    };
     let mut report = LoadReport {
         target: target.to_string(),
         duration_s: elapsed.as_secs_f64(),
         interrupted,
+        tick,
         messages_received: responses,
         malformed: engine.malformed,
         stray: engine.stray,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pbxlab_loadgen::engine::{
-    Arrivals, Callee, Config, Dtmf, Engine, Hold, MediaCommand, Nanos, Workload,
+    Arrivals, Callee, Config, Dtmf, Engine, Grid, Hold, MediaCommand, Nanos, Workload, auto_grid,
 };
 use pbxlab_loadgen::metrics::Metric;
 use pbxlab_proto::sip::{self, HeaderName, Method};
@@ -44,7 +44,7 @@ fn config() -> Config {
         t2: Duration::from_secs(4),
         seed: 1,
         run_id: 77,
-        arrival_grid: Duration::ZERO,
+        arrival_grid: Grid::Exact,
     }
 }
 
@@ -243,7 +243,7 @@ fn the_invites_of_a_run_have_one_length_whatever_their_slot() {
 #[test]
 fn intended_starts_are_rounded_up_to_the_arrival_grid() {
     let mut cfg = config();
-    cfg.arrival_grid = Duration::from_millis(1);
+    cfg.arrival_grid = Grid::Every(Duration::from_millis(1));
     cfg.workloads[0].calls = 8;
     cfg.workloads[0].rate = 4000.0;
     let mut e = Engine::new(cfg);
@@ -264,6 +264,44 @@ fn intended_starts_are_rounded_up_to_the_arrival_grid() {
     );
     e.handle(MS + 100_000, addr(5060), ok.as_bytes());
     assert_eq!(only_us(&mut e, Metric::Setup, 2 * MS), 100);
+}
+
+#[test]
+fn the_automatic_grid_keeps_two_attempts_to_a_wake_within_one_to_two_ms() {
+    let us = Duration::from_micros;
+    for (rate, grid) in [
+        (0.0, 2000),
+        (100.0, 2000),
+        (1000.0, 2000),
+        (1600.0, 1250),
+        (2000.0, 1000),
+        (50_000.0, 1000),
+    ] {
+        assert_eq!(auto_grid(rate), us(grid), "{rate}/s");
+    }
+    // Each phase has its own: registrations at 10,000/s, then calls at 1,000/s.
+    let mut cfg = config();
+    cfg.arrival_grid = Grid::Auto;
+    cfg.users = vec![1000];
+    cfg.register = true;
+    cfg.register_rate = 10_000.0;
+    cfg.workloads[0].calls = 3;
+    cfg.workloads[0].rate = 1000.0;
+    let mut e = Engine::new(cfg);
+    assert_eq!(e.grids(), (us(1000), us(2000)));
+    assert_eq!(e.grid(), us(1000));
+    let reg = step(&mut e, 0);
+    assert_eq!(methods(&reg), ["REGISTER"]);
+    let ok = reply(&reg[0].1, "200 OK", "", "");
+    e.handle(300_000, addr(5060), ok.as_bytes());
+    assert!(e.registered());
+    assert_eq!(e.grid(), us(2000));
+    // Calls intended at 0.3, 1.3 and 2.3 ms start on the 2 ms grid: two at 2 ms, one at 4.
+    assert_eq!(e.next_deadline(), Some(2 * MS));
+    assert!(step(&mut e, 2 * MS - 1).is_empty());
+    assert_eq!(methods(&step(&mut e, 2 * MS)), ["INVITE"; 2]);
+    assert_eq!(e.next_deadline(), Some(4 * MS));
+    assert_eq!(methods(&step(&mut e, 4 * MS)), ["INVITE"]);
 }
 
 #[test]
