@@ -130,17 +130,35 @@ failed = lambda t: ", ".join(r[t]["failed"] for r in rows if t == "pbx" or not r
 print(f"{'failed calls (each run, in order)':60}{failed('sipp'):>10}  {failed('pbx')}")
 PY
 
-# What one wakeup costs here, whoever wakes: a process that only sleeps to a 1 ms grid. Both
-# tools pay it for every wakeup counted above; on a VM it can be the larger part of a call.
+# What one wakeup costs here: a process that only sleeps to a 1 ms grid (woken by its timer),
+# and one woken instead by a datagram that another process sends on that grid. Both tools pay
+# the timer's for every wakeup counted above; on a VM it can be the larger part of a call.
 python3 - <<'PY'
-import resource, time
+import os, resource, socket, time
 n = 2000
-r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-for i in range(1, n + 1):
+def on_grid(t0, i):
     d = t0 + i / 1000 - time.monotonic()
     if d > 0:
         time.sleep(d)
-r1 = resource.getrusage(resource.RUSAGE_SELF)
-cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-print(f"CPU per wakeup of a process that only sleeps: {cpu / max(r1.ru_nvcsw - r0.ru_nvcsw, 1) * 1e6:.1f} us")
+def cpu_per_wakeup(r0, r1):
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return cpu / max(r1.ru_nvcsw - r0.ru_nvcsw, 1) * 1e6
+r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+for i in range(1, n + 1):
+    on_grid(t0, i)
+timer = cpu_per_wakeup(r0, resource.getrusage(resource.RUSAGE_SELF))
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 0))
+if os.fork() == 0:
+    tx, t0 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), time.monotonic()
+    for i in range(1, n + 1):
+        on_grid(t0, i)
+        tx.sendto(b"x", rx.getsockname())
+    os._exit(0)
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+for _ in range(n):
+    rx.recv(16)
+datagram = cpu_per_wakeup(r0, resource.getrusage(resource.RUSAGE_SELF))
+os.wait()
+print(f"CPU per wakeup: {timer:.1f} us woken by its timer, {datagram:.1f} us woken by a datagram")
 PY

@@ -138,6 +138,22 @@ fn load(args: &[&str]) -> (Output, serde_json::Value) {
     (out, v)
 }
 
+/// `pbxlab load` of `calls` calls at `rate` to the `echo` service at `target`, and more flags.
+fn echo_calls(target: &str, calls: &str, rate: &str, more: &[&str]) -> (Output, serde_json::Value) {
+    let mut args = vec![
+        "--target",
+        target,
+        "--service",
+        "echo",
+        "--calls",
+        calls,
+        "--call-rate",
+        rate,
+    ];
+    args.extend_from_slice(more);
+    load(&args)
+}
+
 fn us(v: &serde_json::Value, metric: &str, stat: &str) -> u64 {
     v["metrics"][metric][stat]
         .as_u64()
@@ -153,20 +169,12 @@ fn a_stalled_target_shows_in_setup_but_not_in_the_uncorrected_figure() {
     let target = uas.addr.to_string();
     // 100 calls/s for 8 s, at most 4 at once (SIPp's -l): during the 2 s stall the generator is
     // held back, so ~200 attempts leave late.
-    let (out, v) = load(&[
-        "--target",
+    let (out, v) = echo_calls(
         &target,
-        "--service",
-        "echo",
-        "--calls",
         "800",
-        "--call-rate",
         "100/s",
-        "--hold",
-        "10ms",
-        "--max-concurrent",
-        "4",
-    ]);
+        &["--hold", "10ms", "--max-concurrent", "4"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -193,20 +201,7 @@ fn a_stalled_target_shows_in_setup_but_not_in_the_uncorrected_figure() {
 fn malformed_responses_are_counted_with_a_reason_and_nothing_panics() {
     let uas = fake_uas(Quirk::Garbage { every: 5 });
     let target = uas.addr.to_string();
-    let (out, v) = load(&[
-        "--target",
-        &target,
-        "--service",
-        "echo",
-        "--calls",
-        "50",
-        "--call-rate",
-        "100/s",
-        "--hold",
-        "10ms",
-        "--t1",
-        "50ms",
-    ]);
+    let (out, v) = echo_calls(&target, "50", "100/s", &["--hold", "10ms", "--t1", "50ms"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     // Each poisoned call gets garbage for its INVITE and every retransmission of it.
@@ -223,38 +218,27 @@ fn malformed_responses_are_counted_with_a_reason_and_nothing_panics() {
 fn thresholds_set_the_exit_code() {
     let uas = fake_uas(Quirk::Garbage { every: 1_000_000 });
     let target = uas.addr.to_string();
-    let (pass, v) = load(&[
-        "--target",
+    let (pass, v) = echo_calls(
         &target,
-        "--service",
-        "echo",
-        "--calls",
         "20",
-        "--call-rate",
         "200/s",
-        "--hold",
-        "10ms",
-        "--threshold",
-        "setup.p99<2s",
-        "--threshold",
-        "calls.failed==0",
-    ]);
+        &[
+            "--hold",
+            "10ms",
+            "--threshold",
+            "setup.p99<2s",
+            "--threshold",
+            "calls.failed==0",
+        ],
+    );
     assert_eq!(pass.status.code(), Some(0), "{v}");
     assert_eq!(v["thresholds"][0]["pass"], true, "{v}");
-    let (fail, v) = load(&[
-        "--target",
+    let (fail, v) = echo_calls(
         &target,
-        "--service",
-        "echo",
-        "--calls",
         "20",
-        "--call-rate",
         "200/s",
-        "--hold",
-        "10ms",
-        "--threshold",
-        "setup.p99<1us",
-    ]);
+        &["--hold", "10ms", "--threshold", "setup.p99<1us"],
+    );
     assert_eq!(fail.status.code(), Some(99), "{v}");
     assert_eq!(v["thresholds"][0]["pass"], false, "{v}");
     let (bad, _) = load(&["--target", &target, "--threshold", "setup.p99"]);
@@ -270,18 +254,7 @@ fn an_unreachable_target_gets_a_clear_error() {
         .expect("port")
         .port();
     let target = format!("127.0.0.1:{port}");
-    let (out, v) = load(&[
-        "--target",
-        &target,
-        "--service",
-        "echo",
-        "--calls",
-        "3",
-        "--call-rate",
-        "100/s",
-        "--t1",
-        "20ms",
-    ]);
+    let (out, v) = echo_calls(&target, "3", "100/s", &["--t1", "20ms"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
@@ -364,20 +337,12 @@ fn shards_split_the_calls() {
     let target = uas.addr.to_string();
     let mut total = 0;
     for shard in ["0/3", "1/3", "2/3"] {
-        let (out, v) = load(&[
-            "--target",
+        let (out, v) = echo_calls(
             &target,
-            "--service",
-            "echo",
-            "--calls",
             "100",
-            "--call-rate",
             "300/s",
-            "--hold",
-            "10ms",
-            "--shard",
-            shard,
-        ]);
+            &["--hold", "10ms", "--shard", shard],
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -400,20 +365,12 @@ fn a_coarse_tick_starts_calls_on_its_grid_without_charging_them_the_wait() {
     let target = uas.addr.to_string();
     // 1,000 calls/s on a 20 ms tick: 20 calls start on each tick. Charged the wait from k / rate
     // to the tick, their setup would be 10 ms at the median; from the tick, it is the reply's.
-    let (out, v) = load(&[
-        "--target",
+    let (out, v) = echo_calls(
         &target,
-        "--service",
-        "echo",
-        "--calls",
         "200",
-        "--call-rate",
         "1000/s",
-        "--hold",
-        "10ms",
-        "--tick",
-        "20ms",
-    ]);
+        &["--hold", "10ms", "--tick", "20ms"],
+    );
     assert!(
         out.status.success(),
         "{}",

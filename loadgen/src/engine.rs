@@ -586,7 +586,7 @@ pub struct Engine {
     regs: Vec<Registration>,
     timers: Wheel,
     /// Outgoing datagrams: (destination, their bytes' range in `arena`).
-    out: Vec<(SocketAddr, std::ops::Range<usize>)>,
+    out: Vec<(SocketAddr, Range<usize>)>,
     arena: Vec<u8>,
     media: Vec<MediaCommand>,
     pub metrics: Metrics,
