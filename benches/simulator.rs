@@ -2,7 +2,8 @@
 //! throughput is in simulation events. `pbxlab plan` prints the same figure for any scenario.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pbxlab_sim::{Options, reference_scenario, simulate};
+use pbxlab_scenario::reference_scenario;
+use pbxlab_sim::{Options, simulate};
 
 fn reference(c: &mut Criterion) {
     // As shipped: 2 simulated hours, a media server failed and recovered on the way.

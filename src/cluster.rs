@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use pbxlab_sim::live::alerts::AlertSink;
-use pbxlab_sim::live::cluster::{Cluster, Options, Status};
-use pbxlab_sim::live::ctl::node_json;
-use pbxlab_sim::scenario::{parse_duration, parse_rate};
+use pbxlab_cluster::alerts::AlertSink;
+use pbxlab_cluster::cluster::{Cluster, Options, Status};
+use pbxlab_cluster::ctl::node_json;
+use pbxlab_scenario::{parse_duration, parse_rate};
 
 use crate::{BadInput, load_scenario};
 
@@ -92,7 +92,7 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
         .clone()
         .or_else(|| std::env::var("PBXLAB_TOKEN").ok());
     if let Some(t) = &token
-        && !pbxlab_sim::live::link::valid_word(t)
+        && !pbxlab_cluster::link::valid_word(t)
     {
         return Err(bad(
             "--token",

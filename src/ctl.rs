@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use pbxlab_sim::live::cluster::Control;
-use pbxlab_sim::live::ctl::{CtlServer, random_token};
-use pbxlab_sim::live::http::{self, Url};
+use pbxlab_cluster::cluster::Control;
+use pbxlab_cluster::ctl::{CtlServer, random_token};
+use pbxlab_cluster::http::{self, Url};
 use serde_json::{Value, json};
 
 use crate::BadInput;

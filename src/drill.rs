@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use pbxlab_balancer::EventKind;
+use pbxlab_cluster::alerts::AlertSink;
+use pbxlab_cluster::cluster::{Action, Cluster, Control, Filter, Options, Records};
 use pbxlab_loadgen::metrics::Metric;
 use pbxlab_loadgen::{LoadReport, Progress, RunOptions};
-use pbxlab_sim::Scenario;
-use pbxlab_sim::live::alerts::AlertSink;
-use pbxlab_sim::live::cluster::{Action, Cluster, Control, Filter, Options, Records};
-use pbxlab_sim::scenario::{DrillSpec, FaultAction, FaultSpec, fault_action_name};
+use pbxlab_scenario::Scenario;
+use pbxlab_scenario::{DrillSpec, FaultAction, FaultSpec, fault_action_name};
 use serde_json::json;
 
 use crate::{BadInput, load};
@@ -86,7 +86,7 @@ struct Injected {
 pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     let mut scenario = match &args.scenario {
         Some(p) => Scenario::load(p).map_err(|e| BadInput(e.to_string()))?,
-        None => pbxlab_sim::drill_scenario().context("the embedded drill is invalid")?,
+        None => pbxlab_scenario::drill_scenario().context("the embedded drill is invalid")?,
     };
     for w in &scenario.warnings {
         eprintln!("{w}");

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pbxlab_loadgen::engine::{Arrivals, Dtmf, Grid, Workload};
 use pbxlab_loadgen::{Callee, Config, Hold, LoadReport, Progress, RunOptions, Threshold};
-use pbxlab_sim::Scenario;
-use pbxlab_sim::scenario::{HoldDist, Traffic, parse_duration, parse_rate};
+use pbxlab_scenario::Scenario;
+use pbxlab_scenario::{HoldDist, Traffic, parse_duration, parse_rate};
 
 use crate::BadInput;
 

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use pbxlab_sim::{Options, Scenario, reference_scenario, simulate, size};
+use pbxlab_scenario::{Scenario, reference_scenario};
+use pbxlab_sim::{Options, simulate, size};
 
 #[derive(Parser)]
 #[command(

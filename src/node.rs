@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use pbxlab_balancer::Role;
-use pbxlab_sim::Error;
-use pbxlab_sim::live::node::{self, Node, NodeHandle};
-use pbxlab_sim::live::remote::{self, JoinSpec, Member};
-use pbxlab_sim::scenario::parse_duration;
+use pbxlab_cluster::Error;
+use pbxlab_cluster::node::{self, Node, NodeHandle};
+use pbxlab_cluster::remote::{self, JoinSpec, Member};
+use pbxlab_scenario::parse_duration;
 
 use crate::BadInput;
 

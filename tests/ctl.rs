@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pbxlab_sim::live::http;
+use pbxlab_cluster::http;
 
 /// Two media and two IVR servers probed every 200 ms, so that actions finish quickly.
 const OPS: &str = r#"name = "ops"

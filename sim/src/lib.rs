@@ -1,43 +1,22 @@
-//! pbxlab's model of a PBX cluster: scenario files, the virtual-time simulator behind
-//! `pbxlab plan`, the sizing search behind `pbxlab plan --size`, and the live emulated cluster
-//! behind `pbxlab cluster` ([`live`]).
+//! pbxlab's planner: the virtual-time simulator behind `pbxlab plan`, exact Erlang B, C and A,
+//! batch-means statistics, and the sizing search behind `pbxlab plan --size`.
 //!
 //! Every placement and failover decision is made by `pbxlab_balancer`; this crate drives it
-//! with events, in virtual time or live. The simulator does no network I/O, and its results
-//! depend on nothing but the scenario and the seed (wall-clock figures aside); [`live`] is the
-//! one part that owns sockets.
+//! with events in virtual time. It is not the live cluster (`pbxlab-cluster`) and owns no
+//! socket: its results depend on nothing but the scenario (`pbxlab-scenario`) and the seed,
+//! wall-clock figures aside.
 
 pub mod des;
 pub mod erlang;
-pub mod live;
 pub mod report;
 pub mod rng;
-pub mod scenario;
 pub mod simulate;
 pub mod size;
 pub mod stats;
 
+pub use pbxlab_scenario::{Scenario, ScenarioError, fault_action_name};
 pub use report::Report;
-pub use scenario::{Scenario, ScenarioError, fault_action_name};
 pub use simulate::{Options, simulate};
-
-/// The embedded reference cluster, used when no scenario file is given.
-pub const REFERENCE_SCENARIO: &str = include_str!("../../scenarios/reference.toml");
-pub const REFERENCE_SCENARIO_NAME: &str = "<embedded reference>";
-
-/// The embedded failover drill, used by `pbxlab drill` when no scenario file is given.
-pub const DRILL_SCENARIO: &str = include_str!("../../scenarios/drill.toml");
-pub const DRILL_SCENARIO_NAME: &str = "<embedded drill>";
-
-/// Loads the failover drill that ships inside the binary.
-pub fn drill_scenario() -> Result<Scenario, ScenarioError> {
-    Scenario::from_toml(DRILL_SCENARIO_NAME, DRILL_SCENARIO)
-}
-
-/// Loads the reference cluster that ships inside the binary.
-pub fn reference_scenario() -> Result<Scenario, ScenarioError> {
-    Scenario::from_toml(REFERENCE_SCENARIO_NAME, REFERENCE_SCENARIO)
-}
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
@@ -51,35 +30,6 @@ pub enum Error {
     EventLimit { limit: usize },
     #[error("a fault names server {0:?}, which the cluster does not have")]
     UnknownServer(String),
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("alerts file {path}: {source}")]
-    AlertFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("alert webhook: {0}")]
-    Webhook(String),
-    #[error("refused by the Call Manager at {cm}: {reason}")]
-    Refused {
-        cm: std::net::SocketAddr,
-        reason: String,
-    },
-    #[error("the Call Manager at {cm} did not answer within {:.1} s", waited.as_secs_f64())]
-    NoAnswer {
-        cm: std::net::SocketAddr,
-        waited: std::time::Duration,
-    },
-    #[error("{what}: {source}")]
-    Io {
-        what: &'static str,
-        source: std::io::Error,
-    },
-    #[error("interrupted")]
-    Interrupted,
     #[error("the simulator and the balancer disagree: {0}")]
     SelfCheck(String),
     /// Any failure during a run, with the seed that reproduces it.

@@ -5,7 +5,7 @@
 //! report for the same seed forever: those crates do not promise value stability of their
 //! generators and samplers across releases, and a lockfile bump would silently change results.
 
-use crate::scenario::HoldDist;
+use pbxlab_scenario::HoldDist;
 
 /// xoshiro256++ (Blackman and Vigna): fast, 256 bits of state, good enough for simulation.
 #[derive(Debug, Clone)]

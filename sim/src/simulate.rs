@@ -23,9 +23,9 @@ use crate::report::{
     SloVerdict,
 };
 use crate::rng::Rng;
-use crate::scenario::{FaultAction, HoldDist, Scenario};
 use crate::stats::Estimate;
 use crate::{Error, fault_action_name};
+use pbxlab_scenario::{FaultAction, HoldDist, Scenario};
 
 /// How to run a simulation.
 #[derive(Debug, Clone, Copy, Default)]

@@ -13,9 +13,9 @@ use pbxlab_balancer::Role;
 use serde::Serialize;
 
 use crate::erlang::{self, QueueModel};
-use crate::scenario::{Codec, FaultAction, FaultSpec, PoolSpec, Scenario, ServerSpec, SizingCosts};
 use crate::simulate::{Options, simulate};
 use crate::{Error, Report};
+use pbxlab_scenario::{Codec, FaultAction, FaultSpec, PoolSpec, Scenario, ServerSpec, SizingCosts};
 
 /// Candidates tried per role before giving up.
 const SEARCH_STEPS: u32 = 64;
@@ -446,7 +446,7 @@ impl Sizing {
             "\nassumptions (override in [sizing]): {} at {} kbit/s per direction; {} GHz cores at {:.0}% target;\n  \
              media {} calls/GHz, IVR {} and queue {} sessions/GHz, meetings {} cores/participant;\n  \
              IM {} users/core, {} MB and {} kbit/s per user; RAM {} GB + {} MB/session; disk {} GB",
-            crate::scenario::codec_name(s.codec),
+            pbxlab_scenario::codec_name(s.codec),
             kbps,
             s.core_ghz,
             s.target_cpu * 100.0,

@@ -1,7 +1,8 @@
 //! Whole-simulation properties: determinism by seed, the fault timeline carried out exactly as
 //! the balancer planned it, and bounds that hold on the reference cluster.
 
-use pbxlab_sim::{Options, Scenario, reference_scenario, simulate};
+use pbxlab_scenario::{Scenario, reference_scenario};
+use pbxlab_sim::{Options, simulate};
 
 fn json(scenario: &Scenario, seed: Option<u64>) -> String {
     let report = simulate(

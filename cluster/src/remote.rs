@@ -336,7 +336,7 @@ fn nanos(epoch: Instant) -> Nanos {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::live::MediaSession;
+    use crate::MediaSession;
 
     fn cm() -> SocketAddr {
         SocketAddr::from(([10, 211, 0, 1], 5060))

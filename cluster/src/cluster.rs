@@ -23,7 +23,7 @@ use super::hub::Hub;
 use super::link;
 use super::node::{self, NodeHandle, Place};
 use crate::Error;
-use crate::scenario::Scenario;
+use pbxlab_scenario::Scenario;
 
 /// How the cluster listens and whom it trusts.
 #[derive(Debug, Clone)]

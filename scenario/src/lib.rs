@@ -1,8 +1,9 @@
-//! Scenario files: the TOML format describing one pbxlab run (server pools,
+//! pbxlab's scenario files: the TOML format describing one pbxlab run (server pools,
 //! health probing, offered traffic, injected faults, SLO targets and sizing
 //! costs), its parser, and the validation that turns a file into either a
 //! [`Scenario`] or a single [`Diagnostic`] pointing at the offending line and
-//! column.
+//! column. Every driver reads it: `plan` (pbxlab-sim), `cluster` and `drill`
+//! (pbxlab-cluster), `load` (pbxlab-loadgen). It runs nothing and owns no socket.
 //!
 //! Parsing happens in two steps. Serde reads the document into "raw" structs
 //! whose leaves are `Spanned<toml::Value>`, so serde itself only rejects
@@ -21,6 +22,24 @@ use toml::de::{DeTable, DeValue};
 use toml::{Spanned, Value};
 
 pub use pbxlab_balancer::{FailoverMode, Policy, Role};
+
+/// The embedded reference cluster, used when no scenario file is given.
+pub const REFERENCE_SCENARIO: &str = include_str!("../../scenarios/reference.toml");
+pub const REFERENCE_SCENARIO_NAME: &str = "<embedded reference>";
+
+/// The embedded failover drill, used by `pbxlab drill` when no scenario file is given.
+pub const DRILL_SCENARIO: &str = include_str!("../../scenarios/drill.toml");
+pub const DRILL_SCENARIO_NAME: &str = "<embedded drill>";
+
+/// Loads the failover drill that ships inside the binary.
+pub fn drill_scenario() -> Result<Scenario, ScenarioError> {
+    Scenario::from_toml(DRILL_SCENARIO_NAME, DRILL_SCENARIO)
+}
+
+/// Loads the reference cluster that ships inside the binary.
+pub fn reference_scenario() -> Result<Scenario, ScenarioError> {
+    Scenario::from_toml(REFERENCE_SCENARIO_NAME, REFERENCE_SCENARIO)
+}
 
 // ---------------------------------------------------------------------------
 // Validated output

@@ -444,8 +444,8 @@ fn lose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::live::cm::{Config, NodeSpec};
-    use crate::live::{Leg, MediaSession};
+    use crate::cm::{Config, NodeSpec};
+    use crate::{Leg, MediaSession};
     use pbxlab_balancer::{Balancer, FailoverMode, HealthConfig, Policy};
 
     fn cm_addr() -> SocketAddr {

@@ -1,4 +1,4 @@
-//! The emulated cluster, live on UDP sockets: a Call Manager (registrar, digest auth, B2BUA
+//! pbxlab's live emulated cluster, on UDP sockets: a Call Manager (registrar, digest auth, B2BUA
 //! routing, per-source rate limit, health probes) in front of emulated media, meeting, IVR,
 //! queue and IM nodes that really relay, echo, play prompts, collect RFC 4733 digits, hold
 //! callers and mix meetings.
@@ -29,6 +29,42 @@ pub mod hub;
 pub mod link;
 pub mod node;
 pub mod remote;
+
+/// Everything that can stop the live cluster, a node process or its alert sinks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("balancer: {0}")]
+    Balancer(#[from] pbxlab_balancer::Error),
+    #[error("a fault names server {0:?}, which the cluster does not have")]
+    UnknownServer(String),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("alerts file {path}: {source}")]
+    AlertFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("alert webhook: {0}")]
+    Webhook(String),
+    #[error("refused by the Call Manager at {cm}: {reason}")]
+    Refused { cm: SocketAddr, reason: String },
+    #[error("the Call Manager at {cm} did not answer within {:.1} s", waited.as_secs_f64())]
+    NoAnswer {
+        cm: SocketAddr,
+        waited: std::time::Duration,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
 
 /// Nanoseconds since the cluster started.
 pub type Nanos = u64;
