@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use crate::hash::{finalise, fnv1a};
 use crate::heap::LoadHeap;
 use crate::{
     AffinityKey, Assignment, Dropped, Error, Event, EventKind, FailoverMode, HealthConfig, Move,
@@ -862,22 +863,12 @@ fn event(at: Duration, server: u32, kind: EventKind) -> Event {
     }
 }
 
-/// SplitMix64's finaliser: a cheap, well-mixed 64-bit hash step.
-fn mix64(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// FNV-1a over the name, mixed: stable across runs and processes, unlike std's hasher, so every
 /// driver ranks servers the same way for a key.
 fn name_hash(name: &str) -> u64 {
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    mix64(h)
+    finalise(fnv1a(name.as_bytes()))
 }
 
 fn rendezvous(key: AffinityKey, server_hash: u64) -> u64 {
-    mix64(mix64(key.0) ^ server_hash)
+    finalise(finalise(key.0) ^ server_hash)
 }

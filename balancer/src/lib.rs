@@ -11,9 +11,12 @@
 //! probe results and operator actions and carry out the moves it returns.
 
 mod balancer;
+pub mod hash;
 mod heap;
+mod prober;
 
 pub use balancer::{Balancer, Released, ServerView, SessionView};
+pub use prober::{MAX_INCONCLUSIVE_ROUNDS, PANIC_MIN_WATCHED, ProbeAction, Prober, ProberStats};
 
 use std::fmt;
 use std::time::Duration;

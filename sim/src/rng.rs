@@ -5,6 +5,7 @@
 //! report for the same seed forever: those crates do not promise value stability of their
 //! generators and samplers across releases, and a lockfile bump would silently change results.
 
+use pbxlab_balancer::hash::{fnv1a, splitmix64};
 use pbxlab_scenario::HoldDist;
 
 /// xoshiro256++ (Blackman and Vigna): fast, 256 bits of state, good enough for simulation.
@@ -13,21 +14,11 @@ pub struct Rng {
     s: [u64; 4],
 }
 
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 impl Rng {
     /// The stream of one component: the same (seed, name) always gives the same numbers, and
     /// adding a component never shifts another's.
     pub fn stream(seed: u64, component: &str) -> Rng {
-        let name = component.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        let name = fnv1a(component.as_bytes());
         let mut state = seed ^ name.rotate_left(17);
         let s = [
             splitmix64(&mut state),
