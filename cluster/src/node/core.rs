@@ -1,36 +1,18 @@
-//! An emulated cluster node (media, meeting, IVR, queue or IM server).
-//!
-//! A node has one UDP address. All RTP for all its sessions arrives there, as at a single-port
-//! media server, and so do the Call Manager's SIP OPTIONS probes. Datagrams are told apart by
-//! their first byte, as RFC 7983 multiplexes a shared port: 128-191 is RTP version 2 (or RTCP),
-//! an ASCII letter starts a SIP message. An RTP packet finds its session by SSRC; a leg whose
-//! endpoint announced none (SIPp) is found by source address, and its SSRC is learnt from its
-//! first packet. A node in its own process gets its control link there too (`PBXL/1 `,
-//! [`super::link`]); the driver hands those datagrams to its [`Member`] before the node sees
-//! anything.
-//!
-//! [`Node`] is the sans-IO core: commands, datagrams and 20 ms ticks in, datagrams and events
-//! out, no sockets and no clock. [`spawn`] is the driver: one thread serving any number of nodes.
+//! The node's sans-IO core: [`Node`] takes commands, datagrams and 20 ms ticks, and hands back
+//! datagrams (one arena) and digit events; no sockets and no clock. Here live its sessions and
+//! how a packet finds one (SSRC, else source address), relay, echo, IVR digits, hold, meeting
+//! rooms, the OPTIONS answer, the send queue and its counters ([`NodeStats`]).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, LazyLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use mio::{Events, Interest, Poll, Token};
+use std::net::SocketAddr;
 
 use pbxlab_balancer::Role;
 use pbxlab_proto::dtmf::DtmfReceiver;
-use pbxlab_proto::{builder, g711, rtp, sip};
+use pbxlab_proto::{builder, rtp, sip};
 
-use super::link;
-use super::remote::Member;
-use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
+use super::audio::{Codec, HOLD, Mix, PROMPT, SAMPLES};
+use crate::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
 
 /// Sessions a node holds unless told otherwise; commands beyond the limit are refused.
 pub const MAX_SESSIONS: usize = 65_536;
@@ -40,8 +22,6 @@ pub const MAX_SESSIONS: usize = 65_536;
 const MAX_QUEUED: usize = 4 * MAX_SESSIONS;
 /// Events kept until [`Node::events`] drains them; a digit a second per IVR caller is far below.
 const MAX_EVENTS: usize = 4_096;
-/// Samples in a 20 ms frame at 8 kHz, and so RTP timestamp units per frame.
-const SAMPLES: usize = 160;
 /// The tick period.
 pub const FRAME_NS: Nanos = 20_000_000;
 /// RFC 4733 telephone-event payload type when the leg's SDP did not give one.
@@ -73,90 +53,6 @@ pub struct NodeStats {
     /// Datagrams or events dropped because their queue was full.
     pub dropped: u64,
 }
-
-/// The audio codecs the node can generate and mix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Codec {
-    Pcmu,
-    Pcma,
-}
-
-impl Codec {
-    fn from_pt(pt: u8) -> Option<Codec> {
-        match pt {
-            0 => Some(Codec::Pcmu),
-            8 => Some(Codec::Pcma),
-            _ => None,
-        }
-    }
-
-    fn pt(self) -> u8 {
-        match self {
-            Codec::Pcmu => 0,
-            Codec::Pcma => 8,
-        }
-    }
-
-    fn encode(self, pcm: &[i16], out: &mut [u8]) {
-        match self {
-            Codec::Pcmu => g711::encode_ulaw(pcm, out),
-            Codec::Pcma => g711::encode_alaw(pcm, out),
-        }
-    }
-
-    fn decode(self, codes: &[u8], out: &mut [i16]) {
-        match self {
-            Codec::Pcmu => g711::decode_ulaw(codes, out),
-            Codec::Pcma => g711::decode_alaw(codes, out),
-        }
-    }
-}
-
-/// A repeating tone pattern, encoded once in both codecs so a frame costs a copy.
-struct Tone {
-    ulaw: Vec<u8>,
-    alaw: Vec<u8>,
-}
-
-impl Tone {
-    /// Segments of (milliseconds, frequency in Hz; 0 is silence). Every length should be a
-    /// multiple of 20 ms so frames do not straddle segments (they may; it only clicks).
-    fn new(segments: &[(u32, f64)]) -> Tone {
-        let mut pcm = Vec::new();
-        for &(ms, hz) in segments {
-            let n = ms as usize * 8;
-            pcm.extend((0..n).map(|i| {
-                let phase = i as f64 * hz * std::f64::consts::TAU / 8000.0;
-                // About -12 dBFS: clearly audible, far from clipping.
-                (phase.sin() * 8000.0) as i16
-            }));
-        }
-        // Whole frames only, at least one.
-        pcm.resize(pcm.len().div_ceil(SAMPLES).max(1) * SAMPLES, 0);
-        let mut ulaw = vec![0u8; pcm.len()];
-        let mut alaw = vec![0u8; pcm.len()];
-        g711::encode_ulaw(&pcm, &mut ulaw);
-        g711::encode_alaw(&pcm, &mut alaw);
-        Tone { ulaw, alaw }
-    }
-
-    /// Frame `i` of the endless repetition.
-    fn frame(&self, codec: Codec, i: u64) -> &[u8] {
-        let codes = match codec {
-            Codec::Pcmu => &self.ulaw,
-            Codec::Pcma => &self.alaw,
-        };
-        let frames = (codes.len() / SAMPLES).max(1) as u64;
-        let at = (i % frames) as usize * SAMPLES;
-        codes.get(at..at + SAMPLES).unwrap_or(&[])
-    }
-}
-
-/// The IVR menu prompt: 400 ms of 440 Hz, 600 ms of silence.
-static PROMPT: LazyLock<Tone> = LazyLock::new(|| Tone::new(&[(400, 440.0), (600, 0.0)]));
-/// Hold audio: two notes (G4, B4) and a second of silence.
-static HOLD: LazyLock<Tone> =
-    LazyLock::new(|| Tone::new(&[(500, 392.0), (500, 493.9), (1000, 0.0)]));
 
 /// An RTP stream the node sends from its own SSRC (prompt, hold audio, a meeting mix).
 #[derive(Debug, Clone, Copy)]
@@ -819,8 +715,7 @@ enum Setup {
 /// Sends each member of a room the sum of the others' latest frames. Allocates nothing: the
 /// sum and each output frame live on the stack.
 fn mix(members: &[u32], slots: &mut [Option<Session>], outbox: &mut Outbox, frames: u64) {
-    // i64: a room can hold every session of the node, and 65,536 full-scale frames overflow i32.
-    let mut sum = [0i64; SAMPLES];
+    let mut sum = Mix::new();
     for &m in members {
         if let Some(Some(Session {
             kind: Kind::Meeting {
@@ -829,12 +724,9 @@ fn mix(members: &[u32], slots: &mut [Option<Session>], outbox: &mut Outbox, fram
             ..
         })) = slots.get(m as usize)
         {
-            for (s, &x) in sum.iter_mut().zip(pcm.iter()) {
-                *s += i64::from(x);
-            }
+            sum.add(pcm);
         }
     }
-    let mut mixed = [0i16; SAMPLES];
     let mut payload = [0u8; SAMPLES];
     for &m in members {
         let Some(Some(Session {
@@ -846,12 +738,7 @@ fn mix(members: &[u32], slots: &mut [Option<Session>], outbox: &mut Outbox, fram
         else {
             continue;
         };
-        let own = if *fresh { &pcm[..] } else { &[0; SAMPLES][..] };
-        for ((o, &s), &x) in mixed.iter_mut().zip(&sum).zip(own) {
-            // Clamped to the i16 range, so the cast is exact.
-            *o = (s - i64::from(x)).clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16;
-        }
-        out.codec.encode(&mixed, &mut payload);
+        sum.encode_without(fresh.then_some(&**pcm), out.codec, &mut payload);
         out.advance(frames);
         outbox.push_rtp(out, &payload);
         out.sent = true;
@@ -859,499 +746,11 @@ fn mix(members: &[u32], slots: &mut [Option<Session>], outbox: &mut Outbox, fram
     }
 }
 
-/// A node's figures, shared with the Call Manager's status line; the driver refreshes them on
-/// every pass of its loop.
-#[derive(Debug, Default)]
-pub struct NodeCounters {
-    sessions: AtomicU64,
-    rooms: AtomicU64,
-    packets_in: AtomicU64,
-    packets_out: AtomicU64,
-    unknown_packets: AtomicU64,
-    malformed: AtomicU64,
-    options_answered: AtomicU64,
-    digits: AtomicU64,
-    refused: AtomicU64,
-    ignored: AtomicU64,
-    dropped: AtomicU64,
-    /// Datagrams that arrived while the node was dead, read and dropped.
-    dead_drops: AtomicU64,
-    /// Failed sends, receives and polls.
-    io_errors: AtomicU64,
-}
-
-impl NodeCounters {
-    /// The node's stats as last published.
-    pub fn load(&self) -> NodeStats {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        NodeStats {
-            sessions: l(&self.sessions),
-            rooms: l(&self.rooms),
-            packets_in: l(&self.packets_in),
-            packets_out: l(&self.packets_out),
-            unknown_packets: l(&self.unknown_packets),
-            malformed: l(&self.malformed),
-            options_answered: l(&self.options_answered),
-            digits: l(&self.digits),
-            refused: l(&self.refused),
-            ignored: l(&self.ignored),
-            dropped: l(&self.dropped),
-        }
-    }
-
-    pub fn dead_drops(&self) -> u64 {
-        self.dead_drops.load(Ordering::Relaxed)
-    }
-
-    pub fn io_errors(&self) -> u64 {
-        self.io_errors.load(Ordering::Relaxed)
-    }
-
-    fn store(&self, s: &NodeStats) {
-        let st = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        st(&self.sessions, s.sessions);
-        st(&self.rooms, s.rooms);
-        st(&self.packets_in, s.packets_in);
-        st(&self.packets_out, s.packets_out);
-        st(&self.unknown_packets, s.unknown_packets);
-        st(&self.malformed, s.malformed);
-        st(&self.options_answered, s.options_answered);
-        st(&self.digits, s.digits);
-        st(&self.refused, s.refused);
-        st(&self.ignored, s.ignored);
-        st(&self.dropped, s.dropped);
-    }
-
-    /// Takes a remote node's figures, as its link reports them.
-    pub(super) fn publish(&self, s: &NodeStats, io_errors: u64) {
-        self.store(s);
-        self.io_errors.store(io_errors, Ordering::Relaxed);
-    }
-
-    fn add(a: &AtomicU64, n: u64) {
-        if n > 0 {
-            a.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Where a node runs, and so who carries the commands sent to its handle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
-    /// A node of this process, served by [`spawn`]'s thread, which reads the channel.
-    InProcess,
-    /// A node in its own process (`pbxlab node`): the Call Manager's thread reads the channel
-    /// and sends the commands over the control link ([`super::hub`]). Its `alive` says whether
-    /// it was heard from lately, and its counters are what it last reported; an operator here
-    /// cannot crash, cut off or start its process.
-    Remote,
-}
-
-/// What the Call Manager keeps of a node: where it is, how to command it, whether it is alive.
-#[derive(Debug, Clone)]
-pub struct NodeHandle {
-    pub id: u32,
-    pub name: String,
-    pub role: Role,
-    pub addr: SocketAddr,
-    pub place: Place,
-    pub commands: Sender<NodeCommand>,
-    /// Cleared, the node acts as a dead server: it reads and drops every datagram, sends
-    /// nothing and plays nothing. It still applies commands, so sessions the Call Manager ends
-    /// meanwhile are gone when it comes back.
-    pub alive: Arc<AtomicBool>,
-    pub counters: Arc<NodeCounters>,
-}
-
-impl NodeHandle {
-    /// Sends a command; false once the node thread has gone.
-    pub fn send(&self, cmd: NodeCommand) -> bool {
-        self.commands.send(cmd).is_ok()
-    }
-
-    pub fn set_alive(&self, alive: bool) {
-        self.alive.store(alive, Ordering::Relaxed);
-    }
-
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Relaxed)
-    }
-}
-
-/// The node thread's side of a [`NodeHandle`].
-#[derive(Debug)]
-pub struct NodeControl {
-    pub commands: Receiver<NodeCommand>,
-    pub alive: Arc<AtomicBool>,
-    pub counters: Arc<NodeCounters>,
-}
-
-/// A handle and its control for `node`, which starts alive.
-pub fn channel(node: &Node) -> (NodeHandle, NodeControl) {
-    handle(
-        node.id,
-        node.name.clone(),
-        node.role,
-        node.addr,
-        Place::InProcess,
-    )
-}
-
-/// A handle and its control for a node in its own process that joined from `addr`.
-pub fn remote(id: u32, name: String, role: Role, addr: SocketAddr) -> (NodeHandle, NodeControl) {
-    handle(id, name, role, addr, Place::Remote)
-}
-
-fn handle(
-    id: u32,
-    name: String,
-    role: Role,
-    addr: SocketAddr,
-    place: Place,
-) -> (NodeHandle, NodeControl) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let alive = Arc::new(AtomicBool::new(true));
-    let counters = Arc::new(NodeCounters::default());
-    (
-        NodeHandle {
-            id,
-            name,
-            role,
-            addr,
-            place,
-            commands: tx,
-            alive: Arc::clone(&alive),
-            counters: Arc::clone(&counters),
-        },
-        NodeControl {
-            commands: rx,
-            alive,
-            counters,
-        },
-    )
-}
-
-/// Binds a node's socket at `addr` (port 0 picks one) and makes the node, its handle and what
-/// [`spawn`] takes for it.
-pub fn bind(
-    id: u32,
-    role: Role,
-    name: String,
-    addr: SocketAddr,
-) -> io::Result<(NodeHandle, (Node, UdpSocket, NodeControl))> {
-    let socket = UdpSocket::bind(addr)?;
-    let node = Node::new(id, role, name, socket.local_addr()?);
-    let (handle, control) = channel(&node);
-    Ok((handle, (node, socket, control)))
-}
-
-/// Longest datagram a node reads; RTP and OPTIONS fit, longer ones are truncated (and then
-/// malformed). Small buffers keep a node's receive batch at 128 KiB.
-/// Receive buffers hold one RTP packet (or a SIP probe).
-const DATAGRAM: usize = 2048;
-/// Receive and send buffer asked of the kernel for each node socket.
-const SOCKET_BUFFER_BYTES: usize = 16 << 20;
-/// Datagrams one node's socket may hand over before the others get their turn.
-const SHARE: usize = 256;
-/// How long before a tick the thread stops sleeping and spins, when some node is generating
-/// audio: epoll's timeout has millisecond granularity.
-const SPIN: Nanos = 1_000_000;
-
-struct Served {
-    node: Node,
-    socket: mio::net::UdpSocket,
-    control: NodeControl,
-    receiver: pbxlab_udp::Receiver,
-    /// A node in its own process: its end of the control link, where its commands arrive
-    /// and its events go.
-    member: Option<Member>,
-}
-
-impl Served {
-    fn new(
-        node: Node,
-        socket: mio::net::UdpSocket,
-        control: NodeControl,
-        started: Instant,
-    ) -> io::Result<Served> {
-        // Large socket buffers hold a tick's burst from every stream. (Coalesced receive,
-        // UDP_GRO, is not used here: on this kernel the node was handed whole coalesced
-        // buffers as single datagrams; ARCHITECTURE.md.)
-        let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
-        let receiver = pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM)?;
-        Ok(Served {
-            node,
-            socket,
-            control,
-            receiver,
-            member: None,
-        })
-    }
-
-    fn alive(&self) -> bool {
-        self.control.alive.load(Ordering::Relaxed)
-    }
-
-    fn flush(&mut self, sender: &mut pbxlab_udp::Sender) {
-        let Served {
-            node,
-            socket,
-            control,
-            member,
-            ..
-        } = self;
-        if let Some(m) = member {
-            m.transmit_all(|datagrams| {
-                let failed = sender.send_all(socket, datagrams).len();
-                NodeCounters::add(&control.counters.io_errors, failed as u64);
-            });
-        }
-        if control.alive.load(Ordering::Relaxed) {
-            node.transmit_all(|datagrams| {
-                // Plain sendmmsg. Segmented sends (GSO) from here to the generator's coalescing
-                // receiver lost most packets at scale on this kernel (BENCHMARKS.md, "Scale
-                // run"), so they stay off until that is understood.
-                let failed = sender.send_all(socket, datagrams).len();
-                NodeCounters::add(&control.counters.io_errors, failed as u64);
-            });
-        } else {
-            node.transmit_all(|_| {});
-        }
-    }
-}
-
-/// Starts one thread serving every node in `nodes` until `stop` is set. Digits go to
-/// `events` with the node's id.
-///
-/// One thread for all nodes: the machine this was built for has two cores, and a thread per
-/// node would only add context switches, since a node's work per packet is a few hundred
-/// nanoseconds. The thread sleeps in epoll over every node's socket; when woken it takes each
-/// node's commands, then reads its datagrams in batches (`recvmmsg`) and sends what they
-/// produce at once (`sendmmsg`), so relayed packets are not held until a tick. Ticks fall on
-/// a 20 ms grid; after a stall the missed ones are skipped, not sent in a burst.
-pub fn spawn(
-    nodes: Vec<(Node, UdpSocket, NodeControl)>,
-    adds: Receiver<(Node, UdpSocket, NodeControl)>,
-    events: Sender<(u32, NodeEvent)>,
-    stop: Arc<AtomicBool>,
-) -> io::Result<JoinHandle<()>> {
-    let nodes = nodes.into_iter().map(|(n, s, c)| (n, s, c, None)).collect();
-    start(nodes, adds, events, stop, Instant::now())
-}
-
-/// Starts the thread serving one node of its own process, whose commands arrive and events
-/// leave through `member` (joined already, [`super::remote::join`]) on the node's socket.
-/// `epoch` is the member's clock's zero.
-pub fn spawn_member(
-    node: Node,
-    socket: UdpSocket,
-    control: NodeControl,
-    member: Member,
-    stop: Arc<AtomicBool>,
-    epoch: Instant,
-) -> io::Result<JoinHandle<()>> {
-    // Nobody adds nodes to this thread, and its events go over the link.
-    let (_, adds) = std::sync::mpsc::channel();
-    let (events, _) = std::sync::mpsc::channel();
-    start(
-        vec![(node, socket, control, Some(member))],
-        adds,
-        events,
-        stop,
-        epoch,
-    )
-}
-
-type ToServe = (Node, UdpSocket, NodeControl, Option<Member>);
-
-fn start(
-    nodes: Vec<ToServe>,
-    adds: Receiver<(Node, UdpSocket, NodeControl)>,
-    events: Sender<(u32, NodeEvent)>,
-    stop: Arc<AtomicBool>,
-    started: Instant,
-) -> io::Result<JoinHandle<()>> {
-    let poll = Poll::new()?;
-    let mut sockets = Vec::with_capacity(nodes.len());
-    for (i, (node, socket, control, member)) in nodes.into_iter().enumerate() {
-        socket.set_nonblocking(true)?;
-        let mut socket = mio::net::UdpSocket::from_std(socket);
-        poll.registry()
-            .register(&mut socket, Token(i), Interest::READABLE)?;
-        sockets.push((node, socket, control, member));
-    }
-    // The batch buffers hold raw pointers and cannot move between threads, so the thread
-    // makes them and reports whether that worked before serving.
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let thread = std::thread::Builder::new()
-        .name("pbxlab-nodes".into())
-        .spawn(move || {
-            let mut served = Vec::with_capacity(sockets.len());
-            for (node, socket, control, member) in sockets {
-                match Served::new(node, socket, control, started) {
-                    Ok(s) => served.push(Served { member, ..s }),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
-            let _ = ready_tx.send(Ok(()));
-            run(served, poll, started, &adds, &events, &stop);
-        })?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(thread),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
-        }
-        Err(_) => {
-            let _ = thread.join();
-            Err(io::Error::other("the node thread ended before serving"))
-        }
-    }
-}
-
-fn elapsed(started: Instant) -> Nanos {
-    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-fn run(
-    mut served: Vec<Served>,
-    mut poll: Poll,
-    started: Instant,
-    adds: &Receiver<(Node, UdpSocket, NodeControl)>,
-    events: &Sender<(u32, NodeEvent)>,
-    stop: &AtomicBool,
-) {
-    let mut ready = Events::with_capacity(64);
-    let mut sender = pbxlab_udp::Sender::default();
-    let mut next_tick = FRAME_NS;
-    let mut backlog: Vec<usize> = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        // Nodes an operator added (`pbxlab ctl add`) join the loop; a socket that cannot be
-        // set up leaves its node silent, and its probes then mark it down.
-        while let Ok((node, socket, control)) = adds.try_recv() {
-            let counters = Arc::clone(&control.counters);
-            let added = socket.set_nonblocking(true).and_then(|()| {
-                let mut socket = mio::net::UdpSocket::from_std(socket);
-                poll.registry()
-                    .register(&mut socket, Token(served.len()), Interest::READABLE)?;
-                Served::new(node, socket, control, started)
-            });
-            match added {
-                Ok(s) => served.push(s),
-                Err(_) => NodeCounters::add(&counters.io_errors, 1),
-            }
-        }
-        // Sleep until the next tick (so `stop` and commands are seen every 20 ms) or a
-        // datagram; when audio is due, wake a little early and spin so it leaves on time.
-        let until = next_tick.saturating_sub(elapsed(started));
-        let generating = served.iter().any(|s| s.alive() && s.node.generating());
-        let wait = if !backlog.is_empty() {
-            0
-        } else if !generating {
-            until
-        } else {
-            until.saturating_sub(SPIN)
-        };
-        if let Err(e) = poll.poll(&mut ready, Some(Duration::from_nanos(wait)))
-            && e.kind() != io::ErrorKind::Interrupted
-        {
-            for s in &served {
-                NodeCounters::add(&s.control.counters.io_errors, 1);
-            }
-        }
-        // Commands before datagrams: a packet sent after its session's command finds it.
-        for s in &mut served {
-            while let Ok(cmd) = s.control.commands.try_recv() {
-                s.node.command(cmd);
-            }
-        }
-        // Sockets with something to read: those epoll reported, and those left with more
-        // after their share last time (epoll is edge-triggered and will not report them
-        // again). Each gets at most SHARE datagrams a round, so a busy media node's stream
-        // never keeps an idle node's probe waiting.
-        for event in ready.iter() {
-            let i = event.token().0;
-            if !backlog.contains(&i) {
-                backlog.push(i);
-            }
-        }
-        let mut more = Vec::new();
-        for i in backlog.drain(..) {
-            let Some(s) = served.get_mut(i) else {
-                continue;
-            };
-            let alive = s.alive();
-            let Served {
-                node,
-                socket,
-                control,
-                receiver,
-                member,
-            } = s;
-            let mut dead = 0u64;
-            let read = receiver.drain_up_to(socket, SHARE, |at, from, bytes| {
-                if !alive {
-                    dead += 1;
-                    return;
-                }
-                match member {
-                    Some(m) if link::is_link(bytes) => {
-                        m.handle(at, from, bytes, |command| node.command(command));
-                    }
-                    _ => node.handle(from, bytes),
-                }
-            });
-            NodeCounters::add(&control.counters.dead_drops, dead);
-            match read {
-                Ok(n) if n >= SHARE => more.push(i),
-                Ok(_) => {}
-                Err(_) => NodeCounters::add(&control.counters.io_errors, 1),
-            }
-            let id = s.node.id;
-            for event in s.node.events() {
-                match &mut s.member {
-                    Some(m) => m.push_event(event),
-                    // Nobody listening is not the node's problem: it keeps serving media.
-                    None => {
-                        let _ = events.send((id, event));
-                    }
-                }
-            }
-            s.flush(&mut sender);
-        }
-        backlog = more;
-        let now = elapsed(started);
-        if now >= next_tick {
-            for s in &mut served {
-                if s.alive() {
-                    s.node.tick(now);
-                    if let Some(m) = &mut s.member {
-                        let io_errors = s.control.counters.io_errors();
-                        m.advance(now, &s.node.stats(), io_errors);
-                    }
-                    s.flush(&mut sender);
-                }
-                // Published once a tick: often enough for a status line, and the spin
-                // before a tick does not write them over and over.
-                s.control.counters.store(&s.node.stats());
-            }
-            // The first slot of the grid after now: one tick per wakeup, however late.
-            next_tick = (now / FRAME_NS + 1) * FRAME_NS;
-        }
-    }
-    // The final figures, for whoever reads them after the thread has ended.
-    for s in &served {
-        s.control.counters.store(&s.node.stats());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pbxlab_proto::dtmf;
+    use crate::node::fixtures::{OPTIONS, audio, packet, session};
+    use pbxlab_proto::{dtmf, g711};
     use proptest::prelude::*;
 
     fn addr(port: u16) -> SocketAddr {
@@ -1371,24 +770,10 @@ mod tests {
         }
     }
 
-    fn packet(ssrc: u32, seq: u16, ts: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
-        let mut buf = vec![0u8; rtp::HEADER_LEN + payload.len()];
-        rtp::write_rtp(&mut buf, ssrc, seq, ts, pt, false, payload).unwrap();
-        buf
-    }
-
-    fn audio(ssrc: u32, seq: u16) -> Vec<u8> {
-        packet(ssrc, seq, u32::from(seq) * 160, 0, &[0xff; 160])
-    }
-
     fn sent(n: &mut Node) -> Vec<(SocketAddr, Vec<u8>)> {
         let mut out = Vec::new();
         n.transmit_all(|d| out.extend(d.iter().map(|(a, b)| (*a, b.to_vec()))));
         out
-    }
-
-    fn session(n: u64) -> MediaSession {
-        MediaSession(n)
     }
 
     #[test]
@@ -1734,16 +1119,6 @@ mod tests {
         assert_eq!((s.sessions, s.refused), (1, 2));
     }
 
-    const OPTIONS: &str = "OPTIONS sip:media-1@192.0.2.1:4000 SIP/2.0\r\n\
-        Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKprobe17;rport\r\n\
-        Via: SIP/2.0/UDP 192.0.2.8:5060;branch=z9hG4bKouter\r\n\
-        Max-Forwards: 70\r\n\
-        From: <sip:cm@192.0.2.9>;tag=cm1\r\n\
-        To: <sip:media-1@192.0.2.1:4000>\r\n\
-        Call-ID: probe-17@cm\r\n\
-        CSeq: 17 OPTIONS\r\n\
-        Content-Length: 0\r\n\r\n";
-
     #[test]
     fn answers_options() {
         let mut n = node();
@@ -1837,107 +1212,5 @@ mod tests {
                 datagrams.len() as u64
             );
         }
-    }
-
-    #[test]
-    fn loopback_driver_relays_answers_plays_and_plays_dead() {
-        let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (handle, served) = bind(1, Role::Media, "media-1".into(), localhost).unwrap();
-        let (events_tx, events_rx) = std::sync::mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (_adds_tx, adds_rx) = std::sync::mpsc::channel();
-        let thread = spawn(vec![served], adds_rx, events_tx, Arc::clone(&stop)).unwrap();
-        let [a, b, c] = [0; 3].map(|_| {
-            let s = UdpSocket::bind(localhost).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-            s
-        });
-        let leg_of = |s: &UdpSocket, ssrc| Leg {
-            remote: s.local_addr().unwrap(),
-            ssrc,
-            codec_pt: 0,
-            dtmf_pt: Some(101),
-        };
-        // b announces no SSRC, as SIPp does.
-        assert!(handle.send(NodeCommand::Relay {
-            session: session(1),
-            a: leg_of(&a, Some(1)),
-            b: leg_of(&b, None),
-        }));
-        let mut buf = [0u8; 2048];
-        let mut exchange = |from: &UdpSocket, to: &UdpSocket, pkt: &[u8]| -> Option<Vec<u8>> {
-            // Sent again if lost: the first may overtake the command in the node thread.
-            for _ in 0..20 {
-                from.send_to(pkt, handle.addr).unwrap();
-                if let Ok((n, src)) = to.recv_from(&mut buf) {
-                    assert_eq!(src, handle.addr);
-                    return Some(buf[..n].to_vec());
-                }
-            }
-            None
-        };
-        let p = audio(1, 1);
-        let q = audio(2, 1);
-        assert_eq!(exchange(&a, &b, &p), Some(p.clone()));
-        assert_eq!(exchange(&b, &a, &q), Some(q.clone()));
-        let answer = exchange(&c, &c, OPTIONS.as_bytes()).unwrap();
-        assert_eq!(sip::parse_datagram(&answer).unwrap().code(), Some(200));
-
-        // IVR: the prompt arrives on the tick, and a digit comes back as an event.
-        assert!(handle.send(NodeCommand::Ivr {
-            session: session(2),
-            leg: leg_of(&c, Some(5)),
-        }));
-        let (n, _) = c.recv_from(&mut buf).unwrap();
-        assert_eq!(rtp::read_rtp(&buf[..n]).unwrap().payload_type, 0);
-        for p in dtmf::digit_packets(9, 100, 20, 10) {
-            let mut pkt = [0u8; 16];
-            rtp::write_rtp(&mut pkt, 5, 1, 800, 101, p.marker, &p.payload).unwrap();
-            c.send_to(&pkt, handle.addr).unwrap();
-        }
-        assert_eq!(
-            events_rx.recv_timeout(Duration::from_secs(2)).unwrap(),
-            (
-                1,
-                NodeEvent::Digit {
-                    session: session(2),
-                    digit: '9'
-                }
-            )
-        );
-        assert!(handle.send(NodeCommand::End {
-            session: session(2),
-        }));
-
-        // Dead: nothing relayed, probes unanswered.
-        handle.set_alive(false);
-        a.send_to(&p, handle.addr).unwrap();
-        c.send_to(OPTIONS.as_bytes(), handle.addr).unwrap();
-        assert!(b.recv_from(&mut buf).is_err());
-        // Prompt frames sent before the End may still be queued at c; no answer after them.
-        while let Ok((n, _)) = c.recv_from(&mut buf) {
-            assert!(rtp::looks_like_rtp(&buf[..n]), "a dead node answered");
-        }
-        handle.set_alive(true);
-        let mut buf = [0u8; 2048];
-        let mut again = None;
-        for _ in 0..20 {
-            a.send_to(&p, handle.addr).unwrap();
-            if let Ok((n, _)) = b.recv_from(&mut buf) {
-                again = Some(buf[..n].to_vec());
-                break;
-            }
-        }
-        assert_eq!(again, Some(p));
-        stop.store(true, Ordering::Relaxed);
-        thread.join().unwrap();
-        let s = handle.counters.load();
-        assert!(
-            s.packets_in >= 3 && s.options_answered >= 1 && s.digits == 1,
-            "{s:?}"
-        );
-        assert!(handle.counters.dead_drops() >= 2);
-        assert_eq!(s.sessions, 1);
     }
 }

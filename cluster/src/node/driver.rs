@@ -1,0 +1,447 @@
+//! The driver: binds each node's socket and runs the one thread that serves every node of the
+//! process over epoll, moving datagrams between the sockets and the sans-IO cores and keeping
+//! the 20 ms tick. A node in its own process gets its control link on the same socket.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+
+use pbxlab_balancer::Role;
+
+use super::core::{FRAME_NS, Node};
+use super::handle::{NodeControl, NodeHandle, channel};
+use crate::link;
+use crate::remote::Member;
+use crate::{Nanos, NodeEvent};
+
+/// Binds a node's socket at `addr` (port 0 picks one) and makes the node, its handle and what
+/// [`spawn`] takes for it.
+pub fn bind(
+    id: u32,
+    role: Role,
+    name: String,
+    addr: SocketAddr,
+) -> io::Result<(NodeHandle, (Node, UdpSocket, NodeControl))> {
+    let socket = UdpSocket::bind(addr)?;
+    let node = Node::new(id, role, name, socket.local_addr()?);
+    let (handle, control) = channel(&node);
+    Ok((handle, (node, socket, control)))
+}
+
+/// Longest datagram a node reads; RTP and OPTIONS fit, longer ones are truncated (and then
+/// malformed). Small buffers keep a node's receive batch at 128 KiB.
+const DATAGRAM: usize = 2048;
+/// Receive and send buffer asked of the kernel for each node socket.
+const SOCKET_BUFFER_BYTES: usize = 16 << 20;
+/// Datagrams one node's socket may hand over before the others get their turn.
+const SHARE: usize = 256;
+/// How long before a tick the thread stops sleeping and spins, when some node is generating
+/// audio: epoll's timeout has millisecond granularity.
+const SPIN: Nanos = 1_000_000;
+
+struct Served {
+    node: Node,
+    socket: mio::net::UdpSocket,
+    control: NodeControl,
+    receiver: pbxlab_udp::Receiver,
+    /// A node in its own process: its end of the control link, where its commands arrive
+    /// and its events go.
+    member: Option<Member>,
+}
+
+impl Served {
+    fn new(
+        node: Node,
+        socket: mio::net::UdpSocket,
+        control: NodeControl,
+        started: Instant,
+    ) -> io::Result<Served> {
+        // Large socket buffers hold a tick's burst from every stream. (Coalesced receive,
+        // UDP_GRO, is not used here: on this kernel the node was handed whole coalesced
+        // buffers as single datagrams; ARCHITECTURE.md.)
+        let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
+        let receiver = pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM)?;
+        Ok(Served {
+            node,
+            socket,
+            control,
+            receiver,
+            member: None,
+        })
+    }
+
+    fn alive(&self) -> bool {
+        self.control.alive.load(Ordering::Relaxed)
+    }
+
+    fn flush(&mut self, sender: &mut pbxlab_udp::Sender) {
+        let Served {
+            node,
+            socket,
+            control,
+            member,
+            ..
+        } = self;
+        if let Some(m) = member {
+            m.transmit_all(|datagrams| {
+                let failed = sender.send_all(socket, datagrams).len();
+                control.counters.add_io_errors(failed as u64);
+            });
+        }
+        if control.alive.load(Ordering::Relaxed) {
+            node.transmit_all(|datagrams| {
+                // Plain sendmmsg. Segmented sends (GSO) from here to the generator's coalescing
+                // receiver lost most packets at scale on this kernel (BENCHMARKS.md, "Scale
+                // run"), so they stay off until that is understood.
+                let failed = sender.send_all(socket, datagrams).len();
+                control.counters.add_io_errors(failed as u64);
+            });
+        } else {
+            node.transmit_all(|_| {});
+        }
+    }
+}
+
+/// Starts one thread serving every node in `nodes` until `stop` is set. Digits go to
+/// `events` with the node's id.
+///
+/// One thread for all nodes: the machine this was built for has two cores, and a thread per
+/// node would only add context switches, since a node's work per packet is a few hundred
+/// nanoseconds. The thread sleeps in epoll over every node's socket; when woken it takes each
+/// node's commands, then reads its datagrams in batches (`recvmmsg`) and sends what they
+/// produce at once (`sendmmsg`), so relayed packets are not held until a tick. Ticks fall on
+/// a 20 ms grid; after a stall the missed ones are skipped, not sent in a burst.
+pub fn spawn(
+    nodes: Vec<(Node, UdpSocket, NodeControl)>,
+    adds: Receiver<(Node, UdpSocket, NodeControl)>,
+    events: Sender<(u32, NodeEvent)>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<JoinHandle<()>> {
+    let nodes = nodes.into_iter().map(|(n, s, c)| (n, s, c, None)).collect();
+    start(nodes, adds, events, stop, Instant::now())
+}
+
+/// Starts the thread serving one node of its own process, whose commands arrive and events
+/// leave through `member` (joined already, [`crate::remote::join`]) on the node's socket.
+/// `epoch` is the member's clock's zero.
+pub fn spawn_member(
+    node: Node,
+    socket: UdpSocket,
+    control: NodeControl,
+    member: Member,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+) -> io::Result<JoinHandle<()>> {
+    // Nobody adds nodes to this thread, and its events go over the link.
+    let (_, adds) = std::sync::mpsc::channel();
+    let (events, _) = std::sync::mpsc::channel();
+    start(
+        vec![(node, socket, control, Some(member))],
+        adds,
+        events,
+        stop,
+        epoch,
+    )
+}
+
+type ToServe = (Node, UdpSocket, NodeControl, Option<Member>);
+
+fn start(
+    nodes: Vec<ToServe>,
+    adds: Receiver<(Node, UdpSocket, NodeControl)>,
+    events: Sender<(u32, NodeEvent)>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> io::Result<JoinHandle<()>> {
+    let poll = Poll::new()?;
+    let mut sockets = Vec::with_capacity(nodes.len());
+    for (i, (node, socket, control, member)) in nodes.into_iter().enumerate() {
+        socket.set_nonblocking(true)?;
+        let mut socket = mio::net::UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, Token(i), Interest::READABLE)?;
+        sockets.push((node, socket, control, member));
+    }
+    // The batch buffers hold raw pointers and cannot move between threads, so the thread
+    // makes them and reports whether that worked before serving.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("pbxlab-nodes".into())
+        .spawn(move || {
+            let mut served = Vec::with_capacity(sockets.len());
+            for (node, socket, control, member) in sockets {
+                match Served::new(node, socket, control, started) {
+                    Ok(s) => served.push(Served { member, ..s }),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let _ = ready_tx.send(Ok(()));
+            run(served, poll, started, &adds, &events, &stop);
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(io::Error::other("the node thread ended before serving"))
+        }
+    }
+}
+
+fn elapsed(started: Instant) -> Nanos {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn run(
+    mut served: Vec<Served>,
+    mut poll: Poll,
+    started: Instant,
+    adds: &Receiver<(Node, UdpSocket, NodeControl)>,
+    events: &Sender<(u32, NodeEvent)>,
+    stop: &AtomicBool,
+) {
+    let mut ready = Events::with_capacity(64);
+    let mut sender = pbxlab_udp::Sender::default();
+    let mut next_tick = FRAME_NS;
+    let mut backlog: Vec<usize> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        // Nodes an operator added (`pbxlab ctl add`) join the loop; a socket that cannot be
+        // set up leaves its node silent, and its probes then mark it down.
+        while let Ok((node, socket, control)) = adds.try_recv() {
+            let counters = Arc::clone(&control.counters);
+            let added = socket.set_nonblocking(true).and_then(|()| {
+                let mut socket = mio::net::UdpSocket::from_std(socket);
+                poll.registry()
+                    .register(&mut socket, Token(served.len()), Interest::READABLE)?;
+                Served::new(node, socket, control, started)
+            });
+            match added {
+                Ok(s) => served.push(s),
+                Err(_) => counters.add_io_errors(1),
+            }
+        }
+        // Sleep until the next tick (so `stop` and commands are seen every 20 ms) or a
+        // datagram; when audio is due, wake a little early and spin so it leaves on time.
+        let until = next_tick.saturating_sub(elapsed(started));
+        let generating = served.iter().any(|s| s.alive() && s.node.generating());
+        let wait = if !backlog.is_empty() {
+            0
+        } else if !generating {
+            until
+        } else {
+            until.saturating_sub(SPIN)
+        };
+        if let Err(e) = poll.poll(&mut ready, Some(Duration::from_nanos(wait)))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            for s in &served {
+                s.control.counters.add_io_errors(1);
+            }
+        }
+        // Commands before datagrams: a packet sent after its session's command finds it.
+        for s in &mut served {
+            while let Ok(cmd) = s.control.commands.try_recv() {
+                s.node.command(cmd);
+            }
+        }
+        // Sockets with something to read: those epoll reported, and those left with more
+        // after their share last time (epoll is edge-triggered and will not report them
+        // again). Each gets at most SHARE datagrams a round, so a busy media node's stream
+        // never keeps an idle node's probe waiting.
+        for event in ready.iter() {
+            let i = event.token().0;
+            if !backlog.contains(&i) {
+                backlog.push(i);
+            }
+        }
+        let mut more = Vec::new();
+        for i in backlog.drain(..) {
+            let Some(s) = served.get_mut(i) else {
+                continue;
+            };
+            let alive = s.alive();
+            let Served {
+                node,
+                socket,
+                control,
+                receiver,
+                member,
+            } = s;
+            let mut dead = 0u64;
+            let read = receiver.drain_up_to(socket, SHARE, |at, from, bytes| {
+                if !alive {
+                    dead += 1;
+                    return;
+                }
+                match member {
+                    Some(m) if link::is_link(bytes) => {
+                        m.handle(at, from, bytes, |command| node.command(command));
+                    }
+                    _ => node.handle(from, bytes),
+                }
+            });
+            control.counters.add_dead_drops(dead);
+            match read {
+                Ok(n) if n >= SHARE => more.push(i),
+                Ok(_) => {}
+                Err(_) => control.counters.add_io_errors(1),
+            }
+            let id = s.node.id();
+            for event in s.node.events() {
+                match &mut s.member {
+                    Some(m) => m.push_event(event),
+                    // Nobody listening is not the node's problem: it keeps serving media.
+                    None => {
+                        let _ = events.send((id, event));
+                    }
+                }
+            }
+            s.flush(&mut sender);
+        }
+        backlog = more;
+        let now = elapsed(started);
+        if now >= next_tick {
+            for s in &mut served {
+                if s.alive() {
+                    s.node.tick(now);
+                    if let Some(m) = &mut s.member {
+                        let io_errors = s.control.counters.io_errors();
+                        m.advance(now, &s.node.stats(), io_errors);
+                    }
+                    s.flush(&mut sender);
+                }
+                // Published once a tick: often enough for a status line, and the spin
+                // before a tick does not write them over and over.
+                s.control.counters.store(&s.node.stats());
+            }
+            // The first slot of the grid after now: one tick per wakeup, however late.
+            next_tick = (now / FRAME_NS + 1) * FRAME_NS;
+        }
+    }
+    // The final figures, for whoever reads them after the thread has ended.
+    for s in &served {
+        s.control.counters.store(&s.node.stats());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::fixtures::{OPTIONS, audio, session};
+    use crate::{Leg, NodeCommand};
+    use pbxlab_proto::{dtmf, rtp, sip};
+
+    #[test]
+    fn loopback_driver_relays_answers_plays_and_plays_dead() {
+        let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (handle, served) = bind(1, Role::Media, "media-1".into(), localhost).unwrap();
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (_adds_tx, adds_rx) = std::sync::mpsc::channel();
+        let thread = spawn(vec![served], adds_rx, events_tx, Arc::clone(&stop)).unwrap();
+        let [a, b, c] = [0; 3].map(|_| {
+            let s = UdpSocket::bind(localhost).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            s
+        });
+        let leg_of = |s: &UdpSocket, ssrc| Leg {
+            remote: s.local_addr().unwrap(),
+            ssrc,
+            codec_pt: 0,
+            dtmf_pt: Some(101),
+        };
+        // b announces no SSRC, as SIPp does.
+        assert!(handle.send(NodeCommand::Relay {
+            session: session(1),
+            a: leg_of(&a, Some(1)),
+            b: leg_of(&b, None),
+        }));
+        let mut buf = [0u8; 2048];
+        let mut exchange = |from: &UdpSocket, to: &UdpSocket, pkt: &[u8]| -> Option<Vec<u8>> {
+            // Sent again if lost: the first may overtake the command in the node thread.
+            for _ in 0..20 {
+                from.send_to(pkt, handle.addr).unwrap();
+                if let Ok((n, src)) = to.recv_from(&mut buf) {
+                    assert_eq!(src, handle.addr);
+                    return Some(buf[..n].to_vec());
+                }
+            }
+            None
+        };
+        let p = audio(1, 1);
+        let q = audio(2, 1);
+        assert_eq!(exchange(&a, &b, &p), Some(p.clone()));
+        assert_eq!(exchange(&b, &a, &q), Some(q.clone()));
+        let answer = exchange(&c, &c, OPTIONS.as_bytes()).unwrap();
+        assert_eq!(sip::parse_datagram(&answer).unwrap().code(), Some(200));
+
+        // IVR: the prompt arrives on the tick, and a digit comes back as an event.
+        assert!(handle.send(NodeCommand::Ivr {
+            session: session(2),
+            leg: leg_of(&c, Some(5)),
+        }));
+        let (n, _) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(rtp::read_rtp(&buf[..n]).unwrap().payload_type, 0);
+        for p in dtmf::digit_packets(9, 100, 20, 10) {
+            let mut pkt = [0u8; 16];
+            rtp::write_rtp(&mut pkt, 5, 1, 800, 101, p.marker, &p.payload).unwrap();
+            c.send_to(&pkt, handle.addr).unwrap();
+        }
+        assert_eq!(
+            events_rx.recv_timeout(Duration::from_secs(2)).unwrap(),
+            (
+                1,
+                NodeEvent::Digit {
+                    session: session(2),
+                    digit: '9'
+                }
+            )
+        );
+        assert!(handle.send(NodeCommand::End {
+            session: session(2),
+        }));
+
+        // Dead: nothing relayed, probes unanswered.
+        handle.set_alive(false);
+        a.send_to(&p, handle.addr).unwrap();
+        c.send_to(OPTIONS.as_bytes(), handle.addr).unwrap();
+        assert!(b.recv_from(&mut buf).is_err());
+        // Prompt frames sent before the End may still be queued at c; no answer after them.
+        while let Ok((n, _)) = c.recv_from(&mut buf) {
+            assert!(rtp::looks_like_rtp(&buf[..n]), "a dead node answered");
+        }
+        handle.set_alive(true);
+        let mut buf = [0u8; 2048];
+        let mut again = None;
+        for _ in 0..20 {
+            a.send_to(&p, handle.addr).unwrap();
+            if let Ok((n, _)) = b.recv_from(&mut buf) {
+                again = Some(buf[..n].to_vec());
+                break;
+            }
+        }
+        assert_eq!(again, Some(p));
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+        let s = handle.counters.load();
+        assert!(
+            s.packets_in >= 3 && s.options_answered >= 1 && s.digits == 1,
+            "{s:?}"
+        );
+        assert!(handle.counters.dead_drops() >= 2);
+        assert_eq!(s.sessions, 1);
+    }
+}
