@@ -128,6 +128,11 @@ impl Prober {
         }
     }
 
+    /// A round has started and not been judged yet.
+    pub fn round_open(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// The start of the next round on the grid.
     pub fn next_round(&self) -> Duration {
         self.next_round

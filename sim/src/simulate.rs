@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pbxlab_balancer::{
-    AffinityKey, Balancer, EventKind, Outcome, Probe, Request, Role, ServerId, SessionId,
+    AffinityKey, Balancer, EventKind, Outcome, Probe, ProbeAction, Prober, Request, Role, ServerId,
+    SessionId,
 };
 
 use crate::des::{EventQueue, Nanos, nanos_to_secs, secs_to_nanos};
@@ -74,8 +75,8 @@ enum Ev {
     },
     /// The next registration refresh in `refresh_order`.
     Refresh,
-    Probe(u32),
-    ProbeTimeout(u32),
+    /// The prober's next deadline: a round to start or to judge.
+    ProbeRound,
     Fault(u32),
 }
 
@@ -200,6 +201,10 @@ struct Sim<'s> {
     rng_queue: Rng,
     rng_meetings: Rng,
     rng_registrations: Rng,
+    prober: Prober,
+    /// A `ProbeRound` event is pending.
+    probing: bool,
+    probe_actions: Vec<ProbeAction>,
 }
 
 /// Runs the scenario in virtual time and reports what happened.
@@ -224,6 +229,7 @@ pub fn simulate(sc: &Scenario, options: Options<'_>) -> Result<Report, Error> {
 impl<'s> Sim<'s> {
     fn new(sc: &'s Scenario, seed: u64, self_check: bool) -> Result<Sim<'s>, Error> {
         let b = sc.balancer()?;
+        let b_health = b.health();
         let mut servers = Vec::new();
         let mut roles: [Option<RoleStats>; 5] = Default::default();
         let batches = sc.batches.max(1) as usize;
@@ -282,6 +288,9 @@ impl<'s> Sim<'s> {
             rng_queue: Rng::stream(seed, "queue"),
             rng_meetings: Rng::stream(seed, "meetings"),
             rng_registrations: Rng::stream(seed, "registrations"),
+            prober: Prober::new(b_health, Duration::ZERO),
+            probing: false,
+            probe_actions: Vec::new(),
         };
         sim.start()?;
         Ok(sim)
@@ -325,11 +334,10 @@ impl<'s> Sim<'s> {
                 self.schedule(first, Ev::Refresh)?;
             }
         }
-        let interval = secs_to_nanos(self.sc.health.probe_interval.as_secs_f64()).max(1);
-        let n = self.servers.len() as u64;
-        for s in 0..n {
-            // Probes of different servers are spread over the interval, as a real prober does.
-            self.schedule(interval * s / n.max(1), Ev::Probe(s as u32))?;
+        // Every server starts up and answering, so no probe round is scheduled until a fault
+        // makes one's outcome unknown (`keep_probing`).
+        for s in 0..self.servers.len() {
+            self.prober.watch(ServerId(s as u32));
         }
         for (i, f) in self.sc.faults.iter().enumerate() {
             self.schedule(secs_to_nanos(f.at.as_secs_f64()), Ev::Fault(i as u32))?;
@@ -432,33 +440,68 @@ impl<'s> Sim<'s> {
                 let (phase, _) = self.refresh_order[self.refresh_next];
                 self.schedule(phase + self.refresh_cycle * period, Ev::Refresh)?;
             }
-            Ev::Probe(s) => {
-                let health = self.b.health();
-                if self.servers[s as usize].alive {
-                    let out = self
-                        .b
-                        .probe(Duration::from_nanos(now), ServerId(s), Probe::Ok)?;
-                    self.apply(out, now, None)?;
-                } else {
-                    self.schedule(
-                        now + secs_to_nanos(health.timeout.as_secs_f64()),
-                        Ev::ProbeTimeout(s),
-                    )?;
-                }
-                self.schedule(
-                    now + secs_to_nanos(health.interval.as_secs_f64()).max(1),
-                    Ev::Probe(s),
-                )?;
-            }
-            Ev::ProbeTimeout(s) => {
-                let out = self
-                    .b
-                    .probe(Duration::from_nanos(now), ServerId(s), Probe::Timeout)?;
-                self.apply(out, now, None)?;
-            }
+            Ev::ProbeRound => self.probe_round(now)?,
             Ev::Fault(i) => self.fault(i as usize, now)?,
         }
         Ok(())
+    }
+
+    /// Runs the prober at its deadline. A live server answers at once (the round trip takes no
+    /// virtual time); a silent one is judged by the prober at the round's timeout.
+    fn probe_round(&mut self, now: Nanos) -> Result<(), Error> {
+        let at = Duration::from_nanos(now);
+        let mut actions = std::mem::take(&mut self.probe_actions);
+        self.prober.advance(at, &mut actions);
+        for action in actions.drain(..) {
+            let (server, result) = match action {
+                ProbeAction::Send { server, seq } => {
+                    if !self.servers[server.0 as usize].alive {
+                        continue;
+                    }
+                    match self.prober.answer(at, server, seq, true) {
+                        Some(result) => (server, result),
+                        None => continue,
+                    }
+                }
+                ProbeAction::Record { server, result } => (server, result),
+            };
+            let out = self.b.probe(at, server, result)?;
+            self.apply(out, now, None)?;
+        }
+        self.probe_actions = actions;
+        self.probing = false;
+        self.keep_probing(now)
+    }
+
+    /// Schedules the prober's next deadline unless every probe's outcome is known and changes
+    /// nothing: every server answers and is counted healthy with no failure pending. Those
+    /// rounds are skipped (most of a long run's events were probes of servers that never
+    /// fail); detection is unchanged, because the grid is kept and a skipped round is exactly
+    /// one in which everyone answered.
+    fn keep_probing(&mut self, now: Nanos) -> Result<(), Error> {
+        if self.probing {
+            return Ok(());
+        }
+        let settled = |i: usize, alive: bool| {
+            alive
+                && self
+                    .b
+                    .server(ServerId(i as u32))
+                    .is_some_and(|v| v.healthy && v.last_probe.is_none_or(|(_, p)| p == Probe::Ok))
+        };
+        let steady = !self.prober.round_open()
+            && self
+                .servers
+                .iter()
+                .enumerate()
+                .all(|(i, s)| settled(i, s.alive));
+        if steady {
+            return Ok(());
+        }
+        self.prober.skip_to(Duration::from_nanos(now));
+        self.probing = true;
+        let at = (self.prober.next_deadline().as_nanos() as Nanos).max(now);
+        self.schedule(at, Ev::ProbeRound)
     }
 
     fn next_arrival(&mut self, stream: Stream, now: Nanos) -> Result<(), Error> {
@@ -763,11 +806,11 @@ impl<'s> Sim<'s> {
             // partitioned server is as silent as a failed one.
             FaultAction::Fail | FaultAction::Partition => {
                 self.servers[id.0 as usize].alive = false;
-                return Ok(());
+                return self.keep_probing(now);
             }
             FaultAction::Recover | FaultAction::Heal => {
                 self.servers[id.0 as usize].alive = true;
-                return Ok(());
+                return self.keep_probing(now);
             }
             // An upgrade moves the sessions away and takes the server back at once: the
             // restart itself takes no virtual time worth modelling.

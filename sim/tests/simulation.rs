@@ -247,3 +247,51 @@ fn reference_day_runs_and_respects_capacity() {
         reg.register_per_s
     );
 }
+
+/// A fault-free run spends no event on probes (every outcome is known), and a failure is found
+/// on the prober's grid: the first round at or after the fault, then `down_after - 1` more
+/// rounds, judged `timeout` after each start. The live Call Manager drives the same prober.
+#[test]
+fn probes_cost_nothing_while_healthy_and_detection_follows_the_probe_grid() {
+    let base = r#"name = "probe grid"
+seed = 5
+duration = "2h"
+warmup = "1m"
+[health]
+probe_interval = "2s"
+probe_timeout = "500ms"
+down_after = 3
+[[pool]]
+role = "media"
+servers = 3
+capacity = 100
+[traffic.calls]
+rate = "1/s"
+hold = "60s"
+"#;
+    let quiet = simulate(
+        &Scenario::from_toml("<quiet>", base).expect("valid"),
+        Options::default(),
+    )
+    .expect("runs");
+    let calls = quiet.roles["media"].offered;
+    // Arrivals and hang-ups, the warm-up's and a few more: nothing near 3 probes a second.
+    assert!(
+        quiet.events < calls * 21 / 10 + 500,
+        "{} events for {calls} calls",
+        quiet.events
+    );
+    for (at_s, expected) in [(601.0, 606.5), (600.0, 604.5), (601.9, 606.5)] {
+        let text = format!(
+            "{base}[[fault]]\nat = \"{at_s}s\"\naction = \"fail\"\nserver = \"media-2\"\n"
+        );
+        let scenario = Scenario::from_toml("<fault>", &text).expect("valid");
+        let report = simulate(&scenario, Options::default()).expect("runs");
+        let detected = report.faults[0].detected_after_s.expect("detected");
+        assert!(
+            (at_s + detected - expected).abs() < 1e-6,
+            "failed at {at_s} s, down at {} s, expected {expected} s",
+            at_s + detected
+        );
+    }
+}
