@@ -210,8 +210,41 @@ pub enum OpError {
     Bind { addr: SocketAddr, reason: String },
     #[error("{server}: {reason}")]
     Failed { server: String, reason: String },
+    /// Another action is still under way on one of the servers this one would touch.
+    #[error(
+        "{server} is busy: {} started {:.1} s ago and has not finished; actions on a \
+         server run one at a time, so try again when it is done",
+        action.name(),
+        running.as_secs_f64()
+    )]
+    Busy {
+        server: String,
+        action: Action,
+        running: Duration,
+    },
     #[error("the cluster has stopped")]
     Stopped,
+}
+
+/// Servers with an operator action under way, and which: two actions on one server at once
+/// (two rolling upgrades of one role started seconds apart) would take more of a pool out of
+/// service than either meant to.
+type Busy = Mutex<std::collections::BTreeMap<String, (Action, Instant)>>;
+
+/// Releases the servers an action claimed, however it ends.
+struct Claim<'a> {
+    busy: &'a Busy,
+    servers: Vec<String>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.busy.lock() {
+            for s in &self.servers {
+                busy.remove(s);
+            }
+        }
+    }
 }
 
 /// What one action did to one server.
@@ -250,6 +283,7 @@ struct Shared {
     capacities: Vec<(Role, u32)>,
     health: HealthConfig,
     ip: IpAddr,
+    busy: Busy,
 }
 
 /// A handle to operate a running cluster from any thread: status, operator actions, faults.
@@ -346,6 +380,7 @@ impl Cluster {
             capacities,
             health,
             ip: sip.ip(),
+            busy: Busy::default(),
         });
         let cm_thread = {
             let (stop, shared) = (Arc::clone(&stop), Arc::clone(&shared));
@@ -474,6 +509,7 @@ impl Control {
         if targets.is_empty() {
             return Err(OpError::NoMatch(describe(filter)));
         }
+        let _claim = self.claim(action, targets.iter().map(|t| t.name.clone()).collect())?;
         let mut done = Vec::with_capacity(targets.len());
         for t in targets {
             let started = self.now();
@@ -498,6 +534,28 @@ impl Control {
             });
         }
         Ok(done)
+    }
+
+    /// Claims every server of an action, or none: refused if any has an action under way.
+    fn claim(&self, action: Action, servers: Vec<String>) -> Result<Claim<'_>, OpError> {
+        let mut busy = self.shared.busy.lock().map_err(|_| OpError::Stopped)?;
+        if let Some((server, &(running, since))) =
+            servers.iter().find_map(|s| busy.get(s).map(|b| (s, b)))
+        {
+            return Err(OpError::Busy {
+                server: server.clone(),
+                action: running,
+                running: since.elapsed(),
+            });
+        }
+        let now = Instant::now();
+        for s in &servers {
+            busy.insert(s.clone(), (action, now));
+        }
+        Ok(Claim {
+            busy: &self.shared.busy,
+            servers,
+        })
     }
 
     fn act_on(&self, action: Action, name: &str) -> Result<(), String> {
@@ -986,4 +1044,69 @@ fn thread_cpu() -> Duration {
         .sum();
     // USER_HZ is 100 on every Linux this runs on.
     Duration::from_millis(ticks * 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_MEDIA: &str = r#"name = "two media"
+seed = 1
+[health]
+probe_interval = "100ms"
+probe_timeout = "50ms"
+down_after = 2
+up_after = 1
+[[pool]]
+role = "media"
+servers = 2
+capacity = 10
+"#;
+
+    /// Two rolling upgrades of one role started seconds apart once disabled both media servers
+    /// at once; now the second is refused, naming the server and the action under way.
+    #[test]
+    fn an_action_on_a_server_with_one_under_way_is_refused() {
+        let sc = Scenario::from_toml("<two media>", TWO_MEDIA).expect("valid");
+        let cluster = Cluster::start(&sc, &Options::new("127.0.0.1:0".parse().expect("addr")))
+            .expect("starts on loopback");
+        let control = cluster.control();
+        let media = Filter {
+            role: Some(Role::Media),
+            ..Filter::default()
+        };
+        let first = {
+            let (control, media) = (control.clone(), media.clone());
+            std::thread::spawn(move || control.act(Action::Upgrade, &media))
+        };
+        let claimed = Instant::now() + Duration::from_secs(5);
+        while control.shared.busy.lock().expect("lock").is_empty() && Instant::now() < claimed {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let one = Filter {
+            server: Some("media-2".into()),
+            ..Filter::default()
+        };
+        match control.act(Action::Disable, &one) {
+            Err(OpError::Busy { server, action, .. }) => {
+                assert_eq!((server.as_str(), action), ("media-2", Action::Upgrade));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(matches!(
+            control.act(Action::Upgrade, &media),
+            Err(OpError::Busy { .. })
+        ));
+        let done = first
+            .join()
+            .expect("no panic")
+            .expect("the first upgrade completes");
+        assert_eq!(done.len(), 2);
+        // Once it has finished, the servers take actions again.
+        assert_eq!(
+            control.act(Action::Disable, &one).expect("accepted").len(),
+            1
+        );
+        cluster.stop().expect("stops");
+    }
 }

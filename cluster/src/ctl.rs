@@ -416,7 +416,8 @@ fn op_refusal(e: OpError) -> Refusal {
         OpError::DuplicateName(_)
         | OpError::DuplicateAddr(..)
         | OpError::NoPool(_)
-        | OpError::Bind { .. } => 409,
+        | OpError::Bind { .. }
+        | OpError::Busy { .. } => 409,
         OpError::Failed { .. } => 500,
         OpError::Stopped => 503,
     };

@@ -282,9 +282,8 @@ hold = "60s"
         quiet.events
     );
     for (at_s, expected) in [(601.0, 606.5), (600.0, 604.5), (601.9, 606.5)] {
-        let text = format!(
-            "{base}[[fault]]\nat = \"{at_s}s\"\naction = \"fail\"\nserver = \"media-2\"\n"
-        );
+        let text =
+            format!("{base}[[fault]]\nat = \"{at_s}s\"\naction = \"fail\"\nserver = \"media-2\"\n");
         let scenario = Scenario::from_toml("<fault>", &text).expect("valid");
         let report = simulate(&scenario, Options::default()).expect("runs");
         let detected = report.faults[0].detected_after_s.expect("detected");
