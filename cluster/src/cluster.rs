@@ -709,17 +709,20 @@ impl Control {
             .map(|&(_, c)| c)
             .ok_or(OpError::NoPool(role))?;
         let want = addr.unwrap_or(SocketAddr::new(self.shared.ip, 0));
-        let next_id = handles.iter().map(|h| h.id + 1).max().unwrap_or(0);
-        let (handle, parts) =
-            node::bind(next_id, role, name.to_owned(), want).map_err(|e| OpError::Bind {
-                addr: want,
-                reason: e.to_string(),
-            })?;
+        let bind_error = |e: io::Error| OpError::Bind {
+            addr: want,
+            reason: e.to_string(),
+        };
+        // The socket first, so that the Call Manager learns the address; the balancer then
+        // numbers the server, and the node takes that number (a remote node's JOIN may have
+        // taken the next one meanwhile: nobody predicts ids).
+        let socket = UdpSocket::bind(want).map_err(bind_error)?;
+        let bound = socket.local_addr().map_err(bind_error)?;
         let (tx, rx) = std::sync::mpsc::channel();
         self.request(Request::Add {
             name: name.to_owned(),
             role,
-            addr: handle.addr,
+            addr: bound,
             capacity,
             reply: tx,
         })
@@ -731,13 +734,8 @@ impl Control {
                 server: name.to_owned(),
                 reason,
             })?;
-        if id.0 != next_id {
-            // The balancer numbers servers in the order they were added, as we do.
-            return Err(OpError::Failed {
-                server: name.to_owned(),
-                reason: format!("the balancer numbered it {} instead of {next_id}", id.0),
-            });
-        }
+        let (handle, parts) =
+            node::adopt(id.0, role, name.to_owned(), socket).map_err(bind_error)?;
         if let Ok(mut h) = self.shared.handles.lock() {
             h.push(handle.clone());
         }

@@ -28,7 +28,17 @@ pub fn bind(
     name: String,
     addr: SocketAddr,
 ) -> io::Result<(NodeHandle, (Node, UdpSocket, NodeControl))> {
-    let socket = UdpSocket::bind(addr)?;
+    adopt(id, role, name, UdpSocket::bind(addr)?)
+}
+
+/// A node on a socket already bound: for a server added at run time, whose id the balancer
+/// gives only once it knows the address.
+pub fn adopt(
+    id: u32,
+    role: Role,
+    name: String,
+    socket: UdpSocket,
+) -> io::Result<(NodeHandle, (Node, UdpSocket, NodeControl))> {
     let node = Node::new(id, role, name, socket.local_addr()?);
     let (handle, control) = channel(&node);
     Ok((handle, (node, socket, control)))
