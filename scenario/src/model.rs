@@ -1,0 +1,360 @@
+//! The validated output of a scenario file: the cluster's pools and servers, health probing,
+//! offered traffic, faults, the drill, SLOs and sizing costs, with every default filled in,
+//! and the names these values go by in files and reports.
+
+use std::time::Duration;
+
+use pbxlab_balancer::{FailoverMode, Policy, Role};
+
+use crate::diagnostics::Diagnostic;
+
+/// A fully validated scenario; every default has been filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    pub name: String,
+    pub seed: u64,
+    /// Simulated time of the whole run.
+    pub duration: Duration,
+    /// Leading part of the run excluded from statistics; always `< duration`.
+    pub warmup: Duration,
+    /// Number of batches for batch-means confidence intervals.
+    pub batches: u32,
+    pub pools: Vec<PoolSpec>,
+    pub health: HealthSpec,
+    pub traffic: Traffic,
+    /// In file order, not sorted by time.
+    pub faults: Vec<FaultSpec>,
+    pub slo: Slo,
+    pub sizing: SizingCosts,
+    /// How `pbxlab drill` runs this scenario live; `plan` ignores it.
+    pub drill: Option<DrillSpec>,
+    /// Things worth telling the user that do not stop the run.
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    pub role: Role,
+    pub servers: Vec<ServerSpec>,
+    /// Concurrent sessions per server (meeting: participants; im: online users).
+    pub capacity: u32,
+    pub policy: Policy,
+    pub failover: FailoverMode,
+    pub first_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSpec {
+    pub name: String,
+    /// Only consulted by [`Policy::Weighted`]; 1 unless the file says otherwise.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSpec {
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes before a server is marked down.
+    pub down_after: u32,
+    /// Consecutive good probes before a down server is marked up again.
+    pub up_after: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traffic {
+    pub calls: Option<CallTraffic>,
+    pub ivr: Option<IvrTraffic>,
+    pub queue: Option<QueueTraffic>,
+    pub meetings: Option<MeetingTraffic>,
+    pub registrations: Option<RegistrationTraffic>,
+}
+
+/// Distribution of a holding (or handle, or meeting) time, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HoldDist {
+    Exponential {
+        mean_s: f64,
+    },
+    /// `mean_s` is the mean of the distribution itself, not its median, so
+    /// the underlying normal has `mu = ln(mean_s) - sigma^2 / 2`.
+    LogNormal {
+        mean_s: f64,
+        sigma: f64,
+    },
+    Fixed {
+        s: f64,
+    },
+}
+
+impl HoldDist {
+    /// Mean in seconds, whatever the shape.
+    pub fn mean_s(&self) -> f64 {
+        match *self {
+            HoldDist::Exponential { mean_s } | HoldDist::LogNormal { mean_s, .. } => mean_s,
+            HoldDist::Fixed { s } => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallTraffic {
+    pub rate_per_s: f64,
+    pub hold: HoldDist,
+    /// Hourly multipliers of `rate_per_s`, hour 0 first.
+    pub profile: Option<[f64; 24]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IvrTraffic {
+    pub rate_per_s: f64,
+    pub hold: HoldDist,
+    /// Fraction of IVR sessions transferred into a queue afterwards.
+    pub then_queue: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueTraffic {
+    pub rate_per_s: f64,
+    pub queues: u32,
+    /// Agents per queue.
+    pub agents: u32,
+    pub handle: HoldDist,
+    /// Mean of the exponential patience; `None` means callers never abandon.
+    pub patience_s: Option<f64>,
+    pub service_level_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeetingTraffic {
+    pub rate_per_s: f64,
+    /// Mean participants per meeting; a meeting has `1 + Poisson(mean - 1)`.
+    pub participants_mean: f64,
+    pub duration: HoldDist,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationTraffic {
+    pub users: u32,
+    pub expires: Duration,
+    /// Users are numbered `first_user..first_user + users`.
+    pub first_user: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// The server stops abruptly; only its probes tell.
+    Fail,
+    Recover,
+    Disable,
+    Enable,
+    Drain,
+    /// Its packets are dropped both ways; it keeps running.
+    Partition,
+    /// The partition ends.
+    Heal,
+    /// Rolling upgrade of one server: disable (sessions move), restart, enable.
+    Upgrade,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSpec {
+    pub at: Duration,
+    pub action: FaultAction,
+    pub server: String,
+}
+
+/// `[drill]`: the live load a drill runs against the cluster and what it must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillSpec {
+    /// Flags of `pbxlab load` for the drill's traffic (the scenario's [traffic] fills in the
+    /// rest, as it does for `pbxlab load SCENARIO`).
+    pub load: Vec<String>,
+    /// The window before the first fault in which the steady-state hypothesis is checked.
+    pub steady: Duration,
+    /// How long after a fault (once detected) the cluster gets before "after" checks start.
+    pub settle: Duration,
+    /// SLOs checked in every phase: media gap p99 of the affected calls, setup p99, calls
+    /// dropped by failover, failed calls.
+    pub media_gap_p99: Duration,
+    pub setup_p99: Duration,
+    pub dropped: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slo {
+    /// Max blocking fraction per role.
+    pub blocking: Option<f64>,
+    /// Min fraction of queued callers answered within the service level.
+    pub queue_service_level: Option<f64>,
+    pub queue_abandoned: Option<f64>,
+    pub queue_asa_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    G711,
+    G729,
+    Opus,
+}
+
+/// Per-session hardware costs used by the sizing report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SizingCosts {
+    pub core_ghz: f64,
+    pub target_cpu: f64,
+    pub codec: Codec,
+    pub media_calls_per_ghz: f64,
+    pub meeting_cores_per_participant: f64,
+    pub ivr_sessions_per_ghz: f64,
+    pub queue_sessions_per_ghz: f64,
+    pub im_users_per_core: f64,
+    pub im_ram_mb_per_user: f64,
+    pub im_kbps_per_user: f64,
+    pub ram_gb_base: f64,
+    pub ram_mb_per_session: f64,
+    pub disk_gb_base: f64,
+}
+
+impl Default for SizingCosts {
+    fn default() -> Self {
+        SizingCosts {
+            core_ghz: 3.0,
+            target_cpu: 0.7,
+            codec: Codec::G711,
+            media_calls_per_ghz: 100.0,
+            meeting_cores_per_participant: 0.045,
+            ivr_sessions_per_ghz: 100.0,
+            queue_sessions_per_ghz: 100.0,
+            im_users_per_core: 2500.0,
+            im_ram_mb_per_user: 0.33,
+            im_kbps_per_user: 20.0,
+            ram_gb_base: 4.0,
+            ram_mb_per_session: 0.5,
+            disk_gb_base: 40.0,
+        }
+    }
+}
+
+impl Scenario {
+    /// The balancer this scenario describes: its pools, servers and health settings. `plan`
+    /// and the live cluster both start from it.
+    pub fn balancer(&self) -> Result<pbxlab_balancer::Balancer, pbxlab_balancer::Error> {
+        let health = pbxlab_balancer::HealthConfig::new(
+            self.health.probe_interval,
+            self.health.probe_timeout,
+            self.health.down_after,
+            self.health.up_after,
+        )?;
+        let mut b = pbxlab_balancer::Balancer::new(health);
+        for pool in &self.pools {
+            b.set_pool(pool.role, pool.policy, pool.failover);
+            for s in &pool.servers {
+                b.add_server(pbxlab_balancer::ServerSpec {
+                    name: s.name.clone(),
+                    role: pool.role,
+                    capacity: pool.capacity,
+                    weight: s.weight,
+                })?;
+            }
+        }
+        Ok(b)
+    }
+
+    /// Every server with its role, in pool order.
+    pub fn server_names(&self) -> impl Iterator<Item = (&str, Role)> {
+        self.pools.iter().flat_map(|pool| {
+            pool.servers
+                .iter()
+                .map(move |server| (server.name.as_str(), pool.role))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Names on the wire
+// ---------------------------------------------------------------------------
+
+pub fn fault_action_name(action: FaultAction) -> &'static str {
+    match action {
+        FaultAction::Fail => "fail",
+        FaultAction::Recover => "recover",
+        FaultAction::Disable => "disable",
+        FaultAction::Enable => "enable",
+        FaultAction::Drain => "drain",
+        FaultAction::Partition => "partition",
+        FaultAction::Heal => "heal",
+        FaultAction::Upgrade => "upgrade",
+    }
+}
+
+pub fn codec_name(codec: Codec) -> &'static str {
+    match codec {
+        Codec::G711 => "g711",
+        Codec::G729 => "g729",
+        Codec::Opus => "opus",
+    }
+}
+
+pub fn parse_fault_action(text: &str) -> Option<FaultAction> {
+    match text {
+        "fail" => Some(FaultAction::Fail),
+        "recover" => Some(FaultAction::Recover),
+        "disable" => Some(FaultAction::Disable),
+        "enable" => Some(FaultAction::Enable),
+        "drain" => Some(FaultAction::Drain),
+        "partition" => Some(FaultAction::Partition),
+        "heal" => Some(FaultAction::Heal),
+        "upgrade" => Some(FaultAction::Upgrade),
+        _ => None,
+    }
+}
+
+pub fn parse_codec(text: &str) -> Option<Codec> {
+    match text {
+        "g711" => Some(Codec::G711),
+        "g729" => Some(Codec::G729),
+        "opus" => Some(Codec::Opus),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for role in [Role::Media, Role::Meeting, Role::Ivr, Role::Queue, Role::Im] {
+            assert_eq!(Role::from_name(role.name()), Some(role));
+        }
+        for policy in [
+            Policy::LeastLoaded,
+            Policy::RoundRobin,
+            Policy::Weighted,
+            Policy::Affinity,
+        ] {
+            assert_eq!(Policy::from_name(policy.name()), Some(policy));
+        }
+        for mode in [FailoverMode::Auto, FailoverMode::Operator] {
+            assert_eq!(FailoverMode::from_name(mode.name()), Some(mode));
+        }
+        for action in [
+            FaultAction::Fail,
+            FaultAction::Recover,
+            FaultAction::Disable,
+            FaultAction::Enable,
+            FaultAction::Drain,
+            FaultAction::Partition,
+            FaultAction::Heal,
+            FaultAction::Upgrade,
+        ] {
+            assert_eq!(parse_fault_action(fault_action_name(action)), Some(action));
+        }
+        for codec in [Codec::G711, Codec::G729, Codec::Opus] {
+            assert_eq!(parse_codec(codec_name(codec)), Some(codec));
+        }
+        assert_eq!(Role::from_name("Media"), None);
+    }
+}
