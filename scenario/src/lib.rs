@@ -19,16 +19,18 @@ mod diagnostics;
 mod model;
 mod raw;
 mod units;
+mod verb;
 
 pub use pbxlab_balancer::{FailoverMode, Policy, Role};
 
 pub use diagnostics::{Diagnostic, ScenarioError, Severity};
 pub use model::{
-    CallTraffic, Codec, DrillSpec, FaultAction, FaultSpec, HealthSpec, HoldDist, IvrTraffic,
-    MeetingTraffic, PoolSpec, QueueTraffic, RegistrationTraffic, Scenario, ServerSpec, SizingCosts,
-    Slo, Traffic, codec_name, fault_action_name, parse_codec, parse_fault_action,
+    CallTraffic, Codec, DrillSpec, FaultSpec, HealthSpec, HoldDist, IvrTraffic, MeetingTraffic,
+    PoolSpec, QueueTraffic, RegistrationTraffic, Scenario, ServerSpec, SizingCosts, Slo, Traffic,
+    codec_name, parse_codec,
 };
 pub use units::{parse_duration, parse_rate};
+pub use verb::{UPGRADE_RESTART, Verb, verb_names};
 
 /// The embedded reference cluster, used when no scenario file is given.
 pub const REFERENCE_SCENARIO: &str = include_str!("../../scenarios/reference.toml");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use pbxlab_balancer::{FailoverMode, Policy, Role};
 
 use crate::diagnostics::Diagnostic;
+use crate::verb::Verb;
 
 /// A fully validated scenario; every default has been filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,26 +141,10 @@ pub struct RegistrationTraffic {
     pub first_user: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultAction {
-    /// The server stops abruptly; only its probes tell.
-    Fail,
-    Recover,
-    Disable,
-    Enable,
-    Drain,
-    /// Its packets are dropped both ways; it keeps running.
-    Partition,
-    /// The partition ends.
-    Heal,
-    /// Rolling upgrade of one server: disable (sessions move), restart, enable.
-    Upgrade,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultSpec {
     pub at: Duration,
-    pub action: FaultAction,
+    pub action: Verb,
     pub server: String,
 }
 
@@ -276,38 +261,11 @@ impl Scenario {
 // Names on the wire
 // ---------------------------------------------------------------------------
 
-pub fn fault_action_name(action: FaultAction) -> &'static str {
-    match action {
-        FaultAction::Fail => "fail",
-        FaultAction::Recover => "recover",
-        FaultAction::Disable => "disable",
-        FaultAction::Enable => "enable",
-        FaultAction::Drain => "drain",
-        FaultAction::Partition => "partition",
-        FaultAction::Heal => "heal",
-        FaultAction::Upgrade => "upgrade",
-    }
-}
-
 pub fn codec_name(codec: Codec) -> &'static str {
     match codec {
         Codec::G711 => "g711",
         Codec::G729 => "g729",
         Codec::Opus => "opus",
-    }
-}
-
-pub fn parse_fault_action(text: &str) -> Option<FaultAction> {
-    match text {
-        "fail" => Some(FaultAction::Fail),
-        "recover" => Some(FaultAction::Recover),
-        "disable" => Some(FaultAction::Disable),
-        "enable" => Some(FaultAction::Enable),
-        "drain" => Some(FaultAction::Drain),
-        "partition" => Some(FaultAction::Partition),
-        "heal" => Some(FaultAction::Heal),
-        "upgrade" => Some(FaultAction::Upgrade),
-        _ => None,
     }
 }
 
@@ -339,18 +297,6 @@ mod tests {
         }
         for mode in [FailoverMode::Auto, FailoverMode::Operator] {
             assert_eq!(FailoverMode::from_name(mode.name()), Some(mode));
-        }
-        for action in [
-            FaultAction::Fail,
-            FaultAction::Recover,
-            FaultAction::Disable,
-            FaultAction::Enable,
-            FaultAction::Drain,
-            FaultAction::Partition,
-            FaultAction::Heal,
-            FaultAction::Upgrade,
-        ] {
-            assert_eq!(parse_fault_action(fault_action_name(action)), Some(action));
         }
         for codec in [Codec::G711, Codec::G729, Codec::Opus] {
             assert_eq!(parse_codec(codec_name(codec)), Some(codec));

@@ -6,11 +6,11 @@ use toml::Spanned;
 
 use super::{Checker, Res, Table};
 use crate::diagnostics::join;
-use crate::model::{FaultSpec, PoolSpec, parse_fault_action};
+use crate::model::{FaultSpec, PoolSpec};
+use crate::verb::{Verb, verb_names};
 use crate::raw::{RawFault, Tab};
 use crate::units::show_duration;
 
-const FAULT_ACTIONS: &str = "fail, recover, disable, enable, drain, partition, heal, upgrade";
 /// How many server names an "unknown server" message lists.
 const NAMES_SHOWN: usize = 10;
 
@@ -50,14 +50,9 @@ impl Checker<'_> {
                     ),
                 ));
             }
-            let action_value = self.required(&fault.action, &table, "action", FAULT_ACTIONS)?;
-            let action = self.choice(
-                action_value,
-                &key,
-                "action",
-                parse_fault_action,
-                FAULT_ACTIONS,
-            )?;
+            let verbs = verb_names();
+            let action_value = self.required(&fault.action, &table, "action", &verbs)?;
+            let action = self.choice(action_value, &key, "action", Verb::from_name, &verbs)?;
             let server_value =
                 self.required(&fault.server, &table, "server", "the name of a server")?;
             let server = self.string(server_value, &key, "server")?;

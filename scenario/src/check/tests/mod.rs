@@ -241,12 +241,12 @@ fn full_example_parses() {
         [
             FaultSpec {
                 at: Duration::from_secs(2_400),
-                action: FaultAction::Fail,
+                action: Verb::Fail,
                 server: "media-2".to_owned(),
             },
             FaultSpec {
                 at: Duration::from_secs(3_000),
-                action: FaultAction::Recover,
+                action: Verb::Recover,
                 server: "media-2".to_owned(),
             },
         ]
