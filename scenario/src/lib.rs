@@ -24,9 +24,10 @@ pub use pbxlab_balancer::{FailoverMode, Policy, Role};
 
 pub use diagnostics::{Diagnostic, ScenarioError, Severity};
 pub use model::{
-    CallTraffic, Codec, DrillSpec, FaultAction, FaultSpec, HealthSpec, HoldDist, IvrTraffic,
-    MeetingTraffic, PoolSpec, QueueTraffic, RegistrationTraffic, Scenario, ServerSpec, SizingCosts,
-    Slo, Traffic, codec_name, fault_action_name, parse_codec, parse_fault_action,
+    Arrivals, CallTraffic, Codec, DrillLoad, DrillSpec, FaultAction, FaultSpec, HealthSpec,
+    HoldDist, IvrTraffic, MeetingTraffic, PoolSpec, QueueTraffic, RegistrationTraffic, Scenario,
+    ServerSpec, Service, SizingCosts, Slo, Traffic, codec_name, fault_action_name, parse_codec,
+    parse_fault_action,
 };
 pub use units::{parse_duration, parse_rate};
 
