@@ -94,7 +94,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     if let Some(seed) = args.seed {
         scenario.seed = seed;
     }
-    let spec = scenario.drill.clone().unwrap_or_else(default_spec);
+    let spec = scenario.drill.clone().unwrap_or_default();
     let mut faults = scenario.faults.clone();
     // A fault the probes must find lands at a phase of their grid drawn from the seed: at the
     // scenario's exact second it would fall at the same phase in every run (the grid counts
@@ -123,9 +123,10 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         .into());
     }
 
-    // The load's flags are checked before anything starts; they are read again below with the
-    // address the Call Manager was given.
-    load::configure(&load::flags(args.sip, &spec.load)?, Some(&scenario))?;
+    // The load is configured before anything starts, and again below with the address the Call
+    // Manager was given.
+    let mut settings = load::Settings::drill(args.sip, &spec.load)?;
+    load::configure(&settings, Some(&scenario))?;
     let mut alerts = AlertSink::new(args.alerts.clone(), args.alert_webhook.clone())
         .map_err(|e| BadInput(e.to_string()))?;
     let mut opts = Options::new(args.sip);
@@ -133,8 +134,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let cluster = Cluster::start(&scenario, &opts).context("starting the cluster")?;
     let control = cluster.control();
     let sip = cluster.sip_addr();
-    let load_args = load::flags(sip, &spec.load)?;
-    let (cfg, thresholds) = load::configure(&load_args, Some(&scenario))?;
+    settings.target = sip;
+    let (cfg, thresholds) = load::configure(&settings, Some(&scenario))?;
     let calls: u64 = cfg.workloads.iter().map(|w| w.calls).sum();
     let rtp = cfg.rtp_fraction;
     let drain_limit = load::drain_limit(&cfg);
@@ -246,18 +247,6 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     } else {
         ExitCode::from(EXIT_SLO)
     })
-}
-
-fn default_spec() -> DrillSpec {
-    DrillSpec {
-        load: Vec::new(),
-        steady: Duration::from_secs(10),
-        settle: Duration::from_secs(5),
-        media_gap_p99: Duration::from_millis(300),
-        setup_p99: Duration::from_secs(2),
-        dropped: 0,
-        failed: 0,
-    }
 }
 
 /// Checks the steady state before the first fault, then waits for each fault's time and

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use pbxlab_loadgen::engine::{Arrivals, Dtmf, Grid, Workload};
 use pbxlab_loadgen::{Callee, Config, Hold, LoadReport, Progress, RunOptions, Threshold};
 use pbxlab_scenario::Scenario;
-use pbxlab_scenario::{HoldDist, Traffic, parse_duration, parse_rate};
+use pbxlab_scenario::{DrillLoad, HoldDist, Service, Traffic, parse_duration, parse_rate};
 
 use crate::BadInput;
 
@@ -20,6 +20,9 @@ use crate::BadInput;
 pub const EXIT_THRESHOLDS: u8 = 99;
 /// Exit code when the target never sent a single datagram back.
 pub const EXIT_NO_ANSWER: u8 = 3;
+/// `--first-user`'s default, and the first user when a scenario's [traffic] has no
+/// registrations.
+const DEFAULT_FIRST_USER: u32 = 1000;
 
 /// With a scenario, `pbxlab load` runs one workload per table of its [traffic]: [traffic.calls]
 /// (our users call each other), [traffic.ivr] (`ivr-1` calls; a then_queue fraction presses a
@@ -43,7 +46,7 @@ pub struct LoadArgs {
     #[arg(long)]
     users: Option<u32>,
     /// Number of the first user; users are FIRST..FIRST+USERS-1.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = DEFAULT_FIRST_USER)]
     first_user: u32,
     /// Domain of the users' addresses of record (default: the target's host).
     #[arg(long)]
@@ -169,111 +172,250 @@ fn rate(flag: &str, text: &str) -> anyhow::Result<f64> {
     parse_rate(text).map_err(|e| bad(format!("--{flag} {text:?}: {e}")))
 }
 
+/// `pbxlab load`'s settings, typed: the flags once read, or a drill's `[drill.load]` on top of
+/// the flags' defaults. What is `None` comes from the scenario's [traffic], else a default.
+pub(crate) struct Settings {
+    pub(crate) target: SocketAddr,
+    /// Slice i of n.
+    pub(crate) shard: (u32, u32),
+    pub(crate) users: Option<u32>,
+    /// Only with `users`; otherwise the scenario's [traffic.registrations] first_user.
+    pub(crate) first_user: Option<u32>,
+    pub(crate) domain: Option<String>,
+    pub(crate) password_prefix: String,
+    pub(crate) register_rate_per_s: f64,
+    pub(crate) expires_s: u32,
+    pub(crate) calls: Option<u64>,
+    pub(crate) call_rate_per_s: Option<f64>,
+    pub(crate) hold: Option<Hold>,
+    pub(crate) duration: Option<Duration>,
+    pub(crate) max_concurrent: Option<usize>,
+    pub(crate) rtp_fraction: f64,
+    pub(crate) service: Option<String>,
+    pub(crate) patience: Option<Duration>,
+    pub(crate) service_level: Option<Duration>,
+    pub(crate) arrivals: Option<Arrivals>,
+    pub(crate) ring_delay: Duration,
+    pub(crate) tick: Grid,
+    pub(crate) dtmf: String,
+    pub(crate) thresholds: Vec<Threshold>,
+    pub(crate) bind: SocketAddr,
+    pub(crate) rtp_bind: SocketAddr,
+    pub(crate) t1: Duration,
+    pub(crate) seed: Option<u64>,
+}
+
+impl Settings {
+    /// Reads the flags; every error names its flag.
+    pub(crate) fn from_args(args: &LoadArgs) -> anyhow::Result<Settings> {
+        let target = args
+            .target
+            .to_socket_addrs()
+            .map_err(|e| bad(format!("--target {:?}: {e}", args.target)))?
+            .next()
+            .ok_or_else(|| bad(format!("--target {:?} resolves to no address", args.target)))?;
+        let shard = args
+            .shard
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
+            .filter(|&(i, n)| n > 0 && i < n)
+            .ok_or_else(|| {
+                bad(format!(
+                    "--shard {:?}: write i/n with 0 <= i < n, e.g. 0/2",
+                    args.shard
+                ))
+            })?;
+        let call_rate_per_s = match &args.call_rate {
+            Some(r) => Some(rate("call-rate", r)?),
+            None => None,
+        };
+        let hold = match &args.hold {
+            Some(h) => {
+                let d = duration("hold", h)?;
+                Some(match args.hold_dist.as_str() {
+                    "fixed" => Hold::Fixed(d),
+                    "exponential" => Hold::Exponential(d),
+                    other => {
+                        return Err(bad(format!(
+                            "--hold-dist {other:?}: use fixed or exponential"
+                        )));
+                    }
+                })
+            }
+            None => None,
+        };
+        let run_for = match &args.duration {
+            Some(d) => Some(duration("duration", d)?),
+            None => None,
+        };
+        if !(0.0..=1.0).contains(&args.rtp) {
+            return Err(bad(format!("--rtp {}: a fraction from 0 to 1", args.rtp)));
+        }
+        let patience = match &args.patience {
+            Some(p) => Some(duration("patience", p)?),
+            None => None,
+        };
+        let service_level = match &args.service_level {
+            Some(d) => Some(duration("service-level", d)?),
+            None => None,
+        };
+        let arrivals = match args.arrivals.as_deref() {
+            Some("fixed") => Some(Arrivals::Fixed),
+            Some("poisson") => Some(Arrivals::Poisson),
+            Some(other) => {
+                return Err(bad(format!("--arrivals {other:?}: use fixed or poisson")));
+            }
+            None => None,
+        };
+        let thresholds = args
+            .thresholds
+            .iter()
+            .map(|t| Threshold::parse(t).map_err(|e| bad(e.to_string())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Settings {
+            target,
+            shard,
+            users: args.users,
+            first_user: args.users.map(|_| args.first_user),
+            domain: args.domain.clone(),
+            password_prefix: args.password_prefix.clone(),
+            register_rate_per_s: rate("register-rate", &args.register_rate)?,
+            expires_s: args.expires,
+            calls: args.calls,
+            call_rate_per_s,
+            hold,
+            duration: run_for,
+            max_concurrent: args.max_concurrent,
+            rtp_fraction: args.rtp,
+            service: args.service.clone(),
+            patience,
+            service_level,
+            arrivals,
+            ring_delay: duration("ring-delay", &args.ring_delay)?,
+            tick: tick(&args.tick)?,
+            dtmf: args.dtmf.clone(),
+            thresholds,
+            bind: args.bind,
+            rtp_bind: args.rtp_bind,
+            t1: duration("t1", &args.t1)?,
+            seed: args.seed,
+        })
+    }
+
+    /// A drill's load against `target`: `pbxlab load`'s defaults (read from no flags, so the
+    /// two cannot drift apart) with `[drill.load]`'s keys on top.
+    pub(crate) fn drill(target: SocketAddr, load: &DrillLoad) -> anyhow::Result<Settings> {
+        #[derive(clap::Parser)]
+        #[command(name = "load", no_binary_name = true)]
+        struct Defaults {
+            #[command(flatten)]
+            load: LoadArgs,
+        }
+        let target = target.to_string();
+        let args = <Defaults as clap::Parser>::try_parse_from(["--target", target.as_str()])
+            .map_err(|e| anyhow::anyhow!("pbxlab load's defaults: {e}"))?
+            .load;
+        let mut s = Settings::from_args(&args)?;
+        s.service = load.service.map(Service::user);
+        s.users = load.users.or(s.users);
+        s.register_rate_per_s = load.register_rate_per_s.unwrap_or(s.register_rate_per_s);
+        s.calls = load.calls.or(s.calls);
+        s.call_rate_per_s = load.call_rate_per_s.or(s.call_rate_per_s);
+        s.hold = load.hold.map(hold_of).or(s.hold);
+        s.rtp_fraction = load.rtp_fraction;
+        s.max_concurrent = load
+            .max_concurrent
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            .or(s.max_concurrent);
+        s.arrivals = load
+            .arrivals
+            .map(|a| match a {
+                pbxlab_scenario::Arrivals::Fixed => Arrivals::Fixed,
+                pbxlab_scenario::Arrivals::Poisson => Arrivals::Poisson,
+            })
+            .or(s.arrivals);
+        if let Some(digits) = &load.dtmf {
+            s.dtmf.clone_from(digits);
+        }
+        Ok(s)
+    }
+}
+
 /// The configuration of this shard, and the thresholds to check.
 pub(crate) fn configure(
-    args: &LoadArgs,
+    s: &Settings,
     scenario: Option<&Scenario>,
 ) -> anyhow::Result<(Config, Vec<Threshold>)> {
-    let target = args
-        .target
-        .to_socket_addrs()
-        .map_err(|e| bad(format!("--target {:?}: {e}", args.target)))?
-        .next()
-        .ok_or_else(|| bad(format!("--target {:?} resolves to no address", args.target)))?;
-    let (shard, shards) = args
-        .shard
-        .split_once('/')
-        .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
-        .filter(|&(i, n)| n > 0 && i < n)
-        .ok_or_else(|| {
-            bad(format!(
-                "--shard {:?}: write i/n with 0 <= i < n, e.g. 0/2",
-                args.shard
-            ))
-        })?;
+    let target = s.target;
+    let (shard, shards) = s.shard;
     let traffic = scenario.map(|s| &s.traffic);
     let reg = traffic.and_then(|t| t.registrations.as_ref());
     let calls_traffic = traffic.and_then(|t| t.calls.as_ref());
-    let users = args.users.or(reg.map(|r| r.users)).unwrap_or(0);
-    let first_user = if args.users.is_none() {
-        reg.map_or(args.first_user, |r| r.first_user)
-    } else {
-        args.first_user
-    };
+    let users = s.users.or(reg.map(|r| r.users)).unwrap_or(0);
+    let first_user = s
+        .first_user
+        .or(reg.map(|r| r.first_user))
+        .unwrap_or(DEFAULT_FIRST_USER);
     // Shard i takes every n-th user, so shards never share a user.
     let my_users: Vec<u32> = (0..users)
         .filter(|k| k % shards == shard)
         .map(|k| first_user + k)
         .collect();
-    let call_rate = match (&args.call_rate, calls_traffic) {
-        (Some(r), _) => rate("call-rate", r)?,
+    let call_rate = match (s.call_rate_per_s, calls_traffic) {
+        (Some(r), _) => r,
         (None, Some(c)) => c.rate_per_s,
         (None, None) => 10.0,
     };
-    let hold = match (&args.hold, calls_traffic) {
-        (Some(h), _) => {
-            let d = duration("hold", h)?;
-            match args.hold_dist.as_str() {
-                "fixed" => Hold::Fixed(d),
-                "exponential" => Hold::Exponential(d),
-                other => {
-                    return Err(bad(format!(
-                        "--hold-dist {other:?}: use fixed or exponential"
-                    )));
-                }
-            }
-        }
+    let hold = match (s.hold, calls_traffic) {
+        (Some(h), _) => h,
         (None, Some(c)) => hold_of(c.hold),
         (None, None) => Hold::Fixed(Duration::from_secs(5)),
     };
-    let run_for = match (&args.duration, scenario) {
-        (Some(d), _) => duration("duration", d)?,
+    let run_for = match (s.duration, scenario) {
+        (Some(d), _) => d,
         (None, Some(s)) => s.duration,
         (None, None) => Duration::from_secs(10),
     };
-    if !(0.0..=1.0).contains(&args.rtp) {
-        return Err(bad(format!("--rtp {}: a fraction from 0 to 1", args.rtp)));
+    if !(0.0..=1.0).contains(&s.rtp_fraction) {
+        return Err(bad(format!(
+            "--rtp {}: a fraction from 0 to 1",
+            s.rtp_fraction
+        )));
     }
     let queue_traffic = traffic.and_then(|t| t.queue.as_ref());
-    let patience = match &args.patience {
-        Some(p) => Some(duration("patience", p)?),
-        None => queue_traffic
+    let patience = s.patience.or_else(|| {
+        queue_traffic
             .and_then(|q| q.patience_s)
-            .map(Duration::from_secs_f64),
-    };
-    let service_level = match &args.service_level {
-        Some(d) => duration("service-level", d)?,
-        None => queue_traffic.map_or(Duration::from_secs(20), |q| {
+            .map(Duration::from_secs_f64)
+    });
+    let service_level = s.service_level.unwrap_or_else(|| {
+        queue_traffic.map_or(Duration::from_secs(20), |q| {
             Duration::from_secs_f64(q.service_level_s)
-        }),
-    };
+        })
+    });
     // Our users call each other; with fewer than two, a placeholder user part at the target.
     let (users_name, users_callee) = if users >= 2 {
         ("users", Callee::Users)
     } else {
         ("service", Callee::Service("service".into()))
     };
-    let dtmf = (!args.dtmf.is_empty()).then(|| Dtmf::Digits(args.dtmf.clone()));
-    let mix = match (&args.service, traffic) {
+    let dtmf = (!s.dtmf.is_empty()).then(|| Dtmf::Digits(s.dtmf.clone()));
+    let mix = match (&s.service, traffic) {
         (None, Some(t)) => {
-            let calls = (calls_traffic.is_some() || args.call_rate.is_some())
+            let calls = (calls_traffic.is_some() || s.call_rate_per_s.is_some())
                 .then(|| Workload::new(users_name, users_callee.clone(), 0, call_rate, hold));
             Some(mixed_workloads(t, calls, dtmf.clone(), patience))
         }
         _ => None,
     };
-    let arrivals = match args.arrivals.as_deref() {
-        Some("fixed") => Arrivals::Fixed,
-        Some("poisson") => Arrivals::Poisson,
-        Some(other) => {
-            return Err(bad(format!("--arrivals {other:?}: use fixed or poisson")));
-        }
+    let arrivals = match s.arrivals {
+        Some(a) => a,
         None if mix.is_some() => Arrivals::Poisson,
         None => Arrivals::Fixed,
     };
     let mut workloads = mix.unwrap_or_else(|| {
-        let (name, callee) = match &args.service {
-            Some(s) => (s.as_str(), Callee::Service(s.clone())),
+        let (name, callee) = match &s.service {
+            Some(service) => (service.as_str(), Callee::Service(service.clone())),
             None => (users_name, users_callee),
         };
         let mut w = Workload::new(name, callee, 0, call_rate, hold);
@@ -281,7 +423,7 @@ pub(crate) fn configure(
         w.patience = patience;
         vec![w]
     });
-    let totals = call_totals(&workloads, args.calls, run_for);
+    let totals = call_totals(&workloads, s.calls, run_for);
     for (w, total) in workloads.iter_mut().zip(totals) {
         w.calls =
             total / u64::from(shards) + u64::from(u64::from(shard) < total % u64::from(shards));
@@ -301,11 +443,7 @@ pub(crate) fn configure(
         }
         _ => 0..0,
     };
-    let mut thresholds = args
-        .thresholds
-        .iter()
-        .map(|t| Threshold::parse(t).map_err(|e| bad(e.to_string())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut thresholds = s.thresholds.clone();
     let mut slo = Vec::new();
     if let Some(s) = scenario {
         slo.extend(
@@ -330,33 +468,30 @@ pub(crate) fn configure(
     for expr in slo {
         thresholds.push(Threshold::parse(&expr).map_err(|e| bad(e.to_string()))?);
     }
-    let seed = args.seed.or(scenario.map(|s| s.seed)).unwrap_or(1);
+    let seed = s.seed.or(scenario.map(|s| s.seed)).unwrap_or(1);
     let cfg = Config {
         target,
-        local: args.bind,
-        rtp_local: args.rtp_bind,
-        domain: args
-            .domain
-            .clone()
-            .unwrap_or_else(|| target.ip().to_string()),
+        local: s.bind,
+        rtp_local: s.rtp_bind,
+        domain: s.domain.clone().unwrap_or_else(|| target.ip().to_string()),
         users: my_users,
-        password_prefix: args.password_prefix.clone(),
+        password_prefix: s.password_prefix.clone(),
         register: users > 0,
-        register_rate: rate("register-rate", &args.register_rate)? / f64::from(shards),
-        expires_s: args.expires,
+        register_rate: s.register_rate_per_s / f64::from(shards),
+        expires_s: s.expires_s,
         workloads,
         reserved,
         shard: (shard, shards),
-        rtp_fraction: args.rtp,
-        max_concurrent: args.max_concurrent,
-        ring_delay: duration("ring-delay", &args.ring_delay)?,
+        rtp_fraction: s.rtp_fraction,
+        max_concurrent: s.max_concurrent,
+        ring_delay: s.ring_delay,
         service_level,
-        t1: duration("t1", &args.t1)?,
+        t1: s.t1,
         t2: Duration::from_secs(4),
         seed,
         // Call-IDs of different shards and runs never collide.
         run_id: (seed as u32).wrapping_mul(2_654_435_761) ^ (std::process::id() << 8) ^ shard,
-        arrival_grid: tick(&args.tick)?,
+        arrival_grid: s.tick,
     };
     Ok((cfg, thresholds))
 }
@@ -470,7 +605,7 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         Some(p) => Some(Scenario::load(p).map_err(|e| bad(e.to_string()))?),
         None => None,
     };
-    let (cfg, thresholds) = configure(&args, scenario.as_ref())?;
+    let (cfg, thresholds) = configure(&Settings::from_args(&args)?, scenario.as_ref())?;
     let interval = duration("interval", &args.interval)?;
     let on_terminal = std::io::stderr().is_terminal();
     let bar = on_terminal.then(indicatif::ProgressBar::new_spinner);
@@ -530,21 +665,6 @@ pub(crate) fn drain_limit(cfg: &Config) -> Duration {
             .unwrap_or_default()
 }
 
-/// `pbxlab load`'s flags given as words (a drill's `[drill] load`), against `target`.
-pub(crate) fn flags(target: SocketAddr, words: &[String]) -> anyhow::Result<LoadArgs> {
-    #[derive(clap::Parser)]
-    #[command(name = "load", no_binary_name = true)]
-    struct Words {
-        #[command(flatten)]
-        load: LoadArgs,
-    }
-    let mut argv = vec!["--target".to_owned(), target.to_string()];
-    argv.extend(words.iter().cloned());
-    <Words as clap::Parser>::try_parse_from(argv)
-        .map(|w| w.load)
-        .map_err(|e| bad(format!("[drill] load: {}", e.render().to_string().trim())))
-}
-
 fn exit_code(report: &LoadReport) -> ExitCode {
     let attempted = report.calls.attempted + report.registrations.attempted;
     if attempted > 0 && report.messages_received == 0 {
@@ -600,7 +720,8 @@ mod tests {
         let mut argv = vec!["load", "--target", "127.0.0.1:5060", path];
         argv.extend_from_slice(flags);
         let cli = Cli::try_parse_from(argv).expect("flags parse");
-        configure(&cli.load, Some(&scenario)).expect("configures")
+        let settings = Settings::from_args(&cli.load).expect("flags read");
+        configure(&settings, Some(&scenario)).expect("configures")
     }
 
     #[test]
@@ -653,5 +774,30 @@ mod tests {
         assert!((499..=502).contains(&calls), "about half of 1001: {calls}");
         assert_eq!(cfg.workloads[0].rate, 27.5);
         assert_eq!(cfg.shard, (1, 2));
+    }
+
+    #[test]
+    fn a_drill_lays_its_load_keys_over_the_flags_defaults() {
+        let scenario = pbxlab_scenario::drill_scenario().expect("the embedded drill");
+        let spec = scenario.drill.clone().expect("[drill]");
+        let target = SocketAddr::from(([127, 0, 0, 1], 5060));
+        let settings = Settings::drill(target, &spec.load).expect("settings");
+        let (cfg, _) = configure(&settings, Some(&scenario)).expect("configures");
+        assert_eq!(cfg.workloads.len(), 1);
+        let w = &cfg.workloads[0];
+        assert_eq!(w.callee, Callee::Service("echo".into()));
+        assert_eq!(w.hold, Hold::Fixed(Duration::from_secs(30)));
+        // [traffic.calls] gives the rate, the scenario the duration: 80/s for 50 s.
+        assert_eq!(
+            (w.rate, w.calls, w.arrivals),
+            (80.0, 4_000, Arrivals::Fixed)
+        );
+        assert_eq!(cfg.rtp_fraction, 1.0);
+        assert_eq!(cfg.register_rate, 1000.0);
+        assert_eq!(cfg.users.len(), 1000);
+        // What [drill.load] does not set is `pbxlab load`'s default.
+        assert_eq!(cfg.t1, Duration::from_millis(500));
+        assert_eq!(cfg.ring_delay, Duration::from_secs(1));
+        assert_eq!(cfg.expires_s, 3600);
     }
 }

@@ -151,9 +151,8 @@ pub struct FaultSpec {
 /// `[drill]`: the live load a drill runs against the cluster and what it must hold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DrillSpec {
-    /// Flags of `pbxlab load` for the drill's traffic (the scenario's [traffic] fills in the
-    /// rest, as it does for `pbxlab load SCENARIO`).
-    pub load: Vec<String>,
+    /// The drill's traffic, `[drill.load]`.
+    pub load: DrillLoad,
     /// The window before the first fault in which the steady-state hypothesis is checked.
     pub steady: Duration,
     /// How long after a fault (once detected) the cluster gets before "after" checks start.
@@ -164,6 +163,110 @@ pub struct DrillSpec {
     pub setup_p99: Duration,
     pub dropped: u64,
     pub failed: u64,
+}
+
+impl Default for DrillSpec {
+    /// What a `[drill]` table with no keys means, and what `pbxlab drill` uses without one.
+    fn default() -> Self {
+        DrillSpec {
+            load: DrillLoad::default(),
+            steady: Duration::from_secs(10),
+            settle: Duration::from_secs(5),
+            media_gap_p99: Duration::from_millis(300),
+            setup_p99: Duration::from_secs(2),
+            dropped: 0,
+            failed: 0,
+        }
+    }
+}
+
+/// `[drill.load]`: the load `pbxlab drill` runs, set as `pbxlab load`'s flags of the same
+/// names would set it. What is `None` comes from the scenario's [traffic] as it does for
+/// `pbxlab load SCENARIO` (registrations, the call mix and its rates and holds), else from
+/// `pbxlab load`'s defaults.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DrillLoad {
+    /// One of the cluster's services as the only workload, instead of [traffic]'s mix.
+    pub service: Option<Service>,
+    /// Users that register; 0: calls without registering.
+    pub users: Option<u32>,
+    pub register_rate_per_s: Option<f64>,
+    /// Call attempts in all (default: rate x duration per workload).
+    pub calls: Option<u64>,
+    /// Attempts per second of the user-to-user (or `service`) workload.
+    pub call_rate_per_s: Option<f64>,
+    /// Fixed or exponential only: the shapes the generator draws.
+    pub hold: Option<HoldDist>,
+    /// Fraction of calls with G.711 RTP both ways.
+    pub rtp_fraction: f64,
+    /// At most this many calls at once.
+    pub max_concurrent: Option<u32>,
+    /// Default: Poisson for [traffic]'s mix, fixed for one workload.
+    pub arrivals: Option<Arrivals>,
+    /// RFC 4733 digits each call sends once answered (0-9, *, #, A-D).
+    pub dtmf: Option<String>,
+}
+
+/// A service of pbxlab's own cluster, called by its user part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `echo`: the caller's RTP comes back from a media node.
+    Echo,
+    /// `ivr-N`.
+    Ivr(u32),
+    /// `queue-N`, 1-based.
+    Queue(u32),
+    /// `meeting-N`: rooms of N participants.
+    Meeting(u32),
+}
+
+impl Service {
+    /// The user part to call, as `pbxlab load --service` takes it.
+    pub fn user(self) -> String {
+        match self {
+            Service::Echo => "echo".to_owned(),
+            Service::Ivr(n) => format!("ivr-{n}"),
+            Service::Queue(n) => format!("queue-{n}"),
+            Service::Meeting(n) => format!("meeting-{n}"),
+        }
+    }
+
+    /// The pool that serves it.
+    pub fn role(self) -> Role {
+        match self {
+            Service::Echo => Role::Media,
+            Service::Ivr(_) => Role::Ivr,
+            Service::Queue(_) => Role::Queue,
+            Service::Meeting(_) => Role::Meeting,
+        }
+    }
+
+    /// Reads `echo`, `ivr-N`, `queue-N` or `meeting-N` (N >= 1).
+    pub fn parse(user: &str) -> Option<Service> {
+        if user == "echo" {
+            return Some(Service::Echo);
+        }
+        let (kind, n) = user.split_once('-')?;
+        // `u32::from_str` would also take "+1".
+        if !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u32 = n.parse().ok().filter(|&n| n >= 1)?;
+        match kind {
+            "ivr" => Some(Service::Ivr(n)),
+            "queue" => Some(Service::Queue(n)),
+            "meeting" => Some(Service::Meeting(n)),
+            _ => None,
+        }
+    }
+}
+
+/// When a workload's attempts start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrivals {
+    /// Attempt k at k / rate.
+    Fixed,
+    Poisson,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -74,13 +74,29 @@ pub struct RawScenario {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDrill {
-    pub load: Option<LeafList>,
+    pub load: Option<Tab<RawDrillLoad>>,
     pub steady: Option<Leaf>,
     pub settle: Option<Leaf>,
     pub media_gap_p99: Option<Leaf>,
     pub setup_p99: Option<Leaf>,
     pub dropped: Option<Leaf>,
     pub failed: Option<Leaf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrillLoad {
+    pub service: Option<Leaf>,
+    pub users: Option<Leaf>,
+    pub register_rate: Option<Leaf>,
+    pub calls: Option<Leaf>,
+    pub call_rate: Option<Leaf>,
+    pub hold: Option<Leaf>,
+    pub hold_dist: Option<Leaf>,
+    pub rtp: Option<Leaf>,
+    pub max_concurrent: Option<Leaf>,
+    pub arrivals: Option<Leaf>,
+    pub dtmf: Option<Leaf>,
 }
 
 #[derive(Deserialize)]

@@ -392,7 +392,7 @@ impl Checker<'_> {
         let faults = self.faults(raw.fault.as_ref(), &pools, duration)?;
         let slo = self.slo(raw.slo.as_ref())?;
         let sizing = self.sizing(raw.sizing.as_ref())?;
-        let drill = self.drill(raw.drill.as_ref())?;
+        let drill = self.drill(raw.drill.as_ref(), &pools, &traffic)?;
 
         Ok(Scenario {
             name: name.to_owned(),

@@ -38,7 +38,7 @@ fn parse_dist_kind(text: &str) -> Option<DistKind> {
 impl Checker<'_> {
     /// Fails unless some pool serves `role`; traffic for a role nobody serves
     /// would be blocked wholesale, which is never what the author meant.
-    fn need_pool(
+    pub(super) fn need_pool(
         &self,
         pools: &[PoolSpec],
         role: Role,
