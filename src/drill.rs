@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use pbxlab_balancer::EventKind;
 use pbxlab_cluster::alerts::AlertSink;
-use pbxlab_cluster::cluster::{Action, Cluster, Control, Filter, Options, Records};
+use pbxlab_cluster::cluster::{Cluster, Control, Filter, Options, Records};
 use pbxlab_loadgen::metrics::Metric;
 use pbxlab_loadgen::{LoadReport, Progress, RunOptions};
 use pbxlab_scenario::Scenario;
-use pbxlab_scenario::{DrillSpec, FaultAction, FaultSpec, fault_action_name};
+use pbxlab_scenario::{DrillSpec, FaultSpec};
 use serde_json::json;
 
 use crate::{BadInput, load};
@@ -102,7 +102,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let mut phase = pbxlab_sim::rng::Rng::stream(scenario.seed, "drill fault phase");
     let interval_ns = u64::try_from(scenario.health.probe_interval.as_nanos()).unwrap_or(0);
     for f in &mut faults {
-        if matches!(f.action, FaultAction::Fail | FaultAction::Partition) && interval_ns > 0 {
+        if f.action.is_silent() && interval_ns > 0 {
             f.at += Duration::from_nanos(phase.below(interval_ns));
         }
     }
@@ -303,20 +303,11 @@ fn run_timeline(
             break;
         }
         let at = control.now();
-        let action = match fault.action {
-            FaultAction::Fail => Action::Fail,
-            FaultAction::Recover => Action::Start,
-            FaultAction::Disable => Action::Disable,
-            FaultAction::Enable => Action::Enable,
-            FaultAction::Drain => Action::Drain,
-            FaultAction::Partition => Action::Partition,
-            FaultAction::Heal => Action::Heal,
-            FaultAction::Upgrade => Action::Upgrade,
-        };
+        let action = fault.action;
         eprintln!(
             "[{:>6.1}s] fault: {} {}",
             at.as_secs_f64(),
-            fault_action_name(fault.action),
+            fault.action.name(),
             fault.server
         );
         let filter = Filter {
@@ -327,7 +318,7 @@ fn run_timeline(
         if let Some(e) = &error {
             eprintln!(
                 "pbxlab: drill: {} {}: {e}",
-                fault_action_name(fault.action),
+                fault.action.name(),
                 fault.server
             );
         }
@@ -555,7 +546,7 @@ fn judge(
     let mut faults = Vec::new();
     for (k, inj) in injected.iter().enumerate() {
         let window_end = injected.get(k + 1).map_or(end.max(inj.finished), |n| n.at);
-        let silent = matches!(inj.spec.action, FaultAction::Fail | FaultAction::Partition);
+        let silent = inj.spec.action.is_silent();
         let down = records
             .events
             .iter()
@@ -689,7 +680,7 @@ impl DrillVerdict {
                 out,
                 "\n  fault at {:.1} s: {} {}{}",
                 i.at.as_secs_f64(),
-                fault_action_name(i.spec.action),
+                i.spec.action.name(),
                 i.spec.server,
                 if i.finished > i.at + Duration::from_millis(50) {
                     format!(" (took {:.1} s)", (i.finished - i.at).as_secs_f64())
@@ -775,7 +766,7 @@ impl DrillVerdict {
             .map(|f| {
                 json!({
                     "at_s": f.injected.at.as_secs_f64(),
-                    "action": fault_action_name(f.injected.spec.action),
+                    "action": f.injected.spec.action.name(),
                     "server": f.injected.spec.server,
                     "finished_s": f.injected.finished.as_secs_f64(),
                     "error": f.injected.error,

@@ -115,68 +115,21 @@ pub struct Records {
     pub dropped: Vec<DroppedCall>,
 }
 
-/// What an operator or a drill does to servers (`pbxlab ctl`, `[[fault]]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Start a stopped server's process; returns once its probes say it is up.
-    Start,
-    /// Stop the process: the Call Manager moves its sessions first, then it stops.
-    Stop,
-    Restart,
-    /// Rolling upgrade: disable (sessions move), restart, wait for the probes, enable.
-    Upgrade,
-    /// Remove it from the cluster for good (sessions move first).
-    Remove,
-    Disable,
-    Enable,
-    Drain,
-    /// Crash: the process dies abruptly, with its sessions; only the probes find out.
-    Fail,
-    /// Cut it off: every datagram to or from it is lost, but it keeps running.
-    Partition,
-    /// Undo a partition.
-    Heal,
-}
-
-impl Action {
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Start => "start",
-            Action::Stop => "stop",
-            Action::Restart => "restart",
-            Action::Upgrade => "upgrade",
-            Action::Remove => "rm",
-            Action::Disable => "disable",
-            Action::Enable => "enable",
-            Action::Drain => "drain",
-            Action::Fail => "fail",
-            Action::Partition => "partition",
-            Action::Heal => "heal",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Action> {
-        OPERATOR_ACTIONS
-            .into_iter()
-            .chain(DRILL_FAULTS)
-            .find(|a| a.name() == name)
-    }
-}
+/// What an operator or a drill does to servers: the one vocabulary of `[[fault]]`, `plan`,
+/// `pbxlab ctl` and drills.
+pub use pbxlab_scenario::Verb;
 
 /// The operator's verbs (`pbxlab ctl`, the control endpoint).
-pub const OPERATOR_ACTIONS: [Action; 8] = [
-    Action::Start,
-    Action::Stop,
-    Action::Restart,
-    Action::Upgrade,
-    Action::Remove,
-    Action::Disable,
-    Action::Enable,
-    Action::Drain,
+pub const OPERATOR_ACTIONS: [Verb; 8] = [
+    Verb::Recover,
+    Verb::Stop,
+    Verb::Restart,
+    Verb::Upgrade,
+    Verb::Remove,
+    Verb::Disable,
+    Verb::Enable,
+    Verb::Drain,
 ];
-
-/// Faults only a drill injects: they act on a process as no operator would.
-const DRILL_FAULTS: [Action; 3] = [Action::Fail, Action::Partition, Action::Heal];
 
 /// Which servers an action applies to; empty: every server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -219,7 +172,7 @@ pub enum OpError {
     )]
     Busy {
         server: String,
-        action: Action,
+        action: Verb,
         running: Duration,
     },
     #[error("the cluster has stopped")]
@@ -229,7 +182,7 @@ pub enum OpError {
 /// Servers with an operator action under way, and which: two actions on one server at once
 /// (two rolling upgrades of one role started seconds apart) would take more of a pool out of
 /// service than either meant to.
-type Busy = Mutex<std::collections::BTreeMap<String, (Action, Instant)>>;
+type Busy = Mutex<std::collections::BTreeMap<String, (Verb, Instant)>>;
 
 /// Releases the servers an action claimed, however it ends.
 struct Claim<'a> {
@@ -251,7 +204,7 @@ impl Drop for Claim<'_> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Done {
     pub server: String,
-    pub action: Action,
+    pub action: Verb,
     /// Since the cluster started: when the action began and ended.
     pub started: Duration,
     pub finished: Duration,
@@ -438,8 +391,6 @@ impl Cluster {
 
 /// How long a stopped or upgraded node gets to finish moving its sessions before it stops.
 const MOVE_WAIT: Duration = Duration::from_secs(5);
-/// How long an upgraded process is down between stop and start.
-const UPGRADE_PAUSE: Duration = Duration::from_millis(200);
 
 impl Control {
     /// The latest snapshot (refreshed every 100 ms).
@@ -504,7 +455,7 @@ impl Control {
 
     /// Carries out `action` on every server `filter` selects, one after the other (a rolling
     /// upgrade finishes each server before the next).
-    pub fn act(&self, action: Action, filter: &Filter) -> Result<Vec<Done>, OpError> {
+    pub fn act(&self, action: Verb, filter: &Filter) -> Result<Vec<Done>, OpError> {
         let targets = self.select(filter);
         if targets.is_empty() {
             return Err(OpError::NoMatch(describe(filter)));
@@ -537,7 +488,7 @@ impl Control {
     }
 
     /// Claims every server of an action, or none: refused if any has an action under way.
-    fn claim(&self, action: Action, servers: Vec<String>) -> Result<Claim<'_>, OpError> {
+    fn claim(&self, action: Verb, servers: Vec<String>) -> Result<Claim<'_>, OpError> {
         let mut busy = self.shared.busy.lock().map_err(|_| OpError::Stopped)?;
         if let Some((server, &(running, since))) =
             servers.iter().find_map(|s| busy.get(s).map(|b| (s, b)))
@@ -558,25 +509,14 @@ impl Control {
         })
     }
 
-    fn act_on(&self, action: Action, name: &str) -> Result<(), String> {
+    fn act_on(&self, action: Verb, name: &str) -> Result<(), String> {
         let handle = self
             .handles()
             .into_iter()
             .find(|h| h.name == name)
             .ok_or_else(|| format!("no node named {name:?}"))?;
         let id = ServerId(handle.id);
-        if handle.place == Place::Remote
-            && matches!(
-                action,
-                Action::Fail
-                    | Action::Partition
-                    | Action::Heal
-                    | Action::Start
-                    | Action::Stop
-                    | Action::Restart
-                    | Action::Upgrade
-            )
-        {
+        if handle.place == Place::Remote && action.acts_on_process() {
             return Err(format!(
                 "{name} runs in its own process at {}: {} acts only on nodes of the cluster's \
                  process (stop, restart or cut off that process where it runs)",
@@ -585,28 +525,28 @@ impl Control {
             ));
         }
         match action {
-            Action::Fail => {
+            Verb::Fail => {
                 handle.set_alive(false);
                 handle.send(NodeCommand::Reset);
             }
-            Action::Partition => handle.set_alive(false),
-            Action::Heal => handle.set_alive(true),
-            Action::Start => self.start_node(&handle)?,
-            Action::Stop => self.stop_node(&handle, id, Admin::Fail)?,
-            Action::Restart => {
+            Verb::Partition => handle.set_alive(false),
+            Verb::Heal => handle.set_alive(true),
+            Verb::Recover => self.start_node(&handle)?,
+            Verb::Stop => self.stop_node(&handle, id, Admin::Fail)?,
+            Verb::Restart => {
                 self.stop_node(&handle, id, Admin::Fail)?;
                 self.start_node(&handle)?;
             }
-            Action::Upgrade => {
+            Verb::Upgrade => {
                 self.stop_node(&handle, id, Admin::Disable)?;
-                std::thread::sleep(UPGRADE_PAUSE);
+                std::thread::sleep(pbxlab_scenario::UPGRADE_RESTART);
                 self.start_node(&handle)?;
                 self.admin(id, Admin::Enable)?;
             }
-            Action::Remove => self.stop_node(&handle, id, Admin::Remove)?,
-            Action::Disable => self.admin(id, Admin::Disable)?,
-            Action::Enable => self.admin(id, Admin::Enable)?,
-            Action::Drain => self.admin(id, Admin::Drain)?,
+            Verb::Remove => self.stop_node(&handle, id, Admin::Remove)?,
+            Verb::Disable => self.admin(id, Admin::Disable)?,
+            Verb::Enable => self.admin(id, Admin::Enable)?,
+            Verb::Drain => self.admin(id, Admin::Drain)?,
         }
         Ok(())
     }
@@ -1075,7 +1015,7 @@ capacity = 10
         };
         let first = {
             let (control, media) = (control.clone(), media.clone());
-            std::thread::spawn(move || control.act(Action::Upgrade, &media))
+            std::thread::spawn(move || control.act(Verb::Upgrade, &media))
         };
         let claimed = Instant::now() + Duration::from_secs(5);
         while control.shared.busy.lock().expect("lock").is_empty() && Instant::now() < claimed {
@@ -1085,14 +1025,14 @@ capacity = 10
             server: Some("media-2".into()),
             ..Filter::default()
         };
-        match control.act(Action::Disable, &one) {
+        match control.act(Verb::Disable, &one) {
             Err(OpError::Busy { server, action, .. }) => {
-                assert_eq!((server.as_str(), action), ("media-2", Action::Upgrade));
+                assert_eq!((server.as_str(), action), ("media-2", Verb::Upgrade));
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
         assert!(matches!(
-            control.act(Action::Upgrade, &media),
+            control.act(Verb::Upgrade, &media),
             Err(OpError::Busy { .. })
         ));
         let done = first
@@ -1101,10 +1041,7 @@ capacity = 10
             .expect("the first upgrade completes");
         assert_eq!(done.len(), 2);
         // Once it has finished, the servers take actions again.
-        assert_eq!(
-            control.act(Action::Disable, &one).expect("accepted").len(),
-            1
-        );
+        assert_eq!(control.act(Verb::Disable, &one).expect("accepted").len(), 1);
         cluster.stop().expect("stops");
     }
 }

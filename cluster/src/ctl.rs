@@ -28,9 +28,7 @@ use pbxlab_balancer::Role;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::cluster::{
-    Action, Control, Done, Filter, NodeStatus, OPERATOR_ACTIONS, OpError, Status,
-};
+use super::cluster::{Control, Done, Filter, NodeStatus, OPERATOR_ACTIONS, OpError, Status, Verb};
 use super::http::{self, ReadError, Request};
 
 /// Connections served at once; more get 503 at once.
@@ -191,7 +189,7 @@ fn linger(stream: &mut TcpStream) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Status,
-    Act(Action),
+    Act(Verb),
     Add,
     WhitelistList,
     WhitelistAdd,
@@ -235,7 +233,7 @@ fn route(method: &str, target: &str) -> Result<Route, Refusal> {
             let Some(name) = path.strip_prefix("/v1/servers/") else {
                 return Err(Refusal::new(404, format!("no route {path}")));
             };
-            let action = Action::from_name(name)
+            let action = Verb::from_name(name)
                 .filter(|a| OPERATOR_ACTIONS.contains(a))
                 .ok_or_else(|| {
                     let names: Vec<&str> = OPERATOR_ACTIONS.iter().map(|a| a.name()).collect();
@@ -520,11 +518,11 @@ mod tests {
         assert_eq!(route("GET", "/v1/status?pretty"), Ok(Route::Status));
         assert_eq!(
             route("POST", "/v1/servers/upgrade"),
-            Ok(Route::Act(Action::Upgrade))
+            Ok(Route::Act(Verb::Upgrade))
         );
         assert_eq!(
             route("POST", "/v1/servers/rm"),
-            Ok(Route::Act(Action::Remove))
+            Ok(Route::Act(Verb::Remove))
         );
         assert_eq!(route("POST", "/v1/servers"), Ok(Route::Add));
         assert_eq!(route("DELETE", "/v1/whitelist"), Ok(Route::WhitelistRemove));

@@ -14,7 +14,7 @@ pub mod simulate;
 pub mod size;
 pub mod stats;
 
-pub use pbxlab_scenario::{Scenario, ScenarioError, fault_action_name};
+pub use pbxlab_scenario::{Scenario, ScenarioError};
 pub use report::Report;
 pub use simulate::{Options, simulate};
 

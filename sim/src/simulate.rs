@@ -17,6 +17,7 @@ use pbxlab_balancer::{
     SessionId,
 };
 
+use crate::Error;
 use crate::des::{EventQueue, Nanos, nanos_to_secs, secs_to_nanos};
 use crate::erlang::{self, QueueModel};
 use crate::report::{
@@ -25,8 +26,7 @@ use crate::report::{
 };
 use crate::rng::Rng;
 use crate::stats::Estimate;
-use crate::{Error, fault_action_name};
-use pbxlab_scenario::{FaultAction, HoldDist, Scenario};
+use pbxlab_scenario::{HoldDist, Scenario, UPGRADE_RESTART, Verb};
 
 /// How to run a simulation.
 #[derive(Debug, Clone, Copy, Default)]
@@ -77,6 +77,8 @@ enum Ev {
     Refresh,
     /// The prober's next deadline: a round to start or to judge.
     ProbeRound,
+    /// An upgraded server's process is up again.
+    Restarted(u32),
     Fault(u32),
 }
 
@@ -140,6 +142,8 @@ struct ServerStats {
     area: f64,
     last: Nanos,
     alive: bool,
+    /// Upgraded and restarted: enabled again once a probe answers.
+    enable_when_answered: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +246,7 @@ impl<'s> Sim<'s> {
                     area: 0.0,
                     last: 0,
                     alive: true,
+                    enable_when_answered: false,
                 });
             }
             roles[pool.role.index()] = Some(RoleStats {
@@ -441,6 +446,11 @@ impl<'s> Sim<'s> {
                 self.schedule(phase + self.refresh_cycle * period, Ev::Refresh)?;
             }
             Ev::ProbeRound => self.probe_round(now)?,
+            Ev::Restarted(s) => {
+                self.servers[s as usize].alive = true;
+                self.servers[s as usize].enable_when_answered = true;
+                self.keep_probing(now)?;
+            }
             Ev::Fault(i) => self.fault(i as usize, now)?,
         }
         Ok(())
@@ -467,6 +477,12 @@ impl<'s> Sim<'s> {
             };
             let out = self.b.probe(at, server, result)?;
             self.apply(out, now, None)?;
+            let s = &mut self.servers[server.0 as usize];
+            if result == Probe::Ok && s.enable_when_answered {
+                s.enable_when_answered = false;
+                let out = self.b.enable(at, server)?;
+                self.apply(out, now, None)?;
+            }
         }
         self.probe_actions = actions;
         self.probing = false;
@@ -793,7 +809,7 @@ impl<'s> Sim<'s> {
         self.faults.push(FaultReport {
             at_s: nanos_to_secs(now),
             server: spec.server.clone(),
-            action: fault_action_name(action).to_string(),
+            action: action.name().to_string(),
             sessions_affected: 0,
             reassigned: 0,
             dropped: 0,
@@ -801,38 +817,48 @@ impl<'s> Sim<'s> {
             alert: false,
         });
         let at = Duration::from_nanos(now);
+        let server = id.0 as usize;
         let out = match action {
             // The balancer is not told: it has to notice through its probes. In virtual time a
             // partitioned server is as silent as a failed one.
-            FaultAction::Fail | FaultAction::Partition => {
-                self.servers[id.0 as usize].alive = false;
+            Verb::Fail | Verb::Partition => {
+                self.servers[server].alive = false;
                 return self.keep_probing(now);
             }
-            FaultAction::Recover | FaultAction::Heal => {
-                self.servers[id.0 as usize].alive = true;
+            // Its probes bring it back.
+            Verb::Recover | Verb::Heal => {
+                self.servers[server].alive = true;
                 return self.keep_probing(now);
             }
-            // An upgrade moves the sessions away and takes the server back at once: the
-            // restart itself takes no virtual time worth modelling.
-            FaultAction::Upgrade => {
-                let mut out = self.b.disable(at, id)?;
-                let back = self.b.enable(at, id)?;
-                out.events.extend(back.events);
-                out
+            // The operator tells the Call Manager, which marks it down and moves its sessions.
+            Verb::Stop => {
+                self.servers[server].alive = false;
+                self.b.fail(at, id)?
             }
-            FaultAction::Disable => self.b.disable(at, id)?,
-            FaultAction::Enable => self.b.enable(at, id)?,
-            FaultAction::Drain => self.b.drain(at, id)?,
+            // Stopped and started again at once; its probes bring it back.
+            Verb::Restart => self.b.fail(at, id)?,
+            // Disabled (sessions move), the process down for the restart, enabled once a
+            // probe after the restart answers (`probe_round`), as the live upgrade waits.
+            Verb::Upgrade => {
+                self.servers[server].alive = false;
+                let back = now + secs_to_nanos(UPGRADE_RESTART.as_secs_f64());
+                self.schedule(back, Ev::Restarted(id.0))?;
+                self.b.disable(at, id)?
+            }
+            Verb::Remove => {
+                self.prober.forget(id);
+                self.b.remove_server(at, id)?
+            }
+            Verb::Disable => self.b.disable(at, id)?,
+            Verb::Enable => self.b.enable(at, id)?,
+            Verb::Drain => self.b.drain(at, id)?,
         };
         if let Some(f) = self.faults.last_mut() {
-            f.sessions_affected = if matches!(action, FaultAction::Disable | FaultAction::Upgrade) {
-                before
-            } else {
-                0
-            };
+            f.sessions_affected = if action.moves_sessions() { before } else { 0 };
         }
         let last = self.faults.len() - 1;
-        self.apply(out, now, Some(last))
+        self.apply(out, now, Some(last))?;
+        self.keep_probing(now)
     }
 
     /// Carries out what the balancer decided: moves and drops from its plan, and attributes

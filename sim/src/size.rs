@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::erlang::{self, QueueModel};
 use crate::simulate::{Options, simulate};
 use crate::{Error, Report};
-use pbxlab_scenario::{Codec, FaultAction, FaultSpec, PoolSpec, Scenario, ServerSpec, SizingCosts};
+use pbxlab_scenario::{Codec, FaultSpec, PoolSpec, Scenario, ServerSpec, SizingCosts, Verb};
 
 /// Candidates tried per role before giving up.
 const SEARCH_STEPS: u32 = 64;
@@ -213,7 +213,7 @@ fn candidate(sc: &Scenario, role: Role, n: u32) -> Scenario {
     }
     s.faults.push(FaultSpec {
         at: Duration::ZERO,
-        action: FaultAction::Disable,
+        action: Verb::Disable,
         server: format!("{}-{n}", role.name()),
     });
     s

@@ -294,3 +294,68 @@ hold = "60s"
         );
     }
 }
+
+/// The operator's verbs mean in `plan` what they mean live: `stop` moves the sessions and the
+/// server stays down until `recover`; `restart` moves them and the probes bring it back;
+/// `upgrade` moves them and the server takes sessions again once a probe after its restart
+/// answers; `rm` moves them and the server is gone.
+#[test]
+fn operator_verbs_move_sessions_in_plan_as_they_do_live() {
+    let text = r#"name = "verbs"
+seed = 9
+duration = "50m"
+warmup = "1m"
+[health]
+probe_interval = "1s"
+probe_timeout = "200ms"
+[[pool]]
+role = "media"
+servers = 3
+capacity = 400
+[traffic.calls]
+rate = "2/s"
+hold = "120s"
+[[fault]]
+at = "10m"
+action = "upgrade"
+server = "media-1"
+[[fault]]
+at = "20m"
+action = "stop"
+server = "media-2"
+[[fault]]
+at = "21m"
+action = "recover"
+server = "media-2"
+[[fault]]
+at = "30m"
+action = "restart"
+server = "media-3"
+[[fault]]
+at = "40m"
+action = "rm"
+server = "media-1"
+"#;
+    let scenario = Scenario::from_toml("<verbs>", text).expect("valid");
+    let report = simulate(
+        &scenario,
+        Options {
+            self_check: true,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("seed {}: {e}", scenario.seed));
+    let f = &report.faults;
+    let actions: Vec<&str> = f.iter().map(|f| f.action.as_str()).collect();
+    assert_eq!(actions, ["upgrade", "stop", "recover", "restart", "rm"]);
+    for (i, fault) in f.iter().enumerate() {
+        assert_eq!(fault.dropped, 0, "{fault:?}");
+        assert_eq!(fault.reassigned, fault.sessions_affected, "{fault:?}");
+        if i != 2 {
+            assert!(fault.sessions_affected > 50, "{fault:?}");
+        }
+    }
+    // media-1 took sessions again after its upgrade (the rm at 40 m found some on it), and the
+    // stopped media-2 came back with `recover` (the restart of media-3 found room).
+    assert_eq!(report.roles["media"].dropped, 0);
+}

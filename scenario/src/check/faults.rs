@@ -7,9 +7,9 @@ use toml::Spanned;
 use super::{Checker, Res, Table};
 use crate::diagnostics::join;
 use crate::model::{FaultSpec, PoolSpec};
-use crate::verb::{Verb, verb_names};
 use crate::raw::{RawFault, Tab};
 use crate::units::show_duration;
+use crate::verb::{Verb, verb_names};
 
 /// How many server names an "unknown server" message lists.
 const NAMES_SHOWN: usize = 10;

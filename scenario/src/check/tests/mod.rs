@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::diagnostics::line_col;
 use crate::model::*;
-use crate::{Diagnostic, FailoverMode, Policy, Role, ScenarioError, Severity};
+use crate::{Diagnostic, FailoverMode, Policy, Role, ScenarioError, Severity, Verb};
 
 mod drill;
 mod faults;
