@@ -1,0 +1,539 @@
+//! The user-agent engine: registrations, outgoing and incoming calls, their SIP transactions and
+//! timers, and every measurement — with no sockets and no clock.
+//!
+//! The driver feeds it datagrams and the time (`handle`, `advance`), sends what it queues
+//! (`transmit`), passes media commands to the RTP worker (`media_commands`) and sleeps until
+//! `next_deadline`. Tests drive it with a fake clock and a fake peer.
+//!
+//! Open-model load: attempt k of a phase is *intended* to start at `phase_start + k / rate`,
+//! whatever happened to attempt k-1, and every latency is measured from that intended start. A
+//! generator that falls behind (or a target that stalls it) therefore shows up in the figures
+//! instead of silently stretching the schedule — the coordinated omission wrk2 corrects for.
+//! The intended start is rounded up to the driver's wake grid (`Config::arrival_grid`, by
+//! default a tick of 1 to 2 ms chosen from the phase's rate, [`Grid::Auto`]): the driver sends
+//! only when it wakes, and an attempt due between two wakes would otherwise be charged the wait
+//! for the next one, which is the generator's, not the target's.
+//!
+//! A run is a small list of workloads (plain calls, IVR, queue, meetings), each with its own
+//! arrival schedule; arrivals of all workloads are merged by intended start time.
+//!
+//! Services of pbxlab's cluster are recognised by the called user part, and change what a call
+//! measures and when it hangs up:
+//! - `queue-N`: after the 200 the caller waits for an agent. The first re-INVITE connects it
+//!   (`queue_wait`, from the 200), and only then does the hold (the talk with the agent) start.
+//!   If the caller's patience (exponential, drawn per call) runs out first, it hangs up: the call
+//!   is *abandoned*, counted apart from succeeded and failed.
+//! - `ivr-N`: the digits go out once answered (every call that sends digits gets RTP, whatever
+//!   the RTP fraction: RFC 4733 events travel in the RTP stream). If they ask for a queue (first
+//!   digit '1'..='9'), the first re-INVITE is the transfer (`ivr_route`, from when the digits were
+//!   handed to the RTP worker, which starts them about a second later), and from then on the call
+//!   is a queue call: patience from the transfer, the second re-INVITE connects it to an agent.
+//!   The call waits for the transfer for its hold time, and at least 64 x T1; without a transfer
+//!   by then it hangs up as a plain call would.
+//! - `meeting-N` (N a number) means rooms of N participants: the k-th call of the workload
+//!   (0-based, in this shard) joins room `k / N * shards + shard + 1`, so consecutive calls fill
+//!   a room and shards never share one.
+//! - anything else (`echo`, a UAS's user part): held for the hold time, then BYE.
+//!
+//! A re-INVITE counts as a transfer or a connect only when its CSeq is new, so a retransmission
+//! does not advance a call; a re-INVITE that merely moves media (a node failing over) while a
+//! caller waits cannot be told from a connect and is counted as one.
+//!
+//! Calls live in a slab; the slot and its generation are encoded in the Call-ID and branch, so a
+//! response finds its call without a map lookup.
+//!
+//! The parts, each with the state it owns: the run's [`Config`] and workloads (`config`); the
+//! calls table (`calls`); registrations and the timing of digest challenges (`register`); our
+//! own calls, from INVITE to BYE (`uac`); the calls we answer and the far end's requests in any
+//! dialog (`uas`); the rendering of every message and the ids written into it (`wire`); the
+//! seeded random stream (`rng`). This file keeps the schedule, the timers and what the driver
+//! calls.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pbxlab_proto::sip::{self, Message};
+
+use crate::metrics::{Metrics, Outcomes};
+use crate::wheel::Wheel;
+
+mod calls;
+mod config;
+mod register;
+mod rng;
+mod uac;
+mod uas;
+mod wire;
+
+pub use config::{AUTO_GRID, Arrivals, Callee, Config, Dtmf, Grid, Hold, Workload, auto_grid};
+
+use calls::{CallState, Calls, Stage};
+use config::{Kind, phase_grids};
+use register::{Challenges, RegState, Registrations};
+use rng::Rng;
+use wire::{Wire, parse_registration_call_id};
+
+/// Nanoseconds since the start of the run.
+pub type Nanos = u64;
+
+fn ns(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What the engine asks of the RTP worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// Start sending G.711 every 20 ms to `dest` and receiving (demultiplexed by SSRC).
+    Start {
+        stream: u64,
+        ssrc: u32,
+        dest: SocketAddr,
+        payload_type: u8,
+    },
+    /// The far end moved (re-INVITE): send to the new address from now on.
+    Redirect {
+        stream: u64,
+        dest: SocketAddr,
+    },
+    /// Send these digits as RFC 4733 events.
+    Dtmf {
+        stream: u64,
+        digits: String,
+    },
+    Stop {
+        stream: u64,
+    },
+}
+
+/// The arrival schedule of one workload.
+#[derive(Debug, Clone)]
+struct Schedule {
+    kind: Kind,
+    started: u64,
+    /// Intended start of the next attempt, from the start of the call phase.
+    next_at: Nanos,
+    /// Poisson gaps come from here, apart from the engine's stream.
+    rng: Rng,
+}
+
+/// Timer ids: call slots below this, registrations (index + this) above.
+const REG_TIMER: u32 = 1 << 31;
+
+/// The user agents of one generator process (or shard): see the module's documentation.
+pub struct Engine {
+    cfg: Config,
+    calls: Calls,
+    regs: Registrations,
+    user_index: HashMap<u32, u32>,
+    /// Users that place calls: all but the reserved ones.
+    callers: Vec<u32>,
+    schedules: Vec<Schedule>,
+    calls_started: u64,
+    call_phase: Option<Nanos>,
+    /// `Engine::grids`.
+    grids: (Duration, Duration),
+    timers: Wheel,
+    wire: Wire,
+    media: Vec<MediaCommand>,
+    pub metrics: Metrics,
+    rng: Rng,
+    challenges: Challenges,
+    stopping: bool,
+    /// Datagrams that did not parse, for the report.
+    pub malformed: u64,
+    /// Responses for calls or registrations we no longer know (late retransmissions).
+    pub stray: u64,
+}
+
+impl Engine {
+    pub fn new(cfg: Config) -> Engine {
+        let regs = Registrations::new(cfg.users.len());
+        let user_index = cfg
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, &u)| (u, i as u32))
+            .collect();
+        let rng = Rng(cfg.seed ^ u64::from(cfg.run_id).rotate_left(32));
+        let call_phase = (!cfg.register || cfg.users.is_empty()).then_some(0);
+        let grids = phase_grids(&cfg);
+        let mut callers: Vec<u32> = cfg
+            .users
+            .iter()
+            .copied()
+            .filter(|u| !cfg.reserved.contains(u))
+            .collect();
+        if callers.is_empty() {
+            callers = cfg.users.clone();
+        }
+        let schedules = cfg
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let mut rng = Rng(rng.0 ^ (i as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+                let next_at = match w.arrivals {
+                    Arrivals::Fixed => 0,
+                    Arrivals::Poisson => poisson_gap(&mut rng, w.rate),
+                };
+                Schedule {
+                    kind: Kind::of(&w.callee),
+                    started: 0,
+                    next_at,
+                    rng,
+                }
+            })
+            .collect();
+        let mut metrics = Metrics::new();
+        metrics.workloads = vec![Outcomes::default(); cfg.workloads.len()];
+        let wire = Wire::new(&cfg);
+        Engine {
+            cfg,
+            calls: Calls::default(),
+            regs,
+            user_index,
+            callers,
+            schedules,
+            calls_started: 0,
+            call_phase,
+            grids,
+            timers: Wheel::new(),
+            wire,
+            media: Vec::new(),
+            metrics,
+            rng,
+            challenges: Challenges::default(),
+            stopping: false,
+            malformed: 0,
+            stray: 0,
+        }
+    }
+
+    /// Stops starting new attempts and hangs up established calls; `finished` turns true once
+    /// what is in flight has ended or timed out.
+    pub fn stop(&mut self, now: Nanos) {
+        self.stopping = true;
+        // Hang up over a second rather than in one burst that would overflow the far end's
+        // receive buffer and cost retransmissions.
+        let mut k = 0;
+        for slot in 0..self.calls.len() as u32 {
+            let c = &mut self.calls[slot as usize];
+            if c.state == CallState::Established && c.hold_until > now {
+                // A caller still waiting was cut short by the stop, not by its patience: it
+                // hangs up as a plain call and is not counted as abandoned.
+                if matches!(c.stage, Stage::Menu | Stage::Queued) {
+                    c.stage = Stage::Hold;
+                }
+                c.hold_until = now + (k % 1000) * 1_000_000;
+                k += 1;
+                self.arm(slot);
+            }
+        }
+    }
+
+    /// Attempts not started because the run was stopped count as neither.
+    pub fn finished(&self) -> bool {
+        let regs_done = !self.cfg.register
+            || self.regs.finished == self.regs.len()
+            || (self.stopping && self.regs.finished == self.regs.started);
+        let calls_done = self.stopping
+            || self
+                .schedules
+                .iter()
+                .zip(&self.cfg.workloads)
+                .all(|(s, w)| s.started >= w.calls);
+        regs_done && calls_done && self.calls.active() == 0
+    }
+
+    /// Whether the registration phase is over (and calls may start).
+    pub fn registered(&self) -> bool {
+        self.call_phase.is_some()
+    }
+
+    /// The next instant anything is due: a timer or a scheduled start.
+    pub fn next_deadline(&self) -> Option<Nanos> {
+        let timer = self.timers.peek();
+        [timer, self.next_start()].into_iter().flatten().min()
+    }
+
+    fn next_start(&self) -> Option<Nanos> {
+        if self.stopping {
+            return None;
+        }
+        if self.cfg.register && self.regs.started < self.regs.len() {
+            let at = self.regs.phase + gap(self.regs.started as u64, self.cfg.register_rate);
+            return Some(Engine::on_grid(at, self.grids.0));
+        }
+        self.next_call().map(|(at, _)| at)
+    }
+
+    /// `at` rounded up to `grid` (zero: not rounded).
+    fn on_grid(at: Nanos, grid: Duration) -> Nanos {
+        match u64::try_from(grid.as_nanos()) {
+            Ok(grid) if grid > 0 => at.div_ceil(grid).saturating_mul(grid),
+            _ => at,
+        }
+    }
+
+    /// The wake grids of the registration phase and of the call phase (zero: exact schedule).
+    pub fn grids(&self) -> (Duration, Duration) {
+        self.grids
+    }
+
+    /// The wake grid of the phase in progress: the period the driver keeps while traffic flows.
+    pub fn grid(&self) -> Duration {
+        let (registrations, calls) = self.grids;
+        if self.call_phase.is_some() {
+            calls
+        } else {
+            registrations
+        }
+    }
+
+    /// The intended start of the next call and its workload: the earliest due of all
+    /// workloads, the first listed on a tie.
+    fn next_call(&self) -> Option<(Nanos, usize)> {
+        let phase = self.call_phase?;
+        if self
+            .cfg
+            .max_concurrent
+            .is_some_and(|limit| self.calls.active() >= limit)
+        {
+            // Held back until a call ends; the attempt keeps its intended start.
+            return None;
+        }
+        self.schedules
+            .iter()
+            .zip(&self.cfg.workloads)
+            .enumerate()
+            .filter(|(_, (s, w))| s.started < w.calls)
+            .map(|(i, (s, _))| {
+                (
+                    Engine::on_grid(phase.saturating_add(s.next_at), self.grids.1),
+                    i,
+                )
+            })
+            .min()
+    }
+
+    /// Starts every attempt whose intended time has come and fires due timers.
+    ///
+    /// The new attempts' requests are queued ahead of everything else: their latency counts
+    /// from the intended start, so they leave first. What follows them is in-dialog (the ACKs
+    /// the last read left, then the timers' BYEs), so requests of one kind and length are
+    /// adjacent, for the sender to batch.
+    pub fn advance(&mut self, now: Nanos) {
+        let queued = self.wire.queued();
+        while let Some(at) = self.next_start().filter(|&t| t <= now) {
+            if self.cfg.register && self.regs.started < self.regs.len() {
+                let i = self.regs.started;
+                self.regs.started += 1;
+                self.start_register(now, at, i);
+            } else if let Some((_, w)) = self.next_call() {
+                self.calls_started += 1;
+                let k = self.schedules[w].started;
+                let (rate, arrivals) = (self.cfg.workloads[w].rate, self.cfg.workloads[w].arrivals);
+                let s = &mut self.schedules[w];
+                s.started += 1;
+                s.next_at = match arrivals {
+                    Arrivals::Fixed => gap(s.started, rate),
+                    Arrivals::Poisson => s.next_at.saturating_add(poisson_gap(&mut s.rng, rate)),
+                };
+                self.start_call(now, at, w, k);
+            }
+        }
+        self.wire.move_to_front(queued);
+        while let Some((at, id)) = self.timers.pop_due(now) {
+            if !self.take_armed(at, id) {
+                continue;
+            }
+            if id >= REG_TIMER {
+                self.reg_timer(now, (id - REG_TIMER) as usize);
+            } else {
+                self.call_timer(now, id);
+            }
+            // Whatever the timer did, the next deadline (if any) gets its entry.
+            self.arm(id);
+        }
+    }
+
+    /// Hands every queued datagram to `send` at once (for batched sending), then forgets them.
+    pub fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
+        self.wire.transmit_all(send);
+    }
+
+    pub fn media_commands(&mut self) -> std::vec::Drain<'_, MediaCommand> {
+        self.media.drain(..)
+    }
+
+    /// Calls in progress (either side).
+    pub fn active_calls(&self) -> usize {
+        self.calls.active()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Ends whatever is still in progress without a word to the far end (the run is over):
+    /// our own calls count as failed with `reason`, calls to our users are just dropped.
+    /// Returns how many of our calls that was.
+    pub fn give_up(&mut self, reason: &str) -> u64 {
+        let mut n = 0;
+        for slot in 0..self.calls.len() as u32 {
+            let c = &self.calls[slot as usize];
+            if c.state == CallState::Free {
+                continue;
+            }
+            if c.uas_call_id.is_empty() {
+                n += 1;
+                self.fail_call(slot, reason);
+            } else {
+                self.release(slot);
+            }
+        }
+        n
+    }
+
+    fn release(&mut self, slot: u32) {
+        self.calls.release(slot, &mut self.media);
+    }
+
+    /// Makes sure `id` (a call slot, or `REG_TIMER` + a registration) has a live timer entry no
+    /// later than its next deadline. Each keeps one entry: a later deadline is armed when the
+    /// current entry fires, an earlier one replaces it (the old entry is skipped as stale).
+    fn arm(&mut self, id: u32) {
+        let (next, armed) = if id >= REG_TIMER {
+            let Some(r) = self.regs.get_mut((id - REG_TIMER) as usize) else {
+                return;
+            };
+            let next = match r.state {
+                RegState::Sent => r.retransmit_at.min(r.timeout_at),
+                RegState::Done => r.refresh_at,
+                RegState::Idle => Nanos::MAX,
+            };
+            (next, &mut r.armed_at)
+        } else {
+            let Some(c) = self.calls.get_mut(id as usize) else {
+                return;
+            };
+            let next = match c.state {
+                CallState::Calling | CallState::ByeSent | CallState::Answered => {
+                    c.retransmit_at.min(c.timeout_at)
+                }
+                CallState::Proceeding => c.timeout_at,
+                CallState::Established => c.hold_until,
+                CallState::Ringing => c.retransmit_at,
+                CallState::UasEstablished | CallState::Free => Nanos::MAX,
+            };
+            (next, &mut c.armed_at)
+        };
+        if next < *armed {
+            *armed = next;
+            self.timers.push(next, id);
+        }
+    }
+
+    /// Whether a popped timer entry is the live one of its call or registration.
+    fn take_armed(&mut self, at: Nanos, id: u32) -> bool {
+        let armed = if id >= REG_TIMER {
+            self.regs
+                .get_mut((id - REG_TIMER) as usize)
+                .map(|r| &mut r.armed_at)
+        } else {
+            self.calls.get_mut(id as usize).map(|c| &mut c.armed_at)
+        };
+        match armed {
+            Some(a) if *a == at => {
+                *a = Nanos::MAX;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn t1(&self) -> Nanos {
+        ns(self.cfg.t1)
+    }
+
+    /// A registration of ours: the index of its user.
+    fn own_registration(&self, call_id: &str) -> Option<usize> {
+        let (i, run) = parse_registration_call_id(call_id)?;
+        (run == self.cfg.run_id && i < self.regs.len()).then_some(i)
+    }
+
+    /// One datagram from the network.
+    pub fn handle(&mut self, now: Nanos, from: SocketAddr, datagram: &[u8]) {
+        // Keepalives (CRLF) are not messages.
+        if datagram.iter().all(|b| b.is_ascii_whitespace()) {
+            return;
+        }
+        // Parsed in place: returning a message by value copies its 2.7 KB header table.
+        let mut msg = Message::empty();
+        if sip::parse_datagram_into(&mut msg, datagram).is_err() {
+            self.malformed += 1;
+            self.metrics.fail("malformed message");
+            return;
+        }
+        if msg.is_request() {
+            self.on_request(now, from, &msg);
+            return;
+        }
+        let call_id = msg.call_id().unwrap_or_default();
+        if let Some((slot, _)) = self.calls.own(call_id, self.cfg.run_id) {
+            self.on_call_response(now, slot, &msg);
+        } else if let Some(i) = self.own_registration(call_id) {
+            self.on_register_response(now, i, &msg);
+        } else {
+            self.stray += 1;
+        }
+    }
+}
+
+/// A gap of a Poisson process of `rate` per second (none at a rate of 0: all at once).
+fn poisson_gap(rng: &mut Rng, rate: f64) -> Nanos {
+    if rate <= 0.0 {
+        0
+    } else {
+        rng.exponential((1e9 / rate) as Nanos)
+    }
+}
+
+/// Intended offset of attempt `k` at `rate` per second.
+fn gap(k: u64, rate: f64) -> Nanos {
+    if rate <= 0.0 {
+        0
+    } else {
+        (k as f64 * 1e9 / rate) as Nanos
+    }
+}
+
+/// A failure reason for a final status code: the common codes by name, the rest by class, so
+/// reports group well.
+fn status_reason(code: u16) -> &'static str {
+    let named = match code {
+        400 => Some("400 Bad Request"),
+        401 => Some("401 Unauthorized"),
+        403 => Some("403 Forbidden"),
+        404 => Some("404 Not Found"),
+        407 => Some("407 Proxy Authentication Required"),
+        408 => Some("408 Request Timeout"),
+        480 => Some("480 Temporarily Unavailable"),
+        481 => Some("481 Call Does Not Exist"),
+        486 => Some("486 Busy Here"),
+        487 => Some("487 Request Terminated"),
+        488 => Some("488 Not Acceptable Here"),
+        500 => Some("500 Server Internal Error"),
+        503 => Some("503 Service Unavailable"),
+        504 => Some("504 Server Time-out"),
+        _ => None,
+    };
+    named.unwrap_or(match code / 100 {
+        3 => "3xx redirect",
+        4 => "other 4xx",
+        5 => "other 5xx",
+        6 => "6xx global failure",
+        _ => "unexpected status",
+    })
+}
