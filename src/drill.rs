@@ -125,7 +125,11 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
 
     // The load's flags are checked before anything starts; they are read again below with the
     // address the Call Manager was given.
-    load::configure(&load::flags(args.sip, &spec.load)?, Some(&scenario))?;
+    load::configure(
+        &load::flags(args.sip, &spec.load)?,
+        Some(&scenario),
+        Some(scenario.seed),
+    )?;
     let mut alerts = AlertSink::new(args.alerts.clone(), args.alert_webhook.clone())
         .map_err(|e| BadInput(e.to_string()))?;
     let mut opts = Options::new(args.sip);
@@ -134,7 +138,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let control = cluster.control();
     let sip = cluster.sip_addr();
     let load_args = load::flags(sip, &spec.load)?;
-    let (cfg, thresholds) = load::configure(&load_args, Some(&scenario))?;
+    // The drill's seed, which its report gives, repeats the load's random choices too.
+    let (cfg, thresholds) = load::configure(&load_args, Some(&scenario), Some(scenario.seed))?;
     let calls: u64 = cfg.workloads.iter().map(|w| w.calls).sum();
     let rtp = cfg.rtp_fraction;
     let drain_limit = load::drain_limit(&cfg);
