@@ -126,7 +126,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     // The load is configured before anything starts, and again below with the address the Call
     // Manager was given.
     let mut settings = load::Settings::drill(args.sip, &spec.load)?;
-    load::configure(&settings, Some(&scenario))?;
+    load::configure(&settings, Some(&scenario), Some(scenario.seed))?;
     let mut alerts = AlertSink::new(args.alerts.clone(), args.alert_webhook.clone())
         .map_err(|e| BadInput(e.to_string()))?;
     let mut opts = Options::new(args.sip);
@@ -135,7 +135,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let control = cluster.control();
     let sip = cluster.sip_addr();
     settings.target = sip;
-    let (cfg, thresholds) = load::configure(&settings, Some(&scenario))?;
+    // The drill's seed, which its report gives, repeats the load's random choices too.
+    let (cfg, thresholds) = load::configure(&settings, Some(&scenario), Some(scenario.seed))?;
     let calls: u64 = cfg.workloads.iter().map(|w| w.calls).sum();
     let rtp = cfg.rtp_fraction;
     let drain_limit = load::drain_limit(&cfg);

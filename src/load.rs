@@ -5,11 +5,11 @@ use std::io::IsTerminal as _;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use pbxlab_loadgen::engine::{Arrivals, Dtmf, Grid, Workload};
+use pbxlab_loadgen::engine::{Arrivals, Dtmf, Grid, Workload, run_id};
 use pbxlab_loadgen::{Callee, Config, Hold, LoadReport, Progress, RunOptions, Threshold};
 use pbxlab_scenario::Scenario;
 use pbxlab_scenario::{DrillLoad, HoldDist, Service, Traffic, parse_duration, parse_rate};
@@ -142,7 +142,12 @@ pub struct LoadArgs {
     /// Progress and interval-log period.
     #[arg(long, default_value = "1s")]
     interval: String,
-    /// Seed for hold times, RTP choice and nonces (default: the scenario's, or 1).
+    /// Seed of every random choice of the load (hold and patience times, which calls carry RTP,
+    /// IVR callers' digits, Poisson gaps, digest cnonces) and of the run id in its Call-IDs;
+    /// with --shard, each shard draws its own. Default: a random seed, printed in the report and
+    /// its JSON, so the run can be repeated. Runs with one seed and shard send the same Call-IDs,
+    /// so runs against one target at once need different seeds; for that reason a scenario's
+    /// seed (which `plan` uses) is not the default.
     #[arg(long)]
     seed: Option<u64>,
 }
@@ -341,10 +346,12 @@ impl Settings {
     }
 }
 
-/// The configuration of this shard, and the thresholds to check.
+/// The configuration of this shard, and the thresholds to check. The seed is `--seed`, else
+/// `default_seed` (a drill's, which its report names), else a random one.
 pub(crate) fn configure(
     s: &Settings,
     scenario: Option<&Scenario>,
+    default_seed: Option<u64>,
 ) -> anyhow::Result<(Config, Vec<Threshold>)> {
     let target = s.target;
     let (shard, shards) = s.shard;
@@ -468,7 +475,7 @@ pub(crate) fn configure(
     for expr in slo {
         thresholds.push(Threshold::parse(&expr).map_err(|e| bad(e.to_string()))?);
     }
-    let seed = s.seed.or(scenario.map(|s| s.seed)).unwrap_or(1);
+    let seed = s.seed.or(default_seed).unwrap_or_else(random_seed);
     let cfg = Config {
         target,
         local: s.bind,
@@ -489,11 +496,26 @@ pub(crate) fn configure(
         t1: s.t1,
         t2: Duration::from_secs(4),
         seed,
-        // Call-IDs of different shards and runs never collide.
-        run_id: (seed as u32).wrapping_mul(2_654_435_761) ^ (std::process::id() << 8) ^ shard,
+        // Call-IDs of different shards never collide, nor those of runs with different seeds
+        // (but by a one in 2^32 chance).
+        run_id: run_id(seed, shard),
         arrival_grid: s.tick,
     };
     Ok((cfg, thresholds))
+}
+
+/// A seed for a run given none, from the clock and the process id (and a count, for two in one
+/// process), so runs at once differ. It has 53 bits, so a JSON reader that keeps numbers as
+/// doubles still reads back the seed the report gives.
+fn random_seed() -> u64 {
+    static PICKED: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let entropy = nanos
+        ^ u64::from(std::process::id()).rotate_left(40)
+        ^ PICKED.fetch_add(1, Ordering::Relaxed).rotate_left(20);
+    pbxlab_sim::rng::Rng::stream(entropy, "load seed").next_u64() >> 11
 }
 
 fn hold_of(dist: HoldDist) -> Hold {
@@ -605,7 +627,7 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         Some(p) => Some(Scenario::load(p).map_err(|e| bad(e.to_string()))?),
         None => None,
     };
-    let (cfg, thresholds) = configure(&Settings::from_args(&args)?, scenario.as_ref())?;
+    let (cfg, thresholds) = configure(&Settings::from_args(&args)?, scenario.as_ref(), None)?;
     let interval = duration("interval", &args.interval)?;
     let on_terminal = std::io::stderr().is_terminal();
     let bar = on_terminal.then(indicatif::ProgressBar::new_spinner);
@@ -721,7 +743,7 @@ mod tests {
         argv.extend_from_slice(flags);
         let cli = Cli::try_parse_from(argv).expect("flags parse");
         let settings = Settings::from_args(&cli.load).expect("flags read");
-        configure(&settings, Some(&scenario)).expect("configures")
+        configure(&settings, Some(&scenario), None).expect("configures")
     }
 
     #[test]
@@ -762,6 +784,30 @@ mod tests {
     }
 
     #[test]
+    fn a_seed_gives_the_run_id_and_without_one_each_run_picks_its_own() {
+        let (a, _) = configured(&["--seed", "7"]);
+        let (b, _) = configured(&["--seed", "7"]);
+        assert_eq!(
+            (a.seed, a.run_id),
+            (b.seed, b.run_id),
+            "nothing from the clock or the pid"
+        );
+        assert_eq!(a.run_id, run_id(7, 0));
+        let (shard, _) = configured(&["--seed", "7", "--shard", "1/2"]);
+        assert_eq!(shard.seed, 7);
+        assert_ne!(shard.run_id, a.run_id, "shards keep their Call-IDs apart");
+        let (c, _) = configured(&[]);
+        let (d, _) = configured(&[]);
+        assert_ne!(c.seed, d.seed, "a seed picked per run");
+        assert_ne!(
+            c.seed, 7,
+            "not the scenario's, which every run of it would share"
+        );
+        assert!(c.seed < 1 << 53, "exact as a JSON double: {}", c.seed);
+        assert_eq!(c.run_id, run_id(c.seed, 0));
+    }
+
+    #[test]
     fn flags_select_one_workload_and_shards_split_each_one() {
         let (cfg, _) = configured(&["--service", "queue-2", "--patience", "5s"]);
         assert_eq!(cfg.workloads.len(), 1);
@@ -782,7 +828,7 @@ mod tests {
         let spec = scenario.drill.clone().expect("[drill]");
         let target = SocketAddr::from(([127, 0, 0, 1], 5060));
         let settings = Settings::drill(target, &spec.load).expect("settings");
-        let (cfg, _) = configure(&settings, Some(&scenario)).expect("configures");
+        let (cfg, _) = configure(&settings, Some(&scenario), None).expect("configures");
         assert_eq!(cfg.workloads.len(), 1);
         let w = &cfg.workloads[0];
         assert_eq!(w.callee, Callee::Service("echo".into()));

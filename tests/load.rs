@@ -388,3 +388,19 @@ fn a_coarse_tick_starts_calls_on_its_grid_without_charging_them_the_wait() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--tick"));
 }
+
+#[test]
+fn the_report_gives_the_seed_that_repeats_the_run() {
+    let uas = fake_uas(Quirk::Garbage { every: 1_000_000 });
+    let target = uas.addr.to_string();
+    let (out, v) = echo_calls(&target, "5", "100/s", &["--hold", "10ms", "--seed", "42"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(v["seed"], 42, "{v}");
+    assert!(text.contains("--seed 42 repeats"), "{text}");
+    // Without --seed the run picks one, and says which.
+    let (out, v) = echo_calls(&target, "5", "100/s", &["--hold", "10ms"]);
+    let seed = v["seed"].as_u64().expect("a seed picked for the run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("--seed {seed} repeats")), "{text}");
+}

@@ -130,6 +130,9 @@ pub struct LoadReport {
     pub target: String,
     pub duration_s: f64,
     pub interrupted: bool,
+    /// The seed every random choice of the run derived from (given with `--seed`, or picked
+    /// for the run): `--seed` with it repeats them.
+    pub seed: u64,
     pub tick: TickSummary,
     /// Datagrams received on the SIP socket.
     pub messages_received: u64,
@@ -212,6 +215,11 @@ impl LoadReport {
             } else {
                 ""
             }
+        );
+        let _ = writeln!(
+            o,
+            "seed   {}  (--seed {} repeats this run's random choices)",
+            self.seed, self.seed
         );
         let phases: Vec<String> = [
             ("registrations", self.tick.registrations_us),
@@ -361,6 +369,7 @@ mod tests {
             target: "127.0.0.1:5060".into(),
             duration_s: 10.0,
             interrupted: false,
+            seed: 3,
             tick: TickSummary::default(),
             messages_received: 10,
             malformed: 0,
@@ -391,6 +400,7 @@ mod tests {
         };
         let text = report.render_text();
         assert!(text.contains("\nqueue_wait "), "{text}");
+        assert!(text.contains("--seed 3 repeats"), "{text}");
         assert!(!text.contains("ivr_route"), "no row without a measurement");
         assert!(
             text.contains("service level 50.0%") && text.contains("1 abandoned (25.0%)"),

@@ -96,7 +96,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     // which fails or works as it would anyway.
     let twin = pbxlab_udp::connected_twin(&socket, cfg.target).ok();
     let target = cfg.target;
-    let shard_note = format!("target {target}, local {}", cfg.local);
+    let shard_note = format!("target {target}, local {}, seed {}", cfg.local, cfg.seed);
 
     let worker = media::spawn(rtp_socket).map_err(|e| Error::Bind {
         addr: cfg.rtp_local,
@@ -295,6 +295,7 @@ fn build_report(
         target: target.to_string(),
         duration_s: elapsed.as_secs_f64(),
         interrupted,
+        seed: cfg.seed,
         tick,
         messages_received: responses,
         malformed: engine.malformed,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use pbxlab_loadgen::engine::{
     Arrivals, Callee, Config, Dtmf, Engine, Grid, Hold, MediaCommand, Nanos, Workload, auto_grid,
+    run_id,
 };
 use pbxlab_loadgen::metrics::Metric;
 use pbxlab_proto::sip::{self, HeaderName, Method};
@@ -1076,4 +1077,143 @@ fn registrations_are_refreshed_at_80_percent_of_their_expiry_until_the_run_stops
     e.stop(now);
     e.advance(now + 20_000 * MS);
     assert!(sent(&mut e).is_empty());
+}
+
+/// A run's datagrams (when, to whom, their bytes) and media commands.
+type Recording = (
+    Vec<(Nanos, SocketAddr, Vec<u8>)>,
+    Vec<(Nanos, MediaCommand)>,
+);
+
+/// A registrar and proxy that challenges every first REGISTER and INVITE, then registers,
+/// rings and answers with SDP, and accepts every BYE.
+fn scripted_peer(req: &str) -> Vec<String> {
+    let challenge = |header: &str| {
+        format!(
+            "{header}: Digest realm=\"127.0.0.1\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"\r\n"
+        )
+    };
+    match req.split(' ').next() {
+        Some("REGISTER") if req.contains("\r\nAuthorization:") => {
+            vec![reply(req, "200 OK", "", "")]
+        }
+        Some("REGISTER") => vec![reply(
+            req,
+            "401 Unauthorized",
+            &challenge("WWW-Authenticate"),
+            "",
+        )],
+        Some("INVITE") if req.contains("\r\nProxy-Authorization:") => vec![
+            reply(req, "180 Ringing", "", ""),
+            reply(
+                req,
+                "200 OK",
+                "Contact: <sip:cm@127.0.0.1:5060>\r\nContent-Type: application/sdp\r\n",
+                &sdp(7100),
+            ),
+        ],
+        Some("INVITE") => vec![reply(
+            req,
+            "407 Proxy Authentication Required",
+            &challenge("Proxy-Authenticate"),
+            "",
+        )],
+        Some("BYE") => vec![reply(req, "200 OK", "", "")],
+        _ => Vec::new(),
+    }
+}
+
+/// Shard `shard` of a run seeded `seed` against `scripted_peer`, with every random choice in
+/// play: cnonces, exponential holds, which calls carry RTP, IVR digits, Poisson arrivals. The
+/// run id comes from the seed and the shard, as `pbxlab load` sets it.
+fn seeded_run(seed: u64, shard: (u32, u32)) -> Recording {
+    let mut cfg = config();
+    cfg.seed = seed;
+    cfg.shard = shard;
+    cfg.run_id = run_id(seed, shard.0);
+    cfg.users = (1000..1004).collect();
+    cfg.register = true;
+    cfg.rtp_fraction = 0.5;
+    let mut calls = Workload::new(
+        "calls",
+        Callee::Users,
+        12,
+        20.0,
+        Hold::Exponential(Duration::from_secs(2)),
+    );
+    calls.arrivals = Arrivals::Poisson;
+    let mut ivr = Workload::new(
+        "ivr",
+        Callee::Service("ivr-1".into()),
+        8,
+        10.0,
+        Hold::Exponential(Duration::from_secs(1)),
+    );
+    ivr.arrivals = Arrivals::Poisson;
+    ivr.dtmf = Dtmf::Queue {
+        fraction: 0.5,
+        queues: 3,
+    };
+    cfg.workloads = vec![calls, ivr];
+    let mut e = Engine::new(cfg);
+    let (mut datagrams, mut media) = (Vec::new(), Vec::new());
+    let mut now = 0;
+    while !e.finished() && now < 120_000 * MS {
+        e.advance(now);
+        let mut out = sent(&mut e);
+        while !out.is_empty() {
+            for (to, req) in &out {
+                for answer in scripted_peer(req) {
+                    e.handle(now, *to, answer.as_bytes());
+                }
+            }
+            datagrams.extend(out.drain(..).map(|(to, m)| (now, to, m.into_bytes())));
+            out = sent(&mut e);
+        }
+        media.extend(e.media_commands().map(|m| (now, m)));
+        now += MS;
+    }
+    assert!(e.finished(), "the run ends by itself");
+    assert_eq!(e.metrics.registrations.succeeded, 4);
+    assert_eq!(e.metrics.calls.succeeded, 20, "{:?}", e.metrics.failures);
+    (datagrams, media)
+}
+
+#[test]
+fn one_seed_repeats_a_run_byte_for_byte_and_another_seed_or_shard_does_not() {
+    let a = seeded_run(7, (0, 1));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    assert!(
+        a.0.iter().any(|(_, _, m)| text(m).contains("cnonce=")),
+        "challenges were answered"
+    );
+    let started =
+        a.1.iter()
+            .filter(|(_, m)| matches!(m, MediaCommand::Start { .. }))
+            .count();
+    assert!(
+        (1..20).contains(&started),
+        "some calls carry RTP: {started}"
+    );
+    assert!(
+        a.1.iter()
+            .any(|(_, m)| matches!(m, MediaCommand::Dtmf { .. })),
+        "some IVR callers chose a queue"
+    );
+    assert_eq!(
+        seeded_run(7, (0, 1)),
+        a,
+        "one seed, the same bytes at the same times"
+    );
+    // Call-IDs differ with the seed or the shard (the run id); the times show that the
+    // choices do too.
+    let times = |r: &Recording| r.0.iter().map(|&(at, ..)| at).collect::<Vec<_>>();
+    let b = seeded_run(8, (0, 1));
+    assert_ne!(times(&b), times(&a), "another seed, other choices");
+    assert_ne!(b.0[0].2, a.0[0].2, "and another run id");
+    assert_ne!(
+        times(&seeded_run(7, (1, 2))),
+        times(&a),
+        "another shard, other choices"
+    );
 }

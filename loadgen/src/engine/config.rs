@@ -123,8 +123,13 @@ pub struct Config {
     /// RFC 3261 T1 and T2.
     pub t1: Duration,
     pub t2: Duration,
+    /// Every random choice of the engine derives from this and the shard's index, so one seed
+    /// and shard repeat a run's choices (against a target that answers alike).
     pub seed: u64,
-    /// Distinguishes this run's (and shard's) Call-IDs from any other's.
+    /// Distinguishes this run's (and shard's) Call-IDs from any other's: [`run_id`] of the
+    /// seed and the shard, for a run whose datagrams the seed repeats too.
+    ///
+    /// [`run_id`]: super::run_id
     pub run_id: u32,
     /// The driver's wake period: intended starts are rounded up to a multiple of it, so an
     /// attempt is due when the driver wakes, and its latency is not charged with the wait for

@@ -67,6 +67,7 @@ mod uas;
 mod wire;
 
 pub use config::{AUTO_GRID, Arrivals, Callee, Config, Dtmf, Grid, Hold, Workload, auto_grid};
+pub use rng::run_id;
 
 use calls::{CallState, Calls, Stage};
 use config::{Kind, phase_grids};
@@ -155,7 +156,9 @@ impl Engine {
             .enumerate()
             .map(|(i, &u)| (u, i as u32))
             .collect();
-        let rng = Rng(cfg.seed ^ u64::from(cfg.run_id).rotate_left(32));
+        // From the seed and the shard alone: the run id is a name, and another name must not
+        // change what a run draws.
+        let rng = Rng::engine(cfg.seed, cfg.shard.0);
         let call_phase = (!cfg.register || cfg.users.is_empty()).then_some(0);
         let grids = phase_grids(&cfg);
         let mut callers: Vec<u32> = cfg
@@ -172,7 +175,7 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                let mut rng = Rng(rng.0 ^ (i as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+                let mut rng = rng.workload(i);
                 let next_at = match w.arrivals {
                     Arrivals::Fixed => 0,
                     Arrivals::Poisson => poisson_gap(&mut rng, w.rate),

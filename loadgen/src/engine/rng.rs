@@ -1,13 +1,26 @@
-//! The engine's random stream: hold and patience times, which calls carry RTP, IVR callers'
-//! digits, cnonces, and the Poisson gaps of each workload's schedule.
+//! The engine's random streams and the run id, all from the run's seed and the shard's index:
+//! hold and patience times, which calls carry RTP, IVR callers' digits, cnonces, and each
+//! workload's Poisson gaps. Nothing here reads the clock or the process id, so a seed and a
+//! shard repeat a run's choices and its Call-IDs.
 
 use super::Nanos;
 
 /// SplitMix64: small, seeded, enough for hold times, RTP choice and cnonces.
 #[derive(Debug, Clone)]
-pub(super) struct Rng(pub(super) u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
+    /// The engine's stream for shard `shard` of a run seeded `seed`: shards draw differently.
+    pub(super) fn engine(seed: u64, shard: u32) -> Rng {
+        Rng(seed ^ u64::from(shard).rotate_left(32))
+    }
+
+    /// Workload `i`'s own stream, for its Poisson gaps: forked from this one, so the schedule
+    /// does not shift with whatever else the engine draws.
+    pub(super) fn workload(&self, i: usize) -> Rng {
+        Rng(self.0 ^ (i as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03))
+    }
+
     pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -23,5 +36,31 @@ impl Rng {
     /// An exponential draw with this mean.
     pub(super) fn exponential(&mut self, mean: Nanos) -> Nanos {
         (-(1.0 - self.uniform()).ln() * mean as f64) as Nanos
+    }
+}
+
+/// The run id that [`Config::run_id`](super::Config::run_id) should hold for shard `shard` of
+/// a run seeded `seed`. It sits in every Call-ID and branch, so that runs against one target
+/// do not take each other's messages for their own: the shards of one seed always differ, and
+/// two seeds share an id by a chance of one in 2^32. Two runs with one seed and shard have one
+/// id, as they must to send the same bytes.
+pub fn run_id(seed: u64, shard: u32) -> u32 {
+    // A stream of its own, so the id is not one of the engine's draws.
+    let mut rng = Rng(seed ^ 0x6a09_e667_f3bc_c908);
+    (rng.next() >> 32) as u32 ^ shard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_of_one_seed_have_their_own_run_id_and_stream() {
+        assert_eq!(run_id(7, 0), run_id(7, 0));
+        let ids: std::collections::BTreeSet<u32> = (0..64).map(|shard| run_id(7, shard)).collect();
+        assert_eq!(ids.len(), 64);
+        assert_ne!(run_id(7, 0), run_id(8, 0));
+        assert_ne!(Rng::engine(7, 0).next(), Rng::engine(7, 1).next());
+        assert_eq!(Rng::engine(7, 1).next(), Rng::engine(7, 1).next());
     }
 }

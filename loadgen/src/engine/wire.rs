@@ -411,7 +411,8 @@ fn generation_digits(generation: u32) -> Decimal {
     Decimal::padded(generation.into(), GENERATION_DIGITS)
 }
 
-/// (slot, generation, run id) from the Call-ID of one of our calls, `{slot}-{generation}-{run}@pbxlab`.
+/// (slot, generation, run id) from the Call-ID of one of our calls:
+/// `{slot}-{generation}-{run}@pbxlab`.
 pub(super) fn parse_call_id(call_id: &str) -> Option<(u32, u32, u32)> {
     let rest = call_id.strip_suffix("@pbxlab")?;
     let mut parts = rest.split('-');
