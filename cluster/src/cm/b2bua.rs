@@ -1,0 +1,722 @@
+//! The back-to-back user agent's call flows: a caller's INVITE routed to a node and, for a user
+//! or an agent, on to leg B; requests inside a call's dialogs; the answers to our own requests
+//! and the timers of both; re-INVITEs that point a leg at its media's node. How a call ends is
+//! in `teardown`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use pbxlab_balancer::{AffinityKey, Assignment, Reject, Request, Role, ServerId};
+use pbxlab_proto::builder::write_response;
+use pbxlab_proto::sdp::{self, Offer, SessionDescription};
+use pbxlab_proto::sip::{HeaderName, Message, Method};
+use pbxlab_proto::uri::SipUri;
+
+use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};
+use super::teardown::Side;
+use super::transactions::{Purpose, TxId};
+use super::{Bytes, CallManager, Leg, Nanos, mix, parse_pair, room_key};
+
+impl CallManager {
+    pub(super) fn invite(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
+        let target = msg
+            .request_uri()
+            .and_then(|u| SipUri::parse(u).ok())
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        let kind = if let Some(user) = self.registrar.user_number(target) {
+            if !self.registrar.is_registered(user, now) {
+                self.reply(from, msg, 480, "Temporarily Unavailable", &[]);
+                return;
+            }
+            Kind::User(user)
+        } else if target == "echo" {
+            Kind::Echo
+        } else if let Some(n) = target.strip_prefix("ivr-") {
+            if n.parse::<u32>().is_err() {
+                self.reply(from, msg, 404, "Not Found", &[]);
+                return;
+            }
+            Kind::Ivr
+        } else if let Some(q) = target
+            .strip_prefix("queue-")
+            .and_then(|q| q.parse::<u32>().ok())
+        {
+            if q == 0 || q > self.queues.count() {
+                self.reply(from, msg, 404, "Not Found", &[]);
+                return;
+            }
+            Kind::Queue(q)
+        } else if let Some(room) = target.strip_prefix("meeting-").filter(|r| !r.is_empty()) {
+            Kind::Meeting(room_key(room))
+        } else {
+            self.reply(from, msg, 404, "Not Found", &[]);
+            return;
+        };
+        if self.calls.active() >= self.max_calls {
+            self.fail("call limit");
+            self.reply(
+                from,
+                msg,
+                503,
+                "Service Unavailable",
+                &[("Retry-After", "5")],
+            );
+            return;
+        }
+        let Ok(offer) = SessionDescription::parse(msg.body()) else {
+            self.fail("no usable SDP offer");
+            self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+            return;
+        };
+        let role = match kind {
+            Kind::User(_) | Kind::Echo => Role::Media,
+            Kind::Ivr => Role::Ivr,
+            Kind::Queue(_) => Role::Queue,
+            Kind::Meeting(_) => Role::Meeting,
+        };
+        let request = match kind {
+            Kind::Queue(q) => Request::keyed(role, AffinityKey(u64::from(q)), 1),
+            Kind::Meeting(room) => Request::keyed(role, AffinityKey(room), 1),
+            _ => Request::new(role),
+        };
+        let assignment = match self.balancer.assign(request) {
+            Ok(a) => a,
+            Err(reject) => {
+                self.fail(match reject {
+                    Reject::NoCapacity { .. } => "no capacity",
+                    _ => "no server in service",
+                });
+                self.reply(
+                    from,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    &[("Retry-After", "1")],
+                );
+                return;
+            }
+        };
+        let Some(node_addr) = self.node_addr(assignment.server) else {
+            self.release(now, assignment.session);
+            self.reply(from, msg, 500, "Server Internal Error", &[]);
+            return;
+        };
+        // The answer to the caller, made now: it fixes the caller's codec and where its audio
+        // goes, and fails early (488) on an offer we cannot take.
+        let mut body = Vec::new();
+        let media_id = self.calls.peek_media();
+        let answer = match sdp::write_answer(&mut body, &offer, node_addr, media_id, 1) {
+            Ok(a) => a,
+            Err(_) => {
+                self.release(now, assignment.session);
+                self.fail("no usable SDP offer");
+                self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+                return;
+            }
+        };
+        let media = self.calls.new_media();
+        let leg = Leg {
+            remote: answer.remote,
+            ssrc: offer.audio.and_then(|a| a.ssrc),
+            codec_pt: answer.codec_pt,
+            dtmf_pt: answer.telephone_event_pt,
+        };
+        let call = self.calls.next_ref();
+        let (index, generation) = call;
+        let local_tag = format!("a{index}x{generation}");
+        write_response(
+            &mut self.scratch,
+            msg,
+            180,
+            "Ringing",
+            Some(&local_tag),
+            &[],
+            b"",
+        );
+        let block = response_block(&self.scratch);
+        let caller = msg
+            .from()
+            .and_then(|f| f.sip_uri().ok())
+            .and_then(|u| u.user)
+            .and_then(|u| self.registrar.user_number(u));
+        let remote_uri = msg
+            .contact()
+            .map(|c| c.uri.to_owned())
+            .unwrap_or_else(|| format!("sip:{from}"));
+        let call_id = msg.call_id().unwrap_or_default();
+        let dialog = Dialog {
+            call_id: call_id.to_owned(),
+            remote_tag: msg
+                .from()
+                .and_then(|f| f.tag())
+                .unwrap_or_default()
+                .to_owned(),
+            remote_uri,
+            remote_addr: from,
+            local_party: format!(
+                "{};tag={local_tag}",
+                msg.to()
+                    .map(|t| t.uri)
+                    .map_or_else(String::new, |u| format!("<{u}>"))
+            ),
+            remote_party: msg.header(HeaderName::From).unwrap_or_default().to_owned(),
+            local_cseq: 0,
+            sdp_id: media_id,
+            sdp_version: 1,
+        };
+        let placement = Placement {
+            server: assignment.server,
+            session: assignment.session,
+            media,
+        };
+        let mut c = Call::new(generation);
+        c.kind = kind.clone();
+        c.a = dialog;
+        c.a_leg = leg;
+        c.a_block = block;
+        c.a_invite_cseq = msg.cseq().map_or(0, |c| c.seq);
+        c.caller = caller;
+        c.media = Some(placement);
+        if matches!(kind, Kind::Queue(_)) {
+            c.queue = Some(placement);
+            c.waiting_since = Some(now);
+        }
+        self.calls.insert(c);
+        self.calls.index_call_id(call_id.to_owned(), call, true);
+        self.calls.index_session(assignment.session, call);
+        self.stats.calls_total += 1;
+        if let Kind::Meeting(room) = kind {
+            self.rooms.join(room, assignment.server, true);
+        }
+        if let Some(u) = caller {
+            self.queues.mark_busy(u, true);
+        }
+        match kind {
+            Kind::User(user) => {
+                self.reply_in_call(call, 100, "Trying");
+                self.invite_b(now, call, user, assignment);
+            }
+            Kind::Queue(q) => {
+                self.answer_a(now, call, &body);
+                self.start_media(call, placement);
+                self.queues.enqueue(q, call);
+                self.dispatch_queues(now);
+            }
+            _ => {
+                self.answer_a(now, call, &body);
+                self.start_media(call, placement);
+            }
+        }
+    }
+
+    /// Leg B: our INVITE to `user`, offering the node of assignment `a`.
+    pub(super) fn invite_b(&mut self, now: Nanos, call: CallRef, user: u32, a: Assignment) {
+        let Some(binding) = self.registrar.binding(user).cloned() else {
+            self.reject_a(
+                now,
+                call,
+                480,
+                "Temporarily Unavailable",
+                "callee not registered",
+            );
+            return;
+        };
+        let Some(node) = self.node_addr(a.server) else {
+            return;
+        };
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let domain = &self.domain;
+        let caller_party = c.caller.map_or_else(|| "cm".to_owned(), |u| u.to_string());
+        let leg = c.a_leg;
+        let local_tag = format!("b{}x{}", call.0, call.1);
+        let dialog = Dialog {
+            call_id: format!("b{}-{}-{:x}@cm", call.0, call.1, self.secret & 0xffff_ffff),
+            remote_tag: String::new(),
+            remote_uri: binding.uri.clone(),
+            remote_addr: binding.addr,
+            local_party: format!("<sip:{caller_party}@{domain}>;tag={local_tag}"),
+            remote_party: format!("<sip:{user}@{domain}>"),
+            local_cseq: 1,
+            sdp_id: u64::from(call.0),
+            sdp_version: 1,
+        };
+        let tx = self
+            .txs
+            .open(now, call, Purpose::InviteB, binding.addr, true);
+        let mut body = Vec::new();
+        write_sdp(&mut body, dialog.sdp_id, dialog.sdp_version, node, leg);
+        self.send_invite(tx, &dialog, &body);
+        self.calls
+            .index_call_id(dialog.call_id.clone(), call, false);
+        self.queues.mark_busy(user, true);
+        if let Some(c) = self.calls.get_mut(call) {
+            c.b = Some(dialog);
+            c.b_user = Some(user);
+            c.b_invite = Some(tx);
+            c.b_answered = false;
+            c.b_offered = Some(a.server);
+        }
+    }
+
+    /// A request inside one of our calls' dialogs (or a retransmitted INVITE).
+    pub(super) fn in_call(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        call: CallRef,
+        is_a: bool,
+        method: Method,
+        msg: &Message<'_>,
+    ) {
+        match method {
+            Method::Invite if is_a && msg.to().and_then(|t| t.tag()).is_none() => {
+                // A retransmission of the first INVITE: repeat our last answer.
+                let Some(c) = self.calls.get(call) else {
+                    return;
+                };
+                match c.a_state {
+                    AState::Proceeding => self.reply_in_call(call, 100, "Trying"),
+                    _ => self.out.push(c.a.remote_addr, &c.a_final),
+                }
+            }
+            Method::Ack if is_a => self.calls.confirm(call),
+            Method::Ack => {}
+            Method::Bye => {
+                self.reply(from, msg, 200, "OK", &[]);
+                let abandoned = self
+                    .calls
+                    .get(call)
+                    .is_some_and(|c| c.waiting_since.is_some());
+                if abandoned {
+                    self.stats.queue_abandoned += 1;
+                } else {
+                    self.stats.calls_completed += 1;
+                }
+                self.end(now, call, if is_a { Side::A } else { Side::B });
+            }
+            Method::Invite => self.reinvited(from, call, is_a, msg),
+            Method::Cancel if is_a => {
+                self.reply(from, msg, 200, "OK", &[]);
+                if self
+                    .calls
+                    .get(call)
+                    .is_some_and(|c| c.a_state == AState::Proceeding)
+                {
+                    self.reject_a(now, call, 487, "Request Terminated", "cancelled");
+                }
+            }
+            Method::Options => self.reply(from, msg, 200, "OK", &[]),
+            _ => self.reply(from, msg, 501, "Not Implemented", &[]),
+        }
+    }
+
+    /// A re-INVITE from a leg: the media stays where it is; the answer names the node's
+    /// address again (a new SDP version, as RFC 3264 asks for any change).
+    fn reinvited(&mut self, from: SocketAddr, call: CallRef, is_a: bool, msg: &Message<'_>) {
+        let node = self
+            .calls
+            .get(call)
+            .and_then(|c| c.media)
+            .and_then(|p| self.node_addr(p.server));
+        let Some(node) = node else {
+            self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+            return;
+        };
+        let Ok(offer) = SessionDescription::parse(msg.body()) else {
+            self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+            return;
+        };
+        let Some(d) = self.calls.get_mut(call).and_then(|c| c.dialog_mut(is_a)) else {
+            return;
+        };
+        d.sdp_version += 1;
+        let (id, version) = (d.sdp_id, d.sdp_version);
+        let mut body = Vec::new();
+        if sdp::write_answer(&mut body, &offer, node, id, version).is_err() {
+            self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+            return;
+        }
+        let contact = format!("<sip:cm@{}>", self.addr);
+        write_response(
+            &mut self.scratch,
+            msg,
+            200,
+            "OK",
+            None,
+            &[("Contact", &contact), ("Content-Type", "application/sdp")],
+            &body,
+        );
+        self.out.push(from, &self.scratch);
+    }
+
+    /// A response to one of our requests: a probe's, or one of a call's transactions.
+    pub(super) fn on_response(&mut self, now: Nanos, msg: &Message<'_>) {
+        let Some(code) = msg.code() else { return };
+        let Some(branch) = msg.top_via().and_then(|v| v.branch) else {
+            return;
+        };
+        if let Some(rest) = branch.strip_prefix("z9hG4bKp") {
+            self.probe_response(now, rest, code);
+            return;
+        }
+        let Some(id) = branch.strip_prefix("z9hG4bKc").and_then(parse_pair) else {
+            return;
+        };
+        let Some((call, purpose)) = self.txs.on_response(TxId(id.0, id.1), code) else {
+            // A retransmitted 200 to an INVITE whose transaction is over: ACK it again.
+            if code >= 200 && msg.cseq().is_some_and(|c| c.method == Method::Invite) {
+                self.ack_stray(msg);
+            }
+            return;
+        };
+        if code < 200 {
+            if purpose == Purpose::InviteB && (180..=189).contains(&code) {
+                self.reply_in_call(call, 180, "Ringing");
+            }
+            return;
+        }
+        match purpose {
+            Purpose::InviteB => self.invite_b_final(now, call, code, msg),
+            Purpose::ReinviteA | Purpose::ReinviteB => {
+                let to_a = purpose == Purpose::ReinviteA;
+                self.ack(call, to_a, msg);
+                let side = usize::from(!to_a);
+                let again = self.calls.get_mut(call).is_some_and(|c| {
+                    c.reinviting[side] = false;
+                    std::mem::take(&mut c.reinvite_again[side])
+                });
+                if code >= 300 {
+                    self.hang_up(now, call, "re-INVITE refused");
+                } else {
+                    if again {
+                        // The media moved while this one was pending: send where it is now.
+                        self.reinvite(now, call, to_a);
+                    }
+                    self.reinvite_answered(now, call);
+                }
+            }
+            Purpose::ByeA | Purpose::ByeB | Purpose::CancelB => {}
+        }
+    }
+
+    fn invite_b_final(&mut self, now: Nanos, call: CallRef, code: u16, msg: &Message<'_>) {
+        let Some(c) = self.calls.get_mut(call) else {
+            // The caller left meanwhile; a late 200 still needs an ACK and a BYE.
+            return;
+        };
+        c.b_invite = None;
+        if code >= 300 {
+            // Non-2xx: the ACK belongs to the transaction (same branch, RFC 3261 17.1.1.3).
+            self.ack_error(msg);
+            if let Some(Kind::Queue(q)) = self.calls.get(call).map(|c| c.kind.clone()) {
+                self.agent_failed(now, call, q);
+            } else {
+                let reason = status_reason(code);
+                self.reject_a(now, call, code, reason, "callee refused");
+            }
+            return;
+        }
+        let leg = SessionDescription::parse(msg.body()).ok().and_then(|sd| {
+            let audio = sd.audio?;
+            Some(Leg {
+                remote: sd.audio_addr()?,
+                ssrc: audio.ssrc,
+                codec_pt: audio.payload_types.as_slice().first().copied()?,
+                dtmf_pt: audio.telephone_event_pt,
+            })
+        });
+        if let Some(b) = self.calls.get_mut(call).and_then(|c| c.b.as_mut()) {
+            b.remote_tag = msg
+                .to()
+                .and_then(|t| t.tag())
+                .unwrap_or_default()
+                .to_owned();
+            b.remote_party = msg.header(HeaderName::To).unwrap_or_default().to_owned();
+            if let Some(contact) = msg.contact() {
+                b.remote_uri = contact.uri.to_owned();
+            }
+        }
+        self.ack(call, false, msg);
+        let Some(leg) = leg else {
+            self.hang_up(now, call, "callee answered without usable SDP");
+            return;
+        };
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        c.b_leg = Some(leg);
+        c.b_answered = true;
+        if matches!(c.kind, Kind::Queue(_)) {
+            self.agent_answered(now, call);
+            return;
+        }
+        let Some(p) = c.media else {
+            return;
+        };
+        self.start_media(call, p);
+        let Some(node) = self.node_addr(p.server) else {
+            return;
+        };
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let mut body = Vec::new();
+        write_sdp(&mut body, c.a.sdp_id, c.a.sdp_version, node, c.a_leg);
+        self.answer_a(now, call, &body);
+        self.reinvite_b_if_moved(now, call, p.server);
+    }
+
+    /// ACK for a 2xx: a new transaction-less request to the remote target.
+    fn ack(&mut self, call: CallRef, to_a: bool, msg: &Message<'_>) {
+        let us = self.addr;
+        let seq = msg.cseq().map_or(1, |c| c.seq);
+        let branch = mix(u64::from(seq) ^ (u64::from(call.0) << 32) ^ self.secret);
+        let Some(d) = self.calls.get(call).and_then(|c| c.dialog(to_a)) else {
+            return;
+        };
+        self.scratch.clear();
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKk{branch:x}\r\nMax-Forwards: 70\r\n\
+             From: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
+            uri = d.remote_uri,
+            from = d.local_party,
+            to = d.remote_party,
+            cid = d.call_id,
+        );
+        self.out.push(d.remote_addr, &self.scratch);
+    }
+
+    /// ACK for a non-2xx final response, built from the response itself.
+    fn ack_error(&mut self, msg: &Message<'_>) {
+        let (Some(via), Some(cseq)) = (msg.header(HeaderName::Via), msg.cseq()) else {
+            return;
+        };
+        let Some(dest) = msg.call_id().and_then(|id| self.calls.peer_of(id)) else {
+            return;
+        };
+        let uri = msg.to().map(|t| t.uri).unwrap_or("sip:invalid");
+        self.scratch.clear();
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
+             Call-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+            msg.header(HeaderName::From).unwrap_or_default(),
+            msg.header(HeaderName::To).unwrap_or_default(),
+            msg.call_id().unwrap_or_default(),
+            cseq.seq,
+        );
+        self.out.push(dest, &self.scratch);
+    }
+
+    /// ACK for a 2xx whose transaction is over (the 200 came again), built from the 200.
+    fn ack_stray(&mut self, msg: &Message<'_>) {
+        let Some(dest) = msg.call_id().and_then(|id| self.calls.peer_of(id)) else {
+            return;
+        };
+        let uri = msg.contact().map(|c| c.uri).unwrap_or("sip:invalid");
+        let seq = msg.cseq().map_or(1, |c| c.seq);
+        let us = self.addr;
+        self.scratch.clear();
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKs{seq}\r\nMax-Forwards: 70\r\n\
+             From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
+            msg.header(HeaderName::From).unwrap_or_default(),
+            msg.header(HeaderName::To).unwrap_or_default(),
+            msg.call_id().unwrap_or_default(),
+        );
+        self.out.push(dest, &self.scratch);
+    }
+
+    /// A response to A's INVITE from the stored block, without a body.
+    pub(super) fn reply_in_call(&mut self, call: CallRef, code: u16, reason: &str) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        self.scratch.clear();
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "SIP/2.0 {code} {reason}\r\n{}Content-Length: 0\r\n\r\n",
+            c.a_block
+        );
+        self.out.push(c.a.remote_addr, &self.scratch);
+    }
+
+    /// The 200 OK for A's INVITE, retransmitted until the ACK comes.
+    fn answer_a(&mut self, now: Nanos, call: CallRef, body: &[u8]) {
+        let us = self.addr;
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let mut bytes = Vec::with_capacity(c.a_block.len() + body.len() + 160);
+        let _ = write!(
+            Bytes(&mut bytes),
+            "SIP/2.0 200 OK\r\n{}Contact: <sip:cm@{us}>\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n",
+            c.a_block,
+            body.len()
+        );
+        bytes.extend_from_slice(body);
+        self.calls.answer(now, call, bytes, &mut self.out);
+    }
+
+    /// Runs A's 200 retransmission timer; no ACK in time ends the call.
+    pub(super) fn call_timer(&mut self, now: Nanos, call: CallRef) {
+        if self.calls.fire(now, call, &mut self.out) {
+            // No ACK for our 200 (RFC 3261 13.3.1.4): the call is over.
+            self.hang_up(now, call, "no ACK");
+        }
+    }
+
+    /// Runs a transaction's timer; one that timed out ends what it was for.
+    pub(super) fn tx_timer(&mut self, now: Nanos, id: TxId) {
+        let Some((call, purpose)) = self.txs.fire(now, id, &mut self.out) else {
+            return;
+        };
+        match purpose {
+            Purpose::InviteB => {
+                if let Some(c) = self.calls.get_mut(call) {
+                    c.b_invite = None;
+                }
+                if let Some(Kind::Queue(q)) = self.calls.get(call).map(|c| c.kind.clone()) {
+                    self.agent_failed(now, call, q);
+                } else {
+                    self.reject_a(now, call, 408, "Request Timeout", "callee timeout");
+                }
+            }
+            Purpose::ReinviteA | Purpose::ReinviteB => self.hang_up(now, call, "re-INVITE timeout"),
+            Purpose::ByeA | Purpose::ByeB | Purpose::CancelB => {}
+        }
+    }
+
+    /// Re-INVITEs every established leg so its audio goes to the call's current node.
+    pub(super) fn reinvite_legs(&mut self, now: Nanos, call: CallRef) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let b = c.b_answered;
+        if c.a_state != AState::Proceeding {
+            self.reinvite(now, call, true);
+        }
+        if b {
+            self.reinvite(now, call, false);
+        }
+    }
+
+    pub(super) fn reinvite(&mut self, now: Nanos, call: CallRef, to_a: bool) {
+        let Some(node) = self
+            .calls
+            .get(call)
+            .and_then(|c| c.media)
+            .and_then(|p| self.node_addr(p.server))
+        else {
+            return;
+        };
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        let leg = if to_a { Some(c.a_leg) } else { c.b_leg };
+        let Some(leg) = leg else { return };
+        let side = usize::from(!to_a);
+        if c.reinviting[side] {
+            c.reinvite_again[side] = true;
+            return;
+        }
+        c.reinviting[side] = true;
+        let Some(d) = c.dialog_mut(to_a) else {
+            return;
+        };
+        d.local_cseq += 1;
+        d.sdp_version += 1;
+        let d = d.clone();
+        if c.moved_at.is_some() {
+            c.reinvites_open += 1;
+        }
+        let purpose = if to_a {
+            Purpose::ReinviteA
+        } else {
+            Purpose::ReinviteB
+        };
+        let tx = self.txs.open(now, call, purpose, d.remote_addr, true);
+        let mut body = Vec::new();
+        write_sdp(&mut body, d.sdp_id, d.sdp_version, node, leg);
+        self.send_invite(tx, &d, &body);
+    }
+
+    /// An INVITE (first or re-) in dialog `d` with CSeq `d.local_cseq`, as transaction `tx`.
+    fn send_invite(&mut self, tx: TxId, d: &Dialog, body: &[u8]) {
+        let us = self.addr;
+        self.scratch.clear();
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKc{}x{};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {seq} INVITE\r\n\
+             Contact: <sip:cm@{us}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
+            tx.0,
+            tx.1,
+            body.len(),
+            uri = d.remote_uri,
+            from = d.local_party,
+            to = d.remote_party,
+            cid = d.call_id,
+            seq = d.local_cseq,
+        );
+        self.scratch.extend_from_slice(body);
+        self.txs.send(tx, &self.scratch, &mut self.out);
+    }
+
+    /// Re-INVITEs leg B, just answered, when its media is no longer on the node our INVITE
+    /// named (a failover moved it while B rang); otherwise B would send its audio to the
+    /// failed node for the whole call.
+    pub(super) fn reinvite_b_if_moved(&mut self, now: Nanos, call: CallRef, server: ServerId) {
+        if self
+            .calls
+            .get(call)
+            .is_some_and(|c| c.b_offered.is_some_and(|s| s != server))
+        {
+            self.reinvite(now, call, false);
+        }
+    }
+}
+
+/// The header lines of a rendered response between the status line and Content-Length.
+fn response_block(rendered: &[u8]) -> String {
+    let text = String::from_utf8_lossy(rendered);
+    let body = text.split_once("\r\n").map_or("", |(_, rest)| rest);
+    let end = body.find("Content-Length:").unwrap_or(body.len());
+    body.get(..end).unwrap_or_default().to_owned()
+}
+
+/// SDP naming `node` as the audio address, with the leg's codec (and telephone-event).
+fn write_sdp(out: &mut Vec<u8>, session_id: u64, version: u64, node: SocketAddr, leg: Leg) {
+    sdp::write_offer(
+        out,
+        &Offer {
+            session_id,
+            version,
+            addr: node,
+            payload_types: vec![leg.codec_pt],
+            telephone_event: leg.dtmf_pt.is_some(),
+            ptime_ms: 20,
+            ssrc: None,
+        },
+    );
+}
+
+fn status_reason(code: u16) -> &'static str {
+    match code {
+        404 => "Not Found",
+        408 => "Request Timeout",
+        480 => "Temporarily Unavailable",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        503 => "Service Unavailable",
+        603 => "Decline",
+        _ => "Error",
+    }
+}

@@ -1,0 +1,354 @@
+//! The call table: each B2BUA call with its two dialogs and where its media lives, found by
+//! slot, by either leg's Call-ID or by balancer session; and the retransmission of the 200
+//! that answers leg A until its ACK comes.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+
+use pbxlab_balancer::{Assignment, ServerId, SessionId};
+
+use super::transactions::TxId;
+use super::{Leg, MediaSession, Nanos, Outbox};
+
+/// A call's slot and the slot's generation, so a stale reference names nothing.
+pub(super) type CallRef = (u32, u32);
+
+/// Where one of a call's sessions lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Placement {
+    pub(super) server: ServerId,
+    pub(super) session: SessionId,
+    pub(super) media: MediaSession,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// To a registered user, media relayed by a media node.
+    User(u32),
+    Echo,
+    Ivr,
+    /// Waiting in (or served from) queue q.
+    Queue(u32),
+    Meeting(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AState {
+    /// INVITE received, no final response yet.
+    Proceeding,
+    /// 200 sent, waiting for the ACK (retransmitting).
+    Answered,
+    Confirmed,
+}
+
+/// Our view of one dialog.
+#[derive(Debug, Clone)]
+pub(super) struct Dialog {
+    pub(super) call_id: String,
+    pub(super) remote_tag: String,
+    /// Where in-dialog requests go (the peer's Contact).
+    pub(super) remote_uri: String,
+    /// The transport address we send to.
+    pub(super) remote_addr: SocketAddr,
+    /// From and To values for requests we send in the dialog.
+    pub(super) local_party: String,
+    pub(super) remote_party: String,
+    pub(super) local_cseq: u32,
+    /// The `o=` session id and version of the last SDP we sent in this dialog: a changed SDP
+    /// keeps the id and raises the version (RFC 3264 8), or the peer may take it for another
+    /// session and refuse the re-INVITE that moves its media.
+    pub(super) sdp_id: u64,
+    pub(super) sdp_version: u64,
+}
+
+impl Dialog {
+    fn empty() -> Dialog {
+        Dialog {
+            call_id: String::new(),
+            remote_tag: String::new(),
+            remote_uri: String::new(),
+            remote_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            local_party: String::new(),
+            remote_party: String::new(),
+            local_cseq: 0,
+            sdp_id: 0,
+            sdp_version: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Call {
+    generation: u32,
+    live: bool,
+    pub(super) kind: Kind,
+    pub(super) a: Dialog,
+    pub(super) a_state: AState,
+    pub(super) a_leg: Leg,
+    /// The response block (Via..CSeq with our tag) answering A's INVITE.
+    pub(super) a_block: String,
+    pub(super) a_invite_cseq: u32,
+    /// The last final response to A's INVITE, for retransmission until the ACK.
+    pub(super) a_final: Vec<u8>,
+    pub(super) a_rto: Nanos,
+    pub(super) a_next: Nanos,
+    pub(super) a_deadline: Nanos,
+    /// The caller's user number, when it is one of ours (busy tracking for agents).
+    pub(super) caller: Option<u32>,
+    pub(super) b: Option<Dialog>,
+    pub(super) b_leg: Option<Leg>,
+    pub(super) b_user: Option<u32>,
+    pub(super) b_answered: bool,
+    pub(super) b_invite: Option<TxId>,
+    /// The node our INVITE to leg B named. A failover can move the media while B rings; B
+    /// then answers towards this node, so it is re-INVITEd once it has answered.
+    pub(super) b_offered: Option<ServerId>,
+    /// Where the audio of the call is handled now.
+    pub(super) media: Option<Placement>,
+    /// The queue session, held from arrival until the call ends.
+    pub(super) queue: Option<Placement>,
+    /// The media session placed for a queue caller while its agent's phone rings; it becomes
+    /// `media` when the agent answers.
+    pub(super) agent_media: Option<Assignment>,
+    pub(super) waiting_since: Option<Nanos>,
+    /// When a failover or operator action moved the call's media, until every leg answered
+    /// the re-INVITE: the reassignment time the drill reports.
+    pub(super) moved_at: Option<Nanos>,
+    pub(super) reinvites_open: u8,
+    /// Per leg (A, B): a re-INVITE of ours is in progress, and the media moved again meanwhile.
+    /// RFC 3261 14.1: no second INVITE in a dialog while one is pending; the newer SDP goes
+    /// once the first is answered.
+    pub(super) reinviting: [bool; 2],
+    pub(super) reinvite_again: [bool; 2],
+}
+
+impl Call {
+    pub(super) fn new(generation: u32) -> Call {
+        Call {
+            generation,
+            live: false,
+            kind: Kind::Echo,
+            a: Dialog::empty(),
+            a_state: AState::Proceeding,
+            a_leg: Leg {
+                remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+                ssrc: None,
+                codec_pt: 0,
+                dtmf_pt: None,
+            },
+            a_block: String::new(),
+            a_invite_cseq: 0,
+            a_final: Vec::new(),
+            a_rto: 0,
+            a_next: Nanos::MAX,
+            a_deadline: Nanos::MAX,
+            caller: None,
+            b: None,
+            b_leg: None,
+            b_user: None,
+            b_answered: false,
+            b_invite: None,
+            b_offered: None,
+            media: None,
+            queue: None,
+            agent_media: None,
+            waiting_since: None,
+            moved_at: None,
+            reinvites_open: 0,
+            reinviting: [false; 2],
+            reinvite_again: [false; 2],
+        }
+    }
+
+    /// Leg A's dialog, or leg B's when there is one.
+    pub(super) fn dialog(&self, to_a: bool) -> Option<&Dialog> {
+        if to_a { Some(&self.a) } else { self.b.as_ref() }
+    }
+
+    pub(super) fn dialog_mut(&mut self, to_a: bool) -> Option<&mut Dialog> {
+        if to_a {
+            Some(&mut self.a)
+        } else {
+            self.b.as_mut()
+        }
+    }
+}
+
+pub(super) struct Calls {
+    slots: Vec<Call>,
+    free: Vec<u32>,
+    /// Each leg's Call-ID: the slot, and whether it is leg A.
+    by_call_id: HashMap<String, (u32, bool)>,
+    /// Every balancer session a call holds (media, queue, an agent's media while it rings).
+    by_session: HashMap<SessionId, CallRef>,
+    /// Retransmissions of A's 200.
+    timers: BinaryHeap<Reverse<(Nanos, CallRef)>>,
+    /// The next media session number, unique for the cluster's lifetime.
+    next_media: u64,
+    t1: Nanos,
+    t2: Nanos,
+}
+
+impl Calls {
+    pub(super) fn new(t1: Nanos, t2: Nanos) -> Calls {
+        Calls {
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_call_id: HashMap::new(),
+            by_session: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_media: 1,
+            t1,
+            t2,
+        }
+    }
+
+    pub(super) fn get(&self, r: CallRef) -> Option<&Call> {
+        self.slots
+            .get(r.0 as usize)
+            .filter(|c| c.live && c.generation == r.1)
+    }
+
+    pub(super) fn get_mut(&mut self, r: CallRef) -> Option<&mut Call> {
+        self.slots
+            .get_mut(r.0 as usize)
+            .filter(|c| c.live && c.generation == r.1)
+    }
+
+    pub(super) fn active(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// The reference [`Calls::insert`] will give the next call.
+    pub(super) fn next_ref(&self) -> CallRef {
+        match self.free.last() {
+            Some(&i) => (i, self.slots.get(i as usize).map_or(0, |c| c.generation)),
+            None => (self.slots.len() as u32, 0),
+        }
+    }
+
+    /// Puts `call` (made with the generation of [`Calls::next_ref`]) in its slot, live.
+    pub(super) fn insert(&mut self, mut call: Call) -> CallRef {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Call::new(0));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        call.live = true;
+        let r = (index, call.generation);
+        if let Some(slot) = self.slots.get_mut(index as usize) {
+            *slot = call;
+        }
+        r
+    }
+
+    /// Takes a call out of the table; its slot keeps only its next generation. The call's
+    /// Call-IDs and sessions stay indexed until they are forgotten one by one.
+    pub(super) fn remove(&mut self, r: CallRef) -> Option<Call> {
+        let slot = self.get_mut(r)?;
+        let c = std::mem::replace(slot, Call::new(r.1.wrapping_add(1)));
+        self.free.push(r.0);
+        Some(c)
+    }
+
+    /// The call one of whose legs has this Call-ID, and whether it is leg A.
+    pub(super) fn find(&self, call_id: &str) -> Option<(CallRef, bool)> {
+        let &(index, is_a) = self.by_call_id.get(call_id)?;
+        let generation = self.slots.get(index as usize)?.generation;
+        Some(((index, generation), is_a))
+    }
+
+    /// Where the peer of the dialog with this Call-ID is.
+    pub(super) fn peer_of(&self, call_id: &str) -> Option<SocketAddr> {
+        let &(index, is_a) = self.by_call_id.get(call_id)?;
+        let c = self.slots.get(index as usize)?;
+        c.dialog(is_a).map(|d| d.remote_addr)
+    }
+
+    pub(super) fn index_call_id(&mut self, call_id: String, r: CallRef, is_a: bool) {
+        self.by_call_id.insert(call_id, (r.0, is_a));
+    }
+
+    pub(super) fn forget_call_id(&mut self, call_id: &str) {
+        self.by_call_id.remove(call_id);
+    }
+
+    pub(super) fn by_session(&self, session: SessionId) -> Option<CallRef> {
+        self.by_session.get(&session).copied()
+    }
+
+    pub(super) fn index_session(&mut self, session: SessionId, r: CallRef) {
+        self.by_session.insert(session, r);
+    }
+
+    pub(super) fn forget_session(&mut self, session: SessionId) -> Option<CallRef> {
+        self.by_session.remove(&session)
+    }
+
+    /// The number the next media session will get.
+    pub(super) fn peek_media(&self) -> u64 {
+        self.next_media
+    }
+
+    pub(super) fn new_media(&mut self) -> MediaSession {
+        let m = MediaSession(self.next_media);
+        self.next_media += 1;
+        m
+    }
+
+    /// Queues `response` (A's 200) and keeps it, retransmitted from T1 on until the ACK.
+    pub(super) fn answer(&mut self, now: Nanos, r: CallRef, response: Vec<u8>, out: &mut Outbox) {
+        let t1 = self.t1;
+        let Some(c) = self.get_mut(r) else { return };
+        c.a_state = AState::Answered;
+        c.a_rto = t1;
+        c.a_next = now + t1;
+        c.a_deadline = now + 64 * t1;
+        out.push(c.a.remote_addr, &response);
+        c.a_final = response;
+        self.timers.push(Reverse((now + t1, r)));
+    }
+
+    /// A's ACK came: the 200 is no longer retransmitted.
+    pub(super) fn confirm(&mut self, r: CallRef) {
+        if let Some(c) = self.get_mut(r)
+            && c.a_state == AState::Answered
+        {
+            c.a_state = AState::Confirmed;
+            c.a_final = Vec::new();
+            c.a_next = Nanos::MAX;
+        }
+    }
+
+    pub(super) fn next_timer(&self) -> Option<(Nanos, CallRef)> {
+        self.timers.peek().map(|&Reverse(t)| t)
+    }
+
+    pub(super) fn pop_timer(&mut self) {
+        self.timers.pop();
+    }
+
+    /// Runs the retransmission timer of `r`'s 200 at `now`; true when the 200 went
+    /// unacknowledged for 64*T1 (RFC 3261 13.3.1.4) and the call has to end.
+    pub(super) fn fire(&mut self, now: Nanos, r: CallRef, out: &mut Outbox) -> bool {
+        let t2 = self.t2;
+        let Some(c) = self.get_mut(r) else {
+            return false;
+        };
+        if c.a_state != AState::Answered || c.a_next > now {
+            return false;
+        }
+        if now >= c.a_deadline {
+            return true;
+        }
+        c.a_rto = (c.a_rto * 2).min(t2);
+        c.a_next = now + c.a_rto;
+        let at = c.a_next;
+        out.push(c.a.remote_addr, &c.a_final);
+        self.timers.push(Reverse((at, r)));
+        false
+    }
+}

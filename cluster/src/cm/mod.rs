@@ -1,0 +1,556 @@
+//! The Call Manager, sans-IO: registrar with digest authentication, a back-to-back user agent
+//! that routes every call through a node the balancer chose, per-source request-rate limiting,
+//! and OPTIONS health probes of the nodes.
+//!
+//! It is driven like the load generator's engine: [`CallManager::handle`] with each datagram
+//! and its arrival time, [`CallManager::advance`] when the clock passes
+//! [`CallManager::next_deadline`], [`CallManager::on_node_event`] with what nodes report; it
+//! hands back datagrams ([`CallManager::transmit_all`]) and node commands
+//! ([`CallManager::node_commands`]). It reads no clock and opens no socket, so tests run it with
+//! a fake clock and scripted peers.
+//!
+//! Every call is two dialogs (RFC 3261 B2BUA): the caller's (leg A, where we are the UAS) and,
+//! for calls to a user or a queue agent, ours towards the callee (leg B, where we are the UAC).
+//! Both legs' SDP name the chosen node's one address, so the node relays, echoes, plays or mixes
+//! the audio. Moving a session (a transfer from IVR to queue, a queue caller reaching an agent,
+//! a failover plan) is a node command plus a re-INVITE of each leg with the new node's address.
+//!
+//! The state is divided by owner, each part in its own file with its own fields: `registrar`
+//! (bindings, nonces), `admission` (the rate limit and whitelist), `transactions` (our client
+//! transactions and their timers), `calls` (the call table, dialogs and A's 200), `services`
+//! (IVR sessions, queues and agents, meeting rooms) and `probes`; `failover` keeps the records
+//! of moved and dropped calls. What needs several parts is a method of [`CallManager`] in the
+//! file of its main concern: `b2bua` for the call flows, `teardown` for the ways a call ends,
+//! `failover` for the balancer's decisions, `services` for transfers and queue dispatch,
+//! `probes` for the probe rounds.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use pbxlab_balancer::{Balancer, Event, Role, ServerId};
+use pbxlab_proto::builder::write_response;
+use pbxlab_proto::sip::{HeaderName, Message, Method, parse_datagram};
+
+use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
+
+mod admission;
+mod b2bua;
+mod calls;
+mod failover;
+mod probes;
+mod registrar;
+mod services;
+mod teardown;
+mod transactions;
+
+pub use failover::{Admin, DroppedCall, Reassigned};
+
+use admission::Admission;
+use calls::{CallRef, Calls};
+use failover::Records;
+use probes::Probes;
+use registrar::Registrar;
+use services::{Ivr, Queues, Rooms};
+use transactions::{Transactions, TxId};
+
+/// Everything the Call Manager needs besides its balancer and its nodes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Our SIP address (Via, Contact).
+    pub addr: SocketAddr,
+    /// Digest realm and the domain of every address of record.
+    pub domain: String,
+    /// Users `first_user..first_user + users` may register.
+    pub first_user: u32,
+    pub users: u32,
+    /// User N's digest password is this prefix followed by N (the rule the load generator and
+    /// the Kamailio interop test use).
+    pub password_prefix: String,
+    /// Queues `queue-1..=queue-{queues}`; agents of queue q are users
+    /// `first_user + (q-1)*agents_per_queue .. first_user + q*agents_per_queue`.
+    pub queues: u32,
+    pub agents_per_queue: u32,
+    /// Requests per second a source address may send before it earns 503s.
+    pub rate_limit_per_s: f64,
+    /// Requests a quiet source may send at once.
+    pub rate_burst: f64,
+    /// Sources never limited: the cluster's own nodes and trusted edges.
+    pub whitelist: Vec<IpAddr>,
+    /// RFC 3261 T1 and T2.
+    pub t1: Duration,
+    pub t2: Duration,
+    /// Calls in progress at once; beyond it new calls get 503.
+    pub max_calls: usize,
+    /// Registrations are capped at this many seconds.
+    pub max_expires_s: u32,
+    /// Seeds the nonce secret and tags; everything random derives from it.
+    pub seed: u64,
+}
+
+impl Config {
+    pub fn new(addr: SocketAddr) -> Config {
+        Config {
+            addr,
+            domain: "pbxlab.test".into(),
+            first_user: 1000,
+            users: 0,
+            password_prefix: "pw-".into(),
+            queues: 0,
+            agents_per_queue: 0,
+            rate_limit_per_s: 200.0,
+            rate_burst: 400.0,
+            whitelist: Vec::new(),
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            max_calls: 100_000,
+            max_expires_s: 7200,
+            seed: 1,
+        }
+    }
+}
+
+/// One node as the Call Manager sees it: the balancer's server and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub id: ServerId,
+    pub name: String,
+    pub role: Role,
+    pub addr: SocketAddr,
+}
+
+/// Counters for the status line and the tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub registered: usize,
+    pub registrations: u64,
+    pub auth_failures: u64,
+    pub calls_active: usize,
+    pub calls_total: u64,
+    pub calls_completed: u64,
+    /// Calls ended without reaching their purpose, by reason.
+    pub failures: std::collections::BTreeMap<&'static str, u64>,
+    pub rate_limited: u64,
+    pub malformed: u64,
+    pub queue_waiting: usize,
+    pub queue_answered: u64,
+    pub queue_abandoned: u64,
+    pub ivr_digits: u64,
+    pub ivr_routed: u64,
+    pub moved: u64,
+    /// Meeting rooms seen, participants who joined one, and joins that found the room's other
+    /// participants on another node (affinity broken: must stay 0).
+    pub meeting_rooms: u64,
+    pub meeting_joins: u64,
+    pub meeting_split_joins: u64,
+    /// The most participants one room had at once.
+    pub meeting_largest: u32,
+    pub dropped: u64,
+    /// Probe answers that came after their timeout, and the longest round trip seen.
+    pub probes_late: u64,
+    /// Probe rounds not counted because most of the cluster was silent at once.
+    pub probe_rounds_ignored: u64,
+    pub probe_rtt_max_us: u64,
+}
+
+const NS: Nanos = 1_000_000_000;
+
+fn ns(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(Nanos::MAX)
+}
+
+/// The Call Manager: the balancer, the nodes it places sessions on, and the parts that keep
+/// the rest of the state.
+pub struct CallManager {
+    balancer: Balancer,
+    nodes: Vec<NodeSpec>,
+    /// Our SIP address (Via, Contact) and the domain of our users' addresses.
+    addr: SocketAddr,
+    domain: String,
+    max_calls: usize,
+    /// From the seed: leg B's Call-IDs and ACK branches are derived from it.
+    secret: u64,
+    registrar: Registrar,
+    admission: Admission,
+    calls: Calls,
+    txs: Transactions,
+    ivr: Ivr,
+    queues: Queues,
+    rooms: Rooms,
+    probes: Probes,
+    records: Records,
+    /// When expired bindings are next dropped and the queues looked at again without a cause.
+    next_sweep: Nanos,
+    out: Outbox,
+    /// One message being rendered, before it is queued (and kept, if it is retransmitted).
+    scratch: Vec<u8>,
+    commands: Vec<(ServerId, NodeCommand)>,
+    events: Vec<Event>,
+    /// The counters no part keeps itself; [`CallManager::stats`] adds the parts' own.
+    stats: Stats,
+}
+
+impl CallManager {
+    /// A Call Manager over `balancer`, whose servers are `nodes`.
+    pub fn new(cfg: Config, balancer: Balancer, nodes: Vec<NodeSpec>) -> CallManager {
+        let secret = cfg.seed ^ 0x9e37_79b9_7f4a_7c15;
+        let (t1, t2) = (ns(cfg.t1), ns(cfg.t2));
+        CallManager {
+            probes: Probes::new(nodes.len()),
+            nodes,
+            balancer,
+            registrar: Registrar::new(&cfg, secret),
+            admission: Admission::new(&cfg),
+            calls: Calls::new(t1, t2),
+            txs: Transactions::new(t1, t2),
+            ivr: Ivr::default(),
+            queues: Queues::new(&cfg),
+            rooms: Rooms::default(),
+            records: Records::default(),
+            next_sweep: 0,
+            out: Outbox::default(),
+            scratch: Vec::new(),
+            commands: Vec::new(),
+            events: Vec::new(),
+            stats: Stats::default(),
+            addr: cfg.addr,
+            max_calls: cfg.max_calls,
+            secret,
+            domain: cfg.domain,
+        }
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    pub fn nodes(&self) -> &[NodeSpec] {
+        &self.nodes
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.calls_active = self.calls.active();
+        s.queue_waiting = self.queues.waiting();
+        self.registrar.report(&mut s);
+        self.rooms.report(&mut s);
+        self.probes.report(&mut s);
+        s
+    }
+
+    pub fn whitelist(&self) -> &[IpAddr] {
+        self.admission.whitelist()
+    }
+
+    /// Adds a source to the whitelist; false if it was there already.
+    pub fn whitelist_add(&mut self, ip: IpAddr) -> bool {
+        self.admission.whitelist_add(ip)
+    }
+
+    /// Takes a source off the whitelist; false if it was not on it.
+    pub fn whitelist_remove(&mut self, ip: IpAddr) -> bool {
+        self.admission.whitelist_remove(ip)
+    }
+
+    /// Adds a node to the cluster, online; the balancer places sessions on it from now on and
+    /// the probes watch it from the next round.
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        role: Role,
+        addr: SocketAddr,
+        capacity: u32,
+    ) -> Result<ServerId, pbxlab_balancer::Error> {
+        let id = self.balancer.add_server(pbxlab_balancer::ServerSpec {
+            name: name.to_owned(),
+            role,
+            capacity,
+            weight: 1,
+        })?;
+        self.nodes.push(NodeSpec {
+            id,
+            name: name.to_owned(),
+            role,
+            addr,
+        });
+        self.probes.add_node();
+        Ok(id)
+    }
+
+    /// Balancer events (server down or up, alerts) since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Commands for the nodes, in order.
+    pub fn node_commands(&mut self) -> std::vec::Drain<'_, (ServerId, NodeCommand)> {
+        self.commands.drain(..)
+    }
+
+    /// Hands every queued datagram to `send`, once.
+    pub fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
+        self.out.transmit_all(send);
+    }
+
+    /// When [`CallManager::advance`] next has something to do.
+    pub fn next_deadline(&self) -> Nanos {
+        let timers = [
+            self.probes.next_check(),
+            self.calls.next_timer().map(|(at, _)| at),
+            self.txs.next_timer().map(|(at, _)| at),
+        ];
+        let timer = timers.into_iter().flatten().min().unwrap_or(Nanos::MAX);
+        timer.min(self.probes.next_round()).min(self.next_sweep)
+    }
+
+    /// Runs every timer due at `now`: retransmissions, transaction timeouts, probes, expiries.
+    pub fn advance(&mut self, now: Nanos) {
+        if now >= self.probes.next_round() {
+            self.probe_round(now);
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + NS;
+            self.registrar.expire(now);
+            self.dispatch_queues(now);
+        }
+        while let Some(timer) = self.take_due(now) {
+            match timer {
+                Timer::ProbeCheck => self.probe_timeouts(now),
+                Timer::Call(call) => self.call_timer(now, call),
+                Timer::Tx(id) => self.tx_timer(now, id),
+            }
+        }
+    }
+
+    /// The earliest timer due at `now`, taken off its part. Each part keeps its own timers;
+    /// the earliest goes first and ties go to probe checks, then calls, then transactions,
+    /// so timers run in one order whatever part they belong to.
+    fn take_due(&mut self, now: Nanos) -> Option<Timer> {
+        let due = [
+            self.probes.next_check().map(|at| (at, Timer::ProbeCheck)),
+            self.calls.next_timer().map(|(at, c)| (at, Timer::Call(c))),
+            self.txs.next_timer().map(|(at, id)| (at, Timer::Tx(id))),
+        ];
+        let (at, timer) = due.into_iter().flatten().min()?;
+        if at > now {
+            return None;
+        }
+        match timer {
+            Timer::ProbeCheck => self.probes.pop_check(),
+            Timer::Call(_) => self.calls.pop_timer(),
+            Timer::Tx(_) => self.txs.pop_timer(),
+        }
+        Some(timer)
+    }
+
+    /// One datagram from `from`, arrived at `now`.
+    pub fn handle(&mut self, now: Nanos, from: SocketAddr, datagram: &[u8]) {
+        let msg = match parse_datagram(datagram) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.stats.malformed += 1;
+                let why = match e {
+                    pbxlab_proto::sip::ParseError::Invalid(i) => i.reason,
+                    pbxlab_proto::sip::ParseError::Incomplete => "incomplete message",
+                };
+                if self.admission.admit(now, from, &self.nodes) {
+                    self.bad_request(from, datagram, why);
+                }
+                return;
+            }
+        };
+        if msg.is_request() {
+            if !self.admission.admit(now, from, &self.nodes) {
+                self.stats.rate_limited += 1;
+                if msg.method() != Some(Method::Ack) {
+                    self.reply(
+                        from,
+                        &msg,
+                        503,
+                        "Service Unavailable",
+                        &[("Retry-After", "1")],
+                    );
+                }
+                return;
+            }
+            if msg.call_id().is_none() || msg.cseq().is_none() || msg.top_via().is_none() {
+                self.stats.malformed += 1;
+                if msg.top_via().is_some() {
+                    self.reply(from, &msg, 400, "Bad Request", &[]);
+                }
+                return;
+            }
+            self.on_request(now, from, &msg);
+        } else {
+            self.on_response(now, &msg);
+        }
+    }
+
+    /// A 400 for a request the parser refused, naming the parser's reason, when the request
+    /// still has the five headers a response is built from; anything less cannot be answered
+    /// (RFC 3261 8.2: the response must be routable) and is dropped.
+    fn bad_request(&mut self, to: SocketAddr, datagram: &[u8], why: &str) {
+        let Ok(text) = std::str::from_utf8(datagram) else {
+            return;
+        };
+        let mut lines = text.split("\r\n");
+        let first = lines.next().unwrap_or_default();
+        if first.starts_with("SIP/") || !first.ends_with("SIP/2.0") {
+            return;
+        }
+        const WANTED: [HeaderName; 5] = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ];
+        self.scratch.clear();
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "SIP/2.0 400 Bad Request ({why})\r\n"
+        );
+        let mut seen = [false; WANTED.len()];
+        for line in lines.take_while(|l| !l.is_empty()) {
+            let name = HeaderName::parse(line.split_once(':').map_or("", |(n, _)| n.trim()));
+            if let Some(i) = WANTED.iter().position(|&w| w == name) {
+                seen[i] = true;
+                self.scratch.extend_from_slice(line.as_bytes());
+                self.scratch.extend_from_slice(b"\r\n");
+            }
+        }
+        if seen.contains(&false) {
+            return;
+        }
+        self.scratch.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        self.out.push(to, &self.scratch);
+    }
+
+    fn reply(
+        &mut self,
+        to: SocketAddr,
+        req: &Message<'_>,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &str)],
+    ) {
+        let tag = if req.to().and_then(|t| t.tag()).is_none() && code > 100 {
+            Some("cm")
+        } else {
+            None
+        };
+        write_response(&mut self.scratch, req, code, reason, tag, extra, b"");
+        self.out.push(to, &self.scratch);
+    }
+
+    fn on_request(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
+        let Some(method) = msg.method() else { return };
+        let call_id = msg.call_id().unwrap_or_default();
+        match (method, self.calls.find(call_id)) {
+            (Method::Register, _) => self.register(now, from, msg),
+            (Method::Options, None) => {
+                self.reply(from, msg, 200, "OK", &[("Accept", "application/sdp")])
+            }
+            (Method::Invite, None) => {
+                if msg.to().and_then(|t| t.tag()).is_some() {
+                    self.reply(from, msg, 481, "Call/Transaction Does Not Exist", &[]);
+                } else {
+                    self.invite(now, from, msg);
+                }
+            }
+            (Method::Ack, None) => {}
+            (_, Some((call, is_a))) => self.in_call(now, from, call, is_a, method, msg),
+            (Method::Bye | Method::Cancel, None) => {
+                self.reply(from, msg, 481, "Call/Transaction Does Not Exist", &[])
+            }
+            _ => self.reply(from, msg, 501, "Not Implemented", &[]),
+        }
+    }
+
+    fn node_addr(&self, server: ServerId) -> Option<SocketAddr> {
+        self.nodes.iter().find(|n| n.id == server).map(|n| n.addr)
+    }
+
+    fn fail(&mut self, reason: &'static str) {
+        *self.stats.failures.entry(reason).or_default() += 1;
+    }
+}
+
+/// What a part's timer is for; the order of the variants breaks ties between parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Look for probes that went unanswered for the timeout.
+    ProbeCheck,
+    Call(CallRef),
+    Tx(TxId),
+}
+
+/// Datagrams waiting for [`CallManager::transmit_all`], back to back in one buffer.
+#[derive(Debug, Default)]
+struct Outbox {
+    buf: Vec<u8>,
+    list: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl Outbox {
+    fn push(&mut self, to: SocketAddr, datagram: &[u8]) {
+        let s = self.buf.len();
+        self.buf.extend_from_slice(datagram);
+        self.list.push((to, s, self.buf.len()));
+    }
+
+    fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
+        if self.list.is_empty() {
+            return;
+        }
+        let buf = &self.buf;
+        let list: Vec<(SocketAddr, &[u8])> = self
+            .list
+            .iter()
+            .map(|&(to, s, e)| (to, buf.get(s..e).unwrap_or_default()))
+            .collect();
+        send(&list);
+        self.list.clear();
+        self.buf.clear();
+    }
+}
+
+/// `fmt::Write` over a byte buffer, so messages are formatted straight into reused buffers.
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Bytes<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// The two numbers of a branch or tag written `{a}x{b}`, ignoring what follows `b`.
+fn parse_pair(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once('x')?;
+    let b = b.split(|c: char| !c.is_ascii_digit()).next()?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// A meeting room's affinity key: FNV-1a of its name, so every participant of a room maps to
+/// the same key in any process.
+fn room_key(room: &str) -> u64 {
+    room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A 64-bit finaliser (splitmix64's): nonces and branches that look random but are reproducible
+/// from the seed. Not cryptographic; an emulator's nonce only has to be checkable.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod failover_tests;

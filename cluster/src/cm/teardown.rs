@@ -1,0 +1,185 @@
+//! The ways a call ends: an error to a caller whose call never connected, a BYE to each leg
+//! that is up and a CANCEL to one still ringing, and forgetting the call in every part that
+//! knew it (sessions released, node sessions ended, queue and room left, users freed).
+
+use std::fmt::Write as _;
+
+use super::calls::{AState, CallRef, Kind};
+use super::transactions::{Purpose, TxId};
+use super::{Bytes, CallManager, Nanos};
+
+/// Which leg ended a call by its own BYE, so it is not sent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    A,
+    B,
+    Neither,
+}
+
+impl CallManager {
+    /// Ends A's INVITE with an error (the call never connected).
+    pub(super) fn reject_a(
+        &mut self,
+        now: Nanos,
+        call: CallRef,
+        code: u16,
+        reason: &str,
+        why: &'static str,
+    ) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        if c.a_state != AState::Proceeding {
+            self.hang_up(now, call, why);
+            return;
+        }
+        let ringing = c.b_invite;
+        self.fail(why);
+        self.reply_in_call(call, code, reason);
+        // A callee still ringing must stop (RFC 3261 9.1); without the CANCEL it could answer
+        // a call that is gone (a caller's CANCEL, a failover that found no node for the media).
+        if let Some(tx) = ringing {
+            self.cancel_b(now, call, tx);
+        }
+        self.cleanup(now, call);
+    }
+
+    /// Ends an established (or half-established) call from our side: BYE to every leg that is
+    /// up, CANCEL to one still ringing.
+    pub(super) fn hang_up(&mut self, now: Nanos, call: CallRef, why: &'static str) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        if c.a_state == AState::Proceeding {
+            self.reject_a(now, call, 500, "Server Internal Error", why);
+            return;
+        }
+        self.fail(why);
+        self.end(now, call, Side::Neither);
+    }
+
+    pub(super) fn end(&mut self, now: Nanos, call: CallRef, hung_up: Side) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let (b_up, b_ringing) = (c.b_answered, c.b_invite);
+        if hung_up != Side::A && c.a_state != AState::Proceeding {
+            self.bye(now, call, true);
+        }
+        if hung_up != Side::B {
+            if b_up {
+                self.bye(now, call, false);
+            } else if let Some(tx) = b_ringing {
+                self.cancel_b(now, call, tx);
+            }
+        }
+        self.cleanup(now, call);
+    }
+
+    fn bye(&mut self, now: Nanos, call: CallRef, to_a: bool) {
+        let us = self.addr;
+        let Some(d) = self.calls.get_mut(call).and_then(|c| c.dialog_mut(to_a)) else {
+            return;
+        };
+        d.local_cseq += 1;
+        let purpose = if to_a { Purpose::ByeA } else { Purpose::ByeB };
+        let tx = self.txs.open(now, call, purpose, d.remote_addr, false);
+        self.scratch.clear();
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKc{}x{};rport\r\nMax-Forwards: 70\r\n\
+             From: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {seq} BYE\r\nContent-Length: 0\r\n\r\n",
+            tx.0,
+            tx.1,
+            uri = d.remote_uri,
+            from = d.local_party,
+            to = d.remote_party,
+            cid = d.call_id,
+            seq = d.local_cseq,
+        );
+        self.txs.send(tx, &self.scratch, &mut self.out);
+    }
+
+    fn cancel_b(&mut self, now: Nanos, call: CallRef, invite: TxId) {
+        if !self.txs.is_open(invite) {
+            return;
+        }
+        self.txs.close(invite);
+        let us = self.addr;
+        let Some(d) = self.calls.get(call).and_then(|c| c.b.as_ref()) else {
+            return;
+        };
+        let tx = self
+            .txs
+            .open(now, call, Purpose::CancelB, d.remote_addr, false);
+        self.scratch.clear();
+        // The INVITE's Via, branch and all (RFC 3261 9.1).
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "CANCEL {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKc{}x{};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+             Call-ID: {cid}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+            invite.0,
+            invite.1,
+            uri = d.remote_uri,
+            from = d.local_party,
+            to = d.remote_party,
+            cid = d.call_id,
+        );
+        // Answers to the CANCEL come back on the INVITE's branch, which no longer names a
+        // live transaction, so this one simply times out quietly.
+        self.txs.send(tx, &self.scratch, &mut self.out);
+    }
+
+    /// Forgets a call: node sessions ended, balancer sessions released, users freed.
+    fn cleanup(&mut self, now: Nanos, call: CallRef) {
+        let Some(c) = self.calls.remove(call) else {
+            return;
+        };
+        if let Some(tx) = c.b_invite {
+            self.txs.close(tx);
+        }
+        if let Some(a) = c.agent_media {
+            self.calls.forget_session(a.session);
+            self.release(now, a.session);
+        }
+        self.calls.forget_call_id(&c.a.call_id);
+        if let Some(b) = &c.b {
+            self.calls.forget_call_id(&b.call_id);
+        }
+        if let Some(p) = c.media {
+            self.calls.forget_session(p.session);
+            self.release(now, p.session);
+        }
+        if let Some(q) = c.queue
+            && c.media.is_none_or(|m| m.session != q.session)
+        {
+            self.calls.forget_session(q.session);
+            self.release(now, q.session);
+        }
+        if let Some(p) = c.media {
+            self.end_media(p);
+        }
+        if let Some(q) = c.queue
+            && c.media.is_none_or(|m| m.media != q.media)
+        {
+            self.end_media(q);
+        }
+        if let (Kind::Meeting(room), Some(p)) = (&c.kind, c.media) {
+            self.rooms.leave(*room, p.server);
+        }
+        if let Kind::Queue(q) = c.kind {
+            self.queues.leave(q, call);
+        }
+        if let Some(u) = c.caller {
+            self.queues.mark_busy(u, false);
+        }
+        let freed_agent = c.b_user;
+        if let Some(u) = freed_agent {
+            self.queues.mark_busy(u, false);
+        }
+        if freed_agent.is_some_and(|u| self.queues.is_agent(u).is_some()) {
+            self.dispatch_queues(now);
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Our client transactions (RFC 3261 17.1): each request we send in a call is kept in a slab
+//! slot until its final response, retransmitted on its own timers (A and E from T1, doubling;
+//! B and F at 64*T1), and found again by the `{slot}x{generation}` in its branch.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+
+use super::calls::CallRef;
+use super::{Nanos, Outbox};
+
+/// A transaction's slot and the slot's generation, so a stale id names nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct TxId(pub(super) u32, pub(super) u32);
+
+/// What a transaction's request was for, which decides what its answer (or silence) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    InviteB,
+    ReinviteA,
+    ReinviteB,
+    ByeA,
+    ByeB,
+    CancelB,
+}
+
+/// A client transaction we started, retransmitted until answered.
+#[derive(Debug, Clone)]
+struct ClientTx {
+    generation: u32,
+    live: bool,
+    call: CallRef,
+    purpose: Purpose,
+    dest: SocketAddr,
+    bytes: Vec<u8>,
+    invite: bool,
+    rto: Nanos,
+    next: Nanos,
+    deadline: Nanos,
+    /// An INVITE stops retransmitting on a provisional response (Timer A ends).
+    proceeding: bool,
+}
+
+pub(super) struct Transactions {
+    slots: Vec<ClientTx>,
+    free: Vec<u32>,
+    timers: BinaryHeap<Reverse<(Nanos, TxId)>>,
+    t1: Nanos,
+    t2: Nanos,
+}
+
+impl Transactions {
+    pub(super) fn new(t1: Nanos, t2: Nanos) -> Transactions {
+        Transactions {
+            slots: Vec::new(),
+            free: Vec::new(),
+            timers: BinaryHeap::new(),
+            t1,
+            t2,
+        }
+    }
+
+    fn get_mut(&mut self, id: TxId) -> Option<&mut ClientTx> {
+        self.slots
+            .get_mut(id.0 as usize)
+            .filter(|t| t.live && t.generation == id.1)
+    }
+
+    /// Opens a transaction of `call` towards `dest`. Its request names the id in its branch,
+    /// so it is rendered afterwards and handed to [`Transactions::send`].
+    pub(super) fn open(
+        &mut self,
+        now: Nanos,
+        call: CallRef,
+        purpose: Purpose,
+        dest: SocketAddr,
+        invite: bool,
+    ) -> TxId {
+        let t1 = self.t1;
+        let fresh = ClientTx {
+            generation: 0,
+            live: true,
+            call,
+            purpose,
+            dest,
+            bytes: Vec::new(),
+            invite,
+            rto: t1,
+            next: now + t1,
+            deadline: now + 64 * t1,
+            proceeding: false,
+        };
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(fresh.clone());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let tx = &mut self.slots[index as usize];
+        // Reuse the slot's buffer; the generation tells a stale id from this one.
+        let generation = tx.generation.wrapping_add(1);
+        let bytes = std::mem::take(&mut tx.bytes);
+        *tx = ClientTx {
+            generation,
+            bytes,
+            ..fresh
+        };
+        let id = TxId(index, generation);
+        self.timers.push(Reverse((now + t1, id)));
+        id
+    }
+
+    /// Queues `request` as the request of transaction `id` and keeps it for retransmission.
+    pub(super) fn send(&mut self, id: TxId, request: &[u8], out: &mut Outbox) {
+        if let Some(tx) = self.get_mut(id) {
+            tx.bytes.clear();
+            tx.bytes.extend_from_slice(request);
+            out.push(tx.dest, request);
+        }
+    }
+
+    /// Whether transaction `id` is still open.
+    pub(super) fn is_open(&self, id: TxId) -> bool {
+        self.slots
+            .get(id.0 as usize)
+            .is_some_and(|t| t.live && t.generation == id.1)
+    }
+
+    pub(super) fn close(&mut self, id: TxId) {
+        if let Some(tx) = self.get_mut(id) {
+            tx.live = false;
+            tx.bytes.clear();
+            self.free.push(id.0);
+        }
+    }
+
+    /// A response with status `code` to transaction `id`: whose it is and what it was for, or
+    /// None when the transaction is over. A final response closes it.
+    pub(super) fn on_response(&mut self, id: TxId, code: u16) -> Option<(CallRef, Purpose)> {
+        let tx = self.get_mut(id)?;
+        let answered = (tx.call, tx.purpose);
+        if code < 200 {
+            if tx.invite {
+                tx.proceeding = true;
+            }
+        } else {
+            self.close(id);
+        }
+        Some(answered)
+    }
+
+    pub(super) fn next_timer(&self) -> Option<(Nanos, TxId)> {
+        self.timers.peek().map(|&Reverse(t)| t)
+    }
+
+    pub(super) fn pop_timer(&mut self) {
+        self.timers.pop();
+    }
+
+    /// Runs the timer of transaction `id` at `now`: its request is sent again, or, past its
+    /// deadline, the transaction is closed and its call and purpose returned.
+    pub(super) fn fire(
+        &mut self,
+        now: Nanos,
+        id: TxId,
+        out: &mut Outbox,
+    ) -> Option<(CallRef, Purpose)> {
+        let t2 = self.t2;
+        let tx = self.get_mut(id)?;
+        if now >= tx.deadline {
+            let timed_out = (tx.call, tx.purpose);
+            self.close(id);
+            return Some(timed_out);
+        }
+        if tx.proceeding || tx.next > now {
+            return None;
+        }
+        tx.rto = if tx.invite {
+            tx.rto * 2
+        } else {
+            (tx.rto * 2).min(t2)
+        };
+        tx.next = now + tx.rto;
+        let at = tx.next.min(tx.deadline);
+        out.push(tx.dest, &tx.bytes);
+        self.timers.push(Reverse((at, id)));
+        None
+    }
+}
