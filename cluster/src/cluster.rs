@@ -345,12 +345,19 @@ impl Cluster {
                     source: e,
                 })?
         };
+        let control = Control { shared };
+        // Operator actions select servers from the status: wait for the first snapshot, so an
+        // action right after the start finds them (the thread publishes one on its first turn).
+        let until = Instant::now() + Duration::from_secs(1);
+        while control.status().elapsed == Duration::ZERO && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(Cluster {
             sip,
             stop,
             cm_thread,
             node_thread,
-            control: Control { shared },
+            control,
         })
     }
 

@@ -353,13 +353,13 @@ impl CallManager {
     }
 
     /// A response to one of our requests: a probe's, or one of a call's transactions.
-    pub(super) fn on_response(&mut self, now: Nanos, msg: &Message<'_>) {
+    pub(super) fn on_response(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
         let Some(code) = msg.code() else { return };
         let Some(branch) = msg.top_via().and_then(|v| v.branch) else {
             return;
         };
         if let Some(rest) = branch.strip_prefix("z9hG4bKp") {
-            self.probe_response(now, rest, code);
+            self.probe_response(now, from, rest, code);
             return;
         }
         let Some(id) = branch.strip_prefix("z9hG4bKc").and_then(parse_pair) else {

@@ -49,7 +49,6 @@ pub use failover::{Admin, DroppedCall, Reassigned};
 use admission::Admission;
 use calls::{CallRef, Calls};
 use failover::Records;
-use probes::Probes;
 use registrar::Registrar;
 use services::{Ivr, Queues, Rooms};
 use transactions::{Transactions, TxId};
@@ -148,6 +147,10 @@ pub struct Stats {
     pub dropped: u64,
     /// Probe answers that came after their timeout, and the longest round trip seen.
     pub probes_late: u64,
+    /// Probe answers that matched no probe sent to that node (stale, repeated or made up).
+    pub probes_unmatched: u64,
+    /// Probe answers from an address that is not the node's (forged, or misrouted).
+    pub probes_foreign: u64,
     /// Probe rounds not counted because most of the cluster was silent at once.
     pub probe_rounds_ignored: u64,
     pub probe_rtt_max_us: u64,
@@ -177,7 +180,9 @@ pub struct CallManager {
     ivr: Ivr,
     queues: Queues,
     rooms: Rooms,
-    probes: Probes,
+    /// The health prober: when each node is probed and what its silence means.
+    prober: pbxlab_balancer::Prober,
+    probe_actions: Vec<pbxlab_balancer::ProbeAction>,
     records: Records,
     /// When expired bindings are next dropped and the queues looked at again without a cause.
     next_sweep: Nanos,
@@ -196,7 +201,14 @@ impl CallManager {
         let secret = cfg.seed ^ 0x9e37_79b9_7f4a_7c15;
         let (t1, t2) = (ns(cfg.t1), ns(cfg.t2));
         CallManager {
-            probes: Probes::new(nodes.len()),
+            prober: {
+                let mut p = pbxlab_balancer::Prober::new(balancer.health(), Duration::ZERO);
+                for n in &nodes {
+                    p.watch(n.id);
+                }
+                p
+            },
+            probe_actions: Vec::new(),
             nodes,
             balancer,
             registrar: Registrar::new(&cfg, secret),
@@ -234,7 +246,7 @@ impl CallManager {
         s.queue_waiting = self.queues.waiting();
         self.registrar.report(&mut s);
         self.rooms.report(&mut s);
-        self.probes.report(&mut s);
+        probes::report(&self.prober, &mut s);
         s
     }
 
@@ -273,7 +285,7 @@ impl CallManager {
             role,
             addr,
         });
-        self.probes.add_node();
+        self.prober.watch(id);
         Ok(id)
     }
 
@@ -294,20 +306,19 @@ impl CallManager {
 
     /// When [`CallManager::advance`] next has something to do.
     pub fn next_deadline(&self) -> Nanos {
+        let prober = u64::try_from(self.prober.next_deadline().as_nanos()).unwrap_or(Nanos::MAX);
         let timers = [
-            self.probes.next_check(),
+            Some(prober),
             self.calls.next_timer().map(|(at, _)| at),
             self.txs.next_timer().map(|(at, _)| at),
         ];
         let timer = timers.into_iter().flatten().min().unwrap_or(Nanos::MAX);
-        timer.min(self.probes.next_round()).min(self.next_sweep)
+        timer.min(self.next_sweep)
     }
 
     /// Runs every timer due at `now`: retransmissions, transaction timeouts, probes, expiries.
     pub fn advance(&mut self, now: Nanos) {
-        if now >= self.probes.next_round() {
-            self.probe_round(now);
-        }
+        self.run_prober(now);
         if now >= self.next_sweep {
             self.next_sweep = now + NS;
             self.registrar.expire(now);
@@ -315,7 +326,6 @@ impl CallManager {
         }
         while let Some(timer) = self.take_due(now) {
             match timer {
-                Timer::ProbeCheck => self.probe_timeouts(now),
                 Timer::Call(call) => self.call_timer(now, call),
                 Timer::Tx(id) => self.tx_timer(now, id),
             }
@@ -327,7 +337,6 @@ impl CallManager {
     /// so timers run in one order whatever part they belong to.
     fn take_due(&mut self, now: Nanos) -> Option<Timer> {
         let due = [
-            self.probes.next_check().map(|at| (at, Timer::ProbeCheck)),
             self.calls.next_timer().map(|(at, c)| (at, Timer::Call(c))),
             self.txs.next_timer().map(|(at, id)| (at, Timer::Tx(id))),
         ];
@@ -336,7 +345,6 @@ impl CallManager {
             return None;
         }
         match timer {
-            Timer::ProbeCheck => self.probes.pop_check(),
             Timer::Call(_) => self.calls.pop_timer(),
             Timer::Tx(_) => self.txs.pop_timer(),
         }
@@ -382,7 +390,7 @@ impl CallManager {
             }
             self.on_request(now, from, &msg);
         } else {
-            self.on_response(now, &msg);
+            self.on_response(now, from, &msg);
         }
     }
 
@@ -479,8 +487,6 @@ impl CallManager {
 /// What a part's timer is for; the order of the variants breaks ties between parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    /// Look for probes that went unanswered for the timeout.
-    ProbeCheck,
     Call(CallRef),
     Tx(TxId),
 }

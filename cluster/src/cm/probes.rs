@@ -1,224 +1,89 @@
-//! OPTIONS probes of the nodes: a round on a fixed grid of the health interval, each probe
-//! judged at the timeout, and the rule that a round in which most of the cluster is silent
-//! says more about the Call Manager's own host than about the nodes.
+//! OPTIONS probes of the nodes, on the balancer's prober (`pbxlab_balancer::Prober`): the
+//! prober decides when a round starts, which answer counts and when a silence is a timeout
+//! (or, with most of the cluster silent at once, the Call Manager's own trouble); this file
+//! only puts its probes on the wire and hands its results to the balancer. `plan` drives the
+//! same prober, so it predicts the detection a drill measures.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use pbxlab_balancer::{Balancer, Probe, ServerId};
+use pbxlab_balancer::{Probe, ProbeAction, ServerId};
 
-use super::{Bytes, CallManager, Nanos, NodeSpec, Stats, ns, parse_pair};
+use super::{Bytes, CallManager, Nanos, Stats, parse_pair};
 
-/// Consecutive rounds with most of the cluster silent that are put down to the Call Manager's
-/// own trouble; after that many, the silence is believed.
-const MAX_INCONCLUSIVE: u32 = 5;
-
-#[derive(Debug, Clone, Copy, Default)]
-struct ProbeState {
-    seq: u32,
-    sent_at: Nanos,
-    pending: bool,
-    /// Round-trip time of the last answered probe.
-    last_rtt: Option<Nanos>,
-}
-
-/// The probe state of each node, in the order of the Call Manager's nodes.
-pub(super) struct Probes {
-    states: Vec<ProbeState>,
-    next_round: Nanos,
-    /// When each round's probes are judged.
-    checks: BinaryHeap<Reverse<Nanos>>,
-    /// Consecutive probe rounds in which most nodes were silent.
-    inconclusive_rounds: u32,
-    late: u64,
-    rounds_ignored: u64,
-    rtt_max_us: u64,
-}
-
-impl Probes {
-    pub(super) fn new(nodes: usize) -> Probes {
-        Probes {
-            states: vec![ProbeState::default(); nodes],
-            next_round: 0,
-            checks: BinaryHeap::new(),
-            inconclusive_rounds: 0,
-            late: 0,
-            rounds_ignored: 0,
-            rtt_max_us: 0,
-        }
-    }
-
-    pub(super) fn add_node(&mut self) {
-        self.states.push(ProbeState::default());
-    }
-
-    pub(super) fn next_round(&self) -> Nanos {
-        self.next_round
-    }
-
-    pub(super) fn next_check(&self) -> Option<Nanos> {
-        self.checks.peek().map(|&Reverse(at)| at)
-    }
-
-    pub(super) fn pop_check(&mut self) {
-        self.checks.pop();
-    }
-
-    pub(super) fn report(&self, s: &mut Stats) {
-        s.probes_late = self.late;
-        s.probe_rounds_ignored = self.rounds_ignored;
-        s.probe_rtt_max_us = self.rtt_max_us;
-    }
-
-    /// Node `i` is probed at `now`; the probe's sequence number.
-    fn sent(&mut self, i: usize, now: Nanos) -> Option<u32> {
-        let p = self.states.get_mut(i)?;
-        p.seq = p.seq.wrapping_add(1);
-        p.sent_at = now;
-        p.pending = true;
-        Some(p.seq)
-    }
-
-    /// A round ran at `now`: the next is due an `interval` later and this one is judged a
-    /// `timeout` later. The timeout is shorter than the interval (HealthConfig checks), so
-    /// each round's probes are judged before the next round starts. Rounds keep to a fixed
-    /// grid: timed from when each actually ran, a thread woken a millisecond late would
-    /// stretch every interval and detection would drift past its bound.
-    fn schedule(&mut self, now: Nanos, interval: Nanos, timeout: Nanos) {
-        self.next_round = if self.next_round == 0 || now >= self.next_round + interval {
-            now + interval
-        } else {
-            self.next_round + interval
-        };
-        self.checks.push(Reverse(now + timeout));
-    }
-
-    /// The nodes whose probes went unanswered for `timeout` by `now`, unless the round does
-    /// not count.
-    fn timeouts(
-        &mut self,
-        now: Nanos,
-        timeout: Nanos,
-        nodes: &[NodeSpec],
-        balancer: &Balancer,
-    ) -> Vec<ServerId> {
-        let mut late = Vec::new();
-        let mut probed = 0;
-        for (node, p) in nodes.iter().zip(&mut self.states) {
-            if balancer.server(node.id).is_none() {
-                continue;
-            }
-            probed += 1;
-            if p.pending && p.sent_at + timeout <= now {
-                p.pending = false;
-                late.push(node.id);
-            }
-        }
-        // More than half the cluster silent in the same round says more about the Call
-        // Manager's own host or network (a stalled thread, a saturated machine) than about the
-        // nodes: such a round is not counted, as a load balancer's panic threshold would have
-        // it, for a few rounds. Longer, it is a real outage and counts.
-        if probed >= 3 && late.len() * 2 > probed && self.inconclusive_rounds < MAX_INCONCLUSIVE {
-            self.inconclusive_rounds += 1;
-            self.rounds_ignored += 1;
-            late.clear();
-            return late;
-        }
-        self.inconclusive_rounds = 0;
-        late
-    }
-
-    /// An answer with status `code` to the probe whose branch ends in `rest`: the node's index
-    /// and the probe's result, unless the probe is not pending or its timeout has passed.
-    fn answer(
-        &mut self,
-        now: Nanos,
-        rest: &str,
-        code: u16,
-        timeout: Nanos,
-    ) -> Option<(usize, Probe)> {
-        let (node, seq) = parse_pair(rest)?;
-        let p = self.states.get_mut(node as usize)?;
-        if p.seq == seq {
-            let rtt = now.saturating_sub(p.sent_at);
-            self.rtt_max_us = self.rtt_max_us.max(rtt / 1000);
-        }
-        if !p.pending || p.seq != seq || now > p.sent_at + timeout {
-            if p.seq == seq && !p.pending {
-                // Answered, but after its timeout had been counted.
-                self.late += 1;
-            }
-            return None;
-        }
-        p.pending = false;
-        p.last_rtt = Some(now.saturating_sub(p.sent_at));
-        let result = if (200..300).contains(&code) {
-            Probe::Ok
-        } else {
-            Probe::Failed
-        };
-        Some((node as usize, result))
-    }
+/// Reads the prober's counters into the status.
+pub(super) fn report(prober: &pbxlab_balancer::Prober, s: &mut Stats) {
+    let p = prober.stats();
+    s.probes_late = p.late;
+    s.probes_unmatched = p.unmatched;
+    s.probe_rounds_ignored = p.rounds_ignored;
+    s.probe_rtt_max_us = u64::try_from(p.rtt_max.as_micros()).unwrap_or(u64::MAX);
 }
 
 impl CallManager {
     /// The round-trip time of the last answered probe of `server`.
     pub fn probe_rtt(&self, server: ServerId) -> Option<Duration> {
-        let i = self.nodes.iter().position(|n| n.id == server)?;
-        self.probes
-            .states
-            .get(i)?
-            .last_rtt
-            .map(Duration::from_nanos)
+        self.prober.rtt(server)
     }
 
-    pub(super) fn probe_round(&mut self, now: Nanos) {
-        let health = self.balancer.health();
-        self.probe_timeouts(now);
-        for (i, node) in self.nodes.iter().enumerate() {
-            if self.balancer.server(node.id).is_none() {
-                // Removed from the cluster: nobody watches it any more.
-                continue;
+    /// Runs the prober if its deadline has come: judges the open round, starts the next.
+    pub(super) fn run_prober(&mut self, now: Nanos) {
+        let at = Duration::from_nanos(now);
+        if at < self.prober.next_deadline() {
+            return;
+        }
+        // A removed node is nobody's concern any more: its silence must not count, not even
+        // towards the mass-silence rule.
+        for node in &self.nodes {
+            if self.balancer.server(node.id).is_none() && self.prober.is_watched(node.id) {
+                self.prober.forget(node.id);
             }
-            let Some(seq) = self.probes.sent(i, now) else {
-                continue;
-            };
-            let to = node.addr;
-            self.scratch.clear();
-            let _ = write!(
-                Bytes(&mut self.scratch),
-                "OPTIONS sip:{name}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKp{i}x{seq}\r\n\
-                 Max-Forwards: 70\r\nFrom: <sip:cm@{domain}>;tag=p{i}\r\nTo: <sip:{name}@{to}>\r\n\
-                 Call-ID: p{i}-{seq}@cm\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n",
-                name = node.name,
-                us = self.addr,
-                domain = self.domain,
-            );
-            self.out.push(to, &self.scratch);
         }
-        self.probes
-            .schedule(now, ns(health.interval), ns(health.timeout));
+        let mut actions = std::mem::take(&mut self.probe_actions);
+        self.prober.advance(at, &mut actions);
+        for action in actions.drain(..) {
+            match action {
+                ProbeAction::Send { server, seq } => self.send_probe(server, seq),
+                ProbeAction::Record { server, result } => self.probe_result(now, server, result),
+            }
+        }
+        self.probe_actions = actions;
     }
 
-    pub(super) fn probe_timeouts(&mut self, now: Nanos) {
-        let timeout = ns(self.balancer.health().timeout);
-        let late = self
-            .probes
-            .timeouts(now, timeout, &self.nodes, &self.balancer);
-        for id in late {
-            self.probe_result(now, id, Probe::Timeout);
-        }
-    }
-
-    pub(super) fn probe_response(&mut self, now: Nanos, rest: &str, code: u16) {
-        let timeout = ns(self.balancer.health().timeout);
-        let Some((i, result)) = self.probes.answer(now, rest, code, timeout) else {
+    fn send_probe(&mut self, server: ServerId, seq: u32) {
+        let Some(node) = self.nodes.iter().find(|n| n.id == server) else {
             return;
         };
-        if let Some(id) = self.nodes.get(i).map(|n| n.id) {
-            self.probe_result(now, id, result);
+        let (to, id) = (node.addr, server.0);
+        self.scratch.clear();
+        let _ = write!(
+            Bytes(&mut self.scratch),
+            "OPTIONS sip:{name}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKp{id}x{seq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:cm@{domain}>;tag=p{id}\r\nTo: <sip:{name}@{to}>\r\n\
+             Call-ID: p{id}-{seq}@cm\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            name = node.name,
+            us = self.addr,
+            domain = self.domain,
+        );
+        self.out.push(to, &self.scratch);
+    }
+
+    /// An answer with status `code` from `from` to the probe whose branch ends in `rest`. Only
+    /// the node's own address may answer for it.
+    pub(super) fn probe_response(&mut self, now: Nanos, from: SocketAddr, rest: &str, code: u16) {
+        let Some((server, seq)) = parse_pair(rest) else {
+            return;
+        };
+        let server = ServerId(server);
+        if !self.nodes.iter().any(|n| n.id == server && n.addr == from) {
+            self.stats.probes_foreign += 1;
+            return;
+        }
+        let healthy = (200..300).contains(&code);
+        let at = Duration::from_nanos(now);
+        if let Some(result) = self.prober.answer(at, server, seq, healthy) {
+            self.probe_result(now, server, result);
         }
     }
 
