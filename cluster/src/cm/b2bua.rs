@@ -15,7 +15,9 @@ use pbxlab_proto::uri::SipUri;
 use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};
 use super::teardown::Side;
 use super::transactions::{Purpose, TxId};
-use super::{Bytes, CallManager, Leg, Nanos, mix, parse_pair, room_key};
+use pbxlab_balancer::hash::mix64 as mix;
+
+use super::{Bytes, CallManager, Leg, Nanos, parse_pair, room_key};
 
 impl CallManager {
     pub(super) fn invite(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {

@@ -198,7 +198,7 @@ pub struct CallManager {
 impl CallManager {
     /// A Call Manager over `balancer`, whose servers are `nodes`.
     pub fn new(cfg: Config, balancer: Balancer, nodes: Vec<NodeSpec>) -> CallManager {
-        let secret = cfg.seed ^ 0x9e37_79b9_7f4a_7c15;
+        let secret = cfg.seed ^ pbxlab_balancer::hash::GOLDEN_GAMMA;
         let (t1, t2) = (ns(cfg.t1), ns(cfg.t2));
         CallManager {
             prober: {
@@ -541,18 +541,7 @@ fn parse_pair(s: &str) -> Option<(u32, u32)> {
 /// A meeting room's affinity key: FNV-1a of its name, so every participant of a room maps to
 /// the same key in any process.
 fn room_key(room: &str) -> u64 {
-    room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// A 64-bit finaliser (splitmix64's): nonces and branches that look random but are reproducible
-/// from the seed. Not cryptographic; an emulator's nonce only has to be checkable.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    pbxlab_balancer::hash::fnv1a(room.as_bytes())
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use pbxlab_proto::digest::{self, Algorithm};
 use pbxlab_proto::sip::{HeaderName, Message};
 use pbxlab_proto::uri::NameAddr;
 
-use super::{CallManager, Config, NS, Nanos, Stats, mix};
+use pbxlab_balancer::hash::mix64 as mix;
+
+use super::{CallManager, Config, NS, Nanos, Stats};
 
 /// Seconds a nonce stays valid.
 const NONCE_LIFETIME_S: u64 = 300;

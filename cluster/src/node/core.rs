@@ -8,6 +8,7 @@ use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 
 use pbxlab_balancer::Role;
+use pbxlab_balancer::hash::mix64;
 use pbxlab_proto::dtmf::DtmfReceiver;
 use pbxlab_proto::{builder, rtp, sip};
 
@@ -240,14 +241,6 @@ pub struct Node {
     to_tag: String,
     last_tick: Option<Nanos>,
     stats: NodeStats,
-}
-
-/// SplitMix64's finaliser: spreads session and node ids over the SSRC space.
-fn mix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 impl Node {

@@ -3,6 +3,8 @@
 //! workload's Poisson gaps. Nothing here reads the clock or the process id, so a seed and a
 //! shard repeat a run's choices and its Call-IDs.
 
+use pbxlab_balancer::hash::splitmix64;
+
 use super::Nanos;
 
 /// SplitMix64: small, seeded, enough for hold times, RTP choice and cnonces.
@@ -22,11 +24,7 @@ impl Rng {
     }
 
     pub(super) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        splitmix64(&mut self.0)
     }
 
     pub(super) fn uniform(&mut self) -> f64 {
