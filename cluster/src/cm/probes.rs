@@ -4,12 +4,15 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use pbxlab_balancer::{Balancer, Probe, ServerId};
+use pbxlab_proto::builder::write_request;
 
-use super::{Bytes, CallManager, Nanos, NodeSpec, Stats, ns, parse_pair};
+use super::{CallManager, Nanos, NodeSpec, Stats, ns, parse_pair};
+
+/// How a probe's branch starts; `{node}x{seq}` follows.
+pub(super) const BRANCH: &str = "z9hG4bKp";
 
 /// Consecutive rounds with most of the cluster silent that are put down to the Call Manager's
 /// own trouble; after that many, the silence is believed.
@@ -186,15 +189,25 @@ impl CallManager {
                 continue;
             };
             let to = node.addr;
-            self.scratch.clear();
-            let _ = write!(
-                Bytes(&mut self.scratch),
-                "OPTIONS sip:{name}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKp{i}x{seq}\r\n\
-                 Max-Forwards: 70\r\nFrom: <sip:cm@{domain}>;tag=p{i}\r\nTo: <sip:{name}@{to}>\r\n\
-                 Call-ID: p{i}-{seq}@cm\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n",
-                name = node.name,
-                us = self.addr,
-                domain = self.domain,
+            let uri = format!("sip:{}@{to}", node.name);
+            let via = format!("SIP/2.0/UDP {};branch={BRANCH}{i}x{seq}", self.addr);
+            let from = format!("<sip:cm@{}>;tag=p{i}", self.domain);
+            let to_party = format!("<{uri}>");
+            let call_id = format!("p{i}-{seq}@cm");
+            let cseq = format!("{seq} OPTIONS");
+            write_request(
+                &mut self.scratch,
+                "OPTIONS",
+                &uri,
+                &[
+                    ("Via", &via),
+                    ("Max-Forwards", "70"),
+                    ("From", &from),
+                    ("To", &to_party),
+                    ("Call-ID", &call_id),
+                    ("CSeq", &cseq),
+                ],
+                b"",
             );
             self.out.push(to, &self.scratch);
         }
