@@ -1,6 +1,8 @@
 //! Rendering SIP messages into caller-owned, reused byte buffers: compiled
 //! [`Template`]s for the load generator's hot path, [`write_response`] for
-//! answering a parsed request, and [`write_request`] for everything else.
+//! answering a parsed request ([`ResponseHeaders`] to answer it again later
+//! without keeping it), [`write_request`] for every other request and
+//! [`write_status`] for a response with no request to copy from.
 //!
 //! Content-Length is always computed here from the body, never taken from
 //! the caller, so a rendered message can't frame itself wrongly.
@@ -276,12 +278,90 @@ pub fn write_response(
     body: &[u8],
 ) {
     out.clear();
+    push_status_line(out, code, reason);
+    push_copied(out, req, to_tag);
+    if copies_record_route(code) {
+        push_record_routes(out, req);
+    }
+    finish(out, extra, body);
+}
+
+/// The header lines a response copies from its request, as [`write_response`] writes them,
+/// kept so that a UAS can send the 100, the 180 and the final response of one transaction (and
+/// retransmit the last) without keeping the request: [`ResponseHeaders::write`] renders the
+/// same bytes `write_response` would from the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHeaders {
+    /// Via..CSeq, then the Record-Route lines from `record_route` on.
+    lines: Vec<u8>,
+    record_route: usize,
+}
+
+impl ResponseHeaders {
+    /// The lines `req` gives its responses; `to_tag` as in [`write_response`].
+    pub fn new(req: &Message<'_>, to_tag: Option<&str>) -> ResponseHeaders {
+        let mut lines = Vec::new();
+        push_copied(&mut lines, req, to_tag);
+        let record_route = lines.len();
+        push_record_routes(&mut lines, req);
+        ResponseHeaders {
+            lines,
+            record_route,
+        }
+    }
+
+    /// Writes the response with status `code` into `out` (cleared first): the copied lines
+    /// (Record-Route only for 18x and 2xx), `extra`, and Content-Length from the body.
+    pub fn write(
+        &self,
+        out: &mut Vec<u8>,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        let end = if copies_record_route(code) {
+            self.lines.len()
+        } else {
+            self.record_route
+        };
+        out.clear();
+        push_status_line(out, code, reason);
+        out.extend_from_slice(self.lines.get(..end).unwrap_or_default());
+        finish(out, extra, body);
+    }
+}
+
+/// Writes a response from its status and the given header lines into `out` (cleared first),
+/// Content-Length from the body: for a response that has no parsed request to copy from (a
+/// 400 to what the parser refused, built from the lines that could still be read).
+pub fn write_status(
+    out: &mut Vec<u8>,
+    code: u16,
+    reason: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    out.clear();
+    push_status_line(out, code, reason);
+    finish(out, headers, body);
+}
+
+fn push_status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.extend_from_slice(b"SIP/2.0 ");
     push_decimal(out, code.into());
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let copy_rr = (180..=189).contains(&code) || (200..=299).contains(&code);
+}
+
+/// A dialog-creating response carries the request's Record-Route (RFC 3261 12.1.1).
+fn copies_record_route(code: u16) -> bool {
+    (180..=189).contains(&code) || (200..=299).contains(&code)
+}
+
+/// Via, From, To (with `to_tag` when it has none), Call-ID and CSeq of `req`.
+fn push_copied(out: &mut Vec<u8>, req: &Message<'_>, to_tag: Option<&str>) {
     for name in [
         HeaderName::Via,
         HeaderName::From,
@@ -308,16 +388,16 @@ pub fn write_response(
             out.extend_from_slice(b"\r\n");
         }
     }
-    if copy_rr {
-        for h in req
-            .headers()
-            .iter()
-            .filter(|h| h.name == HeaderName::RecordRoute)
-        {
-            push_header(out, "Record-Route", h.value);
-        }
+}
+
+fn push_record_routes(out: &mut Vec<u8>, req: &Message<'_>) {
+    for h in req
+        .headers()
+        .iter()
+        .filter(|h| h.name == HeaderName::RecordRoute)
+    {
+        push_header(out, "Record-Route", h.value);
     }
-    finish(out, extra, body);
 }
 
 /// Generic request writer for the non-hot path: request line, then the given (name, value) headers in order, Content-Length from the body.
@@ -593,6 +673,83 @@ mod tests {
         let p = parse_datagram(&resp).unwrap();
         assert_eq!(p.record_routes().count(), 3);
         assert_eq!(p.to().unwrap().tag(), None);
+    }
+
+    #[test]
+    fn response_headers_write_what_write_response_would() {
+        let mut req_buf = Vec::new();
+        write_request(
+            &mut req_buf,
+            "INVITE",
+            "sip:2001@pbx.lab.example",
+            &request_headers("5 INVITE"),
+            b"v=0\r\n",
+        );
+        let req = parse_datagram(&req_buf).unwrap();
+        let extra = [
+            ("Contact", "<sip:2001@192.0.2.9>"),
+            ("Content-Type", "application/sdp"),
+        ];
+        let (mut kept, mut direct) = (Vec::new(), Vec::new());
+        for tag in [None, Some("uas-7")] {
+            let headers = ResponseHeaders::new(&req, tag);
+            for code in [100, 180, 183, 200, 202, 302, 486, 500, 603] {
+                for (extra, body) in [(&extra[..], &b"v=0\r\n"[..]), (&[][..], &b""[..])] {
+                    headers.write(&mut kept, code, "Phrase", extra, body);
+                    write_response(&mut direct, &req, code, "Phrase", tag, extra, body);
+                    assert_eq!(
+                        String::from_utf8_lossy(&kept),
+                        String::from_utf8_lossy(&direct),
+                        "{code} {tag:?}"
+                    );
+                }
+            }
+        }
+        // A request with no Record-Route: the provisional and the final look alike.
+        let plain = parse_datagram(
+            b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKo\r\nFrom: <sip:a@h>;tag=1\r\n\
+              To: <sip:x@h>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        ResponseHeaders::new(&plain, Some("t")).write(&mut kept, 100, "Trying", &[], b"");
+        assert_eq!(
+            kept,
+            b"SIP/2.0 100 Trying\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKo\r\nFrom: <sip:a@h>;tag=1\r\n\
+              To: <sip:x@h>;tag=t\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert_eq!(
+            ResponseHeaders::default(),
+            ResponseHeaders::default().clone()
+        );
+    }
+
+    #[test]
+    fn write_status_frames_the_given_lines() {
+        let mut out = b"left over".to_vec();
+        write_status(
+            &mut out,
+            400,
+            "Bad Request (malformed CSeq)",
+            &[
+                ("Via", "SIP/2.0/UDP h;branch=z9hG4bKb"),
+                ("From", "<sip:a@h>;tag=1"),
+                ("To", "<sip:b@h>"),
+                ("Call-ID", "b"),
+                ("CSeq", "one INVITE"),
+            ],
+            b"",
+        );
+        assert_eq!(
+            out,
+            b"SIP/2.0 400 Bad Request (malformed CSeq)\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKb\r\n\
+              From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: b\r\nCSeq: one INVITE\r\n\
+              Content-Length: 0\r\n\r\n"
+        );
+        write_status(&mut out, 200, "OK", &[("X-A", "1")], b"body");
+        assert_eq!(
+            out,
+            b"SIP/2.0 200 OK\r\nX-A: 1\r\nContent-Length: 4\r\n\r\nbody"
+        );
     }
 
     #[test]

@@ -3,13 +3,12 @@
 //! and the timers of both; re-INVITEs that point a leg at its media's node. How a call ends is
 //! in `teardown`.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use pbxlab_balancer::{AffinityKey, Assignment, Reject, Request, Role, ServerId};
-use pbxlab_proto::builder::write_response;
+use pbxlab_proto::builder::{ResponseHeaders, write_request, write_response};
 use pbxlab_proto::sdp::{self, Offer, SessionDescription};
-use pbxlab_proto::sip::{HeaderName, Message, Method};
+use pbxlab_proto::sip::{HeaderName, Message, Method, reason_phrase};
 use pbxlab_proto::uri::SipUri;
 
 use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};
@@ -17,7 +16,7 @@ use super::teardown::Side;
 use super::transactions::{Purpose, TxId};
 use pbxlab_balancer::hash::mix64 as mix;
 
-use super::{Bytes, CallManager, Leg, Nanos, parse_pair, room_key};
+use super::{CallManager, Leg, Nanos, probes, room_key};
 
 impl CallManager {
     pub(super) fn invite(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
@@ -28,7 +27,7 @@ impl CallManager {
             .unwrap_or_default();
         let kind = if let Some(user) = self.registrar.user_number(target) {
             if !self.registrar.is_registered(user, now) {
-                self.reply(from, msg, 480, "Temporarily Unavailable", &[]);
+                self.reply(from, msg, 480, &[]);
                 return;
             }
             Kind::User(user)
@@ -36,7 +35,7 @@ impl CallManager {
             Kind::Echo
         } else if let Some(n) = target.strip_prefix("ivr-") {
             if n.parse::<u32>().is_err() {
-                self.reply(from, msg, 404, "Not Found", &[]);
+                self.reply(from, msg, 404, &[]);
                 return;
             }
             Kind::Ivr
@@ -45,30 +44,24 @@ impl CallManager {
             .and_then(|q| q.parse::<u32>().ok())
         {
             if q == 0 || q > self.queues.count() {
-                self.reply(from, msg, 404, "Not Found", &[]);
+                self.reply(from, msg, 404, &[]);
                 return;
             }
             Kind::Queue(q)
         } else if let Some(room) = target.strip_prefix("meeting-").filter(|r| !r.is_empty()) {
             Kind::Meeting(room_key(room))
         } else {
-            self.reply(from, msg, 404, "Not Found", &[]);
+            self.reply(from, msg, 404, &[]);
             return;
         };
         if self.calls.active() >= self.max_calls {
             self.fail("call limit");
-            self.reply(
-                from,
-                msg,
-                503,
-                "Service Unavailable",
-                &[("Retry-After", "5")],
-            );
+            self.reply(from, msg, 503, &[("Retry-After", "5")]);
             return;
         }
         let Ok(offer) = SessionDescription::parse(msg.body()) else {
             self.fail("no usable SDP offer");
-            self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+            self.reply(from, msg, 488, &[]);
             return;
         };
         let role = match kind {
@@ -89,19 +82,13 @@ impl CallManager {
                     Reject::NoCapacity { .. } => "no capacity",
                     _ => "no server in service",
                 });
-                self.reply(
-                    from,
-                    msg,
-                    503,
-                    "Service Unavailable",
-                    &[("Retry-After", "1")],
-                );
+                self.reply(from, msg, 503, &[("Retry-After", "1")]);
                 return;
             }
         };
         let Some(node_addr) = self.node_addr(assignment.server) else {
             self.release(now, assignment.session);
-            self.reply(from, msg, 500, "Server Internal Error", &[]);
+            self.reply(from, msg, 500, &[]);
             return;
         };
         // The answer to the caller, made now: it fixes the caller's codec and where its audio
@@ -113,7 +100,7 @@ impl CallManager {
             Err(_) => {
                 self.release(now, assignment.session);
                 self.fail("no usable SDP offer");
-                self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+                self.reply(from, msg, 488, &[]);
                 return;
             }
         };
@@ -127,16 +114,7 @@ impl CallManager {
         let call = self.calls.next_ref();
         let (index, generation) = call;
         let local_tag = format!("a{index}x{generation}");
-        write_response(
-            &mut self.scratch,
-            msg,
-            180,
-            "Ringing",
-            Some(&local_tag),
-            &[],
-            b"",
-        );
-        let block = response_block(&self.scratch);
+        let a_headers = ResponseHeaders::new(msg, Some(&local_tag));
         let caller = msg
             .from()
             .and_then(|f| f.sip_uri().ok())
@@ -176,7 +154,7 @@ impl CallManager {
         c.kind = kind.clone();
         c.a = dialog;
         c.a_leg = leg;
-        c.a_block = block;
+        c.a_headers = a_headers;
         c.a_invite_cseq = msg.cseq().map_or(0, |c| c.seq);
         c.caller = caller;
         c.media = Some(placement);
@@ -196,7 +174,7 @@ impl CallManager {
         }
         match kind {
             Kind::User(user) => {
-                self.reply_in_call(call, 100, "Trying");
+                self.reply_in_call(call, 100);
                 self.invite_b(now, call, user, assignment);
             }
             Kind::Queue(q) => {
@@ -215,13 +193,7 @@ impl CallManager {
     /// Leg B: our INVITE to `user`, offering the node of assignment `a`.
     pub(super) fn invite_b(&mut self, now: Nanos, call: CallRef, user: u32, a: Assignment) {
         let Some(binding) = self.registrar.binding(user).cloned() else {
-            self.reject_a(
-                now,
-                call,
-                480,
-                "Temporarily Unavailable",
-                "callee not registered",
-            );
+            self.reject_a(now, call, 480, "callee not registered");
             return;
         };
         let Some(node) = self.node_addr(a.server) else {
@@ -280,14 +252,14 @@ impl CallManager {
                     return;
                 };
                 match c.a_state {
-                    AState::Proceeding => self.reply_in_call(call, 100, "Trying"),
+                    AState::Proceeding => self.reply_in_call(call, 100),
                     _ => self.out.push(c.a.remote_addr, &c.a_final),
                 }
             }
             Method::Ack if is_a => self.calls.confirm(call),
             Method::Ack => {}
             Method::Bye => {
-                self.reply(from, msg, 200, "OK", &[]);
+                self.reply(from, msg, 200, &[]);
                 let abandoned = self
                     .calls
                     .get(call)
@@ -301,17 +273,17 @@ impl CallManager {
             }
             Method::Invite => self.reinvited(from, call, is_a, msg),
             Method::Cancel if is_a => {
-                self.reply(from, msg, 200, "OK", &[]);
+                self.reply(from, msg, 200, &[]);
                 if self
                     .calls
                     .get(call)
                     .is_some_and(|c| c.a_state == AState::Proceeding)
                 {
-                    self.reject_a(now, call, 487, "Request Terminated", "cancelled");
+                    self.reject_a(now, call, 487, "cancelled");
                 }
             }
-            Method::Options => self.reply(from, msg, 200, "OK", &[]),
-            _ => self.reply(from, msg, 501, "Not Implemented", &[]),
+            Method::Options => self.reply(from, msg, 200, &[]),
+            _ => self.reply(from, msg, 501, &[]),
         }
     }
 
@@ -324,11 +296,11 @@ impl CallManager {
             .and_then(|c| c.media)
             .and_then(|p| self.node_addr(p.server));
         let Some(node) = node else {
-            self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+            self.reply(from, msg, 488, &[]);
             return;
         };
         let Ok(offer) = SessionDescription::parse(msg.body()) else {
-            self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+            self.reply(from, msg, 488, &[]);
             return;
         };
         let Some(d) = self.calls.get_mut(call).and_then(|c| c.dialog_mut(is_a)) else {
@@ -338,17 +310,19 @@ impl CallManager {
         let (id, version) = (d.sdp_id, d.sdp_version);
         let mut body = Vec::new();
         if sdp::write_answer(&mut body, &offer, node, id, version).is_err() {
-            self.reply(from, msg, 488, "Not Acceptable Here", &[]);
+            self.reply(from, msg, 488, &[]);
             return;
         }
-        let contact = format!("<sip:cm@{}>", self.addr);
         write_response(
             &mut self.scratch,
             msg,
             200,
-            "OK",
+            reason_phrase(200),
             None,
-            &[("Contact", &contact), ("Content-Type", "application/sdp")],
+            &[
+                ("Contact", &self.contact),
+                ("Content-Type", "application/sdp"),
+            ],
             &body,
         );
         self.out.push(from, &self.scratch);
@@ -360,14 +334,14 @@ impl CallManager {
         let Some(branch) = msg.top_via().and_then(|v| v.branch) else {
             return;
         };
-        if let Some(rest) = branch.strip_prefix("z9hG4bKp") {
+        if let Some(rest) = branch.strip_prefix(probes::BRANCH) {
             self.probe_response(now, from, rest, code);
             return;
         }
-        let Some(id) = branch.strip_prefix("z9hG4bKc").and_then(parse_pair) else {
+        let Some(id) = TxId::from_branch(branch) else {
             return;
         };
-        let Some((call, purpose)) = self.txs.on_response(TxId(id.0, id.1), code) else {
+        let Some((call, purpose)) = self.txs.on_response(id, code) else {
             // A retransmitted 200 to an INVITE whose transaction is over: ACK it again.
             if code >= 200 && msg.cseq().is_some_and(|c| c.method == Method::Invite) {
                 self.ack_stray(msg);
@@ -376,7 +350,7 @@ impl CallManager {
         };
         if code < 200 {
             if purpose == Purpose::InviteB && (180..=189).contains(&code) {
-                self.reply_in_call(call, 180, "Ringing");
+                self.reply_in_call(call, 180);
             }
             return;
         }
@@ -416,8 +390,7 @@ impl CallManager {
             if let Some(Kind::Queue(q)) = self.calls.get(call).map(|c| c.kind.clone()) {
                 self.agent_failed(now, call, q);
             } else {
-                let reason = status_reason(code);
-                self.reject_a(now, call, code, reason, "callee refused");
+                self.reject_a(now, call, code, "callee refused");
             }
             return;
         }
@@ -473,22 +446,13 @@ impl CallManager {
 
     /// ACK for a 2xx: a new transaction-less request to the remote target.
     fn ack(&mut self, call: CallRef, to_a: bool, msg: &Message<'_>) {
-        let us = self.addr;
         let seq = msg.cseq().map_or(1, |c| c.seq);
         let branch = mix(u64::from(seq) ^ (u64::from(call.0) << 32) ^ self.secret);
         let Some(d) = self.calls.get(call).and_then(|c| c.dialog(to_a)) else {
             return;
         };
-        self.scratch.clear();
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKk{branch:x}\r\nMax-Forwards: 70\r\n\
-             From: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
-            uri = d.remote_uri,
-            from = d.local_party,
-            to = d.remote_party,
-            cid = d.call_id,
-        );
+        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKk{branch:x}", self.addr);
+        d.write_request(&mut self.scratch, Method::Ack, &via, seq, &[], b"");
         self.out.push(d.remote_addr, &self.scratch);
     }
 
@@ -501,16 +465,7 @@ impl CallManager {
             return;
         };
         let uri = msg.to().map(|t| t.uri).unwrap_or("sip:invalid");
-        self.scratch.clear();
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
-             Call-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
-            msg.header(HeaderName::From).unwrap_or_default(),
-            msg.header(HeaderName::To).unwrap_or_default(),
-            msg.call_id().unwrap_or_default(),
-            cseq.seq,
-        );
+        self.ack_from(msg, uri, via, cseq.seq);
         self.out.push(dest, &self.scratch);
     }
 
@@ -521,48 +476,56 @@ impl CallManager {
         };
         let uri = msg.contact().map(|c| c.uri).unwrap_or("sip:invalid");
         let seq = msg.cseq().map_or(1, |c| c.seq);
-        let us = self.addr;
-        self.scratch.clear();
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKs{seq}\r\nMax-Forwards: 70\r\n\
-             From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
-            msg.header(HeaderName::From).unwrap_or_default(),
-            msg.header(HeaderName::To).unwrap_or_default(),
-            msg.call_id().unwrap_or_default(),
-        );
+        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKs{seq}", self.addr);
+        self.ack_from(msg, uri, &via, seq);
         self.out.push(dest, &self.scratch);
     }
 
-    /// A response to A's INVITE from the stored block, without a body.
-    pub(super) fn reply_in_call(&mut self, call: CallRef, code: u16, reason: &str) {
+    /// Renders an ACK to `uri` that takes From, To and Call-ID from the response `msg`.
+    fn ack_from(&mut self, msg: &Message<'_>, uri: &str, via: &str, seq: u32) {
+        let cseq = format!("{seq} ACK");
+        write_request(
+            &mut self.scratch,
+            "ACK",
+            uri,
+            &[
+                ("Via", via),
+                ("Max-Forwards", "70"),
+                ("From", msg.header(HeaderName::From).unwrap_or_default()),
+                ("To", msg.header(HeaderName::To).unwrap_or_default()),
+                ("Call-ID", msg.call_id().unwrap_or_default()),
+                ("CSeq", &cseq),
+            ],
+            b"",
+        );
+    }
+
+    /// A response to A's INVITE without a body: a provisional one, or an error.
+    pub(super) fn reply_in_call(&mut self, call: CallRef, code: u16) {
         let Some(c) = self.calls.get(call) else {
             return;
         };
-        self.scratch.clear();
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "SIP/2.0 {code} {reason}\r\n{}Content-Length: 0\r\n\r\n",
-            c.a_block
-        );
+        c.a_headers
+            .write(&mut self.scratch, code, reason_phrase(code), &[], b"");
         self.out.push(c.a.remote_addr, &self.scratch);
     }
 
     /// The 200 OK for A's INVITE, retransmitted until the ACK comes.
     fn answer_a(&mut self, now: Nanos, call: CallRef, body: &[u8]) {
-        let us = self.addr;
         let Some(c) = self.calls.get(call) else {
             return;
         };
-        let mut bytes = Vec::with_capacity(c.a_block.len() + body.len() + 160);
-        let _ = write!(
-            Bytes(&mut bytes),
-            "SIP/2.0 200 OK\r\n{}Contact: <sip:cm@{us}>\r\nContent-Type: application/sdp\r\n\
-             Content-Length: {}\r\n\r\n",
-            c.a_block,
-            body.len()
+        let mut bytes = Vec::new();
+        c.a_headers.write(
+            &mut bytes,
+            200,
+            reason_phrase(200),
+            &[
+                ("Contact", &self.contact),
+                ("Content-Type", "application/sdp"),
+            ],
+            body,
         );
-        bytes.extend_from_slice(body);
         self.calls.answer(now, call, bytes, &mut self.out);
     }
 
@@ -587,7 +550,7 @@ impl CallManager {
                 if let Some(Kind::Queue(q)) = self.calls.get(call).map(|c| c.kind.clone()) {
                     self.agent_failed(now, call, q);
                 } else {
-                    self.reject_a(now, call, 408, "Request Timeout", "callee timeout");
+                    self.reject_a(now, call, 408, "callee timeout");
                 }
             }
             Purpose::ReinviteA | Purpose::ReinviteB => self.hang_up(now, call, "re-INVITE timeout"),
@@ -651,23 +614,17 @@ impl CallManager {
 
     /// An INVITE (first or re-) in dialog `d` with CSeq `d.local_cseq`, as transaction `tx`.
     fn send_invite(&mut self, tx: TxId, d: &Dialog, body: &[u8]) {
-        let us = self.addr;
-        self.scratch.clear();
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKc{}x{};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {seq} INVITE\r\n\
-             Contact: <sip:cm@{us}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
-            tx.0,
-            tx.1,
-            body.len(),
-            uri = d.remote_uri,
-            from = d.local_party,
-            to = d.remote_party,
-            cid = d.call_id,
-            seq = d.local_cseq,
+        d.write_request(
+            &mut self.scratch,
+            Method::Invite,
+            &tx.via(self.addr),
+            d.local_cseq,
+            &[
+                ("Contact", &self.contact),
+                ("Content-Type", "application/sdp"),
+            ],
+            body,
         );
-        self.scratch.extend_from_slice(body);
         self.txs.send(tx, &self.scratch, &mut self.out);
     }
 
@@ -685,14 +642,6 @@ impl CallManager {
     }
 }
 
-/// The header lines of a rendered response between the status line and Content-Length.
-fn response_block(rendered: &[u8]) -> String {
-    let text = String::from_utf8_lossy(rendered);
-    let body = text.split_once("\r\n").map_or("", |(_, rest)| rest);
-    let end = body.find("Content-Length:").unwrap_or(body.len());
-    body.get(..end).unwrap_or_default().to_owned()
-}
-
 /// SDP naming `node` as the audio address, with the leg's codec (and telephone-event).
 fn write_sdp(out: &mut Vec<u8>, session_id: u64, version: u64, node: SocketAddr, leg: Leg) {
     sdp::write_offer(
@@ -707,18 +656,4 @@ fn write_sdp(out: &mut Vec<u8>, session_id: u64, version: u64, node: SocketAddr,
             ssrc: None,
         },
     );
-}
-
-fn status_reason(code: u16) -> &'static str {
-    match code {
-        404 => "Not Found",
-        408 => "Request Timeout",
-        480 => "Temporarily Unavailable",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        488 => "Not Acceptable Here",
-        503 => "Service Unavailable",
-        603 => "Decline",
-        _ => "Error",
-    }
 }

@@ -7,6 +7,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 
 use pbxlab_balancer::{Assignment, ServerId, SessionId};
+use pbxlab_proto::builder::{ResponseHeaders, write_request};
+use pbxlab_proto::sip::Method;
 
 use super::transactions::TxId;
 use super::{Leg, MediaSession, Nanos, Outbox};
@@ -63,6 +65,31 @@ pub(super) struct Dialog {
 }
 
 impl Dialog {
+    /// Writes our request `method` in this dialog into `out`: `via` is its whole Via value,
+    /// `cseq` its sequence number, `extra` the headers after CSeq.
+    pub(super) fn write_request(
+        &self,
+        out: &mut Vec<u8>,
+        method: Method,
+        via: &str,
+        cseq: u32,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        let cseq = format!("{cseq} {}", method.as_str());
+        let mut headers = Vec::with_capacity(6 + extra.len());
+        headers.extend_from_slice(&[
+            ("Via", via),
+            ("Max-Forwards", "70"),
+            ("From", &self.local_party),
+            ("To", &self.remote_party),
+            ("Call-ID", &self.call_id),
+            ("CSeq", &cseq),
+        ]);
+        headers.extend_from_slice(extra);
+        write_request(out, method.as_str(), &self.remote_uri, &headers, body);
+    }
+
     fn empty() -> Dialog {
         Dialog {
             call_id: String::new(),
@@ -86,8 +113,8 @@ pub(super) struct Call {
     pub(super) a: Dialog,
     pub(super) a_state: AState,
     pub(super) a_leg: Leg,
-    /// The response block (Via..CSeq with our tag) answering A's INVITE.
-    pub(super) a_block: String,
+    /// What every response to A's INVITE copies from it, our tag included.
+    pub(super) a_headers: ResponseHeaders,
     pub(super) a_invite_cseq: u32,
     /// The last final response to A's INVITE, for retransmission until the ACK.
     pub(super) a_final: Vec<u8>,
@@ -137,7 +164,7 @@ impl Call {
                 codec_pt: 0,
                 dtmf_pt: None,
             },
-            a_block: String::new(),
+            a_headers: ResponseHeaders::default(),
             a_invite_cseq: 0,
             a_final: Vec::new(),
             a_rto: 0,

@@ -24,13 +24,12 @@
 //! `failover` for the balancer's decisions, `services` for transfers and queue dispatch,
 //! `probes` for the probe rounds.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use pbxlab_balancer::{Balancer, Event, Role, ServerId};
-use pbxlab_proto::builder::write_response;
-use pbxlab_proto::sip::{HeaderName, Message, Method, parse_datagram};
+use pbxlab_proto::builder::{write_response, write_status};
+use pbxlab_proto::sip::{HeaderName, Message, Method, parse_datagram, reason_phrase};
 
 use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
 
@@ -170,6 +169,8 @@ pub struct CallManager {
     /// Our SIP address (Via, Contact) and the domain of our users' addresses.
     addr: SocketAddr,
     domain: String,
+    /// Our Contact value, `<sip:cm@{addr}>`, in every INVITE and 2xx to one.
+    contact: String,
     max_calls: usize,
     /// From the seed: leg B's Call-IDs and ACK branches are derived from it.
     secret: u64,
@@ -225,6 +226,7 @@ impl CallManager {
             commands: Vec::new(),
             events: Vec::new(),
             stats: Stats::default(),
+            contact: format!("<sip:cm@{}>", cfg.addr),
             addr: cfg.addr,
             max_calls: cfg.max_calls,
             secret,
@@ -371,20 +373,14 @@ impl CallManager {
             if !self.admission.admit(now, from, &self.nodes) {
                 self.stats.rate_limited += 1;
                 if msg.method() != Some(Method::Ack) {
-                    self.reply(
-                        from,
-                        &msg,
-                        503,
-                        "Service Unavailable",
-                        &[("Retry-After", "1")],
-                    );
+                    self.reply(from, &msg, 503, &[("Retry-After", "1")]);
                 }
                 return;
             }
             if msg.call_id().is_none() || msg.cseq().is_none() || msg.top_via().is_none() {
                 self.stats.malformed += 1;
                 if msg.top_via().is_some() {
-                    self.reply(from, &msg, 400, "Bad Request", &[]);
+                    self.reply(from, &msg, 400, &[]);
                 }
                 return;
             }
@@ -413,41 +409,43 @@ impl CallManager {
             HeaderName::CallId,
             HeaderName::CSeq,
         ];
-        self.scratch.clear();
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "SIP/2.0 400 Bad Request ({why})\r\n"
-        );
+        let mut headers = Vec::new();
         let mut seen = [false; WANTED.len()];
         for line in lines.take_while(|l| !l.is_empty()) {
-            let name = HeaderName::parse(line.split_once(':').map_or("", |(n, _)| n.trim()));
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let name = HeaderName::parse(name.trim());
             if let Some(i) = WANTED.iter().position(|&w| w == name) {
                 seen[i] = true;
-                self.scratch.extend_from_slice(line.as_bytes());
-                self.scratch.extend_from_slice(b"\r\n");
+                headers.push((name.as_str(), value.trim()));
             }
         }
         if seen.contains(&false) {
             return;
         }
-        self.scratch.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        let reason = format!("{} ({why})", reason_phrase(400));
+        write_status(&mut self.scratch, 400, &reason, &headers, b"");
         self.out.push(to, &self.scratch);
     }
 
-    fn reply(
-        &mut self,
-        to: SocketAddr,
-        req: &Message<'_>,
-        code: u16,
-        reason: &str,
-        extra: &[(&str, &str)],
-    ) {
+    /// A response to `req` with the standard phrase of `code`. Outside a call the request's
+    /// To has no tag; every response but a 100 then gets ours.
+    fn reply(&mut self, to: SocketAddr, req: &Message<'_>, code: u16, extra: &[(&str, &str)]) {
         let tag = if req.to().and_then(|t| t.tag()).is_none() && code > 100 {
             Some("cm")
         } else {
             None
         };
-        write_response(&mut self.scratch, req, code, reason, tag, extra, b"");
+        write_response(
+            &mut self.scratch,
+            req,
+            code,
+            reason_phrase(code),
+            tag,
+            extra,
+            b"",
+        );
         self.out.push(to, &self.scratch);
     }
 
@@ -456,22 +454,18 @@ impl CallManager {
         let call_id = msg.call_id().unwrap_or_default();
         match (method, self.calls.find(call_id)) {
             (Method::Register, _) => self.register(now, from, msg),
-            (Method::Options, None) => {
-                self.reply(from, msg, 200, "OK", &[("Accept", "application/sdp")])
-            }
+            (Method::Options, None) => self.reply(from, msg, 200, &[("Accept", "application/sdp")]),
             (Method::Invite, None) => {
                 if msg.to().and_then(|t| t.tag()).is_some() {
-                    self.reply(from, msg, 481, "Call/Transaction Does Not Exist", &[]);
+                    self.reply(from, msg, 481, &[]);
                 } else {
                     self.invite(now, from, msg);
                 }
             }
             (Method::Ack, None) => {}
             (_, Some((call, is_a))) => self.in_call(now, from, call, is_a, method, msg),
-            (Method::Bye | Method::Cancel, None) => {
-                self.reply(from, msg, 481, "Call/Transaction Does Not Exist", &[])
-            }
-            _ => self.reply(from, msg, 501, "Not Implemented", &[]),
+            (Method::Bye | Method::Cancel, None) => self.reply(from, msg, 481, &[]),
+            _ => self.reply(from, msg, 501, &[]),
         }
     }
 
@@ -518,16 +512,6 @@ impl Outbox {
         send(&list);
         self.list.clear();
         self.buf.clear();
-    }
-}
-
-/// `fmt::Write` over a byte buffer, so messages are formatted straight into reused buffers.
-struct Bytes<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Bytes<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 

@@ -4,13 +4,16 @@
 //! only puts its probes on the wire and hands its results to the balancer. `plan` drives the
 //! same prober, so it predicts the detection a drill measures.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use pbxlab_balancer::{Probe, ProbeAction, ServerId};
+use pbxlab_proto::builder::write_request;
 
-use super::{Bytes, CallManager, Nanos, Stats, parse_pair};
+use super::{CallManager, Nanos, Stats, parse_pair};
+
+/// The start of a probe's branch; the rest is `{server}x{seq}`.
+pub(super) const BRANCH: &str = "z9hG4bKp";
 
 /// Reads the prober's counters into the status.
 pub(super) fn report(prober: &pbxlab_balancer::Prober, s: &mut Stats) {
@@ -56,15 +59,25 @@ impl CallManager {
             return;
         };
         let (to, id) = (node.addr, server.0);
-        self.scratch.clear();
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "OPTIONS sip:{name}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKp{id}x{seq}\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:cm@{domain}>;tag=p{id}\r\nTo: <sip:{name}@{to}>\r\n\
-             Call-ID: p{id}-{seq}@cm\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            name = node.name,
-            us = self.addr,
-            domain = self.domain,
+        let uri = format!("sip:{}@{to}", node.name);
+        let via = format!("SIP/2.0/UDP {};branch={BRANCH}{id}x{seq}", self.addr);
+        let from = format!("<sip:cm@{}>;tag=p{id}", self.domain);
+        let to_party = format!("<{uri}>");
+        let call_id = format!("p{id}-{seq}@cm");
+        let cseq = format!("{seq} OPTIONS");
+        write_request(
+            &mut self.scratch,
+            "OPTIONS",
+            &uri,
+            &[
+                ("Via", &via),
+                ("Max-Forwards", "70"),
+                ("From", &from),
+                ("To", &to_party),
+                ("Call-ID", &call_id),
+                ("CSeq", &cseq),
+            ],
+            b"",
         );
         self.out.push(to, &self.scratch);
     }

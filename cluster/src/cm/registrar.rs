@@ -42,17 +42,15 @@ pub(super) struct Registrar {
 /// How the registrar answers one REGISTER.
 pub(super) struct Answer {
     pub(super) code: u16,
-    pub(super) reason: &'static str,
     pub(super) header: Option<(&'static str, String)>,
     /// The user whose contact was bound by it.
     pub(super) bound: Option<u32>,
 }
 
 impl Answer {
-    fn plain(code: u16, reason: &'static str) -> Answer {
+    fn plain(code: u16) -> Answer {
         Answer {
             code,
-            reason,
             header: None,
             bound: None,
         }
@@ -130,7 +128,7 @@ impl Registrar {
         }
         Answer {
             header: Some(("WWW-Authenticate", value)),
-            ..Answer::plain(401, "Unauthorized")
+            ..Answer::plain(401)
         }
     }
 
@@ -142,7 +140,7 @@ impl Registrar {
             .and_then(|u| u.user)
             .and_then(|u| self.user_number(u));
         let Some(user) = user else {
-            return Answer::plain(404, "Not Found");
+            return Answer::plain(404);
         };
         let Some(auth) = msg
             .header(HeaderName::Authorization)
@@ -159,7 +157,7 @@ impl Registrar {
             || !digest::verify(&auth, "REGISTER", &password)
         {
             self.auth_failures += 1;
-            return Answer::plain(403, "Forbidden");
+            return Answer::plain(403);
         }
         let contact = msg.contact();
         let expires = contact
@@ -184,13 +182,13 @@ impl Registrar {
                 Answer {
                     header: Some(("Contact", header)),
                     bound: Some(user),
-                    ..Answer::plain(200, "OK")
+                    ..Answer::plain(200)
                 }
             }
             Some(_) => {
                 // Expires 0 or `Contact: *`: unregister.
                 self.bindings.remove(&user);
-                Answer::plain(200, "OK")
+                Answer::plain(200)
             }
             None => {
                 // A query: answer with the current binding.
@@ -200,7 +198,7 @@ impl Registrar {
                 });
                 Answer {
                     header,
-                    ..Answer::plain(200, "OK")
+                    ..Answer::plain(200)
                 }
             }
         }
@@ -211,10 +209,8 @@ impl CallManager {
     pub(super) fn register(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
         let answer = self.registrar.register(now, from, msg);
         match &answer.header {
-            Some((name, value)) => {
-                self.reply(from, msg, answer.code, answer.reason, &[(name, value)])
-            }
-            None => self.reply(from, msg, answer.code, answer.reason, &[]),
+            Some((name, value)) => self.reply(from, msg, answer.code, &[(name, value)]),
+            None => self.reply(from, msg, answer.code, &[]),
         }
         // A newly registered agent may be what a waiting caller needs.
         if answer

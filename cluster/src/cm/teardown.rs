@@ -2,11 +2,11 @@
 //! that is up and a CANCEL to one still ringing, and forgetting the call in every part that
 //! knew it (sessions released, node sessions ended, queue and room left, users freed).
 
-use std::fmt::Write as _;
+use pbxlab_proto::sip::Method;
 
 use super::calls::{AState, CallRef, Kind};
 use super::transactions::{Purpose, TxId};
-use super::{Bytes, CallManager, Nanos};
+use super::{CallManager, Nanos};
 
 /// Which leg ended a call by its own BYE, so it is not sent one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +18,7 @@ pub(super) enum Side {
 
 impl CallManager {
     /// Ends A's INVITE with an error (the call never connected).
-    pub(super) fn reject_a(
-        &mut self,
-        now: Nanos,
-        call: CallRef,
-        code: u16,
-        reason: &str,
-        why: &'static str,
-    ) {
+    pub(super) fn reject_a(&mut self, now: Nanos, call: CallRef, code: u16, why: &'static str) {
         let Some(c) = self.calls.get(call) else {
             return;
         };
@@ -35,7 +28,7 @@ impl CallManager {
         }
         let ringing = c.b_invite;
         self.fail(why);
-        self.reply_in_call(call, code, reason);
+        self.reply_in_call(call, code);
         // A callee still ringing must stop (RFC 3261 9.1); without the CANCEL it could answer
         // a call that is gone (a caller's CANCEL, a failover that found no node for the media).
         if let Some(tx) = ringing {
@@ -51,7 +44,7 @@ impl CallManager {
             return;
         };
         if c.a_state == AState::Proceeding {
-            self.reject_a(now, call, 500, "Server Internal Error", why);
+            self.reject_a(now, call, 500, why);
             return;
         }
         self.fail(why);
@@ -77,26 +70,14 @@ impl CallManager {
     }
 
     fn bye(&mut self, now: Nanos, call: CallRef, to_a: bool) {
-        let us = self.addr;
         let Some(d) = self.calls.get_mut(call).and_then(|c| c.dialog_mut(to_a)) else {
             return;
         };
         d.local_cseq += 1;
         let purpose = if to_a { Purpose::ByeA } else { Purpose::ByeB };
         let tx = self.txs.open(now, call, purpose, d.remote_addr, false);
-        self.scratch.clear();
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKc{}x{};rport\r\nMax-Forwards: 70\r\n\
-             From: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {seq} BYE\r\nContent-Length: 0\r\n\r\n",
-            tx.0,
-            tx.1,
-            uri = d.remote_uri,
-            from = d.local_party,
-            to = d.remote_party,
-            cid = d.call_id,
-            seq = d.local_cseq,
-        );
+        let via = tx.via(self.addr);
+        d.write_request(&mut self.scratch, Method::Bye, &via, d.local_cseq, &[], b"");
         self.txs.send(tx, &self.scratch, &mut self.out);
     }
 
@@ -105,29 +86,17 @@ impl CallManager {
             return;
         }
         self.txs.close(invite);
-        let us = self.addr;
         let Some(d) = self.calls.get(call).and_then(|c| c.b.as_ref()) else {
             return;
         };
         let tx = self
             .txs
             .open(now, call, Purpose::CancelB, d.remote_addr, false);
-        self.scratch.clear();
-        // The INVITE's Via, branch and all (RFC 3261 9.1).
-        let _ = write!(
-            Bytes(&mut self.scratch),
-            "CANCEL {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {us};branch=z9hG4bKc{}x{};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
-             Call-ID: {cid}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
-            invite.0,
-            invite.1,
-            uri = d.remote_uri,
-            from = d.local_party,
-            to = d.remote_party,
-            cid = d.call_id,
-        );
-        // Answers to the CANCEL come back on the INVITE's branch, which no longer names a
-        // live transaction, so this one simply times out quietly.
+        // The INVITE's Via, branch and all, and its CSeq number (RFC 3261 9.1). Answers come
+        // back on that branch, which no longer names a live transaction, so this one simply
+        // times out quietly.
+        let via = invite.via(self.addr);
+        d.write_request(&mut self.scratch, Method::Cancel, &via, 1, &[], b"");
         self.txs.send(tx, &self.scratch, &mut self.out);
     }
 

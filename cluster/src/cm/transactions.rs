@@ -7,11 +7,30 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 
 use super::calls::CallRef;
-use super::{Nanos, Outbox};
+use super::{Nanos, Outbox, parse_pair};
+
+/// How the branch of each of our transactions starts; the id follows.
+const BRANCH: &str = "z9hG4bKc";
 
 /// A transaction's slot and the slot's generation, so a stale id names nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) struct TxId(pub(super) u32, pub(super) u32);
+pub(super) struct TxId(u32, u32);
+
+impl TxId {
+    /// The Via of this transaction's request, sent from `us`; a CANCEL repeats its INVITE's.
+    pub(super) fn via(self, us: SocketAddr) -> String {
+        format!(
+            "SIP/2.0/UDP {us};branch={BRANCH}{}x{};rport",
+            self.0, self.1
+        )
+    }
+
+    /// The transaction a response's top Via branch names, if the branch is one of ours.
+    pub(super) fn from_branch(branch: &str) -> Option<TxId> {
+        let (slot, generation) = parse_pair(branch.strip_prefix(BRANCH)?)?;
+        Some(TxId(slot, generation))
+    }
+}
 
 /// What a transaction's request was for, which decides what its answer (or silence) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
