@@ -2,8 +2,7 @@
 //! that turns one UDP datagram, or the front of a TCP stream buffer, into a
 //! [`Message`] whose start line, headers and body all borrow from the input,
 //! plus typed accessors (Call-ID, CSeq, Via, From/To/Contact, routes) that
-//! parse their header only when asked; and the reason phrase of each status
-//! code ([`reason_phrase`]), for whoever renders a response.
+//! parse their header only when asked.
 //!
 //! What this module does NOT do: no I/O and no buffering (the caller owns the
 //! socket and the stream buffer), no transactions, dialogs or retransmission
@@ -301,80 +300,6 @@ pub enum StartLine<'a> {
         code: u16,
         reason: &'a str,
     },
-}
-
-/// The reason phrase RFC 3261 (section 21) gives status `code`, and those of a few extensions a
-/// PBX meets (202, 422, 489). A code without one gets the name of its class (RFC 3261 7.2:
-/// "Client Error" for an unknown 4xx), which a peer treats like the class's x00 anyway.
-pub fn reason_phrase(code: u16) -> &'static str {
-    let named = match code {
-        100 => "Trying",
-        180 => "Ringing",
-        181 => "Call Is Being Forwarded",
-        182 => "Queued",
-        183 => "Session Progress",
-        200 => "OK",
-        202 => "Accepted",
-        300 => "Multiple Choices",
-        301 => "Moved Permanently",
-        302 => "Moved Temporarily",
-        305 => "Use Proxy",
-        380 => "Alternative Service",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        402 => "Payment Required",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        407 => "Proxy Authentication Required",
-        408 => "Request Timeout",
-        410 => "Gone",
-        413 => "Request Entity Too Large",
-        414 => "Request-URI Too Long",
-        415 => "Unsupported Media Type",
-        416 => "Unsupported URI Scheme",
-        420 => "Bad Extension",
-        421 => "Extension Required",
-        422 => "Session Interval Too Small",
-        423 => "Interval Too Brief",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        482 => "Loop Detected",
-        483 => "Too Many Hops",
-        484 => "Address Incomplete",
-        485 => "Ambiguous",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        488 => "Not Acceptable Here",
-        489 => "Bad Event",
-        491 => "Request Pending",
-        493 => "Undecipherable",
-        500 => "Server Internal Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Server Time-out",
-        505 => "Version Not Supported",
-        513 => "Message Too Large",
-        600 => "Busy Everywhere",
-        603 => "Decline",
-        604 => "Does Not Exist Anywhere",
-        606 => "Not Acceptable",
-        _ => "",
-    };
-    if !named.is_empty() {
-        return named;
-    }
-    match code / 100 {
-        1 => "Provisional",
-        2 => "Success",
-        3 => "Redirection",
-        4 => "Client Error",
-        5 => "Server Error",
-        6 => "Global Failure",
-        _ => "Unknown",
-    }
 }
 
 /// Incomplete (need more bytes: only possible from parse_stream) kept apart from Invalid (never valid).
@@ -1230,52 +1155,6 @@ pub fn unfold(value: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::uri::{Host, SipUri};
-
-    #[test]
-    fn reason_phrases_are_rfc_3261s_and_fall_back_to_the_class() {
-        for (code, phrase) in [
-            (100, "Trying"),
-            (180, "Ringing"),
-            (183, "Session Progress"),
-            (200, "OK"),
-            (302, "Moved Temporarily"),
-            (401, "Unauthorized"),
-            (407, "Proxy Authentication Required"),
-            (481, "Call/Transaction Does Not Exist"),
-            (487, "Request Terminated"),
-            (488, "Not Acceptable Here"),
-            (500, "Server Internal Error"),
-            (504, "Server Time-out"),
-            (603, "Decline"),
-        ] {
-            assert_eq!(reason_phrase(code), phrase, "{code}");
-        }
-        assert_eq!(reason_phrase(199), "Provisional");
-        assert_eq!(reason_phrase(299), "Success");
-        assert_eq!(reason_phrase(399), "Redirection");
-        assert_eq!(reason_phrase(499), "Client Error");
-        assert_eq!(reason_phrase(599), "Server Error");
-        assert_eq!(reason_phrase(699), "Global Failure");
-        for code in [0, 99, 700, u16::MAX] {
-            assert_eq!(reason_phrase(code), "Unknown");
-        }
-        // Every phrase survives a round trip through a status line.
-        for code in 100..700 {
-            let raw = format!(
-                "SIP/2.0 {code} {}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKr\r\nFrom: <sip:a@h>;tag=1\r\n\
-                 To: <sip:b@h>\r\nCall-ID: r\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-                reason_phrase(code)
-            );
-            let m = parse_datagram(raw.as_bytes()).unwrap();
-            assert_eq!(
-                m.start(),
-                StartLine::Response {
-                    code,
-                    reason: reason_phrase(code)
-                }
-            );
-        }
-    }
 
     /// Test messages are written with `\n` for readability; the wire uses CRLF.
     fn crlf(s: &str) -> Vec<u8> {

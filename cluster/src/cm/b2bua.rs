@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 
 use pbxlab_balancer::{AffinityKey, Assignment, Reject, Request, Role, ServerId};
-use pbxlab_proto::builder::{ResponseHeaders, write_request, write_response};
+use pbxlab_proto::builder::{ResponseHeaders, reason_phrase, write_request, write_response};
 use pbxlab_proto::sdp::{self, Offer, SessionDescription};
-use pbxlab_proto::sip::{HeaderName, Message, Method, reason_phrase};
+use pbxlab_proto::sip::{HeaderName, Message, Method};
 use pbxlab_proto::uri::SipUri;
 
 use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};

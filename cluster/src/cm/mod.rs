@@ -28,8 +28,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use pbxlab_balancer::{Balancer, Event, Role, ServerId};
-use pbxlab_proto::builder::{write_response, write_status};
-use pbxlab_proto::sip::{HeaderName, Message, Method, parse_datagram, reason_phrase};
+use pbxlab_proto::builder::{reason_phrase, write_response, write_status};
+use pbxlab_proto::sip::{HeaderName, Message, Method, parse_datagram};
 
 use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
 
