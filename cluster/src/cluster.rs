@@ -18,7 +18,7 @@ use pbxlab_balancer::{EventKind, HealthConfig, Probe, Role, ServerId, ServerStat
 
 use super::Nanos;
 use super::NodeCommand;
-use super::cm::{self, Admin, CallManager, DroppedCall, NodeSpec, Reassigned};
+use super::cm::{self, CallManager, DroppedCall, NodeSpec, Reassigned};
 use super::hub::Hub;
 use super::link;
 use super::node::{self, NodeHandle, Place};
@@ -214,7 +214,7 @@ pub struct Done {
 
 /// Requests the Call Manager thread carries out between datagrams.
 enum Request {
-    Admin(ServerId, Admin, Sender<Result<(), String>>),
+    Admin(ServerId, Verb, Sender<Result<(), String>>),
     Add {
         name: String,
         role: Role,
@@ -539,28 +539,28 @@ impl Control {
             Verb::Partition => handle.set_alive(false),
             Verb::Heal => handle.set_alive(true),
             Verb::Recover => self.start_node(&handle)?,
-            Verb::Stop => self.stop_node(&handle, id, Admin::Fail)?,
+            Verb::Stop => self.stop_node(&handle, id, Verb::Stop)?,
             Verb::Restart => {
-                self.stop_node(&handle, id, Admin::Fail)?;
+                self.stop_node(&handle, id, Verb::Stop)?;
                 self.start_node(&handle)?;
             }
             Verb::Upgrade => {
-                self.stop_node(&handle, id, Admin::Disable)?;
+                self.stop_node(&handle, id, Verb::Disable)?;
                 std::thread::sleep(pbxlab_scenario::UPGRADE_RESTART);
                 self.start_node(&handle)?;
-                self.admin(id, Admin::Enable)?;
+                self.admin(id, Verb::Enable)?;
             }
-            Verb::Remove => self.stop_node(&handle, id, Admin::Remove)?,
-            Verb::Disable => self.admin(id, Admin::Disable)?,
-            Verb::Enable => self.admin(id, Admin::Enable)?,
-            Verb::Drain => self.admin(id, Admin::Drain)?,
+            Verb::Remove => self.stop_node(&handle, id, Verb::Remove)?,
+            Verb::Disable => self.admin(id, Verb::Disable)?,
+            Verb::Enable => self.admin(id, Verb::Enable)?,
+            Verb::Drain => self.admin(id, Verb::Drain)?,
         }
         Ok(())
     }
 
     /// Moves the node's sessions away (`how`), waits until the node has let them go, then
     /// stops its process.
-    fn stop_node(&self, handle: &NodeHandle, id: ServerId, how: Admin) -> Result<(), String> {
+    fn stop_node(&self, handle: &NodeHandle, id: ServerId, how: Verb) -> Result<(), String> {
         self.admin(id, how)?;
         let until = Instant::now() + MOVE_WAIT;
         while handle.counters.load().sessions > 0 && Instant::now() < until {
@@ -599,7 +599,7 @@ impl Control {
         }
     }
 
-    fn admin(&self, id: ServerId, action: Admin) -> Result<(), String> {
+    fn admin(&self, id: ServerId, action: Verb) -> Result<(), String> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.request(Request::Admin(id, action, tx))?;
         rx.recv().map_err(|_| OpError::Stopped.to_string())?

@@ -18,10 +18,11 @@ use std::sync::atomic::Ordering;
 
 use pbxlab_balancer::{Role, ServerId};
 
-use super::cm::{Admin, CallManager};
+use super::cm::CallManager;
 use super::link::{self, Delivery, Incoming, Lost, Message, Outgoing};
 use super::node::{self, NodeControl, NodeHandle};
 use super::{Nanos, NodeCommand, NodeEvent};
+use pbxlab_scenario::Verb;
 
 /// Remote nodes one Call Manager takes.
 const MAX_REMOTES: usize = 1_000;
@@ -286,7 +287,7 @@ impl Hub {
         heard(r, now, log);
         stats.rejoins += 1;
         // Its sessions died with the old process: they move now, as after a failed probe.
-        let _ = cm.admin(now, r.id, Admin::Fail);
+        let _ = cm.admin(now, r.id, Verb::Stop);
         log.push(line(
             now,
             &r.name,
@@ -438,7 +439,7 @@ fn lose(
             &format!("link lost ({why}): marked down"),
         ));
     }
-    let _ = cm.admin(now, r.id, Admin::Fail);
+    let _ = cm.admin(now, r.id, Verb::Stop);
 }
 
 #[cfg(test)]

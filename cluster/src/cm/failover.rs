@@ -7,21 +7,21 @@ use std::time::Duration;
 use pbxlab_balancer::{Event, EventKind, Outcome, Reject, ServerId, SessionId};
 
 use super::calls::{CallRef, Kind, Placement};
+use pbxlab_scenario::Verb;
+
 use super::{CallManager, Nanos};
 
 /// The most reassignment and drop records kept for a report; later ones are counted only.
 const MAX_RECORDS: usize = 1 << 20;
 
-/// What an operator (or a drill) does to a server through the Call Manager.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admin {
-    /// Mark it down now, as if its probes had failed: the operator stopped it.
-    Fail,
-    Disable,
-    Enable,
-    Drain,
-    /// Take it out of the cluster for good, moving its sessions first.
-    Remove,
+/// A verb the Call Manager cannot carry out itself: it acts on a server's process, which the
+/// Call Manager learns of only through the probes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0} acts on the server's process; the Call Manager learns of it by its probes")]
+    NotMine(Verb),
+    #[error(transparent)]
+    Balancer(#[from] pbxlab_balancer::Error),
 }
 
 /// One call whose media a failover or an operator moved: when, and how long until every leg
@@ -85,19 +85,17 @@ impl CallManager {
 
     /// Carries out an operator's action on `server`: the balancer decides, and moved sessions
     /// are re-anchored (node commands and re-INVITEs) as after a failed probe.
-    pub fn admin(
-        &mut self,
-        now: Nanos,
-        server: ServerId,
-        action: Admin,
-    ) -> Result<(), pbxlab_balancer::Error> {
+    pub fn admin(&mut self, now: Nanos, server: ServerId, verb: Verb) -> Result<(), AdminError> {
         let at = Duration::from_nanos(now);
-        let outcome = match action {
-            Admin::Fail => self.balancer.fail(at, server)?,
-            Admin::Disable => self.balancer.disable(at, server)?,
-            Admin::Enable => self.balancer.enable(at, server)?,
-            Admin::Drain => self.balancer.drain(at, server)?,
-            Admin::Remove => self.balancer.remove_server(at, server)?,
+        let outcome = match verb {
+            // Told rather than probed: down at once, its sessions move.
+            Verb::Fail | Verb::Stop | Verb::Restart => self.balancer.fail(at, server)?,
+            // An upgrade starts by taking the server out of service.
+            Verb::Disable | Verb::Upgrade => self.balancer.disable(at, server)?,
+            Verb::Enable => self.balancer.enable(at, server)?,
+            Verb::Drain => self.balancer.drain(at, server)?,
+            Verb::Remove => self.balancer.remove_server(at, server)?,
+            Verb::Partition | Verb::Heal | Verb::Recover => return Err(AdminError::NotMine(verb)),
         };
         self.apply(now, outcome);
         Ok(())

@@ -14,6 +14,7 @@ use pbxlab_balancer::{
 use pbxlab_proto::builder::write_response;
 use pbxlab_proto::sdp::SessionDescription;
 use pbxlab_proto::sip::{HeaderName, Message, Method};
+use pbxlab_scenario::Verb;
 
 use super::tests::{CALLEE, CM, MS, UA, addr, offer, parse, register, register_out, request, sent};
 use super::*;
@@ -421,7 +422,7 @@ fn meeting_node_down_moves_its_room_whole_to_one_node_and_raises_the_alert() {
     assert_ne!(x, ops, "the two rooms start on different nodes");
     let sales = room_key("sales");
 
-    cm.admin(NS, x, Admin::Fail).unwrap();
+    cm.admin(NS, x, Verb::Stop).unwrap();
     let events = cm.take_events();
     assert_eq!(alerts(&events, x), 1, "{events:?}");
     let cmds: Vec<_> = cm.node_commands().collect();
@@ -469,7 +470,7 @@ fn meeting_pool_in_operator_mode_only_alerts_until_the_node_is_disabled() {
     let (x, _) = two_rooms(&mut cm);
     let sales = room_key("sales");
 
-    cm.admin(NS, x, Admin::Fail).unwrap();
+    cm.admin(NS, x, Verb::Stop).unwrap();
     let events = cm.take_events();
     assert_eq!(alerts(&events, x), 1, "{events:?}");
     assert_eq!(cm.node_commands().count(), 0);
@@ -496,7 +497,7 @@ fn meeting_pool_in_operator_mode_only_alerts_until_the_node_is_disabled() {
     );
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(503));
 
-    cm.admin(2 * NS, x, Admin::Disable).unwrap();
+    cm.admin(2 * NS, x, Verb::Disable).unwrap();
     let cmds: Vec<_> = cm.node_commands().collect();
     let joins = room_servers(&cmds);
     assert_eq!(joins.len(), 4, "{cmds:?}");
@@ -570,7 +571,7 @@ fn queue_node_down_moves_waiting_callers_who_are_then_served_in_arrival_order() 
     let x = x.unwrap();
     assert_eq!(cm.stats().queue_waiting, 4);
 
-    cm.admin(NS, x, Admin::Fail).unwrap();
+    cm.admin(NS, x, Verb::Stop).unwrap();
     assert_eq!(alerts(&cm.take_events(), x), 1);
     let holds: Vec<_> = cm
         .node_commands()
@@ -639,7 +640,7 @@ fn ivr_node_down_restarts_its_callers_at_the_menu_elsewhere_and_digits_still_rou
     let on_x: Vec<u32> = (0..3).filter(|&i| menus[i as usize].0 == x).collect();
     assert_eq!(on_x.len(), 2);
 
-    cm.admin(NS, x, Admin::Fail).unwrap();
+    cm.admin(NS, x, Verb::Stop).unwrap();
     assert_eq!(alerts(&cm.take_events(), x), 1);
     let cmds: Vec<_> = cm.node_commands().collect();
     let restarted: Vec<(ServerId, MediaSession, SocketAddr)> = cmds
@@ -716,13 +717,13 @@ fn calls_that_find_no_room_after_a_failure_are_ended_and_recorded_and_the_rest_m
     let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 2)], &[]);
     let (x, y) = (ServerId(0), ServerId(1));
     // Every call on x first; y then has room for two of them.
-    cm.admin(0, y, Admin::Disable).unwrap();
+    cm.admin(0, y, Verb::Disable).unwrap();
     let calls: Vec<UserCall> = (0..4).map(|i| user_call(&mut cm, 0, i)).collect();
     assert!(calls.iter().all(|c| c.server == x));
-    cm.admin(0, y, Admin::Enable).unwrap();
+    cm.admin(0, y, Verb::Enable).unwrap();
     let _ = cm.take_events();
 
-    cm.admin(NS, x, Admin::Fail).unwrap();
+    cm.admin(NS, x, Verb::Stop).unwrap();
     let cmds: Vec<_> = cm.node_commands().collect();
     let relays: Vec<_> = cmds
         .iter()
@@ -771,7 +772,7 @@ fn drain_sends_nothing_and_new_calls_avoid_the_node() {
     let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 10)], &[]);
     let first = user_call(&mut cm, 0, 0);
     let x = first.server;
-    cm.admin(NS, x, Admin::Drain).unwrap();
+    cm.admin(NS, x, Verb::Drain).unwrap();
     assert_eq!(cm.node_commands().count(), 0);
     assert!(sent(&mut cm).is_empty(), "no re-INVITE for a drain");
     assert_eq!(
@@ -794,7 +795,7 @@ fn disable_moves_calls_and_enable_lets_the_node_take_calls_again() {
     let on_x: Vec<&UserCall> = calls.iter().filter(|c| c.server == x).collect();
     assert_eq!(on_x.len(), 2);
 
-    cm.admin(NS, x, Admin::Disable).unwrap();
+    cm.admin(NS, x, Verb::Disable).unwrap();
     assert_eq!(
         cm.balancer().server(x).unwrap().state,
         ServerState::Disabled
@@ -817,7 +818,7 @@ fn disable_moves_calls_and_enable_lets_the_node_take_calls_again() {
     assert_eq!(cm.balancer().sessions_on(x).len(), 0);
     // Disabled, it takes nothing; enabled, the least loaded node is it again.
     assert_ne!(user_call(&mut cm, 2 * NS, 4).server, x);
-    cm.admin(3 * NS, x, Admin::Enable).unwrap();
+    cm.admin(3 * NS, x, Verb::Enable).unwrap();
     assert_eq!(cm.balancer().server(x).unwrap().state, ServerState::Online);
     assert_eq!(user_call(&mut cm, 3 * NS, 5).server, x);
     cm.balancer().audit().unwrap();
@@ -846,7 +847,7 @@ fn remove_moves_calls_and_the_node_is_no_longer_probed() {
     let gone = node(&cm, x);
     assert!(probed(&mut cm, 0).contains(&gone));
 
-    cm.admin(100 * MS, x, Admin::Remove).unwrap();
+    cm.admin(100 * MS, x, Verb::Remove).unwrap();
     assert!(cm.balancer().server(x).is_none());
     let relays: Vec<_> = cm
         .node_commands()
@@ -906,7 +907,7 @@ fn a_call_whose_media_node_fails_while_the_callee_rings_reaches_the_callee_on_th
     let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 10)], &[]);
     let invite = ringing_call(&mut cm, 0);
     let x = server_of(&cm, sdp_node(&invite));
-    cm.admin(MS, x, Admin::Fail).unwrap();
+    cm.admin(MS, x, Verb::Stop).unwrap();
     assert_eq!(cm.stats().moved, 1);
     let _ = cm.node_commands().count();
 
@@ -947,7 +948,7 @@ fn a_queue_call_whose_media_node_fails_while_the_agent_rings_reaches_the_agent_o
         .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
         .expect("INVITE to the agent");
     let x = server_of(&cm, sdp_node(invite));
-    cm.admin(NS + MS, x, Admin::Fail).unwrap();
+    cm.admin(NS + MS, x, Verb::Stop).unwrap();
     assert_eq!(cm.stats().moved, 1);
     assert!(sent(&mut cm).is_empty());
 
@@ -978,7 +979,7 @@ fn a_ringing_call_whose_media_finds_no_node_is_refused_and_the_callee_cancelled(
     let mut cm = cluster(&[(Role::Media, 10)], &[]);
     let invite = ringing_call(&mut cm, 0);
     let x = server_of(&cm, sdp_node(&invite));
-    cm.admin(MS, x, Admin::Fail).unwrap();
+    cm.admin(MS, x, Verb::Stop).unwrap();
     let out = sent(&mut cm);
     let texts: Vec<_> = out
         .iter()
@@ -1044,7 +1045,7 @@ fn a_draining_node_reports_drained_when_its_last_call_ends() {
     let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 10)], &[]);
     let first = user_call(&mut cm, 0, 0);
     let x = first.server;
-    cm.admin(NS, x, Admin::Drain).unwrap();
+    cm.admin(NS, x, Verb::Drain).unwrap();
     let kinds: Vec<_> = cm.take_events().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec![EventKind::Draining]);
     cm.handle(
@@ -1122,7 +1123,7 @@ fn each_legs_sdp_keeps_its_origin_and_raises_its_version_across_moves() {
     assert_eq!(origin(&out[0].1), (a_origin.0, a_origin.1 + 1));
 
     // Each failover re-INVITE is that leg's session again, one version up.
-    cm.admin(2 * NS, x, Admin::Disable).unwrap();
+    cm.admin(2 * NS, x, Verb::Disable).unwrap();
     let out = exchange(&mut cm, 2 * NS);
     assert_eq!(
         origin(reinvite_in(&out, UA, "u0")),
@@ -1133,9 +1134,9 @@ fn each_legs_sdp_keeps_its_origin_and_raises_its_version_across_moves() {
         (b_origin.0, b_origin.1 + 1)
     );
     // And back: the other node is disabled in turn.
-    cm.admin(3 * NS, x, Admin::Enable).unwrap();
+    cm.admin(3 * NS, x, Verb::Enable).unwrap();
     assert!(cm.balancer().sessions_on(x).is_empty());
-    cm.admin(3 * NS, ServerId(1 - x.0), Admin::Disable).unwrap();
+    cm.admin(3 * NS, ServerId(1 - x.0), Verb::Disable).unwrap();
     let out = exchange(&mut cm, 3 * NS);
     assert_eq!(
         origin(reinvite_in(&out, UA, "u0")),
@@ -1153,14 +1154,14 @@ fn each_legs_sdp_keeps_its_origin_and_raises_its_version_across_moves() {
 fn a_second_move_waits_for_the_pending_reinvite_and_then_names_the_newest_node() {
     let mut cm = cluster(&[(Role::Media, 10); 3], &[]);
     let c = user_call(&mut cm, 0, 0);
-    cm.admin(NS, c.server, Admin::Fail).expect("known server");
+    cm.admin(NS, c.server, Verb::Stop).expect("known server");
     let first = sent(&mut cm);
     let moved: Vec<_> = reinvites(&first);
     assert_eq!(moved.len(), 2, "one re-INVITE per leg: {moved:?}");
     let second_node = moved[0].2;
     // Nobody has answered yet when the new node is disabled too.
     let _ = cm.node_commands().count();
-    cm.admin(NS + 5 * MS, server_of(&cm, second_node), Admin::Disable)
+    cm.admin(NS + 5 * MS, server_of(&cm, second_node), Verb::Disable)
         .expect("known server");
     assert!(
         reinvites(&sent(&mut cm)).is_empty(),
@@ -1202,7 +1203,7 @@ fn a_caller_talking_to_an_agent_survives_the_loss_of_the_only_queue_node() {
     assert_eq!(cm.stats().queue_answered, 1);
     let _ = cm.node_commands().count();
 
-    cm.admin(2 * NS, x, Admin::Fail).expect("known server");
+    cm.admin(2 * NS, x, Verb::Stop).expect("known server");
     let out = exchange(&mut cm, 2 * NS);
     assert!(byes(&out).is_empty(), "{:?}", byes(&out));
     assert!(cm.take_dropped_calls().is_empty());

@@ -43,7 +43,7 @@ mod services;
 mod teardown;
 mod transactions;
 
-pub use failover::{Admin, DroppedCall, Reassigned};
+pub use failover::{AdminError, DroppedCall, Reassigned};
 
 use admission::Admission;
 use calls::{CallRef, Calls};
