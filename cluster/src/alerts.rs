@@ -113,13 +113,13 @@ impl AlertSink {
             return 0;
         }
         self.seen += events.len();
-        let handles = control.handles();
+        let nodes = control.status().nodes;
         let mut raised = 0;
         for e in &events {
-            let role = handles
+            let role = nodes
                 .iter()
-                .find(|h| h.name == e.server)
-                .map_or("?", |h| h.role.name());
+                .find(|n| n.name == e.server)
+                .map_or("?", |n| n.role);
             if self.raise(e, role) {
                 raised += 1;
             }

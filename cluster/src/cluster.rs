@@ -59,6 +59,8 @@ impl Options {
 /// One node in the status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeStatus {
+    /// The balancer's number for it: the key of the Call Manager's node table.
+    pub id: ServerId,
     pub name: String,
     pub role: &'static str,
     pub addr: SocketAddr,
@@ -223,6 +225,41 @@ enum Request {
         reply: Sender<Result<ServerId, String>>,
     },
     Whitelist(Option<(IpAddr, bool)>, Sender<Vec<IpAddr>>),
+    /// Answer once a condition holds for a server, or at the deadline.
+    Await(Await),
+}
+
+/// A condition an operator action waits for, judged on the Call Manager's thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// The node serves no session any more (it has let go of the ones moved away).
+    Idle,
+    /// A probe answered after `after` (time since the start) says it is up, and the
+    /// balancer counts it healthy.
+    Answered { after: Duration },
+}
+
+struct Await {
+    server: ServerId,
+    until: Until,
+    deadline: Instant,
+    reply: Sender<Result<(), ()>>,
+}
+
+impl Await {
+    fn holds(&self, cm: &CallManager, handles: &[NodeHandle]) -> bool {
+        match self.until {
+            Until::Idle => handles
+                .iter()
+                .find(|h| h.id == self.server.0)
+                .is_none_or(|h| h.counters.load().sessions == 0),
+            Until::Answered { after } => cm.balancer().server(self.server).is_some_and(|v| {
+                v.state != ServerState::Down
+                    && v.last_probe
+                        .is_some_and(|(at, p)| p == Probe::Ok && at > after)
+            }),
+        }
+    }
 }
 
 struct Shared {
@@ -471,11 +508,10 @@ impl Control {
         let mut done = Vec::with_capacity(targets.len());
         for t in targets {
             let started = self.now();
-            self.act_on(action, &t.name)
-                .map_err(|reason| OpError::Failed {
-                    server: t.name.clone(),
-                    reason,
-                })?;
+            self.act_on(action, &t).map_err(|reason| OpError::Failed {
+                server: t.name.clone(),
+                reason,
+            })?;
             let finished = self.now();
             let state = self
                 .status_after(finished)
@@ -516,13 +552,11 @@ impl Control {
         })
     }
 
-    fn act_on(&self, action: Verb, name: &str) -> Result<(), String> {
+    fn act_on(&self, action: Verb, node: &NodeStatus) -> Result<(), String> {
+        let (id, name) = (node.id, &node.name);
         let handle = self
-            .handles()
-            .into_iter()
-            .find(|h| h.name == name)
-            .ok_or_else(|| format!("no node named {name:?}"))?;
-        let id = ServerId(handle.id);
+            .handle(id)
+            .ok_or_else(|| format!("no node numbered {} ({name:?})", id.0))?;
         if handle.place == Place::Remote && action.acts_on_process() {
             return Err(format!(
                 "{name} runs in its own process at {}: {} acts only on nodes of the cluster's \
@@ -538,16 +572,17 @@ impl Control {
             }
             Verb::Partition => handle.set_alive(false),
             Verb::Heal => handle.set_alive(true),
-            Verb::Recover => self.start_node(&handle)?,
+            Verb::Recover => self.start_node(&handle, id)?,
             Verb::Stop => self.stop_node(&handle, id, Verb::Stop)?,
             Verb::Restart => {
                 self.stop_node(&handle, id, Verb::Stop)?;
-                self.start_node(&handle)?;
+                self.start_node(&handle, id)?;
             }
             Verb::Upgrade => {
                 self.stop_node(&handle, id, Verb::Disable)?;
+                // The upgrade itself: the process is down this long.
                 std::thread::sleep(pbxlab_scenario::UPGRADE_RESTART);
-                self.start_node(&handle)?;
+                self.start_node(&handle, id)?;
                 self.admin(id, Verb::Enable)?;
             }
             Verb::Remove => self.stop_node(&handle, id, Verb::Remove)?,
@@ -558,45 +593,59 @@ impl Control {
         Ok(())
     }
 
-    /// Moves the node's sessions away (`how`), waits until the node has let them go, then
+    /// Moves the node's sessions away (`how`), waits until the node has let them go (or
+    /// [`MOVE_WAIT`] has passed: a node that keeps a session is stopped all the same), then
     /// stops its process.
     fn stop_node(&self, handle: &NodeHandle, id: ServerId, how: Verb) -> Result<(), String> {
         self.admin(id, how)?;
-        let until = Instant::now() + MOVE_WAIT;
-        while handle.counters.load().sessions > 0 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let _ = self.wait_for(id, Until::Idle, MOVE_WAIT);
         handle.set_alive(false);
         handle.send(NodeCommand::Reset);
         Ok(())
     }
 
-    /// Starts the node's process afresh and waits until its probes bring it back.
-    fn start_node(&self, handle: &NodeHandle) -> Result<(), String> {
+    /// Starts the node's process afresh and waits until a probe answered after the start
+    /// says it is up.
+    fn start_node(&self, handle: &NodeHandle, id: ServerId) -> Result<(), String> {
         let since = self.now();
         handle.send(NodeCommand::Reset);
         handle.set_alive(true);
         let h = self.shared.health;
         let limit = h.interval * (h.up_after + 1) + h.timeout + Duration::from_secs(1);
-        let until = Instant::now() + limit;
-        loop {
-            // Healthy again, by a probe answered after the start.
-            let status = self.status();
-            if status.elapsed > since + h.interval
-                && let Some(n) = status.nodes.iter().find(|n| n.name == handle.name)
-                && n.state != "offline"
-                && n.last_probe.is_some_and(|(_, r)| r == "ok")
-            {
-                return Ok(());
-            }
-            if Instant::now() >= until {
-                return Err(format!(
+        self.wait_for(id, Until::Answered { after: since }, limit)
+            .map_err(|()| {
+                format!(
                     "started, but its probes did not bring it back within {:.1} s",
                     limit.as_secs_f64()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                )
+            })
+    }
+
+    /// Blocks until the Call Manager's thread sees `until` hold for the server, checked
+    /// on its own loop after every round of datagrams and timers: no sleeping and polling of
+    /// snapshots here. `Err` once `limit` has passed (or the cluster stopped).
+    fn wait_for(&self, server: ServerId, until: Until, limit: Duration) -> Result<(), ()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + limit;
+        self.request(Request::Await(Await {
+            server,
+            until,
+            deadline,
+            reply: tx,
+        }))
+        .map_err(|_| ())?;
+        rx.recv().unwrap_or(Err(()))
+    }
+
+    /// The handle of node `id`.
+    fn handle(&self, id: ServerId) -> Option<NodeHandle> {
+        self.shared
+            .handles
+            .lock()
+            .ok()?
+            .iter()
+            .find(|h| h.id == id.0)
+            .cloned()
     }
 
     fn admin(&self, id: ServerId, action: Verb) -> Result<(), String> {
@@ -639,14 +688,16 @@ impl Control {
         name: &str,
         addr: Option<SocketAddr>,
     ) -> Result<NodeStatus, OpError> {
-        let handles = self.handles();
-        if handles.iter().any(|h| h.name == name) {
+        // The published node table answers the common mistakes before a socket is bound; the
+        // Call Manager's thread checks again when it adds the node (`Request::Add`).
+        let nodes = self.status().nodes;
+        if nodes.iter().any(|n| n.name == name) {
             return Err(OpError::DuplicateName(name.to_owned()));
         }
         if let Some(a) = addr
-            && let Some(h) = handles.iter().find(|h| h.addr == a)
+            && let Some(n) = nodes.iter().find(|n| n.addr == a)
         {
-            return Err(OpError::DuplicateAddr(a, h.name.clone()));
+            return Err(OpError::DuplicateAddr(a, n.name.clone()));
         }
         let capacity = self
             .shared
@@ -771,6 +822,7 @@ fn serve(
     let mut log: Vec<String> = Vec::new();
     let mut handles = shared.handles.lock().map(|h| h.clone()).unwrap_or_default();
     let mut send_errors = 0u64;
+    let mut waits: Vec<Await> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         // The clock is read before the socket: every datagram that arrived by `now` is
         // handled before `advance(now)` judges probe timeouts, so a thread that was held up
@@ -795,7 +847,7 @@ fn serve(
             cm.on_node_event(now, ServerId(id), event);
         }
         while let Ok(request) = requests.try_recv() {
-            handle_request(&mut cm, now, request);
+            handle_request(&mut cm, now, request, &mut waits);
         }
         cm.advance(now);
         cm.transmit_all(|datagrams| {
@@ -812,6 +864,20 @@ fn serve(
             if let Some(h) = handles.iter().find(|h| h.id == server.0) {
                 let _ = h.send(command);
             }
+        }
+        if !waits.is_empty() {
+            let at = Instant::now();
+            waits.retain(|w| {
+                let outcome = if w.holds(&cm, &handles) {
+                    Ok(())
+                } else if at >= w.deadline {
+                    Err(())
+                } else {
+                    return true;
+                };
+                let _ = w.reply.send(outcome);
+                false
+            });
         }
         // Remote nodes' commands, routed into their channels just now, go on their links.
         hub.advance(&mut cm, now);
@@ -847,9 +913,24 @@ fn serve(
     Ok(())
 }
 
-fn handle_request(cm: &mut CallManager, now: super::Nanos, request: Request) {
+/// Operator actions waiting on the Call Manager's thread at once, at most; more are refused.
+const MAX_WAITS: usize = 1_024;
+
+fn handle_request(
+    cm: &mut CallManager,
+    now: super::Nanos,
+    request: Request,
+    waits: &mut Vec<Await>,
+) {
     // A requester that gave up waiting is no reason to stop serving.
     match request {
+        Request::Await(wait) => {
+            if waits.len() < MAX_WAITS {
+                waits.push(wait);
+            } else {
+                let _ = wait.reply.send(Err(()));
+            }
+        }
         Request::Admin(server, action, reply) => {
             let _ = reply.send(cm.admin(now, server, action).map_err(|e| e.to_string()));
         }
@@ -933,6 +1014,7 @@ fn snapshot(
             let counters = handle.map(|h| h.counters.load());
             let counters = counters.as_ref();
             Some(NodeStatus {
+                id: n.id,
                 name: n.name.clone(),
                 role: n.role.name(),
                 addr: n.addr,
