@@ -125,7 +125,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
 
     // The load is configured before anything starts, and again below with the address the Call
     // Manager was given.
-    let mut settings = load::Settings::drill(args.sip, &spec.load)?;
+    let mut settings = pbxlab_loadgen::Settings::drill(args.sip, &spec.load);
     load::configure(&settings, Some(&scenario), Some(scenario.seed))?;
     let mut alerts = AlertSink::new(args.alerts.clone(), args.alert_webhook.clone())
         .map_err(|e| BadInput(e.to_string()))?;
