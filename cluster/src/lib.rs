@@ -17,6 +17,9 @@
 //! Operators reach a running cluster through [`ctl`], an HTTP+JSON endpoint over
 //! [`cluster::Control`] (with the little HTTP of [`http`]); [`alerts`] carries the balancer's
 //! alerts to a file, the log and a webhook.
+//!
+//! [`drill`] judges a failover drill from what the cluster recorded and the load generator
+//! measured; running the drill (the cluster, the load, the fault timeline) is the binary's.
 
 use std::net::SocketAddr;
 
@@ -24,6 +27,7 @@ pub mod alerts;
 pub mod cluster;
 pub mod cm;
 pub mod ctl;
+pub mod drill;
 pub mod http;
 pub mod hub;
 pub mod link;

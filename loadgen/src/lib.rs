@@ -5,21 +5,25 @@
 //! The protocol state (transactions, dialogs, timers, measurements) is the sans-IO
 //! [`engine::Engine`]; [`run::run`] is the thin driver that owns the sockets and the clock. It
 //! does not simulate anything: every figure comes from real datagrams on real sockets.
+//! [`settings`] maps a scenario's [traffic] and [slo] (and the flags or `[drill.load]` laid
+//! over them) to a [`Config`] and its thresholds; reading flags is the binary's business.
 
 pub mod engine;
 pub mod media;
 pub mod metrics;
 pub mod report;
 pub mod run;
+pub mod settings;
 pub mod threshold;
 mod wheel;
 
 pub use engine::{Arrivals, Callee, Config, Dtmf, Grid, Hold, Workload};
 pub use report::LoadReport;
 pub use run::{Progress, RunOptions, run};
+pub use settings::{Settings, configure};
 pub use threshold::Threshold;
 
-/// Everything that can stop a load run.
+/// Everything that can stop a load run, or refuse its settings.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -32,4 +36,6 @@ pub enum Error {
     MediaWorker,
     #[error(transparent)]
     Threshold(#[from] threshold::ThresholdError),
+    #[error("--rtp {0}: a fraction from 0 to 1")]
+    RtpFraction(f64),
 }

@@ -1,0 +1,796 @@
+//! The drill's judge: from what the Call Manager recorded ([`Records`]), the load's
+//! per-second [`Sample`]s and the callers' RTP [`Silence`]s, and the faults as they were
+//! [`Injected`], the verdict of a failover drill: the steady state before the first fault,
+//! each fault's detection, reassignment, media gap, dropped calls and SLOs during and after
+//! it, and the drill's overall pass; and that verdict as text and JSON.
+//!
+//! Nothing here starts a cluster or a load, waits, or carries out a fault: `pbxlab drill` does
+//! that and hands the judge what it observed, so the judge can be tested on hand-built
+//! records.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use pbxlab_balancer::EventKind;
+use pbxlab_loadgen::LoadReport;
+use pbxlab_scenario::{DrillSpec, FaultSpec, Scenario};
+use serde_json::json;
+
+use crate::cluster::Records;
+
+/// How far past its bound a detection may land and still count as within it: the Call
+/// Manager's timers are served on a 1 ms grid by a thread the kernel may wake a little late.
+pub const DETECTION_SLACK: Duration = Duration::from_millis(5);
+
+/// One closed interval of the load, stamped on the cluster's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub at: Duration,
+    /// Calls failed since the load began.
+    pub calls_failed: u64,
+    /// Calls up at the end of the interval.
+    pub active: usize,
+    pub setup_p99_us: u64,
+    /// Setups measured in the interval (its p99 means nothing without any).
+    pub setup_count: u64,
+}
+
+/// What happened when a fault was carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injected {
+    pub spec: FaultSpec,
+    /// On the cluster's clock.
+    pub at: Duration,
+    /// When the operator action returned (an upgrade takes a while).
+    pub finished: Duration,
+    pub error: Option<String>,
+}
+
+/// A silence a caller heard: when it began, on the cluster's clock, and how long it lasted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Silence {
+    pub at: Duration,
+    pub len_ns: u64,
+}
+
+/// The callers' RTP gaps of a load report, moved onto the clock of a cluster that started at
+/// `cluster_epoch`.
+pub fn silences(report: &LoadReport, cluster_epoch: Instant) -> Vec<Silence> {
+    let offset = report.media_epoch.map_or(Duration::ZERO, |e| {
+        e.saturating_duration_since(cluster_epoch)
+    });
+    report
+        .gaps
+        .iter()
+        .map(|g| Silence {
+            at: offset + Duration::from_nanos(g.start_ns),
+            len_ns: g.len_ns,
+        })
+        .collect()
+}
+
+/// What a drill observed, for [`judge`].
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The Call Manager's events, moved calls and dropped calls.
+    pub records: &'a Records,
+    /// One per second of the load, in order.
+    pub samples: &'a [Sample],
+    /// The callers' silences, on the cluster's clock.
+    pub gaps: &'a [Silence],
+}
+
+/// The verdict of one phase: what was measured and which SLOs broke.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Phase {
+    pub from: Duration,
+    pub to: Duration,
+    /// Calls that failed in the window (for the steady state: since the load began).
+    pub calls_failed: u64,
+    /// The worst per-second setup p99 of the window.
+    pub setup_p99_max_us: u64,
+    /// The fewest calls up in any second of the window.
+    pub min_active: usize,
+    /// The SLOs that broke, in words.
+    pub broken: Vec<String>,
+    pub pass: bool,
+}
+
+fn in_window(
+    samples: &[Sample],
+    (from, to): (Duration, Duration),
+) -> impl Iterator<Item = &Sample> {
+    samples.iter().filter(move |s| s.at > from && s.at <= to)
+}
+
+/// Failed calls during a window: the growth of the cumulative count across it.
+fn failed_in(samples: &[Sample], (from, to): (Duration, Duration)) -> u64 {
+    let before = samples
+        .iter()
+        .take_while(|s| s.at <= from)
+        .last()
+        .map_or(0, |s| s.calls_failed);
+    let after = samples
+        .iter()
+        .take_while(|s| s.at <= to)
+        .last()
+        .map_or(before, |s| s.calls_failed);
+    after.saturating_sub(before)
+}
+
+fn phase(spec: &DrillSpec, samples: &[Sample], window: (Duration, Duration)) -> Phase {
+    let mut p = Phase {
+        from: window.0,
+        to: window.1,
+        calls_failed: failed_in(samples, window),
+        min_active: usize::MAX,
+        ..Phase::default()
+    };
+    for s in in_window(samples, window) {
+        if s.setup_count > 0 {
+            p.setup_p99_max_us = p.setup_p99_max_us.max(s.setup_p99_us);
+        }
+        p.min_active = p.min_active.min(s.active);
+    }
+    if p.min_active == usize::MAX {
+        p.min_active = 0;
+    }
+    if p.calls_failed > spec.failed {
+        p.broken.push(format!(
+            "{} calls failed (at most {})",
+            p.calls_failed, spec.failed
+        ));
+    }
+    let limit = micros(spec.setup_p99);
+    if p.setup_p99_max_us > limit {
+        p.broken.push(format!(
+            "setup p99 reached {:.1} ms (at most {:.1} ms)",
+            p.setup_p99_max_us as f64 / 1000.0,
+            limit as f64 / 1000.0
+        ));
+    }
+    p.pass = p.broken.is_empty();
+    p
+}
+
+/// The steady-state hypothesis: the SLOs hold in the window before the first fault, and no
+/// call failed at all before it (the ramp-up included).
+#[must_use]
+pub fn steady_phase(spec: &DrillSpec, samples: &[Sample], window: (Duration, Duration)) -> Phase {
+    let mut p = phase(spec, samples, window);
+    let failed = failed_in(samples, (Duration::ZERO, window.1));
+    if failed > p.calls_failed && failed > spec.failed {
+        p.broken.push(format!(
+            "{failed} calls failed before the first fault (at most {})",
+            spec.failed
+        ));
+    }
+    p.calls_failed = failed;
+    if in_window(samples, window).next().is_none() {
+        p.broken.push("no load measured in the window".to_owned());
+    } else if p.min_active == 0 {
+        p.broken
+            .push("some second of the window had no call up".to_owned());
+    }
+    p.pass = p.broken.is_empty();
+    p
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Count, p50, p99 and max of a set of durations, microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spread {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl Spread {
+    /// The spread of these values (microseconds), as a histogram of 1 us to an hour reads it.
+    pub fn of(values_us: impl Iterator<Item = u64>) -> Spread {
+        let mut h = pbxlab_loadgen::metrics::histogram();
+        for v in values_us {
+            let _ = h.record(v.clamp(1, pbxlab_loadgen::metrics::MAX_US));
+        }
+        if h.is_empty() {
+            return Spread::default();
+        }
+        Spread {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "count": self.count,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "max_us": self.max_us,
+        })
+    }
+
+    fn show(&self) -> String {
+        if self.count == 0 {
+            return "none".to_owned();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        format!(
+            "{} | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.count,
+            ms(self.p50_us),
+            ms(self.p99_us),
+            ms(self.max_us)
+        )
+    }
+}
+
+/// One fault, judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultVerdict {
+    pub injected: Injected,
+    /// Until the next fault (or the end of the load).
+    pub window_end: Duration,
+    /// From the fault to the server's Down event (faults the probes must find).
+    pub detection: Option<Duration>,
+    pub detection_bound: Option<Duration>,
+    pub alerts: Vec<String>,
+    /// How long each call moved off the server took to be re-INVITEd onto its new node.
+    pub reassignment: Spread,
+    /// How long the callers heard nothing.
+    pub media_gap: Spread,
+    /// Call-ID and reason of each call the failover dropped.
+    pub dropped: Vec<(String, &'static str)>,
+    /// From the fault until it was detected and the cluster settled.
+    pub during: Phase,
+    /// From then to the next fault.
+    pub after: Phase,
+    /// Why the fault fails the drill; empty: it passes.
+    pub broken: Vec<String>,
+}
+
+/// The whole drill, judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillVerdict {
+    /// None: the load ended before the first fault's time.
+    pub steady: Option<Phase>,
+    pub faults: Vec<FaultVerdict>,
+    /// Faults the drill never reached (the load ended first, or the steady state failed).
+    pub skipped: usize,
+    pub pass: bool,
+}
+
+/// Judges a drill: each injected fault from what the Call Manager recorded and the callers
+/// saw, and the drill as a whole (it passes if the steady state held, every fault passed and
+/// none of the `planned` faults was skipped). `detection_bound` is the health checks' (see
+/// `HealthConfig::detection_bound`).
+#[must_use]
+pub fn judge(
+    spec: &DrillSpec,
+    detection_bound: Duration,
+    injected: &[Injected],
+    seen: &Observed<'_>,
+    steady: Option<Phase>,
+    planned: usize,
+) -> DrillVerdict {
+    let Observed {
+        records,
+        samples,
+        gaps,
+    } = *seen;
+    let end = samples.last().map_or(Duration::ZERO, |s| s.at);
+    let mut faults = Vec::new();
+    for (k, inj) in injected.iter().enumerate() {
+        let window_end = injected.get(k + 1).map_or(end.max(inj.finished), |n| n.at);
+        let silent = inj.spec.action.is_silent();
+        let down = records
+            .events
+            .iter()
+            .find(|e| e.server == inj.spec.server && e.kind == EventKind::Down && e.at >= inj.at);
+        let detection = silent
+            .then(|| down.map(|e| e.at.saturating_sub(inj.at)))
+            .flatten();
+        let detection_bound = silent.then_some(detection_bound);
+        // The fault's effect lasts until it is detected and the cluster has settled.
+        let settled = inj.finished.max(inj.at + detection.unwrap_or_default()) + spec.settle;
+        let during_end = settled.min(window_end);
+        let in_fault = |at: Duration| at >= inj.at && at < window_end;
+        let alerts = records
+            .events
+            .iter()
+            .filter(|e| in_fault(e.at))
+            .filter_map(|e| match &e.kind {
+                EventKind::Alert(text) => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        let reassignment = Spread::of(
+            records
+                .reassigned
+                .iter()
+                .filter(|r| in_fault(Duration::from_nanos(r.at)))
+                .map(|r| r.took / 1000),
+        );
+        // A caller's silence belongs to the fault if it began within a frame or so of it and
+        // before the cluster settled.
+        let gap_from = inj.at.saturating_sub(Duration::from_millis(40));
+        let media_gap = Spread::of(
+            gaps.iter()
+                .filter(|g| g.at >= gap_from && g.at < during_end)
+                .map(|g| g.len_ns / 1000),
+        );
+        let dropped: Vec<(String, &'static str)> = records
+            .dropped
+            .iter()
+            .filter(|d| in_fault(Duration::from_nanos(d.at)))
+            .map(|d| (d.call_id.clone(), d.reason))
+            .collect();
+        let mut during = phase(spec, samples, (inj.at, during_end));
+        if media_gap.p99_us > micros(spec.media_gap_p99) {
+            during.broken.push(format!(
+                "media gap p99 {:.1} ms (at most {:.1} ms)",
+                media_gap.p99_us as f64 / 1000.0,
+                spec.media_gap_p99.as_secs_f64() * 1000.0
+            ));
+        }
+        if dropped.len() as u64 > spec.dropped {
+            during.broken.push(format!(
+                "{} calls dropped by failover (at most {})",
+                dropped.len(),
+                spec.dropped
+            ));
+        }
+        during.pass = during.broken.is_empty();
+        let after = phase(spec, samples, (during_end, window_end));
+        let mut broken = Vec::new();
+        if let Some(e) = &inj.error {
+            broken.push(format!("the action failed: {e}"));
+        }
+        if silent {
+            match (detection, detection_bound) {
+                (Some(d), Some(b)) if d > b + DETECTION_SLACK => broken.push(format!(
+                    "detected after {:.0} ms, beyond the bound of {:.0} ms",
+                    d.as_secs_f64() * 1000.0,
+                    b.as_secs_f64() * 1000.0
+                )),
+                (None, _) => broken.push("never detected".to_owned()),
+                _ => {}
+            }
+        }
+        broken.extend(during.broken.iter().map(|b| format!("during: {b}")));
+        broken.extend(after.broken.iter().map(|b| format!("after: {b}")));
+        faults.push(FaultVerdict {
+            injected: inj.clone(),
+            window_end,
+            detection,
+            detection_bound,
+            alerts,
+            reassignment,
+            media_gap,
+            dropped,
+            during,
+            after,
+            broken,
+        });
+    }
+    let skipped = planned.saturating_sub(injected.len());
+    let pass = steady.as_ref().is_some_and(|s| s.pass)
+        && faults.iter().all(|f| f.broken.is_empty())
+        && skipped == 0;
+    DrillVerdict {
+        steady,
+        faults,
+        skipped,
+        pass,
+    }
+}
+
+impl DrillVerdict {
+    /// The verdict as the text report's closing tables.
+    pub fn render(&self, name: &str) -> String {
+        let mut out = String::new();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let _ = writeln!(out, "\ndrill {name:?}");
+        match &self.steady {
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    "  steady state {:.1}-{:.1} s: {} (calls up >= {}, setup p99 <= {:.1} ms, {} failed)",
+                    s.from.as_secs_f64(),
+                    s.to.as_secs_f64(),
+                    if s.pass { "holds" } else { "BROKEN" },
+                    s.min_active,
+                    s.setup_p99_max_us as f64 / 1000.0,
+                    s.calls_failed
+                );
+                for b in &s.broken {
+                    let _ = writeln!(out, "    {b}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "  steady state: never checked (the load ended first)");
+            }
+        }
+        for f in &self.faults {
+            let i = &f.injected;
+            let _ = writeln!(
+                out,
+                "\n  fault at {:.1} s: {} {}{}",
+                i.at.as_secs_f64(),
+                i.spec.action.name(),
+                i.spec.server,
+                if i.finished > i.at + Duration::from_millis(50) {
+                    format!(" (took {:.1} s)", (i.finished - i.at).as_secs_f64())
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(b) = f.detection_bound {
+                let _ = writeln!(
+                    out,
+                    "    detection        {} (bound {:.0} ms = down_after x interval + timeout, +5 ms timer slack)",
+                    f.detection
+                        .map_or("never".to_owned(), |d| format!("{:.0} ms", ms(d))),
+                    ms(b)
+                );
+            }
+            let _ = writeln!(out, "    reassigned calls {}", f.reassignment.show());
+            let _ = writeln!(out, "    media gap        {}", f.media_gap.show());
+            let _ = writeln!(out, "    dropped calls    {}", f.dropped.len());
+            let mut reasons: std::collections::BTreeMap<&str, u64> = Default::default();
+            for (_, why) in &f.dropped {
+                *reasons.entry(why).or_default() += 1;
+            }
+            for (why, n) in reasons {
+                let _ = writeln!(out, "      {n:>6}  {why}");
+            }
+            for a in &f.alerts {
+                let _ = writeln!(out, "    alert            {a}");
+            }
+            let _ = writeln!(
+                out,
+                "    during {:.1}-{:.1} s: {}; after, to {:.1} s: {}",
+                f.during.from.as_secs_f64(),
+                f.during.to.as_secs_f64(),
+                if f.during.pass {
+                    "SLOs hold"
+                } else {
+                    "SLO BROKEN"
+                },
+                f.window_end.as_secs_f64(),
+                if f.after.pass {
+                    "SLOs hold"
+                } else {
+                    "SLO BROKEN"
+                },
+            );
+            for b in &f.broken {
+                let _ = writeln!(out, "    broken: {b}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nverdict: {}",
+            if self.pass {
+                "PASS (every SLO held)"
+            } else {
+                "FAIL (an SLO broke; exit 99)"
+            }
+        );
+        out
+    }
+
+    /// The verdict as `pbxlab drill --json` writes it, with the scenario, the cluster's
+    /// `events` and the load's report.
+    pub fn to_json(
+        &self,
+        scenario: &Scenario,
+        report: &LoadReport,
+        events: &[String],
+    ) -> serde_json::Value {
+        let phase = |p: &Phase| {
+            json!({
+                "from_s": p.from.as_secs_f64(),
+                "to_s": p.to.as_secs_f64(),
+                "calls_failed": p.calls_failed,
+                "setup_p99_max_us": p.setup_p99_max_us,
+                "min_active_calls": p.min_active,
+                "pass": p.pass,
+                "broken": p.broken,
+            })
+        };
+        let faults: Vec<serde_json::Value> = self
+            .faults
+            .iter()
+            .map(|f| {
+                json!({
+                    "at_s": f.injected.at.as_secs_f64(),
+                    "action": f.injected.spec.action.name(),
+                    "server": f.injected.spec.server,
+                    "finished_s": f.injected.finished.as_secs_f64(),
+                    "error": f.injected.error,
+                    "detection_us": f.detection.map(micros),
+                    "detection_bound_us": f.detection_bound.map(micros),
+                    "reassignment": f.reassignment.json(),
+                    "media_gap": f.media_gap.json(),
+                    "dropped": f.dropped.iter().map(|(id, why)| json!({"call_id": id, "reason": why})).collect::<Vec<_>>(),
+                    "alerts": f.alerts,
+                    "during": phase(&f.during),
+                    "after": phase(&f.after),
+                    "pass": f.broken.is_empty(),
+                    "broken": f.broken,
+                })
+            })
+            .collect();
+        json!({
+            "scenario": scenario.name,
+            "seed": scenario.seed,
+            "pass": self.pass,
+            "steady": self.steady.as_ref().map(phase),
+            "faults": faults,
+            "faults_planned": scenario.faults.len(),
+            "faults_skipped": self.skipped,
+            "events": events,
+            "load": serde_json::to_value(report).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterEvent;
+    use crate::cm::{DroppedCall, Reassigned};
+    use pbxlab_balancer::ServerId;
+    use pbxlab_scenario::Verb;
+
+    const FAULT_AT: Duration = Duration::from_secs(30);
+    /// The reference health checks: 3 probes a second apart, then a 500 ms timeout.
+    const BOUND: Duration = Duration::from_millis(3500);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn nanos(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).expect("small")
+    }
+
+    /// A quiet load of one sample a second for a minute: 100 calls up, setup p99 50 ms, no
+    /// failures.
+    fn samples() -> Vec<Sample> {
+        (1..=60)
+            .map(|s| Sample {
+                at: Duration::from_secs(s),
+                calls_failed: 0,
+                active: 100,
+                setup_p99_us: 50_000,
+                setup_count: 10,
+            })
+            .collect()
+    }
+
+    /// media-2 failed silently at 30 s.
+    fn failed_media_2() -> Vec<Injected> {
+        vec![Injected {
+            spec: FaultSpec {
+                at: FAULT_AT,
+                action: Verb::Fail,
+                server: "media-2".into(),
+            },
+            at: FAULT_AT,
+            finished: FAULT_AT + ms(1),
+            error: None,
+        }]
+    }
+
+    /// The Call Manager marked media-2 down `after` the fault and moved two calls.
+    fn detected(after: Duration) -> Records {
+        let down = FAULT_AT + after;
+        Records {
+            events: vec![ClusterEvent {
+                at: down,
+                server: "media-2".into(),
+                kind: EventKind::Down,
+            }],
+            reassigned: vec![
+                Reassigned {
+                    at: nanos(down + ms(2)),
+                    took: nanos(ms(4)),
+                },
+                Reassigned {
+                    at: nanos(down + ms(3)),
+                    took: nanos(ms(6)),
+                },
+            ],
+            dropped: Vec::new(),
+        }
+    }
+
+    /// The callers of the moved calls heard `len` of silence from the fault on.
+    fn silent_for(len: Duration) -> Vec<Silence> {
+        vec![
+            Silence {
+                at: FAULT_AT + ms(10),
+                len_ns: nanos(len),
+            };
+            2
+        ]
+    }
+
+    fn judged(records: &Records, samples: &[Sample], gaps: &[Silence]) -> DrillVerdict {
+        let spec = DrillSpec::default();
+        let steady = steady_phase(&spec, samples, (FAULT_AT - spec.steady, FAULT_AT));
+        let seen = Observed {
+            records,
+            samples,
+            gaps,
+        };
+        judge(&spec, BOUND, &failed_media_2(), &seen, Some(steady), 1)
+    }
+
+    #[test]
+    fn a_fault_detected_within_its_bound_passes() {
+        let v = judged(&detected(ms(2900)), &samples(), &silent_for(ms(120)));
+        let f = &v.faults[0];
+        assert_eq!(f.detection, Some(ms(2900)));
+        assert_eq!(f.detection_bound, Some(BOUND));
+        assert_eq!((f.reassignment.count, f.media_gap.count), (2, 2));
+        assert!(f.reassignment.max_us >= 5_990, "{:?}", f.reassignment);
+        assert!(f.media_gap.p99_us >= 119_000, "{:?}", f.media_gap);
+        assert!(f.dropped.is_empty());
+        // Detected at 32.9 s, then 5 s to settle: the fault's window is 30-37.9 s.
+        assert_eq!((f.during.from, f.during.to), (FAULT_AT, ms(37_900)));
+        assert_eq!(f.window_end, Duration::from_secs(60));
+        assert!(f.broken.is_empty(), "{:?}", f.broken);
+        assert!(v.steady.as_ref().is_some_and(|s| s.pass), "{:?}", v.steady);
+        assert!(v.pass);
+        let text = v.render("drill");
+        assert!(
+            text.contains("detection        2900 ms (bound 3500 ms"),
+            "{text}"
+        );
+        assert!(text.contains("verdict: PASS"), "{text}");
+        // The timer slack: 4 ms past the bound still counts as within it.
+        let v = judged(&detected(BOUND + ms(4)), &samples(), &[]);
+        assert!(v.pass, "{:?}", v.faults[0].broken);
+    }
+
+    #[test]
+    fn a_detection_past_its_bound_fails_the_fault() {
+        let v = judged(&detected(BOUND + ms(100)), &samples(), &[]);
+        let f = &v.faults[0];
+        assert_eq!(f.detection, Some(BOUND + ms(100)));
+        assert_eq!(
+            f.broken,
+            ["detected after 3600 ms, beyond the bound of 3500 ms"]
+        );
+        assert!(!v.pass);
+        assert!(v.render("drill").contains("verdict: FAIL"));
+        // A server never marked down fails it too.
+        let v = judged(&Records::default(), &samples(), &[]);
+        assert_eq!(v.faults[0].detection, None);
+        assert_eq!(v.faults[0].broken, ["never detected"]);
+        assert!(!v.pass);
+    }
+
+    #[test]
+    fn a_dropped_call_fails_the_fault() {
+        let mut records = detected(ms(2900));
+        records.dropped.push(DroppedCall {
+            at: nanos(FAULT_AT + ms(2902)),
+            call_id: "a-1@pbxlab".into(),
+            server: ServerId(2),
+            reason: "no media server in service",
+        });
+        // One before the fault is not this fault's.
+        records.dropped.push(DroppedCall {
+            at: nanos(ms(1000)),
+            call_id: "a-0@pbxlab".into(),
+            server: ServerId(1),
+            reason: "earlier",
+        });
+        let v = judged(&records, &samples(), &[]);
+        let f = &v.faults[0];
+        assert_eq!(
+            f.dropped,
+            [("a-1@pbxlab".to_owned(), "no media server in service")]
+        );
+        assert_eq!(
+            f.broken,
+            ["during: 1 calls dropped by failover (at most 0)"]
+        );
+        assert!(!f.during.pass && f.after.pass);
+        assert!(!v.pass);
+    }
+
+    #[test]
+    fn a_call_failed_before_the_first_fault_breaks_the_steady_state() {
+        // One call failed at 5 s, long before the steady window of 20-30 s.
+        let mut list = samples();
+        for s in list.iter_mut().skip(4) {
+            s.calls_failed = 1;
+        }
+        let v = judged(&detected(ms(2900)), &list, &[]);
+        let steady = v.steady.as_ref().expect("checked");
+        assert_eq!(steady.calls_failed, 1);
+        assert_eq!(
+            steady.broken,
+            ["1 calls failed before the first fault (at most 0)"]
+        );
+        assert!(!steady.pass);
+        assert!(v.faults[0].broken.is_empty(), "the fault itself passed");
+        assert!(!v.pass);
+        // A window with a second of no call up breaks it as well.
+        let mut list = samples();
+        list[24].active = 0;
+        let spec = DrillSpec::default();
+        let p = steady_phase(&spec, &list, (ms(20_000), FAULT_AT));
+        assert_eq!(p.broken, ["some second of the window had no call up"]);
+    }
+
+    #[test]
+    fn a_media_gap_p99_over_its_limit_fails_the_fault() {
+        let v = judged(&detected(ms(2900)), &samples(), &silent_for(ms(400)));
+        let f = &v.faults[0];
+        // The histogram keeps three significant digits: 400 ms may read 400.1 ms.
+        assert_eq!(f.broken.len(), 1, "{:?}", f.broken);
+        assert!(
+            f.broken[0].starts_with("during: media gap p99 400.")
+                && f.broken[0].ends_with("(at most 300.0 ms)"),
+            "{:?}",
+            f.broken
+        );
+        assert!(!v.pass);
+        // A silence that began well before the fault is not the fault's.
+        let early = [Silence {
+            at: FAULT_AT - ms(500),
+            len_ns: nanos(ms(400)),
+        }];
+        let v = judged(&detected(ms(2900)), &samples(), &early);
+        assert_eq!(v.faults[0].media_gap.count, 0);
+        assert!(v.pass);
+    }
+
+    #[test]
+    fn setup_latency_and_failures_are_judged_per_phase() {
+        let mut list = samples();
+        // Setups slow at 33 s (during the fault), and two calls fail at 45 s (after it).
+        list[32].setup_p99_us = 2_500_000;
+        for s in list.iter_mut().skip(44) {
+            s.calls_failed = 2;
+        }
+        let v = judged(&detected(ms(2900)), &list, &[]);
+        let f = &v.faults[0];
+        assert_eq!(f.during.setup_p99_max_us, 2_500_000);
+        assert_eq!(f.after.calls_failed, 2);
+        assert_eq!(
+            f.broken,
+            [
+                "during: setup p99 reached 2500.0 ms (at most 2000.0 ms)",
+                "after: 2 calls failed (at most 0)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fault_never_reached_fails_the_drill() {
+        let spec = DrillSpec::default();
+        let list = samples();
+        let steady = steady_phase(&spec, &list, (ms(20_000), FAULT_AT));
+        let seen = Observed {
+            records: &Records::default(),
+            samples: &list,
+            gaps: &[],
+        };
+        let v = judge(&spec, BOUND, &[], &seen, Some(steady), 2);
+        assert_eq!(v.skipped, 2);
+        assert!(!v.pass);
+    }
+}
