@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pbxlab_balancer::{
-    AffinityKey, Balancer, EventKind, Outcome, Probe, ProbeAction, Prober, Request, Role, ServerId,
-    SessionId,
+    AffinityKey, Balancer, ProbeAction, Prober, Request, Role, ServerId, SessionId,
 };
 
 use crate::Error;
@@ -26,7 +25,9 @@ use crate::report::{
 };
 use crate::rng::Rng;
 use crate::stats::Estimate;
-use pbxlab_scenario::{HoldDist, Scenario, UPGRADE_RESTART, Verb};
+use pbxlab_scenario::{HoldDist, Scenario};
+
+mod faults;
 
 /// How to run a simulation.
 #[derive(Debug, Clone, Copy, Default)]
@@ -456,70 +457,6 @@ impl<'s> Sim<'s> {
         Ok(())
     }
 
-    /// Runs the prober at its deadline. A live server answers at once (the round trip takes no
-    /// virtual time); a silent one is judged by the prober at the round's timeout.
-    fn probe_round(&mut self, now: Nanos) -> Result<(), Error> {
-        let at = Duration::from_nanos(now);
-        let mut actions = std::mem::take(&mut self.probe_actions);
-        self.prober.advance(at, &mut actions);
-        for action in actions.drain(..) {
-            let (server, result) = match action {
-                ProbeAction::Send { server, seq } => {
-                    if !self.servers[server.0 as usize].alive {
-                        continue;
-                    }
-                    match self.prober.answer(at, server, seq, true) {
-                        Some(result) => (server, result),
-                        None => continue,
-                    }
-                }
-                ProbeAction::Record { server, result } => (server, result),
-            };
-            let out = self.b.probe(at, server, result)?;
-            self.apply(out, now, None)?;
-            let s = &mut self.servers[server.0 as usize];
-            if result == Probe::Ok && s.enable_when_answered {
-                s.enable_when_answered = false;
-                let out = self.b.enable(at, server)?;
-                self.apply(out, now, None)?;
-            }
-        }
-        self.probe_actions = actions;
-        self.probing = false;
-        self.keep_probing(now)
-    }
-
-    /// Schedules the prober's next deadline unless every probe's outcome is known and changes
-    /// nothing: every server answers and is counted healthy with no failure pending. Those
-    /// rounds are skipped (most of a long run's events were probes of servers that never
-    /// fail); detection is unchanged, because the grid is kept and a skipped round is exactly
-    /// one in which everyone answered.
-    fn keep_probing(&mut self, now: Nanos) -> Result<(), Error> {
-        if self.probing {
-            return Ok(());
-        }
-        let settled = |i: usize, alive: bool| {
-            alive
-                && self
-                    .b
-                    .server(ServerId(i as u32))
-                    .is_some_and(|v| v.healthy && v.last_probe.is_none_or(|(_, p)| p == Probe::Ok))
-        };
-        let steady = !self.prober.round_open()
-            && self
-                .servers
-                .iter()
-                .enumerate()
-                .all(|(i, s)| settled(i, s.alive));
-        if steady {
-            return Ok(());
-        }
-        self.prober.skip_to(Duration::from_nanos(now));
-        self.probing = true;
-        let at = (self.prober.next_deadline().as_nanos() as Nanos).max(now);
-        self.schedule(at, Ev::ProbeRound)
-    }
-
     fn next_arrival(&mut self, stream: Stream, now: Nanos) -> Result<(), Error> {
         let rng = match stream {
             Stream::Calls => &mut self.rng_calls,
@@ -797,185 +734,6 @@ impl<'s> Sim<'s> {
                 r.peak = r.peak.max(r.load);
             }
         }
-    }
-
-    fn fault(&mut self, index: usize, now: Nanos) -> Result<(), Error> {
-        let spec = &self.sc.faults[index];
-        let action = spec.action;
-        let Some(id) = self.b.server_by_name(&spec.server) else {
-            return Err(Error::UnknownServer(spec.server.clone()));
-        };
-        let before = self.b.server(id).map_or(0, |s| s.sessions) as u64;
-        self.faults.push(FaultReport {
-            at_s: nanos_to_secs(now),
-            server: spec.server.clone(),
-            action: action.name().to_string(),
-            sessions_affected: 0,
-            reassigned: 0,
-            dropped: 0,
-            detected_after_s: None,
-            alert: false,
-        });
-        let at = Duration::from_nanos(now);
-        let server = id.0 as usize;
-        let out = match action {
-            // The balancer is not told: it has to notice through its probes. In virtual time a
-            // partitioned server is as silent as a failed one.
-            Verb::Fail | Verb::Partition => {
-                self.servers[server].alive = false;
-                return self.keep_probing(now);
-            }
-            // Its probes bring it back.
-            Verb::Recover | Verb::Heal => {
-                self.servers[server].alive = true;
-                return self.keep_probing(now);
-            }
-            // The operator tells the Call Manager, which marks it down and moves its sessions.
-            Verb::Stop => {
-                self.servers[server].alive = false;
-                self.b.fail(at, id)?
-            }
-            // Stopped and started again at once; its probes bring it back.
-            Verb::Restart => self.b.fail(at, id)?,
-            // Disabled (sessions move), the process down for the restart, enabled once a
-            // probe after the restart answers (`probe_round`), as the live upgrade waits.
-            Verb::Upgrade => {
-                self.servers[server].alive = false;
-                let back = now + secs_to_nanos(UPGRADE_RESTART.as_secs_f64());
-                self.schedule(back, Ev::Restarted(id.0))?;
-                self.b.disable(at, id)?
-            }
-            Verb::Remove => {
-                self.prober.forget(id);
-                self.b.remove_server(at, id)?
-            }
-            Verb::Disable => self.b.disable(at, id)?,
-            Verb::Enable => self.b.enable(at, id)?,
-            Verb::Drain => self.b.drain(at, id)?,
-        };
-        if let Some(f) = self.faults.last_mut() {
-            f.sessions_affected = if action.moves_sessions() { before } else { 0 };
-        }
-        let last = self.faults.len() - 1;
-        self.apply(out, now, Some(last))?;
-        self.keep_probing(now)
-    }
-
-    /// Carries out what the balancer decided: moves and drops from its plan, and attributes
-    /// a server going down to the fault that caused it.
-    fn apply(&mut self, out: Outcome, now: Nanos, fault: Option<usize>) -> Result<(), Error> {
-        if out.plan.is_empty() && out.events.is_empty() {
-            return Ok(());
-        }
-        let mut fault = fault;
-        for e in &out.events {
-            if e.kind == EventKind::Down {
-                let name = self
-                    .b
-                    .server(e.server)
-                    .map(|s| s.name.to_string())
-                    .unwrap_or_default();
-                let pending = self.faults.iter().rposition(|f| {
-                    f.server == name && f.action == "fail" && f.detected_after_s.is_none()
-                });
-                if let Some(i) = pending {
-                    let f = &mut self.faults[i];
-                    f.detected_after_s = Some(nanos_to_secs(now) - f.at_s);
-                    f.sessions_affected = self.b.server(e.server).map_or(0, |s| s.sessions) as u64
-                        + out.plan.affected() as u64;
-                    fault = Some(i);
-                }
-            }
-        }
-        if let Some(i) = fault
-            && out
-                .events
-                .iter()
-                .any(|e| matches!(e.kind, EventKind::Alert(_)))
-        {
-            self.faults[i].alert = true;
-        }
-        for m in &out.plan.moves {
-            let i = m.session.index();
-            let Some(owner) = self.owners.get_mut(i).and_then(|o| o.as_mut()) else {
-                return Err(Error::SelfCheck(format!(
-                    "plan moved {} which the simulator never placed",
-                    m.session
-                )));
-            };
-            if owner.id != m.session || owner.server != m.from.0 {
-                return Err(Error::SelfCheck(format!(
-                    "plan moved {} from server {} but the ledger has it on {}",
-                    m.session, m.from.0, owner.server
-                )));
-            }
-            owner.server = m.to.0;
-            let w = i64::from(owner.weight);
-            self.book(m.from.0, -w, now);
-            self.book(m.to.0, w, now);
-        }
-        for d in &out.plan.dropped {
-            let Some(owner) = self
-                .owners
-                .get_mut(d.session.index())
-                .and_then(Option::take)
-            else {
-                return Err(Error::SelfCheck(format!(
-                    "plan dropped {} which the simulator never placed",
-                    d.session
-                )));
-            };
-            self.book(d.from.0, -i64::from(owner.weight), now);
-            let role = self.servers[d.from.0 as usize].role;
-            if let Some(r) = &mut self.roles[role.index()] {
-                r.dropped += 1;
-            }
-            match owner.kind {
-                OwnerKind::Call | OwnerKind::Ivr | OwnerKind::Meeting => {}
-                OwnerKind::Im { user } => self.im_sessions[user as usize] = None,
-                OwnerKind::Caller { caller, generation } => {
-                    let c = self.callers[caller as usize];
-                    if c.generation == generation {
-                        self.free_caller(caller);
-                        if c.state == CallerState::Talking {
-                            self.agent_free(c.queue, now)?;
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(i) = fault {
-            let f = &mut self.faults[i];
-            f.reassigned += out.plan.moves.len() as u64;
-            f.dropped += out.plan.dropped.len() as u64;
-        }
-        if self.self_check {
-            for m in &out.plan.moves {
-                let at = self.b.session(m.session).map(|v| v.server);
-                if at != Some(m.to) {
-                    return Err(Error::SelfCheck(format!(
-                        "{} should be on {:?} after the plan, is on {at:?}",
-                        m.session, m.to
-                    )));
-                }
-            }
-            self.b.audit()?;
-        }
-        Ok(())
-    }
-
-    /// The simulator's ledger must agree with the balancer on every server's load.
-    fn check_ledger(&self) -> Result<(), Error> {
-        for (i, s) in self.servers.iter().enumerate() {
-            let load = self.b.server(ServerId(i as u32)).map_or(0, |v| v.load);
-            if load != s.load {
-                return Err(Error::SelfCheck(format!(
-                    "server {i}: balancer load {load}, simulator ledger {}",
-                    s.load
-                )));
-            }
-        }
-        Ok(())
     }
 
     fn report(mut self, events: u64, interrupted: bool) -> Report {
