@@ -108,8 +108,8 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
         cluster.sip_addr()
     );
     let endpoint = crate::ctl::serve(args.ctl, token, cluster.control())?;
-    for n in cluster.nodes() {
-        eprintln!("  {:<12} {:<8} {}", n.name, n.role.name(), n.addr);
+    for n in cluster.control().status().nodes {
+        eprintln!("  {:<12} {:<8} {}", n.name, n.role, n.addr);
     }
     if opts.token.is_some() {
         eprintln!(

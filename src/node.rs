@@ -94,23 +94,23 @@ pub(crate) fn node(args: NodeArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode
         std::thread::sleep(Duration::from_millis(50));
         if epoch.elapsed() >= next {
             next += every;
-            eprintln!("{}", status_line(&handle, epoch.elapsed()));
+            eprintln!("{}", status_line(&args.name, &handle, epoch.elapsed()));
         }
     }
     halt.store(true, Ordering::Relaxed);
     thread
         .join()
         .map_err(|_| anyhow::anyhow!("the node's thread panicked"))?;
-    eprintln!("{}", status_line(&handle, epoch.elapsed()));
+    eprintln!("{}", status_line(&args.name, &handle, epoch.elapsed()));
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_line(h: &NodeHandle, elapsed: Duration) -> String {
+fn status_line(name: &str, h: &NodeHandle, elapsed: Duration) -> String {
     let s = h.counters.load();
     format!(
         "[{:>6.1}s] {}: sessions {} | packets in {} out {} unknown {} | probes answered {} | send errors {}",
         elapsed.as_secs_f64(),
-        h.name,
+        name,
         s.sessions,
         s.packets_in,
         s.packets_out,

@@ -64,6 +64,7 @@ pub struct NodeStatus {
     pub name: String,
     pub role: &'static str,
     pub addr: SocketAddr,
+    pub place: Place,
     /// As the vendor's console says it: online, offline (failed its probes), disabled or
     /// draining.
     pub state: &'static str,
@@ -326,7 +327,8 @@ impl Cluster {
                     id,
                     name: s.name.clone(),
                     role: pool.role,
-                    addr: handle.addr,
+                    addr: parts.0.addr(),
+                    place: Place::InProcess,
                 });
                 handles.push(handle);
                 served.push(parts);
@@ -557,11 +559,11 @@ impl Control {
         let handle = self
             .handle(id)
             .ok_or_else(|| format!("no node numbered {} ({name:?})", id.0))?;
-        if handle.place == Place::Remote && action.acts_on_process() {
+        if node.place == Place::Remote && action.acts_on_process() {
             return Err(format!(
                 "{name} runs in its own process at {}: {} acts only on nodes of the cluster's \
                  process (stop, restart or cut off that process where it runs)",
-                handle.addr,
+                node.addr,
                 action.name()
             ));
         }
@@ -941,7 +943,7 @@ fn handle_request(
             capacity,
             reply,
         } => {
-            let added = cm.add_node(&name, role, addr, capacity);
+            let added = cm.add_node(&name, role, addr, capacity, Place::InProcess);
             let _ = reply.send(added.map_err(|e| e.to_string()));
         }
         Request::Whitelist(change, reply) => {
@@ -1016,6 +1018,7 @@ fn snapshot(
             Some(NodeStatus {
                 id: n.id,
                 name: n.name.clone(),
+                place: n.place,
                 role: n.role.name(),
                 addr: n.addr,
                 state: match view.state {

@@ -52,12 +52,11 @@ pub struct HubStats {
     pub dropped: u64,
 }
 
+/// A remote node's link. Who the node is (name, role, address) is the Call Manager's node
+/// table's to say; this is only what the link needs.
 #[derive(Debug)]
 struct Remote {
     id: ServerId,
-    name: String,
-    role: Role,
-    addr: SocketAddr,
     instance: u64,
     first_seq: u64,
     control: NodeControl,
@@ -146,11 +145,16 @@ impl Hub {
             stats,
             ..
         } = self;
-        let Some(r) = remotes.iter_mut().find(|r| r.addr == from) else {
+        let Some(node) = cm.node_at(from).filter(|n| n.place == node::Place::Remote) else {
             stats.ignored += 1;
             return;
         };
-        heard(r, now, log);
+        let (id, name) = (node.id, node.name.clone());
+        let Some(r) = remotes.iter_mut().find(|r| r.id == id) else {
+            stats.ignored += 1;
+            return;
+        };
+        heard(r, now, &name, log);
         match msg {
             Message::Ack { seq } => {
                 r.out.ack(seq);
@@ -201,16 +205,22 @@ impl Hub {
         else {
             return self.refuse(now, from, name, format!("the cluster has no {role} pool"));
         };
-        if let Some(i) = self.remotes.iter().position(|r| r.name == name) {
+        let known = |r: &Remote| cm.node(r.id).filter(|n| n.name == name).cloned();
+        if let Some((i, row)) = self
+            .remotes
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| known(r).map(|row| (i, row)))
+        {
             let r = &self.remotes[i];
             if cm.balancer().server(r.id).is_none() {
                 // Removed from the cluster (`rm`): it may join again, as a new server.
                 self.remotes.remove(i);
-            } else if r.addr != from {
-                let reason = format!("the name {name} is taken by the node at {}", r.addr);
+            } else if row.addr != from {
+                let reason = format!("the name {name} is taken by the node at {}", row.addr);
                 return self.refuse(now, from, name, reason);
-            } else if r.role != role {
-                let reason = format!("{name} joined as a {} node before", r.role);
+            } else if row.role != role {
+                let reason = format!("{name} joined as a {} node before", row.role);
                 return self.refuse(now, from, name, reason);
             } else if r.instance == instance {
                 // Our JOINED was lost, or is on its way: the same answer again.
@@ -236,17 +246,14 @@ impl Hub {
             let reason = format!("this Call Manager takes at most {MAX_REMOTES} remote nodes");
             return self.refuse(now, from, name, reason);
         }
-        let id = match cm.add_node(name, role, from, capacity) {
+        let id = match cm.add_node(name, role, from, capacity, node::Place::Remote) {
             Ok(id) => id,
             Err(e) => return self.refuse(now, from, name, e.to_string()),
         };
-        let (handle, control) = node::remote(id.0, name.to_owned(), role, from);
+        let (handle, control) = node::remote(id.0);
         self.joined.push(handle);
         self.remotes.push(Remote {
             id,
-            name: name.to_owned(),
-            role,
-            addr: from,
             instance,
             first_seq: 1,
             control,
@@ -277,6 +284,8 @@ impl Hub {
             ..
         } = self;
         let Some(r) = remotes.get_mut(i) else { return };
+        let Some(node) = cm.node(r.id) else { return };
+        let (name, addr) = (node.name.clone(), node.addr);
         while r.control.commands.try_recv().is_ok() {}
         r.out.clear();
         r.first_seq = r.out.next_seq();
@@ -284,23 +293,20 @@ impl Hub {
         r.events = Incoming::new(1);
         r.resync = false;
         r.lost = false;
-        heard(r, now, log);
+        heard(r, now, &name, log);
         stats.rejoins += 1;
         // Its sessions died with the old process: they move now, as after a failed probe.
         let _ = cm.admin(now, r.id, Verb::Stop);
         log.push(line(
             now,
-            &r.name,
-            &format!(
-                "rejoined from {} (restarted): down until its probes bring it back",
-                r.addr
-            ),
+            &name,
+            &format!("rejoined from {addr} (restarted): down until its probes bring it back"),
         ));
         let joined = Message::Joined {
             id: r.id.0,
             first_seq: r.first_seq,
         };
-        queue(out, stats, r.addr, &joined);
+        queue(out, stats, addr, &joined);
     }
 
     fn refuse(&mut self, now: Nanos, from: SocketAddr, name: &str, reason: String) {
@@ -336,6 +342,9 @@ impl Hub {
             ..
         } = self;
         for r in remotes.iter_mut() {
+            let Some(addr) = cm.node(r.id).map(|n| n.addr) else {
+                continue;
+            };
             let mut lost = None;
             while let Ok(command) = r.control.commands.try_recv() {
                 if r.resync {
@@ -358,7 +367,7 @@ impl Hub {
             }
             for (seq, command) in due {
                 stats.commands_sent += 1;
-                queue(out, stats, r.addr, &Message::Command { seq, command });
+                queue(out, stats, addr, &Message::Command { seq, command });
             }
             if let Some(e) = lost {
                 lose(cm, now, r, e, log, stats);
@@ -408,12 +417,12 @@ fn line(now: Nanos, name: &str, what: &str) -> String {
     format!("{:.3}s {name} {what}", now as f64 / 1e9)
 }
 
-fn heard(r: &mut Remote, now: Nanos, log: &mut Vec<String>) {
+fn heard(r: &mut Remote, now: Nanos, name: &str, log: &mut Vec<String>) {
     r.last_heard = now;
     r.control.alive.store(true, Ordering::Relaxed);
     if r.lost {
         r.lost = false;
-        log.push(line(now, &r.name, "link back"));
+        log.push(line(now, name, "link back"));
     }
 }
 
@@ -433,11 +442,8 @@ fn lose(
     if !r.lost {
         r.lost = true;
         stats.lost += 1;
-        log.push(line(
-            now,
-            &r.name,
-            &format!("link lost ({why}): marked down"),
-        ));
+        let name = cm.node(r.id).map_or("?", |n| n.name.as_str());
+        log.push(line(now, name, &format!("link lost ({why}): marked down")));
     }
     let _ = cm.admin(now, r.id, Verb::Stop);
 }
@@ -504,7 +510,8 @@ mod tests {
         );
         let joined = h.take_joined();
         assert_eq!(joined.len(), 1);
-        assert_eq!(joined[0].place, node::Place::Remote);
+        assert_eq!(joined[0].id, 0);
+        assert_eq!(cm.nodes()[0].place, node::Place::Remote);
         assert_eq!(cm.nodes()[0].addr, node_addr(2));
         assert_eq!(cm.balancer().server(ServerId(0)).unwrap().capacity, 50);
         // The same JOIN again (our answer was lost): the same answer, no second node.

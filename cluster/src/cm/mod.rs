@@ -24,6 +24,7 @@
 //! `failover` for the balancer's decisions, `services` for transfers and queue dispatch,
 //! `probes` for the probe rounds.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use pbxlab_balancer::{Balancer, Event, Role, ServerId};
 use pbxlab_proto::builder::{reason_phrase, write_response, write_status};
 use pbxlab_proto::sip::{HeaderName, Message, Method, parse_datagram};
 
+use super::node::Place;
 use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
 
 mod admission;
@@ -108,13 +110,17 @@ impl Config {
     }
 }
 
-/// One node as the Call Manager sees it: the balancer's server and where it listens.
+/// One row of the Call Manager's node table, the one place a node's identity is kept: the
+/// balancer's number for it, its name and role, where it listens and where it runs. Its health
+/// is the prober's and the balancer's; the hub keeps only a remote node's link, and a node's
+/// handle only the channel, the `alive` switch and the counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     pub id: ServerId,
     pub name: String,
     pub role: Role,
     pub addr: SocketAddr,
+    pub place: Place,
 }
 
 /// Counters for the status line and the tests.
@@ -165,7 +171,10 @@ fn ns(d: Duration) -> Nanos {
 /// the rest of the state.
 pub struct CallManager {
     balancer: Balancer,
+    /// The node table, in the order the balancer numbered the servers (removed ones stay).
     nodes: Vec<NodeSpec>,
+    /// The newest node at each address: link datagrams and probe answers are matched by source.
+    node_at: HashMap<SocketAddr, ServerId>,
     /// Our SIP address (Via, Contact) and the domain of our users' addresses.
     addr: SocketAddr,
     domain: String,
@@ -210,6 +219,7 @@ impl CallManager {
                 p
             },
             probe_actions: Vec::new(),
+            node_at: nodes.iter().map(|n| (n.addr, n.id)).collect(),
             nodes,
             balancer,
             registrar: Registrar::new(&cfg, secret),
@@ -236,6 +246,20 @@ impl CallManager {
 
     pub fn balancer(&self) -> &Balancer {
         &self.balancer
+    }
+
+    /// The row of node `id`.
+    pub fn node(&self, id: ServerId) -> Option<&NodeSpec> {
+        // Rows are pushed in the balancer's numbering, so the id is normally the index.
+        match self.nodes.get(id.0 as usize) {
+            Some(n) if n.id == id => Some(n),
+            _ => self.nodes.iter().find(|n| n.id == id),
+        }
+    }
+
+    /// The newest node that listens at `addr`.
+    pub fn node_at(&self, addr: SocketAddr) -> Option<&NodeSpec> {
+        self.node(*self.node_at.get(&addr)?)
     }
 
     pub fn nodes(&self) -> &[NodeSpec] {
@@ -274,6 +298,7 @@ impl CallManager {
         role: Role,
         addr: SocketAddr,
         capacity: u32,
+        place: Place,
     ) -> Result<ServerId, pbxlab_balancer::Error> {
         let id = self.balancer.add_server(pbxlab_balancer::ServerSpec {
             name: name.to_owned(),
@@ -286,7 +311,9 @@ impl CallManager {
             name: name.to_owned(),
             role,
             addr,
+            place,
         });
+        self.node_at.insert(addr, id);
         self.prober.watch(id);
         Ok(id)
     }

@@ -55,7 +55,7 @@ impl CallManager {
     }
 
     fn send_probe(&mut self, server: ServerId, seq: u32) {
-        let Some(node) = self.nodes.iter().find(|n| n.id == server) else {
+        let Some(node) = self.node(server) else {
             return;
         };
         let (to, id) = (node.addr, server.0);
@@ -89,7 +89,7 @@ impl CallManager {
             return;
         };
         let server = ServerId(server);
-        if !self.nodes.iter().any(|n| n.id == server && n.addr == from) {
+        if self.node(server).is_none_or(|n| n.addr != from) {
             self.stats.probes_foreign += 1;
             return;
         }

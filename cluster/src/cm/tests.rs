@@ -60,6 +60,7 @@ fn cm() -> CallManager {
             name,
             role,
             addr: addr(&format!("127.0.0.1:{}", 20000 + i)),
+            place: crate::node::Place::InProcess,
         });
     }
     let mut cfg = Config::new(addr(CM));

@@ -357,6 +357,7 @@ mod tests {
     fn loopback_driver_relays_answers_plays_and_plays_dead() {
         let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
         let (handle, served) = bind(1, Role::Media, "media-1".into(), localhost).unwrap();
+        let node_addr = served.0.addr();
         let (events_tx, events_rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (_adds_tx, adds_rx) = std::sync::mpsc::channel();
@@ -383,9 +384,9 @@ mod tests {
         let mut exchange = |from: &UdpSocket, to: &UdpSocket, pkt: &[u8]| -> Option<Vec<u8>> {
             // Sent again if lost: the first may overtake the command in the node thread.
             for _ in 0..20 {
-                from.send_to(pkt, handle.addr).unwrap();
+                from.send_to(pkt, node_addr).unwrap();
                 if let Ok((n, src)) = to.recv_from(&mut buf) {
-                    assert_eq!(src, handle.addr);
+                    assert_eq!(src, node_addr);
                     return Some(buf[..n].to_vec());
                 }
             }
@@ -408,7 +409,7 @@ mod tests {
         for p in dtmf::digit_packets(9, 100, 20, 10) {
             let mut pkt = [0u8; 16];
             rtp::write_rtp(&mut pkt, 5, 1, 800, 101, p.marker, &p.payload).unwrap();
-            c.send_to(&pkt, handle.addr).unwrap();
+            c.send_to(&pkt, node_addr).unwrap();
         }
         assert_eq!(
             events_rx.recv_timeout(Duration::from_secs(2)).unwrap(),
@@ -426,8 +427,8 @@ mod tests {
 
         // Dead: nothing relayed, probes unanswered.
         handle.set_alive(false);
-        a.send_to(&p, handle.addr).unwrap();
-        c.send_to(OPTIONS.as_bytes(), handle.addr).unwrap();
+        a.send_to(&p, node_addr).unwrap();
+        c.send_to(OPTIONS.as_bytes(), node_addr).unwrap();
         assert!(b.recv_from(&mut buf).is_err());
         // Prompt frames sent before the End may still be queued at c; no answer after them.
         while let Ok((n, _)) = c.recv_from(&mut buf) {
@@ -437,7 +438,7 @@ mod tests {
         let mut buf = [0u8; 2048];
         let mut again = None;
         for _ in 0..20 {
-            a.send_to(&p, handle.addr).unwrap();
+            a.send_to(&p, node_addr).unwrap();
             if let Ok((n, _)) = b.recv_from(&mut buf) {
                 again = Some(buf[..n].to_vec());
                 break;

@@ -2,12 +2,9 @@
 //! [`NodeHandle`] to command it and to kill or revive it for drills, [`NodeControl`] for
 //! whoever carries those commands, and [`NodeCounters`], the node's figures as last published.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-
-use pbxlab_balancer::Role;
 
 use super::core::{Node, NodeStats};
 use crate::NodeCommand;
@@ -110,14 +107,12 @@ pub enum Place {
     Remote,
 }
 
-/// What the Call Manager keeps of a node: where it is, how to command it, whether it is alive.
+/// How the Call Manager's thread reaches a node: its channel, its `alive` switch and its
+/// counters, under the node's id. Who the node is (name, role, address, place) is the Call
+/// Manager's node table's to say (`cm::NodeSpec`), not the handle's.
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
     pub id: u32,
-    pub name: String,
-    pub role: Role,
-    pub addr: SocketAddr,
-    pub place: Place,
     pub commands: Sender<NodeCommand>,
     /// Cleared, the node acts as a dead server: it reads and drops every datagram, sends
     /// nothing and plays nothing. It still applies commands, so sessions the Call Manager ends
@@ -151,37 +146,22 @@ pub struct NodeControl {
 
 /// A handle and its control for `node`, which starts alive.
 pub fn channel(node: &Node) -> (NodeHandle, NodeControl) {
-    pair(
-        node.id(),
-        node.name().to_owned(),
-        node.role(),
-        node.addr(),
-        Place::InProcess,
-    )
+    pair(node.id())
 }
 
-/// A handle and its control for a node in its own process that joined from `addr`.
-pub fn remote(id: u32, name: String, role: Role, addr: SocketAddr) -> (NodeHandle, NodeControl) {
-    pair(id, name, role, addr, Place::Remote)
+/// A handle and its control for node `id` in its own process (the hub drains the channel onto
+/// the node's link).
+pub fn remote(id: u32) -> (NodeHandle, NodeControl) {
+    pair(id)
 }
 
-fn pair(
-    id: u32,
-    name: String,
-    role: Role,
-    addr: SocketAddr,
-    place: Place,
-) -> (NodeHandle, NodeControl) {
+fn pair(id: u32) -> (NodeHandle, NodeControl) {
     let (tx, rx) = std::sync::mpsc::channel();
     let alive = Arc::new(AtomicBool::new(true));
     let counters = Arc::new(NodeCounters::default());
     (
         NodeHandle {
             id,
-            name,
-            role,
-            addr,
-            place,
             commands: tx,
             alive: Arc::clone(&alive),
             counters: Arc::clone(&counters),
