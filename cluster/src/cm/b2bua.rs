@@ -343,7 +343,10 @@ impl CallManager {
         };
         let Some((call, purpose)) = self.txs.on_response(id, code) else {
             // A retransmitted 200 to an INVITE whose transaction is over: ACK it again.
-            if code >= 200 && msg.cseq().is_some_and(|c| c.method == Method::Invite) {
+            if code >= 200
+                && msg.cseq().is_some_and(|c| c.method == Method::Invite)
+                && !self.abandoned_answer(now, id, code, msg)
+            {
                 self.ack_stray(msg);
             }
             return;
@@ -380,7 +383,8 @@ impl CallManager {
 
     fn invite_b_final(&mut self, now: Nanos, call: CallRef, code: u16, msg: &Message<'_>) {
         let Some(c) = self.calls.get_mut(call) else {
-            // The caller left meanwhile; a late 200 still needs an ACK and a BYE.
+            // A call that ends closes its ringing INVITE (and CANCELs it), so answers that
+            // come later go to `abandoned_answer` instead.
             return;
         };
         c.b_invite = None;
@@ -456,12 +460,55 @@ impl CallManager {
         self.out.push(d.remote_addr, &self.scratch);
     }
 
+    /// A final answer to a leg B INVITE given up while it rang (the call is over or moved on
+    /// to another agent): a non-2xx gets its ACK; a 2xx made a dialog nobody wants, so it
+    /// gets an ACK and, the first time, a BYE (RFC 3261 13.2.2.4, 15). False when `id` is no
+    /// such INVITE.
+    fn abandoned_answer(&mut self, now: Nanos, id: TxId, code: u16, msg: &Message<'_>) -> bool {
+        let Some((call, mut d, first)) = self.calls.abandoned_answer(now, id, code < 300) else {
+            return false;
+        };
+        if code >= 300 {
+            self.ack_error_to(d.remote_addr, msg);
+            return true;
+        }
+        d.remote_tag = msg
+            .to()
+            .and_then(|t| t.tag())
+            .unwrap_or_default()
+            .to_owned();
+        d.remote_party = msg.header(HeaderName::To).unwrap_or_default().to_owned();
+        if let Some(contact) = msg.contact() {
+            d.remote_uri = contact.uri.to_owned();
+        }
+        let seq = msg.cseq().map_or(1, |c| c.seq);
+        let branch = mix(u64::from(seq) ^ (u64::from(call.0) << 32) ^ self.secret);
+        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKk{branch:x}", self.addr);
+        d.write_request(&mut self.scratch, Method::Ack, &via, seq, &[], b"");
+        self.out.push(d.remote_addr, &self.scratch);
+        if first {
+            d.local_cseq = seq + 1;
+            let tx = self
+                .txs
+                .open(now, call, Purpose::ByeB, d.remote_addr, false);
+            let via = tx.via(self.addr);
+            d.write_request(&mut self.scratch, Method::Bye, &via, d.local_cseq, &[], b"");
+            self.txs.send(tx, &self.scratch, &mut self.out);
+        }
+        true
+    }
+
     /// ACK for a non-2xx final response, built from the response itself.
     fn ack_error(&mut self, msg: &Message<'_>) {
+        if let Some(dest) = msg.call_id().and_then(|id| self.calls.peer_of(id)) {
+            self.ack_error_to(dest, msg);
+        }
+    }
+
+    /// ACK for a non-2xx final response to `dest`, built from the response itself: same
+    /// branch as the INVITE, part of its transaction (RFC 3261 17.1.1.3).
+    fn ack_error_to(&mut self, dest: SocketAddr, msg: &Message<'_>) {
         let (Some(via), Some(cseq)) = (msg.header(HeaderName::Via), msg.cseq()) else {
-            return;
-        };
-        let Some(dest) = msg.call_id().and_then(|id| self.calls.peer_of(id)) else {
             return;
         };
         let uri = msg.to().map(|t| t.uri).unwrap_or("sip:invalid");

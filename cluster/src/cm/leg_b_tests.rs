@@ -141,3 +141,195 @@ fn a_queue_caller_whose_agent_finds_no_media_node_waits_and_is_served_once_one_i
         std::panic::resume_unwind(panic);
     }
 }
+
+/// User 1004 calls user 1005 (registered at CALLEE), whose phone rings; returns the INVITE
+/// the callee got.
+fn ringing_call(cm: &mut CallManager) -> Vec<u8> {
+    let out = register_out(cm, 0, 1005, CALLEE, "pw-1005", 600);
+    assert_eq!(parse(&out[0].1).code(), Some(200));
+    cm.handle(
+        0,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:1005@pbxlab.test",
+            "1004",
+            "c1",
+            1,
+            "Content-Type: application/sdp\r\n",
+            &offer(UA_RTP, 7),
+        ),
+    );
+    let (_, invite) = sent(cm)
+        .into_iter()
+        .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
+        .expect("INVITE to the callee");
+    let mut ringing = Vec::new();
+    write_response(
+        &mut ringing,
+        &parse(&invite),
+        180,
+        "Ringing",
+        Some("cal"),
+        &[],
+        b"",
+    );
+    cm.handle(MS, addr(CALLEE), &ringing);
+    assert_eq!(parse(&sent(cm)[0].1).code(), Some(180));
+    invite
+}
+
+/// The callee's 200 to `invite`, with its tag `cal`, its Contact and an SDP answer.
+fn callee_ok(invite: &Message<'_>) -> Vec<u8> {
+    let mut ok = Vec::new();
+    write_response(
+        &mut ok,
+        invite,
+        200,
+        "OK",
+        Some("cal"),
+        &[
+            ("Contact", "<sip:1005@127.0.0.1:7100>"),
+            ("Content-Type", "application/sdp"),
+        ],
+        offer("127.0.0.1:7102", 9).as_bytes(),
+    );
+    ok
+}
+
+#[test]
+fn a_200_that_crosses_the_callers_cancel_is_acked_and_the_callee_sent_a_bye() {
+    let mut cm = cm();
+    let invite = ringing_call(&mut cm);
+    let invite = parse(&invite);
+    cm.handle(
+        2 * MS,
+        addr(UA),
+        &request("CANCEL", "sip:1005@pbxlab.test", "1004", "c1", 1, "", ""),
+    );
+    let out = firsts(&sent(&mut cm));
+    assert_eq!(
+        out[1],
+        (addr(UA), "SIP/2.0 487 Request Terminated".to_owned())
+    );
+    assert_eq!(
+        out[2],
+        (
+            addr(CALLEE),
+            "CANCEL sip:1005@127.0.0.1:7100 SIP/2.0".to_owned()
+        )
+    );
+    assert_eq!(cm.stats().calls_active, 0);
+
+    // The callee had already answered: RFC 3261 13.2.2.4 wants the 200 ACKed, and the
+    // dialog it made, which nobody wants now, ended with a BYE (15).
+    let ok = callee_ok(&invite);
+    cm.handle(3 * MS, addr(CALLEE), &ok);
+    let out = sent(&mut cm);
+    assert_eq!(
+        firsts(&out),
+        vec![
+            (
+                addr(CALLEE),
+                "ACK sip:1005@127.0.0.1:7100 SIP/2.0".to_owned()
+            ),
+            (
+                addr(CALLEE),
+                "BYE sip:1005@127.0.0.1:7100 SIP/2.0".to_owned()
+            ),
+        ]
+    );
+    let (ack, bye) = (parse(&out[0].1), parse(&out[1].1));
+    for (m, cseq) in [(&ack, (1, Method::Ack)), (&bye, (2, Method::Bye))] {
+        assert_eq!(m.call_id(), invite.call_id());
+        assert_eq!(m.header(HeaderName::From), invite.header(HeaderName::From));
+        assert_eq!(m.to().and_then(|t| t.tag()), Some("cal"));
+        let c = m.cseq().unwrap();
+        assert_eq!((c.seq, c.method), cseq);
+    }
+    // The 200 again (our ACK was lost): it is ACKed again, and the BYE is not repeated.
+    cm.handle(500 * MS, addr(CALLEE), &ok);
+    let again = sent(&mut cm);
+    assert_eq!(again.len(), 1, "{:?}", firsts(&again));
+    assert_eq!(again[0], out[0]);
+    // The callee accepts the BYE; nothing is left.
+    let mut bye_ok = Vec::new();
+    write_response(&mut bye_ok, &bye, 200, "OK", None, &[], b"");
+    cm.handle(600 * MS, addr(CALLEE), &bye_ok);
+    assert!(sent(&mut cm).is_empty());
+    let st = cm.stats();
+    assert_eq!((st.calls_active, st.calls_total), (0, 1));
+    assert_eq!(cm.balancer().placed(), 0);
+}
+
+#[test]
+fn the_callees_487_after_the_callers_cancel_is_acked_on_the_invites_branch() {
+    let mut cm = cm();
+    let invite = ringing_call(&mut cm);
+    let invite = parse(&invite);
+    cm.handle(
+        2 * MS,
+        addr(UA),
+        &request("CANCEL", "sip:1005@pbxlab.test", "1004", "c1", 1, "", ""),
+    );
+    let _ = sent(&mut cm);
+    let mut terminated = Vec::new();
+    write_response(
+        &mut terminated,
+        &invite,
+        487,
+        "Request Terminated",
+        Some("cal"),
+        &[],
+        b"",
+    );
+    cm.handle(3 * MS, addr(CALLEE), &terminated);
+    let out = sent(&mut cm);
+    assert_eq!(out.len(), 1, "{:?}", firsts(&out));
+    let ack = parse(&out[0].1);
+    assert_eq!((out[0].0, ack.method()), (addr(CALLEE), Some(Method::Ack)));
+    assert_eq!(
+        ack.top_via().and_then(|v| v.branch),
+        invite.top_via().and_then(|v| v.branch)
+    );
+    assert_eq!(ack.call_id(), invite.call_id());
+    assert_eq!(ack.to().and_then(|t| t.tag()), Some("cal"));
+    assert_eq!(
+        ack.cseq().map(|c| (c.seq, c.method)),
+        Some((1, Method::Ack))
+    );
+}
+
+#[test]
+fn abandoned_leg_b_dialogs_are_kept_64_t1_and_at_most_1024_at_once() {
+    let t1 = 500 * MS;
+    let mut calls = calls::Calls::new(t1, 8 * t1);
+    let dialog = calls::Dialog {
+        call_id: "b".into(),
+        remote_tag: String::new(),
+        remote_uri: "sip:1005@127.0.0.1:7100".into(),
+        remote_addr: addr(CALLEE),
+        local_party: "<sip:cm@pbxlab.test>;tag=b".into(),
+        remote_party: "<sip:1005@pbxlab.test>".into(),
+        local_cseq: 1,
+        sdp_id: 1,
+        sdp_version: 1,
+    };
+    let tx = |i: u32| transactions::TxId::from_branch(&format!("z9hG4bKc{i}x1")).unwrap();
+    for i in 0..=1024 {
+        calls.abandon(0, tx(i), (i, 0), dialog.clone());
+    }
+    assert!(
+        calls.abandoned_answer(0, tx(0), true).is_none(),
+        "the oldest went"
+    );
+    assert!(calls.abandoned_answer(0, tx(1), false).is_some());
+    // A 200 keeps its record 64*T1 from then; the others lapse 64*T1 after they were made.
+    let (call, _, first) = calls.abandoned_answer(10 * t1, tx(1024), true).unwrap();
+    assert_eq!((call, first), ((1024, 0), true));
+    assert!(calls.abandoned_answer(64 * t1, tx(1), false).is_none());
+    let again = calls.abandoned_answer(64 * t1, tx(1024), true).unwrap();
+    assert!(!again.2, "the BYE went with the first 200");
+    assert!(calls.abandoned_answer(127 * t1, tx(1024), false).is_some());
+    assert!(calls.abandoned_answer(128 * t1, tx(1024), false).is_none());
+}
