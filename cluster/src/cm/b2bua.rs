@@ -4,6 +4,7 @@
 //! in `teardown`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use pbxlab_balancer::{AffinityKey, Assignment, Reject, Request, Role, ServerId};
 use pbxlab_proto::builder::{ResponseHeaders, reason_phrase, write_request, write_response};
@@ -12,11 +13,16 @@ use pbxlab_proto::sip::{HeaderName, Message, Method};
 use pbxlab_proto::uri::SipUri;
 
 use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};
+use super::services::AGENT_RING_LIMIT;
 use super::teardown::Side;
-use super::transactions::{Purpose, TxId};
+use super::transactions::{Expiry, Purpose, TxId};
 use pbxlab_balancer::hash::mix64 as mix;
 
-use super::{CallManager, Leg, Nanos, probes, room_key};
+use super::{CallManager, Leg, Nanos, ns, probes, room_key};
+
+/// How long a callee's phone may ring before the call is given up with a 408 (RFC 3261 Timer
+/// C, 16.6 step 11: more than 3 minutes). Counted from our INVITE, not restarted by each 1xx.
+const RING_LIMIT: Duration = Duration::from_secs(180);
 
 impl CallManager {
     pub(super) fn invite(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
@@ -205,6 +211,11 @@ impl CallManager {
         let domain = &self.domain;
         let caller_party = c.caller.map_or_else(|| "cm".to_owned(), |u| u.to_string());
         let leg = c.a_leg;
+        let ring_limit = if matches!(c.kind, Kind::Queue(_)) {
+            AGENT_RING_LIMIT
+        } else {
+            RING_LIMIT
+        };
         let local_tag = format!("b{}x{}", call.0, call.1);
         let dialog = Dialog {
             call_id: format!("b{}-{}-{:x}@cm", call.0, call.1, self.secret & 0xffff_ffff),
@@ -220,6 +231,7 @@ impl CallManager {
         let tx = self
             .txs
             .open(now, call, Purpose::InviteB, binding.addr, true);
+        self.txs.limit_ringing(tx, now + ns(ring_limit));
         let mut body = Vec::new();
         write_sdp(&mut body, dialog.sdp_id, dialog.sdp_version, node, leg);
         self.send_invite(tx, &dialog, &body);
@@ -584,18 +596,25 @@ impl CallManager {
         }
     }
 
-    /// Runs a transaction's timer; one that timed out ends what it was for.
+    /// Runs a transaction's timer; one that timed out, or a phone that rang too long, ends
+    /// what it was for. An agent who does not answer is skipped and the caller waits again.
     pub(super) fn tx_timer(&mut self, now: Nanos, id: TxId) {
-        let Some((call, purpose)) = self.txs.fire(now, id, &mut self.out) else {
+        let Some((call, purpose, expiry)) = self.txs.fire(now, id, &mut self.out) else {
             return;
         };
         match purpose {
             Purpose::InviteB => {
+                let rang_out = expiry == Expiry::RingLimit;
+                if rang_out {
+                    self.cancel_b(now, call, id);
+                }
                 if let Some(c) = self.calls.get_mut(call) {
                     c.b_invite = None;
                 }
                 if let Some(Kind::Queue(q)) = self.calls.get(call).map(|c| c.kind.clone()) {
                     self.agent_failed(now, call, q);
+                } else if rang_out {
+                    self.reject_a(now, call, 408, "no answer");
                 } else {
                     self.reject_a(now, call, 408, "callee timeout");
                 }

@@ -15,12 +15,14 @@ use super::*;
 
 type Out = Vec<(SocketAddr, Vec<u8>)>;
 
-/// Runs the Call Manager's timers up to `until`, every node answering its probes at once;
-/// returns everything else it sent.
-fn run_until(cm: &mut CallManager, until: Nanos) -> Out {
+/// Runs the Call Manager's timers from `from` (the time of the last thing it was given) up to
+/// `until`, every node answering its probes at once; returns everything else it sent.
+fn run_until(cm: &mut CallManager, from: Nanos, until: Nanos) -> Out {
     let mut other = Vec::new();
+    let mut now = from;
     for _ in 0..100_000 {
-        let now = cm.next_deadline().min(until);
+        // A timer that fell due while the test was sending runs now, not in the past.
+        now = cm.next_deadline().clamp(now, until);
         cm.advance(now);
         for (to, bytes) in sent(cm) {
             let m = parse(&bytes);
@@ -114,7 +116,7 @@ fn a_queue_caller_whose_agent_finds_no_media_node_waits_and_is_served_once_one_i
         assert_eq!(parse(&out[0].1).code(), Some(200));
         let out = queue_caller(&mut cm, MS);
         assert!(invites(&out).is_empty(), "{:?}", firsts(&out));
-        let out = run_until(&mut cm, 3 * NS);
+        let out = run_until(&mut cm, MS, 3 * NS);
         assert!(invites(&out).is_empty(), "{:?}", firsts(&out));
         let st = cm.stats();
         assert_eq!((st.queue_waiting, st.calls_active), (1, 1));
@@ -125,7 +127,7 @@ fn a_queue_caller_whose_agent_finds_no_media_node_waits_and_is_served_once_one_i
         );
         // A media node back in service: the next sweep offers the caller to the agent.
         cm.admin(3 * NS, media[0], Verb::Enable).unwrap();
-        let out = run_until(&mut cm, 5 * NS);
+        let out = run_until(&mut cm, 3 * NS, 5 * NS);
         assert_eq!(
             invites(&out),
             vec![(addr(CALLEE), "sip:1000@127.0.0.1:7100".to_owned())]
@@ -332,4 +334,163 @@ fn abandoned_leg_b_dialogs_are_kept_64_t1_and_at_most_1024_at_once() {
     assert!(!again.2, "the BYE went with the first 200");
     assert!(calls.abandoned_answer(127 * t1, tx(1024), false).is_some());
     assert!(calls.abandoned_answer(128 * t1, tx(1024), false).is_none());
+}
+
+/// Where the second agent's phone is.
+const AGENT2: &str = "127.0.0.1:7200";
+
+/// The 180 of a callee or agent at `at` to the INVITE `invite`. What it makes the Call
+/// Manager send is not looked at.
+fn ring(cm: &mut CallManager, now: Nanos, at: &str, invite: &[u8]) {
+    let mut ringing = Vec::new();
+    write_response(
+        &mut ringing,
+        &parse(invite),
+        180,
+        "Ringing",
+        Some("r"),
+        &[],
+        b"",
+    );
+    cm.handle(now, addr(at), &ringing);
+    let _ = sent(cm);
+}
+
+/// The first INVITE in `out` that opens a dialog, to `at`.
+fn invite_to(out: &Out, at: &str) -> Vec<u8> {
+    out.iter()
+        .find(|(to, b)| {
+            let m = parse(b);
+            *to == addr(at)
+                && m.method() == Some(Method::Invite)
+                && m.to().is_some_and(|t| t.tag().is_none())
+        })
+        .map(|(_, b)| b.clone())
+        .unwrap_or_else(|| panic!("no INVITE to {at}: {:?}", firsts(out)))
+}
+
+#[test]
+fn a_callee_that_rings_for_180_s_is_cancelled_and_the_caller_gets_408() {
+    let mut cm = cm();
+    let _ = ringing_call(&mut cm);
+    let out = run_until(&mut cm, MS, 180 * NS - MS);
+    assert!(out.is_empty(), "{:?}", firsts(&out));
+    assert_eq!(cm.stats().calls_active, 1);
+    let out = run_until(&mut cm, 180 * NS - MS, 180 * NS);
+    assert_eq!(
+        firsts(&out),
+        vec![
+            (
+                addr(CALLEE),
+                "CANCEL sip:1005@127.0.0.1:7100 SIP/2.0".to_owned()
+            ),
+            (addr(UA), "SIP/2.0 408 Request Timeout".to_owned()),
+        ]
+    );
+    let st = cm.stats();
+    assert_eq!(st.failures.get("no answer"), Some(&1));
+    assert_eq!(st.calls_active, 0);
+    assert_eq!(cm.balancer().placed(), 0);
+    cm.balancer().audit().unwrap();
+}
+
+#[test]
+fn an_agent_that_rings_for_30_s_is_cancelled_and_the_caller_offered_to_the_next_agent() {
+    let mut cm = cm();
+    for (user, at) in [(1000, CALLEE), (1001, AGENT2)] {
+        let out = register_out(&mut cm, 0, user, at, &format!("pw-{user}"), 600);
+        assert_eq!(parse(&out[0].1).code(), Some(200));
+    }
+    let out = queue_caller(&mut cm, 0);
+    let first = invite_to(&out, CALLEE);
+    ring(&mut cm, MS, CALLEE, &first);
+    let out = run_until(&mut cm, MS, 30 * NS - MS);
+    assert!(out.is_empty(), "{:?}", firsts(&out));
+    // Agent 1000's no-answer limit: it stops ringing and agent 1001 is offered the caller.
+    let out = run_until(&mut cm, 30 * NS - MS, 30 * NS);
+    assert_eq!(
+        firsts(&out),
+        vec![
+            (
+                addr(CALLEE),
+                "CANCEL sip:1000@127.0.0.1:7100 SIP/2.0".to_owned()
+            ),
+            (
+                addr(AGENT2),
+                "INVITE sip:1001@127.0.0.1:7200 SIP/2.0".to_owned()
+            ),
+        ]
+    );
+    let st = cm.stats();
+    assert_eq!((st.queue_waiting, st.calls_active), (0, 1));
+    // 1000's phone stops: 200 to the CANCEL, 487 to the INVITE, which is ACKed.
+    let cancel_bytes = out[0].1.clone();
+    let cancel = parse(&cancel_bytes);
+    let mut answer = Vec::new();
+    write_response(&mut answer, &cancel, 200, "OK", Some("r"), &[], b"");
+    cm.handle(30 * NS, addr(CALLEE), &answer);
+    answer.clear();
+    let terminated = "Request Terminated";
+    write_response(
+        &mut answer,
+        &parse(&first),
+        487,
+        terminated,
+        Some("r"),
+        &[],
+        b"",
+    );
+    cm.handle(30 * NS, addr(CALLEE), &answer);
+    assert_eq!(
+        firsts(&sent(&mut cm)),
+        vec![(addr(CALLEE), "ACK sip:1000@pbxlab.test SIP/2.0".to_owned())]
+    );
+    // 1001 rings out too; 1000, skipped for a while only, is offered the caller again.
+    let second = invite_to(&out, AGENT2);
+    ring(&mut cm, 30 * NS + MS, AGENT2, &second);
+    let mut out = run_until(&mut cm, 30 * NS + MS, 60 * NS);
+    // Our CANCEL's transaction does not see the 200 (it came on the INVITE's branch), so it
+    // is sent again until it times out; those repeats are left out.
+    out.retain(|(_, b)| *b != cancel_bytes);
+    assert_eq!(
+        firsts(&out),
+        vec![
+            (
+                addr(AGENT2),
+                "CANCEL sip:1001@127.0.0.1:7200 SIP/2.0".to_owned()
+            ),
+            (
+                addr(CALLEE),
+                "INVITE sip:1000@127.0.0.1:7100 SIP/2.0".to_owned()
+            ),
+        ]
+    );
+    // Nobody answered, but the caller still holds: it was never sent an error or a BYE.
+    let st = cm.stats();
+    assert_eq!((st.calls_active, st.queue_answered), (1, 0));
+    assert!(st.failures.is_empty(), "{:?}", st.failures);
+    cm.balancer().audit().unwrap();
+}
+
+#[test]
+fn an_agent_whose_first_1xx_comes_after_the_no_answer_limit_is_cancelled_at_once() {
+    let mut cm = cm();
+    let out = register_out(&mut cm, 0, 1000, CALLEE, "pw-1000", 600);
+    assert_eq!(parse(&out[0].1).code(), Some(200));
+    let out = queue_caller(&mut cm, 0);
+    let invite = invite_to(&out, CALLEE);
+    // Silent until 31 s (the INVITE is retransmitted), then ringing: Timer B no longer
+    // applies, and the 30 s limit has passed.
+    let out = run_until(&mut cm, 0, 31 * NS);
+    assert!(out.iter().all(|(_, b)| *b == invite), "{:?}", firsts(&out));
+    ring(&mut cm, 31 * NS, CALLEE, &invite);
+    let out = run_until(&mut cm, 31 * NS, 31 * NS + MS);
+    assert_eq!(
+        firsts(&out),
+        vec![(
+            addr(CALLEE),
+            "CANCEL sip:1000@127.0.0.1:7100 SIP/2.0".to_owned()
+        )]
+    );
+    assert_eq!(cm.stats().queue_waiting, 1, "the caller waits again");
 }

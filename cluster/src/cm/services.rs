@@ -16,6 +16,10 @@ use super::{CallManager, Config, MediaSession, Nanos, NodeCommand, NodeEvent, St
 /// How long an agent that did not answer is skipped.
 const AGENT_RETRY: Duration = Duration::from_secs(5);
 
+/// How long an agent's phone may ring before it is CANCELled and the caller offered to the
+/// next agent: an ACD's "no answer" time, far shorter than a callee's ring limit.
+pub(super) const AGENT_RING_LIMIT: Duration = Duration::from_secs(30);
+
 /// IVR sessions, to route digits back to their calls.
 #[derive(Debug, Default)]
 pub(super) struct Ivr {

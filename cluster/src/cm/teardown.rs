@@ -81,7 +81,7 @@ impl CallManager {
         self.txs.send(tx, &self.scratch, &mut self.out);
     }
 
-    fn cancel_b(&mut self, now: Nanos, call: CallRef, invite: TxId) {
+    pub(super) fn cancel_b(&mut self, now: Nanos, call: CallRef, invite: TxId) {
         if !self.txs.is_open(invite) {
             return;
         }
