@@ -4,6 +4,7 @@
 //! in `teardown`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use pbxlab_balancer::{AffinityKey, Assignment, Reject, Request, Role, ServerId};
 use pbxlab_proto::builder::{ResponseHeaders, reason_phrase, write_request, write_response};
@@ -12,11 +13,16 @@ use pbxlab_proto::sip::{HeaderName, Message, Method};
 use pbxlab_proto::uri::SipUri;
 
 use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};
+use super::services::AGENT_RING_LIMIT;
 use super::teardown::Side;
-use super::transactions::{Purpose, TxId};
+use super::transactions::{Expiry, Purpose, TxId};
 use pbxlab_balancer::hash::mix64 as mix;
 
-use super::{CallManager, Leg, Nanos, probes, room_key};
+use super::{CallManager, Leg, Nanos, ns, probes, room_key};
+
+/// How long a callee's phone may ring before the call is given up with a 408 (RFC 3261 Timer
+/// C, 16.6 step 11: more than 3 minutes). Counted from our INVITE, not restarted by each 1xx.
+const RING_LIMIT: Duration = Duration::from_secs(180);
 
 impl CallManager {
     pub(super) fn invite(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
@@ -205,6 +211,11 @@ impl CallManager {
         let domain = &self.domain;
         let caller_party = c.caller.map_or_else(|| "cm".to_owned(), |u| u.to_string());
         let leg = c.a_leg;
+        let ring_limit = if matches!(c.kind, Kind::Queue(_)) {
+            AGENT_RING_LIMIT
+        } else {
+            RING_LIMIT
+        };
         let local_tag = format!("b{}x{}", call.0, call.1);
         let dialog = Dialog {
             call_id: format!("b{}-{}-{:x}@cm", call.0, call.1, self.secret & 0xffff_ffff),
@@ -220,6 +231,7 @@ impl CallManager {
         let tx = self
             .txs
             .open(now, call, Purpose::InviteB, binding.addr, true);
+        self.txs.limit_ringing(tx, now + ns(ring_limit));
         let mut body = Vec::new();
         write_sdp(&mut body, dialog.sdp_id, dialog.sdp_version, node, leg);
         self.send_invite(tx, &dialog, &body);
@@ -343,7 +355,10 @@ impl CallManager {
         };
         let Some((call, purpose)) = self.txs.on_response(id, code) else {
             // A retransmitted 200 to an INVITE whose transaction is over: ACK it again.
-            if code >= 200 && msg.cseq().is_some_and(|c| c.method == Method::Invite) {
+            if code >= 200
+                && msg.cseq().is_some_and(|c| c.method == Method::Invite)
+                && !self.abandoned_answer(now, id, code, msg)
+            {
                 self.ack_stray(msg);
             }
             return;
@@ -380,7 +395,8 @@ impl CallManager {
 
     fn invite_b_final(&mut self, now: Nanos, call: CallRef, code: u16, msg: &Message<'_>) {
         let Some(c) = self.calls.get_mut(call) else {
-            // The caller left meanwhile; a late 200 still needs an ACK and a BYE.
+            // A call that ends closes its ringing INVITE (and CANCELs it), so answers that
+            // come later go to `abandoned_answer` instead.
             return;
         };
         c.b_invite = None;
@@ -456,12 +472,55 @@ impl CallManager {
         self.out.push(d.remote_addr, &self.scratch);
     }
 
+    /// A final answer to a leg B INVITE given up while it rang (the call is over or moved on
+    /// to another agent): a non-2xx gets its ACK; a 2xx made a dialog nobody wants, so it
+    /// gets an ACK and, the first time, a BYE (RFC 3261 13.2.2.4, 15). False when `id` is no
+    /// such INVITE.
+    fn abandoned_answer(&mut self, now: Nanos, id: TxId, code: u16, msg: &Message<'_>) -> bool {
+        let Some((call, mut d, first)) = self.calls.abandoned_answer(now, id, code < 300) else {
+            return false;
+        };
+        if code >= 300 {
+            self.ack_error_to(d.remote_addr, msg);
+            return true;
+        }
+        d.remote_tag = msg
+            .to()
+            .and_then(|t| t.tag())
+            .unwrap_or_default()
+            .to_owned();
+        d.remote_party = msg.header(HeaderName::To).unwrap_or_default().to_owned();
+        if let Some(contact) = msg.contact() {
+            d.remote_uri = contact.uri.to_owned();
+        }
+        let seq = msg.cseq().map_or(1, |c| c.seq);
+        let branch = mix(u64::from(seq) ^ (u64::from(call.0) << 32) ^ self.secret);
+        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKk{branch:x}", self.addr);
+        d.write_request(&mut self.scratch, Method::Ack, &via, seq, &[], b"");
+        self.out.push(d.remote_addr, &self.scratch);
+        if first {
+            d.local_cseq = seq + 1;
+            let tx = self
+                .txs
+                .open(now, call, Purpose::ByeB, d.remote_addr, false);
+            let via = tx.via(self.addr);
+            d.write_request(&mut self.scratch, Method::Bye, &via, d.local_cseq, &[], b"");
+            self.txs.send(tx, &self.scratch, &mut self.out);
+        }
+        true
+    }
+
     /// ACK for a non-2xx final response, built from the response itself.
     fn ack_error(&mut self, msg: &Message<'_>) {
+        if let Some(dest) = msg.call_id().and_then(|id| self.calls.peer_of(id)) {
+            self.ack_error_to(dest, msg);
+        }
+    }
+
+    /// ACK for a non-2xx final response to `dest`, built from the response itself: same
+    /// branch as the INVITE, part of its transaction (RFC 3261 17.1.1.3).
+    fn ack_error_to(&mut self, dest: SocketAddr, msg: &Message<'_>) {
         let (Some(via), Some(cseq)) = (msg.header(HeaderName::Via), msg.cseq()) else {
-            return;
-        };
-        let Some(dest) = msg.call_id().and_then(|id| self.calls.peer_of(id)) else {
             return;
         };
         let uri = msg.to().map(|t| t.uri).unwrap_or("sip:invalid");
@@ -537,18 +596,25 @@ impl CallManager {
         }
     }
 
-    /// Runs a transaction's timer; one that timed out ends what it was for.
+    /// Runs a transaction's timer; one that timed out, or a phone that rang too long, ends
+    /// what it was for. An agent who does not answer is skipped and the caller waits again.
     pub(super) fn tx_timer(&mut self, now: Nanos, id: TxId) {
-        let Some((call, purpose)) = self.txs.fire(now, id, &mut self.out) else {
+        let Some((call, purpose, expiry)) = self.txs.fire(now, id, &mut self.out) else {
             return;
         };
         match purpose {
             Purpose::InviteB => {
+                let rang_out = expiry == Expiry::RingLimit;
+                if rang_out {
+                    self.cancel_b(now, call, id);
+                }
                 if let Some(c) = self.calls.get_mut(call) {
                     c.b_invite = None;
                 }
                 if let Some(Kind::Queue(q)) = self.calls.get(call).map(|c| c.kind.clone()) {
                     self.agent_failed(now, call, q);
+                } else if rang_out {
+                    self.reject_a(now, call, 408, "no answer");
                 } else {
                     self.reject_a(now, call, 408, "callee timeout");
                 }

@@ -3,7 +3,7 @@
 //! that answers leg A until its ACK comes.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use pbxlab_balancer::{Assignment, ServerId, SessionId};
@@ -12,6 +12,10 @@ use pbxlab_proto::sip::Method;
 
 use super::transactions::TxId;
 use super::{Leg, MediaSession, Nanos, Outbox};
+
+/// Leg B dialogs given up while their INVITE rang that are remembered at once; past it the
+/// oldest is forgotten first.
+const ABANDONED_MAX: usize = 1024;
 
 /// A call's slot and the slot's generation, so a stale reference names nothing.
 pub(super) type CallRef = (u32, u32);
@@ -202,6 +206,22 @@ impl Call {
     }
 }
 
+/// A leg B INVITE we gave up on while it rang (the caller left, or it rang too long). Its
+/// callee may have answered meanwhile: a 200 crossing our CANCEL still has to be ACKed and its
+/// dialog ended with a BYE (RFC 3261 13.2.2.4, 15), after the call itself is forgotten.
+#[derive(Debug)]
+struct Abandoned {
+    invite: TxId,
+    /// The call it was for; its slot may hold another call by now.
+    call: CallRef,
+    dialog: Dialog,
+    /// Kept until then: 64*T1 after it was given up or last answered, as long as the callee
+    /// repeats an unacknowledged 200.
+    until: Nanos,
+    /// A 200 came and its dialog got the BYE; a repeated 200 only gets its ACK again.
+    ended: bool,
+}
+
 pub(super) struct Calls {
     slots: Vec<Call>,
     free: Vec<u32>,
@@ -211,6 +231,8 @@ pub(super) struct Calls {
     by_session: HashMap<SessionId, CallRef>,
     /// Retransmissions of A's 200.
     timers: BinaryHeap<Reverse<(Nanos, CallRef)>>,
+    /// Oldest first, at most [`ABANDONED_MAX`].
+    abandoned: VecDeque<Abandoned>,
     /// The next media session number, unique for the cluster's lifetime.
     next_media: u64,
     t1: Nanos,
@@ -225,6 +247,7 @@ impl Calls {
             by_call_id: HashMap::new(),
             by_session: HashMap::new(),
             timers: BinaryHeap::new(),
+            abandoned: VecDeque::new(),
             next_media: 1,
             t1,
             t2,
@@ -313,6 +336,46 @@ impl Calls {
 
     pub(super) fn forget_session(&mut self, session: SessionId) -> Option<CallRef> {
         self.by_session.remove(&session)
+    }
+
+    /// Remembers leg B `dialog` of `call`, whose INVITE `invite` we gave up on at `now`.
+    pub(super) fn abandon(&mut self, now: Nanos, invite: TxId, call: CallRef, dialog: Dialog) {
+        while self
+            .abandoned
+            .front()
+            .is_some_and(|a| a.until <= now || self.abandoned.len() >= ABANDONED_MAX)
+        {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(Abandoned {
+            invite,
+            call,
+            dialog,
+            until: now + 64 * self.t1,
+            ended: false,
+        });
+    }
+
+    /// A final answer at `now` to abandoned INVITE `invite`: its call and leg B dialog, and
+    /// for a 2xx (`success`) whether it is the first, whose dialog still needs the BYE. A 2xx
+    /// keeps the record another 64*T1, as the callee repeats the 200 until it is ACKed.
+    pub(super) fn abandoned_answer(
+        &mut self,
+        now: Nanos,
+        invite: TxId,
+        success: bool,
+    ) -> Option<(CallRef, Dialog, bool)> {
+        let until = now + 64 * self.t1;
+        let a = self
+            .abandoned
+            .iter_mut()
+            .find(|a| a.invite == invite && a.until > now)?;
+        let first = success && !a.ended;
+        if success {
+            a.ended = true;
+            a.until = a.until.max(until);
+        }
+        Some((a.call, a.dialog.clone(), first))
     }
 
     /// The number the next media session will get.

@@ -560,3 +560,6 @@ mod tests;
 
 #[cfg(test)]
 mod failover_tests;
+
+#[cfg(test)]
+mod leg_b_tests;

@@ -16,6 +16,10 @@ use super::{CallManager, Config, MediaSession, Nanos, NodeCommand, NodeEvent, St
 /// How long an agent that did not answer is skipped.
 const AGENT_RETRY: Duration = Duration::from_secs(5);
 
+/// How long an agent's phone may ring before it is CANCELled and the caller offered to the
+/// next agent: an ACD's "no answer" time, far shorter than a callee's ring limit.
+pub(super) const AGENT_RING_LIMIT: Duration = Duration::from_secs(30);
+
 /// IVR sessions, to route digits back to their calls.
 #[derive(Debug, Default)]
 pub(super) struct Ivr {
@@ -119,6 +123,11 @@ impl Queues {
         if let Some(queue) = self.queue_mut(q) {
             queue.retain(|&r| r != call);
         }
+    }
+
+    /// Callers waiting in queue `q`.
+    fn len(&mut self, q: u32) -> usize {
+        self.queue_mut(q).map_or(0, |queue| queue.len())
     }
 
     fn front(&mut self, q: u32) -> Option<CallRef> {
@@ -307,10 +316,18 @@ impl CallManager {
         self.dispatch_queues(now);
     }
 
-    /// Connects waiting callers to idle agents, first come first served per queue.
+    /// Connects waiting callers to idle agents, first come first served per queue. When an
+    /// agent's leg finds no media node the caller goes back to the head of its queue and
+    /// dispatch stops until the next sweep: every queue draws on the same media pool, and
+    /// offering the same agent again at once would find it just as full.
     pub(super) fn dispatch_queues(&mut self, now: Nanos) {
         for q in 1..=self.queues.count() {
-            while let Some(call) = self.queues.front(q) {
+            // Each turn takes its caller off the queue, gone or offered to an agent, so the
+            // callers waiting now bound the turns.
+            for _ in 0..self.queues.len(q) {
+                let Some(call) = self.queues.front(q) else {
+                    break;
+                };
                 if self.calls.get(call).is_none() {
                     self.queues.pop_front(q);
                     continue;
@@ -319,12 +336,16 @@ impl CallManager {
                     break;
                 };
                 self.queues.pop_front(q);
-                self.connect_agent(now, call, agent);
+                if !self.connect_agent(now, call, agent) {
+                    return;
+                }
             }
         }
     }
 
-    fn connect_agent(&mut self, now: Nanos, call: CallRef, agent: u32) {
+    /// Offers `call` to `agent`; false when no media node could take the agent's leg and the
+    /// caller went back to the head of its queue.
+    fn connect_agent(&mut self, now: Nanos, call: CallRef, agent: u32) -> bool {
         // The agent leg's audio is anchored on a media node from the start.
         let a = match self.balancer.assign(Request::new(Role::Media)) {
             Ok(a) => a,
@@ -333,7 +354,7 @@ impl CallManager {
                 if let Some(Kind::Queue(q)) = self.calls.get(call).map(|c| c.kind.clone()) {
                     self.queues.requeue(q, call);
                 }
-                return;
+                return false;
             }
         };
         if let Some(c) = self.calls.get_mut(call) {
@@ -343,6 +364,7 @@ impl CallManager {
         // reaches it (`reanchor`, `apply`).
         self.calls.index_session(a.session, call);
         self.invite_b(now, call, agent, a);
+        true
     }
 
     /// The agent offered `call` did not answer (refused or timed out): the caller goes back

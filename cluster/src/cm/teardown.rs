@@ -81,12 +81,12 @@ impl CallManager {
         self.txs.send(tx, &self.scratch, &mut self.out);
     }
 
-    fn cancel_b(&mut self, now: Nanos, call: CallRef, invite: TxId) {
+    pub(super) fn cancel_b(&mut self, now: Nanos, call: CallRef, invite: TxId) {
         if !self.txs.is_open(invite) {
             return;
         }
         self.txs.close(invite);
-        let Some(d) = self.calls.get(call).and_then(|c| c.b.as_ref()) else {
+        let Some(d) = self.calls.get(call).and_then(|c| c.b.clone()) else {
             return;
         };
         let tx = self
@@ -98,6 +98,8 @@ impl CallManager {
         let via = invite.via(self.addr);
         d.write_request(&mut self.scratch, Method::Cancel, &via, 1, &[], b"");
         self.txs.send(tx, &self.scratch, &mut self.out);
+        // The callee may have answered already; its answer must still be ACKed.
+        self.calls.abandon(now, invite, call, d);
     }
 
     /// Forgets a call: node sessions ended, balancer sessions released, users freed.

@@ -14,7 +14,7 @@ use super::*;
 
 pub(super) const CM: &str = "127.0.0.1:5060";
 pub(super) const UA: &str = "127.0.0.1:7000";
-const UA_RTP: &str = "127.0.0.1:7002";
+pub(super) const UA_RTP: &str = "127.0.0.1:7002";
 pub(super) const CALLEE: &str = "127.0.0.1:7100";
 const FLOODER: &str = "127.0.0.2:9000";
 pub(super) const MS: Nanos = 1_000_000;
@@ -25,7 +25,7 @@ pub(super) fn addr(s: &str) -> SocketAddr {
 
 /// A cluster of one media, one IVR, one queue and one meeting node; users 1000..1010, queue 1
 /// with agents 1000 and 1001.
-fn cm() -> CallManager {
+pub(super) fn cm() -> CallManager {
     let health =
         HealthConfig::new(Duration::from_secs(1), Duration::from_millis(500), 3, 2).unwrap();
     let mut b = Balancer::new(health);

@@ -1,6 +1,7 @@
 //! Our client transactions (RFC 3261 17.1): each request we send in a call is kept in a slab
 //! slot until its final response, retransmitted on its own timers (A and E from T1, doubling;
-//! B and F at 64*T1), and found again by the `{slot}x{generation}` in its branch.
+//! B and F at 64*T1), and found again by the `{slot}x{generation}` in its branch. An INVITE
+//! may also have a ring limit, which takes over from Timer B once it is answered 1xx.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -43,6 +44,16 @@ pub(super) enum Purpose {
     CancelB,
 }
 
+/// Why [`Transactions::fire`] gave up on a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expiry {
+    /// No final response within 64*T1 (Timers B and F): the transaction is closed.
+    Timeout,
+    /// An INVITE answered 1xx rang past its limit (RFC 3261 Timer C, 16.6 step 11): it stays
+    /// open, to be CANCELled.
+    RingLimit,
+}
+
 /// A client transaction we started, retransmitted until answered.
 #[derive(Debug, Clone)]
 struct ClientTx {
@@ -58,6 +69,8 @@ struct ClientTx {
     deadline: Nanos,
     /// An INVITE stops retransmitting on a provisional response (Timer A ends).
     proceeding: bool,
+    /// When an INVITE answered 1xx is given up; Timer B no longer applies to it then.
+    ring_until: Nanos,
 }
 
 pub(super) struct Transactions {
@@ -108,6 +121,7 @@ impl Transactions {
             next: now + t1,
             deadline: now + 64 * t1,
             proceeding: false,
+            ring_until: Nanos::MAX,
         };
         let index = match self.free.pop() {
             Some(i) => i,
@@ -139,6 +153,14 @@ impl Transactions {
         }
     }
 
+    /// Gives INVITE `id` up at `at` if it is still ringing then (answered 1xx, no final).
+    pub(super) fn limit_ringing(&mut self, id: TxId, at: Nanos) {
+        if let Some(tx) = self.get_mut(id) {
+            tx.ring_until = at;
+            self.timers.push(Reverse((at, id)));
+        }
+    }
+
     /// Whether transaction `id` is still open.
     pub(super) fn is_open(&self, id: TxId) -> bool {
         self.slots
@@ -160,8 +182,13 @@ impl Transactions {
         let tx = self.get_mut(id)?;
         let answered = (tx.call, tx.purpose);
         if code < 200 {
-            if tx.invite {
+            if tx.invite && !tx.proceeding {
                 tx.proceeding = true;
+                // A first 1xx after the limit passed: the limit's timer may have run already.
+                if tx.ring_until != Nanos::MAX {
+                    let at = tx.ring_until;
+                    self.timers.push(Reverse((at, id)));
+                }
             }
         } else {
             self.close(id);
@@ -178,21 +205,29 @@ impl Transactions {
     }
 
     /// Runs the timer of transaction `id` at `now`: its request is sent again, or, past its
-    /// deadline, the transaction is closed and its call and purpose returned.
+    /// deadline or ring limit, its call and purpose are returned with the reason.
     pub(super) fn fire(
         &mut self,
         now: Nanos,
         id: TxId,
         out: &mut Outbox,
-    ) -> Option<(CallRef, Purpose)> {
+    ) -> Option<(CallRef, Purpose, Expiry)> {
         let t2 = self.t2;
         let tx = self.get_mut(id)?;
+        if tx.proceeding {
+            // Timer B ends with the 1xx (RFC 3261 17.1.1.2); only the ring limit is left.
+            if now < tx.ring_until {
+                return None;
+            }
+            tx.ring_until = Nanos::MAX;
+            return Some((tx.call, tx.purpose, Expiry::RingLimit));
+        }
         if now >= tx.deadline {
-            let timed_out = (tx.call, tx.purpose);
+            let timed_out = (tx.call, tx.purpose, Expiry::Timeout);
             self.close(id);
             return Some(timed_out);
         }
-        if tx.proceeding || tx.next > now {
+        if tx.next > now {
             return None;
         }
         tx.rto = if tx.invite {
