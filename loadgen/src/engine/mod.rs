@@ -512,31 +512,21 @@ fn gap(k: u64, rate: f64) -> Nanos {
     }
 }
 
-/// A failure reason for a final status code: the common codes by name, the rest by class, so
-/// reports group well.
-fn status_reason(code: u16) -> &'static str {
-    let named = match code {
-        400 => Some("400 Bad Request"),
-        401 => Some("401 Unauthorized"),
-        403 => Some("403 Forbidden"),
-        404 => Some("404 Not Found"),
-        407 => Some("407 Proxy Authentication Required"),
-        408 => Some("408 Request Timeout"),
-        480 => Some("480 Temporarily Unavailable"),
-        481 => Some("481 Call Does Not Exist"),
-        486 => Some("486 Busy Here"),
-        487 => Some("487 Request Terminated"),
-        488 => Some("488 Not Acceptable Here"),
-        500 => Some("500 Server Internal Error"),
-        503 => Some("503 Service Unavailable"),
-        504 => Some("504 Server Time-out"),
-        _ => None,
-    };
-    named.unwrap_or(match code / 100 {
+/// A failure reason for a final status code: the common codes by name (phrases from the one
+/// table, `pbxlab_proto::builder::reason_phrase`), the rest by class, so reports group well.
+fn status_reason(code: u16) -> std::borrow::Cow<'static, str> {
+    const NAMED: [u16; 14] = [
+        400, 401, 403, 404, 407, 408, 480, 481, 486, 487, 488, 500, 503, 504,
+    ];
+    if NAMED.contains(&code) {
+        return format!("{code} {}", pbxlab_proto::builder::reason_phrase(code)).into();
+    }
+    match code / 100 {
         3 => "3xx redirect",
         4 => "other 4xx",
         5 => "other 5xx",
         6 => "6xx global failure",
         _ => "unexpected status",
-    })
+    }
+    .into()
 }

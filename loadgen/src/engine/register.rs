@@ -302,7 +302,7 @@ impl Engine {
                 self.wire.register(&self.cfg, i, &self.regs[i]);
                 self.arm(REG_TIMER + i as u32);
             }
-            _ => self.finish_register(i, Err(status_reason(code))),
+            _ => self.finish_register(i, Err(&status_reason(code))),
         }
     }
 

@@ -404,7 +404,7 @@ impl Engine {
                         None => self.fail_call(slot, "unusable digest challenge"),
                     }
                 } else {
-                    self.fail_call(slot, status_reason(code));
+                    self.fail_call(slot, &status_reason(code));
                 }
             }
         }
