@@ -122,18 +122,6 @@ pub struct Records {
 /// `pbxlab ctl` and drills.
 pub use pbxlab_scenario::Verb;
 
-/// The operator's verbs (`pbxlab ctl`, the control endpoint).
-pub const OPERATOR_ACTIONS: [Verb; 8] = [
-    Verb::Recover,
-    Verb::Stop,
-    Verb::Restart,
-    Verb::Upgrade,
-    Verb::Remove,
-    Verb::Disable,
-    Verb::Enable,
-    Verb::Drain,
-];
-
 /// Which servers an action applies to; empty: every server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {

@@ -8,7 +8,7 @@
 //! | `POST /v1/servers` | `{"role", "name", "addr"?}` | the new server (201) |
 //! | `GET`, `POST`, `DELETE /v1/whitelist` | `{"ip"}` to add or remove | `{"whitelist": [..]}` |
 //!
-//! ACTION is one of [`super::cluster::OPERATOR_ACTIONS`]; the drill faults (fail, partition,
+//! ACTION is an operator's [`Verb`] ([`Verb::is_operators`]); the drill faults (fail, partition,
 //! heal) are not offered to operators. Errors answer `{"error": reason}`: 400 bad request or JSON, 401 no or
 //! wrong token, 404 unknown route or no server matches, 405 wrong method, 409 refused (a
 //! duplicate name or address, no pool of that role), 500 an action that failed half-way, 503
@@ -28,7 +28,7 @@ use pbxlab_balancer::Role;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::cluster::{Control, Done, Filter, NodeStatus, OPERATOR_ACTIONS, OpError, Status, Verb};
+use super::cluster::{Control, Done, Filter, NodeStatus, OpError, Status, Verb};
 use super::http::{self, ReadError, Request};
 
 /// Connections served at once; more get 503 at once.
@@ -234,9 +234,13 @@ fn route(method: &str, target: &str) -> Result<Route, Refusal> {
                 return Err(Refusal::new(404, format!("no route {path}")));
             };
             let action = Verb::from_name(name)
-                .filter(|a| OPERATOR_ACTIONS.contains(a))
+                .filter(|a| a.is_operators())
                 .ok_or_else(|| {
-                    let names: Vec<&str> = OPERATOR_ACTIONS.iter().map(|a| a.name()).collect();
+                    let names: Vec<&str> = Verb::ALL
+                        .into_iter()
+                        .filter(|a| a.is_operators())
+                        .map(Verb::name)
+                        .collect();
                     Refusal::new(
                         404,
                         format!("no action {name:?}; the actions are {}", names.join(", ")),

@@ -80,6 +80,12 @@ impl Verb {
         }
     }
 
+    /// An operator's verb (`pbxlab ctl`, the control endpoint): all but the faults only a
+    /// drill injects, which act on a process as no operator would.
+    pub fn is_operators(self) -> bool {
+        !matches!(self, Verb::Fail | Verb::Partition | Verb::Heal)
+    }
+
     /// Left for the probes to find: the Call Manager is not told.
     pub fn is_silent(self) -> bool {
         matches!(self, Verb::Fail | Verb::Partition)

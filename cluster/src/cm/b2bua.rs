@@ -420,15 +420,7 @@ impl CallManager {
             })
         });
         if let Some(b) = self.calls.get_mut(call).and_then(|c| c.b.as_mut()) {
-            b.remote_tag = msg
-                .to()
-                .and_then(|t| t.tag())
-                .unwrap_or_default()
-                .to_owned();
-            b.remote_party = msg.header(HeaderName::To).unwrap_or_default().to_owned();
-            if let Some(contact) = msg.contact() {
-                b.remote_uri = contact.uri.to_owned();
-            }
+            b.learn_answer(msg);
         }
         self.ack(call, false, msg);
         let Some(leg) = leg else {
@@ -484,15 +476,7 @@ impl CallManager {
             self.ack_error_to(d.remote_addr, msg);
             return true;
         }
-        d.remote_tag = msg
-            .to()
-            .and_then(|t| t.tag())
-            .unwrap_or_default()
-            .to_owned();
-        d.remote_party = msg.header(HeaderName::To).unwrap_or_default().to_owned();
-        if let Some(contact) = msg.contact() {
-            d.remote_uri = contact.uri.to_owned();
-        }
+        d.learn_answer(msg);
         let seq = msg.cseq().map_or(1, |c| c.seq);
         let branch = mix(u64::from(seq) ^ (u64::from(call.0) << 32) ^ self.secret);
         let via = format!("SIP/2.0/UDP {};branch=z9hG4bKk{branch:x}", self.addr);

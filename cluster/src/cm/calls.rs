@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use pbxlab_balancer::{Assignment, ServerId, SessionId};
 use pbxlab_proto::builder::{ResponseHeaders, write_request};
-use pbxlab_proto::sip::Method;
+use pbxlab_proto::sip::{HeaderName, Message, Method};
 
 use super::transactions::TxId;
 use super::{Leg, MediaSession, Nanos, Outbox};
@@ -71,6 +71,20 @@ pub(super) struct Dialog {
 impl Dialog {
     /// Writes our request `method` in this dialog into `out`: `via` is its whole Via value,
     /// `cseq` its sequence number, `extra` the headers after CSeq.
+    /// What the answer to our INVITE tells of the far end: its tag, its party as it wrote
+    /// it, and the Contact that in-dialog requests go to.
+    pub(super) fn learn_answer(&mut self, msg: &Message<'_>) {
+        self.remote_tag = msg
+            .to()
+            .and_then(|t| t.tag())
+            .unwrap_or_default()
+            .to_owned();
+        self.remote_party = msg.header(HeaderName::To).unwrap_or_default().to_owned();
+        if let Some(contact) = msg.contact() {
+            self.remote_uri = contact.uri.to_owned();
+        }
+    }
+
     pub(super) fn write_request(
         &self,
         out: &mut Vec<u8>,
