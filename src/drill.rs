@@ -259,7 +259,7 @@ fn run_timeline(
     }
     let window = (first.at.saturating_sub(spec.steady), first.at);
     let list = samples.lock().map(|s| s.clone()).unwrap_or_default();
-    let steady = steady_phase(spec, &list, window);
+    let steady = steady_phase(spec, &list, &control.records(), window);
     eprintln!(
         "steady state {:.1}-{:.1} s: {}",
         window.0.as_secs_f64(),

@@ -94,6 +94,9 @@ pub struct Phase {
     /// The SLOs that broke, in words.
     pub broken: Vec<String>,
     pub pass: bool,
+    /// For the steady state: everything the balancer did before the first fault (servers
+    /// down or up, alerts, moved and dropped calls), one line each with its time.
+    pub balancer: Vec<String>,
 }
 
 fn in_window(
@@ -153,10 +156,18 @@ fn phase(spec: &DrillSpec, samples: &[Sample], window: (Duration, Duration)) -> 
     p
 }
 
-/// The steady-state hypothesis: the SLOs hold in the window before the first fault, and no
-/// call failed at all before it (the ramp-up included).
+/// The steady-state hypothesis: the SLOs hold in the window before the first fault, no call
+/// failed at all before it (the ramp-up included), and the balancer stayed still in the
+/// window: a server that went down or up, a call moved or dropped there means the cluster was
+/// not steady, and a fault drilled on it would measure nothing. What the balancer did before
+/// the first fault is listed either way.
 #[must_use]
-pub fn steady_phase(spec: &DrillSpec, samples: &[Sample], window: (Duration, Duration)) -> Phase {
+pub fn steady_phase(
+    spec: &DrillSpec,
+    samples: &[Sample],
+    records: &Records,
+    window: (Duration, Duration),
+) -> Phase {
     let mut p = phase(spec, samples, window);
     let failed = failed_in(samples, (Duration::ZERO, window.1));
     if failed > p.calls_failed && failed > spec.failed {
@@ -172,8 +183,67 @@ pub fn steady_phase(spec: &DrillSpec, samples: &[Sample], window: (Duration, Dur
         p.broken
             .push("some second of the window had no call up".to_owned());
     }
+    let (lines, unsteady) = balancer_before(records, window);
+    p.balancer = lines;
+    p.broken.extend(unsteady);
     p.pass = p.broken.is_empty();
     p
+}
+
+/// What the balancer did before `window.1`, one line each, in time order; and what of it, in
+/// the window, breaks the steady state.
+fn balancer_before(
+    records: &Records,
+    (from, to): (Duration, Duration),
+) -> (Vec<String>, Vec<String>) {
+    let inside = |at: Duration| at >= from && at < to;
+    let mut lines: Vec<(Duration, String)> = Vec::new();
+    let mut broken = Vec::new();
+    for e in records.events.iter().filter(|e| e.at < to) {
+        let what = match &e.kind {
+            EventKind::Alert(text) => format!("alert: {text}"),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        if inside(e.at) && matches!(e.kind, EventKind::Down | EventKind::Up) {
+            broken.push(format!(
+                "{} went {what} at {:.3} s, inside the window",
+                e.server,
+                e.at.as_secs_f64()
+            ));
+        }
+        lines.push((
+            e.at,
+            format!("{:.3} s {} {what}", e.at.as_secs_f64(), e.server),
+        ));
+    }
+    // Moves and drops come in bursts (one plan each): one line per instant.
+    let mut bursts = |times: &mut dyn Iterator<Item = Duration>, what: &str| {
+        let mut times: Vec<Duration> = times.filter(|&at| at < to).collect();
+        times.sort_unstable();
+        for chunk in times.chunk_by(|a, b| a == b) {
+            let at = chunk[0];
+            let n = chunk.len();
+            let calls = if n == 1 { "call" } else { "calls" };
+            let line = format!("{:.3} s {n} {calls} {what}", at.as_secs_f64());
+            if inside(at) {
+                broken.push(format!("{line}, inside the window"));
+            }
+            lines.push((at, line));
+        }
+    };
+    bursts(
+        &mut records
+            .reassigned
+            .iter()
+            .map(|r| Duration::from_nanos(r.at)),
+        "moved",
+    );
+    bursts(
+        &mut records.dropped.iter().map(|d| Duration::from_nanos(d.at)),
+        "dropped",
+    );
+    lines.sort_by_key(|(at, _)| *at);
+    (lines.into_iter().map(|(_, l)| l).collect(), broken)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -412,6 +482,12 @@ impl DrillVerdict {
                 for b in &s.broken {
                     let _ = writeln!(out, "    {b}");
                 }
+                if !s.balancer.is_empty() {
+                    let _ = writeln!(out, "    before the first fault, the balancer:");
+                    for line in &s.balancer {
+                        let _ = writeln!(out, "      {line}");
+                    }
+                }
             }
             None => {
                 let _ = writeln!(out, "  steady state: never checked (the load ended first)");
@@ -503,6 +579,7 @@ impl DrillVerdict {
                 "min_active_calls": p.min_active,
                 "pass": p.pass,
                 "broken": p.broken,
+                "balancer": p.balancer,
             })
         };
         let faults: Vec<serde_json::Value> = self
@@ -626,7 +703,7 @@ mod tests {
 
     fn judged(records: &Records, samples: &[Sample], gaps: &[Silence]) -> DrillVerdict {
         let spec = DrillSpec::default();
-        let steady = steady_phase(&spec, samples, (FAULT_AT - spec.steady, FAULT_AT));
+        let steady = steady_phase(&spec, samples, records, (FAULT_AT - spec.steady, FAULT_AT));
         let seen = Observed {
             records,
             samples,
@@ -731,7 +808,7 @@ mod tests {
         let mut list = samples();
         list[24].active = 0;
         let spec = DrillSpec::default();
-        let p = steady_phase(&spec, &list, (ms(20_000), FAULT_AT));
+        let p = steady_phase(&spec, &list, &Records::default(), (ms(20_000), FAULT_AT));
         assert_eq!(p.broken, ["some second of the window had no call up"]);
     }
 
@@ -783,7 +860,7 @@ mod tests {
     fn a_fault_never_reached_fails_the_drill() {
         let spec = DrillSpec::default();
         let list = samples();
-        let steady = steady_phase(&spec, &list, (ms(20_000), FAULT_AT));
+        let steady = steady_phase(&spec, &list, &Records::default(), (ms(20_000), FAULT_AT));
         let seen = Observed {
             records: &Records::default(),
             samples: &list,
@@ -792,5 +869,82 @@ mod tests {
         let v = judge(&spec, BOUND, &[], &seen, Some(steady), 2);
         assert_eq!(v.skipped, 2);
         assert!(!v.pass);
+    }
+
+    /// media-2 went down at 22.7 s and up at 23.0 s, its calls moved: a flap inside the 20-30 s
+    /// window. The steady state fails (so no fault is injected), naming each; a move before
+    /// the window is listed but breaks nothing.
+    #[test]
+    fn a_flap_inside_the_steady_window_breaks_the_steady_state_and_is_listed() {
+        let spec = DrillSpec::default();
+        let event = |at, kind| ClusterEvent {
+            at,
+            server: "media-2".into(),
+            kind,
+        };
+        let moved = |at| Reassigned {
+            at: nanos(at),
+            took: nanos(ms(5)),
+        };
+        let flap = Records {
+            events: vec![
+                event(ms(22_700), EventKind::Down),
+                event(ms(23_000), EventKind::Up),
+            ],
+            reassigned: vec![moved(ms(5_000)), moved(ms(22_702)), moved(ms(22_702))],
+            dropped: vec![DroppedCall {
+                at: nanos(ms(22_702)),
+                call_id: "a1".into(),
+                server: ServerId(1),
+                reason: "no server in service",
+            }],
+        };
+        let p = steady_phase(&spec, &samples(), &flap, (ms(20_000), FAULT_AT));
+        assert!(!p.pass);
+        assert_eq!(
+            p.broken,
+            [
+                "media-2 went down at 22.700 s, inside the window",
+                "media-2 went up at 23.000 s, inside the window",
+                "22.702 s 2 calls moved, inside the window",
+                "22.702 s 1 call dropped, inside the window",
+            ]
+        );
+        assert_eq!(
+            p.balancer,
+            [
+                "5.000 s 1 call moved",
+                "22.700 s media-2 down",
+                "22.702 s 2 calls moved",
+                "22.702 s 1 call dropped",
+                "23.000 s media-2 up",
+            ]
+        );
+        // Only the move before the window: steady, and still shown.
+        let early = Records {
+            reassigned: vec![moved(ms(5_000))],
+            ..Records::default()
+        };
+        let p = steady_phase(&spec, &samples(), &early, (ms(20_000), FAULT_AT));
+        assert!(p.pass, "{:?}", p.broken);
+        assert_eq!(p.balancer, ["5.000 s 1 call moved"]);
+        let v = judge(
+            &spec,
+            BOUND,
+            &[],
+            &Observed {
+                records: &early,
+                samples: &samples(),
+                gaps: &[],
+            },
+            Some(p),
+            0,
+        );
+        let text = v.render("flap");
+        assert!(
+            text.contains("before the first fault, the balancer:"),
+            "{text}"
+        );
+        assert!(text.contains("5.000 s 1 call moved"), "{text}");
     }
 }
