@@ -108,7 +108,10 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
         cluster.sip_addr()
     );
     let endpoint = crate::ctl::serve(args.ctl, token, cluster.control())?;
-    for n in cluster.control().status().nodes {
+    for n in cluster
+        .control()
+        .select(&pbxlab_cluster::cluster::Filter::default())
+    {
         eprintln!("  {:<12} {:<8} {}", n.name, n.role, n.addr);
     }
     if opts.token.is_some() {

@@ -216,6 +216,10 @@ enum Request {
     Whitelist(Option<(IpAddr, bool)>, Sender<Vec<IpAddr>>),
     /// Answer once a condition holds for a server, or at the deadline.
     Await(Await),
+    /// Publish the status now, then answer: what an action just did shows in the next read.
+    Publish(Sender<()>),
+    /// Every server's row as of now: the node table, read live.
+    Rows(Sender<Vec<NodeStatus>>),
 }
 
 /// A condition an operator action waits for, judged on the Call Manager's thread.
@@ -373,12 +377,6 @@ impl Cluster {
                 })?
         };
         let control = Control { shared };
-        // Operator actions select servers from the status: wait for the first snapshot, so an
-        // action right after the start finds them (the thread publishes one on its first turn).
-        let until = Instant::now() + Duration::from_secs(1);
-        while control.status().elapsed == Duration::ZERO && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(1));
-        }
         Ok(Cluster {
             sip,
             stop,
@@ -480,11 +478,20 @@ impl Control {
 
     /// The servers `filter` selects, in cluster order.
     pub fn select(&self, filter: &Filter) -> Vec<NodeStatus> {
-        self.status()
-            .nodes
+        self.rows()
             .into_iter()
             .filter(|n| Role::from_name(n.role).is_some_and(|r| filter.matches(&n.name, r, n.addr)))
             .collect()
+    }
+
+    /// Every server's row, from the Call Manager's node table now (the status is a snapshot
+    /// of up to [`STATUS_EVERY`] ago).
+    fn rows(&self) -> Vec<NodeStatus> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.request(Request::Rows(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.recv().unwrap_or_default()
     }
 
     /// Carries out `action` on every server `filter` selects, one after the other (a rolling
@@ -503,12 +510,7 @@ impl Control {
                 reason,
             })?;
             let finished = self.now();
-            let state = self
-                .status_after(finished)
-                .nodes
-                .into_iter()
-                .find(|n| n.name == t.name)
-                .map_or("removed", |n| n.state);
+            let state = self.row(t.id).map_or("removed", |n| n.state);
             done.push(Done {
                 server: t.name,
                 action,
@@ -653,21 +655,13 @@ impl Control {
             .map_err(|_| OpError::Stopped.to_string())
     }
 
-    /// A snapshot taken at or after `at` (they come every [`STATUS_EVERY`]), so that it shows
-    /// what an action just did; the latest one if none comes within a second.
-    fn status_after(&self, at: Duration) -> Status {
-        let until = Instant::now() + Duration::from_secs(1);
-        loop {
-            let status = self.status();
-            if status.elapsed >= at || Instant::now() >= until {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn node_status(&self, name: &str) -> Option<NodeStatus> {
-        self.status().nodes.into_iter().find(|n| n.name == name)
+    /// Server `id`'s status row after the Call Manager's thread has published the status
+    /// anew, so that it, and every status read after it, shows what an action just did.
+    fn row(&self, id: ServerId) -> Option<NodeStatus> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.request(Request::Publish(tx)).ok()?;
+        rx.recv().ok()?;
+        self.status().nodes.into_iter().find(|n| n.id == id)
     }
 
     /// Adds a server of `role` named `name`, at `addr` (default: the Call Manager's IP, any
@@ -678,9 +672,9 @@ impl Control {
         name: &str,
         addr: Option<SocketAddr>,
     ) -> Result<NodeStatus, OpError> {
-        // The published node table answers the common mistakes before a socket is bound; the
-        // Call Manager's thread checks again when it adds the node (`Request::Add`).
-        let nodes = self.status().nodes;
+        // The node table answers the common mistakes before a socket is bound; the Call
+        // Manager's thread checks again when it adds the node (`Request::Add`).
+        let nodes = self.rows();
         if nodes.iter().any(|n| n.name == name) {
             return Err(OpError::DuplicateName(name.to_owned()));
         }
@@ -733,17 +727,7 @@ impl Control {
             .map_err(|_| OpError::Stopped)?
             .send(parts)
             .map_err(|_| OpError::Stopped)?;
-        // Wait for the next status snapshot to show it.
-        let until = Instant::now() + Duration::from_secs(1);
-        loop {
-            if let Some(n) = self.node_status(name) {
-                return Ok(n);
-            }
-            if Instant::now() >= until {
-                return Err(OpError::Stopped);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.row(id).ok_or(OpError::Stopped)
     }
 
     /// The whitelist after adding (`Some((ip, true))`), removing (`Some((ip, false))`) or
@@ -813,6 +797,7 @@ fn serve(
     let mut handles = shared.handles.lock().map(|h| h.clone()).unwrap_or_default();
     let mut send_errors = 0u64;
     let mut waits: Vec<Await> = Vec::new();
+    let mut publish: Vec<Sender<()>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         // The clock is read before the socket: every datagram that arrived by `now` is
         // handled before `advance(now)` judges probe timeouts, so a thread that was held up
@@ -836,8 +821,13 @@ fn serve(
         while let Ok((id, event)) = node_events.try_recv() {
             cm.on_node_event(now, ServerId(id), event);
         }
+        if handles.len() < cm.nodes().len()
+            && let Ok(h) = shared.handles.lock()
+        {
+            handles = h.clone();
+        }
         while let Ok(request) = requests.try_recv() {
-            handle_request(&mut cm, now, request, &mut waits);
+            handle_request(&mut cm, now, request, &mut waits, &mut publish, &handles);
         }
         cm.advance(now);
         cm.transmit_all(|datagrams| {
@@ -877,11 +867,14 @@ fn serve(
         log.extend(hub.take_log());
         record(&mut cm, shared, &mut log);
         let since = started.elapsed();
-        if since >= next_status {
+        if since >= next_status || !publish.is_empty() {
             next_status = since + STATUS_EVERY;
             let snapshot = snapshot(&cm, &handles, since, &log, send_errors);
             if let Ok(mut s) = shared.status.lock() {
                 *s = snapshot;
+            }
+            for reply in publish.drain(..) {
+                let _ = reply.send(());
             }
         }
         let until = Duration::from_nanos(cm.next_deadline().saturating_sub(elapsed(started)));
@@ -911,9 +904,21 @@ fn handle_request(
     now: super::Nanos,
     request: Request,
     waits: &mut Vec<Await>,
+    publish: &mut Vec<Sender<()>>,
+    handles: &[NodeHandle],
 ) {
     // A requester that gave up waiting is no reason to stop serving.
     match request {
+        Request::Rows(reply) => {
+            let at = Duration::from_nanos(now);
+            let rows = cm
+                .nodes()
+                .iter()
+                .filter_map(|n| node_row(cm, handles, n, at))
+                .collect();
+            let _ = reply.send(rows);
+        }
+        Request::Publish(reply) => publish.push(reply),
         Request::Await(wait) => {
             if waits.len() < MAX_WAITS {
                 waits.push(wait);
@@ -993,47 +998,10 @@ fn snapshot(
     log: &[String],
     cm_send_errors: u64,
 ) -> Status {
-    let b = cm.balancer();
     let nodes = cm
         .nodes()
         .iter()
-        .filter_map(|n| {
-            // Removed servers leave the status.
-            let view = b.server(n.id)?;
-            let handle = handles.iter().find(|h| h.id == n.id.0);
-            let counters = handle.map(|h| h.counters.load());
-            let counters = counters.as_ref();
-            Some(NodeStatus {
-                id: n.id,
-                name: n.name.clone(),
-                place: n.place,
-                role: n.role.name(),
-                addr: n.addr,
-                state: match view.state {
-                    ServerState::Online => "online",
-                    ServerState::Down => "offline",
-                    ServerState::Disabled => "disabled",
-                    ServerState::Draining => "draining",
-                },
-                load: view.load,
-                capacity: view.capacity,
-                last_probe: view.last_probe.map(|(at, p)| {
-                    let result = match p {
-                        Probe::Ok => "ok",
-                        Probe::Timeout => "timeout",
-                        Probe::Failed => "failed",
-                    };
-                    (elapsed.saturating_sub(at), result)
-                }),
-                probe_rtt: cm.probe_rtt(n.id),
-                node_sessions: counters.map_or(0, |c| c.sessions),
-                packets_in: counters.map_or(0, |c| c.packets_in),
-                packets_out: counters.map_or(0, |c| c.packets_out),
-                unknown_packets: counters.map_or(0, |c| c.unknown_packets),
-                send_errors: handle.map_or(0, |h| h.counters.io_errors()),
-                running: handle.is_some_and(NodeHandle::is_alive),
-            })
-        })
+        .filter_map(|n| node_row(cm, handles, n, elapsed))
         .collect();
     Status {
         elapsed,
@@ -1044,6 +1012,51 @@ fn snapshot(
         cm_send_errors,
         whitelist: cm.whitelist().to_vec(),
     }
+}
+
+/// One node's status row, as of `elapsed`; `None` once it has left the cluster.
+fn node_row(
+    cm: &CallManager,
+    handles: &[NodeHandle],
+    n: &NodeSpec,
+    elapsed: Duration,
+) -> Option<NodeStatus> {
+    let b = cm.balancer();
+    // Removed servers leave the status.
+    let view = b.server(n.id)?;
+    let handle = handles.iter().find(|h| h.id == n.id.0);
+    let counters = handle.map(|h| h.counters.load());
+    let counters = counters.as_ref();
+    Some(NodeStatus {
+        id: n.id,
+        name: n.name.clone(),
+        place: n.place,
+        role: n.role.name(),
+        addr: n.addr,
+        state: match view.state {
+            ServerState::Online => "online",
+            ServerState::Down => "offline",
+            ServerState::Disabled => "disabled",
+            ServerState::Draining => "draining",
+        },
+        load: view.load,
+        capacity: view.capacity,
+        last_probe: view.last_probe.map(|(at, p)| {
+            let result = match p {
+                Probe::Ok => "ok",
+                Probe::Timeout => "timeout",
+                Probe::Failed => "failed",
+            };
+            (elapsed.saturating_sub(at), result)
+        }),
+        probe_rtt: cm.probe_rtt(n.id),
+        node_sessions: counters.map_or(0, |c| c.sessions),
+        packets_in: counters.map_or(0, |c| c.packets_in),
+        packets_out: counters.map_or(0, |c| c.packets_out),
+        unknown_packets: counters.map_or(0, |c| c.unknown_packets),
+        send_errors: handle.map_or(0, |h| h.counters.io_errors()),
+        running: handle.is_some_and(NodeHandle::is_alive),
+    })
 }
 
 /// CPU time of the calling thread, from /proc (Linux); zero where unavailable.
