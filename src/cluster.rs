@@ -202,7 +202,7 @@ fn render(s: &Status) -> String {
             n.name,
             n.role,
             n.addr,
-            n.state,
+            crate::ctl::console_state(n.state),
             n.load,
             n.capacity,
             n.node_sessions,

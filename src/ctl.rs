@@ -331,9 +331,12 @@ fn text(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_owned)
 }
 
-/// A state as the vendor's console shows it: Online, Offline, Disabled, Draining.
 fn state(v: &Value) -> String {
-    let s = text(v);
+    console_state(&text(v))
+}
+
+/// A state as the vendor's console shows it: Online, Offline, Disabled, Draining.
+pub(crate) fn console_state(s: &str) -> String {
     let mut chars = s.chars();
     chars.next().map_or_else(String::new, |c| {
         c.to_uppercase().chain(chars).collect::<String>()

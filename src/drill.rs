@@ -116,16 +116,15 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let rtp = cfg.rtp_fraction;
     let drain_limit = load::drain_limit(&cfg);
     eprintln!(
-        "pbxlab drill {:?}: Call Manager on {sip}, {} servers; {calls} calls ({:.0}% with RTP) started over {:.0} s, {} faults; detection bound {:.0} ms",
+        "pbxlab drill {:?}: Call Manager on {sip}, {}; {calls} calls ({:.0}% with RTP) started over {:.0} s, {}; detection bound {:.0} ms",
         scenario.name,
-        scenario
-            .pools
-            .iter()
-            .map(|p| p.servers.len())
-            .sum::<usize>(),
+        crate::count(
+            scenario.pools.iter().map(|p| p.servers.len()).sum(),
+            "server"
+        ),
         rtp * 100.0,
         scenario.duration.as_secs_f64(),
-        faults.len(),
+        crate::count(faults.len(), "fault"),
         control.health().detection_bound().as_secs_f64() * 1000.0,
     );
 
@@ -163,7 +162,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
             eprintln!(
                 "[{:>6.1}s] {} | moved {} dropped {} | probes late {} (worst {:.0} ms), rounds ignored {}{}",
                 at.as_secs_f64(),
-                load::progress_line(p).trim_start(),
+                load::progress_figures(p),
                 st.cm.moved,
                 st.cm.dropped,
                 st.cm.probes_late,

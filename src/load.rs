@@ -372,11 +372,15 @@ fn exit_code(report: &LoadReport) -> ExitCode {
 }
 
 pub(crate) fn progress_line(p: &Progress) -> String {
+    format!("{:>6.1}s  {}", p.elapsed.as_secs_f64(), progress_figures(p))
+}
+
+/// The progress line without its time, for lines that give the time their own way (the drill).
+pub(crate) fn progress_figures(p: &Progress) -> String {
     let ms = |us: u64| us as f64 / 1000.0;
     let i = &p.interval;
     format!(
-        "{:>6.1}s  reg {} ({} failed)  calls {} ({} failed, {} active)  setup p99 {:.1} ms  register p99 {:.1} ms",
-        p.elapsed.as_secs_f64(),
+        "reg {} ({} failed)  calls {} ({} failed, {} active)  setup p99 {:.1} ms  register p99 {:.1} ms",
         p.registrations_attempted,
         p.registrations_failed,
         p.calls_attempted,

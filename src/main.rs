@@ -145,17 +145,26 @@ fn load_scenario(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
     Ok(scenario)
 }
 
+/// "1 pool", "3 pools".
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
     let scenario = load_scenario(Some(path))?;
     let servers: usize = scenario.pools.iter().map(|p| p.servers.len()).sum();
     println!(
-        "{}: ok: {:?}, {} pools, {} servers, {} faults, {} warnings",
+        "{}: ok: {:?}, {}, {}, {}, {}",
         path.display(),
         scenario.name,
-        scenario.pools.len(),
-        servers,
-        scenario.faults.len(),
-        scenario.warnings.len()
+        count(scenario.pools.len(), "pool"),
+        count(servers, "server"),
+        count(scenario.faults.len(), "fault"),
+        count(scenario.warnings.len(), "warning")
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -53,7 +53,7 @@ impl AlertSink {
                     .append(true)
                     .open(&path)
                     .map(|f| (path.clone(), f))
-                    .map_err(|source| Error::AlertFile { path, source })
+                    .map_err(|error| Error::AlertFile { path, error })
             })
             .transpose()?;
         let webhook = webhook

@@ -292,11 +292,11 @@ impl Cluster {
         let health = balancer.health();
         let socket = UdpSocket::bind(opts.sip).map_err(|e| Error::Bind {
             addr: opts.sip,
-            source: e,
+            error: e,
         })?;
         let sip = socket.local_addr().map_err(|e| Error::Bind {
             addr: opts.sip,
-            source: e,
+            error: e,
         })?;
         let mut handles = Vec::new();
         let mut served = Vec::new();
@@ -313,7 +313,7 @@ impl Cluster {
                 let (handle, parts) =
                     node::bind(id.0, pool.role, s.name.clone(), want).map_err(|e| Error::Bind {
                         addr: want,
-                        source: e,
+                        error: e,
                     })?;
                 specs.push(NodeSpec {
                     id,
@@ -348,7 +348,7 @@ impl Cluster {
             node::spawn(served, adds_rx, events_tx, Arc::clone(&stop)).map_err(|e| {
                 Error::Bind {
                     addr: sip,
-                    source: e,
+                    error: e,
                 }
             })?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
@@ -373,7 +373,7 @@ impl Cluster {
                 .spawn(move || serve(cm, hub, socket, &shared, &events_rx, &requests_rx, &stop))
                 .map_err(|e| Error::Bind {
                     addr: sip,
-                    source: e,
+                    error: e,
                 })?
         };
         let control = Control { shared };

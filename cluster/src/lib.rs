@@ -35,22 +35,26 @@ pub mod node;
 pub mod remote;
 
 /// Everything that can stop the live cluster, a node process or its alert sinks.
+/// Each variant's cause is in its message and not also its `source`, which error reporters that
+/// print the chain (anyhow's `{:#}`) would print a second time.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    // A cause is written into its variant's message and not also given as its `source`:
+    // reporters that print the chain (anyhow's `{:#}`) would print it a second time.
     #[error("balancer: {0}")]
     Balancer(#[from] pbxlab_balancer::Error),
     #[error("a fault names server {0:?}, which the cluster does not have")]
     UnknownServer(String),
-    #[error("cannot bind {addr}: {source}")]
+    #[error("cannot bind {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("alerts file {path}: {source}")]
+    #[error("alerts file {path}: {error}")]
     AlertFile {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("alert webhook: {0}")]
     Webhook(String),
@@ -61,10 +65,10 @@ pub enum Error {
         cm: SocketAddr,
         waited: std::time::Duration,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         what: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("interrupted")]
     Interrupted,

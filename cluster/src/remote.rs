@@ -270,7 +270,7 @@ pub fn join(
     stop: &AtomicBool,
 ) -> Result<u32, Error> {
     let cm = member.spec().cm;
-    let io = |what: &'static str| move |source| Error::Io { what, source };
+    let io = |what: &'static str| move |error| Error::Io { what, error };
     socket
         .set_read_timeout(Some(Duration::from_millis(50)))
         .map_err(io("setting the socket's read timeout"))?;

@@ -24,13 +24,17 @@ pub use settings::{Settings, configure};
 pub use threshold::Threshold;
 
 /// Everything that can stop a load run, or refuse its settings.
+/// Each variant's cause is in its message and not also its `source`, which error reporters that
+/// print the chain (anyhow's `{:#}`) would print a second time.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("cannot bind {addr}: {source}")]
+    // A cause is written into its variant's message and not also given as its `source`:
+    // reporters that print the chain (anyhow's `{:#}`) would print it a second time.
+    #[error("cannot bind {addr}: {error}")]
     Bind {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the RTP worker thread panicked")]
     MediaWorker,

@@ -68,23 +68,23 @@ pub struct Progress {
 pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>), Error> {
     let socket = UdpSocket::bind(opts.bind).map_err(|e| Error::Bind {
         addr: opts.bind,
-        source: e,
+        error: e,
     })?;
     let rtp_socket = UdpSocket::bind(opts.rtp_bind).map_err(|e| Error::Bind {
         addr: opts.rtp_bind,
-        source: e,
+        error: e,
     })?;
     cfg.local = socket.local_addr().map_err(|e| Error::Bind {
         addr: opts.bind,
-        source: e,
+        error: e,
     })?;
     cfg.rtp_local = rtp_socket.local_addr().map_err(|e| Error::Bind {
         addr: opts.rtp_bind,
-        source: e,
+        error: e,
     })?;
     let io = |e| Error::Bind {
         addr: opts.bind,
-        source: e,
+        error: e,
     };
     socket.set_nonblocking(true).map_err(io)?;
     // A failover re-INVITEs hundreds of calls at once: a default-sized buffer drops part of
@@ -100,7 +100,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
 
     let worker = media::spawn(rtp_socket).map_err(|e| Error::Bind {
         addr: cfg.rtp_local,
-        source: e,
+        error: e,
     })?;
 
     let mut engine = Engine::new(cfg);

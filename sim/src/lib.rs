@@ -22,6 +22,8 @@ pub use simulate::{Options, simulate};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    // A cause is written into its variant's message and not also given as its `source`:
+    // reporters that print the chain (anyhow's `{:#}`) would print it a second time.
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
     #[error("balancer: {0}")]
@@ -33,6 +35,6 @@ pub enum Error {
     #[error("the simulator and the balancer disagree: {0}")]
     SelfCheck(String),
     /// Any failure during a run, with the seed that reproduces it.
-    #[error("run with seed {seed} failed (rerun with --seed {seed}): {source}")]
-    Run { seed: u64, source: Box<Error> },
+    #[error("run with seed {seed} failed (rerun with --seed {seed}): {error}")]
+    Run { seed: u64, error: Box<Error> },
 }

@@ -218,7 +218,7 @@ pub fn simulate(sc: &Scenario, options: Options<'_>) -> Result<Report, Error> {
     let seed = options.seed.unwrap_or(sc.seed);
     let with_seed = |e: Error| Error::Run {
         seed,
-        source: Box::new(e),
+        error: Box::new(e),
     };
     let mut sim = Sim::new(sc, seed, options.self_check).map_err(with_seed)?;
     let (events, interrupted) = sim.run(options.stop).map_err(with_seed)?;

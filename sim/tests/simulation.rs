@@ -281,9 +281,16 @@ hold = "60s"
         "{} events for {calls} calls",
         quiet.events
     );
-    for (at_s, expected) in [(601.0, 606.5), (600.0, 604.5), (601.9, 606.5)] {
-        let text =
-            format!("{base}[[fault]]\nat = \"{at_s}s\"\naction = \"fail\"\nserver = \"media-2\"\n");
+    for (action, at_s, expected) in [
+        ("fail", 601.0, 606.5),
+        ("fail", 600.0, 604.5),
+        ("fail", 601.9, 606.5),
+        // A partition is as silent as a failure, and found the same way.
+        ("partition", 601.0, 606.5),
+    ] {
+        let text = format!(
+            "{base}[[fault]]\nat = \"{at_s}s\"\naction = \"{action}\"\nserver = \"media-2\"\n"
+        );
         let scenario = Scenario::from_toml("<fault>", &text).expect("valid");
         let report = simulate(&scenario, Options::default()).expect("runs");
         let detected = report.faults[0].detected_after_s.expect("detected");

@@ -159,12 +159,19 @@ impl Sim<'_> {
                     .server(e.server)
                     .map(|s| s.name.to_string())
                     .unwrap_or_default();
-                let pending = self.faults.iter().rposition(|f| {
-                    f.server == name && f.action == "fail" && f.detected_after_s.is_none()
-                });
+                // The faults left for the probes to find (fail, partition) are detected.
+                let silent =
+                    |f: &FaultReport| Verb::from_name(&f.action).is_some_and(Verb::is_silent);
+                let pending = self
+                    .faults
+                    .iter()
+                    .rposition(|f| f.server == name && silent(f) && f.detected_after_s.is_none());
                 if let Some(i) = pending {
                     let f = &mut self.faults[i];
-                    f.detected_after_s = Some(nanos_to_secs(now) - f.at_s);
+                    // Rounded to the nanosecond the clock counts in, so the report reads
+                    // 2.590909091 rather than 2.5909090899999683.
+                    let after = nanos_to_secs(now) - f.at_s;
+                    f.detected_after_s = Some((after * 1e9).round() / 1e9);
                     f.sessions_affected = self.b.server(e.server).map_or(0, |s| s.sessions) as u64
                         + out.plan.affected() as u64;
                     fault = Some(i);
