@@ -123,7 +123,8 @@ impl Prober {
     /// When [`Prober::advance`] next has something to do.
     pub fn next_deadline(&self) -> Duration {
         match self.open {
-            Some(start) => (start + self.cfg.timeout).min(self.next_round),
+            // The next round waits until this one is judged.
+            Some(sent) => sent + self.cfg.timeout,
             None => self.next_round,
         }
     }
@@ -141,18 +142,15 @@ impl Prober {
     /// Judges the open round if its timeout has passed, then starts a round if one is due.
     /// Probes to send and results to record are appended to `out`, results first.
     pub fn advance(&mut self, now: Duration, out: &mut Vec<ProbeAction>) {
-        if let Some(start) = self.open
-            && now >= start + self.cfg.timeout
-        {
+        if let Some(sent) = self.open {
+            if now < sent + self.cfg.timeout {
+                // Its answers still have time: the next round waits until it is judged.
+                return;
+            }
             self.judge(out);
         }
         if now < self.next_round {
             return;
-        }
-        // A round still open here was never judged (the timeout is shorter than the interval,
-        // so only a driver that skipped its deadline gets here): judge it before the next.
-        if self.open.is_some() {
-            self.judge(out);
         }
         self.stats.rounds += 1;
         for (i, t) in self.targets.iter_mut().enumerate() {
@@ -166,7 +164,9 @@ impl Prober {
                 seq: t.seq,
             });
         }
-        self.open = Some(self.next_round);
+        // Judged `timeout` after the probes actually left: a driver that runs late must not
+        // eat into the time its nodes have to answer (nor inflate their round-trip times).
+        self.open = Some(now);
         let interval = self.cfg.interval.max(Duration::from_nanos(1));
         // The first grid point after `now`: missed rounds are skipped, not sent in a burst.
         let behind = (now - self.next_round).as_nanos() / interval.as_nanos();
@@ -449,5 +449,49 @@ mod tests {
         let a = run(&mut lazy, 1_200 * MS, &[2]);
         let b = run(&mut full, 1_200 * MS, &[2]);
         assert_eq!(a, b);
+    }
+
+    /// A driver 30 ms late for a round (of a 40 ms timeout) still gives its nodes the whole
+    /// timeout from when the probes left, and the next round waits for the judgement.
+    #[test]
+    fn the_timeout_runs_from_when_the_probes_left() {
+        let mut p = prober(1);
+        let mut out = Vec::new();
+        p.advance(Duration::ZERO, &mut out);
+        assert_eq!(p.answer(MS, ServerId(0), 1, true), Some(Probe::Ok));
+        out.clear();
+        p.advance(130 * MS, &mut out);
+        assert_eq!(
+            out,
+            [ProbeAction::Send {
+                server: ServerId(0),
+                seq: 2
+            }]
+        );
+        assert_eq!(p.next_deadline(), 170 * MS);
+        assert_eq!(p.answer(160 * MS, ServerId(0), 2, true), Some(Probe::Ok));
+        assert_eq!(p.rtt(ServerId(0)), Some(30 * MS));
+        // Sent at 195 ms, the round due at 200 ms waits until 235 ms, when this one is judged.
+        let mut p = prober(1);
+        p.advance(Duration::ZERO, &mut out);
+        p.advance(40 * MS, &mut out);
+        out.clear();
+        p.advance(195 * MS, &mut out);
+        p.advance(200 * MS, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        p.advance(235 * MS, &mut out);
+        assert_eq!(
+            out[1..],
+            [
+                ProbeAction::Record {
+                    server: ServerId(0),
+                    result: Probe::Timeout
+                },
+                ProbeAction::Send {
+                    server: ServerId(0),
+                    seq: 3
+                },
+            ]
+        );
     }
 }

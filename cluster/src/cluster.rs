@@ -247,7 +247,10 @@ impl Await {
                 .find(|h| h.id == self.server.0)
                 .is_none_or(|h| h.counters.load().sessions == 0),
             Until::Answered { after } => cm.balancer().server(self.server).is_some_and(|v| {
-                v.state != ServerState::Down
+                // Healthy, not only answering: an upgraded server is disabled whatever its
+                // health, and enabling it before its probes count it up would leave its pool
+                // one short while the next server is taken out.
+                v.healthy
                     && v.last_probe
                         .is_some_and(|(at, p)| p == Probe::Ok && at > after)
             }),

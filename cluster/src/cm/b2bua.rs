@@ -603,7 +603,12 @@ impl CallManager {
                     self.reject_a(now, call, 408, "callee timeout");
                 }
             }
-            Purpose::ReinviteA | Purpose::ReinviteB => self.hang_up(now, call, "re-INVITE timeout"),
+            Purpose::ReinviteA | Purpose::ReinviteB => {
+                if expiry == Expiry::RingLimit {
+                    self.txs.close(id);
+                }
+                self.hang_up(now, call, "re-INVITE timeout");
+            }
             Purpose::ByeA | Purpose::ByeB | Purpose::CancelB => {}
         }
     }
@@ -657,6 +662,11 @@ impl CallManager {
             Purpose::ReinviteB
         };
         let tx = self.txs.open(now, call, purpose, d.remote_addr, true);
+        // A re-INVITE that gets a 1xx and then nothing is given up like one that gets nothing
+        // at all, after Timer B: otherwise its slot is held forever, and the dialog, which
+        // takes one INVITE at a time, never moves again.
+        let limit = now + self.txs.timer_b();
+        self.txs.limit_ringing(tx, limit);
         let mut body = Vec::new();
         write_sdp(&mut body, d.sdp_id, d.sdp_version, node, leg);
         self.send_invite(tx, &d, &body);

@@ -27,7 +27,7 @@ const AGENT: u32 = 1000;
 /// A Call Manager over `nodes` (role and capacity each), named `{role}-{i}` and listening on
 /// 127.0.0.1:2000i; pools of the roles in `operator` wait for an operator after a failure.
 /// Users 1000..1040; queue 1's one agent is user 1000.
-fn cluster(nodes: &[(Role, u32)], operator: &[Role]) -> CallManager {
+pub(super) fn cluster(nodes: &[(Role, u32)], operator: &[Role]) -> CallManager {
     let health =
         HealthConfig::new(Duration::from_secs(1), Duration::from_millis(500), 3, 2).unwrap();
     let mut b = Balancer::new(health);
@@ -186,16 +186,16 @@ fn ack(cm: &mut CallManager, now: Nanos, user: u32, call_id: &str, ok: &Message<
 
 /// A call between two registered users as the test knows it.
 #[derive(Debug)]
-struct UserCall {
-    call_id: String,
-    b_call_id: String,
-    a_rtp: SocketAddr,
-    b_rtp: SocketAddr,
-    server: ServerId,
+pub(super) struct UserCall {
+    pub(super) call_id: String,
+    pub(super) b_call_id: String,
+    pub(super) a_rtp: SocketAddr,
+    pub(super) b_rtp: SocketAddr,
+    pub(super) server: ServerId,
 }
 
 /// User `1010 + i` calls user `1020 + i` (registered first), who answers; the caller ACKs.
-fn user_call(cm: &mut CallManager, now: Nanos, i: u32) -> UserCall {
+pub(super) fn user_call(cm: &mut CallManager, now: Nanos, i: u32) -> UserCall {
     let (caller, callee) = (1010 + i, 1020 + i);
     assert_eq!(
         register(cm, now, callee, CALLEE, &format!("pw-{callee}")),

@@ -494,3 +494,45 @@ fn an_agent_whose_first_1xx_comes_after_the_no_answer_limit_is_cancelled_at_once
     );
     assert_eq!(cm.stats().queue_waiting, 1, "the caller waits again");
 }
+
+/// A re-INVITE that each leg answers 100 and then forgets is given up after Timer B, like one
+/// never answered at all: the call is hung up rather than its transactions held forever (the
+/// dialog, which takes one INVITE at a time, could otherwise never be moved again).
+#[test]
+fn a_reinvite_answered_100_and_then_nothing_is_given_up_after_timer_b() {
+    use super::failover_tests::{cluster, user_call};
+    let ns: Nanos = 1_000_000_000;
+    let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 10)], &[]);
+    let call = user_call(&mut cm, 0, 0);
+    cm.admin(ns, call.server, Verb::Disable).expect("disabled");
+    let reinvites: Out = sent(&mut cm)
+        .into_iter()
+        .filter(|(_, b)| {
+            let m = parse(b);
+            m.method() == Some(Method::Invite) && m.to().and_then(|t| t.tag()).is_some()
+        })
+        .collect();
+    assert_eq!(reinvites.len(), 2, "one re-INVITE per leg");
+    for (to, bytes) in &reinvites {
+        let mut trying = Vec::new();
+        write_response(&mut trying, &parse(bytes), 100, "Trying", None, &[], b"");
+        cm.handle(ns + MS, *to, &trying);
+    }
+    let out = run_until(&mut cm, ns + MS, ns + 40 * ns);
+    // Counted by dialog: an unanswered BYE is sent again on its own timer.
+    let mut byes: Vec<String> = out
+        .iter()
+        .filter_map(|(_, b)| {
+            let m = parse(b);
+            (m.method() == Some(Method::Bye)).then(|| m.call_id().unwrap_or("").to_owned())
+        })
+        .collect();
+    byes.sort();
+    byes.dedup();
+    assert_eq!(
+        byes.len(),
+        2,
+        "a BYE to each leg once the re-INVITEs are given up"
+    );
+    assert_eq!(cm.stats().calls_active, 0);
+}

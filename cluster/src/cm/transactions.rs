@@ -161,6 +161,11 @@ impl Transactions {
         }
     }
 
+    /// Timer B's span, 64*T1: how long an INVITE may go without a final response.
+    pub(super) fn timer_b(&self) -> Nanos {
+        64 * self.t1
+    }
+
     /// Whether transaction `id` is still open.
     pub(super) fn is_open(&self, id: TxId) -> bool {
         self.slots

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pbxlab_balancer::{EventKind, Outcome, Probe, ProbeAction, ServerId};
 use pbxlab_scenario::{UPGRADE_RESTART, Verb};
 
-use super::{CallerState, Ev, OwnerKind, Sim};
+use super::{CallerState, Ev, OwnerKind, ServerStats, Sim};
 use crate::Error;
 use crate::des::{Nanos, nanos_to_secs, secs_to_nanos};
 use crate::report::FaultReport;
@@ -35,8 +35,10 @@ impl Sim<'_> {
             };
             let out = self.b.probe(at, server, result)?;
             self.apply(out, now, None)?;
+            // Enabled once its probes count it healthy again, as the live upgrade waits.
+            let healthy = self.b.server(server).is_some_and(|v| v.healthy);
             let s = &mut self.servers[server.0 as usize];
-            if result == Probe::Ok && s.enable_when_answered {
+            if result == Probe::Ok && healthy && s.enable_when_answered {
                 s.enable_when_answered = false;
                 let out = self.b.enable(at, server)?;
                 self.apply(out, now, None)?;
@@ -56,19 +58,18 @@ impl Sim<'_> {
         if self.probing {
             return Ok(());
         }
-        let settled = |i: usize, alive: bool| {
-            alive
-                && self
-                    .b
-                    .server(ServerId(i as u32))
-                    .is_some_and(|v| v.healthy && v.last_probe.is_none_or(|(_, p)| p == Probe::Ok))
+        // A removed server is nobody's concern any more; an upgraded one waits for a probe.
+        let settled = |i: usize, s: &ServerStats| match self.b.server(ServerId(i as u32)) {
+            None => true,
+            Some(v) => {
+                s.alive
+                    && !s.enable_when_answered
+                    && v.healthy
+                    && v.last_probe.is_none_or(|(_, p)| p == Probe::Ok)
+            }
         };
         let steady = !self.prober.round_open()
-            && self
-                .servers
-                .iter()
-                .enumerate()
-                .all(|(i, s)| settled(i, s.alive));
+            && self.servers.iter().enumerate().all(|(i, s)| settled(i, s));
         if steady {
             return Ok(());
         }
