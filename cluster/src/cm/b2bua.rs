@@ -354,6 +354,14 @@ impl CallManager {
             return;
         };
         let Some((call, purpose)) = self.txs.on_response(id, code) else {
+            // The answer to our CANCEL of a given-up INVITE, on the INVITE's branch: it ends
+            // the CANCEL's own transaction, which would otherwise be sent until Timer F.
+            if code >= 200 && msg.cseq().is_some_and(|c| c.method == Method::Cancel) {
+                if let Some(cancel) = self.calls.cancel_of(id) {
+                    self.txs.close(cancel);
+                }
+                return;
+            }
             // A retransmitted 200 to an INVITE whose transaction is over: ACK it again.
             if code >= 200
                 && msg.cseq().is_some_and(|c| c.method == Method::Invite)

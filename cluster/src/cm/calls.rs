@@ -226,6 +226,9 @@ impl Call {
 #[derive(Debug)]
 struct Abandoned {
     invite: TxId,
+    /// Our CANCEL of it: its answer comes back on the INVITE's branch (RFC 3261 9.1), so it is
+    /// found here.
+    cancel: Option<TxId>,
     /// The call it was for; its slot may hold another call by now.
     call: CallRef,
     dialog: Dialog,
@@ -353,7 +356,14 @@ impl Calls {
     }
 
     /// Remembers leg B `dialog` of `call`, whose INVITE `invite` we gave up on at `now`.
-    pub(super) fn abandon(&mut self, now: Nanos, invite: TxId, call: CallRef, dialog: Dialog) {
+    pub(super) fn abandon(
+        &mut self,
+        now: Nanos,
+        invite: TxId,
+        cancel: Option<TxId>,
+        call: CallRef,
+        dialog: Dialog,
+    ) {
         while self
             .abandoned
             .front()
@@ -363,6 +373,7 @@ impl Calls {
         }
         self.abandoned.push_back(Abandoned {
             invite,
+            cancel,
             call,
             dialog,
             until: now + 64 * self.t1,
@@ -373,6 +384,14 @@ impl Calls {
     /// A final answer at `now` to abandoned INVITE `invite`: its call and leg B dialog, and
     /// for a 2xx (`success`) whether it is the first, whose dialog still needs the BYE. A 2xx
     /// keeps the record another 64*T1, as the callee repeats the 200 until it is ACKed.
+    /// Our CANCEL of the given-up INVITE `invite`, if one is kept.
+    pub(super) fn cancel_of(&self, invite: TxId) -> Option<TxId> {
+        self.abandoned
+            .iter()
+            .find(|a| a.invite == invite)
+            .and_then(|a| a.cancel)
+    }
+
     pub(super) fn abandoned_answer(
         &mut self,
         now: Nanos,

@@ -93,13 +93,13 @@ impl CallManager {
             .txs
             .open(now, call, Purpose::CancelB, d.remote_addr, false);
         // The INVITE's Via, branch and all, and its CSeq number (RFC 3261 9.1). Answers come
-        // back on that branch, which no longer names a live transaction, so this one simply
-        // times out quietly.
+        // back on that branch, which no longer names a live transaction: the abandoned
+        // INVITE's record below leads them to this one.
         let via = invite.via(self.addr);
         d.write_request(&mut self.scratch, Method::Cancel, &via, 1, &[], b"");
         self.txs.send(tx, &self.scratch, &mut self.out);
         // The callee may have answered already; its answer must still be ACKed.
-        self.calls.abandon(now, invite, call, d);
+        self.calls.abandon(now, invite, Some(tx), call, d);
     }
 
     /// Forgets a call: node sessions ended, balancer sessions released, users freed.
