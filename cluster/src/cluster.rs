@@ -206,13 +206,9 @@ pub struct Done {
 /// Requests the Call Manager thread carries out between datagrams.
 enum Request {
     Admin(ServerId, Verb, Sender<Result<(), String>>),
-    Add {
-        name: String,
-        role: Role,
-        addr: SocketAddr,
-        capacity: u32,
-        reply: Sender<Result<ServerId, String>>,
-    },
+    /// Add a server on this bound socket: the Call Manager's thread numbers it, makes its
+    /// node and handle, and hands the node to the node thread, all in one turn.
+    Add(AddNode),
     Whitelist(Option<(IpAddr, bool)>, Sender<Vec<IpAddr>>),
     /// Answer once a condition holds for a server, or at the deadline.
     Await(Await),
@@ -220,6 +216,14 @@ enum Request {
     Publish(Sender<()>),
     /// Every server's row as of now: the node table, read live.
     Rows(Sender<Vec<NodeStatus>>),
+}
+
+struct AddNode {
+    name: String,
+    role: Role,
+    socket: UdpSocket,
+    capacity: u32,
+    reply: Sender<Result<ServerId, String>>,
 }
 
 /// A condition an operator action waits for, judged on the Call Manager's thread.
@@ -702,15 +706,14 @@ impl Control {
         // numbers the server, and the node takes that number (a remote node's JOIN may have
         // taken the next one meanwhile: nobody predicts ids).
         let socket = UdpSocket::bind(want).map_err(bind_error)?;
-        let bound = socket.local_addr().map_err(bind_error)?;
         let (tx, rx) = std::sync::mpsc::channel();
-        self.request(Request::Add {
+        self.request(Request::Add(AddNode {
             name: name.to_owned(),
             role,
-            addr: bound,
+            socket,
             capacity,
             reply: tx,
-        })
+        }))
         .map_err(|_| OpError::Stopped)?;
         let id = rx
             .recv()
@@ -719,17 +722,6 @@ impl Control {
                 server: name.to_owned(),
                 reason,
             })?;
-        let (handle, parts) =
-            node::adopt(id.0, role, name.to_owned(), socket).map_err(bind_error)?;
-        if let Ok(mut h) = self.shared.handles.lock() {
-            h.push(handle.clone());
-        }
-        self.shared
-            .adds
-            .lock()
-            .map_err(|_| OpError::Stopped)?
-            .send(parts)
-            .map_err(|_| OpError::Stopped)?;
         self.row(id).ok_or(OpError::Stopped)
     }
 
@@ -830,7 +822,15 @@ fn serve(
             handles = h.clone();
         }
         while let Ok(request) = requests.try_recv() {
-            handle_request(&mut cm, now, request, &mut waits, &mut publish, &handles);
+            handle_request(
+                &mut cm,
+                now,
+                request,
+                &mut waits,
+                &mut publish,
+                shared,
+                &mut handles,
+            );
         }
         cm.advance(now);
         cm.transmit_all(|datagrams| {
@@ -899,6 +899,54 @@ fn serve(
     Ok(())
 }
 
+/// Adds an in-process server on `socket`: numbered by the balancer, its node made and handed to
+/// the node thread, its handle in both lists before any command can be routed to it. If any
+/// step fails, the server leaves the balancer again rather than taking sessions it cannot
+/// serve.
+fn add_node(
+    cm: &mut CallManager,
+    now: super::Nanos,
+    shared: &Shared,
+    handles: &mut Vec<NodeHandle>,
+    add: AddNode,
+) -> Result<ServerId, String> {
+    let AddNode {
+        name,
+        role,
+        socket,
+        capacity,
+        ..
+    } = add;
+    let name = name.as_str();
+    let addr = socket.local_addr().map_err(|e| e.to_string())?;
+    let id = cm
+        .add_node(name, role, addr, capacity, Place::InProcess)
+        .map_err(|e| e.to_string())?;
+    let handed = node::adopt(id.0, role, name.to_owned(), socket)
+        .map_err(|e| e.to_string())
+        .and_then(|(handle, parts)| {
+            let adds = shared
+                .adds
+                .lock()
+                .map_err(|_| OpError::Stopped.to_string())?;
+            adds.send(parts).map_err(|_| OpError::Stopped.to_string())?;
+            Ok(handle)
+        });
+    match handed {
+        Ok(handle) => {
+            if let Ok(mut h) = shared.handles.lock() {
+                h.push(handle.clone());
+            }
+            handles.push(handle);
+            Ok(id)
+        }
+        Err(reason) => {
+            let _ = cm.admin(now, id, Verb::Remove);
+            Err(reason)
+        }
+    }
+}
+
 /// Operator actions waiting on the Call Manager's thread at once, at most; more are refused.
 const MAX_WAITS: usize = 1_024;
 
@@ -908,7 +956,8 @@ fn handle_request(
     request: Request,
     waits: &mut Vec<Await>,
     publish: &mut Vec<Sender<()>>,
-    handles: &[NodeHandle],
+    shared: &Shared,
+    handles: &mut Vec<NodeHandle>,
 ) {
     // A requester that gave up waiting is no reason to stop serving.
     match request {
@@ -932,15 +981,9 @@ fn handle_request(
         Request::Admin(server, action, reply) => {
             let _ = reply.send(cm.admin(now, server, action).map_err(|e| e.to_string()));
         }
-        Request::Add {
-            name,
-            role,
-            addr,
-            capacity,
-            reply,
-        } => {
-            let added = cm.add_node(&name, role, addr, capacity, Place::InProcess);
-            let _ = reply.send(added.map_err(|e| e.to_string()));
+        Request::Add(add) => {
+            let reply = add.reply.clone();
+            let _ = reply.send(add_node(cm, now, shared, handles, add));
         }
         Request::Whitelist(change, reply) => {
             match change {
