@@ -11,7 +11,7 @@
 //! ACTION is an operator's [`Verb`] ([`Verb::is_operators`]); the drill faults (fail, partition,
 //! heal) are not offered to operators. Errors answer `{"error": reason}`: 400 bad request or JSON, 401 no or
 //! wrong token, 404 unknown route or no server matches, 405 wrong method, 409 refused (a
-//! duplicate name or address, no pool of that role), 500 an action that failed half-way, 503
+//! duplicate name or address, no pool of that role, a server with an action under way), 500 an action that failed half-way, 503
 //! the cluster has stopped or too many connections.
 //!
 //! One thread accepts; each connection gets a thread of its own, at most [`MAX_CONNECTIONS`]
