@@ -37,7 +37,6 @@ pub enum ProbeAction {
 /// Counters a status page shows beside the servers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProberStats {
-    pub rounds: u64,
     /// Rounds not counted because most of the cluster was silent at once.
     pub rounds_ignored: u64,
     /// Answers that came after their probe had been judged timed out.
@@ -152,7 +151,6 @@ impl Prober {
         if now < self.next_round {
             return;
         }
-        self.stats.rounds += 1;
         for (i, t) in self.targets.iter_mut().enumerate() {
             if !t.watched {
                 continue;
@@ -184,7 +182,6 @@ impl Prober {
         }
         let interval = self.cfg.interval.max(Duration::from_nanos(1)).as_nanos();
         let skipped = (now - self.next_round).as_nanos().div_ceil(interval) as u64;
-        self.stats.rounds += skipped;
         for t in self.targets.iter_mut().filter(|t| t.watched) {
             t.seq = t.seq.wrapping_add(skipped as u32);
             t.latest = Latest::Answered;

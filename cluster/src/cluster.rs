@@ -403,11 +403,6 @@ impl Cluster {
         self.control.clone()
     }
 
-    /// The nodes, to stop or cut one off (drills).
-    pub fn nodes(&self) -> Vec<NodeHandle> {
-        self.control.handles()
-    }
-
     /// The latest snapshot (refreshed every 100 ms).
     pub fn status(&self) -> Status {
         self.control.status()
@@ -453,15 +448,6 @@ impl Control {
 
     pub fn health(&self) -> HealthConfig {
         self.shared.health
-    }
-
-    /// Every node the cluster has started, removed ones included.
-    pub fn handles(&self) -> Vec<NodeHandle> {
-        self.shared
-            .handles
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_default()
     }
 
     /// Events, moved calls and dropped calls recorded so far.
@@ -807,19 +793,17 @@ fn serve(
                 cm.handle(at, from, bytes);
             }
         });
+        // New handles come only from this thread (the start, `add_node`, the hub's joins), so
+        // the local list and the shared one are extended together and never need re-reading.
         for h in hub.take_joined() {
             if let Ok(mut shared) = shared.handles.lock() {
-                shared.push(h);
+                shared.push(h.clone());
             }
+            handles.push(h);
         }
         let busy = matches!(read, Ok(n) if n > 0);
         while let Ok((id, event)) = node_events.try_recv() {
             cm.on_node_event(now, ServerId(id), event);
-        }
-        if handles.len() < cm.nodes().len()
-            && let Ok(h) = shared.handles.lock()
-        {
-            handles = h.clone();
         }
         while let Ok(request) = requests.try_recv() {
             handle_request(
@@ -838,11 +822,6 @@ fn serve(
             // retransmissions are there for exactly that. They are counted for the status.
             send_errors += sender.send_all(&socket, datagrams).len() as u64;
         });
-        if handles.len() < cm.nodes().len()
-            && let Ok(h) = shared.handles.lock()
-        {
-            handles = h.clone();
-        }
         for (server, command) in cm.node_commands() {
             if let Some(h) = handles.iter().find(|h| h.id == server.0) {
                 let _ = h.send(command);
@@ -1018,10 +997,7 @@ fn record(cm: &mut CallManager, shared: &Shared, log: &mut Vec<String>) {
             .find(|n| n.id == e.server)
             .map_or("?", |n| n.name.as_str())
             .to_owned();
-        let what = match &e.kind {
-            EventKind::Alert(text) => format!("alert: {text}"),
-            other => format!("{other:?}").to_lowercase(),
-        };
+        let what = event_words(&e.kind);
         log.push(format!("{:.3}s {name} {what}", e.at.as_secs_f64()));
         r.events.push(ClusterEvent {
             at: e.at,
@@ -1031,6 +1007,14 @@ fn record(cm: &mut CallManager, shared: &Shared, log: &mut Vec<String>) {
     }
     r.reassigned.extend(reassigned);
     r.dropped.extend(dropped);
+}
+
+/// A balancer event in the log's words: "down", "up", "alert: ...".
+pub(crate) fn event_words(kind: &EventKind) -> String {
+    match kind {
+        EventKind::Alert(text) => format!("alert: {text}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 fn elapsed(started: Instant) -> Nanos {

@@ -200,10 +200,7 @@ fn balancer_before(
     let mut lines: Vec<(Duration, String)> = Vec::new();
     let mut broken = Vec::new();
     for e in records.events.iter().filter(|e| e.at < to) {
-        let what = match &e.kind {
-            EventKind::Alert(text) => format!("alert: {text}"),
-            other => format!("{other:?}").to_lowercase(),
-        };
+        let what = crate::cluster::event_words(&e.kind);
         if inside(e.at) && matches!(e.kind, EventKind::Down | EventKind::Up) {
             broken.push(format!(
                 "{} went {what} at {:.3} s, inside the window",
