@@ -30,14 +30,35 @@ pub const BATCH: usize = 64;
 const DATAGRAM: usize = 65_536;
 
 /// Has the kernel stamp each datagram `socket` receives with its arrival time
-/// (`SO_TIMESTAMPNS`), which [`Receiver::drain`] hands out.
+/// (`SO_TIMESTAMPNS`), which [`Receiver::drain`] hands out, and report with it how many
+/// datagrams it has dropped on the socket's full queue (`SO_RXQ_OVFL`, best effort), which
+/// [`Receiver::kernel_drops`] keeps.
 pub fn stamp_arrivals(socket: &impl AsFd) -> io::Result<()> {
-    setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
+    setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
+    let _ = setsockopt(socket, sockopt::RxqOvfl, &1);
+    Ok(())
+}
+
+/// As [`stamp_arrivals`], and asks the kernel to coalesce datagrams of one flow (`UDP_GRO`,
+/// Linux 5.0+), which a receiver of [`Receiver::for_coalesced`] splits again. Returns whether
+/// coalescing is on.
+pub fn coalesce(socket: &impl AsFd) -> io::Result<bool> {
+    stamp_arrivals(socket)?;
+    Ok(setsockopt(socket, sockopt::UdpGroSegment, &true).is_ok())
 }
 
 pub struct Receiver {
     headers: MultiHeaders<SockaddrStorage>,
+    /// Control-message room per datagram, and whether `headers` must be made again before
+    /// the next read: the kernel shrinks each header's control length to what it wrote, and
+    /// `recvmmsg` does not restore it, so a slot that once held a datagram without a segment
+    /// size would cut that message off the next coalesced buffer (handing over all of it as
+    /// one datagram).
+    cmsg_space: usize,
+    headers_used: bool,
     buffers: Vec<Vec<u8>>,
+    /// The socket's drop counter as the kernel last reported it (`SO_RXQ_OVFL`).
+    kernel_drops: Option<u32>,
     /// The wall clock at `started`, to turn kernel timestamps (wall clock) into run time.
     wall_at_start: Duration,
     started: Instant,
@@ -67,13 +88,26 @@ impl Receiver {
     /// hundreds of thousands of datagrams a second. Returns whether coalescing is on (a kernel
     /// without `UDP_GRO` gives an ordinary receiver). Buffers are 64 KiB, the most GRO makes.
     pub fn coalescing(socket: &impl AsFd, started: Instant) -> io::Result<(Receiver, bool)> {
-        stamp_arrivals(socket)?;
-        let gro = setsockopt(socket, sockopt::UdpGroSegment, &true).is_ok();
-        Ok((Receiver::with_buffers(started, DATAGRAM), gro))
+        let gro = coalesce(socket)?;
+        Ok((Receiver::for_coalesced(started), gro))
+    }
+
+    /// A receiver for any socket set up by [`coalesce`] (or [`stamp_arrivals`]): one thread
+    /// serving many sockets needs one set of 64 KiB buffers, not one a socket.
+    pub fn for_coalesced(started: Instant) -> Receiver {
+        Receiver::with_buffers(started, DATAGRAM)
+    }
+
+    /// How many datagrams the kernel has dropped on the last socket drained because its
+    /// receive queue was full, counted since the socket was made; `None` until a datagram
+    /// arrives with the count (the kernel adds it from the first drop on).
+    pub fn kernel_drops(&self) -> Option<u32> {
+        self.kernel_drops
     }
 
     fn with_buffers(started: Instant, size: usize) -> Receiver {
-        let cmsg = nix::cmsg_space!(TimeSpec, i32);
+        let cmsg = nix::cmsg_space!(TimeSpec, i32, u32);
+        let cmsg_space = cmsg.capacity();
         let headers = MultiHeaders::preallocate(BATCH, Some(cmsg));
         let buffers = (0..BATCH).map(|_| vec![0u8; size]).collect();
         // Read both clocks together and step the wall clock back to `started`: reading it after
@@ -85,7 +119,10 @@ impl Receiver {
         let wall_at_start = wall_now.saturating_sub(started.elapsed());
         Receiver {
             headers,
+            cmsg_space,
+            headers_used: false,
             buffers,
+            kernel_drops: None,
             wall_at_start,
             started,
         }
@@ -112,7 +149,12 @@ impl Receiver {
         mut f: impl FnMut(u64, SocketAddr, &[u8]),
     ) -> io::Result<usize> {
         let mut total = 0;
+        self.kernel_drops = None;
         loop {
+            if self.headers_used {
+                self.headers = MultiHeaders::preallocate(BATCH, Some(Vec::with_capacity(self.cmsg_space)));
+                self.headers_used = false;
+            }
             let now = self.started.elapsed();
             // What the kernel reported, per datagram; the buffers are read once the batch's
             // borrows of them have ended.
@@ -129,12 +171,16 @@ impl Receiver {
                     MsgFlags::MSG_DONTWAIT,
                     None,
                 ) {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        self.headers_used = true;
+                        r
+                    }
                     Err(nix::errno::Errno::EAGAIN) => return Ok(total),
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(io::Error::from(e)),
                 };
                 let wall_at_start = self.wall_at_start;
+                let drops = &mut self.kernel_drops;
                 received
                     .map(|msg| {
                         let mut stamp = None;
@@ -148,6 +194,7 @@ impl Receiver {
                                 ControlMessageOwned::UdpGroSegments(size) => {
                                     segment = usize::try_from(size).unwrap_or(0);
                                 }
+                                ControlMessageOwned::RxqOvfl(n) => *drops = Some(n),
                                 _ => {}
                             }
                         }
@@ -872,6 +919,57 @@ mod tests {
             .expect("drain");
         assert_eq!(n, 200);
         assert_eq!(seen, payloads);
+    }
+
+    #[test]
+    fn a_coalesced_buffer_read_after_a_lone_datagram_is_still_split() {
+        // The kernel shrinks a header's control length to what one datagram needed; a
+        // receiver that kept the header would lose the next buffer's segment size.
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_nonblocking(true).expect("nonblocking");
+        let to = rx.local_addr().expect("addr");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (mut r, coalescing) = Receiver::coalescing(&rx, Instant::now()).expect("receiver");
+        let frames: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 172]).collect();
+        let run: Vec<(SocketAddr, &[u8])> = frames.iter().map(|p| (to, p.as_slice())).collect();
+        let mut sender = Sender::default();
+        for round in 0..3 {
+            tx.send_to(&[7; 40], to).expect("send");
+            std::thread::sleep(Duration::from_millis(5));
+            let mut lengths = Vec::new();
+            r.drain(&rx, |_, _, bytes| lengths.push(bytes.len()))
+                .expect("drain");
+            assert_eq!(lengths, [40], "round {round}");
+            assert!(sender.send_segmented(&tx, &run).is_empty());
+            std::thread::sleep(Duration::from_millis(5));
+            let mut seen = Vec::new();
+            r.drain(&rx, |_, _, bytes| seen.push(bytes.to_vec()))
+                .expect("drain");
+            let lengths: Vec<usize> = seen.iter().map(Vec::len).collect();
+            assert_eq!(lengths, [172; 64], "round {round}, coalescing {coalescing}");
+            assert_eq!(seen, frames);
+        }
+    }
+
+    #[test]
+    fn the_kernels_drops_on_a_full_queue_are_reported() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_nonblocking(true).expect("nonblocking");
+        setsockopt(&rx, sockopt::RcvBuf, &4096).expect("rcvbuf");
+        let to = rx.local_addr().expect("addr");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut r = Receiver::new(&rx, Instant::now()).expect("receiver");
+        for _ in 0..200 {
+            let _ = tx.send_to(&[1; 100], to);
+        }
+        let read = r.drain(&rx, |_, _, _| {}).expect("drain");
+        assert!(read < 200, "a 4 KiB queue held {read} datagrams");
+        // The count comes with the datagrams queued after the first drop.
+        let _ = tx.send_to(&[1; 100], to);
+        std::thread::sleep(Duration::from_millis(5));
+        r.drain(&rx, |_, _, _| {}).expect("drain");
+        let dropped = r.kernel_drops().expect("a drop count");
+        assert_eq!(u64::from(dropped), 200 - read as u64);
     }
 
     #[test]

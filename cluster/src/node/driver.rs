@@ -44,9 +44,6 @@ pub fn adopt(
     Ok((handle, (node, socket, control)))
 }
 
-/// Longest datagram a node reads; RTP and OPTIONS fit, longer ones are truncated (and then
-/// malformed). Small buffers keep a node's receive batch at 128 KiB.
-const DATAGRAM: usize = 2048;
 /// Receive and send buffer asked of the kernel for each node socket.
 const SOCKET_BUFFER_BYTES: usize = 16 << 20;
 /// Datagrams one node's socket may hand over before the others get their turn.
@@ -59,29 +56,22 @@ struct Served {
     node: Node,
     socket: mio::net::UdpSocket,
     control: NodeControl,
-    receiver: pbxlab_udp::Receiver,
     /// A node in its own process: its end of the control link, where its commands arrive
     /// and its events go.
     member: Option<Member>,
 }
 
 impl Served {
-    fn new(
-        node: Node,
-        socket: mio::net::UdpSocket,
-        control: NodeControl,
-        started: Instant,
-    ) -> io::Result<Served> {
-        // Large socket buffers hold a tick's burst from every stream. (Coalesced receive,
-        // UDP_GRO, is not used here: on this kernel the node was handed whole coalesced
-        // buffers as single datagrams; ARCHITECTURE.md.)
+    fn new(node: Node, socket: mio::net::UdpSocket, control: NodeControl) -> io::Result<Served> {
+        // Large socket buffers hold a tick's burst from every stream. Coalesced receive
+        // (UDP_GRO): a generator's segmented send of 64 frames arrives as one buffer, which
+        // the thread's receiver splits by the segment size the kernel reports.
         let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
-        let receiver = pbxlab_udp::Receiver::with_datagram_size(&socket, started, DATAGRAM)?;
+        pbxlab_udp::coalesce(&socket)?;
         Ok(Served {
             node,
             socket,
             control,
-            receiver,
             member: None,
         })
     }
@@ -106,10 +96,9 @@ impl Served {
         }
         if control.alive.load(Ordering::Relaxed) {
             node.transmit_all(|datagrams| {
-                // Plain sendmmsg. Segmented sends (GSO) from here to the generator's coalescing
-                // receiver lost most packets at scale on this kernel (BENCHMARKS.md, "Scale
-                // run"), so they stay off until that is understood.
-                let failed = sender.send_all(socket, datagrams).len();
+                // Runs of equal datagrams to one address (a relayed burst from one generator)
+                // leave as segmented buffers (GSO); plain sendmmsg where the kernel refuses.
+                let failed = sender.send_segmented(socket, datagrams).len();
                 control.counters.add_io_errors(failed as u64);
             });
         } else {
@@ -186,7 +175,7 @@ fn start(
         .spawn(move || {
             let mut served = Vec::with_capacity(sockets.len());
             for (node, socket, control, member) in sockets {
-                match Served::new(node, socket, control, started) {
+                match Served::new(node, socket, control) {
                     Ok(s) => served.push(Served { member, ..s }),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -223,6 +212,7 @@ fn run(
     stop: &AtomicBool,
 ) {
     let mut ready = Events::with_capacity(64);
+    let mut receiver = pbxlab_udp::Receiver::for_coalesced(started);
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_tick = FRAME_NS;
     let mut backlog: Vec<usize> = Vec::new();
@@ -235,7 +225,7 @@ fn run(
                 let mut socket = mio::net::UdpSocket::from_std(socket);
                 poll.registry()
                     .register(&mut socket, Token(served.len()), Interest::READABLE)?;
-                Served::new(node, socket, control, started)
+                Served::new(node, socket, control)
             });
             match added {
                 Ok(s) => served.push(s),
@@ -286,7 +276,6 @@ fn run(
                 node,
                 socket,
                 control,
-                receiver,
                 member,
             } = s;
             let mut dead = 0u64;
@@ -303,6 +292,9 @@ fn run(
                 }
             });
             control.counters.add_dead_drops(dead);
+            if let Some(n) = receiver.kernel_drops() {
+                control.counters.note_kernel_drops(u64::from(n));
+            }
             match read {
                 Ok(n) if n >= SHARE => more.push(i),
                 Ok(_) => {}

@@ -28,6 +28,8 @@ pub struct NodeCounters {
     dead_drops: AtomicU64,
     /// Failed sends, receives and polls.
     io_errors: AtomicU64,
+    /// Datagrams the kernel dropped on the node's full socket queue, as it last reported.
+    kernel_drops: AtomicU64,
 }
 
 impl NodeCounters {
@@ -51,6 +53,12 @@ impl NodeCounters {
 
     pub fn dead_drops(&self) -> u64 {
         self.dead_drops.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams this machine's kernel dropped before the node could read them: the node
+    /// thread fell behind, which is the emulator's failure, not the node's.
+    pub fn kernel_drops(&self) -> u64 {
+        self.kernel_drops.load(Ordering::Relaxed)
     }
 
     pub fn io_errors(&self) -> u64 {
@@ -81,6 +89,11 @@ impl NodeCounters {
     /// Counts `n` failed sends, receives or polls.
     pub(super) fn add_io_errors(&self, n: u64) {
         add(&self.io_errors, n);
+    }
+
+    /// Takes the kernel's drop count of the node's socket (a running total).
+    pub(super) fn note_kernel_drops(&self, n: u64) {
+        self.kernel_drops.fetch_max(n, Ordering::Relaxed);
     }
 
     /// Counts `n` datagrams read and dropped while the node was dead.
