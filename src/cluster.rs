@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use pbxlab_cluster::alerts::AlertSink;
 use pbxlab_cluster::cluster::{Cluster, Options, Status};
 use pbxlab_cluster::ctl::node_json;
+use pbxlab_loadgen::report::{DriverPace, render_pace};
 use pbxlab_scenario::{parse_duration, parse_rate};
 
 use crate::{BadInput, load_scenario};
@@ -171,7 +172,7 @@ fn status_line(s: &Status) -> String {
         .map(|n| n.name.as_str())
         .collect();
     format!(
-        "[{:>6.1}s] registered {} | calls {} active, {} total, {} failed | sessions: {} ({}) | queue waiting {} | rate-limited {}{}",
+        "[{:>6.1}s] registered {} | calls {} active, {} total, {} failed | sessions: {} ({}) | queue waiting {} | rate-limited {}{}{}{}",
         s.elapsed.as_secs_f64(),
         s.cm.registered,
         s.cm.calls_active,
@@ -189,22 +190,71 @@ fn status_line(s: &Status) -> String {
             String::new()
         } else {
             format!(" | not online: {}", down.join(", "))
-        }
+        },
+        behind_note(&s.pace.drivers()),
+        sessions_note(s)
     )
+}
+
+/// A status line's note of nodes whose own session count is not the Call Manager's although
+/// they have applied every command sent to them: sessions lost or leaked.
+fn sessions_note(s: &Status) -> String {
+    let differ: Vec<String> = s
+        .nodes
+        .iter()
+        .filter(|n| n.in_step && n.node_sessions != n.media_sessions)
+        .map(|n| {
+            format!(
+                "{} holds {}, the Call Manager anchored {}",
+                n.name, n.node_sessions, n.media_sessions
+            )
+        })
+        .collect();
+    if differ.is_empty() {
+        String::new()
+    } else {
+        format!(" | SESSIONS DIFFER: {}", differ.join("; "))
+    }
+}
+
+/// A status line's note of pbxlab's own threads that fell behind: empty while they keep up.
+pub(crate) fn behind_note(drivers: &[DriverPace]) -> String {
+    let late: Vec<String> = drivers
+        .iter()
+        .filter(|d| d.saturated)
+        .map(|d| {
+            format!(
+                "{} {:.0} ms late{}",
+                d.driver.trim_start_matches("the "),
+                d.worst_ms,
+                if d.kernel_drops > 0 {
+                    format!(", {} kernel drops", d.kernel_drops)
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    if late.is_empty() {
+        String::new()
+    } else {
+        format!(" | PBXLAB BEHIND: {}", late.join("; "))
+    }
 }
 
 fn render(s: &Status) -> String {
     let mut out = String::new();
-    out.push_str("node         role     address                state     sessions/capacity   node sessions  packets in  packets out  send errors\n");
+    out.push_str("node         role     address                state     sessions/capacity   anchored  node sessions  packets in  packets out  send errors\n");
     for n in &s.nodes {
         out.push_str(&format!(
-            "{:<12} {:<8} {:<22} {:<9} {:>8}/{:<9} {:>14} {:>11} {:>12} {:>12}\n",
+            "{:<12} {:<8} {:<22} {:<9} {:>8}/{:<9} {:>9} {:>14} {:>11} {:>12} {:>12}\n",
             n.name,
             n.role,
             n.addr,
             crate::ctl::console_state(n.state),
             n.load,
             n.capacity,
+            n.media_sessions,
             n.node_sessions,
             n.packets_in,
             n.packets_out,
@@ -213,7 +263,7 @@ fn render(s: &Status) -> String {
     }
     let c = &s.cm;
     out.push_str(&format!(
-        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {}, malformed {}, Call Manager CPU {:.2} s\n",
+        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {}, malformed {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
         c.registrations,
         c.auth_failures,
         c.calls_total,
@@ -230,11 +280,17 @@ fn render(s: &Status) -> String {
         c.dropped,
         c.rate_limited,
         c.malformed,
-        s.cm_cpu.as_secs_f64()
+        s.cm_cpu.as_secs_f64(),
+        s.pace.call_manager.worst.as_secs_f64() * 1000.0,
+        s.pace.nodes.worst.as_secs_f64() * 1000.0
     ));
     for (reason, n) in &c.failures {
         out.push_str(&format!("  failed: {reason}: {n}\n"));
     }
+    out.push_str(&render_pace(
+        &s.pace.drivers(),
+        "what the cluster did meanwhile says as much of this machine as of the cluster",
+    ));
     out
 }
 
@@ -270,6 +326,7 @@ fn to_json(s: &Status) -> serde_json::Value {
             "rounds_ignored": c.probe_rounds_ignored,
         },
         "send_errors": s.cm_send_errors,
+        "emulator": s.pace.drivers(),
         "events": s.events,
         // As the control endpoint shows them, with the packets no session claimed.
         "nodes": s.nodes.iter().map(|n| {

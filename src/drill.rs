@@ -20,7 +20,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pbxlab_cluster::alerts::AlertSink;
 use pbxlab_cluster::cluster::{Cluster, Control, Filter, Options};
-use pbxlab_cluster::drill::{Injected, Observed, Phase, Sample, judge, silences, steady_phase};
+use pbxlab_cluster::drill::{
+    Injected, Observed, Outcome, Phase, Sample, judge, silences, steady_phase,
+};
 use pbxlab_loadgen::metrics::Metric;
 use pbxlab_loadgen::{Progress, RunOptions};
 use pbxlab_scenario::Scenario;
@@ -160,7 +162,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
                 .map(|n| format!("{} {}", n.name, n.state))
                 .collect();
             eprintln!(
-                "[{:>6.1}s] {} | moved {} dropped {} | probes late {} (worst {:.0} ms), rounds ignored {}{}",
+                "[{:>6.1}s] {} | moved {} dropped {} | probes late {} (worst {:.0} ms), rounds ignored {}{}{}",
                 at.as_secs_f64(),
                 load::progress_figures(p),
                 st.cm.moved,
@@ -172,7 +174,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
                     String::new()
                 } else {
                     format!(" | {}", down.join(", "))
-                }
+                },
+                crate::cluster::behind_note(&st.pace.drivers())
             );
         };
         let run = pbxlab_loadgen::run(
@@ -205,6 +208,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         samples: &samples,
         gaps: &gaps,
     };
+    let mut drivers = status.pace.drivers();
+    drivers.extend(report.emulator.iter().cloned());
     let drill = judge(
         &spec,
         control.health().detection_bound(),
@@ -212,7 +217,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         &seen,
         steady,
         faults.len(),
-    );
+    )
+    .with_emulator(drivers);
     let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
     if !json_to_stdout {
         print!("{}", report.render_text());
@@ -220,10 +226,10 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     }
     let value = drill.to_json(&scenario, &report, &status.events);
     crate::write_json(args.json.as_ref(), &value)?;
-    Ok(if drill.pass {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_SLO)
+    Ok(match drill.outcome() {
+        Outcome::Pass => ExitCode::SUCCESS,
+        Outcome::Fail => ExitCode::from(EXIT_SLO),
+        Outcome::Invalid => ExitCode::from(crate::EXIT_INVALID),
     })
 }
 

@@ -366,6 +366,13 @@ fn exit_code(report: &LoadReport) -> ExitCode {
         return ExitCode::from(EXIT_NO_ANSWER);
     }
     if !report.thresholds_pass() {
+        if report.saturated() {
+            eprintln!(
+                "pbxlab: thresholds broke while pbxlab itself fell behind on this machine: the run is invalid (exit {})",
+                crate::EXIT_INVALID
+            );
+            return ExitCode::from(crate::EXIT_INVALID);
+        }
         return ExitCode::from(EXIT_THRESHOLDS);
     }
     ExitCode::SUCCESS

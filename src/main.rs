@@ -52,7 +52,10 @@ enum Command {
     /// Call-ID and reason, alerts, and the SLO verdict during and after. Without a scenario:
     /// the embedded drill (2,400 calls with RTP, media-2 failed at 40 s, back at 47 s).
     ///
-    /// Exit codes: 0 every SLO held; 99 an SLO broke; 2 bad input; 1 the drill could not run.
+    /// Exit codes: 0 every SLO held; 99 an SLO broke; 4 invalid: an SLO broke while pbxlab
+    /// itself fell behind on this machine (a thread late on its schedule, or the kernel
+    /// dropping packets on its sockets), so the failure may be the machine's; 2 bad input; 1 the
+    /// drill could not run.
     Drill(Box<drill::DrillArgs>),
     /// Operate a running cluster through its control endpoint (`pbxlab cluster --ctl`).
     Ctl(Box<ctl::CtlArgs>),
@@ -88,6 +91,10 @@ struct PlanArgs {
     #[arg(long)]
     self_check: bool,
 }
+
+/// Exit code of a `load` whose thresholds broke, or a `drill` whose SLOs broke, while pbxlab
+/// itself was the bottleneck: the run says nothing of the system under test.
+pub(crate) const EXIT_INVALID: u8 = 4;
 
 /// Errors the user can fix by changing the input: exit code 2.
 #[derive(Debug)]

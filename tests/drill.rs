@@ -175,3 +175,64 @@ fn a_partitioned_server_is_found_by_its_probes_and_an_upgraded_one_hands_its_cal
     assert_eq!(n(&v["load"]["calls"]["failed"]), 0, "{context}");
     assert_eq!(out.status.code(), Some(0), "{context}");
 }
+
+/// The whole process held for 600 ms (SIGSTOP, then SIGCONT: what a machine with no core to
+/// spare does to it) while the drill runs: the report names its own threads' lateness, and
+/// the verdict is a pass or "invalid", never a cluster failure (99).
+#[test]
+fn a_starved_pbxlab_reports_its_own_lateness_instead_of_blaming_the_cluster() {
+    let json = std::env::temp_dir().join(format!(
+        "pbxlab-drill-test-{}-starved.json",
+        std::process::id()
+    ));
+    let child = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["drill", &scenario("small.toml"), "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pbxlab runs");
+    let pid = child.id().to_string();
+    // Calls are up by 8 s; the steady window starts at 11 s.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let signal = |s: &str| {
+        let ok = Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(ok, "kill {s} {pid}");
+    };
+    signal("-STOP");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    signal("-CONT");
+    let out = child.wait_with_output().expect("pbxlab ends");
+    let context = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("a report")).expect("JSON");
+    let node_thread = v["emulator"]
+        .as_array()
+        .expect("the emulator's pace")
+        .iter()
+        .find(|d| d["driver"] == "the node thread")
+        .expect("the node thread's pace")
+        .clone();
+    assert!(
+        node_thread["worst_ms"].as_f64().expect("ms") >= 500.0,
+        "{node_thread}: {context}"
+    );
+    assert_eq!(node_thread["saturated"], true, "{context}");
+    assert!(
+        context.contains("pbxlab itself fell behind on this machine")
+            && context.contains("the node thread fell"),
+        "{context}"
+    );
+    match v["verdict"].as_str() {
+        Some("pass") => assert_eq!(out.status.code(), Some(0), "{context}"),
+        Some("invalid") => assert_eq!(out.status.code(), Some(4), "{context}"),
+        other => panic!("verdict {other:?}: {context}"),
+    }
+}

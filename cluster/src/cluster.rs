@@ -21,9 +21,11 @@ use super::NodeCommand;
 use super::cm::{self, CallManager, DroppedCall, NodeSpec, Reassigned};
 use super::hub::Hub;
 use super::link;
-use super::node::{self, NodeHandle, Place};
+use super::node::{self, NodeHandle, Place, ToThread};
 use crate::Error;
+use pbxlab_loadgen::report::DriverPace;
 use pbxlab_scenario::Scenario;
+use pbxlab_udp::pace::{Pace, PaceFigures};
 
 /// How the cluster listens and whom it trusts.
 #[derive(Debug, Clone)]
@@ -75,8 +77,14 @@ pub struct NodeStatus {
     /// (ok, timeout, failed); its round-trip time if it was answered.
     pub last_probe: Option<(Duration, &'static str)>,
     pub probe_rtt: Option<Duration>,
+    /// Media sessions the Call Manager has anchored on the node (told it to hold and not yet
+    /// to end): what `node_sessions` should say, once the node has applied its commands.
+    pub media_sessions: u64,
     /// Sessions the node itself is serving.
     pub node_sessions: u64,
+    /// Whether the node had applied every command sent to it when `node_sessions` was read:
+    /// then it must equal `media_sessions`, and a difference is a real one.
+    pub in_step: bool,
     pub packets_in: u64,
     pub packets_out: u64,
     pub unknown_packets: u64,
@@ -99,6 +107,29 @@ pub struct Status {
     /// Datagrams the Call Manager's socket would not take.
     pub cm_send_errors: u64,
     pub whitelist: Vec<IpAddr>,
+    /// How the emulator's own threads kept their schedules.
+    pub pace: ClusterPace,
+}
+
+/// How far the cluster's threads ran behind their schedules and what the kernel dropped on
+/// their sockets: when either passes its bound, this machine was the bottleneck
+/// ([`pbxlab_udp::pace`]). Nodes in their own processes keep their own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterPace {
+    /// The Call Manager's thread, against its timers (probe rounds, retransmissions).
+    pub call_manager: PaceFigures,
+    /// The node thread, against its 20 ms media grid.
+    pub nodes: PaceFigures,
+}
+
+impl ClusterPace {
+    /// Each thread as reports show it.
+    pub fn drivers(&self) -> Vec<DriverPace> {
+        vec![
+            DriverPace::of("the Call Manager thread", &self.call_manager),
+            DriverPace::of("the node thread", &self.nodes),
+        ]
+    }
 }
 
 /// A balancer event with the server's name, for reports.
@@ -266,7 +297,7 @@ struct Shared {
     epoch: Instant,
     requests: Mutex<Sender<Request>>,
     handles: Mutex<Vec<NodeHandle>>,
-    adds: Mutex<Sender<(node::Node, UdpSocket, node::NodeControl)>>,
+    adds: Mutex<Sender<ToThread>>,
     status: Mutex<Status>,
     records: Mutex<Records>,
     /// Capacity of a new server of each role, from the scenario's pools.
@@ -274,6 +305,17 @@ struct Shared {
     health: HealthConfig,
     ip: IpAddr,
     busy: Busy,
+    cm_pace: Arc<Pace>,
+    node_pace: Arc<Pace>,
+}
+
+impl Shared {
+    fn pace(&self) -> ClusterPace {
+        ClusterPace {
+            call_manager: self.cm_pace.figures(),
+            nodes: self.node_pace.figures(),
+        }
+    }
 }
 
 /// A handle to operate a running cluster from any thread: status, operator actions, faults.
@@ -351,13 +393,18 @@ impl Cluster {
         let stop = Arc::new(AtomicBool::new(false));
         let (events_tx, events_rx) = std::sync::mpsc::channel();
         let (adds_tx, adds_rx) = std::sync::mpsc::channel();
-        let node_thread =
-            node::spawn(served, adds_rx, events_tx, Arc::clone(&stop)).map_err(|e| {
-                Error::Bind {
-                    addr: sip,
-                    error: e,
-                }
-            })?;
+        let node_pace = Arc::new(Pace::default());
+        let node_thread = node::spawn(
+            served,
+            adds_rx,
+            events_tx,
+            Arc::clone(&node_pace),
+            Arc::clone(&stop),
+        )
+        .map_err(|e| Error::Bind {
+            addr: sip,
+            error: e,
+        })?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let capacities: Vec<(Role, u32)> = sc.pools.iter().map(|p| (p.role, p.capacity)).collect();
         let hub = Hub::new(opts.token.clone(), capacities.clone());
@@ -372,6 +419,8 @@ impl Cluster {
             health,
             ip: sip.ip(),
             busy: Busy::default(),
+            cm_pace: Arc::new(Pace::default()),
+            node_pace,
         });
         let cm_thread = {
             let (stop, shared) = (Arc::clone(&stop), Arc::clone(&shared));
@@ -448,6 +497,20 @@ impl Control {
 
     pub fn health(&self) -> HealthConfig {
         self.shared.health
+    }
+
+    /// How the cluster's threads have kept their schedules, as of now.
+    pub fn pace(&self) -> ClusterPace {
+        self.shared.pace()
+    }
+
+    /// Holds the node thread for `d`, as a machine with no core to spare would: what the
+    /// cluster then reports of its own lateness is checked by tests with it. Ignored once
+    /// the cluster has stopped.
+    pub fn stall_node_thread(&self, d: Duration) {
+        if let Ok(adds) = self.shared.adds.lock() {
+            let _ = adds.send(ToThread::Stall(d));
+        }
     }
 
     /// Events, moved calls and dropped calls recorded so far.
@@ -779,11 +842,15 @@ fn serve(
     let mut send_errors = 0u64;
     let mut waits: Vec<Await> = Vec::new();
     let mut publish: Vec<Sender<()>> = Vec::new();
+    // The earliest timer when the thread last went to sleep, and the socket's drop count.
+    let mut due = Nanos::MAX;
+    let mut drops = 0u32;
     while !stop.load(Ordering::Relaxed) {
         // The clock is read before the socket: every datagram that arrived by `now` is
         // handled before `advance(now)` judges probe timeouts, so a thread that was held up
         // between the two never takes an answer sitting in its buffer for a dead node.
         let now = elapsed(started);
+        shared.cm_pace.on_time(due, now);
         // Link datagrams (nodes in their own processes) share the SIP socket; their magic
         // cannot start SIP.
         let read = receiver.drain(&socket, |at, from, bytes| {
@@ -793,6 +860,9 @@ fn serve(
                 cm.handle(at, from, bytes);
             }
         });
+        shared
+            .cm_pace
+            .socket_drops(&mut drops, receiver.kernel_drops());
         // New handles come only from this thread (the start, `add_node`, the hub's joins), so
         // the local list and the shared one are extended together and never need re-reading.
         for h in hub.take_joined() {
@@ -851,7 +921,7 @@ fn serve(
         let since = started.elapsed();
         if since >= next_status || !publish.is_empty() {
             next_status = since + STATUS_EVERY;
-            let snapshot = snapshot(&cm, &handles, since, &log, send_errors);
+            let snapshot = snapshot(&cm, &handles, since, &log, send_errors, shared.pace());
             if let Ok(mut s) = shared.status.lock() {
                 *s = snapshot;
             }
@@ -859,7 +929,8 @@ fn serve(
                 let _ = reply.send(());
             }
         }
-        let until = Duration::from_nanos(cm.next_deadline().saturating_sub(elapsed(started)));
+        due = cm.next_deadline();
+        let until = Duration::from_nanos(due.saturating_sub(elapsed(started)));
         if busy {
             let tick = BUSY_TICK.as_nanos() as u64;
             let nap = tick - started.elapsed().as_nanos() as u64 % tick;
@@ -871,7 +942,14 @@ fn serve(
         }
     }
     record(&mut cm, shared, &mut log);
-    let last = snapshot(&cm, &handles, started.elapsed(), &log, send_errors);
+    let last = snapshot(
+        &cm,
+        &handles,
+        started.elapsed(),
+        &log,
+        send_errors,
+        shared.pace(),
+    );
     if let Ok(mut s) = shared.status.lock() {
         *s = last;
     }
@@ -908,7 +986,9 @@ fn add_node(
                 .adds
                 .lock()
                 .map_err(|_| OpError::Stopped.to_string())?;
-            adds.send(parts).map_err(|_| OpError::Stopped.to_string())?;
+            let (node, socket, control) = parts;
+            adds.send(ToThread::Add(Box::new((node, socket, control))))
+                .map_err(|_| OpError::Stopped.to_string())?;
             Ok(handle)
         });
     match handed {
@@ -1027,6 +1107,7 @@ fn snapshot(
     elapsed: Duration,
     log: &[String],
     cm_send_errors: u64,
+    pace: ClusterPace,
 ) -> Status {
     let nodes = cm
         .nodes()
@@ -1041,6 +1122,7 @@ fn snapshot(
         cm_cpu: thread_cpu(),
         cm_send_errors,
         whitelist: cm.whitelist().to_vec(),
+        pace,
     }
 }
 
@@ -1055,6 +1137,8 @@ fn node_row(
     // Removed servers leave the status.
     let view = b.server(n.id)?;
     let handle = handles.iter().find(|h| h.id == n.id.0);
+    // In this order: commands applied, then the sessions they led to.
+    let in_step = handle.is_some_and(NodeHandle::in_step);
     let counters = handle.map(|h| h.counters.load());
     let counters = counters.as_ref();
     Some(NodeStatus {
@@ -1080,7 +1164,9 @@ fn node_row(
             (elapsed.saturating_sub(at), result)
         }),
         probe_rtt: cm.probe_rtt(n.id),
+        media_sessions: cm.media_sessions(n.id),
         node_sessions: counters.map_or(0, |c| c.sessions),
+        in_step,
         packets_in: counters.map_or(0, |c| c.packets_in),
         packets_out: counters.map_or(0, |c| c.packets_out),
         unknown_packets: counters.map_or(0, |c| c.unknown_packets),
@@ -1165,6 +1251,49 @@ capacity = 10
         assert_eq!(done.len(), 2);
         // Once it has finished, the servers take actions again.
         assert_eq!(control.act(Verb::Disable, &one).expect("accepted").len(), 1);
+        cluster.stop().expect("stops");
+    }
+
+    /// A node thread held up (as on a machine with no core to spare) is reported as pbxlab's
+    /// own lateness, with the datagrams the kernel dropped meanwhile on its sockets.
+    #[test]
+    fn a_stalled_node_thread_reports_its_lateness_and_the_kernels_drops() {
+        let sc = Scenario::from_toml("<two media>", TWO_MEDIA).expect("valid");
+        let cluster = Cluster::start(&sc, &Options::new("127.0.0.1:0".parse().expect("addr")))
+            .expect("starts on loopback");
+        let control = cluster.control();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!control.pace().nodes.saturated(), "{:?}", control.pace());
+        let to = control.select(&Filter::default())[0].addr;
+        control.stall_node_thread(Duration::from_millis(600));
+        std::thread::sleep(Duration::from_millis(50));
+        // More than any socket buffer holds, while nobody reads: segmented, so it is sent
+        // well within the stall.
+        let flood = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let packet = [0x80u8; 200];
+        let burst: Vec<(SocketAddr, &[u8])> = (0..4096).map(|_| (to, &packet[..])).collect();
+        let mut sender = pbxlab_udp::Sender::default();
+        for _ in 0..100 {
+            let _ = sender.send_segmented(&flood, &burst);
+        }
+        let settled = Instant::now() + Duration::from_secs(5);
+        while control.status().pace.nodes.kernel_drops == 0 && Instant::now() < settled {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pace = control.status().pace;
+        assert!(pace.nodes.worst >= Duration::from_millis(500), "{pace:?}");
+        assert!(pace.nodes.behind >= 1 && pace.nodes.saturated(), "{pace:?}");
+        assert!(pace.nodes.kernel_drops > 0, "{pace:?}");
+        let said = pace
+            .drivers()
+            .iter()
+            .filter_map(DriverPace::describe)
+            .collect::<Vec<_>>();
+        assert!(
+            said.iter().any(|s| s.starts_with("the node thread fell")
+                && s.contains("packets dropped in this machine's kernel")),
+            "{said:?}"
+        );
         cluster.stop().expect("stops");
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use pbxlab_balancer::EventKind;
 use pbxlab_loadgen::LoadReport;
+use pbxlab_loadgen::report::{DriverPace, render_pace};
 use pbxlab_scenario::{DrillSpec, FaultSpec, Scenario};
 use serde_json::json;
 
@@ -331,6 +332,22 @@ pub struct DrillVerdict {
     /// Faults the drill never reached (the load ended first, or the steady state failed).
     pub skipped: usize,
     pub pass: bool,
+    /// How pbxlab's own threads kept their schedules ([`DrillVerdict::with_emulator`]).
+    pub emulator: Vec<DriverPace>,
+    /// The drill failed while pbxlab itself was behind: what broke may be this machine's
+    /// doing, so the drill says nothing of the cluster. (A drill that passed while behind
+    /// still passes: lateness only makes its figures worse.)
+    pub invalid: bool,
+}
+
+/// What a drill's verdict comes to, and its exit code's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    /// An SLO broke (exit 99).
+    Fail,
+    /// The drill failed while this machine was the bottleneck (exit 4).
+    Invalid,
 }
 
 /// Judges a drill: each injected fault from what the Call Manager recorded and the callers
@@ -455,10 +472,31 @@ pub fn judge(
         faults,
         skipped,
         pass,
+        emulator: Vec::new(),
+        invalid: false,
     }
 }
 
 impl DrillVerdict {
+    /// Takes how pbxlab's own threads kept their schedules: a failed drill while any was
+    /// saturated is invalid.
+    #[must_use]
+    pub fn with_emulator(mut self, drivers: Vec<DriverPace>) -> DrillVerdict {
+        self.invalid = !self.pass && drivers.iter().any(|d| d.saturated);
+        self.emulator = drivers;
+        self
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        if self.pass {
+            Outcome::Pass
+        } else if self.invalid {
+            Outcome::Invalid
+        } else {
+            Outcome::Fail
+        }
+    }
+
     /// The verdict as the text report's closing tables.
     pub fn render(&self, name: &str) -> String {
         let mut out = String::new();
@@ -547,13 +585,19 @@ impl DrillVerdict {
                 let _ = writeln!(out, "    broken: {b}");
             }
         }
+        let blame = match self.outcome() {
+            Outcome::Invalid => "what broke above may be this machine's doing, not the cluster's",
+            _ => "the drill held anyway: lateness only makes its figures worse",
+        };
+        out.push_str(&render_pace(&self.emulator, blame));
         let _ = writeln!(
             out,
             "\nverdict: {}",
-            if self.pass {
-                "PASS (every SLO held)"
-            } else {
-                "FAIL (an SLO broke; exit 99)"
+            match self.outcome() {
+                Outcome::Pass => "PASS (every SLO held)",
+                Outcome::Fail => "FAIL (an SLO broke; exit 99)",
+                Outcome::Invalid =>
+                    "INVALID (an SLO broke while pbxlab itself was behind on this machine; exit 4): run it again on an idle machine, or with less load",
             }
         );
         out
@@ -606,6 +650,12 @@ impl DrillVerdict {
             "scenario": scenario.name,
             "seed": scenario.seed,
             "pass": self.pass,
+            "verdict": match self.outcome() {
+                Outcome::Pass => "pass",
+                Outcome::Fail => "fail",
+                Outcome::Invalid => "invalid",
+            },
+            "emulator": self.emulator,
             "steady": self.steady.as_ref().map(phase),
             "faults": faults,
             "faults_planned": scenario.faults.len(),
@@ -782,6 +832,54 @@ mod tests {
         );
         assert!(!f.during.pass && f.after.pass);
         assert!(!v.pass);
+    }
+
+    #[test]
+    fn a_failure_while_pbxlab_fell_behind_is_invalid_and_says_which_thread() {
+        let late = |driver: &str, worst_ms: f64, kernel_drops: u64| DriverPace {
+            driver: driver.into(),
+            worst_ms,
+            worst_at_s: 41.2,
+            behind: u64::from(worst_ms >= 50.0),
+            kernel_drops,
+            saturated: worst_ms >= 50.0 || kernel_drops > 0,
+        };
+        let mut records = detected(ms(2900));
+        records.dropped.push(DroppedCall {
+            at: nanos(FAULT_AT + ms(2902)),
+            call_id: "a-1@pbxlab".into(),
+            server: ServerId(2),
+            reason: "no media server in service",
+        });
+        let failed = judged(&records, &samples(), &[]);
+        let kept_up = failed
+            .clone()
+            .with_emulator(vec![late("the node thread", 3.0, 0)]);
+        assert_eq!(kept_up.outcome(), Outcome::Fail);
+        assert!(kept_up.render("d").contains("exit 99"));
+        let starved = failed.with_emulator(vec![
+            late("the Call Manager thread", 4.0, 0),
+            late("the node thread", 180.0, 12_400),
+        ]);
+        assert_eq!(starved.outcome(), Outcome::Invalid);
+        let text = starved.render("d");
+        assert!(
+            text.contains(
+                "the node thread fell 180 ms behind its schedule (at 41.2 s; 1 time past 50 ms); \
+                 packets dropped in this machine's kernel on its sockets: 12,400"
+            ) && text.contains("INVALID")
+                && text.contains("exit 4")
+                && !text.contains("the Call Manager thread fell"),
+            "{text}"
+        );
+        // A drill that held while behind still passes, and says it was behind.
+        let held = judged(&detected(ms(2900)), &samples(), &[]).with_emulator(vec![late(
+            "the node thread",
+            180.0,
+            0,
+        )]);
+        assert_eq!(held.outcome(), Outcome::Pass);
+        assert!(held.render("d").contains("the drill held anyway"));
     }
 
     #[test]

@@ -39,6 +39,7 @@ use pbxlab_proto::sdp::PT_TELEPHONE_EVENT;
 
 use crate::engine::MediaCommand;
 use crate::metrics::{MAX_US, histogram};
+use pbxlab_udp::pace::{Pace, PaceFigures};
 
 const FRAME: Duration = Duration::from_millis(20);
 const GAP_RECORDED_NS: u64 = GAP_RECORDED.as_nanos() as u64;
@@ -115,6 +116,9 @@ pub struct MediaReport {
     pub receive_buffer_bytes: usize,
     /// The socket's send buffer as the kernel granted it.
     pub send_buffer_bytes: usize,
+    /// How late the worker's ticks left against their 20 ms slots, and what the kernel
+    /// dropped on its socket.
+    pub pace: PaceFigures,
 }
 
 impl MediaReport {
@@ -198,6 +202,7 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
         receive_coalescing: false,
         receive_buffer_bytes: buffers.receive_bytes,
         send_buffer_bytes: buffers.send_bytes,
+        pace: PaceFigures::default(),
     };
     // The batch headers hold raw pointers and cannot cross threads, so the worker makes them and
     // says whether it could (kernel timestamps on).
@@ -275,6 +280,12 @@ fn run(
     // A tick's packets back to back, and where each lies in it.
     let mut arena: Vec<u8> = Vec::new();
     let mut packets: Vec<(SocketAddr, usize, usize)> = Vec::new();
+    // Lateness counts from a tick that had streams: the first after an idle spell is on time
+    // by definition.
+    let pace = Pace::default();
+    let mut scheduled = false;
+    let mut drops = 0u32;
+    let ns = |t: Instant| u64::try_from(t.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
     loop {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
@@ -343,6 +354,10 @@ fn run(
         }
         let now = Instant::now();
         if now >= next_tick {
+            if scheduled {
+                pace.on_time(ns(next_tick), ns(now));
+            }
+            scheduled = !sending.is_empty();
             arena.clear();
             packets.clear();
             for (&(dest, _), s) in sending.iter_mut() {
@@ -433,6 +448,7 @@ fn run(
                 Err(_) => report.malformed += 1,
             }
         });
+        pace.socket_drops(&mut drops, io.receiver.kernel_drops());
         // Spin only while there is something to send on time; an idle worker sleeps.
         if !sending.is_empty()
             && Instant::now() < next_tick
@@ -442,6 +458,7 @@ fn run(
         }
     }
     report.segmentation_offload = io.sender.segmentation() == Some(true);
+    report.pace = pace.figures();
     for r in receiving.values() {
         report.expected += r.stats.expected();
         let events = i64::try_from(r.events).unwrap_or(i64::MAX);

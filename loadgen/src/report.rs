@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::metrics::{IvrCounts, Metric, Outcomes, QueueCounts};
 use crate::threshold::{Field, QueueField, Subject};
+use pbxlab_udp::pace::PaceFigures;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LatencySummary {
@@ -43,8 +44,72 @@ pub struct RtpSummary {
     pub streams: u64,
     pub packets_sent: u64,
     pub packets_received: u64,
+    /// RFC 3550's cumulative loss over the received streams: what their sequence numbers say
+    /// is missing.
     pub loss_fraction: f64,
+    /// Packets sent that never came back, as a fraction of those sent: counts what RFC 3550
+    /// cannot see, a stream's lost tail and streams never received. Meaningful where every
+    /// stream comes back to the generator (calls between its own users, echo).
+    pub unreceived_fraction: f64,
     pub jitter_p99_us: u64,
+}
+
+/// How one of pbxlab's own threads kept its schedule (see `pbxlab_udp::pace`): when
+/// `saturated`, this machine was the bottleneck and the figures around it measure the machine.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriverPace {
+    pub driver: String,
+    /// The furthest behind its schedule it ran.
+    pub worst_ms: f64,
+    /// When, seconds since the driver started.
+    pub worst_at_s: f64,
+    /// Times it ran 50 ms or more behind.
+    pub behind: u64,
+    /// Datagrams this machine's kernel dropped on its full sockets.
+    pub kernel_drops: u64,
+    pub saturated: bool,
+}
+
+impl DriverPace {
+    pub fn of(driver: &str, f: &PaceFigures) -> DriverPace {
+        DriverPace {
+            driver: driver.to_owned(),
+            worst_ms: f.worst.as_secs_f64() * 1000.0,
+            worst_at_s: f.worst_at.as_secs_f64(),
+            behind: f.behind,
+            kernel_drops: f.kernel_drops,
+            saturated: f.saturated(),
+        }
+    }
+
+    /// The sentence a report prints for a saturated driver.
+    pub fn describe(&self) -> Option<String> {
+        let f = PaceFigures {
+            worst: std::time::Duration::from_secs_f64(self.worst_ms.max(0.0) / 1000.0),
+            worst_at: std::time::Duration::from_secs_f64(self.worst_at_s.max(0.0)),
+            behind: self.behind,
+            kernel_drops: self.kernel_drops,
+        };
+        pbxlab_udp::pace::describe(&self.driver, &f)
+    }
+}
+
+/// The lines a report prints when any of pbxlab's drivers was saturated, with `blame` saying
+/// what the figures then measure ("not the target", "not the cluster"); empty if none was.
+pub fn render_pace(drivers: &[DriverPace], blame: &str) -> String {
+    let said: Vec<String> = drivers.iter().filter_map(DriverPace::describe).collect();
+    if said.is_empty() {
+        return String::new();
+    }
+    let mut o = format!(
+        "
+pbxlab itself fell behind on this machine ({blame}):
+"
+    );
+    for line in said {
+        let _ = writeln!(o, "  {line}");
+    }
+    o
 }
 
 /// The calls of one workload.
@@ -152,6 +217,8 @@ pub struct LoadReport {
     /// Reason to count: timeouts, final status codes, malformed messages, socket errors.
     pub failures: BTreeMap<String, u64>,
     pub rtp: RtpSummary,
+    /// How pbxlab's own threads (the SIP loop, the RTP worker) kept their schedules.
+    pub emulator: Vec<DriverPace>,
     pub thresholds: Vec<ThresholdResult>,
     /// Media silences of 60 ms or more, one by one, for drills to attribute to faults; not
     /// part of the JSON report.
@@ -164,6 +231,11 @@ pub struct LoadReport {
 
 impl LoadReport {
     /// The value a threshold reads (latencies in microseconds).
+    /// Whether pbxlab itself was the bottleneck of the run.
+    pub fn saturated(&self) -> bool {
+        self.emulator.iter().any(|d| d.saturated)
+    }
+
     pub fn value<'a>(&self, subject: &Subject, hist: impl Fn(Metric) -> &'a Histogram<u64>) -> f64 {
         let outcome = |o: &Outcomes, f: &Field| match f {
             Field::Attempted => o.attempted as f64,
@@ -323,14 +395,19 @@ impl LoadReport {
         if self.rtp.streams > 0 {
             let _ = writeln!(
                 o,
-                "\nrtp: {} streams, {} packets sent, {} received, loss {:.4}%, jitter p99 {} ms",
+                "\nrtp: {} streams, {} packets sent, {} received, loss {:.4}% (RFC 3550), {:.4}% of sent not received, jitter p99 {} ms",
                 self.rtp.streams,
                 self.rtp.packets_sent,
                 self.rtp.packets_received,
                 self.rtp.loss_fraction * 100.0,
+                self.rtp.unreceived_fraction * 100.0,
                 ms(self.rtp.jitter_p99_us)
             );
         }
+        o.push_str(&render_pace(
+            &self.emulator,
+            "these figures measure this machine, not the target",
+        ));
         if !self.failures.is_empty() {
             let _ = writeln!(o, "\nfailures");
             for (reason, n) in &self.failures {
@@ -394,6 +471,7 @@ mod tests {
             ivr: IvrCounts::default(),
             failures: BTreeMap::new(),
             rtp: RtpSummary::default(),
+            emulator: Vec::new(),
             thresholds: Vec::new(),
             gaps: Vec::new(),
             media_epoch: None,

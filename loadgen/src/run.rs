@@ -23,10 +23,11 @@ use crate::engine::{Config, Engine, Grid, Nanos};
 use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
 use crate::report::{
-    LatencySummary, LoadReport, QueueSummary, RtpSummary, ThresholdResult, TickSummary,
+    DriverPace, LatencySummary, LoadReport, QueueSummary, RtpSummary, ThresholdResult, TickSummary,
     WorkloadSummary,
 };
 use crate::threshold::Threshold;
+use pbxlab_udp::pace::Pace;
 
 /// How long in-flight calls get to finish after a stop (Ctrl-C) before the run gives up on them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -117,9 +118,14 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     // Whether the last round sent or received anything: while traffic flows the loop keeps to
     // the tick grid, and once a round is quiet it waits for a datagram or the next deadline.
     let mut received = 0;
+    // The engine's next deadline when the loop last slept, and each socket's kernel drops.
+    let pace = Pace::default();
+    let mut due = Nanos::MAX;
+    let mut drops = [0u32; 2];
     loop {
         let now = started.elapsed();
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        pace.on_time(due, now_ns);
         if opts.stop.load(Ordering::Relaxed) && stopped_at.is_none() {
             stopped_at = Some(now_ns);
             engine.stop(now_ns);
@@ -184,6 +190,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         }
         // Traffic flowing: wake once a tick and read in batches; kernel timestamps keep every
         // arrival exact. Quiet: wait for a datagram (handled at once) or the deadline.
+        due = next_deadline.unwrap_or(Nanos::MAX);
         let until = next_deadline.map(|d| Duration::from_nanos(d.saturating_sub(now_ns)));
         // The grid of the phase in progress (registrations, then calls).
         let tick = Some(engine.grid()).filter(|g| !g.is_zero()).unwrap_or(TICK);
@@ -214,11 +221,13 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         }
         // The target's datagrams come to the twin, anyone else's to the socket.
         received = 0;
-        for s in twin.iter().chain([&socket]) {
-            match receiver.drain(s, |at, from, bytes| {
+        for (s, last) in twin.iter().chain([&socket]).zip(&mut drops) {
+            let read = receiver.drain(s, |at, from, bytes| {
                 responses += 1;
                 engine.handle(at, from, bytes);
-            }) {
+            });
+            pace.socket_drops(last, receiver.kernel_drops());
+            match read {
                 Ok(n) => received += n,
                 // ICMP port unreachable surfaces here: nobody listens at the target.
                 Err(e) => {
@@ -245,6 +254,10 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         responses,
         &opts.thresholds,
     );
+    report.emulator = vec![
+        DriverPace::of("the generator's SIP loop", &pace.figures()),
+        DriverPace::of("the generator's RTP worker", &media.pace),
+    ];
     // Up to a million of them: moved, not copied.
     report.gaps = std::mem::take(&mut media.gaps);
     let log = engine
@@ -277,6 +290,12 @@ fn build_report(
         packets_sent: media.packets_sent,
         packets_received: media.packets_received,
         loss_fraction: media.loss_fraction(),
+        unreceived_fraction: if media.packets_sent == 0 {
+            0.0
+        } else {
+            media.packets_sent.saturating_sub(media.packets_received) as f64
+                / media.packets_sent as f64
+        },
         jitter_p99_us: media.jitter_us.value_at_quantile(0.99),
     };
     let cfg = engine.config();
@@ -322,6 +341,7 @@ fn build_report(
         ivr: m.ivr,
         failures: m.failures.clone(),
         rtp,
+        emulator: Vec::new(),
         thresholds: Vec::new(),
         gaps: Vec::new(),
         media_epoch: Some(media.epoch),

@@ -12,6 +12,8 @@
 //! kernel up to 64 datagrams to one address as one buffer, and a `sendmmsg` carries up to 64
 //! such buffers.
 
+pub mod pace;
+
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
@@ -152,7 +154,8 @@ impl Receiver {
         self.kernel_drops = None;
         loop {
             if self.headers_used {
-                self.headers = MultiHeaders::preallocate(BATCH, Some(Vec::with_capacity(self.cmsg_space)));
+                self.headers =
+                    MultiHeaders::preallocate(BATCH, Some(Vec::with_capacity(self.cmsg_space)));
                 self.headers_used = false;
             }
             let now = self.started.elapsed();

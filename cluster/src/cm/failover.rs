@@ -128,15 +128,20 @@ impl CallManager {
                 Reject::NoCapacity { .. } => "failover: no capacity",
                 _ => "failover: no server in service",
             };
+            let mut media = None;
             if let Some(c) = self.calls.get_mut(call) {
                 self.records.dropped(now, &c.a.call_id, d.from, reason);
-                // The balancer has forgotten the session already.
+                // The balancer has forgotten the session already; the node is told to let
+                // its media go (a node still alive, drained or disabled, would keep it).
                 if c.media.is_some_and(|p| p.session == d.session) {
-                    c.media = None;
+                    media = c.media.take();
                 }
                 if c.queue.is_some_and(|p| p.session == d.session) {
                     c.queue = None;
                 }
+            }
+            if let Some(p) = media {
+                self.end_media(p);
             }
             self.hang_up(now, call, reason);
         }

@@ -322,6 +322,10 @@ fn media_node_that_stops_answering_probes_has_every_call_moved_and_both_legs_rei
         "least loaded spreads 6 calls over 3 nodes"
     );
 
+    // What each node was told to hold: two calls each.
+    for id in 0..3 {
+        assert_eq!(cm.media_sessions(ServerId(id)), 2);
+    }
     let dead_addr = node(&cm, dead);
     let (down_at, out) = probe_until_down(&mut cm, NS, dead_addr, dead);
     let events = cm.take_events();
@@ -381,6 +385,14 @@ fn media_node_that_stops_answering_probes_has_every_call_moved_and_both_legs_rei
     let st = cm.stats();
     assert_eq!((st.moved, st.dropped, st.calls_active), (2, 0, 6));
     assert_eq!(cm.balancer().sessions_on(dead).len(), 0);
+    // The moved calls are anchored where they went, none is left on the dead node.
+    assert_eq!(cm.media_sessions(dead), 0);
+    assert_eq!(
+        (0..3)
+            .map(|id| cm.media_sessions(ServerId(id)))
+            .sum::<u64>(),
+        6
+    );
     cm.balancer().audit().unwrap();
 }
 
@@ -765,6 +777,8 @@ fn calls_that_find_no_room_after_a_failure_are_ended_and_recorded_and_the_rest_m
     assert_eq!((st.moved, st.dropped, st.calls_active), (2, 2, 2));
     assert_eq!(st.failures.get("failover: no capacity"), Some(&2));
     assert_eq!(cm.balancer().placed(), 2);
+    // The dropped calls' media is let go too: nothing stays anchored on the stopped node.
+    assert_eq!((cm.media_sessions(x), cm.media_sessions(y)), (0, 2));
     cm.balancer().audit().unwrap();
 }
 

@@ -200,6 +200,10 @@ pub struct CallManager {
     /// One message being rendered, before it is queued (and kept, if it is retransmitted).
     scratch: Vec<u8>,
     commands: Vec<(ServerId, NodeCommand)>,
+    /// Every media session a node was told to hold and not yet told to end, by node: what
+    /// each node's own session count should say once it has applied its commands.
+    anchored: HashMap<MediaSession, ServerId>,
+    anchored_on: HashMap<ServerId, u64>,
     events: Vec<Event>,
     /// The counters no part keeps itself; [`CallManager::stats`] adds the parts' own.
     stats: Stats,
@@ -234,6 +238,8 @@ impl CallManager {
             out: Outbox::default(),
             scratch: Vec::new(),
             commands: Vec::new(),
+            anchored: HashMap::new(),
+            anchored_on: HashMap::new(),
             events: Vec::new(),
             stats: Stats::default(),
             contact: format!("<sip:cm@{}>", cfg.addr),
@@ -321,6 +327,12 @@ impl CallManager {
     /// Balancer events (server down or up, alerts) since the last call.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Media sessions the Call Manager has told `server` to hold and not yet to end: what the
+    /// node's own count of sessions should match.
+    pub fn media_sessions(&self, server: ServerId) -> u64 {
+        self.anchored_on.get(&server).copied().unwrap_or(0)
     }
 
     /// Commands for the nodes, in order.

@@ -269,9 +269,23 @@ impl CallManager {
             },
         };
         self.commands.push((p.server, cmd));
+        if let Some(old) = self.anchored.insert(session, p.server) {
+            self.unanchor(old);
+        }
+        *self.anchored_on.entry(p.server).or_default() += 1;
+    }
+
+    fn unanchor(&mut self, server: ServerId) {
+        if let Some(n) = self.anchored_on.get_mut(&server) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     pub(super) fn end_media(&mut self, p: Placement) {
+        if self.anchored.get(&p.media) == Some(&p.server) {
+            self.anchored.remove(&p.media);
+            self.unanchor(p.server);
+        }
         self.ivr.sessions.remove(&p.media);
         self.commands
             .push((p.server, NodeCommand::End { session: p.media }));

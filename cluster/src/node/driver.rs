@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 
 use pbxlab_balancer::Role;
+use pbxlab_udp::pace::Pace;
 
 use super::core::{FRAME_NS, Node};
 use super::handle::{NodeControl, NodeHandle, channel};
@@ -107,8 +108,18 @@ impl Served {
     }
 }
 
+/// What the node thread is told besides its nodes' commands.
+pub enum ToThread {
+    /// A node an operator added (`pbxlab ctl add`): it joins the loop.
+    Add(Box<(Node, UdpSocket, NodeControl)>),
+    /// Hold the thread for this long, as a machine with no core to spare would: how a test
+    /// checks that pbxlab reports its own lateness instead of blaming the nodes.
+    Stall(Duration),
+}
+
 /// Starts one thread serving every node in `nodes` until `stop` is set. Digits go to
-/// `events` with the node's id.
+/// `events` with the node's id; how far behind its 20 ms grid the thread runs, and what the
+/// kernel drops on its sockets, go to `pace`.
 ///
 /// One thread for all nodes: the machine this was built for has two cores, and a thread per
 /// node would only add context switches, since a node's work per packet is a few hundred
@@ -118,12 +129,13 @@ impl Served {
 /// a 20 ms grid; after a stall the missed ones are skipped, not sent in a burst.
 pub fn spawn(
     nodes: Vec<(Node, UdpSocket, NodeControl)>,
-    adds: Receiver<(Node, UdpSocket, NodeControl)>,
+    adds: Receiver<ToThread>,
     events: Sender<(u32, NodeEvent)>,
+    pace: Arc<Pace>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     let nodes = nodes.into_iter().map(|(n, s, c)| (n, s, c, None)).collect();
-    start(nodes, adds, events, stop, Instant::now())
+    start(nodes, adds, events, pace, stop, Instant::now())
 }
 
 /// Starts the thread serving one node of its own process, whose commands arrive and events
@@ -144,6 +156,7 @@ pub fn spawn_member(
         vec![(node, socket, control, Some(member))],
         adds,
         events,
+        Arc::new(Pace::default()),
         stop,
         epoch,
     )
@@ -153,8 +166,9 @@ type ToServe = (Node, UdpSocket, NodeControl, Option<Member>);
 
 fn start(
     nodes: Vec<ToServe>,
-    adds: Receiver<(Node, UdpSocket, NodeControl)>,
+    adds: Receiver<ToThread>,
     events: Sender<(u32, NodeEvent)>,
+    pace: Arc<Pace>,
     stop: Arc<AtomicBool>,
     started: Instant,
 ) -> io::Result<JoinHandle<()>> {
@@ -184,7 +198,7 @@ fn start(
                 }
             }
             let _ = ready_tx.send(Ok(()));
-            run(served, poll, started, &adds, &events, &stop);
+            run(served, poll, started, &adds, &events, &pace, &stop);
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(thread),
@@ -207,8 +221,9 @@ fn run(
     mut served: Vec<Served>,
     mut poll: Poll,
     started: Instant,
-    adds: &Receiver<(Node, UdpSocket, NodeControl)>,
+    adds: &Receiver<ToThread>,
     events: &Sender<(u32, NodeEvent)>,
+    pace: &Pace,
     stop: &AtomicBool,
 ) {
     let mut ready = Events::with_capacity(64);
@@ -216,10 +231,19 @@ fn run(
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_tick = FRAME_NS;
     let mut backlog: Vec<usize> = Vec::new();
+    // Each socket's kernel drop count as last reported.
+    let mut drops = vec![0u32; served.len()];
     while !stop.load(Ordering::Relaxed) {
         // Nodes an operator added (`pbxlab ctl add`) join the loop; a socket that cannot be
         // set up leaves its node silent, and its probes then mark it down.
-        while let Ok((node, socket, control)) = adds.try_recv() {
+        while let Ok(told) = adds.try_recv() {
+            let (node, socket, control) = match told {
+                ToThread::Add(parts) => *parts,
+                ToThread::Stall(d) => {
+                    std::thread::sleep(d);
+                    continue;
+                }
+            };
             let counters = Arc::clone(&control.counters);
             let added = socket.set_nonblocking(true).and_then(|()| {
                 let mut socket = mio::net::UdpSocket::from_std(socket);
@@ -228,7 +252,10 @@ fn run(
                 Served::new(node, socket, control)
             });
             match added {
-                Ok(s) => served.push(s),
+                Ok(s) => {
+                    served.push(s);
+                    drops.push(0);
+                }
                 Err(_) => counters.add_io_errors(1),
             }
         }
@@ -252,8 +279,15 @@ fn run(
         }
         // Commands before datagrams: a packet sent after its session's command finds it.
         for s in &mut served {
+            let mut told = 0;
             while let Ok(cmd) = s.control.commands.try_recv() {
                 s.node.command(cmd);
+                told += 1;
+            }
+            // Published at once with the count of commands applied, so a status can compare
+            // the node's sessions with the Call Manager's exactly.
+            if told > 0 {
+                s.control.counters.store_applied(&s.node.stats(), told);
             }
         }
         // Sockets with something to read: those epoll reported, and those left with more
@@ -295,6 +329,9 @@ fn run(
             if let Some(n) = receiver.kernel_drops() {
                 control.counters.note_kernel_drops(u64::from(n));
             }
+            if let Some(last) = drops.get_mut(i) {
+                pace.socket_drops(last, receiver.kernel_drops());
+            }
             match read {
                 Ok(n) if n >= SHARE => more.push(i),
                 Ok(_) => {}
@@ -315,6 +352,7 @@ fn run(
         backlog = more;
         let now = elapsed(started);
         if now >= next_tick {
+            pace.on_time(next_tick, now);
             for s in &mut served {
                 if s.alive() {
                     s.node.tick(now);
@@ -353,7 +391,8 @@ mod tests {
         let (events_tx, events_rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (_adds_tx, adds_rx) = std::sync::mpsc::channel();
-        let thread = spawn(vec![served], adds_rx, events_tx, Arc::clone(&stop)).unwrap();
+        let pace = Arc::new(Pace::default());
+        let thread = spawn(vec![served], adds_rx, events_tx, pace, Arc::clone(&stop)).unwrap();
         let [a, b, c] = [0; 3].map(|_| {
             let s = UdpSocket::bind(localhost).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(100)))

@@ -30,6 +30,8 @@ pub struct NodeCounters {
     io_errors: AtomicU64,
     /// Datagrams the kernel dropped on the node's full socket queue, as it last reported.
     kernel_drops: AtomicU64,
+    /// Commands the node has applied, published after the session count they lead to.
+    applied: AtomicU64,
 }
 
 impl NodeCounters {
@@ -91,6 +93,18 @@ impl NodeCounters {
         add(&self.io_errors, n);
     }
 
+    /// Commands the node has applied. Read before [`NodeCounters::load`]: the sessions read
+    /// then are those after at least this many commands.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Publishes `s` and then that `n` more commands have been applied.
+    pub(super) fn store_applied(&self, s: &NodeStats, n: u64) {
+        self.store(s);
+        self.applied.fetch_add(n, Ordering::Release);
+    }
+
     /// Takes the kernel's drop count of the node's socket (a running total).
     pub(super) fn note_kernel_drops(&self, n: u64) {
         self.kernel_drops.fetch_max(n, Ordering::Relaxed);
@@ -132,12 +146,25 @@ pub struct NodeHandle {
     /// meanwhile are gone when it comes back.
     pub alive: Arc<AtomicBool>,
     pub counters: Arc<NodeCounters>,
+    /// Commands sent through this handle and its clones.
+    sent: Arc<AtomicU64>,
 }
 
 impl NodeHandle {
     /// Sends a command; false once the node thread has gone.
     pub fn send(&self, cmd: NodeCommand) -> bool {
-        self.commands.send(cmd).is_ok()
+        let sent = self.commands.send(cmd).is_ok();
+        if sent {
+            self.sent.fetch_add(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Whether a node of this process has applied every command sent to it, so that its
+    /// published session count is the one those commands lead to. (A node in its own process
+    /// reports no such count: never.)
+    pub fn in_step(&self) -> bool {
+        self.counters.applied() == self.sent.load(Ordering::Acquire)
     }
 
     pub fn set_alive(&self, alive: bool) {
@@ -178,6 +205,7 @@ fn pair(id: u32) -> (NodeHandle, NodeControl) {
             commands: tx,
             alive: Arc::clone(&alive),
             counters: Arc::clone(&counters),
+            sent: Arc::new(AtomicU64::new(0)),
         },
         NodeControl {
             commands: rx,

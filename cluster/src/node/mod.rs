@@ -28,5 +28,5 @@ mod fixtures;
 mod handle;
 
 pub use self::core::{FRAME_NS, MAX_SESSIONS, Node, NodeStats};
-pub use driver::{adopt, bind, spawn, spawn_member};
+pub use driver::{ToThread, adopt, bind, spawn, spawn_member};
 pub use handle::{NodeControl, NodeCounters, NodeHandle, Place, channel, remote};
