@@ -53,9 +53,16 @@ const SHARE: usize = 256;
 /// audio: epoll's timeout has millisecond granularity.
 const SPIN: Nanos = 1_000_000;
 
+/// Token bit of a node's twin socket (the one connected to the Call Manager).
+const TWIN: usize = 1 << 30;
+
 struct Served {
     node: Node,
     socket: mio::net::UdpSocket,
+    /// A second socket on the node's address, connected to the Call Manager: the kernel puts
+    /// the Call Manager's probes (and a remote node's link) there, away from the media queue,
+    /// and the thread reads it first. `None` where the kernel would not make one.
+    twin: Option<mio::net::UdpSocket>,
     control: NodeControl,
     /// A node in its own process: its end of the control link, where its commands arrive
     /// and its events go.
@@ -63,15 +70,37 @@ struct Served {
 }
 
 impl Served {
-    fn new(node: Node, socket: mio::net::UdpSocket, control: NodeControl) -> io::Result<Served> {
+    /// Sets up `socket` (and, with the Call Manager's address `control_peer`, its twin) and
+    /// registers them with `poll` as node `i`.
+    fn new(
+        poll: &Poll,
+        i: usize,
+        (node, socket, control): (Node, UdpSocket, NodeControl),
+        control_peer: Option<SocketAddr>,
+    ) -> io::Result<Served> {
         // Large socket buffers hold a tick's burst from every stream. Coalesced receive
         // (UDP_GRO): a generator's segmented send of 64 frames arrives as one buffer, which
         // the thread's receiver splits by the segment size the kernel reports.
         let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
         pbxlab_udp::coalesce(&socket)?;
+        socket.set_nonblocking(true)?;
+        let twin = control_peer.and_then(|peer| pbxlab_udp::connected_twin(&socket, peer).ok());
+        let mut socket = mio::net::UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, Token(i), Interest::READABLE)?;
+        let twin = match twin {
+            Some(t) => {
+                let mut t = mio::net::UdpSocket::from_std(t);
+                poll.registry()
+                    .register(&mut t, Token(i | TWIN), Interest::READABLE)?;
+                Some(t)
+            }
+            None => None,
+        };
         Ok(Served {
             node,
             socket,
+            twin,
             control,
             member: None,
         })
@@ -132,10 +161,19 @@ pub fn spawn(
     adds: Receiver<ToThread>,
     events: Sender<(u32, NodeEvent)>,
     pace: Arc<Pace>,
+    call_manager: SocketAddr,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     let nodes = nodes.into_iter().map(|(n, s, c)| (n, s, c, None)).collect();
-    start(nodes, adds, events, pace, stop, Instant::now())
+    let to = Thread {
+        adds,
+        events,
+        pace,
+        call_manager,
+        stop,
+        started: Instant::now(),
+    };
+    start(nodes, to)
 }
 
 /// Starts the thread serving one node of its own process, whose commands arrive and events
@@ -152,87 +190,65 @@ pub fn spawn_member(
     // Nobody adds nodes to this thread, and its events go over the link.
     let (_, adds) = std::sync::mpsc::channel();
     let (events, _) = std::sync::mpsc::channel();
-    start(
-        vec![(node, socket, control, Some(member))],
+    let to = Thread {
         adds,
         events,
-        Arc::new(Pace::default()),
+        pace: Arc::new(Pace::default()),
+        call_manager: member.spec().cm,
         stop,
-        epoch,
-    )
+        started: epoch,
+    };
+    start(vec![(node, socket, control, Some(member))], to)
 }
 
 type ToServe = (Node, UdpSocket, NodeControl, Option<Member>);
 
-fn start(
-    nodes: Vec<ToServe>,
+/// What the node thread works with besides its nodes.
+struct Thread {
     adds: Receiver<ToThread>,
     events: Sender<(u32, NodeEvent)>,
     pace: Arc<Pace>,
+    /// Where probes (and a remote node's link) come from: each node's twin is connected here.
+    call_manager: SocketAddr,
     stop: Arc<AtomicBool>,
     started: Instant,
-) -> io::Result<JoinHandle<()>> {
+}
+
+fn start(nodes: Vec<ToServe>, to: Thread) -> io::Result<JoinHandle<()>> {
     let poll = Poll::new()?;
-    let mut sockets = Vec::with_capacity(nodes.len());
+    let mut served = Vec::with_capacity(nodes.len());
     for (i, (node, socket, control, member)) in nodes.into_iter().enumerate() {
-        socket.set_nonblocking(true)?;
-        let mut socket = mio::net::UdpSocket::from_std(socket);
-        poll.registry()
-            .register(&mut socket, Token(i), Interest::READABLE)?;
-        sockets.push((node, socket, control, member));
+        let s = Served::new(&poll, i, (node, socket, control), Some(to.call_manager))?;
+        served.push(Served { member, ..s });
     }
-    // The batch buffers hold raw pointers and cannot move between threads, so the thread
-    // makes them and reports whether that worked before serving.
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let thread = std::thread::Builder::new()
+    // The sockets are set up here, so a failure is the caller's to see; the thread makes its
+    // receive buffers itself (they hold raw pointers, which cannot move between threads).
+    std::thread::Builder::new()
         .name("pbxlab-nodes".into())
-        .spawn(move || {
-            let mut served = Vec::with_capacity(sockets.len());
-            for (node, socket, control, member) in sockets {
-                match Served::new(node, socket, control) {
-                    Ok(s) => served.push(Served { member, ..s }),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
-            let _ = ready_tx.send(Ok(()));
-            run(served, poll, started, &adds, &events, &pace, &stop);
-        })?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(thread),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
-        }
-        Err(_) => {
-            let _ = thread.join();
-            Err(io::Error::other("the node thread ended before serving"))
-        }
-    }
+        .spawn(move || run(served, poll, &to))
 }
 
 fn elapsed(started: Instant) -> Nanos {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn run(
-    mut served: Vec<Served>,
-    mut poll: Poll,
-    started: Instant,
-    adds: &Receiver<ToThread>,
-    events: &Sender<(u32, NodeEvent)>,
-    pace: &Pace,
-    stop: &AtomicBool,
-) {
+fn run(mut served: Vec<Served>, mut poll: Poll, to: &Thread) {
+    let Thread {
+        adds,
+        events,
+        pace,
+        call_manager,
+        stop,
+        started,
+    } = to;
+    let started = *started;
     let mut ready = Events::with_capacity(64);
     let mut receiver = pbxlab_udp::Receiver::for_coalesced(started);
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_tick = FRAME_NS;
     let mut backlog: Vec<usize> = Vec::new();
     // Each socket's kernel drop count as last reported.
-    let mut drops = vec![0u32; served.len()];
+    let mut drops = vec![[0u32; 2]; served.len()];
     while !stop.load(Ordering::Relaxed) {
         // Nodes an operator added (`pbxlab ctl add`) join the loop; a socket that cannot be
         // set up leaves its node silent, and its probes then mark it down.
@@ -245,16 +261,16 @@ fn run(
                 }
             };
             let counters = Arc::clone(&control.counters);
-            let added = socket.set_nonblocking(true).and_then(|()| {
-                let mut socket = mio::net::UdpSocket::from_std(socket);
-                poll.registry()
-                    .register(&mut socket, Token(served.len()), Interest::READABLE)?;
-                Served::new(node, socket, control)
-            });
+            let added = Served::new(
+                &poll,
+                served.len(),
+                (node, socket, control),
+                Some(*call_manager),
+            );
             match added {
                 Ok(s) => {
                     served.push(s);
-                    drops.push(0);
+                    drops.push([0; 2]);
                 }
                 Err(_) => counters.add_io_errors(1),
             }
@@ -294,14 +310,18 @@ fn run(
         // after their share last time (epoll is edge-triggered and will not report them
         // again). Each gets at most SHARE datagrams a round, so a busy media node's stream
         // never keeps an idle node's probe waiting.
+        // The Call Manager's twins first: a media backlog must not make a live node miss
+        // its probes.
         for event in ready.iter() {
-            let i = event.token().0;
-            if !backlog.contains(&i) {
-                backlog.push(i);
+            let t = event.token().0;
+            if !backlog.contains(&t) {
+                backlog.push(t);
             }
         }
+        backlog.sort_by_key(|&t| t & TWIN == 0);
         let mut more = Vec::new();
-        for i in backlog.drain(..) {
+        for t in backlog.drain(..) {
+            let i = t & !TWIN;
             let Some(s) = served.get_mut(i) else {
                 continue;
             };
@@ -309,11 +329,20 @@ fn run(
             let Served {
                 node,
                 socket,
+                twin,
                 control,
                 member,
             } = s;
+            let from_socket = if t & TWIN != 0 {
+                match twin {
+                    Some(twin) => twin,
+                    None => continue,
+                }
+            } else {
+                socket
+            };
             let mut dead = 0u64;
-            let read = receiver.drain_up_to(socket, SHARE, |at, from, bytes| {
+            let read = receiver.drain_up_to(from_socket, SHARE, |at, from, bytes| {
                 if !alive {
                     dead += 1;
                     return;
@@ -326,14 +355,17 @@ fn run(
                 }
             });
             control.counters.add_dead_drops(dead);
-            if let Some(n) = receiver.kernel_drops() {
+            let twin_read = usize::from(t & TWIN != 0);
+            if let Some(n) = receiver.kernel_drops()
+                && twin_read == 0
+            {
                 control.counters.note_kernel_drops(u64::from(n));
             }
-            if let Some(last) = drops.get_mut(i) {
+            if let Some(last) = drops.get_mut(i).and_then(|d| d.get_mut(twin_read)) {
                 pace.socket_drops(last, receiver.kernel_drops());
             }
             match read {
-                Ok(n) if n >= SHARE => more.push(i),
+                Ok(n) if n >= SHARE => more.push(t),
                 Ok(_) => {}
                 Err(_) => control.counters.add_io_errors(1),
             }
@@ -392,7 +424,8 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let (_adds_tx, adds_rx) = std::sync::mpsc::channel();
         let pace = Arc::new(Pace::default());
-        let thread = spawn(vec![served], adds_rx, events_tx, pace, Arc::clone(&stop)).unwrap();
+        let cm = SocketAddr::from(([127, 0, 0, 1], 9));
+        let thread = spawn(vec![served], adds_rx, events_tx, pace, cm, Arc::clone(&stop)).unwrap();
         let [a, b, c] = [0; 3].map(|_| {
             let s = UdpSocket::bind(localhost).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(100)))
