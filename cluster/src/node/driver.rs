@@ -425,7 +425,15 @@ mod tests {
         let (_adds_tx, adds_rx) = std::sync::mpsc::channel();
         let pace = Arc::new(Pace::default());
         let cm = SocketAddr::from(([127, 0, 0, 1], 9));
-        let thread = spawn(vec![served], adds_rx, events_tx, pace, cm, Arc::clone(&stop)).unwrap();
+        let thread = spawn(
+            vec![served],
+            adds_rx,
+            events_tx,
+            pace,
+            cm,
+            Arc::clone(&stop),
+        )
+        .unwrap();
         let [a, b, c] = [0; 3].map(|_| {
             let s = UdpSocket::bind(localhost).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(100)))
@@ -518,5 +526,60 @@ mod tests {
         );
         assert!(handle.counters.dead_drops() >= 2);
         assert_eq!(s.sessions, 1);
+    }
+
+    /// A node whose media queue overflows (its thread held up while a generator floods it)
+    /// still hears the Call Manager's probe: it comes on the twin connected to the Call
+    /// Manager, not behind the media (where the full queue would drop it).
+    #[test]
+    fn a_probe_is_heard_while_the_media_queue_overflows() {
+        let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (handle, served) = bind(1, Role::Media, "media-1".into(), localhost).unwrap();
+        let node_addr = served.0.addr();
+        let cm = UdpSocket::bind(localhost).unwrap();
+        cm.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let (events_tx, _events_rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (adds_tx, adds_rx) = std::sync::mpsc::channel();
+        let pace = Arc::new(Pace::default());
+        let thread = spawn(
+            vec![served],
+            adds_rx,
+            events_tx,
+            Arc::clone(&pace),
+            cm.local_addr().unwrap(),
+            Arc::clone(&stop),
+        )
+        .unwrap();
+        adds_tx
+            .send(ToThread::Stall(Duration::from_millis(800)))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        // Datagrams the probe's size, one by one, until the queue has refused some for a while.
+        let flood = UdpSocket::bind(localhost).unwrap();
+        let p = vec![0x80u8; OPTIONS.len()];
+        let burst: Vec<(SocketAddr, &[u8])> = (0..1024).map(|_| (node_addr, &p[..])).collect();
+        let mut sender = pbxlab_udp::Sender::default();
+        let mut sent = 0u64;
+        for _ in 0..100 {
+            sent += (burst.len() - sender.send_all(&flood, &burst).len()) as u64;
+        }
+        cm.send_to(OPTIONS.as_bytes(), node_addr).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, from) = cm.recv_from(&mut buf).expect("the probe answered");
+        assert_eq!(from, node_addr);
+        assert_eq!(sip::parse_datagram(&buf[..n]).unwrap().code(), Some(200));
+        // The media queue did overflow.
+        let settled = Instant::now() + Duration::from_secs(3);
+        while handle.counters.kernel_drops() == 0 && Instant::now() < settled {
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = flood.send_to(&p, node_addr);
+        }
+        assert!(
+            handle.counters.kernel_drops() > 0,
+            "{sent} sent, none dropped"
+        );
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
     }
 }
