@@ -81,6 +81,8 @@ impl Bound {
 }
 
 const DEFAULT_DURATION: Duration = Duration::from_secs(3_600);
+/// The seed of a scenario that gives none: runs stay reproducible, and `--seed` varies them.
+pub const DEFAULT_SEED: u64 = 1;
 const DEFAULT_BATCHES: u32 = 20;
 
 struct Checker<'a> {
@@ -355,9 +357,10 @@ impl Checker<'_> {
                 "name must not be empty".to_owned(),
             ));
         }
-        let seed_value = self.required(&raw.seed, &top, "seed", "a whole number >= 0")?;
-        let seed = self.integer(seed_value, "", "seed", 0, i64::MAX)?;
-        let seed = u64::try_from(seed).unwrap_or_default();
+        let seed = match &raw.seed {
+            Some(v) => u64::try_from(self.integer(v, "", "seed", 0, i64::MAX)?).unwrap_or_default(),
+            None => DEFAULT_SEED,
+        };
 
         let duration = self
             .opt_duration(&raw.duration, "", "duration", true)?
