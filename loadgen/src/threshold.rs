@@ -1,6 +1,7 @@
 //! Pass/fail thresholds on a run's figures, k6-style: `setup.p99<200ms`, `calls.failed==0`,
-//! `rtp.loss_fraction<0.001`, `queue_wait.p99<30s`, `queue.abandoned_fraction<0.05`. A latency value takes a unit (us, ms, s; a bare number is ms, as in
-//! k6); counts and fractions are plain numbers.
+//! `rtp.loss_fraction<0.001`, `queue_wait.p99<30s`, `queue.abandoned_fraction<0.05`. A latency
+//! takes its unit (us, ms, s), as every duration in pbxlab does (k6 reads a bare number as
+//! milliseconds; here only 0 may go without); counts and fractions are plain numbers.
 
 use std::fmt;
 
@@ -219,7 +220,7 @@ impl Threshold {
         .ok_or_else(|| {
             err(if is_latency {
                 format!(
-                    "{value:?} is not a latency: a number with us, ms or s (bare numbers are ms)"
+                    "{value:?} is not a latency: a number with its unit, us, ms or s (e.g. 200ms)"
                 )
             } else {
                 format!("{value:?} is not a number")
@@ -267,9 +268,14 @@ fn parse_latency_us(text: &str) -> Option<f64> {
     } else if let Some(n) = text.strip_suffix('s') {
         (n, 1e6)
     } else {
-        (text, 1e3)
+        // A bare number only as zero: every latency takes a unit, as every duration does.
+        (text, 0.0)
     };
-    number.parse::<f64>().ok().map(|v| v * scale)
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|v| scale > 0.0 || *v == 0.0)
+        .map(|v| v * scale)
 }
 
 #[cfg(test)]
@@ -295,11 +301,11 @@ mod tests {
         assert_eq!(percentile("50"), Some(Quantile(50_000)));
         assert_eq!(percentile("9999"), Some(Quantile(99_990)));
         assert_eq!(t.limit, 1_500_000.0);
-        assert_eq!(
-            Threshold::parse("bye.max<50").expect("valid").limit,
-            50_000.0,
-            "bare numbers are ms"
+        assert!(
+            Threshold::parse("bye.max<50").is_err(),
+            "a latency takes its unit"
         );
+        assert_eq!(Threshold::parse("bye.max<=0").expect("valid").limit, 0.0);
         let t = Threshold::parse("calls.failed==0").expect("valid");
         assert_eq!(
             (t.subject, t.op, t.limit),

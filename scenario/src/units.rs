@@ -12,8 +12,10 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 /// with the largest unit (a day), so they are ignored rather than overflowing.
 const MAX_FRACTION_DIGITS: usize = 18;
 
-/// Parses a duration such as "1.5s", "10m", "2h", "500ms" or a bare integer
-/// number of seconds ("30"). The error is a sentence for humans.
+/// Parses a duration such as "1.5s", "10m", "2h" or "500ms". Every duration takes a unit, as
+/// every latency in a threshold does: a bare number (seconds here, milliseconds in k6) would
+/// mean one thing on one flag and another on the next. Only "0" may go without. The error is a
+/// sentence for humans.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -31,8 +33,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("it does not start with a number; {DURATION_HELP}"));
     };
     let nanos_per_unit: u128 = match unit {
-        "" if fraction.is_empty() => NANOS_PER_SEC,
-        "" => return Err(format!("a decimal number needs a unit; {DURATION_HELP}")),
+        "" if number.bytes().all(|b| b == b'0' || b == b'.') => 1,
+        "" => {
+            return Err(format!(
+                "a number needs a unit: \"{number}s\" for seconds, \"{number}ms\" for milliseconds; {DURATION_HELP}"
+            ));
+        }
         "ns" => 1,
         "us" | "µs" => 1_000,
         "ms" => 1_000_000,
@@ -138,7 +144,7 @@ mod tests {
         assert_eq!(ok("500ms"), Duration::from_millis(500));
         assert_eq!(ok("250us"), Duration::from_micros(250));
         assert_eq!(ok("7ns"), Duration::from_nanos(7));
-        assert_eq!(ok("30"), Duration::from_secs(30));
+        assert_eq!(ok("0"), Duration::ZERO);
         assert_eq!(ok(" 45 s "), Duration::from_secs(45));
         assert_eq!(ok("0s"), Duration::ZERO);
         assert_eq!(ok(".5h"), Duration::from_secs(1_800));
@@ -150,6 +156,7 @@ mod tests {
             "10 parsecs",
             "-3s",
             "1.5",
+            "30",
             "1..5s",
             "1e3s",
             "+3s",
