@@ -42,4 +42,7 @@ pub enum Error {
     Threshold(#[from] threshold::ThresholdError),
     #[error("--rtp {0}: a fraction from 0 to 1")]
     RtpFraction(f64),
+    /// A target or bind address that cannot work, found before the run starts.
+    #[error("{0}")]
+    Address(String),
 }

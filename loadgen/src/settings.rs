@@ -152,6 +152,41 @@ pub fn warnings(s: &Settings, scenario: Option<&Scenario>) -> Vec<String> {
     out
 }
 
+/// Refuses, before anything is sent, a target and local addresses that cannot reach each other:
+/// port 0, an unspecified target, families that differ, a loopback socket and a target off this
+/// host (the kernel would refuse every datagram, or nothing would come back).
+fn check_addresses(s: &Settings) -> Result<(), Error> {
+    let target = s.target;
+    let refuse = |why: String| Err(Error::Address(why));
+    if target.port() == 0 {
+        return refuse(format!("--target {target}: port 0 is not a port one can send to"));
+    }
+    if target.ip().is_unspecified() {
+        return refuse(format!(
+            "--target {target}: {} is no host's address (it means \"any\" only when binding)",
+            target.ip()
+        ));
+    }
+    for (flag, local) in [("--bind", s.bind), ("--rtp-bind", s.rtp_bind)] {
+        if local.is_ipv4() != target.is_ipv4() {
+            return refuse(format!(
+                "--target {target} is IPv{} but {flag} {local} is IPv{}: give {flag} {}",
+                if target.is_ipv4() { 4 } else { 6 },
+                if local.is_ipv4() { 4 } else { 6 },
+                if target.is_ipv4() { "127.0.0.1:0 (or 0.0.0.0:0)" } else { "[::1]:0 (or [::]:0)" }
+            ));
+        }
+        if local.ip().is_loopback() && !target.ip().is_loopback() {
+            return refuse(format!(
+                "--target {target} is not on this host's loopback but {flag} {local} is: \
+                 datagrams from a loopback address never leave the host; give {flag} 0.0.0.0:0 \
+                 (or an interface's address)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The configuration of this shard, and the thresholds to check. The seed is `--seed`, else
 /// `default_seed` (a drill's, which its report names), else a random one.
 pub fn configure(
@@ -159,6 +194,7 @@ pub fn configure(
     scenario: Option<&Scenario>,
     default_seed: Option<u64>,
 ) -> Result<(Config, Vec<Threshold>), Error> {
+    check_addresses(s)?;
     let target = s.target;
     let (shard, shards) = s.shard;
     let traffic = scenario.map(|s| &s.traffic);
@@ -680,6 +716,29 @@ mod tests {
         assert!(warnings(&Settings::new(TARGET), Some(&reference())).is_empty());
         let (cfg, _) = configure(&s, Some(&reference()), Some(1)).expect("configures");
         assert_eq!(cfg.reserved, 1000..1600, "every user is an agent");
+    }
+
+    #[test]
+    fn addresses_that_cannot_reach_the_target_are_refused_before_the_run() {
+        let refused = |target: &str, bind: &str| {
+            let mut s = Settings::new(target.parse().expect("addr"));
+            s.bind = bind.parse().expect("addr");
+            match configure(&s, None, Some(1)) {
+                Err(Error::Address(why)) => why,
+                other => panic!("{target} from {bind}: {other:?}"),
+            }
+        };
+        assert!(refused("127.0.0.1:0", "127.0.0.1:0").contains("port 0"));
+        assert!(refused("0.0.0.0:5060", "127.0.0.1:0").contains("no host's address"));
+        assert!(refused("[::1]:5060", "127.0.0.1:0").contains("IPv6 but --bind"));
+        assert!(refused("192.0.2.1:5060", "127.0.0.1:0").contains("never leave the host"));
+        // Anywhere on loopback from loopback, and off the host from an unspecified address.
+        let mut s = Settings::new("127.0.0.2:5060".parse().expect("addr"));
+        assert!(configure(&s, None, Some(1)).is_ok());
+        s.target = "192.0.2.1:5060".parse().expect("addr");
+        s.bind = "0.0.0.0:0".parse().expect("addr");
+        s.rtp_bind = "0.0.0.0:0".parse().expect("addr");
+        assert!(configure(&s, None, Some(1)).is_ok());
     }
 
     #[test]
