@@ -268,6 +268,16 @@ fn an_unreachable_target_gets_a_clear_error() {
         "{v}"
     );
     assert_eq!(v["calls"]["failed"], 3, "the report is still written: {v}");
+    // With the default timers, 50 calls at 10/s would take 5 s to start and 32 s (Timer B) to
+    // give up: the refusals end the run at once instead.
+    let (out, v) = echo_calls(&target, "50", "10/s", &[]);
+    assert_eq!(out.status.code(), Some(3), "{v}");
+    let took = v["duration_s"].as_f64().expect("duration");
+    assert!(took < 5.0, "ran {took} s against a refusing host: {v}");
+    assert!(
+        v["failures"]["refused by the target's host: nothing listens there"].as_u64() > Some(0),
+        "{v}"
+    );
 }
 
 #[test]

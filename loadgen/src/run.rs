@@ -36,6 +36,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(1);
 /// The longest idle wait, so stop requests and progress lines are not delayed.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Refusals (ICMP port unreachable) that end a run in which the target never answered.
+const REFUSALS_TO_STOP: u64 = 3;
 
 pub struct RunOptions<'a> {
     /// Bind the SIP socket here (port 0: any).
@@ -120,6 +122,11 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     let mut received = 0;
     // The engine's next deadline when the loop last slept, and each socket's kernel drops.
     let pace = Pace::default();
+    // ICMP port unreachable reported on our sockets: with nothing ever heard from the target,
+    // a few of them say nothing listens there, and the run stops instead of waiting out
+    // every transaction's timer.
+    let mut refusals = 0u64;
+    let mut refused = false;
     let mut due = Nanos::MAX;
     let mut drops = [0u32; 2];
     loop {
@@ -169,6 +176,11 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         }
         if engine.finished() {
             interrupted = stopped_at.is_some();
+            break;
+        }
+        if responses == 0 && refusals >= REFUSALS_TO_STOP {
+            refused = true;
+            interrupted = false;
             break;
         }
         if let Some(at) = stopped_at
@@ -231,6 +243,9 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
                 Ok(n) => received += n,
                 // ICMP port unreachable surfaces here: nobody listens at the target.
                 Err(e) => {
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        refusals += 1;
+                    }
                     *send_errors
                         .entry(format!("receive: {}", e.kind()))
                         .or_default() += 1
@@ -239,6 +254,9 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         }
     }
     let elapsed = started.elapsed();
+    if refused {
+        engine.give_up("refused by the target's host: nothing listens there");
+    }
     engine.give_up("unfinished at the end of the run");
     engine.metrics.close_interval(elapsed);
     let mut media = worker.stop().map_err(|_| Error::MediaWorker)?;

@@ -159,7 +159,9 @@ fn check_addresses(s: &Settings) -> Result<(), Error> {
     let target = s.target;
     let refuse = |why: String| Err(Error::Address(why));
     if target.port() == 0 {
-        return refuse(format!("--target {target}: port 0 is not a port one can send to"));
+        return refuse(format!(
+            "--target {target}: port 0 is not a port one can send to"
+        ));
     }
     if target.ip().is_unspecified() {
         return refuse(format!(
@@ -173,7 +175,11 @@ fn check_addresses(s: &Settings) -> Result<(), Error> {
                 "--target {target} is IPv{} but {flag} {local} is IPv{}: give {flag} {}",
                 if target.is_ipv4() { 4 } else { 6 },
                 if local.is_ipv4() { 4 } else { 6 },
-                if target.is_ipv4() { "127.0.0.1:0 (or 0.0.0.0:0)" } else { "[::1]:0 (or [::]:0)" }
+                if target.is_ipv4() {
+                    "127.0.0.1:0 (or 0.0.0.0:0)"
+                } else {
+                    "[::1]:0 (or [::]:0)"
+                }
             ));
         }
         if local.ip().is_loopback() && !target.ip().is_loopback() {

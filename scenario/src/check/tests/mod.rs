@@ -280,7 +280,8 @@ fn server_names_in_pool_order() {
 fn a_scenario_without_a_seed_gets_the_default_one() {
     let s = parse("name = \"x\"\n[[pool]]\nrole = \"media\"\nservers = 1\ncapacity = 10\n");
     assert_eq!(s.seed, crate::check::DEFAULT_SEED);
-    let s = parse("name = \"x\"\nseed = 9\n[[pool]]\nrole = \"media\"\nservers = 1\ncapacity = 10\n");
+    let s =
+        parse("name = \"x\"\nseed = 9\n[[pool]]\nrole = \"media\"\nservers = 1\ncapacity = 10\n");
     assert_eq!(s.seed, 9);
 }
 
