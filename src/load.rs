@@ -290,6 +290,9 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let (cfg, thresholds) = configure(&from_args(&args)?, scenario.as_ref(), None)?;
+    if let Some(w) = pbxlab_loadgen::settings::memory_warning(&cfg) {
+        eprintln!("pbxlab: warning: {w}");
+    }
     let interval = duration("interval", &args.interval)?;
     let on_terminal = std::io::stderr().is_terminal();
     let bar = on_terminal.then(indicatif::ProgressBar::new_spinner);

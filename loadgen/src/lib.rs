@@ -45,4 +45,7 @@ pub enum Error {
     /// A target or bind address that cannot work, found before the run starts.
     #[error("{0}")]
     Address(String),
+    /// A load larger than this machine can hold.
+    #[error("{0}")]
+    TooLarge(String),
 }
