@@ -163,6 +163,15 @@ pub(crate) fn count(n: usize, noun: &str) -> String {
 
 fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
     let scenario = load_scenario(Some(path))?;
+    let mut warnings = scenario.warnings.len();
+    // Fine for a cluster that other tools load; worth saying to someone about to plan it.
+    if scenario.traffic.is_empty() {
+        eprintln!(
+            "{}: warning: no [traffic]: plan would simulate an idle cluster (cluster, load and drill take their rates from flags)",
+            path.display()
+        );
+        warnings += 1;
+    }
     let servers: usize = scenario.pools.iter().map(|p| p.servers.len()).sum();
     println!(
         "{}: ok: {:?}, {}, {}, {}, {}",
@@ -171,7 +180,7 @@ fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
         count(scenario.pools.len(), "pool"),
         count(servers, "server"),
         count(scenario.faults.len(), "fault"),
-        count(scenario.warnings.len(), "warning")
+        count(warnings, "warning")
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -208,3 +208,39 @@ fn every_shipped_scenario_validates() {
     }
     assert!(seen >= 3);
 }
+
+#[test]
+fn check_warns_of_values_that_will_hurt_and_still_passes() {
+    let dir = std::env::temp_dir().join(format!("pbxlab-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let idle = dir.join("idle.toml");
+    std::fs::write(
+        &idle,
+        "name = \"idle\"\n[[pool]]\nrole = \"media\"\nservers = 2\ncapacity = 10\n",
+    )
+    .expect("write");
+    let out = pbxlab(&["check", idle.to_str().expect("utf-8")]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("no [traffic]"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("1 warning"),
+        "{}",
+        text(&out.stdout)
+    );
+    let big = dir.join("big.toml");
+    std::fs::write(
+        &big,
+        "name = \"big\"\nduration = \"1000000h\"\n[[pool]]\nrole = \"media\"\nservers = 2\n\
+         capacity = 10\n[traffic.registrations]\nusers = 100000000\n",
+    )
+    .expect("write");
+    let out = pbxlab(&["check", big.to_str().expect("utf-8")]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("11.0 GB in pbxlab load"), "{stderr}");
+    assert!(stderr.contains("of wall time"), "{stderr}");
+}

@@ -141,6 +141,15 @@ pub(crate) fn render(value: &Value) -> String {
 /// not fields and sequences.
 pub(crate) fn polish(message: &str) -> String {
     let first_line = message.lines().next().unwrap_or_default();
+    // An integer beyond TOML's 64 bits reaches serde as an i128 nothing can take.
+    if let Some(rest) = first_line.strip_prefix("invalid type: integer `")
+        && let Some((number, _)) = rest.split_once("` as i128")
+    {
+        return format!(
+            "{number} is too large: a whole number here is at most {}",
+            i64::MAX
+        );
+    }
     first_line
         .replace("unknown field", "unknown key")
         .replace("expected one of", "allowed keys are")

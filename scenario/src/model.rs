@@ -70,6 +70,17 @@ pub struct Traffic {
     pub registrations: Option<RegistrationTraffic>,
 }
 
+impl Traffic {
+    /// Whether the scenario offers no traffic at all (a cluster for other tools to load).
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_none()
+            && self.ivr.is_none()
+            && self.queue.is_none()
+            && self.meetings.is_none()
+            && self.registrations.is_none()
+    }
+}
+
 /// Distribution of a holding (or handle, or meeting) time, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HoldDist {

@@ -396,6 +396,7 @@ impl Checker<'_> {
         let slo = self.slo(raw.slo.as_ref())?;
         let sizing = self.sizing(raw.sizing.as_ref())?;
         let drill = self.drill(raw.drill.as_ref(), &pools, &traffic)?;
+        self.scale_warnings(duration, &traffic);
 
         Ok(Scenario {
             name: name.to_owned(),
@@ -412,6 +413,95 @@ impl Checker<'_> {
             drill,
             warnings: self.warnings,
         })
+    }
+}
+
+/// Resident bytes per registered user: `plan` (its binding and refresh cursor) and
+/// `pbxlab load` (binding, digest state, index), as measured with 10^6 and 10^8 users.
+const PLAN_USER_BYTES: f64 = 27.0;
+const LOAD_USER_BYTES: f64 = 110.0;
+/// Users from which the memory they take is worth a warning.
+const MANY_USERS: u32 = 10_000_000;
+/// The planner's speed on the machine this was built on (BENCHMARKS.md: 3.4 to 6.4 M events/s),
+/// and the events a session costs it (arrival, departure, their bookkeeping), for an estimate
+/// of a long run's wall time.
+const PLAN_EVENTS_PER_S: f64 = 4e6;
+const EVENTS_PER_SESSION: f64 = 3.0;
+/// Estimated wall time of `plan` from which a run is worth a warning.
+const LONG_PLAN: Duration = Duration::from_secs(600);
+
+impl Checker<'_> {
+    /// Warnings for a scenario that will hurt: users that take gigabytes, a plan that takes
+    /// longer than a coffee.
+    fn scale_warnings(&mut self, duration: Duration, traffic: &crate::model::Traffic) {
+        let t = traffic;
+        if let Some(r) = &t.registrations
+            && r.users >= MANY_USERS
+        {
+            let gb = |per: f64| f64::from(r.users) * per / 1e9;
+            self.warn(
+                0..0,
+                "traffic.registrations.users",
+                format!(
+                    "{} users take about {:.1} GB in plan and {:.1} GB in pbxlab load",
+                    r.users,
+                    gb(PLAN_USER_BYTES),
+                    gb(LOAD_USER_BYTES)
+                ),
+            );
+        }
+        let rates = [
+            t.calls.as_ref().map(|c| c.rate_per_s),
+            t.ivr.as_ref().map(|c| c.rate_per_s),
+            t.queue.as_ref().map(|c| c.rate_per_s),
+            t.meetings.as_ref().map(|c| c.rate_per_s),
+        ];
+        let refreshes = t
+            .registrations
+            .as_ref()
+            .map(|r| f64::from(r.users) / r.expires.as_secs_f64().max(1.0));
+        let per_s: f64 = rates.into_iter().chain([refreshes]).flatten().sum();
+        let sessions = per_s * duration.as_secs_f64();
+        let wall = sessions * EVENTS_PER_SESSION / PLAN_EVENTS_PER_S;
+        if wall >= LONG_PLAN.as_secs_f64() {
+            self.warn(
+                0..0,
+                "duration",
+                format!(
+                    "plan will simulate about {} sessions ({} a second for {}): about {} of wall \
+                     time at the ~4 M events a second a planner core does",
+                    rough(sessions),
+                    rough(per_s),
+                    show_duration(duration),
+                    rough_wall(wall)
+                ),
+            );
+        }
+    }
+}
+
+/// A large count as people say it: 3.6e21, 1.2 million, 950.
+fn rough(n: f64) -> String {
+    if n >= 1e9 {
+        format!("{n:.1e}")
+    } else if n >= 1e6 {
+        format!("{:.1} million", n / 1e6)
+    } else {
+        format!("{n:.0}")
+    }
+}
+
+/// Seconds of wall time as people say them: minutes, hours, days or years.
+fn rough_wall(s: f64) -> String {
+    const DAY: f64 = 86_400.0;
+    if s >= 365.0 * DAY {
+        format!("{} years", rough(s / (365.0 * DAY)))
+    } else if s >= DAY {
+        format!("{:.0} days", s / DAY)
+    } else if s >= 3_600.0 {
+        format!("{:.1} hours", s / 3_600.0)
+    } else {
+        format!("{:.0} minutes", s / 60.0)
     }
 }
 

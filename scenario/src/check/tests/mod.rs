@@ -286,6 +286,44 @@ fn a_scenario_without_a_seed_gets_the_default_one() {
 }
 
 #[test]
+fn values_that_will_hurt_are_warned_and_an_integer_too_large_is_named() {
+    let said = |text: &str| -> Vec<(String, String)> {
+        parse(text)
+            .warnings
+            .into_iter()
+            .map(|w| (w.key, w.message))
+            .collect()
+    };
+    let pool = "[[pool]]\nrole = \"media\"\nservers = 2\ncapacity = 100\n";
+    assert!(parse(&format!("name = \"x\"\n{pool}")).traffic.is_empty());
+    let big = said(&format!(
+        "name = \"x\"\nduration = \"1000000h\"\n{pool}[traffic.registrations]\nusers = 100000000\n\
+         [traffic.calls]\nrate = \"55/s\"\nhold = \"10s\"\n"
+    ));
+    let keys: Vec<&str> = big.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["traffic.registrations.users", "duration"], "{big:?}");
+    assert!(big[0].1.contains("2.7 GB in plan and 11.0 GB"), "{big:?}");
+    assert!(big[1].1.contains("years of wall time"), "{big:?}");
+    // An ordinary scenario says nothing.
+    assert!(
+        said(&format!(
+            "name = \"x\"\n{pool}[traffic.calls]\nrate = \"5/s\"\nhold = \"10s\"\n"
+        ))
+        .is_empty()
+    );
+    let d = invalid(
+        "name = \"x\"\n[[pool]]\nrole = \"media\"\nservers = 2\ncapacity = 99999999999999999999\n",
+    );
+    assert_at(
+        &d,
+        5,
+        12,
+        "pool[0].capacity",
+        &["too large", "at most 9223372036854775807"],
+    );
+}
+
+#[test]
 fn minimal_file_gets_defaults() {
     let s = parse(MINIMAL);
     assert_eq!(s.name, "min");
