@@ -308,9 +308,18 @@ impl LoadReport {
                 if self.tick.auto { " (auto)" } else { "" }
             );
         }
+        // As wide as the longest name shown (`setup_uncorrected` is 17).
+        let width = self
+            .metrics
+            .iter()
+            .filter(|(_, s)| s.count > 0)
+            .map(|(name, _)| name.len())
+            .max()
+            .unwrap_or(0)
+            .max("metric".len());
         let _ = writeln!(
             o,
-            "\n{:<10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}   (ms)",
+            "\n{:<width$} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}   (ms)",
             "metric", "count", "p50", "p90", "p99", "p99.9", "max"
         );
         for (name, s) in &self.metrics {
@@ -319,7 +328,7 @@ impl LoadReport {
             }
             let _ = writeln!(
                 o,
-                "{:<10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "{:<width$} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
                 name,
                 s.count,
                 ms(s.p50_us),
@@ -478,6 +487,20 @@ mod tests {
         };
         let text = report.render_text();
         assert!(text.contains("\nqueue_wait "), "{text}");
+        // Figures are right-aligned in fixed columns after the widest name: every row of
+        // the latency table is as long as the header less its "   (ms)".
+        report.metrics.insert("setup_uncorrected".to_owned(), wait);
+        let text = report.render_text();
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("metric"))
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert_eq!(table.len(), 3, "{text}");
+        for row in &table[1..] {
+            assert_eq!(row.len() + "   (ms)".len(), table[0].len(), "{text}");
+        }
+        report.metrics.remove("setup_uncorrected");
         assert!(text.contains("--seed 3 repeats"), "{text}");
         assert!(!text.contains("ivr_route"), "no row without a measurement");
         assert!(
