@@ -145,7 +145,7 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     alerts.poll(&control);
     alerts.close(Duration::from_secs(5));
     eprintln!("{}", status_line(&last));
-    print!("{}", render(&last));
+    crate::show(&render(&last));
     crate::write_json(args.json.as_ref(), &to_json(&last))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -177,9 +177,9 @@ pub(crate) fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
         s => return Err(anyhow!("the cluster could not do it: {reason} (HTTP {s})")),
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::show(&format!("{}\n", serde_json::to_string_pretty(&value)?));
     } else {
-        print!("{}", render(&args.verb, &value));
+        crate::show(&render(&args.verb, &value));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -221,8 +221,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     .with_emulator(drivers);
     let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
     if !json_to_stdout {
-        print!("{}", report.render_text());
-        print!("{}", drill.render(&scenario.name));
+        crate::show(&report.render_text());
+        crate::show(&drill.render(&scenario.name));
     }
     let value = drill.to_json(&scenario, &report, &status.events);
     crate::write_json(args.json.as_ref(), &value)?;

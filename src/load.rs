@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use pbxlab_loadgen::engine::{Arrivals, Grid};
 use pbxlab_loadgen::settings::{self, DEFAULT_FIRST_USER, Settings};
 use pbxlab_loadgen::{Config, Hold, LoadReport, Progress, RunOptions, Threshold};
@@ -321,13 +320,13 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     }
     let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
     if !json_to_stdout {
-        print!("{}", report.render_text());
+        crate::show(&report.render_text());
     }
     if let Some(path) = &args.json {
         crate::write_json(Some(path), &serde_json::to_value(&report)?)?;
     }
     if let Some(path) = &args.hlog {
-        std::fs::write(path, log).with_context(|| format!("writing {}", path.display()))?;
+        crate::write_atomic(path, &log)?;
     }
     Ok(exit_code(&report))
 }

@@ -173,15 +173,15 @@ fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
         warnings += 1;
     }
     let servers: usize = scenario.pools.iter().map(|p| p.servers.len()).sum();
-    println!(
-        "{}: ok: {:?}, {}, {}, {}, {}",
+    show(&format!(
+        "{}: ok: {:?}, {}, {}, {}, {}\n",
         path.display(),
         scenario.name,
         count(scenario.pools.len(), "pool"),
         count(servers, "server"),
         count(scenario.faults.len(), "fault"),
         count(warnings, "warning")
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -198,7 +198,7 @@ fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         let sizing = size::size(&scenario, options)?;
         let value = serde_json::to_value(&sizing)?;
         if !json_to_stdout {
-            print!("{}", sizing.render_text());
+            show(&sizing.render_text());
         }
         write_json(args.json.as_ref(), &value)?;
         return Ok(if sizing.all_met {
@@ -209,7 +209,7 @@ fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     }
     let report = simulate(&scenario, options)?;
     if !json_to_stdout {
-        print!("{}", report.render_text());
+        show(&report.render_text());
     }
     write_json(args.json.as_ref(), &serde_json::to_value(&report)?)?;
     Ok(ExitCode::SUCCESS)
@@ -220,9 +220,40 @@ pub(crate) fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> a
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     if path.as_os_str() == "-" {
-        std::io::stdout().write_all(text.as_bytes())?;
+        show(&text);
     } else {
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Prints `text` on standard output. A reader that has gone (`pbxlab load | head`) makes the
+/// rest go unread, not a panic that would leave the files still to write unwritten.
+pub(crate) fn show(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Writes `bytes` to `path` whole or not at all: into a temporary file beside it, flushed to
+/// disk, then renamed over it, so a full disk or a crash leaves the previous file as it was.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
     }
     Ok(())
 }

@@ -244,3 +244,35 @@ fn check_warns_of_values_that_will_hurt_and_still_passes() {
     assert!(stderr.contains("11.0 GB in pbxlab load"), "{stderr}");
     assert!(stderr.contains("of wall time"), "{stderr}");
 }
+
+/// A reader that went away (`pbxlab plan | head`) costs the rest of the text, not the run:
+/// no panic, the JSON report still written, whole, with no temporary file left beside it.
+#[test]
+fn a_closed_stdout_does_not_cost_the_report() {
+    let dir = std::env::temp_dir().join(format!("pbxlab-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("plan.json");
+    std::fs::write(&json, "an older report").expect("write");
+    let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/quickstart.toml");
+    // A pipe whose reading end is closed before the run: every write to it fails.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["plan", scenario.to_str().expect("utf-8"), "--json"])
+        .arg(&json)
+        .stdout(writer)
+        .output()
+        .expect("runs");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("whole JSON");
+    assert!(v["events"].as_u64().is_some(), "{v}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("plan.json")]);
+}
