@@ -70,6 +70,7 @@ pub(crate) struct ClusterArgs {
 }
 
 pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+    crate::writable("--json", args.json.as_ref())?;
     let scenario = load_scenario(args.scenario.as_ref())?;
     let bad = |what: &str, e: String| BadInput(format!("{what}: {e}"));
     let rate = parse_rate(&args.rate_limit).map_err(|e| bad("--rate-limit", e))?;

@@ -61,6 +61,7 @@ pub(crate) struct DrillArgs {
 }
 
 pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+    crate::writable("--json", args.json.as_ref())?;
     let mut scenario = match &args.scenario {
         Some(p) => Scenario::load(p).map_err(|e| BadInput(e.to_string()))?,
         None => pbxlab_scenario::drill_scenario().context("the embedded drill is invalid")?,

@@ -284,6 +284,8 @@ pub(crate) fn configure(
 }
 
 pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+    crate::writable("--json", args.json.as_ref())?;
+    crate::writable("--hlog", args.hlog.as_ref())?;
     let scenario = match &args.scenario {
         Some(p) => Some(Scenario::load(p).map_err(|e| bad(e.to_string()))?),
         None => None,

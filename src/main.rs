@@ -186,6 +186,7 @@ fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+    writable("--json", args.json.as_ref())?;
     let scenario = load_scenario(args.scenario.as_ref())?;
     let options = Options {
         seed: args.seed,
@@ -233,9 +234,30 @@ pub(crate) fn show(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-/// Writes `bytes` to `path` whole or not at all: into a temporary file beside it, flushed to
-/// disk, then renamed over it, so a full disk or a crash leaves the previous file as it was.
-pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Checks before a run that its report can be written to `path` (given with `flag`): the
+/// folder exists and takes a new file, and the path is not a folder. A run that measured for
+/// minutes and then could not write its report would lose what it measured (and hide its
+/// verdict behind exit 1).
+pub(crate) fn writable(flag: &str, path: Option<&PathBuf>) -> Result<(), BadInput> {
+    let Some(path) = path.filter(|p| p.as_os_str() != "-") else {
+        return Ok(());
+    };
+    let bad = |why: String| Err(BadInput(format!("{flag} {}: {why}", path.display())));
+    if path.is_dir() {
+        return bad("is a folder".to_owned());
+    }
+    let (tmp, _) = temporary_beside(path);
+    match std::fs::File::create(&tmp) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(())
+        }
+        Err(e) => bad(format!("cannot be written ({e})")),
+    }
+}
+
+/// A temporary file's path in `path`'s folder, and that folder.
+fn temporary_beside(path: &std::path::Path) -> (PathBuf, PathBuf) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -244,7 +266,13 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Resu
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    (dir.join(format!(".{name}.{}.tmp", std::process::id())), dir)
+}
+
+/// Writes `bytes` to `path` whole or not at all: into a temporary file beside it, flushed to
+/// disk, then renamed over it, so a full disk or a crash leaves the previous file as it was.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let (tmp, _) = temporary_beside(path);
     let written = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -276,3 +276,33 @@ fn a_closed_stdout_does_not_cost_the_report() {
         .collect();
     assert_eq!(left, [std::ffi::OsString::from("plan.json")]);
 }
+
+/// An output path that cannot be written is refused before the run, with exit 2: a run that
+/// measured for minutes and then lost its report would hide its verdict too.
+#[test]
+fn an_unwritable_report_path_is_refused_before_the_run() {
+    for args in [
+        &["plan", "--json", "/nonexistent-folder/plan.json"][..],
+        &[
+            "load",
+            "--target",
+            "127.0.0.1:9",
+            "--hlog",
+            "/nonexistent-folder/x.hlog",
+        ][..],
+        &["drill", "--json", "/"][..],
+    ] {
+        let started = std::time::Instant::now();
+        let out = pbxlab(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot be written") || stderr.contains("is a folder"),
+            "{stderr}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{args:?}"
+        );
+    }
+}
