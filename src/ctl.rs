@@ -22,8 +22,9 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Operate a running cluster through its control endpoint (`pbxlab cluster --ctl ADDR`).
 ///
-/// Actions without --role, --server or --addr apply to every server, one after the other;
-/// each prints one line per server with the time it took.
+/// An action applies to the servers --role, --server and --addr select; one that takes servers
+/// out of service (stop, restart, upgrade, rm, disable, drain) acts on every server only when
+/// told so with --all. Each prints one line per server with the time it took.
 #[derive(clap::Args)]
 #[command(
     after_help = "Exit codes: 0 done; 1 the endpoint cannot be reached, or the cluster \
@@ -100,6 +101,16 @@ struct Select {
     /// Only the server at this address.
     #[arg(long, value_name = "IP:PORT")]
     addr: Option<SocketAddr>,
+    /// Every server: what an action that takes servers out of service needs when no --role,
+    /// --server or --addr narrows it.
+    #[arg(long, conflicts_with_all = ["role", "server", "addr"])]
+    all: bool,
+}
+
+impl Select {
+    fn narrowed(&self) -> bool {
+        self.role.is_some() || self.server.is_some() || self.addr.is_some()
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -134,6 +145,16 @@ pub(crate) fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 .into(),
         )
     })?;
+    if let Some((name, select)) = takes_out(&args.verb)
+        && !select.narrowed()
+        && !select.all
+    {
+        return Err(BadInput(format!(
+            "ctl {name} without --role, --server or --addr would act on every server of the \
+             cluster: give --all to mean that"
+        ))
+        .into());
+    }
     let (method, path, body, timeout) = request(&args.verb);
     let url = Url {
         authority: base.authority.clone(),
@@ -182,6 +203,19 @@ pub(crate) fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
         crate::show(&render(&args.verb, &value));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The verbs that take servers out of service, with their selection.
+fn takes_out(verb: &Verb) -> Option<(&'static str, &Select)> {
+    match verb {
+        Verb::Stop(s) => Some(("stop", s)),
+        Verb::Restart(s) => Some(("restart", s)),
+        Verb::Upgrade(s) => Some(("upgrade", s)),
+        Verb::Rm(s) => Some(("rm", s)),
+        Verb::Disable(s) => Some(("disable", s)),
+        Verb::Drain(s) => Some(("drain", s)),
+        _ => None,
+    }
 }
 
 /// Method, path, JSON body and time limit of the verb's request.

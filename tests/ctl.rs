@@ -394,6 +394,19 @@ fn disable_enable_drain_and_the_whitelist_show_in_the_status() {
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(c.line("ivr-2").contains(" Draining "));
 
+    // Taking every server out of service takes saying so.
+    let everyone = c.ctl(&["disable"]);
+    assert_eq!(everyone.status.code(), Some(2));
+    assert!(
+        text(&everyone.stderr).contains("give --all"),
+        "{}",
+        text(&everyone.stderr)
+    );
+    assert!(
+        c.line("media-1").contains(" Online "),
+        "nothing was disabled"
+    );
+
     let nobody = c.ctl(&["stop", "--server", "media-9"]);
     let stderr = text(&nobody.stderr);
     assert_eq!(nobody.status.code(), Some(2), "{stderr}");
