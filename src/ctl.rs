@@ -423,6 +423,7 @@ mod tests {
             role: Some("media".into()),
             server: None,
             addr: None,
+            all: false,
         });
         assert_eq!(
             render(&verb, &done),
