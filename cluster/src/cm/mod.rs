@@ -423,6 +423,24 @@ impl CallManager {
                 }
                 return;
             }
+            let is_ack = msg.method() == Some(Method::Ack);
+            // A Request-URI that is no SIP URI (`sip:@:;;;`) names nobody: 400, as the parser's
+            // other refusals.
+            if msg
+                .request_uri()
+                .is_none_or(|u| pbxlab_proto::uri::SipUri::parse(u).is_err())
+            {
+                self.stats.malformed += 1;
+                if !is_ack {
+                    self.reply(from, &msg, 400, &[]);
+                }
+                return;
+            }
+            // RFC 3261 16.3 step 3, and Kamailio's maxfwd check: a request out of hops gets 483.
+            if msg.max_forwards() == Some(0) && !is_ack {
+                self.reply(from, &msg, 483, &[]);
+                return;
+            }
             self.on_request(now, from, &msg);
         } else {
             self.on_response(now, from, &msg);

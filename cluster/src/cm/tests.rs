@@ -427,6 +427,55 @@ fn malformed_requests_are_counted_and_answered_400_when_possible() {
 }
 
 #[test]
+fn a_request_out_of_hops_gets_483_and_a_request_uri_that_names_nobody_400() {
+    let mut cm = cm();
+    let offer = offer("192.0.2.50:40000", 5);
+    cm.handle(
+        0,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:echo@x",
+            "1",
+            "mf",
+            1,
+            "Max-Forwards: 0\r\n",
+            &offer,
+        ),
+    );
+    let out = texts(&sent(&mut cm));
+    assert!(
+        out[0].starts_with("SIP/2.0 483 Too Many Hops\r\n"),
+        "{}",
+        out[0]
+    );
+    assert_eq!(cm.stats().calls_total, 0, "no call placed");
+    cm.handle(
+        0,
+        addr(UA),
+        &request("INVITE", "sip:@:;;;", "1", "ru", 1, "", &offer),
+    );
+    let out = texts(&sent(&mut cm));
+    assert!(out[0].starts_with("SIP/2.0 400 "), "{}", out[0]);
+    // One hop left is enough.
+    cm.handle(
+        0,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:echo@x",
+            "1",
+            "ok",
+            1,
+            "Max-Forwards: 1\r\n",
+            &offer,
+        ),
+    );
+    let out = texts(&sent(&mut cm));
+    assert!(out.iter().all(|m| !m.starts_with("SIP/2.0 483")), "{out:?}");
+}
+
+#[test]
 fn a_flooding_source_earns_503_while_whitelisted_ones_pass() {
     let mut cm = cm();
     let mut codes = Vec::new();
