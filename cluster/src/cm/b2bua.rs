@@ -10,7 +10,7 @@ use pbxlab_balancer::{AffinityKey, Assignment, Reject, Request, Role, ServerId};
 use pbxlab_proto::builder::{ResponseHeaders, reason_phrase, write_request, write_response};
 use pbxlab_proto::sdp::{self, Offer, SessionDescription};
 use pbxlab_proto::sip::{HeaderName, Message, Method};
-use pbxlab_proto::uri::SipUri;
+use pbxlab_proto::uri::{NameAddr, SipUri};
 
 use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};
 use super::services::AGENT_RING_LIMIT;
@@ -257,6 +257,17 @@ impl CallManager {
         method: Method,
         msg: &Message<'_>,
     ) {
+        let first_invite_again =
+            method == Method::Invite && is_a && msg.to().and_then(|t| t.tag()).is_none();
+        if !first_invite_again && !self.in_dialog(call, is_a, msg) {
+            // A request naming the Call-ID but not the dialog's tags (a BYE from elsewhere with
+            // made-up tags once ended the call): RFC 3261 12.2.2.
+            self.stats.unmatched_in_dialog += 1;
+            if method != Method::Ack {
+                self.reply(from, msg, 481, &[]);
+            }
+            return;
+        }
         match method {
             Method::Invite if is_a && msg.to().and_then(|t| t.tag()).is_none() => {
                 // A retransmission of the first INVITE: repeat our last answer.
@@ -296,6 +307,23 @@ impl CallManager {
             }
             Method::Options => self.reply(from, msg, 200, &[]),
             _ => self.reply(from, msg, 501, &[]),
+        }
+    }
+
+    /// Whether `msg` belongs to the call's dialog with that leg: its From tag is the peer's and
+    /// its To tag, when it has one (a CANCEL has none), ours.
+    fn in_dialog(&self, call: CallRef, is_a: bool, msg: &Message<'_>) -> bool {
+        let Some(d) = self.calls.get(call).and_then(|c| c.dialog(is_a)) else {
+            return false;
+        };
+        let from_tag = msg.from().and_then(|f| f.tag());
+        if d.remote_tag.is_empty() || from_tag != Some(d.remote_tag.as_str()) {
+            return false;
+        }
+        let ours = NameAddr::parse(&d.local_party).ok().and_then(|n| n.tag());
+        match msg.to().and_then(|t| t.tag()) {
+            None => msg.method() == Some(Method::Cancel),
+            Some(tag) => ours == Some(tag),
         }
     }
 

@@ -192,6 +192,8 @@ pub(super) struct UserCall {
     pub(super) a_rtp: SocketAddr,
     pub(super) b_rtp: SocketAddr,
     pub(super) server: ServerId,
+    /// The To of the caller's dialog, with the Call Manager's tag.
+    pub(super) a_to: String,
 }
 
 /// User `1010 + i` calls user `1020 + i` (registered first), who answers; the caller ACKs.
@@ -231,6 +233,10 @@ pub(super) fn user_call(cm: &mut CallManager, now: Nanos, i: u32) -> UserCall {
         .iter()
         .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
         .expect("200 to the caller");
+    let a_to = parse(answer)
+        .header(HeaderName::To)
+        .unwrap_or_default()
+        .to_owned();
     ack(cm, now, caller, &call_id, &parse(answer));
     let cmds: Vec<_> = cm.node_commands().collect();
     let server = match &cmds[..] {
@@ -246,6 +252,7 @@ pub(super) fn user_call(cm: &mut CallManager, now: Nanos, i: u32) -> UserCall {
         a_rtp,
         b_rtp,
         server,
+        a_to,
     }
 }
 
@@ -1055,6 +1062,66 @@ fn a_callers_cancel_reaches_the_ringing_callee() {
     assert_eq!(cm.balancer().placed(), 0);
 }
 
+/// A BYE that names the call's Call-ID but not its tags (made up, from another address) is
+/// answered 481 and ends nothing; the caller's own BYE still does.
+#[test]
+fn a_forged_bye_gets_481_and_the_call_goes_on() {
+    let mut cm = cluster(&[(Role::Media, 10)], &[]);
+    let call = user_call(&mut cm, 0, 0);
+    let forged = String::from_utf8(request(
+        "BYE",
+        "sip:cm@127.0.0.1:5060",
+        "1010",
+        "u0",
+        2,
+        "",
+        "",
+    ))
+    .unwrap()
+    .replace("tag=uau0", "tag=guessed")
+    .replace(
+        "To: <sip:cm@127.0.0.1:5060>",
+        "To: <sip:cm@127.0.0.1:5060>;tag=made-up",
+    );
+    cm.handle(NS, addr("192.0.2.66:5060"), forged.as_bytes());
+    let out = sent(&mut cm);
+    assert_eq!(out.len(), 1, "only the answer: no BYE to the callee");
+    assert_eq!(parse(&out[0].1).code(), Some(481));
+    // The right Call-ID and From tag with a wrong To tag is no better.
+    let half = String::from_utf8(request(
+        "BYE",
+        "sip:cm@127.0.0.1:5060",
+        "1010",
+        "u0",
+        2,
+        "",
+        "",
+    ))
+    .unwrap()
+    .replace(
+        "To: <sip:cm@127.0.0.1:5060>",
+        "To: <sip:cm@127.0.0.1:5060>;tag=made-up",
+    );
+    cm.handle(NS, addr(UA), half.as_bytes());
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(481));
+    let st = cm.stats();
+    assert_eq!((st.calls_active, st.unmatched_in_dialog), (1, 2));
+    let real = String::from_utf8(request(
+        "BYE",
+        "sip:cm@127.0.0.1:5060",
+        "1010",
+        "u0",
+        3,
+        "",
+        "",
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {}", call.a_to));
+    cm.handle(2 * NS, addr(UA), real.as_bytes());
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
+    assert_eq!(cm.stats().calls_active, 0);
+}
+
 #[test]
 fn a_draining_node_reports_drained_when_its_last_call_ends() {
     let mut cm = cluster(&[(Role::Media, 10), (Role::Media, 10)], &[]);
@@ -1066,7 +1133,21 @@ fn a_draining_node_reports_drained_when_its_last_call_ends() {
     cm.handle(
         2 * NS,
         addr(UA),
-        &request("BYE", "sip:cm@127.0.0.1:5060", "1010", "u0", 2, "", ""),
+        String::from_utf8(request(
+            "BYE",
+            "sip:cm@127.0.0.1:5060",
+            "1010",
+            "u0",
+            2,
+            "",
+            "",
+        ))
+        .unwrap()
+        .replace(
+            "To: <sip:cm@127.0.0.1:5060>",
+            &format!("To: {}", first.a_to),
+        )
+        .as_bytes(),
     );
     let _ = exchange(&mut cm, 2 * NS);
     let events = cm.take_events();

@@ -136,6 +136,8 @@ pub struct Stats {
     pub failures: std::collections::BTreeMap<&'static str, u64>,
     pub rate_limited: u64,
     pub malformed: u64,
+    /// In-dialog requests whose tags named no dialog of their Call-ID (forged or stale): 481.
+    pub unmatched_in_dialog: u64,
     pub queue_waiting: usize,
     pub queue_answered: u64,
     pub queue_abandoned: u64,
