@@ -139,9 +139,8 @@ impl Registrar {
             .and_then(|t| t.sip_uri().ok())
             .and_then(|u| u.user)
             .and_then(|u| self.user_number(u));
-        let Some(user) = user else {
-            return Answer::plain(404);
-        };
+        // A user we do not know is challenged and then refused like one with a wrong password:
+        // a 404 would list our users to anyone who asks (what SIP scanners count on).
         let Some(auth) = msg
             .header(HeaderName::Authorization)
             .and_then(|v| digest::parse_authorization(v).ok())
@@ -151,9 +150,16 @@ impl Registrar {
         if !self.nonce_fresh(now, auth.nonce) {
             return self.challenge(now, true);
         }
+        let Some(user) = user else {
+            self.auth_failures += 1;
+            return Answer::plain(403);
+        };
         let password = format!("{}{user}", self.password_prefix);
+        // The digest covers its own uri, which must be this request's (RFC 3261 22.4): a
+        // response computed for another request is not an answer to this one.
         if auth.username != user.to_string()
             || auth.realm != self.domain
+            || Some(auth.uri) != msg.request_uri()
             || !digest::verify(&auth, "REGISTER", &password)
         {
             self.auth_failures += 1;

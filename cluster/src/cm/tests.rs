@@ -189,13 +189,36 @@ fn registration_needs_the_right_password_and_expires() {
     assert_eq!(cm.stats().registered, 1);
     assert_eq!(register(&mut cm, 0, 1004, UA, "wrong"), 403);
     assert_eq!(cm.stats().auth_failures, 1);
-    // Not one of the scenario's users.
-    let r = request("REGISTER", "sip:pbxlab.test", "77", "x", 1, "", "");
-    let r = String::from_utf8(r)
-        .unwrap()
-        .replace("To: <sip:pbxlab.test>", "To: <sip:77@pbxlab.test>");
-    cm.handle(0, addr(UA), r.as_bytes());
-    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(404));
+    // Not one of the scenario's users: answered exactly as a user with the wrong password
+    // (challenged, then 403), so the answers do not tell who is a user.
+    assert_eq!(register(&mut cm, 0, 77, UA, "pw-77"), 403);
+    assert_eq!(cm.stats().auth_failures, 2);
+    // A digest computed for another Request-URI answers nothing here, right password or not.
+    let first = "REGISTER sip:pbxlab.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKu1\r\n\
+         From: <sip:1005@pbxlab.test>;tag=u1\r\nTo: <sip:1005@pbxlab.test>\r\nCall-ID: u1\r\n\
+         CSeq: 1 REGISTER\r\nContact: <sip:1005@192.0.2.9>\r\nContent-Length: 0\r\n\r\n";
+    cm.handle(0, addr(UA), first.as_bytes());
+    let challenge = sent(&mut cm);
+    let challenge = parse(&challenge[0].1);
+    let ch =
+        digest::parse_challenge(challenge.header(HeaderName::WwwAuthenticate).unwrap()).unwrap();
+    let mut auth = String::new();
+    digest::write_authorization(
+        &mut auth,
+        &ch,
+        "1005",
+        "pw-1005",
+        "REGISTER",
+        "sip:elsewhere.test",
+        "c1",
+        1,
+    );
+    let second = first.replace("CSeq: 1", "CSeq: 2").replace(
+        "Content-Length",
+        &format!("Authorization: {auth}\r\nContent-Length"),
+    );
+    cm.handle(0, addr(UA), second.as_bytes());
+    assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(403));
     // The binding lapses after its 60 s.
     cm.advance(61 * NS);
     assert_eq!(cm.stats().registered, 0);
