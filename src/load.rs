@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pbxlab_loadgen::engine::{Arrivals, Grid};
 use pbxlab_loadgen::settings::{self, DEFAULT_FIRST_USER, Settings};
-use pbxlab_loadgen::{Config, Hold, LoadReport, Progress, RunOptions, Threshold};
+use pbxlab_loadgen::{Config, Hold, LoadReport, Password, Progress, RunOptions, Threshold};
 use pbxlab_scenario::{Scenario, parse_duration, parse_rate};
 
 use crate::BadInput;
@@ -247,7 +247,8 @@ pub(crate) fn from_args(args: &LoadArgs) -> anyhow::Result<Settings> {
         users: args.users,
         first_user: args.users.map(|_| args.first_user),
         domain: args.domain.clone(),
-        password_prefix: args.password_prefix.clone(),
+        users_file: None,
+        password: Password::Prefix(args.password_prefix.clone()),
         register_rate_per_s: rate("register-rate", &args.register_rate)?,
         expires_s: args.expires,
         calls: args.calls,
