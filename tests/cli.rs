@@ -208,3 +208,37 @@ fn every_shipped_scenario_validates() {
     }
     assert!(seen >= 3);
 }
+
+#[test]
+fn a_bad_users_file_is_refused_with_its_name_line_and_problem() {
+    let file = scratch(
+        "users.csv",
+        "SEQUENTIAL\nalice;[authentication password=a]\nalice;[authentication password=b]\n",
+    );
+    let path = file.to_str().expect("utf-8");
+    // Nothing listens at the target: the file is refused before anything is sent.
+    let out = pbxlab(&["load", "--target", "127.0.0.1:9", "--users-file", path]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--users-file {path}:3: user \"alice\" again (first on line 2)"
+        )),
+        "{stderr}"
+    );
+    let out = pbxlab(&[
+        "load",
+        "--target",
+        "127.0.0.1:9",
+        "--password",
+        "a",
+        "--password-prefix",
+        "b",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'--password <PASSWORD>' cannot be used with '--password-prefix"),
+        "{stderr}"
+    );
+}
