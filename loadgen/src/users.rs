@@ -14,8 +14,9 @@
 //!   any SIP user part (`1000`, `alice`, `+4930123`). One other field may be SIPp's keyword
 //!   `[authentication username=U password=P]`, which SIPp scenarios inject with `[fieldN]`: U is
 //!   the digest username (default: the user part), P the password (default: the run's shared
-//!   password; a row with neither is refused). A value may be quoted (`password="a b"`). The
-//!   other fields belong to SIPp scenarios and are ignored.
+//!   password; a row with neither is refused). A value may be quoted (`password="a b"`); none
+//!   can hold `;`, which ends a field in SIPp's format whatever the quotes. The other fields
+//!   belong to SIPp scenarios and are ignored.
 //! - Lines end in LF or CRLF; the text is UTF-8 (a leading byte-order mark is skipped).
 //!
 //! Every bound is explicit: a file of at most [`UsersFile::MAX_BYTES`], fields of at most
@@ -309,7 +310,10 @@ fn parse_row<'a>(
         let Some(inner) = inner.strip_suffix(']') else {
             return Err(at(
                 n,
-                format!("{field:?}: write [authentication username=U password=P]"),
+                format!(
+                    "{field:?}: no closing ']' (write [authentication username=U password=P]; \
+                     ';' ends a field, so no value can hold one)"
+                ),
             ));
         };
         if !inner.is_empty() && !inner.starts_with(char::is_whitespace) {
@@ -452,6 +456,7 @@ fn user_part_problem(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parse(text: &str) -> Result<UsersFile, Error> {
         UsersFile::parse(text.as_bytes(), None)
@@ -578,7 +583,11 @@ mod tests {
             ("alice@example.com", "'@' is not allowed"),
             ("50%;[authentication password=a]", "'%' starts an escape"),
             (" # indented", "' ' is not allowed"),
-            ("alice;[authentication password=a", "write [authentication"),
+            ("alice;[authentication password=a", "no closing ']'"),
+            (
+                "alice;[authentication password=a;b]",
+                "no value can hold one",
+            ),
             ("alice;[authenticationpassword=a]", "write [authentication"),
             ("alice;[authentication password]", "name=value"),
             ("alice;[authentication secret=a]", "secret: unknown"),
@@ -673,5 +682,51 @@ mod tests {
         assert_eq!(names(&b), ["1001", "1003"]);
         assert_eq!(b.get(1), users.get(3));
         assert_eq!(users.slice(0, 1), users);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_read_or_refused_without_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512)
+        ) {
+            let _ = UsersFile::parse(&bytes, Some("p"));
+        }
+
+        #[test]
+        fn text_like_a_users_file_is_read_or_refused_at_one_of_its_lines(
+            rows in proptest::collection::vec("[a-z0-9;=\\[\\]\" #%,\t]{0,40}", 0..8)
+        ) {
+            let text = format!("SEQUENTIAL\n{}", rows.join("\n"));
+            match UsersFile::parse(text.as_bytes(), None) {
+                Ok(f) => prop_assert!(!f.users.is_empty() && f.users.len() <= rows.len()),
+                Err(Error::UsersFile { line, .. }) => {
+                    prop_assert!(line.is_none_or(|l| (1..=rows.len() + 1).contains(&l)));
+                }
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
+
+        #[test]
+        fn users_written_as_rows_read_back_as_the_same_table(
+            users in proptest::collection::btree_map(
+                "[a-zA-Z0-9._+-]{1,12}",
+                ("[a-zA-Z0-9._@-]{1,12}", "[ !#-:<-~]{0,16}"),
+                1..20,
+            ),
+            order in prop_oneof![Just("SEQUENTIAL"), Just("RANDOM"), Just("USER")],
+        ) {
+            let mut text = format!("{order}\r\n");
+            let mut table = Users::new();
+            for (name, (username, password)) in &users {
+                text.push_str(&format!(
+                    "{name};x;[authentication username={username} password=\"{password}\"];y\r\n"
+                ));
+                table.push(User { name, username, password });
+            }
+            let f = UsersFile::parse(text.as_bytes(), None).map_err(|e| {
+                TestCaseError::fail(format!("{e}\n{text}"))
+            })?;
+            prop_assert_eq!(f.users, table);
+        }
     }
 }
