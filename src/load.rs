@@ -2,16 +2,18 @@
 //! reports and the exit code. What the settings and a scenario make of the load is
 //! [`pbxlab_loadgen::settings`].
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::net::{SocketAddr, ToSocketAddrs as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use pbxlab_loadgen::engine::{Arrivals, Grid};
 use pbxlab_loadgen::settings::{self, DEFAULT_FIRST_USER, Settings};
-use pbxlab_loadgen::{Config, Hold, LoadReport, Progress, RunOptions, Threshold};
+use pbxlab_loadgen::{
+    Config, Hold, LoadReport, Password, Progress, RunOptions, Threshold, UsersFile,
+};
 use pbxlab_scenario::{Scenario, parse_duration, parse_rate};
 
 use crate::BadInput;
@@ -30,7 +32,8 @@ pub const EXIT_NO_ANSWER: u8 = 3;
 ///
 /// Queue agents are our registered users: the agents of queue q are users
 /// first_user + (q-1)*agents .. first_user + q*agents - 1 (the cluster numbers them the same
-/// way). They only answer the calls the cluster places to them; none of our own calls uses them.
+/// way), or the rows in those places of --users-file. They only answer the calls the cluster
+/// places to them; none of our own calls uses them.
 #[derive(clap::Args)]
 pub struct LoadArgs {
     /// The SIP server to load: a registrar, proxy or UAS (HOST:PORT, UDP).
@@ -45,12 +48,27 @@ pub struct LoadArgs {
     /// Number of the first user; users are FIRST..FIRST+USERS-1.
     #[arg(long, default_value_t = DEFAULT_FIRST_USER)]
     first_user: u32,
+    /// Users listed in a SIPp injection file (-inf): a first line SEQUENTIAL, RANDOM or USER
+    /// (who places and who receives each call: in file order, or drawn from the seed; USER as
+    /// SEQUENTIAL), then a row per user, `user;[authentication username=U password=P]`, other
+    /// fields ignored, `#` comments. Every row registers, in file order. Replaces --users,
+    /// --first-user and the scenario's users.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["users", "first_user", "password_prefix"]
+    )]
+    users_file: Option<PathBuf>,
     /// Domain of the users' addresses of record (default: the target's host).
     #[arg(long)]
     domain: Option<String>,
-    /// Digest password of user N is this prefix followed by N.
-    #[arg(long, default_value = "pw-")]
-    password_prefix: String,
+    /// Digest password of user N is this prefix followed by N [default: pw-].
+    #[arg(long, value_name = "PREFIX", conflicts_with = "password")]
+    password_prefix: Option<String>,
+    /// One digest password for every user; with --users-file, for the rows that give none
+    /// [default: $PBXLAB_PASSWORD, unless --password-prefix is given].
+    #[arg(long)]
+    password: Option<String>,
     /// REGISTER attempts per second ("500/s", "30000/min").
     #[arg(long, default_value = "500/s")]
     register_rate: String,
@@ -170,6 +188,44 @@ fn tick(text: &str) -> anyhow::Result<Grid> {
     Ok(Grid::Every(tick))
 }
 
+/// The users' passwords: `--password`, else `--password-prefix`, else $PBXLAB_PASSWORD (which
+/// keeps a shared password off the command line, where every user of the machine sees it),
+/// else the prefix `pw-`.
+fn password(args: &LoadArgs) -> Password {
+    match (&args.password, &args.password_prefix) {
+        (Some(p), _) => Password::Shared(p.clone()),
+        (None, Some(prefix)) => Password::Prefix(prefix.clone()),
+        (None, None) => match std::env::var("PBXLAB_PASSWORD") {
+            Ok(p) if !p.is_empty() => Password::Shared(p),
+            _ => Password::Prefix("pw-".into()),
+        },
+    }
+}
+
+/// Reads `--users-file`; every error names the file, and the line where there is one.
+fn users_file(path: &Path, password: &Password) -> anyhow::Result<UsersFile> {
+    let name = path.display();
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            // One byte past the limit, for the parser to refuse.
+            f.take(UsersFile::MAX_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| bad(format!("--users-file {name}: {e}")))?;
+    let shared = match password {
+        Password::Shared(p) => Some(p.as_str()),
+        Password::Prefix(_) => None,
+    };
+    UsersFile::parse(&bytes, shared).map_err(|e| match e {
+        pbxlab_loadgen::Error::UsersFile {
+            line: Some(line),
+            reason,
+        } => bad(format!("--users-file {name}:{line}: {reason}")),
+        e => bad(format!("--users-file {name}: {e}")),
+    })
+}
+
 fn rate(flag: &str, text: &str) -> anyhow::Result<f64> {
     parse_rate(text).map_err(|e| bad(format!("--{flag} {text:?}: {e}")))
 }
@@ -240,13 +296,19 @@ pub(crate) fn from_args(args: &LoadArgs) -> anyhow::Result<Settings> {
         .iter()
         .map(|t| Threshold::parse(t).map_err(|e| bad(e.to_string())))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let password = password(args);
+    let users_file = match &args.users_file {
+        Some(path) => Some(users_file(path, &password)?),
+        None => None,
+    };
     Ok(Settings {
         target,
         shard,
         users: args.users,
         first_user: args.users.map(|_| args.first_user),
+        users_file,
         domain: args.domain.clone(),
-        password_prefix: args.password_prefix.clone(),
+        password,
         register_rate_per_s: rate("register-rate", &args.register_rate)?,
         expires_s: args.expires,
         calls: args.calls,
@@ -457,6 +519,76 @@ mod tests {
         assert_eq!(s.arrivals, Some(Arrivals::Poisson));
         assert_eq!(s.tick, Grid::Every(Duration::from_millis(2)));
         assert_eq!(s.thresholds.len(), 1);
+    }
+
+    #[test]
+    fn password_flags_give_the_password_rule() {
+        assert_eq!(
+            read(&["--password", "s3cret"]).expect("reads").password,
+            Password::Shared("s3cret".into())
+        );
+        assert_eq!(
+            read(&["--password-prefix", "x-"]).expect("reads").password,
+            Password::Prefix("x-".into())
+        );
+    }
+
+    #[test]
+    fn flags_that_say_the_same_thing_twice_are_refused() {
+        for flags in [
+            &["--password", "a", "--password-prefix", "b"][..],
+            &["--users-file", "u.csv", "--users", "10"],
+            &["--users-file", "u.csv", "--first-user", "2000"],
+            &["--users-file", "u.csv", "--password-prefix", "b"],
+        ] {
+            let mut argv = vec!["load", "--target", "127.0.0.1:5060"];
+            argv.extend_from_slice(flags);
+            let e = Cli::try_parse_from(argv).err().expect("refused");
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flags:?}"
+            );
+            assert!(e.to_string().contains("cannot be used with"), "{e}");
+        }
+    }
+
+    /// A users file in a scratch directory of its own.
+    fn users_file_at(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pbxlab-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    #[test]
+    fn a_users_file_is_read_and_a_bad_one_named_with_its_line() {
+        let good = users_file_at(
+            "good.csv",
+            "RANDOM\nalice;[authentication username=a password=x]\nbob\n",
+        );
+        let path = good.to_str().expect("utf-8");
+        let s = read(&["--users-file", path, "--password", "shared"]).expect("reads");
+        let file = s.users_file.expect("read");
+        assert_eq!(file.order, pbxlab_loadgen::UserOrder::Random);
+        let users: Vec<(&str, &str, &str)> = file
+            .users
+            .iter()
+            .map(|u| (u.name, u.username, u.password))
+            .collect();
+        assert_eq!(users, [("alice", "a", "x"), ("bob", "bob", "shared")]);
+        // Without --password, bob has none.
+        let e = read(&["--users-file", path]).expect_err("refused");
+        assert!(e.downcast_ref::<BadInput>().is_some(), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("--users-file {path}:3: ")),
+            "{e}"
+        );
+        let e = read(&["--users-file", "/nonexistent/users.csv"]).expect_err("refused");
+        assert!(e.downcast_ref::<BadInput>().is_some(), "{e}");
+        assert!(e.to_string().contains("/nonexistent/users.csv"), "{e}");
     }
 
     #[test]

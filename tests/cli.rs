@@ -241,7 +241,7 @@ fn check_warns_of_values_that_will_hurt_and_still_passes() {
     let out = pbxlab(&["check", big.to_str().expect("utf-8")]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("11.0 GB in pbxlab load"), "{stderr}");
+    assert!(stderr.contains("13.5 GB in pbxlab load"), "{stderr}");
     assert!(stderr.contains("of wall time"), "{stderr}");
 }
 
@@ -305,4 +305,38 @@ fn an_unwritable_report_path_is_refused_before_the_run() {
             "{args:?}"
         );
     }
+}
+
+#[test]
+fn a_bad_users_file_is_refused_with_its_name_line_and_problem() {
+    let file = scratch(
+        "users.csv",
+        "SEQUENTIAL\nalice;[authentication password=a]\nalice;[authentication password=b]\n",
+    );
+    let path = file.to_str().expect("utf-8");
+    // Nothing listens at the target: the file is refused before anything is sent.
+    let out = pbxlab(&["load", "--target", "127.0.0.1:9", "--users-file", path]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--users-file {path}:3: user \"alice\" again (first on line 2)"
+        )),
+        "{stderr}"
+    );
+    let out = pbxlab(&[
+        "load",
+        "--target",
+        "127.0.0.1:9",
+        "--password",
+        "a",
+        "--password-prefix",
+        "b",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'--password <PASSWORD>' cannot be used with '--password-prefix"),
+        "{stderr}"
+    );
 }

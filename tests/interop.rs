@@ -119,11 +119,27 @@ fn sipp_uas(port: u16, media_port: u16, record_route: bool) -> Peer {
     peer
 }
 
+/// The password rule of `tests/interop/kamailio.cfg`: "pw-" and the From user.
+const PASSWORD_RULE: &str = "\"pw-$fU\"";
+
 fn kamailio(port: u16, uas_port: u16) -> Peer {
+    kamailio_with_passwords(port, uas_port, PASSWORD_RULE)
+}
+
+/// Kamailio from `tests/interop/kamailio.cfg` with `rule` (a quoted Kamailio string, which may
+/// hold pseudo-variables) in place of its password rule: a literal is one password shared by
+/// every user.
+fn kamailio_with_passwords(port: u16, uas_port: u16, rule: &str) -> Peer {
     let dir = scratch_dir(&format!("kamailio-{port}"));
     let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/kamailio.cfg");
-    let cfg = std::fs::read_to_string(&template)
-        .expect("tests/interop/kamailio.cfg")
+    let text = std::fs::read_to_string(&template).expect("tests/interop/kamailio.cfg");
+    assert_eq!(
+        text.matches(PASSWORD_RULE).count(),
+        1,
+        "kamailio.cfg states its password rule once"
+    );
+    let cfg = text
+        .replace(PASSWORD_RULE, rule)
         .replace("LISTEN_ADDR", &format!("127.0.0.1:{port}"))
         .replace("UAS_ADDR", &format!("127.0.0.1:{uas_port}"));
     let cfg_path = dir.join("kamailio.cfg");
@@ -161,9 +177,20 @@ fn kamailio(port: u16, uas_port: u16) -> Peer {
 }
 
 fn pbxlab_load(args: &[&str]) -> (Output, serde_json::Value) {
+    pbxlab_load_with_env(args, None)
+}
+
+/// `pbxlab load` with `$PBXLAB_PASSWORD` set to `password` (and unset without one, whatever
+/// the test's own environment holds).
+fn pbxlab_load_with_env(args: &[&str], password: Option<&str>) -> (Output, serde_json::Value) {
     let dir = scratch_dir("load");
     let json = dir.join(format!("report-{}.json", free_port()));
-    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pbxlab"));
+    match password {
+        Some(p) => command.env("PBXLAB_PASSWORD", p),
+        None => command.env_remove("PBXLAB_PASSWORD"),
+    };
+    let out = command
         .arg("load")
         .args(args)
         .args(["--json", json.to_str().expect("utf-8")])
@@ -316,6 +343,106 @@ fn our_users_call_each_other_through_kamailio() {
         "setup includes the 200 ms ring: {v}"
     );
     assert_eq!(v["rtp"]["streams"], 200, "both legs send media: {v}");
+}
+
+/// One password for every user, as a registrar provisioned with a shared password has it.
+const SHARED: &str = "Sh4red-secret";
+
+#[test]
+#[ignore = "needs kamailio; run by .ci/run"]
+fn users_from_a_sipp_file_register_at_kamailio_with_one_password_and_call_each_other() {
+    let port = free_port();
+    let _k = kamailio_with_passwords(port, free_port(), &format!("\"{SHARED}\""));
+    let target = format!("127.0.0.1:{port}");
+    // SIPp's injection format: user parts that are not numbers, digest usernames of their
+    // own, fields for a SIPp scenario, comments; some rows leave the password to --password.
+    let mut text = String::from("RANDOM\n# user;[authentication];a field for SIPp\n");
+    for i in 0..60 {
+        let auth = if i % 3 == 0 {
+            format!("[authentication username=auth.{i}]")
+        } else {
+            format!("[authentication username=auth.{i} password={SHARED}]")
+        };
+        text.push_str(&format!("ext-{i};{auth};sipphone{i}\n"));
+    }
+    text.push_str(
+        "alice;[authentication password=\"Sh4red-secret\"]\n+4930123;x;[authentication]\n",
+    );
+    let file = scratch_dir("users-file").join("users.csv");
+    std::fs::write(&file, text).expect("write users file");
+    // 62 users register, then 60 calls between them: Kamailio looks each callee up by its
+    // user part and forwards to our answering side.
+    let (out, v) = pbxlab_load(&[
+        "--target",
+        &target,
+        "--users-file",
+        file.to_str().expect("utf-8"),
+        "--password",
+        SHARED,
+        "--register-rate",
+        "500/s",
+        "--calls",
+        "60",
+        "--call-rate",
+        "30/s",
+        "--hold",
+        "500ms",
+        "--ring-delay",
+        "100ms",
+        "--seed",
+        "7",
+        "--threshold",
+        "registrations.failed==0",
+        "--threshold",
+        "calls.failed==0",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(v["registrations"]["succeeded"], 62, "{v}");
+    assert_eq!(v["calls"]["attempted"], 60, "{v}");
+    assert_eq!(v["calls"]["succeeded"], 60, "{v}");
+}
+
+#[test]
+#[ignore = "needs kamailio; run by .ci/run"]
+fn one_password_for_numbered_users_at_kamailio() {
+    let port = free_port();
+    let _k = kamailio_with_passwords(port, free_port(), &format!("\"{SHARED}\""));
+    let target = format!("127.0.0.1:{port}");
+    let register = [
+        "--target",
+        &target,
+        "--users",
+        "200",
+        "--register-rate",
+        "1000/s",
+        "--calls",
+        "0",
+    ];
+    let with = |extra: &[&str], env: Option<&str>| {
+        let mut args = register.to_vec();
+        args.extend_from_slice(extra);
+        pbxlab_load_with_env(&args, env)
+    };
+    for (how, (out, v)) in [
+        ("--password", with(&["--password", SHARED], None)),
+        ("$PBXLAB_PASSWORD", with(&[], Some(SHARED))),
+    ] {
+        assert!(out.status.success(), "{how}: {}", show(&out));
+        assert_eq!(v["registrations"]["succeeded"], 200, "{how}: {v}");
+    }
+    // The registrar checks the password: the default rule (pw-N) is refused, and so is the
+    // environment's password when a prefix is given.
+    for (how, (out, v)) in [
+        ("no password", with(&[], None)),
+        (
+            "--password-prefix",
+            with(&["--password-prefix", "pw-"], Some(SHARED)),
+        ),
+    ] {
+        assert!(out.status.success(), "{how}: {}", show(&out));
+        assert_eq!(v["registrations"]["failed"], 200, "{how}: {v}");
+        assert_eq!(v["failures"]["401 Unauthorized"], 200, "{how}: {v}");
+    }
 }
 
 /// `pbxlab cluster` as a child process on `port`, stopping by itself after `run_for`.

@@ -6,7 +6,8 @@
 //! [`engine::Engine`]; [`run::run`] is the thin driver that owns the sockets and the clock. It
 //! does not simulate anything: every figure comes from real datagrams on real sockets.
 //! [`settings`] maps a scenario's [traffic] and [slo] (and the flags or `[drill.load]` laid
-//! over them) to a [`Config`] and its thresholds; reading flags is the binary's business.
+//! over them) to a [`Config`] and its thresholds; [`users`] is the table of our users and the
+//! parser of SIPp's users files. Reading flags and files is the binary's business.
 
 pub mod engine;
 pub mod media;
@@ -15,6 +16,7 @@ pub mod report;
 pub mod run;
 pub mod settings;
 pub mod threshold;
+pub mod users;
 mod wheel;
 
 pub use engine::{Arrivals, Callee, Config, Dtmf, Grid, Hold, Workload};
@@ -22,6 +24,7 @@ pub use report::LoadReport;
 pub use run::{Progress, RunOptions, run};
 pub use settings::{Settings, configure};
 pub use threshold::Threshold;
+pub use users::{Password, User, UserOrder, Users, UsersFile};
 
 /// Everything that can stop a load run, or refuse its settings.
 /// Each variant's cause is in its message and not also its `source`, which error reporters that
@@ -48,4 +51,14 @@ pub enum Error {
     /// A load larger than this machine can hold.
     #[error("{0}")]
     TooLarge(String),
+    /// A users file that cannot be read as SIPp's injection format; `line` is 1-based, `None`
+    /// for the file as a whole.
+    #[error("{}{reason}", at_line(.line))]
+    UsersFile { line: Option<usize>, reason: String },
+    #[error("{users} users from {first}: their numbers run past {max}", max = u32::MAX)]
+    UserNumbers { first: u32, users: u32 },
+}
+
+fn at_line(line: &Option<usize>) -> String {
+    line.map(|n| format!("line {n}: ")).unwrap_or_default()
 }

@@ -9,9 +9,14 @@
 //! filling rooms of round(participants) people, each held for the meeting's duration), each at
 //! its own rate, Poisson arrivals by default. A `service` replaces the mix with one workload.
 //!
+//! Our users are numbered (`users` from `first_user`, with a password rule) unless a users
+//! file lists them, in which case the file's rows replace both and the scenario's
+//! [traffic.registrations].
+//!
 //! Queue agents are our registered users: the agents of queue q are users
 //! first_user + (q-1)*agents .. first_user + q*agents - 1 (the cluster numbers them the same
-//! way). They only answer the calls the cluster places to them; none of our own calls uses them.
+//! way), or the rows in those places of a users file. They only answer the calls the cluster
+//! places to them; none of our own calls uses them.
 //!
 //! Nothing here reads flags or files; the only outside input is the clock and process id that
 //! pick a seed when neither the settings nor the caller give one.
@@ -23,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pbxlab_scenario::{DrillLoad, HoldDist, Scenario, Service, Traffic};
 
 use crate::engine::{Arrivals, Callee, Config, Dtmf, Grid, Hold, Workload, run_id};
+use crate::users::{Password, UserOrder, Users, UsersFile};
 use crate::{Error, Threshold};
 
 /// The first user when neither the settings nor a scenario's [traffic.registrations] name one
@@ -40,9 +46,12 @@ pub struct Settings {
     pub users: Option<u32>,
     /// Only with `users`; otherwise the scenario's [traffic.registrations] first_user.
     pub first_user: Option<u32>,
+    /// Our users, listed: they replace `users`, `first_user` and the scenario's users.
+    pub users_file: Option<UsersFile>,
     /// Domain of the users' addresses of record (default: the target's host).
     pub domain: Option<String>,
-    pub password_prefix: String,
+    /// The digest passwords of numbered users.
+    pub password: Password,
     pub register_rate_per_s: f64,
     pub expires_s: u32,
     /// Attempts in all, shared among the workloads in proportion to their rates.
@@ -68,8 +77,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// A load against `target` with `pbxlab load`'s defaults: one shard, 500 REGISTERs a
-    /// second with expires 3600 and passwords `pw-N`, no RTP, a 1 s ring delay, T1 500 ms, the
+    /// A load against `target` with `pbxlab load`'s defaults: one shard, numbered users, 500
+    /// REGISTERs a second with expires 3600 and passwords `pw-N`, no RTP, a 1 s ring delay, T1 500 ms, the
     /// automatic tick, sockets on 127.0.0.1, and the rest from the scenario.
     pub fn new(target: SocketAddr) -> Settings {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -78,8 +87,9 @@ impl Settings {
             shard: (0, 1),
             users: None,
             first_user: None,
+            users_file: None,
             domain: None,
-            password_prefix: "pw-".to_owned(),
+            password: Password::Prefix("pw-".to_owned()),
             register_rate_per_s: 500.0,
             expires_s: 3600,
             calls: None,
@@ -136,8 +146,7 @@ impl Settings {
 /// need more agents than there are users to register.
 pub fn warnings(s: &Settings, scenario: Option<&Scenario>) -> Vec<String> {
     let traffic = scenario.map(|s| &s.traffic);
-    let reg = traffic.and_then(|t| t.registrations.as_ref());
-    let users = s.users.or(reg.map(|r| r.users)).unwrap_or(0);
+    let users = user_count(s, scenario);
     let mut out = Vec::new();
     if let Some(q) = traffic.and_then(|t| t.queue.as_ref())
         && users > 0
@@ -193,6 +202,16 @@ fn check_addresses(s: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
+/// How many users register in all shards: the users file's rows, else `users`, else the
+/// scenario's.
+fn user_count(s: &Settings, scenario: Option<&Scenario>) -> u32 {
+    let reg = scenario.and_then(|s| s.traffic.registrations.as_ref());
+    match &s.users_file {
+        Some(f) => u32::try_from(f.users.len()).unwrap_or(u32::MAX),
+        None => s.users.or(reg.map(|r| r.users)).unwrap_or(0),
+    }
+}
+
 /// The configuration of this shard, and the thresholds to check. The seed is `--seed`, else
 /// `default_seed` (a drill's, which its report names), else a random one.
 pub fn configure(
@@ -206,16 +225,26 @@ pub fn configure(
     let traffic = scenario.map(|s| &s.traffic);
     let reg = traffic.and_then(|t| t.registrations.as_ref());
     let calls_traffic = traffic.and_then(|t| t.calls.as_ref());
-    let users = s.users.or(reg.map(|r| r.users)).unwrap_or(0);
-    let first_user = s
-        .first_user
-        .or(reg.map(|r| r.first_user))
-        .unwrap_or(DEFAULT_FIRST_USER);
+    let users = user_count(s, scenario);
     // Shard i takes every n-th user, so shards never share a user.
-    let my_users: Vec<u32> = (0..users)
-        .filter(|k| k % shards == shard)
-        .map(|k| first_user + k)
-        .collect();
+    let my_users = match &s.users_file {
+        Some(f) => f.users.slice(shard, shards),
+        None => {
+            let first = s
+                .first_user
+                .or(reg.map(|r| r.first_user))
+                .unwrap_or(DEFAULT_FIRST_USER);
+            if users > 0 && first.checked_add(users - 1).is_none() {
+                return Err(Error::UserNumbers { first, users });
+            }
+            Users::numbered(
+                (0..users)
+                    .filter(|k| k % shards == shard)
+                    .map(|k| first + k),
+                &s.password,
+            )
+        }
+    };
     let call_rate = match (s.call_rate_per_s, calls_traffic) {
         (Some(r), _) => r,
         (None, Some(c)) => c.rate_per_s,
@@ -282,13 +311,15 @@ pub fn configure(
         w.rate /= f64::from(shards);
         w.arrivals = arrivals;
     }
-    // The cluster takes queue q's agents from the users: keep them out of our own calls.
+    // The cluster takes queue q's agents from the first users: keep them out of our own calls.
+    // Of the first `agents` users, this shard has every n-th from the i-th.
     let reserved = match queue_traffic {
         Some(q) if users > 0 => {
-            let agents = q.queues.saturating_mul(q.agents);
-            first_user..first_user.saturating_add(agents.min(users))
+            let agents = u64::from(q.queues.saturating_mul(q.agents).min(users));
+            let (i, n) = (u64::from(shard), u64::from(shards));
+            usize::try_from((agents + n - 1).saturating_sub(i) / n).unwrap_or(usize::MAX)
         }
-        _ => 0..0,
+        _ => 0,
     };
     let mut thresholds = s.thresholds.clone();
     let mut slo = Vec::new();
@@ -322,7 +353,10 @@ pub fn configure(
         rtp_local: s.rtp_bind,
         domain: s.domain.clone().unwrap_or_else(|| target.ip().to_string()),
         users: my_users,
-        password_prefix: s.password_prefix.clone(),
+        user_order: s
+            .users_file
+            .as_ref()
+            .map_or(UserOrder::Sequential, |f| f.order),
         register: users > 0,
         register_rate: s.register_rate_per_s / f64::from(shards),
         expires_s: s.expires_s,
@@ -359,9 +393,9 @@ pub fn configure(
 }
 
 /// What the generator holds per user (its binding and digest state), and per call up at once
-/// (both legs' dialogs, transactions and timers), as measured: 100,000 users took 23 MB of
-/// resident memory, 1,000,000 took 125 MB; 10,500 calls with 50,000 users 33 MB.
-const USER_BYTES: u64 = 110;
+/// (both legs' dialogs, transactions and timers), as measured: 100,000 users took 26 MB of
+/// resident memory, 1,000,000 took 146 MB; 10,500 calls with 50,000 users 33 MB.
+const USER_BYTES: u64 = 135;
 const CALL_BYTES: u64 = 2_048;
 /// Memory a load may take before it is worth a warning.
 const WARN_BYTES: u64 = 1 << 30;
@@ -545,6 +579,7 @@ fn call_totals(workloads: &[Workload], calls: Option<u64>, run_for: Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::users::User;
 
     const TARGET: SocketAddr = SocketAddr::new(
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)),
@@ -587,7 +622,8 @@ mod tests {
             assert_eq!(w.patience, Some(Duration::from_secs(120)), "{}", w.name);
         }
         // 2 queues of 500 agents: users 1000..=1999 stay free for the queues' calls.
-        assert_eq!(cfg.reserved, 1000..2000);
+        assert_eq!(cfg.reserved, 1000);
+        assert_eq!(cfg.users.name(999), "1999");
         assert_eq!(cfg.service_level, Duration::from_secs(20));
         assert!(
             thresholds
@@ -598,7 +634,15 @@ mod tests {
         // The scenario's two hours at 55/s.
         assert_eq!(cfg.workloads[0].calls, 396_000);
         assert_eq!(cfg.users.len(), 50_000);
-        assert_eq!(cfg.users.first(), Some(&DEFAULT_FIRST_USER));
+        assert_eq!(
+            cfg.users.get(0),
+            Some(User {
+                name: "1000",
+                username: "1000",
+                password: "pw-1000"
+            })
+        );
+        assert_eq!(cfg.user_order, UserOrder::Sequential);
     }
 
     #[test]
@@ -708,11 +752,16 @@ mod tests {
         assert_eq!(one.register_rate, 250.0);
         // The two slices share no user and together are every user.
         assert_eq!(zero.users.len() + one.users.len(), whole.users.len());
-        assert!(zero.users.iter().all(|u| !one.users.contains(u)));
-        let mut both: Vec<u32> = zero.users.iter().chain(&one.users).copied().collect();
+        let names = |u: &Users| u.iter().map(|u| u.name.to_owned()).collect::<Vec<_>>();
+        let mut both: Vec<String> = names(&zero.users);
+        both.extend(names(&one.users));
+        let mut all = names(&whole.users);
         both.sort_unstable();
-        assert_eq!(both, whole.users);
-        assert_eq!(one.users.first(), Some(&(DEFAULT_FIRST_USER + 1)));
+        all.sort_unstable();
+        assert_eq!(both, all);
+        assert_eq!(one.users.name(0), (DEFAULT_FIRST_USER + 1).to_string());
+        // The queues' 1,000 agents: 500 in each shard.
+        assert_eq!((zero.reserved, one.reserved), (500, 500));
     }
 
     #[test]
@@ -797,7 +846,67 @@ mod tests {
         );
         assert!(warnings(&Settings::new(TARGET), Some(&reference())).is_empty());
         let (cfg, _) = configure(&s, Some(&reference()), Some(1)).expect("configures");
-        assert_eq!(cfg.reserved, 1000..1600, "every user is an agent");
+        assert_eq!(cfg.reserved, 600, "every user is an agent");
+        let mut s = Settings::new(TARGET);
+        (s.users, s.first_user) = (Some(2), Some(u32::MAX));
+        assert!(matches!(
+            configure(&s, None, Some(1)),
+            Err(Error::UserNumbers { .. })
+        ));
+    }
+
+    #[test]
+    fn a_users_file_replaces_the_numbered_users_and_orders_the_calls() {
+        let file = UsersFile::parse(
+            b"RANDOM\nalice;[authentication username=a password=x]\n\
+              bob;[authentication password=y]\ncarol;[authentication password=z]\n",
+            None,
+        )
+        .expect("reads");
+        let mut s = Settings::new(TARGET);
+        s.users_file = Some(file.clone());
+        let (cfg, _) = configure(&s, None, Some(1)).expect("configures");
+        assert_eq!(cfg.users, file.users);
+        assert_eq!(cfg.user_order, UserOrder::Random);
+        assert!(cfg.register);
+        assert_eq!(
+            cfg.workloads[0].callee,
+            Callee::Users,
+            "three users call each other"
+        );
+        // The scenario's 50,000 users give way to the file's three, sliced by shard.
+        s.shard = (1, 2);
+        let (cfg, _) = configure(&s, Some(&reference()), Some(1)).expect("configures");
+        assert_eq!(
+            cfg.users.iter().map(|u| u.name).collect::<Vec<_>>(),
+            ["bob"]
+        );
+        assert_eq!(cfg.reserved, 1, "the queues' agents are the first rows");
+        assert_eq!(
+            warnings(&s, Some(&reference())),
+            ["the queues have 1000 agents but only 3 users register"]
+        );
+    }
+
+    #[test]
+    fn a_shared_password_is_every_numbered_users_password() {
+        let mut s = Settings::new(TARGET);
+        s.users = Some(3);
+        s.password = Password::Shared("s3cret".into());
+        let (cfg, _) = configure(&s, None, Some(1)).expect("configures");
+        let creds: Vec<(&str, &str, &str)> = cfg
+            .users
+            .iter()
+            .map(|u| (u.name, u.username, u.password))
+            .collect();
+        assert_eq!(
+            creds,
+            [
+                ("1000", "1000", "s3cret"),
+                ("1001", "1001", "s3cret"),
+                ("1002", "1002", "s3cret")
+            ]
+        );
     }
 
     #[test]
@@ -836,7 +945,7 @@ mod tests {
         s.users = Some(20_000_000);
         let (cfg, _) = configure(&s, None, Some(1)).expect("fits");
         let w = memory_warning(&cfg).expect("a warning");
-        assert!(w.contains("2.2 GB") && w.contains("20000000 users"), "{w}");
+        assert!(w.contains("2.7 GB") && w.contains("20000000 users"), "{w}");
         let (small, _) = configure(&Settings::new(TARGET), None, Some(1)).expect("fits");
         assert_eq!(memory_warning(&small), None);
     }

@@ -9,6 +9,8 @@ use pbxlab_loadgen::engine::{
     run_id,
 };
 use pbxlab_loadgen::metrics::Metric;
+use pbxlab_loadgen::users::{Password, User, UserOrder, Users};
+use pbxlab_proto::digest;
 use pbxlab_proto::sip::{self, HeaderName, Method};
 
 const MS: Nanos = 1_000_000;
@@ -23,8 +25,8 @@ fn config() -> Config {
         local: addr(6000),
         rtp_local: addr(7000),
         domain: "127.0.0.1".into(),
-        users: Vec::new(),
-        password_prefix: "pw-".into(),
+        users: Users::new(),
+        user_order: UserOrder::Sequential,
         register: false,
         register_rate: 100.0,
         expires_s: 3600,
@@ -35,7 +37,7 @@ fn config() -> Config {
             10.0,
             Hold::Fixed(Duration::from_millis(1000)),
         )],
-        reserved: 0..0,
+        reserved: 0,
         shard: (0, 1),
         rtp_fraction: 0.0,
         max_concurrent: None,
@@ -47,6 +49,11 @@ fn config() -> Config {
         run_id: 77,
         arrival_grid: Grid::Exact,
     }
+}
+
+/// Users with these numbers and the password rule `pw-N`.
+fn numbered(numbers: impl IntoIterator<Item = u32>) -> Users {
+    Users::numbered(numbers, &Password::Prefix("pw-".into()))
 }
 
 /// Everything the engine sends now, as text.
@@ -283,7 +290,7 @@ fn the_automatic_grid_keeps_two_attempts_to_a_wake_within_one_to_two_ms() {
     // Each phase has its own: registrations at 10,000/s, then calls at 1,000/s.
     let mut cfg = config();
     cfg.arrival_grid = Grid::Auto;
-    cfg.users = vec![1000];
+    cfg.users = numbered([1000]);
     cfg.register = true;
     cfg.register_rate = 10_000.0;
     cfg.workloads[0].calls = 3;
@@ -337,7 +344,7 @@ fn bye_retransmissions_are_capped_at_t2() {
 #[test]
 fn a_407_gets_an_ack_and_an_authenticated_invite_with_the_next_cseq() {
     let mut cfg = config();
-    cfg.users = vec![1000];
+    cfg.users = numbered([1000]);
     cfg.register = false;
     let mut e = Engine::new(cfg);
     let invite = step(&mut e, 0).remove(0).1;
@@ -379,7 +386,7 @@ fn a_407_gets_an_ack_and_an_authenticated_invite_with_the_next_cseq() {
 #[test]
 fn an_incoming_call_rings_then_is_answered_and_the_200_repeats_until_acked() {
     let mut cfg = config();
-    cfg.users = vec![1000, 1001];
+    cfg.users = numbered([1000, 1001]);
     cfg.workloads[0].calls = 0;
     cfg.rtp_fraction = 1.0;
     let mut e = Engine::new(cfg);
@@ -466,7 +473,7 @@ fn an_incoming_call_rings_then_is_answered_and_the_200_repeats_until_acked() {
 #[test]
 fn registration_answers_the_challenge_and_measures_across_it() {
     let mut cfg = config();
-    cfg.users = vec![1000];
+    cfg.users = numbered([1000]);
     cfg.register = true;
     cfg.workloads[0].calls = 0;
     let mut e = Engine::new(cfg);
@@ -507,7 +514,7 @@ fn registration_answers_the_challenge_and_measures_across_it() {
 #[test]
 fn once_requests_are_challenged_the_driver_is_told_when_the_next_challenges_are_due() {
     let mut cfg = config();
-    cfg.users = vec![1000, 1001, 1002];
+    cfg.users = numbered([1000, 1001, 1002]);
     cfg.register = true;
     cfg.register_rate = 1000.0;
     cfg.workloads[0].calls = 0;
@@ -538,7 +545,7 @@ fn once_requests_are_challenged_the_driver_is_told_when_the_next_challenges_are_
 #[test]
 fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
     let mut cfg = config();
-    cfg.users = vec![1000, 1001];
+    cfg.users = numbered([1000, 1001]);
     cfg.workloads[0].callee = Callee::Users;
     let mut e = Engine::new(cfg);
     let proxy = addr(5060);
@@ -997,9 +1004,9 @@ fn merged_workloads_each_keep_their_rate() {
 #[test]
 fn reserved_users_are_never_callers_or_callees_of_our_own_calls() {
     let mut cfg = config();
-    cfg.users = (1000..1012).collect();
+    cfg.users = numbered(1000..1012);
     // Queue agents: the first four users.
-    cfg.reserved = 1000..1004;
+    cfg.reserved = 4;
     cfg.workloads = vec![
         Workload::new(
             "calls",
@@ -1040,7 +1047,7 @@ fn reserved_users_are_never_callers_or_callees_of_our_own_calls() {
 #[test]
 fn registrations_are_refreshed_at_80_percent_of_their_expiry_until_the_run_stops() {
     let mut cfg = config();
-    cfg.users = vec![1000];
+    cfg.users = numbered([1000]);
     cfg.register = true;
     cfg.expires_s = 10;
     cfg.workloads.clear();
@@ -1131,7 +1138,7 @@ fn seeded_run(seed: u64, shard: (u32, u32)) -> Recording {
     cfg.seed = seed;
     cfg.shard = shard;
     cfg.run_id = run_id(seed, shard.0);
-    cfg.users = (1000..1004).collect();
+    cfg.users = numbered(1000..1004);
     cfg.register = true;
     cfg.rtp_fraction = 0.5;
     let mut calls = Workload::new(
@@ -1216,4 +1223,172 @@ fn one_seed_repeats_a_run_byte_for_byte_and_another_seed_or_shard_does_not() {
         times(&a),
         "another shard, other choices"
     );
+}
+
+// ---- users by name --------------------------------------------------------------------------
+
+/// alice (digest username `alice-auth`), bob and carol, as a users file gives them.
+fn named_users() -> Users {
+    let mut users = Users::new();
+    for (name, username, password) in [
+        ("alice", "alice-auth", "a-secret"),
+        ("bob", "bob", "b-secret"),
+        ("carol", "carol", "c-secret"),
+    ] {
+        users.push(User {
+            name,
+            username,
+            password,
+        });
+    }
+    users
+}
+
+#[test]
+fn a_named_user_registers_as_its_user_part_with_its_own_credentials() {
+    let mut cfg = config();
+    cfg.users = named_users();
+    cfg.register = true;
+    cfg.register_rate = 1_000_000.0;
+    cfg.workloads[0].calls = 0;
+    let mut e = Engine::new(cfg);
+    let first = step(&mut e, MS);
+    assert_eq!(methods(&first), ["REGISTER"; 3]);
+    let alice = &first[0].1;
+    for line in [
+        "From: <sip:alice@127.0.0.1>;tag=",
+        "To: <sip:alice@127.0.0.1>\r\n",
+        "Contact: <sip:alice@127.0.0.1:6000>\r\n",
+    ] {
+        assert!(alice.contains(line), "{line:?} in\n{alice}");
+    }
+    let challenge =
+        "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"\r\n";
+    e.handle(
+        2 * MS,
+        addr(5060),
+        reply(alice, "401 Unauthorized", challenge, "").as_bytes(),
+    );
+    let answer = sent(&mut e).remove(0).1;
+    let msg = sip::parse_datagram(answer.as_bytes()).expect("valid");
+    let auth = digest::parse_authorization(msg.header(HeaderName::Authorization).expect("sent"))
+        .expect("parses");
+    assert_eq!(auth.username, "alice-auth");
+    assert!(digest::verify(&auth, "REGISTER", "a-secret"), "{answer}");
+    assert!(!digest::verify(&auth, "REGISTER", "pw-alice"));
+}
+
+#[test]
+fn calls_between_named_users_address_them_by_user_part() {
+    let mut cfg = config();
+    cfg.users = named_users();
+    cfg.workloads[0].callee = Callee::Users;
+    cfg.workloads[0].calls = 3;
+    cfg.workloads[0].rate = 1000.0;
+    let mut e = Engine::new(cfg);
+    let invites = step(&mut e, 2 * MS);
+    let pairs: Vec<(String, String)> = invites
+        .iter()
+        .map(|(_, m)| {
+            let msg = sip::parse_datagram(m.as_bytes()).expect("valid");
+            let from = msg.from().map(|f| f.uri.to_owned()).unwrap_or_default();
+            (from, msg.request_uri().unwrap_or_default().to_owned())
+        })
+        .collect();
+    // Call k: user k calls the user half the table away.
+    let pair = |a: &str, b: &str| (format!("sip:{a}@127.0.0.1"), format!("sip:{b}@127.0.0.1"));
+    assert_eq!(
+        pairs,
+        [
+            pair("alice", "bob"),
+            pair("bob", "carol"),
+            pair("carol", "alice")
+        ]
+    );
+    // The proxy hands bob his INVITE: he rings, and his answer names him.
+    let to_bob = invites[0].1.replacen(
+        "\r\nVia: ",
+        "\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKpx\r\nVia: ",
+        1,
+    );
+    e.handle(3 * MS, addr(5060), to_bob.as_bytes());
+    let ringing = sent(&mut e).remove(0).1;
+    assert!(ringing.starts_with("SIP/2.0 180 "), "{ringing}");
+    assert!(
+        ringing.contains("Contact: <sip:bob@127.0.0.1:6000>\r\n"),
+        "{ringing}"
+    );
+    // A user we do not have is not found.
+    let to_mallory = to_bob
+        .replace("INVITE sip:bob@", "INVITE sip:mallory@")
+        .replace("Call-ID: ", "Call-ID: other-");
+    e.handle(4 * MS, addr(5060), to_mallory.as_bytes());
+    let answer = sent(&mut e).remove(0).1;
+    assert!(answer.starts_with("SIP/2.0 404 "), "{answer}");
+}
+
+/// The caller and callee of each of `calls` user-to-user calls among `users` numbered users
+/// (the first `reserved` kept out) in `order`, with `seed`.
+fn drawn_pairs(
+    order: UserOrder,
+    seed: u64,
+    users: u32,
+    reserved: usize,
+    calls: u64,
+) -> Vec<(String, String)> {
+    let mut cfg = config();
+    cfg.users = numbered(1000..1000 + users);
+    cfg.user_order = order;
+    cfg.reserved = reserved;
+    cfg.seed = seed;
+    cfg.workloads[0].callee = Callee::Users;
+    cfg.workloads[0].calls = calls;
+    cfg.workloads[0].rate = 1_000_000.0;
+    let mut e = Engine::new(cfg);
+    step(&mut e, MS)
+        .iter()
+        .map(|(_, m)| {
+            let msg = sip::parse_datagram(m.as_bytes()).expect("valid");
+            let user = |uri: &str| uri.split(['@', ':']).nth(1).unwrap_or_default().to_owned();
+            (
+                user(msg.from().map(|f| f.uri).unwrap_or_default()),
+                user(msg.request_uri().unwrap_or_default()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn random_order_draws_callers_and_callees_from_the_seed() {
+    let random = drawn_pairs(UserOrder::Random, 7, 10, 2, 400);
+    assert_eq!(random.len(), 400);
+    assert_eq!(
+        random,
+        drawn_pairs(UserOrder::Random, 7, 10, 2, 400),
+        "one seed, one draw"
+    );
+    assert_ne!(random, drawn_pairs(UserOrder::Random, 8, 10, 2, 400));
+    let mut callers = std::collections::BTreeMap::<&str, u32>::new();
+    let mut callees = std::collections::BTreeSet::new();
+    for (caller, callee) in &random {
+        assert_ne!(caller, callee, "nobody calls itself");
+        for u in [caller, callee] {
+            assert!(!["1000", "1001"].contains(&u.as_str()), "reserved {u} used");
+        }
+        *callers.entry(caller).or_default() += 1;
+        callees.insert(callee.as_str());
+    }
+    // Eight users, 400 calls: about 50 each, and every one called.
+    assert_eq!(callers.len(), 8, "{callers:?}");
+    assert!(
+        callers.values().all(|&n| (20..=90).contains(&n)),
+        "{callers:?}"
+    );
+    assert_eq!(callees.len(), 8);
+    // SEQUENTIAL (and USER) go round the users in order, as before: no draw, any seed.
+    let sequential = drawn_pairs(UserOrder::Sequential, 7, 10, 2, 16);
+    assert_eq!(sequential, drawn_pairs(UserOrder::User, 8, 10, 2, 16));
+    assert_eq!(sequential[0], ("1002".to_owned(), "1006".to_owned()));
+    assert_eq!(sequential[9], ("1003".to_owned(), "1007".to_owned()));
+    assert_ne!(random[..16], sequential[..]);
 }

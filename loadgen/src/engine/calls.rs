@@ -57,8 +57,11 @@ pub(super) struct Call {
     pub(super) cseq: u32,
     /// Number of INVITEs sent in this call (a digest retry sends a second one).
     pub(super) invite_round: u8,
+    /// Our user on an outgoing call (an index into `Config::users`, see
+    /// `Engine::pick_users`).
     pub(super) caller: u32,
-    pub(super) callee: u32,
+    /// Our user called: on an outgoing call to another of our users, and on a call we answer.
+    pub(super) callee: Option<u32>,
     /// Index of the call's workload in `Config::workloads`.
     pub(super) workload: u32,
     pub(super) stage: Stage,
@@ -106,7 +109,7 @@ impl Call {
             cseq: 0,
             invite_round: 0,
             caller: 0,
-            callee: 0,
+            callee: None,
             workload: 0,
             stage: Stage::Hold,
             stage_at: 0,

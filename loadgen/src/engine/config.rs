@@ -2,8 +2,10 @@
 //! the wake grid that intended starts are rounded up to.
 
 use std::net::SocketAddr;
-use std::ops::{Range, RangeInclusive};
+use std::ops::RangeInclusive;
 use std::time::Duration;
+
+use crate::users::{UserOrder, Users};
 
 /// How long calls are held.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,19 +98,20 @@ pub struct Config {
     pub rtp_local: SocketAddr,
     /// Host part of our users' addresses of record.
     pub domain: String,
-    /// Users of this shard (already sliced): their numbers.
-    pub users: Vec<u32>,
-    /// Digest password of user N is this prefix followed by N.
-    pub password_prefix: String,
+    /// Users of this shard (already sliced), with their digest credentials, in the order they
+    /// register.
+    pub users: Users,
+    /// Which users place and receive our calls.
+    pub user_order: UserOrder,
     pub register: bool,
     pub register_rate: f64,
     pub expires_s: u32,
     /// The calls of this shard: every workload's attempts, merged by intended start.
     pub workloads: Vec<Workload>,
-    /// Users registered (queue agents, say) but never chosen as caller or callee of our own
-    /// calls, so they stay free for the calls the target places to them. If every user is
-    /// reserved, callers are chosen among all of them.
-    pub reserved: Range<u32>,
+    /// The first this-many of `users` register (queue agents, say) but are never chosen as
+    /// caller or callee of our own calls, so they stay free for the calls the target places to
+    /// them. If every user is reserved, callers are chosen among all of them.
+    pub reserved: usize,
     /// This process's slice of the run: (i, n) for `--shard i/n`. Meeting rooms interleave by it.
     pub shard: (u32, u32),
     /// Fraction of calls that send and receive RTP (calls that send digits always do).

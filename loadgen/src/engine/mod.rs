@@ -49,8 +49,8 @@
 //! seeded random stream (`rng`). This file keeps the schedule, the timers and what the driver
 //! calls.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::Duration;
 
 use pbxlab_proto::sip::{self, Message};
@@ -126,9 +126,12 @@ pub struct Engine {
     cfg: Config,
     calls: Calls,
     regs: Registrations,
-    user_index: HashMap<u32, u32>,
-    /// Users that place calls: all but the reserved ones.
-    callers: Vec<u32>,
+    /// Our users' indexes, sorted by user part, for the calls that come to them.
+    by_name: Vec<u32>,
+    /// Users that place calls (indexes into `Config::users`): all but the reserved ones.
+    callers: Range<u32>,
+    /// Callers and callees drawn for `UserOrder::Random`, apart from the engine's stream.
+    pick: Rng,
     schedules: Vec<Schedule>,
     calls_started: u64,
     call_phase: Option<Nanos>,
@@ -150,26 +153,22 @@ pub struct Engine {
 impl Engine {
     pub fn new(cfg: Config) -> Engine {
         let regs = Registrations::new(cfg.users.len());
-        let user_index = cfg
-            .users
-            .iter()
-            .enumerate()
-            .map(|(i, &u)| (u, i as u32))
-            .collect();
+        let users = u32::try_from(cfg.users.len()).unwrap_or(u32::MAX);
+        let mut by_name: Vec<u32> = (0..users).collect();
+        by_name
+            .sort_unstable_by(|&a, &b| cfg.users.name(a as usize).cmp(cfg.users.name(b as usize)));
         // From the seed and the shard alone: the run id is a name, and another name must not
         // change what a run draws.
         let rng = Rng::engine(cfg.seed, cfg.shard.0);
         let call_phase = (!cfg.register || cfg.users.is_empty()).then_some(0);
         let grids = phase_grids(&cfg);
-        let mut callers: Vec<u32> = cfg
-            .users
-            .iter()
-            .copied()
-            .filter(|u| !cfg.reserved.contains(u))
-            .collect();
-        if callers.is_empty() {
-            callers = cfg.users.clone();
-        }
+        let reserved = u32::try_from(cfg.reserved).unwrap_or(u32::MAX).min(users);
+        let callers = if reserved < users {
+            reserved..users
+        } else {
+            0..users
+        };
+        let pick = rng.users();
         let schedules = cfg
             .workloads
             .iter()
@@ -195,8 +194,9 @@ impl Engine {
             cfg,
             calls: Calls::default(),
             regs,
-            user_index,
+            by_name,
             callers,
+            pick,
             schedules,
             calls_started: 0,
             call_phase,
@@ -377,6 +377,15 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The index of our user with this user part.
+    fn user_named(&self, name: &str) -> Option<u32> {
+        let at = self
+            .by_name
+            .binary_search_by(|&i| self.cfg.users.name(i as usize).cmp(name))
+            .ok()?;
+        self.by_name.get(at).copied()
     }
 
     /// Ends whatever is still in progress without a word to the far end (the run is over):

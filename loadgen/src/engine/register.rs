@@ -285,10 +285,8 @@ impl Engine {
                 } else {
                     HeaderName::ProxyAuthenticate
                 };
-                let user = self.cfg.users[i];
                 let uri = format!("sip:{}", self.cfg.domain);
-                let Some(line) = self.authorization(msg, header, code, user, "REGISTER", &uri)
-                else {
+                let Some(line) = self.authorization(msg, header, code, i, "REGISTER", &uri) else {
                     self.finish_register(i, Err("unusable digest challenge"));
                     return;
                 };
@@ -306,20 +304,21 @@ impl Engine {
         }
     }
 
-    /// The Authorization (or Proxy-Authorization) header line answering a challenge.
+    /// The Authorization (or Proxy-Authorization) header line answering a challenge with the
+    /// credentials of our user `user` (an index into `Config::users`).
     pub(super) fn authorization(
         &mut self,
         msg: &Message<'_>,
         header: HeaderName,
         code: u16,
-        user: u32,
+        user: usize,
         method: &str,
         uri: &str,
     ) -> Option<String> {
         let value = msg.header(header)?;
         let challenge = digest::parse_challenge(value).ok()?;
-        let password = format!("{}{user}", self.cfg.password_prefix);
         let cnonce = format!("{:016x}", self.rng.next());
+        let user = self.cfg.users.get(user)?;
         let mut out = String::with_capacity(300);
         out.push_str(if code == 401 {
             "Authorization: "
@@ -329,8 +328,8 @@ impl Engine {
         digest::write_authorization(
             &mut out,
             &challenge,
-            &user.to_string(),
-            &password,
+            user.username,
+            user.password,
             method,
             uri,
             &cnonce,

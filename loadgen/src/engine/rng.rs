@@ -1,6 +1,6 @@
 //! The engine's random streams and the run id, all from the run's seed and the shard's index:
-//! hold and patience times, which calls carry RTP, IVR callers' digits, cnonces, and each
-//! workload's Poisson gaps. Nothing here reads the clock or the process id, so a seed and a
+//! hold and patience times, which calls carry RTP, IVR callers' digits, cnonces, each
+//! workload's Poisson gaps, and callers and callees drawn at random. Nothing here reads the clock or the process id, so a seed and a
 //! shard repeat a run's choices and its Call-IDs.
 
 use pbxlab_balancer::hash::splitmix64;
@@ -21,6 +21,17 @@ impl Rng {
     /// does not shift with whatever else the engine draws.
     pub(super) fn workload(&self, i: usize) -> Rng {
         Rng(self.0 ^ (i as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03))
+    }
+
+    /// The stream that draws callers and callees (`UserOrder::Random`): forked too, so the
+    /// order of users changes nothing else a seed draws.
+    pub(super) fn users(&self) -> Rng {
+        Rng(self.0 ^ 0x9e37_79b9_7f4a_7c15_u64.rotate_left(17))
+    }
+
+    /// A draw below `n` (0 for `n` = 0); the bias of the modulo is below n / 2^64.
+    pub(super) fn below(&mut self, n: u64) -> u64 {
+        self.next().checked_rem(n).unwrap_or(0)
     }
 
     pub(super) fn next(&mut self) -> u64 {

@@ -15,6 +15,7 @@ use super::register::ChallengeRtt;
 use super::wire::{request_uri, ssrc, stream_id};
 use super::{Engine, MediaCommand, Nanos, ns, status_reason};
 use crate::metrics::Metric;
+use crate::users::UserOrder;
 
 impl Engine {
     /// Starts attempt `k` (0-based) of workload `w`.
@@ -22,18 +23,9 @@ impl Engine {
         self.metrics.calls.attempted += 1;
         self.metrics.workloads[w].attempted += 1;
         let n = self.calls_started - 1;
-        let users = self.callers.len() as u64;
+        let to_user = matches!(self.cfg.workloads[w].callee, Callee::Users);
+        let (caller, callee) = self.pick_users(n, to_user);
         let workload = &self.cfg.workloads[w];
-        let (caller, callee) = match (&workload.callee, users) {
-            (_, 0) => (1000 + (n % 1000) as u32, 0),
-            (Callee::Users, u) if u >= 2 => {
-                // Pair user k with the one half the population away, so caller and callee differ.
-                let a = (n % u) as usize;
-                let b = (a + (u as usize) / 2) % u as usize;
-                (self.callers[a], self.callers[b])
-            }
-            _ => (self.callers[(n % users) as usize], 0),
-        };
         let kind = self.schedules[w].kind;
         let room = match kind {
             Kind::Meeting(size) => {
@@ -93,6 +85,39 @@ impl Engine {
             .invite(&self.cfg, slot, &self.calls[slot as usize]);
         self.arm(slot);
         self.challenges.expect(now, self.challenges.invite);
+    }
+
+    /// The caller of our call `n` (0-based, all workloads) and, for a call to another of our
+    /// users, its callee: indexes into `Config::users`, in `Config::user_order`. With no users
+    /// to call from, the caller is a number below 1000 that the messages write as 1000 more
+    /// (`wire::UserPart`), and there is no callee.
+    fn pick_users(&mut self, n: u64, to_user: bool) -> (u32, Option<u32>) {
+        let start = self.callers.start;
+        let users = u64::from(self.callers.end - start);
+        if users == 0 {
+            return ((n % 1000) as u32, None);
+        }
+        let (a, b) = match self.cfg.user_order {
+            UserOrder::Random => {
+                let a = self.pick.below(users);
+                if !to_user || users < 2 {
+                    (a, a)
+                } else {
+                    // Uniform over the others: skip the caller.
+                    let b = self.pick.below(users - 1);
+                    (a, b + u64::from(b >= a))
+                }
+            }
+            UserOrder::Sequential | UserOrder::User => {
+                // Pair user k with the one half the population away, so caller and callee
+                // differ (a lone user calls itself).
+                let a = n % users;
+                (a, (a + users / 2) % users)
+            }
+        };
+        // Both below `users`, which came from a u32 range.
+        let (a, b) = (start + a as u32, start + b as u32);
+        (a, to_user.then_some(b))
     }
 
     /// The digits call `c` sends once answered.
@@ -385,7 +410,7 @@ impl Engine {
                     } else {
                         HeaderName::ProxyAuthenticate
                     };
-                    let (caller, ruri) = (c.caller, request_uri(&self.cfg, c));
+                    let (caller, ruri) = (c.caller as usize, request_uri(&self.cfg, c));
                     match self.authorization(msg, header, code, caller, "INVITE", &ruri) {
                         Some(line) => {
                             let t1 = self.t1();

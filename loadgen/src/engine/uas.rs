@@ -96,11 +96,11 @@ impl Engine {
             .request_uri()
             .and_then(|u| SipUri::parse(u).ok())
             .and_then(|u| u.user)
-            .and_then(|u| u.parse::<u32>().ok());
-        if callee.is_none_or(|u| !self.user_index.contains_key(&u)) {
+            .and_then(|u| self.user_named(u));
+        let Some(callee) = callee else {
             self.wire.respond(from, msg, 404, "Not Found", &[], b"");
             return;
-        }
+        };
         let offer = SessionDescription::parse(msg.body())
             .ok()
             .and_then(|s| s.audio_addr());
@@ -122,6 +122,7 @@ impl Engine {
             && (self.cfg.rtp_fraction >= 1.0 || self.rng.uniform() < self.cfg.rtp_fraction);
         let c = &mut self.calls[slot as usize];
         c.state = CallState::Ringing;
+        c.callee = Some(callee);
         c.intended = now;
         c.uas_headers = headers;
         c.uas_call_id = call_id.clone();
@@ -159,7 +160,12 @@ impl Engine {
         let c = &mut self.calls[slot as usize];
         let (generation, state, rtp, uac) =
             (c.generation, c.state, c.rtp, c.uas_call_id.is_empty());
-        let user = c.caller.max(c.callee);
+        // Our user on this leg: the caller of our own calls, the callee of those we answer.
+        let user = if uac {
+            c.caller
+        } else {
+            c.callee.unwrap_or_default()
+        };
         // Only a request with a new CSeq moves the call on; a retransmission is answered again.
         let seq = msg.cseq().map_or(0, |s| s.seq);
         let fresh = seq > c.remote_cseq;

@@ -122,7 +122,8 @@ impl Wire {
 
     /// REGISTER (or its retransmission, or its answer to a challenge) for user `i`.
     pub(super) fn register(&mut self, cfg: &Config, i: usize, r: &Registration) {
-        let user = cfg.users[i];
+        let Some(user) = cfg.users.get(i) else { return };
+        let user = user.name;
         let (local, domain, run, expires) = (cfg.local, &cfg.domain, cfg.run_id, cfg.expires_s);
         self.scratch.clear();
         let _ = write!(
@@ -145,6 +146,7 @@ impl Wire {
         let mut uri = std::mem::take(&mut self.uri);
         uri.clear();
         write_request_uri(&mut uri, cfg, c);
+        let caller = UserPart::of(cfg, c.caller);
         self.body.clear();
         self.offer.render(
             &mut self.body,
@@ -161,7 +163,7 @@ impl Wire {
                 generation_digits(c.generation).as_bytes(),
                 Decimal::new(c.cseq.into()).as_bytes(),
                 &self.run,
-                Decimal::new(c.caller.into()).as_bytes(),
+                caller.as_bytes(),
                 cfg.domain.as_bytes(),
                 c.auth.as_bytes(),
             ],
@@ -196,6 +198,7 @@ impl Wire {
             self.body.extend_from_slice(b"\r\n");
         }
         let method = method.as_bytes();
+        let caller = UserPart::of(cfg, c.caller);
         let start = self.arena.len();
         let rendered = self.in_dialog.render_append(
             &mut self.arena,
@@ -208,7 +211,7 @@ impl Wire {
                 Decimal::new(cseq.into()).as_bytes(),
                 &self.run,
                 method.get(..1).unwrap_or_default(),
-                Decimal::new(c.caller.into()).as_bytes(),
+                caller.as_bytes(),
                 cfg.domain.as_bytes(),
                 &to_uri,
                 c.remote_tag.as_bytes(),
@@ -235,7 +238,7 @@ impl Wire {
             slot = slot_digits(slot),
             g = generation_digits(c.generation),
             cseq = c.cseq,
-            caller = c.caller,
+            caller = UserPart::of(cfg, c.caller),
         );
         let to = c.next_hop;
         self.queue(to);
@@ -295,7 +298,9 @@ impl Wire {
         let _ = write!(
             self.scratch,
             "SIP/2.0 {code} {reason}\r\n{}Contact: <sip:{}@{}>\r\n",
-            c.uas_headers, c.callee, cfg.local
+            c.uas_headers,
+            UserPart::of(cfg, c.callee.unwrap_or_default()),
+            cfg.local
         );
         if with_sdp {
             self.scratch
@@ -307,7 +312,8 @@ impl Wire {
         self.queue(to);
     }
 
-    /// The 200 to a re-INVITE on the call in `slot`: our media address, for user `user`.
+    /// The 200 to a re-INVITE on the call in `slot`: our media address, for our user `user`
+    /// (an index into `Config::users`).
     pub(super) fn reinvite_ok(
         &mut self,
         cfg: &Config,
@@ -330,7 +336,7 @@ impl Wire {
             },
         );
         let body = std::mem::take(&mut self.body);
-        let contact = format!("<sip:{user}@{}>", cfg.local);
+        let contact = format!("<sip:{}@{}>", UserPart::of(cfg, user), cfg.local);
         self.respond(
             to,
             req,
@@ -370,15 +376,48 @@ fn write_request_uri(out: &mut Vec<u8>, cfg: &Config, c: &Call) {
     let callee = cfg.workloads.get(c.workload as usize).map(|w| &w.callee);
     out.extend_from_slice(b"sip:");
     match callee {
-        Some(Callee::Service(_)) if c.callee == 0 && c.room > 0 => {
+        Some(Callee::Service(_)) if c.callee.is_none() && c.room > 0 => {
             out.extend_from_slice(b"meeting-");
             out.extend_from_slice(Decimal::new(c.room.into()).as_bytes());
         }
-        Some(Callee::Service(s)) if c.callee == 0 => out.extend_from_slice(s.as_bytes()),
-        _ => out.extend_from_slice(Decimal::new(c.callee.into()).as_bytes()),
+        Some(Callee::Service(s)) if c.callee.is_none() => out.extend_from_slice(s.as_bytes()),
+        _ => out.extend_from_slice(UserPart::of(cfg, c.callee.unwrap_or(c.caller)).as_bytes()),
     }
     out.push(b'@');
     out.extend_from_slice(cfg.domain.as_bytes());
+}
+
+/// How a message names our user: by its user part, or, in a run with no users (calls placed
+/// without registering), by the number 1000 + the caller's index, which is below 1000.
+pub(super) enum UserPart<'a> {
+    Name(&'a str),
+    Number(Decimal),
+}
+
+impl UserPart<'_> {
+    pub(super) fn of(cfg: &Config, user: u32) -> UserPart<'_> {
+        if cfg.users.is_empty() {
+            UserPart::Number(Decimal::new(1000 + u64::from(user)))
+        } else {
+            UserPart::Name(cfg.users.name(user as usize))
+        }
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            UserPart::Name(name) => name.as_bytes(),
+            UserPart::Number(n) => n.as_bytes(),
+        }
+    }
+}
+
+impl std::fmt::Display for UserPart<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserPart::Name(name) => f.write_str(name),
+            UserPart::Number(n) => n.fmt(f),
+        }
+    }
 }
 
 /// Stream id of a call for the RTP worker.

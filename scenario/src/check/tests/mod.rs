@@ -302,7 +302,7 @@ fn values_that_will_hurt_are_warned_and_an_integer_too_large_is_named() {
     ));
     let keys: Vec<&str> = big.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["traffic.registrations.users", "duration"], "{big:?}");
-    assert!(big[0].1.contains("2.7 GB in plan and 11.0 GB"), "{big:?}");
+    assert!(big[0].1.contains("2.7 GB in plan and 13.5 GB"), "{big:?}");
     assert!(big[1].1.contains("years of wall time"), "{big:?}");
     // An ordinary scenario says nothing.
     assert!(
