@@ -6,7 +6,7 @@ use std::io::{IsTerminal as _, Read as _};
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pbxlab_loadgen::engine::{Arrivals, Grid};
@@ -22,6 +22,8 @@ use crate::BadInput;
 pub const EXIT_THRESHOLDS: u8 = 99;
 /// Exit code when the target never sent a single datagram back.
 pub const EXIT_NO_ANSWER: u8 = 3;
+/// Ctrl-C or SIGTERM before anything was sent (k6's code for a run aborted by the user).
+const EXIT_STOPPED_IN_SETUP: u8 = 105;
 
 /// With a scenario, `pbxlab load` runs one workload per table of its [traffic]: [traffic.calls]
 /// (our users call each other), [traffic.ivr] (`ivr-1` calls; a then_queue fraction presses a
@@ -352,7 +354,19 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         Some(p) => Some(Scenario::load(p).map_err(|e| bad(e.to_string()))?),
         None => None,
     };
-    let (cfg, thresholds) = configure(&from_args(&args)?, scenario.as_ref(), None)?;
+    let settings = from_args(&args)?;
+    // Making millions of users takes seconds: done aside, so Ctrl-C is heard meanwhile.
+    let setup = std::thread::spawn(move || configure(&settings, scenario.as_ref(), None));
+    while !setup.is_finished() {
+        if stop.load(Ordering::Relaxed) {
+            eprintln!("pbxlab: stopped while setting up the users: nothing was sent");
+            return Ok(ExitCode::from(EXIT_STOPPED_IN_SETUP));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (cfg, thresholds) = setup
+        .join()
+        .map_err(|_| anyhow::anyhow!("setting up the load failed"))??;
     if let Some(w) = pbxlab_loadgen::settings::memory_warning(&cfg) {
         eprintln!("pbxlab: warning: {w}");
     }

@@ -414,3 +414,31 @@ fn the_report_gives_the_seed_that_repeats_the_run() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("--seed {seed} repeats")), "{text}");
 }
+
+/// Ctrl-C while millions of users are being made stops the run there (exit 105, nothing sent),
+/// rather than after the setup.
+#[test]
+fn ctrl_c_during_the_setup_of_many_users_stops_at_once() {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["load", "--target", "127.0.0.1:9", "--users", "20000000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(sent);
+    let stopped = std::time::Instant::now();
+    let out = child.wait_with_output().expect("ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(105), "{stderr}");
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?} after Ctrl-C",
+        stopped.elapsed()
+    );
+}

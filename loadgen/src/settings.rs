@@ -226,6 +226,18 @@ pub fn configure(
     let reg = traffic.and_then(|t| t.registrations.as_ref());
     let calls_traffic = traffic.and_then(|t| t.calls.as_ref());
     let users = user_count(s, scenario);
+    // Refused before the table is made: 10^9 users would be 135 GB of it.
+    let users_bytes = u64::from(users / shards.max(1)).saturating_mul(USER_BYTES);
+    if let Some(available) = memory_available()
+        && users_bytes > available
+    {
+        return Err(Error::TooLarge(format!(
+            "{users} users would take about {} of memory, and this machine has {} available: \
+             give fewer --users, or split them with --shard over several machines",
+            gigabytes(users_bytes),
+            gigabytes(available)
+        )));
+    }
     // Shard i takes every n-th user, so shards never share a user.
     let my_users = match &s.users_file {
         Some(f) => f.users.slice(shard, shards),

@@ -48,6 +48,9 @@ pub struct Users {
     text: String,
     /// Per user, where its three strings end in `text`; each starts where the one before ends.
     ends: Vec<[usize; 3]>,
+    /// For a table of numbered users whose numbers step evenly (`--users`, a shard of them):
+    /// the first number and the step, so a user is found by its number without an index.
+    progression: Option<(u32, u32)>,
 }
 
 /// How numbered users' digest passwords are made.
@@ -68,7 +71,18 @@ impl Users {
     /// Users named by these numbers, each its own digest username, with passwords by `password`.
     pub fn numbered(numbers: impl IntoIterator<Item = u32>, password: &Password) -> Users {
         let mut users = Users::new();
+        // (first, step, last) while the numbers step evenly.
+        let mut even: Option<(u32, Option<u32>, u32)> = None;
+        let mut stepping = true;
         for n in numbers {
+            even = match even {
+                None => Some((n, None, n)),
+                Some((first, step, last)) => {
+                    let this = n.checked_sub(last).filter(|&d| d > 0);
+                    stepping &= this.is_some() && (step.is_none() || step == this);
+                    Some((first, step.or(this), n))
+                }
+            };
             // Writing to a String cannot fail.
             let _ = write!(users.text, "{n}");
             let name = users.text.len();
@@ -82,7 +96,27 @@ impl Users {
             }
             users.ends.push([name, username, users.text.len()]);
         }
+        users.progression = even
+            .filter(|_| stepping)
+            .map(|(first, step, _)| (first, step.unwrap_or(1)));
         users
+    }
+
+    /// The index of the user with this user part, when the table is numbered evenly; `None`
+    /// when it is not (the caller keeps an index) or no user has that name.
+    pub fn numbered_index(&self, name: &str) -> Option<Option<usize>> {
+        let (first, step) = self.progression?;
+        // Only the canonical decimal form names a numbered user ("01000" is not user 1000).
+        let canonical = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_digit())
+            && (name == "0" || !name.starts_with('0'));
+        let n = canonical.then(|| name.parse::<u32>().ok()).flatten();
+        Some(n.and_then(|n| {
+            let k = n.checked_sub(first)?;
+            (k % step == 0)
+                .then_some((k / step) as usize)
+                .filter(|&i| i < self.len())
+        }))
     }
 
     pub fn push(&mut self, user: User<'_>) {
@@ -136,6 +170,10 @@ impl Users {
         for u in self.iter().skip(shard as usize).step_by(step) {
             out.push(u);
         }
+        out.progression = self.progression.and_then(|(first, s)| {
+            let first = first.checked_add(s.checked_mul(shard)?)?;
+            Some((first, s.checked_mul(shards.max(1))?))
+        });
         out
     }
 }
@@ -672,6 +710,30 @@ mod tests {
                 password: "pw-1001"
             }
         );
+        // Numbered evenly, a user is found by its number, in the canonical form only.
+        assert_eq!(users.numbered_index("1002"), Some(Some(2)));
+        for absent in ["999", "1004", "01002", "+1002", "1002x", "", "abc"] {
+            assert_eq!(users.numbered_index(absent), Some(None), "{absent:?}");
+        }
+        let odd = Users::numbered([5, 9, 10], &Password::Shared("p".into()));
+        assert_eq!(
+            odd.numbered_index("9"),
+            None,
+            "not an even step: the caller indexes"
+        );
+        let evens = Users::numbered((0..10).map(|k| 100 + 2 * k), &Password::Shared("p".into()));
+        assert_eq!(evens.numbered_index("104"), Some(Some(2)));
+        assert_eq!(evens.numbered_index("105"), Some(None));
+        let half = users.slice(1, 2);
+        assert_eq!(half.numbered_index("1003"), Some(Some(1)));
+        assert_eq!(half.numbered_index("1002"), Some(None));
+        let mut named = Users::new();
+        named.push(User {
+            name: "alice",
+            username: "alice",
+            password: "a",
+        });
+        assert_eq!(named.numbered_index("alice"), None);
         let shared = Users::numbered([7], &Password::Shared("one".into()));
         assert_eq!(shared.get(0).map(|u| u.password), Some("one"));
         assert_eq!(users.get(4), None);

@@ -154,9 +154,15 @@ impl Engine {
     pub fn new(cfg: Config) -> Engine {
         let regs = Registrations::new(cfg.users.len());
         let users = u32::try_from(cfg.users.len()).unwrap_or(u32::MAX);
-        let mut by_name: Vec<u32> = (0..users).collect();
-        by_name
-            .sort_unstable_by(|&a, &b| cfg.users.name(a as usize).cmp(cfg.users.name(b as usize)));
+        // Numbered users are found by their number; others by an index sorted by name (20
+        // million numbered users once spent 9 of the run's 16 s of setup sorting one).
+        let mut by_name: Vec<u32> = Vec::new();
+        if cfg.users.numbered_index("").is_none() {
+            by_name = (0..users).collect();
+            by_name.sort_unstable_by(|&a, &b| {
+                cfg.users.name(a as usize).cmp(cfg.users.name(b as usize))
+            });
+        }
         // From the seed and the shard alone: the run id is a name, and another name must not
         // change what a run draws.
         let rng = Rng::engine(cfg.seed, cfg.shard.0);
@@ -381,6 +387,9 @@ impl Engine {
 
     /// The index of our user with this user part.
     fn user_named(&self, name: &str) -> Option<u32> {
+        if let Some(found) = self.cfg.users.numbered_index(name) {
+            return found.and_then(|i| u32::try_from(i).ok());
+        }
         let at = self
             .by_name
             .binary_search_by(|&i| self.cfg.users.name(i as usize).cmp(name))
