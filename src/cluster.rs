@@ -264,7 +264,7 @@ fn render(s: &Status) -> String {
     }
     let c = &s.cm;
     out.push_str(&format!(
-        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {}, malformed {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
+        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {}, source-limited {}, malformed {}, unmatched in-dialog {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
         c.registrations,
         c.auth_failures,
         c.calls_total,
@@ -280,7 +280,9 @@ fn render(s: &Status) -> String {
         c.moved,
         c.dropped,
         c.rate_limited,
+        c.source_limited,
         c.malformed,
+        c.unmatched_in_dialog,
         s.cm_cpu.as_secs_f64(),
         s.pace.call_manager.worst.as_secs_f64() * 1000.0,
         s.pace.nodes.worst.as_secs_f64() * 1000.0
@@ -321,6 +323,8 @@ fn to_json(s: &Status) -> serde_json::Value {
         "dropped": c.dropped,
         "rate_limited": c.rate_limited,
         "malformed": c.malformed,
+        "unmatched_in_dialog": c.unmatched_in_dialog,
+        "source_limited": c.source_limited,
         "probes": {
             "late": c.probes_late,
             "rtt_max_us": c.probe_rtt_max_us,

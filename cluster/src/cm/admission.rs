@@ -37,7 +37,7 @@ impl Admission {
     /// Whether a request from `from` at `now` is within its source's rate; it uses up a token.
     pub(super) fn admit(&mut self, now: Nanos, from: SocketAddr, nodes: &[NodeSpec]) -> bool {
         let ip = from.ip();
-        if self.whitelist.contains(&ip) || nodes.iter().any(|n| n.addr == from) {
+        if self.exempt(from, nodes) {
             return true;
         }
         if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&ip) {
@@ -57,6 +57,11 @@ impl Admission {
         } else {
             false
         }
+    }
+
+    /// Whether `from` is exempt from every per-source limit: the whitelist, or a node.
+    pub(super) fn exempt(&self, from: SocketAddr, nodes: &[NodeSpec]) -> bool {
+        self.whitelist.contains(&from.ip()) || nodes.iter().any(|n| n.addr == from)
     }
 
     pub(super) fn whitelist(&self) -> &[IpAddr] {

@@ -20,6 +20,12 @@ use pbxlab_balancer::hash::mix64 as mix;
 
 use super::{CallManager, Leg, Nanos, ns, probes, room_key};
 
+/// Calls one source address (not whitelisted, not a node) may hold at once, and of them how
+/// many may wait for their ACK. A PBX's phone holds a few calls; a trunk or an SBC in front of
+/// the Call Manager is whitelisted.
+pub(super) const MAX_CALLS_PER_SOURCE: u32 = 200;
+pub(super) const MAX_UNCONFIRMED_PER_SOURCE: u32 = 32;
+
 /// How long a callee's phone may ring before the call is given up with a 408 (RFC 3261 Timer
 /// C, 16.6 step 11: more than 3 minutes). Counted from our INVITE, not restarted by each 1xx.
 const RING_LIMIT: Duration = Duration::from_secs(180);
@@ -64,6 +70,18 @@ impl CallManager {
             self.fail("call limit");
             self.reply(from, msg, 503, &[("Retry-After", "5")]);
             return;
+        }
+        // One address may hold only so many calls, and fewer still unconfirmed: INVITEs never
+        // ACKed once filled the media pool from one source and made us retransmit 200s to
+        // whatever address it claimed (a reflector). As Kamailio's pike and dialog limits do.
+        if !self.admission.exempt(from, &self.nodes) {
+            let s = self.calls.of_source(from.ip());
+            if s.unconfirmed >= MAX_UNCONFIRMED_PER_SOURCE || s.calls >= MAX_CALLS_PER_SOURCE {
+                self.stats.source_limited += 1;
+                self.fail("per-source call limit");
+                self.reply(from, msg, 503, &[("Retry-After", "5")]);
+                return;
+            }
         }
         let Ok(offer) = SessionDescription::parse(msg.body()) else {
             self.fail("no usable SDP offer");

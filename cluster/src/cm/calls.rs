@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use pbxlab_balancer::{Assignment, ServerId, SessionId};
 use pbxlab_proto::builder::{ResponseHeaders, write_request};
@@ -252,8 +252,18 @@ pub(super) struct Calls {
     abandoned: VecDeque<Abandoned>,
     /// The next media session number, unique for the cluster's lifetime.
     next_media: u64,
+    /// Per caller address: calls up, and those of them not yet confirmed by an ACK. An entry
+    /// lives only while its address has a call, so the table is bounded by the calls.
+    by_source: HashMap<IpAddr, Source>,
     t1: Nanos,
     t2: Nanos,
+}
+
+/// One caller address's calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Source {
+    pub(super) calls: u32,
+    pub(super) unconfirmed: u32,
 }
 
 impl Calls {
@@ -266,6 +276,7 @@ impl Calls {
             timers: BinaryHeap::new(),
             abandoned: VecDeque::new(),
             next_media: 1,
+            by_source: HashMap::new(),
             t1,
             t2,
         }
@@ -305,6 +316,11 @@ impl Calls {
             }
         };
         call.live = true;
+        let source = self.by_source.entry(call.a.remote_addr.ip()).or_default();
+        source.calls += 1;
+        if call.a_state != AState::Confirmed {
+            source.unconfirmed += 1;
+        }
         let r = (index, call.generation);
         if let Some(slot) = self.slots.get_mut(index as usize) {
             *slot = call;
@@ -318,7 +334,22 @@ impl Calls {
         let slot = self.get_mut(r)?;
         let c = std::mem::replace(slot, Call::new(r.1.wrapping_add(1)));
         self.free.push(r.0);
+        let ip = c.a.remote_addr.ip();
+        if let Some(source) = self.by_source.get_mut(&ip) {
+            source.calls = source.calls.saturating_sub(1);
+            if c.a_state != AState::Confirmed {
+                source.unconfirmed = source.unconfirmed.saturating_sub(1);
+            }
+            if source.calls == 0 {
+                self.by_source.remove(&ip);
+            }
+        }
         Some(c)
+    }
+
+    /// The calls from this caller address.
+    pub(super) fn of_source(&self, ip: IpAddr) -> Source {
+        self.by_source.get(&ip).copied().unwrap_or_default()
     }
 
     /// The call one of whose legs has this Call-ID, and whether it is leg A.
@@ -437,12 +468,17 @@ impl Calls {
 
     /// A's ACK came: the 200 is no longer retransmitted.
     pub(super) fn confirm(&mut self, r: CallRef) {
+        let mut confirmed = None;
         if let Some(c) = self.get_mut(r)
             && c.a_state == AState::Answered
         {
             c.a_state = AState::Confirmed;
             c.a_final = Vec::new();
             c.a_next = Nanos::MAX;
+            confirmed = Some(c.a.remote_addr.ip());
+        }
+        if let Some(source) = confirmed.and_then(|ip| self.by_source.get_mut(&ip)) {
+            source.unconfirmed = source.unconfirmed.saturating_sub(1);
         }
     }
 

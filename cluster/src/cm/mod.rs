@@ -138,6 +138,8 @@ pub struct Stats {
     pub malformed: u64,
     /// In-dialog requests whose tags named no dialog of their Call-ID (forged or stale): 481.
     pub unmatched_in_dialog: u64,
+    /// INVITEs refused because their source held too many calls, or too many unconfirmed.
+    pub source_limited: u64,
     pub queue_waiting: usize,
     pub queue_answered: u64,
     pub queue_abandoned: u64,

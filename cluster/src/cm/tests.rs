@@ -498,6 +498,86 @@ fn a_request_out_of_hops_gets_483_and_a_request_uri_that_names_nobody_400() {
     assert!(out.iter().all(|m| !m.starts_with("SIP/2.0 483")), "{out:?}");
 }
 
+/// INVITEs from one address that never ACK fill no pool: past 32 unconfirmed calls that
+/// address gets 503 (and nothing retransmitted to it), while others call on; an ACK frees a
+/// place.
+#[test]
+fn one_source_may_hold_only_so_many_unconfirmed_calls() {
+    let mut cm = cm();
+    let mut finals = Vec::new();
+    let mut answered = Vec::new();
+    for i in 0..40u32 {
+        // Spaced under the request-rate limit (10/s): only the call limits act.
+        let now = u64::from(i) * 150 * MS;
+        let call_id = format!("f{i}");
+        let invite = request(
+            "INVITE",
+            "sip:echo@x",
+            "1",
+            &call_id,
+            1,
+            "",
+            &offer("192.0.2.50:40000", i),
+        );
+        cm.handle(now, addr(FLOODER), &invite);
+        for (_, m) in sent(&mut cm) {
+            let m = parse(&m);
+            if let Some(code) = m.code().filter(|&c| c >= 200) {
+                finals.push(code);
+                if code == 200 {
+                    answered.push((
+                        call_id.clone(),
+                        m.header(HeaderName::To).unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    let count = |code| finals.iter().filter(|&&c| c == code).count();
+    assert_eq!((count(200), count(503)), (32, 8), "{finals:?}");
+    assert_eq!(cm.stats().source_limited, 8);
+    // Another caller is not held back by it.
+    cm.handle(
+        7 * NS,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:echo@x",
+            "1",
+            "ua1",
+            1,
+            "",
+            &offer(UA_RTP, 77),
+        ),
+    );
+    assert!(
+        texts(&sent(&mut cm))
+            .iter()
+            .any(|t| t.starts_with("SIP/2.0 200"))
+    );
+    // An ACK confirms one call: the address may start one more.
+    let (call_id, to) = &answered[0];
+    let ack = String::from_utf8(request("ACK", "sip:echo@x", "1", call_id, 1, "", ""))
+        .unwrap()
+        .replace("To: <sip:echo@x>", &format!("To: {to}"));
+    cm.handle(7 * NS, addr(FLOODER), ack.as_bytes());
+    let again = request(
+        "INVITE",
+        "sip:echo@x",
+        "1",
+        "f40",
+        1,
+        "",
+        &offer("192.0.2.50:40000", 40),
+    );
+    cm.handle(7 * NS + 200 * MS, addr(FLOODER), &again);
+    assert!(
+        texts(&sent(&mut cm))
+            .iter()
+            .any(|t| t.starts_with("SIP/2.0 200"))
+    );
+}
+
 #[test]
 fn a_flooding_source_earns_503_while_whitelisted_ones_pass() {
     let mut cm = cm();
