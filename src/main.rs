@@ -1,9 +1,11 @@
 //! The `pbxlab` command line: one subcommand per job.
 //!
 //! Exit codes: 0 success; 1 the run itself failed; 2 bad usage or bad input (a scenario that
-//! does not parse or validate, a bad flag); 3 `load`: the target never answered; 99 thresholds
-//! breached (`load`), an SLO broke (`drill`), or no size within the search bound meets the SLOs
-//! (`plan --size`).
+//! does not parse or validate, a bad flag); 3 `load`: the target never answered; 4 a `load` or
+//! `drill` that failed while pbxlab itself fell behind (invalid); 99 thresholds breached
+//! (`load`), an SLO broke (`drill`), or no size within the search bound meets the SLOs
+//! (`plan --size`); 105 `plan` stopped by Ctrl-C or SIGTERM before it finished (its partial
+//! report is still printed and written).
 
 mod cluster;
 mod ctl;
@@ -36,6 +38,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Capacity planning: run a scenario's workload against its cluster in virtual time.
+    ///
+    /// Prints per role and per server blocking (with its batch-means interval), utilisation,
+    /// queue figures beside Erlang B, C and A, and what each fault cost; with --size, searches
+    /// for the smallest N+1 cluster that meets the SLOs and prints a bill of materials.
+    ///
+    /// Exit codes: 0 done; 99 (--size) some role has no size that meets its SLO within the
+    /// search bound, or its runs were too short to decide; 105 stopped by Ctrl-C or SIGTERM
+    /// before the end: the report of what was simulated is still printed and written, marked
+    /// interrupted, and a sizing lists the roles it did not decide; 2 bad input; 1 the run
+    /// failed (the message names the seed).
     Plan(PlanArgs),
     /// Drive SIP/RTP traffic at a SIP server and measure it (CI benchmarks: exit 99 on
     /// breached thresholds).
@@ -95,6 +107,11 @@ struct PlanArgs {
 /// Exit code of a `load` whose thresholds broke, or a `drill` whose SLOs broke, while pbxlab
 /// itself was the bottleneck: the run says nothing of the system under test.
 pub(crate) const EXIT_INVALID: u8 = 4;
+
+/// Exit code of a `plan` stopped by Ctrl-C or SIGTERM before it finished (k6 uses 105 for a run
+/// aborted from outside): its report covers part of the scenario, so it must not pass for a
+/// finished one.
+pub(crate) const EXIT_INTERRUPTED: u8 = 105;
 
 /// Errors the user can fix by changing the input: exit code 2.
 #[derive(Debug)]
@@ -192,7 +209,14 @@ fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
             print!("{}", sizing.render_text());
         }
         write_json(args.json.as_ref(), &value)?;
-        return Ok(if sizing.all_met {
+        if sizing.interrupted {
+            eprintln!(
+                "pbxlab: sizing interrupted; roles not decided are listed as such (exit {EXIT_INTERRUPTED})"
+            );
+        }
+        return Ok(if sizing.interrupted {
+            ExitCode::from(EXIT_INTERRUPTED)
+        } else if sizing.all_met {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(99)
@@ -203,7 +227,17 @@ fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         print!("{}", report.render_text());
     }
     write_json(args.json.as_ref(), &serde_json::to_value(&report)?)?;
-    Ok(ExitCode::SUCCESS)
+    if report.interrupted {
+        eprintln!(
+            "pbxlab: interrupted at {:.0} s of {:.0} s simulated; the report covers that part (exit {EXIT_INTERRUPTED})",
+            report.simulated_s, report.duration_s
+        );
+    }
+    Ok(if report.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub(crate) fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {

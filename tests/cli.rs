@@ -155,38 +155,95 @@ fn size_finds_an_n_plus_one_cluster() {
     assert!(media["per_server"]["cores"].as_u64().expect("number") >= 2);
 }
 
-#[test]
-fn an_interrupted_run_still_writes_its_report() {
-    let long = SMALL
-        .replace("duration = \"20m\"", "duration = \"3000d\"")
-        .replace("rate = \"1.5/s\"", "rate = \"150/s\"")
-        .replace("capacity = 100", "capacity = 10000");
-    let path = scratch("long.toml", &long);
-    let json = path.with_extension("json");
+/// Starts `pbxlab ARGS`, sends it SIGINT after `after`, and returns what it printed.
+fn interrupted(args: &[&str], after: std::time::Duration) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-        .args([
-            "plan",
-            path.to_str().expect("utf-8"),
-            "--json",
-            json.to_str().expect("utf-8"),
-        ])
+        .args(args)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(after);
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
-    let out = child.wait_with_output().expect("exits");
-    assert!(out.status.success(), "exit {:?}", out.status);
+    child.wait_with_output().expect("exits")
+}
+
+/// A run far longer than any test waits for.
+fn long_scenario(name: &str) -> PathBuf {
+    let long = SMALL
+        .replace("duration = \"20m\"", "duration = \"3000d\"")
+        .replace("rate = \"1.5/s\"", "rate = \"150/s\"")
+        .replace("capacity = 100", "capacity = 10000");
+    scratch(name, &long)
+}
+
+#[test]
+fn an_interrupted_run_still_writes_its_report() {
+    let path = long_scenario("long.toml");
+    let json = path.with_extension("json");
+    let out = interrupted(
+        &[
+            "plan",
+            path.to_str().expect("utf-8"),
+            "--json",
+            json.to_str().expect("utf-8"),
+        ],
+        std::time::Duration::from_millis(1500),
+    );
+    // Not 0: a report of part of the scenario must not pass for a finished run.
+    assert_eq!(out.status.code(), Some(105), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("INTERRUPTED"));
+    assert!(text(&out.stderr).contains("interrupted"));
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("report written")).expect("json");
     assert_eq!(v["interrupted"], true);
     assert!(v["events"].as_u64().expect("number") > 0);
     assert!(v["simulated_s"].as_f64().expect("number") < 3000.0 * 86400.0);
+}
+
+#[test]
+fn an_interrupted_sizing_decides_nothing_it_did_not_finish() {
+    // Two roles; the first candidate of the first already runs for days of virtual time.
+    let path = long_scenario("long-size.toml");
+    let with_ivr = std::fs::read_to_string(&path).expect("read")
+        + "[[pool]]\nrole = \"ivr\"\nservers = 2\ncapacity = 100\n[traffic.ivr]\nrate = \"1/s\"\nhold = \"30s\"\n";
+    let path = scratch("long-size.toml", &with_ivr);
+    let json = path.with_extension("json");
+    let out = interrupted(
+        &[
+            "plan",
+            path.to_str().expect("utf-8"),
+            "--size",
+            "--json",
+            json.to_str().expect("utf-8"),
+        ],
+        std::time::Duration::from_millis(1500),
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(105),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("INTERRUPTED"), "{stdout}");
+    assert!(stdout.contains("not decided: media, ivr"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report written")).expect("json");
+    assert_eq!(v["interrupted"], true);
+    assert_eq!(v["all_met"], false);
+    let roles = v["roles"].as_array().expect("roles");
+    assert_eq!(roles.len(), 2, "every role is listed: {v}");
+    for r in roles {
+        assert_eq!(r["status"], "interrupted", "{r}");
+        assert_eq!(r["met"], false, "{r}");
+        assert!(r["servers_needed"].is_null(), "{r}");
+        assert!(r["per_server"].is_null(), "{r}");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! still holds or up until it does. Servers of a pool are identical, so which one is down does
 //! not matter.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pbxlab_balancer::Role;
@@ -34,32 +35,60 @@ pub fn kbps_per_direction(codec: Codec) -> f64 {
 pub struct Sizing {
     pub scenario: String,
     pub seed: u64,
-    /// Every role found a size that meets its SLO within the search bound.
+    /// The search was stopped (Ctrl-C, SIGTERM) before every role was decided.
+    pub interrupted: bool,
+    /// Every role found a size that meets its SLO within the search bound (false when
+    /// interrupted: a role not decided has met nothing).
     pub all_met: bool,
     pub roles: Vec<RoleSizing>,
     pub agents: Option<AgentSizing>,
     pub assumptions: Assumptions,
 }
 
+/// How the search for one role ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// `servers_needed` meets the SLO with one server down.
+    Met,
+    /// No count within the search bound meets it.
+    NotMet,
+    /// Not decided: the search was stopped during this role or before it.
+    Interrupted,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Met => "ok",
+            Status::NotMet => "NOT MET",
+            Status::Interrupted => "not decided (interrupted)",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RoleSizing {
     pub role: String,
     pub servers_now: usize,
-    /// Servers to buy: enough that the SLO holds with one of them down.
-    pub servers_needed: u32,
+    pub status: Status,
+    /// Servers to buy: enough that the SLO holds with one of them down; null unless `met`.
+    pub servers_needed: Option<u32>,
     pub capacity_per_server: u32,
     pub met: bool,
     pub blocking_target: f64,
-    /// Blocking simulated at `servers_needed` with one server down.
-    pub blocking_one_down: f64,
+    /// Blocking simulated at `servers_needed` with one server down (when not met: at the
+    /// largest count tried; null when nothing was decided).
+    pub blocking_one_down: Option<f64>,
     pub blocking_one_down_ci95: Option<f64>,
     /// Where the search started, and from what.
     pub start: u32,
     pub start_basis: String,
     /// Each candidate tried: (servers, blocking with one down).
     pub tried: Vec<(u32, f64)>,
-    pub per_server: Bom,
-    pub total: Bom,
+    /// Null unless `met`.
+    pub per_server: Option<Bom>,
+    pub total: Option<Bom>,
 }
 
 /// Hardware for one server (or a role's total).
@@ -98,14 +127,19 @@ pub struct Assumptions {
 pub fn size(sc: &Scenario, options: Options<'_>) -> Result<Sizing, Error> {
     let target = sc.slo.blocking.unwrap_or(0.01);
     let mut roles = Vec::new();
+    let mut interrupted = false;
     for pool in &sc.pools {
-        if options
-            .stop
-            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
-        {
-            break;
-        }
-        roles.push(size_role(sc, pool, target, options)?);
+        // A role the search did not finish is listed as not decided, never with the count
+        // it had reached: a partial run establishes nothing.
+        interrupted = interrupted || stopped(options);
+        let role = match interrupted {
+            true => None,
+            false => size_role(sc, pool, target, options)?,
+        };
+        roles.push(role.unwrap_or_else(|| {
+            interrupted = true;
+            not_decided(sc, pool, target)
+        }));
     }
     let agents = sc.traffic.queue.as_ref().map(|q| {
         let ivr = sc
@@ -138,7 +172,8 @@ pub fn size(sc: &Scenario, options: Options<'_>) -> Result<Sizing, Error> {
     Ok(Sizing {
         scenario: sc.name.clone(),
         seed: options.seed.unwrap_or(sc.seed),
-        all_met: roles.iter().all(|r| r.met),
+        interrupted,
+        all_met: !interrupted && roles.iter().all(|r| r.met),
         roles,
         agents,
         assumptions: Assumptions {
@@ -219,12 +254,38 @@ fn candidate(sc: &Scenario, role: Role, n: u32) -> Scenario {
     s
 }
 
+fn stopped(options: Options<'_>) -> bool {
+    options.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+}
+
+/// A role the search did not decide.
+fn not_decided(sc: &Scenario, pool: &PoolSpec, target: f64) -> RoleSizing {
+    let (start, start_basis) = start(sc, pool.role, pool.capacity, target);
+    RoleSizing {
+        role: pool.role.name().into(),
+        servers_now: pool.servers.len(),
+        status: Status::Interrupted,
+        servers_needed: None,
+        capacity_per_server: pool.capacity,
+        met: false,
+        blocking_target: target,
+        blocking_one_down: None,
+        blocking_one_down_ci95: None,
+        start,
+        start_basis,
+        tried: Vec::new(),
+        per_server: None,
+        total: None,
+    }
+}
+
+/// Searches one role; `None` when the search was stopped before it decided.
 fn size_role(
     sc: &Scenario,
     pool: &PoolSpec,
     target: f64,
     options: Options<'_>,
-) -> Result<RoleSizing, Error> {
+) -> Result<Option<RoleSizing>, Error> {
     let role = pool.role;
     let (first, basis) = start(sc, role, pool.capacity, target);
     let opts = Options {
@@ -232,16 +293,28 @@ fn size_role(
         ..options
     };
     let mut tried = Vec::new();
-    let mut eval = |n: u32| -> Result<(bool, Report), Error> {
+    // `None`: the run was interrupted, so its figures are of a part of the scenario only.
+    let mut eval = |n: u32| -> Result<Option<(bool, Report)>, Error> {
+        if stopped(opts) {
+            return Ok(None);
+        }
         let report = simulate(&candidate(sc, role, n), opts)?;
+        if report.interrupted {
+            return Ok(None);
+        }
         let blocking = report.roles.get(role.name()).map_or(0.0, |r| r.blocking);
         tried.push((n, blocking));
-        Ok((blocking <= target, report))
+        Ok(Some((blocking <= target, report)))
     };
-    let (mut n, (mut met, mut report)) = (first, eval(first)?);
+    let Some((mut met, mut report)) = eval(first)? else {
+        return Ok(None);
+    };
+    let mut n = first;
     if met {
         while n > 2 {
-            let (ok, r) = eval(n - 1)?;
+            let Some((ok, r)) = eval(n - 1)? else {
+                return Ok(None);
+            };
             if !ok {
                 break;
             }
@@ -251,7 +324,9 @@ fn size_role(
     } else {
         for _ in 0..SEARCH_STEPS {
             n += 1;
-            let (ok, r) = eval(n)?;
+            let Some((ok, r)) = eval(n)? else {
+                return Ok(None);
+            };
             report = r;
             if ok {
                 met = true;
@@ -268,28 +343,22 @@ fn size_role(
         .max()
         .unwrap_or(0);
     let per_server = bom(role, peak, &sc.sizing);
-    Ok(RoleSizing {
+    Ok(Some(RoleSizing {
         role: role.name().into(),
         servers_now: pool.servers.len(),
-        servers_needed: n,
+        status: if met { Status::Met } else { Status::NotMet },
+        servers_needed: met.then_some(n),
         capacity_per_server: pool.capacity,
         met,
         blocking_target: target,
-        blocking_one_down: r.map_or(0.0, |r| r.blocking),
+        blocking_one_down: r.map(|r| r.blocking),
         blocking_one_down_ci95: r.and_then(|r| r.blocking_ci95),
         start: first,
         start_basis: basis,
         tried,
-        total: Bom {
-            peak_sessions: per_server.peak_sessions * u64::from(n),
-            cores: per_server.cores * n,
-            ram_gb: per_server.ram_gb * n,
-            disk_gb: per_server.disk_gb * n,
-            network_in_mbps: per_server.network_in_mbps * f64::from(n),
-            network_out_mbps: per_server.network_out_mbps * f64::from(n),
-        },
-        per_server,
-    })
+        total: met.then(|| per_server.times(n)),
+        per_server: met.then_some(per_server),
+    }))
 }
 
 /// Hardware for one server carrying `peak` sessions of `role`.
@@ -341,6 +410,20 @@ pub fn bom(role: Role, peak: u64, c: &SizingCosts) -> Bom {
     }
 }
 
+impl Bom {
+    /// The figures of `n` such servers.
+    fn times(&self, n: u32) -> Bom {
+        Bom {
+            peak_sessions: self.peak_sessions * u64::from(n),
+            cores: self.cores * n,
+            ram_gb: self.ram_gb * n,
+            disk_gb: self.disk_gb * n,
+            network_in_mbps: self.network_in_mbps * f64::from(n),
+            network_out_mbps: self.network_out_mbps * f64::from(n),
+        }
+    }
+}
+
 impl Sizing {
     pub fn render_text(&self) -> String {
         use std::fmt::Write as _;
@@ -350,6 +433,20 @@ impl Sizing {
             "N+1 sizing of {:?} (seed {}): each role must meet its SLO with one of its servers down\n",
             self.scenario, self.seed
         );
+        if self.interrupted {
+            let undecided: Vec<&str> = self
+                .roles
+                .iter()
+                .filter(|r| r.status == Status::Interrupted)
+                .map(|r| r.role.as_str())
+                .collect();
+            let _ = writeln!(
+                o,
+                "INTERRUPTED: the search was stopped; not decided: {}. Only the roles marked ok \
+                 were established.\n",
+                undecided.join(", ")
+            );
+        }
         let _ = writeln!(
             o,
             "{:<8} {:>4} {:>7} {:>9} {:>22} {:>7} {:>6} {:>6} {:>6} {:>14} {:>7}",
@@ -365,26 +462,31 @@ impl Sizing {
             "Mbit/s in/out",
             "status"
         );
+        let dash = || "-".to_string();
         for r in &self.roles {
-            let b = &r.per_server;
-            let blocking = match r.blocking_one_down_ci95 {
-                Some(ci) => format!("{:.5} ±{ci:.5}", r.blocking_one_down),
-                None => format!("{:.5}", r.blocking_one_down),
+            let blocking = match (r.blocking_one_down, r.blocking_one_down_ci95) {
+                (Some(b), Some(ci)) => format!("{b:.5} ±{ci:.5}"),
+                (Some(b), None) => format!("{b:.5}"),
+                (None, _) => dash(),
             };
+            let b = r.per_server.as_ref();
             let _ = writeln!(
                 o,
                 "{:<8} {:>4} {:>7} {:>9} {:>22} {:>7} {:>6} {:>6} {:>6} {:>14} {:>7}",
                 r.role,
                 r.servers_now,
-                r.servers_needed,
+                r.servers_needed.map_or_else(dash, |n| n.to_string()),
                 r.capacity_per_server,
                 blocking,
-                b.peak_sessions,
-                b.cores,
-                b.ram_gb,
-                b.disk_gb,
-                format!("{:.1}/{:.1}", b.network_in_mbps, b.network_out_mbps),
-                if r.met { "ok" } else { "NOT MET" }
+                b.map_or_else(dash, |b| b.peak_sessions.to_string()),
+                b.map_or_else(dash, |b| b.cores.to_string()),
+                b.map_or_else(dash, |b| b.ram_gb.to_string()),
+                b.map_or_else(dash, |b| b.disk_gb.to_string()),
+                b.map_or_else(dash, |b| format!(
+                    "{:.1}/{:.1}",
+                    b.network_in_mbps, b.network_out_mbps
+                )),
+                r.status.name()
             );
         }
         let _ = writeln!(
@@ -392,18 +494,14 @@ impl Sizing {
             "\nbill of materials (per role: servers x per-server figures above)"
         );
         for r in &self.roles {
-            let t = &r.total;
+            let (Some(n), Some(p), Some(t)) = (r.servers_needed, &r.per_server, &r.total) else {
+                let _ = writeln!(o, "  {:<8} none: {}", r.role, r.status.name());
+                continue;
+            };
             let _ = writeln!(
                 o,
                 "  {:<8} {} x ({} cores, {} GB RAM, {} GB disk) = {} cores, {} GB RAM, {:.0} Mbit/s each way",
-                r.role,
-                r.servers_needed,
-                r.per_server.cores,
-                r.per_server.ram_gb,
-                r.per_server.disk_gb,
-                t.cores,
-                t.ram_gb,
-                t.network_in_mbps
+                r.role, n, p.cores, p.ram_gb, p.disk_gb, t.cores, t.ram_gb, t.network_in_mbps
             );
         }
         let _ = writeln!(
@@ -468,6 +566,59 @@ impl Sizing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn scenario(text: &str) -> Scenario {
+        Scenario::from_toml("<test>", text).expect("valid scenario")
+    }
+
+    const TWO_ROLES: &str = r#"
+name = "two roles"
+seed = 3
+duration = "2h"
+[[pool]]
+role = "media"
+servers = 3
+capacity = 100
+[[pool]]
+role = "ivr"
+servers = 2
+capacity = 50
+[traffic.calls]
+rate = "1.5/s"
+hold = "60s"
+[traffic.ivr]
+rate = "0.5/s"
+hold = "30s"
+[slo]
+blocking = 0.01
+"#;
+
+    #[test]
+    fn a_stopped_sizing_decides_no_role() {
+        let stop = AtomicBool::new(true);
+        let sizing = size(
+            &scenario(TWO_ROLES),
+            Options {
+                stop: Some(&stop),
+                ..Options::default()
+            },
+        )
+        .expect("runs");
+        assert!(sizing.interrupted);
+        assert!(!sizing.all_met, "nothing was established");
+        assert_eq!(sizing.roles.len(), 2, "every role is listed");
+        for r in &sizing.roles {
+            assert_eq!(r.status, Status::Interrupted, "{r:?}");
+            assert_eq!(r.servers_needed, None);
+            assert!(r.per_server.is_none() && r.tried.is_empty());
+        }
+        let text = sizing.render_text();
+        assert!(
+            text.contains("INTERRUPTED") && text.contains("not decided: media, ivr"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn bill_of_materials_follows_the_documented_costs() {
