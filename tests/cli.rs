@@ -138,6 +138,16 @@ fn size_finds_an_n_plus_one_cluster() {
             "[slo]\nblocking = 0.01\n",
         ),
     );
+    let v = size_json(&path);
+    let media = &v["roles"][0];
+    assert_eq!(media["role"], "media");
+    // 90 erlangs: one server of 100 blocks ~5 %, two meet 1 %; N+1 makes three.
+    assert_eq!(media["servers_needed"], 3, "{media}");
+    assert!(media["blocking_one_down"].as_f64().expect("number") <= 0.01);
+    assert!(media["per_server"]["cores"].as_u64().expect("number") >= 2);
+}
+
+fn size_json(path: &std::path::Path) -> serde_json::Value {
     let out = pbxlab(&[
         "plan",
         path.to_str().expect("utf-8 path"),
@@ -146,13 +156,73 @@ fn size_finds_an_n_plus_one_cluster() {
         "-",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn size_accepts_a_count_only_when_the_intervals_upper_end_meets_the_slo() {
+    // 1,000 erlangs for 10 minutes: Erlang B needs 1,029 slots at 1 %, i.e. 21 servers of 50
+    // up and 22 with one down. The short run once accepted 20 at 0.0099 ±0.0114.
+    let path = scratch(
+        "short.toml",
+        r#"name = "short"
+seed = 4
+duration = "10m"
+[[pool]]
+role = "media"
+servers = 3
+capacity = 50
+[traffic.calls]
+rate = "5.5556/s"
+hold = "180s"
+[slo]
+blocking = 0.01
+"#,
+    );
+    let v = size_json(&path);
+    let media = &v["roles"][0];
+    assert_eq!(media["servers_needed"], 22, "{media}");
+    let blocking = media["blocking_one_down"].as_f64().expect("number");
+    let ci = media["blocking_one_down_ci95"]
+        .as_f64()
+        .expect("an interval");
+    let upper = media["blocking_one_down_upper95"].as_f64().expect("number");
+    assert!(
+        (upper - (blocking + ci)).abs() < 1e-12 && upper <= 0.01,
+        "{media}"
+    );
+    // Every accepted run's upper end meets the target; the runs are longer than 10 minutes
+    // (a warm-up of five holds, batches of two).
+    for t in media["tried"].as_array().expect("tried") {
+        if t["verdict"] == "meets" {
+            assert!(
+                t["blocking_upper95"].as_f64().expect("number") <= 0.01,
+                "{t}"
+            );
+        }
+        assert!(t["duration_s"].as_f64().expect("number") > 600.0, "{t}");
+    }
+}
+
+#[test]
+fn size_with_a_zero_blocking_slo_sizes_for_the_offered_load() {
+    // scenarios/scale-10k.toml: 10,000 erlangs, `blocking = 0.0`; the search once started
+    // from "2 (no traffic)".
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/scale-10k.toml");
+    let v = size_json(&path);
     let media = &v["roles"][0];
     assert_eq!(media["role"], "media");
-    // 90 erlangs: one server of 100 blocks ~5 %, two meet 1 %; N+1 makes three.
-    assert_eq!(media["servers_needed"], 3, "{media}");
-    assert!(media["blocking_one_down"].as_f64().expect("number") <= 0.01);
-    assert!(media["per_server"]["cores"].as_u64().expect("number") >= 2);
+    let basis = media["start_basis"].as_str().expect("text");
+    assert!(basis.starts_with("Erlang B: 10000 erlangs"), "{basis}");
+    // Two servers of 5,000 carry 10,000 erlangs only with blocking; three must be up.
+    assert_eq!(media["servers_needed"], 4, "{media}");
+    assert_eq!(media["blocking_one_down"], 0.0);
+    assert!(media["blocking_one_down_upper95"].as_f64().expect("number") <= 1e-4);
+    assert_eq!(media["blocking_limit"], 1e-4);
+    // Roles offered nothing are sized without a run, and say so.
+    let ivr = &v["roles"][1];
+    assert_eq!(ivr["start_basis"], "no traffic", "{ivr}");
+    assert!(ivr["tried"].as_array().expect("tried").is_empty());
 }
 
 /// Starts `pbxlab ARGS`, sends it SIGINT after `after`, and returns what it printed.
