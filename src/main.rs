@@ -12,6 +12,7 @@ mod ctl;
 mod drill;
 mod load;
 mod node;
+mod plan;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use pbxlab_scenario::{Scenario, reference_scenario};
-use pbxlab_sim::{Options, simulate, size};
 
 #[derive(Parser)]
 #[command(
@@ -48,7 +48,7 @@ enum Command {
     /// before the end: the report of what was simulated is still printed and written, marked
     /// interrupted, and a sizing lists the roles it did not decide; 2 bad input; 1 the run
     /// failed (the message names the seed).
-    Plan(PlanArgs),
+    Plan(plan::PlanArgs),
     /// Drive SIP/RTP traffic at a SIP server and measure it (CI benchmarks: exit 99 on
     /// breached thresholds).
     Load(Box<load::LoadArgs>),
@@ -81,37 +81,9 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct PlanArgs {
-    /// Scenario file (TOML); without one, the embedded reference cluster.
-    scenario: Option<PathBuf>,
-    /// Seed for every random stream (overrides the scenario's).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Also write the report as JSON to FILE ("-" for standard output, instead of the tables).
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Search for the smallest cluster that meets the SLOs with one server of each role down
-    /// (N+1), and print a bill of materials.
-    #[arg(long)]
-    size: bool,
-    /// Leave wall-clock figures (wall_s, events_per_s) out of the JSON, so that runs with the
-    /// same seed compare byte for byte.
-    #[arg(long)]
-    no_wall_clock: bool,
-    /// Cross-check the balancer against the simulator's own ledger after every event (slow).
-    #[arg(long)]
-    self_check: bool,
-}
-
 /// Exit code of a `load` whose thresholds broke, or a `drill` whose SLOs broke, while pbxlab
 /// itself was the bottleneck: the run says nothing of the system under test.
 pub(crate) const EXIT_INVALID: u8 = 4;
-
-/// Exit code of a `plan` stopped by Ctrl-C or SIGTERM before it finished (k6 uses 105 for a run
-/// aborted from outside): its report covers part of the scenario, so it must not pass for a
-/// finished one.
-pub(crate) const EXIT_INTERRUPTED: u8 = 105;
 
 /// Errors the user can fix by changing the input: exit code 2.
 #[derive(Debug)]
@@ -137,7 +109,7 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Plan(args) => plan(args, &stop),
+        Command::Plan(args) => plan::plan(args, &stop),
         Command::Load(args) => load::load(*args, &stop),
         Command::Cluster(args) => cluster::cluster(*args, &stop),
         Command::Drill(args) => drill::drill(*args, &stop),
@@ -158,7 +130,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_scenario(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
+pub(crate) fn load_scenario(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
     let scenario = match path {
         Some(p) => Scenario::load(p).map_err(|e| BadInput(e.to_string()))?,
         None => reference_scenario().context("the embedded reference scenario is invalid")?,
@@ -191,53 +163,6 @@ fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
         count(scenario.warnings.len(), "warning")
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
-    let scenario = load_scenario(args.scenario.as_ref())?;
-    let options = Options {
-        seed: args.seed,
-        self_check: args.self_check,
-        stop: Some(stop),
-        no_wall_clock: args.no_wall_clock,
-    };
-    let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
-    if args.size {
-        let sizing = size::size(&scenario, options)?;
-        let value = serde_json::to_value(&sizing)?;
-        if !json_to_stdout {
-            print!("{}", sizing.render_text());
-        }
-        write_json(args.json.as_ref(), &value)?;
-        if sizing.interrupted {
-            eprintln!(
-                "pbxlab: sizing interrupted; roles not decided are listed as such (exit {EXIT_INTERRUPTED})"
-            );
-        }
-        return Ok(if sizing.interrupted {
-            ExitCode::from(EXIT_INTERRUPTED)
-        } else if sizing.all_met {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(99)
-        });
-    }
-    let report = simulate(&scenario, options)?;
-    if !json_to_stdout {
-        print!("{}", report.render_text());
-    }
-    write_json(args.json.as_ref(), &serde_json::to_value(&report)?)?;
-    if report.interrupted {
-        eprintln!(
-            "pbxlab: interrupted at {:.0} s of {:.0} s simulated; the report covers that part (exit {EXIT_INTERRUPTED})",
-            report.simulated_s, report.duration_s
-        );
-    }
-    Ok(if report.interrupted {
-        ExitCode::from(EXIT_INTERRUPTED)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 pub(crate) fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {

@@ -317,6 +317,47 @@ fn an_interrupted_sizing_decides_nothing_it_did_not_finish() {
 }
 
 #[test]
+fn plan_shows_progress_on_stderr_and_leaves_stdout_alone() {
+    let day = SMALL
+        .replace("duration = \"20m\"", "duration = \"1d\"")
+        .replace("rate = \"1.5/s\"", "rate = \"15/s\"")
+        .replace("capacity = 100", "capacity = 1000");
+    let path = scratch("day.toml", &day);
+    let path = path.to_str().expect("utf-8");
+    let run = |progress: &str| {
+        let out = pbxlab(&[
+            "plan",
+            path,
+            "--no-wall-clock",
+            "--json",
+            "-",
+            "--progress",
+            progress,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out
+    };
+    let shown = run("2ms");
+    let stderr = text(&shown.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("plan: ")).collect();
+    assert!(!lines.is_empty(), "no progress in {stderr:?}");
+    for needle in ["simulated (", "M events/s", "left"] {
+        assert!(lines[0].contains(needle), "{needle:?} not in {lines:?}");
+    }
+    let quiet = run("off");
+    assert!(text(&quiet.stderr).is_empty(), "{}", text(&quiet.stderr));
+    assert_eq!(shown.stdout, quiet.stdout, "progress changed the report");
+    // By default, a run shorter than ten seconds writes nothing to a log.
+    let small = scratch("small-quiet.toml", SMALL);
+    let out = pbxlab(&["plan", small.to_str().expect("utf-8")]);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    let bad = pbxlab(&["plan", path, "--progress", "sometimes"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("--progress"));
+}
+
+#[test]
 fn every_shipped_scenario_validates() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let mut seen = 0;

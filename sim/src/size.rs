@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::erlang::{self, QueueModel};
 use crate::report::{RoleReport, human_duration};
-use crate::simulate::{Options, simulate};
+use crate::simulate::{Options, ProgressSink, simulate};
 use crate::{Error, Report};
 use pbxlab_scenario::{Codec, FaultSpec, PoolSpec, Scenario, ServerSpec, SizingCosts, Verb};
 
@@ -527,7 +527,19 @@ impl RoleSearch<'_, '_> {
                 return Ok(None);
             }
             let sc = candidate(self.sc, self.role, n, self.duration, self.warmup);
-            let report = simulate(&sc, self.options)?;
+            let stage = format!(
+                "{}: {n} servers with one down, a {} run",
+                self.role.name(),
+                human_duration(self.duration.as_secs_f64())
+            );
+            let options = Options {
+                progress: self
+                    .options
+                    .progress
+                    .map(|p| ProgressSink { stage: &stage, ..p }),
+                ..self.options
+            };
+            let report = simulate(&sc, options)?;
             if report.interrupted {
                 return Ok(None);
             }
