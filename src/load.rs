@@ -22,8 +22,6 @@ use crate::BadInput;
 pub const EXIT_THRESHOLDS: u8 = 99;
 /// Exit code when the target never sent a single datagram back.
 pub const EXIT_NO_ANSWER: u8 = 3;
-/// Ctrl-C or SIGTERM before anything was sent (k6's code for a run aborted by the user).
-const EXIT_STOPPED_IN_SETUP: u8 = 105;
 
 /// With a scenario, `pbxlab load` runs one workload per table of its [traffic]: [traffic.calls]
 /// (our users call each other), [traffic.ivr] (`ivr-1` calls; a then_queue fraction presses a
@@ -360,7 +358,7 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     while !setup.is_finished() {
         if stop.load(Ordering::Relaxed) {
             eprintln!("pbxlab: stopped while setting up the users: nothing was sent");
-            return Ok(ExitCode::from(EXIT_STOPPED_IN_SETUP));
+            return Ok(ExitCode::from(crate::plan::EXIT_INTERRUPTED));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

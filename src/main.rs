@@ -1,15 +1,18 @@
 //! The `pbxlab` command line: one subcommand per job.
 //!
 //! Exit codes: 0 success; 1 the run itself failed; 2 bad usage or bad input (a scenario that
-//! does not parse or validate, a bad flag); 3 `load`: the target never answered; 99 thresholds
-//! breached (`load`), an SLO broke (`drill`), or no size within the search bound meets the SLOs
-//! (`plan --size`).
+//! does not parse or validate, a bad flag); 3 `load`: the target never answered; 4 a `load` or
+//! `drill` that failed while pbxlab itself fell behind (invalid); 99 thresholds breached
+//! (`load`), an SLO broke (`drill`), or no size within the search bound meets the SLOs
+//! (`plan --size`); 105 `plan` stopped by Ctrl-C or SIGTERM before it finished (its partial
+//! report is still printed and written).
 
 mod cluster;
 mod ctl;
 mod drill;
 mod load;
 mod node;
+mod plan;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -20,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use pbxlab_scenario::{Scenario, reference_scenario};
-use pbxlab_sim::{Options, simulate, size};
 
 #[derive(Parser)]
 #[command(
@@ -36,7 +38,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Capacity planning: run a scenario's workload against its cluster in virtual time.
-    Plan(PlanArgs),
+    ///
+    /// Prints per role and per server blocking (with its batch-means interval), utilisation,
+    /// queue figures beside Erlang B, C and A, and what each fault cost; with --size, searches
+    /// for the smallest N+1 cluster that meets the SLOs and prints a bill of materials.
+    ///
+    /// Exit codes: 0 done; 99 (--size) some role has no size that meets its SLO within the
+    /// search bound, or its runs were too short to decide; 105 stopped by Ctrl-C or SIGTERM
+    /// before the end: the report of what was simulated is still printed and written, marked
+    /// interrupted, and a sizing lists the roles it did not decide; 2 bad input; 1 the run
+    /// failed (the message names the seed).
+    Plan(plan::PlanArgs),
     /// Drive SIP/RTP traffic at a SIP server and measure it (CI benchmarks: exit 99 on
     /// breached thresholds).
     Load(Box<load::LoadArgs>),
@@ -69,29 +81,6 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct PlanArgs {
-    /// Scenario file (TOML); without one, the embedded reference cluster.
-    scenario: Option<PathBuf>,
-    /// Seed for every random stream (overrides the scenario's).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Also write the report as JSON to FILE ("-" for standard output, instead of the tables).
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Search for the smallest cluster that meets the SLOs with one server of each role down
-    /// (N+1), and print a bill of materials.
-    #[arg(long)]
-    size: bool,
-    /// Leave wall-clock figures (wall_s, events_per_s) out of the JSON, so that runs with the
-    /// same seed compare byte for byte.
-    #[arg(long)]
-    no_wall_clock: bool,
-    /// Cross-check the balancer against the simulator's own ledger after every event (slow).
-    #[arg(long)]
-    self_check: bool,
-}
-
 /// Exit code of a `load` whose thresholds broke, or a `drill` whose SLOs broke, while pbxlab
 /// itself was the bottleneck: the run says nothing of the system under test.
 pub(crate) const EXIT_INVALID: u8 = 4;
@@ -120,7 +109,7 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Plan(args) => plan(args, &stop),
+        Command::Plan(args) => plan::plan(args, &stop),
         Command::Load(args) => load::load(*args, &stop),
         Command::Cluster(args) => cluster::cluster(*args, &stop),
         Command::Drill(args) => drill::drill(*args, &stop),
@@ -141,7 +130,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_scenario(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
+pub(crate) fn load_scenario(path: Option<&PathBuf>) -> anyhow::Result<Scenario> {
     let scenario = match path {
         Some(p) => Scenario::load(p).map_err(|e| BadInput(e.to_string()))?,
         None => reference_scenario().context("the embedded reference scenario is invalid")?,
@@ -182,37 +171,6 @@ fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
         count(scenario.faults.len(), "fault"),
         count(warnings, "warning")
     ));
-    Ok(ExitCode::SUCCESS)
-}
-
-fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
-    writable("--json", args.json.as_ref())?;
-    let scenario = load_scenario(args.scenario.as_ref())?;
-    let options = Options {
-        seed: args.seed,
-        self_check: args.self_check,
-        stop: Some(stop),
-        no_wall_clock: args.no_wall_clock,
-    };
-    let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
-    if args.size {
-        let sizing = size::size(&scenario, options)?;
-        let value = serde_json::to_value(&sizing)?;
-        if !json_to_stdout {
-            show(&sizing.render_text());
-        }
-        write_json(args.json.as_ref(), &value)?;
-        return Ok(if sizing.all_met {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(99)
-        });
-    }
-    let report = simulate(&scenario, options)?;
-    if !json_to_stdout {
-        show(&report.render_text());
-    }
-    write_json(args.json.as_ref(), &serde_json::to_value(&report)?)?;
     Ok(ExitCode::SUCCESS)
 }
 

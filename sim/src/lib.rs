@@ -16,7 +16,7 @@ pub mod stats;
 
 pub use pbxlab_scenario::{Scenario, ScenarioError};
 pub use report::Report;
-pub use simulate::{Options, simulate};
+pub use simulate::{Options, Progress, ProgressSink, simulate};
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]

@@ -136,6 +136,23 @@ pub struct SloVerdict {
     pub pass: bool,
 }
 
+/// A length of (virtual or wall) time for people: "45 s", "12.5 min", "2 h", "3.1 d".
+pub fn human_duration(s: f64) -> String {
+    let (value, unit) = if !s.is_finite() {
+        return "-".into();
+    } else if s < 120.0 {
+        (s, "s")
+    } else if s < 7_200.0 {
+        (s / 60.0, "min")
+    } else if s < 172_800.0 {
+        (s / 3_600.0, "h")
+    } else {
+        (s / 86_400.0, "d")
+    };
+    let text = format!("{value:.1}");
+    format!("{} {unit}", text.strip_suffix(".0").unwrap_or(&text))
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     match v {
         Some(x) if x.is_finite() => format!("{x:.digits$}"),

@@ -2,7 +2,7 @@
 //! the balancer planned it, and bounds that hold on the reference cluster.
 
 use pbxlab_scenario::{Scenario, reference_scenario};
-use pbxlab_sim::{Options, simulate};
+use pbxlab_sim::{Options, Progress, ProgressSink, simulate};
 
 fn json(scenario: &Scenario, seed: Option<u64>) -> String {
     let report = simulate(
@@ -365,4 +365,80 @@ server = "media-1"
     // media-1 took sessions again after its upgrade (the rm at 40 m found some on it), and the
     // stopped media-2 came back with `recover` (the restart of media-3 found room).
     assert_eq!(report.roles["media"].dropped, 0);
+}
+
+#[test]
+fn progress_is_reported_on_the_way_and_changes_nothing() {
+    let scenario = Scenario::from_toml(
+        "<progress>",
+        r#"
+name = "progress"
+seed = 9
+duration = "200h"
+[[pool]]
+role = "media"
+servers = 3
+capacity = 100
+[traffic.calls]
+rate = "4/s"
+hold = "60s"
+"#,
+    )
+    .expect("valid");
+    let seen = std::cell::RefCell::new(Vec::new());
+    let record = |p: &Progress<'_>| {
+        seen.borrow_mut()
+            .push((p.simulated_s, p.events, p.left_s()))
+    };
+    let with = simulate(
+        &scenario,
+        Options {
+            no_wall_clock: true,
+            // Every check (every 4,096 events) reports.
+            progress: Some(ProgressSink {
+                every: std::time::Duration::ZERO,
+                stage: "",
+                report: &record,
+            }),
+            ..Options::default()
+        },
+    )
+    .expect("runs");
+    let without = json(&scenario, None);
+    assert_eq!(
+        serde_json::to_string_pretty(&with).expect("serialisable"),
+        without,
+        "progress must not change the report"
+    );
+    let seen = seen.into_inner();
+    // About 5.8 M events: one report per 4,096.
+    assert_eq!(seen.len() as u64, with.events / 4096, "{}", seen.len());
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 < w[1].1));
+    let (last_s, _, left) = seen[seen.len() - 1];
+    assert!(
+        last_s > 199.0 * 3600.0 && last_s <= 200.0 * 3600.0,
+        "{last_s}"
+    );
+    assert!(left.is_some_and(|l| l >= 0.0));
+}
+
+#[test]
+fn the_time_left_is_the_rest_at_the_pace_so_far() {
+    let p = Progress {
+        stage: "",
+        simulated_s: 3_600.0,
+        duration_s: 36_000.0,
+        events: 2_000_000,
+        wall_s: 2.0,
+    };
+    assert_eq!(p.left_s(), Some(18.0));
+    assert_eq!(p.events_per_s(), 1_000_000.0);
+    assert_eq!(
+        Progress {
+            simulated_s: 0.0,
+            ..p
+        }
+        .left_s(),
+        None
+    );
 }
