@@ -104,7 +104,14 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     // The load is configured before anything starts, and again below with the address the Call
     // Manager was given.
     let mut settings = pbxlab_loadgen::Settings::drill(args.sip, &spec.load);
-    load::configure(&settings, Some(&scenario), Some(scenario.seed))?;
+    {
+        // Port 0 lets the cluster pick one; the check before it starts stands in any other.
+        let mut before = settings.clone();
+        if before.target.port() == 0 {
+            before.target.set_port(5060);
+        }
+        load::configure(&before, Some(&scenario), Some(scenario.seed))?;
+    }
     let mut alerts = AlertSink::new(args.alerts.clone(), args.alert_webhook.clone())
         .map_err(|e| BadInput(e.to_string()))?;
     let mut opts = Options::new(args.sip);
