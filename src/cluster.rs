@@ -325,6 +325,7 @@ fn to_json(s: &Status) -> serde_json::Value {
         "malformed": c.malformed,
         "unmatched_in_dialog": c.unmatched_in_dialog,
         "source_limited": c.source_limited,
+        "responses_foreign": c.responses_foreign,
         "probes": {
             "late": c.probes_late,
             "rtt_max_us": c.probe_rtt_max_us,

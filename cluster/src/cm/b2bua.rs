@@ -399,6 +399,12 @@ impl CallManager {
         let Some(id) = TxId::from_branch(branch) else {
             return;
         };
+        // An answer counts only from where its request went (a forged 486 from elsewhere once
+        // ended a ringing call).
+        if self.txs.dest(id).is_some_and(|dest| dest != from) {
+            self.stats.responses_foreign += 1;
+            return;
+        }
         let Some((call, purpose)) = self.txs.on_response(id, code) else {
             // The answer to our CANCEL of a given-up INVITE, on the INVITE's branch: it ends
             // the CANCEL's own transaction, which would otherwise be sent until Timer F.

@@ -199,6 +199,40 @@ fn callee_ok(invite: &Message<'_>) -> Vec<u8> {
     ok
 }
 
+/// A final response to our INVITE from an address the INVITE did not go to (a forged 486
+/// that names the right branch) ends nothing; the callee's own answer still connects.
+#[test]
+fn a_forged_answer_from_elsewhere_is_ignored() {
+    let mut cm = cm();
+    let invite = ringing_call(&mut cm);
+    let mut busy = Vec::new();
+    write_response(
+        &mut busy,
+        &parse(&invite),
+        486,
+        "Busy Here",
+        Some("x"),
+        &[],
+        b"",
+    );
+    for _ in 0..10 {
+        cm.handle(2 * MS, addr("192.0.2.66:5060"), &busy);
+    }
+    assert!(
+        sent(&mut cm).is_empty(),
+        "no answer to the caller, no ACK to anyone"
+    );
+    assert_eq!(cm.stats().responses_foreign, 10);
+    assert_eq!(cm.stats().calls_active, 1);
+    cm.handle(3 * MS, addr(CALLEE), &callee_ok(&parse(&invite)));
+    let out = sent(&mut cm);
+    assert!(
+        out.iter()
+            .any(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200")),
+        "the caller is connected"
+    );
+}
+
 #[test]
 fn a_200_that_crosses_the_callers_cancel_is_acked_and_the_callee_sent_a_bye() {
     let mut cm = cm();

@@ -140,6 +140,8 @@ pub struct Stats {
     pub unmatched_in_dialog: u64,
     /// INVITEs refused because their source held too many calls, or too many unconfirmed.
     pub source_limited: u64,
+    /// Responses to our requests from an address the request did not go to: ignored.
+    pub responses_foreign: u64,
     pub queue_waiting: usize,
     pub queue_answered: u64,
     pub queue_abandoned: u64,

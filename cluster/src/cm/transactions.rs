@@ -92,6 +92,14 @@ impl Transactions {
         }
     }
 
+    /// Where the transaction's request went: the only address its answers may come from.
+    pub(super) fn dest(&self, id: TxId) -> Option<SocketAddr> {
+        self.slots
+            .get(id.0 as usize)
+            .filter(|t| t.live && t.generation == id.1)
+            .map(|t| t.dest)
+    }
+
     fn get_mut(&mut self, id: TxId) -> Option<&mut ClientTx> {
         self.slots
             .get_mut(id.0 as usize)
