@@ -82,16 +82,48 @@ impl DriverPace {
         }
     }
 
-    /// The sentence a report prints for a saturated driver.
+    /// The sentence a report prints for a saturated driver, `None` while it kept up: "the node
+    /// thread fell 180 ms behind its schedule (at 41.2 s; 3 times past 50 ms); packets dropped
+    /// in this machine's kernel on its sockets: 12,400".
     pub fn describe(&self) -> Option<String> {
-        let f = PaceFigures {
-            worst: std::time::Duration::from_secs_f64(self.worst_ms.max(0.0) / 1000.0),
-            worst_at: std::time::Duration::from_secs_f64(self.worst_at_s.max(0.0)),
-            behind: self.behind,
-            kernel_drops: self.kernel_drops,
-        };
-        pbxlab_udp::pace::describe(&self.driver, &f)
+        if !self.saturated {
+            return None;
+        }
+        let driver = &self.driver;
+        let mut parts = Vec::new();
+        if self.behind > 0 {
+            parts.push(format!(
+                "{driver} fell {} ms behind its schedule (at {:.1} s; {} {} past {} ms)",
+                self.worst_ms as u64,
+                self.worst_at_s,
+                self.behind,
+                if self.behind == 1 { "time" } else { "times" },
+                pbxlab_udp::pace::BEHIND.as_millis()
+            ));
+        } else {
+            parts.push(format!("{driver} kept its schedule"));
+        }
+        if self.kernel_drops > 0 {
+            parts.push(format!(
+                "packets dropped in this machine's kernel on its sockets: {}",
+                thousands(self.kernel_drops)
+            ));
+        }
+        Some(parts.join("; "))
     }
+}
+
+/// 12400 as 12,400.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The lines a report prints when any of pbxlab's drivers was saturated, with `blame` saying
@@ -442,6 +474,32 @@ impl LoadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_driver_that_kept_up_says_nothing_and_one_behind_names_its_lateness_and_drops() {
+        let p = pbxlab_udp::pace::Pace::default();
+        p.on_time(1_000_000, 1_400_000);
+        assert_eq!(
+            DriverPace::of("the node thread", &p.figures()).describe(),
+            None
+        );
+        let p = pbxlab_udp::pace::Pace::default();
+        p.on_time(40_000_000_000, 40_180_000_000);
+        p.on_time(41_000_000_000, 41_010_000_000);
+        let mut last = 0;
+        p.socket_drops(&mut last, Some(12_000));
+        p.socket_drops(&mut last, None);
+        p.socket_drops(&mut last, Some(12_400));
+        assert_eq!(
+            DriverPace::of("the node thread", &p.figures())
+                .describe()
+                .as_deref(),
+            Some(
+                "the node thread fell 180 ms behind its schedule (at 40.2 s; 1 time past 50 ms); \
+                 packets dropped in this machine's kernel on its sockets: 12,400"
+            )
+        );
+    }
 
     #[test]
     fn queue_rows_and_figures_show_when_there_were_queue_callers() {

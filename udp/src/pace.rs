@@ -81,47 +81,6 @@ impl Pace {
     }
 }
 
-/// What a named driver's pace says, as one sentence for a report: `None` while it kept up.
-/// "the node thread fell 180 ms behind (at 41.2 s, 3 times past 50 ms); packets dropped in
-/// this machine's kernel: 12,400".
-pub fn describe(driver: &str, f: &PaceFigures) -> Option<String> {
-    if !f.saturated() {
-        return None;
-    }
-    let mut parts = Vec::new();
-    if f.behind > 0 {
-        parts.push(format!(
-            "{driver} fell {} ms behind its schedule (at {:.1} s; {} {} past {} ms)",
-            f.worst.as_millis(),
-            f.worst_at.as_secs_f64(),
-            f.behind,
-            if f.behind == 1 { "time" } else { "times" },
-            BEHIND.as_millis()
-        ));
-    } else {
-        parts.push(format!("{driver} kept its schedule"));
-    }
-    if f.kernel_drops > 0 {
-        parts.push(format!(
-            "packets dropped in this machine's kernel on its sockets: {}",
-            thousands(f.kernel_drops)
-        ));
-    }
-    Some(parts.join("; "))
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +92,6 @@ mod tests {
         let f = p.figures();
         assert_eq!(f.worst, Duration::from_micros(400));
         assert!(!f.saturated());
-        assert_eq!(describe("the node thread", &f), None);
     }
 
     #[test]
@@ -148,12 +106,6 @@ mod tests {
         let f = p.figures();
         assert_eq!(f.behind, 1);
         assert_eq!(f.kernel_drops, 12_400);
-        assert_eq!(
-            describe("the node thread", &f).as_deref(),
-            Some(
-                "the node thread fell 180 ms behind its schedule (at 40.2 s; 1 time past 50 ms); \
-                 packets dropped in this machine's kernel on its sockets: 12,400"
-            )
-        );
+        assert!(f.saturated());
     }
 }

@@ -1062,62 +1062,39 @@ fn a_callers_cancel_reaches_the_ringing_callee() {
     assert_eq!(cm.balancer().placed(), 0);
 }
 
+/// The BYE of call `u0`'s caller (user 1010), CSeq `cseq`, with `to` as its To value.
+fn caller_bye(cseq: u32, to: &str) -> String {
+    String::from_utf8(request(
+        "BYE",
+        "sip:cm@127.0.0.1:5060",
+        "1010",
+        "u0",
+        cseq,
+        "",
+        "",
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"))
+}
+
 /// A BYE that names the call's Call-ID but not its tags (made up, from another address) is
 /// answered 481 and ends nothing; the caller's own BYE still does.
 #[test]
 fn a_forged_bye_gets_481_and_the_call_goes_on() {
     let mut cm = cluster(&[(Role::Media, 10)], &[]);
     let call = user_call(&mut cm, 0, 0);
-    let forged = String::from_utf8(request(
-        "BYE",
-        "sip:cm@127.0.0.1:5060",
-        "1010",
-        "u0",
-        2,
-        "",
-        "",
-    ))
-    .unwrap()
-    .replace("tag=uau0", "tag=guessed")
-    .replace(
-        "To: <sip:cm@127.0.0.1:5060>",
-        "To: <sip:cm@127.0.0.1:5060>;tag=made-up",
-    );
+    let made_up = "<sip:cm@127.0.0.1:5060>;tag=made-up";
+    let forged = caller_bye(2, made_up).replace("tag=uau0", "tag=guessed");
     cm.handle(NS, addr("192.0.2.66:5060"), forged.as_bytes());
     let out = sent(&mut cm);
     assert_eq!(out.len(), 1, "only the answer: no BYE to the callee");
     assert_eq!(parse(&out[0].1).code(), Some(481));
     // The right Call-ID and From tag with a wrong To tag is no better.
-    let half = String::from_utf8(request(
-        "BYE",
-        "sip:cm@127.0.0.1:5060",
-        "1010",
-        "u0",
-        2,
-        "",
-        "",
-    ))
-    .unwrap()
-    .replace(
-        "To: <sip:cm@127.0.0.1:5060>",
-        "To: <sip:cm@127.0.0.1:5060>;tag=made-up",
-    );
-    cm.handle(NS, addr(UA), half.as_bytes());
+    cm.handle(NS, addr(UA), caller_bye(2, made_up).as_bytes());
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(481));
     let st = cm.stats();
     assert_eq!((st.calls_active, st.unmatched_in_dialog), (1, 2));
-    let real = String::from_utf8(request(
-        "BYE",
-        "sip:cm@127.0.0.1:5060",
-        "1010",
-        "u0",
-        3,
-        "",
-        "",
-    ))
-    .unwrap()
-    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {}", call.a_to));
-    cm.handle(2 * NS, addr(UA), real.as_bytes());
+    cm.handle(2 * NS, addr(UA), caller_bye(3, &call.a_to).as_bytes());
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(200));
     assert_eq!(cm.stats().calls_active, 0);
 }
@@ -1130,25 +1107,7 @@ fn a_draining_node_reports_drained_when_its_last_call_ends() {
     cm.admin(NS, x, Verb::Drain).unwrap();
     let kinds: Vec<_> = cm.take_events().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec![EventKind::Draining]);
-    cm.handle(
-        2 * NS,
-        addr(UA),
-        String::from_utf8(request(
-            "BYE",
-            "sip:cm@127.0.0.1:5060",
-            "1010",
-            "u0",
-            2,
-            "",
-            "",
-        ))
-        .unwrap()
-        .replace(
-            "To: <sip:cm@127.0.0.1:5060>",
-            &format!("To: {}", first.a_to),
-        )
-        .as_bytes(),
-    );
+    cm.handle(2 * NS, addr(UA), caller_bye(2, &first.a_to).as_bytes());
     let _ = exchange(&mut cm, 2 * NS);
     let events = cm.take_events();
     assert_eq!(

@@ -70,13 +70,13 @@ struct Served {
 }
 
 impl Served {
-    /// Sets up `socket` (and, with the Call Manager's address `control_peer`, its twin) and
+    /// Sets up `socket`, and its twin connected to the Call Manager at `call_manager`, and
     /// registers them with `poll` as node `i`.
     fn new(
         poll: &Poll,
         i: usize,
         (node, socket, control): (Node, UdpSocket, NodeControl),
-        control_peer: Option<SocketAddr>,
+        call_manager: SocketAddr,
     ) -> io::Result<Served> {
         // Large socket buffers hold a tick's burst from every stream. Coalesced receive
         // (UDP_GRO): a generator's segmented send of 64 frames arrives as one buffer, which
@@ -84,7 +84,7 @@ impl Served {
         let _ = pbxlab_udp::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES);
         pbxlab_udp::coalesce(&socket)?;
         socket.set_nonblocking(true)?;
-        let twin = control_peer.and_then(|peer| pbxlab_udp::connected_twin(&socket, peer).ok());
+        let twin = pbxlab_udp::connected_twin(&socket, call_manager).ok();
         let mut socket = mio::net::UdpSocket::from_std(socket);
         poll.registry()
             .register(&mut socket, Token(i), Interest::READABLE)?;
@@ -218,7 +218,7 @@ fn start(nodes: Vec<ToServe>, to: Thread) -> io::Result<JoinHandle<()>> {
     let poll = Poll::new()?;
     let mut served = Vec::with_capacity(nodes.len());
     for (i, (node, socket, control, member)) in nodes.into_iter().enumerate() {
-        let s = Served::new(&poll, i, (node, socket, control), Some(to.call_manager))?;
+        let s = Served::new(&poll, i, (node, socket, control), to.call_manager)?;
         served.push(Served { member, ..s });
     }
     // The sockets are set up here, so a failure is the caller's to see; the thread makes its
@@ -261,12 +261,7 @@ fn run(mut served: Vec<Served>, mut poll: Poll, to: &Thread) {
                 }
             };
             let counters = Arc::clone(&control.counters);
-            let added = Served::new(
-                &poll,
-                served.len(),
-                (node, socket, control),
-                Some(*call_manager),
-            );
+            let added = Served::new(&poll, served.len(), (node, socket, control), *call_manager);
             match added {
                 Ok(s) => {
                     served.push(s);
@@ -356,11 +351,6 @@ fn run(mut served: Vec<Served>, mut poll: Poll, to: &Thread) {
             });
             control.counters.add_dead_drops(dead);
             let twin_read = usize::from(t & TWIN != 0);
-            if let Some(n) = receiver.kernel_drops()
-                && twin_read == 0
-            {
-                control.counters.note_kernel_drops(u64::from(n));
-            }
             if let Some(last) = drops.get_mut(i).and_then(|d| d.get_mut(twin_read)) {
                 pace.socket_drops(last, receiver.kernel_drops());
             }
@@ -534,7 +524,7 @@ mod tests {
     #[test]
     fn a_probe_is_heard_while_the_media_queue_overflows() {
         let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (handle, served) = bind(1, Role::Media, "media-1".into(), localhost).unwrap();
+        let (_handle, served) = bind(1, Role::Media, "media-1".into(), localhost).unwrap();
         let node_addr = served.0.addr();
         let cm = UdpSocket::bind(localhost).unwrap();
         cm.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -571,14 +561,11 @@ mod tests {
         assert_eq!(sip::parse_datagram(&buf[..n]).unwrap().code(), Some(200));
         // The media queue did overflow.
         let settled = Instant::now() + Duration::from_secs(3);
-        while handle.counters.kernel_drops() == 0 && Instant::now() < settled {
+        while pace.figures().kernel_drops == 0 && Instant::now() < settled {
             std::thread::sleep(Duration::from_millis(20));
             let _ = flood.send_to(&p, node_addr);
         }
-        assert!(
-            handle.counters.kernel_drops() > 0,
-            "{sent} sent, none dropped"
-        );
+        assert!(pace.figures().kernel_drops > 0, "{sent} sent, none dropped");
         stop.store(true, Ordering::Relaxed);
         thread.join().unwrap();
     }

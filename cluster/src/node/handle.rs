@@ -28,8 +28,6 @@ pub struct NodeCounters {
     dead_drops: AtomicU64,
     /// Failed sends, receives and polls.
     io_errors: AtomicU64,
-    /// Datagrams the kernel dropped on the node's full socket queue, as it last reported.
-    kernel_drops: AtomicU64,
     /// Commands the node has applied, published after the session count they lead to.
     applied: AtomicU64,
 }
@@ -55,12 +53,6 @@ impl NodeCounters {
 
     pub fn dead_drops(&self) -> u64 {
         self.dead_drops.load(Ordering::Relaxed)
-    }
-
-    /// Datagrams this machine's kernel dropped before the node could read them: the node
-    /// thread fell behind, which is the emulator's failure, not the node's.
-    pub fn kernel_drops(&self) -> u64 {
-        self.kernel_drops.load(Ordering::Relaxed)
     }
 
     pub fn io_errors(&self) -> u64 {
@@ -103,11 +95,6 @@ impl NodeCounters {
     pub(super) fn store_applied(&self, s: &NodeStats, n: u64) {
         self.store(s);
         self.applied.fetch_add(n, Ordering::Release);
-    }
-
-    /// Takes the kernel's drop count of the node's socket (a running total).
-    pub(super) fn note_kernel_drops(&self, n: u64) {
-        self.kernel_drops.fetch_max(n, Ordering::Relaxed);
     }
 
     /// Counts `n` datagrams read and dropped while the node was dead.
