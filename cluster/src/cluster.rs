@@ -388,6 +388,7 @@ impl Cluster {
         cfg.rate_burst = opts.rate_burst;
         cfg.whitelist = opts.whitelist.clone();
         cfg.seed = sc.seed;
+        cfg.key = crate::random_key().map_err(Error::Random)?;
         let cm = CallManager::new(cfg, balancer, specs);
 
         let stop = Arc::new(AtomicBool::new(false));

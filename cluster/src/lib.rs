@@ -34,6 +34,14 @@ pub mod link;
 pub mod node;
 pub mod remote;
 
+/// A key drawn from the operating system's random source, for a server others can reach: what it
+/// keys (nonces, branches, tags) cannot be forged by someone who knows the scenario's seed.
+pub fn random_key() -> std::io::Result<pbxlab_proto::mac::Key> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(pbxlab_proto::mac::Key::from_bytes(bytes))
+}
+
 /// Everything that can stop the live cluster, a node process or its alert sinks.
 /// Each variant's cause is in its message and not also its `source`, which error reporters that
 /// print the chain (anyhow's `{:#}`) would print a second time.
@@ -58,6 +66,8 @@ pub enum Error {
     },
     #[error("alert webhook: {0}")]
     Webhook(String),
+    #[error("no random key from the operating system: {0}")]
+    Random(std::io::Error),
     #[error("refused by the Call Manager at {cm}: {reason}")]
     Refused { cm: SocketAddr, reason: String },
     #[error("the Call Manager at {cm} did not answer within {:.1} s", waited.as_secs_f64())]

@@ -1,6 +1,6 @@
 //! pbxlab's wire protocols, sans-IO: a zero-copy SIP parser and a renderer that writes into
 //! reused buffers, SIP URIs, SDP offer/answer for one audio stream, HTTP digest authentication
-//! (MD5 and SHA-256), RTP packets, RFC 4733 telephone events, RFC 3550 receive statistics and
+//! (MD5 and SHA-256), HMAC-SHA-256 for what a server must recognise later, RTP packets, RFC 4733 telephone events, RFC 3550 receive statistics and
 //! G.711.
 //!
 //! It opens no sockets, reads no clock and draws no random numbers: time, nonces and SSRCs are
@@ -25,6 +25,7 @@ pub mod digest;
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod mac;
 pub mod rtp;
 pub mod sdp;
 pub mod sip;

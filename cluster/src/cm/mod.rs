@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use pbxlab_balancer::{Balancer, Event, Role, ServerId};
 use pbxlab_proto::builder::{reason_phrase, write_response, write_status};
+use pbxlab_proto::mac::Key;
 use pbxlab_proto::sip::{HeaderName, Message, Method, parse_datagram};
 
 use super::node::Place;
@@ -86,6 +87,11 @@ pub struct Config {
     pub max_expires_s: u32,
     /// Seeds the nonce secret and tags; everything random derives from it.
     pub seed: u64,
+    /// Keys what the Call Manager hands out and must recognise later (nonces, branches, tags).
+    /// [`Config::new`] derives it from the seed, which replays a run; a cluster others can reach
+    /// draws it at random ([`crate::random_key`]), so nothing it sent can be forged from the
+    /// scenario.
+    pub key: Key,
 }
 
 impl Config {
@@ -106,6 +112,7 @@ impl Config {
             max_calls: 100_000,
             max_expires_s: 7200,
             seed: 1,
+            key: Key::from_seed(1),
         }
     }
 }
