@@ -409,7 +409,11 @@ impl Cluster {
         })?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let capacities: Vec<(Role, u32)> = sc.pools.iter().map(|p| (p.role, p.capacity)).collect();
-        let hub = Hub::new(opts.token.clone(), capacities.clone());
+        let hub = Hub::new(
+            opts.token.as_deref(),
+            &crate::random_key().map_err(Error::Random)?,
+            capacities.clone(),
+        );
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             requests: Mutex::new(requests_tx),
