@@ -39,9 +39,9 @@ pub struct Options {
     pub rate_burst: f64,
     /// Sources the rate limit never applies to (the nodes always pass).
     pub whitelist: Vec<IpAddr>,
-    /// The token a node in its own process (`pbxlab node`) presents to join; without one,
-    /// none may.
-    pub token: Option<String>,
+    /// The join token a node in its own process (`pbxlab node`) proves to join; without one,
+    /// none may. Never the control endpoint's (admin) token.
+    pub join_token: Option<String>,
 }
 
 impl Options {
@@ -53,7 +53,7 @@ impl Options {
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
             whitelist: vec![IpAddr::from([127, 0, 0, 1])],
-            token: None,
+            join_token: None,
         }
     }
 }
@@ -410,7 +410,7 @@ impl Cluster {
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let capacities: Vec<(Role, u32)> = sc.pools.iter().map(|p| (p.role, p.capacity)).collect();
         let hub = Hub::new(
-            opts.token.as_deref(),
+            opts.join_token.as_deref(),
             &crate::random_key().map_err(Error::Random)?,
             capacities.clone(),
         );
