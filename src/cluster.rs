@@ -355,6 +355,7 @@ fn to_json(s: &Status) -> serde_json::Value {
             "rounds_ignored": c.probe_rounds_ignored,
         },
         "send_errors": s.cm_send_errors,
+        "link": pbxlab_cluster::ctl::link_json(&s.link),
         "emulator": s.pace.drivers(),
         "events": s.events,
         // As the control endpoint shows them, with the packets no session claimed.

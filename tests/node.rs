@@ -149,6 +149,10 @@ fn remote_nodes_carry_calls_and_a_crashed_one_rejoins() {
     let nodes = c["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 2, "the restart is the same server: {c}");
     assert!(nodes.iter().all(|x| x["state"] == "online"), "{c}");
+    // Every link datagram was sealed for its session: none was dropped as forged.
+    let link = &c["link"];
+    assert_eq!((n(&link["joins"]), n(&link["rejoins"])), (2, 1), "{c}");
+    assert_eq!(n(&link["unauthenticated"]), 0, "{c}");
 }
 
 #[test]

@@ -109,6 +109,9 @@ pub struct Status {
     pub whitelist: Vec<IpAddr>,
     /// How the emulator's own threads kept their schedules.
     pub pace: ClusterPace,
+    /// The control link to nodes in their own processes: joins, and the datagrams dropped
+    /// as forged or replayed.
+    pub link: super::hub::HubStats,
 }
 
 /// How far the cluster's threads ran behind their schedules and what the kernel dropped on
@@ -928,6 +931,10 @@ fn serve(
         if since >= next_status || !publish.is_empty() {
             next_status = since + STATUS_EVERY;
             let snapshot = snapshot(&cm, &handles, since, &log, send_errors, shared.pace());
+            let snapshot = Status {
+                link: hub.stats(),
+                ..snapshot
+            };
             if let Ok(mut s) = shared.status.lock() {
                 *s = snapshot;
             }
@@ -957,7 +964,10 @@ fn serve(
         shared.pace(),
     );
     if let Ok(mut s) = shared.status.lock() {
-        *s = last;
+        *s = Status {
+            link: hub.stats(),
+            ..last
+        };
     }
     Ok(())
 }
@@ -1129,6 +1139,7 @@ fn snapshot(
         cm_send_errors,
         whitelist: cm.whitelist().to_vec(),
         pace,
+        link: super::hub::HubStats::default(),
     }
 }
 

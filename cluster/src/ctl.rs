@@ -363,6 +363,22 @@ pub fn status_json(s: &Status) -> Value {
         "whitelist": s.whitelist.iter().map(IpAddr::to_string).collect::<Vec<_>>(),
         "events": events,
         "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
+        "link": link_json(&s.link),
+    })
+}
+
+/// The control link's figures: joins, and the datagrams dropped as forged or replayed.
+pub fn link_json(l: &super::hub::HubStats) -> Value {
+    json!({
+        "joins": l.joins,
+        "rejoins": l.rejoins,
+        "restart_claims": l.restart_claims,
+        "refused": l.refused,
+        "lost": l.lost,
+        "unauthenticated": l.unauthenticated,
+        "replayed": l.replayed,
+        "malformed": l.malformed,
+        "ignored": l.ignored,
     })
 }
 

@@ -34,6 +34,8 @@ const MAX_REMOTES: usize = 1_000;
 const MAX_REFUSALS_LOGGED: usize = 256;
 /// Datagrams queued between two calls of [`Hub::transmit_all`].
 const MAX_OUT: usize = 65_536;
+/// Restart claims kept per node (see [`Remote::claims`]).
+const MAX_CLAIMS: usize = 4;
 /// A node not heard from for this long (it sends its figures every second) is shown as not
 /// running. Its probes decide whether it is down; this is only the status.
 const SILENT_NS: Nanos = 3_000_000_000;
@@ -70,9 +72,10 @@ pub struct HubStats {
 struct Remote {
     id: ServerId,
     session: Session,
-    /// A JOIN claimed that the node restarted: the session offered to the new process, until
-    /// it proves it (and the node is taken down) or another claim replaces it.
-    restart: Option<Session>,
+    /// JOINs that claimed the node restarted: the sessions offered to their processes (the
+    /// newest last, at most [`MAX_CLAIMS`]), until one proves its own (and the node is taken
+    /// down). Several are kept so that a few replayed JOINs cannot push out a real one.
+    claims: Vec<Session>,
     control: NodeControl,
     out: Outgoing<NodeCommand>,
     events: Incoming<NodeEvent>,
@@ -203,15 +206,12 @@ impl Hub {
             Err(link::Unsealed::Forged) => {
                 // The new process of a claimed restart proves its session: the restart is
                 // real now.
-                let proved = r
-                    .restart
-                    .as_mut()
-                    .is_some_and(|s| s.rx.open(&sealed).is_ok());
-                if !proved {
+                let Some(proved) = r.claims.iter_mut().position(|s| s.rx.open(&sealed).is_ok())
+                else {
                     self.stats.unauthenticated += 1;
                     return;
-                }
-                self.rejoin(cm, now, i);
+                };
+                self.rejoin(cm, now, i, proved);
             }
         }
         let Hub {
@@ -308,9 +308,8 @@ impl Hub {
                 let same = |s: &Session| s.instance == instance && s.nonce == nonce;
                 // Our JOINED was lost, or is on its way (or the JOIN is a replay): the same
                 // answer again, and nothing changes.
-                let again = [Some(&r.session), r.restart.as_ref()]
-                    .into_iter()
-                    .flatten()
+                let again = std::iter::once(&r.session)
+                    .chain(&r.claims)
                     .find(|s| same(s))
                     .map(|s| s.joined.clone());
                 if let Some(joined) = again {
@@ -324,7 +323,10 @@ impl Hub {
                 };
                 let joined = session.joined.clone();
                 if let Some(r) = self.remotes.get_mut(i) {
-                    r.restart = Some(session);
+                    if r.claims.len() >= MAX_CLAIMS {
+                        r.claims.remove(0);
+                    }
+                    r.claims.push(session);
                 }
                 self.stats.restart_claims += 1;
                 return queue(&mut self.out, &mut self.stats, from, joined);
@@ -356,7 +358,7 @@ impl Hub {
         self.remotes.push(Remote {
             id,
             session,
-            restart: None,
+            claims: Vec::new(),
             control,
             out: Outgoing::new(1),
             events: Incoming::new(1),
@@ -372,7 +374,7 @@ impl Hub {
 
     /// A known node's new process, which proved the session its JOIN was given: whatever the
     /// old one had is gone, and so is whatever was queued for it.
-    fn rejoin(&mut self, cm: &mut CallManager, now: Nanos, i: usize) {
+    fn rejoin(&mut self, cm: &mut CallManager, now: Nanos, i: usize, claim: usize) {
         let Hub {
             remotes,
             log,
@@ -381,9 +383,11 @@ impl Hub {
         } = self;
         let Some(r) = remotes.get_mut(i) else { return };
         let Some(node) = cm.node(r.id) else { return };
-        let Some(session) = r.restart.take() else {
+        if claim >= r.claims.len() {
             return;
-        };
+        }
+        let session = r.claims.swap_remove(claim);
+        r.claims.clear();
         let (name, addr) = (node.name.clone(), node.addr);
         while r.control.commands.try_recv().is_ok() {}
         r.out = Outgoing::new(session.first_seq);
@@ -956,5 +960,27 @@ mod tests {
         // It dropped what reached it: the refusal the spoofer drew, and the JOINED again.
         let st = a.stats();
         assert_eq!((st.unauthenticated, st.replayed), (1, 1));
+
+        // A real restart, with replayed JOINs around it, still rejoins.
+        raw(&mut h);
+        let mut a2 = member("media-a", Role::Media, "tok");
+        a2.advance(10, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 10, node_addr(2), &mut a2);
+        h.handle(&mut cm, 11, node_addr(2), &old_join[0]);
+        let mut another = member("media-a", Role::Media, "tok");
+        another.advance(0, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 11, node_addr(2), &mut another);
+        to_member(&mut h, 12, node_addr(2), &mut a2);
+        assert_eq!(a2.state(), &MemberState::Joined(0));
+        assert!(healthy(&cm));
+        a2.advance(12, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 12, node_addr(2), &mut a2);
+        assert_eq!(h.stats().rejoins, 1);
+        assert!(!healthy(&cm));
+        // The old process's session is over.
+        let before = h.stats().unauthenticated;
+        a.advance(3_000_000_000, &figures, 0);
+        to_hub(&mut h, &mut cm, 13, node_addr(2), &mut a);
+        assert_eq!(h.stats().unauthenticated, before + 1);
     }
 }
