@@ -1,5 +1,6 @@
 //! The control endpoint: HTTP+JSON over a running cluster's [`Control`], for `pbxlab ctl` and
-//! anything else that speaks HTTP (curl). Every request needs `Authorization: Bearer TOKEN`.
+//! anything else that speaks HTTP (curl). Every request needs `Authorization: Bearer TOKEN`
+//! with the admin token (never the join token nodes prove).
 //!
 //! | route | body | answer |
 //! |---|---|---|
@@ -45,16 +46,6 @@ impl CtlServer {
     /// Binds `addr` and serves `control` from a thread of its own, to requests that carry
     /// `token` (the admin token).
     pub fn start(addr: SocketAddr, token: String, control: Control) -> io::Result<CtlServer> {
-        CtlServer::start_with(addr, token, control, http::Limits::default())
-    }
-
-    /// [`CtlServer::start`] with other limits on connections.
-    pub fn start_with(
-        addr: SocketAddr,
-        token: String,
-        control: Control,
-        limits: http::Limits,
-    ) -> io::Result<CtlServer> {
         if token.is_empty() {
             return Err(io::Error::new(
                 ErrorKind::InvalidInput,
@@ -66,7 +57,7 @@ impl CtlServer {
             token: token.into(),
             control,
         });
-        let server = http::Server::start(listener, limits, service)?;
+        let server = http::Server::start(listener, http::Limits::default(), service)?;
         Ok(CtlServer { server })
     }
 

@@ -4,7 +4,10 @@
 //! [`NodeCommand`]s for the node (in order, once each, acknowledged), sends the node's events
 //! until they are acknowledged, and sends its figures once a second as a heartbeat. [`join`]
 //! drives the handshake on a blocking socket; after it, [`super::node::spawn_member`] serves
-//! the node exactly as an in-process one, with the member in its loop.
+//! the node exactly as an in-process one, with the member in its loop. Every datagram it
+//! sends is sealed (the JOIN with the join key, the rest with the session's, see [`link`]);
+//! it takes only a JOINED sealed for its own JOIN, and then only datagrams of that session
+//! numbered above the last one taken.
 //!
 //! What it does not do: notice that the Call Manager restarted (a restarted Call Manager does
 //! not know the node; restart the node too), or choose its address: the Call Manager sends
@@ -36,6 +39,7 @@ pub struct JoinSpec {
     pub cm: SocketAddr,
     pub name: String,
     pub role: Role,
+    /// The join token: it seals the JOIN and keys the session, and is never sent.
     pub token: String,
     /// This process: a JOIN with a new instance from a known node is a restart.
     pub instance: u64,
