@@ -1248,9 +1248,23 @@ mod tests {
         }
 
         #[test]
+        fn every_message_sealed_opens_and_fits(msg in arb_message(), counter in any::<u64>()) {
+            let key = join_key("tok");
+            let mut buf = Vec::new();
+            seal(&key, counter, &msg, &mut buf);
+            prop_assert!(buf.len() <= MAX_DATAGRAM);
+            let sealed = unseal(&buf).unwrap();
+            prop_assert_eq!(sealed.counter, counter);
+            prop_assert!(sealed.verify(&key));
+            prop_assert!(!sealed.verify(&join_key("tok2")));
+            prop_assert_eq!(decode(sealed.body), Ok(msg));
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode(&tail);
             let _ = decode(&[MAGIC, &tail[..]].concat());
+            let _ = unseal(&tail).map(|s| s.verify(&join_key("tok")));
         }
 
         #[test]
