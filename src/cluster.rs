@@ -61,10 +61,22 @@ pub(crate) struct ClusterArgs {
     /// POST each alert's JSON to this URL (http://HOST:PORT/PATH); failures are logged.
     #[arg(long, value_name = "URL")]
     alert_webhook: Option<String>,
-    /// The cluster's token (default: $PBXLAB_TOKEN): nodes in their own processes
-    /// (`pbxlab node --token T`) that present it join a pool of the scenario, and the control
-    /// endpoint requires it as a bearer token. Without one, no node may join and `--ctl`
-    /// makes a random token, printed at start.
+    /// The join token [default: $PBXLAB_JOIN_TOKEN]: nodes in their own processes
+    /// (`pbxlab node --join-token T`) that prove it join a pool of the scenario. It never
+    /// travels on the link. Without one, no node may join.
+    #[arg(long, value_name = "T")]
+    join_token: Option<String>,
+    /// Read the join token from FILE (its one line; read once, at start).
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
+    /// The control endpoint's bearer token [default: $PBXLAB_ADMIN_TOKEN]; it must differ
+    /// from the join token. Without one, `--ctl` makes a random token, printed at start.
+    #[arg(long, value_name = "T")]
+    admin_token: Option<String>,
+    /// Read the admin token from FILE (its one line; read once, at start).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Deprecated: the join token (only), like --join-token; so is $PBXLAB_TOKEN.
     #[arg(long, value_name = "T")]
     token: Option<String>,
 }
@@ -89,36 +101,47 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.whitelist = args.whitelist;
     let mut alerts =
         AlertSink::new(args.alerts, args.alert_webhook).map_err(|e| BadInput(e.to_string()))?;
-    let token = args
-        .token
-        .clone()
-        .or_else(|| std::env::var("PBXLAB_TOKEN").ok());
-    if let Some(t) = &token
-        && !pbxlab_cluster::link::valid_word(t)
-    {
-        return Err(bad(
-            "--token",
-            "1 to 64 visible ASCII characters, no spaces".into(),
+    let join_token = crate::token::read(&crate::token::Sources {
+        what: "join token",
+        flag: ("--join-token", args.join_token.as_deref()),
+        file: ("--join-token-file", args.join_token_file.as_deref()),
+        env: "PBXLAB_JOIN_TOKEN",
+        deprecated: Some(("--token", args.token.as_deref(), "PBXLAB_TOKEN")),
+        max_len: pbxlab_cluster::link::MAX_WORD,
+    })?;
+    let admin_token = crate::token::read(&crate::token::Sources {
+        what: "admin token",
+        flag: ("--admin-token", args.admin_token.as_deref()),
+        file: ("--admin-token-file", args.admin_token_file.as_deref()),
+        env: "PBXLAB_ADMIN_TOKEN",
+        deprecated: None,
+        max_len: crate::token::MAX_ADMIN_TOKEN,
+    })?;
+    if admin_token.is_some() && admin_token == join_token {
+        return Err(BadInput(
+            "the admin token must differ from the join token: a node's secret must not \
+             operate the cluster"
+                .into(),
         )
         .into());
     }
-    opts.token = token.clone();
+    opts.join_token = join_token;
     let cluster = Cluster::start(&scenario, &opts).context("cannot start the cluster")?;
     eprintln!(
         "pbxlab cluster {:?}: Call Manager on {} (UDP)",
         scenario.name,
         cluster.sip_addr()
     );
-    let endpoint = crate::ctl::serve(args.ctl, token, cluster.control())?;
+    let endpoint = crate::ctl::serve(args.ctl, admin_token, cluster.control())?;
     for n in cluster
         .control()
         .select(&pbxlab_cluster::cluster::Filter::default())
     {
         eprintln!("  {:<12} {:<8} {}", n.name, n.role, n.addr);
     }
-    if opts.token.is_some() {
+    if opts.join_token.is_some() {
         eprintln!(
-            "  nodes in their own processes join with: pbxlab node --join {} --token T --role R --name N",
+            "  nodes in their own processes join with: pbxlab node --join {} --join-token-file F --role R --name N",
             cluster.sip_addr()
         );
     }
@@ -332,6 +355,7 @@ fn to_json(s: &Status) -> serde_json::Value {
             "rounds_ignored": c.probe_rounds_ignored,
         },
         "send_errors": s.cm_send_errors,
+        "link": pbxlab_cluster::ctl::link_json(&s.link),
         "emulator": s.pace.drivers(),
         "events": s.events,
         // As the control endpoint shows them, with the packets no session claimed.

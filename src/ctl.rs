@@ -37,8 +37,14 @@ pub(crate) struct CtlArgs {
     /// 127.0.0.1:5080].
     #[arg(long, global = true, value_name = "ADDR")]
     ctl: Option<String>,
-    /// The endpoint's bearer token [default: $PBXLAB_TOKEN].
-    #[arg(long, global = true)]
+    /// The endpoint's bearer token, the cluster's admin token [default: $PBXLAB_ADMIN_TOKEN].
+    #[arg(long, global = true, value_name = "T")]
+    admin_token: Option<String>,
+    /// Read the admin token from FILE (its one line).
+    #[arg(long, global = true, value_name = "FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
+    /// Deprecated: the admin token, like --admin-token; so is $PBXLAB_TOKEN.
+    #[arg(long, global = true, value_name = "T")]
     token: Option<String>,
     /// Print the endpoint's JSON answer instead of text.
     #[arg(long, global = true)]
@@ -139,9 +145,18 @@ pub(crate) fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
         format!("http://{endpoint}")
     };
     let base = Url::parse(&base).map_err(|e| BadInput(format!("--ctl: {e}")))?;
-    let token = args.token.or_else(|| env("PBXLAB_TOKEN")).ok_or_else(|| {
+    let token = crate::token::read(&crate::token::Sources {
+        what: "admin token",
+        flag: ("--admin-token", args.admin_token.as_deref()),
+        file: ("--admin-token-file", args.admin_token_file.as_deref()),
+        env: "PBXLAB_ADMIN_TOKEN",
+        deprecated: Some(("--token", args.token.as_deref(), "PBXLAB_TOKEN")),
+        max_len: crate::token::MAX_ADMIN_TOKEN,
+    })?
+    .ok_or_else(|| {
         BadInput(
-            "no token: give --token or set PBXLAB_TOKEN (pbxlab cluster prints the one it made)"
+            "no token: give --admin-token, --admin-token-file or set PBXLAB_ADMIN_TOKEN \
+             (pbxlab cluster prints the one it made)"
                 .into(),
         )
     })?;
@@ -378,7 +393,8 @@ pub(crate) fn console_state(s: &str) -> String {
 }
 
 /// Starts the control endpoint of `pbxlab cluster --ctl ADDR` and prints where it listens,
-/// with the token if it made one (`token`, else $PBXLAB_TOKEN, else 16 random bytes in hex).
+/// with the token if it made one (`token` is the admin token; without one, 16 random bytes in
+/// hex).
 pub(crate) fn serve(
     addr: Option<SocketAddr>,
     token: Option<String>,
@@ -387,13 +403,10 @@ pub(crate) fn serve(
     let Some(addr) = addr else {
         return Ok(None);
     };
-    let (token, made) = match token.or_else(|| env("PBXLAB_TOKEN")) {
+    let (token, made) = match token {
         Some(t) => (t, false),
         None => (random_token().context("cannot make a token")?, true),
     };
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(BadInput("--token: printable ASCII without spaces, please".into()).into());
-    }
     let server = CtlServer::start(addr, token.clone(), control)
         .with_context(|| format!("cannot serve the control endpoint on {addr}"))?;
     if made {

@@ -13,6 +13,7 @@ mod drill;
 mod load;
 mod node;
 mod plan;
+mod token;
 
 use std::io::Write as _;
 use std::path::PathBuf;

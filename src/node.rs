@@ -33,9 +33,16 @@ pub(crate) struct NodeArgs {
     /// The Call Manager's SIP address (its --sip).
     #[arg(long, value_name = "CM_IP:PORT")]
     join: SocketAddr,
-    /// The cluster's join token (the Call Manager's --token).
+    /// The cluster's join token (the Call Manager's --join-token) [default:
+    /// $PBXLAB_JOIN_TOKEN]. It never travels: the node proves it.
     #[arg(long, value_name = "T")]
-    token: String,
+    join_token: Option<String>,
+    /// Read the join token from FILE (its one line; read once, at start).
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<std::path::PathBuf>,
+    /// Deprecated: the join token, like --join-token; so is $PBXLAB_TOKEN.
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
     /// Local address of the node's socket (default: any address, any port; give a port for
     /// an address that survives a restart).
     #[arg(long, value_name = "IP:PORT")]
@@ -58,7 +65,20 @@ pub(crate) fn node(args: NodeArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode
     })?;
     let timeout = parse_duration(&args.join_timeout).map_err(|e| bad("--join-timeout", e))?;
     let every = parse_duration(&args.status_every).map_err(|e| bad("--status-every", e))?;
-    let spec = JoinSpec::new(args.join, &args.name, role, &args.token).map_err(BadInput)?;
+    let token = crate::token::read(&crate::token::Sources {
+        what: "join token",
+        flag: ("--join-token", args.join_token.as_deref()),
+        file: ("--join-token-file", args.join_token_file.as_deref()),
+        env: "PBXLAB_JOIN_TOKEN",
+        deprecated: Some(("--token", args.token.as_deref(), "PBXLAB_TOKEN")),
+        max_len: pbxlab_cluster::link::MAX_WORD,
+    })?
+    .ok_or_else(|| {
+        BadInput(
+            "no join token: give --join-token, --join-token-file or set PBXLAB_JOIN_TOKEN".into(),
+        )
+    })?;
+    let spec = JoinSpec::new(args.join, &args.name, role, &token).map_err(BadInput)?;
     let bind = args.bind.unwrap_or_else(|| {
         let any = match args.join.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),

@@ -103,6 +103,8 @@ impl Running {
             ])
             .args(extra)
             .env_remove("PBXLAB_TOKEN")
+            .env_remove("PBXLAB_JOIN_TOKEN")
+            .env_remove("PBXLAB_ADMIN_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -130,17 +132,21 @@ impl Running {
             token: String::new(),
             stderr,
         };
-        // control: http://127.0.0.1:PORT (token HEX)
+        // control: http://127.0.0.1:PORT (token HEX), without the token if one was given
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("no control line: {:?}", running.log()));
         let rest = line
             .strip_prefix("control: http://")
             .expect("the control line");
-        let (addr, token) = rest.split_once(" (token ").expect("a made token");
-        running.ctl = addr.to_owned();
-        running.token = token.trim_end_matches(')').to_owned();
-        assert_eq!(running.token.len(), 32, "{line}");
+        match rest.split_once(" (token ") {
+            Some((addr, token)) => {
+                running.ctl = addr.to_owned();
+                running.token = token.trim_end_matches(')').to_owned();
+                assert_eq!(running.token.len(), 32, "{line}");
+            }
+            None => running.ctl = rest.to_owned(),
+        }
         running
     }
 
@@ -148,15 +154,9 @@ impl Running {
         self.stderr.lock().expect("lock").clone()
     }
 
-    /// `pbxlab ctl --ctl ADDR --token T ARGS`, with no help from the environment.
+    /// `pbxlab ctl --ctl ADDR --admin-token T ARGS`, with no help from the environment.
     fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-            .args(["ctl", "--ctl", &self.ctl, "--token", &self.token])
-            .args(args)
-            .env_remove("PBXLAB_TOKEN")
-            .env_remove("PBXLAB_CTL")
-            .output()
-            .expect("pbxlab runs")
+        ctl_with(&["--ctl", &self.ctl, "--admin-token", &self.token], args)
     }
 
     /// Runs a ctl command that must succeed; returns its standard output.
@@ -232,6 +232,20 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("the cluster's report")).expect("JSON")
 }
 
+/// `pbxlab ctl FLAGS ARGS`, with no help from the environment.
+fn ctl_with(flags: &[&str], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .arg("ctl")
+        .args(flags)
+        .args(args)
+        .env_remove("PBXLAB_TOKEN")
+        .env_remove("PBXLAB_ADMIN_TOKEN")
+        .env_remove("PBXLAB_JOIN_TOKEN")
+        .env_remove("PBXLAB_CTL")
+        .output()
+        .expect("pbxlab runs")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -281,15 +295,16 @@ fn status_lists_every_node_and_the_token_is_checked() {
     let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
         .args(["ctl", "status"])
         .env("PBXLAB_CTL", &c.ctl)
-        .env("PBXLAB_TOKEN", &c.token)
+        .env("PBXLAB_ADMIN_TOKEN", &c.token)
+        .env_remove("PBXLAB_TOKEN")
         .output()
         .expect("pbxlab runs");
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    let wrong = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-        .args(["ctl", "--ctl", &c.ctl, "--token", "not-the-token", "status"])
-        .output()
-        .expect("pbxlab runs");
+    let wrong = ctl_with(
+        &["--ctl", &c.ctl, "--admin-token", "not-the-token"],
+        &["status"],
+    );
     let stderr = text(&wrong.stderr);
     assert_eq!(wrong.status.code(), Some(2), "{stderr}");
     assert!(
@@ -297,11 +312,7 @@ fn status_lists_every_node_and_the_token_is_checked() {
         "{stderr}"
     );
 
-    let none = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-        .args(["ctl", "--ctl", &c.ctl, "status"])
-        .env_remove("PBXLAB_TOKEN")
-        .output()
-        .expect("pbxlab runs");
+    let none = ctl_with(&["--ctl", &c.ctl], &["status"]);
     assert_eq!(none.status.code(), Some(2), "{}", text(&none.stderr));
     assert!(text(&none.stderr).contains("no token"));
 
@@ -327,7 +338,7 @@ fn status_lists_every_node_and_the_token_is_checked() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-        .args(["ctl", "--ctl", &addr, "--token", "t", "status"])
+        .args(["ctl", "--ctl", &addr, "--admin-token", "t", "status"])
         .output()
         .expect("pbxlab runs");
     let stderr = text(&out.stderr);
@@ -649,4 +660,86 @@ fn a_stopped_meeting_server_moves_its_rooms_whole_and_no_participant_drops() {
             .any(|l| l.starts_with("alert: ") && l.contains("meeting-1")),
         "{log:?}"
     );
+}
+
+#[test]
+fn the_join_token_does_not_operate_the_cluster() {
+    let admin_file = scratch("admin-token");
+    std::fs::write(&admin_file, "admin-secret\n").expect("token file");
+    let admin_file = admin_file.to_str().expect("utf-8").to_owned();
+    let mut c = Running::start(
+        &services(),
+        &[
+            "--join-token",
+            "join-secret",
+            "--admin-token-file",
+            &admin_file,
+        ],
+    );
+    c.token = "admin-secret".into();
+    assert!(c.status()["nodes"].is_array());
+    // A node's secret is refused at the control endpoint.
+    let join = ctl_with(
+        &["--ctl", &c.ctl, "--admin-token", "join-secret"],
+        &["status"],
+    );
+    let stderr = text(&join.stderr);
+    assert_eq!(join.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    let url = http::Url::parse(&format!("http://{}/v1/status", c.ctl)).expect("url");
+    let r = http::call(
+        "GET",
+        &url,
+        &[("Authorization", "Bearer join-secret")],
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 401);
+    // The admin token from a file, and through the deprecated --token.
+    let out = ctl_with(
+        &["--ctl", &c.ctl, "--admin-token-file", &admin_file],
+        &["status"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = ctl_with(&["--ctl", &c.ctl, "--token", "admin-secret"], &["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("deprecated"),
+        "{}",
+        text(&out.stderr)
+    );
+    c.terminate();
+
+    // The same secret for both, an empty token file, or an empty token: refused at start.
+    let empty = scratch("empty-token");
+    std::fs::write(&empty, "\n").expect("token file");
+    let empty = empty.to_str().expect("utf-8").to_owned();
+    for (flags, says) in [
+        (
+            vec!["--join-token", "same", "--admin-token", "same"],
+            "must differ",
+        ),
+        (vec!["--admin-token-file", &empty], "admin token is empty"),
+        (vec!["--join-token-file", &empty], "join token is empty"),
+        (vec!["--join-token", ""], "join token is empty"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+            .args(["cluster", "--sip", "127.0.0.1:0", "--for", "1s"])
+            .args(&flags)
+            .env_remove("PBXLAB_TOKEN")
+            .env_remove("PBXLAB_ADMIN_TOKEN")
+            .env_remove("PBXLAB_JOIN_TOKEN")
+            .output()
+            .expect("pbxlab runs");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+    let out = ctl_with(
+        &["--ctl", "127.0.0.1:1", "--admin-token-file", &empty],
+        &["status"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("admin token is empty"));
 }

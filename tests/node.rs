@@ -44,9 +44,21 @@ fn n(v: &serde_json::Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
+/// A node that reads the join token from a file.
 fn node(name: &str, cm: &str, bind: Option<&str>, log: &str) -> Proc {
+    let file = scratch("join-token");
+    std::fs::write(&file, format!("{TOKEN}\n")).expect("token file");
+    let file = file.to_str().expect("utf-8").to_owned();
     let mut args = vec![
-        "node", "--role", "media", "--name", name, "--join", cm, "--token", TOKEN,
+        "node",
+        "--role",
+        "media",
+        "--name",
+        name,
+        "--join",
+        cm,
+        "--join-token-file",
+        &file,
     ];
     if let Some(b) = bind {
         args.extend(["--bind", b]);
@@ -64,7 +76,7 @@ fn remote_nodes_carry_calls_and_a_crashed_one_rejoins() {
             &scenario(),
             "--sip",
             &cm_addr,
-            "--token",
+            "--join-token",
             TOKEN,
             "--status-every",
             "100ms",
@@ -137,6 +149,10 @@ fn remote_nodes_carry_calls_and_a_crashed_one_rejoins() {
     let nodes = c["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 2, "the restart is the same server: {c}");
     assert!(nodes.iter().all(|x| x["state"] == "online"), "{c}");
+    // Every link datagram was sealed for its session: none was dropped as forged.
+    let link = &c["link"];
+    assert_eq!((n(&link["joins"]), n(&link["rejoins"])), (2, 1), "{c}");
+    assert_eq!(n(&link["unauthenticated"]), 0, "{c}");
 }
 
 #[test]
@@ -144,7 +160,15 @@ fn a_node_gives_up_when_no_call_manager_answers() {
     let nobody = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-        .args(["node", "--role", "media", "--name", "m", "--token", "t"])
+        .args([
+            "node",
+            "--role",
+            "media",
+            "--name",
+            "m",
+            "--join-token",
+            "t",
+        ])
         .args(["--join", &nobody, "--join-timeout", "1s"])
         .output()
         .expect("pbxlab runs");
@@ -171,11 +195,47 @@ fn a_node_gives_up_when_no_call_manager_answers() {
             "media",
             "--name",
             "m",
-            "--token",
+            "--join-token",
             "has space",
         ])
         .args(["--join", &nobody])
         .output()
         .expect("pbxlab runs");
     assert_eq!(out.status.code(), Some(2));
+    // No token, an empty one, or an empty file: refused with a reason, before any JOIN.
+    let empty = scratch("empty-token");
+    std::fs::write(&empty, "").expect("token file");
+    let empty = empty.to_str().expect("utf-8").to_owned();
+    for (flags, says) in [
+        (vec![], "no join token"),
+        (vec!["--join-token-file", &empty], "join token is empty"),
+        (vec!["--join-token", ""], "join token is empty"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+            .args(["node", "--role", "media", "--name", "m", "--join", &nobody])
+            .args(&flags)
+            .env_remove("PBXLAB_TOKEN")
+            .env_remove("PBXLAB_JOIN_TOKEN")
+            .output()
+            .expect("pbxlab runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+    // $PBXLAB_JOIN_TOKEN and the deprecated --token are taken.
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["node", "--role", "media", "--name", "m", "--join", &nobody])
+        .args(["--join-timeout", "1s"])
+        .env("PBXLAB_JOIN_TOKEN", "t")
+        .output()
+        .expect("pbxlab runs");
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["node", "--role", "media", "--name", "m", "--join", &nobody])
+        .args(["--join-timeout", "1s", "--token", "t"])
+        .env_remove("PBXLAB_JOIN_TOKEN")
+        .output()
+        .expect("pbxlab runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deprecated"));
 }

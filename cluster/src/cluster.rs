@@ -39,9 +39,9 @@ pub struct Options {
     pub rate_burst: f64,
     /// Sources the rate limit never applies to (the nodes always pass).
     pub whitelist: Vec<IpAddr>,
-    /// The token a node in its own process (`pbxlab node`) presents to join; without one,
-    /// none may.
-    pub token: Option<String>,
+    /// The join token a node in its own process (`pbxlab node`) proves to join; without one,
+    /// none may. Never the control endpoint's (admin) token.
+    pub join_token: Option<String>,
 }
 
 impl Options {
@@ -53,7 +53,7 @@ impl Options {
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
             whitelist: vec![IpAddr::from([127, 0, 0, 1])],
-            token: None,
+            join_token: None,
         }
     }
 }
@@ -109,6 +109,9 @@ pub struct Status {
     pub whitelist: Vec<IpAddr>,
     /// How the emulator's own threads kept their schedules.
     pub pace: ClusterPace,
+    /// The control link to nodes in their own processes: joins, and the datagrams dropped
+    /// as forged or replayed.
+    pub link: super::hub::HubStats,
 }
 
 /// How far the cluster's threads ran behind their schedules and what the kernel dropped on
@@ -409,7 +412,11 @@ impl Cluster {
         })?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let capacities: Vec<(Role, u32)> = sc.pools.iter().map(|p| (p.role, p.capacity)).collect();
-        let hub = Hub::new(opts.token.clone(), capacities.clone());
+        let hub = Hub::new(
+            opts.join_token.as_deref(),
+            &crate::random_key().map_err(Error::Random)?,
+            capacities.clone(),
+        );
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             requests: Mutex::new(requests_tx),
@@ -924,6 +931,10 @@ fn serve(
         if since >= next_status || !publish.is_empty() {
             next_status = since + STATUS_EVERY;
             let snapshot = snapshot(&cm, &handles, since, &log, send_errors, shared.pace());
+            let snapshot = Status {
+                link: hub.stats(),
+                ..snapshot
+            };
             if let Ok(mut s) = shared.status.lock() {
                 *s = snapshot;
             }
@@ -953,7 +964,10 @@ fn serve(
         shared.pace(),
     );
     if let Ok(mut s) = shared.status.lock() {
-        *s = last;
+        *s = Status {
+            link: hub.stats(),
+            ..last
+        };
     }
     Ok(())
 }
@@ -1125,6 +1139,7 @@ fn snapshot(
         cm_send_errors,
         whitelist: cm.whitelist().to_vec(),
         pace,
+        link: super::hub::HubStats::default(),
     }
 }
 

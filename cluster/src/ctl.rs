@@ -1,5 +1,6 @@
 //! The control endpoint: HTTP+JSON over a running cluster's [`Control`], for `pbxlab ctl` and
-//! anything else that speaks HTTP (curl). Every request needs `Authorization: Bearer TOKEN`.
+//! anything else that speaks HTTP (curl). Every request needs `Authorization: Bearer TOKEN`
+//! with the admin token (never the join token nodes prove).
 //!
 //! | route | body | answer |
 //! |---|---|---|
@@ -14,31 +15,23 @@
 //! duplicate name or address, no pool of that role, a server with an action under way), 500 an action that failed half-way, 503
 //! the cluster has stopped or too many connections.
 //!
-//! One thread accepts; each connection gets a thread of its own, at most [`MAX_CONNECTIONS`]
-//! at once, so a rolling upgrade that takes a minute does not hold up a status.
+//! The connections are [`http::Server`]'s: the token is checked as soon as the request is
+//! read, before it holds one of the 16 slots of requests being served (so a rolling upgrade
+//! that takes a minute does not hold up a status, and connections without the token hold
+//! none); one source address holds at most 8 connections, and a connection has 5 s from
+//! accept to its whole request ([`http::Limits`]).
 
 use std::io::{self, ErrorKind, Read as _};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use pbxlab_balancer::Role;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::cluster::{Control, Done, Filter, NodeStatus, OpError, Status, Verb};
-use super::http::{self, ReadError, Request};
+use super::http::{self, Answer, Request, error_json};
 
-/// Connections served at once; more get 503 at once.
-pub const MAX_CONNECTIONS: usize = 16;
-/// How long a client has to send its whole request.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long writing an answer may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the accept loop looks at its stop flag when nobody connects.
-const ACCEPT_NAP: Duration = Duration::from_millis(20);
 /// The most event lines a status carries (the most recent).
 const STATUS_EVENTS: usize = 100;
 /// The longest server name `POST /v1/servers` takes.
@@ -46,13 +39,12 @@ const MAX_NAME: usize = 64;
 
 /// A running control endpoint.
 pub struct CtlServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    server: http::Server,
 }
 
 impl CtlServer {
-    /// Binds `addr` and serves `control` from a thread of its own.
+    /// Binds `addr` and serves `control` from a thread of its own, to requests that carry
+    /// `token` (the admin token).
     pub fn start(addr: SocketAddr, token: String, control: Control) -> io::Result<CtlServer> {
         if token.is_empty() {
             return Err(io::Error::new(
@@ -61,29 +53,22 @@ impl CtlServer {
             ));
         }
         let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
-        // Non-blocking accepts, so that `stop` is seen without a connection to wake us.
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = Arc::clone(&stop);
-            let token: Arc<str> = token.into();
-            std::thread::Builder::new()
-                .name("pbxlab-ctl".into())
-                .spawn(move || accept_loop(&listener, &token, &control, &stop))?
-        };
-        Ok(CtlServer { addr, stop, thread })
+        let service = Arc::new(Endpoint {
+            token: token.into(),
+            control,
+        });
+        let server = http::Server::start(listener, http::Limits::default(), service)?;
+        Ok(CtlServer { server })
     }
 
     /// Where it listens (the port chosen, if 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.server.local_addr()
     }
 
     /// Stops accepting. Requests in progress finish on their own threads.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
+        self.server.stop();
     }
 }
 
@@ -94,94 +79,31 @@ pub fn random_token() -> io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Counts a connection thread while it lives.
-struct Active(Arc<AtomicUsize>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+/// The routes over a cluster's [`Control`], for requests with the token.
+struct Endpoint {
+    token: Arc<str>,
+    control: Control,
 }
 
-fn accept_loop(listener: &TcpListener, token: &Arc<str>, control: &Control, stop: &AtomicBool) {
-    let active = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::Relaxed) {
-        let mut stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(ACCEPT_NAP);
-                continue;
-            }
-            Err(_) => {
-                // Out of descriptors, or a connection reset before we took it: try again later.
-                std::thread::sleep(ACCEPT_NAP);
-                continue;
-            }
+impl http::Service for Endpoint {
+    fn screen(&self, request: &Request) -> Result<(), Answer> {
+        if authorized(request, &self.token) {
+            return Ok(());
+        }
+        let reason = if request.header("authorization").is_some() {
+            "wrong token"
+        } else {
+            "no token: send Authorization: Bearer TOKEN"
         };
-        if stream.set_nonblocking(false).is_err() {
-            continue;
-        }
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let body = error_json(&format!(
-                "{MAX_CONNECTIONS} requests are in progress; try again later"
-            ));
-            let _ = http::write_json_response(&mut stream, 503, &[], &body);
-            continue;
-        }
-        active.fetch_add(1, Ordering::Relaxed);
-        let guard = Active(Arc::clone(&active));
-        let (token, control) = (Arc::clone(token), control.clone());
-        // A thread that cannot be spawned drops the connection (and the guard) with it.
-        let _ = std::thread::Builder::new()
-            .name("pbxlab-ctl-conn".into())
-            .spawn(move || {
-                let _guard = guard;
-                serve_connection(stream, &token, &control);
-            });
+        Err((
+            401,
+            error_json(reason),
+            vec![("WWW-Authenticate", "Bearer")],
+        ))
     }
-}
 
-fn serve_connection(mut stream: TcpStream, token: &str, control: &Control) {
-    let (status, body, headers) =
-        match http::read_request(&mut stream, Instant::now() + READ_TIMEOUT) {
-            Ok(request) => handle(control, token, &request),
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Io(e))
-                if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
-            {
-                let body = error_json(&format!(
-                    "no complete request within {} s",
-                    READ_TIMEOUT.as_secs()
-                ));
-                let _ = http::write_json_response(&mut stream, 408, &[], &body);
-                return;
-            }
-            Err(ReadError::Io(_)) => return,
-            Err(ReadError::Parse(e)) => {
-                let body = error_json(&e.to_string());
-                let _ = http::write_json_response(&mut stream, e.status(), &[], &body);
-                linger(&mut stream);
-                return;
-            }
-        };
-    let _ = http::write_json_response(&mut stream, status, &headers, &body);
-}
-
-/// After refusing a request that was not read to its end, reads (a bounded amount of) what the
-/// client is still sending, so that closing does not reset the connection before the client
-/// has read the refusal.
-fn linger(stream: &mut TcpStream) {
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut sink = [0u8; 4096];
-    let mut left = http::MAX_BODY;
-    while left > 0 {
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => left = left.saturating_sub(n),
-        }
+    fn serve(&self, request: &Request) -> Answer {
+        handle(&self.control, request)
     }
 }
 
@@ -274,22 +196,8 @@ fn authorized(request: &Request, token: &str) -> bool {
             == 0
 }
 
-/// The answer to one request: status, JSON body, extra header fields.
-type Answer = (u16, Value, Vec<(&'static str, &'static str)>);
-
-fn handle(control: &Control, token: &str, request: &Request) -> Answer {
-    if !authorized(request, token) {
-        let reason = if request.header("authorization").is_some() {
-            "wrong token"
-        } else {
-            "no token: send Authorization: Bearer TOKEN"
-        };
-        return (
-            401,
-            error_json(reason),
-            vec![("WWW-Authenticate", "Bearer")],
-        );
-    }
+/// The answer to a request that carried the token.
+fn handle(control: &Control, request: &Request) -> Answer {
     match route(&request.method, &request.target).and_then(|r| answer(control, r, &request.body)) {
         Ok((status, body)) => (status, body, Vec::new()),
         Err(r) => {
@@ -426,10 +334,6 @@ fn op_refusal(e: OpError) -> Refusal {
     Refusal::new(status, e.to_string())
 }
 
-fn error_json(reason: &str) -> Value {
-    json!({ "error": reason })
-}
-
 /// The status as `GET /v1/status` answers it.
 pub fn status_json(s: &Status) -> Value {
     let c = &s.cm;
@@ -450,6 +354,22 @@ pub fn status_json(s: &Status) -> Value {
         "whitelist": s.whitelist.iter().map(IpAddr::to_string).collect::<Vec<_>>(),
         "events": events,
         "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
+        "link": link_json(&s.link),
+    })
+}
+
+/// The control link's figures: joins, and the datagrams dropped as forged or replayed.
+pub fn link_json(l: &super::hub::HubStats) -> Value {
+    json!({
+        "joins": l.joins,
+        "rejoins": l.rejoins,
+        "restart_claims": l.restart_claims,
+        "refused": l.refused,
+        "lost": l.lost,
+        "unauthenticated": l.unauthenticated,
+        "replayed": l.replayed,
+        "malformed": l.malformed,
+        "ignored": l.ignored,
     })
 }
 

@@ -1,15 +1,20 @@
 //! The little HTTP/1.1 the control endpoint ([`super::ctl`]) and its clients (`pbxlab ctl`,
 //! alert webhooks) speak: request and response parsing from a byte buffer, response writing,
-//! and a blocking client for `http://host:port/path`.
+//! the [`Server`] with its bounds on connections ([`Limits`]), and a blocking client for
+//! `http://host:port/path`.
 //!
 //! It is not a general HTTP implementation: one exchange per connection (`Connection: close`),
 //! bodies delimited by `Content-Length` only (no chunked coding, no pipelining, no TLS), heads
 //! of at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] fields, request bodies of at most
-//! [`MAX_BODY`] bytes, and every read bounded by a deadline. Parsing keeps `Incomplete` (read
+//! [`MAX_BODY`] bytes, and every connection bounded by one deadline. Parsing keeps `Incomplete` (read
 //! more) apart from the errors, which name what was wrong and never panic.
 
+use std::collections::BTreeMap;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The most bytes a request or response head (start line and header fields) may take.
@@ -382,6 +387,330 @@ pub fn write_json_response(
     stream.flush()
 }
 
+/// An answer: status, JSON body, extra header fields.
+pub type Answer = (u16, serde_json::Value, Vec<(&'static str, &'static str)>);
+
+/// What a [`Server`] serves.
+pub trait Service: Send + Sync + 'static {
+    /// Decides on the accepting side, before the request may hold one of the
+    /// [`Limits::served`] slots, whether it is let in (authentication): `Err` is the answer
+    /// it gets instead. Must be quick.
+    fn screen(&self, request: &Request) -> Result<(), Answer>;
+    /// The answer to a request [`Service::screen`] let in, on a thread of its own; it may take
+    /// as long as the operation takes (a rolling upgrade: a minute).
+    fn serve(&self, request: &Request) -> Answer;
+}
+
+/// How much of the server one client, and everybody, may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests let in by [`Service::screen`] and being served at once; one more is
+    /// answered 503 once it has been read.
+    pub served: usize,
+    /// Connections open at once (being read, served or refused). A connection beyond it
+    /// takes the place of the oldest one still being read, which is cut.
+    pub open: usize,
+    /// Connections one source address holds at once. A connection beyond it takes the
+    /// place of that address's oldest one still being read; if every one of them is being
+    /// served, it is read and answered 503 (up to as many again; beyond, closed at once).
+    pub per_source: usize,
+    /// From accept to the whole request read, and its refusal (if any) written and the
+    /// connection closed: one deadline for the connection, not one per read.
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            served: 16,
+            open: 64,
+            per_source: 8,
+            deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How long writing a served answer may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the accept loop looks at its stop flag when nobody connects.
+const ACCEPT_NAP: Duration = Duration::from_millis(20);
+
+/// A running server: one thread accepts, each connection gets a thread of its own (at most
+/// [`Limits::open`]).
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Server {
+    /// Serves `service` on `listener` from a thread of its own.
+    pub fn start(
+        listener: TcpListener,
+        limits: Limits,
+        service: Arc<dyn Service>,
+    ) -> io::Result<Server> {
+        let addr = listener.local_addr()?;
+        // Non-blocking accepts, so that `stop` is seen without a connection to wake us.
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("pbxlab-http".into())
+                .spawn(move || accept_loop(&listener, limits, &service, &stop))?
+        };
+        Ok(Server { addr, stop, thread })
+    }
+
+    /// Where it listens (the port chosen, if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting. Requests in progress finish on their own threads.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Where an open connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its request is being read: it holds no slot yet, and a newer connection may cut it.
+    Reading,
+    /// Its source holds all it may: it is read, then answered 503.
+    Busy,
+    /// Let in, holding one of the served slots.
+    Served,
+}
+
+#[derive(Debug)]
+struct Open {
+    source: IpAddr,
+    phase: Phase,
+    /// A second handle on the socket, to cut the connection from the accepting thread.
+    cut: TcpStream,
+}
+
+/// Every open connection, by the order they came in (so the first is the oldest).
+#[derive(Debug, Default)]
+struct Table {
+    open: BTreeMap<u64, Open>,
+    next_id: u64,
+}
+
+impl Table {
+    fn count(&self, source: Option<IpAddr>, phase: Option<Phase>) -> usize {
+        self.open
+            .values()
+            .filter(|o| source.is_none_or(|s| o.source == s))
+            .filter(|o| phase.is_none_or(|p| o.phase == p))
+            .count()
+    }
+
+    /// Cuts the oldest connection still being read (of `source`, if given); false if none.
+    fn cut_oldest(&mut self, source: Option<IpAddr>) -> bool {
+        let oldest = self
+            .open
+            .iter()
+            .find(|(_, o)| o.phase == Phase::Reading && source.is_none_or(|s| o.source == s))
+            .map(|(&id, _)| id);
+        let Some(o) = oldest.and_then(|id| self.open.remove(&id)) else {
+            return false;
+        };
+        // Its thread's read ends at once; it finds the connection closed.
+        let _ = o.cut.shutdown(Shutdown::Both);
+        true
+    }
+
+    /// Where a new connection from `source` starts, making room for it: `None` to close it
+    /// at once.
+    fn admit(&mut self, source: IpAddr, limits: &Limits) -> Option<Phase> {
+        let mut phase = Phase::Reading;
+        if self.count(Some(source), None) >= limits.per_source && !self.cut_oldest(Some(source)) {
+            if self.count(Some(source), Some(Phase::Busy)) >= limits.per_source {
+                return None;
+            }
+            phase = Phase::Busy;
+        }
+        if self.open.len() >= limits.open && !self.cut_oldest(None) {
+            return None;
+        }
+        Some(phase)
+    }
+}
+
+/// Removes a connection from the table when its thread ends.
+struct Leave(Arc<Mutex<Table>>, u64);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        lock(&self.0).open.remove(&self.1);
+    }
+}
+
+fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+    // A thread that panicked holding the lock left the table whole (every change is one
+    // insert or remove).
+    table
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    limits: Limits,
+    service: &Arc<dyn Service>,
+    stop: &AtomicBool,
+) {
+    let table = Arc::new(Mutex::new(Table::default()));
+    while !stop.load(Ordering::Relaxed) {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            // Nobody, out of descriptors, or a connection reset before we took it: later.
+            Err(_) => {
+                std::thread::sleep(ACCEPT_NAP);
+                continue;
+            }
+        };
+        let accepted = Instant::now();
+        let Ok(cut) = stream.try_clone() else {
+            continue;
+        };
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
+        let id = {
+            let mut t = lock(&table);
+            let Some(phase) = t.admit(peer.ip(), &limits) else {
+                // Beyond every bound: the one case that closes without an answer.
+                continue;
+            };
+            let id = t.next_id;
+            t.next_id += 1;
+            t.open.insert(
+                id,
+                Open {
+                    source: peer.ip(),
+                    phase,
+                    cut,
+                },
+            );
+            id
+        };
+        let leave = Leave(Arc::clone(&table), id);
+        let service = Arc::clone(service);
+        // A thread that cannot be spawned drops the connection (and its place) with it.
+        let _ = std::thread::Builder::new()
+            .name("pbxlab-http-conn".into())
+            .spawn(move || {
+                let deadline = accepted + limits.deadline;
+                serve_connection(stream, deadline, &limits, &leave, &*service);
+            });
+    }
+}
+
+fn serve_connection(
+    mut stream: TcpStream,
+    deadline: Instant,
+    limits: &Limits,
+    leave: &Leave,
+    service: &dyn Service,
+) {
+    let refusal = match read_request(&mut stream, deadline) {
+        Ok(request) => match admit_request(limits, leave, service, &request) {
+            Ok(()) => {
+                let (status, body, headers) = service.serve(&request);
+                let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+                let _ = write_json_response(&mut stream, status, &headers, &body);
+                return;
+            }
+            Err(answer) => answer,
+        },
+        Err(ReadError::Closed) => return,
+        Err(ReadError::Io(e))
+            if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+        {
+            let reason = format!(
+                "no complete request within {:.1} s",
+                limits.deadline.as_secs_f64()
+            );
+            (408, error_json(&reason), Vec::new())
+        }
+        Err(ReadError::Io(_)) => return,
+        Err(ReadError::Parse(e)) => (e.status(), error_json(&e.to_string()), Vec::new()),
+    };
+    let (status, body, headers) = refusal;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let _ = stream.set_write_timeout(Some(left.max(Duration::from_millis(100))));
+    if write_json_response(&mut stream, status, &headers, &body).is_ok() {
+        linger(&mut stream, deadline);
+    }
+}
+
+/// Whether a request that was read may be served: screened by the service, then given a
+/// served slot if its source is not over its bound and a slot is free.
+fn admit_request(
+    limits: &Limits,
+    leave: &Leave,
+    service: &dyn Service,
+    request: &Request,
+) -> Result<(), Answer> {
+    let busy = |reason: String| (503, error_json(&reason), Vec::new());
+    let mut t = lock(&leave.0);
+    let Some(phase) = t.open.get(&leave.1).map(|o| o.phase) else {
+        // Cut while its last bytes arrived.
+        return Err(busy("too many connections; try again later".into()));
+    };
+    if phase == Phase::Busy {
+        let source = t.open.get(&leave.1).map(|o| o.source);
+        let source = source.map_or_else(String::new, |s| format!(" from {s}"));
+        return Err(busy(format!(
+            "{} connections{source} are open; try again later",
+            limits.per_source
+        )));
+    }
+    service.screen(request)?;
+    if t.count(None, Some(Phase::Served)) >= limits.served {
+        return Err(busy(format!(
+            "{} requests are in progress; try again later",
+            limits.served
+        )));
+    }
+    if let Some(o) = t.open.get_mut(&leave.1) {
+        o.phase = Phase::Served;
+    }
+    Ok(())
+}
+
+/// `{"error": reason}`.
+pub fn error_json(reason: &str) -> serde_json::Value {
+    serde_json::json!({ "error": reason })
+}
+
+/// After refusing a request, reads (a bounded amount of) what the client is still sending
+/// until it closes or the connection's deadline, so that closing does not reset the
+/// connection before the client has read the refusal.
+fn linger(stream: &mut TcpStream, deadline: Instant) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    let mut left = MAX_BODY;
+    while left > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+            break;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
 /// An `http://host[:port][/path]` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
@@ -730,5 +1059,188 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
         assert!(started.elapsed() < Duration::from_secs(3));
         drop(listener);
+    }
+    /// A service with the token `t` whose answers wait for the gate to open.
+    struct Gated {
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+        serving: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Gated {
+        fn new(open: bool) -> Arc<Gated> {
+            Arc::new(Gated {
+                open: Mutex::new(open),
+                opened: std::sync::Condvar::new(),
+                serving: std::sync::atomic::AtomicUsize::new(0),
+            })
+        }
+
+        fn release(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+
+        /// Waits (bounded) until `n` requests are being served.
+        fn wait_serving(&self, n: usize) {
+            for _ in 0..500 {
+                if self.serving.load(Ordering::Relaxed) >= n {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("{n} requests never got in");
+        }
+    }
+
+    impl Service for Gated {
+        fn screen(&self, request: &Request) -> Result<(), Answer> {
+            if request.header("authorization") == Some("Bearer t") {
+                Ok(())
+            } else {
+                Err((401, error_json("wrong token"), Vec::new()))
+            }
+        }
+
+        fn serve(&self, _: &Request) -> Answer {
+            self.serving.fetch_add(1, Ordering::Relaxed);
+            let open = self.open.lock().unwrap();
+            let _ = self
+                .opened
+                .wait_timeout_while(open, Duration::from_secs(20), |open| !*open)
+                .unwrap();
+            (200, serde_json::json!({"ok": true}), Vec::new())
+        }
+    }
+
+    fn serve_on_loopback(limits: Limits, service: Arc<Gated>) -> (Server, Url) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server = Server::start(listener, limits, service).expect("server");
+        let url = Url::parse(&format!("http://{}/", server.local_addr())).expect("url");
+        (server, url)
+    }
+
+    fn get(url: &Url, token: &str) -> io::Result<Response> {
+        let auth = format!("Bearer {token}");
+        call(
+            "GET",
+            url,
+            &[("Authorization", &auth)],
+            None,
+            Duration::from_secs(20),
+        )
+    }
+
+    #[test]
+    fn idle_connections_from_one_address_do_not_lock_out_a_client() {
+        // The deadline is long: it is not what lets the client in.
+        let limits = Limits {
+            deadline: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let (server, url) = serve_on_loopback(limits, Gated::new(true));
+        let addr = server.local_addr();
+        // More idle connections than every bound, from the client's own address.
+        let idle: Vec<TcpStream> = (0..limits.open + limits.per_source)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let r = get(&url, "t").expect("an answer");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        // The oldest idle connection was cut to make room.
+        let mut first = &idle[0];
+        first
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        assert!(matches!(first.read(&mut buf), Ok(0)), "still open");
+        drop(idle);
+        server.stop();
+    }
+
+    /// Sends a byte every 100 ms (at most 100 of them) until the server closes; returns how
+    /// many went.
+    fn trickle(s: &mut TcpStream) -> usize {
+        for sent in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            if s.write_all(b"x").is_err() {
+                return sent;
+            }
+        }
+        100
+    }
+
+    #[test]
+    fn trickling_connections_are_cut_at_the_total_deadline() {
+        let limits = Limits {
+            deadline: Duration::from_secs(1),
+            ..Limits::default()
+        };
+        let (server, _) = serve_on_loopback(limits, Gated::new(true));
+        // A head that never ends, a byte at a time: 408 at the deadline.
+        let mut s = TcpStream::connect(server.local_addr()).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").expect("send");
+        assert!(trickle(&mut s) < 100, "the server kept the connection");
+        // A malformed request is refused at once, and trickling after it does not keep the
+        // connection either (each read used to have a deadline of its own).
+        let mut s = TcpStream::connect(server.local_addr()).expect("connect");
+        s.write_all(b"HELLO there\r\n\r\n").expect("send");
+        let mut head = [0u8; 12];
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.read_exact(&mut head).expect("an answer");
+        assert_eq!(&head, b"HTTP/1.1 400");
+        assert!(trickle(&mut s) < 100, "the server kept the connection");
+        server.stop();
+    }
+
+    #[test]
+    fn over_the_caps_a_request_is_read_and_answered_503() {
+        // One source may hold two connections; both are being served.
+        let gate = Gated::new(false);
+        let limits = Limits {
+            per_source: 2,
+            ..Limits::default()
+        };
+        let (server, url) = serve_on_loopback(limits, Arc::clone(&gate));
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || get(&url, "t"))
+            })
+            .collect();
+        gate.wait_serving(2);
+        let r = get(&url, "t").expect("a 503, not a reset");
+        assert_eq!(r.status, 503);
+        assert!(String::from_utf8_lossy(&r.body).contains("connections from 127.0.0.1"));
+        gate.release();
+        for h in held {
+            assert_eq!(h.join().expect("thread").expect("an answer").status, 200);
+        }
+        server.stop();
+
+        // Every served slot taken: the next request with the token gets 503, one without it
+        // gets 401 (it is screened before it could hold a slot).
+        let gate = Gated::new(false);
+        let limits = Limits {
+            served: 2,
+            ..Limits::default()
+        };
+        let (server, url) = serve_on_loopback(limits, Arc::clone(&gate));
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || get(&url, "t"))
+            })
+            .collect();
+        gate.wait_serving(2);
+        let r = get(&url, "t").expect("a 503, not a reset");
+        assert_eq!(r.status, 503);
+        assert!(String::from_utf8_lossy(&r.body).contains("2 requests are in progress"));
+        assert_eq!(get(&url, "wrong").expect("an answer").status, 401);
+        gate.release();
+        for h in held {
+            assert_eq!(h.join().expect("thread").expect("an answer").status, 200);
+        }
+        server.stop();
     }
 }

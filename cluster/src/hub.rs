@@ -7,10 +7,14 @@
 //! in-process one, so the thread routes its commands the same way, into the handle's channel;
 //! the hub drains that channel onto the link.
 //!
-//! A node comes in with the cluster's token, a role the scenario has a pool for (it gets that
-//! pool's capacity) and a name and address no other server has. The same name from the same
-//! address with a new process instance is a restart: the node is marked down at once (its
-//! sessions died with the old process and move now), and its probes bring it back.
+//! A node comes in with a JOIN sealed with the join token, a role the scenario has a pool for
+//! (it gets that pool's capacity) and a name and address no other server has; it gets a
+//! session of its own (see [`link`]), and every later datagram must be sealed for that session
+//! and numbered above the last one taken, or it is dropped and counted. The same name from the
+//! same address with a new process (instance and nonce) claims a restart: it is offered a new
+//! session, and only once a datagram sealed for that session arrives (the new process's first
+//! figures) is the node marked down (its sessions died with the old process and move now)
+//! and brought back by its probes. A JOIN replayed, or one without the token, changes nothing.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -30,6 +34,8 @@ const MAX_REMOTES: usize = 1_000;
 const MAX_REFUSALS_LOGGED: usize = 256;
 /// Datagrams queued between two calls of [`Hub::transmit_all`].
 const MAX_OUT: usize = 65_536;
+/// Restart claims kept per node (see [`Remote::claims`]).
+const MAX_CLAIMS: usize = 4;
 /// A node not heard from for this long (it sends its figures every second) is shown as not
 /// running. Its probes decide whether it is down; this is only the status.
 const SILENT_NS: Nanos = 3_000_000_000;
@@ -48,6 +54,14 @@ pub struct HubStats {
     pub malformed: u64,
     /// Link datagrams from no joined node, or not meant for the Call Manager.
     pub ignored: u64,
+    /// Link datagrams not sealed with the key they need (a JOIN without the join token, a
+    /// message not of the node's session): dropped, never acted on.
+    pub unauthenticated: u64,
+    /// Sealed datagrams numbered at or below one taken before (replays): dropped.
+    pub replayed: u64,
+    /// JOINs that claimed a restart of a live node and were sent a session: the node is
+    /// taken down only once its new process proves that session.
+    pub restart_claims: u64,
     /// Datagrams dropped because the outbox was full.
     pub dropped: u64,
 }
@@ -57,8 +71,11 @@ pub struct HubStats {
 #[derive(Debug)]
 struct Remote {
     id: ServerId,
-    instance: u64,
-    first_seq: u64,
+    session: Session,
+    /// JOINs that claimed the node restarted: the sessions offered to their processes (the
+    /// newest last, at most [`MAX_CLAIMS`]), until one proves its own (and the node is taken
+    /// down). Several are kept so that a few replayed JOINs cannot push out a real one.
+    claims: Vec<Session>,
     control: NodeControl,
     out: Outgoing<NodeCommand>,
     events: Incoming<NodeEvent>,
@@ -69,10 +86,25 @@ struct Remote {
     lost: bool,
 }
 
+/// One process of a node, as its JOIN named it, and the session it was given.
+#[derive(Debug)]
+struct Session {
+    instance: u64,
+    nonce: link::Nonce,
+    first_seq: u64,
+    /// The JOINED it was sent, sealed, for a repeated JOIN.
+    joined: Vec<u8>,
+    tx: link::Sealer,
+    rx: link::Opener,
+}
+
 /// The Call Manager's end of every remote node's link.
 #[derive(Debug)]
 pub struct Hub {
-    token: Option<String>,
+    join_key: Option<pbxlab_proto::mac::Key>,
+    /// Draws the Call Manager's half of each session key.
+    nonce_key: pbxlab_proto::mac::Key,
+    nonces: u64,
     capacities: Vec<(Role, u32)>,
     remotes: Vec<Remote>,
     out: Vec<(SocketAddr, Vec<u8>)>,
@@ -83,11 +115,18 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub that admits nodes presenting `token` (none: it admits nobody) into the pools in
-    /// `capacities`, each node with its pool's capacity.
-    pub fn new(token: Option<String>, capacities: Vec<(Role, u32)>) -> Hub {
+    /// A hub that admits nodes that prove the join token `token` (none: it admits nobody) into
+    /// the pools in `capacities`, each node with its pool's capacity. `key` draws the Call
+    /// Manager's halves of session keys (random per process in a live cluster).
+    pub fn new(
+        token: Option<&str>,
+        key: &pbxlab_proto::mac::Key,
+        capacities: Vec<(Role, u32)>,
+    ) -> Hub {
         Hub {
-            token,
+            join_key: token.map(link::join_key),
+            nonce_key: key.derive("link nonce"),
+            nonces: 0,
             capacities,
             remotes: Vec::new(),
             out: Vec::new(),
@@ -114,29 +153,66 @@ impl Hub {
 
     /// Takes one link datagram that arrived at the Call Manager's socket.
     pub fn handle(&mut self, cm: &mut CallManager, now: Nanos, from: SocketAddr, datagram: &[u8]) {
-        let msg = match link::decode(datagram) {
-            Ok(msg) => msg,
-            Err(_) => {
-                self.stats.malformed += 1;
-                return;
-            }
+        let Some((sealed, msg)) = link::unseal(datagram)
+            .ok()
+            .and_then(|s| Some((s, link::decode(s.body).ok()?)))
+        else {
+            self.stats.malformed += 1;
+            return;
         };
         if let Message::Join {
             name,
             role,
             instance,
-            token,
+            nonce,
         } = msg
         {
+            let Some(key) = &self.join_key else {
+                let reason = "this Call Manager takes no remote nodes (start it with --join-token)";
+                return self.refuse(now, from, &name, reason.into());
+            };
+            if !sealed.verify(key) {
+                self.stats.unauthenticated += 1;
+                return self.refuse(now, from, &name, "wrong token".into());
+            }
             let asked = Asked {
                 from,
                 name: &name,
                 role,
                 instance,
-                token: &token,
+                nonce,
             };
             self.join(cm, now, &asked);
             return;
+        }
+        let Some(node) = cm.node_at(from).filter(|n| n.place == node::Place::Remote) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let (id, name) = (node.id, node.name.clone());
+        let Some(i) = self.remotes.iter().position(|r| r.id == id) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let Some(r) = self.remotes.get_mut(i) else {
+            return;
+        };
+        match r.session.rx.open(&sealed) {
+            Ok(()) => {}
+            Err(link::Unsealed::Replayed) => {
+                self.stats.replayed += 1;
+                return;
+            }
+            Err(link::Unsealed::Forged) => {
+                // The new process of a claimed restart proves its session: the restart is
+                // real now.
+                let Some(proved) = r.claims.iter_mut().position(|s| s.rx.open(&sealed).is_ok())
+                else {
+                    self.stats.unauthenticated += 1;
+                    return;
+                };
+                self.rejoin(cm, now, i, proved);
+            }
         }
         let Hub {
             remotes,
@@ -145,13 +221,7 @@ impl Hub {
             stats,
             ..
         } = self;
-        let Some(node) = cm.node_at(from).filter(|n| n.place == node::Place::Remote) else {
-            stats.ignored += 1;
-            return;
-        };
-        let (id, name) = (node.id, node.name.clone());
-        let Some(r) = remotes.iter_mut().find(|r| r.id == id) else {
-            stats.ignored += 1;
+        let Some(r) = remotes.get_mut(i) else {
             return;
         };
         heard(r, now, &name, log);
@@ -161,7 +231,8 @@ impl Hub {
             }
             Message::Event { seq, event } => {
                 if r.events.receive(seq, event) != Delivery::TooFar {
-                    queue(out, stats, from, &Message::Ack { seq });
+                    let ack = r.session.tx.seal(&Message::Ack { seq });
+                    queue(out, stats, from, ack);
                 }
                 while let Some(event) = r.events.pop() {
                     stats.events += 1;
@@ -177,26 +248,37 @@ impl Hub {
         }
     }
 
+    /// A session for a JOIN: the Call Manager's half drawn, the JOINED sealed.
+    fn session(&mut self, id: ServerId, asked: &Asked<'_>, first_seq: u64) -> Option<Session> {
+        let join_key = self.join_key.as_ref()?;
+        self.nonces += 1;
+        let nonce = link::Nonce::from_key(&self.nonce_key, &[&self.nonces.to_be_bytes()]);
+        let keys = link::SessionKeys::new(join_key, &asked.nonce, &nonce);
+        let mut joined = Vec::new();
+        let msg = Message::Joined {
+            id: id.0,
+            first_seq,
+            nonce,
+        };
+        link::seal(&keys.to_node, 0, &msg, &mut joined);
+        Some(Session {
+            instance: asked.instance,
+            nonce: asked.nonce,
+            first_seq,
+            joined,
+            tx: link::Sealer::new(keys.to_node),
+            rx: link::Opener::new(keys.to_cm),
+        })
+    }
+
     fn join(&mut self, cm: &mut CallManager, now: Nanos, asked: &Asked<'_>) {
         let &Asked {
             from,
             name,
             role,
             instance,
-            token,
+            nonce,
         } = asked;
-        match &self.token {
-            None => {
-                return self.refuse(
-                    now,
-                    from,
-                    name,
-                    "this Call Manager takes no remote nodes (start it with --token)".into(),
-                );
-            }
-            Some(t) if t != token => return self.refuse(now, from, name, "wrong token".into()),
-            Some(_) => {}
-        }
         let Some(capacity) = self
             .capacities
             .iter()
@@ -222,15 +304,32 @@ impl Hub {
             } else if row.role != role {
                 let reason = format!("{name} joined as a {} node before", row.role);
                 return self.refuse(now, from, name, reason);
-            } else if r.instance == instance {
-                // Our JOINED was lost, or is on its way: the same answer again.
-                let joined = Message::Joined {
-                    id: r.id.0,
-                    first_seq: r.first_seq,
-                };
-                return queue(&mut self.out, &mut self.stats, from, &joined);
             } else {
-                return self.rejoin(cm, now, i, instance);
+                let same = |s: &Session| s.instance == instance && s.nonce == nonce;
+                // Our JOINED was lost, or is on its way (or the JOIN is a replay): the same
+                // answer again, and nothing changes.
+                let again = std::iter::once(&r.session)
+                    .chain(&r.claims)
+                    .find(|s| same(s))
+                    .map(|s| s.joined.clone());
+                if let Some(joined) = again {
+                    return queue(&mut self.out, &mut self.stats, from, joined);
+                }
+                // A new process, it says: it gets a session, and the node stays up until
+                // that process proves it. A replayed JOIN of another process never can.
+                let (id, first_seq) = (r.id, r.out.next_seq());
+                let Some(session) = self.session(id, asked, first_seq) else {
+                    return;
+                };
+                let joined = session.joined.clone();
+                if let Some(r) = self.remotes.get_mut(i) {
+                    if r.claims.len() >= MAX_CLAIMS {
+                        r.claims.remove(0);
+                    }
+                    r.claims.push(session);
+                }
+                self.stats.restart_claims += 1;
+                return queue(&mut self.out, &mut self.stats, from, joined);
             }
         }
         let live = |id: ServerId| cm.balancer().server(id).is_some();
@@ -250,12 +349,16 @@ impl Hub {
             Ok(id) => id,
             Err(e) => return self.refuse(now, from, name, e.to_string()),
         };
+        let Some(session) = self.session(id, asked, 1) else {
+            return;
+        };
+        let joined = session.joined.clone();
         let (handle, control) = node::remote(id.0);
         self.joined.push(handle);
         self.remotes.push(Remote {
             id,
-            instance,
-            first_seq: 1,
+            session,
+            claims: Vec::new(),
             control,
             out: Outgoing::new(1),
             events: Incoming::new(1),
@@ -266,30 +369,29 @@ impl Hub {
         self.stats.joins += 1;
         self.log
             .push(line(now, name, &format!("joined as {role} from {from}")));
-        let joined = Message::Joined {
-            id: id.0,
-            first_seq: 1,
-        };
-        queue(&mut self.out, &mut self.stats, from, &joined);
+        queue(&mut self.out, &mut self.stats, from, joined);
     }
 
-    /// A known node's new process: whatever it had is gone, and so is whatever was queued
-    /// for the old one.
-    fn rejoin(&mut self, cm: &mut CallManager, now: Nanos, i: usize, instance: u64) {
+    /// A known node's new process, which proved the session its JOIN was given: whatever the
+    /// old one had is gone, and so is whatever was queued for it.
+    fn rejoin(&mut self, cm: &mut CallManager, now: Nanos, i: usize, claim: usize) {
         let Hub {
             remotes,
-            out,
             log,
             stats,
             ..
         } = self;
         let Some(r) = remotes.get_mut(i) else { return };
         let Some(node) = cm.node(r.id) else { return };
+        if claim >= r.claims.len() {
+            return;
+        }
+        let session = r.claims.swap_remove(claim);
+        r.claims.clear();
         let (name, addr) = (node.name.clone(), node.addr);
         while r.control.commands.try_recv().is_ok() {}
-        r.out.clear();
-        r.first_seq = r.out.next_seq();
-        r.instance = instance;
+        r.out = Outgoing::new(session.first_seq);
+        r.session = session;
         r.events = Incoming::new(1);
         r.resync = false;
         r.lost = false;
@@ -302,11 +404,6 @@ impl Hub {
             &name,
             &format!("rejoined from {addr} (restarted): down until its probes bring it back"),
         ));
-        let joined = Message::Joined {
-            id: r.id.0,
-            first_seq: r.first_seq,
-        };
-        queue(out, stats, addr, &joined);
     }
 
     fn refuse(&mut self, now: Nanos, from: SocketAddr, name: &str, reason: String) {
@@ -324,12 +421,16 @@ impl Hub {
             }
             reason.truncate(end);
         }
-        queue(
-            &mut self.out,
-            &mut self.stats,
-            from,
+        // The node shares no key with us (that is often why it is refused): the seal is a
+        // public one, and the node believes a refusal only while it is joining.
+        let mut refused = Vec::new();
+        link::seal(
+            &link::refusal_key(),
+            0,
             &Message::Refused { reason },
+            &mut refused,
         );
+        queue(&mut self.out, &mut self.stats, from, refused);
     }
 
     /// Moves the commands routed to remote nodes onto their links, and sends what is due.
@@ -367,7 +468,8 @@ impl Hub {
             }
             for (seq, command) in due {
                 stats.commands_sent += 1;
-                queue(out, stats, addr, &Message::Command { seq, command });
+                let sealed = r.session.tx.seal(&Message::Command { seq, command });
+                queue(out, stats, addr, sealed);
             }
             if let Some(e) = lost {
                 lose(cm, now, r, e, log, stats);
@@ -395,22 +497,20 @@ struct Asked<'a> {
     name: &'a str,
     role: Role,
     instance: u64,
-    token: &'a str,
+    nonce: link::Nonce,
 }
 
 fn queue(
     out: &mut Vec<(SocketAddr, Vec<u8>)>,
     stats: &mut HubStats,
     to: SocketAddr,
-    msg: &Message,
+    datagram: Vec<u8>,
 ) {
     if out.len() >= MAX_OUT {
         stats.dropped += 1;
         return;
     }
-    let mut buf = Vec::new();
-    link::encode(msg, &mut buf);
-    out.push((to, buf));
+    out.push((to, datagram));
 }
 
 fn line(now: Nanos, name: &str, what: &str) -> String {
@@ -452,8 +552,10 @@ fn lose(
 mod tests {
     use super::*;
     use crate::cm::{Config, NodeSpec};
+    use crate::remote::{JoinSpec, Member, MemberState};
     use crate::{Leg, MediaSession};
     use pbxlab_balancer::{Balancer, FailoverMode, HealthConfig, Policy};
+    use pbxlab_proto::mac::Key;
 
     fn cm_addr() -> SocketAddr {
         SocketAddr::from(([10, 211, 0, 1], 5060))
@@ -470,44 +572,83 @@ mod tests {
     }
 
     fn hub() -> Hub {
-        Hub::new(Some("tok".into()), vec![(Role::Media, 50)])
+        Hub::new(Some("tok"), &Key::from_seed(1), vec![(Role::Media, 50)])
     }
 
-    fn join(name: &str, instance: u64, token: &str) -> Vec<u8> {
-        bytes(&Message::Join {
-            name: name.into(),
-            role: Role::Media,
-            instance,
-            token: token.into(),
-        })
+    fn member(name: &str, role: Role, token: &str) -> Member {
+        Member::new(JoinSpec::new(cm_addr(), name, role, token).unwrap())
     }
 
-    fn bytes(msg: &Message) -> Vec<u8> {
-        let mut b = Vec::new();
-        link::encode(msg, &mut b);
-        b
-    }
-
-    fn sent(h: &mut Hub) -> Vec<(SocketAddr, Message)> {
+    /// What `m` queued, handed to the hub as from `from`; returns the datagrams (to replay).
+    fn to_hub(
+        h: &mut Hub,
+        cm: &mut CallManager,
+        now: Nanos,
+        from: SocketAddr,
+        m: &mut Member,
+    ) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        h.transmit_all(|d| out.extend(d.iter().map(|(to, b)| (*to, link::decode(b).unwrap()))));
+        m.transmit_all(|d| out.extend(d.iter().map(|(_, b)| b.to_vec())));
+        for d in &out {
+            h.handle(cm, now, from, d);
+        }
         out
+    }
+
+    /// What the hub queued, decoded.
+    fn sent(h: &mut Hub) -> Vec<(SocketAddr, Message)> {
+        raw(h)
+            .into_iter()
+            .map(|(to, b)| (to, link::decode(link::unseal(&b).unwrap().body).unwrap()))
+            .collect()
+    }
+
+    fn raw(h: &mut Hub) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        h.transmit_all(|d| out.extend(d.iter().map(|(to, b)| (*to, b.to_vec()))));
+        out
+    }
+
+    /// What the hub queued for `at`, handed to `m`; returns the commands it applied.
+    fn to_member(h: &mut Hub, now: Nanos, at: SocketAddr, m: &mut Member) -> Vec<NodeCommand> {
+        let mut got = Vec::new();
+        for (to, d) in raw(h) {
+            if to == at {
+                m.handle(now, cm_addr(), &d, |c| got.push(c));
+            }
+        }
+        got
+    }
+
+    /// `m` joins from `at`.
+    fn joined(h: &mut Hub, cm: &mut CallManager, now: Nanos, at: SocketAddr, m: &mut Member) {
+        m.advance(now, &node::NodeStats::default(), 0);
+        to_hub(h, cm, now, at, m);
+        to_member(h, now, at, m);
+    }
+
+    fn healthy(cm: &CallManager) -> bool {
+        cm.balancer().server(ServerId(0)).unwrap().healthy
     }
 
     #[test]
     fn a_node_with_the_token_joins_and_one_without_is_refused() {
         let (mut cm, mut h) = (call_manager(), hub());
-        h.handle(&mut cm, 0, node_addr(2), &join("media-a", 1, "tok"));
-        assert_eq!(
-            sent(&mut h),
-            [(
-                node_addr(2),
-                Message::Joined {
-                    id: 0,
-                    first_seq: 1
-                }
-            )]
+        let mut a = member("media-a", Role::Media, "tok");
+        a.advance(0, &node::NodeStats::default(), 0);
+        let join = to_hub(&mut h, &mut cm, 0, node_addr(2), &mut a);
+        assert!(
+            !String::from_utf8_lossy(&join[0]).contains("tok"),
+            "the token travels"
         );
+        let answer = raw(&mut h);
+        assert!(matches!(
+            &answer[..],
+            [(to, b)] if *to == node_addr(2)
+                && matches!(link::decode(link::unseal(b).unwrap().body), Ok(Message::Joined { id: 0, first_seq: 1, .. }))
+        ));
+        a.handle(0, cm_addr(), &answer[0].1, |_| {});
+        assert_eq!(a.state(), &MemberState::Joined(0));
         let joined = h.take_joined();
         assert_eq!(joined.len(), 1);
         assert_eq!(joined[0].id, 0);
@@ -515,16 +656,16 @@ mod tests {
         assert_eq!(cm.nodes()[0].addr, node_addr(2));
         assert_eq!(cm.balancer().server(ServerId(0)).unwrap().capacity, 50);
         // The same JOIN again (our answer was lost): the same answer, no second node.
-        h.handle(&mut cm, 1, node_addr(2), &join("media-a", 1, "tok"));
-        assert!(matches!(
-            &sent(&mut h)[..],
-            [(_, Message::Joined { id: 0, .. })]
-        ));
+        h.handle(&mut cm, 1, node_addr(2), &join[0]);
+        assert_eq!(raw(&mut h), answer);
         assert!(h.take_joined().is_empty());
 
-        h.handle(&mut cm, 2, node_addr(3), &join("media-b", 2, "nope"));
+        let mut b = member("media-b", Role::Media, "nope");
+        b.advance(2, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 2, node_addr(3), &mut b);
+        let refused = sent(&mut h);
         assert_eq!(
-            sent(&mut h),
+            refused,
             [(
                 node_addr(3),
                 Message::Refused {
@@ -542,42 +683,52 @@ mod tests {
             "{log:?}"
         );
         // Its repeats are refused, and not logged again.
-        h.handle(&mut cm, 3, node_addr(3), &join("media-b", 2, "nope"));
+        b.advance(300_000_000, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 3, node_addr(3), &mut b);
+        to_member(&mut h, 3, node_addr(3), &mut b);
+        assert_eq!(b.state(), &MemberState::Refused("wrong token".into()));
         assert!(h.take_log().is_empty());
         assert_eq!(h.stats().refused, 2);
+        assert_eq!(h.stats().unauthenticated, 2);
         assert_eq!(cm.nodes().len(), 1);
     }
 
     #[test]
     fn names_roles_and_addresses_are_checked() {
         let (mut cm, mut h) = (call_manager(), hub());
-        h.handle(&mut cm, 0, node_addr(2), &join("media-a", 1, "tok"));
-        sent(&mut h);
-        let refused = |h: &mut Hub| match &sent(h)[..] {
-            [(_, Message::Refused { reason })] => reason.clone(),
-            other => panic!("{other:?}"),
+        joined(
+            &mut h,
+            &mut cm,
+            0,
+            node_addr(2),
+            &mut member("media-a", Role::Media, "tok"),
+        );
+        let refused = |h: &mut Hub, cm: &mut CallManager, at, name, role| {
+            let mut m = member(name, role, "tok");
+            m.advance(1, &node::NodeStats::default(), 0);
+            to_hub(h, cm, 1, at, &mut m);
+            match &sent(h)[..] {
+                [(_, Message::Refused { reason })] => reason.clone(),
+                other => panic!("{other:?}"),
+            }
         };
-        h.handle(&mut cm, 1, node_addr(3), &join("media-a", 2, "tok"));
         assert_eq!(
-            refused(&mut h),
+            refused(&mut h, &mut cm, node_addr(3), "media-a", Role::Media),
             "the name media-a is taken by the node at 10.211.0.2:7000"
         );
-        h.handle(&mut cm, 1, node_addr(2), &join("media-z", 2, "tok"));
         assert_eq!(
-            refused(&mut h),
+            refused(&mut h, &mut cm, node_addr(2), "media-z", Role::Media),
             "address 10.211.0.2:7000 is taken by media-a"
         );
-        let ivr = bytes(&Message::Join {
-            name: "ivr-a".into(),
-            role: Role::Ivr,
-            instance: 1,
-            token: "tok".into(),
-        });
-        h.handle(&mut cm, 1, node_addr(4), &ivr);
-        assert_eq!(refused(&mut h), "the cluster has no ivr pool");
-        let mut closed = Hub::new(None, vec![(Role::Media, 50)]);
-        closed.handle(&mut cm, 1, node_addr(5), &join("media-q", 1, "tok"));
-        assert!(refused(&mut closed).contains("takes no remote nodes"));
+        assert_eq!(
+            refused(&mut h, &mut cm, node_addr(4), "ivr-a", Role::Ivr),
+            "the cluster has no ivr pool"
+        );
+        let mut closed = Hub::new(None, &Key::from_seed(1), vec![(Role::Media, 50)]);
+        assert!(
+            refused(&mut closed, &mut cm, node_addr(5), "media-q", Role::Media)
+                .contains("takes no remote nodes")
+        );
     }
 
     fn echo(session: u64) -> NodeCommand {
@@ -592,54 +743,75 @@ mod tests {
         }
     }
 
+    fn command_seqs(sent: &[(SocketAddr, Message)]) -> Vec<u64> {
+        sent.iter()
+            .map(|(_, m)| match m {
+                Message::Command { seq, .. } => *seq,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn commands_are_resent_until_acknowledged_and_a_restart_starts_over() {
         let (mut cm, mut h) = (call_manager(), hub());
-        h.handle(&mut cm, 0, node_addr(2), &join("media-a", 1, "tok"));
-        sent(&mut h);
+        let mut a = member("media-a", Role::Media, "tok");
+        joined(&mut h, &mut cm, 0, node_addr(2), &mut a);
         let handle = h.take_joined().remove(0);
         assert!(handle.send(echo(1)));
         assert!(handle.send(echo(2)));
         h.advance(&mut cm, 0);
-        let cmds: Vec<u64> = sent(&mut h)
-            .into_iter()
-            .map(|(_, m)| match m {
-                Message::Command { seq, .. } => seq,
-                other => panic!("{other:?}"),
-            })
+        let cmds = raw(&mut h);
+        let decoded: Vec<_> = cmds
+            .iter()
+            .map(|(to, b)| (*to, link::decode(link::unseal(b).unwrap().body).unwrap()))
             .collect();
-        assert_eq!(cmds, [1, 2]);
-        h.handle(&mut cm, 1, node_addr(2), &bytes(&Message::Ack { seq: 1 }));
+        assert_eq!(command_seqs(&decoded), [1, 2]);
+        // Only the first arrives; the node acknowledges it.
+        let mut applied = Vec::new();
+        a.handle(1, cm_addr(), &cmds[0].1, |c| applied.push(c));
+        assert_eq!(applied, [echo(1)]);
+        to_hub(&mut h, &mut cm, 1, node_addr(2), &mut a);
         h.advance(&mut cm, link::RETRY);
+        assert_eq!(command_seqs(&sent(&mut h)), [2]);
+        // The node restarts: its new process joins; the node stays up until that process
+        // proves its session (its first figures), then what was queued for the old one is
+        // dropped.
+        assert!(handle.send(echo(3)));
+        assert!(healthy(&cm));
+        let mut a2 = member("media-a", Role::Media, "tok");
+        a2.advance(2, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 2, node_addr(2), &mut a2);
         assert!(matches!(
             &sent(&mut h)[..],
-            [(_, Message::Command { seq: 2, .. })]
+            [(to, Message::Joined { id: 0, first_seq: 3, .. })] if *to == node_addr(2)
         ));
-        // The node restarts: what was queued for the old process is dropped, numbering goes on.
-        assert!(handle.send(echo(3)));
-        h.handle(&mut cm, 2, node_addr(2), &join("media-a", 7, "tok"));
-        assert_eq!(
-            sent(&mut h),
-            [(
-                node_addr(2),
-                Message::Joined {
-                    id: 0,
-                    first_seq: 3
-                }
-            )]
-        );
+        assert_eq!((h.stats().rejoins, h.stats().restart_claims), (0, 1));
+        assert!(healthy(&cm));
+        // (the JOINED again, as it was lost above)
+        a2.advance(2 + 300_000_000, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 2 + 300_000_000, node_addr(2), &mut a2);
+        to_member(&mut h, 3, node_addr(2), &mut a2);
+        assert_eq!(a2.state(), &MemberState::Joined(0));
+        a2.advance(3, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 3, node_addr(2), &mut a2);
         assert_eq!(h.stats().rejoins, 1);
         h.advance(&mut cm, 3 * link::RETRY);
         assert!(sent(&mut h).is_empty());
         // The balancer took it down; its probes bring it back.
-        assert!(!cm.balancer().server(ServerId(0)).unwrap().healthy);
+        assert!(!healthy(&cm));
+        // The new process gets commands numbered from where its JOINED said.
+        assert!(handle.send(echo(4)));
+        h.advance(&mut cm, 4 * link::RETRY);
+        assert_eq!(to_member(&mut h, 4, node_addr(2), &mut a2), [echo(4)]);
+        assert_eq!(a2.stats().unauthenticated, 0);
     }
 
     #[test]
     fn a_silent_link_is_lost_then_resynchronised_with_a_reset() {
         let (mut cm, mut h) = (call_manager(), hub());
-        h.handle(&mut cm, 0, node_addr(2), &join("media-a", 1, "tok"));
-        sent(&mut h);
+        let mut a = member("media-a", Role::Media, "tok");
+        joined(&mut h, &mut cm, 0, node_addr(2), &mut a);
         let handle = h.take_joined().remove(0);
         handle.send(echo(1));
         let mut now = 0;
@@ -662,14 +834,12 @@ mod tests {
             .collect();
         assert_eq!(got, [NodeCommand::Reset, echo(2)]);
         // Its figures show it is back.
-        let figures = bytes(&Message::Stats {
-            stats: node::NodeStats {
-                sessions: 1,
-                ..Default::default()
-            },
-            io_errors: 0,
-        });
-        h.handle(&mut cm, now, node_addr(2), &figures);
+        let figures = node::NodeStats {
+            sessions: 1,
+            ..Default::default()
+        };
+        a.advance(now, &figures, 0);
+        to_hub(&mut h, &mut cm, now, node_addr(2), &mut a);
         assert!(handle.is_alive());
         assert_eq!(handle.counters.load().sessions, 1);
         assert!(h.take_log().iter().any(|l| l.contains("media-a link back")));
@@ -678,17 +848,22 @@ mod tests {
     #[test]
     fn events_reach_the_call_manager_once() {
         let (mut cm, mut h) = (call_manager(), hub());
-        h.handle(&mut cm, 0, node_addr(2), &join("media-a", 1, "tok"));
-        sent(&mut h);
-        let digit = bytes(&Message::Event {
-            seq: 1,
-            event: NodeEvent::Digit {
-                session: MediaSession(77),
-                digit: '3',
-            },
+        let mut a = member("media-a", Role::Media, "tok");
+        joined(&mut h, &mut cm, 0, node_addr(2), &mut a);
+        a.advance(0, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 0, node_addr(2), &mut a);
+        a.push_event(NodeEvent::Digit {
+            session: MediaSession(77),
+            digit: '3',
         });
-        h.handle(&mut cm, 1, node_addr(2), &digit);
-        h.handle(&mut cm, 2, node_addr(2), &digit);
+        a.advance(1, &node::NodeStats::default(), 0);
+        let digit = to_hub(&mut h, &mut cm, 1, node_addr(2), &mut a);
+        // The same datagram again is a replay: dropped, not acknowledged.
+        h.handle(&mut cm, 2, node_addr(2), &digit[0]);
+        assert_eq!(h.stats().replayed, 1);
+        // Sent again (its ACK is not through yet): a duplicate, acknowledged again.
+        a.advance(1 + link::RETRY, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 2, node_addr(2), &mut a);
         assert_eq!(h.stats().events, 1);
         assert_eq!(
             sent(&mut h),
@@ -698,9 +873,114 @@ mod tests {
             ]
         );
         // From a stranger: ignored.
-        h.handle(&mut cm, 3, node_addr(8), &digit);
+        h.handle(&mut cm, 3, node_addr(8), &digit[0]);
         assert_eq!(h.stats().ignored, 1);
         h.handle(&mut cm, 3, node_addr(2), b"PBXL/1 EVENT");
         assert_eq!(h.stats().malformed, 1);
+    }
+
+    #[test]
+    fn spoofed_and_replayed_joins_and_forged_stats_from_the_nodes_address_change_nothing() {
+        let (mut cm, mut h) = (call_manager(), hub());
+        let mut a = member("media-a", Role::Media, "tok");
+        a.advance(0, &node::NodeStats::default(), 0);
+        let captured_join = to_hub(&mut h, &mut cm, 0, node_addr(2), &mut a);
+        to_member(&mut h, 0, node_addr(2), &mut a);
+        let handle = h.take_joined().remove(0);
+        let figures = node::NodeStats {
+            sessions: 5,
+            ..Default::default()
+        };
+        a.advance(1, &figures, 0);
+        let captured_stats = to_hub(&mut h, &mut cm, 1, node_addr(2), &mut a);
+        assert_eq!(handle.counters.load().sessions, 5);
+        assert!(healthy(&cm) && handle.is_alive());
+        let unchanged = |h: &mut Hub, cm: &CallManager, what: &str| {
+            assert!(healthy(cm), "{what}: the node went down");
+            assert_eq!(h.stats().rejoins, 0, "{what}");
+            assert_eq!(handle.counters.load().sessions, 5, "{what}");
+        };
+
+        // A JOIN with a new instance from the node's address, without the token.
+        let mut spoof = member("media-a", Role::Media, "guess");
+        spoof.advance(2, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 2, node_addr(2), &mut spoof);
+        unchanged(&mut h, &cm, "spoofed JOIN");
+        assert_eq!(h.stats().unauthenticated, 1);
+        // The captured JOIN of the node's process, replayed: the same JOINED, which its
+        // process takes as a repeat.
+        h.handle(&mut cm, 3, node_addr(2), &captured_join[0]);
+        to_member(&mut h, 3, node_addr(2), &mut a);
+        unchanged(&mut h, &cm, "replayed JOIN");
+        // A captured JOIN of another process (an earlier one, say): it is offered a session
+        // it cannot prove without the token.
+        let mut earlier = member("media-a", Role::Media, "tok");
+        earlier.advance(0, &node::NodeStats::default(), 0);
+        let mut old_join = Vec::new();
+        earlier.transmit_all(|d| old_join.extend(d.iter().map(|(_, b)| b.to_vec())));
+        for at in [4, 5, 6] {
+            h.handle(&mut cm, at, node_addr(2), &old_join[0]);
+        }
+        unchanged(&mut h, &cm, "a JOIN of another process, replayed");
+
+        // Forged and replayed figures.
+        let forged = b"PBXL/1 STATS 99 0 0 0 0 0 0 0 0 0 0 0";
+        h.handle(&mut cm, 7, node_addr(2), forged);
+        let mut sealed = Vec::new();
+        let text = String::from_utf8_lossy(&captured_stats[0]).into_owned();
+        let body = text
+            .rsplitn(3, ' ')
+            .nth(2)
+            .unwrap()
+            .replacen("STATS 5 ", "STATS 99 ", 1);
+        link::seal(
+            &Key::from_seed(9),
+            50,
+            &link::decode(body.as_bytes()).unwrap(),
+            &mut sealed,
+        );
+        h.handle(&mut cm, 7, node_addr(2), &sealed);
+        let bumped = text.replacen("STATS 5 ", "STATS 99 ", 1);
+        h.handle(&mut cm, 7, node_addr(2), bumped.as_bytes());
+        h.handle(&mut cm, 8, node_addr(2), &captured_stats[0]);
+        unchanged(&mut h, &cm, "forged STATS");
+        assert_eq!(h.stats().malformed, 1);
+        assert_eq!(h.stats().unauthenticated, 3);
+        assert_eq!(h.stats().replayed, 1);
+
+        // The real node is still in its session.
+        let figures = node::NodeStats {
+            sessions: 6,
+            ..Default::default()
+        };
+        a.advance(2_000_000_000, &figures, 0);
+        to_hub(&mut h, &mut cm, 9, node_addr(2), &mut a);
+        assert_eq!(handle.counters.load().sessions, 6);
+        assert!(healthy(&cm));
+        // It dropped what reached it: the refusal the spoofer drew, and the JOINED again.
+        let st = a.stats();
+        assert_eq!((st.unauthenticated, st.replayed), (1, 1));
+
+        // A real restart, with replayed JOINs around it, still rejoins.
+        raw(&mut h);
+        let mut a2 = member("media-a", Role::Media, "tok");
+        a2.advance(10, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 10, node_addr(2), &mut a2);
+        h.handle(&mut cm, 11, node_addr(2), &old_join[0]);
+        let mut another = member("media-a", Role::Media, "tok");
+        another.advance(0, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 11, node_addr(2), &mut another);
+        to_member(&mut h, 12, node_addr(2), &mut a2);
+        assert_eq!(a2.state(), &MemberState::Joined(0));
+        assert!(healthy(&cm));
+        a2.advance(12, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 12, node_addr(2), &mut a2);
+        assert_eq!(h.stats().rejoins, 1);
+        assert!(!healthy(&cm));
+        // The old process's session is over.
+        let before = h.stats().unauthenticated;
+        a.advance(3_000_000_000, &figures, 0);
+        to_hub(&mut h, &mut cm, 13, node_addr(2), &mut a);
+        assert_eq!(h.stats().unauthenticated, before + 1);
     }
 }

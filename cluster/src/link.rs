@@ -15,9 +15,9 @@
 //! the magic, ASCII words separated by single spaces:
 //!
 //! ```text
-//! PBXL/1 JOIN <name> <role> <instance, hex> <token>      node -> CM
-//! PBXL/1 JOINED <id> <first command seq>                 CM -> node
-//! PBXL/1 REFUSED <reason, free text>                     CM -> node
+//! PBXL/1 JOIN <name> <role> <instance, hex> <node nonce, 32 hex>   node -> CM
+//! PBXL/1 JOINED <id> <first command seq> <CM nonce, 32 hex>        CM -> node
+//! PBXL/1 REFUSED <reason, free text>                               CM -> node
 //! PBXL/1 CMD <seq> relay <session> <leg> <leg>           CM -> node, also echo|ivr|hold
 //!                                                        <session> <leg>, join <session>
 //!                                                        <room> <leg>, end <session>, reset
@@ -26,6 +26,15 @@
 //! PBXL/1 STATS <12 counters>                             node -> CM, once a second
 //! leg: <ip:port>,<ssrc hex or ->,<payload type>,<telephone-event payload type or ->
 //! ```
+//!
+//! and every datagram ends with its seal, ` <counter> <MAC>`: the first 16 bytes (hex) of the
+//! HMAC-SHA-256 of the message and the counter. A JOIN is sealed with the join key (from the
+//! join token, which never travels); the node's JOIN and the Call Manager's JOINED each carry a
+//! random half of the session key, and everything after them is sealed with that session's key
+//! for its direction, numbered from 1 up: a receiver drops (and counts) a datagram whose MAC
+//! is not its session's, or whose counter is not above every one taken (a replay). REFUSED is
+//! sealed with a public key: a refused node often shares no key with the Call Manager, so a
+//! node believes one only while it is joining.
 //!
 //! Commands and events are delivered reliably and in order: each carries a sequence number,
 //! the receiver acknowledges each one it gets (again, if it gets it again), holds those that
@@ -39,14 +48,15 @@
 //! JOINED says where the Call Manager's sequence numbers start; they continue across restarts,
 //! so a stale command for the previous process is a duplicate to the new one.
 //!
-//! The token travels in the clear: like the vendor's join token it keeps a misconfigured node
-//! out of the wrong cluster, not an attacker on the path.
+//! What the seal does not do: hide anything (the link is readable on the path), or stop an
+//! attacker on the path from dropping datagrams or forging a REFUSED to a node that is joining.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use pbxlab_balancer::Role;
+use pbxlab_proto::mac::{self, Key};
 
 use super::node::NodeStats;
 use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
@@ -79,20 +89,201 @@ pub fn valid_word(word: &str) -> bool {
     !word.is_empty() && word.len() <= MAX_WORD && word.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Bytes of a nonce (each side's half of a session key).
+pub const NONCE_LEN: usize = 16;
+/// Bytes of the MAC that ends every datagram.
+pub const TAG_LEN: usize = 16;
+
+/// One side's random half of a session key: drawn per process (node) or per JOIN (Call
+/// Manager), so that no two sessions share a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Nonce(pub [u8; NONCE_LEN]);
+
+impl Nonce {
+    fn parse(word: &str) -> Result<Nonce, Malformed> {
+        match mac::parse_hex::<NONCE_LEN>(word) {
+            Some((bytes, NONCE_LEN)) => Ok(Nonce(bytes)),
+            _ => malformed("a nonce is 32 hex digits"),
+        }
+    }
+
+    /// The first bytes of a key's MAC of `parts` (for a nonce drawn from a key).
+    pub fn from_key(key: &Key, parts: &[&[u8]]) -> Nonce {
+        let full = key.mac(parts);
+        let mut n = [0u8; NONCE_LEN];
+        n.copy_from_slice(full.get(..NONCE_LEN).unwrap_or(&[0; NONCE_LEN]));
+        Nonce(n)
+    }
+}
+
+impl std::fmt::Display for Nonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::with_capacity(2 * NONCE_LEN);
+        mac::push_hex(&mut s, &self.0);
+        f.write_str(&s)
+    }
+}
+
+/// The key that seals JOINs (and REFUSED never: a node with the wrong token shares no key).
+pub fn join_key(token: &str) -> Key {
+    Key::from_phrase(token.as_bytes()).derive("link join")
+}
+
+/// The seal of REFUSED: public, since a refused node often shares no key with the Call
+/// Manager; it keeps the framing the same, and authenticates nothing.
+pub fn refusal_key() -> Key {
+    Key::from_phrase(b"").derive("link refused")
+}
+
+/// A session's two keys, one per direction, from the join key and both halves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionKeys {
+    pub to_cm: Key,
+    pub to_node: Key,
+}
+
+impl SessionKeys {
+    pub fn new(join_key: &Key, node: &Nonce, cm: &Nonce) -> SessionKeys {
+        let session = Key::from_bytes(join_key.mac(&[b"session", &node.0, &cm.0]));
+        SessionKeys {
+            to_cm: session.derive("node to cm"),
+            to_node: session.derive("cm to node"),
+        }
+    }
+}
+
+/// Writes `msg` sealed with `key` as datagram number `counter` of its direction: the message,
+/// then ` <counter> <MAC, hex>`, the MAC over both.
+pub fn seal(key: &Key, counter: u64, msg: &Message, out: &mut Vec<u8>) {
+    encode(msg, out);
+    let tag = key.mac(&[out, &counter.to_be_bytes()]);
+    let mut trailer = format!(" {counter} ");
+    mac::push_hex(&mut trailer, tag.get(..TAG_LEN).unwrap_or_default());
+    out.extend_from_slice(trailer.as_bytes());
+}
+
+/// A datagram split from its seal, not checked yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed<'a> {
+    /// The message, as [`decode`] reads it.
+    pub body: &'a [u8],
+    pub counter: u64,
+    tag: [u8; TAG_LEN],
+}
+
+impl Sealed<'_> {
+    /// Whether `key` sealed it, compared in constant time.
+    pub fn verify(&self, key: &Key) -> bool {
+        key.verify(&[self.body, &self.counter.to_be_bytes()], &self.tag)
+    }
+}
+
+/// Splits a datagram into its message and its seal.
+pub fn unseal(datagram: &[u8]) -> Result<Sealed<'_>, Malformed> {
+    if datagram.len() > MAX_DATAGRAM {
+        return malformed("longer than the link's largest message");
+    }
+    let mut words = datagram.rsplitn(3, |&b| b == b' ');
+    let (Some(tag), Some(counter), Some(body)) = (words.next(), words.next(), words.next()) else {
+        return malformed("no seal (counter and MAC) at the end");
+    };
+    let counter = std::str::from_utf8(counter)
+        .ok()
+        .and_then(parse_decimal)
+        .ok_or(Malformed {
+            reason: "the seal's counter is not a number",
+        })?;
+    let tag = std::str::from_utf8(tag)
+        .ok()
+        .and_then(mac::parse_hex::<TAG_LEN>)
+        .filter(|&(_, n)| n == TAG_LEN)
+        .ok_or(Malformed {
+            reason: "the seal's MAC is not 32 hex digits",
+        })?
+        .0;
+    Ok(Sealed { body, counter, tag })
+}
+
+/// The receiving side of a session's seals: datagrams must be sealed with its key and
+/// numbered above every one taken before (a replay, or one overtaken on the way, is dropped;
+/// the reliable delivery sends it again with a new number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opener {
+    key: Key,
+    highest: u64,
+}
+
+/// Why a sealed datagram was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsealed {
+    /// Not sealed with the key: forged, or from another session.
+    Forged,
+    /// Sealed, but not numbered above the last one taken: a replay.
+    Replayed,
+}
+
+impl Opener {
+    pub fn new(key: Key) -> Opener {
+        Opener { key, highest: 0 }
+    }
+
+    /// Checks `sealed` without taking it.
+    pub fn check(&self, sealed: &Sealed<'_>) -> Result<(), Unsealed> {
+        if !sealed.verify(&self.key) {
+            return Err(Unsealed::Forged);
+        }
+        if sealed.counter <= self.highest {
+            return Err(Unsealed::Replayed);
+        }
+        Ok(())
+    }
+
+    /// Checks `sealed` and, if it passes, takes its number.
+    pub fn open(&mut self, sealed: &Sealed<'_>) -> Result<(), Unsealed> {
+        self.check(sealed)?;
+        self.highest = sealed.counter;
+        Ok(())
+    }
+}
+
+/// The sending side of a session's seals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealer {
+    key: Key,
+    sent: u64,
+}
+
+impl Sealer {
+    pub fn new(key: Key) -> Sealer {
+        Sealer { key, sent: 0 }
+    }
+
+    /// `msg`, sealed with the next number.
+    pub fn seal(&mut self, msg: &Message) -> Vec<u8> {
+        self.sent += 1;
+        let mut out = Vec::new();
+        seal(&self.key, self.sent, msg, &mut out);
+        out
+    }
+}
+
 /// One link message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// A node asks to join: its name, role, process instance and the cluster's token.
+    /// A node asks to join: its name, role, process instance and its half of the session
+    /// key (sealed with the join key: it proves the token without carrying it).
     Join {
         name: String,
         role: Role,
         instance: u64,
-        token: String,
+        nonce: Nonce,
     },
-    /// The node is in: its server id, and the sequence number of the first command.
+    /// The node is in: its server id, the sequence number of the first command, and the Call
+    /// Manager's half of the session key (sealed with the session key).
     Joined {
         id: u32,
         first_seq: u64,
+        nonce: Nonce,
     },
     /// The node is not in, and why.
     Refused {
@@ -139,9 +330,13 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             name,
             role,
             instance,
-            token,
-        } => write!(s, "JOIN {name} {} {instance:x} {token}", role.name()),
-        Message::Joined { id, first_seq } => write!(s, "JOINED {id} {first_seq}"),
+            nonce,
+        } => write!(s, "JOIN {name} {} {instance:x} {nonce}", role.name()),
+        Message::Joined {
+            id,
+            first_seq,
+            nonce,
+        } => write!(s, "JOINED {id} {first_seq} {nonce}"),
         Message::Refused { reason } => write!(s, "REFUSED {reason}"),
         Message::Command { seq, command } => {
             let _ = write!(s, "CMD {seq} ");
@@ -278,15 +473,15 @@ pub fn decode(datagram: &[u8]) -> Result<Message, Malformed> {
                 return malformed("JOIN names an unknown role");
             };
             let instance = w.hex("JOIN needs a hex instance")?;
-            let token = w.word("JOIN needs a token")?;
-            if !valid_word(name) || !valid_word(token) {
-                return malformed("JOIN name or token longer than 64 characters");
+            let nonce = Nonce::parse(w.word("JOIN needs a nonce")?)?;
+            if !valid_word(name) {
+                return malformed("JOIN name longer than 64 characters");
             }
             Message::Join {
                 name: name.to_owned(),
                 role,
                 instance,
-                token: token.to_owned(),
+                nonce,
             }
         }
         "JOINED" => {
@@ -295,7 +490,12 @@ pub fn decode(datagram: &[u8]) -> Result<Message, Malformed> {
                 return malformed("JOINED id out of range");
             };
             let first_seq = w.number("JOINED needs a first sequence number")?;
-            Message::Joined { id, first_seq }
+            let nonce = Nonce::parse(w.word("JOINED needs a nonce")?)?;
+            Message::Joined {
+                id,
+                first_seq,
+                nonce,
+            }
         }
         "CMD" => {
             let seq = w.number("CMD needs a sequence number")?;
@@ -680,9 +880,12 @@ mod tests {
             name: "media-a".into(),
             role: Role::Media,
             instance: 0xbeef,
-            token: "s3cret".into(),
+            nonce: Nonce([0xab; NONCE_LEN]),
         };
-        assert_eq!(text(&join), "PBXL/1 JOIN media-a media beef s3cret");
+        assert_eq!(
+            text(&join),
+            format!("PBXL/1 JOIN media-a media beef {}", "ab".repeat(NONCE_LEN))
+        );
         let relay = Message::Command {
             seq: 7,
             command: NodeCommand::Relay {
@@ -781,6 +984,51 @@ mod tests {
         );
         let name = "n".repeat(MAX_WORD + 1);
         assert!(decode(format!("PBXL/1 JOIN {name} media 1 t").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_seal_is_checked_and_numbered() {
+        let keys = SessionKeys::new(&join_key("tok"), &Nonce([1; 16]), &Nonce([2; 16]));
+        let mut tx = Sealer::new(keys.to_cm.clone());
+        let mut rx = Opener::new(keys.to_cm.clone());
+        let stats = Message::Ack { seq: 9 };
+        let first = tx.seal(&stats);
+        let second = tx.seal(&stats);
+        let text = String::from_utf8(first.clone()).unwrap();
+        assert!(text.starts_with("PBXL/1 ACK 9 1 "), "{text}");
+        let s1 = unseal(&first).unwrap();
+        assert_eq!(decode(s1.body).as_ref(), Ok(&stats));
+        assert_eq!(rx.open(&s1), Ok(()));
+        // The same datagram again is a replay; the next one is taken.
+        assert_eq!(rx.open(&s1), Err(Unsealed::Replayed));
+        assert_eq!(rx.open(&unseal(&second).unwrap()), Ok(()));
+        // Another key, another direction, a changed byte, or a new number with the old MAC:
+        // forged.
+        let mut other = Sealer::new(keys.to_node.clone());
+        let wrong_way = other.seal(&Message::Ack { seq: 9 });
+        assert_eq!(
+            rx.check(&unseal(&wrong_way).unwrap()),
+            Err(Unsealed::Forged)
+        );
+        let elsewhere = SessionKeys::new(&join_key("tok"), &Nonce([1; 16]), &Nonce([3; 16]));
+        let mut stranger = Sealer::new(elsewhere.to_cm);
+        stranger.seal(&stats);
+        stranger.seal(&stats);
+        let third = stranger.seal(&stats);
+        assert_eq!(rx.check(&unseal(&third).unwrap()), Err(Unsealed::Forged));
+        let bumped = String::from_utf8(second.clone())
+            .unwrap()
+            .replacen("ACK 9 2 ", "ACK 9 7 ", 1);
+        assert_eq!(
+            rx.check(&unseal(bumped.as_bytes()).unwrap()),
+            Err(Unsealed::Forged)
+        );
+        let mut flipped = second.clone();
+        flipped[11] = b'8';
+        assert_eq!(rx.check(&unseal(&flipped).unwrap()), Err(Unsealed::Forged));
+        // Without a seal, or with a short MAC: malformed.
+        assert!(unseal(b"PBXL/1 ACK 9").is_err());
+        assert!(unseal(b"PBXL/1 ACK 9 3 abcd").is_err());
     }
 
     #[test]
@@ -955,16 +1203,21 @@ mod tests {
     fn arb_message() -> impl Strategy<Value = Message> {
         let word = "[!-~]{1,64}";
         prop_oneof![
-            (word, arb_role(), any::<u64>(), word).prop_map(|(name, role, instance, token)| {
-                Message::Join {
+            (word, arb_role(), any::<u64>(), any::<[u8; NONCE_LEN]>()).prop_map(
+                |(name, role, instance, nonce)| Message::Join {
                     name,
                     role,
                     instance,
-                    token,
+                    nonce: Nonce(nonce),
                 }
-            }),
-            (any::<u32>(), any::<u64>())
-                .prop_map(|(id, first_seq)| Message::Joined { id, first_seq }),
+            ),
+            (any::<u32>(), any::<u64>(), any::<[u8; NONCE_LEN]>()).prop_map(
+                |(id, first_seq, nonce)| Message::Joined {
+                    id,
+                    first_seq,
+                    nonce: Nonce(nonce)
+                }
+            ),
             "[!-~][ -~]{0,200}".prop_map(|reason| Message::Refused { reason }),
             (any::<u64>(), arb_command())
                 .prop_map(|(seq, command)| Message::Command { seq, command }),
@@ -995,9 +1248,23 @@ mod tests {
         }
 
         #[test]
+        fn every_message_sealed_opens_and_fits(msg in arb_message(), counter in any::<u64>()) {
+            let key = join_key("tok");
+            let mut buf = Vec::new();
+            seal(&key, counter, &msg, &mut buf);
+            prop_assert!(buf.len() <= MAX_DATAGRAM);
+            let sealed = unseal(&buf).unwrap();
+            prop_assert_eq!(sealed.counter, counter);
+            prop_assert!(sealed.verify(&key));
+            prop_assert!(!sealed.verify(&join_key("tok2")));
+            prop_assert_eq!(decode(sealed.body), Ok(msg));
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode(&tail);
             let _ = decode(&[MAGIC, &tail[..]].concat());
+            let _ = unseal(&tail).map(|s| s.verify(&join_key("tok")));
         }
 
         #[test]

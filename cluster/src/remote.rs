@@ -4,7 +4,10 @@
 //! [`NodeCommand`]s for the node (in order, once each, acknowledged), sends the node's events
 //! until they are acknowledged, and sends its figures once a second as a heartbeat. [`join`]
 //! drives the handshake on a blocking socket; after it, [`super::node::spawn_member`] serves
-//! the node exactly as an in-process one, with the member in its loop.
+//! the node exactly as an in-process one, with the member in its loop. Every datagram it
+//! sends is sealed (the JOIN with the join key, the rest with the session's, see [`link`]);
+//! it takes only a JOINED sealed for its own JOIN, and then only datagrams of that session
+//! numbered above the last one taken.
 //!
 //! What it does not do: notice that the Call Manager restarted (a restarted Call Manager does
 //! not know the node; restart the node too), or choose its address: the Call Manager sends
@@ -36,15 +39,21 @@ pub struct JoinSpec {
     pub cm: SocketAddr,
     pub name: String,
     pub role: Role,
+    /// The join token: it seals the JOIN and keys the session, and is never sent.
     pub token: String,
     /// This process: a JOIN with a new instance from a known node is a restart.
     pub instance: u64,
+    /// This process's half of its session key.
+    pub nonce: link::Nonce,
 }
 
 impl JoinSpec {
     /// A spec with a fresh random instance. Fails if the name or token cannot travel on the
     /// link (see [`link::valid_word`]).
     pub fn new(cm: SocketAddr, name: &str, role: Role, token: &str) -> Result<JoinSpec, String> {
+        let mut nonce = [0u8; link::NONCE_LEN];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| format!("no random nonce from the operating system: {e}"))?;
         if !link::valid_word(name) {
             return Err(format!(
                 "node name {name:?}: 1 to {} visible ASCII characters, no spaces",
@@ -72,6 +81,7 @@ impl JoinSpec {
             role,
             token: token.to_owned(),
             instance: h.finish(),
+            nonce: link::Nonce(nonce),
         })
     }
 }
@@ -100,12 +110,20 @@ pub struct MemberStats {
     pub ignored: u64,
     /// Datagrams dropped because the outbox was full.
     pub dropped: u64,
+    /// Link datagrams not sealed with the session's key (or a JOINED not of our JOIN):
+    /// dropped, never acted on.
+    pub unauthenticated: u64,
+    /// Sealed datagrams numbered at or below one taken before (replays): dropped.
+    pub replayed: u64,
 }
 
 /// The node's side of the link.
 #[derive(Debug)]
 pub struct Member {
     spec: JoinSpec,
+    join_key: pbxlab_proto::mac::Key,
+    /// The session's seals, once JOINED.
+    session: Option<(link::Sealer, link::Opener)>,
     state: MemberState,
     next_join: Nanos,
     commands: Incoming<NodeCommand>,
@@ -118,7 +136,9 @@ pub struct Member {
 impl Member {
     pub fn new(spec: JoinSpec) -> Member {
         Member {
+            join_key: link::join_key(&spec.token),
             spec,
+            session: None,
             state: MemberState::Joining,
             next_join: 0,
             commands: Incoming::new(0),
@@ -141,13 +161,20 @@ impl Member {
         self.stats
     }
 
+    /// Queues `msg` sealed: a JOIN with the join key, the rest with the session's.
     fn queue(&mut self, msg: &Message) {
         if self.out.len() >= MAX_OUT {
             self.stats.dropped += 1;
             return;
         }
-        let mut buf = Vec::new();
-        link::encode(msg, &mut buf);
+        let buf = match &mut self.session {
+            Some((tx, _)) => tx.seal(msg),
+            None => {
+                let mut buf = Vec::new();
+                link::seal(&self.join_key, 0, msg, &mut buf);
+                buf
+            }
+        };
         self.out.push(buf);
     }
 
@@ -160,15 +187,49 @@ impl Member {
         datagram: &[u8],
         mut apply: impl FnMut(NodeCommand),
     ) {
-        let msg = match link::decode(datagram) {
-            Ok(msg) if from == self.spec.cm => msg,
+        let decoded = link::unseal(datagram)
+            .ok()
+            .and_then(|s| Some((s, link::decode(s.body).ok()?)));
+        let (sealed, msg) = match decoded {
+            Some(d) if from == self.spec.cm => d,
             _ => {
                 self.stats.ignored += 1;
                 return;
             }
         };
+        if let Some((_, rx)) = &mut self.session {
+            match rx.open(&sealed) {
+                Ok(()) => {}
+                Err(link::Unsealed::Forged) => {
+                    self.stats.unauthenticated += 1;
+                    return;
+                }
+                Err(link::Unsealed::Replayed) => {
+                    self.stats.replayed += 1;
+                    return;
+                }
+            }
+        }
         match (&self.state, msg) {
-            (MemberState::Joining, Message::Joined { id, first_seq }) => {
+            (
+                MemberState::Joining,
+                Message::Joined {
+                    id,
+                    first_seq,
+                    nonce,
+                },
+            ) => {
+                // Sealed with the session key of our nonce and the Call Manager's: it answers
+                // our JOIN, from a Call Manager that knows the token.
+                let keys = link::SessionKeys::new(&self.join_key, &self.spec.nonce, &nonce);
+                if !sealed.verify(&keys.to_node) {
+                    self.stats.unauthenticated += 1;
+                    return;
+                }
+                self.session = Some((
+                    link::Sealer::new(keys.to_cm),
+                    link::Opener::new(keys.to_node),
+                ));
                 self.state = MemberState::Joined(id);
                 self.commands = Incoming::new(first_seq);
                 // The first figures at once: the Call Manager hears from us before any probe.
@@ -216,7 +277,7 @@ impl Member {
                         name: self.spec.name.clone(),
                         role: self.spec.role,
                         instance: self.spec.instance,
-                        token: self.spec.token.clone(),
+                        nonce: self.spec.nonce,
                     };
                     self.queue(&join);
                 }
@@ -351,20 +412,37 @@ mod tests {
         m.transmit_all(|d| {
             out.extend(d.iter().map(|(to, b)| {
                 assert_eq!(*to, cm());
-                link::decode(b).unwrap()
+                link::decode(link::unseal(b).unwrap().body).unwrap()
             }))
         });
         out
     }
 
-    fn bytes(msg: &Message) -> Vec<u8> {
+    /// The Call Manager's side of the session with `m`: its JOINED, and a sealer for the rest.
+    fn session(m: &Member, id: u32, first_seq: u64) -> (Vec<u8>, link::Sealer) {
+        let nonce = link::Nonce([7; link::NONCE_LEN]);
+        let keys = link::SessionKeys::new(&link::join_key("tok"), &m.spec().nonce, &nonce);
+        let mut joined = Vec::new();
+        let msg = Message::Joined {
+            id,
+            first_seq,
+            nonce,
+        };
+        link::seal(&keys.to_node, 0, &msg, &mut joined);
+        (joined, link::Sealer::new(keys.to_node))
+    }
+
+    fn refused(reason: &str) -> Vec<u8> {
         let mut b = Vec::new();
-        link::encode(msg, &mut b);
+        let msg = Message::Refused {
+            reason: reason.into(),
+        };
+        link::seal(&link::refusal_key(), 0, &msg, &mut b);
         b
     }
 
-    fn end(seq: u64, session: u64) -> Vec<u8> {
-        bytes(&Message::Command {
+    fn end(cm: &mut link::Sealer, seq: u64, session: u64) -> Vec<u8> {
+        cm.seal(&Message::Command {
             seq,
             command: NodeCommand::End {
                 session: MediaSession(session),
@@ -393,20 +471,21 @@ mod tests {
         let s = NodeStats::default();
         m.advance(0, &s, 0);
         let join = sent(&mut m);
-        assert!(
-            matches!(&join[..], [Message::Join { name, token, .. }] if name == "media-a" && token == "tok")
-        );
+        assert!(matches!(&join[..], [Message::Join { name, .. }] if name == "media-a"));
         // Repeated until answered.
         m.advance(JOIN_RETRY - 1, &s, 0);
         assert!(sent(&mut m).is_empty());
         m.advance(JOIN_RETRY, &s, 0);
         assert_eq!(sent(&mut m).len(), 1);
+        let (joined, mut tx) = session(&m, 4, 100);
         // A command before JOINED is not taken (nor acknowledged).
-        assert!(handle(&mut m, 1, cm(), &end(100, 1)).is_empty());
-        let joined = bytes(&Message::Joined {
-            id: 4,
-            first_seq: 100,
-        });
+        assert!(handle(&mut m, 1, cm(), &end(&mut tx, 100, 1)).is_empty());
+        // A JOINED not sealed for our JOIN is not believed.
+        let mut other = member();
+        let (foreign, _) = session(&other, 4, 100);
+        other.advance(0, &s, 0);
+        handle(&mut m, 1, cm(), &foreign);
+        assert_eq!(m.state(), &MemberState::Joining);
         // Only the Call Manager's address counts.
         handle(
             &mut m,
@@ -418,12 +497,15 @@ mod tests {
         handle(&mut m, 1, cm(), &joined);
         assert_eq!(m.state(), &MemberState::Joined(4));
         // Ahead of a gap: held and acknowledged; applied once the gap fills.
-        assert!(handle(&mut m, 2, cm(), &end(101, 2)).is_empty());
+        assert!(handle(&mut m, 2, cm(), &end(&mut tx, 101, 2)).is_empty());
         assert_eq!(sent(&mut m), [Message::Ack { seq: 101 }]);
-        assert_eq!(handle(&mut m, 2, cm(), &end(100, 1)), ended(&[1, 2]));
+        assert_eq!(
+            handle(&mut m, 2, cm(), &end(&mut tx, 100, 1)),
+            ended(&[1, 2])
+        );
         // A duplicate is acknowledged again, not applied again.
-        assert!(handle(&mut m, 2, cm(), &end(101, 2)).is_empty());
-        assert_eq!(handle(&mut m, 2, cm(), &end(102, 3)), ended(&[3]));
+        assert!(handle(&mut m, 2, cm(), &end(&mut tx, 101, 2)).is_empty());
+        assert_eq!(handle(&mut m, 2, cm(), &end(&mut tx, 102, 3)), ended(&[3]));
         assert_eq!(
             sent(&mut m),
             [
@@ -434,44 +516,31 @@ mod tests {
         );
         let st = m.stats();
         assert_eq!((st.commands, st.duplicates, st.too_far), (3, 1, 0));
+        // A datagram replayed, or forged, is dropped unacknowledged.
+        let again = end(&mut tx, 103, 4);
+        assert_eq!(handle(&mut m, 3, cm(), &again), ended(&[4]));
+        assert!(handle(&mut m, 3, cm(), &again).is_empty());
+        let forged = b"PBXL/1 CMD 104 end 5 99 00000000000000000000000000000000";
+        assert!(handle(&mut m, 3, cm(), forged).is_empty());
+        assert_eq!(sent(&mut m), [Message::Ack { seq: 103 }]);
+        assert_eq!((m.stats().replayed, m.stats().unauthenticated), (1, 2));
     }
 
     #[test]
     fn refused_is_final() {
         let mut m = member();
-        handle(
-            &mut m,
-            0,
-            cm(),
-            &bytes(&Message::Refused {
-                reason: "wrong token".into(),
-            }),
-        );
+        handle(&mut m, 0, cm(), &refused("wrong token"));
         assert_eq!(m.state(), &MemberState::Refused("wrong token".into()));
-        handle(
-            &mut m,
-            0,
-            cm(),
-            &bytes(&Message::Joined {
-                id: 1,
-                first_seq: 1,
-            }),
-        );
+        let (joined, _) = session(&m, 1, 1);
+        handle(&mut m, 0, cm(), &joined);
         assert_eq!(m.state(), &MemberState::Refused("wrong token".into()));
     }
 
     #[test]
     fn events_are_resent_until_acknowledged_and_stats_beat() {
         let mut m = member();
-        handle(
-            &mut m,
-            0,
-            cm(),
-            &bytes(&Message::Joined {
-                id: 1,
-                first_seq: 1,
-            }),
-        );
+        let (joined, mut tx) = session(&m, 1, 1);
+        handle(&mut m, 0, cm(), &joined);
         let s = NodeStats {
             sessions: 3,
             ..NodeStats::default()
@@ -503,7 +572,12 @@ mod tests {
                 event: digit
             }]
         );
-        handle(&mut m, link::RETRY, cm(), &bytes(&Message::Ack { seq: 1 }));
+        handle(
+            &mut m,
+            link::RETRY,
+            cm(),
+            &tx.seal(&Message::Ack { seq: 1 }),
+        );
         m.advance(2 * link::RETRY, &s, 2);
         assert!(sent(&mut m).is_empty());
         m.advance(STATS_EVERY, &s, 2);
