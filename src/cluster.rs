@@ -326,6 +326,7 @@ fn to_json(s: &Status) -> serde_json::Value {
         "unmatched_in_dialog": c.unmatched_in_dialog,
         "source_limited": c.source_limited,
         "responses_foreign": c.responses_foreign,
+        "responses_forged": c.responses_forged,
         "probes": {
             "late": c.probes_late,
             "rtt_max_us": c.probe_rtt_max_us,

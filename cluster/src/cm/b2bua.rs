@@ -15,10 +15,9 @@ use pbxlab_proto::uri::{NameAddr, SipUri};
 use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};
 use super::services::AGENT_RING_LIMIT;
 use super::teardown::Side;
-use super::transactions::{Expiry, Purpose, TxId};
-use pbxlab_balancer::hash::mix64 as mix;
+use super::transactions::{Branch, Expiry, Purpose, TxId};
 
-use super::{CallManager, Leg, Nanos, ns, probes, room_key};
+use super::{CallManager, Keyed, Leg, Nanos, ns, probes, room_key};
 
 /// Calls one source address (not whitelisted, not a node) may hold at once, and of them how
 /// many may wait for their ACK. A PBX's phone holds a few calls; a trunk or an SBC in front of
@@ -137,7 +136,8 @@ impl CallManager {
         };
         let call = self.calls.next_ref();
         let (index, generation) = call;
-        let local_tag = format!("a{index}x{generation}");
+        let mac = Keyed::TAG_A.mac(&self.keys.tag, index, generation);
+        let local_tag = format!("a{index}x{generation}x{mac:016x}");
         let a_headers = ResponseHeaders::new(msg, Some(&local_tag));
         let caller = msg
             .from()
@@ -234,9 +234,11 @@ impl CallManager {
         } else {
             RING_LIMIT
         };
-        let local_tag = format!("b{}x{}", call.0, call.1);
+        let tag_mac = Keyed::TAG_B.mac(&self.keys.tag, call.0, call.1);
+        let local_tag = format!("b{}x{}x{tag_mac:016x}", call.0, call.1);
+        let id_mac = Keyed::CALL_ID_B.mac(&self.keys.call_id, call.0, call.1);
         let dialog = Dialog {
-            call_id: format!("b{}-{}-{:x}@cm", call.0, call.1, self.secret & 0xffff_ffff),
+            call_id: format!("b{}-{}-{id_mac:016x}@cm", call.0, call.1),
             remote_tag: String::new(),
             remote_uri: binding.uri.clone(),
             remote_addr: binding.addr,
@@ -396,8 +398,16 @@ impl CallManager {
             self.probe_response(now, from, rest, code);
             return;
         }
-        let Some(id) = TxId::from_branch(branch) else {
-            return;
+        let id = match self.txs.branch(branch) {
+            Branch::Ours(id) => id,
+            // The right slot and generation without the MAC: someone guessed (the branches
+            // were `{slot}x{generation}` once, easy to walk), or a stale answer from before a
+            // restart. Nothing it says counts.
+            Branch::Forged => {
+                self.stats.responses_forged += 1;
+                return;
+            }
+            Branch::Other => return,
         };
         // An answer counts only from where its request went (a forged 486 from elsewhere once
         // ended a ringing call).
@@ -515,13 +525,24 @@ impl CallManager {
     /// ACK for a 2xx: a new transaction-less request to the remote target.
     fn ack(&mut self, call: CallRef, to_a: bool, msg: &Message<'_>) {
         let seq = msg.cseq().map_or(1, |c| c.seq);
-        let branch = mix(u64::from(seq) ^ (u64::from(call.0) << 32) ^ self.secret);
+        let via = self.ack_via(call, seq);
         let Some(d) = self.calls.get(call).and_then(|c| c.dialog(to_a)) else {
             return;
         };
-        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKk{branch:x}", self.addr);
         d.write_request(&mut self.scratch, Method::Ack, &via, seq, &[], b"");
         self.out.push(d.remote_addr, &self.scratch);
+    }
+
+    /// The Via of our ACK for a 2xx to the INVITE with CSeq `seq` in `call`: an ACK for a 2xx
+    /// is a transaction of its own (RFC 3261 13.2.2.4), so its branch is new, and keyed.
+    fn ack_via(&self, call: CallRef, seq: u32) -> String {
+        let (slot, generation, seq) = (
+            call.0.to_be_bytes(),
+            call.1.to_be_bytes(),
+            seq.to_be_bytes(),
+        );
+        let mac = self.keys.branch.mac64(&[b"ack", &slot, &generation, &seq]);
+        format!("SIP/2.0/UDP {};branch=z9hG4bKk{mac:016x}", self.addr)
     }
 
     /// A final answer to a leg B INVITE given up while it rang (the call is over or moved on
@@ -538,8 +559,7 @@ impl CallManager {
         }
         d.learn_answer(msg);
         let seq = msg.cseq().map_or(1, |c| c.seq);
-        let branch = mix(u64::from(seq) ^ (u64::from(call.0) << 32) ^ self.secret);
-        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKk{branch:x}", self.addr);
+        let via = self.ack_via(call, seq);
         d.write_request(&mut self.scratch, Method::Ack, &via, seq, &[], b"");
         self.out.push(d.remote_addr, &self.scratch);
         if first {
@@ -547,7 +567,7 @@ impl CallManager {
             let tx = self
                 .txs
                 .open(now, call, Purpose::ByeB, d.remote_addr, false);
-            let via = tx.via(self.addr);
+            let via = self.txs.via(tx, self.addr);
             d.write_request(&mut self.scratch, Method::Bye, &via, d.local_cseq, &[], b"");
             self.txs.send(tx, &self.scratch, &mut self.out);
         }
@@ -579,7 +599,12 @@ impl CallManager {
         };
         let uri = msg.contact().map(|c| c.uri).unwrap_or("sip:invalid");
         let seq = msg.cseq().map_or(1, |c| c.seq);
-        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKs{seq}", self.addr);
+        let call_id = msg.call_id().unwrap_or_default().as_bytes();
+        let mac = self
+            .keys
+            .branch
+            .mac64(&[b"stray ack", call_id, &seq.to_be_bytes()]);
+        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKs{mac:016x}", self.addr);
         self.ack_from(msg, uri, &via, seq);
         self.out.push(dest, &self.scratch);
     }
@@ -737,7 +762,7 @@ impl CallManager {
         d.write_request(
             &mut self.scratch,
             Method::Invite,
-            &tx.via(self.addr),
+            &self.txs.via(tx, self.addr),
             d.local_cseq,
             &[
                 ("Contact", &self.contact),

@@ -85,7 +85,7 @@ pub struct Config {
     pub max_calls: usize,
     /// Registrations are capped at this many seconds.
     pub max_expires_s: u32,
-    /// Seeds the nonce secret and tags; everything random derives from it.
+    /// Seeds the nonce secret; everything else random derives from `key`.
     pub seed: u64,
     /// Keys what the Call Manager hands out and must recognise later (nonces, branches, tags).
     /// [`Config::new`] derives it from the seed, which replays a run; a cluster others can reach
@@ -149,6 +149,9 @@ pub struct Stats {
     pub source_limited: u64,
     /// Responses to our requests from an address the request did not go to: ignored.
     pub responses_foreign: u64,
+    /// Responses whose branch is shaped like one of our transactions' or probes' but does not
+    /// carry its MAC (guessed, forged, or from before a restart): ignored.
+    pub responses_forged: u64,
     pub queue_waiting: usize,
     pub queue_answered: u64,
     pub queue_abandoned: u64,
@@ -194,8 +197,9 @@ pub struct CallManager {
     /// Our Contact value, `<sip:cm@{addr}>`, in every INVITE and 2xx to one.
     contact: String,
     max_calls: usize,
-    /// From the seed: leg B's Call-IDs and ACK branches are derived from it.
-    secret: u64,
+    /// What our tags, Call-IDs and the branches of probes and ACKs are keyed with (the
+    /// transactions keep the key of theirs): nothing we hand out can be guessed.
+    keys: Keys,
     registrar: Registrar,
     admission: Admission,
     calls: Calls,
@@ -242,7 +246,7 @@ impl CallManager {
             registrar: Registrar::new(&cfg, secret),
             admission: Admission::new(&cfg),
             calls: Calls::new(t1, t2),
-            txs: Transactions::new(t1, t2),
+            txs: Transactions::new(t1, t2, cfg.key.derive("branch")),
             ivr: Ivr::default(),
             queues: Queues::new(&cfg),
             rooms: Rooms::default(),
@@ -258,7 +262,11 @@ impl CallManager {
             contact: format!("<sip:cm@{}>", cfg.addr),
             addr: cfg.addr,
             max_calls: cfg.max_calls,
-            secret,
+            keys: Keys {
+                branch: cfg.key.derive("branch"),
+                tag: cfg.key.derive("tag"),
+                call_id: cfg.key.derive("call-id"),
+            },
             domain: cfg.domain,
         }
     }
@@ -585,11 +593,49 @@ impl Outbox {
     }
 }
 
-/// The two numbers of a branch or tag written `{a}x{b}`, ignoring what follows `b`.
-fn parse_pair(s: &str) -> Option<(u32, u32)> {
-    let (a, b) = s.split_once('x')?;
-    let b = b.split(|c: char| !c.is_ascii_digit()).next()?;
-    Some((a.parse().ok()?, b.parse().ok()?))
+/// The keys of what the Call Manager hands out and must recognise (or at least not have
+/// guessed) later, one per kind of field; [`Keyed`] labels keep the uses of one key apart.
+struct Keys {
+    /// Probe and ACK branches (transactions keep their own copy).
+    branch: Key,
+    /// Our To tags on leg A, our From tags on leg B.
+    tag: Key,
+    /// Leg B's Call-IDs.
+    call_id: Key,
+}
+
+/// One kind of keyed identifier, `{a}x{b}x{mac}`: two numbers that find what it names, and
+/// the first 64 bits of the MAC of its label and both numbers as 16 hex digits, so that only
+/// someone who saw it can name it (RFC 3261 8.1.1.7 and 19.3 ask branches, tags and Call-IDs
+/// to be unique; being unguessable is what keeps an off-path forger from answering for a
+/// peer or joining a dialog).
+#[derive(Debug, Clone, Copy)]
+struct Keyed(&'static [u8]);
+
+impl Keyed {
+    const TRANSACTION: Keyed = Keyed(b"transaction");
+    const PROBE: Keyed = Keyed(b"probe");
+    const TAG_A: Keyed = Keyed(b"tag a");
+    const TAG_B: Keyed = Keyed(b"tag b");
+    const CALL_ID_B: Keyed = Keyed(b"call-id b");
+
+    fn mac(self, key: &Key, a: u32, b: u32) -> u64 {
+        key.mac64(&[self.0, &a.to_be_bytes(), &b.to_be_bytes()])
+    }
+
+    /// The two numbers of `{a}x{b}x{16 hex digits}` when the digits are their MAC.
+    fn check(self, key: &Key, s: &str) -> Option<(u32, u32)> {
+        let mut parts = s.splitn(3, 'x');
+        let a: u32 = parts.next()?.parse().ok()?;
+        let b: u32 = parts.next()?.parse().ok()?;
+        let mac = parts.next()?;
+        if mac.len() != 16 {
+            return None;
+        }
+        let (bytes, _) = pbxlab_proto::mac::parse_hex::<8>(mac)?;
+        key.verify(&[self.0, &a.to_be_bytes(), &b.to_be_bytes()], &bytes)
+            .then_some((a, b))
+    }
 }
 
 /// A meeting room's affinity key: FNV-1a of its name, so every participant of a room maps to

@@ -76,7 +76,7 @@ impl CallManager {
         d.local_cseq += 1;
         let purpose = if to_a { Purpose::ByeA } else { Purpose::ByeB };
         let tx = self.txs.open(now, call, purpose, d.remote_addr, false);
-        let via = tx.via(self.addr);
+        let via = self.txs.via(tx, self.addr);
         d.write_request(&mut self.scratch, Method::Bye, &via, d.local_cseq, &[], b"");
         self.txs.send(tx, &self.scratch, &mut self.out);
     }
@@ -95,7 +95,7 @@ impl CallManager {
         // The INVITE's Via, branch and all, and its CSeq number (RFC 3261 9.1). Answers come
         // back on that branch, which no longer names a live transaction: the abandoned
         // INVITE's record below leads them to this one.
-        let via = invite.via(self.addr);
+        let via = self.txs.via(invite, self.addr);
         d.write_request(&mut self.scratch, Method::Cancel, &via, 1, &[], b"");
         self.txs.send(tx, &self.scratch, &mut self.out);
         // The callee may have answered already; its answer must still be ACKed.

@@ -26,6 +26,11 @@ pub(super) fn addr(s: &str) -> SocketAddr {
 /// A cluster of one media, one IVR, one queue and one meeting node; users 1000..1010, queue 1
 /// with agents 1000 and 1001.
 pub(super) fn cm() -> CallManager {
+    cm_with(|_| {})
+}
+
+/// [`cm`] with its configuration changed by `change` first.
+pub(super) fn cm_with(change: impl FnOnce(&mut Config)) -> CallManager {
     let health =
         HealthConfig::new(Duration::from_secs(1), Duration::from_millis(500), 3, 2).unwrap();
     let mut b = Balancer::new(health);
@@ -70,6 +75,7 @@ pub(super) fn cm() -> CallManager {
     cfg.whitelist = vec![addr(UA).ip()];
     cfg.rate_limit_per_s = 10.0;
     cfg.rate_burst = 5.0;
+    change(&mut cfg);
     CallManager::new(cfg, b, nodes)
 }
 
@@ -880,4 +886,47 @@ fn expires_zero_unregisters_and_the_user_becomes_unreachable() {
         ),
     );
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(480));
+}
+
+/// A node that stopped answering goes down even while someone sending from its address
+/// answers every probe for it with the probe's own numbers (`z9hG4bKp{server}x{seq}`, what
+/// the branch used to be) or a made-up MAC: only the probe's real branch counts.
+#[test]
+fn forged_probe_answers_from_the_nodes_address_do_not_keep_a_stopped_node_online() {
+    let mut cm = cm();
+    let stopped = cm.nodes()[0].clone();
+    for round in 0..4u64 {
+        let now = round * NS;
+        cm.advance(now);
+        for (to, probe) in sent(&mut cm) {
+            let p = parse(&probe);
+            if p.method() != Some(Method::Options) {
+                continue;
+            }
+            let mut ok = Vec::new();
+            if to != stopped.addr {
+                pbxlab_proto::builder::write_response(&mut ok, &p, 200, "OK", Some("n"), &[], b"");
+                cm.handle(now + MS, to, &ok);
+                continue;
+            }
+            let text = String::from_utf8(probe.clone()).unwrap();
+            let branch = p.top_via().unwrap().branch.unwrap();
+            let (numbers, _) = branch.rsplit_once('x').unwrap();
+            for forged in [numbers.to_owned(), format!("{numbers}x00000000deadbeef")] {
+                let forged = text.replace(branch, &forged);
+                let mut ok = Vec::new();
+                let f = parse(forged.as_bytes());
+                pbxlab_proto::builder::write_response(&mut ok, &f, 200, "OK", Some("n"), &[], b"");
+                cm.handle(now + MS, stopped.addr, &ok);
+            }
+        }
+        cm.advance(now + 500 * MS);
+        let _ = sent(&mut cm);
+    }
+    let state = |cm: &CallManager, id| cm.balancer().server(id).unwrap().state;
+    assert_eq!(state(&cm, stopped.id), ServerState::Down);
+    assert_eq!(cm.stats().responses_forged, 8);
+    for n in &cm.nodes()[1..] {
+        assert_eq!(state(&cm, n.id), ServerState::Online, "{}", n.name);
+    }
 }
