@@ -40,6 +40,11 @@ pub(crate) struct ClusterArgs {
     /// Requests a quiet source may send at once.
     #[arg(long, default_value_t = 400.0)]
     burst: f64,
+    /// Requests per second all sources that are neither whitelisted nor nodes may send
+    /// together before they get 503s (a burst of twice that passes at once). Default: five
+    /// times --rate-limit.
+    #[arg(long, value_name = "RATE")]
+    global_rate_limit: Option<String>,
     /// Sources exempt from the rate limit (repeatable; the nodes always are).
     #[arg(long, default_value = "127.0.0.1")]
     whitelist: Vec<IpAddr>,
@@ -86,6 +91,12 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.password_prefix = args.password_prefix;
     opts.rate_limit_per_s = rate;
     opts.rate_burst = args.burst.max(1.0);
+    let global = match &args.global_rate_limit {
+        Some(g) => parse_rate(g).map_err(|e| bad("--global-rate-limit", e))?,
+        None => rate * pbxlab_cluster::cm::GLOBAL_RATE_FACTOR,
+    };
+    opts.global_rate_limit_per_s = global;
+    opts.global_rate_burst = (2.0 * global).max(1.0);
     opts.whitelist = args.whitelist;
     let mut alerts =
         AlertSink::new(args.alerts, args.alert_webhook).map_err(|e| BadInput(e.to_string()))?;
@@ -186,7 +197,7 @@ fn status_line(s: &Status) -> String {
             busy.join(", ")
         },
         s.cm.queue_waiting,
-        s.cm.rate_limited,
+        s.cm.rate_limited + s.cm.global_rate_limited,
         if down.is_empty() {
             String::new()
         } else {
@@ -264,7 +275,7 @@ fn render(s: &Status) -> String {
     }
     let c = &s.cm;
     out.push_str(&format!(
-        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {}, source-limited {}, malformed {}, unmatched in-dialog {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
+        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {} (global {}), source-limited {}, malformed {}, unmatched in-dialog {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
         c.registrations,
         c.auth_failures,
         c.calls_total,
@@ -280,6 +291,7 @@ fn render(s: &Status) -> String {
         c.moved,
         c.dropped,
         c.rate_limited,
+        c.global_rate_limited,
         c.source_limited,
         c.malformed,
         c.unmatched_in_dialog,
@@ -322,6 +334,8 @@ fn to_json(s: &Status) -> serde_json::Value {
         "moved": c.moved,
         "dropped": c.dropped,
         "rate_limited": c.rate_limited,
+        "global_rate_limited": c.global_rate_limited,
+        "rate_sources_evicted": c.rate_sources_evicted,
         "malformed": c.malformed,
         "unmatched_in_dialog": c.unmatched_in_dialog,
         "source_limited": c.source_limited,

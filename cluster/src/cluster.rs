@@ -37,6 +37,10 @@ pub struct Options {
     /// Per-source request rate before 503s, and the burst a quiet source may send.
     pub rate_limit_per_s: f64,
     pub rate_burst: f64,
+    /// The rate and burst of every source that is neither whitelisted nor a node, together
+    /// (`cm::Config::global_rate_limit_per_s`).
+    pub global_rate_limit_per_s: f64,
+    pub global_rate_burst: f64,
     /// Sources the rate limit never applies to (the nodes always pass).
     pub whitelist: Vec<IpAddr>,
     /// The token a node in its own process (`pbxlab node`) presents to join; without one,
@@ -52,6 +56,8 @@ impl Options {
             password_prefix: "pw-".into(),
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
+            global_rate_limit_per_s: cm::GLOBAL_RATE_FACTOR * 200.0,
+            global_rate_burst: cm::GLOBAL_RATE_FACTOR * 400.0,
             whitelist: vec![IpAddr::from([127, 0, 0, 1])],
             token: None,
         }
@@ -386,6 +392,8 @@ impl Cluster {
         cfg.agents_per_queue = queue.map_or(0, |q| q.agents);
         cfg.rate_limit_per_s = opts.rate_limit_per_s;
         cfg.rate_burst = opts.rate_burst;
+        cfg.global_rate_limit_per_s = opts.global_rate_limit_per_s;
+        cfg.global_rate_burst = opts.global_rate_burst;
         cfg.whitelist = opts.whitelist.clone();
         cfg.seed = sc.seed;
         cfg.key = crate::random_key().map_err(Error::Random)?;

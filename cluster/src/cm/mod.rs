@@ -48,7 +48,7 @@ mod transactions;
 
 pub use failover::{AdminError, DroppedCall, Reassigned};
 
-use admission::Admission;
+use admission::{Admission, Verdict};
 use calls::{CallRef, Calls};
 use failover::Records;
 use registrar::Registrar;
@@ -76,6 +76,11 @@ pub struct Config {
     pub rate_limit_per_s: f64,
     /// Requests a quiet source may send at once.
     pub rate_burst: f64,
+    /// Requests per second all sources that are neither whitelisted nor nodes may send
+    /// together before they earn 503s, and what they may send at once: a flood spread over
+    /// many addresses stays under each one's own limit.
+    pub global_rate_limit_per_s: f64,
+    pub global_rate_burst: f64,
     /// Sources never limited: the cluster's own nodes and trusted edges.
     pub whitelist: Vec<IpAddr>,
     /// RFC 3261 T1 and T2.
@@ -94,6 +99,11 @@ pub struct Config {
     pub key: Key,
 }
 
+/// The global rate limit's default, in per-source limits: five phones' worth of requests from
+/// all untrusted sources together. The headline load comes from whitelisted sources (the
+/// generator, a trusted edge), which the global limit does not count.
+pub const GLOBAL_RATE_FACTOR: f64 = 5.0;
+
 impl Config {
     pub fn new(addr: SocketAddr) -> Config {
         Config {
@@ -106,6 +116,8 @@ impl Config {
             agents_per_queue: 0,
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
+            global_rate_limit_per_s: GLOBAL_RATE_FACTOR * 200.0,
+            global_rate_burst: GLOBAL_RATE_FACTOR * 400.0,
             whitelist: Vec::new(),
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
@@ -141,7 +153,12 @@ pub struct Stats {
     pub calls_completed: u64,
     /// Calls ended without reaching their purpose, by reason.
     pub failures: std::collections::BTreeMap<&'static str, u64>,
+    /// Requests refused 503 because their source sent above its own rate.
     pub rate_limited: u64,
+    /// Requests refused 503 because the untrusted sources together sent above the global rate.
+    pub global_rate_limited: u64,
+    /// Idle or long-quiet sources forgotten from the full rate table to make room.
+    pub rate_sources_evicted: u64,
     pub malformed: u64,
     /// In-dialog requests whose tags named no dialog of their Call-ID (forged or stale): 481.
     pub unmatched_in_dialog: u64,
@@ -297,6 +314,7 @@ impl CallManager {
         let mut s = self.stats.clone();
         s.calls_active = self.calls.active();
         s.queue_waiting = self.queues.waiting();
+        s.rate_sources_evicted = self.admission.evicted();
         self.registrar.report(&mut s);
         self.rooms.report(&mut s);
         probes::report(&self.prober, &mut s);
@@ -423,15 +441,20 @@ impl CallManager {
                     pbxlab_proto::sip::ParseError::Invalid(i) => i.reason,
                     pbxlab_proto::sip::ParseError::Incomplete => "incomplete message",
                 };
-                if self.admission.admit(now, from, &self.nodes) {
+                if self.admission.admit(now, from, &self.nodes) == Verdict::Admit {
                     self.bad_request(from, datagram, why);
                 }
                 return;
             }
         };
         if msg.is_request() {
-            if !self.admission.admit(now, from, &self.nodes) {
-                self.stats.rate_limited += 1;
+            let verdict = self.admission.admit(now, from, &self.nodes);
+            if verdict != Verdict::Admit {
+                if verdict == Verdict::GlobalLimited {
+                    self.stats.global_rate_limited += 1;
+                } else {
+                    self.stats.rate_limited += 1;
+                }
                 if msg.method() != Some(Method::Ack) {
                     self.reply(from, &msg, 503, &[("Retry-After", "1")]);
                 }

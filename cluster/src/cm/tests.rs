@@ -930,3 +930,78 @@ fn forged_probe_answers_from_the_nodes_address_do_not_keep_a_stopped_node_online
         assert_eq!(state(&cm, n.id), ServerState::Online, "{}", n.name);
     }
 }
+
+/// An OPTIONS from `from` at `now`; the status code it got.
+fn options_from(cm: &mut CallManager, now: Nanos, from: SocketAddr, id: &str) -> u16 {
+    let r = request("OPTIONS", "sip:cm@x", "f", id, 1, "", "");
+    cm.handle(now, from, &r);
+    let out = sent(cm);
+    parse(&out[0].1).code().unwrap()
+}
+
+/// 2,000 OPTIONS in one second from 49 addresses, each below its own limit (41/s of 100/s):
+/// the per-source buckets alone let all of them through. The global bucket (200/s, 400 at
+/// once) answers the rest 503 with Retry-After, counted apart; a whitelisted source still
+/// passes in the middle of it, and a quiet second later the sprayers pass again.
+#[test]
+fn a_flood_spread_over_49_sources_earns_503_once_the_global_limit_is_passed() {
+    let mut cm = cm_with(|c| {
+        c.rate_limit_per_s = 100.0;
+        c.rate_burst = 200.0;
+        c.global_rate_limit_per_s = 200.0;
+        c.global_rate_burst = 400.0;
+    });
+    let source = |i: u32| SocketAddr::from(([127, 0, 1, (10 + i % 49) as u8], 9000));
+    let mut ok = 0;
+    for i in 0..2000u32 {
+        let now = u64::from(i) * NS / 2000;
+        let r = request("OPTIONS", "sip:cm@x", "f", &format!("s{i}"), 1, "", "");
+        cm.handle(now, source(i), &r);
+        let out = sent(&mut cm);
+        let m = parse(&out[0].1);
+        match m.code() {
+            Some(200) => ok += 1,
+            Some(503) => assert_eq!(m.header(HeaderName::RetryAfter), Some("1")),
+            other => panic!("{other:?}"),
+        }
+        if i == 1000 {
+            assert_eq!(options_from(&mut cm, now, addr(UA), "w"), 200);
+        }
+    }
+    // 400 at once and 200/s for the second: about 600, give or take the last refill.
+    assert!((590..=610).contains(&ok), "{ok} passed");
+    let s = cm.stats();
+    assert_eq!(s.global_rate_limited, 2000 - ok);
+    assert_eq!(s.rate_limited, 0, "no source was above its own limit");
+    assert_eq!(options_from(&mut cm, 3 * NS, source(7), "later"), 200);
+}
+
+/// A source being limited stays limited however many other sources come and go: the table
+/// used to be wiped when it held 65,536 entries, so 65,536 one-shot requests from spoofed
+/// addresses gave the flooder a full bucket again.
+#[test]
+fn filling_the_rate_table_with_one_shot_sources_does_not_reset_a_flooding_source() {
+    let mut cm = cm_with(|c| {
+        c.global_rate_limit_per_s = 1e9;
+        c.global_rate_burst = 1e9;
+    });
+    let flooder = addr(FLOODER);
+    let codes: Vec<u16> = (0..20)
+        .map(|i| options_from(&mut cm, i * MS, flooder, &format!("f{i}")))
+        .collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 503).count(), 15);
+    for i in 0..70_000u32 {
+        let one_shot = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 5060));
+        let r = request("OPTIONS", "sip:cm@x", "o", "o", 1, "", "");
+        cm.handle(20 * MS, one_shot, &r);
+        if i % 1024 == 0 {
+            let _ = sent(&mut cm);
+        }
+    }
+    let _ = sent(&mut cm);
+    assert!(cm.stats().rate_sources_evicted >= 70_000 - 65_536);
+    assert_eq!(options_from(&mut cm, 25 * MS, flooder, "again"), 503);
+    assert_eq!(cm.stats().rate_limited, 16);
+    // And it recovers as its own bucket refills, not sooner.
+    assert_eq!(options_from(&mut cm, 2 * NS, flooder, "later"), 200);
+}
