@@ -54,6 +54,10 @@ pub(crate) struct ClusterArgs {
     /// How often the status line is printed.
     #[arg(long, default_value = "1s")]
     status_every: String,
+    /// End a call (BYE to both legs, its media session ended) this long after its INVITE;
+    /// "0s" for no limit.
+    #[arg(long, value_name = "DURATION", default_value = "3h")]
+    max_call: String,
     /// Write the final status as JSON here ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -80,6 +84,7 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     let bad = |what: &str, e: String| BadInput(format!("{what}: {e}"));
     let rate = parse_rate(&args.rate_limit).map_err(|e| bad("--rate-limit", e))?;
     let every = parse_duration(&args.status_every).map_err(|e| bad("--status-every", e))?;
+    let max_call = parse_duration(&args.max_call).map_err(|e| bad("--max-call", e))?;
     let run_for = args
         .run_for
         .as_deref()
@@ -96,6 +101,8 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
         None => rate * pbxlab_cluster::cm::GLOBAL_RATE_FACTOR,
     };
     opts.global_rate_limit_per_s = global;
+    // Whole seconds, rounded up: a limit below a second still ends calls.
+    opts.max_call_s = max_call.as_secs() + u64::from(max_call.subsec_nanos() > 0);
     opts.global_rate_burst = (2.0 * global).max(1.0);
     opts.whitelist = args.whitelist;
     let mut alerts =

@@ -41,6 +41,8 @@ pub struct Options {
     /// (`cm::Config::global_rate_limit_per_s`).
     pub global_rate_limit_per_s: f64,
     pub global_rate_burst: f64,
+    /// A call still up this many seconds after its INVITE is ended (0: never).
+    pub max_call_s: u64,
     /// Sources the rate limit never applies to (the nodes always pass).
     pub whitelist: Vec<IpAddr>,
     /// The token a node in its own process (`pbxlab node`) presents to join; without one,
@@ -58,6 +60,7 @@ impl Options {
             rate_burst: 400.0,
             global_rate_limit_per_s: cm::GLOBAL_RATE_FACTOR * 200.0,
             global_rate_burst: cm::GLOBAL_RATE_FACTOR * 400.0,
+            max_call_s: cm::MAX_CALL_S,
             whitelist: vec![IpAddr::from([127, 0, 0, 1])],
             token: None,
         }
@@ -394,6 +397,7 @@ impl Cluster {
         cfg.rate_burst = opts.rate_burst;
         cfg.global_rate_limit_per_s = opts.global_rate_limit_per_s;
         cfg.global_rate_burst = opts.global_rate_burst;
+        cfg.max_call_s = opts.max_call_s;
         cfg.whitelist = opts.whitelist.clone();
         cfg.seed = sc.seed;
         cfg.key = crate::random_key().map_err(Error::Random)?;

@@ -175,6 +175,7 @@ impl CallManager {
             media,
         };
         let mut c = Call::new(generation);
+        c.started = now;
         c.kind = kind.clone();
         c.a = dialog;
         c.a_leg = leg;

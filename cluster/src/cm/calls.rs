@@ -127,6 +127,8 @@ impl Dialog {
 pub(super) struct Call {
     generation: u32,
     live: bool,
+    /// When the caller's INVITE came: the call's age, against the longest call.
+    pub(super) started: Nanos,
     pub(super) kind: Kind,
     pub(super) a: Dialog,
     pub(super) a_state: AState,
@@ -173,6 +175,7 @@ impl Call {
         Call {
             generation,
             live: false,
+            started: 0,
             kind: Kind::Echo,
             a: Dialog::empty(),
             a_state: AState::Proceeding,
@@ -345,6 +348,16 @@ impl Calls {
             }
         }
         Some(c)
+    }
+
+    /// The calls that started at or before `cutoff`, in slot order (so a run replays).
+    pub(super) fn started_by(&self, cutoff: Nanos) -> Vec<CallRef> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.live && c.started <= cutoff)
+            .map(|(i, c)| (i as u32, c.generation))
+            .collect()
     }
 
     /// The calls from this caller address.

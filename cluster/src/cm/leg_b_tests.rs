@@ -676,3 +676,54 @@ fn tags_and_call_ids_we_hand_out_carry_a_mac() {
         "same slot and generation, another key"
     );
 }
+
+/// A call nobody hangs up is ended at the longest call (here 60 s): a BYE to each leg and
+/// its media session ended on the node. Before, an INVITE whose SDP named a third party
+/// held the node's stream (and the pools) for as long as the caller liked.
+#[test]
+fn a_call_older_than_the_longest_call_is_ended_with_byes_and_its_media_session() {
+    let mut cm = cm_with(|c| c.max_call_s = 60);
+    let invite = ringing_call(&mut cm);
+    cm.handle(2 * MS, addr(CALLEE), &callee_ok(&parse(&invite)));
+    let out = sent(&mut cm);
+    let (_, ok) = out
+        .iter()
+        .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
+        .unwrap();
+    let ok = parse(ok);
+    let ack = format!(
+        "ACK sip:cm@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {UA};branch=z9hG4bKack1\r\n\
+         From: {}\r\nTo: {}\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        ok.header(HeaderName::From).unwrap(),
+        ok.header(HeaderName::To).unwrap()
+    );
+    cm.handle(3 * MS, addr(UA), ack.as_bytes());
+    let media = cm
+        .node_commands()
+        .find_map(|(_, c)| match c {
+            NodeCommand::Relay { session, .. } => Some(session),
+            _ => None,
+        })
+        .expect("the relay");
+    // Probes are answered by nobody here; only the calls' own timers matter.
+    let byes = |out: &[(SocketAddr, Vec<u8>)]| -> Vec<SocketAddr> {
+        out.iter()
+            .filter(|(_, b)| b.starts_with(b"BYE"))
+            .map(|(to, _)| *to)
+            .collect()
+    };
+    cm.advance(59 * NS);
+    assert!(byes(&sent(&mut cm)).is_empty(), "not yet");
+    assert_eq!(cm.stats().calls_active, 1);
+    cm.advance(61 * NS);
+    let mut to = byes(&sent(&mut cm));
+    to.sort();
+    assert_eq!(to, vec![addr(UA), addr(CALLEE)]);
+    assert_eq!(cm.stats().calls_active, 0);
+    assert_eq!(cm.stats().failures.get("longest call reached"), Some(&1));
+    let ended: Vec<_> = cm.node_commands().map(|(_, c)| c).collect();
+    assert!(
+        ended.contains(&NodeCommand::End { session: media }),
+        "{ended:?}"
+    );
+}

@@ -90,6 +90,10 @@ pub struct Config {
     pub max_calls: usize,
     /// Registrations are capped at this many seconds.
     pub max_expires_s: u32,
+    /// A call still up this many seconds after its INVITE is ended with a BYE on each leg
+    /// and its media session ended: a caller that never hangs up (or an INVITE that only
+    /// wanted the media aimed somewhere) holds nothing for ever. 0: no limit.
+    pub max_call_s: u64,
     /// Seeds the nonce secret; everything else random derives from `key`.
     pub seed: u64,
     /// Keys what the Call Manager hands out and must recognise later (nonces, branches, tags).
@@ -98,6 +102,10 @@ pub struct Config {
     /// scenario.
     pub key: Key,
 }
+
+/// The default longest call, three hours: longer than any scenario's hold time, short enough
+/// that a call nobody ends does not hold its media session for a day.
+pub const MAX_CALL_S: u64 = 3 * 3600;
 
 /// The global rate limit's default, in per-source limits: five phones' worth of requests from
 /// all untrusted sources together. The headline load comes from whitelisted sources (the
@@ -123,6 +131,7 @@ impl Config {
             t2: Duration::from_secs(4),
             max_calls: 100_000,
             max_expires_s: 7200,
+            max_call_s: MAX_CALL_S,
             seed: 1,
             key: Key::from_seed(1),
         }
@@ -214,6 +223,8 @@ pub struct CallManager {
     /// Our Contact value, `<sip:cm@{addr}>`, in every INVITE and 2xx to one.
     contact: String,
     max_calls: usize,
+    /// How long a call may last (0: for ever).
+    max_call: Nanos,
     /// What our tags, Call-IDs and the branches of probes and ACKs are keyed with (the
     /// transactions keep the key of theirs): nothing we hand out can be guessed.
     keys: Keys,
@@ -279,6 +290,7 @@ impl CallManager {
             contact: format!("<sip:cm@{}>", cfg.addr),
             addr: cfg.addr,
             max_calls: cfg.max_calls,
+            max_call: cfg.max_call_s.saturating_mul(NS),
             keys: Keys {
                 branch: cfg.key.derive("branch"),
                 tag: cfg.key.derive("tag"),
@@ -402,6 +414,7 @@ impl CallManager {
         if now >= self.next_sweep {
             self.next_sweep = now + NS;
             self.registrar.expire(now);
+            self.end_overlong_calls(now);
             self.dispatch_queues(now);
         }
         while let Some(timer) = self.take_due(now) {

@@ -51,6 +51,19 @@ impl CallManager {
         self.end(now, call, Side::Neither);
     }
 
+    /// Ends every call older than the longest call: BYE to each leg, media session ended. A
+    /// bound, not RFC 4028 session timers (nothing here refreshes a session): a call whose
+    /// parties never hang up, or that was made only to aim a node's media somewhere, ends.
+    /// Run with the once-a-second sweep, so a call lasts at most a second longer.
+    pub(super) fn end_overlong_calls(&mut self, now: Nanos) {
+        if self.max_call == 0 || now < self.max_call {
+            return;
+        }
+        for call in self.calls.started_by(now - self.max_call) {
+            self.hang_up(now, call, "longest call reached");
+        }
+    }
+
     pub(super) fn end(&mut self, now: Nanos, call: CallRef, hung_up: Side) {
         let Some(c) = self.calls.get(call) else {
             return;
