@@ -82,10 +82,17 @@ impl CallManager {
                 return;
             }
         }
-        let Ok(offer) = SessionDescription::parse(msg.body()) else {
-            self.fail("no usable SDP offer");
-            self.reply(from, msg, 488, &[]);
-            return;
+        // No body: a delayed offer (RFC 3261 13.2.1). Our 200 carries the offer and the ACK
+        // the answer; the media starts with the ACK.
+        let delayed = msg.body().is_empty();
+        let offer = match SessionDescription::parse(msg.body()) {
+            Ok(offer) => Some(offer),
+            Err(_) if delayed => None,
+            Err(_) => {
+                self.fail("no usable SDP offer");
+                self.reply(from, msg, 488, &[]);
+                return;
+            }
         };
         let role = match kind {
             Kind::User(_) | Kind::Echo => Role::Media,
@@ -118,22 +125,24 @@ impl CallManager {
         // goes, and fails early (488) on an offer we cannot take.
         let mut body = Vec::new();
         let media_id = self.calls.peek_media();
-        let answer = match sdp::write_answer(&mut body, &offer, node_addr, media_id, 1) {
-            Ok(a) => a,
-            Err(_) => {
-                self.release(now, assignment.session);
-                self.fail("no usable SDP offer");
-                self.reply(from, msg, 488, &[]);
-                return;
-            }
+        let leg = match &offer {
+            Some(offer) => match sdp::write_answer(&mut body, offer, node_addr, media_id, 1) {
+                Ok(answer) => Leg {
+                    remote: answer.remote,
+                    ssrc: offer.audio.and_then(|a| a.ssrc),
+                    codec_pt: answer.codec_pt,
+                    dtmf_pt: answer.telephone_event_pt,
+                },
+                Err(_) => {
+                    self.release(now, assignment.session);
+                    self.fail("no usable SDP offer");
+                    self.reply(from, msg, 488, &[]);
+                    return;
+                }
+            },
+            None => delayed_offer(&mut body, media_id, node_addr, &kind),
         };
         let media = self.calls.new_media();
-        let leg = Leg {
-            remote: answer.remote,
-            ssrc: offer.audio.and_then(|a| a.ssrc),
-            codec_pt: answer.codec_pt,
-            dtmf_pt: answer.telephone_event_pt,
-        };
         let call = self.calls.next_ref();
         let (index, generation) = call;
         let mac = Keyed::TAG_A.mac(&self.keys.tag, index, generation);
@@ -176,6 +185,7 @@ impl CallManager {
         };
         let mut c = Call::new(generation);
         c.started = now;
+        c.awaiting_answer = delayed;
         c.kind = kind.clone();
         c.a = dialog;
         c.a_leg = leg;
@@ -202,6 +212,8 @@ impl CallManager {
                 self.reply_in_call(call, 100);
                 self.invite_b(now, call, user, assignment);
             }
+            // The media, and a queue caller's place in the queue, wait for the ACK's answer.
+            _ if delayed => self.answer_a(now, call, &body),
             Kind::Queue(q) => {
                 self.answer_a(now, call, &body);
                 self.start_media(call, placement);
@@ -300,7 +312,10 @@ impl CallManager {
                     _ => self.out.push(c.a.remote_addr, &c.a_final),
                 }
             }
-            Method::Ack if is_a => self.calls.confirm(call),
+            Method::Ack if is_a => {
+                self.calls.confirm(call);
+                self.answer_in_ack(now, call, msg);
+            }
             Method::Ack => {}
             Method::Bye => {
                 self.reply(from, msg, 200, &[]);
@@ -510,7 +525,9 @@ impl CallManager {
         let Some(p) = c.media else {
             return;
         };
-        self.start_media(call, p);
+        if !c.awaiting_answer {
+            self.start_media(call, p);
+        }
         let Some(node) = self.node_addr(p.server) else {
             return;
         };
@@ -521,6 +538,61 @@ impl CallManager {
         write_sdp(&mut body, c.a.sdp_id, c.a.sdp_version, node, c.a_leg);
         self.answer_a(now, call, &body);
         self.reinvite_b_if_moved(now, call, p.server);
+    }
+
+    /// The caller's ACK, when our 200 made the offer (a delayed offer): its SDP is the answer
+    /// (RFC 3264 5), which fixes where the caller's audio goes, and the media starts. An ACK
+    /// without a usable answer ends the call with a BYE (RFC 3261 13.3.1.4 leaves the dialog
+    /// up, but with no media agreed it is good for nothing).
+    fn answer_in_ack(&mut self, now: Nanos, call: CallRef, msg: &Message<'_>) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        if !c.awaiting_answer {
+            return;
+        }
+        c.awaiting_answer = false;
+        // The answer must take a codec we offered: the caller's own, for a user's call (the
+        // node relays unchanged), PCMU or PCMA otherwise.
+        let offered: &[u8] = if matches!(c.kind, Kind::User(_)) {
+            &[c.a_leg.codec_pt]
+        } else {
+            &[sdp::PT_PCMU, sdp::PT_PCMA]
+        };
+        let leg = SessionDescription::parse(msg.body()).ok().and_then(|sd| {
+            let audio = sd.audio?;
+            Some(Leg {
+                remote: sd.audio_addr()?,
+                ssrc: audio.ssrc,
+                codec_pt: audio
+                    .payload_types
+                    .as_slice()
+                    .iter()
+                    .copied()
+                    .find(|pt| offered.contains(pt))?,
+                dtmf_pt: audio.telephone_event_pt,
+            })
+        });
+        let Some(leg) = leg else {
+            self.hang_up(now, call, "no usable SDP answer in the ACK");
+            return;
+        };
+        c.a_leg = leg;
+        let (kind, media) = (c.kind.clone(), c.media);
+        let Some(p) = media else {
+            return;
+        };
+        match kind {
+            // Leg B not answered yet is impossible here (our 200 follows B's), but then its
+            // answer starts the relay as usual.
+            Kind::User(_) if c.b_leg.is_none() => {}
+            Kind::Queue(q) => {
+                self.start_media(call, p);
+                self.queues.enqueue(q, call);
+                self.dispatch_queues(now);
+            }
+            _ => self.start_media(call, p),
+        }
     }
 
     /// ACK for a 2xx: a new transaction-less request to the remote target.
@@ -786,6 +858,37 @@ impl CallManager {
             self.reinvite(now, call, false);
         }
     }
+}
+
+/// Our offer in the 200 to a caller's INVITE without SDP, naming the node; the leg it returns
+/// stands in for the caller's until the ACK's answer replaces it. A user's call offers the
+/// callee (and then the caller) PCMU, so both legs agree on one codec the node relays
+/// unchanged; a service offers PCMU and PCMA and takes the caller's pick.
+fn delayed_offer(out: &mut Vec<u8>, session_id: u64, node: SocketAddr, kind: &Kind) -> Leg {
+    let leg = Leg {
+        remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+        ssrc: None,
+        codec_pt: sdp::PT_PCMU,
+        dtmf_pt: Some(sdp::PT_TELEPHONE_EVENT),
+    };
+    let payload_types = if matches!(kind, Kind::User(_)) {
+        vec![sdp::PT_PCMU]
+    } else {
+        vec![sdp::PT_PCMU, sdp::PT_PCMA]
+    };
+    sdp::write_offer(
+        out,
+        &Offer {
+            session_id,
+            version: 1,
+            addr: node,
+            payload_types,
+            telephone_event: true,
+            ptime_ms: 20,
+            ssrc: None,
+        },
+    );
+    leg
 }
 
 /// SDP naming `node` as the audio address, with the leg's codec (and telephone-event).

@@ -129,6 +129,9 @@ pub(super) struct Call {
     live: bool,
     /// When the caller's INVITE came: the call's age, against the longest call.
     pub(super) started: Nanos,
+    /// The caller's INVITE had no SDP: our 200 offered, and the answer is due in its ACK
+    /// (RFC 3261 13.2.1); until then `a_leg` is a stand-in and no media runs.
+    pub(super) awaiting_answer: bool,
     pub(super) kind: Kind,
     pub(super) a: Dialog,
     pub(super) a_state: AState,
@@ -176,6 +179,7 @@ impl Call {
             generation,
             live: false,
             started: 0,
+            awaiting_answer: false,
             kind: Kind::Echo,
             a: Dialog::empty(),
             a_state: AState::Proceeding,

@@ -727,3 +727,51 @@ fn a_call_older_than_the_longest_call_is_ended_with_byes_and_its_media_session()
         "{ended:?}"
     );
 }
+
+/// A delayed offer to a user: the callee is offered PCMU on the node as usual; the caller
+/// gets the offer in our 200 once the callee answered, and its ACK's answer starts the relay.
+#[test]
+fn a_call_to_a_user_without_sdp_is_relayed_once_the_ack_answers() {
+    let mut cm = cm();
+    let out = register_out(&mut cm, 0, 1005, CALLEE, "pw-1005", 600);
+    assert_eq!(parse(&out[0].1).code(), Some(200));
+    let invite = request("INVITE", "sip:1005@pbxlab.test", "1004", "d1", 1, "", "");
+    cm.handle(0, addr(UA), &invite);
+    let (_, to_b) = sent(&mut cm)
+        .into_iter()
+        .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
+        .expect("INVITE to the callee");
+    let b_offer = pbxlab_proto::sdp::SessionDescription::parse(parse(&to_b).body()).unwrap();
+    assert_eq!(b_offer.audio.unwrap().payload_types.as_slice()[0], 0);
+    cm.handle(MS, addr(CALLEE), &callee_ok(&parse(&to_b)));
+    let out = sent(&mut cm);
+    let (_, ok) = out
+        .iter()
+        .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
+        .expect("the caller's 200");
+    let ok = parse(ok);
+    let a_offer = pbxlab_proto::sdp::SessionDescription::parse(ok.body()).unwrap();
+    assert_eq!(a_offer.audio_addr(), b_offer.audio_addr(), "one node");
+    assert!(
+        cm.node_commands()
+            .all(|(_, c)| !matches!(c, NodeCommand::Relay { .. })),
+        "no relay before the caller's answer"
+    );
+    let ack = format!(
+        "ACK sip:cm@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {UA};branch=z9hG4bKack1\r\n\
+         From: {}\r\nTo: {}\r\nCall-ID: d1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{}",
+        ok.header(HeaderName::From).unwrap(),
+        ok.header(HeaderName::To).unwrap(),
+        offer(UA_RTP, 7).len(),
+        offer(UA_RTP, 7)
+    );
+    cm.handle(2 * MS, addr(UA), ack.as_bytes());
+    let relay = cm.node_commands().find_map(|(_, c)| match c {
+        NodeCommand::Relay { a, b, .. } => Some((a, b)),
+        _ => None,
+    });
+    let (a, b) = relay.expect("the relay");
+    assert_eq!((a.remote, a.ssrc, a.codec_pt), (addr(UA_RTP), Some(7), 0));
+    assert_eq!(b.remote, addr("127.0.0.1:7102"));
+}

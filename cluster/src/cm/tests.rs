@@ -418,11 +418,20 @@ fn unknown_targets_and_unregistered_users_are_refused() {
         );
         assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(code), "{ruri}");
     }
-    // No SDP offer: nothing to anchor.
+    // An SDP body we cannot use (no audio): nothing to anchor. (No body at all is a delayed
+    // offer, answered with ours.)
     cm.handle(
         0,
         addr(UA),
-        &request("INVITE", "sip:echo@x", "1", "n", 1, "", ""),
+        &request(
+            "INVITE",
+            "sip:echo@x",
+            "1",
+            "n",
+            1,
+            "Content-Type: application/sdp\r\n",
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n",
+        ),
     );
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(488));
     assert_eq!(cm.balancer().placed(), 0);
@@ -1004,4 +1013,109 @@ fn filling_the_rate_table_with_one_shot_sources_does_not_reset_a_flooding_source
     assert_eq!(cm.stats().rate_limited, 16);
     // And it recovers as its own bucket refills, not sooner.
     assert_eq!(options_from(&mut cm, 2 * NS, flooder, "later"), 200);
+}
+
+/// The caller's ACK in the dialog of `ok` (our 200 to its INVITE `call_id`), with `body`.
+fn ack_with(ok: &Message<'_>, call_id: &str, body: &str) -> Vec<u8> {
+    let to = ok.header(HeaderName::To).unwrap().to_owned();
+    let extra = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    String::from_utf8(request(
+        "ACK",
+        "sip:cm@127.0.0.1:5060",
+        "sipp",
+        call_id,
+        1,
+        extra,
+        body,
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"))
+    .into_bytes()
+}
+
+/// An INVITE without SDP (a delayed offer, RFC 3261 13.2.1) gets our offer in the 200 and
+/// its media from the ACK's answer; it used to get 488. An ACK without an answer ends the
+/// call with a BYE.
+#[test]
+fn an_invite_without_sdp_gets_the_offer_in_the_200_and_the_answer_from_the_ack() {
+    let mut cm = cm();
+    let invite = request("INVITE", "sip:echo@127.0.0.1:5060", "sipp", "d1", 1, "", "");
+    cm.handle(0, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    let offer = SessionDescription::parse(ok.body()).unwrap();
+    let node = offer.audio_addr().unwrap();
+    assert!(cm.nodes().iter().any(|n| n.addr == node));
+    let audio = offer.audio.unwrap();
+    assert_eq!(audio.payload_types.as_slice(), &[0, 8, 101][..]);
+    assert_eq!(cm.node_commands().count(), 0, "no media before the answer");
+    // The caller answers with PCMA (and no telephone-event).
+    let answer = offer_pcma(UA_RTP, 77);
+    cm.handle(MS, addr(UA), &ack_with(&ok, "d1", &answer));
+    let cmds: Vec<_> = cm.node_commands().collect();
+    match &cmds[..] {
+        [(_, NodeCommand::Echo { leg, .. })] => {
+            assert_eq!(
+                (leg.remote, leg.ssrc, leg.codec_pt, leg.dtmf_pt),
+                (addr(UA_RTP), Some(77), 8, None)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The 200 is not sent again: the ACK confirmed it.
+    cm.advance(2 * NS);
+    assert!(
+        texts(&sent(&mut cm))
+            .iter()
+            .all(|t| !t.starts_with("SIP/2.0 200"))
+    );
+
+    // An ACK with no answer: nothing was agreed, so the call ends.
+    let invite = request(
+        "INVITE",
+        "sip:ivr-1@127.0.0.1:5060",
+        "sipp",
+        "d2",
+        1,
+        "",
+        "",
+    );
+    cm.handle(3 * NS, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    cm.handle(3 * NS + MS, addr(UA), &ack_with(&ok, "d2", ""));
+    let out = sent(&mut cm);
+    assert!(
+        out.iter()
+            .any(|(to, b)| *to == addr(UA) && b.starts_with(b"BYE")),
+        "{:?}",
+        texts(&out)
+    );
+    assert!(
+        cm.node_commands()
+            .all(|(_, c)| !matches!(c, NodeCommand::Ivr { .. })),
+        "no prompt for a call without media"
+    );
+    assert_eq!(cm.stats().calls_active, 1, "only the echo call is left");
+    assert_eq!(
+        cm.stats().failures.get("no usable SDP answer in the ACK"),
+        Some(&1)
+    );
+}
+
+/// An SDP body naming PCMA only, with an SSRC.
+fn offer_pcma(rtp: &str, ssrc: u32) -> String {
+    let a: SocketAddr = addr(rtp);
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\n\
+         a=rtpmap:8 PCMA/8000\r\na=ssrc:{ssrc} cname:t\r\n",
+        ip = a.ip(),
+        port = a.port()
+    )
 }
