@@ -25,6 +25,10 @@ use super::{CallManager, Keyed, Leg, Nanos, ns, probes, room_key};
 pub(super) const MAX_CALLS_PER_SOURCE: u32 = 200;
 pub(super) const MAX_UNCONFIRMED_PER_SOURCE: u32 = 32;
 
+/// The shortest session interval we accept (RFC 4028 4, Min-SE's default): a caller asking
+/// for less gets 422.
+const MIN_SE_S: u32 = 90;
+
 /// How long a callee's phone may ring before the call is given up with a 408 (RFC 3261 Timer
 /// C, 16.6 step 11: more than 3 minutes). Counted from our INVITE, not restarted by each 1xx.
 const RING_LIMIT: Duration = Duration::from_secs(180);
@@ -81,6 +85,11 @@ impl CallManager {
                 self.reply(from, msg, 503, &[("Retry-After", "5")]);
                 return;
             }
+        }
+        let session_expires = session_timer(msg);
+        if session_expires.is_some_and(|s| s < MIN_SE_S) {
+            self.reply(from, msg, 422, &[("Min-SE", "90")]);
+            return;
         }
         // No body: a delayed offer (RFC 3261 13.2.1). Our 200 carries the offer and the ACK
         // the answer; the media starts with the ACK.
@@ -186,6 +195,8 @@ impl CallManager {
         let mut c = Call::new(generation);
         c.started = now;
         c.awaiting_answer = delayed;
+        c.session_expires_s = session_expires.unwrap_or(0);
+        c.refreshed = now;
         c.kind = kind.clone();
         c.a = dialog;
         c.a_leg = leg;
@@ -330,7 +341,7 @@ impl CallManager {
                 }
                 self.end(now, call, if is_a { Side::A } else { Side::B });
             }
-            Method::Invite => self.reinvited(from, call, is_a, msg),
+            Method::Invite => self.reinvited(now, from, call, is_a, msg),
             Method::Cancel if is_a => {
                 self.reply(from, msg, 200, &[]);
                 if self
@@ -365,7 +376,14 @@ impl CallManager {
 
     /// A re-INVITE from a leg: the media stays where it is; the answer names the node's
     /// address again (a new SDP version, as RFC 3264 asks for any change).
-    fn reinvited(&mut self, from: SocketAddr, call: CallRef, is_a: bool, msg: &Message<'_>) {
+    fn reinvited(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        call: CallRef,
+        is_a: bool,
+        msg: &Message<'_>,
+    ) {
         let node = self
             .calls
             .get(call)
@@ -389,16 +407,29 @@ impl CallManager {
             self.reply(from, msg, 488, &[]);
             return;
         }
+        // A re-INVITE from the caller refreshes its session timer (RFC 4028 7.4), if it has one.
+        let mut timer = String::new();
+        if let Some(c) = self.calls.get_mut(call)
+            && is_a
+            && c.session_expires_s > 0
+        {
+            c.refreshed = now;
+            timer = format!("{};refresher=uac", c.session_expires_s);
+        }
+        let mut headers = vec![
+            ("Contact", self.contact.as_str()),
+            ("Content-Type", "application/sdp"),
+        ];
+        if !timer.is_empty() {
+            headers.extend([("Session-Expires", timer.as_str()), ("Require", "timer")]);
+        }
         write_response(
             &mut self.scratch,
             msg,
             200,
             reason_phrase(200),
             None,
-            &[
-                ("Contact", &self.contact),
-                ("Content-Type", "application/sdp"),
-            ],
+            &headers,
             &body,
         );
         self.out.push(from, &self.scratch);
@@ -717,16 +748,16 @@ impl CallManager {
             return;
         };
         let mut bytes = Vec::new();
-        c.a_headers.write(
-            &mut bytes,
-            200,
-            reason_phrase(200),
-            &[
-                ("Contact", &self.contact),
-                ("Content-Type", "application/sdp"),
-            ],
-            body,
-        );
+        let timer = format!("{};refresher=uac", c.session_expires_s);
+        let mut headers = vec![
+            ("Contact", self.contact.as_str()),
+            ("Content-Type", "application/sdp"),
+        ];
+        if c.session_expires_s > 0 {
+            headers.extend([("Session-Expires", timer.as_str()), ("Require", "timer")]);
+        }
+        c.a_headers
+            .write(&mut bytes, 200, reason_phrase(200), &headers, body);
         self.calls.answer(now, call, bytes, &mut self.out);
     }
 
@@ -858,6 +889,26 @@ impl CallManager {
             self.reinvite(now, call, false);
         }
     }
+}
+
+/// The session interval an INVITE asks for (RFC 4028 `Session-Expires`, compact `x`), when
+/// its sender can refresh it (`Supported: timer`): we take the interval with the caller as
+/// refresher and end the call if no re-INVITE refreshes it. A caller that does not support
+/// timers (a proxy added the header) gets none; the longest call still bounds its call.
+fn session_timer(msg: &Message<'_>) -> Option<u32> {
+    let supported = msg
+        .values(HeaderName::Supported)
+        .any(|v| v.eq_ignore_ascii_case("timer"));
+    let value = msg
+        .headers()
+        .iter()
+        .find(|h| {
+            h.raw_name.eq_ignore_ascii_case("Session-Expires")
+                || h.raw_name.eq_ignore_ascii_case("x")
+        })?
+        .value;
+    let seconds = value.split(';').next()?.trim().parse::<u32>().ok()?;
+    supported.then_some(seconds)
 }
 
 /// Our offer in the 200 to a caller's INVITE without SDP, naming the node; the leg it returns

@@ -51,16 +51,22 @@ impl CallManager {
         self.end(now, call, Side::Neither);
     }
 
-    /// Ends every call older than the longest call: BYE to each leg, media session ended. A
-    /// bound, not RFC 4028 session timers (nothing here refreshes a session): a call whose
-    /// parties never hang up, or that was made only to aim a node's media somewhere, ends.
-    /// Run with the once-a-second sweep, so a call lasts at most a second longer.
+    /// Ends every call older than the longest call, or whose caller asked for a session
+    /// timer (RFC 4028) and did not refresh it: BYE to each leg, media session ended. A call
+    /// whose parties never hang up, or that was made only to aim a node's media somewhere,
+    /// ends. Run with the once-a-second sweep, so a call lasts at most a second longer.
     pub(super) fn end_overlong_calls(&mut self, now: Nanos) {
-        if self.max_call == 0 || now < self.max_call {
-            return;
-        }
-        for call in self.calls.started_by(now - self.max_call) {
-            self.hang_up(now, call, "longest call reached");
+        for call in self.calls.due_to_end(now, self.max_call) {
+            let expired = self.calls.get(call).is_some_and(|c| {
+                c.session_expires_s > 0
+                    && (self.max_call == 0 || now.saturating_sub(c.started) < self.max_call)
+            });
+            let why = if expired {
+                "session timer expired"
+            } else {
+                "longest call reached"
+            };
+            self.hang_up(now, call, why);
         }
     }
 

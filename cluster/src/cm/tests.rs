@@ -1119,3 +1119,91 @@ fn offer_pcma(rtp: &str, ssrc: u32) -> String {
         port = a.port()
     )
 }
+
+/// A caller that asks for a session timer (RFC 4028: `Supported: timer`, `Session-Expires`)
+/// gets it, as refresher: each re-INVITE refreshes it, and a session left unrefreshed is
+/// ended (BYE, media ended) min(32 s, a third) before it expires. Less than 90 s gets 422.
+#[test]
+fn a_session_timer_the_caller_asked_for_ends_the_call_unless_refreshed() {
+    let mut cm = cm();
+    let timer = "Content-Type: application/sdp\r\nSupported: timer\r\nSession-Expires: 90\r\n";
+    let short = "Content-Type: application/sdp\r\nSupported: timer\r\nSession-Expires: 30\r\n";
+    let invite = request(
+        "INVITE",
+        "sip:echo@x",
+        "sipp",
+        "t0",
+        1,
+        short,
+        &offer(UA_RTP, 5),
+    );
+    cm.handle(0, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let refused = parse(&out[0].1);
+    assert_eq!(refused.code(), Some(422));
+    let min_se = refused.headers().iter().find(|h| h.raw_name == "Min-SE");
+    assert_eq!(min_se.map(|h| h.value), Some("90"));
+
+    let invite = request(
+        "INVITE",
+        "sip:echo@x",
+        "sipp",
+        "t1",
+        1,
+        timer,
+        &offer(UA_RTP, 5),
+    );
+    cm.handle(0, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    let se = ok
+        .headers()
+        .iter()
+        .find(|h| h.raw_name == "Session-Expires");
+    assert_eq!(se.map(|h| h.value), Some("90;refresher=uac"));
+    assert_eq!(ok.header(HeaderName::Require), Some("timer"));
+    cm.handle(MS, addr(UA), &ack_with(&ok, "t1", ""));
+    let _ = cm.node_commands().count();
+    let byes = |cm: &mut CallManager| {
+        sent(cm)
+            .iter()
+            .filter(|(to, b)| *to == addr(UA) && b.starts_with(b"BYE"))
+            .count()
+    };
+    // Refreshed at 50 s by a re-INVITE: due at 50 + 90 - 30 = 110 s, not at 60 s.
+    let to = ok.header(HeaderName::To).unwrap().to_owned();
+    let reinvite = String::from_utf8(request(
+        "INVITE",
+        "sip:cm@127.0.0.1:5060",
+        "sipp",
+        "t1",
+        2,
+        timer,
+        &offer(UA_RTP, 5),
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
+    cm.handle(50 * NS, addr(UA), reinvite.as_bytes());
+    let out = sent(&mut cm);
+    let refreshed = parse(&out[0].1);
+    assert_eq!(refreshed.code(), Some(200));
+    assert!(
+        refreshed
+            .headers()
+            .iter()
+            .any(|h| h.raw_name == "Session-Expires")
+    );
+    cm.advance(61 * NS);
+    cm.advance(109 * NS);
+    assert_eq!(byes(&mut cm), 0, "refreshed at 50 s");
+    assert_eq!(cm.stats().calls_active, 1);
+    cm.advance(111 * NS);
+    assert_eq!(byes(&mut cm), 1);
+    assert_eq!(cm.stats().calls_active, 0);
+    assert_eq!(cm.stats().failures.get("session timer expired"), Some(&1));
+    assert!(
+        cm.node_commands()
+            .any(|(_, c)| matches!(c, NodeCommand::End { .. }))
+    );
+}
