@@ -40,6 +40,11 @@ pub(crate) struct ClusterArgs {
     /// Requests a quiet source may send at once.
     #[arg(long, default_value_t = 400.0)]
     burst: f64,
+    /// Requests per second all sources that are neither whitelisted nor nodes may send
+    /// together before they get 503s (a burst of twice that passes at once). Default: five
+    /// times --rate-limit.
+    #[arg(long, value_name = "RATE")]
+    global_rate_limit: Option<String>,
     /// Sources exempt from the rate limit (repeatable; the nodes always are).
     #[arg(long, default_value = "127.0.0.1")]
     whitelist: Vec<IpAddr>,
@@ -49,6 +54,10 @@ pub(crate) struct ClusterArgs {
     /// How often the status line is printed.
     #[arg(long, default_value = "1s")]
     status_every: String,
+    /// End a call (BYE to both legs, its media session ended) this long after its INVITE;
+    /// "0s" for no limit.
+    #[arg(long, value_name = "DURATION", default_value = "3h")]
+    max_call: String,
     /// Write the final status as JSON here ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -87,6 +96,7 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     let bad = |what: &str, e: String| BadInput(format!("{what}: {e}"));
     let rate = parse_rate(&args.rate_limit).map_err(|e| bad("--rate-limit", e))?;
     let every = parse_duration(&args.status_every).map_err(|e| bad("--status-every", e))?;
+    let max_call = parse_duration(&args.max_call).map_err(|e| bad("--max-call", e))?;
     let run_for = args
         .run_for
         .as_deref()
@@ -98,6 +108,14 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.password_prefix = args.password_prefix;
     opts.rate_limit_per_s = rate;
     opts.rate_burst = args.burst.max(1.0);
+    let global = match &args.global_rate_limit {
+        Some(g) => parse_rate(g).map_err(|e| bad("--global-rate-limit", e))?,
+        None => rate * pbxlab_cluster::cm::GLOBAL_RATE_FACTOR,
+    };
+    opts.global_rate_limit_per_s = global;
+    // Whole seconds, rounded up: a limit below a second still ends calls.
+    opts.max_call_s = max_call.as_secs() + u64::from(max_call.subsec_nanos() > 0);
+    opts.global_rate_burst = (2.0 * global).max(1.0);
     opts.whitelist = args.whitelist;
     let mut alerts =
         AlertSink::new(args.alerts, args.alert_webhook).map_err(|e| BadInput(e.to_string()))?;
@@ -209,7 +227,7 @@ fn status_line(s: &Status) -> String {
             busy.join(", ")
         },
         s.cm.queue_waiting,
-        s.cm.rate_limited,
+        s.cm.rate_limited + s.cm.global_rate_limited,
         if down.is_empty() {
             String::new()
         } else {
@@ -287,7 +305,7 @@ fn render(s: &Status) -> String {
     }
     let c = &s.cm;
     out.push_str(&format!(
-        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {}, source-limited {}, malformed {}, unmatched in-dialog {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
+        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {} (global {}), source-limited {}, malformed {}, unmatched in-dialog {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
         c.registrations,
         c.auth_failures,
         c.calls_total,
@@ -303,6 +321,7 @@ fn render(s: &Status) -> String {
         c.moved,
         c.dropped,
         c.rate_limited,
+        c.global_rate_limited,
         c.source_limited,
         c.malformed,
         c.unmatched_in_dialog,
@@ -345,10 +364,13 @@ fn to_json(s: &Status) -> serde_json::Value {
         "moved": c.moved,
         "dropped": c.dropped,
         "rate_limited": c.rate_limited,
+        "global_rate_limited": c.global_rate_limited,
+        "rate_sources_evicted": c.rate_sources_evicted,
         "malformed": c.malformed,
         "unmatched_in_dialog": c.unmatched_in_dialog,
         "source_limited": c.source_limited,
         "responses_foreign": c.responses_foreign,
+        "responses_forged": c.responses_forged,
         "probes": {
             "late": c.probes_late,
             "rtt_max_us": c.probe_rtt_max_us,

@@ -37,6 +37,12 @@ pub struct Options {
     /// Per-source request rate before 503s, and the burst a quiet source may send.
     pub rate_limit_per_s: f64,
     pub rate_burst: f64,
+    /// The rate and burst of every source that is neither whitelisted nor a node, together
+    /// (`cm::Config::global_rate_limit_per_s`).
+    pub global_rate_limit_per_s: f64,
+    pub global_rate_burst: f64,
+    /// A call still up this many seconds after its INVITE is ended (0: never).
+    pub max_call_s: u64,
     /// Sources the rate limit never applies to (the nodes always pass).
     pub whitelist: Vec<IpAddr>,
     /// The join token a node in its own process (`pbxlab node`) proves to join; without one,
@@ -52,6 +58,9 @@ impl Options {
             password_prefix: "pw-".into(),
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
+            global_rate_limit_per_s: cm::GLOBAL_RATE_FACTOR * 200.0,
+            global_rate_burst: cm::GLOBAL_RATE_FACTOR * 400.0,
+            max_call_s: cm::MAX_CALL_S,
             whitelist: vec![IpAddr::from([127, 0, 0, 1])],
             join_token: None,
         }
@@ -389,6 +398,9 @@ impl Cluster {
         cfg.agents_per_queue = queue.map_or(0, |q| q.agents);
         cfg.rate_limit_per_s = opts.rate_limit_per_s;
         cfg.rate_burst = opts.rate_burst;
+        cfg.global_rate_limit_per_s = opts.global_rate_limit_per_s;
+        cfg.global_rate_burst = opts.global_rate_burst;
+        cfg.max_call_s = opts.max_call_s;
         cfg.whitelist = opts.whitelist.clone();
         cfg.seed = sc.seed;
         cfg.key = crate::random_key().map_err(Error::Random)?;

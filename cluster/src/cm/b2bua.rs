@@ -15,16 +15,19 @@ use pbxlab_proto::uri::{NameAddr, SipUri};
 use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};
 use super::services::AGENT_RING_LIMIT;
 use super::teardown::Side;
-use super::transactions::{Expiry, Purpose, TxId};
-use pbxlab_balancer::hash::mix64 as mix;
+use super::transactions::{Branch, Expiry, Purpose, TxId};
 
-use super::{CallManager, Leg, Nanos, ns, probes, room_key};
+use super::{CallManager, Keyed, Leg, Nanos, ns, probes, room_key};
 
 /// Calls one source address (not whitelisted, not a node) may hold at once, and of them how
 /// many may wait for their ACK. A PBX's phone holds a few calls; a trunk or an SBC in front of
 /// the Call Manager is whitelisted.
 pub(super) const MAX_CALLS_PER_SOURCE: u32 = 200;
 pub(super) const MAX_UNCONFIRMED_PER_SOURCE: u32 = 32;
+
+/// The shortest session interval we accept (RFC 4028 4, Min-SE's default): a caller asking
+/// for less gets 422.
+const MIN_SE_S: u32 = 90;
 
 /// How long a callee's phone may ring before the call is given up with a 408 (RFC 3261 Timer
 /// C, 16.6 step 11: more than 3 minutes). Counted from our INVITE, not restarted by each 1xx.
@@ -83,10 +86,22 @@ impl CallManager {
                 return;
             }
         }
-        let Ok(offer) = SessionDescription::parse(msg.body()) else {
-            self.fail("no usable SDP offer");
-            self.reply(from, msg, 488, &[]);
+        let session_expires = session_timer(msg);
+        if session_expires.is_some_and(|s| s < MIN_SE_S) {
+            self.reply(from, msg, 422, &[("Min-SE", "90")]);
             return;
+        }
+        // No body: a delayed offer (RFC 3261 13.2.1). Our 200 carries the offer and the ACK
+        // the answer; the media starts with the ACK.
+        let delayed = msg.body().is_empty();
+        let offer = match SessionDescription::parse(msg.body()) {
+            Ok(offer) => Some(offer),
+            Err(_) if delayed => None,
+            Err(_) => {
+                self.fail("no usable SDP offer");
+                self.reply(from, msg, 488, &[]);
+                return;
+            }
         };
         let role = match kind {
             Kind::User(_) | Kind::Echo => Role::Media,
@@ -119,25 +134,28 @@ impl CallManager {
         // goes, and fails early (488) on an offer we cannot take.
         let mut body = Vec::new();
         let media_id = self.calls.peek_media();
-        let answer = match sdp::write_answer(&mut body, &offer, node_addr, media_id, 1) {
-            Ok(a) => a,
-            Err(_) => {
-                self.release(now, assignment.session);
-                self.fail("no usable SDP offer");
-                self.reply(from, msg, 488, &[]);
-                return;
-            }
+        let leg = match &offer {
+            Some(offer) => match sdp::write_answer(&mut body, offer, node_addr, media_id, 1) {
+                Ok(answer) => Leg {
+                    remote: answer.remote,
+                    ssrc: offer.audio.and_then(|a| a.ssrc),
+                    codec_pt: answer.codec_pt,
+                    dtmf_pt: answer.telephone_event_pt,
+                },
+                Err(_) => {
+                    self.release(now, assignment.session);
+                    self.fail("no usable SDP offer");
+                    self.reply(from, msg, 488, &[]);
+                    return;
+                }
+            },
+            None => delayed_offer(&mut body, media_id, node_addr, &kind),
         };
         let media = self.calls.new_media();
-        let leg = Leg {
-            remote: answer.remote,
-            ssrc: offer.audio.and_then(|a| a.ssrc),
-            codec_pt: answer.codec_pt,
-            dtmf_pt: answer.telephone_event_pt,
-        };
         let call = self.calls.next_ref();
         let (index, generation) = call;
-        let local_tag = format!("a{index}x{generation}");
+        let mac = Keyed::TAG_A.mac(&self.keys.tag, index, generation);
+        let local_tag = format!("a{index}x{generation}x{mac:016x}");
         let a_headers = ResponseHeaders::new(msg, Some(&local_tag));
         let caller = msg
             .from()
@@ -175,6 +193,10 @@ impl CallManager {
             media,
         };
         let mut c = Call::new(generation);
+        c.started = now;
+        c.awaiting_answer = delayed;
+        c.session_expires_s = session_expires.unwrap_or(0);
+        c.refreshed = now;
         c.kind = kind.clone();
         c.a = dialog;
         c.a_leg = leg;
@@ -201,6 +223,8 @@ impl CallManager {
                 self.reply_in_call(call, 100);
                 self.invite_b(now, call, user, assignment);
             }
+            // The media, and a queue caller's place in the queue, wait for the ACK's answer.
+            _ if delayed => self.answer_a(now, call, &body),
             Kind::Queue(q) => {
                 self.answer_a(now, call, &body);
                 self.start_media(call, placement);
@@ -234,9 +258,11 @@ impl CallManager {
         } else {
             RING_LIMIT
         };
-        let local_tag = format!("b{}x{}", call.0, call.1);
+        let tag_mac = Keyed::TAG_B.mac(&self.keys.tag, call.0, call.1);
+        let local_tag = format!("b{}x{}x{tag_mac:016x}", call.0, call.1);
+        let id_mac = Keyed::CALL_ID_B.mac(&self.keys.call_id, call.0, call.1);
         let dialog = Dialog {
-            call_id: format!("b{}-{}-{:x}@cm", call.0, call.1, self.secret & 0xffff_ffff),
+            call_id: format!("b{}-{}-{id_mac:016x}@cm", call.0, call.1),
             remote_tag: String::new(),
             remote_uri: binding.uri.clone(),
             remote_addr: binding.addr,
@@ -297,7 +323,10 @@ impl CallManager {
                     _ => self.out.push(c.a.remote_addr, &c.a_final),
                 }
             }
-            Method::Ack if is_a => self.calls.confirm(call),
+            Method::Ack if is_a => {
+                self.calls.confirm(call);
+                self.answer_in_ack(now, call, msg);
+            }
             Method::Ack => {}
             Method::Bye => {
                 self.reply(from, msg, 200, &[]);
@@ -312,7 +341,7 @@ impl CallManager {
                 }
                 self.end(now, call, if is_a { Side::A } else { Side::B });
             }
-            Method::Invite => self.reinvited(from, call, is_a, msg),
+            Method::Invite => self.reinvited(now, from, call, is_a, msg),
             Method::Cancel if is_a => {
                 self.reply(from, msg, 200, &[]);
                 if self
@@ -347,7 +376,14 @@ impl CallManager {
 
     /// A re-INVITE from a leg: the media stays where it is; the answer names the node's
     /// address again (a new SDP version, as RFC 3264 asks for any change).
-    fn reinvited(&mut self, from: SocketAddr, call: CallRef, is_a: bool, msg: &Message<'_>) {
+    fn reinvited(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        call: CallRef,
+        is_a: bool,
+        msg: &Message<'_>,
+    ) {
         let node = self
             .calls
             .get(call)
@@ -371,16 +407,29 @@ impl CallManager {
             self.reply(from, msg, 488, &[]);
             return;
         }
+        // A re-INVITE from the caller refreshes its session timer (RFC 4028 7.4), if it has one.
+        let mut timer = String::new();
+        if let Some(c) = self.calls.get_mut(call)
+            && is_a
+            && c.session_expires_s > 0
+        {
+            c.refreshed = now;
+            timer = format!("{};refresher=uac", c.session_expires_s);
+        }
+        let mut headers = vec![
+            ("Contact", self.contact.as_str()),
+            ("Content-Type", "application/sdp"),
+        ];
+        if !timer.is_empty() {
+            headers.extend([("Session-Expires", timer.as_str()), ("Require", "timer")]);
+        }
         write_response(
             &mut self.scratch,
             msg,
             200,
             reason_phrase(200),
             None,
-            &[
-                ("Contact", &self.contact),
-                ("Content-Type", "application/sdp"),
-            ],
+            &headers,
             &body,
         );
         self.out.push(from, &self.scratch);
@@ -396,8 +445,16 @@ impl CallManager {
             self.probe_response(now, from, rest, code);
             return;
         }
-        let Some(id) = TxId::from_branch(branch) else {
-            return;
+        let id = match self.txs.branch(branch) {
+            Branch::Ours(id) => id,
+            // The right slot and generation without the MAC: someone guessed (the branches
+            // were `{slot}x{generation}` once, easy to walk), or a stale answer from before a
+            // restart. Nothing it says counts.
+            Branch::Forged => {
+                self.stats.responses_forged += 1;
+                return;
+            }
+            Branch::Other => return,
         };
         // An answer counts only from where its request went (a forged 486 from elsewhere once
         // ended a ringing call).
@@ -499,7 +556,9 @@ impl CallManager {
         let Some(p) = c.media else {
             return;
         };
-        self.start_media(call, p);
+        if !c.awaiting_answer {
+            self.start_media(call, p);
+        }
         let Some(node) = self.node_addr(p.server) else {
             return;
         };
@@ -512,16 +571,82 @@ impl CallManager {
         self.reinvite_b_if_moved(now, call, p.server);
     }
 
+    /// The caller's ACK, when our 200 made the offer (a delayed offer): its SDP is the answer
+    /// (RFC 3264 5), which fixes where the caller's audio goes, and the media starts. An ACK
+    /// without a usable answer ends the call with a BYE (RFC 3261 13.3.1.4 leaves the dialog
+    /// up, but with no media agreed it is good for nothing).
+    fn answer_in_ack(&mut self, now: Nanos, call: CallRef, msg: &Message<'_>) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        if !c.awaiting_answer {
+            return;
+        }
+        c.awaiting_answer = false;
+        // The answer must take a codec we offered: the caller's own, for a user's call (the
+        // node relays unchanged), PCMU or PCMA otherwise.
+        let offered: &[u8] = if matches!(c.kind, Kind::User(_)) {
+            &[c.a_leg.codec_pt]
+        } else {
+            &[sdp::PT_PCMU, sdp::PT_PCMA]
+        };
+        let leg = SessionDescription::parse(msg.body()).ok().and_then(|sd| {
+            let audio = sd.audio?;
+            Some(Leg {
+                remote: sd.audio_addr()?,
+                ssrc: audio.ssrc,
+                codec_pt: audio
+                    .payload_types
+                    .as_slice()
+                    .iter()
+                    .copied()
+                    .find(|pt| offered.contains(pt))?,
+                dtmf_pt: audio.telephone_event_pt,
+            })
+        });
+        let Some(leg) = leg else {
+            self.hang_up(now, call, "no usable SDP answer in the ACK");
+            return;
+        };
+        c.a_leg = leg;
+        let (kind, media) = (c.kind.clone(), c.media);
+        let Some(p) = media else {
+            return;
+        };
+        match kind {
+            // Leg B not answered yet is impossible here (our 200 follows B's), but then its
+            // answer starts the relay as usual.
+            Kind::User(_) if c.b_leg.is_none() => {}
+            Kind::Queue(q) => {
+                self.start_media(call, p);
+                self.queues.enqueue(q, call);
+                self.dispatch_queues(now);
+            }
+            _ => self.start_media(call, p),
+        }
+    }
+
     /// ACK for a 2xx: a new transaction-less request to the remote target.
     fn ack(&mut self, call: CallRef, to_a: bool, msg: &Message<'_>) {
         let seq = msg.cseq().map_or(1, |c| c.seq);
-        let branch = mix(u64::from(seq) ^ (u64::from(call.0) << 32) ^ self.secret);
+        let via = self.ack_via(call, seq);
         let Some(d) = self.calls.get(call).and_then(|c| c.dialog(to_a)) else {
             return;
         };
-        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKk{branch:x}", self.addr);
         d.write_request(&mut self.scratch, Method::Ack, &via, seq, &[], b"");
         self.out.push(d.remote_addr, &self.scratch);
+    }
+
+    /// The Via of our ACK for a 2xx to the INVITE with CSeq `seq` in `call`: an ACK for a 2xx
+    /// is a transaction of its own (RFC 3261 13.2.2.4), so its branch is new, and keyed.
+    fn ack_via(&self, call: CallRef, seq: u32) -> String {
+        let (slot, generation, seq) = (
+            call.0.to_be_bytes(),
+            call.1.to_be_bytes(),
+            seq.to_be_bytes(),
+        );
+        let mac = self.keys.branch.mac64(&[b"ack", &slot, &generation, &seq]);
+        format!("SIP/2.0/UDP {};branch=z9hG4bKk{mac:016x}", self.addr)
     }
 
     /// A final answer to a leg B INVITE given up while it rang (the call is over or moved on
@@ -538,8 +663,7 @@ impl CallManager {
         }
         d.learn_answer(msg);
         let seq = msg.cseq().map_or(1, |c| c.seq);
-        let branch = mix(u64::from(seq) ^ (u64::from(call.0) << 32) ^ self.secret);
-        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKk{branch:x}", self.addr);
+        let via = self.ack_via(call, seq);
         d.write_request(&mut self.scratch, Method::Ack, &via, seq, &[], b"");
         self.out.push(d.remote_addr, &self.scratch);
         if first {
@@ -547,7 +671,7 @@ impl CallManager {
             let tx = self
                 .txs
                 .open(now, call, Purpose::ByeB, d.remote_addr, false);
-            let via = tx.via(self.addr);
+            let via = self.txs.via(tx, self.addr);
             d.write_request(&mut self.scratch, Method::Bye, &via, d.local_cseq, &[], b"");
             self.txs.send(tx, &self.scratch, &mut self.out);
         }
@@ -579,7 +703,12 @@ impl CallManager {
         };
         let uri = msg.contact().map(|c| c.uri).unwrap_or("sip:invalid");
         let seq = msg.cseq().map_or(1, |c| c.seq);
-        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKs{seq}", self.addr);
+        let call_id = msg.call_id().unwrap_or_default().as_bytes();
+        let mac = self
+            .keys
+            .branch
+            .mac64(&[b"stray ack", call_id, &seq.to_be_bytes()]);
+        let via = format!("SIP/2.0/UDP {};branch=z9hG4bKs{mac:016x}", self.addr);
         self.ack_from(msg, uri, &via, seq);
         self.out.push(dest, &self.scratch);
     }
@@ -619,16 +748,16 @@ impl CallManager {
             return;
         };
         let mut bytes = Vec::new();
-        c.a_headers.write(
-            &mut bytes,
-            200,
-            reason_phrase(200),
-            &[
-                ("Contact", &self.contact),
-                ("Content-Type", "application/sdp"),
-            ],
-            body,
-        );
+        let timer = format!("{};refresher=uac", c.session_expires_s);
+        let mut headers = vec![
+            ("Contact", self.contact.as_str()),
+            ("Content-Type", "application/sdp"),
+        ];
+        if c.session_expires_s > 0 {
+            headers.extend([("Session-Expires", timer.as_str()), ("Require", "timer")]);
+        }
+        c.a_headers
+            .write(&mut bytes, 200, reason_phrase(200), &headers, body);
         self.calls.answer(now, call, bytes, &mut self.out);
     }
 
@@ -737,7 +866,7 @@ impl CallManager {
         d.write_request(
             &mut self.scratch,
             Method::Invite,
-            &tx.via(self.addr),
+            &self.txs.via(tx, self.addr),
             d.local_cseq,
             &[
                 ("Contact", &self.contact),
@@ -760,6 +889,57 @@ impl CallManager {
             self.reinvite(now, call, false);
         }
     }
+}
+
+/// The session interval an INVITE asks for (RFC 4028 `Session-Expires`, compact `x`), when
+/// its sender can refresh it (`Supported: timer`): we take the interval with the caller as
+/// refresher and end the call if no re-INVITE refreshes it. A caller that does not support
+/// timers (a proxy added the header) gets none; the longest call still bounds its call.
+fn session_timer(msg: &Message<'_>) -> Option<u32> {
+    let supported = msg
+        .values(HeaderName::Supported)
+        .any(|v| v.eq_ignore_ascii_case("timer"));
+    let value = msg
+        .headers()
+        .iter()
+        .find(|h| {
+            h.raw_name.eq_ignore_ascii_case("Session-Expires")
+                || h.raw_name.eq_ignore_ascii_case("x")
+        })?
+        .value;
+    let seconds = value.split(';').next()?.trim().parse::<u32>().ok()?;
+    supported.then_some(seconds)
+}
+
+/// Our offer in the 200 to a caller's INVITE without SDP, naming the node; the leg it returns
+/// stands in for the caller's until the ACK's answer replaces it. A user's call offers the
+/// callee (and then the caller) PCMU, so both legs agree on one codec the node relays
+/// unchanged; a service offers PCMU and PCMA and takes the caller's pick.
+fn delayed_offer(out: &mut Vec<u8>, session_id: u64, node: SocketAddr, kind: &Kind) -> Leg {
+    let leg = Leg {
+        remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+        ssrc: None,
+        codec_pt: sdp::PT_PCMU,
+        dtmf_pt: Some(sdp::PT_TELEPHONE_EVENT),
+    };
+    let payload_types = if matches!(kind, Kind::User(_)) {
+        vec![sdp::PT_PCMU]
+    } else {
+        vec![sdp::PT_PCMU, sdp::PT_PCMA]
+    };
+    sdp::write_offer(
+        out,
+        &Offer {
+            session_id,
+            version: 1,
+            addr: node,
+            payload_types,
+            telephone_event: true,
+            ptime_ms: 20,
+            ssrc: None,
+        },
+    );
+    leg
 }
 
 /// SDP naming `node` as the audio address, with the leg's codec (and telephone-event).

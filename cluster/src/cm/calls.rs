@@ -11,7 +11,7 @@ use pbxlab_proto::builder::{ResponseHeaders, write_request};
 use pbxlab_proto::sip::{HeaderName, Message, Method};
 
 use super::transactions::TxId;
-use super::{Leg, MediaSession, Nanos, Outbox};
+use super::{Leg, MediaSession, NS, Nanos, Outbox};
 
 /// Leg B dialogs given up while their INVITE rang that are remembered at once; past it the
 /// oldest is forgotten first.
@@ -127,6 +127,16 @@ impl Dialog {
 pub(super) struct Call {
     generation: u32,
     live: bool,
+    /// When the caller's INVITE came: the call's age, against the longest call.
+    pub(super) started: Nanos,
+    /// The session interval leg A asked for with `Session-Expires` (RFC 4028), refreshed by
+    /// its re-INVITEs; 0 when it asked for none (then only the longest call applies).
+    pub(super) session_expires_s: u32,
+    /// When leg A last refreshed its session (its INVITE or a re-INVITE).
+    pub(super) refreshed: Nanos,
+    /// The caller's INVITE had no SDP: our 200 offered, and the answer is due in its ACK
+    /// (RFC 3261 13.2.1); until then `a_leg` is a stand-in and no media runs.
+    pub(super) awaiting_answer: bool,
     pub(super) kind: Kind,
     pub(super) a: Dialog,
     pub(super) a_state: AState,
@@ -173,6 +183,10 @@ impl Call {
         Call {
             generation,
             live: false,
+            started: 0,
+            awaiting_answer: false,
+            session_expires_s: 0,
+            refreshed: 0,
             kind: Kind::Echo,
             a: Dialog::empty(),
             a_state: AState::Proceeding,
@@ -345,6 +359,24 @@ impl Calls {
             }
         }
         Some(c)
+    }
+
+    /// The calls due to end at `now`, in slot order (so a run replays): those that started
+    /// `max_call` ago or earlier (0: none), and those whose session timer ran out unrefreshed.
+    /// RFC 4028 10: the side that is not the refresher ends the session min(32 s, a third of
+    /// the interval) before it expires.
+    pub(super) fn due_to_end(&self, now: Nanos, max_call: Nanos) -> Vec<CallRef> {
+        let old = |c: &Call| max_call > 0 && now.saturating_sub(c.started) >= max_call;
+        let expired = |c: &Call| {
+            let se = u64::from(c.session_expires_s);
+            se > 0 && now.saturating_sub(c.refreshed) >= (se - (se / 3).min(32)) * NS
+        };
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.live && (old(c) || expired(c)))
+            .map(|(i, c)| (i as u32, c.generation))
+            .collect()
     }
 
     /// The calls from this caller address.

@@ -10,7 +10,9 @@ use pbxlab_proto::builder::write_response;
 use pbxlab_proto::sip::{HeaderName, Message, Method};
 use pbxlab_scenario::Verb;
 
-use super::tests::{CALLEE, MS, UA, UA_RTP, addr, cm, offer, parse, register_out, request, sent};
+use super::tests::{
+    CALLEE, MS, UA, UA_RTP, addr, cm, cm_with, offer, parse, register_out, request, sent,
+};
 use super::*;
 
 type Out = Vec<(SocketAddr, Vec<u8>)>;
@@ -351,7 +353,7 @@ fn abandoned_leg_b_dialogs_are_kept_64_t1_and_at_most_1024_at_once() {
         sdp_id: 1,
         sdp_version: 1,
     };
-    let tx = |i: u32| transactions::TxId::from_branch(&format!("z9hG4bKc{i}x1")).unwrap();
+    let tx = |i: u32| transactions::TxId::new(i, 1);
     for i in 0..=1024 {
         calls.abandon(0, tx(i), None, (i, 0), dialog.clone());
     }
@@ -572,4 +574,204 @@ fn a_reinvite_answered_100_and_then_nothing_is_given_up_after_timer_b() {
         "a BYE to each leg once the re-INVITEs are given up"
     );
     assert_eq!(cm.stats().calls_active, 0);
+}
+
+/// Our INVITE's branch, `z9hG4bKc{slot}x{generation}x{mac}`, with its tail replaced: what a
+/// forger who can guess the numbers (or replay an old answer) puts in its response.
+fn with_branch(invite: &[u8], tail: impl Fn(&str) -> String) -> Vec<u8> {
+    let text = String::from_utf8(invite.to_vec()).unwrap();
+    let branch = parse(invite).top_via().unwrap().branch.unwrap().to_owned();
+    let (numbers, mac) = branch.rsplit_once('x').unwrap();
+    assert_eq!(mac.len(), 16, "{branch}");
+    text.replace(&branch, &tail(numbers)).into_bytes()
+}
+
+/// A response from the callee's own address whose branch names the right transaction
+/// (slot and generation) without its MAC, or with a made-up or altered one, ends nothing:
+/// the branches used to be `z9hG4bKc{slot}x{generation}`, so anyone who could send from the
+/// callee's address (or spoof it) could walk them and refuse our calls with a 486.
+#[test]
+fn an_answer_with_a_guessed_branch_is_ignored_even_from_the_callee() {
+    let mut cm = cm();
+    let invite = ringing_call(&mut cm);
+    let real = parse(&invite).top_via().unwrap().branch.unwrap().to_owned();
+    let mac = real.rsplit_once('x').unwrap().1.to_owned();
+    let flipped = format!(
+        "{}{}",
+        &mac[..15],
+        if mac.ends_with('0') { '1' } else { '0' }
+    );
+    let forgeries = [
+        with_branch(&invite, |n| n.to_owned()),
+        with_branch(&invite, |n| format!("{n}x0000000000000000")),
+        with_branch(&invite, |n| format!("{n}x{flipped}")),
+        with_branch(&invite, |n| format!("{n}x{mac}00")),
+    ];
+    for forged in &forgeries {
+        let mut busy = Vec::new();
+        write_response(
+            &mut busy,
+            &parse(forged),
+            486,
+            "Busy Here",
+            Some("x"),
+            &[],
+            b"",
+        );
+        cm.handle(2 * MS, addr(CALLEE), &busy);
+    }
+    assert!(
+        sent(&mut cm).is_empty(),
+        "no answer to the caller, no ACK to anyone"
+    );
+    assert_eq!(cm.stats().responses_forged, 4);
+    assert_eq!(cm.stats().calls_active, 1);
+    cm.handle(3 * MS, addr(CALLEE), &callee_ok(&parse(&invite)));
+    let out = sent(&mut cm);
+    assert!(
+        out.iter()
+            .any(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200")),
+        "the caller is connected"
+    );
+}
+
+/// Leg B's Call-ID and our tags on both legs carry a MAC: a dialog cannot be named by
+/// counting slots (they were `b{slot}-{generation}-{seed mix}@cm` and `a{slot}x{generation}`).
+#[test]
+fn tags_and_call_ids_we_hand_out_carry_a_mac() {
+    let mut cm = cm();
+    let invite = ringing_call(&mut cm);
+    let m = parse(&invite);
+    let call_id = m.call_id().unwrap().to_owned();
+    let tag = m.from().unwrap().tag().unwrap().to_owned();
+    cm.handle(3 * MS, addr(CALLEE), &callee_ok(&m));
+    let out = sent(&mut cm);
+    let (_, ok) = out
+        .iter()
+        .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
+        .unwrap();
+    let a_tag = parse(ok).to().unwrap().tag().unwrap().to_owned();
+    let keyed = |s: &str, prefix: &str| {
+        let rest = s.strip_prefix(prefix).unwrap();
+        let mac = rest
+            .rsplit(['x', '-'])
+            .next()
+            .unwrap()
+            .trim_end_matches("@cm");
+        assert_eq!(mac.len(), 16, "{s}");
+        assert!(mac.chars().all(|c| c.is_ascii_hexdigit()), "{s}");
+    };
+    keyed(&call_id, "b");
+    keyed(&tag, "b");
+    keyed(&a_tag, "a");
+    // Another key, another set: nothing follows from the seed alone.
+    let mut other = cm_with(|c| c.key = Key::from_seed(99));
+    let invite2 = ringing_call(&mut other);
+    let m2 = parse(&invite2);
+    assert_ne!(m2.call_id().unwrap(), call_id);
+    assert_ne!(m2.from().unwrap().tag().unwrap(), tag);
+    assert_ne!(
+        m2.top_via().unwrap().branch,
+        m.top_via().unwrap().branch,
+        "same slot and generation, another key"
+    );
+}
+
+/// A call nobody hangs up is ended at the longest call (here 60 s): a BYE to each leg and
+/// its media session ended on the node. Before, an INVITE whose SDP named a third party
+/// held the node's stream (and the pools) for as long as the caller liked.
+#[test]
+fn a_call_older_than_the_longest_call_is_ended_with_byes_and_its_media_session() {
+    let mut cm = cm_with(|c| c.max_call_s = 60);
+    let invite = ringing_call(&mut cm);
+    cm.handle(2 * MS, addr(CALLEE), &callee_ok(&parse(&invite)));
+    let out = sent(&mut cm);
+    let (_, ok) = out
+        .iter()
+        .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
+        .unwrap();
+    let ok = parse(ok);
+    let ack = format!(
+        "ACK sip:cm@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {UA};branch=z9hG4bKack1\r\n\
+         From: {}\r\nTo: {}\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        ok.header(HeaderName::From).unwrap(),
+        ok.header(HeaderName::To).unwrap()
+    );
+    cm.handle(3 * MS, addr(UA), ack.as_bytes());
+    let media = cm
+        .node_commands()
+        .find_map(|(_, c)| match c {
+            NodeCommand::Relay { session, .. } => Some(session),
+            _ => None,
+        })
+        .expect("the relay");
+    // Probes are answered by nobody here; only the calls' own timers matter.
+    let byes = |out: &[(SocketAddr, Vec<u8>)]| -> Vec<SocketAddr> {
+        out.iter()
+            .filter(|(_, b)| b.starts_with(b"BYE"))
+            .map(|(to, _)| *to)
+            .collect()
+    };
+    cm.advance(59 * NS);
+    assert!(byes(&sent(&mut cm)).is_empty(), "not yet");
+    assert_eq!(cm.stats().calls_active, 1);
+    cm.advance(61 * NS);
+    let mut to = byes(&sent(&mut cm));
+    to.sort();
+    assert_eq!(to, vec![addr(UA), addr(CALLEE)]);
+    assert_eq!(cm.stats().calls_active, 0);
+    assert_eq!(cm.stats().failures.get("longest call reached"), Some(&1));
+    let ended: Vec<_> = cm.node_commands().map(|(_, c)| c).collect();
+    assert!(
+        ended.contains(&NodeCommand::End { session: media }),
+        "{ended:?}"
+    );
+}
+
+/// A delayed offer to a user: the callee is offered PCMU on the node as usual; the caller
+/// gets the offer in our 200 once the callee answered, and its ACK's answer starts the relay.
+#[test]
+fn a_call_to_a_user_without_sdp_is_relayed_once_the_ack_answers() {
+    let mut cm = cm();
+    let out = register_out(&mut cm, 0, 1005, CALLEE, "pw-1005", 600);
+    assert_eq!(parse(&out[0].1).code(), Some(200));
+    let invite = request("INVITE", "sip:1005@pbxlab.test", "1004", "d1", 1, "", "");
+    cm.handle(0, addr(UA), &invite);
+    let (_, to_b) = sent(&mut cm)
+        .into_iter()
+        .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
+        .expect("INVITE to the callee");
+    let b_offer = pbxlab_proto::sdp::SessionDescription::parse(parse(&to_b).body()).unwrap();
+    assert_eq!(b_offer.audio.unwrap().payload_types.as_slice()[0], 0);
+    cm.handle(MS, addr(CALLEE), &callee_ok(&parse(&to_b)));
+    let out = sent(&mut cm);
+    let (_, ok) = out
+        .iter()
+        .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
+        .expect("the caller's 200");
+    let ok = parse(ok);
+    let a_offer = pbxlab_proto::sdp::SessionDescription::parse(ok.body()).unwrap();
+    assert_eq!(a_offer.audio_addr(), b_offer.audio_addr(), "one node");
+    assert!(
+        cm.node_commands()
+            .all(|(_, c)| !matches!(c, NodeCommand::Relay { .. })),
+        "no relay before the caller's answer"
+    );
+    let ack = format!(
+        "ACK sip:cm@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {UA};branch=z9hG4bKack1\r\n\
+         From: {}\r\nTo: {}\r\nCall-ID: d1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{}",
+        ok.header(HeaderName::From).unwrap(),
+        ok.header(HeaderName::To).unwrap(),
+        offer(UA_RTP, 7).len(),
+        offer(UA_RTP, 7)
+    );
+    cm.handle(2 * MS, addr(UA), ack.as_bytes());
+    let relay = cm.node_commands().find_map(|(_, c)| match c {
+        NodeCommand::Relay { a, b, .. } => Some((a, b)),
+        _ => None,
+    });
+    let (a, b) = relay.expect("the relay");
+    assert_eq!((a.remote, a.ssrc, a.codec_pt), (addr(UA_RTP), Some(7), 0));
+    assert_eq!(b.remote, addr("127.0.0.1:7102"));
 }

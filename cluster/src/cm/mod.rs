@@ -48,7 +48,7 @@ mod transactions;
 
 pub use failover::{AdminError, DroppedCall, Reassigned};
 
-use admission::Admission;
+use admission::{Admission, Verdict};
 use calls::{CallRef, Calls};
 use failover::Records;
 use registrar::Registrar;
@@ -76,6 +76,11 @@ pub struct Config {
     pub rate_limit_per_s: f64,
     /// Requests a quiet source may send at once.
     pub rate_burst: f64,
+    /// Requests per second all sources that are neither whitelisted nor nodes may send
+    /// together before they earn 503s, and what they may send at once: a flood spread over
+    /// many addresses stays under each one's own limit.
+    pub global_rate_limit_per_s: f64,
+    pub global_rate_burst: f64,
     /// Sources never limited: the cluster's own nodes and trusted edges.
     pub whitelist: Vec<IpAddr>,
     /// RFC 3261 T1 and T2.
@@ -85,7 +90,11 @@ pub struct Config {
     pub max_calls: usize,
     /// Registrations are capped at this many seconds.
     pub max_expires_s: u32,
-    /// Seeds the nonce secret and tags; everything random derives from it.
+    /// A call still up this many seconds after its INVITE is ended with a BYE on each leg
+    /// and its media session ended: a caller that never hangs up (or an INVITE that only
+    /// wanted the media aimed somewhere) holds nothing for ever. 0: no limit.
+    pub max_call_s: u64,
+    /// Seeds the nonce secret; everything else random derives from `key`.
     pub seed: u64,
     /// Keys what the Call Manager hands out and must recognise later (nonces, branches, tags).
     /// [`Config::new`] derives it from the seed, which replays a run; a cluster others can reach
@@ -93,6 +102,15 @@ pub struct Config {
     /// scenario.
     pub key: Key,
 }
+
+/// The default longest call, three hours: longer than any scenario's hold time, short enough
+/// that a call nobody ends does not hold its media session for a day.
+pub const MAX_CALL_S: u64 = 3 * 3600;
+
+/// The global rate limit's default, in per-source limits: five phones' worth of requests from
+/// all untrusted sources together. The headline load comes from whitelisted sources (the
+/// generator, a trusted edge), which the global limit does not count.
+pub const GLOBAL_RATE_FACTOR: f64 = 5.0;
 
 impl Config {
     pub fn new(addr: SocketAddr) -> Config {
@@ -106,11 +124,14 @@ impl Config {
             agents_per_queue: 0,
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
+            global_rate_limit_per_s: GLOBAL_RATE_FACTOR * 200.0,
+            global_rate_burst: GLOBAL_RATE_FACTOR * 400.0,
             whitelist: Vec::new(),
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             max_calls: 100_000,
             max_expires_s: 7200,
+            max_call_s: MAX_CALL_S,
             seed: 1,
             key: Key::from_seed(1),
         }
@@ -141,7 +162,12 @@ pub struct Stats {
     pub calls_completed: u64,
     /// Calls ended without reaching their purpose, by reason.
     pub failures: std::collections::BTreeMap<&'static str, u64>,
+    /// Requests refused 503 because their source sent above its own rate.
     pub rate_limited: u64,
+    /// Requests refused 503 because the untrusted sources together sent above the global rate.
+    pub global_rate_limited: u64,
+    /// Idle or long-quiet sources forgotten from the full rate table to make room.
+    pub rate_sources_evicted: u64,
     pub malformed: u64,
     /// In-dialog requests whose tags named no dialog of their Call-ID (forged or stale): 481.
     pub unmatched_in_dialog: u64,
@@ -149,6 +175,9 @@ pub struct Stats {
     pub source_limited: u64,
     /// Responses to our requests from an address the request did not go to: ignored.
     pub responses_foreign: u64,
+    /// Responses whose branch is shaped like one of our transactions' or probes' but does not
+    /// carry its MAC (guessed, forged, or from before a restart): ignored.
+    pub responses_forged: u64,
     pub queue_waiting: usize,
     pub queue_answered: u64,
     pub queue_abandoned: u64,
@@ -194,8 +223,11 @@ pub struct CallManager {
     /// Our Contact value, `<sip:cm@{addr}>`, in every INVITE and 2xx to one.
     contact: String,
     max_calls: usize,
-    /// From the seed: leg B's Call-IDs and ACK branches are derived from it.
-    secret: u64,
+    /// How long a call may last (0: for ever).
+    max_call: Nanos,
+    /// What our tags, Call-IDs and the branches of probes and ACKs are keyed with (the
+    /// transactions keep the key of theirs): nothing we hand out can be guessed.
+    keys: Keys,
     registrar: Registrar,
     admission: Admission,
     calls: Calls,
@@ -242,7 +274,7 @@ impl CallManager {
             registrar: Registrar::new(&cfg, secret),
             admission: Admission::new(&cfg),
             calls: Calls::new(t1, t2),
-            txs: Transactions::new(t1, t2),
+            txs: Transactions::new(t1, t2, cfg.key.derive("branch")),
             ivr: Ivr::default(),
             queues: Queues::new(&cfg),
             rooms: Rooms::default(),
@@ -258,7 +290,12 @@ impl CallManager {
             contact: format!("<sip:cm@{}>", cfg.addr),
             addr: cfg.addr,
             max_calls: cfg.max_calls,
-            secret,
+            max_call: cfg.max_call_s.saturating_mul(NS),
+            keys: Keys {
+                branch: cfg.key.derive("branch"),
+                tag: cfg.key.derive("tag"),
+                call_id: cfg.key.derive("call-id"),
+            },
             domain: cfg.domain,
         }
     }
@@ -289,6 +326,7 @@ impl CallManager {
         let mut s = self.stats.clone();
         s.calls_active = self.calls.active();
         s.queue_waiting = self.queues.waiting();
+        s.rate_sources_evicted = self.admission.evicted();
         self.registrar.report(&mut s);
         self.rooms.report(&mut s);
         probes::report(&self.prober, &mut s);
@@ -376,6 +414,7 @@ impl CallManager {
         if now >= self.next_sweep {
             self.next_sweep = now + NS;
             self.registrar.expire(now);
+            self.end_overlong_calls(now);
             self.dispatch_queues(now);
         }
         while let Some(timer) = self.take_due(now) {
@@ -415,15 +454,20 @@ impl CallManager {
                     pbxlab_proto::sip::ParseError::Invalid(i) => i.reason,
                     pbxlab_proto::sip::ParseError::Incomplete => "incomplete message",
                 };
-                if self.admission.admit(now, from, &self.nodes) {
+                if self.admission.admit(now, from, &self.nodes) == Verdict::Admit {
                     self.bad_request(from, datagram, why);
                 }
                 return;
             }
         };
         if msg.is_request() {
-            if !self.admission.admit(now, from, &self.nodes) {
-                self.stats.rate_limited += 1;
+            let verdict = self.admission.admit(now, from, &self.nodes);
+            if verdict != Verdict::Admit {
+                if verdict == Verdict::GlobalLimited {
+                    self.stats.global_rate_limited += 1;
+                } else {
+                    self.stats.rate_limited += 1;
+                }
                 if msg.method() != Some(Method::Ack) {
                     self.reply(from, &msg, 503, &[("Retry-After", "1")]);
                 }
@@ -585,11 +629,49 @@ impl Outbox {
     }
 }
 
-/// The two numbers of a branch or tag written `{a}x{b}`, ignoring what follows `b`.
-fn parse_pair(s: &str) -> Option<(u32, u32)> {
-    let (a, b) = s.split_once('x')?;
-    let b = b.split(|c: char| !c.is_ascii_digit()).next()?;
-    Some((a.parse().ok()?, b.parse().ok()?))
+/// The keys of what the Call Manager hands out and must recognise (or at least not have
+/// guessed) later, one per kind of field; [`Keyed`] labels keep the uses of one key apart.
+struct Keys {
+    /// Probe and ACK branches (transactions keep their own copy).
+    branch: Key,
+    /// Our To tags on leg A, our From tags on leg B.
+    tag: Key,
+    /// Leg B's Call-IDs.
+    call_id: Key,
+}
+
+/// One kind of keyed identifier, `{a}x{b}x{mac}`: two numbers that find what it names, and
+/// the first 64 bits of the MAC of its label and both numbers as 16 hex digits, so that only
+/// someone who saw it can name it (RFC 3261 8.1.1.7 and 19.3 ask branches, tags and Call-IDs
+/// to be unique; being unguessable is what keeps an off-path forger from answering for a
+/// peer or joining a dialog).
+#[derive(Debug, Clone, Copy)]
+struct Keyed(&'static [u8]);
+
+impl Keyed {
+    const TRANSACTION: Keyed = Keyed(b"transaction");
+    const PROBE: Keyed = Keyed(b"probe");
+    const TAG_A: Keyed = Keyed(b"tag a");
+    const TAG_B: Keyed = Keyed(b"tag b");
+    const CALL_ID_B: Keyed = Keyed(b"call-id b");
+
+    fn mac(self, key: &Key, a: u32, b: u32) -> u64 {
+        key.mac64(&[self.0, &a.to_be_bytes(), &b.to_be_bytes()])
+    }
+
+    /// The two numbers of `{a}x{b}x{16 hex digits}` when the digits are their MAC.
+    fn check(self, key: &Key, s: &str) -> Option<(u32, u32)> {
+        let mut parts = s.splitn(3, 'x');
+        let a: u32 = parts.next()?.parse().ok()?;
+        let b: u32 = parts.next()?.parse().ok()?;
+        let mac = parts.next()?;
+        if mac.len() != 16 {
+            return None;
+        }
+        let (bytes, _) = pbxlab_proto::mac::parse_hex::<8>(mac)?;
+        key.verify(&[self.0, &a.to_be_bytes(), &b.to_be_bytes()], &bytes)
+            .then_some((a, b))
+    }
 }
 
 /// A meeting room's affinity key: FNV-1a of its name, so every participant of a room maps to

@@ -10,9 +10,10 @@ use std::time::Duration;
 use pbxlab_balancer::{Probe, ProbeAction, ServerId};
 use pbxlab_proto::builder::write_request;
 
-use super::{CallManager, Nanos, Stats, parse_pair};
+use super::{CallManager, Keyed, Nanos, Stats};
 
-/// The start of a probe's branch; the rest is `{server}x{seq}`.
+/// The start of a probe's branch; the rest is `{server}x{seq}x{mac}`. Without the MAC, anyone
+/// who could send from a stopped node's address could keep it online by answering for it.
 pub(super) const BRANCH: &str = "z9hG4bKp";
 
 /// Reads the prober's counters into the status.
@@ -60,10 +61,14 @@ impl CallManager {
         };
         let (to, id) = (node.addr, server.0);
         let uri = format!("sip:{}@{to}", node.name);
-        let via = format!("SIP/2.0/UDP {};branch={BRANCH}{id}x{seq}", self.addr);
+        let mac = Keyed::PROBE.mac(&self.keys.branch, id, seq);
+        let via = format!(
+            "SIP/2.0/UDP {};branch={BRANCH}{id}x{seq}x{mac:016x}",
+            self.addr
+        );
         let from = format!("<sip:cm@{}>;tag=p{id}", self.domain);
         let to_party = format!("<{uri}>");
-        let call_id = format!("p{id}-{seq}@cm");
+        let call_id = format!("p{id}-{seq}-{mac:016x}@cm");
         let cseq = format!("{seq} OPTIONS");
         write_request(
             &mut self.scratch,
@@ -83,9 +88,10 @@ impl CallManager {
     }
 
     /// An answer with status `code` from `from` to the probe whose branch ends in `rest`. Only
-    /// the node's own address may answer for it.
+    /// the node's own address may answer for it, and only with the branch the probe carried.
     pub(super) fn probe_response(&mut self, now: Nanos, from: SocketAddr, rest: &str, code: u16) {
-        let Some((server, seq)) = parse_pair(rest) else {
+        let Some((server, seq)) = Keyed::PROBE.check(&self.keys.branch, rest) else {
+            self.stats.responses_forged += 1;
             return;
         };
         let server = ServerId(server);

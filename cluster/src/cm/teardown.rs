@@ -51,6 +51,25 @@ impl CallManager {
         self.end(now, call, Side::Neither);
     }
 
+    /// Ends every call older than the longest call, or whose caller asked for a session
+    /// timer (RFC 4028) and did not refresh it: BYE to each leg, media session ended. A call
+    /// whose parties never hang up, or that was made only to aim a node's media somewhere,
+    /// ends. Run with the once-a-second sweep, so a call lasts at most a second longer.
+    pub(super) fn end_overlong_calls(&mut self, now: Nanos) {
+        for call in self.calls.due_to_end(now, self.max_call) {
+            let expired = self.calls.get(call).is_some_and(|c| {
+                c.session_expires_s > 0
+                    && (self.max_call == 0 || now.saturating_sub(c.started) < self.max_call)
+            });
+            let why = if expired {
+                "session timer expired"
+            } else {
+                "longest call reached"
+            };
+            self.hang_up(now, call, why);
+        }
+    }
+
     pub(super) fn end(&mut self, now: Nanos, call: CallRef, hung_up: Side) {
         let Some(c) = self.calls.get(call) else {
             return;
@@ -76,7 +95,7 @@ impl CallManager {
         d.local_cseq += 1;
         let purpose = if to_a { Purpose::ByeA } else { Purpose::ByeB };
         let tx = self.txs.open(now, call, purpose, d.remote_addr, false);
-        let via = tx.via(self.addr);
+        let via = self.txs.via(tx, self.addr);
         d.write_request(&mut self.scratch, Method::Bye, &via, d.local_cseq, &[], b"");
         self.txs.send(tx, &self.scratch, &mut self.out);
     }
@@ -95,7 +114,7 @@ impl CallManager {
         // The INVITE's Via, branch and all, and its CSeq number (RFC 3261 9.1). Answers come
         // back on that branch, which no longer names a live transaction: the abandoned
         // INVITE's record below leads them to this one.
-        let via = invite.via(self.addr);
+        let via = self.txs.via(invite, self.addr);
         d.write_request(&mut self.scratch, Method::Cancel, &via, 1, &[], b"");
         self.txs.send(tx, &self.scratch, &mut self.out);
         // The callee may have answered already; its answer must still be ACKed.

@@ -26,6 +26,11 @@ pub(super) fn addr(s: &str) -> SocketAddr {
 /// A cluster of one media, one IVR, one queue and one meeting node; users 1000..1010, queue 1
 /// with agents 1000 and 1001.
 pub(super) fn cm() -> CallManager {
+    cm_with(|_| {})
+}
+
+/// [`cm`] with its configuration changed by `change` first.
+pub(super) fn cm_with(change: impl FnOnce(&mut Config)) -> CallManager {
     let health =
         HealthConfig::new(Duration::from_secs(1), Duration::from_millis(500), 3, 2).unwrap();
     let mut b = Balancer::new(health);
@@ -70,6 +75,7 @@ pub(super) fn cm() -> CallManager {
     cfg.whitelist = vec![addr(UA).ip()];
     cfg.rate_limit_per_s = 10.0;
     cfg.rate_burst = 5.0;
+    change(&mut cfg);
     CallManager::new(cfg, b, nodes)
 }
 
@@ -412,11 +418,20 @@ fn unknown_targets_and_unregistered_users_are_refused() {
         );
         assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(code), "{ruri}");
     }
-    // No SDP offer: nothing to anchor.
+    // An SDP body we cannot use (no audio): nothing to anchor. (No body at all is a delayed
+    // offer, answered with ours.)
     cm.handle(
         0,
         addr(UA),
-        &request("INVITE", "sip:echo@x", "1", "n", 1, "", ""),
+        &request(
+            "INVITE",
+            "sip:echo@x",
+            "1",
+            "n",
+            1,
+            "Content-Type: application/sdp\r\n",
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n",
+        ),
     );
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(488));
     assert_eq!(cm.balancer().placed(), 0);
@@ -880,4 +895,315 @@ fn expires_zero_unregisters_and_the_user_becomes_unreachable() {
         ),
     );
     assert_eq!(parse(&sent(&mut cm)[0].1).code(), Some(480));
+}
+
+/// A node that stopped answering goes down even while someone sending from its address
+/// answers every probe for it with the probe's own numbers (`z9hG4bKp{server}x{seq}`, what
+/// the branch used to be) or a made-up MAC: only the probe's real branch counts.
+#[test]
+fn forged_probe_answers_from_the_nodes_address_do_not_keep_a_stopped_node_online() {
+    let mut cm = cm();
+    let stopped = cm.nodes()[0].clone();
+    for round in 0..4u64 {
+        let now = round * NS;
+        cm.advance(now);
+        for (to, probe) in sent(&mut cm) {
+            let p = parse(&probe);
+            if p.method() != Some(Method::Options) {
+                continue;
+            }
+            let mut ok = Vec::new();
+            if to != stopped.addr {
+                pbxlab_proto::builder::write_response(&mut ok, &p, 200, "OK", Some("n"), &[], b"");
+                cm.handle(now + MS, to, &ok);
+                continue;
+            }
+            let text = String::from_utf8(probe.clone()).unwrap();
+            let branch = p.top_via().unwrap().branch.unwrap();
+            let (numbers, _) = branch.rsplit_once('x').unwrap();
+            for forged in [numbers.to_owned(), format!("{numbers}x00000000deadbeef")] {
+                let forged = text.replace(branch, &forged);
+                let mut ok = Vec::new();
+                let f = parse(forged.as_bytes());
+                pbxlab_proto::builder::write_response(&mut ok, &f, 200, "OK", Some("n"), &[], b"");
+                cm.handle(now + MS, stopped.addr, &ok);
+            }
+        }
+        cm.advance(now + 500 * MS);
+        let _ = sent(&mut cm);
+    }
+    let state = |cm: &CallManager, id| cm.balancer().server(id).unwrap().state;
+    assert_eq!(state(&cm, stopped.id), ServerState::Down);
+    assert_eq!(cm.stats().responses_forged, 8);
+    for n in &cm.nodes()[1..] {
+        assert_eq!(state(&cm, n.id), ServerState::Online, "{}", n.name);
+    }
+}
+
+/// An OPTIONS from `from` at `now`; the status code it got.
+fn options_from(cm: &mut CallManager, now: Nanos, from: SocketAddr, id: &str) -> u16 {
+    let r = request("OPTIONS", "sip:cm@x", "f", id, 1, "", "");
+    cm.handle(now, from, &r);
+    let out = sent(cm);
+    parse(&out[0].1).code().unwrap()
+}
+
+/// 2,000 OPTIONS in one second from 49 addresses, each below its own limit (41/s of 100/s):
+/// the per-source buckets alone let all of them through. The global bucket (200/s, 400 at
+/// once) answers the rest 503 with Retry-After, counted apart; a whitelisted source still
+/// passes in the middle of it, and a quiet second later the sprayers pass again.
+#[test]
+fn a_flood_spread_over_49_sources_earns_503_once_the_global_limit_is_passed() {
+    let mut cm = cm_with(|c| {
+        c.rate_limit_per_s = 100.0;
+        c.rate_burst = 200.0;
+        c.global_rate_limit_per_s = 200.0;
+        c.global_rate_burst = 400.0;
+    });
+    let source = |i: u32| SocketAddr::from(([127, 0, 1, (10 + i % 49) as u8], 9000));
+    let mut ok = 0;
+    for i in 0..2000u32 {
+        let now = u64::from(i) * NS / 2000;
+        let r = request("OPTIONS", "sip:cm@x", "f", &format!("s{i}"), 1, "", "");
+        cm.handle(now, source(i), &r);
+        let out = sent(&mut cm);
+        let m = parse(&out[0].1);
+        match m.code() {
+            Some(200) => ok += 1,
+            Some(503) => assert_eq!(m.header(HeaderName::RetryAfter), Some("1")),
+            other => panic!("{other:?}"),
+        }
+        if i == 1000 {
+            assert_eq!(options_from(&mut cm, now, addr(UA), "w"), 200);
+        }
+    }
+    // 400 at once and 200/s for the second: about 600, give or take the last refill.
+    assert!((590..=610).contains(&ok), "{ok} passed");
+    let s = cm.stats();
+    assert_eq!(s.global_rate_limited, 2000 - ok);
+    assert_eq!(s.rate_limited, 0, "no source was above its own limit");
+    assert_eq!(options_from(&mut cm, 3 * NS, source(7), "later"), 200);
+}
+
+/// A source being limited stays limited however many other sources come and go: the table
+/// used to be wiped when it held 65,536 entries, so 65,536 one-shot requests from spoofed
+/// addresses gave the flooder a full bucket again.
+#[test]
+fn filling_the_rate_table_with_one_shot_sources_does_not_reset_a_flooding_source() {
+    let mut cm = cm_with(|c| {
+        c.global_rate_limit_per_s = 1e9;
+        c.global_rate_burst = 1e9;
+    });
+    let flooder = addr(FLOODER);
+    let codes: Vec<u16> = (0..20)
+        .map(|i| options_from(&mut cm, i * MS, flooder, &format!("f{i}")))
+        .collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 503).count(), 15);
+    for i in 0..70_000u32 {
+        let one_shot = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 5060));
+        let r = request("OPTIONS", "sip:cm@x", "o", "o", 1, "", "");
+        cm.handle(20 * MS, one_shot, &r);
+        if i % 1024 == 0 {
+            let _ = sent(&mut cm);
+        }
+    }
+    let _ = sent(&mut cm);
+    assert!(cm.stats().rate_sources_evicted >= 70_000 - 65_536);
+    assert_eq!(options_from(&mut cm, 25 * MS, flooder, "again"), 503);
+    assert_eq!(cm.stats().rate_limited, 16);
+    // And it recovers as its own bucket refills, not sooner.
+    assert_eq!(options_from(&mut cm, 2 * NS, flooder, "later"), 200);
+}
+
+/// The caller's ACK in the dialog of `ok` (our 200 to its INVITE `call_id`), with `body`.
+fn ack_with(ok: &Message<'_>, call_id: &str, body: &str) -> Vec<u8> {
+    let to = ok.header(HeaderName::To).unwrap().to_owned();
+    let extra = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    String::from_utf8(request(
+        "ACK",
+        "sip:cm@127.0.0.1:5060",
+        "sipp",
+        call_id,
+        1,
+        extra,
+        body,
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"))
+    .into_bytes()
+}
+
+/// An INVITE without SDP (a delayed offer, RFC 3261 13.2.1) gets our offer in the 200 and
+/// its media from the ACK's answer; it used to get 488. An ACK without an answer ends the
+/// call with a BYE.
+#[test]
+fn an_invite_without_sdp_gets_the_offer_in_the_200_and_the_answer_from_the_ack() {
+    let mut cm = cm();
+    let invite = request("INVITE", "sip:echo@127.0.0.1:5060", "sipp", "d1", 1, "", "");
+    cm.handle(0, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    let offer = SessionDescription::parse(ok.body()).unwrap();
+    let node = offer.audio_addr().unwrap();
+    assert!(cm.nodes().iter().any(|n| n.addr == node));
+    let audio = offer.audio.unwrap();
+    assert_eq!(audio.payload_types.as_slice(), &[0, 8, 101][..]);
+    assert_eq!(cm.node_commands().count(), 0, "no media before the answer");
+    // The caller answers with PCMA (and no telephone-event).
+    let answer = offer_pcma(UA_RTP, 77);
+    cm.handle(MS, addr(UA), &ack_with(&ok, "d1", &answer));
+    let cmds: Vec<_> = cm.node_commands().collect();
+    match &cmds[..] {
+        [(_, NodeCommand::Echo { leg, .. })] => {
+            assert_eq!(
+                (leg.remote, leg.ssrc, leg.codec_pt, leg.dtmf_pt),
+                (addr(UA_RTP), Some(77), 8, None)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The 200 is not sent again: the ACK confirmed it.
+    cm.advance(2 * NS);
+    assert!(
+        texts(&sent(&mut cm))
+            .iter()
+            .all(|t| !t.starts_with("SIP/2.0 200"))
+    );
+
+    // An ACK with no answer: nothing was agreed, so the call ends.
+    let invite = request(
+        "INVITE",
+        "sip:ivr-1@127.0.0.1:5060",
+        "sipp",
+        "d2",
+        1,
+        "",
+        "",
+    );
+    cm.handle(3 * NS, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    cm.handle(3 * NS + MS, addr(UA), &ack_with(&ok, "d2", ""));
+    let out = sent(&mut cm);
+    assert!(
+        out.iter()
+            .any(|(to, b)| *to == addr(UA) && b.starts_with(b"BYE")),
+        "{:?}",
+        texts(&out)
+    );
+    assert!(
+        cm.node_commands()
+            .all(|(_, c)| !matches!(c, NodeCommand::Ivr { .. })),
+        "no prompt for a call without media"
+    );
+    assert_eq!(cm.stats().calls_active, 1, "only the echo call is left");
+    assert_eq!(
+        cm.stats().failures.get("no usable SDP answer in the ACK"),
+        Some(&1)
+    );
+}
+
+/// An SDP body naming PCMA only, with an SSRC.
+fn offer_pcma(rtp: &str, ssrc: u32) -> String {
+    let a: SocketAddr = addr(rtp);
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\n\
+         a=rtpmap:8 PCMA/8000\r\na=ssrc:{ssrc} cname:t\r\n",
+        ip = a.ip(),
+        port = a.port()
+    )
+}
+
+/// A caller that asks for a session timer (RFC 4028: `Supported: timer`, `Session-Expires`)
+/// gets it, as refresher: each re-INVITE refreshes it, and a session left unrefreshed is
+/// ended (BYE, media ended) min(32 s, a third) before it expires. Less than 90 s gets 422.
+#[test]
+fn a_session_timer_the_caller_asked_for_ends_the_call_unless_refreshed() {
+    let mut cm = cm();
+    let timer = "Content-Type: application/sdp\r\nSupported: timer\r\nSession-Expires: 90\r\n";
+    let short = "Content-Type: application/sdp\r\nSupported: timer\r\nSession-Expires: 30\r\n";
+    let invite = request(
+        "INVITE",
+        "sip:echo@x",
+        "sipp",
+        "t0",
+        1,
+        short,
+        &offer(UA_RTP, 5),
+    );
+    cm.handle(0, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let refused = parse(&out[0].1);
+    assert_eq!(refused.code(), Some(422));
+    let min_se = refused.headers().iter().find(|h| h.raw_name == "Min-SE");
+    assert_eq!(min_se.map(|h| h.value), Some("90"));
+
+    let invite = request(
+        "INVITE",
+        "sip:echo@x",
+        "sipp",
+        "t1",
+        1,
+        timer,
+        &offer(UA_RTP, 5),
+    );
+    cm.handle(0, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    let se = ok
+        .headers()
+        .iter()
+        .find(|h| h.raw_name == "Session-Expires");
+    assert_eq!(se.map(|h| h.value), Some("90;refresher=uac"));
+    assert_eq!(ok.header(HeaderName::Require), Some("timer"));
+    cm.handle(MS, addr(UA), &ack_with(&ok, "t1", ""));
+    let _ = cm.node_commands().count();
+    let byes = |cm: &mut CallManager| {
+        sent(cm)
+            .iter()
+            .filter(|(to, b)| *to == addr(UA) && b.starts_with(b"BYE"))
+            .count()
+    };
+    // Refreshed at 50 s by a re-INVITE: due at 50 + 90 - 30 = 110 s, not at 60 s.
+    let to = ok.header(HeaderName::To).unwrap().to_owned();
+    let reinvite = String::from_utf8(request(
+        "INVITE",
+        "sip:cm@127.0.0.1:5060",
+        "sipp",
+        "t1",
+        2,
+        timer,
+        &offer(UA_RTP, 5),
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
+    cm.handle(50 * NS, addr(UA), reinvite.as_bytes());
+    let out = sent(&mut cm);
+    let refreshed = parse(&out[0].1);
+    assert_eq!(refreshed.code(), Some(200));
+    assert!(
+        refreshed
+            .headers()
+            .iter()
+            .any(|h| h.raw_name == "Session-Expires")
+    );
+    cm.advance(61 * NS);
+    cm.advance(109 * NS);
+    assert_eq!(byes(&mut cm), 0, "refreshed at 50 s");
+    assert_eq!(cm.stats().calls_active, 1);
+    cm.advance(111 * NS);
+    assert_eq!(byes(&mut cm), 1);
+    assert_eq!(cm.stats().calls_active, 0);
+    assert_eq!(cm.stats().failures.get("session timer expired"), Some(&1));
+    assert!(
+        cm.node_commands()
+            .any(|(_, c)| matches!(c, NodeCommand::End { .. }))
+    );
 }

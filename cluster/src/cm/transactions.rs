@@ -1,16 +1,20 @@
 //! Our client transactions (RFC 3261 17.1): each request we send in a call is kept in a slab
 //! slot until its final response, retransmitted on its own timers (A and E from T1, doubling;
-//! B and F at 64*T1), and found again by the `{slot}x{generation}` in its branch. An INVITE
-//! may also have a ring limit, which takes over from Timer B once it is answered 1xx.
+//! B and F at 64*T1), and found again by the `{slot}x{generation}` in its branch. The branch
+//! also carries a MAC of those two numbers, so an answer is only believed from someone who saw
+//! our request (a forger who guessed the numbers once could end a ringing call). An INVITE may
+//! also have a ring limit, which takes over from Timer B once it is answered 1xx.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 
-use super::calls::CallRef;
-use super::{Nanos, Outbox, parse_pair};
+use pbxlab_proto::mac::Key;
 
-/// How the branch of each of our transactions starts; the id follows.
+use super::calls::CallRef;
+use super::{Keyed, Nanos, Outbox};
+
+/// How the branch of each of our transactions starts; the id and its MAC follow.
 const BRANCH: &str = "z9hG4bKc";
 
 /// A transaction's slot and the slot's generation, so a stale id names nothing.
@@ -18,19 +22,22 @@ const BRANCH: &str = "z9hG4bKc";
 pub(super) struct TxId(u32, u32);
 
 impl TxId {
-    /// The Via of this transaction's request, sent from `us`; a CANCEL repeats its INVITE's.
-    pub(super) fn via(self, us: SocketAddr) -> String {
-        format!(
-            "SIP/2.0/UDP {us};branch={BRANCH}{}x{};rport",
-            self.0, self.1
-        )
+    /// A transaction id of these numbers, for tests that make records by hand.
+    #[cfg(test)]
+    pub(super) fn new(slot: u32, generation: u32) -> TxId {
+        TxId(slot, generation)
     }
+}
 
-    /// The transaction a response's top Via branch names, if the branch is one of ours.
-    pub(super) fn from_branch(branch: &str) -> Option<TxId> {
-        let (slot, generation) = parse_pair(branch.strip_prefix(BRANCH)?)?;
-        Some(TxId(slot, generation))
-    }
+/// What a response's top Via branch says about our transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Branch {
+    /// One of ours, its MAC checked.
+    Ours(TxId),
+    /// Shaped like ours, but its MAC is not the one we made: forged, or from before a restart.
+    Forged,
+    /// Not shaped like ours at all.
+    Other,
 }
 
 /// What a transaction's request was for, which decides what its answer (or silence) does.
@@ -74,6 +81,8 @@ struct ClientTx {
 }
 
 pub(super) struct Transactions {
+    /// Keys the MAC in each branch.
+    key: Key,
     slots: Vec<ClientTx>,
     free: Vec<u32>,
     timers: BinaryHeap<Reverse<(Nanos, TxId)>>,
@@ -82,13 +91,35 @@ pub(super) struct Transactions {
 }
 
 impl Transactions {
-    pub(super) fn new(t1: Nanos, t2: Nanos) -> Transactions {
+    pub(super) fn new(t1: Nanos, t2: Nanos, key: Key) -> Transactions {
         Transactions {
+            key,
             slots: Vec::new(),
             free: Vec::new(),
             timers: BinaryHeap::new(),
             t1,
             t2,
+        }
+    }
+
+    /// The Via of transaction `id`'s request, sent from `us`; a CANCEL repeats its INVITE's.
+    pub(super) fn via(&self, id: TxId, us: SocketAddr) -> String {
+        let mac = Keyed::TRANSACTION.mac(&self.key, id.0, id.1);
+        format!(
+            "SIP/2.0/UDP {us};branch={BRANCH}{}x{}x{mac:016x};rport",
+            id.0, id.1
+        )
+    }
+
+    /// The transaction a response's top Via branch names, if the branch is one of ours and its
+    /// MAC holds.
+    pub(super) fn branch(&self, branch: &str) -> Branch {
+        let Some(rest) = branch.strip_prefix(BRANCH) else {
+            return Branch::Other;
+        };
+        match Keyed::TRANSACTION.check(&self.key, rest) {
+            Some((slot, generation)) => Branch::Ours(TxId(slot, generation)),
+            None => Branch::Forged,
         }
     }
 

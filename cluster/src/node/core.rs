@@ -1,7 +1,16 @@
 //! The node's sans-IO core: [`Node`] takes commands, datagrams and 20 ms ticks, and hands back
 //! datagrams (one arena) and digit events; no sockets and no clock. Here live its sessions and
-//! how a packet finds one (SSRC, else source address), relay, echo, IVR digits, hold, meeting
-//! rooms, the OPTIONS answer, the send queue and its counters ([`NodeStats`]).
+//! how a packet finds one (SSRC, else source address), where a leg's media goes (latching),
+//! relay, echo, IVR digits, hold, meeting rooms, the OPTIONS answer, the send queue and its
+//! counters ([`NodeStats`]).
+//!
+//! A leg's media goes only to the address its own media came from, and nothing goes before
+//! its first packet has come (symmetric RTP with latching, as rtpengine and Asterisk's
+//! `strictrtp` learn the far end): the address in the SDP is whatever the INVITE said, and an
+//! unauthenticated INVITE naming someone else's address once made an IVR node stream its
+//! prompt there for minutes. A peer that never sends media gets none. The latch is one
+//! field of the leg, set by the leg's first packet and read by every send: a compare per
+//! packet, no lookup.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -62,7 +71,6 @@ struct Stream {
     seq: u16,
     timestamp: u32,
     codec: Codec,
-    dest: SocketAddr,
     /// Frames since the stream started: the position in a tone pattern.
     frame: u64,
     /// Whether a packet has been sent: the first one carries the marker bit and keeps its
@@ -92,6 +100,9 @@ struct LegState {
     ssrc: Option<u32>,
     /// Whether this leg is in `by_addr`, waiting for its first packet.
     by_addr: bool,
+    /// Where the leg's media goes: the source of its first packet. Nothing is sent to the
+    /// leg before then.
+    latched: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -181,7 +192,7 @@ impl Outbox {
         true
     }
 
-    fn push_rtp(&mut self, s: &Stream, payload: &[u8]) -> bool {
+    fn push_rtp(&mut self, s: &Stream, dest: SocketAddr, payload: &[u8]) -> bool {
         if !self.room() {
             return false;
         }
@@ -202,7 +213,7 @@ impl Outbox {
         match written {
             Some(Ok(n)) => {
                 self.arena.truncate(start + n);
-                self.ends.push((s.dest, self.arena.len()));
+                self.ends.push((dest, self.arena.len()));
                 self.sent += 1;
                 true
             }
@@ -241,6 +252,9 @@ pub struct Node {
     to_tag: String,
     last_tick: Option<Nanos>,
     stats: NodeStats,
+    /// Datagrams not sent because the leg they were for has sent no media yet (not latched).
+    /// Kept apart from [`NodeStats`], whose fields the control link carries.
+    unlatched: u64,
 }
 
 impl Node {
@@ -265,6 +279,7 @@ impl Node {
             to_tag: format!("{:08x}", mix64(u64::from(id)) as u32),
             last_tick: None,
             stats: NodeStats::default(),
+            unlatched: 0,
         }
     }
 
@@ -305,6 +320,12 @@ impl Node {
         !self.players.is_empty() || !self.rooms.is_empty()
     }
 
+    /// Datagrams not sent because their leg had sent no media yet: relayed packets, prompt,
+    /// hold and mix frames.
+    pub fn unlatched(&self) -> u64 {
+        self.unlatched
+    }
+
     pub fn stats(&self) -> NodeStats {
         NodeStats {
             sessions: self.by_session.len() as u64,
@@ -318,7 +339,7 @@ impl Node {
     /// The SSRC the node sends from for `session`: derived from both ids, so it is the same
     /// in every run and differs between nodes (a session moved by failover gets a new one,
     /// as it would from a different server).
-    fn stream_for(&self, session: MediaSession, leg: &Leg, codec: Codec) -> Stream {
+    fn stream_for(&self, session: MediaSession, codec: Codec) -> Stream {
         let h = mix64(mix64(session.0) ^ u64::from(self.id));
         Stream {
             ssrc: (h >> 32) as u32,
@@ -326,7 +347,6 @@ impl Node {
             seq: (h >> 16) as u16,
             timestamp: (h as u32) & 0xffff_0000,
             codec,
-            dest: leg.remote,
             frame: 0,
             sent: false,
         }
@@ -359,7 +379,10 @@ impl Node {
     }
 
     fn start(&mut self, id: MediaSession, leg: Leg, other: Option<Leg>, setup: Setup) {
-        let previous = self.end(id);
+        let (previous, latched) = match self.end_keeping(id) {
+            Some((stream, latched)) => (stream, latched),
+            None => (None, [None; 2]),
+        };
         let generated = !matches!(setup, Setup::Relay | Setup::Echo);
         let codec = Codec::from_pt(leg.codec_pt);
         if self.by_session.len() >= self.max_sessions || (generated && codec.is_none()) {
@@ -375,12 +398,8 @@ impl Node {
             }
         };
         let out = codec.map(|codec| match previous {
-            Some(s) => Stream {
-                codec,
-                dest: leg.remote,
-                ..s
-            },
-            None => self.stream_for(id, &leg, codec),
+            Some(s) => Stream { codec, ..s },
+            None => self.stream_for(id, codec),
         });
         let kind = match (setup, out) {
             (Setup::Relay, _) => Kind::Relay,
@@ -418,9 +437,19 @@ impl Node {
                 return;
             }
         };
+        // A leg the command repeats (same SDP address) keeps its latch; a leg whose address
+        // changed has moved and is learnt again, as after a re-INVITE.
+        let keep = |i: usize, l: &Leg| {
+            latched
+                .get(i)
+                .copied()
+                .flatten()
+                .filter(|(remote, _)| *remote == l.remote)
+                .map(|(_, at)| at)
+        };
         let legs = [
-            Some(self.register(LegRef { slot, leg: 0 }, leg)),
-            other.map(|b| self.register(LegRef { slot, leg: 1 }, b)),
+            Some(self.register(LegRef { slot, leg: 0 }, leg, keep(0, &leg))),
+            other.map(|b| self.register(LegRef { slot, leg: 1 }, b, keep(1, &b))),
         ];
         if let Some(s) = self.slots.get_mut(slot as usize) {
             *s = Some(Session { id, legs, kind });
@@ -428,7 +457,7 @@ impl Node {
         self.by_session.insert(id, slot);
     }
 
-    fn register(&mut self, r: LegRef, leg: Leg) -> LegState {
+    fn register(&mut self, r: LegRef, leg: Leg, latched: Option<SocketAddr>) -> LegState {
         if let Some(ssrc) = leg.ssrc
             && let Entry::Vacant(v) = self.by_ssrc.entry(ssrc)
         {
@@ -437,6 +466,7 @@ impl Node {
                 leg,
                 ssrc: Some(ssrc),
                 by_addr: false,
+                latched,
             };
         }
         // No SSRC announced, or another leg already has it: find the leg by its address
@@ -446,6 +476,7 @@ impl Node {
             leg,
             ssrc: None,
             by_addr: true,
+            latched,
         }
     }
 
@@ -467,6 +498,12 @@ impl Node {
 
     /// Forgets a session; returns the stream it was sending, if any.
     fn end(&mut self, id: MediaSession) -> Option<Stream> {
+        self.end_keeping(id).and_then(|(stream, _)| stream)
+    }
+
+    /// Forgets a session; returns the stream it was sending, if any, and each leg's SDP
+    /// address with the address it latched to.
+    fn end_keeping(&mut self, id: MediaSession) -> Option<(Option<Stream>, [Latch; 2])> {
         let slot = self.by_session.remove(&id)?;
         let session = self.slots.get_mut(slot as usize)?.take()?;
         self.free.push(slot);
@@ -487,7 +524,9 @@ impl Node {
             }
             Kind::Relay | Kind::Echo => {}
         }
-        session.kind.stream()
+        let latch = |st: &Option<LegState>| st.and_then(|st| Some((st.leg.remote, st.latched?)));
+        let latches = [latch(&session.legs[0]), latch(&session.legs[1])];
+        Some((session.kind.stream(), latches))
     }
 
     fn remove_player(&mut self, pos: usize) {
@@ -546,16 +585,30 @@ impl Node {
             return;
         };
         self.stats.packets_in += 1;
+        // The leg's first packet fixes where its media goes (latching).
+        if let Some(Some(me)) = session.legs.get_mut(usize::from(r.leg))
+            && me.latched.is_none()
+        {
+            me.latched = Some(from);
+        }
         match &mut session.kind {
             Kind::Relay => {
                 let other = if r.leg == 0 { 1 } else { 0 };
-                if let Some(Some(to)) = session.legs.get(other) {
-                    self.outbox.push(to.leg.remote, datagram);
+                match session.legs.get(other) {
+                    Some(Some(LegState {
+                        latched: Some(to), ..
+                    })) => {
+                        self.outbox.push(*to, datagram);
+                    }
+                    _ => self.unlatched += 1,
                 }
             }
             Kind::Echo => {
-                if let Some(Some(leg)) = session.legs.first() {
-                    self.outbox.push(leg.leg.remote, datagram);
+                if let Some(Some(LegState {
+                    latched: Some(to), ..
+                })) = session.legs.first()
+                {
+                    self.outbox.push(*to, datagram);
                 }
             }
             Kind::Ivr {
@@ -654,17 +707,24 @@ impl Node {
             let Some(Some(s)) = self.slots.get_mut(slot as usize) else {
                 continue;
             };
+            let Some(dest) = latched(s) else {
+                // The caller has sent nothing yet: its prompt or hold audio starts, from its
+                // beginning, once it has.
+                self.unlatched += 1;
+                continue;
+            };
             let (out, tone) = match &mut s.kind {
                 Kind::Ivr { out, .. } => (out, &*PROMPT),
                 Kind::Hold { out, .. } => (out, &*HOLD),
                 _ => continue,
             };
             out.advance(frames);
-            self.outbox.push_rtp(out, tone.frame(out.codec, out.frame));
+            self.outbox
+                .push_rtp(out, dest, tone.frame(out.codec, out.frame));
             out.sent = true;
         }
         for room in self.rooms.values() {
-            mix(&room.members, &mut self.slots, &mut self.outbox, frames);
+            self.unlatched += mix(&room.members, &mut self.slots, &mut self.outbox, frames);
         }
     }
 
@@ -705,9 +765,18 @@ enum Setup {
     Join(u64),
 }
 
-/// Sends each member of a room the sum of the others' latest frames. Allocates nothing: the
-/// sum and each output frame live on the stack.
-fn mix(members: &[u32], slots: &mut [Option<Session>], outbox: &mut Outbox, frames: u64) {
+/// A leg's SDP address and the address its media is sent to, kept over a repeated command.
+type Latch = Option<(SocketAddr, SocketAddr)>;
+
+/// Where a one-leg session's generated audio goes: where its leg's media came from.
+fn latched(s: &Session) -> Option<SocketAddr> {
+    s.legs.first().copied().flatten()?.latched
+}
+
+/// Sends each member of a room the sum of the others' latest frames; a member that has sent
+/// nothing yet is sent nothing (and counted, the return value). Allocates nothing: the sum
+/// and each output frame live on the stack.
+fn mix(members: &[u32], slots: &mut [Option<Session>], outbox: &mut Outbox, frames: u64) -> u64 {
     let mut sum = Mix::new();
     for &m in members {
         if let Some(Some(Session {
@@ -721,22 +790,29 @@ fn mix(members: &[u32], slots: &mut [Option<Session>], outbox: &mut Outbox, fram
         }
     }
     let mut payload = [0u8; SAMPLES];
+    let mut unlatched = 0;
     for &m in members {
-        let Some(Some(Session {
-            kind: Kind::Meeting {
-                out, pcm, fresh, ..
-            },
-            ..
-        })) = slots.get_mut(m as usize)
+        let Some(Some(s)) = slots.get_mut(m as usize) else {
+            continue;
+        };
+        let dest = latched(s);
+        let Kind::Meeting {
+            out, pcm, fresh, ..
+        } = &mut s.kind
         else {
+            continue;
+        };
+        let Some(dest) = dest else {
+            unlatched += 1;
             continue;
         };
         sum.encode_without(fresh.then_some(&**pcm), out.codec, &mut payload);
         out.advance(frames);
-        outbox.push_rtp(out, &payload);
+        outbox.push_rtp(out, dest, &payload);
         out.sent = true;
         *fresh = false;
     }
+    unlatched
 }
 
 #[cfg(test)]
@@ -777,14 +853,21 @@ mod tests {
             a: leg(5000, Some(0xaaaa), 0),
             b: leg(6000, Some(0xbbbb), 0),
         });
-        // The load generator sends every stream from one address: only the SSRC tells them apart.
+        // The load generator sends every stream from one address: only the SSRC tells them
+        // apart. Each leg's media goes where that leg's came from; A's first packet, before B
+        // has sent anything, goes nowhere.
         let a = audio(0xaaaa, 1);
         let b = audio(0xbbbb, 9);
         n.handle(addr(9999), &a);
-        n.handle(addr(9999), &b);
-        assert_eq!(sent(&mut n), vec![(addr(6000), a), (addr(5000), b)]);
+        n.handle(addr(9998), &b);
+        assert_eq!(sent(&mut n), vec![(addr(9999), b.clone())]);
+        assert_eq!(n.unlatched(), 1);
+        let a2 = audio(0xaaaa, 2);
+        n.handle(addr(9999), &a2);
+        n.handle(addr(9998), &b);
+        assert_eq!(sent(&mut n), vec![(addr(9998), a2), (addr(9999), b)]);
         let s = n.stats();
-        assert_eq!((s.packets_in, s.packets_out, s.unknown_packets), (2, 2, 0));
+        assert_eq!((s.packets_in, s.packets_out, s.unknown_packets), (4, 3, 0));
         assert!(
             sent(&mut n).is_empty(),
             "transmit_all hands out each datagram once"
@@ -804,11 +887,18 @@ mod tests {
         n.handle(addr(5000), &a);
         let b = audio(0x5678, 1);
         n.handle(addr(6000), &b);
-        assert_eq!(sent(&mut n), vec![(addr(6000), a), (addr(5000), b)]);
-        // Learnt: the SSRC now finds the leg from any address.
+        // A's first packet came before B had sent: nowhere to send it yet.
+        assert_eq!(sent(&mut n), vec![(addr(5000), b)]);
+        n.handle(addr(5000), &a);
+        assert_eq!(sent(&mut n), vec![(addr(6000), a)]);
+        // Learnt: the SSRC now finds the leg from any address; what goes to A still goes
+        // where A's first packet came from.
         let moved = audio(0x1234, 2);
         n.handle(addr(5001), &moved);
         assert_eq!(sent(&mut n), vec![(addr(6000), moved)]);
+        let back = audio(0x5678, 2);
+        n.handle(addr(6000), &back);
+        assert_eq!(sent(&mut n), vec![(addr(5000), back)]);
         // And the address alone no longer does.
         n.handle(addr(5000), &audio(0x9999, 1));
         assert!(sent(&mut n).is_empty());
@@ -845,10 +935,14 @@ mod tests {
             session: session(3),
             leg: leg(5000, Some(42), 8),
         });
+        // Back to where it came from (the SDP named 5000; the media says 7777).
         let p = packet(42, 7, 1120, 8, &[0xd5; 160]);
         n.handle(addr(7777), &p);
-        assert_eq!(sent(&mut n), vec![(addr(5000), p)]);
+        assert_eq!(sent(&mut n), vec![(addr(7777), p.clone())]);
         assert_eq!(n.sessions(), 1);
+        // Latched: a packet of the stream from elsewhere is echoed to the first source.
+        n.handle(addr(7778), &p);
+        assert_eq!(sent(&mut n), vec![(addr(7777), p)]);
     }
 
     /// Sends one digit as RFC 4733 schedules it: updates, then the end packet three times.
@@ -917,6 +1011,8 @@ mod tests {
             session: session(5),
             leg: leg(5000, None, 8),
         });
+        // The caller speaks first: hold audio goes where its media comes from.
+        n.handle(addr(5000), &audio(1, 0));
         let mut got = Vec::new();
         for k in 0..5u64 {
             n.tick(1_000_000 + k * FRAME_NS);
@@ -947,13 +1043,14 @@ mod tests {
         // What the caller sends is counted and discarded.
         n.handle(addr(5000), &audio(1, 1));
         assert!(sent(&mut n).is_empty());
-        assert_eq!(n.stats().packets_in, 1);
+        assert_eq!(n.stats().packets_in, 2);
         // Another node sends this session from another SSRC.
         let mut other = Node::new(8, Role::Queue, "queue-2".into(), addr(4001));
         other.command(NodeCommand::Hold {
             session: session(5),
             leg: leg(5000, None, 8),
         });
+        other.handle(addr(5000), &audio(1, 2));
         other.tick(0);
         let o = sent(&mut other);
         assert_ne!(rtp::read_rtp(&o[0].1).unwrap().ssrc, views[0].ssrc);
@@ -1073,6 +1170,54 @@ mod tests {
         assert_eq!(sent(&mut n), vec![(addr(6000), p)]);
     }
 
+    /// An INVITE may name anyone's address in its SDP: the IVR once streamed its prompt,
+    /// 50 packets a second for minutes, to whatever `c=` said. Nothing goes to an address
+    /// that has not sent the session's media: not the prompt, hold audio or a meeting mix,
+    /// not a relayed or echoed packet. A caller that never sends media gets none.
+    #[test]
+    fn a_third_party_named_in_the_sdp_is_sent_nothing() {
+        let victim = 9000;
+        let mut n = node();
+        n.command(NodeCommand::Ivr {
+            session: session(1),
+            leg: leg(victim, Some(11), 0),
+        });
+        n.command(NodeCommand::Hold {
+            session: session(2),
+            leg: leg(victim, Some(12), 0),
+        });
+        n.command(NodeCommand::Join {
+            session: session(3),
+            room: 5,
+            leg: leg(victim, Some(13), 0),
+        });
+        n.command(NodeCommand::Relay {
+            session: session(4),
+            a: leg(victim, Some(14), 0),
+            b: leg(victim + 1, Some(15), 0),
+        });
+        n.command(NodeCommand::Echo {
+            session: session(5),
+            leg: leg(victim + 2, None, 0),
+        });
+        for k in 0..300u64 {
+            n.tick(k * FRAME_NS);
+        }
+        // The one who made the call sends B's stream from its own address: it is relayed to
+        // nobody, since A's address has sent nothing.
+        n.handle(addr(7000), &audio(15, 1));
+        assert!(sent(&mut n).is_empty(), "nothing to anyone");
+        assert_eq!(n.unlatched(), 3 * 300 + 1);
+        // The IVR's caller speaks (from its own address): the prompt goes there, not to the
+        // SDP's address, from its first frame.
+        n.handle(addr(7001), &audio(11, 1));
+        n.tick(300 * FRAME_NS);
+        let out = sent(&mut n);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, addr(7001));
+        assert!(rtp::read_rtp(&out[0].1).unwrap().marker);
+    }
+
     #[test]
     fn a_repeated_command_repoints_the_session() {
         let mut n = node();
@@ -1080,19 +1225,31 @@ mod tests {
             session: session(1),
             leg: leg(5000, None, 0),
         });
+        n.handle(addr(5000), &audio(1, 0));
         n.tick(0);
         let first = rtp::read_rtp(&sent(&mut n)[0].1).unwrap().seq;
+        // The same leg again (a re-INVITE that changed nothing here) keeps its latch.
+        n.command(NodeCommand::Hold {
+            session: session(1),
+            leg: leg(5000, None, 0),
+        });
+        n.tick(FRAME_NS);
+        assert_eq!(sent(&mut n)[0].0, addr(5000));
+        // A new address: the leg moved, and is learnt again from its first packet there.
         n.command(NodeCommand::Hold {
             session: session(1),
             leg: leg(5100, None, 0),
         });
-        n.tick(FRAME_NS);
+        n.tick(2 * FRAME_NS);
+        assert!(sent(&mut n).is_empty());
+        n.handle(addr(5100), &audio(1, 1));
+        n.tick(3 * FRAME_NS);
         let out = sent(&mut n);
         assert_eq!(n.sessions(), 1);
         assert_eq!(out[0].0, addr(5100));
         // The stream goes on: same SSRC, next sequence number, no marker.
         let v = rtp::read_rtp(&out[0].1).unwrap();
-        assert_eq!((v.seq, v.marker), (first.wrapping_add(1), false));
+        assert_eq!((v.seq, v.marker), (first.wrapping_add(2), false));
     }
 
     #[test]

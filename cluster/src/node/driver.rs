@@ -456,18 +456,34 @@ mod tests {
         };
         let p = audio(1, 1);
         let q = audio(2, 1);
-        assert_eq!(exchange(&a, &b, &p), Some(p.clone()));
+        // Nothing is sent to a leg before its own media has come (latching): b speaks first,
+        // to no one yet (a has sent nothing), then a's packet reaches b and b's reaches a.
+        let mut first = None;
+        let mut first_buf = [0u8; 2048];
+        for _ in 0..20 {
+            b.send_to(&q, node_addr).unwrap();
+            a.send_to(&p, node_addr).unwrap();
+            if let Ok((n, _)) = b.recv_from(&mut first_buf) {
+                first = Some(first_buf[..n].to_vec());
+                break;
+            }
+        }
+        assert_eq!(first, Some(p.clone()));
         assert_eq!(exchange(&b, &a, &q), Some(q.clone()));
         let answer = exchange(&c, &c, OPTIONS.as_bytes()).unwrap();
         assert_eq!(sip::parse_datagram(&answer).unwrap().code(), Some(200));
 
-        // IVR: the prompt arrives on the tick, and a digit comes back as an event.
+        // IVR: once the caller has sent a packet, the prompt arrives on the tick, and a digit
+        // comes back as an event.
         assert!(handle.send(NodeCommand::Ivr {
             session: session(2),
             leg: leg_of(&c, Some(5)),
         }));
-        let (n, _) = c.recv_from(&mut buf).unwrap();
-        assert_eq!(rtp::read_rtp(&buf[..n]).unwrap().payload_type, 0);
+        let hello = audio(5, 1);
+        assert_eq!(
+            exchange(&c, &c, &hello).map(|b| rtp::read_rtp(&b).unwrap().payload_type),
+            Some(0)
+        );
         for p in dtmf::digit_packets(9, 100, 20, 10) {
             let mut pkt = [0u8; 16];
             rtp::write_rtp(&mut pkt, 5, 1, 800, 101, p.marker, &p.payload).unwrap();
