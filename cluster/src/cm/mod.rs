@@ -16,7 +16,7 @@
 //! a failover plan) is a node command plus a re-INVITE of each leg with the new node's address.
 //!
 //! The state is divided by owner, each part in its own file with its own fields: `registrar`
-//! (bindings, nonces), `admission` (the rate limit and whitelist), `transactions` (our client
+//! (bindings), `auth` (nonces and what answers to them came to), `admission` (the rate limit and whitelist), `transactions` (our client
 //! transactions and their timers), `calls` (the call table, dialogs and A's 200), `services`
 //! (IVR sessions, queues and agents, meeting rooms) and `probes`; `failover` keeps the records
 //! of moved and dropped calls. What needs several parts is a method of [`CallManager`] in the
@@ -37,6 +37,7 @@ use super::node::Place;
 use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
 
 mod admission;
+mod auth;
 mod b2bua;
 mod calls;
 mod failover;
@@ -49,6 +50,7 @@ mod transactions;
 pub use failover::{AdminError, DroppedCall, Reassigned};
 
 use admission::Admission;
+use auth::Auth;
 use calls::{CallRef, Calls};
 use failover::Records;
 use registrar::Registrar;
@@ -85,7 +87,8 @@ pub struct Config {
     pub max_calls: usize,
     /// Registrations are capped at this many seconds.
     pub max_expires_s: u32,
-    /// Seeds the nonce secret and tags; everything random derives from it.
+    /// Seeds leg B's Call-IDs and tags; everything random but what [`Config::key`] keys derives
+    /// from it.
     pub seed: u64,
     /// Keys what the Call Manager hands out and must recognise later (nonces, branches, tags).
     /// [`Config::new`] derives it from the seed, which replays a run; a cluster others can reach
@@ -135,7 +138,13 @@ pub struct NodeSpec {
 pub struct Stats {
     pub registered: usize,
     pub registrations: u64,
+    /// Answers to a challenge refused 403: a wrong password, a user we do not have, another
+    /// user's credentials.
     pub auth_failures: u64,
+    /// Right credentials on an expired nonce: challenged again with `stale=true`.
+    pub auth_stale: u64,
+    /// Credentials on a nonce we did not make (forged, or from before a restart).
+    pub auth_forged_nonces: u64,
     pub calls_active: usize,
     pub calls_total: u64,
     pub calls_completed: u64,
@@ -197,6 +206,7 @@ pub struct CallManager {
     /// From the seed: leg B's Call-IDs and ACK branches are derived from it.
     secret: u64,
     registrar: Registrar,
+    auth: Auth,
     admission: Admission,
     calls: Calls,
     txs: Transactions,
@@ -239,7 +249,8 @@ impl CallManager {
             node_at: nodes.iter().map(|n| (n.addr, n.id)).collect(),
             nodes,
             balancer,
-            registrar: Registrar::new(&cfg, secret),
+            registrar: Registrar::new(&cfg),
+            auth: Auth::new(&cfg.domain, &cfg.key),
             admission: Admission::new(&cfg),
             calls: Calls::new(t1, t2),
             txs: Transactions::new(t1, t2),
@@ -290,6 +301,7 @@ impl CallManager {
         s.calls_active = self.calls.active();
         s.queue_waiting = self.queues.waiting();
         self.registrar.report(&mut s);
+        self.auth.report(&mut s);
         self.rooms.report(&mut s);
         probes::report(&self.prober, &mut s);
         s
@@ -606,3 +618,6 @@ mod failover_tests;
 
 #[cfg(test)]
 mod leg_b_tests;
+
+#[cfg(test)]
+mod auth_tests;
