@@ -1,6 +1,11 @@
 //! Digest authentication of what our users send: the nonces we hand out in challenges and how
 //! an answer to one is judged. A nonce is its issue second and a number, with an HMAC-SHA-256
 //! of both under the Call Manager's key, so it is checked by recomputing it, not looked up.
+//! What is stored is how each nonce has been used ([`NonceCounts`]), so that a captured request
+//! sent again is not taken a second time.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 
 use pbxlab_proto::digest::{self, Algorithm, Authorization};
 use pbxlab_proto::mac::{self, Key};
@@ -12,6 +17,19 @@ pub(super) const NONCE_LIFETIME_S: u64 = 300;
 
 /// Bytes of the nonce's MAC that it carries (of HMAC-SHA-256's 32).
 const NONCE_MAC_LEN: usize = 16;
+
+/// Nonces whose use is remembered at once: at 300 s each, 870 authenticated requests a second
+/// before the oldest are forgotten early (and refused from then on, so a forgotten nonce is
+/// never taken again).
+const MAX_NONCES: usize = 262_144;
+
+/// Nonces one user's requests may hold at once; past it the user's oldest is spent.
+const MAX_NONCES_PER_USER: usize = 1_024;
+
+/// How long the same request (same nonce and `nc`, same Via branch, from the same address) is
+/// taken again as a retransmission of itself: a non-INVITE client transaction's Timer F,
+/// 64 x T1.
+const RETRANSMISSION_WINDOW: Nanos = 32 * NS;
 
 /// Which challenge a request gets: 401 with `WWW-Authenticate` for REGISTER (the registrar is
 /// the request's target).
@@ -39,6 +57,9 @@ impl Asker {
 pub(super) enum Verdict {
     /// The credentials are this user's.
     User(u32),
+    /// The right credentials, but on a nonce (and `nc`) already used by another request: a
+    /// replay. Challenged again as stale, so an honest client just answers the new nonce.
+    Replay,
     /// Challenge (again): no credentials, a nonce we did not make, or (`stale`) a nonce of ours
     /// that expired under the right credentials (RFC 7616 3.4: retry without asking the user).
     Challenge { stale: bool },
@@ -52,6 +73,9 @@ pub(super) struct Attempt<'a> {
     pub(super) request_uri: &'a str,
     /// The `Authorization` (or `Proxy-Authorization`) value, if any.
     pub(super) credentials: Option<&'a str>,
+    pub(super) from: SocketAddr,
+    /// The top Via's branch: with `from`, what tells a retransmission from a replay.
+    pub(super) branch: &'a str,
 }
 
 pub(super) struct Auth {
@@ -60,7 +84,9 @@ pub(super) struct Auth {
     key: Key,
     /// Nonces handed out so far; the next one's number.
     issued: u64,
+    counts: NonceCounts,
     failures: u64,
+    replays: u64,
     stale: u64,
     forged: u64,
 }
@@ -71,7 +97,9 @@ impl Auth {
             realm: realm.to_owned(),
             key: key.derive("nonce"),
             issued: 0,
+            counts: NonceCounts::default(),
             failures: 0,
+            replays: 0,
             stale: 0,
             forged: 0,
         }
@@ -81,6 +109,7 @@ impl Auth {
         s.auth_failures = self.failures;
         s.auth_stale = self.stale;
         s.auth_forged_nonces = self.forged;
+        s.auth_replays = self.replays;
     }
 
     /// A new nonce: `{issue second:x}.{number:x}.{MAC:hex}`. The number makes every challenge's
@@ -151,7 +180,7 @@ impl Auth {
         else {
             return Verdict::Challenge { stale: false };
         };
-        let Some((t, _n)) = self.genuine(now, auth.nonce) else {
+        let Some((t, n)) = self.genuine(now, auth.nonce) else {
             // Not a nonce of ours (made up, or from before a restart): a plain challenge.
             self.forged += 1;
             return Verdict::Challenge { stale: false };
@@ -170,6 +199,17 @@ impl Auth {
             self.stale += 1;
             return Verdict::Challenge { stale: true };
         }
+        // Only a right digest is counted: the nc it carries is covered by it, so nobody without
+        // the password can use up an honest client's counts.
+        let heard = Heard {
+            branch: pbxlab_balancer::hash::fnv1a(attempt.branch.as_bytes()),
+            from: attempt.from,
+            at: now,
+        };
+        if !self.counts.take(now, n, t, user, auth.nc, heard) {
+            self.replays += 1;
+            return Verdict::Replay;
+        }
         Verdict::User(user)
     }
 
@@ -185,5 +225,177 @@ impl Auth {
         auth.realm == self.realm
             && auth.uri == attempt.request_uri
             && digest::verify(auth, attempt.method, password)
+    }
+}
+
+/// A request that used a nonce: enough of it to know the same request when it comes again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Heard {
+    /// FNV-1a of its top Via branch.
+    branch: u64,
+    from: SocketAddr,
+    at: Nanos,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Used {
+    user: u32,
+    /// The issue second of the nonce: the entry goes when the nonce expires.
+    t: u64,
+    /// The highest `nc` taken; [`SPENT`] when no more may be (a nonce answered without qop,
+    /// which has no count, is good once, RFC 2617 3.2.2 without nonce-count).
+    nc: u32,
+    last: Heard,
+}
+
+const SPENT: u32 = u32::MAX;
+
+/// How each nonce answered so far has been used, in a bounded table: per nonce the highest
+/// `nc` taken (RFC 7616 3.4: a count not above it is a replay), its entry kept as long as the
+/// nonce lives. Kamailio's auth module with `nonce_count` keeps the same per nonce, in an
+/// array of in-flight nonces that wraps.
+#[derive(Debug, Default)]
+struct NonceCounts {
+    used: HashMap<u64, Used>,
+    /// Nonce numbers in the order they were first used: the oldest entry is at the front.
+    order: VecDeque<u64>,
+    /// Each user's nonces, in the same order.
+    by_user: HashMap<u32, VecDeque<u64>>,
+    /// Nonces numbered below this that the table does not hold were forgotten while alive
+    /// (the table was full): refused, since their counts are gone.
+    forgotten_below: u64,
+}
+
+impl NonceCounts {
+    /// Whether nonce `n` (issued at second `t`) may be used at `now` by `user` with count `nc`
+    /// (`None`: no qop), by the request `heard`; if so it is remembered. The same request from
+    /// the same address again within [`RETRANSMISSION_WINDOW`] is a retransmission and taken.
+    fn take(
+        &mut self,
+        now: Nanos,
+        n: u64,
+        t: u64,
+        user: u32,
+        nc: Option<u32>,
+        heard: Heard,
+    ) -> bool {
+        self.expire(now);
+        if let Some(u) = self.used.get_mut(&n) {
+            let again = u.last.branch == heard.branch
+                && u.last.from == heard.from
+                && now.saturating_sub(u.last.at) <= RETRANSMISSION_WINDOW;
+            return match nc {
+                Some(nc) if u.nc != SPENT && nc > u.nc => {
+                    u.nc = nc;
+                    u.last = heard;
+                    true
+                }
+                _ => again,
+            };
+        }
+        if n < self.forgotten_below {
+            return false;
+        }
+        while self.order.len() >= MAX_NONCES {
+            self.forget_oldest(true);
+        }
+        self.used.insert(
+            n,
+            Used {
+                user,
+                t,
+                nc: nc.unwrap_or(SPENT),
+                last: heard,
+            },
+        );
+        self.order.push_back(n);
+        let mine = self.by_user.entry(user).or_default();
+        mine.push_back(n);
+        if mine.len() > MAX_NONCES_PER_USER
+            && let Some(oldest) = mine.pop_front()
+            && let Some(u) = self.used.get_mut(&oldest)
+        {
+            // Spent, not removed: removed, it would look unused.
+            u.nc = SPENT;
+            u.last.at = 0;
+        }
+        true
+    }
+
+    /// Drops the entries of nonces that have expired by `now` (they are refused as stale
+    /// anyway). Entries are in first-use order, which is near enough issue order.
+    fn expire(&mut self, now: Nanos) {
+        let now_s = now / NS;
+        while let Some(&n) = self.order.front() {
+            let lapsed = self
+                .used
+                .get(&n)
+                .is_none_or(|u| now_s > u.t.saturating_add(NONCE_LIFETIME_S));
+            if !lapsed {
+                break;
+            }
+            self.forget_oldest(false);
+        }
+    }
+
+    fn forget_oldest(&mut self, alive: bool) {
+        let Some(n) = self.order.pop_front() else {
+            return;
+        };
+        let Some(u) = self.used.remove(&n) else {
+            return;
+        };
+        if alive {
+            self.forgotten_below = self.forgotten_below.max(n + 1);
+        }
+        if let Some(mine) = self.by_user.get_mut(&u.user) {
+            if mine.front() == Some(&n) {
+                mine.pop_front();
+            }
+            if mine.is_empty() {
+                self.by_user.remove(&u.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heard(i: u64) -> Heard {
+        Heard {
+            branch: i,
+            from: "127.0.0.1:7000".parse().unwrap(),
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn the_counts_are_bounded_per_user_and_in_all_and_forget_nothing_into_reuse() {
+        let mut c = NonceCounts::default();
+        // One user past its share: its oldest nonce is spent, not forgotten.
+        let per_user = MAX_NONCES_PER_USER as u64;
+        for n in 0..=per_user {
+            assert!(c.take(0, n, 0, 1, Some(1), heard(n)));
+        }
+        assert_eq!(c.by_user[&1].len(), MAX_NONCES_PER_USER);
+        assert!(!c.take(0, 0, 0, 1, Some(2), heard(99_999)), "spent");
+        assert!(c.take(0, 1, 0, 1, Some(2), heard(99_999)));
+        // The whole table full: the oldest entries go, and their nonces are refused after.
+        let all = MAX_NONCES as u64;
+        for n in per_user + 1..all + 10 {
+            assert!(c.take(0, n, 0, (n % 5000) as u32 + 2, Some(1), heard(n)));
+        }
+        assert_eq!(c.order.len(), MAX_NONCES);
+        assert!(c.used.len() <= MAX_NONCES);
+        assert!(
+            !c.take(0, 5, 0, 1, Some(9), heard(5)),
+            "forgotten while alive"
+        );
+        assert!(c.take(0, all + 9, 0, 3, Some(2), heard(1)));
+        // Once their nonces expire every entry goes.
+        c.expire((NONCE_LIFETIME_S + 1) * NS);
+        assert!(c.used.is_empty() && c.order.is_empty() && c.by_user.is_empty());
     }
 }

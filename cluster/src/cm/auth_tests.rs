@@ -1,5 +1,5 @@
 //! Attacks on digest authentication, performed against the Call Manager with a fake clock:
-//! forged and expired nonces.
+//! forged and expired nonces, replayed requests.
 
 use pbxlab_proto::digest::{self, Algorithm, Challenge};
 use pbxlab_proto::mac::{self, Key};
@@ -51,12 +51,16 @@ fn nonce_for(cm: &mut CallManager, now: Nanos, user: u32, from: &str) -> String 
 
 /// The `Authorization` value answering `nonce` for `user` with `password`, `nc` and qop auth.
 fn authorization(user: u32, password: &str, nonce: &str, nc: u32) -> String {
+    authorization_qop(user, password, nonce, nc, true)
+}
+
+fn authorization_qop(user: u32, password: &str, nonce: &str, nc: u32, qop: bool) -> String {
     let ch = Challenge {
         realm: "pbxlab.test",
         nonce,
         opaque: None,
         algorithm: Algorithm::Md5,
-        qop_auth: true,
+        qop_auth: qop,
         stale: false,
     };
     let mut out = String::new();
@@ -170,4 +174,60 @@ fn an_expired_nonce_with_the_right_password_is_challenged_again_as_stale() {
         register_on(&mut cm, later + 300 * NS, 1005, ELSEWHERE, &edge, 1).0,
         200
     );
+}
+
+#[test]
+fn a_captured_register_sent_again_from_elsewhere_is_challenged_and_changes_nothing() {
+    let mut cm = cm();
+    let nonce = nonce_for(&mut cm, 0, 1003, UA);
+    let auth = authorization(1003, "pw-1003", &nonce, 1);
+    let captured = register_request(1003, UA, 2, Some(&auth));
+    assert_eq!(answer(&mut cm, 0, UA, captured.as_bytes()).0, 200);
+    // The same bytes from another address: the digest is right, but nonce and count were
+    // used. A new challenge (stale, as Kamailio's nonce_count answers), no binding.
+    let (code, ch) = answer(&mut cm, NS, ELSEWHERE, captured.as_bytes());
+    assert_eq!((code, stale(&ch)), (401, true));
+    assert_eq!(cm.stats().auth_replays, 1);
+    let b = cm.registrar.binding(1003).unwrap();
+    assert_eq!(b.addr, addr(UA), "the binding did not move");
+    // The client's own retransmission (its 200 lost) is the same request from the same
+    // address: taken again while its transaction could still be retransmitting, then not.
+    assert_eq!(answer(&mut cm, 2 * NS, UA, captured.as_bytes()).0, 200);
+    assert_eq!(answer(&mut cm, 40 * NS, UA, captured.as_bytes()).0, 401);
+    // The same nonce with the next count, in a new request, is fine; a count not above the
+    // last is not, whatever the request.
+    let next = authorization(1003, "pw-1003", &nonce, 2);
+    assert_eq!(
+        answer(
+            &mut cm,
+            41 * NS,
+            UA,
+            register_request(1003, UA, 3, Some(&next)).as_bytes()
+        )
+        .0,
+        200
+    );
+    for (cseq, nc) in [(4, 2), (5, 1)] {
+        let old = authorization(1003, "pw-1003", &nonce, nc);
+        let req = register_request(1003, UA, cseq, Some(&old));
+        assert_eq!(
+            answer(&mut cm, 42 * NS, UA, req.as_bytes()).0,
+            401,
+            "nc {nc}"
+        );
+    }
+    assert_eq!(cm.stats().auth_replays, 4);
+}
+
+#[test]
+fn a_nonce_answered_without_qop_is_good_once() {
+    let mut cm = cm();
+    let nonce = nonce_for(&mut cm, 0, 1006, UA);
+    // RFC 2069 answers carry no nc, so there is no count to check: the nonce is spent.
+    let auth = authorization_qop(1006, "pw-1006", &nonce, 0, false);
+    let first = register_request(1006, UA, 2, Some(&auth));
+    assert_eq!(answer(&mut cm, 0, UA, first.as_bytes()).0, 200);
+    let again = register_request(1006, UA, 3, Some(&auth));
+    assert_eq!(answer(&mut cm, NS, UA, again.as_bytes()).0, 401);
+    assert_eq!(answer(&mut cm, NS, ELSEWHERE, first.as_bytes()).0, 401);
 }

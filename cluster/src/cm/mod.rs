@@ -145,6 +145,9 @@ pub struct Stats {
     pub auth_stale: u64,
     /// Credentials on a nonce we did not make (forged, or from before a restart).
     pub auth_forged_nonces: u64,
+    /// Right credentials on a nonce and count already used by another request (a captured
+    /// request sent again): challenged again.
+    pub auth_replays: u64,
     pub calls_active: usize,
     pub calls_total: u64,
     pub calls_completed: u64,

@@ -151,6 +151,8 @@ impl CallManager {
             method: "REGISTER",
             request_uri: msg.request_uri().unwrap_or_default(),
             credentials: msg.header(HeaderName::Authorization),
+            from,
+            branch: msg.top_via().and_then(|v| v.branch).unwrap_or_default(),
         };
         let registrar = &self.registrar;
         let verdict = self
@@ -167,7 +169,11 @@ impl CallManager {
                 }
                 Answer::plain(403)
             }
-            Verdict::Challenge { stale } => {
+            Verdict::Challenge { .. } | Verdict::Replay => {
+                let stale = matches!(
+                    verdict,
+                    Verdict::Challenge { stale: true } | Verdict::Replay
+                );
                 let (name, value) = self.auth.challenge(now, Asker::Registrar, stale);
                 self.reply(from, msg, Asker::Registrar.code(), &[(name, &value)]);
                 return;
