@@ -39,6 +39,8 @@ pub struct Options {
     pub rate_burst: f64,
     /// Sources the rate limit never applies to (the nodes always pass).
     pub whitelist: Vec<IpAddr>,
+    /// Which calls need no credentials: the public services, the trusted sources.
+    pub trust: cm::Trust,
     /// The token a node in its own process (`pbxlab node`) presents to join; without one,
     /// none may.
     pub token: Option<String>,
@@ -53,6 +55,7 @@ impl Options {
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
             whitelist: vec![IpAddr::from([127, 0, 0, 1])],
+            trust: cm::Trust::default(),
             token: None,
         }
     }
@@ -387,6 +390,7 @@ impl Cluster {
         cfg.rate_limit_per_s = opts.rate_limit_per_s;
         cfg.rate_burst = opts.rate_burst;
         cfg.whitelist = opts.whitelist.clone();
+        cfg.trust = opts.trust.clone();
         cfg.seed = sc.seed;
         cfg.key = crate::random_key().map_err(Error::Random)?;
         let cm = CallManager::new(cfg, balancer, specs);

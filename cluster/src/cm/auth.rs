@@ -12,6 +12,40 @@ use pbxlab_proto::mac::{self, Key};
 
 use super::{NS, Nanos, Stats};
 
+/// Who may call without credentials what, and from where nobody is challenged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trust {
+    /// Service targets anonymous callers may reach, by user part: a name (`echo`) or a prefix
+    /// ending in `*` (`ivr-*`). Our users' numbers are never public.
+    pub public: Vec<String>,
+    /// Sources whose requests are never challenged (a trunk or proxy in front that has
+    /// authenticated its own users). Not the rate limit's whitelist: trusting a source with
+    /// identities is more than letting it send fast.
+    pub trusted: Vec<std::net::IpAddr>,
+}
+
+impl Default for Trust {
+    /// Every service public, as inbound numbers are; no source trusted.
+    fn default() -> Trust {
+        Trust {
+            public: ["echo", "ivr-*", "queue-*", "meeting-*"]
+                .map(str::to_owned)
+                .to_vec(),
+            trusted: Vec::new(),
+        }
+    }
+}
+
+impl Trust {
+    /// Whether `target` (a Request-URI's user part) is one of the public services.
+    pub(super) fn is_public(&self, target: &str) -> bool {
+        self.public.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => target.starts_with(prefix),
+            None => target == p,
+        })
+    }
+}
+
 /// Seconds a nonce stays valid.
 pub(super) const NONCE_LIFETIME_S: u64 = 300;
 
@@ -32,22 +66,25 @@ const MAX_NONCES_PER_USER: usize = 1_024;
 const RETRANSMISSION_WINDOW: Nanos = 32 * NS;
 
 /// Which challenge a request gets: 401 with `WWW-Authenticate` for REGISTER (the registrar is
-/// the request's target).
+/// the request's target), 407 with `Proxy-Authenticate` for what we route on (RFC 3261 22.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Asker {
     Registrar,
+    Proxy,
 }
 
 impl Asker {
     pub(super) fn code(self) -> u16 {
         match self {
             Asker::Registrar => 401,
+            Asker::Proxy => 407,
         }
     }
 
     fn challenge_header(self) -> &'static str {
         match self {
             Asker::Registrar => "WWW-Authenticate",
+            Asker::Proxy => "Proxy-Authenticate",
         }
     }
 }

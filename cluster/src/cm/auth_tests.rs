@@ -1,14 +1,17 @@
 //! Attacks on digest authentication, performed against the Call Manager with a fake clock:
-//! forged and expired nonces, replayed requests.
+//! forged and expired nonces, replayed requests, calls placed without credentials or in
+//! another user's name.
 
 use pbxlab_proto::digest::{self, Algorithm, Challenge};
 use pbxlab_proto::mac::{self, Key};
 use pbxlab_proto::sip::HeaderName;
 
-use super::tests::{UA, addr, cm, parse, sent};
+use super::tests::{CALLEE, UA, UA_RTP, addr, cm, offer, parse, register, request, sent};
 use super::*;
 
 const ELSEWHERE: &str = "127.0.0.9:7000";
+/// A phone that is not behind the trusted edge the other tests' 127.0.0.1 stands for.
+const PHONE: &str = "127.0.0.5:7000";
 
 /// A REGISTER of `user` from `from` binding `sip:{user}@{from}` for 60 s, with `auth` (an
 /// `Authorization` value) if given.
@@ -230,4 +233,223 @@ fn a_nonce_answered_without_qop_is_good_once() {
     let again = register_request(1006, UA, 3, Some(&auth));
     assert_eq!(answer(&mut cm, NS, UA, again.as_bytes()).0, 401);
     assert_eq!(answer(&mut cm, NS, ELSEWHERE, first.as_bytes()).0, 401);
+}
+
+const SDP: &str = "Content-Type: application/sdp\r\n";
+
+/// `from_user`'s INVITE to `ruri` (Call-ID `id`, CSeq `cseq`), with `extra` header lines.
+fn invite(ruri: &str, from_user: &str, id: &str, cseq: u32, extra: &str) -> Vec<u8> {
+    let extra = format!("{SDP}{extra}");
+    request(
+        "INVITE",
+        ruri,
+        from_user,
+        id,
+        cseq,
+        &extra,
+        &offer(UA_RTP, 7),
+    )
+}
+
+/// The `Proxy-Authorization` line answering the 407 `challenge` as `user` for `method`.
+fn proxy_authorization(
+    challenge: &str,
+    user: u32,
+    password: &str,
+    method: &str,
+    ruri: &str,
+) -> String {
+    let ch = digest::parse_challenge(challenge).unwrap();
+    let mut out = String::from("Proxy-Authorization: ");
+    digest::write_authorization(
+        &mut out,
+        &ch,
+        &user.to_string(),
+        password,
+        method,
+        ruri,
+        "c9",
+        1,
+    );
+    out.push_str("\r\n");
+    out
+}
+
+fn codes(out: &[(SocketAddr, Vec<u8>)]) -> Vec<(SocketAddr, Option<u16>)> {
+    out.iter().map(|(a, b)| (*a, parse(b).code())).collect()
+}
+
+#[test]
+fn a_call_to_a_user_without_credentials_is_challenged_407_and_placed_once_answered() {
+    let mut cm = cm();
+    assert_eq!(register(&mut cm, 0, 1001, CALLEE, "pw-1001"), 200);
+    let ruri = "sip:1001@pbxlab.test";
+    let now = NS;
+    let (code, ch) = answer(&mut cm, now, PHONE, &invite(ruri, "1000", "c1", 1, ""));
+    assert_eq!(code, 407);
+    let ch = ch.unwrap();
+    assert_eq!(cm.stats().calls_total, 0, "no call placed");
+    // The 407's ACK (hop by hop, the INVITE's branch, our stateless tag) is absorbed.
+    let ack = String::from_utf8(request("ACK", ruri, "1000", "c1", 1, "", ""))
+        .unwrap()
+        .replace(&format!("To: <{ruri}>"), &format!("To: <{ruri}>;tag=cm"));
+    cm.handle(now, addr(PHONE), ack.as_bytes());
+    assert!(sent(&mut cm).is_empty());
+    // Answered, the INVITE goes through: 100 to the caller, our INVITE to the callee.
+    let auth = proxy_authorization(&ch, 1000, "pw-1000", "INVITE", ruri);
+    cm.handle(now, addr(PHONE), &invite(ruri, "1000", "c1", 2, &auth));
+    let out = sent(&mut cm);
+    assert_eq!(
+        codes(&out),
+        [(addr(PHONE), Some(100)), (addr(CALLEE), None)]
+    );
+    assert_eq!(cm.stats().calls_total, 1);
+    // The 407's ACK once more, now that the Call-ID is a call: still absorbed, and not
+    // counted as a forged in-dialog request.
+    cm.handle(now, addr(PHONE), ack.as_bytes());
+    assert!(sent(&mut cm).is_empty());
+    assert_eq!(cm.stats().unmatched_in_dialog, 0);
+}
+
+#[test]
+fn credentials_for_another_user_than_the_from_get_403() {
+    let mut cm = cm();
+    assert_eq!(register(&mut cm, 0, 1001, CALLEE, "pw-1001"), 200);
+    let ruri = "sip:1001@pbxlab.test";
+    for (i, (from_user, user, password)) in [
+        ("1002", 1000, "pw-1000"),      // 1000's password, 1002's name
+        ("anonymous", 1000, "pw-1000"), // a stranger with a user's password calls a user
+        ("1000", 1000, "guess"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let now = (i as u64 + 1) * NS;
+        let id = format!("f{i}");
+        let (code, ch) = answer(&mut cm, now, PHONE, &invite(ruri, from_user, &id, 1, ""));
+        assert_eq!(code, 407, "{from_user}");
+        let auth = proxy_authorization(&ch.unwrap(), user, password, "INVITE", ruri);
+        let (code, _) = answer(&mut cm, now, PHONE, &invite(ruri, from_user, &id, 2, &auth));
+        assert_eq!(code, 403, "{from_user} as {user}");
+    }
+    assert_eq!(cm.stats().calls_total, 0);
+    assert_eq!(cm.stats().auth_failures, 3);
+}
+
+#[test]
+fn strangers_reach_the_public_services_and_nothing_else() {
+    let mut cm = cm();
+    assert_eq!(register(&mut cm, 0, 1001, CALLEE, "pw-1001"), 200);
+    // Not one of our users in From, no credentials: the services answer, as inbound numbers.
+    for (i, target) in ["echo", "ivr-1", "meeting-9", "queue-1"]
+        .into_iter()
+        .enumerate()
+    {
+        let ruri = format!("sip:{target}@pbxlab.test");
+        let now = (i as u64 + 1) * NS;
+        let (code, _) = answer(
+            &mut cm,
+            now,
+            PHONE,
+            &invite(&ruri, "anonymous", target, 1, ""),
+        );
+        assert_eq!(code, 200, "{target}");
+    }
+    // A user, or a number we do not have, is challenged alike: the answers do not tell them
+    // apart. One of our users in From must prove it even to call the echo.
+    for (i, (target, from_user)) in [
+        ("1001", "anonymous"),
+        ("5555", "anonymous"),
+        ("echo", "1000"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ruri = format!("sip:{target}@pbxlab.test");
+        let now = (i as u64 + 10) * NS;
+        let id = format!("s{i}");
+        let (code, _) = answer(&mut cm, now, PHONE, &invite(&ruri, from_user, &id, 1, ""));
+        assert_eq!(code, 407, "{from_user} to {target}");
+    }
+    assert_eq!(cm.stats().calls_total, 4);
+}
+
+/// `cm()` with `trust` in place of the default.
+fn cm_trusting(trust: Trust) -> CallManager {
+    let mut cm = cm();
+    cm.trust = trust;
+    cm
+}
+
+#[test]
+fn only_the_public_list_is_public_and_trusted_sources_are_not_challenged() {
+    let mut cm = cm_trusting(Trust {
+        public: vec!["echo".into()],
+        trusted: vec![addr(ELSEWHERE).ip()],
+    });
+    assert_eq!(register(&mut cm, 0, 1001, CALLEE, "pw-1001"), 200);
+    let echo = "sip:echo@pbxlab.test";
+    let ivr = "sip:ivr-1@pbxlab.test";
+    assert_eq!(
+        answer(&mut cm, NS, PHONE, &invite(echo, "anonymous", "p1", 1, "")).0,
+        200
+    );
+    assert_eq!(
+        answer(&mut cm, NS, PHONE, &invite(ivr, "anonymous", "p2", 1, "")).0,
+        407
+    );
+    // A trunk in front (trusted): its calls to users carry no credentials and go through.
+    cm.handle(
+        2 * NS,
+        addr(ELSEWHERE),
+        &invite("sip:1001@pbxlab.test", "1000", "p3", 1, ""),
+    );
+    let out = sent(&mut cm);
+    assert_eq!(
+        codes(&out),
+        [(addr(ELSEWHERE), Some(100)), (addr(CALLEE), None)]
+    );
+}
+
+#[test]
+fn message_and_subscribe_are_not_served_so_not_challenged() {
+    // The Call Manager serves neither: 501 at once, to anyone (a challenge first would only
+    // cost a round trip before the same 501).
+    let mut cm = cm();
+    for (i, method) in ["MESSAGE", "SUBSCRIBE"].into_iter().enumerate() {
+        let req = request(
+            method,
+            "sip:1001@pbxlab.test",
+            "1000",
+            &format!("m{i}"),
+            1,
+            "",
+            "",
+        );
+        assert_eq!(answer(&mut cm, NS, PHONE, &req).0, 501, "{method}");
+    }
+}
+
+#[test]
+fn a_captured_invite_sent_again_after_its_call_is_challenged() {
+    let mut cm = cm();
+    let ruri = "sip:echo@pbxlab.test";
+    let (code, ch) = answer(&mut cm, NS, PHONE, &invite(ruri, "1000", "r1", 1, ""));
+    assert_eq!(code, 407);
+    let auth = proxy_authorization(&ch.unwrap(), 1000, "pw-1000", "INVITE", ruri);
+    let captured = invite(ruri, "1000", "r1", 2, &auth);
+    cm.handle(NS, addr(PHONE), &captured);
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    let tag = ok.to().unwrap().tag().unwrap().to_owned();
+    let bye = String::from_utf8(request("BYE", ruri, "1000", "r1", 3, "", ""))
+        .unwrap()
+        .replace(&format!("To: <{ruri}>"), &format!("To: <{ruri}>;tag={tag}"));
+    assert_eq!(answer(&mut cm, 2 * NS, PHONE, bye.as_bytes()).0, 200);
+    assert_eq!(cm.stats().calls_active, 0);
+    // The call is over; the same INVITE from elsewhere is a replay, not a new call.
+    let (code, ch) = answer(&mut cm, 3 * NS, ELSEWHERE, &captured);
+    assert_eq!((code, stale(&ch)), (407, true));
+    assert_eq!(cm.stats().calls_total, 1);
 }

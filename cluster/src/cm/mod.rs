@@ -47,6 +47,7 @@ mod services;
 mod teardown;
 mod transactions;
 
+pub use auth::Trust;
 pub use failover::{AdminError, DroppedCall, Reassigned};
 
 use admission::Admission;
@@ -80,6 +81,8 @@ pub struct Config {
     pub rate_burst: f64,
     /// Sources never limited: the cluster's own nodes and trusted edges.
     pub whitelist: Vec<IpAddr>,
+    /// Which calls need no credentials: anonymous callers' public services, trusted sources.
+    pub trust: Trust,
     /// RFC 3261 T1 and T2.
     pub t1: Duration,
     pub t2: Duration,
@@ -110,6 +113,7 @@ impl Config {
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
             whitelist: Vec::new(),
+            trust: Trust::default(),
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             max_calls: 100_000,
@@ -188,6 +192,9 @@ pub struct Stats {
 
 const NS: Nanos = 1_000_000_000;
 
+/// The To tag of every answer sent outside a call (a challenge, a refusal): no dialog's.
+const STATELESS_TAG: &str = "cm";
+
 fn ns(d: Duration) -> Nanos {
     u64::try_from(d.as_nanos()).unwrap_or(Nanos::MAX)
 }
@@ -210,6 +217,7 @@ pub struct CallManager {
     secret: u64,
     registrar: Registrar,
     auth: Auth,
+    trust: Trust,
     admission: Admission,
     calls: Calls,
     txs: Transactions,
@@ -254,6 +262,7 @@ impl CallManager {
             balancer,
             registrar: Registrar::new(&cfg),
             auth: Auth::new(&cfg.domain, &cfg.key),
+            trust: cfg.trust.clone(),
             admission: Admission::new(&cfg),
             calls: Calls::new(t1, t2),
             txs: Transactions::new(t1, t2),
@@ -518,7 +527,7 @@ impl CallManager {
     /// To has no tag; every response but a 100 then gets ours.
     fn reply(&mut self, to: SocketAddr, req: &Message<'_>, code: u16, extra: &[(&str, &str)]) {
         let tag = if req.to().and_then(|t| t.tag()).is_none() && code > 100 {
-            Some("cm")
+            Some(STATELESS_TAG)
         } else {
             None
         };
