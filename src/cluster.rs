@@ -277,12 +277,15 @@ fn render(s: &Status) -> String {
     }
     let c = &s.cm;
     out.push_str(&format!(
-        "registrations {} (auth failures {}, replays {}, stale nonces {}, forged nonces {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {}, source-limited {}, malformed {}, unmatched in-dialog {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
+        "registrations {} (auth failures {}, replays {}, stale nonces {}, forged nonces {}, bans: {} sources {} users, {} refused banned), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {}, source-limited {}, malformed {}, unmatched in-dialog {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
         c.registrations,
         c.auth_failures,
         c.auth_replays,
         c.auth_stale,
         c.auth_forged_nonces,
+        c.auth_banned_sources,
+        c.auth_banned_users,
+        c.auth_refused_banned,
         c.calls_total,
         c.calls_completed,
         c.queue_answered,
@@ -326,6 +329,9 @@ fn to_json(s: &Status) -> serde_json::Value {
             "replays": c.auth_replays,
             "stale": c.auth_stale,
             "forged_nonces": c.auth_forged_nonces,
+            "banned_sources": c.auth_banned_sources,
+            "banned_users": c.auth_banned_users,
+            "refused_banned": c.auth_refused_banned,
         },
         "calls": {
             "active": c.calls_active,

@@ -2,10 +2,12 @@
 //! an answer to one is judged. A nonce is its issue second and a number, with an HMAC-SHA-256
 //! of both under the Call Manager's key, so it is checked by recomputing it, not looked up.
 //! What is stored is how each nonce has been used ([`NonceCounts`]), so that a captured request
-//! sent again is not taken a second time.
+//! sent again is not taken a second time, and who has failed to answer how often
+//! ([`Strikes`]), so that passwords cannot be guessed at the rate requests arrive.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddr};
 
 use pbxlab_proto::digest::{self, Algorithm, Authorization};
 use pbxlab_proto::mac::{self, Key};
@@ -60,6 +62,18 @@ const MAX_NONCES: usize = 262_144;
 /// Nonces one user's requests may hold at once; past it the user's oldest is spent.
 const MAX_NONCES_PER_USER: usize = 1_024;
 
+/// Wrong answers a user, or a source address, may give within [`FAILURE_WINDOW`] before it is
+/// banned: for [`FIRST_BAN`], doubling with each ban after, up to [`LONGEST_BAN`] (fail2ban's
+/// `maxretry`, `findtime`, `bantime` and its `bantime.increment`).
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Nanos = 60 * NS;
+const FIRST_BAN: Nanos = 60 * NS;
+const LONGEST_BAN: Nanos = 3600 * NS;
+
+/// Users, and sources, whose failures are counted at once. Past it, quiet entries are
+/// dropped; if none is quiet, a new source is not counted (its users still are).
+const MAX_STRIKES: usize = 65_536;
+
 /// How long the same request (same nonce and `nc`, same Via branch, from the same address) is
 /// taken again as a retransmission of itself: a non-INVITE client transaction's Timer F,
 /// 64 x T1.
@@ -94,6 +108,9 @@ impl Asker {
 pub(super) enum Verdict {
     /// The credentials are this user's.
     User(u32),
+    /// The source is banned for its failures: dropped unanswered, as fail2ban's firewall
+    /// rule (or Kamailio's `ipban` table) drops it.
+    Banned,
     /// The right credentials, but on a nonce (and `nc`) already used by another request: a
     /// replay. Challenged again as stale, so an honest client just answers the new nonce.
     Replay,
@@ -122,7 +139,12 @@ pub(super) struct Auth {
     /// Nonces handed out so far; the next one's number.
     issued: u64,
     counts: NonceCounts,
+    sources: Strikes<IpAddr>,
+    users: Strikes<u32>,
     failures: u64,
+    sources_banned: u64,
+    users_banned: u64,
+    refused_banned: u64,
     replays: u64,
     stale: u64,
     forged: u64,
@@ -135,7 +157,12 @@ impl Auth {
             key: key.derive("nonce"),
             issued: 0,
             counts: NonceCounts::default(),
+            sources: Strikes::default(),
+            users: Strikes::default(),
             failures: 0,
+            sources_banned: 0,
+            users_banned: 0,
+            refused_banned: 0,
             replays: 0,
             stale: 0,
             forged: 0,
@@ -147,6 +174,9 @@ impl Auth {
         s.auth_stale = self.stale;
         s.auth_forged_nonces = self.forged;
         s.auth_replays = self.replays;
+        s.auth_banned_sources = self.sources_banned;
+        s.auth_banned_users = self.users_banned;
+        s.auth_refused_banned = self.refused_banned;
     }
 
     /// A new nonce: `{issue second:x}.{number:x}.{MAC:hex}`. The number makes every challenge's
@@ -211,6 +241,10 @@ impl Auth {
         attempt: &Attempt<'_>,
         password: impl Fn(&str) -> Option<(u32, String)>,
     ) -> Verdict {
+        if self.sources.banned(now, &attempt.from.ip()) {
+            self.refused_banned += 1;
+            return Verdict::Banned;
+        }
         let Some(auth) = attempt
             .credentials
             .and_then(|v| digest::parse_authorization(v).ok())
@@ -225,11 +259,17 @@ impl Auth {
         // A user we do not know is refused like one with a wrong password: a 404 would list
         // our users to anyone who asks (what SIP scanners count on).
         let Some((user, pw)) = password(auth.username) else {
-            self.failures += 1;
+            self.strike(now, attempt.from.ip(), None);
             return Verdict::Forbidden;
         };
+        // A banned user is refused without a look at the password, so that guessing on
+        // during the ban learns nothing (Kamailio's htable example: 403 "Try later").
+        if self.users.banned(now, &user) {
+            self.refused_banned += 1;
+            return Verdict::Forbidden;
+        }
         if !self.digest_right(&auth, attempt, &pw) {
-            self.failures += 1;
+            self.strike(now, attempt.from.ip(), Some(user));
             return Verdict::Forbidden;
         }
         if now / NS > t.saturating_add(NONCE_LIFETIME_S) {
@@ -250,6 +290,19 @@ impl Auth {
         Verdict::User(user)
     }
 
+    /// A wrong answer from `ip` for `user` (if one of ours): counted against both.
+    fn strike(&mut self, now: Nanos, ip: IpAddr, user: Option<u32>) {
+        self.failures += 1;
+        if self.sources.fail(now, ip) {
+            self.sources_banned += 1;
+        }
+        if let Some(user) = user
+            && self.users.fail(now, user)
+        {
+            self.users_banned += 1;
+        }
+    }
+
     /// Whether the digest is right for this request: our realm, the request's own uri (RFC 3261
     /// 22.4: a response computed for another request is not an answer to this one) and the
     /// password.
@@ -262,6 +315,83 @@ impl Auth {
         auth.realm == self.realm
             && auth.uri == attempt.request_uri
             && digest::verify(auth, attempt.method, password)
+    }
+}
+
+/// One user's or source's wrong answers.
+#[derive(Debug, Clone, Copy, Default)]
+struct Strike {
+    /// Failures counted since `since`, the first of this window.
+    failures: u32,
+    since: Nanos,
+    last: Nanos,
+    banned_until: Nanos,
+    /// Bans so far: the next is twice as long. Forgotten after [`LONGEST_BAN`] without a
+    /// failure.
+    bans: u32,
+}
+
+/// Failures per key (a user, a source address), in a bounded table.
+#[derive(Debug)]
+struct Strikes<K> {
+    map: HashMap<K, Strike>,
+    /// When quiet entries were last dropped: at most once a second, so a full table of
+    /// banned keys costs one pass a second, not one per request.
+    pruned_at: Option<Nanos>,
+}
+
+impl<K> Default for Strikes<K> {
+    fn default() -> Self {
+        Strikes {
+            map: HashMap::new(),
+            pruned_at: None,
+        }
+    }
+}
+
+impl<K: Hash + Eq> Strikes<K> {
+    fn banned(&self, now: Nanos, key: &K) -> bool {
+        self.map.get(key).is_some_and(|s| s.banned_until > now)
+    }
+
+    /// Counts a failure of `key` at `now`; true if it starts a ban.
+    fn fail(&mut self, now: Nanos, key: K) -> bool {
+        if self.map.len() >= MAX_STRIKES && !self.map.contains_key(&key) {
+            self.prune(now);
+            if self.map.len() >= MAX_STRIKES {
+                return false;
+            }
+        }
+        let s = self.map.entry(key).or_default();
+        if now.saturating_sub(s.last) > LONGEST_BAN {
+            s.bans = 0;
+        }
+        if s.failures == 0 || now.saturating_sub(s.since) > FAILURE_WINDOW {
+            s.failures = 0;
+            s.since = now;
+        }
+        s.failures += 1;
+        s.last = now;
+        if s.failures < MAX_FAILURES {
+            return false;
+        }
+        let ban = FIRST_BAN
+            .saturating_mul(1 << s.bans.min(6))
+            .min(LONGEST_BAN);
+        s.banned_until = now.saturating_add(ban);
+        s.bans += 1;
+        s.failures = 0;
+        true
+    }
+
+    /// Drops the entries that are neither banned nor counting a recent failure.
+    fn prune(&mut self, now: Nanos) {
+        if self.pruned_at.is_some_and(|at| now.saturating_sub(at) < NS) {
+            return;
+        }
+        self.pruned_at = Some(now);
+        self.map
+            .retain(|_, s| s.banned_until > now || now.saturating_sub(s.last) <= FAILURE_WINDOW);
     }
 }
 
@@ -406,6 +536,36 @@ mod tests {
             from: "127.0.0.1:7000".parse().unwrap(),
             at: 0,
         }
+    }
+
+    #[test]
+    fn strikes_ban_after_ten_with_backoff_and_stay_bounded() {
+        let mut s = Strikes::<u32>::default();
+        for i in 0..9 {
+            assert!(!s.fail(i * NS, 1));
+        }
+        assert!(s.fail(9 * NS, 1), "the tenth failure within a minute bans");
+        assert!(s.banned(9 * NS + 59 * NS, &1));
+        assert!(!s.banned(9 * NS + 60 * NS, &1));
+        // Failures spread thinner than ten a minute never ban.
+        for i in 0..30 {
+            assert!(!s.fail(i * 7 * NS, 2));
+        }
+        // The next ban of key 1 is twice as long.
+        let t = 100 * NS;
+        for i in 0..10 {
+            s.fail(t + i, 1);
+        }
+        assert!(s.banned(t + 119 * NS, &1) && !s.banned(t + 121 * NS, &1));
+        // A full table takes no new keys while every entry is recent, then makes room.
+        let mut full = Strikes::<u32>::default();
+        for k in 0..MAX_STRIKES as u32 {
+            full.fail(0, k);
+        }
+        full.fail(0, u32::MAX);
+        assert_eq!(full.map.len(), MAX_STRIKES);
+        full.fail(FAILURE_WINDOW + 2 * NS, u32::MAX);
+        assert_eq!(full.map.len(), 1);
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! Attacks on digest authentication, performed against the Call Manager with a fake clock:
 //! forged and expired nonces, replayed requests, calls placed without credentials or in
-//! another user's name.
+//! another user's name, passwords guessed.
 
 use pbxlab_proto::digest::{self, Algorithm, Challenge};
 use pbxlab_proto::mac::{self, Key};
 use pbxlab_proto::sip::HeaderName;
 
-use super::tests::{CALLEE, UA, UA_RTP, addr, cm, offer, parse, register, request, sent};
+use super::tests::{CALLEE, MS, UA, UA_RTP, addr, cm, offer, parse, register, request, sent};
 use super::*;
 
 const ELSEWHERE: &str = "127.0.0.9:7000";
@@ -452,4 +452,106 @@ fn a_captured_invite_sent_again_after_its_call_is_challenged() {
     let (code, ch) = answer(&mut cm, 3 * NS, ELSEWHERE, &captured);
     assert_eq!((code, stale(&ch)), (407, true));
     assert_eq!(cm.stats().calls_total, 1);
+}
+
+#[test]
+fn three_thousand_wrong_passwords_in_three_seconds_earn_a_ban_that_the_right_one_does_not_lift() {
+    let mut cm = cm();
+    // UA is whitelisted, so the rate limit does not stand in the way: only the ban does.
+    let nonce = nonce_for(&mut cm, 0, 1003, UA);
+    let mut answered = Vec::new();
+    for i in 0..3000u32 {
+        let now = u64::from(i) * MS;
+        let auth = authorization(1003, &format!("guess{i}"), &nonce, i + 1);
+        let req = register_request(1003, UA, i + 2, Some(&auth));
+        cm.handle(now, addr(UA), req.as_bytes());
+        answered.extend(sent(&mut cm).iter().map(|(_, b)| parse(b).code().unwrap()));
+    }
+    // Ten wrong answers were judged; then the source is dropped unanswered and the user
+    // banned, and no further password is looked at.
+    assert_eq!(answered, vec![403; 10]);
+    let s = cm.stats();
+    assert_eq!(
+        (
+            s.auth_failures,
+            s.auth_banned_sources,
+            s.auth_banned_users,
+            s.auth_refused_banned
+        ),
+        (10, 1, 1, 2990)
+    );
+    // The right password during the ban: from the banned source, no answer; from another
+    // address, 403, as any answer for the banned user.
+    let now = 3 * NS;
+    let right = authorization(1003, "pw-1003", &nonce, 5000);
+    let req = register_request(1003, UA, 9000, Some(&right));
+    cm.handle(now, addr(UA), req.as_bytes());
+    assert!(sent(&mut cm).is_empty());
+    let fresh = nonce_for(&mut cm, now, 1003, ELSEWHERE);
+    assert_eq!(register_on(&mut cm, now, 1003, ELSEWHERE, &fresh, 1).0, 403);
+    assert_eq!(cm.stats().registered, 0);
+    // The ban is over a minute after the tenth failure: the right password works, from both.
+    let later = 70 * NS;
+    let n = nonce_for(&mut cm, later, 1003, ELSEWHERE);
+    assert_eq!(register_on(&mut cm, later, 1003, ELSEWHERE, &n, 1).0, 200);
+    let n = nonce_for(&mut cm, later, 1003, UA);
+    assert_eq!(register_on(&mut cm, later, 1003, UA, &n, 1).0, 200);
+}
+
+#[test]
+fn guesses_spread_over_sources_ban_the_user_and_over_users_ban_the_source() {
+    let mut cm = cm();
+    let guess = |cm: &mut CallManager, now: Nanos, user: u32, from: &str| {
+        let n = nonce_for(cm, now, user, from);
+        let auth = authorization(user, "guess", &n, 1);
+        answer(
+            cm,
+            now,
+            from,
+            register_request(user, from, 2, Some(&auth)).as_bytes(),
+        )
+        .0
+    };
+    // Ten sources, one guess each at user 1004: the user is banned, no source is.
+    for i in 0..10 {
+        assert_eq!(
+            guess(&mut cm, NS, 1004, &format!("127.0.1.{}:5060", i + 1)),
+            403
+        );
+    }
+    assert_eq!(cm.stats().auth_banned_users, 1);
+    assert_eq!(cm.stats().auth_banned_sources, 0);
+    let n = nonce_for(&mut cm, 2 * NS, 1004, PHONE);
+    assert_eq!(register_on(&mut cm, 2 * NS, 1004, PHONE, &n, 1).0, 403);
+    // One source, a guess at each of ten users (two of them not ours): the source is
+    // banned, and its next request, an honest one for another user, is dropped.
+    let spray = "127.0.2.1:5060";
+    for (i, user) in [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 77, 78]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(guess(&mut cm, (3 + i as u64) * NS, user, spray), 403);
+    }
+    assert_eq!(cm.stats().auth_banned_sources, 1);
+    cm.handle(
+        20 * NS,
+        addr(spray),
+        register_request(1009, spray, 1, None).as_bytes(),
+    );
+    assert!(sent(&mut cm).is_empty());
+    // The same holds for calls: the banned user's INVITE is refused with the right password.
+    let ruri = "sip:echo@pbxlab.test";
+    let (code, ch) = answer(&mut cm, 30 * NS, PHONE, &invite(ruri, "1004", "b1", 1, ""));
+    assert_eq!(code, 407);
+    let auth = proxy_authorization(&ch.unwrap(), 1004, "pw-1004", "INVITE", ruri);
+    let (code, _) = answer(
+        &mut cm,
+        30 * NS,
+        PHONE,
+        &invite(ruri, "1004", "b1", 2, &auth),
+    );
+    assert_eq!(code, 403);
+    // After its minute the user may register again.
+    let n = nonce_for(&mut cm, 62 * NS, 1004, PHONE);
+    assert_eq!(register_on(&mut cm, 62 * NS, 1004, PHONE, &n, 1).0, 200);
 }

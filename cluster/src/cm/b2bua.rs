@@ -262,6 +262,7 @@ impl CallManager {
                 self.reply(from, msg, 403, &[]);
             }
             Verdict::Forbidden => self.reply(from, msg, 403, &[]),
+            Verdict::Banned => {}
             Verdict::Challenge { stale } => self.proxy_challenge(now, from, msg, stale),
             Verdict::Replay => self.proxy_challenge(now, from, msg, true),
         }

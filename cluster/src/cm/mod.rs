@@ -152,6 +152,11 @@ pub struct Stats {
     /// Right credentials on a nonce and count already used by another request (a captured
     /// request sent again): challenged again.
     pub auth_replays: u64,
+    /// Bans so far of a source address, and of a user, for ten wrong answers within a minute.
+    pub auth_banned_sources: u64,
+    pub auth_banned_users: u64,
+    /// Requests refused because their source or user was banned (password not checked).
+    pub auth_refused_banned: u64,
     pub calls_active: usize,
     pub calls_total: u64,
     pub calls_completed: u64,

@@ -169,6 +169,7 @@ impl CallManager {
                 }
                 Answer::plain(403)
             }
+            Verdict::Banned => return,
             Verdict::Challenge { .. } | Verdict::Replay => {
                 let stale = matches!(
                     verdict,
