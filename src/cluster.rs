@@ -44,12 +44,13 @@ pub(crate) struct ClusterArgs {
     #[arg(long, default_value = "127.0.0.1")]
     whitelist: Vec<IpAddr>,
     /// Sources whose calls are never challenged, e.g. a proxy or trunk in front that
-    /// authenticates its own users (repeatable; default none). Not implied by --whitelist.
+    /// authenticates its own users (repeatable; added to the scenario's `[cluster] trusted`).
+    /// Not implied by --whitelist.
     #[arg(long, value_name = "IP")]
     trusted: Vec<IpAddr>,
     /// Services callers without credentials may reach, by user part: a name or a prefix
-    /// ending in `*` (repeatable; default every service: echo, ivr-*, queue-*, meeting-*).
-    /// Our users' numbers are never public.
+    /// ending in `*` (repeatable; replaces the scenario's `[cluster] public`, whose default is
+    /// every service: echo, ivr-*, queue-*, meeting-*). Our users' numbers are never public.
     #[arg(long, value_name = "PATTERN")]
     public: Vec<String>,
     /// Stop by itself after this long ("90s"); default: run until stopped.
@@ -96,10 +97,8 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.rate_limit_per_s = rate;
     opts.rate_burst = args.burst.max(1.0);
     opts.whitelist = args.whitelist;
-    opts.trust.trusted = args.trusted;
-    if !args.public.is_empty() {
-        opts.trust.public = args.public;
-    }
+    opts.trusted = args.trusted;
+    opts.public = (!args.public.is_empty()).then_some(args.public);
     let mut alerts =
         AlertSink::new(args.alerts, args.alert_webhook).map_err(|e| BadInput(e.to_string()))?;
     let token = args

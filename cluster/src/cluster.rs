@@ -39,8 +39,11 @@ pub struct Options {
     pub rate_burst: f64,
     /// Sources the rate limit never applies to (the nodes always pass).
     pub whitelist: Vec<IpAddr>,
-    /// Which calls need no credentials: the public services, the trusted sources.
-    pub trust: cm::Trust,
+    /// Sources whose calls are never challenged, besides the scenario's `[cluster] trusted`.
+    pub trusted: Vec<IpAddr>,
+    /// The services callers without credentials may reach, in place of the scenario's
+    /// `[cluster] public` (whose default is every service).
+    pub public: Option<Vec<String>>,
     /// The token a node in its own process (`pbxlab node`) presents to join; without one,
     /// none may.
     pub token: Option<String>,
@@ -55,7 +58,8 @@ impl Options {
             rate_limit_per_s: 200.0,
             rate_burst: 400.0,
             whitelist: vec![IpAddr::from([127, 0, 0, 1])],
-            trust: cm::Trust::default(),
+            trusted: Vec::new(),
+            public: None,
             token: None,
         }
     }
@@ -390,7 +394,11 @@ impl Cluster {
         cfg.rate_limit_per_s = opts.rate_limit_per_s;
         cfg.rate_burst = opts.rate_burst;
         cfg.whitelist = opts.whitelist.clone();
-        cfg.trust = opts.trust.clone();
+        cfg.trust.trusted = sc.cluster.trusted.clone();
+        cfg.trust.trusted.extend(&opts.trusted);
+        if let Some(public) = opts.public.as_ref().or(sc.cluster.public.as_ref()) {
+            cfg.trust.public = public.clone();
+        }
         cfg.seed = sc.seed;
         cfg.key = crate::random_key().map_err(Error::Random)?;
         let cm = CallManager::new(cfg, balancer, specs);
