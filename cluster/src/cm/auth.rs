@@ -11,8 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use pbxlab_proto::digest::{self, Algorithm, Authorization};
 use pbxlab_proto::mac::{self, Key};
+use pbxlab_proto::sip::Message;
 
-use super::{NS, Nanos, Stats};
+use super::{CallManager, NS, Nanos, Stats};
 
 /// Who may call without credentials what, and from where nobody is challenged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +24,7 @@ pub struct Trust {
     /// Sources whose requests are never challenged (a trunk or proxy in front that has
     /// authenticated its own users). Not the rate limit's whitelist: trusting a source with
     /// identities is more than letting it send fast.
-    pub trusted: Vec<std::net::IpAddr>,
+    pub trusted: Vec<IpAddr>,
 }
 
 impl Default for Trust {
@@ -49,7 +50,7 @@ impl Trust {
 }
 
 /// Seconds a nonce stays valid.
-pub(super) const NONCE_LIFETIME_S: u64 = 300;
+const NONCE_LIFETIME_S: u64 = 300;
 
 /// Bytes of the nonce's MAC that it carries (of HMAC-SHA-256's 32).
 const NONCE_MAC_LEN: usize = 16;
@@ -217,7 +218,7 @@ impl Auth {
         self.failures += 1;
     }
 
-    /// The challenge header for a request that gets `verdict`'s challenge.
+    /// The challenge header `asker` sends, with a new nonce (`stale=true` if `stale`).
     pub(super) fn challenge(
         &mut self,
         now: Nanos,
@@ -392,6 +393,21 @@ impl<K: Hash + Eq> Strikes<K> {
         self.pruned_at = Some(now);
         self.map
             .retain(|_, s| s.banned_until > now || now.saturating_sub(s.last) <= FAILURE_WINDOW);
+    }
+}
+
+impl CallManager {
+    /// Answers `msg` with `asker`'s challenge and a new nonce (`stale=true` if `stale`).
+    pub(super) fn challenge(
+        &mut self,
+        now: Nanos,
+        to: SocketAddr,
+        msg: &Message<'_>,
+        asker: Asker,
+        stale: bool,
+    ) {
+        let (name, value) = self.auth.challenge(now, asker, stale);
+        self.reply(to, msg, asker.code(), &[(name, &value)]);
     }
 }
 

@@ -263,17 +263,12 @@ impl CallManager {
             }
             Verdict::Forbidden => self.reply(from, msg, 403, &[]),
             Verdict::Banned => {}
-            Verdict::Challenge { stale } => self.proxy_challenge(now, from, msg, stale),
-            Verdict::Replay => self.proxy_challenge(now, from, msg, true),
+            // The 407's ACK (hop by hop, RFC 3261 17.1.1.3) names no call, or carries our
+            // stateless tag once the Call-ID is one: either way it is absorbed.
+            Verdict::Challenge { stale } => self.challenge(now, from, msg, Asker::Proxy, stale),
+            Verdict::Replay => self.challenge(now, from, msg, Asker::Proxy, true),
         }
         None
-    }
-
-    /// A 407 with a new nonce. Its ACK (hop by hop, RFC 3261 17.1.1.3) names no call and is
-    /// absorbed like any ACK of ours that does not.
-    fn proxy_challenge(&mut self, now: Nanos, to: SocketAddr, msg: &Message<'_>, stale: bool) {
-        let (name, value) = self.auth.challenge(now, Asker::Proxy, stale);
-        self.reply(to, msg, Asker::Proxy.code(), &[(name, &value)]);
     }
 
     /// Leg B: our INVITE to `user`, offering the node of assignment `a`.

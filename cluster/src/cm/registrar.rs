@@ -162,23 +162,17 @@ impl CallManager {
             Verdict::User(user) if Some(user) == to_user => {
                 self.registrar.register(now, from, user, msg)
             }
-            Verdict::User(_) | Verdict::Forbidden => {
-                if matches!(verdict, Verdict::User(_)) {
-                    // Another user's credentials: this REGISTER is not theirs to make.
-                    self.auth.failed();
-                }
+            Verdict::User(_) => {
+                // Another user's credentials: this REGISTER is not theirs to make.
+                self.auth.failed();
                 Answer::plain(403)
             }
+            Verdict::Forbidden => Answer::plain(403),
             Verdict::Banned => return,
-            Verdict::Challenge { .. } | Verdict::Replay => {
-                let stale = matches!(
-                    verdict,
-                    Verdict::Challenge { stale: true } | Verdict::Replay
-                );
-                let (name, value) = self.auth.challenge(now, Asker::Registrar, stale);
-                self.reply(from, msg, Asker::Registrar.code(), &[(name, &value)]);
-                return;
+            Verdict::Challenge { stale } => {
+                return self.challenge(now, from, msg, Asker::Registrar, stale);
             }
+            Verdict::Replay => return self.challenge(now, from, msg, Asker::Registrar, true),
         };
         match &answer.header {
             Some((name, value)) => self.reply(from, msg, answer.code, &[(name, value)]),
