@@ -48,6 +48,16 @@ pub(crate) struct ClusterArgs {
     /// Sources exempt from the rate limit (repeatable; the nodes always are).
     #[arg(long, default_value = "127.0.0.1")]
     whitelist: Vec<IpAddr>,
+    /// Sources whose calls are never challenged, e.g. a proxy or trunk in front that
+    /// authenticates its own users (repeatable; added to the scenario's `[cluster] trusted`).
+    /// Not implied by --whitelist.
+    #[arg(long, value_name = "IP")]
+    trusted: Vec<IpAddr>,
+    /// Services callers without credentials may reach, by user part: a name or a prefix
+    /// ending in `*` (repeatable; replaces the scenario's `[cluster] public`, whose default is
+    /// every service: echo, ivr-*, queue-*, meeting-*). Our users' numbers are never public.
+    #[arg(long, value_name = "PATTERN")]
+    public: Vec<String>,
     /// Stop by itself after this long ("90s"); default: run until stopped.
     #[arg(long = "for", value_name = "DURATION")]
     run_for: Option<String>,
@@ -117,6 +127,8 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.max_call_s = max_call.as_secs() + u64::from(max_call.subsec_nanos() > 0);
     opts.global_rate_burst = (2.0 * global).max(1.0);
     opts.whitelist = args.whitelist;
+    opts.trusted = args.trusted;
+    opts.public = (!args.public.is_empty()).then_some(args.public);
     let mut alerts =
         AlertSink::new(args.alerts, args.alert_webhook).map_err(|e| BadInput(e.to_string()))?;
     let join_token = crate::token::read(&crate::token::Sources {
@@ -305,9 +317,15 @@ fn render(s: &Status) -> String {
     }
     let c = &s.cm;
     out.push_str(&format!(
-        "registrations {} (auth failures {}), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {} (global {}), source-limited {}, malformed {}, unmatched in-dialog {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
+        "registrations {} (auth failures {}, replays {}, stale nonces {}, forged nonces {}, bans: {} sources {} users, {} refused banned), calls {} (completed {}), queue answered {} abandoned {}, ivr digits {} routed {}, meetings {} ({} joins, {} split, largest {}), moved {} dropped {}, rate-limited {} (global {}), source-limited {}, malformed {}, unmatched in-dialog {}, Call Manager CPU {:.2} s, worst lateness: Call Manager thread {:.1} ms, node thread {:.1} ms\n",
         c.registrations,
         c.auth_failures,
+        c.auth_replays,
+        c.auth_stale,
+        c.auth_forged_nonces,
+        c.auth_banned_sources,
+        c.auth_banned_users,
+        c.auth_refused_banned,
         c.calls_total,
         c.calls_completed,
         c.queue_answered,
@@ -347,6 +365,15 @@ fn to_json(s: &Status) -> serde_json::Value {
         "registered": c.registered,
         "registrations": c.registrations,
         "auth_failures": c.auth_failures,
+        "auth": {
+            "failures": c.auth_failures,
+            "replays": c.auth_replays,
+            "stale": c.auth_stale,
+            "forged_nonces": c.auth_forged_nonces,
+            "banned_sources": c.auth_banned_sources,
+            "banned_users": c.auth_banned_users,
+            "refused_banned": c.auth_refused_banned,
+        },
         "calls": {
             "active": c.calls_active,
             "total": c.calls_total,

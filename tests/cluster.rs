@@ -223,3 +223,44 @@ fn a_flooding_source_gets_503_while_the_others_keep_calling() {
         "{refused} of {sent} flood requests refused"
     );
 }
+
+/// The first line of the answer to `request` sent from `socket` to the cluster on `port`.
+fn status_line(socket: &UdpSocket, port: u16, request: &str) -> String {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    socket
+        .send_to(request.as_bytes(), ("127.0.0.1", port))
+        .expect("send");
+    let mut buf = [0u8; 4096];
+    let len = socket.recv(&mut buf).expect("an answer");
+    let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_call_to_a_user_needs_credentials_unless_it_comes_from_a_trusted_source() {
+    let (_cluster, port) =
+        start_cluster_with(&scenario("services.toml"), &["--trusted", "127.0.0.3"]);
+    let invite = |socket: &UdpSocket, id: &str| {
+        let local = socket.local_addr().expect("addr");
+        format!(
+            "INVITE sip:1000@pbxlab.test SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{id}\r\n\
+             From: <sip:1001@pbxlab.test>;tag={id}\r\nTo: <sip:1000@pbxlab.test>\r\n\
+             Call-ID: {id}\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@{local}>\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    };
+    let phone = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    assert_eq!(
+        status_line(&phone, port, &invite(&phone, "t1")),
+        "SIP/2.0 407 Proxy Authentication Required"
+    );
+    // From the trusted address the call is not challenged: it gets as far as the callee, who
+    // has not registered.
+    let trunk = UdpSocket::bind("127.0.0.3:0").expect("bind 127.0.0.3");
+    assert_eq!(
+        status_line(&trunk, port, &invite(&trunk, "t2")),
+        "SIP/2.0 480 Temporarily Unavailable"
+    );
+}

@@ -537,3 +537,74 @@ fn sipp_uac_calls_the_cluster_echo_at_1000_per_second() {
     assert_eq!(column("SuccessfulCall(C)"), Some(5000), "{stat}");
     assert_eq!(column("FailedCall(C)"), Some(0), "{stat}");
 }
+
+#[test]
+#[ignore = "needs sipp (apt-get install sip-tester); run by .ci/run"]
+fn sipp_answers_the_clusters_407_as_one_of_its_users() {
+    let port = free_port();
+    let _cluster = pbxlab_cluster(port, "60s");
+    let (sipp_port, media) = (free_port(), free_port());
+    let dir = scratch_dir("sipp-uac-auth");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/uac-auth.xml");
+    // User 1000 of the reference cluster calls the echo 200 times: every INVITE is challenged
+    // (its From is one of the cluster's users) and SIPp's digest is accepted; a call placed
+    // without the challenge would fail the scenario.
+    let out = Command::new("sipp")
+        .args(["-sf", scenario.to_str().expect("utf-8")])
+        .args([
+            "-s", "echo", "-key", "caller", "1000", "-au", "1000", "-ap", "pw-1000",
+        ])
+        // SIPp's digest covers `sip:REMOTE_IP:PORT` unless told otherwise; the Call Manager
+        // takes only a digest of the request's own URI (RFC 3261 22.4).
+        .args(["-auth_uri", &format!("echo@127.0.0.1:{port}")])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-i", "127.0.0.1", "-p", &sipp_port.to_string()])
+        .args([
+            "-mp",
+            &media.to_string(),
+            "-r",
+            "50",
+            "-m",
+            "200",
+            "-d",
+            "1000",
+        ])
+        .args([
+            "-timeout",
+            "40s",
+            "-nostdin",
+            "-trace_err",
+            "-trace_stat",
+            "-fd",
+            "1",
+        ])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sipp is installed (apt-get install sip-tester)");
+    let stat = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .last()
+        .unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "sipp: {}\n{}\nstats:\n{stat}",
+        out.status,
+        show(&out)
+    );
+    let last = stat.lines().last().unwrap_or_default();
+    let fields: Vec<&str> = stat.lines().next().unwrap_or_default().split(';').collect();
+    let column = |name: &str| {
+        fields
+            .iter()
+            .position(|f| *f == name)
+            .and_then(|i| last.split(';').nth(i))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(column("SuccessfulCall(C)"), Some(200), "{stat}");
+    assert_eq!(column("FailedCall(C)"), Some(0), "{stat}");
+}

@@ -45,6 +45,11 @@ pub struct Options {
     pub max_call_s: u64,
     /// Sources the rate limit never applies to (the nodes always pass).
     pub whitelist: Vec<IpAddr>,
+    /// Sources whose calls are never challenged, besides the scenario's `[cluster] trusted`.
+    pub trusted: Vec<IpAddr>,
+    /// The services callers without credentials may reach, in place of the scenario's
+    /// `[cluster] public` (whose default is every service).
+    pub public: Option<Vec<String>>,
     /// The join token a node in its own process (`pbxlab node`) proves to join; without one,
     /// none may. Never the control endpoint's (admin) token.
     pub join_token: Option<String>,
@@ -62,6 +67,8 @@ impl Options {
             global_rate_burst: cm::GLOBAL_RATE_FACTOR * 400.0,
             max_call_s: cm::MAX_CALL_S,
             whitelist: vec![IpAddr::from([127, 0, 0, 1])],
+            trusted: Vec::new(),
+            public: None,
             join_token: None,
         }
     }
@@ -402,7 +409,11 @@ impl Cluster {
         cfg.global_rate_burst = opts.global_rate_burst;
         cfg.max_call_s = opts.max_call_s;
         cfg.whitelist = opts.whitelist.clone();
-        cfg.seed = sc.seed;
+        cfg.trust.trusted = sc.cluster.trusted.clone();
+        cfg.trust.trusted.extend(&opts.trusted);
+        if let Some(public) = opts.public.as_ref().or(sc.cluster.public.as_ref()) {
+            cfg.trust.public = public.clone();
+        }
         cfg.key = crate::random_key().map_err(Error::Random)?;
         let cm = CallManager::new(cfg, balancer, specs);
 

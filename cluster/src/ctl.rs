@@ -350,6 +350,7 @@ pub fn status_json(s: &Status) -> Value {
         "moved": c.moved,
         "dropped": c.dropped,
         "rate_limited": c.rate_limited,
+        "auth": { "failures": c.auth_failures, "replays": c.auth_replays, "banned_sources": c.auth_banned_sources, "banned_users": c.auth_banned_users, "refused_banned": c.auth_refused_banned },
         "emulator": s.pace.drivers(),
         "whitelist": s.whitelist.iter().map(IpAddr::to_string).collect::<Vec<_>>(),
         "events": events,

@@ -4,10 +4,10 @@
 //! computing responses, verifying them on the server side, and HA1 precomputation.
 //!
 //! What this does NOT do: generate nonces or cnonces (they are passed in), check that a nonce
-//! was issued by us, is fresh, or that `nc` increases (replay protection is the registrar's
-//! job), check that `uri` matches the Request-URI or that `realm` is ours, support `auth-int`,
-//! the `-sess` algorithms, `userhash` or `username*`, or parse several challenges folded into
-//! one header value. Only header *values* are handled; header names and folding across header
+//! was issued by us, is fresh, or that `nc` increases (replay protection is the server's job:
+//! the Call Manager's `cm::auth`), check that `uri` matches the Request-URI or that `realm` is
+//! ours, support `auth-int`, the `-sess` algorithms, `userhash` or `username*`, or parse
+//! several challenges folded into one header value. Only header *values* are handled; header names and folding across header
 //! lines are the SIP parser's business.
 //!
 //! Values are expected unfolded (the SIP parser replaces line folding by a space); control

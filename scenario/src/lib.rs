@@ -25,9 +25,9 @@ pub use pbxlab_balancer::{FailoverMode, Policy, Role};
 
 pub use diagnostics::{Diagnostic, ScenarioError, Severity};
 pub use model::{
-    Arrivals, CallTraffic, Codec, DrillLoad, DrillSpec, FaultSpec, HealthSpec, HoldDist,
-    IvrTraffic, MeetingTraffic, PoolSpec, QueueTraffic, RegistrationTraffic, Scenario, ServerSpec,
-    Service, SizingCosts, Slo, Traffic, codec_name, parse_codec,
+    Arrivals, CallTraffic, ClusterSpec, Codec, DrillLoad, DrillSpec, FaultSpec, HealthSpec,
+    HoldDist, IvrTraffic, MeetingTraffic, PoolSpec, QueueTraffic, RegistrationTraffic, Scenario,
+    ServerSpec, Service, SizingCosts, Slo, Traffic, codec_name, parse_codec,
 };
 pub use units::{parse_duration, parse_rate};
 pub use verb::{UPGRADE_RESTART, Verb, verb_names};

@@ -29,6 +29,8 @@ pub struct Scenario {
     pub sizing: SizingCosts,
     /// How `pbxlab drill` runs this scenario live; `plan` ignores it.
     pub drill: Option<DrillSpec>,
+    /// Whom the live cluster lets in without credentials; `plan` ignores it.
+    pub cluster: ClusterSpec,
     /// Things worth telling the user that do not stop the run.
     pub warnings: Vec<Diagnostic>,
 }
@@ -157,6 +159,18 @@ pub struct FaultSpec {
     pub at: Duration,
     pub action: Verb,
     pub server: String,
+}
+
+/// `[cluster]`: whom the live cluster's Call Manager lets call without credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterSpec {
+    /// The services a caller without credentials may reach, by user part: a name (`echo`) or
+    /// a prefix ending in `*` (`ivr-*`). `None`: every service, as inbound numbers are.
+    /// Users are never public.
+    pub public: Option<Vec<String>>,
+    /// Sources whose calls are never challenged (a proxy or trunk in front that authenticates
+    /// its own users).
+    pub trusted: Vec<std::net::IpAddr>,
 }
 
 /// `[drill]`: the live load a drill runs against the cluster and what it must hold.

@@ -69,6 +69,14 @@ pub struct RawScenario {
     pub slo: Option<Tab<RawSlo>>,
     pub sizing: Option<Tab<RawSizing>>,
     pub drill: Option<Tab<RawDrill>>,
+    pub cluster: Option<Tab<RawCluster>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub public: Option<LeafList>,
+    pub trusted: Option<LeafList>,
 }
 
 #[derive(Deserialize)]

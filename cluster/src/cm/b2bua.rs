@@ -12,12 +12,13 @@ use pbxlab_proto::sdp::{self, Offer, SessionDescription};
 use pbxlab_proto::sip::{HeaderName, Message, Method};
 use pbxlab_proto::uri::{NameAddr, SipUri};
 
+use super::auth::{Asker, Attempt, Verdict};
 use super::calls::{AState, Call, CallRef, Dialog, Kind, Placement};
 use super::services::AGENT_RING_LIMIT;
 use super::teardown::Side;
 use super::transactions::{Branch, Expiry, Purpose, TxId};
 
-use super::{CallManager, Keyed, Leg, Nanos, ns, probes, room_key};
+use super::{CallManager, Keyed, Leg, Nanos, STATELESS_TAG, ns, probes, room_key};
 
 /// Calls one source address (not whitelisted, not a node) may hold at once, and of them how
 /// many may wait for their ACK. A PBX's phone holds a few calls; a trunk or an SBC in front of
@@ -40,6 +41,9 @@ impl CallManager {
             .and_then(|u| SipUri::parse(u).ok())
             .and_then(|u| u.user)
             .unwrap_or_default();
+        let Some(caller) = self.caller(now, from, msg, "INVITE", target) else {
+            return;
+        };
         let kind = if let Some(user) = self.registrar.user_number(target) {
             if !self.registrar.is_registered(user, now) {
                 self.reply(from, msg, 480, &[]);
@@ -157,11 +161,6 @@ impl CallManager {
         let mac = Keyed::TAG_A.mac(&self.keys.tag, index, generation);
         let local_tag = format!("a{index}x{generation}x{mac:016x}");
         let a_headers = ResponseHeaders::new(msg, Some(&local_tag));
-        let caller = msg
-            .from()
-            .and_then(|f| f.sip_uri().ok())
-            .and_then(|u| u.user)
-            .and_then(|u| self.registrar.user_number(u));
         let remote_uri = msg
             .contact()
             .map(|c| c.uri.to_owned())
@@ -238,6 +237,64 @@ impl CallManager {
         }
     }
 
+    /// Who places this request, once they have shown it: `Some(Some(user))` for one of our
+    /// users who answered our challenge (or the From of a trusted source), `Some(None)` for an
+    /// anonymous caller of a public service; `None` when the request has been answered
+    /// instead (407, 403).
+    ///
+    /// As a Kamailio proxy's usual script does (`from_uri==myself` is challenged, and
+    /// strangers may only reach local destinations): a request whose From is one of our users
+    /// must prove it, whatever it calls; a stranger reaches the public services only, and
+    /// anything else (a user, a number we do not have) is challenged, so the answers do not
+    /// tell our users' numbers from others.
+    pub(super) fn caller(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        msg: &Message<'_>,
+        method: &str,
+        target: &str,
+    ) -> Option<Option<u32>> {
+        let from_user = msg
+            .from()
+            .and_then(|f| f.sip_uri().ok())
+            .and_then(|u| u.user)
+            .and_then(|u| self.registrar.user_number(u));
+        if self.trust.trusted.contains(&from.ip()) || self.node_at.contains_key(&from) {
+            return Some(from_user);
+        }
+        let public = self.registrar.user_number(target).is_none() && self.trust.is_public(target);
+        if from_user.is_none() && public {
+            return Some(None);
+        }
+        let attempt = Attempt {
+            method,
+            request_uri: msg.request_uri().unwrap_or_default(),
+            credentials: msg.header(HeaderName::ProxyAuthorization),
+            from,
+            branch: msg.top_via().and_then(|v| v.branch).unwrap_or_default(),
+        };
+        let registrar = &self.registrar;
+        let verdict = self
+            .auth
+            .check(now, &attempt, |name| registrar.credentials(name));
+        match verdict {
+            Verdict::User(user) if from_user == Some(user) => return Some(Some(user)),
+            Verdict::User(_) => {
+                // Right credentials, someone else's name in From: not theirs to use.
+                self.auth.failed();
+                self.reply(from, msg, 403, &[]);
+            }
+            Verdict::Forbidden => self.reply(from, msg, 403, &[]),
+            Verdict::Banned => {}
+            // The 407's ACK (hop by hop, RFC 3261 17.1.1.3) names no call, or carries our
+            // stateless tag once the Call-ID is one: either way it is absorbed.
+            Verdict::Challenge { stale } => self.challenge(now, from, msg, Asker::Proxy, stale),
+            Verdict::Replay => self.challenge(now, from, msg, Asker::Proxy, true),
+        }
+        None
+    }
+
     /// Leg B: our INVITE to `user`, offering the node of assignment `a`.
     pub(super) fn invite_b(&mut self, now: Nanos, call: CallRef, user: u32, a: Assignment) {
         let Some(binding) = self.registrar.binding(user).cloned() else {
@@ -301,6 +358,11 @@ impl CallManager {
         method: Method,
         msg: &Message<'_>,
     ) {
+        // The ACK of a 407 (or other refusal) we sent before this Call-ID became a call: it
+        // carries the tag of our stateless answers and belongs to no dialog.
+        if method == Method::Ack && msg.to().and_then(|t| t.tag()) == Some(STATELESS_TAG) {
+            return;
+        }
         let first_invite_again =
             method == Method::Invite && is_a && msg.to().and_then(|t| t.tag()).is_none();
         if !first_invite_again && !self.in_dialog(call, is_a, msg) {

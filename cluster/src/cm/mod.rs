@@ -16,7 +16,7 @@
 //! a failover plan) is a node command plus a re-INVITE of each leg with the new node's address.
 //!
 //! The state is divided by owner, each part in its own file with its own fields: `registrar`
-//! (bindings, nonces), `admission` (the rate limit and whitelist), `transactions` (our client
+//! (bindings), `auth` (nonces and what answers to them came to), `admission` (the rate limit and whitelist), `transactions` (our client
 //! transactions and their timers), `calls` (the call table, dialogs and A's 200), `services`
 //! (IVR sessions, queues and agents, meeting rooms) and `probes`; `failover` keeps the records
 //! of moved and dropped calls. What needs several parts is a method of [`CallManager`] in the
@@ -37,6 +37,7 @@ use super::node::Place;
 use super::{Leg, MediaSession, Nanos, NodeCommand, NodeEvent};
 
 mod admission;
+mod auth;
 mod b2bua;
 mod calls;
 mod failover;
@@ -46,9 +47,11 @@ mod services;
 mod teardown;
 mod transactions;
 
+pub use auth::Trust;
 pub use failover::{AdminError, DroppedCall, Reassigned};
 
 use admission::{Admission, Verdict};
+use auth::Auth;
 use calls::{CallRef, Calls};
 use failover::Records;
 use registrar::Registrar;
@@ -83,6 +86,8 @@ pub struct Config {
     pub global_rate_burst: f64,
     /// Sources never limited: the cluster's own nodes and trusted edges.
     pub whitelist: Vec<IpAddr>,
+    /// Which calls need no credentials: anonymous callers' public services, trusted sources.
+    pub trust: Trust,
     /// RFC 3261 T1 and T2.
     pub t1: Duration,
     pub t2: Duration,
@@ -94,12 +99,10 @@ pub struct Config {
     /// and its media session ended: a caller that never hangs up (or an INVITE that only
     /// wanted the media aimed somewhere) holds nothing for ever. 0: no limit.
     pub max_call_s: u64,
-    /// Seeds the nonce secret; everything else random derives from `key`.
-    pub seed: u64,
-    /// Keys what the Call Manager hands out and must recognise later (nonces, branches, tags).
-    /// [`Config::new`] derives it from the seed, which replays a run; a cluster others can reach
-    /// draws it at random ([`crate::random_key`]), so nothing it sent can be forged from the
-    /// scenario.
+    /// Keys everything the Call Manager hands out and must recognise later (nonces, branches,
+    /// tags, Call-IDs): nothing else in it is random. [`Config::new`] derives it from seed 1
+    /// (`Key::from_seed`), which replays a run; a cluster others can reach draws it at random
+    /// ([`crate::random_key`]), so nothing it sent can be forged from the scenario.
     pub key: Key,
 }
 
@@ -127,12 +130,12 @@ impl Config {
             global_rate_limit_per_s: GLOBAL_RATE_FACTOR * 200.0,
             global_rate_burst: GLOBAL_RATE_FACTOR * 400.0,
             whitelist: Vec::new(),
+            trust: Trust::default(),
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             max_calls: 100_000,
             max_expires_s: 7200,
             max_call_s: MAX_CALL_S,
-            seed: 1,
             key: Key::from_seed(1),
         }
     }
@@ -156,7 +159,21 @@ pub struct NodeSpec {
 pub struct Stats {
     pub registered: usize,
     pub registrations: u64,
+    /// Answers to a challenge refused 403: a wrong password, a user we do not have, another
+    /// user's credentials.
     pub auth_failures: u64,
+    /// Right credentials on an expired nonce: challenged again with `stale=true`.
+    pub auth_stale: u64,
+    /// Credentials on a nonce we did not make (forged, or from before a restart).
+    pub auth_forged_nonces: u64,
+    /// Right credentials on a nonce and count already used by another request (a captured
+    /// request sent again): challenged again.
+    pub auth_replays: u64,
+    /// Bans so far of a source address, and of a user, for ten wrong answers within a minute.
+    pub auth_banned_sources: u64,
+    pub auth_banned_users: u64,
+    /// Requests refused because their source or user was banned (password not checked).
+    pub auth_refused_banned: u64,
     pub calls_active: usize,
     pub calls_total: u64,
     pub calls_completed: u64,
@@ -205,6 +222,9 @@ pub struct Stats {
 
 const NS: Nanos = 1_000_000_000;
 
+/// The To tag of every answer sent outside a call (a challenge, a refusal): no dialog's.
+const STATELESS_TAG: &str = "cm";
+
 fn ns(d: Duration) -> Nanos {
     u64::try_from(d.as_nanos()).unwrap_or(Nanos::MAX)
 }
@@ -229,6 +249,8 @@ pub struct CallManager {
     /// transactions keep the key of theirs): nothing we hand out can be guessed.
     keys: Keys,
     registrar: Registrar,
+    auth: Auth,
+    trust: Trust,
     admission: Admission,
     calls: Calls,
     txs: Transactions,
@@ -257,7 +279,6 @@ pub struct CallManager {
 impl CallManager {
     /// A Call Manager over `balancer`, whose servers are `nodes`.
     pub fn new(cfg: Config, balancer: Balancer, nodes: Vec<NodeSpec>) -> CallManager {
-        let secret = cfg.seed ^ pbxlab_balancer::hash::GOLDEN_GAMMA;
         let (t1, t2) = (ns(cfg.t1), ns(cfg.t2));
         CallManager {
             prober: {
@@ -271,7 +292,9 @@ impl CallManager {
             node_at: nodes.iter().map(|n| (n.addr, n.id)).collect(),
             nodes,
             balancer,
-            registrar: Registrar::new(&cfg, secret),
+            registrar: Registrar::new(&cfg),
+            auth: Auth::new(&cfg.domain, &cfg.key),
+            trust: cfg.trust.clone(),
             admission: Admission::new(&cfg),
             calls: Calls::new(t1, t2),
             txs: Transactions::new(t1, t2, cfg.key.derive("branch")),
@@ -328,6 +351,7 @@ impl CallManager {
         s.queue_waiting = self.queues.waiting();
         s.rate_sources_evicted = self.admission.evicted();
         self.registrar.report(&mut s);
+        self.auth.report(&mut s);
         self.rooms.report(&mut s);
         probes::report(&self.prober, &mut s);
         s
@@ -547,7 +571,7 @@ impl CallManager {
     /// To has no tag; every response but a 100 then gets ours.
     fn reply(&mut self, to: SocketAddr, req: &Message<'_>, code: u16, extra: &[(&str, &str)]) {
         let tag = if req.to().and_then(|t| t.tag()).is_none() && code > 100 {
-            Some("cm")
+            Some(STATELESS_TAG)
         } else {
             None
         };
@@ -688,3 +712,6 @@ mod failover_tests;
 
 #[cfg(test)]
 mod leg_b_tests;
+
+#[cfg(test)]
+mod auth_tests;

@@ -1,19 +1,14 @@
-//! The registrar: which user numbers are ours, where each registered user can be reached, and
-//! digest authentication of REGISTER with nonces that are recomputed rather than stored.
+//! The registrar: which user numbers are ours and where each registered user can be reached.
+//! Whether a REGISTER is its user's is `auth`'s to say.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use pbxlab_proto::digest::{self, Algorithm};
 use pbxlab_proto::sip::{HeaderName, Message};
 use pbxlab_proto::uri::NameAddr;
 
-use pbxlab_balancer::hash::mix64 as mix;
-
+use super::auth::{Asker, Attempt, Verdict};
 use super::{CallManager, Config, NS, Nanos, Stats};
-
-/// Seconds a nonce stays valid.
-const NONCE_LIFETIME_S: u64 = 300;
 
 /// Where a registered user is.
 #[derive(Debug, Clone)]
@@ -26,17 +21,12 @@ pub(super) struct Binding {
 }
 
 pub(super) struct Registrar {
-    /// Digest realm.
-    domain: String,
     first_user: u32,
     users: u32,
     password_prefix: String,
     max_expires_s: u32,
-    /// Keys the nonces: a nonce carries its issue second and the mix of it with this.
-    secret: u64,
     bindings: HashMap<u32, Binding>,
     registrations: u64,
-    auth_failures: u64,
 }
 
 /// How the registrar answers one REGISTER.
@@ -58,17 +48,14 @@ impl Answer {
 }
 
 impl Registrar {
-    pub(super) fn new(cfg: &Config, secret: u64) -> Registrar {
+    pub(super) fn new(cfg: &Config) -> Registrar {
         Registrar {
-            domain: cfg.domain.clone(),
             first_user: cfg.first_user,
             users: cfg.users,
             password_prefix: cfg.password_prefix.clone(),
             max_expires_s: cfg.max_expires_s,
-            secret,
             bindings: HashMap::new(),
             registrations: 0,
-            auth_failures: 0,
         }
     }
 
@@ -96,75 +83,16 @@ impl Registrar {
     pub(super) fn report(&self, s: &mut Stats) {
         s.registered = self.bindings.len();
         s.registrations = self.registrations;
-        s.auth_failures = self.auth_failures;
     }
 
-    fn nonce(&self, now: Nanos) -> String {
-        let t = now / NS;
-        format!("{t:x}.{:016x}", mix(self.secret ^ t))
+    /// The user number and digest password of digest username `username`, if it is ours.
+    pub(super) fn credentials(&self, username: &str) -> Option<(u32, String)> {
+        let user = self.user_number(username)?;
+        Some((user, format!("{}{user}", self.password_prefix)))
     }
 
-    fn nonce_fresh(&self, now: Nanos, nonce: &str) -> bool {
-        let Some((t, mac)) = nonce.split_once('.') else {
-            return false;
-        };
-        let (Ok(t), Ok(mac)) = (u64::from_str_radix(t, 16), u64::from_str_radix(mac, 16)) else {
-            return false;
-        };
-        mac == mix(self.secret ^ t) && now / NS <= t + NONCE_LIFETIME_S
-    }
-
-    fn challenge(&self, now: Nanos, stale: bool) -> Answer {
-        let mut value = String::new();
-        digest::write_challenge(
-            &mut value,
-            &self.domain,
-            &self.nonce(now),
-            Algorithm::Md5,
-            None,
-        );
-        if stale {
-            value.push_str(", stale=true");
-        }
-        Answer {
-            header: Some(("WWW-Authenticate", value)),
-            ..Answer::plain(401)
-        }
-    }
-
-    /// Authenticates a REGISTER from `from` and binds, unbinds or reports its contact.
-    pub(super) fn register(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) -> Answer {
-        let user = msg
-            .to()
-            .and_then(|t| t.sip_uri().ok())
-            .and_then(|u| u.user)
-            .and_then(|u| self.user_number(u));
-        // A user we do not know is challenged and then refused like one with a wrong password:
-        // a 404 would list our users to anyone who asks (what SIP scanners count on).
-        let Some(auth) = msg
-            .header(HeaderName::Authorization)
-            .and_then(|v| digest::parse_authorization(v).ok())
-        else {
-            return self.challenge(now, false);
-        };
-        if !self.nonce_fresh(now, auth.nonce) {
-            return self.challenge(now, true);
-        }
-        let Some(user) = user else {
-            self.auth_failures += 1;
-            return Answer::plain(403);
-        };
-        let password = format!("{}{user}", self.password_prefix);
-        // The digest covers its own uri, which must be this request's (RFC 3261 22.4): a
-        // response computed for another request is not an answer to this one.
-        if auth.username != user.to_string()
-            || auth.realm != self.domain
-            || Some(auth.uri) != msg.request_uri()
-            || !digest::verify(&auth, "REGISTER", &password)
-        {
-            self.auth_failures += 1;
-            return Answer::plain(403);
-        }
+    /// Binds, unbinds or reports the contact of `user`, whose REGISTER from `from` this is.
+    fn register(&mut self, now: Nanos, from: SocketAddr, user: u32, msg: &Message<'_>) -> Answer {
         let contact = msg.contact();
         let expires = contact
             .and_then(|c| NameAddr::param(&c, "expires").flatten())
@@ -212,8 +140,40 @@ impl Registrar {
 }
 
 impl CallManager {
+    /// A REGISTER: authenticated (its digest username must be its To's user), then bound.
     pub(super) fn register(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
-        let answer = self.registrar.register(now, from, msg);
+        let to_user = msg
+            .to()
+            .and_then(|t| t.sip_uri().ok())
+            .and_then(|u| u.user)
+            .and_then(|u| self.registrar.user_number(u));
+        let attempt = Attempt {
+            method: "REGISTER",
+            request_uri: msg.request_uri().unwrap_or_default(),
+            credentials: msg.header(HeaderName::Authorization),
+            from,
+            branch: msg.top_via().and_then(|v| v.branch).unwrap_or_default(),
+        };
+        let registrar = &self.registrar;
+        let verdict = self
+            .auth
+            .check(now, &attempt, |name| registrar.credentials(name));
+        let answer = match verdict {
+            Verdict::User(user) if Some(user) == to_user => {
+                self.registrar.register(now, from, user, msg)
+            }
+            Verdict::User(_) => {
+                // Another user's credentials: this REGISTER is not theirs to make.
+                self.auth.failed();
+                Answer::plain(403)
+            }
+            Verdict::Forbidden => Answer::plain(403),
+            Verdict::Banned => return,
+            Verdict::Challenge { stale } => {
+                return self.challenge(now, from, msg, Asker::Registrar, stale);
+            }
+            Verdict::Replay => return self.challenge(now, from, msg, Asker::Registrar, true),
+        };
         match &answer.header {
             Some((name, value)) => self.reply(from, msg, answer.code, &[(name, value)]),
             None => self.reply(from, msg, answer.code, &[]),

@@ -16,6 +16,7 @@ use crate::model::Scenario;
 use crate::raw::{Leaf, RawScenario};
 use crate::units::{parse_duration, parse_rate, show_duration};
 
+mod cluster;
 mod drill;
 mod faults;
 mod pools;
@@ -396,6 +397,7 @@ impl Checker<'_> {
         let slo = self.slo(raw.slo.as_ref())?;
         let sizing = self.sizing(raw.sizing.as_ref())?;
         let drill = self.drill(raw.drill.as_ref(), &pools, &traffic)?;
+        let cluster = self.cluster(raw.cluster.as_ref())?;
         self.scale_warnings(duration, &traffic);
 
         Ok(Scenario {
@@ -411,6 +413,7 @@ impl Checker<'_> {
             slo,
             sizing,
             drill,
+            cluster,
             warnings: self.warnings,
         })
     }

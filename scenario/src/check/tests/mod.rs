@@ -9,6 +9,7 @@ use crate::diagnostics::line_col;
 use crate::model::*;
 use crate::{Diagnostic, FailoverMode, Policy, Role, ScenarioError, Severity, Verb};
 
+mod cluster;
 mod drill;
 mod faults;
 mod pools;
