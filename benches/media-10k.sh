@@ -35,7 +35,7 @@ target/release/examples/ceiling plain 3
 CEILING=$(sed -E 's/.*: ([0-9]+) datagrams\/s received.*/\1/' "$WORK/ceiling.txt")
 
 RUN_FOR=$((DURATION + HOLD + 40))
-target/release/pbxlab cluster scenarios/scale-10k.toml --sip "$SIP" --ctl "$CTL" --token "$TOKEN" \
+target/release/pbxlab cluster scenarios/scale-10k.toml --sip "$SIP" --ctl "$CTL" --admin-token "$TOKEN" \
   --for "${RUN_FOR}s" --json "$WORK/cluster.json" >"$WORK/cluster.txt" 2>"$WORK/cluster.log" &
 CLUSTER_PID=$!
 sleep 1.5
@@ -62,7 +62,7 @@ while kill -0 "$LOAD_PID" 2>/dev/null; do
   NODES=$(thread_cpu "$CLUSTER_PID" pbxlab-nodes)
   CM=$(thread_cpu "$CLUSTER_PID" pbxlab-cm)
   [ "$RTP" -gt 0 ] && echo "$RTP $NODES $CM" >"$WORK/cpu"
-  if target/release/pbxlab ctl --ctl "$CTL" --token "$TOKEN" status --json >"$WORK/status.json" 2>/dev/null; then
+  if target/release/pbxlab ctl --ctl "$CTL" --admin-token "$TOKEN" status --json >"$WORK/status.json" 2>/dev/null; then
     python3 - "$WORK/status.json" >>"$WORK/samples" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
