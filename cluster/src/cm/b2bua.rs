@@ -806,9 +806,12 @@ impl CallManager {
 
     /// The 200 OK for A's INVITE, retransmitted until the ACK comes.
     fn answer_a(&mut self, now: Nanos, call: CallRef, body: &[u8]) {
-        let Some(c) = self.calls.get(call) else {
+        let Some(c) = self.calls.get_mut(call) else {
             return;
         };
+        // The session timer starts with the 2xx (RFC 4028 7.2), not while the callee rang.
+        c.refreshed = now;
+        let c = &*c;
         let mut bytes = Vec::new();
         let timer = format!("{};refresher=uac", c.session_expires_s);
         let mut headers = vec![
