@@ -555,3 +555,33 @@ fn guesses_spread_over_sources_ban_the_user_and_over_users_ban_the_source() {
     let n = nonce_for(&mut cm, 62 * NS, 1004, PHONE);
     assert_eq!(register_on(&mut cm, 62 * NS, 1004, PHONE, &n, 1).0, 200);
 }
+
+/// In-dialog requests are not challenged: an untrusted user's call, authenticated once, is
+/// refreshed (RFC 4028) by its re-INVITEs without credentials, as a proxy's usual script
+/// relays in-dialog requests on their tags; a 407 there would end every session-timer call.
+#[test]
+fn an_untrusted_callers_refresh_reinvite_is_not_challenged() {
+    let mut cm = cm();
+    let ruri = "sip:echo@pbxlab.test";
+    let timer = "Supported: timer\r\nSession-Expires: 90\r\n";
+    let (code, ch) = answer(&mut cm, 0, PHONE, &invite(ruri, "1000", "rt", 1, timer));
+    assert_eq!(code, 407);
+    let auth = proxy_authorization(&ch.unwrap(), 1000, "pw-1000", "INVITE", ruri);
+    let extra = format!("{timer}{auth}");
+    cm.handle(MS, addr(PHONE), &invite(ruri, "1000", "rt", 2, &extra));
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    let to = ok.header(HeaderName::To).unwrap().to_owned();
+    let ack = String::from_utf8(request("ACK", "sip:cm@x", "1000", "rt", 2, "", ""))
+        .unwrap()
+        .replace("To: <sip:cm@x>", &format!("To: {to}"));
+    cm.handle(2 * MS, addr(PHONE), ack.as_bytes());
+    let reinvite = String::from_utf8(invite("sip:cm@x", "1000", "rt", 3, timer))
+        .unwrap()
+        .replace("To: <sip:cm@x>", &format!("To: {to}"));
+    let (code, _) = answer(&mut cm, 50 * NS, PHONE, reinvite.as_bytes());
+    assert_eq!(code, 200, "a refresh is not challenged");
+    cm.advance(100 * NS);
+    assert_eq!(cm.stats().calls_active, 1, "refreshed at 50 s");
+}

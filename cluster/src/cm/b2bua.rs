@@ -455,17 +455,37 @@ impl CallManager {
             self.reply(from, msg, 488, &[]);
             return;
         };
-        let Ok(offer) = SessionDescription::parse(msg.body()) else {
-            self.reply(from, msg, 488, &[]);
+        // No body: the re-INVITE leaves the offer to us (RFC 3261 14.1), as a session-timer
+        // refresh may. Ours names the node and the leg's codec again; the answer in the ACK
+        // changes nothing, as an answer to a re-INVITE's offer does not.
+        let offer = if msg.body().is_empty() {
+            None
+        } else {
+            let Ok(offer) = SessionDescription::parse(msg.body()) else {
+                self.reply(from, msg, 488, &[]);
+                return;
+            };
+            Some(offer)
+        };
+        let Some(c) = self.calls.get_mut(call) else {
             return;
         };
-        let Some(d) = self.calls.get_mut(call).and_then(|c| c.dialog_mut(is_a)) else {
+        let leg = if is_a { Some(c.a_leg) } else { c.b_leg };
+        let Some(d) = c.dialog_mut(is_a) else {
             return;
         };
         d.sdp_version += 1;
         let (id, version) = (d.sdp_id, d.sdp_version);
         let mut body = Vec::new();
-        if sdp::write_answer(&mut body, &offer, node, id, version).is_err() {
+        let written = match (&offer, leg) {
+            (Some(offer), _) => sdp::write_answer(&mut body, offer, node, id, version).is_ok(),
+            (None, Some(leg)) => {
+                write_sdp(&mut body, id, version, node, leg);
+                true
+            }
+            (None, None) => false,
+        };
+        if !written {
             self.reply(from, msg, 488, &[]);
             return;
         }
@@ -806,9 +826,12 @@ impl CallManager {
 
     /// The 200 OK for A's INVITE, retransmitted until the ACK comes.
     fn answer_a(&mut self, now: Nanos, call: CallRef, body: &[u8]) {
-        let Some(c) = self.calls.get(call) else {
+        let Some(c) = self.calls.get_mut(call) else {
             return;
         };
+        // The session timer starts with the 2xx (RFC 4028 7.2), not while the callee rang.
+        c.refreshed = now;
+        let c = &*c;
         let mut bytes = Vec::new();
         let timer = format!("{};refresher=uac", c.session_expires_s);
         let mut headers = vec![

@@ -132,7 +132,7 @@ pub(super) struct Call {
     /// The session interval leg A asked for with `Session-Expires` (RFC 4028), refreshed by
     /// its re-INVITEs; 0 when it asked for none (then only the longest call applies).
     pub(super) session_expires_s: u32,
-    /// When leg A last refreshed its session (its INVITE or a re-INVITE).
+    /// When leg A's session was last refreshed: our 200 to its INVITE, then its re-INVITEs.
     pub(super) refreshed: Nanos,
     /// The caller's INVITE had no SDP: our 200 offered, and the answer is due in its ACK
     /// (RFC 3261 13.2.1); until then `a_leg` is a stand-in and no media runs.
@@ -364,12 +364,15 @@ impl Calls {
     /// The calls due to end at `now`, in slot order (so a run replays): those that started
     /// `max_call` ago or earlier (0: none), and those whose session timer ran out unrefreshed.
     /// RFC 4028 10: the side that is not the refresher ends the session min(32 s, a third of
-    /// the interval) before it expires.
+    /// the interval) before it expires. The timer runs from the 2xx (RFC 4028 7.2), so a call
+    /// whose caller has not been answered yet has none.
     pub(super) fn due_to_end(&self, now: Nanos, max_call: Nanos) -> Vec<CallRef> {
         let old = |c: &Call| max_call > 0 && now.saturating_sub(c.started) >= max_call;
         let expired = |c: &Call| {
             let se = u64::from(c.session_expires_s);
-            se > 0 && now.saturating_sub(c.refreshed) >= (se - (se / 3).min(32)) * NS
+            se > 0
+                && c.a_state != AState::Proceeding
+                && now.saturating_sub(c.refreshed) >= (se - (se / 3).min(32)) * NS
         };
         self.slots
             .iter()

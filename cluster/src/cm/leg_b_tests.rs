@@ -775,3 +775,58 @@ fn a_call_to_a_user_without_sdp_is_relayed_once_the_ack_answers() {
     assert_eq!((a.remote, a.ssrc, a.codec_pt), (addr(UA_RTP), Some(7), 0));
     assert_eq!(b.remote, addr("127.0.0.1:7102"));
 }
+
+/// RFC 4028's session timer runs from the 2xx that set it up, not from the INVITE: a caller
+/// that asked for 90 s and whose callee rang for a minute used to get 500 (`session timer
+/// expired`) while it rang, 58 s after its INVITE. It is answered, and then has its whole
+/// interval (less the margin) to refresh.
+#[test]
+fn a_session_timer_starts_with_the_answer_not_while_the_callee_rings() {
+    let mut cm = cm();
+    let out = register_out(&mut cm, 0, 1005, CALLEE, "pw-1005", 600);
+    assert_eq!(parse(&out[0].1).code(), Some(200));
+    let timer = "Content-Type: application/sdp\r\nSupported: timer\r\nSession-Expires: 90\r\n";
+    cm.handle(
+        0,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:1005@pbxlab.test",
+            "1004",
+            "st1",
+            1,
+            timer,
+            &offer(UA_RTP, 7),
+        ),
+    );
+    let invite = invite_to(&sent(&mut cm), CALLEE);
+    ring(&mut cm, MS, CALLEE, &invite);
+    // A minute of ringing: past 90 - 30 s from the INVITE, and nothing is ended.
+    let out = run_until(&mut cm, MS, 70 * NS);
+    assert!(out.is_empty(), "{:?}", firsts(&out));
+    assert_eq!(cm.stats().calls_active, 1);
+    // Answered at 70 s: the caller gets the timer in its 200 and is ACKed.
+    cm.handle(70 * NS, addr(CALLEE), &callee_ok(&parse(&invite)));
+    let out = sent(&mut cm);
+    let (_, ok) = out
+        .iter()
+        .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
+        .expect("the caller's 200");
+    let ok = parse(ok);
+    assert!(ok.headers().iter().any(|h| h.raw_name == "Session-Expires"));
+    ack_a(&mut cm, 70 * NS + MS, "1004", "st1", &ok);
+    // Unrefreshed, it is due 60 s after the answer (90 - 30), not before.
+    let out = run_until(&mut cm, 70 * NS + MS, 129 * NS);
+    assert!(
+        !out.iter().any(|(_, b)| b.starts_with(b"BYE")),
+        "{:?}",
+        firsts(&out)
+    );
+    assert_eq!(cm.stats().calls_active, 1);
+    let out = run_until(&mut cm, 129 * NS, 132 * NS);
+    assert!(
+        out.iter()
+            .any(|(to, b)| *to == addr(UA) && b.starts_with(b"BYE"))
+    );
+    assert_eq!(cm.stats().failures.get("session timer expired"), Some(&1));
+}

@@ -1210,3 +1210,70 @@ fn a_session_timer_the_caller_asked_for_ends_the_call_unless_refreshed() {
             .any(|(_, c)| matches!(c, NodeCommand::End { .. }))
     );
 }
+
+/// A session-timer refresh is any re-INVITE (RFC 4028 7.4), and a re-INVITE may carry no
+/// offer (RFC 3261 14.1, as the delayed offer of a first INVITE): ours is in the 200 then,
+/// the media as it was. Such a refresh got 488, was not counted, and the call was ended with
+/// a BYE as unrefreshed.
+#[test]
+fn a_refresh_reinvite_without_sdp_gets_our_offer_and_refreshes_the_timer() {
+    let mut cm = cm();
+    let timer = "Content-Type: application/sdp\r\nSupported: timer\r\nSession-Expires: 90\r\n";
+    let invite = request(
+        "INVITE",
+        "sip:echo@x",
+        "sipp",
+        "r1",
+        1,
+        timer,
+        &offer(UA_RTP, 5),
+    );
+    cm.handle(0, addr(UA), &invite);
+    let out = sent(&mut cm);
+    let ok = parse(&out[0].1);
+    assert_eq!(ok.code(), Some(200));
+    let node = SessionDescription::parse(ok.body())
+        .unwrap()
+        .audio_addr()
+        .unwrap();
+    cm.handle(MS, addr(UA), &ack_with(&ok, "r1", ""));
+    let started = cm.node_commands().count();
+    assert_eq!(started, 1);
+    let to = ok.header(HeaderName::To).unwrap().to_owned();
+    let reinvite = String::from_utf8(request(
+        "INVITE",
+        "sip:cm@127.0.0.1:5060",
+        "sipp",
+        "r1",
+        2,
+        "Supported: timer\r\nSession-Expires: 90\r\n",
+        "",
+    ))
+    .unwrap()
+    .replace("To: <sip:cm@127.0.0.1:5060>", &format!("To: {to}"));
+    cm.handle(50 * NS, addr(UA), reinvite.as_bytes());
+    let out = sent(&mut cm);
+    let refreshed = parse(&out[0].1);
+    assert_eq!(refreshed.code(), Some(200), "{:?}", texts(&out));
+    let ours = SessionDescription::parse(refreshed.body()).unwrap();
+    assert_eq!(ours.audio_addr(), Some(node), "the media stays where it is");
+    assert!(
+        refreshed
+            .headers()
+            .iter()
+            .any(|h| h.raw_name == "Session-Expires")
+    );
+    // The ACK carries the caller's answer; nothing is re-pointed.
+    cm.handle(
+        50 * NS + MS,
+        addr(UA),
+        &ack_with(&refreshed, "r1", &offer(UA_RTP, 5)),
+    );
+    assert_eq!(cm.node_commands().count(), 0);
+    // Refreshed at 50 s: still up at 109 s, ended by 111 s.
+    cm.advance(61 * NS);
+    cm.advance(109 * NS);
+    assert_eq!(cm.stats().calls_active, 1, "refreshed at 50 s");
+    cm.advance(111 * NS);
+    assert_eq!(cm.stats().calls_active, 0);
+}
