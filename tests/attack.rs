@@ -83,6 +83,9 @@ impl Cluster {
         assert!(status.success(), "the cluster exited with {status}");
         let text = std::fs::read(&self.json)
             .unwrap_or_else(|_| panic!("no final status:\n{}", self.proc.log()));
+        // A test that fails before this keeps its log for a look.
+        let _ = std::fs::remove_file(&self.json);
+        let _ = std::fs::remove_file(&self.proc.log);
         serde_json::from_slice(&text).expect("JSON")
     }
 }
