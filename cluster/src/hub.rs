@@ -8,13 +8,17 @@
 //! the hub drains that channel onto the link.
 //!
 //! A node comes in with a JOIN sealed with the join token, a role the scenario has a pool for
-//! (it gets that pool's capacity) and a name and address no other server has; it gets a
-//! session of its own (see [`link`]), and every later datagram must be sealed for that session
-//! and numbered above the last one taken, or it is dropped and counted. The same name from the
-//! same address with a new process (instance and nonce) claims a restart: it is offered a new
-//! session, and only once a datagram sealed for that session arrives (the new process's first
-//! figures) is the node marked down (its sessions died with the old process and move now)
-//! and brought back by its probes. A JOIN replayed, or one without the token, changes nothing.
+//! (it gets that pool's capacity) and a name and address no other server has; it is offered a
+//! session of its own (see [`link`]), and it is added to the cluster only once a datagram
+//! sealed for that session arrives (its first figures, sent as soon as the JOINED is in): a
+//! JOIN proves that its sender knew the token once, not that it knows it now, so a captured
+//! JOIN replayed to a Call Manager that lacks the name (after a restart of the Call Manager, an
+//! `rm`, or before the real node came) would otherwise join the replayer. Every later datagram
+//! must be sealed for the session and numbered above the last one taken, or it is dropped and
+//! counted. The same name from the same address with a new process (instance and nonce) claims
+//! a restart: it is offered a new session, and only once a datagram sealed for that session
+//! arrives is the node marked down (its sessions died with the old process and move now) and
+//! brought back by its probes. A JOIN replayed, or one without the token, changes nothing.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -34,8 +38,13 @@ const MAX_REMOTES: usize = 1_000;
 const MAX_REFUSALS_LOGGED: usize = 256;
 /// Datagrams queued between two calls of [`Hub::transmit_all`].
 const MAX_OUT: usize = 65_536;
-/// Restart claims kept per node (see [`Remote::claims`]).
+/// Restart claims kept per node (see [`Remote::claims`]), and offers kept per name for a node
+/// not yet in (see [`Hub::pending`]).
 const MAX_CLAIMS: usize = 4;
+/// Offers to nodes not yet in, in all; the oldest goes first.
+const MAX_PENDING: usize = 64;
+/// An offer not taken up (no datagram sealed for its session) within this long is forgotten.
+const PENDING_NS: Nanos = 10_000_000_000;
 /// A node not heard from for this long (it sends its figures every second) is shown as not
 /// running. Its probes decide whether it is down; this is only the status.
 const SILENT_NS: Nanos = 3_000_000_000;
@@ -98,6 +107,21 @@ struct Session {
     rx: link::Opener,
 }
 
+/// A session offered to a JOIN for a name the cluster does not have, until a datagram sealed for
+/// it comes back from the JOIN's address (and the node is added) or [`PENDING_NS`] passes.
+#[derive(Debug)]
+struct Pending {
+    from: SocketAddr,
+    name: String,
+    role: Role,
+    capacity: u32,
+    /// The server id its JOINED named (the one the balancer gives next, unless another server
+    /// is added first; the node uses it only to tell its own streams and tags apart).
+    id: ServerId,
+    session: Session,
+    since: Nanos,
+}
+
 /// The Call Manager's end of every remote node's link.
 #[derive(Debug)]
 pub struct Hub {
@@ -107,6 +131,8 @@ pub struct Hub {
     nonces: u64,
     capacities: Vec<(Role, u32)>,
     remotes: Vec<Remote>,
+    /// Sessions offered to new nodes and not yet proved, oldest first.
+    pending: Vec<Pending>,
     out: Vec<(SocketAddr, Vec<u8>)>,
     joined: Vec<NodeHandle>,
     log: Vec<String>,
@@ -129,6 +155,7 @@ impl Hub {
             nonces: 0,
             capacities,
             remotes: Vec::new(),
+            pending: Vec::new(),
             out: Vec::new(),
             joined: Vec::new(),
             log: Vec::new(),
@@ -185,6 +212,13 @@ impl Hub {
             self.join(cm, now, &asked);
             return;
         }
+        let proved = self
+            .pending
+            .iter_mut()
+            .position(|p| p.from == from && p.session.rx.open(&sealed).is_ok());
+        if let Some(p) = proved {
+            self.admit(cm, now, p);
+        }
         let Some(node) = cm.node_at(from).filter(|n| n.place == node::Place::Remote) else {
             self.stats.ignored += 1;
             return;
@@ -197,7 +231,11 @@ impl Hub {
         let Some(r) = self.remotes.get_mut(i) else {
             return;
         };
-        match r.session.rx.open(&sealed) {
+        match if proved.is_some() {
+            Ok(())
+        } else {
+            r.session.rx.open(&sealed)
+        } {
             Ok(()) => {}
             Err(link::Unsealed::Replayed) => {
                 self.stats.replayed += 1;
@@ -345,14 +383,79 @@ impl Hub {
             let reason = format!("this Call Manager takes at most {MAX_REMOTES} remote nodes");
             return self.refuse(now, from, name, reason);
         }
-        let id = match cm.add_node(name, role, from, capacity, node::Place::Remote) {
-            Ok(id) => id,
-            Err(e) => return self.refuse(now, from, name, e.to_string()),
+        let same = |p: &Pending| {
+            p.name == name
+                && p.from == from
+                && p.session.instance == instance
+                && p.session.nonce == nonce
         };
+        if let Some(p) = self.pending.iter().find(|p| same(p)) {
+            // Our JOINED was lost (or the JOIN is a replay): the same offer again.
+            let joined = p.session.joined.clone();
+            return queue(&mut self.out, &mut self.stats, from, joined);
+        }
+        // Offers for one name are kept apart from each other, a few of them, so that replayed
+        // JOINs cannot push out the real node's offer; in all, at most MAX_PENDING.
+        if self.pending.iter().filter(|p| p.name == name).count() >= MAX_CLAIMS
+            && let Some(oldest) = self.pending.iter().position(|p| p.name == name)
+        {
+            self.pending.remove(oldest);
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
+        }
+        let id = ServerId(cm.nodes().len() as u32);
         let Some(session) = self.session(id, asked, 1) else {
             return;
         };
         let joined = session.joined.clone();
+        self.pending.push(Pending {
+            from,
+            name: name.to_owned(),
+            role,
+            capacity,
+            id,
+            session,
+            since: now,
+        });
+        queue(&mut self.out, &mut self.stats, from, joined);
+    }
+
+    /// The node offered `self.pending[p]` proved it: it is added to the cluster now, with that
+    /// session, unless its name or address was taken meanwhile (then it is refused).
+    fn admit(&mut self, cm: &mut CallManager, now: Nanos, p: usize) {
+        if p >= self.pending.len() {
+            return;
+        }
+        let offer = self.pending.remove(p);
+        self.pending
+            .retain(|q| q.name != offer.name && q.from != offer.from);
+        let Pending {
+            from,
+            name,
+            role,
+            capacity,
+            id: offered,
+            session,
+            ..
+        } = offer;
+        let live = |id: ServerId| cm.balancer().server(id).is_some();
+        if cm
+            .nodes()
+            .iter()
+            .any(|n| (n.name == name || n.addr == from) && live(n.id))
+        {
+            let reason = format!("the name {name} or the address {from} was taken meanwhile");
+            return self.refuse(now, from, &name, reason);
+        }
+        if self.remotes.len() >= MAX_REMOTES {
+            let reason = format!("this Call Manager takes at most {MAX_REMOTES} remote nodes");
+            return self.refuse(now, from, &name, reason);
+        }
+        let id = match cm.add_node(&name, role, from, capacity, node::Place::Remote) {
+            Ok(id) => id,
+            Err(e) => return self.refuse(now, from, &name, e.to_string()),
+        };
         let (handle, control) = node::remote(id.0);
         self.joined.push(handle);
         self.remotes.push(Remote {
@@ -367,9 +470,19 @@ impl Hub {
             lost: false,
         });
         self.stats.joins += 1;
-        self.log
-            .push(line(now, name, &format!("joined as {role} from {from}")));
-        queue(&mut self.out, &mut self.stats, from, joined);
+        let note = if id == offered {
+            String::new()
+        } else {
+            format!(
+                " (its JOINED said server {}, another was added first)",
+                offered.0
+            )
+        };
+        self.log.push(line(
+            now,
+            &name,
+            &format!("joined as {role} from {from}{note}"),
+        ));
     }
 
     /// A known node's new process, which proved the session its JOIN was given: whatever the
@@ -435,6 +548,8 @@ impl Hub {
 
     /// Moves the commands routed to remote nodes onto their links, and sends what is due.
     pub fn advance(&mut self, cm: &mut CallManager, now: Nanos) {
+        self.pending
+            .retain(|p| now.saturating_sub(p.since) <= PENDING_NS);
         let Hub {
             remotes,
             out,
@@ -620,11 +735,13 @@ mod tests {
         got
     }
 
-    /// `m` joins from `at`.
+    /// `m` joins from `at`: its JOIN, our JOINED, and its first figures, which prove the session.
     fn joined(h: &mut Hub, cm: &mut CallManager, now: Nanos, at: SocketAddr, m: &mut Member) {
         m.advance(now, &node::NodeStats::default(), 0);
         to_hub(h, cm, now, at, m);
         to_member(h, now, at, m);
+        m.advance(now, &node::NodeStats::default(), 0);
+        to_hub(h, cm, now, at, m);
     }
 
     fn healthy(cm: &CallManager) -> bool {
@@ -649,6 +766,11 @@ mod tests {
         ));
         a.handle(0, cm_addr(), &answer[0].1, |_| {});
         assert_eq!(a.state(), &MemberState::Joined(0));
+        // Not in yet: the JOIN proved only that its sender knew the token once.
+        assert!(h.take_joined().is_empty() && cm.nodes().is_empty());
+        // Its first figures, sealed for the session it was offered, prove it.
+        a.advance(0, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 0, node_addr(2), &mut a);
         let joined = h.take_joined();
         assert_eq!(joined.len(), 1);
         assert_eq!(joined[0].id, 0);
@@ -880,19 +1002,58 @@ mod tests {
     }
 
     #[test]
+    fn a_captured_join_replayed_where_the_name_is_free_joins_nobody() {
+        // The node's JOIN and first figures, captured on the path by someone without the token.
+        let (mut cm, mut h) = (call_manager(), hub());
+        let mut a = member("media-a", Role::Media, "tok");
+        a.advance(0, &node::NodeStats::default(), 0);
+        let captured_join = to_hub(&mut h, &mut cm, 0, node_addr(2), &mut a);
+        to_member(&mut h, 0, node_addr(2), &mut a);
+        a.advance(0, &node::NodeStats::default(), 0);
+        let captured_stats = to_hub(&mut h, &mut cm, 0, node_addr(2), &mut a);
+        assert_eq!(h.take_joined().len(), 1);
+
+        // A Call Manager that does not have the name: restarted (so its key is drawn afresh),
+        // the JOIN replayed from the attacker's address, then the figures.
+        let mut cm = call_manager();
+        let mut h = Hub::new(Some("tok"), &Key::from_seed(2), vec![(Role::Media, 50)]);
+        let attacker = node_addr(66);
+        for at in [1, 2, 3] {
+            h.handle(&mut cm, at, attacker, &captured_join[0]);
+            h.handle(&mut cm, at, attacker, &captured_stats[0]);
+        }
+        h.advance(&mut cm, 4);
+        assert!(
+            cm.nodes().is_empty() && h.take_joined().is_empty(),
+            "a replayed JOIN put the replayer in the pool (it would get callers' media, and its \
+             address would be trusted as a node's)"
+        );
+        assert_eq!(h.stats().joins, 0);
+        assert!(h.stats().unauthenticated + h.stats().ignored >= 3);
+        // The offer lapses; the real node, joining afresh, still gets in.
+        h.advance(&mut cm, 4 + PENDING_NS + 1);
+        assert!(h.pending.is_empty(), "an offer never taken up is kept");
+        let mut real = member("media-a", Role::Media, "tok");
+        joined(&mut h, &mut cm, 5 + PENDING_NS, node_addr(2), &mut real);
+        assert_eq!(h.take_joined().len(), 1);
+        assert_eq!(cm.nodes()[0].addr, node_addr(2));
+    }
+
+    #[test]
     fn spoofed_and_replayed_joins_and_forged_stats_from_the_nodes_address_change_nothing() {
         let (mut cm, mut h) = (call_manager(), hub());
         let mut a = member("media-a", Role::Media, "tok");
         a.advance(0, &node::NodeStats::default(), 0);
         let captured_join = to_hub(&mut h, &mut cm, 0, node_addr(2), &mut a);
         to_member(&mut h, 0, node_addr(2), &mut a);
-        let handle = h.take_joined().remove(0);
         let figures = node::NodeStats {
             sessions: 5,
             ..Default::default()
         };
         a.advance(1, &figures, 0);
+        // Its first figures prove its session: it is in.
         let captured_stats = to_hub(&mut h, &mut cm, 1, node_addr(2), &mut a);
+        let handle = h.take_joined().remove(0);
         assert_eq!(handle.counters.load().sessions, 5);
         assert!(healthy(&cm) && handle.is_alive());
         let unchanged = |h: &mut Hub, cm: &CallManager, what: &str| {
