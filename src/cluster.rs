@@ -131,14 +131,11 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.public = (!args.public.is_empty()).then_some(args.public);
     let mut alerts =
         AlertSink::new(args.alerts, args.alert_webhook).map_err(|e| BadInput(e.to_string()))?;
-    let join_token = crate::token::read(&crate::token::Sources {
-        what: "join token",
-        flag: ("--join-token", args.join_token.as_deref()),
-        file: ("--join-token-file", args.join_token_file.as_deref()),
-        env: "PBXLAB_JOIN_TOKEN",
-        deprecated: Some(("--token", args.token.as_deref(), "PBXLAB_TOKEN")),
-        max_len: pbxlab_cluster::link::MAX_WORD,
-    })?;
+    let join_token = crate::token::join_token(
+        args.join_token.as_deref(),
+        args.join_token_file.as_deref(),
+        args.token.as_deref(),
+    )?;
     let admin_token = crate::token::read(&crate::token::Sources {
         what: "admin token",
         flag: ("--admin-token", args.admin_token.as_deref()),

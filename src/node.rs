@@ -65,14 +65,11 @@ pub(crate) fn node(args: NodeArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode
     })?;
     let timeout = parse_duration(&args.join_timeout).map_err(|e| bad("--join-timeout", e))?;
     let every = parse_duration(&args.status_every).map_err(|e| bad("--status-every", e))?;
-    let token = crate::token::read(&crate::token::Sources {
-        what: "join token",
-        flag: ("--join-token", args.join_token.as_deref()),
-        file: ("--join-token-file", args.join_token_file.as_deref()),
-        env: "PBXLAB_JOIN_TOKEN",
-        deprecated: Some(("--token", args.token.as_deref(), "PBXLAB_TOKEN")),
-        max_len: pbxlab_cluster::link::MAX_WORD,
-    })?
+    let token = crate::token::join_token(
+        args.join_token.as_deref(),
+        args.join_token_file.as_deref(),
+        args.token.as_deref(),
+    )?
     .ok_or_else(|| {
         BadInput(
             "no join token: give --join-token, --join-token-file or set PBXLAB_JOIN_TOKEN".into(),

@@ -77,6 +77,23 @@ fn check(what: &str, from: &str, token: &str, max_len: usize) -> Result<(), BadI
     Ok(())
 }
 
+/// The join token, from `--join-token`, `--join-token-file`, `$PBXLAB_JOIN_TOKEN` or the
+/// deprecated `--token` / `$PBXLAB_TOKEN`, as `pbxlab cluster` and `pbxlab node` both take it.
+pub(crate) fn join_token(
+    flag: Option<&str>,
+    file: Option<&Path>,
+    deprecated: Option<&str>,
+) -> Result<Option<String>, BadInput> {
+    read(&Sources {
+        what: "join token",
+        flag: ("--join-token", flag),
+        file: ("--join-token-file", file),
+        env: "PBXLAB_JOIN_TOKEN",
+        deprecated: Some(("--token", deprecated, "PBXLAB_TOKEN")),
+        max_len: pbxlab_cluster::link::MAX_WORD,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use pbxlab_proto::digest::{self, Algorithm, Authorization};
 use pbxlab_proto::mac::{self, Key};
-use pbxlab_proto::sip::Message;
+use pbxlab_proto::sip::{HeaderName, Message};
 
 use super::{CallManager, NS, Nanos, Stats};
 
@@ -131,6 +131,24 @@ pub(super) struct Attempt<'a> {
     pub(super) from: SocketAddr,
     /// The top Via's branch: with `from`, what tells a retransmission from a replay.
     pub(super) branch: &'a str,
+}
+
+impl<'a> Attempt<'a> {
+    /// `msg`'s attempt at `method`, with its credentials (if any) in header `credentials`.
+    pub(super) fn of(
+        msg: &'a Message<'a>,
+        method: &'a str,
+        credentials: HeaderName,
+        from: SocketAddr,
+    ) -> Attempt<'a> {
+        Attempt {
+            method,
+            request_uri: msg.request_uri().unwrap_or_default(),
+            credentials: msg.header(credentials),
+            from,
+            branch: msg.top_via().and_then(|v| v.branch).unwrap_or_default(),
+        }
+    }
 }
 
 pub(super) struct Auth {

@@ -267,13 +267,7 @@ impl CallManager {
         if from_user.is_none() && public {
             return Some(None);
         }
-        let attempt = Attempt {
-            method,
-            request_uri: msg.request_uri().unwrap_or_default(),
-            credentials: msg.header(HeaderName::ProxyAuthorization),
-            from,
-            branch: msg.top_via().and_then(|v| v.branch).unwrap_or_default(),
-        };
+        let attempt = Attempt::of(msg, method, HeaderName::ProxyAuthorization, from);
         let registrar = &self.registrar;
         let verdict = self
             .auth

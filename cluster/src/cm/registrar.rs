@@ -147,13 +147,7 @@ impl CallManager {
             .and_then(|t| t.sip_uri().ok())
             .and_then(|u| u.user)
             .and_then(|u| self.registrar.user_number(u));
-        let attempt = Attempt {
-            method: "REGISTER",
-            request_uri: msg.request_uri().unwrap_or_default(),
-            credentials: msg.header(HeaderName::Authorization),
-            from,
-            branch: msg.top_via().and_then(|v| v.branch).unwrap_or_default(),
-        };
+        let attempt = Attempt::of(msg, "REGISTER", HeaderName::Authorization, from);
         let registrar = &self.registrar;
         let verdict = self
             .auth
