@@ -94,6 +94,16 @@ pub struct Outcomes {
 }
 
 impl Outcomes {
+    /// What happened between `earlier` and these counts.
+    pub fn since(&self, earlier: &Outcomes) -> Outcomes {
+        Outcomes {
+            attempted: self.attempted.saturating_sub(earlier.attempted),
+            succeeded: self.succeeded.saturating_sub(earlier.succeeded),
+            failed: self.failed.saturating_sub(earlier.failed),
+            abandoned: self.abandoned.saturating_sub(earlier.abandoned),
+        }
+    }
+
     fn add(&mut self, other: &Outcomes) {
         self.attempted += other.attempted;
         self.succeeded += other.succeeded;
@@ -186,13 +196,20 @@ impl Metrics {
     pub fn close_interval(&mut self, now: Duration) -> IntervalSummary {
         let length = now.saturating_sub(self.interval_start);
         let mut summary = IntervalSummary {
+            start: self.interval_start,
             length,
             counts: [0; METRICS],
+            p50_us: [0; METRICS],
+            p90_us: [0; METRICS],
             p99_us: [0; METRICS],
+            max_us: [0; METRICS],
         };
         for (i, h) in self.interval.iter_mut().enumerate() {
             summary.counts[i] = h.len();
+            summary.p50_us[i] = h.value_at_quantile(0.50);
+            summary.p90_us[i] = h.value_at_quantile(0.90);
             summary.p99_us[i] = h.value_at_quantile(0.99);
+            summary.max_us[i] = h.max();
             if h.is_empty() {
                 continue;
             }
@@ -257,9 +274,14 @@ impl Metrics {
 /// What one interval saw, for progress output.
 #[derive(Debug, Clone, Copy)]
 pub struct IntervalSummary {
+    /// When the interval began, since the run started.
+    pub start: Duration,
     pub length: Duration,
     pub counts: [u64; METRICS],
+    pub p50_us: [u64; METRICS],
+    pub p90_us: [u64; METRICS],
     pub p99_us: [u64; METRICS],
+    pub max_us: [u64; METRICS],
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::metrics::{IvrCounts, Metric, Outcomes, QueueCounts};
+use crate::metrics::{IntervalSummary, IvrCounts, Metric, Outcomes, QueueCounts};
 use crate::threshold::{Field, QueueField, Subject};
 use pbxlab_udp::pace::PaceFigures;
 
@@ -37,6 +37,104 @@ impl LatencySummary {
             mean_us: h.mean(),
         }
     }
+}
+
+/// One metric within one interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct IntervalLatency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// One interval of a run (`--interval` long), as `--csv` writes it and the JSON's `intervals`
+/// holds it. Counts are of what happened within the interval, not since the start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct IntervalRow {
+    /// When the interval began, seconds since the run started, and how long it lasted.
+    pub start_s: f64,
+    pub length_s: f64,
+    /// Attempts started in the interval, and attempts that ended in it, by how they ended.
+    pub calls: Outcomes,
+    pub registrations: Outcomes,
+    /// The failures that happened in the interval, by reason.
+    pub failures: BTreeMap<String, u64>,
+    /// Calls in progress at the end of the interval.
+    pub concurrent_calls: u64,
+    /// Attempts started per second of the interval.
+    pub call_rate_per_s: f64,
+    pub register_rate_per_s: f64,
+    /// The metrics measured in the interval (none recorded: absent).
+    pub metrics: BTreeMap<String, IntervalLatency>,
+}
+
+impl IntervalRow {
+    /// The row of the interval `closed` summarises, from the run's counts at its end and at
+    /// the end of the interval before (`before`).
+    pub fn of(
+        closed: &IntervalSummary,
+        now: &RunCounts,
+        before: &RunCounts,
+        concurrent_calls: u64,
+    ) -> IntervalRow {
+        let length_s = closed.length.as_secs_f64();
+        let per_s = |n: u64| {
+            if length_s > 0.0 {
+                n as f64 / length_s
+            } else {
+                0.0
+            }
+        };
+        let calls = now.calls.since(&before.calls);
+        let registrations = now.registrations.since(&before.registrations);
+        let failures = now
+            .failures
+            .iter()
+            .filter_map(|(reason, &n)| {
+                let new = n.saturating_sub(before.failures.get(reason).copied().unwrap_or(0));
+                (new > 0).then(|| (reason.clone(), new))
+            })
+            .collect();
+        let metrics = Metric::ALL
+            .iter()
+            .map(|&m| (m, m as usize))
+            .filter(|&(_, i)| closed.counts[i] > 0)
+            .map(|(m, i)| {
+                (
+                    m.name().to_owned(),
+                    IntervalLatency {
+                        count: closed.counts[i],
+                        p50_us: closed.p50_us[i],
+                        p90_us: closed.p90_us[i],
+                        p99_us: closed.p99_us[i],
+                        max_us: closed.max_us[i],
+                    },
+                )
+            })
+            .collect();
+        IntervalRow {
+            start_s: closed.start.as_secs_f64(),
+            length_s,
+            call_rate_per_s: per_s(calls.attempted),
+            register_rate_per_s: per_s(registrations.attempted),
+            calls,
+            registrations,
+            failures,
+            concurrent_calls,
+            metrics,
+        }
+    }
+}
+
+/// The run's counts since it started, kept at each interval's end to tell the next
+/// interval's own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunCounts {
+    pub calls: Outcomes,
+    pub registrations: Outcomes,
+    pub failures: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -252,6 +350,8 @@ pub struct LoadReport {
     /// How pbxlab's own threads (the SIP loop, the RTP worker) kept their schedules.
     pub emulator: Vec<DriverPace>,
     pub thresholds: Vec<ThresholdResult>,
+    /// The run interval by interval.
+    pub intervals: Vec<IntervalRow>,
     /// Media silences of 60 ms or more, one by one, for drills to attribute to faults; not
     /// part of the JSON report.
     #[serde(skip)]
@@ -540,6 +640,7 @@ mod tests {
             rtp: RtpSummary::default(),
             emulator: Vec::new(),
             thresholds: Vec::new(),
+            intervals: Vec::new(),
             gaps: Vec::new(),
             media_epoch: None,
         };

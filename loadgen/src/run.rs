@@ -23,8 +23,8 @@ use crate::engine::{Config, Engine, Grid, Nanos};
 use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
 use crate::report::{
-    DriverPace, LatencySummary, LoadReport, QueueSummary, RtpSummary, ThresholdResult, TickSummary,
-    WorkloadSummary,
+    DriverPace, IntervalRow, LatencySummary, LoadReport, QueueSummary, RtpSummary, RunCounts,
+    ThresholdResult, TickSummary, WorkloadSummary,
 };
 use crate::threshold::Threshold;
 use pbxlab_udp::pace::Pace;
@@ -129,6 +129,21 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     let mut refused = false;
     let mut due = Nanos::MAX;
     let mut drops = [0u32; 2];
+    let mut intervals = Vec::new();
+    let mut counts = RunCounts::default();
+    let mut close = |engine: &mut Engine, now: Duration| {
+        let closed = engine.metrics.close_interval(now);
+        let m = &engine.metrics;
+        let after = RunCounts {
+            calls: m.calls,
+            registrations: m.registrations,
+            failures: m.failures.clone(),
+        };
+        let active = engine.active_calls() as u64;
+        intervals.push(IntervalRow::of(&closed, &after, &counts, active));
+        counts = after;
+        closed
+    };
     loop {
         let now = started.elapsed();
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
@@ -161,7 +176,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         });
         worker.send(engine.media_commands());
         if now >= next_interval {
-            let interval = engine.metrics.close_interval(now);
+            let interval = close(&mut engine, now);
             let m = &engine.metrics;
             (opts.progress)(&Progress {
                 elapsed: now,
@@ -258,7 +273,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         engine.give_up("refused by the target's host: nothing listens there");
     }
     engine.give_up("unfinished at the end of the run");
-    engine.metrics.close_interval(elapsed);
+    close(&mut engine, elapsed);
     let mut media = worker.stop().map_err(|_| Error::MediaWorker)?;
     for (reason, n) in send_errors {
         *engine.metrics.failures.entry(reason).or_default() += n;
@@ -272,6 +287,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         responses,
         &opts.thresholds,
     );
+    report.intervals = intervals;
     report.emulator = vec![
         DriverPace::of("the generator's SIP loop", &pace.figures()),
         DriverPace::of("the generator's RTP worker", &media.pace),
@@ -361,6 +377,7 @@ fn build_report(
         rtp,
         emulator: Vec::new(),
         thresholds: Vec::new(),
+        intervals: Vec::new(),
         gaps: Vec::new(),
         media_epoch: Some(media.epoch),
     };
