@@ -83,7 +83,8 @@ pub fn histogram() -> Histogram<u64> {
 /// Outcome counts of one kind of attempt. Every attempt that ends lands in exactly one of
 /// `succeeded`, `failed` and `abandoned`, so `attempted = succeeded + failed + abandoned` once a
 /// run has drained (attempts still in flight at the end are counted as failed).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Outcomes {
     pub attempted: u64,
     pub succeeded: u64,
@@ -104,7 +105,8 @@ impl Outcomes {
         }
     }
 
-    fn add(&mut self, other: &Outcomes) {
+    /// Adds `other`'s counts (another shard's, another interval's).
+    pub fn add(&mut self, other: &Outcomes) {
         self.attempted += other.attempted;
         self.succeeded += other.succeeded;
         self.failed += other.failed;
@@ -125,7 +127,8 @@ pub struct QueueCounts {
 }
 
 /// IVR calls (`ivr-N`) that were answered, and how many of them the IVR transferred to a queue.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct IvrCounts {
     pub calls: u64,
     pub routed: u64,

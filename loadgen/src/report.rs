@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{IntervalSummary, IvrCounts, Metric, Outcomes, QueueCounts};
 use crate::threshold::{Field, QueueField, Subject};
 use pbxlab_udp::pace::PaceFigures;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LatencySummary {
     pub count: u64,
     pub p50_us: u64,
@@ -40,7 +41,8 @@ impl LatencySummary {
 }
 
 /// One metric within one interval.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IntervalLatency {
     pub count: u64,
     pub p50_us: u64,
@@ -51,7 +53,8 @@ pub struct IntervalLatency {
 
 /// One interval of a run (`--interval` long), as `--csv` writes it and the JSON's `intervals`
 /// holds it. Counts are of what happened within the interval, not since the start.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IntervalRow {
     /// When the interval began, seconds since the run started, and how long it lasted.
     pub start_s: f64,
@@ -137,7 +140,8 @@ pub struct RunCounts {
     pub failures: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RtpSummary {
     pub streams: u64,
     pub packets_sent: u64,
@@ -150,11 +154,15 @@ pub struct RtpSummary {
     /// stream comes back to the generator (calls between its own users, echo).
     pub unreceived_fraction: f64,
     pub jitter_p99_us: u64,
+    /// What `loss_fraction` divides: packets the received streams' sequence numbers say were
+    /// sent, and of those, how many never came. Shards' losses add up from these.
+    pub packets_expected: u64,
+    pub packets_lost: u64,
 }
 
 /// How one of pbxlab's own threads kept its schedule (see `pbxlab_udp::pace`): when
 /// `saturated`, this machine was the bottleneck and the figures around it measure the machine.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriverPace {
     pub driver: String,
     /// The furthest behind its schedule it ran.
@@ -243,7 +251,7 @@ pbxlab itself fell behind on this machine ({blame}):
 }
 
 /// The calls of one workload.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadSummary {
     pub name: String,
     #[serde(flatten)]
@@ -252,7 +260,8 @@ pub struct WorkloadSummary {
 
 /// Queue callers: `queue-N` calls once answered and IVR calls once transferred. Callers neither
 /// answered nor abandoned were still waiting when the run stopped, or the target hung up on them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct QueueSummary {
     pub offered: u64,
     pub answered: u64,
@@ -303,7 +312,7 @@ impl QueueSummary {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdResult {
     pub expr: String,
     pub value: f64,
@@ -311,7 +320,8 @@ pub struct ThresholdResult {
 }
 
 /// The period the generator woke on while traffic flowed, in each phase (`--tick`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TickSummary {
     /// Chosen from each phase's rate (`--tick auto`) rather than set.
     pub auto: bool,
@@ -320,7 +330,64 @@ pub struct TickSummary {
     pub calls_us: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Slice `index` of `count` (`--shard index/count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardId {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// One of the shards a merged report adds up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRow {
+    pub index: u32,
+    /// The report file it came from.
+    pub file: String,
+    pub seed: u64,
+}
+
+/// The name in `histograms` of the RTP streams' jitter (`rtp.jitter_p99` reads it).
+pub const RTP_JITTER: &str = "rtp_jitter";
+
+/// A histogram as `histograms` holds it: HdrHistogram's compressed V2 encoding (as its Java,
+/// C and Go versions write it), in base64.
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Serializer as _;
+    let mut bytes = Vec::new();
+    // Writing into a Vec fails only for a histogram too large to encode, which ours (an hour
+    // at 3 digits) never are; an empty string is then refused by the decoder.
+    if hdrhistogram::serialization::V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .is_err()
+    {
+        return String::new();
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The histogram [`encode_histogram`] encoded, or what is wrong with the text.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("not an encoded HdrHistogram: {e:?}"))
+}
+
+/// `histograms` as a report holds them: each encoded, by name.
+pub fn encode_histograms<'a>(
+    hists: impl IntoIterator<Item = (&'a str, &'a Histogram<u64>)>,
+) -> BTreeMap<String, String> {
+    hists
+        .into_iter()
+        .map(|(name, h)| (name.to_owned(), encode_histogram(h)))
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
     pub target: String,
     pub duration_s: f64,
@@ -352,6 +419,24 @@ pub struct LoadReport {
     pub thresholds: Vec<ThresholdResult>,
     /// The run interval by interval.
     pub intervals: Vec<IntervalRow>,
+    /// Which slice of the run this report is (`--shard i/n`; 0/1 for a whole run); `None` for
+    /// a merged report, whose slices are in `shards`.
+    #[serde(default)]
+    pub shard: Option<ShardId>,
+    /// The run this report is part of, the same for every shard of one run (`--run-id`, else
+    /// a hash of the settings that do not vary by shard); `pbxlab merge` refuses to add up
+    /// reports of different runs.
+    #[serde(default)]
+    pub run: String,
+    /// Of a merged report: the shards it adds up, and those of `0..count` that were missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardRow>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards_missing: Vec<u32>,
+    /// Every histogram the report's figures come from, by name (the metrics', and
+    /// `rtp_jitter`), encoded by [`encode_histogram`]: what a merge adds up.
+    #[serde(default)]
+    pub histograms: BTreeMap<String, String>,
     /// Media silences of 60 ms or more, one by one, for drills to attribute to faults; not
     /// part of the JSON report.
     #[serde(skip)]
@@ -406,6 +491,31 @@ impl LoadReport {
         self.thresholds.iter().all(|t| t.pass)
     }
 
+    /// A merged report's line about its shards: "shards 0, 2 of 3 merged (run 5f..; missing:
+    /// 1); seeds 7, 9".
+    fn render_shards(&self) -> String {
+        let list = |xs: &mut dyn Iterator<Item = String>| xs.collect::<Vec<_>>().join(", ");
+        let count = self.shards.len() + self.shards_missing.len();
+        let mut line = format!(
+            "shards {} of {count} merged (run {}",
+            list(&mut self.shards.iter().map(|s| s.index.to_string())),
+            self.run
+        );
+        if !self.shards_missing.is_empty() {
+            let _ = write!(
+                line,
+                "; MISSING: {}",
+                list(&mut self.shards_missing.iter().map(u32::to_string))
+            );
+        }
+        let _ = write!(
+            line,
+            "); seeds {}",
+            list(&mut self.shards.iter().map(|s| s.seed.to_string()))
+        );
+        line
+    }
+
     pub fn render_text(&self) -> String {
         let mut o = String::new();
         let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
@@ -420,11 +530,15 @@ impl LoadReport {
                 ""
             }
         );
-        let _ = writeln!(
-            o,
-            "seed   {}  (--seed {} repeats this run's random choices)",
-            self.seed, self.seed
-        );
+        if self.shards.is_empty() {
+            let _ = writeln!(
+                o,
+                "seed   {}  (--seed {} repeats this run's random choices)",
+                self.seed, self.seed
+            );
+        } else {
+            let _ = writeln!(o, "{}", self.render_shards());
+        }
         let phases: Vec<String> = [
             ("registrations", self.tick.registrations_us),
             ("calls", self.tick.calls_us),
@@ -602,6 +716,137 @@ mod tests {
     }
 
     #[test]
+    fn a_histogram_comes_back_from_its_encoding_whole() {
+        let mut h = crate::metrics::histogram();
+        for v in [1, 250, 1_000, 1_001, 999_999, crate::metrics::MAX_US] {
+            h.record(v).expect("in range");
+        }
+        h.record_n(4_200, 1_000).expect("in range");
+        let text = encode_histogram(&h);
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)),
+            "base64: {text}"
+        );
+        let back = decode_histogram(&text).expect("decodes");
+        assert_eq!(back, h);
+        assert_eq!(back.len(), 1_006);
+        assert_eq!(back.max(), h.max());
+        for q in [0.5, 0.99, 0.999] {
+            assert_eq!(back.value_at_quantile(q), h.value_at_quantile(q), "{q}");
+        }
+        // Whitespace around it (a line break a tool added) is no harm.
+        assert_eq!(decode_histogram(&format!(" {text}\n")).expect("decodes"), h);
+        let empty = crate::metrics::histogram();
+        assert_eq!(
+            decode_histogram(&encode_histogram(&empty)).expect("decodes"),
+            empty
+        );
+    }
+
+    #[test]
+    fn what_is_not_an_encoded_histogram_is_refused_with_the_reason() {
+        let e = decode_histogram("not base64 at all!").expect_err("refused");
+        assert!(e.starts_with("not base64"), "{e}");
+        // Valid base64 of bytes that are no histogram ("hello world").
+        let e = decode_histogram("aGVsbG8gd29ybGQ=").expect_err("refused");
+        assert!(e.starts_with("not an encoded HdrHistogram"), "{e}");
+        let e = decode_histogram("").expect_err("refused");
+        assert!(e.starts_with("not an encoded HdrHistogram"), "{e}");
+    }
+
+    #[test]
+    fn a_report_reads_back_from_its_json_as_it_was_written() {
+        let mut h = crate::metrics::histogram();
+        h.record(1_500).expect("in range");
+        let outcomes = Outcomes {
+            attempted: 5,
+            succeeded: 3,
+            failed: 1,
+            abandoned: 1,
+        };
+        let report = LoadReport {
+            target: "127.0.0.1:5060".into(),
+            duration_s: 2.5,
+            interrupted: true,
+            seed: 42,
+            tick: TickSummary {
+                auto: true,
+                registrations_us: None,
+                calls_us: Some(2_000),
+            },
+            messages_received: 9,
+            malformed: 1,
+            stray: 2,
+            metrics: [("setup".to_owned(), LatencySummary::of(&h))].into(),
+            calls: outcomes,
+            registrations: Outcomes::default(),
+            registrations_refreshed: 3,
+            workloads: vec![WorkloadSummary {
+                name: "echo".into(),
+                outcomes,
+            }],
+            queue: QueueSummary {
+                offered: 2,
+                ..QueueSummary::default()
+            },
+            ivr: IvrCounts {
+                calls: 1,
+                routed: 1,
+            },
+            failures: [("408 timeout".to_owned(), 1)].into(),
+            rtp: RtpSummary {
+                streams: 1,
+                packets_expected: 50,
+                packets_lost: 2,
+                loss_fraction: 0.04,
+                ..RtpSummary::default()
+            },
+            emulator: vec![DriverPace {
+                driver: "the generator's SIP loop".into(),
+                worst_ms: 1.5,
+                worst_at_s: 0.2,
+                behind: 0,
+                kernel_drops: 0,
+                saturated: false,
+            }],
+            thresholds: vec![ThresholdResult {
+                expr: "calls.failed==0".into(),
+                value: 1.0,
+                pass: false,
+            }],
+            intervals: vec![IntervalRow {
+                start_s: 0.0,
+                length_s: 1.0,
+                calls: outcomes,
+                ..IntervalRow::default()
+            }],
+            shard: Some(ShardId { index: 1, count: 3 }),
+            run: "0123abcd".into(),
+            shards: Vec::new(),
+            shards_missing: Vec::new(),
+            histograms: encode_histograms([("setup", &h)]),
+            gaps: Vec::new(),
+            media_epoch: None,
+        };
+        let json = serde_json::to_string(&report).expect("serialises");
+        let back: LoadReport = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(back, report);
+        // A report written before a field was added still reads, the field at its default.
+        let mut old: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        let object = old.as_object_mut().expect("an object");
+        object.remove("shard");
+        object.remove("histograms");
+        object["rtp"]
+            .as_object_mut()
+            .expect("an object")
+            .remove("packets_lost");
+        let back: LoadReport = serde_json::from_value(old).expect("reads");
+        assert_eq!((back.shard, back.histograms.len()), (None, 0));
+        assert_eq!(back.rtp.packets_lost, 0);
+    }
+
+    #[test]
     fn queue_rows_and_figures_show_when_there_were_queue_callers() {
         let wait = LatencySummary {
             count: 2,
@@ -641,6 +886,11 @@ mod tests {
             emulator: Vec::new(),
             thresholds: Vec::new(),
             intervals: Vec::new(),
+            shard: None,
+            run: String::new(),
+            shards: Vec::new(),
+            shards_missing: Vec::new(),
+            histograms: BTreeMap::new(),
             gaps: Vec::new(),
             media_epoch: None,
         };

@@ -23,8 +23,8 @@ use crate::engine::{Config, Engine, Grid, Nanos};
 use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
 use crate::report::{
-    DriverPace, IntervalRow, LatencySummary, LoadReport, QueueSummary, RtpSummary, RunCounts,
-    ThresholdResult, TickSummary, WorkloadSummary,
+    self, DriverPace, IntervalRow, LatencySummary, LoadReport, QueueSummary, RtpSummary, RunCounts,
+    ShardId, ThresholdResult, TickSummary, WorkloadSummary,
 };
 use crate::threshold::Threshold;
 use pbxlab_udp::pace::Pace;
@@ -331,6 +331,8 @@ fn build_report(
                 / media.packets_sent as f64
         },
         jitter_p99_us: media.jitter_us.value_at_quantile(0.99),
+        packets_expected: media.expected,
+        packets_lost: media.lost,
     };
     let cfg = engine.config();
     let (registrations_tick, calls_tick) = engine.grids();
@@ -378,6 +380,19 @@ fn build_report(
         emulator: Vec::new(),
         thresholds: Vec::new(),
         intervals: Vec::new(),
+        shard: Some(ShardId {
+            index: cfg.shard.0,
+            count: cfg.shard.1,
+        }),
+        run: String::new(),
+        shards: Vec::new(),
+        shards_missing: Vec::new(),
+        histograms: report::encode_histograms(
+            Metric::ALL
+                .iter()
+                .map(|&m| (m.name(), metric_hist(engine, media, m)))
+                .chain([(report::RTP_JITTER, &media.jitter_us)]),
+        ),
         gaps: Vec::new(),
         media_epoch: Some(media.epoch),
     };
