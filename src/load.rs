@@ -142,9 +142,15 @@ pub struct LoadArgs {
     /// Write an HdrHistogram interval log (one histogram per metric per interval).
     #[arg(long, value_name = "FILE")]
     hlog: Option<PathBuf>,
-    /// Run slice i of n (0-based): a disjoint part of the users and 1/n of the rates.
+    /// Run slice i of n (0-based): a disjoint part of the users and 1/n of the rates. auto/n
+    /// takes i from $JOB_COMPLETION_INDEX, as Kubernetes sets it in an Indexed Job's pods.
     #[arg(long, default_value = "0/1")]
     shard: String,
+    /// The run this report is part of, for `pbxlab merge` to refuse shards of other runs
+    /// (default: a hash of the settings every shard shares; give one, e.g. the Job's uid, to
+    /// tell apart two runs of the same command).
+    #[arg(long, value_name = "ID")]
+    run_id: Option<String>,
     /// Local address of the SIP socket.
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
@@ -230,6 +236,68 @@ fn rate(flag: &str, text: &str) -> anyhow::Result<f64> {
     parse_rate(text).map_err(|e| bad(format!("--{flag} {text:?}: {e}")))
 }
 
+/// Where `--shard auto/N` reads its index: Kubernetes sets it in each pod of an Indexed Job.
+pub const SHARD_INDEX_VAR: &str = "JOB_COMPLETION_INDEX";
+
+/// `--shard i/n`, or `auto/n` with i from `index` (the value of [`SHARD_INDEX_VAR`], `None`
+/// when it is not set).
+fn shard(text: &str, index: Option<&str>) -> anyhow::Result<(u32, u32)> {
+    let usage = || {
+        bad(format!(
+            "--shard {text:?}: write i/n with 0 <= i < n, e.g. 0/2, or auto/n"
+        ))
+    };
+    let (i, n) = text.split_once('/').ok_or_else(usage)?;
+    let n = n.parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(usage)?;
+    if i != "auto" {
+        return i
+            .parse::<u32>()
+            .ok()
+            .filter(|&i| i < n)
+            .map(|i| (i, n))
+            .ok_or_else(usage);
+    }
+    let index = index.ok_or_else(|| {
+        bad(format!(
+            "--shard {text}: ${SHARD_INDEX_VAR} is not set (Kubernetes sets it in the pods of an \
+             Indexed Job; elsewhere give the index, e.g. --shard 0/{n})"
+        ))
+    })?;
+    match index.trim().parse::<u32>() {
+        Ok(i) if i < n => Ok((i, n)),
+        Ok(i) => Err(bad(format!(
+            "--shard {text}: ${SHARD_INDEX_VAR} is {i}, not below {n}: the Job's completions \
+             and the shard count must be equal"
+        ))),
+        Err(_) => Err(bad(format!(
+            "--shard {text}: ${SHARD_INDEX_VAR} is {index:?}, not a shard index"
+        ))),
+    }
+}
+
+/// The run identity a report carries for `pbxlab merge` (`--run-id`, else this): the same in
+/// every shard of one command, different when anything that shapes the load differs. A hash
+/// (FNV-1a, 64 bits) of the target as given, the scenario file's bytes, and every setting but
+/// those that vary by shard or by machine: the shard, the seed (picked per shard when not
+/// given), the local addresses and the resolved target (pods may resolve a name apart). The
+/// password rule is left out too: the hash is written into reports, and two runs that differ
+/// only by password are the same load.
+pub(crate) fn run_identity(target: &str, scenario: Option<&[u8]>, s: &Settings) -> String {
+    let mut same = s.clone();
+    same.shard = (0, 1);
+    same.seed = None;
+    same.bind = SocketAddr::from(([0, 0, 0, 0], 0));
+    same.rtp_bind = same.bind;
+    same.target = same.bind;
+    same.password = Password::Prefix(String::new());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let text = format!("{target}\n{same:?}\n");
+    for &b in text.as_bytes().iter().chain(scenario.unwrap_or_default()) {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 /// Reads the flags; every error names its flag.
 pub(crate) fn from_args(args: &LoadArgs) -> anyhow::Result<Settings> {
     let target = args
@@ -238,17 +306,7 @@ pub(crate) fn from_args(args: &LoadArgs) -> anyhow::Result<Settings> {
         .map_err(|e| bad(format!("--target {:?}: {e}", args.target)))?
         .next()
         .ok_or_else(|| bad(format!("--target {:?} resolves to no address", args.target)))?;
-    let shard = args
-        .shard
-        .split_once('/')
-        .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
-        .filter(|&(i, n)| n > 0 && i < n)
-        .ok_or_else(|| {
-            bad(format!(
-                "--shard {:?}: write i/n with 0 <= i < n, e.g. 0/2",
-                args.shard
-            ))
-        })?;
+    let shard = shard(&args.shard, std::env::var(SHARD_INDEX_VAR).ok().as_deref())?;
     let call_rate_per_s = match &args.call_rate {
         Some(r) => Some(rate("call-rate", r)?),
         None => None,
@@ -353,6 +411,23 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let settings = from_args(&args)?;
+    let run = match &args.run_id {
+        Some(id) if id.trim().is_empty() => {
+            return Err(bad(
+                "--run-id: empty; give a name or leave the flag out".into()
+            ));
+        }
+        Some(id) => id.clone(),
+        None => {
+            let bytes = match &args.scenario {
+                Some(p) => {
+                    Some(std::fs::read(p).map_err(|e| bad(format!("{}: {e}", p.display())))?)
+                }
+                None => None,
+            };
+            run_identity(&args.target, bytes.as_deref(), &settings)
+        }
+    };
     // Making millions of users takes seconds: done aside, so Ctrl-C is heard meanwhile.
     let setup = std::thread::spawn(move || configure(&settings, scenario.as_ref(), None));
     while !setup.is_finished() {
@@ -379,7 +454,7 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         }
     };
     let drain_limit = drain_limit(&cfg);
-    let (report, log) = pbxlab_loadgen::run(
+    let (mut report, log) = pbxlab_loadgen::run(
         cfg,
         RunOptions {
             bind: args.bind,
@@ -391,6 +466,7 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
             drain_limit,
         },
     )?;
+    report.run = run;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -427,7 +503,7 @@ pub(crate) fn drain_limit(cfg: &Config) -> Duration {
             .unwrap_or_default()
 }
 
-fn exit_code(report: &LoadReport) -> ExitCode {
+pub(crate) fn exit_code(report: &LoadReport) -> ExitCode {
     let attempted = report.calls.attempted + report.registrations.attempted;
     if attempted > 0 && report.messages_received == 0 {
         // The kernel reports ICMP port unreachable on the socket connected to the target.
@@ -601,6 +677,59 @@ mod tests {
         let e = read(&["--users-file", "/nonexistent/users.csv"]).expect_err("refused");
         assert!(e.downcast_ref::<BadInput>().is_some(), "{e}");
         assert!(e.to_string().contains("/nonexistent/users.csv"), "{e}");
+    }
+
+    #[test]
+    fn shard_auto_takes_its_index_from_the_jobs_variable_and_names_it_when_wrong() {
+        assert_eq!(shard("1/3", None).expect("reads"), (1, 3));
+        assert_eq!(shard("auto/3", Some("2")).expect("reads"), (2, 3));
+        assert_eq!(shard("auto/3", Some("0")).expect("reads"), (0, 3));
+        for (index, says) in [
+            (None, "is not set"),
+            (Some("two"), "\"two\", not a shard index"),
+            (Some(""), "not a shard index"),
+            (Some("-1"), "not a shard index"),
+            (Some("3"), "is 3, not below 3"),
+        ] {
+            let e = shard("auto/3", index).expect_err("refused");
+            assert!(e.downcast_ref::<BadInput>().is_some(), "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("$JOB_COMPLETION_INDEX") && text.contains(says),
+                "{index:?}: {text}"
+            );
+        }
+        for text in ["auto/0", "auto", "auto/x", "3/3", "a/b"] {
+            let e = shard(text, Some("0")).expect_err("refused");
+            assert!(e.to_string().contains("--shard"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_shard_of_one_command_has_one_run_identity_and_other_loads_another() {
+        let base = read(&["--users", "30", "--call-rate", "10/s"]).expect("reads");
+        let id = run_identity("127.0.0.1:5060", None, &base);
+        assert_eq!(id.len(), 16, "{id}");
+        // What varies by shard or by machine leaves it as it is.
+        let mut other =
+            read(&["--users", "30", "--call-rate", "10/s", "--shard", "2/3"]).expect("reads");
+        other.seed = Some(7);
+        other.bind = SocketAddr::from(([127, 0, 0, 2], 5070));
+        other.rtp_bind = SocketAddr::from(([127, 0, 0, 2], 5072));
+        other.target = SocketAddr::from(([127, 0, 0, 9], 5060));
+        assert_eq!(run_identity("127.0.0.1:5060", None, &other), id);
+        // What shapes the load changes it: a rate, the target named, the scenario's bytes.
+        let faster = read(&["--users", "30", "--call-rate", "11/s"]).expect("reads");
+        assert_ne!(run_identity("127.0.0.1:5060", None, &faster), id);
+        assert_ne!(run_identity("pbx.example:5060", None, &base), id);
+        assert_ne!(
+            run_identity("127.0.0.1:5060", Some(b"[traffic]\n"), &base),
+            id
+        );
+        assert_ne!(
+            run_identity("127.0.0.1:5060", Some(b"[traffic]\n"), &base),
+            run_identity("127.0.0.1:5060", Some(b"[traffic] \n"), &base)
+        );
     }
 
     #[test]
