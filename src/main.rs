@@ -3,7 +3,7 @@
 //! Exit codes: 0 success; 1 the run itself failed; 2 bad usage or bad input (a scenario that
 //! does not parse or validate, a bad flag); 3 `load`: the target never answered; 4 a `load` or
 //! `drill` that failed while pbxlab itself fell behind (invalid); 99 thresholds breached
-//! (`load`), an SLO broke (`drill`), or no size within the search bound meets the SLOs
+//! (`load`, `merge`), an SLO broke (`drill`), or no size within the search bound meets the SLOs
 //! (`plan --size`); 105 `plan` stopped by Ctrl-C or SIGTERM before it finished (its partial
 //! report is still printed and written).
 
@@ -11,6 +11,7 @@ mod cluster;
 mod ctl;
 mod drill;
 mod load;
+mod merge;
 mod node;
 mod plan;
 mod token;
@@ -53,6 +54,17 @@ enum Command {
     /// Drive SIP/RTP traffic at a SIP server and measure it (CI benchmarks: exit 99 on
     /// breached thresholds).
     Load(Box<load::LoadArgs>),
+    /// Add up the JSON reports of the shards of one `load` run (`--shard i/n`) into the report
+    /// of the whole, and judge thresholds on it (exit 99 when one broke).
+    ///
+    /// Counts are summed and latencies come from the shards' histograms added together, never
+    /// from averaged percentiles. Refuses reports of different runs (their `run`, set by
+    /// --run-id or from the settings) and two reports of one shard, naming the files; warns of
+    /// shards missing from 0..n and lists them in the JSON's `shards_missing`.
+    ///
+    /// Exit codes as `load`'s: 0 every threshold passed; 99 one broke; 4 one broke while a
+    /// shard's pbxlab fell behind; 3 no shard heard the target; 2 bad input.
+    Merge(merge::MergeArgs),
     /// Run the emulated cluster (Call Manager and nodes) live on loopback until stopped.
     Cluster(Box<cluster::ClusterArgs>),
     /// Failover drill: the live cluster, a load and a fault timeline in one run, with a
@@ -112,6 +124,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plan(args) => plan::plan(args, &stop),
         Command::Load(args) => load::load(*args, &stop),
+        Command::Merge(args) => merge::merge_command(args),
         Command::Cluster(args) => cluster::cluster(*args, &stop),
         Command::Drill(args) => drill::drill(*args, &stop),
         Command::Ctl(args) => ctl::ctl(*args),
