@@ -290,12 +290,27 @@ pub(crate) fn run_identity(target: &str, scenario: Option<&[u8]>, s: &Settings) 
     same.rtp_bind = same.bind;
     same.target = same.bind;
     same.password = Password::Prefix(String::new());
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let text = format!("{target}\n{same:?}\n");
-    for &b in text.as_bytes().iter().chain(scenario.unwrap_or_default()) {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    /// FNV-1a over what is written to it: a users file of millions of rows is hashed as it
+    /// is formatted, never held as one string.
+    struct Fnv(u64);
+    impl Fnv {
+        fn bytes(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
     }
-    format!("{hash:016x}")
+    impl std::fmt::Write for Fnv {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            self.bytes(text.as_bytes());
+            Ok(())
+        }
+    }
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    // Writing to it cannot fail.
+    let _ = std::fmt::Write::write_fmt(&mut hash, format_args!("{target}\n{same:?}\n"));
+    hash.bytes(scenario.unwrap_or_default());
+    format!("{:016x}", hash.0)
 }
 
 /// Reads the flags; every error names its flag.

@@ -34,7 +34,7 @@ pub struct MergeArgs {
     json: Option<PathBuf>,
     /// Pass/fail threshold judged on the whole run, as `load` takes them (repeatable); the
     /// shards' own thresholds are judged on the whole too.
-    #[arg(long = "threshold")]
+    #[arg(long = "threshold", value_name = "EXPR")]
     thresholds: Vec<String>,
 }
 
