@@ -321,10 +321,12 @@ pub(crate) fn merge(shards: &[Shard], extra: &[Threshold]) -> anyhow::Result<Loa
     };
     // The shards' thresholds (one run's shards share them), then the ones given to the merge.
     let mut judged: Vec<Threshold> = Vec::new();
-    for expr in reports().flat_map(|r| r.thresholds.iter().map(|t| t.expr.as_str())) {
-        if judged.iter().all(|t| t.expr != expr) {
-            let t = Threshold::parse(expr).map_err(|e| bad(format!("{}: {e}", first.file)))?;
-            judged.push(t);
+    for s in shards {
+        for expr in s.report.thresholds.iter().map(|t| t.expr.as_str()) {
+            if judged.iter().all(|t| t.expr != expr) {
+                let t = Threshold::parse(expr).map_err(|e| bad(format!("{}: {e}", s.file)))?;
+                judged.push(t);
+            }
         }
     }
     for t in extra {
@@ -602,6 +604,20 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("shard-0.json (2 shards) but shard-1.json (3 shards)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_threshold_a_shard_carries_that_does_not_parse_is_refused_naming_its_file() {
+        let mut odd = shard(1, 2, &[], 0, (0, 0));
+        odd.file = "odd.json".into();
+        odd.report.thresholds[0].expr = "setup.p99<fast".into();
+        let e = merge(&[shard(0, 2, &[], 0, (0, 0)), odd], &[]).expect_err("refused");
+        assert!(e.downcast_ref::<BadInput>().is_some());
+        assert!(
+            e.to_string()
+                .starts_with("odd.json: threshold \"setup.p99<fast\""),
             "{e}"
         );
     }
