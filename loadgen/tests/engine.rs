@@ -562,6 +562,8 @@ fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
     let ringing = sent(&mut e);
     let r = sip::parse_datagram(ringing[0].1.as_bytes()).expect("valid");
     assert_eq!(r.code(), Some(180), "the callee rings: {}", ringing[0].1);
+    // We hold both legs of the call, ours and the one we answer: that is one call.
+    assert_eq!((e.active_calls(), e.active_legs()), (1, 2));
     // The proxy strips its Via and hands the 180 to the caller.
     let strip = |m: &str| {
         m.replacen(
@@ -596,6 +598,8 @@ fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
     e.handle(1_304 * MS, proxy, bye_ok[0].1.as_bytes());
     assert_eq!(e.metrics.calls.succeeded, 1);
     assert_eq!(e.active_calls(), 0, "both legs ended");
+    assert_eq!(e.active_legs(), 0, "both legs ended");
+    assert_eq!(e.peak_calls(), 1);
     e.metrics.close_interval(Duration::from_secs(2));
     let setup = e.metrics.total(pbxlab_loadgen::metrics::Metric::Setup);
     assert!(
@@ -603,6 +607,29 @@ fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
         "rang for the ring delay: {}",
         setup.max()
     );
+}
+
+#[test]
+fn the_concurrency_limit_counts_calls_not_the_legs_we_answer() {
+    // Two calls between our own users, at most two at once: while the first rings we hold both
+    // of its legs, and the second call must still start.
+    let mut cfg = config();
+    cfg.users = numbered([1000, 1001, 1002, 1003]);
+    cfg.workloads[0].callee = Callee::Users;
+    cfg.workloads[0].calls = 2;
+    cfg.workloads[0].rate = 1000.0;
+    cfg.max_concurrent = Some(2);
+    let mut e = Engine::new(cfg);
+    let invite = step(&mut e, 0).remove(0).1;
+    e.handle(MS / 2, addr(5060), invite.as_bytes());
+    assert_eq!(status(&sent(&mut e)[0].1), Some(180));
+    assert_eq!((e.active_calls(), e.active_legs()), (1, 2));
+    assert_eq!(
+        methods(&step(&mut e, MS)),
+        ["INVITE"],
+        "the second call starts"
+    );
+    assert_eq!((e.active_calls(), e.peak_calls()), (2, 2));
 }
 
 // ---- services of pbxlab's cluster -------------------------------------------------------------

@@ -307,7 +307,7 @@ impl Engine {
         if self
             .cfg
             .max_concurrent
-            .is_some_and(|limit| self.calls.active() >= limit)
+            .is_some_and(|limit| self.calls.placed() >= limit)
         {
             // Held back until a call ends; the attempt keeps its intended start.
             return None;
@@ -376,8 +376,19 @@ impl Engine {
         self.media.drain(..)
     }
 
-    /// Calls in progress (either side).
+    /// Calls we placed that are in progress: a call from one of our users to another is one
+    /// call, though we hold both its legs.
     pub fn active_calls(&self) -> usize {
+        self.calls.placed()
+    }
+
+    /// The most calls we had placed in progress at once, so far.
+    pub fn peak_calls(&self) -> usize {
+        self.calls.placed_peak()
+    }
+
+    /// Call legs in progress, ours and those we answer: nothing is left to end once this is 0.
+    pub fn active_legs(&self) -> usize {
         self.calls.active()
     }
 

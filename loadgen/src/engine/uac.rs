@@ -61,7 +61,7 @@ impl Engine {
             Kind::Ivr if routes => Stage::Menu,
             _ => Stage::Hold,
         };
-        let slot = self.calls.alloc();
+        let slot = self.calls.alloc_placed();
         let t1 = self.t1();
         let target = self.cfg.target;
         let c = &mut self.calls[slot as usize];
