@@ -9,7 +9,10 @@
 //! over them) to a [`Config`] and its thresholds; [`users`] is the table of our users and the
 //! parser of SIPp's users files. Reading flags and files is the binary's business.
 
+mod appender;
+pub mod csv;
 pub mod engine;
+pub mod hlog;
 pub mod media;
 pub mod metrics;
 pub mod report;
@@ -19,6 +22,7 @@ pub mod threshold;
 pub mod users;
 mod wheel;
 
+pub use appender::Appender;
 pub use engine::{Arrivals, Callee, Config, Dtmf, Grid, Hold, Workload};
 pub use report::LoadReport;
 pub use run::{Progress, RunOptions, run};

@@ -2,14 +2,15 @@
 //!
 //! Every latency is recorded in microseconds into an HdrHistogram (3 significant digits, up to
 //! one hour). Recording goes into the current interval's histogram; at each interval boundary the
-//! interval is added to the run's total and kept, serialised, for the interval log. Histograms of
+//! interval is added to the run's total and serialised for the interval log (`crate::hlog`),
+//! where the driver takes it from (`Metrics::take_log`). Histograms of
 //! several shards or intervals are merged by adding counts, never by averaging percentiles.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::V2Serializer;
+use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 
 /// The latencies a run measures.
@@ -145,8 +146,10 @@ pub struct Metrics {
     /// Reason (timeout, a status code, malformed response, ...) to count.
     pub failures: BTreeMap<String, u64>,
     interval_start: Duration,
+    /// Interval-log lines of the intervals closed since the driver last took them.
     log: Vec<u8>,
-    serializer: V2Serializer,
+    /// Compressed V2 (the `HISTF` cookie), the payload HdrHistogram's tools read.
+    serializer: V2DeflateSerializer,
 }
 
 impl Default for Metrics {
@@ -169,7 +172,7 @@ impl Metrics {
             failures: BTreeMap::new(),
             interval_start: Duration::ZERO,
             log: Vec::new(),
-            serializer: V2Serializer::new(),
+            serializer: V2DeflateSerializer::new(),
         }
     }
 
@@ -257,17 +260,11 @@ impl Metrics {
         }
     }
 
-    /// The interval log (HdrHistogram's text format, one line per metric per interval, tagged
-    /// with the metric's name), with a header naming the run.
-    pub fn interval_log(&self, comment: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut serializer = V2Serializer::new();
-        let _ = IntervalLogWriterBuilder::new()
-            .add_comment(comment)
-            .add_comment("tags: register, pdd, setup, bye, media_gap, setup_uncorrected, queue_wait, ivr_route; values in microseconds")
-            .begin_log_with(&mut out, &mut serializer);
-        out.extend_from_slice(&self.log);
-        out
+    /// The interval-log lines (HdrHistogram's text format, one line per metric per interval,
+    /// tagged with the metric's name, timestamps in seconds since the run started) of the
+    /// intervals closed since the last call.
+    pub fn take_log(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.log)
     }
 }
 
@@ -287,6 +284,7 @@ pub struct IntervalSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 
     #[test]
     fn intervals_add_up_to_the_total_and_land_in_the_log() {
@@ -304,12 +302,43 @@ mod tests {
         let p50 = total.value_at_quantile(0.5);
         assert!((50_000..=51_100).contains(&p50), "{p50}");
         assert_eq!(total.max(), total.highest_equivalent(2_000_000));
-        let log = String::from_utf8(m.interval_log("test")).expect("text");
+        let log = m.take_log();
+        let entries: Vec<LogEntry> = IntervalLogIterator::new(&log)
+            .collect::<Result<_, _>>()
+            .expect("the crate reads its log");
+        let setups: Vec<(Duration, u64)> = entries
+            .iter()
+            .filter_map(|e| match e {
+                LogEntry::Interval(i) if i.tag().map(|t| t.as_str()) == Some("setup") => {
+                    Some((i.start_timestamp(), decode(i.encoded_histogram()).len()))
+                }
+                _ => None,
+            })
+            .collect();
         assert_eq!(
-            log.lines().filter(|l| l.starts_with("Tag=setup,")).count(),
-            2,
-            "{log}"
+            setups,
+            [(Duration::ZERO, 100), (Duration::from_secs(1), 1)],
+            "{}",
+            String::from_utf8_lossy(&log)
         );
+        assert!(
+            String::from_utf8_lossy(&log)
+                .lines()
+                .all(|l| l.split(',').nth(4).is_some_and(|p| p.starts_with("HISTF"))),
+            "compressed V2 payloads"
+        );
+        assert!(m.take_log().is_empty(), "taken once");
+    }
+
+    /// A payload of the log back into a histogram.
+    fn decode(payload: &str) -> Histogram<u64> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .expect("base64");
+        hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .expect("a V2 histogram")
     }
 
     #[test]

@@ -61,7 +61,10 @@ pub struct IntervalRow {
     pub registrations: Outcomes,
     /// The failures that happened in the interval, by reason.
     pub failures: BTreeMap<String, u64>,
-    /// Calls in progress at the end of the interval.
+    /// The same failures by class.
+    pub failure_classes: FailureClasses,
+    /// Calls we placed that were in progress at the end of the interval (a call between two of
+    /// our users is one call).
     pub concurrent_calls: u64,
     /// Attempts started per second of the interval.
     pub call_rate_per_s: f64,
@@ -96,7 +99,7 @@ impl IntervalRow {
                 let new = n.saturating_sub(before.failures.get(reason).copied().unwrap_or(0));
                 (new > 0).then(|| (reason.clone(), new))
             })
-            .collect();
+            .collect::<BTreeMap<String, u64>>();
         let metrics = Metric::ALL
             .iter()
             .map(|&m| (m, m as usize))
@@ -121,10 +124,73 @@ impl IntervalRow {
             register_rate_per_s: per_s(registrations.attempted),
             calls,
             registrations,
+            failure_classes: FailureClasses::of(&failures),
             failures,
             concurrent_calls,
             metrics,
         }
+    }
+}
+
+/// Failures by class, from their reasons (`engine::status_reason` and the timers' words): a
+/// final status code (the reason's first word of three digits, or a class `4xx`, `5xx`, `6xx`;
+/// `BYE 486 Busy Here` is a 4xx), else a timeout of any transaction, else other (3xx, malformed
+/// messages, socket errors, calls unfinished at the end).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FailureClasses {
+    pub timeout: u64,
+    #[serde(rename = "4xx")]
+    pub client: u64,
+    #[serde(rename = "5xx")]
+    pub server: u64,
+    #[serde(rename = "6xx")]
+    pub global: u64,
+    pub other: u64,
+}
+
+/// The class of a failure reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    Timeout,
+    Client,
+    Server,
+    Global,
+    Other,
+}
+
+impl FailureClass {
+    pub fn of(reason: &str) -> FailureClass {
+        let status = reason.split_whitespace().find_map(|word| {
+            let b = word.as_bytes();
+            let code = b.len() == 3 && (b.iter().all(u8::is_ascii_digit) || &b[1..] == b"xx");
+            match b.first() {
+                Some(b'4') if code => Some(FailureClass::Client),
+                Some(b'5') if code => Some(FailureClass::Server),
+                Some(b'6') if code => Some(FailureClass::Global),
+                _ => None,
+            }
+        });
+        match status {
+            Some(class) => class,
+            None if reason.to_ascii_lowercase().contains("timeout") => FailureClass::Timeout,
+            None => FailureClass::Other,
+        }
+    }
+}
+
+impl FailureClasses {
+    pub fn of(failures: &BTreeMap<String, u64>) -> FailureClasses {
+        let mut c = FailureClasses::default();
+        for (reason, &n) in failures {
+            *match FailureClass::of(reason) {
+                FailureClass::Timeout => &mut c.timeout,
+                FailureClass::Client => &mut c.client,
+                FailureClass::Server => &mut c.server,
+                FailureClass::Global => &mut c.global,
+                FailureClass::Other => &mut c.other,
+            } += n;
+        }
+        c
     }
 }
 
@@ -598,6 +664,44 @@ mod tests {
                 "the node thread fell 180 ms behind its schedule (at 40.2 s; 1 time past 50 ms); \
                  packets dropped in this machine's kernel on its sockets: 12,400"
             )
+        );
+    }
+
+    #[test]
+    fn failure_reasons_fall_in_their_classes() {
+        for (reason, class) in [
+            ("INVITE timeout", FailureClass::Timeout),
+            ("BYE timeout", FailureClass::Timeout),
+            ("REGISTER timeout", FailureClass::Timeout),
+            ("408 Request Timeout", FailureClass::Client),
+            ("486 Busy Here", FailureClass::Client),
+            ("BYE 486 Busy Here", FailureClass::Client),
+            ("other 4xx", FailureClass::Client),
+            ("503 Service Unavailable", FailureClass::Server),
+            ("other 5xx", FailureClass::Server),
+            ("6xx global failure", FailureClass::Global),
+            ("3xx redirect", FailureClass::Other),
+            ("malformed message", FailureClass::Other),
+            ("no ACK for 200", FailureClass::Other),
+            ("send: connection refused", FailureClass::Other),
+        ] {
+            assert_eq!(FailureClass::of(reason), class, "{reason}");
+        }
+        let failures = [
+            ("INVITE timeout".to_owned(), 3),
+            ("other 4xx".to_owned(), 2),
+            ("500 Server Internal Error".to_owned(), 1),
+        ]
+        .into();
+        assert_eq!(
+            FailureClasses::of(&failures),
+            FailureClasses {
+                timeout: 3,
+                client: 2,
+                server: 1,
+                global: 0,
+                other: 0
+            }
         );
     }
 

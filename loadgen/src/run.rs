@@ -16,9 +16,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::Error;
+use crate::appender::Appender;
 use crate::engine::{Config, Engine, Grid, Nanos};
 use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
@@ -52,6 +53,10 @@ pub struct RunOptions<'a> {
     pub progress: &'a mut dyn FnMut(&Progress),
     /// Gives up on calls still in flight this long after the last attempt was due.
     pub drain_limit: Duration,
+    /// Where the interval log goes as each interval closes (`--hlog`, see `crate::hlog`).
+    pub hlog: Option<&'a mut Appender>,
+    /// Where each interval's row goes as it closes (`--csv`, see `crate::csv`).
+    pub csv: Option<&'a mut Appender>,
 }
 
 /// A snapshot for progress output.
@@ -68,7 +73,7 @@ pub struct Progress {
 
 /// Runs a load against `cfg.target`. `cfg.local` and `cfg.rtp_local` are replaced by the bound
 /// sockets' addresses.
-pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>), Error> {
+pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
     let socket = UdpSocket::bind(opts.bind).map_err(|e| Error::Bind {
         addr: opts.bind,
         error: e,
@@ -108,6 +113,16 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
 
     let mut engine = Engine::new(cfg);
     let started = Instant::now();
+    let (mut hlog, mut csv) = (opts.hlog, opts.csv);
+    if let Some(log) = hlog.as_deref_mut() {
+        log.append(&crate::hlog::header(
+            &format!("pbxlab load: {shard_note}"),
+            SystemTime::now(),
+        ));
+    }
+    if let Some(csv) = csv.as_deref_mut() {
+        csv.append(crate::csv::header().as_bytes());
+    }
     let mut sender = pbxlab_udp::Sender::default();
     // One set of buffers serves both sockets.
     let mut receiver = pbxlab_udp::Receiver::new(&socket, started).map_err(io)?;
@@ -133,6 +148,10 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     let mut counts = RunCounts::default();
     let mut close = |engine: &mut Engine, now: Duration| {
         let closed = engine.metrics.close_interval(now);
+        let lines = engine.metrics.take_log();
+        if let Some(log) = hlog.as_deref_mut() {
+            log.append(&lines);
+        }
         let m = &engine.metrics;
         let after = RunCounts {
             calls: m.calls,
@@ -140,7 +159,11 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
             failures: m.failures.clone(),
         };
         let active = engine.active_calls() as u64;
-        intervals.push(IntervalRow::of(&closed, &after, &counts, active));
+        let row = IntervalRow::of(&closed, &after, &counts, active);
+        if let Some(csv) = csv.as_deref_mut() {
+            csv.append(crate::csv::row(&row).as_bytes());
+        }
+        intervals.push(row);
         counts = after;
         closed
     };
@@ -206,7 +229,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         }
         // Nothing left to start: in-flight calls get a bounded time to end.
         let next_deadline = engine.next_deadline();
-        if next_deadline.is_none() && engine.active_calls() > 0 {
+        if next_deadline.is_none() && engine.active_legs() > 0 {
             let due = *last_due.get_or_insert(now_ns);
             if now_ns.saturating_sub(due)
                 > u64::try_from(opts.drain_limit.as_nanos()).unwrap_or(u64::MAX)
@@ -294,10 +317,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     ];
     // Up to a million of them: moved, not copied.
     report.gaps = std::mem::take(&mut media.gaps);
-    let log = engine
-        .metrics
-        .interval_log(&format!("pbxlab load: {shard_note}"));
-    Ok((report, log))
+    Ok(report)
 }
 
 fn build_report(
