@@ -153,7 +153,7 @@ fn the_csv_rows_are_the_jsons_intervals_and_add_up_to_its_totals() {
             "echo",
         ])
         .args(["--calls", "150", "--call-rate", "200/s", "--hold", "50ms"])
-        .args(["--interval", "200ms", "--t1", "100ms"])
+        .args(["--interval", "200ms"])
         .args([
             "--json",
             path(&json),
@@ -227,6 +227,27 @@ fn the_csv_rows_are_the_jsons_intervals_and_add_up_to_its_totals() {
         .map(|r| number(r, "concurrent_calls"))
         .fold(0.0, f64::max);
     assert!(peak <= 150.0, "{peak}");
+    // The summary: the peak over the run is at least any interval's end, the rate achieved is
+    // the rate's order, and every message is counted.
+    assert!(
+        v["peak_concurrent_calls"].as_f64().expect("peak") >= peak,
+        "{v}"
+    );
+    let rate = v["call_rate_per_s"].as_f64().expect("rate");
+    assert!(rate > 20.0 && rate < 2000.0, "{v}");
+    assert!(v["metrics"]["setup"]["min_us"].as_u64() > Some(0), "{v}");
+    assert!(
+        v["metrics"]["setup"]["p95_us"].as_u64() >= v["metrics"]["setup"]["p50_us"].as_u64(),
+        "{v}"
+    );
+    assert!(v["messages"]["INVITE"]["sent"].as_u64() >= Some(150), "{v}");
+    assert!(v["messages"]["BYE"]["sent"].as_u64() >= Some(150), "{v}");
+    assert_eq!(
+        v["messages"]["200"]["received"].as_u64(),
+        Some(300),
+        "one to each INVITE and each BYE: {v}"
+    );
+    assert_eq!(v["messages"]["unexpected"], 0, "{v}");
     assert_eq!(number(rows.last().expect("rows"), "concurrent_calls"), 0.0);
     // The interval log has the same intervals, with the same counts per tag.
     let log = std::fs::read(&hlog).expect("hlog written");

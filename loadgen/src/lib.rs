@@ -14,6 +14,7 @@ pub mod csv;
 pub mod engine;
 pub mod hlog;
 pub mod media;
+pub mod messages;
 pub mod metrics;
 pub mod report;
 pub mod run;

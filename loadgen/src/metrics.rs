@@ -132,11 +132,57 @@ pub struct IvrCounts {
     pub routed: u64,
 }
 
+/// When the attempts of one kind started: how many, the first and the last (nanoseconds since
+/// the run started), for the rate achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Starts {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+impl Starts {
+    pub fn at(&mut self, now_ns: u64) {
+        if self.count == 0 {
+            self.first_ns = now_ns;
+        }
+        self.count += 1;
+        self.last_ns = self.last_ns.max(now_ns);
+    }
+
+    /// Attempts per second from the first start to the last: n starts span n - 1 gaps. 0 with
+    /// fewer than two starts, or all at once.
+    pub fn rate_per_s(&self) -> f64 {
+        let span_s = self.last_ns.saturating_sub(self.first_ns) as f64 / 1e9;
+        if self.count < 2 || span_s <= 0.0 {
+            0.0
+        } else {
+            (self.count - 1) as f64 / span_s
+        }
+    }
+
+    fn add(&mut self, other: &Starts) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        self.count += other.count;
+        self.first_ns = self.first_ns.min(other.first_ns);
+        self.last_ns = self.last_ns.max(other.last_ns);
+    }
+}
+
 pub struct Metrics {
     interval: [Histogram<u64>; METRICS],
     total: [Histogram<u64>; METRICS],
     pub calls: Outcomes,
     pub registrations: Outcomes,
+    /// When calls, and registrations (not their refreshes), started.
+    pub call_starts: Starts,
+    pub register_starts: Starts,
     /// Of the registrations, how many renewed a binding before it lapsed.
     pub registrations_refreshed: u64,
     /// The calls of each workload, in the order of `Config::workloads`.
@@ -165,6 +211,8 @@ impl Metrics {
             total: std::array::from_fn(|_| histogram()),
             calls: Outcomes::default(),
             registrations: Outcomes::default(),
+            call_starts: Starts::default(),
+            register_starts: Starts::default(),
             registrations_refreshed: 0,
             workloads: Vec::new(),
             queue: QueueCounts::default(),
@@ -241,6 +289,8 @@ impl Metrics {
         }
         self.calls.add(&other.calls);
         self.registrations.add(&other.registrations);
+        self.call_starts.add(&other.call_starts);
+        self.register_starts.add(&other.register_starts);
         if self.workloads.len() < other.workloads.len() {
             self.workloads
                 .resize(other.workloads.len(), Outcomes::default());
@@ -339,6 +389,28 @@ mod tests {
         hdrhistogram::serialization::Deserializer::new()
             .deserialize(&mut bytes.as_slice())
             .expect("a V2 histogram")
+    }
+
+    #[test]
+    fn the_rate_achieved_spans_the_first_start_to_the_last() {
+        let mut s = Starts::default();
+        assert_eq!(s.rate_per_s(), 0.0);
+        s.at(5_000_000_000);
+        assert_eq!(s.rate_per_s(), 0.0, "one start is no rate");
+        // 101 starts 10 ms apart: 100/s, whenever the first came.
+        for k in 1..=100 {
+            s.at(5_000_000_000 + k * 10_000_000);
+        }
+        assert!((s.rate_per_s() - 100.0).abs() < 1e-9, "{}", s.rate_per_s());
+        let mut shard = Starts::default();
+        shard.at(4_000_000_000);
+        shard.at(6_000_000_000);
+        let mut all = s;
+        all.add(&shard);
+        assert_eq!(
+            (all.count, all.first_ns, all.last_ns),
+            (103, 4_000_000_000, 6_000_000_000)
+        );
     }
 
     #[test]

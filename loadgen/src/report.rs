@@ -20,6 +20,8 @@ pub struct LatencySummary {
     pub p999_us: u64,
     pub max_us: u64,
     pub mean_us: f64,
+    pub min_us: u64,
+    pub p95_us: u64,
 }
 
 impl LatencySummary {
@@ -35,6 +37,8 @@ impl LatencySummary {
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
             mean_us: h.mean(),
+            min_us: h.min(),
+            p95_us: h.value_at_quantile(0.95),
         }
     }
 }
@@ -372,8 +376,12 @@ impl QueueSummary {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ThresholdResult {
     pub expr: String,
+    /// In the subject's unit: microseconds for latencies.
     pub value: f64,
     pub pass: bool,
+    /// For a latency, the unit its limit was written in, which the table shows `value` in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<crate::threshold::Unit>,
 }
 
 /// The period the generator woke on while traffic flowed, in each phase (`--tick`).
@@ -401,9 +409,19 @@ pub struct LoadReport {
     pub malformed: u64,
     /// Responses for calls or registrations already finished (late retransmissions).
     pub stray: u64,
+    /// Per SIP method and response code: sent, retransmitted, timeouts, received; and the
+    /// unexpected messages received.
+    pub messages: crate::messages::Messages,
     pub metrics: BTreeMap<String, LatencySummary>,
     pub calls: Outcomes,
     pub registrations: Outcomes,
+    /// The rates achieved: calls started per second from the first call's start to the last
+    /// one's, and registrations (not counting refreshes) likewise; 0 with fewer than two.
+    pub call_rate_per_s: f64,
+    pub register_rate_per_s: f64,
+    /// The most calls we had placed in progress at once (a call between two of our users is
+    /// one call).
+    pub peak_concurrent_calls: u64,
     /// Of the registrations, how many were refreshes of a binding (at 80% of its expiry).
     pub registrations_refreshed: u64,
     /// The calls of each workload (one unless a scenario mixes them).
@@ -517,8 +535,8 @@ impl LoadReport {
             .max("metric".len());
         let _ = writeln!(
             o,
-            "\n{:<width$} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}   (ms)",
-            "metric", "count", "p50", "p90", "p99", "p99.9", "max"
+            "\n{:<width$} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   (ms)",
+            "metric", "count", "min", "mean", "p50", "p90", "p95", "p99", "p99.9", "max"
         );
         for (name, s) in &self.metrics {
             if s.count == 0 {
@@ -526,11 +544,14 @@ impl LoadReport {
             }
             let _ = writeln!(
                 o,
-                "{:<width$} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "{:<width$} {:>8} {:>10} {:>10.3} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
                 name,
                 s.count,
+                ms(s.min_us),
+                s.mean_us / 1000.0,
                 ms(s.p50_us),
                 ms(s.p90_us),
+                ms(s.p95_us),
                 ms(s.p99_us),
                 ms(s.p999_us),
                 ms(s.max_us)
@@ -566,6 +587,24 @@ impl LoadReport {
                     x.attempted, x.succeeded, x.failed, x.abandoned
                 );
             }
+        }
+        let rates: Vec<String> = [
+            ("calls", self.call_rate_per_s),
+            ("registrations", self.register_rate_per_s),
+        ]
+        .into_iter()
+        .filter(|&(_, r)| r > 0.0)
+        .map(|(what, r)| format!("{what} {r:.1}/s"))
+        .collect();
+        if !rates.is_empty() {
+            let _ = writeln!(
+                o,
+                "achieved: {} (from the first start to the last)",
+                rates.join(", ")
+            );
+        }
+        if self.calls.attempted > 0 {
+            let _ = writeln!(o, "peak concurrent calls: {}", self.peak_concurrent_calls);
         }
         if self.registrations_refreshed > 0 {
             let _ = writeln!(
@@ -611,6 +650,7 @@ impl LoadReport {
                 ms(self.rtp.jitter_p99_us)
             );
         }
+        o.push_str(&self.messages.render());
         o.push_str(&render_pace(
             &self.emulator,
             "these figures measure this machine, not the target",
@@ -626,9 +666,9 @@ impl LoadReport {
             for t in &self.thresholds {
                 let _ = writeln!(
                     o,
-                    "  {:<32} {:>14.3}  {}",
+                    "  {:<32} {:>16}  {}",
                     t.expr,
-                    t.value,
+                    crate::threshold::show_value(t.value, t.unit),
                     if t.pass { "pass" } else { "FAIL" }
                 );
             }
@@ -665,6 +705,19 @@ mod tests {
                  packets dropped in this machine's kernel on its sockets: 12,400"
             )
         );
+    }
+
+    #[test]
+    fn a_latency_summary_has_min_mean_and_p95_beside_the_rest() {
+        let mut h = crate::metrics::histogram();
+        for us in 1..=1000 {
+            h.record(us * 1000).expect("in range");
+        }
+        let s = LatencySummary::of(&h);
+        assert_eq!(s.min_us, 1000);
+        assert!(h.equivalent(s.p95_us, 950_000), "{s:?}");
+        assert!((s.mean_us - 500_500.0).abs() < 1_000.0, "{s:?}");
+        assert_eq!(LatencySummary::of(&crate::metrics::histogram()).min_us, 0);
     }
 
     #[test]
@@ -722,6 +775,7 @@ mod tests {
             messages_received: 10,
             malformed: 0,
             stray: 0,
+            messages: crate::messages::Messages::default(),
             metrics: [
                 ("queue_wait".to_owned(), wait),
                 ("ivr_route".to_owned(), LatencySummary::default()),
@@ -729,6 +783,9 @@ mod tests {
             .into(),
             calls: Outcomes::default(),
             registrations: Outcomes::default(),
+            call_rate_per_s: 0.0,
+            register_rate_per_s: 0.0,
+            peak_concurrent_calls: 0,
             registrations_refreshed: 0,
             workloads: Vec::new(),
             queue: QueueSummary {
@@ -765,6 +822,7 @@ mod tests {
         }
         report.metrics.remove("setup_uncorrected");
         assert!(text.contains("--seed 3 repeats"), "{text}");
+        assert!(text.contains(" min ") && text.contains(" p95 "), "{text}");
         assert!(!text.contains("ivr_route"), "no row without a measurement");
         assert!(
             text.contains("service level 50.0%") && text.contains("1 abandoned (25.0%)"),
@@ -773,6 +831,32 @@ mod tests {
         assert_eq!(report.queue.service_level(), 0.5);
         report.queue = QueueSummary::default();
         assert!(!report.render_text().contains("queue:"));
+        assert!(!text.contains("achieved"), "no rate without starts: {text}");
+        report.calls.attempted = 1000;
+        report.call_rate_per_s = 99.96;
+        report.peak_concurrent_calls = 2004;
+        report.thresholds = vec![
+            ThresholdResult {
+                expr: "media_gap.p99<100ms".into(),
+                value: 1_720_319.0,
+                pass: false,
+                unit: Some(crate::threshold::Unit::Ms),
+            },
+            ThresholdResult {
+                expr: "calls.failed==0".into(),
+                value: 0.0,
+                pass: true,
+                unit: None,
+            },
+        ];
+        let text = report.render_text();
+        assert!(text.contains("achieved: calls 100.0/s (from"), "{text}");
+        assert!(text.contains("peak concurrent calls: 2004"), "{text}");
+        assert!(text.contains("1720.319 ms  FAIL"), "{text}");
+        assert!(text.contains("  0  pass"), "{text}");
+        let json = serde_json::to_value(&report.thresholds).expect("json");
+        assert_eq!(json[0]["unit"], "ms");
+        assert!(json[1].get("unit").is_none(), "{json}");
         assert_eq!(
             report.queue.service_level(),
             1.0,

@@ -373,9 +373,13 @@ fn build_report(
         messages_received: responses,
         malformed: engine.malformed,
         stray: engine.stray,
+        messages: engine.messages.clone(),
         metrics,
         calls: m.calls,
         registrations: m.registrations,
+        call_rate_per_s: m.call_starts.rate_per_s(),
+        register_rate_per_s: m.register_starts.rate_per_s(),
+        peak_concurrent_calls: engine.peak_calls() as u64,
         registrations_refreshed: m.registrations_refreshed,
         workloads: engine
             .config()
@@ -409,6 +413,7 @@ fn build_report(
                 expr: t.expr.clone(),
                 value,
                 pass: t.passes(value),
+                unit: t.unit,
             }
         })
         .collect();
