@@ -214,6 +214,13 @@ fn the_csv_rows_are_the_jsons_intervals_and_add_up_to_its_totals() {
             "{outcome}"
         );
     }
+    let failures: f64 = v["failures"]
+        .as_object()
+        .expect("failures")
+        .values()
+        .filter_map(serde_json::Value::as_f64)
+        .sum();
+    assert_eq!(sum("failures"), failures, "{v}");
     for metric in ["setup", "pdd", "bye"] {
         assert_eq!(
             sum(&format!("{metric}_count")),

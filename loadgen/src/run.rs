@@ -146,7 +146,12 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
     let mut drops = [0u32; 2];
     let mut intervals = Vec::new();
     let mut counts = RunCounts::default();
-    let mut close = |engine: &mut Engine, now: Duration| {
+    // Socket errors join the engine's failures as each interval closes, so the interval they
+    // happened in counts them.
+    let mut close = |engine: &mut Engine, now: Duration, errors: &mut BTreeMap<String, u64>| {
+        for (reason, n) in std::mem::take(errors) {
+            *engine.metrics.failures.entry(reason).or_default() += n;
+        }
         let closed = engine.metrics.close_interval(now);
         let lines = engine.metrics.take_log();
         if let Some(log) = hlog.as_deref_mut() {
@@ -199,7 +204,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
         });
         worker.send(engine.media_commands());
         if now >= next_interval {
-            let interval = close(&mut engine, now);
+            let interval = close(&mut engine, now, &mut send_errors);
             let m = &engine.metrics;
             (opts.progress)(&Progress {
                 elapsed: now,
@@ -296,11 +301,8 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
         engine.give_up("refused by the target's host: nothing listens there");
     }
     engine.give_up("unfinished at the end of the run");
-    close(&mut engine, elapsed);
+    close(&mut engine, elapsed, &mut send_errors);
     let mut media = worker.stop().map_err(|_| Error::MediaWorker)?;
-    for (reason, n) in send_errors {
-        *engine.metrics.failures.entry(reason).or_default() += n;
-    }
     let mut report = build_report(
         &engine,
         &media,
