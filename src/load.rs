@@ -356,6 +356,8 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     crate::writable("--json", args.json.as_ref())?;
     crate::writable("--hlog", args.hlog.as_ref())?;
     crate::writable("--csv", args.csv.as_ref())?;
+    not_stdout("--hlog", args.hlog.as_deref())?;
+    not_stdout("--csv", args.csv.as_deref())?;
     let scenario = match &args.scenario {
         Some(p) => Some(Scenario::load(p).map_err(|e| bad(e.to_string()))?),
         None => None,
@@ -429,8 +431,20 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     Ok(exit_code(&report))
 }
 
+/// Refuses `-` for a file the run appends to: standard output has the report's tables (or its
+/// JSON), and the two would interleave.
+fn not_stdout(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
+    match path {
+        Some(p) if p.as_os_str() == "-" => Err(bad(format!(
+            "{flag} -: give a file (standard output has the report)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The file a run appends to as it goes (`--hlog`, `--csv`), created (emptied) now.
 fn appender(flag: &str, path: Option<&Path>) -> anyhow::Result<Option<Appender>> {
+    not_stdout(flag, path)?;
     let Some(path) = path else { return Ok(None) };
     let file = std::fs::File::create(path).map_err(|e| {
         bad(format!(
@@ -635,6 +649,23 @@ mod tests {
         let e = read(&["--users-file", "/nonexistent/users.csv"]).expect_err("refused");
         assert!(e.downcast_ref::<BadInput>().is_some(), "{e}");
         assert!(e.to_string().contains("/nonexistent/users.csv"), "{e}");
+    }
+
+    #[test]
+    fn the_files_a_run_appends_to_are_files() {
+        let e = appender("--csv", Some(Path::new("-")))
+            .err()
+            .expect("refused");
+        assert!(e.downcast_ref::<BadInput>().is_some(), "{e}");
+        assert!(e.to_string().starts_with("--csv -: give a file"), "{e}");
+        let e = appender("--hlog", Some(Path::new("/nonexistent/run.hlog")))
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string().contains("--hlog /nonexistent/run.hlog"),
+            "{e}"
+        );
+        assert!(appender("--csv", None).expect("none").is_none());
     }
 
     #[test]
