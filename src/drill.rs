@@ -196,6 +196,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
                 stop,
                 progress: &mut progress,
                 drain_limit,
+                hlog: None,
+                csv: None,
             },
         );
         load_done.store(true, Ordering::Relaxed);
@@ -207,7 +209,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let status = cluster.stop().context("stopping the cluster")?;
     alerts.poll(&control);
     alerts.close(Duration::from_secs(5));
-    let (report, _log) = result?;
+    let report = result?;
 
     let samples = samples.into_inner().unwrap_or_default();
     let gaps = silences(&report, cluster_epoch);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use pbxlab_loadgen::engine::{Arrivals, Grid};
 use pbxlab_loadgen::settings::{self, DEFAULT_FIRST_USER, Settings};
 use pbxlab_loadgen::{
-    Config, Hold, LoadReport, Password, Progress, RunOptions, Threshold, UsersFile,
+    Appender, Config, Hold, LoadReport, Password, Progress, RunOptions, Threshold, UsersFile,
 };
 use pbxlab_scenario::{Scenario, parse_duration, parse_rate};
 
@@ -139,9 +139,16 @@ pub struct LoadArgs {
     /// Write the report as JSON to FILE ("-": standard output instead of the tables).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Write an HdrHistogram interval log (one histogram per metric per interval).
+    /// Write an HdrHistogram interval log (one compressed histogram per metric per interval,
+    /// tagged with its name, in µs), as HdrHistogram's Java, Python and Go tools read it. Written
+    /// as each interval closes: a run that is killed leaves the intervals it closed.
     #[arg(long, value_name = "FILE")]
     hlog: Option<PathBuf>,
+    /// Write the run interval by interval as CSV (the JSON's intervals: counts, failures by
+    /// class, concurrent calls, rates, p50/p90/p99 per metric in ms). Appended as each interval
+    /// closes, then rewritten whole at the end.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
     /// Run slice i of n (0-based): a disjoint part of the users and 1/n of the rates. auto/n
     /// takes i from $JOB_COMPLETION_INDEX, as Kubernetes sets it in an Indexed Job's pods.
     #[arg(long, default_value = "0/1")]
@@ -421,6 +428,9 @@ pub(crate) fn configure(
 pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     crate::writable("--json", args.json.as_ref())?;
     crate::writable("--hlog", args.hlog.as_ref())?;
+    crate::writable("--csv", args.csv.as_ref())?;
+    not_stdout("--hlog", args.hlog.as_deref())?;
+    not_stdout("--csv", args.csv.as_deref())?;
     let scenario = match &args.scenario {
         Some(p) => Some(Scenario::load(p).map_err(|e| bad(e.to_string()))?),
         None => None,
@@ -469,7 +479,9 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
         }
     };
     let drain_limit = drain_limit(&cfg);
-    let (mut report, log) = pbxlab_loadgen::run(
+    let mut hlog = appender("--hlog", args.hlog.as_deref())?;
+    let mut csv = appender("--csv", args.csv.as_deref())?;
+    let mut report = pbxlab_loadgen::run(
         cfg,
         RunOptions {
             bind: args.bind,
@@ -479,6 +491,8 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
             stop,
             progress: &mut progress,
             drain_limit,
+            hlog: hlog.as_mut(),
+            csv: csv.as_mut(),
         },
     )?;
     report.run = run;
@@ -492,10 +506,44 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.json {
         crate::write_json(Some(path), &serde_json::to_value(&report)?)?;
     }
-    if let Some(path) = &args.hlog {
-        crate::write_atomic(path, &log)?;
+    // The CSV as a whole, in one step: the same rows it was appended as it went.
+    if let Some(path) = &args.csv {
+        crate::write_atomic(
+            path,
+            pbxlab_loadgen::csv::file(&report.intervals).as_bytes(),
+        )?;
+    }
+    if let (Some(path), Some(e)) = (&args.hlog, hlog.as_ref().and_then(|h| h.error())) {
+        anyhow::bail!(
+            "--hlog {}: writing failed ({e}); the log stops at the interval before",
+            path.display()
+        );
     }
     Ok(exit_code(&report))
+}
+
+/// Refuses `-` for a file the run appends to: standard output has the report's tables (or its
+/// JSON), and the two would interleave.
+fn not_stdout(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
+    match path {
+        Some(p) if p.as_os_str() == "-" => Err(bad(format!(
+            "{flag} -: give a file (standard output has the report)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The file a run appends to as it goes (`--hlog`, `--csv`), created (emptied) now.
+fn appender(flag: &str, path: Option<&Path>) -> anyhow::Result<Option<Appender>> {
+    not_stdout(flag, path)?;
+    let Some(path) = path else { return Ok(None) };
+    let file = std::fs::File::create(path).map_err(|e| {
+        bad(format!(
+            "{flag} {}: cannot be written ({e})",
+            path.display()
+        ))
+    })?;
+    Ok(Some(Appender::new(Box::new(file))))
 }
 
 /// Long enough for nearly every call to finish: a call may wait for an IVR transfer, then for
@@ -745,6 +793,23 @@ mod tests {
             run_identity("127.0.0.1:5060", Some(b"[traffic]\n"), &base),
             run_identity("127.0.0.1:5060", Some(b"[traffic] \n"), &base)
         );
+    }
+
+    #[test]
+    fn the_files_a_run_appends_to_are_files() {
+        let e = appender("--csv", Some(Path::new("-")))
+            .err()
+            .expect("refused");
+        assert!(e.downcast_ref::<BadInput>().is_some(), "{e}");
+        assert!(e.to_string().starts_with("--csv -: give a file"), "{e}");
+        let e = appender("--hlog", Some(Path::new("/nonexistent/run.hlog")))
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string().contains("--hlog /nonexistent/run.hlog"),
+            "{e}"
+        );
+        assert!(appender("--csv", None).expect("none").is_none());
     }
 
     #[test]

@@ -14,10 +14,11 @@ use std::process::ExitCode;
 
 use hdrhistogram::Histogram;
 use pbxlab_loadgen::LoadReport;
+use pbxlab_loadgen::messages::Messages;
 use pbxlab_loadgen::metrics::{self, IvrCounts, Metric, Outcomes, QueueCounts};
 use pbxlab_loadgen::report::{
-    self, DriverPace, IntervalRow, LatencySummary, QueueSummary, RtpSummary, ShardRow,
-    ThresholdResult, WorkloadSummary,
+    self, DriverPace, FailureClasses, IntervalRow, LatencySummary, QueueSummary, RtpSummary,
+    ShardRow, ThresholdResult, WorkloadSummary,
 };
 use pbxlab_loadgen::threshold::Threshold;
 
@@ -284,6 +285,7 @@ pub(crate) fn merge(shards: &[Shard], extra: &[Threshold]) -> anyhow::Result<Loa
             })
         })
         .collect();
+    let merged_intervals = intervals(shards);
     let mut merged = LoadReport {
         target: targets.join(", "),
         duration_s: reports().map(|r| r.duration_s).fold(0.0, f64::max),
@@ -293,6 +295,17 @@ pub(crate) fn merge(shards: &[Shard], extra: &[Threshold]) -> anyhow::Result<Loa
         messages_received: sum(|r| r.messages_received),
         malformed: sum(|r| r.malformed),
         stray: sum(|r| r.stray),
+        messages: {
+            let mut all = Messages::default();
+            for r in reports() {
+                all.merge(&r.messages);
+            }
+            all
+        },
+        // The shards ran side by side: their rates add up.
+        call_rate_per_s: reports().map(|r| r.call_rate_per_s).sum(),
+        register_rate_per_s: reports().map(|r| r.register_rate_per_s).sum(),
+        peak_concurrent_calls: peak_concurrent_calls(shards, &merged_intervals),
         metrics: Metric::ALL
             .iter()
             .map(|m| (m.name().to_owned(), LatencySummary::of(hist(m.name()))))
@@ -310,7 +323,7 @@ pub(crate) fn merge(shards: &[Shard], extra: &[Threshold]) -> anyhow::Result<Loa
         rtp,
         emulator,
         thresholds: Vec::new(),
-        intervals: intervals(shards),
+        intervals: merged_intervals,
         shard: None,
         run: first.report.run.clone(),
         shards: covered,
@@ -342,6 +355,7 @@ pub(crate) fn merge(shards: &[Shard], extra: &[Threshold]) -> anyhow::Result<Loa
                 expr: t.expr.clone(),
                 value,
                 pass: t.passes(value),
+                unit: t.unit,
             }
         })
         .collect();
@@ -376,7 +390,25 @@ fn intervals(shards: &[Shard]) -> Vec<IntervalRow> {
             into.register_rate_per_s += row.register_rate_per_s;
         }
     }
+    for row in &mut rows {
+        row.failure_classes = FailureClasses::of(&row.failures);
+    }
     rows
+}
+
+/// The most calls in progress at once over all shards: each shard's peak fell at a moment of
+/// its own, so the sum of the peaks overstates it. The merged intervals' sums are what the
+/// shards held together at each interval's end; the highest of them, or one shard's own peak
+/// where that is higher (a peak between two interval ends), is what can be shown to have
+/// happened.
+fn peak_concurrent_calls(shards: &[Shard], merged: &[IntervalRow]) -> u64 {
+    let together = merged.iter().map(|r| r.concurrent_calls).max().unwrap_or(0);
+    let alone = shards
+        .iter()
+        .map(|s| s.report.peak_concurrent_calls)
+        .max()
+        .unwrap_or(0);
+    together.max(alone)
 }
 
 pub fn merge_command(args: MergeArgs) -> anyhow::Result<ExitCode> {
@@ -449,6 +481,10 @@ mod tests {
             messages_received: 20,
             malformed: 0,
             stray: 1,
+            messages: Default::default(),
+            call_rate_per_s: 0.0,
+            register_rate_per_s: 0.0,
+            peak_concurrent_calls: 0,
             metrics: hists
                 .iter()
                 .map(|(n, h)| ((*n).to_owned(), LatencySummary::of(h)))
@@ -481,6 +517,7 @@ mod tests {
                 expr: "calls.failed<2".into(),
                 value: failed as f64,
                 pass: failed < 2,
+                unit: None,
             }],
             intervals: vec![IntervalRow {
                 calls,

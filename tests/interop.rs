@@ -1,7 +1,8 @@
-//! Interop with real SIP peers from Debian's packages: SIPp (`sip-tester`) and Kamailio.
+//! Interop with real SIP peers from Debian's packages: SIPp (`sip-tester`) and Kamailio; and with
+//! HdrHistogram's Python reader (PyPI `hdrhistogram`) for `--hlog`.
 //!
-//! They need `sipp` and `kamailio` on the PATH, so they are ignored by a plain `cargo test`;
-//! `.ci/run` installs both and runs `cargo test --test interop -- --ignored`. Everything listens
+//! They need `sipp`, `kamailio` and python3's `hdrh` on the PATH, so they are ignored by a plain
+//! `cargo test`; `.ci/run` installs them and runs `cargo test --test interop -- --ignored`. Everything listens
 //! on 127.0.0.1, every run is bounded in calls and time, and every peer is stopped at the end.
 
 use std::net::UdpSocket;
@@ -607,4 +608,87 @@ fn sipp_answers_the_clusters_407_as_one_of_its_users() {
     };
     assert_eq!(column("SuccessfulCall(C)"), Some(200), "{stat}");
     assert_eq!(column("FailedCall(C)"), Some(0), "{stat}");
+}
+
+/// Counts per tag of an interval log as python's `hdrh` (PyPI `hdrhistogram`) reads it, with
+/// its StartTime and BaseTime: "tag count" lines, then "start S base B".
+const HDRH_COUNTS: &str = r#"
+import sys
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
+reader = HistogramLogReader(sys.argv[1], HdrHistogram(1, 3600000000, 3))
+counts = {}
+while True:
+    h = reader.get_next_interval_histogram()
+    if h is None:
+        break
+    counts[h.get_tag()] = counts.get(h.get_tag(), 0) + h.get_total_count()
+for tag, n in sorted(counts.items()):
+    print(tag, n)
+print("start", reader.start_time_sec, "base", reader.base_time_sec)
+"#;
+
+#[test]
+#[ignore = "needs python3 with hdrh (pip install hdrhistogram); run by .ci/run"]
+fn python_hdrh_reads_the_interval_log_and_its_counts_are_the_reports() {
+    let port = free_port();
+    let _cluster = pbxlab_cluster(port, "60s");
+    let dir = scratch_dir("hlog-hdrh");
+    let hlog = dir.join("run.hlog");
+    let (out, v) = pbxlab_load(&[
+        "--target",
+        &format!("127.0.0.1:{port}"),
+        "--domain",
+        "pbxlab.test",
+        "--users",
+        "20",
+        "--call-rate",
+        "20/s",
+        "--duration",
+        "3s",
+        "--hold",
+        "200ms",
+        "--interval",
+        "500ms",
+        "--hlog",
+        hlog.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(v["calls"]["succeeded"].as_u64() > Some(0), "{v}");
+    let read = Command::new("python3")
+        .args(["-c", HDRH_COUNTS, hlog.to_str().expect("utf-8")])
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert!(
+        read.status.success(),
+        "hdrh could not read it:\n{}",
+        show(&read)
+    );
+    let mut counts = std::collections::BTreeMap::new();
+    let mut times = None;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words[..] {
+            ["start", start, "base", base] => times = Some((start.to_owned(), base.to_owned())),
+            [tag, n] => {
+                counts.insert(tag.to_owned(), n.parse::<u64>().expect("a count"));
+            }
+            _ => panic!("{text}"),
+        }
+    }
+    // The header's StartTime and BaseTime: the run's start, a Unix time of this century.
+    let (start, base) = times.expect("times");
+    assert_eq!(start, base, "{text}");
+    assert!(start.parse::<f64>().expect("seconds") > 1.7e9, "{text}");
+    // Every metric the run measured, with the JSON's count; nothing else.
+    let measured: std::collections::BTreeMap<String, u64> = v["metrics"]
+        .as_object()
+        .expect("metrics")
+        .iter()
+        .map(|(name, m)| (name.clone(), m["count"].as_u64().expect("count")))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    assert!(measured.contains_key("register") && measured.contains_key("setup"));
+    assert_eq!(counts, measured, "{text}\n{v}");
 }

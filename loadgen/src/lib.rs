@@ -7,10 +7,16 @@
 //! does not simulate anything: every figure comes from real datagrams on real sockets.
 //! [`settings`] maps a scenario's [traffic] and [slo] (and the flags or `[drill.load]` laid
 //! over them) to a [`Config`] and its thresholds; [`users`] is the table of our users and the
-//! parser of SIPp's users files. Reading flags and files is the binary's business.
+//! parser of SIPp's users files. [`hlog`] and [`csv`] are the interval log and the CSV a run
+//! appends to as each interval closes ([`Appender`]); [`messages`] counts every message sent and
+//! received, as SIPp's screen does. Reading flags and opening files is the binary's business.
 
+mod appender;
+pub mod csv;
 pub mod engine;
+pub mod hlog;
 pub mod media;
+pub mod messages;
 pub mod metrics;
 pub mod report;
 pub mod run;
@@ -19,6 +25,7 @@ pub mod threshold;
 pub mod users;
 mod wheel;
 
+pub use appender::Appender;
 pub use engine::{Arrivals, Callee, Config, Dtmf, Grid, Hold, Workload};
 pub use report::LoadReport;
 pub use run::{Progress, RunOptions, run};

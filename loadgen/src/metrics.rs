@@ -2,14 +2,15 @@
 //!
 //! Every latency is recorded in microseconds into an HdrHistogram (3 significant digits, up to
 //! one hour). Recording goes into the current interval's histogram; at each interval boundary the
-//! interval is added to the run's total and kept, serialised, for the interval log. Histograms of
+//! interval is added to the run's total and serialised for the interval log (`crate::hlog`),
+//! where the driver takes it from (`Metrics::take_log`). Histograms of
 //! several shards or intervals are merged by adding counts, never by averaging percentiles.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::V2Serializer;
+use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 
 /// The latencies a run measures.
@@ -134,11 +135,57 @@ pub struct IvrCounts {
     pub routed: u64,
 }
 
+/// When the attempts of one kind started: how many, the first and the last (nanoseconds since
+/// the run started), for the rate achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Starts {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+impl Starts {
+    pub fn at(&mut self, now_ns: u64) {
+        if self.count == 0 {
+            self.first_ns = now_ns;
+        }
+        self.count += 1;
+        self.last_ns = self.last_ns.max(now_ns);
+    }
+
+    /// Attempts per second from the first start to the last: n starts span n - 1 gaps. 0 with
+    /// fewer than two starts, or all at once.
+    pub fn rate_per_s(&self) -> f64 {
+        let span_s = self.last_ns.saturating_sub(self.first_ns) as f64 / 1e9;
+        if self.count < 2 || span_s <= 0.0 {
+            0.0
+        } else {
+            (self.count - 1) as f64 / span_s
+        }
+    }
+
+    fn add(&mut self, other: &Starts) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        self.count += other.count;
+        self.first_ns = self.first_ns.min(other.first_ns);
+        self.last_ns = self.last_ns.max(other.last_ns);
+    }
+}
+
 pub struct Metrics {
     interval: [Histogram<u64>; METRICS],
     total: [Histogram<u64>; METRICS],
     pub calls: Outcomes,
     pub registrations: Outcomes,
+    /// When calls, and registrations (not their refreshes), started.
+    pub call_starts: Starts,
+    pub register_starts: Starts,
     /// Of the registrations, how many renewed a binding before it lapsed.
     pub registrations_refreshed: u64,
     /// The calls of each workload, in the order of `Config::workloads`.
@@ -148,8 +195,10 @@ pub struct Metrics {
     /// Reason (timeout, a status code, malformed response, ...) to count.
     pub failures: BTreeMap<String, u64>,
     interval_start: Duration,
+    /// Interval-log lines of the intervals closed since the driver last took them.
     log: Vec<u8>,
-    serializer: V2Serializer,
+    /// Compressed V2 (the `HISTF` cookie), the payload HdrHistogram's tools read.
+    serializer: V2DeflateSerializer,
 }
 
 impl Default for Metrics {
@@ -165,6 +214,8 @@ impl Metrics {
             total: std::array::from_fn(|_| histogram()),
             calls: Outcomes::default(),
             registrations: Outcomes::default(),
+            call_starts: Starts::default(),
+            register_starts: Starts::default(),
             registrations_refreshed: 0,
             workloads: Vec::new(),
             queue: QueueCounts::default(),
@@ -172,7 +223,7 @@ impl Metrics {
             failures: BTreeMap::new(),
             interval_start: Duration::ZERO,
             log: Vec::new(),
-            serializer: V2Serializer::new(),
+            serializer: V2DeflateSerializer::new(),
         }
     }
 
@@ -241,6 +292,8 @@ impl Metrics {
         }
         self.calls.add(&other.calls);
         self.registrations.add(&other.registrations);
+        self.call_starts.add(&other.call_starts);
+        self.register_starts.add(&other.register_starts);
         if self.workloads.len() < other.workloads.len() {
             self.workloads
                 .resize(other.workloads.len(), Outcomes::default());
@@ -260,17 +313,11 @@ impl Metrics {
         }
     }
 
-    /// The interval log (HdrHistogram's text format, one line per metric per interval, tagged
-    /// with the metric's name), with a header naming the run.
-    pub fn interval_log(&self, comment: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut serializer = V2Serializer::new();
-        let _ = IntervalLogWriterBuilder::new()
-            .add_comment(comment)
-            .add_comment("tags: register, pdd, setup, bye, media_gap, setup_uncorrected, queue_wait, ivr_route; values in microseconds")
-            .begin_log_with(&mut out, &mut serializer);
-        out.extend_from_slice(&self.log);
-        out
+    /// The interval-log lines (HdrHistogram's text format, one line per metric per interval,
+    /// tagged with the metric's name, timestamps in seconds since the run started) of the
+    /// intervals closed since the last call.
+    pub fn take_log(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.log)
     }
 }
 
@@ -290,6 +337,7 @@ pub struct IntervalSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 
     #[test]
     fn intervals_add_up_to_the_total_and_land_in_the_log() {
@@ -307,11 +355,64 @@ mod tests {
         let p50 = total.value_at_quantile(0.5);
         assert!((50_000..=51_100).contains(&p50), "{p50}");
         assert_eq!(total.max(), total.highest_equivalent(2_000_000));
-        let log = String::from_utf8(m.interval_log("test")).expect("text");
+        let log = m.take_log();
+        let entries: Vec<LogEntry> = IntervalLogIterator::new(&log)
+            .collect::<Result<_, _>>()
+            .expect("the crate reads its log");
+        let setups: Vec<(Duration, u64)> = entries
+            .iter()
+            .filter_map(|e| match e {
+                LogEntry::Interval(i) if i.tag().map(|t| t.as_str()) == Some("setup") => {
+                    Some((i.start_timestamp(), decode(i.encoded_histogram()).len()))
+                }
+                _ => None,
+            })
+            .collect();
         assert_eq!(
-            log.lines().filter(|l| l.starts_with("Tag=setup,")).count(),
-            2,
-            "{log}"
+            setups,
+            [(Duration::ZERO, 100), (Duration::from_secs(1), 1)],
+            "{}",
+            String::from_utf8_lossy(&log)
+        );
+        assert!(
+            String::from_utf8_lossy(&log)
+                .lines()
+                .all(|l| l.split(',').nth(4).is_some_and(|p| p.starts_with("HISTF"))),
+            "compressed V2 payloads"
+        );
+        assert!(m.take_log().is_empty(), "taken once");
+    }
+
+    /// A payload of the log back into a histogram.
+    fn decode(payload: &str) -> Histogram<u64> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .expect("base64");
+        hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .expect("a V2 histogram")
+    }
+
+    #[test]
+    fn the_rate_achieved_spans_the_first_start_to_the_last() {
+        let mut s = Starts::default();
+        assert_eq!(s.rate_per_s(), 0.0);
+        s.at(5_000_000_000);
+        assert_eq!(s.rate_per_s(), 0.0, "one start is no rate");
+        // 101 starts 10 ms apart: 100/s, whenever the first came.
+        for k in 1..=100 {
+            s.at(5_000_000_000 + k * 10_000_000);
+        }
+        assert!((s.rate_per_s() - 100.0).abs() < 1e-9, "{}", s.rate_per_s());
+        let mut shard = Starts::default();
+        shard.at(4_000_000_000);
+        shard.at(6_000_000_000);
+        let mut all = s;
+        all.add(&shard);
+        assert_eq!(
+            (all.count, all.first_ns, all.last_ns),
+            (103, 4_000_000_000, 6_000_000_000)
         );
     }
 

@@ -21,6 +21,8 @@ pub struct LatencySummary {
     pub p999_us: u64,
     pub max_us: u64,
     pub mean_us: f64,
+    pub min_us: u64,
+    pub p95_us: u64,
 }
 
 impl LatencySummary {
@@ -36,6 +38,8 @@ impl LatencySummary {
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
             mean_us: h.mean(),
+            min_us: h.min(),
+            p95_us: h.value_at_quantile(0.95),
         }
     }
 }
@@ -64,7 +68,10 @@ pub struct IntervalRow {
     pub registrations: Outcomes,
     /// The failures that happened in the interval, by reason.
     pub failures: BTreeMap<String, u64>,
-    /// Calls in progress at the end of the interval.
+    /// The same failures by class.
+    pub failure_classes: FailureClasses,
+    /// Calls we placed that were in progress at the end of the interval (a call between two of
+    /// our users is one call).
     pub concurrent_calls: u64,
     /// Attempts started per second of the interval.
     pub call_rate_per_s: f64,
@@ -99,7 +106,7 @@ impl IntervalRow {
                 let new = n.saturating_sub(before.failures.get(reason).copied().unwrap_or(0));
                 (new > 0).then(|| (reason.clone(), new))
             })
-            .collect();
+            .collect::<BTreeMap<String, u64>>();
         let metrics = Metric::ALL
             .iter()
             .map(|&m| (m, m as usize))
@@ -124,10 +131,74 @@ impl IntervalRow {
             register_rate_per_s: per_s(registrations.attempted),
             calls,
             registrations,
+            failure_classes: FailureClasses::of(&failures),
             failures,
             concurrent_calls,
             metrics,
         }
+    }
+}
+
+/// Failures by class, from their reasons (`engine::status_reason` and the timers' words): a
+/// final status code (the reason's first word of three digits, or a class `4xx`, `5xx`, `6xx`;
+/// `BYE 486 Busy Here` is a 4xx), else a timeout of any transaction, else other (3xx, malformed
+/// messages, socket errors, calls unfinished at the end).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailureClasses {
+    pub timeout: u64,
+    #[serde(rename = "4xx")]
+    pub client: u64,
+    #[serde(rename = "5xx")]
+    pub server: u64,
+    #[serde(rename = "6xx")]
+    pub global: u64,
+    pub other: u64,
+}
+
+/// The class of a failure reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    Timeout,
+    Client,
+    Server,
+    Global,
+    Other,
+}
+
+impl FailureClass {
+    pub fn of(reason: &str) -> FailureClass {
+        let status = reason.split_whitespace().find_map(|word| {
+            let b = word.as_bytes();
+            let code = b.len() == 3 && (b.iter().all(u8::is_ascii_digit) || &b[1..] == b"xx");
+            match b.first() {
+                Some(b'4') if code => Some(FailureClass::Client),
+                Some(b'5') if code => Some(FailureClass::Server),
+                Some(b'6') if code => Some(FailureClass::Global),
+                _ => None,
+            }
+        });
+        match status {
+            Some(class) => class,
+            None if reason.to_ascii_lowercase().contains("timeout") => FailureClass::Timeout,
+            None => FailureClass::Other,
+        }
+    }
+}
+
+impl FailureClasses {
+    pub fn of(failures: &BTreeMap<String, u64>) -> FailureClasses {
+        let mut c = FailureClasses::default();
+        for (reason, &n) in failures {
+            *match FailureClass::of(reason) {
+                FailureClass::Timeout => &mut c.timeout,
+                FailureClass::Client => &mut c.client,
+                FailureClass::Server => &mut c.server,
+                FailureClass::Global => &mut c.global,
+                FailureClass::Other => &mut c.other,
+            } += n;
+        }
+        c
     }
 }
 
@@ -315,8 +386,12 @@ impl QueueSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdResult {
     pub expr: String,
+    /// In the subject's unit: microseconds for latencies.
     pub value: f64,
     pub pass: bool,
+    /// For a latency, the unit its limit was written in, which the table shows `value` in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<crate::threshold::Unit>,
 }
 
 /// The period the generator woke on while traffic flowed, in each phase (`--tick`).
@@ -402,9 +477,19 @@ pub struct LoadReport {
     pub malformed: u64,
     /// Responses for calls or registrations already finished (late retransmissions).
     pub stray: u64,
+    /// Per SIP method and response code: sent, retransmitted, timeouts, received; and the
+    /// unexpected messages received.
+    pub messages: crate::messages::Messages,
     pub metrics: BTreeMap<String, LatencySummary>,
     pub calls: Outcomes,
     pub registrations: Outcomes,
+    /// The rates achieved: calls started per second from the first call's start to the last
+    /// one's, and registrations (not counting refreshes) likewise; 0 with fewer than two.
+    pub call_rate_per_s: f64,
+    pub register_rate_per_s: f64,
+    /// The most calls we had placed in progress at once (a call between two of our users is
+    /// one call).
+    pub peak_concurrent_calls: u64,
     /// Of the registrations, how many were refreshes of a binding (at 80% of its expiry).
     pub registrations_refreshed: u64,
     /// The calls of each workload (one unless a scenario mixes them).
@@ -565,8 +650,8 @@ impl LoadReport {
             .max("metric".len());
         let _ = writeln!(
             o,
-            "\n{:<width$} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}   (ms)",
-            "metric", "count", "p50", "p90", "p99", "p99.9", "max"
+            "\n{:<width$} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}   (ms)",
+            "metric", "count", "min", "mean", "p50", "p90", "p95", "p99", "p99.9", "max"
         );
         for (name, s) in &self.metrics {
             if s.count == 0 {
@@ -574,11 +659,14 @@ impl LoadReport {
             }
             let _ = writeln!(
                 o,
-                "{:<width$} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "{:<width$} {:>8} {:>10} {:>10.3} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
                 name,
                 s.count,
+                ms(s.min_us),
+                s.mean_us / 1000.0,
                 ms(s.p50_us),
                 ms(s.p90_us),
+                ms(s.p95_us),
                 ms(s.p99_us),
                 ms(s.p999_us),
                 ms(s.max_us)
@@ -614,6 +702,24 @@ impl LoadReport {
                     x.attempted, x.succeeded, x.failed, x.abandoned
                 );
             }
+        }
+        let rates: Vec<String> = [
+            ("calls", self.call_rate_per_s),
+            ("registrations", self.register_rate_per_s),
+        ]
+        .into_iter()
+        .filter(|&(_, r)| r > 0.0)
+        .map(|(what, r)| format!("{what} {r:.1}/s"))
+        .collect();
+        if !rates.is_empty() {
+            let _ = writeln!(
+                o,
+                "achieved: {} (from the first start to the last)",
+                rates.join(", ")
+            );
+        }
+        if self.calls.attempted > 0 {
+            let _ = writeln!(o, "peak concurrent calls: {}", self.peak_concurrent_calls);
         }
         if self.registrations_refreshed > 0 {
             let _ = writeln!(
@@ -659,6 +765,7 @@ impl LoadReport {
                 ms(self.rtp.jitter_p99_us)
             );
         }
+        o.push_str(&self.messages.render());
         o.push_str(&render_pace(
             &self.emulator,
             "these figures measure this machine, not the target",
@@ -674,9 +781,9 @@ impl LoadReport {
             for t in &self.thresholds {
                 let _ = writeln!(
                     o,
-                    "  {:<32} {:>14.3}  {}",
+                    "  {:<32} {:>16}  {}",
                     t.expr,
-                    t.value,
+                    crate::threshold::show_value(t.value, t.unit),
                     if t.pass { "pass" } else { "FAIL" }
                 );
             }
@@ -745,6 +852,57 @@ mod tests {
     }
 
     #[test]
+    fn a_latency_summary_has_min_mean_and_p95_beside_the_rest() {
+        let mut h = crate::metrics::histogram();
+        for us in 1..=1000 {
+            h.record(us * 1000).expect("in range");
+        }
+        let s = LatencySummary::of(&h);
+        assert_eq!(s.min_us, 1000);
+        assert!(h.equivalent(s.p95_us, 950_000), "{s:?}");
+        assert!((s.mean_us - 500_500.0).abs() < 1_000.0, "{s:?}");
+        assert_eq!(LatencySummary::of(&crate::metrics::histogram()).min_us, 0);
+    }
+
+    #[test]
+    fn failure_reasons_fall_in_their_classes() {
+        for (reason, class) in [
+            ("INVITE timeout", FailureClass::Timeout),
+            ("BYE timeout", FailureClass::Timeout),
+            ("REGISTER timeout", FailureClass::Timeout),
+            ("408 Request Timeout", FailureClass::Client),
+            ("486 Busy Here", FailureClass::Client),
+            ("BYE 486 Busy Here", FailureClass::Client),
+            ("other 4xx", FailureClass::Client),
+            ("503 Service Unavailable", FailureClass::Server),
+            ("other 5xx", FailureClass::Server),
+            ("6xx global failure", FailureClass::Global),
+            ("3xx redirect", FailureClass::Other),
+            ("malformed message", FailureClass::Other),
+            ("no ACK for 200", FailureClass::Other),
+            ("send: connection refused", FailureClass::Other),
+        ] {
+            assert_eq!(FailureClass::of(reason), class, "{reason}");
+        }
+        let failures = [
+            ("INVITE timeout".to_owned(), 3),
+            ("other 4xx".to_owned(), 2),
+            ("500 Server Internal Error".to_owned(), 1),
+        ]
+        .into();
+        assert_eq!(
+            FailureClasses::of(&failures),
+            FailureClasses {
+                timeout: 3,
+                client: 2,
+                server: 1,
+                global: 0,
+                other: 0
+            }
+        );
+    }
+
+    #[test]
     fn what_is_not_an_encoded_histogram_is_refused_with_the_reason() {
         let e = decode_histogram("not base64 at all!").expect_err("refused");
         assert!(e.starts_with("not base64"), "{e}");
@@ -778,6 +936,10 @@ mod tests {
             messages_received: 9,
             malformed: 1,
             stray: 2,
+            messages: Default::default(),
+            call_rate_per_s: 0.0,
+            register_rate_per_s: 0.0,
+            peak_concurrent_calls: 0,
             metrics: [("setup".to_owned(), LatencySummary::of(&h))].into(),
             calls: outcomes,
             registrations: Outcomes::default(),
@@ -814,6 +976,7 @@ mod tests {
                 expr: "calls.failed==0".into(),
                 value: 1.0,
                 pass: false,
+                unit: None,
             }],
             intervals: vec![IntervalRow {
                 start_s: 0.0,
@@ -863,6 +1026,7 @@ mod tests {
             messages_received: 10,
             malformed: 0,
             stray: 0,
+            messages: crate::messages::Messages::default(),
             metrics: [
                 ("queue_wait".to_owned(), wait),
                 ("ivr_route".to_owned(), LatencySummary::default()),
@@ -870,6 +1034,9 @@ mod tests {
             .into(),
             calls: Outcomes::default(),
             registrations: Outcomes::default(),
+            call_rate_per_s: 0.0,
+            register_rate_per_s: 0.0,
+            peak_concurrent_calls: 0,
             registrations_refreshed: 0,
             workloads: Vec::new(),
             queue: QueueSummary {
@@ -911,6 +1078,7 @@ mod tests {
         }
         report.metrics.remove("setup_uncorrected");
         assert!(text.contains("--seed 3 repeats"), "{text}");
+        assert!(text.contains(" min ") && text.contains(" p95 "), "{text}");
         assert!(!text.contains("ivr_route"), "no row without a measurement");
         assert!(
             text.contains("service level 50.0%") && text.contains("1 abandoned (25.0%)"),
@@ -919,6 +1087,32 @@ mod tests {
         assert_eq!(report.queue.service_level(), 0.5);
         report.queue = QueueSummary::default();
         assert!(!report.render_text().contains("queue:"));
+        assert!(!text.contains("achieved"), "no rate without starts: {text}");
+        report.calls.attempted = 1000;
+        report.call_rate_per_s = 99.96;
+        report.peak_concurrent_calls = 2004;
+        report.thresholds = vec![
+            ThresholdResult {
+                expr: "media_gap.p99<100ms".into(),
+                value: 1_720_319.0,
+                pass: false,
+                unit: Some(crate::threshold::Unit::Ms),
+            },
+            ThresholdResult {
+                expr: "calls.failed==0".into(),
+                value: 0.0,
+                pass: true,
+                unit: None,
+            },
+        ];
+        let text = report.render_text();
+        assert!(text.contains("achieved: calls 100.0/s (from"), "{text}");
+        assert!(text.contains("peak concurrent calls: 2004"), "{text}");
+        assert!(text.contains("1720.319 ms  FAIL"), "{text}");
+        assert!(text.contains("  0  pass"), "{text}");
+        let json = serde_json::to_value(&report.thresholds).expect("json");
+        assert_eq!(json[0]["unit"], "ms");
+        assert!(json[1].get("unit").is_none(), "{json}");
         assert_eq!(
             report.queue.service_level(),
             1.0,

@@ -16,9 +16,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::Error;
+use crate::appender::Appender;
 use crate::engine::{Config, Engine, Grid, Nanos};
 use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
@@ -52,6 +53,10 @@ pub struct RunOptions<'a> {
     pub progress: &'a mut dyn FnMut(&Progress),
     /// Gives up on calls still in flight this long after the last attempt was due.
     pub drain_limit: Duration,
+    /// Where the interval log goes as each interval closes (`--hlog`, see `crate::hlog`).
+    pub hlog: Option<&'a mut Appender>,
+    /// Where each interval's row goes as it closes (`--csv`, see `crate::csv`).
+    pub csv: Option<&'a mut Appender>,
 }
 
 /// A snapshot for progress output.
@@ -68,7 +73,7 @@ pub struct Progress {
 
 /// Runs a load against `cfg.target`. `cfg.local` and `cfg.rtp_local` are replaced by the bound
 /// sockets' addresses.
-pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>), Error> {
+pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
     let socket = UdpSocket::bind(opts.bind).map_err(|e| Error::Bind {
         addr: opts.bind,
         error: e,
@@ -108,6 +113,16 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
 
     let mut engine = Engine::new(cfg);
     let started = Instant::now();
+    let (mut hlog, mut csv) = (opts.hlog, opts.csv);
+    if let Some(log) = hlog.as_deref_mut() {
+        log.append(&crate::hlog::header(
+            &format!("pbxlab load: {shard_note}"),
+            SystemTime::now(),
+        ));
+    }
+    if let Some(csv) = csv.as_deref_mut() {
+        csv.append(crate::csv::header().as_bytes());
+    }
     let mut sender = pbxlab_udp::Sender::default();
     // One set of buffers serves both sockets.
     let mut receiver = pbxlab_udp::Receiver::new(&socket, started).map_err(io)?;
@@ -131,8 +146,17 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     let mut drops = [0u32; 2];
     let mut intervals = Vec::new();
     let mut counts = RunCounts::default();
-    let mut close = |engine: &mut Engine, now: Duration| {
+    // Socket errors join the engine's failures as each interval closes, so the interval they
+    // happened in counts them.
+    let mut close = |engine: &mut Engine, now: Duration, errors: &mut BTreeMap<String, u64>| {
+        for (reason, n) in std::mem::take(errors) {
+            *engine.metrics.failures.entry(reason).or_default() += n;
+        }
         let closed = engine.metrics.close_interval(now);
+        let lines = engine.metrics.take_log();
+        if let Some(log) = hlog.as_deref_mut() {
+            log.append(&lines);
+        }
         let m = &engine.metrics;
         let after = RunCounts {
             calls: m.calls,
@@ -140,7 +164,11 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
             failures: m.failures.clone(),
         };
         let active = engine.active_calls() as u64;
-        intervals.push(IntervalRow::of(&closed, &after, &counts, active));
+        let row = IntervalRow::of(&closed, &after, &counts, active);
+        if let Some(csv) = csv.as_deref_mut() {
+            csv.append(crate::csv::row(&row).as_bytes());
+        }
+        intervals.push(row);
         counts = after;
         closed
     };
@@ -176,7 +204,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         });
         worker.send(engine.media_commands());
         if now >= next_interval {
-            let interval = close(&mut engine, now);
+            let interval = close(&mut engine, now, &mut send_errors);
             let m = &engine.metrics;
             (opts.progress)(&Progress {
                 elapsed: now,
@@ -206,7 +234,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         }
         // Nothing left to start: in-flight calls get a bounded time to end.
         let next_deadline = engine.next_deadline();
-        if next_deadline.is_none() && engine.active_calls() > 0 {
+        if next_deadline.is_none() && engine.active_legs() > 0 {
             let due = *last_due.get_or_insert(now_ns);
             if now_ns.saturating_sub(due)
                 > u64::try_from(opts.drain_limit.as_nanos()).unwrap_or(u64::MAX)
@@ -273,11 +301,8 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
         engine.give_up("refused by the target's host: nothing listens there");
     }
     engine.give_up("unfinished at the end of the run");
-    close(&mut engine, elapsed);
+    close(&mut engine, elapsed, &mut send_errors);
     let mut media = worker.stop().map_err(|_| Error::MediaWorker)?;
-    for (reason, n) in send_errors {
-        *engine.metrics.failures.entry(reason).or_default() += n;
-    }
     let mut report = build_report(
         &engine,
         &media,
@@ -294,10 +319,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<(LoadReport, Vec<u8>
     ];
     // Up to a million of them: moved, not copied.
     report.gaps = std::mem::take(&mut media.gaps);
-    let log = engine
-        .metrics
-        .interval_log(&format!("pbxlab load: {shard_note}"));
-    Ok((report, log))
+    Ok(report)
 }
 
 fn build_report(
@@ -355,9 +377,13 @@ fn build_report(
         messages_received: responses,
         malformed: engine.malformed,
         stray: engine.stray,
+        messages: engine.messages.clone(),
         metrics,
         calls: m.calls,
         registrations: m.registrations,
+        call_rate_per_s: m.call_starts.rate_per_s(),
+        register_rate_per_s: m.register_starts.rate_per_s(),
+        peak_concurrent_calls: engine.peak_calls() as u64,
         registrations_refreshed: m.registrations_refreshed,
         workloads: engine
             .config()
@@ -404,6 +430,7 @@ fn build_report(
                 expr: t.expr.clone(),
                 value,
                 pass: t.passes(value),
+                unit: t.unit,
             }
         })
         .collect();

@@ -94,6 +94,48 @@ pub struct Threshold {
     pub op: Op,
     /// In the subject's unit: microseconds for latencies.
     pub limit: f64,
+    /// The unit the limit was written in, for showing the value beside it (`None`: a count or
+    /// a fraction).
+    pub unit: Option<Unit>,
+}
+
+/// The unit a latency limit was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Unit {
+    #[serde(rename = "us")]
+    Us,
+    #[serde(rename = "ms")]
+    Ms,
+    #[serde(rename = "s")]
+    S,
+}
+
+impl Unit {
+    fn us(self) -> f64 {
+        match self {
+            Unit::Us => 1.0,
+            Unit::Ms => 1e3,
+            Unit::S => 1e6,
+        }
+    }
+
+    fn symbol(self) -> &'static str {
+        match self {
+            Unit::Us => "us",
+            Unit::Ms => "ms",
+            Unit::S => "s",
+        }
+    }
+}
+
+/// A threshold's value as the report shows it: a latency (given in microseconds) in `unit`, the
+/// limit's own, with the unit named (`1720.319 ms`); a count or fraction as it is.
+pub fn show_value(value: f64, unit: Option<Unit>) -> String {
+    match unit {
+        Some(u) => format!("{:.3} {}", value / u.us(), u.symbol()),
+        None if value.fract() == 0.0 && value.abs() < 1e15 => format!("{value:.0}"),
+        None => format!("{value:.6}"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -211,13 +253,15 @@ impl Threshold {
                 | Subject::RtpJitterP99
                 | Subject::Queue(QueueField::Asa)
         );
-        let limit = if is_latency {
-            parse_latency_us(value)
+        let (limit, unit) = if is_latency {
+            match parse_latency_us(value) {
+                Some((v, unit)) => (Some(v), Some(unit)),
+                None => (None, None),
+            }
         } else {
-            value.parse::<f64>().ok()
-        }
-        .filter(|v| v.is_finite())
-        .ok_or_else(|| {
+            (value.parse::<f64>().ok(), None)
+        };
+        let limit = limit.filter(|v| v.is_finite()).ok_or_else(|| {
             err(if is_latency {
                 format!(
                     "{value:?} is not a latency: a number with its unit, us, ms or s (e.g. 200ms)"
@@ -231,6 +275,7 @@ impl Threshold {
             subject,
             op,
             limit,
+            unit,
         })
     }
 
@@ -260,22 +305,23 @@ fn percentile(digits: &str) -> Option<Quantile> {
     (milli > 0 && milli <= 100_000).then_some(Quantile(milli))
 }
 
-fn parse_latency_us(text: &str) -> Option<f64> {
-    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
-        (n, 1.0)
+/// A latency limit in microseconds, and the unit it was written in (a bare 0 shows in ms).
+fn parse_latency_us(text: &str) -> Option<(f64, Unit)> {
+    let (number, unit) = if let Some(n) = text.strip_suffix("us") {
+        (n, Some(Unit::Us))
     } else if let Some(n) = text.strip_suffix("ms") {
-        (n, 1e3)
+        (n, Some(Unit::Ms))
     } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1e6)
+        (n, Some(Unit::S))
     } else {
         // A bare number only as zero: every latency takes a unit, as every duration does.
-        (text, 0.0)
+        (text, None)
     };
-    number
-        .parse::<f64>()
-        .ok()
-        .filter(|v| scale > 0.0 || *v == 0.0)
-        .map(|v| v * scale)
+    let v = number.parse::<f64>().ok()?;
+    match unit {
+        Some(u) => Some((v * u.us(), u)),
+        None => (v == 0.0).then_some((0.0, Unit::Ms)),
+    }
 }
 
 #[cfg(test)]
@@ -301,6 +347,7 @@ mod tests {
         assert_eq!(percentile("50"), Some(Quantile(50_000)));
         assert_eq!(percentile("9999"), Some(Quantile(99_990)));
         assert_eq!(t.limit, 1_500_000.0);
+        assert_eq!(t.unit, Some(Unit::S));
         assert!(
             Threshold::parse("bye.max<50").is_err(),
             "a latency takes its unit"
@@ -338,6 +385,23 @@ mod tests {
                 .expect("valid")
                 .subject,
             Subject::Calls(Field::Abandoned)
+        );
+    }
+
+    #[test]
+    fn values_show_in_the_limits_own_unit() {
+        let unit = |expr: &str| Threshold::parse(expr).expect(expr).unit;
+        assert_eq!(
+            show_value(1_720_319.0, unit("media_gap.p99<100ms")),
+            "1720.319 ms"
+        );
+        assert_eq!(show_value(1_720_319.0, unit("setup.p99<2s")), "1.720 s");
+        assert_eq!(show_value(1_500.0, unit("bye.max<900us")), "1500.000 us");
+        assert_eq!(show_value(2_000.0, unit("bye.max<=0")), "2.000 ms");
+        assert_eq!(show_value(3.0, unit("calls.failed==0")), "3");
+        assert_eq!(
+            show_value(0.0005, unit("rtp.loss_fraction<0.001")),
+            "0.000500"
         );
     }
 

@@ -8,6 +8,7 @@ use pbxlab_loadgen::engine::{
     Arrivals, Callee, Config, Dtmf, Engine, Grid, Hold, MediaCommand, Nanos, Workload, auto_grid,
     run_id,
 };
+use pbxlab_loadgen::messages::{MessageCount, MessageKind};
 use pbxlab_loadgen::metrics::Metric;
 use pbxlab_loadgen::users::{Password, User, UserOrder, Users};
 use pbxlab_proto::digest;
@@ -132,6 +133,15 @@ fn invite_retransmits_with_timer_a_and_times_out_with_timer_b() {
     assert_eq!(e.metrics.calls.failed, 1);
     assert_eq!(e.metrics.failures["INVITE timeout"], 1);
     assert!(e.finished());
+    assert_eq!(
+        e.messages.by_kind[&MessageKind::Request("INVITE")],
+        MessageCount {
+            sent: 6,
+            retransmitted: 5,
+            timeouts: 1,
+            received: 0
+        }
+    );
 }
 
 #[test]
@@ -202,6 +212,34 @@ fn a_call_completes_and_measures_from_the_intended_start() {
         "from the first BYE: {}",
         bye_latency.max()
     );
+    // What SIPp's screen would show: every message both ways, retransmissions apart.
+    let count = |kind| e.messages.by_kind.get(&kind).copied().unwrap_or_default();
+    let invite = count(MessageKind::Request("INVITE"));
+    let (acks, byes) = (
+        count(MessageKind::Request("ACK")),
+        count(MessageKind::Request("BYE")),
+    );
+    assert_eq!((invite.sent, invite.retransmitted), (1, 0));
+    assert_eq!(
+        (acks.sent, acks.retransmitted),
+        (2, 1),
+        "one for the repeated 200"
+    );
+    assert_eq!((byes.sent, byes.retransmitted), (2, 1));
+    assert_eq!(count(MessageKind::Response(100)).received, 1);
+    assert_eq!(count(MessageKind::Response(180)).received, 1);
+    assert_eq!(
+        count(MessageKind::Response(200)).received,
+        3,
+        "two to the INVITE, one to the BYE"
+    );
+    // A late 200 to the BYE finds no call: unexpected.
+    e.handle(
+        2_300 * MS,
+        addr(5070),
+        reply(&bye[0].1, "200 OK", "", "").as_bytes(),
+    );
+    assert_eq!((e.messages.unexpected, e.stray), (1, 1));
 }
 
 #[test]
@@ -468,6 +506,18 @@ fn an_incoming_call_rings_then_is_answered_and_the_200_repeats_until_acked() {
         Some(200)
     );
     assert_eq!(e.active_calls(), 0);
+    assert_eq!(e.active_legs(), 0);
+    // Our side of it, message by message: the 180 and the 200 repeated, and a 200 to each of
+    // the re-INVITE and the BYE.
+    let count = |kind| e.messages.by_kind.get(&kind).copied().unwrap_or_default();
+    let ringing = count(MessageKind::Response(180));
+    assert_eq!((ringing.sent, ringing.retransmitted), (2, 1));
+    let ok = count(MessageKind::Response(200));
+    assert_eq!((ok.sent, ok.retransmitted, ok.timeouts), (4, 1, 0));
+    assert_eq!(count(MessageKind::Request("INVITE")).received, 3);
+    assert_eq!(count(MessageKind::Request("ACK")).received, 1);
+    assert_eq!(count(MessageKind::Request("BYE")).received, 1);
+    assert_eq!(e.messages.unexpected, 0);
 }
 
 #[test]
@@ -562,6 +612,8 @@ fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
     let ringing = sent(&mut e);
     let r = sip::parse_datagram(ringing[0].1.as_bytes()).expect("valid");
     assert_eq!(r.code(), Some(180), "the callee rings: {}", ringing[0].1);
+    // We hold both legs of the call, ours and the one we answer: that is one call.
+    assert_eq!((e.active_calls(), e.active_legs()), (1, 2));
     // The proxy strips its Via and hands the 180 to the caller.
     let strip = |m: &str| {
         m.replacen(
@@ -596,6 +648,8 @@ fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
     e.handle(1_304 * MS, proxy, bye_ok[0].1.as_bytes());
     assert_eq!(e.metrics.calls.succeeded, 1);
     assert_eq!(e.active_calls(), 0, "both legs ended");
+    assert_eq!(e.active_legs(), 0, "both legs ended");
+    assert_eq!(e.peak_calls(), 1);
     e.metrics.close_interval(Duration::from_secs(2));
     let setup = e.metrics.total(pbxlab_loadgen::metrics::Metric::Setup);
     assert!(
@@ -603,6 +657,29 @@ fn calls_between_our_own_users_through_a_proxy_ring_and_complete() {
         "rang for the ring delay: {}",
         setup.max()
     );
+}
+
+#[test]
+fn the_concurrency_limit_counts_calls_not_the_legs_we_answer() {
+    // Two calls between our own users, at most two at once: while the first rings we hold both
+    // of its legs, and the second call must still start.
+    let mut cfg = config();
+    cfg.users = numbered([1000, 1001, 1002, 1003]);
+    cfg.workloads[0].callee = Callee::Users;
+    cfg.workloads[0].calls = 2;
+    cfg.workloads[0].rate = 1000.0;
+    cfg.max_concurrent = Some(2);
+    let mut e = Engine::new(cfg);
+    let invite = step(&mut e, 0).remove(0).1;
+    e.handle(MS / 2, addr(5060), invite.as_bytes());
+    assert_eq!(status(&sent(&mut e)[0].1), Some(180));
+    assert_eq!((e.active_calls(), e.active_legs()), (1, 2));
+    assert_eq!(
+        methods(&step(&mut e, MS)),
+        ["INVITE"],
+        "the second call starts"
+    );
+    assert_eq!((e.active_calls(), e.peak_calls()), (2, 2));
 }
 
 // ---- services of pbxlab's cluster -------------------------------------------------------------

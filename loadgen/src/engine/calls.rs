@@ -98,6 +98,8 @@ pub(super) struct Call {
     pub(super) uas_call_id: String,
     pub(super) uas_headers: String,
     pub(super) uas_offer_addr: Option<SocketAddr>,
+    /// One of the calls we placed (the UAC leg), as opposed to one we answer.
+    pub(super) placed: bool,
 }
 
 impl Call {
@@ -133,6 +135,7 @@ impl Call {
             uas_call_id: String::new(),
             uas_headers: String::new(),
             uas_offer_addr: None,
+            placed: false,
         }
     }
 }
@@ -146,6 +149,10 @@ pub(super) struct Calls {
     answering: HashMap<String, u32>,
     /// Slots in use, either side.
     active: usize,
+    /// Of those, the calls we placed: a call between two of our users is one call in two legs.
+    placed: usize,
+    /// The most calls we had placed in progress at once.
+    placed_peak: usize,
 }
 
 impl Calls {
@@ -158,11 +165,31 @@ impl Calls {
         self.slots.get_mut(slot)
     }
 
-    /// Calls in progress (either side).
+    /// Call legs in progress (either side).
     pub(super) fn active(&self) -> usize {
         self.active
     }
 
+    /// Calls we placed that are in progress.
+    pub(super) fn placed(&self) -> usize {
+        self.placed
+    }
+
+    /// The most calls we had placed in progress at once.
+    pub(super) fn placed_peak(&self) -> usize {
+        self.placed_peak
+    }
+
+    /// A slot for a call we place.
+    pub(super) fn alloc_placed(&mut self) -> u32 {
+        let slot = self.alloc();
+        self.slots[slot as usize].placed = true;
+        self.placed += 1;
+        self.placed_peak = self.placed_peak.max(self.placed);
+        slot
+    }
+
+    /// A slot for a call we answer.
     pub(super) fn alloc(&mut self) -> u32 {
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -195,6 +222,9 @@ impl Calls {
         if !c.uas_call_id.is_empty() {
             let id = std::mem::take(&mut c.uas_call_id);
             self.answering.remove(&id);
+        }
+        if c.placed {
+            self.placed = self.placed.saturating_sub(1);
         }
         let generation = c.generation;
         *c = Call {

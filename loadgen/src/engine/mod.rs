@@ -55,6 +55,7 @@ use std::time::Duration;
 
 use pbxlab_proto::sip::{self, Message};
 
+use crate::messages::{MessageKind, Messages};
 use crate::metrics::{Metrics, Outcomes};
 use crate::wheel::Wheel;
 
@@ -148,6 +149,8 @@ pub struct Engine {
     pub malformed: u64,
     /// Responses for calls or registrations we no longer know (late retransmissions).
     pub stray: u64,
+    /// What was sent and received, message by message.
+    pub messages: Messages,
 }
 
 impl Engine {
@@ -216,6 +219,7 @@ impl Engine {
             stopping: false,
             malformed: 0,
             stray: 0,
+            messages: Messages::default(),
         }
     }
 
@@ -307,7 +311,7 @@ impl Engine {
         if self
             .cfg
             .max_concurrent
-            .is_some_and(|limit| self.calls.active() >= limit)
+            .is_some_and(|limit| self.calls.placed() >= limit)
         {
             // Held back until a call ends; the attempt keeps its intended start.
             return None;
@@ -369,15 +373,32 @@ impl Engine {
 
     /// Hands every queued datagram to `send` at once (for batched sending), then forgets them.
     pub fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
-        self.wire.transmit_all(send);
+        let messages = &mut self.messages;
+        self.wire.transmit_all(|batch| {
+            for (_, datagram) in batch {
+                messages.sent(datagram);
+            }
+            send(batch);
+        });
     }
 
     pub fn media_commands(&mut self) -> std::vec::Drain<'_, MediaCommand> {
         self.media.drain(..)
     }
 
-    /// Calls in progress (either side).
+    /// Calls we placed that are in progress: a call from one of our users to another is one
+    /// call, though we hold both its legs.
     pub fn active_calls(&self) -> usize {
+        self.calls.placed()
+    }
+
+    /// The most calls we had placed in progress at once, so far.
+    pub fn peak_calls(&self) -> usize {
+        self.calls.placed_peak()
+    }
+
+    /// Call legs in progress, ours and those we answer: nothing is left to end once this is 0.
+    pub fn active_legs(&self) -> usize {
         self.calls.active()
     }
 
@@ -498,8 +519,14 @@ impl Engine {
             return;
         }
         if msg.is_request() {
+            if let Some(method) = msg.method() {
+                self.messages.received(MessageKind::request(method));
+            }
             self.on_request(now, from, &msg);
             return;
+        }
+        if let Some(code) = msg.code() {
+            self.messages.received(MessageKind::Response(code));
         }
         let call_id = msg.call_id().unwrap_or_default();
         if let Some((slot, _)) = self.calls.own(call_id, self.cfg.run_id) {
@@ -508,6 +535,7 @@ impl Engine {
             self.on_register_response(now, i, &msg);
         } else {
             self.stray += 1;
+            self.messages.unexpected += 1;
         }
     }
 }

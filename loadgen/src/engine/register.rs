@@ -8,6 +8,7 @@ use pbxlab_proto::digest;
 use pbxlab_proto::sip::{HeaderName, Message};
 
 use super::{Engine, Nanos, REG_TIMER, ns, status_reason};
+use crate::messages::MessageKind;
 use crate::metrics::Metric;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +173,9 @@ impl Engine {
 
     fn begin_register(&mut self, now: Nanos, intended: Nanos, i: usize, cseq: u32, refresh: bool) {
         self.metrics.registrations.attempted += 1;
+        if !refresh {
+            self.metrics.register_starts.at(now);
+        }
         let t1 = self.t1();
         let r = &mut self.regs[i];
         r.state = RegState::Sent;
@@ -215,10 +219,13 @@ impl Engine {
             return;
         }
         if now >= r.timeout_at {
+            self.messages.timed_out(MessageKind::Request("REGISTER"));
             self.finish_register(i, Err("REGISTER timeout"));
             return;
         }
         if now >= r.retransmit_at {
+            self.messages
+                .retransmitted(MessageKind::Request("REGISTER"));
             r.rto = (r.rto * 2).min(t2);
             r.retransmit_at = now + r.rto;
             self.wire.register(&self.cfg, i, &self.regs[i]);

@@ -14,6 +14,7 @@ use super::config::{Callee, Dtmf, Hold, Kind};
 use super::register::ChallengeRtt;
 use super::wire::{request_uri, ssrc, stream_id};
 use super::{Engine, MediaCommand, Nanos, ns, status_reason};
+use crate::messages::MessageKind;
 use crate::metrics::Metric;
 use crate::users::UserOrder;
 
@@ -21,6 +22,7 @@ impl Engine {
     /// Starts attempt `k` (0-based) of workload `w`.
     pub(super) fn start_call(&mut self, now: Nanos, intended: Nanos, w: usize, k: u64) {
         self.metrics.calls.attempted += 1;
+        self.metrics.call_starts.at(now);
         self.metrics.workloads[w].attempted += 1;
         let n = self.calls_started - 1;
         let to_user = matches!(self.cfg.workloads[w].callee, Callee::Users);
@@ -61,7 +63,7 @@ impl Engine {
             Kind::Ivr if routes => Stage::Menu,
             _ => Stage::Hold,
         };
-        let slot = self.calls.alloc();
+        let slot = self.calls.alloc_placed();
         let t1 = self.t1();
         let target = self.cfg.target;
         let c = &mut self.calls[slot as usize];
@@ -188,9 +190,11 @@ impl Engine {
         match c.state {
             CallState::Calling | CallState::Proceeding => {
                 if now >= c.timeout_at {
+                    self.messages.timed_out(MessageKind::Request("INVITE"));
                     self.fail_call(slot, "INVITE timeout");
                 } else if c.state == CallState::Calling && now >= c.retransmit_at {
                     // Timer A: INVITE retransmissions double without a cap.
+                    self.messages.retransmitted(MessageKind::Request("INVITE"));
                     c.rto *= 2;
                     c.retransmit_at = now + c.rto;
                     self.wire
@@ -222,9 +226,11 @@ impl Engine {
             }
             CallState::ByeSent => {
                 if now >= c.timeout_at {
+                    self.messages.timed_out(MessageKind::Request("BYE"));
                     self.fail_call(slot, "BYE timeout");
                 } else if now >= c.retransmit_at {
                     // Timer E: non-INVITE retransmissions double up to T2.
+                    self.messages.retransmitted(MessageKind::Request("BYE"));
                     c.rto = (c.rto * 2).min(t2);
                     c.retransmit_at = now + c.rto;
                     let cseq = c.cseq;
@@ -272,6 +278,7 @@ impl Engine {
                 } else {
                     c.cseq
                 };
+                self.messages.retransmitted(MessageKind::Request("ACK"));
                 self.wire.in_dialog(
                     &self.cfg,
                     slot,

@@ -12,6 +12,7 @@ use super::calls::{CallState, End, Stage};
 use super::config::Dtmf;
 use super::wire::{parse_tag, ssrc, stream_id};
 use super::{Engine, MediaCommand, Nanos, ns};
+use crate::messages::MessageKind;
 
 impl Engine {
     pub(super) fn on_request(&mut self, now: Nanos, from: SocketAddr, msg: &Message<'_>) {
@@ -36,22 +37,28 @@ impl Engine {
             (Method::Invite, Some(slot), None) => {
                 // A retransmitted INVITE: repeat where we are.
                 match self.calls[slot as usize].state {
-                    CallState::Ringing => self.wire.uas_response(
-                        &self.cfg,
-                        slot,
-                        &self.calls[slot as usize],
-                        180,
-                        "Ringing",
-                        false,
-                    ),
-                    CallState::Answered | CallState::UasEstablished => self.wire.uas_response(
-                        &self.cfg,
-                        slot,
-                        &self.calls[slot as usize],
-                        200,
-                        "OK",
-                        true,
-                    ),
+                    CallState::Ringing => {
+                        self.messages.retransmitted(MessageKind::Response(180));
+                        self.wire.uas_response(
+                            &self.cfg,
+                            slot,
+                            &self.calls[slot as usize],
+                            180,
+                            "Ringing",
+                            false,
+                        )
+                    }
+                    CallState::Answered | CallState::UasEstablished => {
+                        self.messages.retransmitted(MessageKind::Response(200));
+                        self.wire.uas_response(
+                            &self.cfg,
+                            slot,
+                            &self.calls[slot as usize],
+                            200,
+                            "OK",
+                            true,
+                        )
+                    }
                     _ => {}
                 }
             }
@@ -76,18 +83,18 @@ impl Engine {
             (Method::Options, _, _) | (Method::Register, _, _) => {
                 self.wire.respond(from, msg, 200, "OK", &[], b"")
             }
+            // The ACK of an error response of ours, the call already gone.
             (Method::Ack, None, _) => {}
-            (_, None, Some(_)) => {
+            (_, None, Some(_)) | (Method::Cancel, None, None) => {
+                self.messages.unexpected += 1;
                 self.wire
                     .respond(from, msg, 481, "Call/Transaction Does Not Exist", &[], b"")
             }
-            (Method::Cancel, None, None) => {
+            _ => {
+                self.messages.unexpected += 1;
                 self.wire
-                    .respond(from, msg, 481, "Call/Transaction Does Not Exist", &[], b"")
+                    .respond(from, msg, 501, "Not Implemented", &[], b"")
             }
-            _ => self
-                .wire
-                .respond(from, msg, 501, "Not Implemented", &[], b""),
         }
     }
 
@@ -259,10 +266,12 @@ impl Engine {
             CallState::Answered => {
                 if now >= c.timeout_at {
                     // Timer H: no ACK for our 200.
+                    self.messages.timed_out(MessageKind::Response(200));
                     self.metrics.fail("no ACK for 200");
                     self.release(slot);
                 } else if now >= c.retransmit_at {
                     // Timer G: 200 retransmissions double up to T2.
+                    self.messages.retransmitted(MessageKind::Response(200));
                     c.rto = (c.rto * 2).min(t2);
                     c.retransmit_at = now + c.rto;
                     self.wire.uas_response(
