@@ -87,6 +87,37 @@ fn plan_writes_a_page_with_each_roles_utilisation_and_the_blocking() {
 }
 
 #[test]
+fn a_sizing_writes_a_page_with_the_sizes_and_the_bill_of_materials() {
+    let d = dir("size");
+    let html = d.join("size.html");
+    let out = pbxlab()
+        .arg("plan")
+        .arg(drill_scenario())
+        .args(["--size", "--progress", "off", "--html"])
+        .arg(&html)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (page, charts) = checked_page(&html);
+    assert_eq!(
+        charts, 1,
+        "the blocking of the size chosen (one count tried)"
+    );
+    for part in [
+        "Sizes",
+        "Bill of materials",
+        "Assumptions",
+        "every role has a size",
+    ] {
+        assert!(page.contains(part), "{part}");
+    }
+}
+
+#[test]
 fn bad_html_paths_are_refused_before_anything_runs() {
     let d = dir("refused");
     for (args, named) in [
