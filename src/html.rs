@@ -1020,8 +1020,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .pass{background:#2a8a3a}.fail{background:#c62828}\
 table{border-collapse:collapse;font-size:13px;margin:6px 0}\
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
-th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}\
-svg.chart{display:block;margin:10px 0}\
+th{background:#f0f0f0}td:first-child,th:first-child,td.t{text-align:left}\
+svg.chart{display:block;margin:10px 0;max-width:100%;height:auto}\
 svg text{font-family:sans-serif;fill:#222}svg .title{font-size:14px;font-weight:bold}\
 svg .tick,svg .legend,svg .mark-label,svg .band-label{font-size:11px}svg .axis{font-size:12px}\
 svg .grid{stroke:#e4e4e4;stroke-width:1}svg .frame{fill:none;stroke:#888}\
@@ -1079,7 +1079,14 @@ impl Page {
         for row in rows {
             self.body.push_str("<tr>");
             for cell in row {
-                let _ = write!(self.body, "<td>{}</td>", esc(cell));
+                // Figures right-aligned, words left.
+                let words = !cell.starts_with(|c: char| c.is_ascii_digit() || c == '-');
+                let _ = write!(
+                    self.body,
+                    "<td{}>{}</td>",
+                    if words { " class=\"t\"" } else { "" },
+                    esc(cell)
+                );
             }
             self.body.push_str("</tr>");
         }

@@ -358,10 +358,13 @@ fn chromium_draws_the_plan_load_and_drill_pages() {
     // The drill runs for about 20 s while the plan and the load are made and drawn.
     let drill_html = d.join("drill.html");
     let mut cmd = pbxlab();
+    let drill_json = d.join("drill.json");
     cmd.arg("drill")
         .arg(drill_scenario())
         .arg("--html")
-        .arg(&drill_html);
+        .arg(&drill_html)
+        .arg("--json")
+        .arg(&drill_json);
     let mut drill = Proc::start(cmd, &d.join("drill.log"));
 
     let plan_html = d.join("plan.html");
@@ -396,7 +399,14 @@ fn chromium_draws_the_plan_load_and_drill_pages() {
         "{status:?}\n{}",
         drill.log()
     );
+    // The load starts just after the cluster: its start on the cluster's clock is given, and
+    // the page draws the load's intervals shifted by it.
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&drill_json).expect("json")).expect("parses");
+    let start = v["load_start_s"].as_f64().expect("load_start_s");
+    assert!((0.0..5.0).contains(&start), "{start}");
     let (page, _) = checked_page(&drill_html);
+    assert!(page.contains("the load started at"));
     assert!(page.contains("fail media-2") && page.contains("detected after"));
     assert_drawn("drill", &screenshot(&drill_html, &d));
 }

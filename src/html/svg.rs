@@ -110,10 +110,13 @@ impl LineChart {
         let px = |x: f64| LEFT + (x - x_axis.lo) / (x_axis.hi - x_axis.lo) * plot_w;
         let py = |y: f64| TOP + plot_h - (y - y_axis.lo) / (y_axis.hi - y_axis.lo) * plot_h;
 
+        let names: Vec<&str> = self.series.iter().map(|s| s.name.as_str()).collect();
+        let (legend, below) = legend(&names, &self.title);
+        let height = HEIGHT + below;
         let mut o = String::new();
         let _ = write!(
             o,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{title}" data-x-min="{}" data-x-max="{}" data-y-min="{}" data-y-max="{}">"#,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{title}" data-x-min="{}" data-x-max="{}" data-y-min="{}" data-y-max="{}">"#,
             x_axis.lo,
             x_axis.hi,
             y_axis.lo,
@@ -232,31 +235,51 @@ impl LineChart {
                 );
             }
         }
-        legend(&mut o, self.series.iter().map(|s| s.name.as_str()));
+        o.push_str(&legend);
         o.push_str("</svg>");
         o
     }
 }
 
-/// The legend along the top right: a swatch and a name per series.
-fn legend<'a>(o: &mut String, names: impl Iterator<Item = &'a str>) {
-    let names: Vec<&str> = names.collect();
-    // Roughly 7 px a character at the legend's size.
+/// The legend: a swatch and a name per series, along the top right when it fits beside the
+/// title, else in rows under the chart. Returns its markup and the height it adds below.
+fn legend(names: &[&str], title: &str) -> (String, f64) {
+    // Roughly 6.5 px a character at the legend's size, 8 at the title's.
     let widths: Vec<f64> = names
         .iter()
         .map(|n| 22.0 + 6.5 * n.chars().count() as f64)
         .collect();
-    let mut x = WIDTH - RIGHT - widths.iter().sum::<f64>();
-    for (i, (name, w)) in names.iter().zip(&widths).enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+    let title_end = LEFT + 8.0 * title.chars().count() as f64 + 16.0;
+    let mut o = String::new();
+    let item = |o: &mut String, i: usize, x: f64, y: f64| {
         let _ = write!(
             o,
-            r#"<rect x="{x:.1}" y="11" width="12" height="12" fill="{colour}"/><text class="legend" x="{:.1}" y="21">{}</text>"#,
+            r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text class="legend" x="{:.1}" y="{y:.1}">{}</text>"#,
+            y - 10.0,
+            COLOURS[i % COLOURS.len()],
             x + 16.0,
-            esc(name)
+            esc(names[i])
         );
+    };
+    let total: f64 = widths.iter().sum();
+    if WIDTH - RIGHT - total >= title_end {
+        let mut x = WIDTH - RIGHT - total;
+        for (i, w) in widths.iter().enumerate() {
+            item(&mut o, i, x, 21.0);
+            x += w;
+        }
+        return (o, 0.0);
+    }
+    let (mut x, mut y) = (LEFT, HEIGHT + 8.0);
+    for (i, w) in widths.iter().enumerate() {
+        if x + w > WIDTH - RIGHT && x > LEFT {
+            x = LEFT;
+            y += 18.0;
+        }
+        item(&mut o, i, x, y);
         x += w;
     }
+    (o, y - HEIGHT + 8.0)
 }
 
 /// One row of an interval chart: a value, the interval around it and the target it must not
@@ -278,7 +301,9 @@ pub(crate) fn interval_chart(
     percent: bool,
 ) -> String {
     let row_h = 28.0;
-    let height = TOP + BOTTOM + row_h * rows.len().max(1) as f64;
+    // Room for the legend between the title and the plot.
+    let top = TOP + 12.0;
+    let height = top + BOTTOM + row_h * rows.len().max(1) as f64;
     let left = 150.0;
     let plot_w = WIDTH - left - RIGHT;
     let plot_h = row_h * rows.len().max(1) as f64;
@@ -302,14 +327,14 @@ pub(crate) fn interval_chart(
         let x = px(t);
         let _ = write!(
             o,
-            r#"<line class="grid" x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}"/><text class="tick" x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            TOP + plot_h,
-            TOP + plot_h + 16.0,
+            r#"<line class="grid" x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}"/><text class="tick" x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            top + plot_h,
+            top + plot_h + 16.0,
             axis.label(t)
         );
     }
     for (i, r) in rows.iter().enumerate() {
-        let y = TOP + row_h * i as f64;
+        let y = top + row_h * i as f64;
         let mid = y + row_h / 2.0;
         let value = if r.value.is_finite() { r.value } else { 0.0 };
         let over = r.target.is_some_and(|t| value > t);
@@ -347,22 +372,22 @@ pub(crate) fn interval_chart(
     }
     let _ = write!(
         o,
-        r#"<rect class="frame" x="{left}" y="{TOP}" width="{plot_w}" height="{plot_h}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        r#"<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
         left + plot_w / 2.0,
         height - 8.0,
         esc(x_label)
     );
+    // The legend under the title, where a long title cannot run into it.
     let _ = write!(
         o,
-        r#"<rect class="bar" x="{:.1}" y="11" width="12" height="12"/><text class="legend" x="{:.1}" y="21">value</text><line class="whisker" x1="{:.1}" y1="17" x2="{:.1}" y2="17"/><text class="legend" x="{:.1}" y="21">95% interval</text><line class="target" x1="{:.1}" y1="10" x2="{:.1}" y2="24"/><text class="legend" x="{:.1}" y="21">target</text></svg>"#,
-        WIDTH - RIGHT - 250.0,
-        WIDTH - RIGHT - 234.0,
-        WIDTH - RIGHT - 185.0,
-        WIDTH - RIGHT - 165.0,
-        WIDTH - RIGHT - 160.0,
-        WIDTH - RIGHT - 60.0,
-        WIDTH - RIGHT - 60.0,
-        WIDTH - RIGHT - 52.0,
+        r#"<rect class="bar" x="{left}" y="25" width="12" height="12"/><text class="legend" x="{:.1}" y="35">value</text><line class="whisker" x1="{:.1}" y1="31" x2="{:.1}" y2="31"/><text class="legend" x="{:.1}" y="35">95% interval</text><line class="target" x1="{:.1}" y1="24" x2="{:.1}" y2="38"/><text class="legend" x="{:.1}" y="35">target</text></svg>"#,
+        left + 16.0,
+        left + 70.0,
+        left + 90.0,
+        left + 96.0,
+        left + 190.0,
+        left + 190.0,
+        left + 198.0,
     );
     o
 }
@@ -514,6 +539,41 @@ mod tests {
         // A flat or empty range still makes an axis.
         let a = Axis::covering(7.0, 7.0, 5);
         assert!(a.lo < 7.0 && a.hi > 7.0);
+    }
+
+    #[test]
+    fn a_legend_too_long_for_the_top_goes_in_rows_under_the_chart() {
+        let chart = |n: usize| {
+            let mut c = LineChart::new("media: sessions", "time (s)", "sessions");
+            for i in 0..n {
+                c.series.push(Series {
+                    name: format!("media-server-{i}"),
+                    points: vec![(0.0, 1.0), (1.0, 2.0)],
+                });
+            }
+            let svg = c.render();
+            let all = crate::html::check::elements(&svg).expect("well-formed");
+            let height: f64 = all[0]
+                .attr("height")
+                .and_then(|h| h.parse().ok())
+                .expect("height");
+            let swatches: Vec<(f64, f64)> = all
+                .iter()
+                .filter(|e| e.name == "rect" && e.attr("width") == Some("12"))
+                .filter_map(|e| Some((e.attr("x")?.parse().ok()?, e.attr("y")?.parse().ok()?)))
+                .collect();
+            (height, swatches)
+        };
+        let (height, swatches) = chart(3);
+        assert_eq!(height, HEIGHT);
+        assert!(swatches.iter().all(|&(_, y)| y < TOP), "{swatches:?}");
+        let (height, swatches) = chart(14);
+        assert!(height > HEIGHT + 30.0, "{height}");
+        assert_eq!(swatches.len(), 14);
+        for (x, y) in swatches {
+            assert!(x >= LEFT && x + 130.0 <= WIDTH, "{x}");
+            assert!(y > HEIGHT - 10.0 && y < height, "{y} of {height}");
+        }
     }
 
     #[test]
