@@ -85,7 +85,7 @@ pub(crate) fn drill(v: &Value) -> String {
             format!(
                 "{} of {} planned faults injected",
                 v["faults"].as_array().map_or(0, Vec::len),
-                plain(&v["faults_planned"])
+                esc(&plain(&v["faults_planned"]))
             ),
         ],
     );

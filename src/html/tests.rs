@@ -390,3 +390,47 @@ fn a_sizing_page_gives_the_sizes_the_evidence_and_the_bill_of_materials() {
     assert!(page.contains("Bill of materials"));
     assert!(page.contains("every role has a size"));
 }
+
+/// `v` with every string in it, and every key of the maps whose keys are names (metrics,
+/// failures), replaced by markup.
+fn hostile(v: &Value) -> Value {
+    match v {
+        Value::String(_) => Value::String(HOSTILE.into()),
+        Value::Array(a) => Value::Array(a.iter().map(hostile).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), hostile(x)))
+                .chain(
+                    ["metrics", "failures", "messages"]
+                        .into_iter()
+                        .filter(|k| o.contains_key(*k))
+                        .map(|k| (k.to_owned(), json!({HOSTILE: {"count": 1, "p50_us": 5}}))),
+                )
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn markup_in_any_string_of_a_report_is_shown_escaped() {
+    let scenario = pbxlab_scenario::Scenario::from_toml("<small>", SMALL_PLAN).expect("valid");
+    let plan_report =
+        pbxlab_sim::simulate(&scenario, pbxlab_sim::Options::default()).expect("runs");
+    let plan_value = serde_json::to_value(&plan_report).expect("json");
+    for (render, v) in [
+        (load as fn(&Value) -> String, load_report(4)),
+        (drill, drill_report(Some(1.0))),
+        (plan, plan_value),
+    ] {
+        let mut v = hostile(&v);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("faults_planned".into(), json!(HOSTILE));
+            o.insert("seed".into(), json!(HOSTILE));
+        }
+        let page = render(&v);
+        checked(&page);
+        assert!(!page.contains(HOSTILE), "markup got through:\n{page}");
+        assert!(page.contains("&lt;script&gt;"));
+    }
+}
