@@ -518,6 +518,7 @@ pub(crate) fn plan(v: &Value) -> String {
         );
     }
     slo_table(&mut p, slo);
+    p.note("The smallest cluster that meets the SLOs with one server of each role down, and its bill of materials: <code>pbxlab plan --size --html FILE</code>.");
     if let Some(r) = v["registrations"].as_object() {
         p.section("Registrations");
         p.pairs(r.iter().map(|(k, x)| (k.clone(), plain(x))));
