@@ -49,6 +49,11 @@ pub(crate) struct DrillArgs {
     /// Write the report as JSON here ("-" for standard output, instead of the tables).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page to FILE: the load's setup p99, calls
+    /// up and failures on the cluster's clock with each fault and its detection marked, and
+    /// per fault its detection, reassignment, dropped calls and media gap.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Seed for every random stream (overrides the scenario's).
     #[arg(long)]
     seed: Option<u64>,
@@ -62,6 +67,7 @@ pub(crate) struct DrillArgs {
 
 pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     crate::writable("--json", args.json.as_ref())?;
+    crate::html::writable(args.html.as_ref())?;
     let mut scenario = match &args.scenario {
         Some(p) => Scenario::load(p).map_err(|e| BadInput(e.to_string()))?,
         None => pbxlab_scenario::drill_scenario().context("the embedded drill is invalid")?,
@@ -139,6 +145,10 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     );
 
     let samples: Mutex<Vec<Sample>> = Mutex::default();
+    // Where the load's clock starts on the cluster's: the least of the cluster's time less
+    // the load's at each progress report (each read just after the other, so the least is
+    // the closest).
+    let mut load_start: Option<Duration> = None;
     let load_done = AtomicBool::new(false);
     let (result, (steady, injected)) = std::thread::scope(|scope| {
         // Setting `stop` (Ctrl-C, or the timeline when the steady state does not hold) makes
@@ -152,6 +162,8 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         let mut progress = |p: &Progress| {
             alerts.poll(&control);
             let at = control.now();
+            let start = at.saturating_sub(p.elapsed);
+            load_start = Some(load_start.map_or(start, |s| s.min(start)));
             let i = &p.interval;
             if let Ok(mut s) = samples.lock() {
                 s.push(Sample {
@@ -234,8 +246,13 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         crate::show(&report.render_text());
         crate::show(&drill.render(&scenario.name));
     }
-    let value = drill.to_json(&scenario, &report, &status.events);
+    let mut value = drill.to_json(&scenario, &report, &status.events);
+    if let (Some(o), Some(start)) = (value.as_object_mut(), load_start) {
+        // The load's `intervals` count from its own start; fault times from the cluster's.
+        o.insert("load_start_s".into(), start.as_secs_f64().into());
+    }
     crate::write_json(args.json.as_ref(), &value)?;
+    crate::html::write(args.html.as_ref(), &value, crate::html::drill)?;
     Ok(match drill.outcome() {
         Outcome::Pass => ExitCode::SUCCESS,
         Outcome::Fail => ExitCode::from(EXIT_SLO),

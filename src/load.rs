@@ -139,6 +139,11 @@ pub struct LoadArgs {
     /// Write the report as JSON to FILE ("-": standard output instead of the tables).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page to FILE: percentiles of each metric,
+    /// attempt rates, failures and calls in progress over time (one point per --interval), and
+    /// the totals with RTP loss, jitter and MOS.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Write an HdrHistogram interval log (one compressed histogram per metric per interval,
     /// tagged with its name, in µs), as HdrHistogram's Java, Python and Go tools read it. Written
     /// as each interval closes: a run that is killed leaves the intervals it closed.
@@ -431,6 +436,7 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     crate::writable("--csv", args.csv.as_ref())?;
     not_stdout("--hlog", args.hlog.as_deref())?;
     not_stdout("--csv", args.csv.as_deref())?;
+    crate::html::writable(args.html.as_ref())?;
     let scenario = match &args.scenario {
         Some(p) => Some(Scenario::load(p).map_err(|e| bad(e.to_string()))?),
         None => None,
@@ -503,8 +509,10 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     if !json_to_stdout {
         crate::show(&report.render_text());
     }
-    if let Some(path) = &args.json {
-        crate::write_json(Some(path), &serde_json::to_value(&report)?)?;
+    if args.json.is_some() || args.html.is_some() {
+        let value = serde_json::to_value(&report)?;
+        crate::write_json(args.json.as_ref(), &value)?;
+        crate::html::write(args.html.as_ref(), &value, crate::html::load)?;
     }
     // The CSV as a whole, in one step: the same rows it was appended as it went.
     if let Some(path) = &args.csv {

@@ -10,6 +10,7 @@
 mod cluster;
 mod ctl;
 mod drill;
+mod html;
 mod load;
 mod merge;
 mod node;

@@ -37,6 +37,12 @@ pub struct PlanArgs {
     /// Also write the report as JSON to FILE ("-" for standard output, instead of the tables).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page to FILE: each server's
+    /// utilisation over simulated time with the faults marked, blocking per role with its
+    /// interval against the SLO, and the tables; with --size, the sizes, the runs behind them
+    /// and the bill of materials.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Search for the smallest cluster that meets the SLOs with one server of each role down
     /// (N+1), and print a bill of materials.
     #[arg(long)]
@@ -101,6 +107,7 @@ pub(crate) fn progress_line(p: &Progress<'_>) -> String {
 
 pub(crate) fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     crate::writable("--json", args.json.as_ref())?;
+    crate::html::writable(args.html.as_ref())?;
     let scenario = load_scenario(args.scenario.as_ref())?;
     let on_terminal = std::io::stderr().is_terminal();
     let period = progress_period(&args.progress, on_terminal)?;
@@ -133,7 +140,9 @@ pub(crate) fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode
         if !json_to_stdout {
             crate::show(&sizing.render_text());
         }
-        write_json(args.json.as_ref(), &serde_json::to_value(&sizing)?)?;
+        let value = serde_json::to_value(&sizing)?;
+        write_json(args.json.as_ref(), &value)?;
+        crate::html::write(args.html.as_ref(), &value, crate::html::plan)?;
         if sizing.interrupted {
             eprintln!(
                 "pbxlab: sizing interrupted; roles not decided are listed as such (exit {EXIT_INTERRUPTED})"
@@ -155,7 +164,9 @@ pub(crate) fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode
     if !json_to_stdout {
         crate::show(&report.render_text());
     }
-    write_json(args.json.as_ref(), &serde_json::to_value(&report)?)?;
+    let value = serde_json::to_value(&report)?;
+    write_json(args.json.as_ref(), &value)?;
+    crate::html::write(args.html.as_ref(), &value, crate::html::plan)?;
     if report.interrupted {
         eprintln!(
             "pbxlab: interrupted at {} of {} simulated; the report covers that part (exit {EXIT_INTERRUPTED})",

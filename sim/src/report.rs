@@ -25,6 +25,8 @@ pub struct Report {
     pub events_per_s: Option<f64>,
     pub roles: BTreeMap<String, RoleReport>,
     pub registrations: Option<RegistrationReport>,
+    /// The length of a bucket of the servers' `timeline`s, simulated seconds.
+    pub timeline_bucket_s: f64,
     pub servers: Vec<ServerReport>,
     pub faults: Vec<FaultReport>,
     pub slo: Vec<SloVerdict>,
@@ -112,6 +114,9 @@ pub struct ServerReport {
     pub peak_sessions: u64,
     pub mean_sessions: f64,
     pub utilisation: f64,
+    /// Mean sessions in each bucket of `timeline_bucket_s` from the run's start (warm-up
+    /// included) to where it got: at most 200 buckets.
+    pub timeline: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

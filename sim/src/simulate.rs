@@ -190,7 +190,14 @@ struct ServerStats {
     alive: bool,
     /// Upgraded and restarted: enabled again once a probe answers.
     enable_when_answered: bool,
+    /// Session-seconds carried in each bucket of [`TIMELINE_BUCKETS`] over the whole run,
+    /// warm-up included: the report's per-server timeline.
+    timeline: Vec<f64>,
 }
+
+/// At most this many buckets of simulated time in each server's timeline: enough for a chart
+/// and a bound on the report's size whatever the run's length.
+pub const TIMELINE_BUCKETS: u64 = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallerState {
@@ -223,6 +230,8 @@ struct Sim<'s> {
     warmup: Nanos,
     end: Nanos,
     batch_len: Nanos,
+    /// The length of a timeline bucket.
+    bucket_len: Nanos,
     self_check: bool,
     servers: Vec<ServerStats>,
     roles: [Option<RoleStats>; 5],
@@ -295,6 +304,7 @@ impl<'s> Sim<'s> {
                     last: 0,
                     alive: true,
                     enable_when_answered: false,
+                    timeline: Vec::new(),
                 });
             }
             roles[pool.role.index()] = Some(RoleStats {
@@ -318,6 +328,7 @@ impl<'s> Sim<'s> {
             warmup,
             end,
             batch_len: ((end - warmup) / batches as u64).max(1),
+            bucket_len: end.div_ceil(TIMELINE_BUCKETS).max(1),
             self_check,
             servers,
             roles,
@@ -783,10 +794,24 @@ impl<'s> Sim<'s> {
     /// mean from warm-up on.
     fn book(&mut self, server: u32, delta: i64, now: Nanos) {
         let warmup = self.warmup;
+        let bucket_len = self.bucket_len;
         let s = &mut self.servers[server as usize];
         let from = s.last.max(warmup);
         if now > from {
             s.area += f64::from(s.load) * nanos_to_secs(now - from);
+        }
+        if s.load > 0 {
+            // Nearly always within one bucket: the loop runs once.
+            let mut t = s.last;
+            while t < now {
+                let b = (t / bucket_len) as usize;
+                let until = ((b as u64 + 1) * bucket_len).min(now);
+                if s.timeline.len() <= b {
+                    s.timeline.resize(b + 1, 0.0);
+                }
+                s.timeline[b] += f64::from(s.load) * nanos_to_secs(until - t);
+                t = until;
+            }
         }
         s.last = now;
         s.load = (i64::from(s.load) + delta).max(0) as u32;
@@ -894,6 +919,7 @@ impl<'s> Sim<'s> {
             .map(|v| {
                 let s = &self.servers[v.id.0 as usize];
                 let mean = s.area / span_s;
+                let timeline = timeline(&s.timeline, self.bucket_len, now);
                 ServerReport {
                     name: v.name.to_string(),
                     role: v.role.name().to_string(),
@@ -902,6 +928,7 @@ impl<'s> Sim<'s> {
                     peak_sessions: u64::from(s.peak),
                     mean_sessions: mean,
                     utilisation: mean / f64::from(v.capacity.max(1)),
+                    timeline,
                 }
             })
             .collect();
@@ -928,6 +955,7 @@ impl<'s> Sim<'s> {
             events_per_s: None,
             roles,
             registrations,
+            timeline_bucket_s: nanos_to_secs(self.bucket_len),
             servers,
             faults: self.faults,
             slo,
@@ -1010,6 +1038,20 @@ impl<'s> Sim<'s> {
             },
         })
     }
+}
+
+/// Mean sessions in each bucket up to `now` (the last one over the part of it simulated),
+/// rounded to a thousandth so the report stays short.
+fn timeline(areas: &[f64], bucket_len: Nanos, now: Nanos) -> Vec<f64> {
+    let buckets = now.div_ceil(bucket_len) as usize;
+    (0..buckets)
+        .map(|b| {
+            let from = b as u64 * bucket_len;
+            let span = nanos_to_secs((from + bucket_len).min(now) - from).max(1e-9);
+            let mean = areas.get(b).copied().unwrap_or(0.0) / span;
+            (mean * 1000.0).round() / 1000.0
+        })
+        .collect()
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

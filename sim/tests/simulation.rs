@@ -442,3 +442,59 @@ fn the_time_left_is_the_rest_at_the_pace_so_far() {
         None
     );
 }
+
+#[test]
+fn each_server_has_a_bounded_timeline_that_agrees_with_its_mean_and_its_faults() {
+    let scenario = Scenario::from_toml("<timeline>", TIMELINE).expect("valid");
+    let report = simulate(
+        &scenario,
+        Options {
+            no_wall_clock: true,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("seed {}: {e}", scenario.seed));
+    let bucket_s = report.timeline_bucket_s;
+    // 40 minutes in 200 buckets of 12 s.
+    assert!((bucket_s - 12.0).abs() < 1e-6, "{bucket_s}");
+    let warmup_buckets = (report.warmup_s / bucket_s).round() as usize;
+    for s in &report.servers {
+        assert_eq!(s.timeline.len(), 200, "{}", s.name);
+        assert!(
+            s.timeline
+                .iter()
+                .all(|&m| m >= 0.0 && m <= f64::from(s.capacity)),
+            "{}: {:?}",
+            s.name,
+            s.timeline
+        );
+        // After warm-up the buckets average to the server's mean.
+        let after = &s.timeline[warmup_buckets..];
+        let mean = after.iter().sum::<f64>() / after.len() as f64;
+        assert!(
+            (mean - s.mean_sessions).abs() <= 0.01 * s.mean_sessions.max(1.0),
+            "{}: timeline mean {mean} against {}",
+            s.name,
+            s.mean_sessions
+        );
+    }
+    // media-2 fails at 30 min and stays down: nothing on it from the bucket after detection on.
+    let media_2 = report
+        .servers
+        .iter()
+        .find(|s| s.name == "media-2")
+        .expect("media-2");
+    let busy = |b: usize| media_2.timeline[b];
+    assert!(busy(140) > 10.0, "{:?}", media_2.timeline);
+    assert!((152..200).all(|b| busy(b) == 0.0), "{:?}", media_2.timeline);
+    // The same seed gives the same timeline.
+    let again = simulate(
+        &scenario,
+        Options {
+            no_wall_clock: true,
+            ..Options::default()
+        },
+    )
+    .expect("runs");
+    assert_eq!(again.servers[0].timeline, report.servers[0].timeline);
+}
