@@ -9,6 +9,7 @@
 //! over them) to a [`Config`] and its thresholds; [`users`] is the table of our users and the
 //! parser of SIPp's users files. Reading flags and files is the binary's business.
 
+pub mod emodel;
 pub mod engine;
 pub mod media;
 pub mod metrics;
