@@ -290,6 +290,9 @@ fn echoed_g711_on_loopback_rates_as_a_clean_call_and_mos_thresholds_decide_the_e
     assert!((p50 - 4.41).abs() < 0.02, "{v}");
     let r = v["rtp"]["r_factor_mean"].as_f64().expect("r_factor_mean");
     assert!((r - 93.2).abs() < 0.5, "{v}");
+    // 20 ms packetisation and 40 ms of buffer, plus the echo's round trip on loopback.
+    let delay = mos["delay_ms_mean"].as_f64().expect("delay_ms_mean");
+    assert!((60.0..100.0).contains(&delay), "{v}");
     assert_eq!(v["thresholds"][0]["pass"], true, "{v}");
     let text = String::from_utf8_lossy(&pass.stdout);
     assert!(text.contains("MOS p1 "), "{text}");

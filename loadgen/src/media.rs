@@ -201,6 +201,8 @@ pub struct MediaReport {
     pub mos_centi: Histogram<u64>,
     /// The sum of the received streams' R factors.
     pub r_factor_sum: f64,
+    /// The sum of the received streams' mouth-to-ear delays (G.107's Ta), milliseconds.
+    pub delay_ms_sum: f64,
     /// Streams started here less streams received: legs that heard nothing.
     pub silent_streams: u64,
     /// Audio packets that arrived, but later than the playout buffer could play them.
@@ -303,6 +305,7 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
         gap_us: histogram(),
         mos_centi: mos_histogram(),
         r_factor_sum: 0.0,
+        delay_ms_sum: 0.0,
         silent_streams: 0,
         late: 0,
         send_errors: 0,
@@ -596,7 +599,9 @@ fn run(
         if r.stats.received() > 1 {
             let _ = report.gap_us.record((r.max_gap_ns / 1000).clamp(1, MAX_US));
         }
-        report.rate(r.conditions().r_factor());
+        let conditions = r.conditions();
+        report.delay_ms_sum += conditions.delay_ms;
+        report.rate(conditions.r_factor());
     }
     // Every stream started here is a leg that should hear one; whether one that heard nothing
     // is a dead call depends on whether its far end sent at all, which the report decides.

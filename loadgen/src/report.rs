@@ -169,6 +169,10 @@ pub struct MosSummary {
     pub p50: f64,
     pub mean: f64,
     pub max: f64,
+    /// The mean mouth-to-ear delay the received streams were rated with (G.107's Ta):
+    /// packetisation and playout buffer (60 ms), plus the network transit of streams this
+    /// generator sent itself (an echo's round trip).
+    pub delay_ms_mean: f64,
     /// Legs that heard nothing (started here, nothing received for them).
     pub silent_streams: u64,
     /// Audio packets that arrived later than the 40 ms playout buffer could play them; they
@@ -195,6 +199,8 @@ impl MosSummary {
             p50: mos(centi.value_at_quantile(0.50)),
             mean: centi.mean() / 100.0,
             max: mos(centi.max()),
+            // The caller knows the streams' delays; the histogram does not.
+            delay_ms_mean: 0.0,
             silent_streams,
             late_packets,
         }
@@ -610,7 +616,7 @@ impl LoadReport {
         if mos.streams > 0 {
             let _ = writeln!(
                 o,
-                "MOS p1 {:.2}, p5 {:.2}, p50 {:.2}, min {:.2}, mean {:.2} over {} streams, R mean {:.1} (E-model G.107, G.711 without PLC, 40 ms playout buffer); silent legs {}, packets too late to play {}",
+                "MOS p1 {:.2}, p5 {:.2}, p50 {:.2}, min {:.2}, mean {:.2} over {} streams, R mean {:.1}, mouth-to-ear {:.1} ms (E-model G.107, G.711 without PLC, 40 ms playout buffer); silent legs {}, packets too late to play {}",
                 mos.p1,
                 mos.p5,
                 mos.p50,
@@ -618,6 +624,7 @@ impl LoadReport {
                 mos.mean,
                 mos.streams,
                 self.rtp.r_factor_mean,
+                mos.delay_ms_mean,
                 mos.silent_streams,
                 mos.late_packets
             );
@@ -804,7 +811,9 @@ mod tests {
         let text = report.render_text();
         assert!(
             text.contains("MOS p1 1.00, p5 4.40, p50 4.41, min 1.00")
-                && text.contains("over 100 streams, R mean 91.0 (E-model G.107, G.711")
+                && text.contains(
+                    "over 100 streams, R mean 91.0, mouth-to-ear 0.0 ms (E-model G.107, G.711"
+                )
                 && text.contains("silent legs 1, packets too late to play 7"),
             "{text}"
         );

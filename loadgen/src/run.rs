@@ -407,6 +407,10 @@ fn rated(mut rtp: RtpSummary, media: &MediaReport, every_leg_sends: bool) -> Rtp
         let _ = centi.record_n(media::mos_centi(1.0), media.silent_streams);
     }
     rtp.mos = MosSummary::of(&centi, media.silent_streams, media.late);
+    let heard = media.mos_centi.len();
+    if heard > 0 {
+        rtp.mos.delay_ms_mean = media.delay_ms_sum / heard as f64;
+    }
     // Silent legs add R 0 to the sum, and count in the mean.
     rtp.r_factor_mean = if centi.is_empty() {
         0.0
@@ -447,11 +451,14 @@ mod tests {
             let _ = media.mos_centi.record(441);
         }
         media.r_factor_sum = 9.0 * 93.2;
+        media.delay_ms_sum = 9.0 * 61.0;
         media.silent_streams = 1;
         let rtp = rated(RtpSummary::default(), &media, true);
         assert_eq!((rtp.mos.streams, rtp.mos.silent_streams), (10, 1));
         assert_eq!((rtp.mos.min, rtp.mos.p50, rtp.mos.max), (1.0, 4.41, 4.41));
         assert!((rtp.r_factor_mean - 9.0 * 93.2 / 10.0).abs() < 1e-9);
+        // Delay is that of the streams heard: silence has none.
+        assert!((rtp.mos.delay_ms_mean - 61.0).abs() < 1e-9);
         // With --rtp below 1 the far end may have sent nothing by design.
         let rtp = rated(RtpSummary::default(), &media, false);
         assert_eq!((rtp.mos.streams, rtp.mos.silent_streams), (9, 1));
