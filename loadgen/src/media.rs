@@ -203,7 +203,8 @@ pub struct MediaReport {
     pub r_factor_sum: f64,
     /// The sum of the received streams' mouth-to-ear delays (G.107's Ta), milliseconds.
     pub delay_ms_sum: f64,
-    /// Streams started here less streams received: legs that heard nothing.
+    /// Streams started here less streams received: legs that heard nothing (at least; see
+    /// the end of `run`).
     pub silent_streams: u64,
     /// Audio packets that arrived, but later than the playout buffer could play them.
     pub late: u64,
@@ -605,6 +606,9 @@ fn run(
     }
     // Every stream started here is a leg that should hear one; whether one that heard nothing
     // is a dead call depends on whether its far end sent at all, which the report decides.
+    // All streams arrive on one socket, so which leg heard what is not known: a count. It is
+    // exact for echoes and calls between our own users (one stream back per leg), and a lower
+    // bound where a leg hears several sources in turn (an IVR prompt, then a queue's agent).
     report.silent_streams = report.streams.saturating_sub(heard);
 }
 

@@ -173,7 +173,9 @@ pub struct MosSummary {
     /// packetisation and playout buffer (60 ms), plus the network transit of streams this
     /// generator sent itself (an echo's round trip).
     pub delay_ms_mean: f64,
-    /// Legs that heard nothing (started here, nothing received for them).
+    /// Legs that heard nothing: streams started less streams received. Exact where each leg
+    /// hears one stream (echo, calls between our own users); a lower bound where a leg hears
+    /// several sources in turn (IVR prompt, queue, agent).
     pub silent_streams: u64,
     /// Audio packets that arrived later than the 40 ms playout buffer could play them; they
     /// count as lost in the MOS.
