@@ -48,6 +48,23 @@ pub(crate) fn load(v: &Value) -> String {
         format!("{} s", fixed(num(v, "duration_s"), 1)),
         format!("seed {}", esc(&bare(&v["seed"]))),
     ];
+    // A merged report (`pbxlab merge`) names the shards it adds up, and those it lacks.
+    if let Some(shards) = v["shards"].as_array().filter(|s| !s.is_empty()) {
+        let listed = |list: &[Value], key: Option<&str>| {
+            list.iter()
+                .map(|s| bare(key.map_or(s, |k| &s[k])))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut line = format!("shards {} merged", esc(&listed(shards, Some("index"))));
+        if let Some(missing) = v["shards_missing"].as_array().filter(|m| !m.is_empty()) {
+            line.push_str(&format!(
+                " (<b>missing: {}</b>)",
+                esc(&listed(missing, None))
+            ));
+        }
+        head.push(line);
+    }
     if v["interrupted"].as_bool() == Some(true) {
         head.push("<b>interrupted</b>".into());
     }

@@ -17,8 +17,8 @@ use pbxlab_loadgen::LoadReport;
 use pbxlab_loadgen::messages::Messages;
 use pbxlab_loadgen::metrics::{self, IvrCounts, Metric, Outcomes, QueueCounts};
 use pbxlab_loadgen::report::{
-    self, DriverPace, FailureClasses, IntervalRow, LatencySummary, QueueSummary, RtpSummary,
-    ShardRow, ThresholdResult, WorkloadSummary,
+    self, DriverPace, FailureClasses, IntervalRow, LatencySummary, MosSummary, QueueSummary,
+    RtpSummary, ShardRow, ThresholdResult, WorkloadSummary,
 };
 use pbxlab_loadgen::threshold::Threshold;
 
@@ -33,6 +33,11 @@ pub struct MergeArgs {
     /// Write the merged report as JSON to FILE ("-": standard output instead of the tables).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write the merged report as one self-contained HTML page, as `load --html` does (the
+    /// intervals' rates, failures and calls in progress add up; their percentiles are not
+    /// drawn: the shards' interval histograms are not in their reports).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Pass/fail threshold judged on the whole run, as `load` takes them (repeatable); the
     /// shards' own thresholds are judged on the whole too.
     #[arg(long = "threshold", value_name = "EXPR")]
@@ -270,6 +275,35 @@ pub(crate) fn merge(shards: &[Shard], extra: &[Threshold]) -> anyhow::Result<Loa
             jitter_p99_us: hist(report::RTP_JITTER).value_at_quantile(0.99),
             packets_expected: expected,
             packets_lost: lost,
+            mos: {
+                let silent = sum(|r| r.rtp.mos.silent_streams);
+                let mut mos = MosSummary::of(
+                    hist(report::RTP_MOS_CENTI),
+                    silent,
+                    sum(|r| r.rtp.mos.late_packets),
+                );
+                // Each shard's mean delay weighted by the streams it rated.
+                let rated = sum(|r| r.rtp.mos.streams);
+                if rated > 0 {
+                    mos.delay_ms_mean = reports()
+                        .map(|r| r.rtp.mos.delay_ms_mean * r.rtp.mos.streams as f64)
+                        .sum::<f64>()
+                        / rated as f64;
+                }
+                mos
+            },
+            // Each shard's mean R is over the streams it rated.
+            r_factor_mean: {
+                let rated = sum(|r| r.rtp.mos.streams);
+                if rated == 0 {
+                    0.0
+                } else {
+                    reports()
+                        .map(|r| r.rtp.r_factor_mean * r.rtp.mos.streams as f64)
+                        .sum::<f64>()
+                        / rated as f64
+                }
+            },
         }
     };
     let emulator: Vec<DriverPace> = shards
@@ -413,6 +447,7 @@ fn peak_concurrent_calls(shards: &[Shard], merged: &[IntervalRow]) -> u64 {
 
 pub fn merge_command(args: MergeArgs) -> anyhow::Result<ExitCode> {
     crate::writable("--json", args.json.as_ref())?;
+    crate::html::writable(args.html.as_ref())?;
     let extra = args
         .thresholds
         .iter()
@@ -443,7 +478,9 @@ pub fn merge_command(args: MergeArgs) -> anyhow::Result<ExitCode> {
     if !json_to_stdout {
         crate::show(&merged.render_text());
     }
-    crate::write_json(args.json.as_ref(), &serde_json::to_value(&merged)?)?;
+    let value = serde_json::to_value(&merged)?;
+    crate::write_json(args.json.as_ref(), &value)?;
+    crate::html::write(args.html.as_ref(), &value, crate::html::load)?;
     Ok(crate::load::exit_code(&merged))
 }
 

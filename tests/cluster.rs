@@ -264,3 +264,40 @@ fn a_call_to_a_user_needs_credentials_unless_it_comes_from_a_trusted_source() {
         "SIP/2.0 480 Temporarily Unavailable"
     );
 }
+
+#[test]
+fn echoed_g711_on_loopback_rates_as_a_clean_call_and_mos_thresholds_decide_the_exit() {
+    let (cluster, port) = start_cluster(&scenario("quickstart.toml"));
+    let echo = [
+        "--service",
+        "echo",
+        "--rtp",
+        "1",
+        "--calls",
+        "4",
+        "--call-rate",
+        "4/s",
+        "--hold",
+        "2s",
+    ];
+    let (pass, v) = load(port, &[&echo[..], &["--threshold", "mos.p5>4.0"]].concat());
+    assert_eq!(pass.status.code(), Some(0), "{v}");
+    let mos = &v["rtp"]["mos"];
+    assert_eq!(n(&mos["streams"]), 4, "{v}");
+    assert_eq!(n(&mos["silent_streams"]), 0, "{v}");
+    // No loss, nothing late, no delay past 100 ms: R 93.2, G.711's best.
+    let p50 = mos["p50"].as_f64().expect("rtp.mos.p50");
+    assert!((p50 - 4.41).abs() < 0.02, "{v}");
+    let r = v["rtp"]["r_factor_mean"].as_f64().expect("r_factor_mean");
+    assert!((r - 93.2).abs() < 0.5, "{v}");
+    // 20 ms packetisation and 40 ms of buffer, plus the echo's round trip on loopback.
+    let delay = mos["delay_ms_mean"].as_f64().expect("delay_ms_mean");
+    assert!((60.0..100.0).contains(&delay), "{v}");
+    assert_eq!(v["thresholds"][0]["pass"], true, "{v}");
+    let text = String::from_utf8_lossy(&pass.stdout);
+    assert!(text.contains("MOS p1 "), "{text}");
+    let (fail, v) = load(port, &[&echo[..], &["--threshold", "mos.p5>4.45"]].concat());
+    assert_eq!(fail.status.code(), Some(99), "{v}");
+    assert_eq!(v["thresholds"][0]["pass"], false, "{v}");
+    cluster.terminate();
+}

@@ -116,11 +116,14 @@ fn shards_of_an_indexed_job_merge_into_their_sum_and_are_judged_on_the_whole() {
     }
 
     let merged_json = dir.join("run.json");
+    let merged_html = dir.join("run.html");
     let mut args = vec!["merge"];
     args.extend(files.iter().map(|f| path(f)));
     args.extend([
         "--json",
         path(&merged_json),
+        "--html",
+        path(&merged_html),
         "--threshold",
         "calls.attempted>=30",
     ]);
@@ -188,6 +191,31 @@ fn shards_of_an_indexed_job_merge_into_their_sum_and_are_judged_on_the_whole() {
         );
         assert_eq!(n(&m["metrics"][name]["max_us"]), added.max(), "{name}");
     }
+    // MOS: the streams' hundredths added, the distribution read from them.
+    let mut mos = pbxlab_loadgen::metrics::histogram();
+    for s in &shards {
+        mos.add(histogram(s, "rtp_mos_centi")).expect("same bounds");
+    }
+    assert_eq!(
+        n(&m["rtp"]["mos"]["streams"]),
+        sum(&|s| &s["rtp"]["mos"]["streams"])
+    );
+    assert!(mos.len() > 0, "{m}");
+    assert_eq!(
+        m["rtp"]["mos"]["p5"].as_f64(),
+        Some(mos.value_at_quantile(0.05) as f64 / 100.0)
+    );
+    // Per-message counts add up.
+    assert_eq!(
+        n(&m["messages"]["INVITE"]["sent"]),
+        sum(&|s| &s["messages"]["INVITE"]["sent"])
+    );
+    assert!(n(&m["messages"]["INVITE"]["sent"]) >= 30, "{m}");
+    let page = std::fs::read_to_string(&merged_html).expect("the merged page is written");
+    assert!(
+        page.contains("<svg") && page.contains("shard"),
+        "a page of the merged run"
+    );
     let mut jitter = pbxlab_loadgen::metrics::histogram();
     for s in &shards {
         jitter.add(histogram(s, "rtp_jitter")).expect("same bounds");

@@ -13,6 +13,7 @@
 
 mod appender;
 pub mod csv;
+pub mod emodel;
 pub mod engine;
 pub mod hlog;
 pub mod media;

@@ -19,6 +19,11 @@
 //! brings back) is the network's, not the generator's timer granularity. A worker with nothing
 //! to send sleeps until packets come or the load loop hands it commands ([`Worker::send`] wakes
 //! it), so a run without RTP costs no wakeups here.
+//!
+//! Each received stream is rated by the E-model ([`crate::emodel`]) when the run ends: its
+//! RFC 3550 loss plus the packets a 40 ms playout buffer would have dropped as late, and its
+//! mouth-to-ear delay (packetisation, the buffer, and the network transit where this worker
+//! sent the stream itself and so knows when each packet left).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
@@ -37,6 +42,7 @@ use pbxlab_proto::jitter::ReceiveStats;
 use pbxlab_proto::rtp;
 use pbxlab_proto::sdp::PT_TELEPHONE_EVENT;
 
+use crate::emodel::{self, Playout};
 use crate::engine::MediaCommand;
 use crate::metrics::{MAX_US, histogram};
 use pbxlab_udp::pace::{Pace, PaceFigures};
@@ -53,6 +59,13 @@ const PACKET_MAX: usize = rtp::HEADER_LEN + SAMPLES as usize;
 /// about 10 MiB of kernel buffer on loopback (each datagram costs its `truesize`, ~1 KiB, not
 /// its 172 bytes); the kernel reports double the request.
 const SOCKET_BUFFER_BYTES: usize = 16 << 20;
+/// The playout buffer streams are rated with: two frames, a common fixed depth for G.711.
+pub const PLAYOUT_DEPTH: Duration = Duration::from_millis(40);
+const PLAYOUT_DEPTH_UNITS: u32 = (PLAYOUT_DEPTH.as_nanos() / NS_PER_SAMPLE as u128) as u32;
+/// The delay a frame has before it is sent: 20 ms of audio is gathered first.
+const PACKETISATION: Duration = FRAME;
+/// MOS is kept in hundredths: 1.00 to 4.50.
+const MOS_CENTI_MAX: u64 = 450;
 
 struct Sending {
     ssrc: u32,
@@ -72,6 +85,84 @@ struct Receiving {
     /// RFC 4733 packets: they take sequence numbers but stay out of the statistics (their
     /// timestamps mark an event's start, which would read as jitter), so they are not loss.
     events: u64,
+    /// Which audio packets a fixed playout buffer would have played in time.
+    playout: Playout,
+    /// For a stream this worker sends itself (an echo, or a call between two of our users):
+    /// when its timestamp 0 left, nanoseconds since the epoch, so each packet's transit from
+    /// our send to our receipt is known.
+    origin_ns: Option<i64>,
+    transit_ns_sum: u64,
+    transits: u64,
+}
+
+impl Receiving {
+    fn new() -> Receiving {
+        Receiving {
+            stats: ReceiveStats::new(8000),
+            last_ns: None,
+            max_gap_ns: 0,
+            events: 0,
+            playout: Playout::new(PLAYOUT_DEPTH_UNITS),
+            origin_ns: None,
+            transit_ns_sum: 0,
+            transits: 0,
+        }
+    }
+
+    /// Takes an audio packet that arrived at `arrival_ns` (since the epoch); returns when the
+    /// one before it arrived and the time between them.
+    fn on_audio(&mut self, seq: u16, timestamp: u32, arrival_ns: u64) -> Option<(u64, u64)> {
+        // RTP timestamp units; only differences count, so wrapping is harmless.
+        let units = (arrival_ns / NS_PER_SAMPLE) as u32;
+        self.stats.on_packet(seq, timestamp, units);
+        self.playout.on_packet(timestamp, units);
+        if let Some(origin) = self.origin_ns {
+            let sent = origin.saturating_add(i64::from(timestamp) * NS_PER_SAMPLE as i64);
+            let arrived = i64::try_from(arrival_ns).unwrap_or(i64::MAX);
+            // A packet sent before a skip of ticks reads as early: not below 0.
+            let transit = u64::try_from(arrived.saturating_sub(sent)).unwrap_or(0);
+            self.transit_ns_sum = self.transit_ns_sum.saturating_add(transit);
+            self.transits += 1;
+        }
+        let gap = self
+            .last_ns
+            .map(|last| (last, arrival_ns.saturating_sub(last)));
+        if let Some((_, g)) = gap {
+            self.max_gap_ns = self.max_gap_ns.max(g);
+        }
+        self.last_ns = Some(arrival_ns);
+        gap
+    }
+
+    /// Packets lost by RFC 3550's count, digits (which take sequence numbers) not included.
+    fn lost(&self) -> u64 {
+        let events = i64::try_from(self.events).unwrap_or(i64::MAX);
+        u64::try_from(self.stats.lost().saturating_sub(events).max(0)).unwrap_or(0)
+    }
+
+    /// The E-model's view of the stream: lost and late packets over those expected, and the
+    /// mouth-to-ear delay. The network's part of the delay is known only for streams we sent:
+    /// for an echo it is the round trip, which is what the caller hears; for a call between
+    /// our own users one way. Otherwise it counts as 0.
+    fn conditions(&self) -> emodel::Conditions {
+        let expected = self.stats.expected();
+        let unplayed = self
+            .lost()
+            .saturating_add(self.playout.late())
+            .min(expected);
+        let loss = if expected == 0 {
+            0.0
+        } else {
+            unplayed as f64 / expected as f64
+        };
+        let network_ms = if self.transits == 0 {
+            0.0
+        } else {
+            self.transit_ns_sum as f64 / self.transits as f64 / 1e6
+        };
+        let fixed_ms = (PACKETISATION + PLAYOUT_DEPTH).as_secs_f64() * 1000.0;
+        emodel::Conditions::g711(loss, fixed_ms + network_ms)
+    }
 }
 
 /// A silence in a received stream longer than [`GAP_RECORDED`]: when the last packet before
@@ -106,6 +197,17 @@ pub struct MediaReport {
     pub jitter_us: Histogram<u64>,
     /// Per received stream: the longest time between two arrivals, microseconds.
     pub gap_us: Histogram<u64>,
+    /// Per received stream: its E-model MOS in hundredths (100 to 450).
+    pub mos_centi: Histogram<u64>,
+    /// The sum of the received streams' R factors.
+    pub r_factor_sum: f64,
+    /// The sum of the received streams' mouth-to-ear delays (G.107's Ta), milliseconds.
+    pub delay_ms_sum: f64,
+    /// Streams started here less streams received: legs that heard nothing (at least; see
+    /// the end of `run`).
+    pub silent_streams: u64,
+    /// Audio packets that arrived, but later than the playout buffer could play them.
+    pub late: u64,
     pub send_errors: u64,
     pub malformed: u64,
     /// Whether frames left with UDP segmentation offload (else one `sendmmsg` entry each).
@@ -129,6 +231,12 @@ impl MediaReport {
             self.lost as f64 / self.expected as f64
         }
     }
+}
+
+fn mos_histogram() -> Histogram<u64> {
+    // 1 to 450 with 3 significant digits records every hundredth exactly; these bounds are
+    // valid (high >= 2 * low), so this cannot fail.
+    Histogram::new_with_bounds(1, MOS_CENTI_MAX, 3).expect("constant histogram bounds are valid")
 }
 
 /// One second of a 400 Hz tone in mu-law: frames are slices of it, so the payload is real audio
@@ -196,6 +304,11 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
         lost: 0,
         jitter_us: histogram(),
         gap_us: histogram(),
+        mos_centi: mos_histogram(),
+        r_factor_sum: 0.0,
+        delay_ms_sum: 0.0,
+        silent_streams: 0,
+        late: 0,
         send_errors: 0,
         malformed: 0,
         segmentation_offload: false,
@@ -382,6 +495,16 @@ fn run(
                         sent_event = true;
                     }
                 }
+                if s.frame == 0 {
+                    // Our own stream may come back (echoed or relayed to our other leg): when
+                    // it does, its transit from here is known.
+                    let origin = i64::try_from(ns(next_tick)).unwrap_or(i64::MAX)
+                        - i64::from(s.timestamp) * NS_PER_SAMPLE as i64;
+                    receiving
+                        .entry(ssrc)
+                        .or_insert_with(Receiving::new)
+                        .origin_ns = Some(origin);
+                }
                 if !sent_event {
                     let offset = (s.frame % frames) * SAMPLES as usize;
                     let payload = audio.get(offset..offset + SAMPLES as usize).unwrap_or(&[]);
@@ -402,6 +525,17 @@ fn run(
             next_tick += FRAME;
             // After a stall, skip missed ticks rather than bursting them out.
             if next_tick + FRAME < now {
+                // Timestamps go on from where they were, so each stream's timestamp 0 now
+                // lies that much later.
+                let skipped = i64::try_from(ns(now).saturating_sub(ns(next_tick))).unwrap_or(0);
+                for s in sending.values() {
+                    if let Some(origin) = receiving
+                        .get_mut(&s.ssrc)
+                        .and_then(|r| r.origin_ns.as_mut())
+                    {
+                        *origin += skipped;
+                    }
+                }
                 next_tick = now;
             }
         }
@@ -417,27 +551,17 @@ fn run(
             match rtp::read_rtp(bytes) {
                 Ok(p) if p.payload_type != PT_TELEPHONE_EVENT => {
                     report.packets_received += 1;
-                    let r = receiving.entry(p.ssrc).or_insert_with(|| Receiving {
-                        stats: ReceiveStats::new(8000),
-                        last_ns: None,
-                        max_gap_ns: 0,
-                        events: 0,
-                    });
-                    // RTP timestamp units; only differences count, so wrapping is harmless.
-                    let units = (arrival_ns / NS_PER_SAMPLE) as u32;
-                    r.stats.on_packet(p.seq, p.timestamp, units);
-                    if let Some(last) = r.last_ns {
-                        let gap = arrival_ns.saturating_sub(last);
-                        r.max_gap_ns = r.max_gap_ns.max(gap);
-                        if gap >= GAP_RECORDED_NS && report.gaps.len() < MAX_GAPS {
-                            report.gaps.push(Gap {
-                                ssrc: p.ssrc,
-                                start_ns: last,
-                                len_ns: gap,
-                            });
-                        }
+                    let r = receiving.entry(p.ssrc).or_insert_with(Receiving::new);
+                    if let Some((last, gap)) = r.on_audio(p.seq, p.timestamp, arrival_ns)
+                        && gap >= GAP_RECORDED_NS
+                        && report.gaps.len() < MAX_GAPS
+                    {
+                        report.gaps.push(Gap {
+                            ssrc: p.ssrc,
+                            start_ns: last,
+                            len_ns: gap,
+                        });
                     }
-                    r.last_ns = Some(arrival_ns);
                 }
                 Ok(p) => {
                     report.packets_received += 1;
@@ -459,17 +583,45 @@ fn run(
     }
     report.segmentation_offload = io.sender.segmentation() == Some(true);
     report.pace = pace.figures();
+    let mut heard = 0u64;
+    // Streams still alive are rated as they stand: the end of the run is their end.
     for r in receiving.values() {
+        // Our own streams have an entry from their first send; only what arrived counts here.
+        if r.last_ns.is_none() {
+            continue;
+        }
+        heard += 1;
         report.expected += r.stats.expected();
-        let events = i64::try_from(r.events).unwrap_or(i64::MAX);
-        report.lost += u64::try_from(r.stats.lost().saturating_sub(events).max(0)).unwrap_or(0);
+        report.lost += r.lost();
+        report.late += r.playout.late();
         let _ = report
             .jitter_us
             .record((r.stats.jitter_us() as u64).clamp(1, MAX_US));
-        if r.last_ns.is_some() && r.stats.received() > 1 {
+        if r.stats.received() > 1 {
             let _ = report.gap_us.record((r.max_gap_ns / 1000).clamp(1, MAX_US));
         }
+        let conditions = r.conditions();
+        report.delay_ms_sum += conditions.delay_ms;
+        report.rate(conditions.r_factor());
     }
+    // Every stream started here is a leg that should hear one; whether one that heard nothing
+    // is a dead call depends on whether its far end sent at all, which the report decides.
+    // All streams arrive on one socket, so which leg heard what is not known: a count. It is
+    // exact for echoes and calls between our own users (one stream back per leg), and a lower
+    // bound where a leg hears several sources in turn (an IVR prompt, then a queue's agent).
+    report.silent_streams = report.streams.saturating_sub(heard);
+}
+
+impl MediaReport {
+    fn rate(&mut self, r_factor: f64) {
+        self.r_factor_sum += r_factor;
+        let _ = self.mos_centi.record(mos_centi(emodel::mos(r_factor)));
+    }
+}
+
+/// A MOS in hundredths, as [`MediaReport::mos_centi`] holds it.
+pub fn mos_centi(mos: f64) -> u64 {
+    ((mos * 100.0).round() as u64).clamp(100, MOS_CENTI_MAX)
 }
 
 #[cfg(test)]
@@ -480,6 +632,96 @@ mod tests {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let addr = socket.local_addr().expect("addr");
         (addr, spawn(socket).expect("spawn"))
+    }
+
+    /// A 20 ms stream of `n` packets, the i-th arriving `delay_ms(i)` after it left (None:
+    /// lost), sent at time 0 by this worker if `ours`.
+    fn stream(n: u16, ours: bool, delay_ms: impl Fn(u16) -> Option<u64>) -> Receiving {
+        let mut r = Receiving::new();
+        if ours {
+            r.origin_ns = Some(0);
+        }
+        for i in 0..n {
+            if let Some(d) = delay_ms(i) {
+                let sent_ns = u64::from(i) * 20_000_000;
+                r.on_audio(i, u32::from(i) * SAMPLES, sent_ns + d * 1_000_000);
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn a_clean_stream_rates_as_g711_at_its_best() {
+        let c = stream(500, false, |_| Some(3)).conditions();
+        assert_eq!(c.loss_fraction, 0.0);
+        // Packetisation and the buffer; the network's share is unknown for a stream not ours.
+        assert_eq!(c.delay_ms, 60.0);
+        assert_eq!(mos_centi(c.mos()), 441);
+    }
+
+    #[test]
+    fn our_own_stream_coming_back_measures_its_transit() {
+        // 150 ms from our send to our receipt: Ta 210 ms, G.107's Idd there is 3.9.
+        let c = stream(500, true, |_| Some(150)).conditions();
+        assert!((c.delay_ms - 210.0).abs() < 1e-9, "{}", c.delay_ms);
+        let r = c.r_factor();
+        assert!(
+            (r - (93.2 - emodel::idd(210.0))).abs() < 1e-9 && r < 89.5,
+            "{r}"
+        );
+        // The same stream from someone else: no delay to charge.
+        let theirs = stream(500, false, |_| Some(150)).conditions();
+        assert!(theirs.r_factor() > r);
+    }
+
+    #[test]
+    fn late_packets_count_as_lost_and_lost_ones_too() {
+        // One in 50 lost, one other in 50 arriving 60 ms late (past the 40 ms buffer).
+        let r = stream(1001, false, |i| match i % 50 {
+            10 => None,
+            30 => Some(65),
+            _ => Some(5),
+        });
+        assert_eq!(r.lost(), 20);
+        assert_eq!(r.playout.late(), 20);
+        let c = r.conditions();
+        assert!((c.loss_fraction - 0.04).abs() < 1e-3, "{}", c.loss_fraction);
+        // 4% random loss without concealment is a poor call.
+        assert!(c.mos() < 3.0, "{}", c.mos());
+    }
+
+    #[test]
+    fn a_leg_that_hears_nothing_is_counted_and_its_own_echo_is_rated() {
+        let (addr, w) = worker();
+        let nobody = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let nobody_addr = nobody.local_addr().expect("addr");
+        // Stream 1 comes straight back (the worker is its own echo); stream 2 goes nowhere.
+        w.send([
+            MediaCommand::Start {
+                stream: 1,
+                ssrc: 0x1111,
+                dest: addr,
+                payload_type: 0,
+            },
+            MediaCommand::Start {
+                stream: 2,
+                ssrc: 0x2222,
+                dest: nobody_addr,
+                payload_type: 0,
+            },
+        ]);
+        std::thread::sleep(Duration::from_millis(500));
+        w.send([1, 2].map(|stream| MediaCommand::Stop { stream }));
+        std::thread::sleep(Duration::from_millis(100));
+        let r = w.stop().expect("worker");
+        assert_eq!(r.streams, 2);
+        assert_eq!(r.silent_streams, 1);
+        assert_eq!(
+            r.mos_centi.len(),
+            1,
+            "only the stream that came back is rated"
+        );
+        assert!(r.r_factor_sum > 0.0);
     }
 
     #[test]
@@ -523,6 +765,10 @@ mod tests {
             // Generous: a loaded CI machine may be late by milliseconds, not by a frame.
             assert!(r.jitter_us.max() < 20_000, "jitter {}", r.jitter_us.max());
             assert!(r.receive_buffer_bytes > 0 && r.send_buffer_bytes > 0);
+            // Every stream was heard and rated; a clean one as G.711 at its best.
+            assert_eq!(r.mos_centi.len(), STREAMS);
+            assert_eq!(r.silent_streams, 0);
+            assert_eq!(r.mos_centi.max(), 441, "{r:?}");
         }
     }
 }

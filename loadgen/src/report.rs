@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{IntervalSummary, IvrCounts, Metric, Outcomes, QueueCounts};
-use crate::threshold::{Field, QueueField, Subject};
+use crate::threshold::{Field, MosStat, QueueField, Subject};
 use pbxlab_udp::pace::PaceFigures;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -229,6 +229,75 @@ pub struct RtpSummary {
     /// sent, and of those, how many never came. Shards' losses add up from these.
     pub packets_expected: u64,
     pub packets_lost: u64,
+    /// The streams' E-model MOS (see `crate::emodel`).
+    pub mos: MosSummary,
+    /// The mean of the streams' R factors (0 to 100; 93.2 is a clean G.711 call).
+    pub r_factor_mean: f64,
+}
+
+/// The distribution of per-stream MOS (1 to 4.5), low percentiles first: a few bad calls show
+/// in `p1` and `p5`, not in the mean. Every figure is 0 when no stream was rated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MosSummary {
+    /// Streams rated: those received, and with `--rtp 1` also the legs that heard nothing
+    /// (rated 1, the floor).
+    pub streams: u64,
+    pub min: f64,
+    pub p1: f64,
+    pub p5: f64,
+    pub p50: f64,
+    pub mean: f64,
+    pub max: f64,
+    /// The mean mouth-to-ear delay the received streams were rated with (G.107's Ta):
+    /// packetisation and playout buffer (60 ms), plus the network transit of streams this
+    /// generator sent itself (an echo's round trip).
+    pub delay_ms_mean: f64,
+    /// Legs that heard nothing: streams started less streams received. Exact where each leg
+    /// hears one stream (echo, calls between our own users); a lower bound where a leg hears
+    /// several sources in turn (IVR prompt, queue, agent).
+    pub silent_streams: u64,
+    /// Audio packets that arrived later than the 40 ms playout buffer could play them; they
+    /// count as lost in the MOS.
+    pub late_packets: u64,
+}
+
+impl MosSummary {
+    /// From a histogram of MOS in hundredths.
+    pub fn of(centi: &Histogram<u64>, silent_streams: u64, late_packets: u64) -> MosSummary {
+        let mos = |v: u64| v as f64 / 100.0;
+        if centi.is_empty() {
+            return MosSummary {
+                silent_streams,
+                late_packets,
+                ..MosSummary::default()
+            };
+        }
+        MosSummary {
+            streams: centi.len(),
+            min: mos(centi.min()),
+            p1: mos(centi.value_at_quantile(0.01)),
+            p5: mos(centi.value_at_quantile(0.05)),
+            p50: mos(centi.value_at_quantile(0.50)),
+            mean: centi.mean() / 100.0,
+            max: mos(centi.max()),
+            // The caller knows the streams' delays; the histogram does not.
+            delay_ms_mean: 0.0,
+            silent_streams,
+            late_packets,
+        }
+    }
+
+    pub fn stat(&self, stat: MosStat) -> f64 {
+        match stat {
+            MosStat::Min => self.min,
+            MosStat::P1 => self.p1,
+            MosStat::P5 => self.p5,
+            MosStat::P50 => self.p50,
+            MosStat::Mean => self.mean,
+            MosStat::Max => self.max,
+        }
+    }
 }
 
 /// How one of pbxlab's own threads kept its schedule (see `pbxlab_udp::pace`): when
@@ -423,6 +492,8 @@ pub struct ShardRow {
 
 /// The name in `histograms` of the RTP streams' jitter (`rtp.jitter_p99` reads it).
 pub const RTP_JITTER: &str = "rtp_jitter";
+/// The name in `histograms` of the streams' MOS in hundredths (what `rtp.mos` is read from).
+pub const RTP_MOS_CENTI: &str = "rtp_mos_centi";
 
 /// A histogram as `histograms` holds it: HdrHistogram's compressed V2 encoding (as its Java,
 /// C and Go versions write it), in base64.
@@ -569,6 +640,7 @@ impl LoadReport {
             },
             Subject::RtpLossFraction => self.rtp.loss_fraction,
             Subject::RtpJitterP99 => self.rtp.jitter_p99_us as f64,
+            Subject::Mos(stat) => self.rtp.mos.stat(*stat),
         }
     }
 
@@ -763,6 +835,23 @@ impl LoadReport {
                 self.rtp.loss_fraction * 100.0,
                 self.rtp.unreceived_fraction * 100.0,
                 ms(self.rtp.jitter_p99_us)
+            );
+        }
+        let mos = &self.rtp.mos;
+        if mos.streams > 0 {
+            let _ = writeln!(
+                o,
+                "MOS p1 {:.2}, p5 {:.2}, p50 {:.2}, min {:.2}, mean {:.2} over {} streams, R mean {:.1}, mouth-to-ear {:.1} ms (E-model G.107, G.711 without PLC, 40 ms playout buffer); silent legs {}, packets too late to play {}",
+                mos.p1,
+                mos.p5,
+                mos.p50,
+                mos.min,
+                mos.mean,
+                mos.streams,
+                self.rtp.r_factor_mean,
+                mos.delay_ms_mean,
+                mos.silent_streams,
+                mos.late_packets
             );
         }
         o.push_str(&self.messages.render());
@@ -1117,6 +1206,65 @@ mod tests {
             report.queue.service_level(),
             1.0,
             "nobody offered, nobody missed"
+        );
+    }
+
+    #[test]
+    fn the_mos_distribution_is_reported_and_read_by_thresholds() {
+        let mut centi = Histogram::<u64>::new_with_bounds(1, 450, 3).expect("bounds");
+        for v in (0..95).map(|_| 441).chain([380, 300, 250, 100, 440]) {
+            let _ = centi.record(v);
+        }
+        let mos = MosSummary::of(&centi, 1, 7);
+        assert_eq!(mos.streams, 100);
+        assert_eq!((mos.min, mos.max, mos.p50), (1.0, 4.41, 4.41));
+        // Of a hundred, p1 is the worst and p5 the fifth worst.
+        assert_eq!((mos.p1, mos.p5), (1.0, 4.4));
+        assert_eq!(mos.stat(MosStat::P5), 4.4);
+        assert!((mos.mean - (95.0 * 4.41 + 3.8 + 3.0 + 2.5 + 1.0 + 4.4) / 100.0).abs() < 1e-9);
+        let none = MosSummary::of(&Histogram::new(3).expect("sigfig"), 2, 0);
+        assert_eq!((none.streams, none.p5, none.silent_streams), (0, 0.0, 2));
+
+        let report = LoadReport {
+            target: "127.0.0.1:5060".into(),
+            duration_s: 10.0,
+            interrupted: false,
+            seed: 3,
+            tick: TickSummary::default(),
+            messages_received: 10,
+            malformed: 0,
+            stray: 0,
+            metrics: BTreeMap::new(),
+            calls: Outcomes::default(),
+            registrations: Outcomes::default(),
+            registrations_refreshed: 0,
+            workloads: Vec::new(),
+            queue: QueueSummary::default(),
+            ivr: IvrCounts::default(),
+            failures: BTreeMap::new(),
+            rtp: RtpSummary {
+                streams: 100,
+                mos,
+                r_factor_mean: 91.0,
+                ..RtpSummary::default()
+            },
+            emulator: Vec::new(),
+            thresholds: Vec::new(),
+            intervals: Vec::new(),
+            gaps: Vec::new(),
+            media_epoch: None,
+        };
+        let empty = Histogram::<u64>::new(3).expect("sigfig");
+        assert_eq!(report.value(&Subject::Mos(MosStat::P5), |_| &empty), 4.4);
+        assert_eq!(report.value(&Subject::Mos(MosStat::Min), |_| &empty), 1.0);
+        let text = report.render_text();
+        assert!(
+            text.contains("MOS p1 1.00, p5 4.40, p50 4.41, min 1.00")
+                && text.contains(
+                    "over 100 streams, R mean 91.0, mouth-to-ear 0.0 ms (E-model G.107, G.711"
+                )
+                && text.contains("silent legs 1, packets too late to play 7"),
+            "{text}"
         );
     }
 }

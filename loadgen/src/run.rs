@@ -24,8 +24,8 @@ use crate::engine::{Config, Engine, Grid, Nanos};
 use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
 use crate::report::{
-    self, DriverPace, IntervalRow, LatencySummary, LoadReport, QueueSummary, RtpSummary, RunCounts,
-    ShardId, ThresholdResult, TickSummary, WorkloadSummary,
+    self, DriverPace, IntervalRow, LatencySummary, LoadReport, MosSummary, QueueSummary,
+    RtpSummary, RunCounts, ShardId, ThresholdResult, TickSummary, WorkloadSummary,
 };
 use crate::threshold::Threshold;
 use pbxlab_udp::pace::Pace;
@@ -355,8 +355,11 @@ fn build_report(
         jitter_p99_us: media.jitter_us.value_at_quantile(0.99),
         packets_expected: media.expected,
         packets_lost: media.lost,
+        mos: MosSummary::default(),
+        r_factor_mean: 0.0,
     };
     let cfg = engine.config();
+    let rtp = rated(rtp, media, cfg.rtp_fraction >= 1.0);
     let (registrations_tick, calls_tick) = engine.grids();
     let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let tick = TickSummary {
@@ -417,7 +420,13 @@ fn build_report(
             Metric::ALL
                 .iter()
                 .map(|&m| (m.name(), metric_hist(engine, media, m)))
-                .chain([(report::RTP_JITTER, &media.jitter_us)]),
+                .chain([
+                    (report::RTP_JITTER, &media.jitter_us),
+                    (
+                        report::RTP_MOS_CENTI,
+                        &rated_centi(media, cfg.rtp_fraction >= 1.0),
+                    ),
+                ]),
         ),
         gaps: Vec::new(),
         media_epoch: Some(media.epoch),
@@ -437,6 +446,35 @@ fn build_report(
     report
 }
 
+/// `rtp` with the streams' MOS. A leg that heard nothing is a dead call and rated 1 (R 0)
+/// when every leg sends (`every_leg_sends`, `--rtp 1`); with a smaller fraction the far end
+/// of a silent leg may have drawn no media, so silence is no verdict then.
+/// The streams' MOS in hundredths, as `rtp.mos` is figured from them: the received streams',
+/// and with `every_leg_sends` the silent legs' at the floor.
+fn rated_centi(media: &MediaReport, every_leg_sends: bool) -> hdrhistogram::Histogram<u64> {
+    let mut centi = media.mos_centi.clone();
+    if every_leg_sends && media.silent_streams > 0 {
+        let _ = centi.record_n(media::mos_centi(1.0), media.silent_streams);
+    }
+    centi
+}
+
+fn rated(mut rtp: RtpSummary, media: &MediaReport, every_leg_sends: bool) -> RtpSummary {
+    let centi = rated_centi(media, every_leg_sends);
+    rtp.mos = MosSummary::of(&centi, media.silent_streams, media.late);
+    let heard = media.mos_centi.len();
+    if heard > 0 {
+        rtp.mos.delay_ms_mean = media.delay_ms_sum / heard as f64;
+    }
+    // Silent legs add R 0 to the sum, and count in the mean.
+    rtp.r_factor_mean = if centi.is_empty() {
+        0.0
+    } else {
+        media.r_factor_sum / centi.len() as f64
+    };
+    rtp
+}
+
 fn metric_hist<'a>(
     engine: &'a Engine,
     media: &'a MediaReport,
@@ -454,4 +492,32 @@ fn metric_hist_by<'a>(
     media: &'a MediaReport,
 ) -> impl Fn(Metric) -> &'a hdrhistogram::Histogram<u64> {
     move |m| metric_hist(engine, media, m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_legs_are_rated_at_the_floor_only_when_every_leg_sends() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut media = media::spawn(socket).expect("spawn").stop().expect("worker");
+        for _ in 0..9 {
+            let _ = media.mos_centi.record(441);
+        }
+        media.r_factor_sum = 9.0 * 93.2;
+        media.delay_ms_sum = 9.0 * 61.0;
+        media.silent_streams = 1;
+        let rtp = rated(RtpSummary::default(), &media, true);
+        assert_eq!((rtp.mos.streams, rtp.mos.silent_streams), (10, 1));
+        assert_eq!((rtp.mos.min, rtp.mos.p50, rtp.mos.max), (1.0, 4.41, 4.41));
+        assert!((rtp.r_factor_mean - 9.0 * 93.2 / 10.0).abs() < 1e-9);
+        // Delay is that of the streams heard: silence has none.
+        assert!((rtp.mos.delay_ms_mean - 61.0).abs() < 1e-9);
+        // With --rtp below 1 the far end may have sent nothing by design.
+        let rtp = rated(RtpSummary::default(), &media, false);
+        assert_eq!((rtp.mos.streams, rtp.mos.silent_streams), (9, 1));
+        assert_eq!(rtp.mos.min, 4.41);
+        assert!((rtp.r_factor_mean - 93.2).abs() < 1e-9);
+    }
 }

@@ -335,6 +335,7 @@ pub fn configure(
     };
     let mut thresholds = s.thresholds.clone();
     let mut slo = Vec::new();
+    let sends_media = s.rtp_fraction > 0.0;
     if let Some(s) = scenario {
         slo.extend(
             s.slo
@@ -353,6 +354,10 @@ pub fn configure(
                     .map(|x| format!("queue.abandoned_fraction<={x}")),
             );
             slo.extend(s.slo.queue_asa_s.map(|x| format!("queue.asa<={x}s")));
+        }
+        // Only a load that sends media has streams to rate.
+        if sends_media {
+            slo.extend(s.slo.mos_p5.map(|x| format!("mos.p5>={x}")));
         }
     }
     for expr in slo {
@@ -840,6 +845,21 @@ mod tests {
         // No scenario, no SLOs.
         let (_, thresholds) = configure(&Settings::new(TARGET), None, Some(1)).expect("configures");
         assert!(thresholds.is_empty());
+    }
+
+    #[test]
+    fn a_mos_slo_is_a_threshold_only_for_a_load_that_sends_media() {
+        let mut sc = reference();
+        sc.slo.mos_p5 = Some(4.0);
+        let mut s = Settings::new(TARGET);
+        s.service = Some("echo".into());
+        let exprs = |s: &Settings| -> Vec<String> {
+            let (_, thresholds) = configure(s, Some(&sc), None).expect("configures");
+            thresholds.into_iter().map(|t| t.expr).collect()
+        };
+        assert_eq!(exprs(&s), ["calls.failed_fraction<=0.01"]);
+        s.rtp_fraction = 0.5;
+        assert_eq!(exprs(&s), ["calls.failed_fraction<=0.01", "mos.p5>=4"]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `rtp.loss_fraction<0.001`, `queue_wait.p99<30s`, `queue.abandoned_fraction<0.05`. A latency
 //! takes its unit (us, ms, s), as every duration in pbxlab does (k6 reads a bare number as
 //! milliseconds; here only 0 may go without); counts and fractions are plain numbers.
+//! `mos.p5>4.0` reads the E-model MOS of the run's streams, a plain number from 1 to 4.5.
 
 use std::fmt;
 
@@ -51,7 +52,23 @@ pub enum Subject {
     Queue(QueueField),
     RtpLossFraction,
     RtpJitterP99,
+    /// A figure of the per-stream MOS distribution: low is bad, so the low percentiles count.
+    Mos(MosStat),
 }
+
+/// The figures of the MOS distribution the report keeps (`report::MosSummary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MosStat {
+    Min,
+    P1,
+    P5,
+    P50,
+    Mean,
+    Max,
+}
+
+/// MOS by the E-model runs from 1 (R of 0 or below) to 4.5 (R of 100).
+const MOS_RANGE: std::ops::RangeInclusive<f64> = 1.0..=4.5;
 
 /// A percentile in thousandths of a percent (99.9 is 99,900): exact, and comparable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,9 +256,22 @@ impl Threshold {
                     )));
                 }
             },
+            (None, "mos") => Subject::Mos(match stat {
+                "min" => MosStat::Min,
+                "p1" => MosStat::P1,
+                "p5" => MosStat::P5,
+                "p50" => MosStat::P50,
+                "mean" => MosStat::Mean,
+                "max" => MosStat::Max,
+                s => {
+                    return Err(err(format!(
+                        "unknown MOS figure {s:?}; use min, p1, p5, p50, mean or max"
+                    )));
+                }
+            }),
             (None, n) => {
                 return Err(err(format!(
-                    "unknown name {n:?}; use register, pdd, setup, setup_uncorrected, bye, media_gap, queue_wait, ivr_route, calls, registrations, queue or rtp"
+                    "unknown name {n:?}; use register, pdd, setup, setup_uncorrected, bye, media_gap, queue_wait, ivr_route, calls, registrations, queue, rtp or mos"
                 )));
             }
         };
@@ -267,9 +297,19 @@ impl Threshold {
                     "{value:?} is not a latency: a number with its unit, us, ms or s (e.g. 200ms)"
                 )
             } else {
-                format!("{value:?} is not a number")
+                match subject {
+                    Subject::Mos(_) => format!(
+                        "{value:?} is not a number: a MOS is a plain number from 1 to 4.5, without a unit"
+                    ),
+                    _ => format!("{value:?} is not a number"),
+                }
             })
         })?;
+        if matches!(subject, Subject::Mos(_)) && !MOS_RANGE.contains(&limit) {
+            return Err(err(format!(
+                "MOS {limit} is off the scale: the E-model's MOS runs from 1 to 4.5"
+            )));
+        }
         Ok(Threshold {
             expr: expr.trim().to_owned(),
             subject,
@@ -380,6 +420,24 @@ mod tests {
         );
         let t = Threshold::parse("queue.asa<=8s").expect("valid");
         assert_eq!(t.limit, 8e6, "ASA is a latency");
+        let t = Threshold::parse("mos.p5>4.0").expect("valid");
+        assert_eq!(
+            (t.subject, t.op, t.limit),
+            (Subject::Mos(MosStat::P5), Op::Gt, 4.0)
+        );
+        assert!(t.passes(4.41) && !t.passes(4.0));
+        for (expr, stat) in [
+            ("mos.min>=1", MosStat::Min),
+            ("mos.p1 > 3.6", MosStat::P1),
+            ("mos.p50>4.3", MosStat::P50),
+            ("mos.mean>=4.5", MosStat::Mean),
+            ("mos.max<=4.5", MosStat::Max),
+        ] {
+            assert_eq!(
+                Threshold::parse(expr).expect(expr).subject,
+                Subject::Mos(stat)
+            );
+        }
         assert_eq!(
             Threshold::parse("calls.abandoned==0")
                 .expect("valid")
@@ -419,6 +477,11 @@ mod tests {
             ("queue.waiting<1", "unknown queue figure"),
             ("calls.failed<lots", "not a number"),
             ("setup.p99=<1s", "unknown comparison"),
+            ("mos.p5>6", "off the scale"),
+            ("mos.p5>0.5", "off the scale"),
+            ("mos.p5<4ms", "without a unit"),
+            ("mos.p10>4", "unknown MOS figure"),
+            ("mos.p5>NaN", "not a number"),
         ] {
             let e = Threshold::parse(expr).expect_err(expr);
             assert!(e.to_string().contains(needle), "{expr}: {e}");

@@ -302,6 +302,9 @@ pub struct Slo {
     pub queue_service_level: Option<f64>,
     pub queue_abandoned: Option<f64>,
     pub queue_asa_s: Option<f64>,
+    /// Min 5th-percentile MOS of the RTP streams (E-model, 1 to 4.5): a load check only, as
+    /// the simulator carries no audio.
+    pub mos_p5: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

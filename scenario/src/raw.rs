@@ -205,6 +205,7 @@ pub struct RawSlo {
     pub queue_service_level: Option<Leaf>,
     pub queue_abandoned: Option<Leaf>,
     pub queue_asa: Option<Leaf>,
+    pub mos_p5: Option<Leaf>,
 }
 
 #[derive(Deserialize)]

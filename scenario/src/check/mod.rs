@@ -56,6 +56,8 @@ enum Bound {
     AtLeastOne,
     Fraction,
     PositiveFraction,
+    /// The E-model's MOS scale.
+    Mos,
 }
 
 impl Bound {
@@ -67,6 +69,7 @@ impl Bound {
                 Bound::AtLeastOne => x >= 1.0,
                 Bound::Fraction => (0.0..=1.0).contains(&x),
                 Bound::PositiveFraction => x > 0.0 && x <= 1.0,
+                Bound::Mos => (1.0..=4.5).contains(&x),
             }
     }
 
@@ -77,6 +80,7 @@ impl Bound {
             Bound::AtLeastOne => "at least 1",
             Bound::Fraction => "between 0 and 1",
             Bound::PositiveFraction => "greater than 0 and at most 1",
+            Bound::Mos => "between 1 and 4.5 (the E-model's MOS scale)",
         }
     }
 }

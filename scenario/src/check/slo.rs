@@ -16,6 +16,7 @@ impl Checker<'_> {
                 queue_service_level: None,
                 queue_abandoned: None,
                 queue_asa_s: None,
+                mos_p5: None,
             });
         };
         let raw = raw.get_ref();
@@ -36,6 +37,7 @@ impl Checker<'_> {
             queue_asa_s: self
                 .opt_duration(&raw.queue_asa, key, "queue_asa", false)?
                 .map(|d| d.as_secs_f64()),
+            mos_p5: self.opt_number(&raw.mos_p5, key, "mos_p5", Bound::Mos)?,
         })
     }
 

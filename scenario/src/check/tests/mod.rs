@@ -109,6 +109,7 @@ blocking = 0.01
 queue_service_level = 0.8
 queue_abandoned = 0.05
 queue_asa = "30s"
+mos_p5 = 4.0
 
 [sizing]
 core_ghz = 3.0
@@ -260,6 +261,7 @@ fn full_example_parses() {
             queue_service_level: Some(0.8),
             queue_abandoned: Some(0.05),
             queue_asa_s: Some(30.0),
+            mos_p5: Some(4.0),
         }
     );
     assert_eq!(s.sizing, SizingCosts::default());
@@ -515,6 +517,8 @@ fn length_and_range_checks() {
         "sizing.target_cpu",
         &["target_cpu", "at most 1"],
     );
+    let d = invalid(&format!("{MINIMAL}\n[slo]\nmos_p5 = 5\n"));
+    assert_at(&d, 10, 10, "slo.mos_p5", &["between 1 and 4.5", "MOS"]);
 }
 
 #[test]
