@@ -200,7 +200,7 @@ fn shards_of_an_indexed_job_merge_into_their_sum_and_are_judged_on_the_whole() {
         n(&m["rtp"]["mos"]["streams"]),
         sum(&|s| &s["rtp"]["mos"]["streams"])
     );
-    assert!(mos.len() > 0, "{m}");
+    assert!(!mos.is_empty(), "{m}");
     assert_eq!(
         m["rtp"]["mos"]["p5"].as_f64(),
         Some(mos.value_at_quantile(0.05) as f64 / 100.0)

@@ -533,7 +533,7 @@ pub fn encode_histograms<'a>(
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
     pub target: String,
     pub duration_s: f64,
@@ -1228,31 +1228,15 @@ mod tests {
         let report = LoadReport {
             target: "127.0.0.1:5060".into(),
             duration_s: 10.0,
-            interrupted: false,
             seed: 3,
-            tick: TickSummary::default(),
             messages_received: 10,
-            malformed: 0,
-            stray: 0,
-            metrics: BTreeMap::new(),
-            calls: Outcomes::default(),
-            registrations: Outcomes::default(),
-            registrations_refreshed: 0,
-            workloads: Vec::new(),
-            queue: QueueSummary::default(),
-            ivr: IvrCounts::default(),
-            failures: BTreeMap::new(),
             rtp: RtpSummary {
                 streams: 100,
                 mos,
                 r_factor_mean: 91.0,
                 ..RtpSummary::default()
             },
-            emulator: Vec::new(),
-            thresholds: Vec::new(),
-            intervals: Vec::new(),
-            gaps: Vec::new(),
-            media_epoch: None,
+            ..LoadReport::default()
         };
         let empty = Histogram::<u64>::new(3).expect("sigfig");
         assert_eq!(report.value(&Subject::Mos(MosStat::P5), |_| &empty), 4.4);
