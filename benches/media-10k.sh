@@ -11,7 +11,8 @@
 #
 # Prints: packets/s each way at the media nodes (the peak over 2 s samples), CPU seconds per
 # million media packets for the generator's RTP worker, the node thread and the Call Manager
-# thread, RFC 3550 loss and sent-not-received, jitter p99, failed calls, servers marked down,
+# thread, RFC 3550 loss and sent-not-received, jitter p99, the streams' MOS, peak concurrency,
+# SIP retransmissions, failed calls, servers marked down,
 # node sessions against the Call Manager's at every sample, and each thread's worst lateness.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -112,6 +113,12 @@ print(f"packets/s at nodes  {peak_in:,.0f} in (generator -> nodes), {peak_out:,.
 print(f"loopback ceiling    {ceiling:,.0f}/s (GSO+GRO); the run's peak both ways is {(peak_in + peak_out) / ceiling:.1%} of it")
 print(f"media packets       {handled:.1f} M handled at the nodes (in + out); generator sent {rtp['packets_sent']:,}, received {rtp['packets_received']:,}")
 print(f"loss                {rtp['loss_fraction']:.4%} (RFC 3550), {rtp['unreceived_fraction']:.4%} of sent not received; jitter p99 {rtp['jitter_p99_us'] / 1000:.2f} ms")
+mos = rtp.get("mos") or {}
+if mos.get("streams"):
+    print(f"MOS (E-model)       p1 {mos['p1']:.2f}, p5 {mos['p5']:.2f}, p50 {mos['p50']:.2f}, min {mos['min']:.2f} over {mos['streams']:,} streams; R mean {rtp['r_factor_mean']:.1f}; silent legs {mos['silent_streams']}, late packets {mos['late_packets']:,}")
+msgs = load.get("messages") or {}
+resent = sum(c["retransmitted"] for k, c in msgs.items() if k != "unexpected")
+print(f"peak concurrent     {load.get('peak_concurrent_calls', 0):,} calls; achieved {load.get('call_rate_per_s', 0):.1f} calls/s; SIP retransmissions {resent:,}, unexpected {msgs.get('unexpected', 0):,}")
 print(f"CPU s per M packets RTP worker {rtp_cpu / handled:.3f}, node thread {nodes_cpu / handled:.3f}, Call Manager {cm_cpu / handled:.3f}  (CPU s: {rtp_cpu:.1f}, {nodes_cpu:.1f}, {cm_cpu:.1f})")
 print(f"servers marked down {len(down)}" + (": " + "; ".join(down) if down else ""))
 same = "equal to the Call Manager's anchored sessions" if not mismatched else f"{len(mismatched)} differ from the Call Manager's (by at most {worst}; e.g. {mismatched[:3]})"
