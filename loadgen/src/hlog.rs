@@ -25,9 +25,9 @@ use crate::metrics::Metric;
 pub fn header(comment: &str, start: SystemTime) -> Vec<u8> {
     let mut out = Vec::new();
     let mut serializer = V2DeflateSerializer::new();
-    // Every metric's name is its tag. `media_gap` (each received stream's longest gap) is known
-    // when a stream ends, for the RTP worker the end of the run: it has a line in the last
-    // interval only.
+    // Every metric's name is its tag. `media_gap` (each received stream's longest gap) is the
+    // RTP worker's, in the interval the stream ended in: streams we sent and hear back when
+    // they were stopped and fell silent, others at the end of the run.
     let tags: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
     // Writing into a Vec cannot fail.
     let _ = IntervalLogWriterBuilder::new()

@@ -101,6 +101,10 @@ struct Receiving {
     transits: u64,
     /// Packets received by the last interval's close: whether it was heard in the interval.
     received_at_close: u64,
+    /// For a stream this worker sends: how many intervals had closed when it was stopped.
+    stopped_after: Option<u64>,
+    /// Whether the stream's longest gap is in `gap_us` already: once, when the stream ends.
+    gap_recorded: bool,
 }
 
 impl Receiving {
@@ -115,7 +119,21 @@ impl Receiving {
             transit_ns_sum: 0,
             transits: 0,
             received_at_close: 0,
+            stopped_after: None,
+            gap_recorded: false,
         }
+    }
+
+    /// Records the stream's longest gap, once, into the run's `gap_us` and the interval's, if
+    /// it has one (two packets or more).
+    fn record_gap(&mut self, total: &mut Histogram<u64>, interval: &mut Histogram<u64>) {
+        if self.gap_recorded || self.stats.received() < 2 {
+            return;
+        }
+        self.gap_recorded = true;
+        let gap_us = (self.max_gap_ns / 1000).clamp(1, MAX_US);
+        let _ = total.record(gap_us);
+        let _ = interval.record(gap_us);
     }
 
     /// Takes an audio packet that arrived at `arrival_ns` (since the epoch); returns when the
@@ -256,10 +274,13 @@ pub struct MediaInterval {
     /// interval's end, microseconds. Jitter is a running estimate (RFC 3550 smooths it over
     /// about 16 packets), so this is each stream's recent jitter, not an average over the run.
     pub jitter_us: Histogram<u64>,
-    /// What the worker recorded into [`MediaReport::gap_us`] in the interval. A stream's
-    /// longest gap is known only once the stream is over, and a received stream has no end
-    /// the worker sees but the end of the run, so every stream's gap lands in the last
-    /// interval; the earlier ones have none. Single silences are in [`MediaReport::gaps`].
+    /// What the worker recorded into [`MediaReport::gap_us`] in the interval: the longest gap
+    /// of each stream that ended in it. A stream's longest gap is known once the stream is
+    /// over: for a stream this worker sent and hears back (an echo, a call between two of our
+    /// users) that is the first close after an interval in which, stopped, it was silent; any
+    /// other stream ends with the run, so its gap is in the last interval. Each stream counts
+    /// once, so the intervals' counts add up to the run's. Single silences are in
+    /// [`MediaReport::gaps`].
     pub gap_us: Histogram<u64>,
 }
 
@@ -278,6 +299,8 @@ impl MediaInterval {
 struct Intervals {
     reported: [u64; 5],
     gap_us: Histogram<u64>,
+    /// Intervals closed so far.
+    closed: u64,
 }
 
 impl Intervals {
@@ -285,11 +308,13 @@ impl Intervals {
         Intervals {
             reported: [0; 5],
             gap_us: histogram(),
+            closed: 0,
         }
     }
 
     /// Closes interval `index` at the counters `sent`, `received` and the streams' own state:
-    /// one pass over the streams, once an interval, nothing per packet.
+    /// one pass over the streams, once an interval, nothing per packet. The longest gap of
+    /// each stream that has ended goes into `gap_total` (the run's `gap_us`) and the interval.
     fn close(
         &mut self,
         index: u64,
@@ -297,6 +322,7 @@ impl Intervals {
         sent: u64,
         received: u64,
         receiving: &mut HashMap<u32, Receiving>,
+        gap_total: &mut Histogram<u64>,
     ) -> MediaInterval {
         let mut jitter_us = histogram();
         let (mut expected, mut lost, mut late) = (0u64, 0u64, 0u64);
@@ -307,8 +333,13 @@ impl Intervals {
             expected += r.stats.expected();
             lost += r.lost();
             late += r.playout.late();
-            if r.stats.received() > r.received_at_close {
+            let heard = r.stats.received() > r.received_at_close;
+            if heard {
                 let _ = jitter_us.record((r.stats.jitter_us() as u64).clamp(1, MAX_US));
+            }
+            // Stopped before the last close and silent since: over.
+            if !heard && r.stopped_after.is_some_and(|n| n < self.closed) {
+                r.record_gap(gap_total, &mut self.gap_us);
             }
             r.received_at_close = r.stats.received();
         }
@@ -320,6 +351,7 @@ impl Intervals {
         }
         let [packets_sent, packets_received, expected, lost, late] = share;
         let gap_us = std::mem::replace(&mut self.gap_us, histogram());
+        self.closed += 1;
         MediaInterval {
             index,
             streams,
@@ -454,7 +486,7 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
         receive_buffer_bytes: buffers.receive_bytes,
         send_buffer_bytes: buffers.send_bytes,
         pace: PaceFigures::default(),
-        last_interval: Intervals::new().close(0, 0, 0, 0, &mut HashMap::new()),
+        last_interval: Intervals::new().close(0, 0, 0, 0, &mut HashMap::new(), &mut histogram()),
     };
     // The batch headers hold raw pointers and cannot cross threads, so the worker makes them and
     // says whether it could (kernel timestamps on).
@@ -553,6 +585,7 @@ fn run(
                         report.packets_sent,
                         report.packets_received,
                         &mut receiving,
+                        &mut report.gap_us,
                     );
                     next_index = index + 1;
                     // A closed channel only means the load loop has stopped listening.
@@ -615,8 +648,11 @@ fn run(
                     }
                 }
                 MediaCommand::Stop { stream } => {
-                    if let Some(dest) = dest_of.remove(&stream) {
-                        sending.remove(&(dest, stream));
+                    if let Some(dest) = dest_of.remove(&stream)
+                        && let Some(s) = sending.remove(&(dest, stream))
+                        && let Some(r) = receiving.get_mut(&s.ssrc)
+                    {
+                        r.stopped_after = Some(intervals.closed);
                     }
                 }
             }
@@ -744,7 +780,7 @@ fn run(
     report.pace = pace.figures();
     let mut heard = 0u64;
     // Streams still alive are rated as they stand: the end of the run is their end.
-    for r in receiving.values() {
+    for r in receiving.values_mut() {
         // Our own streams have an entry from their first send; only what arrived counts here.
         if r.last_ns.is_none() {
             continue;
@@ -756,11 +792,7 @@ fn run(
         let _ = report
             .jitter_us
             .record((r.stats.jitter_us() as u64).clamp(1, MAX_US));
-        if r.stats.received() > 1 {
-            let gap_us = (r.max_gap_ns / 1000).clamp(1, MAX_US);
-            let _ = report.gap_us.record(gap_us);
-            let _ = intervals.gap_us.record(gap_us);
-        }
+        r.record_gap(&mut report.gap_us, &mut intervals.gap_us);
         let conditions = r.conditions();
         report.delay_ms_sum += conditions.delay_ms;
         report.rate(conditions.r_factor());
@@ -777,6 +809,7 @@ fn run(
         report.packets_sent,
         report.packets_received,
         &mut receiving,
+        &mut report.gap_us,
     );
 }
 
@@ -877,37 +910,47 @@ mod tests {
         receiving.insert(2, stream(50, false, |_| Some(5)));
         // Ours, never heard: not a received stream.
         receiving.insert(3, Receiving::new());
+        // Ours, heard back, stopped in the first interval.
+        let mut four = stream(50, true, |_| Some(5));
+        four.stopped_after = Some(0);
+        receiving.insert(4, four);
         let mut intervals = Intervals::new();
-        let first = intervals.close(0, 3, 150, 99, &mut receiving);
-        assert_eq!((first.index, first.streams), (0, 3));
+        let mut gaps = histogram();
+        let first = intervals.close(0, 4, 150, 99, &mut receiving, &mut gaps);
+        assert_eq!((first.index, first.streams), (0, 4));
         assert_eq!((first.packets_sent, first.packets_received), (150, 99));
         // RFC 3550's probation: a stream's count starts from its second packet, 49 each.
-        assert_eq!((first.expected, first.lost, first.late), (98, 1, 0));
-        assert_eq!(first.jitter_us.len(), 2, "both streams were heard");
-        assert!(first.gap_us.is_empty());
+        assert_eq!((first.expected, first.lost, first.late), (147, 1, 0));
+        assert_eq!(first.jitter_us.len(), 3, "three streams were heard");
+        assert!(first.gap_us.is_empty(), "stream 4 may have packets to come");
 
         if let Some(one) = receiving.get_mut(&1) {
             feed(one, 50..100);
         }
-        let _ = intervals.gap_us.record(120_000);
-        let second = intervals.close(1, 3, 300, 99 + 48, &mut receiving);
+        let second = intervals.close(1, 4, 300, 99 + 48, &mut receiving, &mut gaps);
         assert_eq!((second.packets_sent, second.packets_received), (150, 48));
         assert_eq!((second.expected, second.lost, second.late), (50, 2, 1));
         assert!((second.loss_fraction() - 0.04).abs() < 1e-12);
         assert_eq!(second.jitter_us.len(), 1, "only stream 1 was heard");
-        assert_eq!(second.gap_us.len(), 1);
-        assert!(second.gap_us.equivalent(second.gap_us.max(), 120_000));
+        // Stream 4, stopped and silent through an interval, is over: its longest gap (20 ms)
+        // goes to the run's and this interval's. Stream 2 is silent but may come back.
+        assert_eq!((second.gap_us.len(), gaps.len()), (1, 1));
+        assert!(second.gap_us.equivalent(second.gap_us.max(), 20_000));
 
         // Nothing new: an empty interval, and the gaps were handed over once.
-        let third = intervals.close(2, 3, 300, 147, &mut receiving);
+        let third = intervals.close(2, 4, 300, 147, &mut receiving, &mut gaps);
         assert_eq!((third.packets_sent, third.expected, third.lost), (0, 0, 0));
         assert!(third.jitter_us.is_empty() && third.gap_us.is_empty());
+        assert_eq!(gaps.len(), 1);
         // The shares add up to the streams' totals.
-        let one = &receiving[&1];
-        assert_eq!(first.lost + second.lost, one.lost() + receiving[&2].lost());
+        let heard = || receiving.values().filter(|r| r.last_ns.is_some());
+        assert_eq!(
+            first.lost + second.lost,
+            heard().map(Receiving::lost).sum::<u64>()
+        );
         assert_eq!(
             first.expected + second.expected,
-            one.stats.expected() + receiving[&2].stats.expected()
+            heard().map(|r| r.stats.expected()).sum::<u64>()
         );
     }
 
@@ -938,11 +981,27 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         w.send([MediaCommand::Stop { stream: 1 }]);
         std::thread::sleep(Duration::from_millis(100));
+        // The interval it stopped in, with its last packets; then one of silence, which ends
+        // it: its longest gap is that interval's.
+        w.close_interval(2);
+        let stopped = w.interval(Duration::from_secs(5)).expect("third interval");
+        assert!(
+            stopped.packets_sent > 0 && stopped.gap_us.is_empty(),
+            "{stopped:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        w.close_interval(3);
+        let over = w.interval(Duration::from_secs(5)).expect("fourth interval");
+        assert_eq!((over.packets_sent, over.packets_received), (0, 0));
+        assert_eq!(over.gap_us.len(), 1, "{over:?}");
         let r = w.stop().expect("worker");
         let last = &r.last_interval;
-        assert_eq!(last.index, 2);
-        assert!(last.packets_sent > 0, "{last:?}");
-        let all = [&empty, &busy, last];
+        assert_eq!(last.index, 4);
+        assert!(
+            last.gap_us.is_empty(),
+            "recorded once, when the stream ended"
+        );
+        let all = [&empty, &busy, &stopped, &over, last];
         let sum = |f: fn(&MediaInterval) -> u64| all.iter().map(|i| f(i)).sum::<u64>();
         assert_eq!(sum(|i| i.packets_sent), r.packets_sent);
         assert_eq!(sum(|i| i.packets_received), r.packets_received);
@@ -950,7 +1009,7 @@ mod tests {
         assert_eq!(sum(|i| i.lost), r.lost);
         assert_eq!(sum(|i| i.late), r.late);
         assert_eq!(sum(|i| i.gap_us.len()), r.gap_us.len());
-        assert_eq!(last.gap_us.len(), 1, "the stream's gap, at the end");
+        assert_eq!(r.gap_us.len(), 1);
     }
 
     #[test]

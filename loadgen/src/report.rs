@@ -76,9 +76,10 @@ pub struct IntervalRow {
     /// Attempts started per second of the interval.
     pub call_rate_per_s: f64,
     pub register_rate_per_s: f64,
-    /// The metrics measured in the interval (none recorded: absent). `media_gap` is each
-    /// received stream's longest gap, recorded when the stream ends, which for the RTP worker
-    /// is the end of the run: it is in the last interval only (see `media::MediaInterval`).
+    /// The metrics measured in the interval (none recorded: absent). `media_gap` is the
+    /// longest gap of each received stream that ended in the interval: a stream we sent and
+    /// hear back once it was stopped and fell silent, any other at the end of the run (see
+    /// `media::MediaInterval::gap_us`).
     pub metrics: BTreeMap<String, IntervalLatency>,
     /// The RTP worker's figures for the interval; absent in a run without RTP, and in a row
     /// the worker did not answer for in time.
