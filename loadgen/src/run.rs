@@ -89,11 +89,9 @@ impl Rows<'_> {
         let until = Instant::now() + wait;
         while self.waiting.is_some() {
             let left = until.saturating_duration_since(Instant::now());
+            // None: nothing within the wait, or the worker has ended.
             let Some(m) = worker.interval(left) else {
-                if left.is_zero() || wait.is_zero() {
-                    break;
-                }
-                continue;
+                break;
             };
             // An answer for a row already written without it comes too late: dropped.
             if m.index == self.waiting_index() {
