@@ -870,6 +870,36 @@ fn load_charts(v: &Value, offset: f64, marks: &[Mark]) -> Option<Vec<(String, St
     let concurrent = |i: &Value| i["concurrent_calls"].as_f64();
     up.series.push(series("calls in progress", &concurrent));
     charts.push(("calls up".into(), up.render()));
+
+    // RTP over time, in a run with RTP: loss and jitter, each on its own axis.
+    if intervals.iter().any(|i| i["rtp"].is_object()) {
+        let mut loss = marked(LineChart::new(
+            "RTP loss per interval",
+            "time (s)",
+            "% of packets expected",
+        ));
+        let lost = |i: &Value| Some(i["rtp"]["loss_fraction"].as_f64()? * 100.0);
+        loss.series.push(series("lost (RFC 3550)", &lost));
+        let late = |i: &Value| {
+            let r = &i["rtp"];
+            let expected = r["packets_expected"].as_f64().filter(|e| *e > 0.0)?;
+            Some(r["late_packets"].as_f64()? / expected * 100.0)
+        };
+        if any(&late) {
+            loss.series
+                .push(series("late for the playout buffer", &late));
+        }
+        charts.push(("rtp loss".into(), loss.render()));
+
+        let mut jitter = marked(LineChart::new(
+            "RTP jitter per interval",
+            "time (s)",
+            "jitter (ms)",
+        ));
+        let p99 = |i: &Value| Some(i["rtp"]["jitter_p99_us"].as_f64()? / 1000.0);
+        jitter.series.push(series("p99 over the streams", &p99));
+        charts.push(("rtp jitter".into(), jitter.render()));
+    }
     Some(charts)
 }
 

@@ -17,8 +17,8 @@ use pbxlab_loadgen::LoadReport;
 use pbxlab_loadgen::messages::Messages;
 use pbxlab_loadgen::metrics::{self, IvrCounts, Metric, Outcomes, QueueCounts};
 use pbxlab_loadgen::report::{
-    self, DriverPace, FailureClasses, IntervalRow, LatencySummary, MosSummary, QueueSummary,
-    RtpSummary, ShardRow, ThresholdResult, WorkloadSummary,
+    self, DriverPace, FailureClasses, IntervalRow, IntervalRtp, LatencySummary, MosSummary,
+    QueueSummary, RtpSummary, ShardRow, ThresholdResult, WorkloadSummary,
 };
 use pbxlab_loadgen::threshold::Threshold;
 
@@ -398,7 +398,8 @@ pub(crate) fn merge(shards: &[Shard], extra: &[Threshold]) -> anyhow::Result<Loa
 
 /// The shards' intervals added up by their place in each run (interval k of every shard is
 /// its k-th second, or `--interval`, from its own start): counts, rates and calls in progress
-/// summed. An interval's percentiles cannot be added up without its histograms, which the
+/// summed, and so are the RTP counts (the loss fraction figured again from the sums). An
+/// interval's percentiles cannot be added up without its histograms, which the
 /// report does not carry: the merged rows have no `metrics`.
 fn intervals(shards: &[Shard]) -> Vec<IntervalRow> {
     let mut rows: Vec<IntervalRow> = Vec::new();
@@ -422,10 +423,26 @@ fn intervals(shards: &[Shard]) -> Vec<IntervalRow> {
             into.concurrent_calls += row.concurrent_calls;
             into.call_rate_per_s += row.call_rate_per_s;
             into.register_rate_per_s += row.register_rate_per_s;
+            if let Some(rtp) = &row.rtp {
+                let sum = into.rtp.get_or_insert_with(IntervalRtp::default);
+                sum.packets_sent += rtp.packets_sent;
+                sum.packets_received += rtp.packets_received;
+                sum.packets_expected += rtp.packets_expected;
+                sum.packets_lost += rtp.packets_lost;
+                sum.late_packets += rtp.late_packets;
+                sum.streams_received += rtp.streams_received;
+                // A percentile over streams cannot be merged without the streams' jitter,
+                // which the report does not carry: the worst shard's stands for them all (an
+                // upper bound of the merged p99).
+                sum.jitter_p99_us = sum.jitter_p99_us.max(rtp.jitter_p99_us);
+            }
         }
     }
     for row in &mut rows {
         row.failure_classes = FailureClasses::of(&row.failures);
+        if let Some(rtp) = &mut row.rtp {
+            rtp.loss_fraction = rtp.loss_fraction_of_counts();
+        }
     }
     rows
 }
@@ -561,6 +578,16 @@ mod tests {
                 concurrent_calls: 2,
                 call_rate_per_s: 10.0,
                 length_s: 1.0,
+                rtp: Some(IntervalRtp {
+                    packets_sent: expected,
+                    packets_expected: expected,
+                    packets_lost: lost,
+                    loss_fraction: lost as f64 / expected.max(1) as f64,
+                    late_packets: 1,
+                    streams_received: 2,
+                    jitter_p99_us: 1_000 * (u64::from(index) + 1),
+                    ..IntervalRtp::default()
+                }),
                 ..IntervalRow::default()
             }],
             shard: Some(ShardId { index, count }),
@@ -610,6 +637,15 @@ mod tests {
             row.metrics.is_empty(),
             "no interval percentiles without histograms"
         );
+        // RTP counts add up; loss is figured from the sums; jitter is the worst shard's.
+        let rtp = row.rtp.as_ref().expect("the shards' rtp");
+        assert_eq!(
+            (rtp.packets_sent, rtp.packets_expected, rtp.packets_lost),
+            (1_100, 1_100, 100)
+        );
+        assert_eq!((rtp.late_packets, rtp.streams_received), (2, 4));
+        assert_eq!(rtp.loss_fraction, 100.0 / 1_100.0);
+        assert_eq!(rtp.jitter_p99_us, 2_000);
         // The shards' own threshold, judged on the whole: each had 1 failure, the run 2.
         assert_eq!(m.thresholds.len(), 1);
         assert_eq!((m.thresholds[0].value, m.thresholds[0].pass), (2.0, false));

@@ -1,7 +1,8 @@
 //! `pbxlab load`'s files interval by interval, end to end on loopback: the HdrHistogram interval
 //! log (`--hlog`) and the CSV (`--csv`) against the JSON's `intervals`, and what a run killed
 //! with SIGKILL leaves in them. The target is a small UAS thread in the test that answers every
-//! INVITE and BYE with a 200; every run is bounded in calls and time.
+//! INVITE and BYE with a 200 (for the RTP case with an SDP answer, and a thread that echoes the
+//! RTP back); every run is bounded in calls and time.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -27,20 +28,21 @@ impl Drop for Killed {
 struct Uas {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Uas {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-/// The 200 OK to `req`: its Via, From, To (with a tag), Call-ID and CSeq, and a Contact.
-fn ok(req: &str, contact: SocketAddr) -> String {
+/// The 200 OK to `req`: its Via, From, To (with a tag), Call-ID and CSeq, and a Contact; with
+/// `rtp`, an SDP answer of G.711 at that address.
+fn ok(req: &str, contact: SocketAddr, rtp: Option<SocketAddr>) -> String {
     let mut out = String::from("SIP/2.0 200 OK\r\n");
     for line in req.split("\r\n") {
         let lower = line.to_ascii_lowercase();
@@ -58,21 +60,57 @@ fn ok(req: &str, contact: SocketAddr) -> String {
             out.push_str("\r\n");
         }
     }
+    let body = match rtp {
+        Some(at) if req.starts_with("INVITE ") => format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+            ip = at.ip(),
+            port = at.port()
+        ),
+        _ => String::new(),
+    };
+    if !body.is_empty() {
+        out.push_str("Content-Type: application/sdp\r\n");
+    }
     out.push_str(&format!(
-        "Contact: <sip:uas@{contact}>\r\nContent-Length: 0\r\n\r\n"
+        "Contact: <sip:uas@{contact}>\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     ));
     out
 }
 
 fn uas() -> Uas {
+    uas_with(false)
+}
+
+/// A UAS; with `rtp` it answers with SDP and echoes every RTP packet back to its sender.
+fn uas_with(rtp: bool) -> Uas {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let echo = rtp.then(|| {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let addr = socket.local_addr().expect("addr");
+        let flag = Arc::clone(&stop);
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        }));
+        addr
+    });
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket
         .set_read_timeout(Some(Duration::from_millis(20)))
         .expect("timeout");
     let addr = socket.local_addr().expect("addr");
-    let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
+    threads.push(std::thread::spawn(move || {
         let mut buf = [0u8; 65_536];
         while !flag.load(Ordering::Relaxed) {
             let Ok((n, from)) = socket.recv_from(&mut buf) else {
@@ -80,14 +118,14 @@ fn uas() -> Uas {
             };
             let req = String::from_utf8_lossy(&buf[..n]);
             if req.starts_with("INVITE ") || req.starts_with("BYE ") {
-                let _ = socket.send_to(ok(&req, addr).as_bytes(), from);
+                let _ = socket.send_to(ok(&req, addr, echo).as_bytes(), from);
             }
         }
-    });
+    }));
     Uas {
         addr,
         stop,
-        thread: Some(thread),
+        threads,
     }
 }
 
@@ -340,4 +378,127 @@ fn a_run_killed_hard_leaves_the_intervals_it_closed() {
     let rows = csv_rows(&std::fs::read_to_string(&csv).expect("csv"));
     assert!(rows.len() >= 3, "{rows:?}");
     assert!(rows.iter().any(|r| number(r, "setup_count") > 0.0));
+}
+
+/// The counts of an interval log's histograms tagged `tag`, interval by interval.
+fn counts_of(log: &[u8], tag: &str) -> Vec<u64> {
+    IntervalLogIterator::new(log)
+        .map(|e| e.expect("every line parses"))
+        .filter_map(|e| match e {
+            LogEntry::Interval(i) if i.tag().map(|t| t.as_str()) == Some(tag) => Some(
+                pbxlab_loadgen::report::decode_histogram(i.encoded_histogram())
+                    .expect("a histogram")
+                    .len(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_rtp_runs_intervals_add_up_to_its_rtp_totals_and_its_media_gaps() {
+    let uas = uas_with(true);
+    let dir = scratch("rtp");
+    let (json, csv, hlog) = (dir.join("r.json"), dir.join("r.csv"), dir.join("r.hlog"));
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args([
+            "load",
+            "--target",
+            &uas.addr.to_string(),
+            "--service",
+            "echo",
+            "--rtp",
+            "1",
+        ])
+        .args(["--calls", "6", "--call-rate", "10/s", "--hold", "1s"])
+        .args(["--interval", "200ms"])
+        .args([
+            "--json",
+            path(&json),
+            "--csv",
+            path(&csv),
+            "--hlog",
+            path(&hlog),
+        ])
+        .output()
+        .expect("pbxlab runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("json");
+    let intervals = v["intervals"].as_array().expect("intervals");
+    assert!(intervals.len() >= 5, "1.5 s in 200 ms intervals: {v}");
+    let total = |key: &str| {
+        v["rtp"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("rtp.{key}: {v}"))
+    };
+    assert_eq!(v["rtp"]["streams"], 6, "{v}");
+    assert!(total("packets_sent") >= 6 * 40, "{v}");
+    assert!(total("packets_received") > 0, "the echo came back: {v}");
+    // The intervals' shares add up to the run's RTP.
+    let sum = |key: &str| {
+        intervals
+            .iter()
+            .map(|i| i["rtp"][key].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    for key in [
+        "packets_sent",
+        "packets_received",
+        "packets_expected",
+        "packets_lost",
+    ] {
+        assert_eq!(sum(key), total(key), "{key}: {v}");
+    }
+    // Streams heard, with their jitter, in the intervals the calls were up in.
+    assert!(
+        intervals
+            .iter()
+            .filter(|i| i["rtp"]["streams_received"].as_u64() > Some(0))
+            .count()
+            >= 3,
+        "{v}"
+    );
+    let last = intervals.last().expect("rows");
+    assert!(last["rtp"].is_object(), "{last}");
+    // Each stream's longest gap, at the run's end: in the last interval, and the hlog's.
+    let gaps = v["metrics"]["media_gap"]["count"]
+        .as_u64()
+        .expect("media_gap");
+    assert_eq!(gaps, 6, "one per stream heard: {v}");
+    let gaps_by_row: u64 = intervals
+        .iter()
+        .filter_map(|i| i["metrics"]["media_gap"]["count"].as_u64())
+        .sum();
+    assert_eq!(gaps_by_row, gaps, "{v}");
+    let log = std::fs::read(&hlog).expect("hlog written");
+    let logged = counts_of(&log, "media_gap");
+    assert!(!logged.is_empty(), "{}", String::from_utf8_lossy(&log));
+    assert_eq!(logged.iter().sum::<u64>(), gaps);
+    // The CSV says the same, in its media_gap columns and the rtp ones at the end.
+    let rows = csv_rows(&std::fs::read_to_string(&csv).expect("csv written"));
+    assert_eq!(rows.len(), intervals.len());
+    let column = |c: &str| {
+        rows.iter()
+            .map(|r| r[c].parse::<f64>().unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    assert_eq!(column("media_gap_count"), gaps as f64);
+    assert_eq!(column("rtp_packets_sent"), total("packets_sent") as f64);
+    assert_eq!(
+        column("rtp_packets_received"),
+        total("packets_received") as f64
+    );
+    let header = std::fs::read_to_string(&csv).expect("csv");
+    let header = header.lines().next().expect("header");
+    assert!(
+        header.ends_with(
+            "rtp_packets_sent,rtp_packets_received,rtp_loss_fraction,rtp_late_packets,rtp_jitter_p99_ms"
+        ),
+        "{header}"
+    );
 }

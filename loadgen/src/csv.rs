@@ -34,6 +34,15 @@ const FIXED: [&str; 18] = [
     "register_rate_per_s",
 ];
 
+/// The RTP worker's columns, after the metrics': empty in a row without RTP figures.
+const RTP: [&str; 5] = [
+    "rtp_packets_sent",
+    "rtp_packets_received",
+    "rtp_loss_fraction",
+    "rtp_late_packets",
+    "rtp_jitter_p99_ms",
+];
+
 /// The header line.
 pub fn header() -> String {
     let mut columns: Vec<String> = FIXED.iter().map(|&c| c.to_owned()).collect();
@@ -45,6 +54,7 @@ pub fn header() -> String {
                 .map(|s| format!("{name}_{s}")),
         );
     }
+    columns.extend(RTP.iter().map(|&c| c.to_owned()));
     let mut line = columns.join(",");
     line.push('\n');
     line
@@ -90,6 +100,20 @@ pub fn row(r: &IntervalRow) -> String {
             None => line.push_str(",0,,,"),
         }
     }
+    match &r.rtp {
+        Some(rtp) => {
+            let _ = write!(
+                line,
+                ",{},{},{:.6},{},{:.3}",
+                rtp.packets_sent,
+                rtp.packets_received,
+                rtp.loss_fraction,
+                rtp.late_packets,
+                ms(rtp.jitter_p99_us)
+            );
+        }
+        None => line.push_str(&",".repeat(RTP.len())),
+    }
     line.push('\n');
     line
 }
@@ -106,7 +130,7 @@ pub fn file(rows: &[IntervalRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{FailureClasses, IntervalLatency};
+    use crate::report::{FailureClasses, IntervalLatency, IntervalRtp};
 
     #[test]
     fn a_row_has_a_value_under_every_column_in_order() {
@@ -140,7 +164,10 @@ mod tests {
         let columns: Vec<&str> = header.trim_end().split(',').collect();
         let values: Vec<&str> = line.trim_end().split(',').collect();
         assert_eq!(columns.len(), values.len(), "{header}{line}");
-        assert_eq!(columns.len(), FIXED.len() + 4 * Metric::ALL.len());
+        assert_eq!(
+            columns.len(),
+            FIXED.len() + 4 * Metric::ALL.len() + RTP.len()
+        );
         let at = |name: &str| {
             let i = columns.iter().position(|c| *c == name).expect(name);
             values[i]
@@ -155,6 +182,34 @@ mod tests {
         assert_eq!(at("setup_count"), "9");
         assert_eq!(at("setup_p99_ms"), "12.345");
         assert_eq!((at("bye_count"), at("bye_p50_ms")), ("0", ""));
+        assert_eq!((at("rtp_packets_sent"), at("rtp_jitter_p99_ms")), ("", ""));
+        // The RTP columns come last, after every metric's.
+        assert_eq!(columns[columns.len() - RTP.len()..], RTP);
+        let with_rtp = IntervalRow {
+            rtp: Some(IntervalRtp {
+                packets_sent: 500,
+                packets_received: 490,
+                packets_expected: 500,
+                packets_lost: 10,
+                loss_fraction: 0.02,
+                late_packets: 3,
+                streams_received: 10,
+                jitter_p99_us: 1_250,
+            }),
+            ..r.clone()
+        };
+        let line = row(&with_rtp);
+        let values: Vec<&str> = line.trim_end().split(',').collect();
+        assert_eq!(columns.len(), values.len(), "{header}{line}");
+        let at = |name: &str| {
+            let i = columns.iter().position(|c| *c == name).expect(name);
+            values[i]
+        };
+        assert_eq!(at("rtp_packets_sent"), "500");
+        assert_eq!(at("rtp_packets_received"), "490");
+        assert_eq!(at("rtp_loss_fraction"), "0.020000");
+        assert_eq!(at("rtp_late_packets"), "3");
+        assert_eq!(at("rtp_jitter_p99_ms"), "1.250");
         assert_eq!(file(&[r.clone(), r]).lines().count(), 3);
     }
 }

@@ -20,6 +20,12 @@
 //! to send sleeps until packets come or the load loop hands it commands ([`Worker::send`] wakes
 //! it), so a run without RTP costs no wakeups here.
 //!
+//! The load loop closes an interval every second: it asks with [`Worker::close_interval`] and
+//! the worker answers with that interval's figures ([`MediaInterval`], [`Worker::interval`])
+//! when it next reads its commands, so the per-interval accounting costs nothing per packet:
+//! the counters are the run's own, and the interval's share is their difference from the last
+//! close, worked out once an interval over the streams.
+//!
 //! Each received stream is rated by the E-model ([`crate::emodel`]) when the run ends: its
 //! RFC 3550 loss plus the packets a 40 ms playout buffer would have dropped as late, and its
 //! mouth-to-ear delay (packetisation, the buffer, and the network transit where this worker
@@ -93,6 +99,12 @@ struct Receiving {
     origin_ns: Option<i64>,
     transit_ns_sum: u64,
     transits: u64,
+    /// Packets received by the last interval's close: whether it was heard in the interval.
+    received_at_close: u64,
+    /// For a stream this worker sends: how many intervals had closed when it was stopped.
+    stopped_after: Option<u64>,
+    /// Whether the stream's longest gap is in `gap_us` already: once, when the stream ends.
+    gap_recorded: bool,
 }
 
 impl Receiving {
@@ -106,7 +118,22 @@ impl Receiving {
             origin_ns: None,
             transit_ns_sum: 0,
             transits: 0,
+            received_at_close: 0,
+            stopped_after: None,
+            gap_recorded: false,
         }
+    }
+
+    /// Records the stream's longest gap, once, into the run's `gap_us` and the interval's, if
+    /// it has one (two packets or more).
+    fn record_gap(&mut self, total: &mut Histogram<u64>, interval: &mut Histogram<u64>) {
+        if self.gap_recorded || self.stats.received() < 2 {
+            return;
+        }
+        self.gap_recorded = true;
+        let gap_us = (self.max_gap_ns / 1000).clamp(1, MAX_US);
+        let _ = total.record(gap_us);
+        let _ = interval.record(gap_us);
     }
 
     /// Takes an audio packet that arrived at `arrival_ns` (since the epoch); returns when the
@@ -221,6 +248,122 @@ pub struct MediaReport {
     /// How late the worker's ticks left against their 20 ms slots, and what the kernel
     /// dropped on its socket.
     pub pace: PaceFigures,
+    /// The last interval: from the last [`Worker::close_interval`] the worker answered to the
+    /// end of the run.
+    pub last_interval: MediaInterval,
+}
+
+/// What the worker saw in one interval of the run. Counts are the interval's share of the
+/// run's: summed over the intervals they give the report's totals (RFC 3550's loss can shrink
+/// when a packet counted lost turns up late; such an interval reports no loss and the next ones
+/// make up the difference).
+#[derive(Debug, Clone)]
+pub struct MediaInterval {
+    /// The interval's number, as the load loop asked for it (0 the first).
+    pub index: u64,
+    /// Streams started since the run began (not only in the interval).
+    pub streams: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    /// RFC 3550's expected and lost packets over the received streams, the interval's share.
+    pub expected: u64,
+    pub lost: u64,
+    /// Audio packets that came too late for the playout buffer.
+    pub late: u64,
+    /// Per stream heard in the interval: its RFC 3550 interarrival jitter as it stood at the
+    /// interval's end, microseconds. Jitter is a running estimate (RFC 3550 smooths it over
+    /// about 16 packets), so this is each stream's recent jitter, not an average over the run.
+    pub jitter_us: Histogram<u64>,
+    /// What the worker recorded into [`MediaReport::gap_us`] in the interval: the longest gap
+    /// of each stream that ended in it. A stream's longest gap is known once the stream is
+    /// over: for a stream this worker sent and hears back (an echo, a call between two of our
+    /// users) that is the first close after an interval in which, stopped, it was silent; any
+    /// other stream ends with the run, so its gap is in the last interval. Each stream counts
+    /// once, so the intervals' counts add up to the run's. Single silences are in
+    /// [`MediaReport::gaps`].
+    pub gap_us: Histogram<u64>,
+}
+
+impl MediaInterval {
+    pub fn loss_fraction(&self) -> f64 {
+        if self.expected == 0 {
+            0.0
+        } else {
+            self.lost as f64 / self.expected as f64
+        }
+    }
+}
+
+/// The run's counters as the last interval's close reported them, and what was recorded into
+/// `gap_us` since: what the next close hands over is the difference.
+struct Intervals {
+    reported: [u64; 5],
+    gap_us: Histogram<u64>,
+    /// Intervals closed so far.
+    closed: u64,
+}
+
+impl Intervals {
+    fn new() -> Intervals {
+        Intervals {
+            reported: [0; 5],
+            gap_us: histogram(),
+            closed: 0,
+        }
+    }
+
+    /// Closes interval `index` at the counters `sent`, `received` and the streams' own state:
+    /// one pass over the streams, once an interval, nothing per packet. The longest gap of
+    /// each stream that has ended goes into `gap_total` (the run's `gap_us`) and the interval.
+    fn close(
+        &mut self,
+        index: u64,
+        streams: u64,
+        sent: u64,
+        received: u64,
+        receiving: &mut HashMap<u32, Receiving>,
+        gap_total: &mut Histogram<u64>,
+    ) -> MediaInterval {
+        let mut jitter_us = histogram();
+        let (mut expected, mut lost, mut late) = (0u64, 0u64, 0u64);
+        for r in receiving.values_mut() {
+            if r.last_ns.is_none() {
+                continue;
+            }
+            expected += r.stats.expected();
+            lost += r.lost();
+            late += r.playout.late();
+            let heard = r.stats.received() > r.received_at_close;
+            if heard {
+                let _ = jitter_us.record((r.stats.jitter_us() as u64).clamp(1, MAX_US));
+            }
+            // Stopped before the last close and silent since: over.
+            if !heard && r.stopped_after.is_some_and(|n| n < self.closed) {
+                r.record_gap(gap_total, &mut self.gap_us);
+            }
+            r.received_at_close = r.stats.received();
+        }
+        let now = [sent, received, expected, lost, late];
+        let mut share = [0u64; 5];
+        for ((s, r), n) in share.iter_mut().zip(&mut self.reported).zip(now) {
+            *s = n.saturating_sub(*r);
+            *r += *s;
+        }
+        let [packets_sent, packets_received, expected, lost, late] = share;
+        let gap_us = std::mem::replace(&mut self.gap_us, histogram());
+        self.closed += 1;
+        MediaInterval {
+            index,
+            streams,
+            packets_sent,
+            packets_received,
+            expected,
+            lost,
+            late,
+            jitter_us,
+            gap_us,
+        }
+    }
 }
 
 impl MediaReport {
@@ -250,10 +393,19 @@ fn tone() -> Vec<u8> {
     out
 }
 
-/// The running worker: streams are started, redirected and stopped by [`Worker::send`], and
-/// [`Worker::stop`] ends it and returns its report.
+/// What the load loop tells the worker.
+enum Command {
+    Media(MediaCommand),
+    /// Close interval n and answer with its figures.
+    CloseInterval(u64),
+}
+
+/// The running worker: streams are started, redirected and stopped by [`Worker::send`],
+/// intervals closed by [`Worker::close_interval`], and [`Worker::stop`] ends it and returns its
+/// report.
 pub struct Worker {
-    commands: Sender<MediaCommand>,
+    commands: Sender<Command>,
+    intervals: Receiver<MediaInterval>,
     /// Wakes the thread from its wait: a worker without streams sleeps until told something.
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
@@ -266,11 +418,28 @@ impl Worker {
         let mut any = false;
         for cmd in commands {
             // A closed channel only means the thread has ended; `stop` reports why.
-            let _ = self.commands.send(cmd);
+            let _ = self.commands.send(Command::Media(cmd));
             any = true;
         }
         if any {
             let _ = self.waker.wake();
+        }
+    }
+
+    /// Asks the worker to close interval `index`; its figures come back by [`Worker::interval`]
+    /// as soon as the worker next reads its commands (within a tick, 20 ms, at the latest
+    /// unless the thread is stalled).
+    pub fn close_interval(&self, index: u64) {
+        let _ = self.commands.send(Command::CloseInterval(index));
+        let _ = self.waker.wake();
+    }
+
+    /// The next closed interval's figures, waiting for them at most `wait`.
+    pub fn interval(&self, wait: Duration) -> Option<MediaInterval> {
+        if wait.is_zero() {
+            self.intervals.try_recv().ok()
+        } else {
+            self.intervals.recv_timeout(wait).ok()
         }
     }
 
@@ -292,6 +461,7 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
         .register(&mut socket, Token(0), Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), Token(1))?);
     let (commands_tx, commands) = std::sync::mpsc::channel();
+    let (intervals_tx, intervals) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = Arc::clone(&stop);
     let mut report = MediaReport {
@@ -316,6 +486,7 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
         receive_buffer_bytes: buffers.receive_bytes,
         send_buffer_bytes: buffers.send_bytes,
         pace: PaceFigures::default(),
+        last_interval: Intervals::new().close(0, 0, 0, 0, &mut HashMap::new(), &mut histogram()),
     };
     // The batch headers hold raw pointers and cannot cross threads, so the worker makes them and
     // says whether it could (kernel timestamps on).
@@ -343,11 +514,12 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
                 sender: pbxlab_udp::Sender::default(),
                 epoch,
             };
-            run(io, &commands, &stop_flag, &mut report);
+            run(io, &commands, &intervals_tx, &stop_flag, &mut report);
             report
         })?;
     let worker = Worker {
         commands: commands_tx,
+        intervals,
         waker,
         stop,
         thread,
@@ -375,7 +547,8 @@ struct Io<'a> {
 
 fn run(
     mut io: Io<'_>,
-    commands: &Receiver<MediaCommand>,
+    commands: &Receiver<Command>,
+    intervals_out: &Sender<MediaInterval>,
     stop: &AtomicBool,
     report: &mut MediaReport,
 ) {
@@ -399,8 +572,27 @@ fn run(
     let mut scheduled = false;
     let mut drops = 0u32;
     let ns = |t: Instant| u64::try_from(t.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+    let mut intervals = Intervals::new();
+    let mut next_index = 0u64;
     loop {
         while let Ok(cmd) = commands.try_recv() {
+            let cmd = match cmd {
+                Command::Media(cmd) => cmd,
+                Command::CloseInterval(index) => {
+                    let closed = intervals.close(
+                        index,
+                        report.streams,
+                        report.packets_sent,
+                        report.packets_received,
+                        &mut receiving,
+                        &mut report.gap_us,
+                    );
+                    next_index = index + 1;
+                    // A closed channel only means the load loop has stopped listening.
+                    let _ = intervals_out.send(closed);
+                    continue;
+                }
+            };
             match cmd {
                 MediaCommand::Start {
                     stream,
@@ -456,8 +648,11 @@ fn run(
                     }
                 }
                 MediaCommand::Stop { stream } => {
-                    if let Some(dest) = dest_of.remove(&stream) {
-                        sending.remove(&(dest, stream));
+                    if let Some(dest) = dest_of.remove(&stream)
+                        && let Some(s) = sending.remove(&(dest, stream))
+                        && let Some(r) = receiving.get_mut(&s.ssrc)
+                    {
+                        r.stopped_after = Some(intervals.closed);
                     }
                 }
             }
@@ -585,7 +780,7 @@ fn run(
     report.pace = pace.figures();
     let mut heard = 0u64;
     // Streams still alive are rated as they stand: the end of the run is their end.
-    for r in receiving.values() {
+    for r in receiving.values_mut() {
         // Our own streams have an entry from their first send; only what arrived counts here.
         if r.last_ns.is_none() {
             continue;
@@ -597,9 +792,7 @@ fn run(
         let _ = report
             .jitter_us
             .record((r.stats.jitter_us() as u64).clamp(1, MAX_US));
-        if r.stats.received() > 1 {
-            let _ = report.gap_us.record((r.max_gap_ns / 1000).clamp(1, MAX_US));
-        }
+        r.record_gap(&mut report.gap_us, &mut intervals.gap_us);
         let conditions = r.conditions();
         report.delay_ms_sum += conditions.delay_ms;
         report.rate(conditions.r_factor());
@@ -610,6 +803,14 @@ fn run(
     // exact for echoes and calls between our own users (one stream back per leg), and a lower
     // bound where a leg hears several sources in turn (an IVR prompt, then a queue's agent).
     report.silent_streams = report.streams.saturating_sub(heard);
+    report.last_interval = intervals.close(
+        next_index,
+        report.streams,
+        report.packets_sent,
+        report.packets_received,
+        &mut receiving,
+        &mut report.gap_us,
+    );
 }
 
 impl MediaReport {
@@ -688,6 +889,127 @@ mod tests {
         assert!((c.loss_fraction - 0.04).abs() < 1e-3, "{}", c.loss_fraction);
         // 4% random loss without concealment is a poor call.
         assert!(c.mos() < 3.0, "{}", c.mos());
+    }
+
+    #[test]
+    fn an_interval_hands_over_its_share_of_the_counts_and_the_jitter_of_streams_heard_in_it() {
+        // Stream 1: packets 0..50 in the first interval with seq 10 lost, 50..100 in the second
+        // with 60 and 70 lost and 80 too late for the playout buffer. Stream 2: heard only in
+        // the first.
+        let feed = |r: &mut Receiving, seqs: std::ops::Range<u16>| {
+            for i in seqs.filter(|i| ![10, 60, 70].contains(i)) {
+                let delay_ms = if i == 80 { 65 } else { 5 };
+                let arrival = u64::from(i) * 20_000_000 + delay_ms * 1_000_000;
+                r.on_audio(i, u32::from(i) * SAMPLES, arrival);
+            }
+        };
+        let mut receiving = HashMap::new();
+        let mut one = Receiving::new();
+        feed(&mut one, 0..50);
+        receiving.insert(1, one);
+        receiving.insert(2, stream(50, false, |_| Some(5)));
+        // Ours, never heard: not a received stream.
+        receiving.insert(3, Receiving::new());
+        // Ours, heard back, stopped in the first interval.
+        let mut four = stream(50, true, |_| Some(5));
+        four.stopped_after = Some(0);
+        receiving.insert(4, four);
+        let mut intervals = Intervals::new();
+        let mut gaps = histogram();
+        let first = intervals.close(0, 4, 150, 99, &mut receiving, &mut gaps);
+        assert_eq!((first.index, first.streams), (0, 4));
+        assert_eq!((first.packets_sent, first.packets_received), (150, 99));
+        // RFC 3550's probation: a stream's count starts from its second packet, 49 each.
+        assert_eq!((first.expected, first.lost, first.late), (147, 1, 0));
+        assert_eq!(first.jitter_us.len(), 3, "three streams were heard");
+        assert!(first.gap_us.is_empty(), "stream 4 may have packets to come");
+
+        if let Some(one) = receiving.get_mut(&1) {
+            feed(one, 50..100);
+        }
+        let second = intervals.close(1, 4, 300, 99 + 48, &mut receiving, &mut gaps);
+        assert_eq!((second.packets_sent, second.packets_received), (150, 48));
+        assert_eq!((second.expected, second.lost, second.late), (50, 2, 1));
+        assert!((second.loss_fraction() - 0.04).abs() < 1e-12);
+        assert_eq!(second.jitter_us.len(), 1, "only stream 1 was heard");
+        // Stream 4, stopped and silent through an interval, is over: its longest gap (20 ms)
+        // goes to the run's and this interval's. Stream 2 is silent but may come back.
+        assert_eq!((second.gap_us.len(), gaps.len()), (1, 1));
+        assert!(second.gap_us.equivalent(second.gap_us.max(), 20_000));
+
+        // Nothing new: an empty interval, and the gaps were handed over once.
+        let third = intervals.close(2, 4, 300, 147, &mut receiving, &mut gaps);
+        assert_eq!((third.packets_sent, third.expected, third.lost), (0, 0, 0));
+        assert!(third.jitter_us.is_empty() && third.gap_us.is_empty());
+        assert_eq!(gaps.len(), 1);
+        // The shares add up to the streams' totals.
+        let heard = || receiving.values().filter(|r| r.last_ns.is_some());
+        assert_eq!(
+            first.lost + second.lost,
+            heard().map(Receiving::lost).sum::<u64>()
+        );
+        assert_eq!(
+            first.expected + second.expected,
+            heard().map(|r| r.stats.expected()).sum::<u64>()
+        );
+    }
+
+    #[test]
+    fn the_worker_answers_an_interval_close_and_its_intervals_add_up_to_the_report() {
+        let (addr, w) = worker();
+        // Nothing to close yet: an interval of nothing, at once.
+        w.close_interval(0);
+        let empty = w.interval(Duration::from_secs(5)).expect("first interval");
+        assert_eq!((empty.index, empty.streams, empty.packets_sent), (0, 0, 0));
+        // A stream the worker echoes to itself.
+        w.send([MediaCommand::Start {
+            stream: 1,
+            ssrc: 0x1111,
+            dest: addr,
+            payload_type: 0,
+        }]);
+        std::thread::sleep(Duration::from_millis(300));
+        w.close_interval(1);
+        let busy = w.interval(Duration::from_secs(5)).expect("second interval");
+        assert_eq!((busy.index, busy.streams), (1, 1));
+        assert!(
+            busy.packets_sent > 0 && busy.packets_received > 0,
+            "{busy:?}"
+        );
+        assert_eq!(busy.jitter_us.len(), 1);
+        assert!(busy.gap_us.is_empty(), "a stream's gap is known at its end");
+        std::thread::sleep(Duration::from_millis(200));
+        w.send([MediaCommand::Stop { stream: 1 }]);
+        std::thread::sleep(Duration::from_millis(100));
+        // The interval it stopped in, with its last packets; then one of silence, which ends
+        // it: its longest gap is that interval's.
+        w.close_interval(2);
+        let stopped = w.interval(Duration::from_secs(5)).expect("third interval");
+        assert!(
+            stopped.packets_sent > 0 && stopped.gap_us.is_empty(),
+            "{stopped:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        w.close_interval(3);
+        let over = w.interval(Duration::from_secs(5)).expect("fourth interval");
+        assert_eq!((over.packets_sent, over.packets_received), (0, 0));
+        assert_eq!(over.gap_us.len(), 1, "{over:?}");
+        let r = w.stop().expect("worker");
+        let last = &r.last_interval;
+        assert_eq!(last.index, 4);
+        assert!(
+            last.gap_us.is_empty(),
+            "recorded once, when the stream ended"
+        );
+        let all = [&empty, &busy, &stopped, &over, last];
+        let sum = |f: fn(&MediaInterval) -> u64| all.iter().map(|i| f(i)).sum::<u64>();
+        assert_eq!(sum(|i| i.packets_sent), r.packets_sent);
+        assert_eq!(sum(|i| i.packets_received), r.packets_received);
+        assert_eq!(sum(|i| i.expected), r.expected);
+        assert_eq!(sum(|i| i.lost), r.lost);
+        assert_eq!(sum(|i| i.late), r.late);
+        assert_eq!(sum(|i| i.gap_us.len()), r.gap_us.len());
+        assert_eq!(r.gap_us.len(), 1);
     }
 
     #[test]

@@ -76,8 +76,61 @@ pub struct IntervalRow {
     /// Attempts started per second of the interval.
     pub call_rate_per_s: f64,
     pub register_rate_per_s: f64,
-    /// The metrics measured in the interval (none recorded: absent).
+    /// The metrics measured in the interval (none recorded: absent). `media_gap` is the
+    /// longest gap of each received stream that ended in the interval: a stream we sent and
+    /// hear back once it was stopped and fell silent, any other at the end of the run (see
+    /// `media::MediaInterval::gap_us`).
     pub metrics: BTreeMap<String, IntervalLatency>,
+    /// The RTP worker's figures for the interval; absent in a run without RTP, and in a row
+    /// the worker did not answer for in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtp: Option<IntervalRtp>,
+}
+
+/// One interval's RTP: the interval's share of the run's counts (they add up to `rtp`'s
+/// totals) and the jitter of the streams heard in it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IntervalRtp {
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    /// RFC 3550's expected and lost packets over the received streams, the interval's share.
+    pub packets_expected: u64,
+    pub packets_lost: u64,
+    /// `packets_lost / packets_expected` (0 with nothing expected).
+    pub loss_fraction: f64,
+    /// Audio packets that arrived too late for the 40 ms playout buffer.
+    pub late_packets: u64,
+    /// Streams heard in the interval.
+    pub streams_received: u64,
+    /// The 99th percentile over the streams heard in the interval of each one's RFC 3550
+    /// jitter as it stood at the interval's end (a running estimate over its last ~16
+    /// packets), microseconds.
+    pub jitter_p99_us: u64,
+}
+
+impl IntervalRtp {
+    pub fn of(m: &crate::media::MediaInterval) -> IntervalRtp {
+        IntervalRtp {
+            packets_sent: m.packets_sent,
+            packets_received: m.packets_received,
+            packets_expected: m.expected,
+            packets_lost: m.lost,
+            loss_fraction: m.loss_fraction(),
+            late_packets: m.late,
+            streams_received: m.jitter_us.len(),
+            jitter_p99_us: m.jitter_us.value_at_quantile(0.99),
+        }
+    }
+
+    /// `packets_lost / packets_expected` again, after counts were added up.
+    pub fn loss_fraction_of_counts(&self) -> f64 {
+        if self.packets_expected == 0 {
+            0.0
+        } else {
+            self.packets_lost as f64 / self.packets_expected as f64
+        }
+    }
 }
 
 impl IntervalRow {
@@ -135,6 +188,28 @@ impl IntervalRow {
             failures,
             concurrent_calls,
             metrics,
+            rtp: None,
+        }
+    }
+
+    /// Adds the RTP worker's part of the interval: its `rtp` figures (in a run with RTP) and
+    /// the `media_gap` recorded in it.
+    pub fn add_media(&mut self, m: &crate::media::MediaInterval) {
+        if m.streams > 0 || m.packets_received > 0 {
+            self.rtp = Some(IntervalRtp::of(m));
+        }
+        let g = &m.gap_us;
+        if !g.is_empty() {
+            self.metrics.insert(
+                Metric::MediaGap.name().to_owned(),
+                IntervalLatency {
+                    count: g.len(),
+                    p50_us: g.value_at_quantile(0.50),
+                    p90_us: g.value_at_quantile(0.90),
+                    p99_us: g.value_at_quantile(0.99),
+                    max_us: g.max(),
+                },
+            );
         }
     }
 }

@@ -39,6 +39,70 @@ const TICK: Duration = Duration::from_millis(1);
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// Refusals (ICMP port unreachable) that end a run in which the target never answered.
 const REFUSALS_TO_STOP: u64 = 3;
+/// How long the loop waits, at the next interval's close, for the RTP worker's part of the
+/// interval before: it answers within a tick (20 ms) unless its thread is stalled. A row the
+/// worker missed is written without it.
+const MEDIA_WAIT: Duration = Duration::from_secs(1);
+
+/// The interval rows, and the one closed last until the RTP worker's part of it arrives: rows,
+/// CSV lines and hlog lines are written in order, each complete.
+struct Rows<'a> {
+    hlog: Option<&'a mut Appender>,
+    csv: Option<&'a mut Appender>,
+    done: Vec<IntervalRow>,
+    /// The row closed last, its hlog lines, and its start and length.
+    waiting: Option<(IntervalRow, Vec<u8>, Duration, Duration)>,
+}
+
+impl Rows<'_> {
+    /// The index of the row that waits (the worker's interval of that number).
+    fn waiting_index(&self) -> u64 {
+        self.done.len() as u64
+    }
+
+    /// Completes the waiting row with the worker's part (`None`: written without it).
+    fn complete(&mut self, media: Option<&media::MediaInterval>) {
+        let Some((mut row, mut lines, start, length)) = self.waiting.take() else {
+            return;
+        };
+        if let Some(m) = media {
+            row.add_media(m);
+            lines.extend(crate::hlog::line(
+                Metric::MediaGap,
+                &m.gap_us,
+                start,
+                length,
+            ));
+        }
+        if let Some(log) = self.hlog.as_deref_mut() {
+            log.append(&lines);
+        }
+        if let Some(csv) = self.csv.as_deref_mut() {
+            csv.append(crate::csv::row(&row).as_bytes());
+        }
+        self.done.push(row);
+    }
+
+    /// Takes what the worker has answered, waiting for the waiting row at most `wait`; a row
+    /// still unanswered then is written without the worker's part.
+    fn collect(&mut self, worker: &media::Worker, wait: Duration) {
+        let until = Instant::now() + wait;
+        while self.waiting.is_some() {
+            let left = until.saturating_duration_since(Instant::now());
+            // None: nothing within the wait, or the worker has ended.
+            let Some(m) = worker.interval(left) else {
+                break;
+            };
+            // An answer for a row already written without it comes too late: dropped.
+            if m.index == self.waiting_index() {
+                self.complete(Some(&m));
+            }
+        }
+        if !wait.is_zero() {
+            self.complete(None);
+        }
+    }
+}
 
 pub struct RunOptions<'a> {
     /// Bind the SIP socket here (port 0: any).
@@ -113,14 +177,19 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
 
     let mut engine = Engine::new(cfg);
     let started = Instant::now();
-    let (mut hlog, mut csv) = (opts.hlog, opts.csv);
-    if let Some(log) = hlog.as_deref_mut() {
+    let mut rows = Rows {
+        hlog: opts.hlog,
+        csv: opts.csv,
+        done: Vec::new(),
+        waiting: None,
+    };
+    if let Some(log) = rows.hlog.as_deref_mut() {
         log.append(&crate::hlog::header(
             &format!("pbxlab load: {shard_note}"),
             SystemTime::now(),
         ));
     }
-    if let Some(csv) = csv.as_deref_mut() {
+    if let Some(csv) = rows.csv.as_deref_mut() {
         csv.append(crate::csv::header().as_bytes());
     }
     let mut sender = pbxlab_udp::Sender::default();
@@ -144,19 +213,18 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
     let mut refused = false;
     let mut due = Nanos::MAX;
     let mut drops = [0u32; 2];
-    let mut intervals = Vec::new();
     let mut counts = RunCounts::default();
     // Socket errors join the engine's failures as each interval closes, so the interval they
-    // happened in counts them.
-    let mut close = |engine: &mut Engine, now: Duration, errors: &mut BTreeMap<String, u64>| {
+    // happened in counts them. The closed row waits in `rows` for the RTP worker's part.
+    let mut close = |engine: &mut Engine,
+                     now: Duration,
+                     errors: &mut BTreeMap<String, u64>,
+                     rows: &mut Rows<'_>| {
         for (reason, n) in std::mem::take(errors) {
             *engine.metrics.failures.entry(reason).or_default() += n;
         }
         let closed = engine.metrics.close_interval(now);
         let lines = engine.metrics.take_log();
-        if let Some(log) = hlog.as_deref_mut() {
-            log.append(&lines);
-        }
         let m = &engine.metrics;
         let after = RunCounts {
             calls: m.calls,
@@ -165,10 +233,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
         };
         let active = engine.active_calls() as u64;
         let row = IntervalRow::of(&closed, &after, &counts, active);
-        if let Some(csv) = csv.as_deref_mut() {
-            csv.append(crate::csv::row(&row).as_bytes());
-        }
-        intervals.push(row);
+        rows.waiting = Some((row, lines, closed.start, closed.length));
         counts = after;
         closed
     };
@@ -203,8 +268,12 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
             }
         });
         worker.send(engine.media_commands());
+        rows.collect(&worker, Duration::ZERO);
         if now >= next_interval {
-            let interval = close(&mut engine, now, &mut send_errors);
+            // The interval before is complete first, so rows are written in order.
+            rows.collect(&worker, MEDIA_WAIT);
+            let interval = close(&mut engine, now, &mut send_errors, &mut rows);
+            worker.close_interval(rows.waiting_index());
             let m = &engine.metrics;
             (opts.progress)(&Progress {
                 elapsed: now,
@@ -301,8 +370,12 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
         engine.give_up("refused by the target's host: nothing listens there");
     }
     engine.give_up("unfinished at the end of the run");
-    close(&mut engine, elapsed, &mut send_errors);
+    rows.collect(&worker, MEDIA_WAIT);
+    close(&mut engine, elapsed, &mut send_errors, &mut rows);
+    // The last interval's RTP part comes with the worker's report: from the last close it
+    // answered to its stop.
     let mut media = worker.stop().map_err(|_| Error::MediaWorker)?;
+    rows.complete(Some(&media.last_interval));
     let mut report = build_report(
         &engine,
         &media,
@@ -312,7 +385,7 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
         responses,
         &opts.thresholds,
     );
-    report.intervals = intervals;
+    report.intervals = rows.done;
     report.emulator = vec![
         DriverPace::of("the generator's SIP loop", &pace.figures()),
         DriverPace::of("the generator's RTP worker", &media.pace),

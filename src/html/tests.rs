@@ -152,6 +152,65 @@ fn a_load_page_draws_each_figure_over_the_intervals_and_escapes_what_it_shows() 
 }
 
 #[test]
+fn a_load_page_with_rtp_per_interval_draws_its_loss_and_jitter_and_one_without_has_neither() {
+    let titles = |all: &[Element]| -> Vec<String> {
+        all.iter()
+            .filter(|e| e.name == "svg")
+            .filter_map(|e| e.attr("aria-label").map(str::to_owned))
+            .collect()
+    };
+    let plain = checked(&load(&load_report(10)));
+    for title in ["RTP loss per interval", "RTP jitter per interval"] {
+        assert!(!titles(&plain).iter().any(|t| t == title), "{title}");
+    }
+    let mut v = load_report(10);
+    for (i, row) in v["intervals"]
+        .as_array_mut()
+        .expect("intervals")
+        .iter_mut()
+        .enumerate()
+    {
+        row["rtp"] = json!({
+            "packets_sent": 500, "packets_received": 495, "packets_expected": 500,
+            "packets_lost": 5 * (i % 3), "loss_fraction": 0.01 * (i % 3) as f64,
+            "late_packets": 2, "streams_received": 10, "jitter_p99_us": 1_000 + 500 * i
+        });
+        if i == 9 {
+            row["metrics"]["media_gap"] = json!({"count": 10, "p50_us": 20_000, "p90_us": 21_000, "p99_us": 80_000, "max_us": 80_000});
+        }
+    }
+    let page = load(&v);
+    let all = checked(&page);
+    let drawn = titles(&all);
+    for title in [
+        "RTP loss per interval",
+        "RTP jitter per interval",
+        "media_gap: percentiles per interval",
+    ] {
+        assert!(
+            drawn.iter().any(|t| t == title),
+            "no {title:?} in {drawn:?}"
+        );
+    }
+    // A point per interval, on the chart it belongs to.
+    for (title, name) in [
+        ("RTP loss per interval", "lost (RFC 3550)"),
+        ("RTP loss per interval", "late for the playout buffer"),
+        ("RTP jitter per interval", "p99 over the streams"),
+    ] {
+        let lines = series(chart(&all, title), name);
+        assert_eq!(lines.len(), 1, "{title}: {name}");
+        assert_eq!(lines[0].attr("data-points"), Some("10"), "{name}");
+    }
+    // The jitter axis is in milliseconds and covers the worst interval, 5.5 ms.
+    let svg = &chart(&all, "RTP jitter per interval")[0];
+    assert!(range(svg, "data-y-max") >= 5.5 && range(svg, "data-y-max") < 60.0);
+    // Loss in percent: 2% at most.
+    let svg = &chart(&all, "RTP loss per interval")[0];
+    assert!(range(svg, "data-y-max") >= 2.0 && range(svg, "data-y-max") < 50.0);
+}
+
+#[test]
 fn absent_or_odd_fields_leave_a_page_without_them() {
     let mut older = load_report(3);
     if let Some(o) = older.as_object_mut() {
