@@ -182,7 +182,7 @@ fn a_load_whose_cluster_exits_under_it_ends_by_itself_with_every_call_counted() 
         .stderr(Stdio::piped())
         .spawn()
         .expect("pbxlab runs");
-    // Well past the schedule and a transaction's timeout; the fixed run takes about 15 s.
+    // Well past the schedule and a transaction's timeout: the run takes about 20 s.
     let deadline = Instant::now() + Duration::from_secs(90);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {

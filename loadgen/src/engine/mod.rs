@@ -35,6 +35,12 @@
 //!   a room and shards never share one.
 //! - anything else (`echo`, a UAS's user part): held for the hold time, then BYE.
 //!
+//! Once the last attempt has started the run only waits for the calls in progress, and the
+//! engine bounds that wait itself (`bound_the_drain`): whatever else is due (registration
+//! refreshes always are), every leg ends by the drain limit, at once if the target has fallen
+//! silent, and the legs we answer 64 x T1 after the last of our own calls; each counted with
+//! its reason ([`DRAINED`], [`TARGET_SILENT`], [`NOT_HUNG_UP`]).
+//!
 //! A re-INVITE counts as a transfer or a connect only when its CSeq is new, so a retransmission
 //! does not advance a call; a re-INVITE that merely moves media (a node failing over) while a
 //! caller waits cannot be told from a connect and is counted as one.
