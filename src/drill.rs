@@ -130,7 +130,6 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let (cfg, thresholds) = load::configure(&settings, Some(&scenario), Some(scenario.seed))?;
     let calls: u64 = cfg.workloads.iter().map(|w| w.calls).sum();
     let rtp = cfg.rtp_fraction;
-    let drain_limit = load::drain_limit(&cfg);
     eprintln!(
         "pbxlab drill {:?}: Call Manager on {sip}, {}; {calls} calls ({:.0}% with RTP) started over {:.0} s, {}; detection bound {:.0} ms",
         scenario.name,
@@ -207,7 +206,6 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
                 thresholds,
                 stop,
                 progress: &mut progress,
-                drain_limit,
                 hlog: None,
                 csv: None,
             },

@@ -12,7 +12,8 @@ use std::time::Duration;
 use pbxlab_loadgen::engine::{Arrivals, Grid};
 use pbxlab_loadgen::settings::{self, DEFAULT_FIRST_USER, Settings};
 use pbxlab_loadgen::{
-    Appender, Config, Hold, LoadReport, Password, Progress, RunOptions, Threshold, UsersFile,
+    Appender, Config, Draining, Hold, LoadReport, Password, Progress, RunOptions, Threshold,
+    UsersFile,
 };
 use pbxlab_scenario::{Scenario, parse_duration, parse_rate};
 
@@ -477,14 +478,27 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     let interval = duration("interval", &args.interval)?;
     let on_terminal = std::io::stderr().is_terminal();
     let bar = on_terminal.then(indicatif::ProgressBar::new_spinner);
+    // Said once, when the schedule is over and calls are still up: what the run waits for.
+    let mut told_waiting = false;
     let mut progress = |p: &Progress| {
         let line = progress_line(p);
+        let waiting = p
+            .draining
+            .filter(|_| !told_waiting)
+            .map(|d| waiting_line(&d));
         match &bar {
             Some(b) => b.set_message(line),
             None => eprintln!("{line}"),
         }
+        if let Some(w) = waiting {
+            told_waiting = true;
+            match &bar {
+                Some(b) => b.println(w),
+                None => eprintln!("{w}"),
+            }
+        }
     };
-    let drain_limit = drain_limit(&cfg);
+    let drain_limit = cfg.drain_limit;
     let mut hlog = appender("--hlog", args.hlog.as_deref())?;
     let mut csv = appender("--csv", args.csv.as_deref())?;
     let mut report = pbxlab_loadgen::run(
@@ -496,7 +510,6 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
             thresholds,
             stop,
             progress: &mut progress,
-            drain_limit,
             hlog: hlog.as_mut(),
             csv: csv.as_mut(),
         },
@@ -504,6 +517,9 @@ pub fn load(args: LoadArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     report.run = run;
     if let Some(b) = &bar {
         b.finish_and_clear();
+    }
+    for line in given_up_lines(&report, drain_limit) {
+        eprintln!("{line}");
     }
     let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
     if !json_to_stdout {
@@ -554,24 +570,60 @@ fn appender(flag: &str, path: Option<&Path>) -> anyhow::Result<Option<Appender>>
     Ok(Some(Appender::new(Box::new(file))))
 }
 
-/// Long enough for nearly every call to finish: a call may wait for an IVR transfer, then for
-/// an agent, then talk.
-pub(crate) fn drain_limit(cfg: &Config) -> Duration {
-    let bound = |h: Hold| match h {
-        Hold::Fixed(d) => d,
-        Hold::Exponential(m) => m * 10,
-    };
-    cfg.t1 * 128
-        + cfg
-            .workloads
-            .iter()
-            .map(|w| {
-                bound(w.hold)
-                    + w.agent_hold.map_or(Duration::ZERO, bound)
-                    + w.patience.unwrap_or_default() * 10
-            })
-            .max()
-            .unwrap_or_default()
+/// The line that says what a run whose schedule is over still waits for.
+pub(crate) fn waiting_line(d: &Draining) -> String {
+    let c = &d.calls;
+    let parts: Vec<String> = [
+        (c.setting_up, "setting up"),
+        (c.holding, "holding"),
+        (c.in_menu, "waiting for an IVR transfer"),
+        (c.queued, "queued"),
+        (c.hanging_up, "hanging up"),
+        (c.answered, "answered by our users"),
+    ]
+    .into_iter()
+    .filter(|&(n, _)| n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    format!(
+        "pbxlab: every attempt has started; waiting up to {:.0} s for {} in progress ({})",
+        d.left.as_secs_f64(),
+        crate::count(c.total(), "call leg"),
+        parts.join(", ")
+    )
+}
+
+/// What a run gave up on, said plainly: the call legs still in progress at the drain limit,
+/// those ended when the target fell silent, and the legs we answered that the far end never
+/// hung up.
+pub(crate) fn given_up_lines(report: &LoadReport, drain_limit: Duration) -> Vec<String> {
+    use pbxlab_loadgen::engine::{DRAINED, NOT_HUNG_UP, TARGET_SILENT};
+    let failed = |reason: &str| report.failures.get(reason).copied().unwrap_or_default();
+    let legs = |n: u64| crate::count(usize::try_from(n).unwrap_or(usize::MAX), "call leg");
+    let mut lines = Vec::new();
+    let n = failed(TARGET_SILENT);
+    if n > 0 {
+        lines.push(format!(
+            "pbxlab: the target fell silent after the last attempt (a request timed out with nothing heard for 64 x T1): {} in progress ended then, counted as \"{TARGET_SILENT}\"",
+            legs(n)
+        ));
+    }
+    let n = failed(DRAINED);
+    if n > 0 {
+        lines.push(format!(
+            "pbxlab: gave up on {} still in progress {:.0} s after the last attempt started (the drain limit: the longest a call of this run may take), counted as \"{DRAINED}\"",
+            legs(n),
+            drain_limit.as_secs_f64()
+        ));
+    }
+    let n = failed(NOT_HUNG_UP);
+    if n > 0 {
+        lines.push(format!(
+            "pbxlab: the far end never hung up {} answered by our users after the last of our own calls ended: ended 64 x T1 later, counted as \"{NOT_HUNG_UP}\"",
+            legs(n)
+        ));
+    }
+    lines
 }
 
 pub(crate) fn exit_code(report: &LoadReport) -> ExitCode {
@@ -832,5 +884,43 @@ mod tests {
             assert!(e.downcast_ref::<BadInput>().is_some(), "{e}");
             assert!(e.to_string().contains(named), "{flags:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_run_past_its_schedule_says_what_it_waits_for_and_what_it_gave_up() {
+        let line = waiting_line(&Draining {
+            left: Duration::from_secs(264),
+            calls: pbxlab_loadgen::engine::InProgress {
+                holding: 32,
+                queued: 1,
+                answered: 34,
+                ..Default::default()
+            },
+        });
+        assert_eq!(
+            line,
+            "pbxlab: every attempt has started; waiting up to 264 s for 67 call legs in progress \
+             (32 holding, 1 queued, 34 answered by our users)"
+        );
+        let mut report = LoadReport::default();
+        assert!(given_up_lines(&report, Duration::from_secs(264)).is_empty());
+        report.failures.insert("BYE timeout".into(), 1);
+        report
+            .failures
+            .insert(pbxlab_loadgen::engine::TARGET_SILENT.into(), 75);
+        report
+            .failures
+            .insert(pbxlab_loadgen::engine::DRAINED.into(), 2);
+        let lines = given_up_lines(&report, Duration::from_secs(264));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].contains("75 call legs in progress ended"),
+            "{lines:?}"
+        );
+        assert!(lines[1].contains("gave up on 2 call legs"), "{lines:?}");
+        assert!(
+            lines[1].contains("264 s after the last attempt"),
+            "{lines:?}"
+        );
     }
 }

@@ -58,10 +58,15 @@ fn start_cluster(scenario: &str) -> (ClusterProcess, u16) {
 }
 
 fn start_cluster_with(scenario: &str, extra: &[&str]) -> (ClusterProcess, u16) {
+    start_cluster_for(scenario, "120s", extra)
+}
+
+/// Starts `pbxlab cluster` for `run_for` ("120s"), after which it exits by itself.
+fn start_cluster_for(scenario: &str, run_for: &str, extra: &[&str]) -> (ClusterProcess, u16) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
         .args(["cluster", scenario, "--sip", &format!("127.0.0.1:{port}")])
-        .args(["--for", "120s", "--status-every", "1h"])
+        .args(["--for", run_for, "--status-every", "1h"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -152,6 +157,67 @@ fn every_service_works_end_to_end_under_load() {
         v["rtp"]["loss_fraction"].as_f64().expect("number") < 0.01,
         "{v}"
     );
+}
+
+/// The reported hang: a services.toml load whose cluster exited under it ran on for over ten
+/// minutes, our users' answered legs waiting for BYEs that never came while registration
+/// refreshes kept the drain limit from starting. It must end by itself once the target is
+/// silent, every call counted. T1 is 100 ms, so a transaction times out in 6.4 s.
+#[test]
+fn a_load_whose_cluster_exits_under_it_ends_by_itself_with_every_call_counted() {
+    let services = scenario("services.toml");
+    // The cluster exits 6 s in, while the load (registrations, then 8 s of calls) goes on.
+    let (cluster, port) = start_cluster_for(&services, "6s", &[]);
+    let json = std::env::temp_dir().join(format!(
+        "pbxlab-cluster-gone-{}-{port}.json",
+        std::process::id()
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["load", "--target", &format!("127.0.0.1:{port}")])
+        .args(["--domain", "pbxlab.test", &services])
+        .args(["--duration", "8s", "--rtp", "1", "--t1", "100ms"])
+        .args(["--json", json.to_str().expect("utf-8")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pbxlab runs");
+    // Well past the schedule and a transaction's timeout: the run takes about 20 s.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the load was still running 90 s after it started, its target gone");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(cluster);
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    // Failed calls break the scenario's SLO (blocking 0): thresholds broke, exit 99.
+    assert_eq!(status.code(), Some(99), "{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+    let calls = &v["calls"];
+    assert_eq!(
+        n(&calls["attempted"]),
+        n(&calls["succeeded"]) + n(&calls["failed"]) + n(&calls["abandoned"]),
+        "every call ended one way or another: {v}"
+    );
+    assert!(n(&calls["failed"]) > 0, "{v}");
+    assert!(n(&v["failures"]["target silent"]) > 0, "{v}");
+    assert!(
+        stderr.contains("the target fell silent after the last attempt"),
+        "{stderr}"
+    );
+    assert!(!v["interrupted"].as_bool().expect("bool"), "{v}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::Error;
 use crate::appender::Appender;
-use crate::engine::{Config, Engine, Grid, Nanos};
+use crate::engine::{Config, Engine, Grid, InProgress, Nanos};
 use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
 use crate::report::{
@@ -115,8 +115,6 @@ pub struct RunOptions<'a> {
     pub stop: &'a AtomicBool,
     /// Called after every interval.
     pub progress: &'a mut dyn FnMut(&Progress),
-    /// Gives up on calls still in flight this long after the last attempt was due.
-    pub drain_limit: Duration,
     /// Where the interval log goes as each interval closes (`--hlog`, see `crate::hlog`).
     pub hlog: Option<&'a mut Appender>,
     /// Where each interval's row goes as it closes (`--csv`, see `crate::csv`).
@@ -133,6 +131,17 @@ pub struct Progress {
     pub registrations_attempted: u64,
     pub registrations_failed: u64,
     pub active_calls: usize,
+    /// Once the last attempt has started and calls are still in progress: what the run waits
+    /// for, and for how long at most.
+    pub draining: Option<Draining>,
+}
+
+/// The wait for the calls in progress after the schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct Draining {
+    /// Until the calls still in progress are given up (`Config::drain_limit`).
+    pub left: Duration,
+    pub calls: InProgress,
 }
 
 /// Runs a load against `cfg.target`. `cfg.local` and `cfg.rtp_local` are replaced by the bound
@@ -199,7 +208,6 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
     let mut responses = 0u64;
     let mut send_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut stopped_at: Option<Nanos> = None;
-    let mut last_due: Option<Nanos> = None;
     let interrupted;
     // Whether the last round sent or received anything: while traffic flows the loop keeps to
     // the tick grid, and once a round is quiet it waits for a datagram or the next deadline.
@@ -283,6 +291,13 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
                 registrations_attempted: m.registrations.attempted,
                 registrations_failed: m.registrations.failed,
                 active_calls: engine.active_calls(),
+                draining: engine
+                    .drain_deadline()
+                    .filter(|_| engine.active_legs() > 0)
+                    .map(|at| Draining {
+                        left: Duration::from_nanos(at.saturating_sub(now_ns)),
+                        calls: engine.in_progress(),
+                    }),
             });
             next_interval += opts.interval;
         }
@@ -301,17 +316,9 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
             interrupted = true;
             break;
         }
-        // Nothing left to start: in-flight calls get a bounded time to end.
+        // Once nothing is left to start, the engine bounds the wait for the calls in progress
+        // (`Config::drain_limit`) and `finished` turns true by then.
         let next_deadline = engine.next_deadline();
-        if next_deadline.is_none() && engine.active_legs() > 0 {
-            let due = *last_due.get_or_insert(now_ns);
-            if now_ns.saturating_sub(due)
-                > u64::try_from(opts.drain_limit.as_nanos()).unwrap_or(u64::MAX)
-            {
-                interrupted = false;
-                break;
-            }
-        }
         // Traffic flowing: wake once a tick and read in batches; kernel timestamps keep every
         // arrival exact. Quiet: wait for a datagram (handled at once) or the deadline.
         due = next_deadline.unwrap_or(Nanos::MAX);

@@ -364,7 +364,7 @@ pub fn configure(
         thresholds.push(Threshold::parse(&expr)?);
     }
     let seed = s.seed.or(default_seed).unwrap_or_else(random_seed);
-    let cfg = Config {
+    let mut cfg = Config {
         target,
         local: s.bind,
         rtp_local: s.rtp_bind,
@@ -391,7 +391,9 @@ pub fn configure(
         // (but by a one in 2^32 chance).
         run_id: run_id(seed, shard),
         arrival_grid: s.tick,
+        drain_limit: Duration::ZERO,
     };
+    cfg.drain_limit = cfg.longest_call();
     let need = memory_estimate(&cfg);
     if let Some(available) = memory_available()
         && need > available

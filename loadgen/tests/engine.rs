@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pbxlab_loadgen::engine::{
-    Arrivals, Callee, Config, Dtmf, Engine, Grid, Hold, MediaCommand, Nanos, Workload, auto_grid,
-    run_id,
+    Arrivals, Callee, Config, DRAINED, Dtmf, Engine, Grid, Hold, InProgress, MediaCommand,
+    NOT_HUNG_UP, Nanos, TARGET_SILENT, Workload, auto_grid, run_id,
 };
 use pbxlab_loadgen::messages::{MessageCount, MessageKind};
 use pbxlab_loadgen::metrics::Metric;
@@ -49,6 +49,7 @@ fn config() -> Config {
         seed: 1,
         run_id: 77,
         arrival_grid: Grid::Exact,
+        drain_limit: Duration::from_secs(3600),
     }
 }
 
@@ -1468,4 +1469,206 @@ fn random_order_draws_callers_and_callees_from_the_seed() {
     assert_eq!(sequential[0], ("1002".to_owned(), "1006".to_owned()));
     assert_eq!(sequential[9], ("1003".to_owned(), "1007".to_owned()));
     assert_ne!(random[..16], sequential[..]);
+}
+
+// ---- a far end that goes silent after the schedule ---------------------------------------------
+
+/// Drives `e` as the driver does, from `now`, with a far end that answers nothing: wakes at
+/// each deadline (at least every 100 ms) until the engine is finished or `limit` has passed.
+/// Returns when it finished, if it did, and what it sent meanwhile.
+fn with_a_silent_far_end(
+    e: &mut Engine,
+    mut now: Nanos,
+    limit: Nanos,
+) -> (Option<Nanos>, Vec<String>) {
+    let mut out = Vec::new();
+    while now <= limit {
+        e.advance(now);
+        out.extend(sent(e).into_iter().map(|(_, m)| m));
+        if e.finished() {
+            return (Some(now), out);
+        }
+        let next = e.next_deadline().unwrap_or(Nanos::MAX);
+        now = next.clamp(now + 1, now + 100 * MS);
+    }
+    (None, out)
+}
+
+/// The proxy puts its Via on top of a request it passes on to us.
+fn forward(m: &str) -> String {
+    m.replacen(
+        "\r\nVia: ",
+        "\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKpx\r\nVia: ",
+        1,
+    )
+}
+
+/// The proxy takes its Via off a response it passes back.
+fn strip(m: &str) -> String {
+    m.replacen(
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKpx\r\n",
+        "",
+        1,
+    )
+}
+
+/// Registers users 1000 and 1001 (for 600 s: a refresh is due at 480 s) and places the run's
+/// one call, held for `hold`, from one to the other through a proxy, as
+/// `calls_between_our_own_users_through_a_proxy_ring_and_complete` plays it, up to the ACK.
+/// Returns the engine and when the 200 came (the hold runs from then).
+fn a_call_between_our_registered_users(hold: Duration) -> (Engine, Nanos) {
+    let mut cfg = config();
+    cfg.users = numbered([1000, 1001]);
+    cfg.register = true;
+    cfg.expires_s = 600;
+    cfg.workloads[0].callee = Callee::Users;
+    cfg.workloads[0].hold = Hold::Fixed(hold);
+    let mut e = Engine::new(cfg);
+    let proxy = addr(5060);
+    let mut now = 0;
+    while !e.registered() {
+        assert!(now < 1_000 * MS, "never registered");
+        for (_, text) in step(&mut e, now) {
+            e.handle(now, proxy, reply(&text, "200 OK", "", "").as_bytes());
+        }
+        now += MS;
+    }
+    let invite = step(&mut e, now).remove(0).1;
+    assert!(invite.starts_with("INVITE"), "{invite}");
+    e.handle(now + MS, proxy, forward(&invite).as_bytes());
+    let ringing = sent(&mut e).remove(0).1;
+    e.handle(now + 2 * MS, proxy, strip(&ringing).as_bytes());
+    let ok = step(&mut e, now + 301 * MS).remove(0).1;
+    assert_eq!(status(&ok), Some(200));
+    e.handle(now + 302 * MS, proxy, strip(&ok).as_bytes());
+    let ack = sent(&mut e).remove(0).1;
+    e.handle(now + 302 * MS, proxy, ack.as_bytes());
+    assert_eq!((e.active_calls(), e.active_legs()), (1, 2));
+    (e, now + 302 * MS)
+}
+
+/// The reported hang: `pbxlab load scenarios/services.toml` against a cluster that exited
+/// under it ran on for over ten minutes. Our registered users' legs (a callee, an agent) wait
+/// for the far end's BYE, which RFC 3261 lets take for ever, and the registrations' refreshes
+/// kept a deadline pending, so the driver's drain limit (counted only while nothing was due)
+/// never started. Now the first timeout with nothing heard for as long ends what is left.
+#[test]
+fn a_leg_we_answered_ends_when_the_far_end_goes_silent_though_refreshes_are_pending() {
+    let (mut e, answered) = a_call_between_our_registered_users(Duration::from_secs(1));
+    assert_eq!(
+        e.in_progress(),
+        InProgress {
+            holding: 1,
+            answered: 1,
+            ..Default::default()
+        }
+    );
+    // Every attempt has started: the drain limit (an hour here) counts from then.
+    assert!(e.drain_deadline().is_some());
+    // The far end goes away. Our caller hangs up after its 1 s hold; its BYE times out after
+    // 64 x T1 (32 s) with nothing heard since the ACK: the target is silent, and the leg we
+    // answered ends with it, long before the first refresh (480 s) and the drain limit.
+    let (finished, out) = with_a_silent_far_end(&mut e, answered + MS, 3_600_000 * MS);
+    let finished = finished.expect("the run never ended with the far end silent");
+    let bye_timeout = answered + 1_000 * MS + 64 * 500 * MS;
+    assert!(
+        (bye_timeout..bye_timeout + 200 * MS).contains(&finished),
+        "ended at {} ms, the BYE timed out at {} ms",
+        finished / MS,
+        bye_timeout / MS
+    );
+    assert!(
+        out.iter().all(|m| m.starts_with("BYE")),
+        "only the BYE and its retransmissions"
+    );
+    assert_eq!(e.active_legs(), 0);
+    let m = &e.metrics;
+    assert_eq!((m.calls.attempted, m.calls.failed), (1, 1));
+    assert_eq!(m.failures.get("BYE timeout"), Some(&1), "{:?}", m.failures);
+    assert_eq!(m.failures.get(TARGET_SILENT), Some(&1), "{:?}", m.failures);
+    assert!(
+        e.next_deadline().is_some(),
+        "the refreshes are still due: a drain counted only while nothing is due never starts"
+    );
+}
+
+/// A far end that answers our BYE but never sends its own to the leg we answer (it forgot the
+/// leg): that leg ends 64 x T1 after our last call, counted, though the target is not silent.
+#[test]
+fn a_leg_the_far_end_never_hangs_up_ends_64_t1_after_our_last_call() {
+    let (mut e, answered) = a_call_between_our_registered_users(Duration::from_secs(1));
+    let bye = step(&mut e, answered + 1_000 * MS).remove(0).1;
+    assert!(bye.starts_with("BYE"), "{bye}");
+    let ended = answered + 1_001 * MS;
+    e.handle(ended, addr(5060), reply(&bye, "200 OK", "", "").as_bytes());
+    assert_eq!((e.active_calls(), e.active_legs()), (0, 1));
+    assert_eq!(e.metrics.calls.succeeded, 1);
+    let (finished, out) = with_a_silent_far_end(&mut e, ended + MS, 3_600_000 * MS);
+    assert!(out.is_empty(), "{out:?}");
+    let finished = finished.expect("the leg was never given up");
+    assert!(
+        (ended + 64 * 500 * MS..ended + 64 * 500 * MS + 200 * MS).contains(&finished),
+        "ended at {} ms, our call at {} ms",
+        finished / MS,
+        ended / MS
+    );
+    let m = &e.metrics;
+    assert_eq!(
+        (m.calls.succeeded, m.calls.failed),
+        (1, 0),
+        "our call completed"
+    );
+    assert_eq!(m.failures.get(NOT_HUNG_UP), Some(&1), "{:?}", m.failures);
+}
+
+/// A queue caller with no patience waits for an agent for ever (RFC 3261 lets it), quietly,
+/// so nothing times out: with the target gone, the drain limit after the last attempt ends it,
+/// counted, though a refresh is due.
+#[test]
+fn a_queue_caller_without_patience_fails_at_the_drain_limit_with_refreshes_pending() {
+    let mut cfg = queue_config(None);
+    cfg.users = numbered([1000]);
+    cfg.register = true;
+    cfg.expires_s = 600;
+    cfg.drain_limit = Duration::from_secs(100);
+    let mut e = Engine::new(cfg);
+    let reg = step(&mut e, 0).remove(0).1;
+    e.handle(MS, addr(5060), reply(&reg, "200 OK", "", "").as_bytes());
+    let invite = step(&mut e, 2 * MS).remove(0).1;
+    assert!(invite.starts_with("INVITE sip:queue-1@"), "{invite}");
+    // The last attempt started at 2 ms: the drain limit is 100 s from then.
+    assert_eq!(e.drain_deadline(), Some(100_002 * MS));
+    answer(&mut e, 100 * MS, &invite, 9000);
+    assert_eq!(e.in_progress().queued, 1);
+    let (finished, out) = with_a_silent_far_end(&mut e, 101 * MS, 3_600_000 * MS);
+    assert!(out.is_empty(), "the caller waits quietly: {out:?}");
+    assert_eq!(finished, Some(100_002 * MS), "given up at the drain limit");
+    let m = &e.metrics;
+    assert_eq!((m.calls.failed, m.calls.abandoned), (1, 0));
+    assert_eq!(m.failures.get(DRAINED), Some(&1), "{:?}", m.failures);
+    assert_eq!(m.queue.abandoned, 0, "not out of patience");
+    assert!(e.next_deadline().is_some(), "the refresh is still due");
+}
+
+/// Calls that end by their own timers are not cut short by the wait for those that do not,
+/// however quiet the far end is meanwhile.
+#[test]
+fn a_leg_we_answer_is_left_alone_while_one_of_our_calls_is_in_progress() {
+    let (mut e, answered) = a_call_between_our_registered_users(Duration::from_secs(400));
+    let (finished, out) = with_a_silent_far_end(&mut e, answered + MS, answered + 399_000 * MS);
+    assert_eq!(finished, None);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!((e.active_calls(), e.active_legs()), (1, 2));
+    assert!(e.metrics.failures.is_empty(), "{:?}", e.metrics.failures);
+    // The BYE at the end of the hold goes to the proxy, which passes it to the callee's leg.
+    let at = answered + 400_000 * MS;
+    let bye = step(&mut e, at).remove(0).1;
+    assert!(bye.starts_with("BYE"), "{bye}");
+    e.handle(at + MS, addr(5060), forward(&bye).as_bytes());
+    let bye_ok = sent(&mut e).remove(0).1;
+    e.handle(at + 2 * MS, addr(5060), strip(&bye_ok).as_bytes());
+    e.advance(at + 3 * MS);
+    assert!(e.finished());
+    assert_eq!(e.metrics.calls.succeeded, 1);
+    assert!(e.metrics.failures.is_empty(), "{:?}", e.metrics.failures);
 }

@@ -138,6 +138,36 @@ pub struct Config {
     /// attempt is due when the driver wakes, and its latency is not charged with the wait for
     /// the next wake.
     pub arrival_grid: Grid,
+    /// How long the calls still in progress once the last attempt has started may take to end:
+    /// then the run gives up on them (each fails as [`DRAINED`]). [`Config::longest_call`] is
+    /// the usual figure.
+    ///
+    /// [`DRAINED`]: super::DRAINED
+    pub drain_limit: Duration,
+}
+
+impl Config {
+    /// The longest one of this run's calls may take, from its INVITE to the answer to its BYE,
+    /// with its draws at ten times their means: a call may wait for an IVR transfer, then for
+    /// an agent, then talk. Past this a call in progress is stuck, not slow.
+    pub fn longest_call(&self) -> Duration {
+        let bound = |h: Hold| match h {
+            Hold::Fixed(d) => d,
+            Hold::Exponential(m) => m * 10,
+        };
+        // An INVITE and a BYE transaction, each at most 64 x T1.
+        self.t1 * 128
+            + self
+                .workloads
+                .iter()
+                .map(|w| {
+                    bound(w.hold)
+                        + w.agent_hold.map_or(Duration::ZERO, bound)
+                        + w.patience.unwrap_or_default() * 10
+                })
+                .max()
+                .unwrap_or_default()
+    }
 }
 
 /// The grid intended starts are rounded up to, which is the period the driver wakes on.

@@ -35,6 +35,12 @@
 //!   a room and shards never share one.
 //! - anything else (`echo`, a UAS's user part): held for the hold time, then BYE.
 //!
+//! Once the last attempt has started the run only waits for the calls in progress, and the
+//! engine bounds that wait itself (`bound_the_drain`): whatever else is due (registration
+//! refreshes always are), every leg ends by the drain limit, at once if the target has fallen
+//! silent, and the legs we answer 64 x T1 after the last of our own calls; each counted with
+//! its reason ([`DRAINED`], [`TARGET_SILENT`], [`NOT_HUNG_UP`]).
+//!
 //! A re-INVITE counts as a transfer or a connect only when its CSeq is new, so a retransmission
 //! does not advance a call; a re-INVITE that merely moves media (a node failing over) while a
 //! caller waits cannot be told from a connect and is counted as one.
@@ -122,6 +128,48 @@ struct Schedule {
 /// Timer ids: call slots below this, registrations (index + this) above.
 const REG_TIMER: u32 = 1 << 31;
 
+/// Why our calls still in progress at the drain limit (`Config::drain_limit` after the last
+/// attempt started) failed.
+pub const DRAINED: &str = "still in progress at the drain limit";
+/// Why a call we answered ended when the far end left it up for 64 x T1 after the last of our
+/// own calls had ended: a far end that stopped answering (or forgot the leg), not a caller
+/// still talking.
+pub const NOT_HUNG_UP: &str = "answered call never hung up by the far end";
+/// Why the call legs in progress after the schedule ended once the target fell silent: a
+/// transaction of ours timed out and nothing at all had come in for 64 x T1.
+pub const TARGET_SILENT: &str = "target silent";
+
+/// The calls in progress by what each waits for: what a run that outlasts its schedule is
+/// waiting on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InProgress {
+    /// Our INVITEs not yet answered.
+    pub setting_up: usize,
+    /// Our established calls held until their own hold time: plain calls, meetings, talks
+    /// with an agent.
+    pub holding: usize,
+    /// IVR callers waiting for the transfer to a queue.
+    pub in_menu: usize,
+    /// Queue callers waiting for an agent (callers with no patience wait until the drain
+    /// limit).
+    pub queued: usize,
+    /// Our BYEs not yet answered.
+    pub hanging_up: usize,
+    /// Legs we answer (calls to our users), which the far end hangs up.
+    pub answered: usize,
+}
+
+impl InProgress {
+    pub fn total(&self) -> usize {
+        self.setting_up
+            + self.holding
+            + self.in_menu
+            + self.queued
+            + self.hanging_up
+            + self.answered
+    }
+}
+
 /// The user agents of one generator process (or shard): see the module's documentation.
 pub struct Engine {
     cfg: Config,
@@ -145,6 +193,17 @@ pub struct Engine {
     rng: Rng,
     challenges: Challenges,
     stopping: bool,
+    /// When the calls still in progress are given up: `Config::drain_limit` after the last
+    /// attempt started (`None` until then).
+    drain_at: Option<Nanos>,
+    /// When the legs we answer are given up: 64 x T1 after the last of our own calls ended, if
+    /// the far end has not hung them up by then.
+    orphans_at: Option<Nanos>,
+    /// When the last datagram came in.
+    heard_at: Nanos,
+    /// A transaction of ours timed out with nothing heard for 64 x T1 before, and nothing
+    /// has been heard since: the target is gone or has stopped answering.
+    silent: bool,
     /// Datagrams that did not parse, for the report.
     pub malformed: u64,
     /// Responses for calls or registrations we no longer know (late retransmissions).
@@ -217,6 +276,10 @@ impl Engine {
             rng,
             challenges: Challenges::default(),
             stopping: false,
+            drain_at: None,
+            orphans_at: None,
+            heard_at: 0,
+            silent: false,
             malformed: 0,
             stray: 0,
             messages: Messages::default(),
@@ -264,10 +327,120 @@ impl Engine {
         self.call_phase.is_some()
     }
 
-    /// The next instant anything is due: a timer or a scheduled start.
+    /// The next instant anything is due: a timer, a scheduled start, or the end of the wait for
+    /// the calls in progress after the schedule.
     pub fn next_deadline(&self) -> Option<Nanos> {
         let timer = self.timers.peek();
-        [timer, self.next_start()].into_iter().flatten().min()
+        let drain = [self.drain_at, self.orphans_at]
+            .into_iter()
+            .flatten()
+            .filter(|_| !self.stopping && self.calls.active() > 0)
+            .min();
+        [timer, self.next_start(), drain]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether every attempt of the run has started: what is left is the calls in progress.
+    fn schedule_over(&self) -> bool {
+        self.call_phase.is_some()
+            && self
+                .schedules
+                .iter()
+                .zip(&self.cfg.workloads)
+                .all(|(s, w)| s.started >= w.calls)
+    }
+
+    /// When the calls still in progress will be given up (`Config::drain_limit` after the
+    /// last attempt started), once it has.
+    pub fn drain_deadline(&self) -> Option<Nanos> {
+        self.drain_at.filter(|_| !self.stopping)
+    }
+
+    /// The call legs in progress by what each waits for.
+    pub fn in_progress(&self) -> InProgress {
+        let mut n = InProgress::default();
+        for slot in 0..self.calls.len() {
+            let c = &self.calls[slot];
+            let count = match (c.state, c.stage) {
+                (CallState::Free, _) => continue,
+                _ if !c.placed => &mut n.answered,
+                (CallState::Calling | CallState::Proceeding, _) => &mut n.setting_up,
+                (CallState::ByeSent, _) => &mut n.hanging_up,
+                (_, Stage::Menu) => &mut n.in_menu,
+                (_, Stage::Queued) => &mut n.queued,
+                _ => &mut n.holding,
+            };
+            *count += 1;
+        }
+        n
+    }
+
+    /// Once the last attempt has started, bounds the wait for what is still in progress:
+    /// every call has its own timers but two, a queue caller with no patience and a leg we
+    /// answered (RFC 3261 lets both wait for ever for the far end), and a target that went
+    /// away leaves those up. At the drain limit every call still in progress fails
+    /// ([`DRAINED`]). Once a transaction has timed out with nothing heard for as long, the
+    /// target is silent and what is in progress ends at once ([`TARGET_SILENT`]). And once none
+    /// of our own calls is left, the legs we answer get 64 x T1 (a BYE's transaction time) for
+    /// the far end's BYE, then end as [`NOT_HUNG_UP`]. Before the schedule is over none of this
+    /// applies: a target that comes back (a drill's restart) finds the calls still placed.
+    fn bound_the_drain(&mut self, now: Nanos) {
+        if self.stopping || !self.schedule_over() {
+            return;
+        }
+        let limit = ns(self.cfg.drain_limit);
+        let drain_at = *self.drain_at.get_or_insert(now.saturating_add(limit));
+        if self.calls.active() == 0 {
+            self.orphans_at = None;
+            return;
+        }
+        if now >= drain_at {
+            self.end_in_progress(DRAINED);
+            return;
+        }
+        if self.silent {
+            // Waiting out every hold, then every BYE's 32 s, would only count the same
+            // silence once per call.
+            self.end_in_progress(TARGET_SILENT);
+            return;
+        }
+        if self.calls.placed() > 0 {
+            self.orphans_at = None;
+            return;
+        }
+        let wait = 64 * self.t1();
+        if now >= *self.orphans_at.get_or_insert(now.saturating_add(wait)) {
+            self.end_in_progress(NOT_HUNG_UP);
+            self.orphans_at = None;
+        }
+    }
+
+    /// Ends every call leg in progress without a word to the far end, each counted as a
+    /// failure for `reason`: our own calls as failed calls, the legs we answer in the reasons
+    /// only (they are not calls of ours).
+    fn end_in_progress(&mut self, reason: &str) {
+        for slot in 0..self.calls.len() as u32 {
+            let c = &self.calls[slot as usize];
+            if c.state == CallState::Free {
+                continue;
+            }
+            if c.placed {
+                self.fail_call(slot, reason);
+            } else {
+                self.metrics.fail(reason);
+                self.release(slot);
+            }
+        }
+    }
+
+    /// A transaction of ours timed out at `now`: with nothing heard for as long, the target
+    /// has gone silent.
+    fn timed_out(&mut self, now: Nanos) {
+        if now.saturating_sub(self.heard_at) >= 64 * self.t1() {
+            self.silent = true;
+        }
     }
 
     fn next_start(&self) -> Option<Nanos> {
@@ -369,6 +542,7 @@ impl Engine {
             // Whatever the timer did, the next deadline (if any) gets its entry.
             self.arm(id);
         }
+        self.bound_the_drain(now);
     }
 
     /// Hands every queued datagram to `send` at once (for batched sending), then forgets them.
@@ -507,6 +681,8 @@ impl Engine {
 
     /// One datagram from the network.
     pub fn handle(&mut self, now: Nanos, from: SocketAddr, datagram: &[u8]) {
+        self.heard_at = self.heard_at.max(now);
+        self.silent = false;
         // Keepalives (CRLF) are not messages.
         if datagram.iter().all(|b| b.is_ascii_whitespace()) {
             return;

@@ -220,6 +220,7 @@ impl Engine {
         }
         if now >= r.timeout_at {
             self.messages.timed_out(MessageKind::Request("REGISTER"));
+            self.timed_out(now);
             self.finish_register(i, Err("REGISTER timeout"));
             return;
         }

@@ -191,6 +191,7 @@ impl Engine {
             CallState::Calling | CallState::Proceeding => {
                 if now >= c.timeout_at {
                     self.messages.timed_out(MessageKind::Request("INVITE"));
+                    self.timed_out(now);
                     self.fail_call(slot, "INVITE timeout");
                 } else if c.state == CallState::Calling && now >= c.retransmit_at {
                     // Timer A: INVITE retransmissions double without a cap.
@@ -227,6 +228,7 @@ impl Engine {
             CallState::ByeSent => {
                 if now >= c.timeout_at {
                     self.messages.timed_out(MessageKind::Request("BYE"));
+                    self.timed_out(now);
                     self.fail_call(slot, "BYE timeout");
                 } else if now >= c.retransmit_at {
                     // Timer E: non-INVITE retransmissions double up to T2.

@@ -267,6 +267,7 @@ impl Engine {
                 if now >= c.timeout_at {
                     // Timer H: no ACK for our 200.
                     self.messages.timed_out(MessageKind::Response(200));
+                    self.timed_out(now);
                     self.metrics.fail("no ACK for 200");
                     self.release(slot);
                 } else if now >= c.retransmit_at {
