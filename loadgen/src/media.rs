@@ -72,6 +72,42 @@ const PLAYOUT_DEPTH_UNITS: u32 = (PLAYOUT_DEPTH.as_nanos() / NS_PER_SAMPLE as u1
 const PACKETISATION: Duration = FRAME;
 /// MOS is kept in hundredths: 1.00 to 4.50.
 const MOS_CENTI_MAX: u64 = 450;
+/// Ticks whose send lateness is remembered (5.12 s of them): a packet of ours that comes back
+/// later than that is judged on its nominal send time.
+const SENT_LATE_TICKS: usize = 256;
+
+/// How late each recent tick's packets left against their 20 ms slot. A packet of ours that
+/// comes back (an echo, a call between two of our users) is judged by the playout buffer and
+/// charged its transit from when it actually left: a tick this worker sent late is this
+/// machine's doing, not the network's or the target's, and must not cost the target MOS.
+struct SentLate {
+    /// Per slot: the tick's nominal send time (ns since the epoch) and how late it left.
+    slots: [(u64, u64); SENT_LATE_TICKS],
+}
+
+impl SentLate {
+    fn new() -> SentLate {
+        SentLate {
+            slots: [(u64::MAX, 0); SENT_LATE_TICKS],
+        }
+    }
+
+    fn slot(nominal_ns: u64) -> usize {
+        ((nominal_ns / FRAME.as_nanos() as u64) % SENT_LATE_TICKS as u64) as usize
+    }
+
+    fn record(&mut self, nominal_ns: u64, late_ns: u64) {
+        self.slots[Self::slot(nominal_ns)] = (nominal_ns, late_ns);
+    }
+
+    /// How late the tick due at `nominal_ns` left; 0 if it is not remembered.
+    fn of(&self, nominal_ns: u64) -> u64 {
+        match self.slots[Self::slot(nominal_ns)] {
+            (at, late) if at == nominal_ns => late,
+            _ => 0,
+        }
+    }
+}
 
 struct Sending {
     ssrc: u32,
@@ -137,20 +173,31 @@ impl Receiving {
     }
 
     /// Takes an audio packet that arrived at `arrival_ns` (since the epoch); returns when the
-    /// one before it arrived and the time between them.
-    fn on_audio(&mut self, seq: u16, timestamp: u32, arrival_ns: u64) -> Option<(u64, u64)> {
+    /// one before it arrived and the time between them. `sent_late` tells, for a packet of
+    /// ours, how late its tick left.
+    fn on_audio(
+        &mut self,
+        seq: u16,
+        timestamp: u32,
+        arrival_ns: u64,
+        sent_late: &SentLate,
+    ) -> Option<(u64, u64)> {
         // RTP timestamp units; only differences count, so wrapping is harmless.
         let units = (arrival_ns / NS_PER_SAMPLE) as u32;
         self.stats.on_packet(seq, timestamp, units);
-        self.playout.on_packet(timestamp, units);
+        let mut played = units;
         if let Some(origin) = self.origin_ns {
             let sent = origin.saturating_add(i64::from(timestamp) * NS_PER_SAMPLE as i64);
+            let late = i64::try_from(sent_late.of(u64::try_from(sent).unwrap_or(0))).unwrap_or(0);
             let arrived = i64::try_from(arrival_ns).unwrap_or(i64::MAX);
             // A packet sent before a skip of ticks reads as early: not below 0.
-            let transit = u64::try_from(arrived.saturating_sub(sent)).unwrap_or(0);
+            let transit = u64::try_from(arrived.saturating_sub(sent + late)).unwrap_or(0);
             self.transit_ns_sum = self.transit_ns_sum.saturating_add(transit);
             self.transits += 1;
+            // The buffer sees it as if it had left on time.
+            played = (arrival_ns.saturating_sub(late.unsigned_abs()) / NS_PER_SAMPLE) as u32;
         }
+        self.playout.on_packet(timestamp, played);
         let gap = self
             .last_ns
             .map(|last| (last, arrival_ns.saturating_sub(last)));
@@ -569,6 +616,7 @@ fn run(
     // Lateness counts from a tick that had streams: the first after an idle spell is on time
     // by definition.
     let pace = Pace::default();
+    let mut sent_late = SentLate::new();
     let mut scheduled = false;
     let mut drops = 0u32;
     let ns = |t: Instant| u64::try_from(t.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
@@ -713,6 +761,10 @@ fn run(
                 .iter()
                 .map(|&(to, at, n)| (to, arena.get(at..at + n).unwrap_or_default()))
                 .collect();
+            sent_late.record(
+                ns(next_tick),
+                ns(Instant::now()).saturating_sub(ns(next_tick)),
+            );
             let errors = io.sender.send_segmented(io.socket, &datagrams).len();
             report.packets_sent += (datagrams.len() - errors) as u64;
             report.send_errors += errors as u64;
@@ -747,7 +799,8 @@ fn run(
                 Ok(p) if p.payload_type != PT_TELEPHONE_EVENT => {
                     report.packets_received += 1;
                     let r = receiving.entry(p.ssrc).or_insert_with(Receiving::new);
-                    if let Some((last, gap)) = r.on_audio(p.seq, p.timestamp, arrival_ns)
+                    if let Some((last, gap)) =
+                        r.on_audio(p.seq, p.timestamp, arrival_ns, &sent_late)
                         && gap >= GAP_RECORDED_NS
                         && report.gaps.len() < MAX_GAPS
                     {
@@ -845,10 +898,50 @@ mod tests {
         for i in 0..n {
             if let Some(d) = delay_ms(i) {
                 let sent_ns = u64::from(i) * 20_000_000;
-                r.on_audio(i, u32::from(i) * SAMPLES, sent_ns + d * 1_000_000);
+                r.on_audio(
+                    i,
+                    u32::from(i) * SAMPLES,
+                    sent_ns + d * 1_000_000,
+                    &SentLate::new(),
+                );
             }
         }
         r
+    }
+
+    #[test]
+    fn a_tick_this_worker_sent_late_costs_the_target_nothing() {
+        // Our own stream (origin 0): every tenth tick left 60 ms late, past the 40 ms buffer,
+        // and its packet arrived 1 ms after it actually left.
+        // Each tick is recorded as it leaves, and its packet comes back before many more do.
+        let late_ns = |i: u16| if i % 10 == 5 { 60_000_000 } else { 0 };
+        let arrivals = |r: &mut Receiving, told: bool| {
+            let mut sent_late = SentLate::new();
+            for i in 0..500u16 {
+                if told {
+                    sent_late.record(u64::from(i) * 20_000_000, late_ns(i));
+                }
+                let sent_ns = u64::from(i) * 20_000_000 + late_ns(i);
+                r.on_audio(i, u32::from(i) * SAMPLES, sent_ns + 1_000_000, &sent_late);
+            }
+            sent_late
+        };
+        let mut ours = Receiving::new();
+        ours.origin_ns = Some(0);
+        let sent_late = arrivals(&mut ours, true);
+        assert_eq!(ours.playout.late(), 0, "the lateness was ours");
+        let c = ours.conditions();
+        assert_eq!(mos_centi(c.mos()), 441);
+        // Transit from the actual send: 1 ms, not up to 61.
+        assert!((c.delay_ms - 61.0).abs() < 1e-6, "{}", c.delay_ms);
+        // Not told how late the ticks left, the same arrivals read as the network's delay.
+        let mut blind = Receiving::new();
+        blind.origin_ns = Some(0);
+        arrivals(&mut blind, false);
+        assert_eq!(blind.playout.late(), 50);
+        // A slot holds only its own tick: tick 5 left late, but tick 261 has its slot now.
+        assert_eq!(sent_late.of(255 * 20_000_000), 60_000_000);
+        assert_eq!(sent_late.of(5 * 20_000_000), 0);
     }
 
     #[test]
@@ -900,7 +993,7 @@ mod tests {
             for i in seqs.filter(|i| ![10, 60, 70].contains(i)) {
                 let delay_ms = if i == 80 { 65 } else { 5 };
                 let arrival = u64::from(i) * 20_000_000 + delay_ms * 1_000_000;
-                r.on_audio(i, u32::from(i) * SAMPLES, arrival);
+                r.on_audio(i, u32::from(i) * SAMPLES, arrival, &SentLate::new());
             }
         };
         let mut receiving = HashMap::new();
