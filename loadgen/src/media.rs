@@ -72,39 +72,35 @@ const PLAYOUT_DEPTH_UNITS: u32 = (PLAYOUT_DEPTH.as_nanos() / NS_PER_SAMPLE as u1
 const PACKETISATION: Duration = FRAME;
 /// MOS is kept in hundredths: 1.00 to 4.50.
 const MOS_CENTI_MAX: u64 = 450;
-/// Ticks whose send lateness is remembered (5.12 s of them): a packet of ours that comes back
+/// Ticks whose send time is remembered (5.12 s of them): a packet of ours that comes back
 /// later than that is judged on its nominal send time.
-const SENT_LATE_TICKS: usize = 256;
+const SENT_TICKS: usize = 256;
 
-/// How late each recent tick's packets left against their 20 ms slot. A packet of ours that
-/// comes back (an echo, a call between two of our users) is judged by the playout buffer and
-/// charged its transit from when it actually left: a tick this worker sent late is this
+/// When each recent tick's packets actually left. A packet of ours that comes back (an echo, a
+/// call between two of our users) is judged by the playout buffer, and charged its transit,
+/// from when it left: a tick this worker sent late, or ticks it skipped after a stall, are this
 /// machine's doing, not the network's or the target's, and must not cost the target MOS.
-struct SentLate {
-    /// Per slot: the tick's nominal send time (ns since the epoch) and how late it left.
-    slots: [(u64, u64); SENT_LATE_TICKS],
+struct SentAt {
+    /// Per slot: the tick's number and when it was sent, ns since the epoch.
+    slots: [(u64, u64); SENT_TICKS],
 }
 
-impl SentLate {
-    fn new() -> SentLate {
-        SentLate {
-            slots: [(u64::MAX, 0); SENT_LATE_TICKS],
+impl SentAt {
+    fn new() -> SentAt {
+        SentAt {
+            slots: [(u64::MAX, 0); SENT_TICKS],
         }
     }
 
-    fn slot(nominal_ns: u64) -> usize {
-        ((nominal_ns / FRAME.as_nanos() as u64) % SENT_LATE_TICKS as u64) as usize
+    fn record(&mut self, tick: u64, sent_ns: u64) {
+        self.slots[(tick % SENT_TICKS as u64) as usize] = (tick, sent_ns);
     }
 
-    fn record(&mut self, nominal_ns: u64, late_ns: u64) {
-        self.slots[Self::slot(nominal_ns)] = (nominal_ns, late_ns);
-    }
-
-    /// How late the tick due at `nominal_ns` left; 0 if it is not remembered.
-    fn of(&self, nominal_ns: u64) -> u64 {
-        match self.slots[Self::slot(nominal_ns)] {
-            (at, late) if at == nominal_ns => late,
-            _ => 0,
+    /// When tick `tick` left, if it is still remembered.
+    fn of(&self, tick: u64) -> Option<u64> {
+        match self.slots[(tick % SENT_TICKS as u64) as usize] {
+            (t, at) if t == tick => Some(at),
+            _ => None,
         }
     }
 }
@@ -133,6 +129,9 @@ struct Receiving {
     /// when its timestamp 0 left, nanoseconds since the epoch, so each packet's transit from
     /// our send to our receipt is known.
     origin_ns: Option<i64>,
+    /// For a stream this worker sends itself: the tick its timestamp 0 left on (each tick
+    /// after it carries the next 20 ms of timestamps), for `SentAt`.
+    first_tick: Option<u64>,
     transit_ns_sum: u64,
     transits: u64,
     /// Packets received by the last interval's close: whether it was heard in the interval.
@@ -152,6 +151,7 @@ impl Receiving {
             events: 0,
             playout: Playout::new(PLAYOUT_DEPTH_UNITS),
             origin_ns: None,
+            first_tick: None,
             transit_ns_sum: 0,
             transits: 0,
             received_at_close: 0,
@@ -173,29 +173,35 @@ impl Receiving {
     }
 
     /// Takes an audio packet that arrived at `arrival_ns` (since the epoch); returns when the
-    /// one before it arrived and the time between them. `sent_late` tells, for a packet of
-    /// ours, how late its tick left.
+    /// one before it arrived and the time between them. `sent_at` tells, for a packet of ours,
+    /// when its tick left.
     fn on_audio(
         &mut self,
         seq: u16,
         timestamp: u32,
         arrival_ns: u64,
-        sent_late: &SentLate,
+        sent_at: &SentAt,
     ) -> Option<(u64, u64)> {
         // RTP timestamp units; only differences count, so wrapping is harmless.
         let units = (arrival_ns / NS_PER_SAMPLE) as u32;
         self.stats.on_packet(seq, timestamp, units);
         let mut played = units;
         if let Some(origin) = self.origin_ns {
-            let sent = origin.saturating_add(i64::from(timestamp) * NS_PER_SAMPLE as i64);
-            let late = i64::try_from(sent_late.of(u64::try_from(sent).unwrap_or(0))).unwrap_or(0);
+            let sent = self
+                .first_tick
+                .and_then(|first| sent_at.of(first + u64::from(timestamp / SAMPLES)))
+                .and_then(|at| i64::try_from(at).ok())
+                .unwrap_or_else(|| {
+                    origin.saturating_add(i64::from(timestamp) * NS_PER_SAMPLE as i64)
+                });
             let arrived = i64::try_from(arrival_ns).unwrap_or(i64::MAX);
-            // A packet sent before a skip of ticks reads as early: not below 0.
-            let transit = u64::try_from(arrived.saturating_sub(sent + late)).unwrap_or(0);
+            // A packet sent before a skip of ticks can read as early: not below 0.
+            let transit = u64::try_from(arrived.saturating_sub(sent)).unwrap_or(0);
             self.transit_ns_sum = self.transit_ns_sum.saturating_add(transit);
             self.transits += 1;
-            // The buffer sees it as if it had left on time.
-            played = (arrival_ns.saturating_sub(late.unsigned_abs()) / NS_PER_SAMPLE) as u32;
+            // The buffer sees it as if it had left at its timestamp's time: its transit is
+            // what the network and the target added.
+            played = ((transit / NS_PER_SAMPLE) as u32).wrapping_add(timestamp);
         }
         self.playout.on_packet(timestamp, played);
         let gap = self
@@ -616,7 +622,7 @@ fn run(
     // Lateness counts from a tick that had streams: the first after an idle spell is on time
     // by definition.
     let pace = Pace::default();
-    let mut sent_late = SentLate::new();
+    let mut sent_at = SentAt::new();
     let mut scheduled = false;
     let mut drops = 0u32;
     let ns = |t: Instant| u64::try_from(t.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
@@ -743,10 +749,9 @@ fn run(
                     // it does, its transit from here is known.
                     let origin = i64::try_from(ns(next_tick)).unwrap_or(i64::MAX)
                         - i64::from(s.timestamp) * NS_PER_SAMPLE as i64;
-                    receiving
-                        .entry(ssrc)
-                        .or_insert_with(Receiving::new)
-                        .origin_ns = Some(origin);
+                    let r = receiving.entry(ssrc).or_insert_with(Receiving::new);
+                    r.origin_ns = Some(origin);
+                    r.first_tick = Some(tick);
                 }
                 if !sent_event {
                     let offset = (s.frame % frames) * SAMPLES as usize;
@@ -761,10 +766,7 @@ fn run(
                 .iter()
                 .map(|&(to, at, n)| (to, arena.get(at..at + n).unwrap_or_default()))
                 .collect();
-            sent_late.record(
-                ns(next_tick),
-                ns(Instant::now()).saturating_sub(ns(next_tick)),
-            );
+            sent_at.record(tick, ns(Instant::now()));
             let errors = io.sender.send_segmented(io.socket, &datagrams).len();
             report.packets_sent += (datagrams.len() - errors) as u64;
             report.send_errors += errors as u64;
@@ -799,8 +801,7 @@ fn run(
                 Ok(p) if p.payload_type != PT_TELEPHONE_EVENT => {
                     report.packets_received += 1;
                     let r = receiving.entry(p.ssrc).or_insert_with(Receiving::new);
-                    if let Some((last, gap)) =
-                        r.on_audio(p.seq, p.timestamp, arrival_ns, &sent_late)
+                    if let Some((last, gap)) = r.on_audio(p.seq, p.timestamp, arrival_ns, &sent_at)
                         && gap >= GAP_RECORDED_NS
                         && report.gaps.len() < MAX_GAPS
                     {
@@ -902,7 +903,7 @@ mod tests {
                     i,
                     u32::from(i) * SAMPLES,
                     sent_ns + d * 1_000_000,
-                    &SentLate::new(),
+                    &SentAt::new(),
                 );
             }
         }
@@ -910,38 +911,42 @@ mod tests {
     }
 
     #[test]
-    fn a_tick_this_worker_sent_late_costs_the_target_nothing() {
-        // Our own stream (origin 0): every tenth tick left 60 ms late, past the 40 ms buffer,
-        // and its packet arrived 1 ms after it actually left.
-        // Each tick is recorded as it leaves, and its packet comes back before many more do.
-        let late_ns = |i: u16| if i % 10 == 5 { 60_000_000 } else { 0 };
-        let arrivals = |r: &mut Receiving, told: bool| {
-            let mut sent_late = SentLate::new();
+    fn ticks_this_worker_sent_late_or_skipped_cost_the_target_nothing() {
+        // Our own stream, timestamp 0 on tick 0: every tenth tick left 60 ms late (past the
+        // 40 ms buffer), and from tick 250 on every tick left 100 ms later than its slot (a
+        // stall: ticks skipped, timestamps going on from where they were). Each packet came
+        // back 1 ms after it actually left.
+        let sent_ns = |i: u16| {
+            u64::from(i) * 20_000_000
+                + if i % 10 == 5 { 60_000_000 } else { 0 }
+                + if i >= 250 { 100_000_000 } else { 0 }
+        };
+        // Each tick is recorded as it leaves; its packet comes back before many more do.
+        let arrivals = |r: &mut Receiving| {
+            let mut sent_at = SentAt::new();
             for i in 0..500u16 {
-                if told {
-                    sent_late.record(u64::from(i) * 20_000_000, late_ns(i));
-                }
-                let sent_ns = u64::from(i) * 20_000_000 + late_ns(i);
-                r.on_audio(i, u32::from(i) * SAMPLES, sent_ns + 1_000_000, &sent_late);
+                sent_at.record(u64::from(i), sent_ns(i));
+                r.on_audio(i, u32::from(i) * SAMPLES, sent_ns(i) + 1_000_000, &sent_at);
             }
-            sent_late
+            sent_at
         };
         let mut ours = Receiving::new();
         ours.origin_ns = Some(0);
-        let sent_late = arrivals(&mut ours, true);
+        ours.first_tick = Some(0);
+        let sent_at = arrivals(&mut ours);
         assert_eq!(ours.playout.late(), 0, "the lateness was ours");
         let c = ours.conditions();
         assert_eq!(mos_centi(c.mos()), 441);
-        // Transit from the actual send: 1 ms, not up to 61.
+        // Transit from the actual send: 1 ms.
         assert!((c.delay_ms - 61.0).abs() < 1e-6, "{}", c.delay_ms);
-        // Not told how late the ticks left, the same arrivals read as the network's delay.
+        // Judged on the timestamps' own times, the same arrivals read as the network's doing.
         let mut blind = Receiving::new();
         blind.origin_ns = Some(0);
-        arrivals(&mut blind, false);
-        assert_eq!(blind.playout.late(), 50);
-        // A slot holds only its own tick: tick 5 left late, but tick 261 has its slot now.
-        assert_eq!(sent_late.of(255 * 20_000_000), 60_000_000);
-        assert_eq!(sent_late.of(5 * 20_000_000), 0);
+        arrivals(&mut blind);
+        assert!(blind.playout.late() >= 50, "{}", blind.playout.late());
+        // A slot holds only its own tick: tick 255 is remembered, tick 5's slot is tick 261's.
+        assert_eq!(sent_at.of(255), Some(sent_ns(255)));
+        assert_eq!(sent_at.of(5), None);
     }
 
     #[test]
@@ -993,7 +998,7 @@ mod tests {
             for i in seqs.filter(|i| ![10, 60, 70].contains(i)) {
                 let delay_ms = if i == 80 { 65 } else { 5 };
                 let arrival = u64::from(i) * 20_000_000 + delay_ms * 1_000_000;
-                r.on_audio(i, u32::from(i) * SAMPLES, arrival, &SentLate::new());
+                r.on_audio(i, u32::from(i) * SAMPLES, arrival, &SentAt::new());
             }
         };
         let mut receiving = HashMap::new();
