@@ -18,7 +18,7 @@ use pbxlab_loadgen::messages::Messages;
 use pbxlab_loadgen::metrics::{self, IvrCounts, Metric, Outcomes, QueueCounts};
 use pbxlab_loadgen::report::{
     self, DriverPace, FailureClasses, IntervalRow, IntervalRtp, LatencySummary, MosSummary,
-    QueueSummary, RtpSummary, ShardRow, ThresholdResult, WorkloadSummary,
+    QueueSummary, RtpSummary, ShardRow, WorkloadSummary,
 };
 use pbxlab_loadgen::threshold::Threshold;
 
@@ -381,18 +381,7 @@ pub(crate) fn merge(shards: &[Shard], extra: &[Threshold]) -> anyhow::Result<Loa
             judged.push(t.clone());
         }
     }
-    merged.thresholds = judged
-        .iter()
-        .map(|t| {
-            let value = merged.value(&t.subject, |m| hist(m.name()));
-            ThresholdResult {
-                expr: t.expr.clone(),
-                value,
-                pass: t.passes(value),
-                unit: t.unit,
-            }
-        })
-        .collect();
+    merged.thresholds = merged.judge(&judged, |m| hist(m.name()));
     Ok(merged)
 }
 
@@ -567,7 +556,7 @@ mod tests {
                 ..RtpSummary::default()
             },
             emulator: Vec::new(),
-            thresholds: vec![ThresholdResult {
+            thresholds: vec![report::ThresholdResult {
                 expr: "calls.failed<2".into(),
                 value: failed as f64,
                 pass: failed < 2,

@@ -684,6 +684,27 @@ impl LoadReport {
         self.emulator.iter().any(|d| d.saturated)
     }
 
+    /// Each threshold judged on this report's figures (latencies read from `hist`), as `load`
+    /// and `merge` judge them.
+    pub fn judge<'a>(
+        &self,
+        thresholds: &[crate::threshold::Threshold],
+        hist: impl Fn(Metric) -> &'a Histogram<u64>,
+    ) -> Vec<ThresholdResult> {
+        thresholds
+            .iter()
+            .map(|t| {
+                let value = self.value(&t.subject, &hist);
+                ThresholdResult {
+                    expr: t.expr.clone(),
+                    value,
+                    pass: t.passes(value),
+                    unit: t.unit,
+                }
+            })
+            .collect()
+    }
+
     pub fn value<'a>(&self, subject: &Subject, hist: impl Fn(Metric) -> &'a Histogram<u64>) -> f64 {
         let outcome = |o: &Outcomes, f: &Field| match f {
             Field::Attempted => o.attempted as f64,

@@ -25,7 +25,7 @@ use crate::media::{self, MediaReport};
 use crate::metrics::{IntervalSummary, Metric};
 use crate::report::{
     self, DriverPace, IntervalRow, LatencySummary, LoadReport, MosSummary, QueueSummary,
-    RtpSummary, RunCounts, ShardId, ThresholdResult, TickSummary, WorkloadSummary,
+    RtpSummary, RunCounts, ShardId, TickSummary, WorkloadSummary,
 };
 use crate::threshold::Threshold;
 use pbxlab_udp::pace::Pace;
@@ -511,18 +511,7 @@ fn build_report(
         gaps: Vec::new(),
         media_epoch: Some(media.epoch),
     };
-    report.thresholds = thresholds
-        .iter()
-        .map(|t| {
-            let value = report.value(&t.subject, metric_hist_by(engine, media));
-            ThresholdResult {
-                expr: t.expr.clone(),
-                value,
-                pass: t.passes(value),
-                unit: t.unit,
-            }
-        })
-        .collect();
+    report.thresholds = report.judge(thresholds, metric_hist_by(engine, media));
     report
 }
 
