@@ -392,6 +392,7 @@ pub fn configure(
         run_id: run_id(seed, shard),
         arrival_grid: s.tick,
         drain_limit: Duration::ZERO,
+        callers_password: s.password.clone(),
     };
     cfg.drain_limit = cfg.longest_call();
     let need = memory_estimate(&cfg);

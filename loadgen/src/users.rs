@@ -63,6 +63,16 @@ pub enum Password {
     Shared(String),
 }
 
+impl Password {
+    /// User `n`'s password by this rule.
+    pub fn of(&self, n: u64) -> String {
+        match self {
+            Password::Prefix(prefix) => format!("{prefix}{n}"),
+            Password::Shared(p) => p.clone(),
+        }
+    }
+}
+
 impl Users {
     pub fn new() -> Users {
         Users::default()

@@ -50,6 +50,7 @@ fn config() -> Config {
         run_id: 77,
         arrival_grid: Grid::Exact,
         drain_limit: Duration::from_secs(3600),
+        callers_password: Password::Prefix("pw-".into()),
     }
 }
 
@@ -420,6 +421,42 @@ fn a_407_gets_an_ack_and_an_authenticated_invite_with_the_next_cseq() {
         "{auth}"
     );
     assert_eq!(second.call_id(), first.call_id());
+}
+
+#[test]
+fn a_caller_of_a_run_without_users_answers_a_407_as_its_number_with_the_rules_password() {
+    // `pbxlab load --service echo` at pbxlab's cluster: caller 1000 is one of its users, so the
+    // INVITE is challenged, and the answer is user 1000's by the password rule.
+    for (rule, password) in [
+        (Password::Prefix("pw-".into()), "pw-1000"),
+        (Password::Shared("s3cret".into()), "s3cret"),
+    ] {
+        let mut cfg = config();
+        cfg.callers_password = rule;
+        let mut e = Engine::new(cfg);
+        let invite = step(&mut e, 0).remove(0).1;
+        assert!(invite.contains("From: <sip:1000@"), "{invite}");
+        let challenge =
+            "Proxy-Authenticate: Digest realm=\"127.0.0.1\", nonce=\"abc123\", qop=\"auth\"\r\n";
+        e.handle(
+            MS,
+            addr(5060),
+            reply(&invite, "407 Proxy Authentication Required", challenge, "").as_bytes(),
+        );
+        let out = sent(&mut e);
+        assert_eq!(methods(&out), ["ACK", "INVITE"]);
+        let second = sip::parse_datagram(out[1].1.as_bytes()).expect("valid");
+        let auth = second
+            .header(HeaderName::ProxyAuthorization)
+            .expect("Proxy-Authorization");
+        let parsed = digest::parse_authorization(auth).expect("parses");
+        assert_eq!(parsed.username, "1000");
+        assert!(
+            digest::verify(&parsed, "INVITE", password),
+            "answered with {password}: {auth}"
+        );
+        assert!(!digest::verify(&parsed, "INVITE", "wrong"));
+    }
 }
 
 #[test]

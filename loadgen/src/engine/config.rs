@@ -144,6 +144,11 @@ pub struct Config {
     ///
     /// [`DRAINED`]: super::DRAINED
     pub drain_limit: Duration,
+    /// The password rule of the numbered callers of a run without users (1000 to 1999, as
+    /// `wire::UserPart` writes them): a digest challenge to their INVITE is answered as user N
+    /// with the rule's password for N, as SIPp answers one with `-au`/`-ap`. Users from a table
+    /// carry their own passwords.
+    pub callers_password: crate::users::Password,
 }
 
 impl Config {

@@ -405,8 +405,7 @@ impl Engine {
                 self.wire
                     .error_ack(&self.cfg, slot, &self.calls[slot as usize], &to);
                 let c = &self.calls[slot as usize];
-                if (code == 401 || code == 407) && c.invite_round == 1 && !self.cfg.users.is_empty()
-                {
+                if (code == 401 || code == 407) && c.invite_round == 1 {
                     // Karn's rule, as for REGISTER.
                     if c.rto == self.t1() {
                         ChallengeRtt::sample(
