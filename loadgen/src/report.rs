@@ -593,9 +593,50 @@ pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .map_err(|e| format!("not base64: {e}"))?;
+    check_payload(&bytes)?;
     hdrhistogram::serialization::Deserializer::new()
         .deserialize(&mut bytes.as_slice())
         .map_err(|e| format!("not an encoded HdrHistogram: {e:?}"))
+}
+
+/// The most bytes a histogram's V2 payload may take: one of pbxlab's (1 µs to an hour, 3
+/// significant digits) with every count set takes under 400 KB.
+const HISTOGRAM_PAYLOAD_MAX: u32 = 1 << 20;
+/// HdrHistogram's V2 cookies, plain and compressed (its `serialization` module's).
+const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
+const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
+
+/// Refuses an encoding whose payload claims more than a histogram of ours can take: the
+/// decoder allocates what the header claims before it reads a byte of it, so a few hostile
+/// bytes in a report handed to `merge` would otherwise cost gigabytes.
+fn check_payload(bytes: &[u8]) -> Result<(), String> {
+    use std::io::Read as _;
+    let word = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let claimed = match word(bytes, 0) {
+        Some(V2_COOKIE) => word(bytes, 4),
+        Some(V2_COMPRESSED_COOKIE) => {
+            // The compressed length, then a zlib stream of the plain encoding: inflate no more
+            // than its header and the largest payload allowed.
+            let mut inflated = Vec::new();
+            flate2::read::ZlibDecoder::new(bytes.get(8..).unwrap_or_default())
+                .take(u64::from(HISTOGRAM_PAYLOAD_MAX) + 64)
+                .read_to_end(&mut inflated)
+                .map_err(|e| format!("not an encoded HdrHistogram: {e}"))?;
+            word(&inflated, 4)
+        }
+        // Not HdrHistogram's: its decoder says so.
+        _ => None,
+    };
+    match claimed {
+        Some(n) if n > HISTOGRAM_PAYLOAD_MAX => Err(format!(
+            "not an encoded HdrHistogram of pbxlab's: its payload claims {n} bytes, over the \
+             {HISTOGRAM_PAYLOAD_MAX} one can take"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `histograms` as a report holds them: each encoded, by name.
@@ -1096,6 +1137,25 @@ mod tests {
         assert!(e.starts_with("not an encoded HdrHistogram"), "{e}");
         let e = decode_histogram("").expect_err("refused");
         assert!(e.starts_with("not an encoded HdrHistogram"), "{e}");
+        // A header that claims a 4 GB payload is refused before anything is allocated for it,
+        // plain or compressed.
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut plain = Vec::new();
+        plain.extend_from_slice(&V2_COOKIE.to_be_bytes());
+        plain.extend_from_slice(&u32::MAX.to_be_bytes());
+        plain.extend_from_slice(&[0; 32]);
+        let e = decode_histogram(&b64(&plain)).expect_err("refused");
+        assert!(e.contains("claims 4294967295 bytes"), "{e}");
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut zlib, &plain).expect("in memory");
+        let deflated = zlib.finish().expect("in memory");
+        let mut compressed = Vec::new();
+        compressed.extend_from_slice(&V2_COMPRESSED_COOKIE.to_be_bytes());
+        compressed.extend_from_slice(&u32::try_from(deflated.len()).expect("small").to_be_bytes());
+        compressed.extend_from_slice(&deflated);
+        let e = decode_histogram(&b64(&compressed)).expect_err("refused");
+        assert!(e.contains("claims 4294967295 bytes"), "{e}");
     }
 
     #[test]
