@@ -5,7 +5,7 @@
 //! RTP back); every run is bounded in calls and time.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -177,20 +177,17 @@ fn number(row: &std::collections::BTreeMap<String, String>, column: &str) -> f64
         .unwrap_or_else(|| panic!("{column} in {row:?}"))
 }
 
-#[test]
-fn the_csv_rows_are_the_jsons_intervals_and_add_up_to_its_totals() {
-    let uas = uas();
-    let dir = scratch("csv");
+/// Runs `pbxlab load` of echo calls at `target` with `flags`, in 200 ms intervals, writing the
+/// JSON, the CSV and the interval log into `dir`; returns the JSON and the other two's paths.
+fn load_with_reports(
+    target: &str,
+    dir: &Path,
+    flags: &[&str],
+) -> (serde_json::Value, PathBuf, PathBuf) {
     let (json, csv, hlog) = (dir.join("r.json"), dir.join("r.csv"), dir.join("r.hlog"));
     let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-        .args([
-            "load",
-            "--target",
-            &uas.addr.to_string(),
-            "--service",
-            "echo",
-        ])
-        .args(["--calls", "150", "--call-rate", "200/s", "--hold", "50ms"])
+        .args(["load", "--target", target, "--service", "echo"])
+        .args(flags)
         .args(["--interval", "200ms"])
         .args([
             "--json",
@@ -207,8 +204,19 @@ fn the_csv_rows_are_the_jsons_intervals_and_add_up_to_its_totals() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("json");
+    let v = serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("json");
+    (v, csv, hlog)
+}
+
+#[test]
+fn the_csv_rows_are_the_jsons_intervals_and_add_up_to_its_totals() {
+    let uas = uas();
+    let dir = scratch("csv");
+    let (v, csv, hlog) = load_with_reports(
+        &uas.addr.to_string(),
+        &dir,
+        &["--calls", "150", "--call-rate", "200/s", "--hold", "50ms"],
+    );
     let rows = csv_rows(&std::fs::read_to_string(&csv).expect("csv written"));
     let intervals = v["intervals"].as_array().expect("intervals");
     assert!(
@@ -399,36 +407,20 @@ fn counts_of(log: &[u8], tag: &str) -> Vec<u64> {
 fn an_rtp_runs_intervals_add_up_to_its_rtp_totals_and_its_media_gaps() {
     let uas = uas_with(true);
     let dir = scratch("rtp");
-    let (json, csv, hlog) = (dir.join("r.json"), dir.join("r.csv"), dir.join("r.hlog"));
-    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
-        .args([
-            "load",
-            "--target",
-            &uas.addr.to_string(),
-            "--service",
-            "echo",
+    let (v, csv, hlog) = load_with_reports(
+        &uas.addr.to_string(),
+        &dir,
+        &[
             "--rtp",
             "1",
-        ])
-        .args(["--calls", "6", "--call-rate", "10/s", "--hold", "1s"])
-        .args(["--interval", "200ms"])
-        .args([
-            "--json",
-            path(&json),
-            "--csv",
-            path(&csv),
-            "--hlog",
-            path(&hlog),
-        ])
-        .output()
-        .expect("pbxlab runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--calls",
+            "6",
+            "--call-rate",
+            "10/s",
+            "--hold",
+            "1s",
+        ],
     );
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("json");
     let intervals = v["intervals"].as_array().expect("intervals");
     assert!(intervals.len() >= 5, "1.5 s in 200 ms intervals: {v}");
     let total = |key: &str| {

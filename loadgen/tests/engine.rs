@@ -381,13 +381,10 @@ fn bye_retransmissions_are_capped_at_t2() {
     assert_eq!(e.metrics.failures["BYE timeout"], 1);
 }
 
-#[test]
-fn a_407_gets_an_ack_and_an_authenticated_invite_with_the_next_cseq() {
-    let mut cfg = config();
-    cfg.users = numbered([1000]);
-    cfg.register = false;
-    let mut e = Engine::new(cfg);
-    let invite = step(&mut e, 0).remove(0).1;
+/// The engine's first INVITE, answered with a 407; returns the INVITE and what the engine sent
+/// next, which must be the ACK and the INVITE again.
+fn challenged(e: &mut Engine) -> (String, Vec<(SocketAddr, String)>) {
+    let invite = step(e, 0).remove(0).1;
     let challenge =
         "Proxy-Authenticate: Digest realm=\"127.0.0.1\", nonce=\"abc123\", qop=\"auth\"\r\n";
     e.handle(
@@ -395,8 +392,18 @@ fn a_407_gets_an_ack_and_an_authenticated_invite_with_the_next_cseq() {
         addr(5060),
         reply(&invite, "407 Proxy Authentication Required", challenge, "").as_bytes(),
     );
-    let out = sent(&mut e);
+    let out = sent(e);
     assert_eq!(methods(&out), ["ACK", "INVITE"]);
+    (invite, out)
+}
+
+#[test]
+fn a_407_gets_an_ack_and_an_authenticated_invite_with_the_next_cseq() {
+    let mut cfg = config();
+    cfg.users = numbered([1000]);
+    cfg.register = false;
+    let mut e = Engine::new(cfg);
+    let (invite, out) = challenged(&mut e);
     let ack = sip::parse_datagram(out[0].1.as_bytes()).expect("valid");
     let first = sip::parse_datagram(invite.as_bytes()).expect("valid");
     assert_eq!(
@@ -434,17 +441,8 @@ fn a_caller_of_a_run_without_users_answers_a_407_as_its_number_with_the_rules_pa
         let mut cfg = config();
         cfg.callers_password = rule;
         let mut e = Engine::new(cfg);
-        let invite = step(&mut e, 0).remove(0).1;
+        let (invite, out) = challenged(&mut e);
         assert!(invite.contains("From: <sip:1000@"), "{invite}");
-        let challenge =
-            "Proxy-Authenticate: Digest realm=\"127.0.0.1\", nonce=\"abc123\", qop=\"auth\"\r\n";
-        e.handle(
-            MS,
-            addr(5060),
-            reply(&invite, "407 Proxy Authentication Required", challenge, "").as_bytes(),
-        );
-        let out = sent(&mut e);
-        assert_eq!(methods(&out), ["ACK", "INVITE"]);
         let second = sip::parse_datagram(out[1].1.as_bytes()).expect("valid");
         let auth = second
             .header(HeaderName::ProxyAuthorization)
