@@ -320,26 +320,7 @@ impl Cluster {
                 served.push(parts);
             }
         }
-        let reg = sc.traffic.registrations.as_ref();
-        let queue = sc.traffic.queue.as_ref();
-        let mut cfg = cm::Config::new(sip);
-        cfg.domain = opts.domain.clone();
-        cfg.password_prefix = opts.password_prefix.clone();
-        cfg.first_user = reg.map_or(1000, |r| r.first_user);
-        cfg.users = reg.map_or(0, |r| r.users);
-        cfg.queues = queue.map_or(0, |q| q.queues);
-        cfg.agents_per_queue = queue.map_or(0, |q| q.agents);
-        cfg.rate_limit_per_s = opts.rate_limit_per_s;
-        cfg.rate_burst = opts.rate_burst;
-        cfg.global_rate_limit_per_s = opts.global_rate_limit_per_s;
-        cfg.global_rate_burst = opts.global_rate_burst;
-        cfg.max_call_s = opts.max_call_s;
-        cfg.whitelist = opts.whitelist.clone();
-        cfg.trust.trusted = sc.cluster.trusted.clone();
-        cfg.trust.trusted.extend(&opts.trusted);
-        if let Some(public) = opts.public.as_ref().or(sc.cluster.public.as_ref()) {
-            cfg.trust.public = public.clone();
-        }
+        let mut cfg = cm_config(sc, opts, sip);
         cfg.key = crate::random_key().map_err(Error::Random)?;
         let cm = CallManager::new(cfg, balancer, specs);
 
@@ -428,6 +409,33 @@ impl Cluster {
         cm?;
         Ok(self.control.status())
     }
+}
+
+/// The Call Manager's configuration for a scenario and the cluster's options, listening at
+/// `sip`; the key is the caller's to set (from the operating system live, from the seed in
+/// virtual time).
+pub(crate) fn cm_config(sc: &Scenario, opts: &Options, sip: SocketAddr) -> cm::Config {
+    let reg = sc.traffic.registrations.as_ref();
+    let queue = sc.traffic.queue.as_ref();
+    let mut cfg = cm::Config::new(sip);
+    cfg.domain = opts.domain.clone();
+    cfg.password_prefix = opts.password_prefix.clone();
+    cfg.first_user = reg.map_or(1000, |r| r.first_user);
+    cfg.users = reg.map_or(0, |r| r.users);
+    cfg.queues = queue.map_or(0, |q| q.queues);
+    cfg.agents_per_queue = queue.map_or(0, |q| q.agents);
+    cfg.rate_limit_per_s = opts.rate_limit_per_s;
+    cfg.rate_burst = opts.rate_burst;
+    cfg.global_rate_limit_per_s = opts.global_rate_limit_per_s;
+    cfg.global_rate_burst = opts.global_rate_burst;
+    cfg.max_call_s = opts.max_call_s;
+    cfg.whitelist = opts.whitelist.clone();
+    cfg.trust.trusted = sc.cluster.trusted.clone();
+    cfg.trust.trusted.extend(&opts.trusted);
+    if let Some(public) = opts.public.as_ref().or(sc.cluster.public.as_ref()) {
+        cfg.trust.public = public.clone();
+    }
+    cfg
 }
 
 /// How long a stopped or upgraded node gets to finish moving its sessions before it stops.
@@ -1026,14 +1034,26 @@ fn handle_request(
 
 /// Moves what the Call Manager recorded into the shared records, and events into the log.
 fn record(cm: &mut CallManager, shared: &Shared, log: &mut Vec<String>) {
-    let events = cm.take_events();
-    let reassigned = cm.take_reassigned();
-    let dropped = cm.take_dropped_calls();
-    if events.is_empty() && reassigned.is_empty() && dropped.is_empty() {
+    let taken = take_records(cm, log);
+    if taken.events.is_empty() && taken.reassigned.is_empty() && taken.dropped.is_empty() {
         return;
     }
     let Ok(mut r) = shared.records.lock() else {
         return;
+    };
+    r.events.extend(taken.events);
+    r.reassigned.extend(taken.reassigned);
+    r.dropped.extend(taken.dropped);
+}
+
+/// What the Call Manager recorded since the last call, with each event's server named, and
+/// each event as a line of the log.
+pub(crate) fn take_records(cm: &mut CallManager, log: &mut Vec<String>) -> Records {
+    let events = cm.take_events();
+    let mut taken = Records {
+        events: Vec::with_capacity(events.len()),
+        reassigned: cm.take_reassigned(),
+        dropped: cm.take_dropped_calls(),
     };
     for e in events {
         let name = cm
@@ -1044,14 +1064,13 @@ fn record(cm: &mut CallManager, shared: &Shared, log: &mut Vec<String>) {
             .to_owned();
         let what = event_words(&e.kind);
         log.push(format!("{:.3}s {name} {what}", e.at.as_secs_f64()));
-        r.events.push(ClusterEvent {
+        taken.events.push(ClusterEvent {
             at: e.at,
             server: name,
             kind: e.kind,
         });
     }
-    r.reassigned.extend(reassigned);
-    r.dropped.extend(dropped);
+    taken
 }
 
 /// A balancer event in the log's words: "down", "up", "alert: ...".

@@ -33,6 +33,7 @@ pub mod hub;
 pub mod link;
 pub mod node;
 pub mod remote;
+pub mod world;
 
 /// A key drawn from the operating system's random source, for a server others can reach: what it
 /// keys (nonces, branches, tags) cannot be forged by someone who knows the scenario's seed.

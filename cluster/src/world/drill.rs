@@ -1,0 +1,1 @@
+//! The drill in virtual time (filled in below).
