@@ -1,9 +1,9 @@
 //! pbxlab's scenario files: the TOML format describing one pbxlab run (server pools,
-//! health probing, offered traffic, injected faults, SLO targets and sizing
-//! costs), its parser, and the validation that turns a file into either a
-//! [`Scenario`] or a single [`Diagnostic`] pointing at the offending line and
-//! column. Every driver reads it: `plan` (pbxlab-sim), `cluster` and `drill`
-//! (pbxlab-cluster), `load` (pbxlab-loadgen). It runs nothing and owns no socket.
+//! health probing, offered traffic, injected faults of servers and of the network, SLO
+//! targets, sizing costs and how an explorer varies the run), its parser, and the validation
+//! that turns a file into either a [`Scenario`] or a single [`Diagnostic`] pointing at the
+//! offending line and column. Every driver reads it: `plan` (pbxlab-sim), `cluster` and
+//! `drill` (pbxlab-cluster), `load` (pbxlab-loadgen). It runs nothing and owns no socket.
 //!
 //! Parsing happens in two steps. Serde reads the document into "raw" structs
 //! whose leaves are `Spanned<toml::Value>`, so serde itself only rejects
@@ -25,9 +25,10 @@ pub use pbxlab_balancer::{FailoverMode, Policy, Role};
 
 pub use diagnostics::{Diagnostic, ScenarioError, Severity};
 pub use model::{
-    Arrivals, CallTraffic, ClusterSpec, Codec, DrillLoad, DrillSpec, FaultSpec, HealthSpec,
-    HoldDist, IvrTraffic, MeetingTraffic, PoolSpec, QueueTraffic, RegistrationTraffic, Scenario,
-    ServerSpec, Service, SizingCosts, Slo, Traffic, codec_name, parse_codec,
+    Arrivals, CM_ENDPOINT, CallTraffic, ClusterSpec, Codec, DrillLoad, DrillSpec, ExploreSpec,
+    FaultSpec, HealthSpec, HoldDist, IvrTraffic, LOAD_ENDPOINT, MeetingTraffic, NetFaultSpec,
+    NetKind, PoolSpec, QueueTraffic, RegistrationTraffic, Scenario, ServerSpec, Service,
+    SizingCosts, Slo, Traffic, codec_name, parse_codec,
 };
 pub use units::{parse_duration, parse_rate};
 pub use verb::{UPGRADE_RESTART, Verb, verb_names};

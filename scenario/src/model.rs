@@ -25,12 +25,17 @@ pub struct Scenario {
     pub traffic: Traffic,
     /// In file order, not sorted by time.
     pub faults: Vec<FaultSpec>,
+    /// The `[[fault]]`s that act on the network rather than on a server, in file order, not
+    /// sorted by time. Only the virtual drill carries them out.
+    pub net_faults: Vec<NetFaultSpec>,
     pub slo: Slo,
     pub sizing: SizingCosts,
     /// How `pbxlab drill` runs this scenario live; `plan` ignores it.
     pub drill: Option<DrillSpec>,
     /// Whom the live cluster lets in without credentials; `plan` ignores it.
     pub cluster: ClusterSpec,
+    /// How an explorer varies this scenario from seed to seed; defaults when absent.
+    pub explore: ExploreSpec,
     /// Things worth telling the user that do not stop the run.
     pub warnings: Vec<Diagnostic>,
 }
@@ -159,6 +164,103 @@ pub struct FaultSpec {
     pub at: Duration,
     pub action: Verb,
     pub server: String,
+}
+
+/// A fault of the network between endpoints, carried out only by the virtual drill.
+///
+/// Endpoints are the servers of the pools by name, `cm` (the Call Manager) and `load` (the load
+/// generator).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetFaultSpec {
+    pub at: Duration,
+    pub kind: NetKind,
+    /// The fault ends by itself this long after `at`. `None`: it lasts until the run ends, or a
+    /// partition until the heal of the same endpoints. Always `None` for a heal.
+    pub lasts: Option<Duration>,
+    /// For loss, delay, duplicate and reorder: the datagrams from or to any of these endpoints
+    /// are affected; empty means every datagram. For partition and heal: the set cut off from
+    /// (or reconnected to) every endpoint outside it; never empty. No name appears twice.
+    pub endpoints: Vec<String>,
+}
+
+/// What a network fault does to the datagrams it affects.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NetKind {
+    /// Each datagram is dropped with probability `fraction` (0 to 1).
+    Loss { fraction: f64 },
+    /// Each datagram is held back `delay` plus a uniform draw from `[0, jitter]`.
+    Delay { delay: Duration, jitter: Duration },
+    /// Each datagram is delivered twice with probability `fraction` (0 to 1).
+    Duplicate { fraction: f64 },
+    /// Each datagram, with probability `fraction` (0 to 1), is held back `by` longer than the
+    /// others, so that the ones sent after it overtake it.
+    Reorder { fraction: f64, by: Duration },
+    /// No datagram crosses between the endpoints and the rest.
+    Partition,
+    /// The partition of exactly these endpoints that is in effect ends.
+    Heal,
+}
+
+impl NetKind {
+    /// The `action` a scenario file names it by.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NetKind::Loss { .. } => "loss",
+            NetKind::Delay { .. } => "delay",
+            NetKind::Duplicate { .. } => "duplicate",
+            NetKind::Reorder { .. } => "reorder",
+            NetKind::Partition => "partition",
+            NetKind::Heal => "heal",
+        }
+    }
+}
+
+/// The endpoint name of the Call Manager in a network fault.
+pub const CM_ENDPOINT: &str = "cm";
+/// The endpoint name of the load generator in a network fault.
+pub const LOAD_ENDPOINT: &str = "load";
+
+/// `[explore]`: how an explorer that runs a scenario under many seeds varies it from seed to
+/// seed. Every range is `(min, max)` with `min <= max`, drawn uniformly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExploreSpec {
+    /// Each fault's time is moved by a uniform draw from `[-shift, +shift]`.
+    pub shift: Duration,
+    /// At most this many random network faults per seed.
+    pub network: u32,
+    /// When random network faults may start, `[start, end)`; `None`: see
+    /// [`Scenario::explore_window`].
+    pub window: Option<(Duration, Duration)>,
+    /// The fraction of a random loss.
+    pub loss: (f64, f64),
+    /// The delay and jitter of a random delay.
+    pub delay: (Duration, Duration),
+    pub jitter: (Duration, Duration),
+    /// The fraction of a random duplicate or reorder.
+    pub duplicate: (f64, f64),
+    pub reorder: (f64, f64),
+    /// How long a random network fault lasts; `min > 0`.
+    pub lasts: (Duration, Duration),
+    /// Whether random partitions of single servers may be drawn.
+    pub partitions: bool,
+}
+
+impl Default for ExploreSpec {
+    /// What an `[explore]` table with no keys means, and what a scenario without one gets.
+    fn default() -> Self {
+        ExploreSpec {
+            shift: Duration::from_secs(2),
+            network: 2,
+            window: None,
+            loss: (0.0, 0.05),
+            delay: (Duration::ZERO, Duration::from_millis(40)),
+            jitter: (Duration::ZERO, Duration::from_millis(10)),
+            duplicate: (0.0, 0.02),
+            reorder: (0.0, 0.02),
+            lasts: (Duration::from_millis(500), Duration::from_secs(5)),
+            partitions: true,
+        }
+    }
 }
 
 /// `[cluster]`: whom the live cluster's Call Manager lets call without credentials.
@@ -353,6 +455,10 @@ impl Default for SizingCosts {
     }
 }
 
+/// How far the default explore window reaches before the first fault and after the last.
+const EXPLORE_BEFORE: Duration = Duration::from_secs(5);
+const EXPLORE_AFTER: Duration = Duration::from_secs(10);
+
 impl Scenario {
     /// The balancer this scenario describes: its pools, servers and health settings. `plan`
     /// and the live cluster both start from it.
@@ -376,6 +482,29 @@ impl Scenario {
             }
         }
         Ok(b)
+    }
+
+    /// When an explorer's random network faults may start, `[start, end)`: `[explore]`'s
+    /// window, else from 5 s before the first fault (server or network) to 10 s after the
+    /// last, clamped to the run; the whole run when there is no fault.
+    pub fn explore_window(&self) -> (Duration, Duration) {
+        if let Some(window) = self.explore.window {
+            return window;
+        }
+        let times = self
+            .faults
+            .iter()
+            .map(|f| f.at)
+            .chain(self.net_faults.iter().map(|f| f.at));
+        let (first, last) = times
+            .fold(None, |span: Option<(Duration, Duration)>, at| {
+                Some(span.map_or((at, at), |(lo, hi)| (lo.min(at), hi.max(at))))
+            })
+            .unwrap_or((Duration::ZERO, self.duration));
+        (
+            first.saturating_sub(EXPLORE_BEFORE),
+            (last + EXPLORE_AFTER).min(self.duration),
+        )
     }
 
     /// Every server with its role, in pool order.

@@ -70,6 +70,7 @@ pub struct RawScenario {
     pub sizing: Option<Tab<RawSizing>>,
     pub drill: Option<Tab<RawDrill>>,
     pub cluster: Option<Tab<RawCluster>>,
+    pub explore: Option<Tab<RawExplore>>,
 }
 
 #[derive(Deserialize)]
@@ -196,6 +197,28 @@ pub struct RawFault {
     pub at: Option<Leaf>,
     pub action: Option<Leaf>,
     pub server: Option<Leaf>,
+    pub endpoints: Option<LeafList>,
+    pub fraction: Option<Leaf>,
+    pub delay: Option<Leaf>,
+    pub jitter: Option<Leaf>,
+    pub by: Option<Leaf>,
+    #[serde(rename = "for")]
+    pub lasts: Option<Leaf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExplore {
+    pub shift: Option<Leaf>,
+    pub network: Option<Leaf>,
+    pub window: Option<LeafList>,
+    pub loss: Option<LeafList>,
+    pub delay: Option<LeafList>,
+    pub jitter: Option<LeafList>,
+    pub duplicate: Option<LeafList>,
+    pub reorder: Option<LeafList>,
+    pub lasts: Option<LeafList>,
+    pub partitions: Option<Leaf>,
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,7 @@ use crate::units::{parse_duration, parse_rate, show_duration};
 
 mod cluster;
 mod drill;
+mod explore;
 mod faults;
 mod pools;
 mod slo;
@@ -253,6 +254,17 @@ impl Checker<'_> {
         }
     }
 
+    fn boolean(&self, value: &Leaf, prefix: &str, name: &str) -> Res<bool> {
+        match value.get_ref() {
+            Value::Boolean(b) => Ok(*b),
+            other => Err(self.error(
+                value.span(),
+                &join(prefix, name),
+                format!("{name} must be true or false, found {}", render(other)),
+            )),
+        }
+    }
+
     fn choice<T>(
         &self,
         value: &Leaf,
@@ -397,11 +409,12 @@ impl Checker<'_> {
         let pools = self.pools(raw.pool.as_ref())?;
         let health = self.health(raw.health.as_ref())?;
         let traffic = self.traffic(raw.traffic.as_ref(), &pools)?;
-        let faults = self.faults(raw.fault.as_ref(), &pools, duration)?;
+        let (faults, net_faults) = self.faults(raw.fault.as_ref(), &pools, duration)?;
         let slo = self.slo(raw.slo.as_ref())?;
         let sizing = self.sizing(raw.sizing.as_ref())?;
         let drill = self.drill(raw.drill.as_ref(), &pools, &traffic)?;
         let cluster = self.cluster(raw.cluster.as_ref())?;
+        let explore = self.explore(raw.explore.as_ref(), duration)?;
         self.scale_warnings(duration, &traffic);
 
         Ok(Scenario {
@@ -414,10 +427,12 @@ impl Checker<'_> {
             health,
             traffic,
             faults,
+            net_faults,
             slo,
             sizing,
             drill,
             cluster,
+            explore,
             warnings: self.warnings,
         })
     }

@@ -11,7 +11,9 @@ use crate::{Diagnostic, FailoverMode, Policy, Role, ScenarioError, Severity, Ver
 
 mod cluster;
 mod drill;
+mod explore;
 mod faults;
+mod net;
 mod pools;
 mod traffic;
 
