@@ -75,6 +75,28 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     for w in &scenario.warnings {
         eprintln!("{w}");
     }
+    if !scenario.net_faults.is_empty() {
+        let named: Vec<String> = scenario
+            .net_faults
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                format!(
+                    "network fault {} ({} at {:.1} s)",
+                    i + 1,
+                    f.kind.name(),
+                    f.at.as_secs_f64()
+                )
+            })
+            .collect();
+        return Err(BadInput(format!(
+            "scenario {:?}: the live drill cannot carry out {}: it runs on the machine's own \
+             loopback, whose datagrams it does not control",
+            scenario.name,
+            named.join(", ")
+        ))
+        .into());
+    }
     if let Some(seed) = args.seed {
         scenario.seed = seed;
     }

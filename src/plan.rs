@@ -109,6 +109,15 @@ pub(crate) fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode
     crate::writable("--json", args.json.as_ref())?;
     crate::html::writable(args.html.as_ref())?;
     let scenario = load_scenario(args.scenario.as_ref())?;
+    // The planner models servers, not the datagrams between them: a network fault would
+    // change nothing it computes, and must not pass for modelled.
+    for f in &scenario.net_faults {
+        eprintln!(
+            "warning: plan does not model network faults: {} at {:.1} s ignored",
+            f.kind.name(),
+            f.at.as_secs_f64()
+        );
+    }
     let on_terminal = std::io::stderr().is_terminal();
     let period = progress_period(&args.progress, on_terminal)?;
     let bar = (on_terminal && period.is_some()).then(indicatif::ProgressBar::new_spinner);

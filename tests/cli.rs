@@ -508,3 +508,27 @@ fn a_bad_users_file_is_refused_with_its_name_line_and_problem() {
         "{stderr}"
     );
 }
+
+/// A scenario with network faults: the live drill refuses it before starting anything, naming
+/// each fault; `plan` runs it and says that it leaves them out.
+#[test]
+fn network_faults_are_refused_by_the_live_drill_and_named_by_plan() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drill/network.toml");
+    let out = pbxlab(&["drill", path]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("network fault 1 (loss at 8.0 s)")
+            && err.contains("network fault 2 (partition at 12.0 s)")
+            && err.contains("cannot carry out"),
+        "{err}"
+    );
+    let out = pbxlab(&["plan", path, "--no-wall-clock"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("plan does not model network faults: loss at 8.0 s ignored")
+            && err.contains("partition at 12.0 s ignored"),
+        "{err}"
+    );
+}
