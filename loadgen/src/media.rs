@@ -31,8 +31,8 @@
 //! mouth-to-ear delay (packetisation, the buffer, and the network transit where this worker
 //! sent the stream itself and so knows when each packet left).
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::HashMap;
+use std::net::UdpSocket;
 
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::sync::Arc;
@@ -42,11 +42,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use pbxlab_proto::dtmf;
 use pbxlab_proto::g711;
 use pbxlab_proto::jitter::ReceiveStats;
 use pbxlab_proto::rtp;
-use pbxlab_proto::sdp::PT_TELEPHONE_EVENT;
+
+mod core;
+
+pub use self::core::{MediaCore, SendBatch, Sent};
 
 use crate::emodel::{self, Playout};
 use crate::engine::MediaCommand;
@@ -517,30 +519,6 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
     let (intervals_tx, intervals) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = Arc::clone(&stop);
-    let mut report = MediaReport {
-        epoch: Instant::now(),
-        gaps: Vec::new(),
-        streams: 0,
-        packets_sent: 0,
-        packets_received: 0,
-        expected: 0,
-        lost: 0,
-        jitter_us: histogram(),
-        gap_us: histogram(),
-        mos_centi: mos_histogram(),
-        r_factor_sum: 0.0,
-        delay_ms_sum: 0.0,
-        silent_streams: 0,
-        late: 0,
-        send_errors: 0,
-        malformed: 0,
-        segmentation_offload: false,
-        receive_coalescing: false,
-        receive_buffer_bytes: buffers.receive_bytes,
-        send_buffer_bytes: buffers.send_bytes,
-        pace: PaceFigures::default(),
-        last_interval: Intervals::new().close(0, 0, 0, 0, &mut HashMap::new(), &mut histogram()),
-    };
     // The batch headers hold raw pointers and cannot cross threads, so the worker makes them and
     // says whether it could (kernel timestamps on).
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -548,16 +526,16 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
         .name("pbxlab-rtp".into())
         .spawn(move || {
             let epoch = Instant::now();
-            report.epoch = epoch;
+            let mut core = MediaCore::new(epoch, buffers.receive_bytes, buffers.send_bytes);
             let receiver = match pbxlab_udp::Receiver::coalescing(&socket, epoch) {
                 Ok((r, coalescing)) => {
-                    report.receive_coalescing = coalescing;
+                    core.report_mut().receive_coalescing = coalescing;
                     let _ = ready_tx.send(Ok(()));
                     r
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
-                    return report;
+                    return core.finish();
                 }
             };
             let io = Io {
@@ -567,8 +545,7 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
                 sender: pbxlab_udp::Sender::default(),
                 epoch,
             };
-            run(io, &commands, &intervals_tx, &stop_flag, &mut report);
-            report
+            run(io, &commands, &intervals_tx, &stop_flag, core)
         })?;
     let worker = Worker {
         commands: commands_tx,
@@ -598,273 +575,76 @@ struct Io<'a> {
     epoch: Instant,
 }
 
+/// The thread: moves commands, the clock and datagrams between the load loop, the socket and
+/// the core, and keeps the figures only a real socket has (lateness, kernel drops, offload).
 fn run(
     mut io: Io<'_>,
     commands: &Receiver<Command>,
     intervals_out: &Sender<MediaInterval>,
     stop: &AtomicBool,
-    report: &mut MediaReport,
-) {
+    mut core: MediaCore,
+) -> MediaReport {
     let mut events = Events::with_capacity(16);
-    let audio = tone();
-    let frames = audio.len() / SAMPLES as usize;
-    // Ordered by destination, so a tick's packets to one address are consecutive and can leave
-    // as one segmented buffer; `dest_of` finds a stream's key.
-    let mut sending: BTreeMap<(SocketAddr, u64), Sending> = BTreeMap::new();
-    let mut dest_of: HashMap<u64, SocketAddr> = HashMap::new();
-    let mut receiving: HashMap<u32, Receiving> = HashMap::new();
     let epoch = io.epoch;
-    let mut tick: u64 = 0;
-    let mut next_tick = epoch;
-    // A tick's packets back to back, and where each lies in it.
-    let mut arena: Vec<u8> = Vec::new();
-    let mut packets: Vec<(SocketAddr, usize, usize)> = Vec::new();
     // Lateness counts from a tick that had streams: the first after an idle spell is on time
     // by definition.
     let pace = Pace::default();
-    let mut sent_at = SentAt::new();
     let mut scheduled = false;
     let mut drops = 0u32;
     let ns = |t: Instant| u64::try_from(t.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
-    let mut intervals = Intervals::new();
-    let mut next_index = 0u64;
+    let at = |ns: u64| epoch + Duration::from_nanos(ns);
     loop {
         while let Ok(cmd) = commands.try_recv() {
-            let cmd = match cmd {
-                Command::Media(cmd) => cmd,
-                Command::CloseInterval(index) => {
-                    let closed = intervals.close(
-                        index,
-                        report.streams,
-                        report.packets_sent,
-                        report.packets_received,
-                        &mut receiving,
-                        &mut report.gap_us,
-                    );
-                    next_index = index + 1;
-                    // A closed channel only means the load loop has stopped listening.
-                    let _ = intervals_out.send(closed);
-                    continue;
-                }
-            };
             match cmd {
-                MediaCommand::Start {
-                    stream,
-                    ssrc,
-                    dest,
-                    payload_type,
-                } => {
-                    report.streams += 1;
-                    if let Some(old) = dest_of.insert(stream, dest) {
-                        sending.remove(&(old, stream));
-                    }
-                    sending.insert(
-                        (dest, stream),
-                        Sending {
-                            ssrc,
-                            payload_type,
-                            seq: 0,
-                            timestamp: 0,
-                            frame: 0,
-                            digits: Vec::new(),
-                        },
-                    );
-                }
-                MediaCommand::Redirect { stream, dest } => {
-                    if let Some(old) = dest_of.get_mut(&stream)
-                        && let Some(s) = sending.remove(&(*old, stream))
-                    {
-                        *old = dest;
-                        sending.insert((dest, stream), s);
-                    }
-                }
-                MediaCommand::Dtmf { stream, digits } => {
-                    if let Some(s) = dest_of
-                        .get(&stream)
-                        .and_then(|d| sending.get_mut(&(*d, stream)))
-                    {
-                        // A digit every 200 ms: 100 ms of tone, then a pause, starting after a
-                        // second of audio so the far end has locked on to the stream.
-                        let mut start = tick + 50;
-                        for d in digits.chars().filter_map(dtmf::digit_to_event) {
-                            let event_ts =
-                                s.timestamp.wrapping_add(((start - tick) as u32) * SAMPLES);
-                            for p in dtmf::digit_packets(d, 100, 20, 10) {
-                                s.digits.push((
-                                    start + u64::from(p.offset_ms / 20),
-                                    p.marker,
-                                    p.payload,
-                                    event_ts,
-                                ));
-                            }
-                            start += 10;
-                        }
-                    }
-                }
-                MediaCommand::Stop { stream } => {
-                    if let Some(dest) = dest_of.remove(&stream)
-                        && let Some(s) = sending.remove(&(dest, stream))
-                        && let Some(r) = receiving.get_mut(&s.ssrc)
-                    {
-                        r.stopped_after = Some(intervals.closed);
-                    }
+                Command::Media(cmd) => core.command(cmd),
+                Command::CloseInterval(index) => {
+                    // A closed channel only means the load loop has stopped listening.
+                    let _ = intervals_out.send(core.close_interval(index));
                 }
             }
         }
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let now = Instant::now();
-        if now >= next_tick {
+        let now = ns(Instant::now());
+        let due = core.tick_at();
+        if now >= due {
             if scheduled {
-                pace.on_time(ns(next_tick), ns(now));
+                pace.on_time(due, now);
             }
-            scheduled = !sending.is_empty();
-            arena.clear();
-            packets.clear();
-            for (&(dest, _), s) in sending.iter_mut() {
-                let ssrc = s.ssrc;
-                // Writes one packet at the end of the arena; false if it could not be built.
-                let mut write = |seq, ts, pt, marker, payload: &[u8]| {
-                    let at = arena.len();
-                    arena.resize(at + PACKET_MAX, 0);
-                    let out = arena.get_mut(at..).unwrap_or_default();
-                    let n = rtp::write_rtp(out, ssrc, seq, ts, pt, marker, payload).ok();
-                    arena.truncate(at + n.unwrap_or(0));
-                    if let Some(n) = n {
-                        packets.push((dest, at, n));
-                    }
-                    n.is_some()
-                };
-                let mut sent_event = false;
-                while let Some(pos) = s.digits.iter().position(|d| d.0 <= tick) {
-                    let (_, marker, payload, ts) = s.digits.remove(pos);
-                    if write(s.seq, ts, PT_TELEPHONE_EVENT, marker, &payload) {
-                        s.seq = s.seq.wrapping_add(1);
-                        sent_event = true;
-                    }
-                }
-                if s.frame == 0 {
-                    // Our own stream may come back (echoed or relayed to our other leg): when
-                    // it does, its transit from here is known.
-                    let origin = i64::try_from(ns(next_tick)).unwrap_or(i64::MAX)
-                        - i64::from(s.timestamp) * NS_PER_SAMPLE as i64;
-                    let r = receiving.entry(ssrc).or_insert_with(Receiving::new);
-                    r.origin_ns = Some(origin);
-                    r.first_tick = Some(tick);
-                }
-                if !sent_event {
-                    let offset = (s.frame % frames) * SAMPLES as usize;
-                    let payload = audio.get(offset..offset + SAMPLES as usize).unwrap_or(&[]);
-                    write(s.seq, s.timestamp, s.payload_type, false, payload);
-                    s.seq = s.seq.wrapping_add(1);
-                }
-                s.frame += 1;
-                s.timestamp = s.timestamp.wrapping_add(SAMPLES);
-            }
-            let datagrams: Vec<(SocketAddr, &[u8])> = packets
-                .iter()
-                .map(|&(to, at, n)| (to, arena.get(at..at + n).unwrap_or_default()))
-                .collect();
-            sent_at.record(tick, ns(Instant::now()));
-            let errors = io.sender.send_segmented(io.socket, &datagrams).len();
-            report.packets_sent += (datagrams.len() - errors) as u64;
-            report.send_errors += errors as u64;
-            tick += 1;
-            next_tick += FRAME;
-            // After a stall, skip missed ticks rather than bursting them out.
-            if next_tick + FRAME < now {
-                // Timestamps go on from where they were, so each stream's timestamp 0 now
-                // lies that much later.
-                let skipped = i64::try_from(ns(now).saturating_sub(ns(next_tick))).unwrap_or(0);
-                for s in sending.values() {
-                    if let Some(origin) = receiving
-                        .get_mut(&s.ssrc)
-                        .and_then(|r| r.origin_ns.as_mut())
-                    {
-                        *origin += skipped;
-                    }
-                }
-                next_tick = now;
-            }
+            scheduled = core.is_sending();
+            let (socket, sender) = (io.socket, &mut io.sender);
+            core.tick(now, &mut |datagrams| Sent {
+                at_ns: ns(Instant::now()),
+                errors: sender.send_segmented(socket, datagrams).len(),
+            });
         }
         // Sleep until shortly before the next tick or until packets arrive; then read them all.
+        let next_tick = at(core.tick_at());
         let until_tick = next_tick.saturating_duration_since(Instant::now());
-        if sending.is_empty() {
+        if !core.is_sending() {
             // Nothing to send: sleep until packets come or the waker brings commands or a stop.
             let _ = io.poll.poll(&mut events, None);
         } else if until_tick > SPIN {
             let _ = io.poll.poll(&mut events, Some(until_tick - SPIN));
         }
         let _ = io.receiver.drain(io.socket, |arrival_ns, _, bytes| {
-            match rtp::read_rtp(bytes) {
-                Ok(p) if p.payload_type != PT_TELEPHONE_EVENT => {
-                    report.packets_received += 1;
-                    let r = receiving.entry(p.ssrc).or_insert_with(Receiving::new);
-                    if let Some((last, gap)) = r.on_audio(p.seq, p.timestamp, arrival_ns, &sent_at)
-                        && gap >= GAP_RECORDED_NS
-                        && report.gaps.len() < MAX_GAPS
-                    {
-                        report.gaps.push(Gap {
-                            ssrc: p.ssrc,
-                            start_ns: last,
-                            len_ns: gap,
-                        });
-                    }
-                }
-                Ok(p) => {
-                    report.packets_received += 1;
-                    if let Some(r) = receiving.get_mut(&p.ssrc) {
-                        r.events += 1;
-                    }
-                }
-                Err(_) => report.malformed += 1,
-            }
+            core.receive(arrival_ns, bytes)
         });
         pace.socket_drops(&mut drops, io.receiver.kernel_drops());
         // Spin only while there is something to send on time; an idle worker sleeps.
-        if !sending.is_empty()
+        if core.is_sending()
             && Instant::now() < next_tick
             && next_tick.saturating_duration_since(Instant::now()) <= SPIN
         {
             std::hint::spin_loop();
         }
     }
-    report.segmentation_offload = io.sender.segmentation() == Some(true);
+    let segmentation_offload = io.sender.segmentation() == Some(true);
+    let mut report = core.finish();
+    report.segmentation_offload = segmentation_offload;
     report.pace = pace.figures();
-    let mut heard = 0u64;
-    // Streams still alive are rated as they stand: the end of the run is their end.
-    for r in receiving.values_mut() {
-        // Our own streams have an entry from their first send; only what arrived counts here.
-        if r.last_ns.is_none() {
-            continue;
-        }
-        heard += 1;
-        report.expected += r.stats.expected();
-        report.lost += r.lost();
-        report.late += r.playout.late();
-        let _ = report
-            .jitter_us
-            .record((r.stats.jitter_us() as u64).clamp(1, MAX_US));
-        r.record_gap(&mut report.gap_us, &mut intervals.gap_us);
-        let conditions = r.conditions();
-        report.delay_ms_sum += conditions.delay_ms;
-        report.rate(conditions.r_factor());
-    }
-    // Every stream started here is a leg that should hear one; whether one that heard nothing
-    // is a dead call depends on whether its far end sent at all, which the report decides.
-    // All streams arrive on one socket, so which leg heard what is not known: a count. It is
-    // exact for echoes and calls between our own users (one stream back per leg), and a lower
-    // bound where a leg hears several sources in turn (an IVR prompt, then a queue's agent).
-    report.silent_streams = report.streams.saturating_sub(heard);
-    report.last_interval = intervals.close(
-        next_index,
-        report.streams,
-        report.packets_sent,
-        report.packets_received,
-        &mut receiving,
-        &mut report.gap_us,
-    );
+    report
 }
 
 impl MediaReport {
@@ -882,6 +662,7 @@ pub fn mos_centi(mos: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn worker() -> (SocketAddr, Worker) {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
