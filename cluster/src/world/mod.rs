@@ -455,7 +455,8 @@ fn ns(d: Duration) -> Nanos {
 /// the operating system's random source, or no seed would repeat it.
 fn seeded_key(seed: u64) -> pbxlab_proto::mac::Key {
     let mut bytes = [0u8; 32];
-    let mut state = pbxlab_balancer::hash::mix64(seed ^ 0x6b65_79);
+    let mut state =
+        pbxlab_balancer::hash::mix64(seed ^ pbxlab_balancer::hash::fnv1a(b"call manager key"));
     for chunk in bytes.chunks_mut(8) {
         let v = pbxlab_balancer::hash::splitmix64(&mut state).to_le_bytes();
         chunk.copy_from_slice(v.get(..chunk.len()).unwrap_or(&v));
