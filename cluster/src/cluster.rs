@@ -226,16 +226,36 @@ impl Await {
                 .iter()
                 .find(|h| h.id == self.server.0)
                 .is_none_or(|h| h.counters.load().sessions == 0),
-            Until::Answered { after } => cm.balancer().server(self.server).is_some_and(|v| {
-                // Healthy, not only answering: an upgraded server is disabled whatever its
-                // health, and enabling it before its probes count it up would leave its pool
-                // one short while the next server is taken out.
-                v.healthy
-                    && v.last_probe
-                        .is_some_and(|(at, p)| p == Probe::Ok && at > after)
-            }),
+            Until::Answered { after } => answered_since(cm, self.server, after),
         }
     }
+}
+
+/// Whether a probe answered after `after` (time since the start) says the server is up and
+/// the balancer counts it healthy: what a started server waits for.
+pub(crate) fn answered_since(cm: &CallManager, server: ServerId, after: Duration) -> bool {
+    cm.balancer().server(server).is_some_and(|v| {
+        // Healthy, not only answering: an upgraded server is disabled whatever its health,
+        // and enabling it before its probes count it up would leave its pool one short while
+        // the next server is taken out.
+        v.healthy
+            && v.last_probe
+                .is_some_and(|(at, p)| p == Probe::Ok && at > after)
+    })
+}
+
+/// How long a started server's probes get to bring it back: `up_after` rounds after the next,
+/// the timeout, and a second's slack.
+pub(crate) fn start_limit(h: &HealthConfig) -> Duration {
+    h.interval * (h.up_after + 1) + h.timeout + Duration::from_secs(1)
+}
+
+/// The error of a start whose probes did not bring the server back within `limit`.
+pub(crate) fn not_back(limit: Duration) -> String {
+    format!(
+        "started, but its probes did not bring it back within {:.1} s",
+        limit.as_secs_f64()
+    )
 }
 
 struct Shared {
@@ -439,7 +459,7 @@ pub(crate) fn cm_config(sc: &Scenario, opts: &Options, sip: SocketAddr) -> cm::C
 }
 
 /// How long a stopped or upgraded node gets to finish moving its sessions before it stops.
-const MOVE_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const MOVE_WAIT: Duration = Duration::from_secs(5);
 
 impl Control {
     /// The latest snapshot (refreshed every 100 ms).
@@ -624,15 +644,9 @@ impl Control {
         let since = self.now();
         handle.send(NodeCommand::Reset);
         handle.set_alive(true);
-        let h = self.shared.health;
-        let limit = h.interval * (h.up_after + 1) + h.timeout + Duration::from_secs(1);
+        let limit = start_limit(&self.shared.health);
         self.wait_for(id, Until::Answered { after: since }, limit)
-            .map_err(|()| {
-                format!(
-                    "started, but its probes did not bring it back within {:.1} s",
-                    limit.as_secs_f64()
-                )
-            })
+            .map_err(|()| not_back(limit))
     }
 
     /// Blocks until the Call Manager's thread sees `until` hold for the server, checked

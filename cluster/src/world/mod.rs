@@ -11,17 +11,18 @@
 //! cluster passes them over channels), and operator actions are carried out as the live
 //! `Control` does, step by step, waiting where it waits (see [`Action`]).
 
-pub mod drill;
 pub mod net;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pbxlab_balancer::{Probe, Role, ServerId};
+use pbxlab_balancer::ServerId;
 use pbxlab_scenario::{Scenario, Verb};
 
-use crate::cluster::{Options, Records, cm_config, take_records};
+use crate::cluster::{
+    MOVE_WAIT, Options, Records, answered_since, cm_config, not_back, start_limit, take_records,
+};
 use crate::cm::{CallManager, NodeSpec};
 use crate::node::FRAME_NS;
 use crate::node::{Node, Place};
@@ -225,8 +226,8 @@ impl World {
                     return false;
                 }
                 n.node.handle(d.from, &d.bytes);
-                for event in n.node.events().collect::<Vec<_>>() {
-                    let id = ServerId(n.node.id());
+                let id = ServerId(n.node.id());
+                for event in n.node.events() {
                     self.cm.on_node_event(now, id, event);
                 }
                 self.flush_node(i);
@@ -323,8 +324,7 @@ impl World {
             .get(i)
             .map(|n| ServerId(n.node.id()))
             .ok_or_else(|| format!("no server named {server:?}"))?;
-        let h = self.cm.balancer().health();
-        let start_limit = h.interval * (h.up_after + 1) + h.timeout + Duration::from_secs(1);
+        let start_limit = start_limit(&self.cm.balancer().health());
         use Step::*;
         let steps: Vec<Step> = match verb {
             Verb::Fail => vec![Alive(false), Reset],
@@ -336,7 +336,6 @@ impl World {
                 Admin(Verb::Stop),
                 Idle(MOVE_WAIT),
                 Alive(false),
-                Reset,
                 Reset,
                 Alive(true),
                 Answered(start_limit),
@@ -375,12 +374,9 @@ impl World {
                         .nodes
                         .get(action.node)
                         .is_none_or(|n| n.node.sessions() == 0),
-                    Wait::Answered => self.cm.balancer().server(action.id).is_some_and(|v| {
-                        v.healthy
-                            && v.last_probe.is_some_and(|(at, p)| {
-                                p == Probe::Ok && at > Duration::from_nanos(since)
-                            })
-                    }),
+                    Wait::Answered => {
+                        answered_since(&self.cm, action.id, Duration::from_nanos(since))
+                    }
                     Wait::Sleep => now >= deadline,
                 };
                 if !holds && now < deadline {
@@ -388,10 +384,7 @@ impl World {
                 }
                 action.waiting = None;
                 if !holds && wait == Wait::Answered {
-                    action.error = Some(format!(
-                        "started, but its probes did not bring it back within {:.1} s",
-                        Duration::from_nanos(deadline - since).as_secs_f64()
-                    ));
+                    action.error = Some(not_back(Duration::from_nanos(deadline - since)));
                     action.steps.clear();
                     return true;
                 }
@@ -428,14 +421,6 @@ impl World {
         }
     }
 
-    /// The role of every server, by name.
-    pub fn roles(&self) -> Vec<(String, Role)> {
-        self.nodes
-            .iter()
-            .map(|n| (n.node.name().to_owned(), n.node.role()))
-            .collect()
-    }
-
     /// Whether the server named so is running and reachable.
     pub fn is_alive(&self, name: &str) -> bool {
         self.index_of(name)
@@ -443,9 +428,6 @@ impl World {
             .is_some_and(|n| n.alive)
     }
 }
-
-/// How long a stopped or upgraded node gets to let its sessions go (as the live cluster).
-const MOVE_WAIT: Duration = Duration::from_secs(5);
 
 fn ns(d: Duration) -> Nanos {
     u64::try_from(d.as_nanos()).unwrap_or(Nanos::MAX)
@@ -457,9 +439,8 @@ fn seeded_key(seed: u64) -> pbxlab_proto::mac::Key {
     let mut bytes = [0u8; 32];
     let mut state =
         pbxlab_balancer::hash::mix64(seed ^ pbxlab_balancer::hash::fnv1a(b"call manager key"));
-    for chunk in bytes.chunks_mut(8) {
-        let v = pbxlab_balancer::hash::splitmix64(&mut state).to_le_bytes();
-        chunk.copy_from_slice(v.get(..chunk.len()).unwrap_or(&v));
+    for chunk in bytes.chunks_exact_mut(8) {
+        chunk.copy_from_slice(&pbxlab_balancer::hash::splitmix64(&mut state).to_le_bytes());
     }
     pbxlab_proto::mac::Key::from_bytes(bytes)
 }

@@ -45,6 +45,16 @@ fn run_until(w: &mut World, until: Nanos) {
     }
 }
 
+/// Steps the world until `action` is over.
+fn finish(w: &mut World, action: &mut Action) {
+    while !w.poll(action) {
+        let t = w
+            .next_event(&Nobody)
+            .min(action.deadline().unwrap_or(Nanos::MAX));
+        w.step(t, &mut Nobody);
+    }
+}
+
 fn kinds(w: &World) -> Vec<(Duration, String, String)> {
     w.records()
         .events
@@ -87,14 +97,7 @@ fn probes_find_a_failed_node_within_the_bound_and_a_recovered_one_comes_back() {
     );
 
     let mut recover = w.act(Verb::Recover, "media-1").expect("act");
-    let mut done = w.poll(&mut recover);
-    while !done {
-        let t = w
-            .next_event(&Nobody)
-            .min(recover.deadline().unwrap_or(Nanos::MAX));
-        w.step(t, &mut Nobody);
-        done = w.poll(&mut recover);
-    }
+    finish(&mut w, &mut recover);
     assert_eq!(recover.error, None);
     assert!(
         kinds(&w)
@@ -115,14 +118,7 @@ fn a_recover_the_probes_cannot_confirm_is_an_error() {
     let addr = w.addresses().servers[1].1;
     w.net.partition(vec![addr], None);
     let mut recover = w.act(Verb::Recover, "media-2").expect("act");
-    let mut done = w.poll(&mut recover);
-    while !done {
-        let t = w
-            .next_event(&Nobody)
-            .min(recover.deadline().unwrap_or(Nanos::MAX));
-        w.step(t, &mut Nobody);
-        done = w.poll(&mut recover);
-    }
+    finish(&mut w, &mut recover);
     let error = recover.error.expect("an error");
     assert!(error.contains("probes did not bring it back"), "{error}");
 }

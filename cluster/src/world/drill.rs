@@ -1,1 +1,0 @@
-//! The drill in virtual time (filled in below).
