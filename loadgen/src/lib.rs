@@ -29,7 +29,7 @@ mod wheel;
 pub use appender::Appender;
 pub use engine::{Arrivals, Callee, Config, Dtmf, Grid, Hold, Workload};
 pub use report::LoadReport;
-pub use run::{Draining, Progress, RunOptions, run};
+pub use run::{Draining, Progress, RunOptions, Stepped, run};
 pub use settings::{Settings, configure};
 pub use threshold::Threshold;
 pub use users::{Password, User, UserOrder, Users, UsersFile};

@@ -266,8 +266,9 @@ const MAX_GAPS: usize = 1 << 20;
 /// What the worker saw, at the end of the run.
 #[derive(Debug, Clone)]
 pub struct MediaReport {
-    /// The clock's origin for `gaps`.
-    pub epoch: Instant,
+    /// The clock's origin for `gaps`: the worker thread's start; `None` when the core ran on
+    /// a clock handed to it (a simulation's), whose zero is the caller's.
+    pub epoch: Option<Instant>,
     /// Every silence of [`GAP_RECORDED`] or more, in the order they ended.
     pub gaps: Vec<Gap>,
     pub streams: u64,
@@ -526,7 +527,7 @@ pub fn spawn(socket: UdpSocket) -> std::io::Result<Worker> {
         .name("pbxlab-rtp".into())
         .spawn(move || {
             let epoch = Instant::now();
-            let mut core = MediaCore::new(epoch, buffers.receive_bytes, buffers.send_bytes);
+            let mut core = MediaCore::new(Some(epoch), buffers.receive_bytes, buffers.send_bytes);
             let receiver = match pbxlab_udp::Receiver::coalescing(&socket, epoch) {
                 Ok((r, coalescing)) => {
                     core.report_mut().receive_coalescing = coalescing;

@@ -30,6 +30,9 @@ use crate::report::{
 use crate::threshold::Threshold;
 use pbxlab_udp::pace::Pace;
 
+mod stepped;
+pub use stepped::Stepped;
+
 /// How long in-flight calls get to finish after a stop (Ctrl-C) before the run gives up on them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The loop's period while calls are in progress when `Config::arrival_grid` is exact; otherwise
@@ -222,29 +225,6 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
     let mut due = Nanos::MAX;
     let mut drops = [0u32; 2];
     let mut counts = RunCounts::default();
-    // Socket errors join the engine's failures as each interval closes, so the interval they
-    // happened in counts them. The closed row waits in `rows` for the RTP worker's part.
-    let mut close = |engine: &mut Engine,
-                     now: Duration,
-                     errors: &mut BTreeMap<String, u64>,
-                     rows: &mut Rows<'_>| {
-        for (reason, n) in std::mem::take(errors) {
-            *engine.metrics.failures.entry(reason).or_default() += n;
-        }
-        let closed = engine.metrics.close_interval(now);
-        let lines = engine.metrics.take_log();
-        let m = &engine.metrics;
-        let after = RunCounts {
-            calls: m.calls,
-            registrations: m.registrations,
-            failures: m.failures.clone(),
-        };
-        let active = engine.active_calls() as u64;
-        let row = IntervalRow::of(&closed, &after, &counts, active);
-        rows.waiting = Some((row, lines, closed.start, closed.length));
-        counts = after;
-        closed
-    };
     loop {
         let now = started.elapsed();
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
@@ -280,25 +260,9 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
         if now >= next_interval {
             // The interval before is complete first, so rows are written in order.
             rows.collect(&worker, MEDIA_WAIT);
-            let interval = close(&mut engine, now, &mut send_errors, &mut rows);
+            let interval = close(&mut engine, now, &mut send_errors, &mut rows, &mut counts);
             worker.close_interval(rows.waiting_index());
-            let m = &engine.metrics;
-            (opts.progress)(&Progress {
-                elapsed: now,
-                interval,
-                calls_attempted: m.calls.attempted,
-                calls_failed: m.calls.failed,
-                registrations_attempted: m.registrations.attempted,
-                registrations_failed: m.registrations.failed,
-                active_calls: engine.active_calls(),
-                draining: engine
-                    .drain_deadline()
-                    .filter(|_| engine.active_legs() > 0)
-                    .map(|at| Draining {
-                        left: Duration::from_nanos(at.saturating_sub(now_ns)),
-                        calls: engine.in_progress(),
-                    }),
-            });
+            (opts.progress)(&progress(&engine, now, interval));
             next_interval += opts.interval;
         }
         if engine.finished() {
@@ -378,28 +342,117 @@ pub fn run(mut cfg: Config, opts: RunOptions<'_>) -> Result<LoadReport, Error> {
     }
     engine.give_up("unfinished at the end of the run");
     rows.collect(&worker, MEDIA_WAIT);
-    close(&mut engine, elapsed, &mut send_errors, &mut rows);
+    close(
+        &mut engine,
+        elapsed,
+        &mut send_errors,
+        &mut rows,
+        &mut counts,
+    );
     // The last interval's RTP part comes with the worker's report: from the last close it
     // answered to its stop.
     let mut media = worker.stop().map_err(|_| Error::MediaWorker)?;
-    rows.complete(Some(&media.last_interval));
-    let mut report = build_report(
-        &engine,
-        &media,
-        target,
-        elapsed,
-        interrupted,
-        responses,
-        &opts.thresholds,
-    );
-    report.intervals = rows.done;
-    report.emulator = vec![
+    let emulator = vec![
         DriverPace::of("the generator's SIP loop", &pace.figures()),
         DriverPace::of("the generator's RTP worker", &media.pace),
     ];
+    let ended = Ended {
+        elapsed,
+        interrupted,
+        responses,
+    };
+    Ok(final_report(
+        &engine,
+        &mut media,
+        rows,
+        &ended,
+        &opts.thresholds,
+        emulator,
+    ))
+}
+
+/// Closes an interval: socket errors join the engine's failures first, so the interval they
+/// happened in counts them; the closed row waits in `rows` for the RTP part. `counts` are the
+/// run's counts at the close before, and become this one's.
+fn close(
+    engine: &mut Engine,
+    now: Duration,
+    errors: &mut BTreeMap<String, u64>,
+    rows: &mut Rows<'_>,
+    counts: &mut RunCounts,
+) -> IntervalSummary {
+    for (reason, n) in std::mem::take(errors) {
+        *engine.metrics.failures.entry(reason).or_default() += n;
+    }
+    let closed = engine.metrics.close_interval(now);
+    let lines = engine.metrics.take_log();
+    let m = &engine.metrics;
+    let after = RunCounts {
+        calls: m.calls,
+        registrations: m.registrations,
+        failures: m.failures.clone(),
+    };
+    let active = engine.active_calls() as u64;
+    let row = IntervalRow::of(&closed, &after, counts, active);
+    rows.waiting = Some((row, lines, closed.start, closed.length));
+    *counts = after;
+    closed
+}
+
+/// The progress snapshot after the interval closed at `now`.
+fn progress(engine: &Engine, now: Duration, interval: IntervalSummary) -> Progress {
+    let m = &engine.metrics;
+    let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+    Progress {
+        elapsed: now,
+        interval,
+        calls_attempted: m.calls.attempted,
+        calls_failed: m.calls.failed,
+        registrations_attempted: m.registrations.attempted,
+        registrations_failed: m.registrations.failed,
+        active_calls: engine.active_calls(),
+        draining: engine
+            .drain_deadline()
+            .filter(|_| engine.active_legs() > 0)
+            .map(|at| Draining {
+                left: Duration::from_nanos(at.saturating_sub(now_ns)),
+                calls: engine.in_progress(),
+            }),
+    }
+}
+
+/// How a run ended: its length, whether it was stopped, and how many datagrams it received.
+struct Ended {
+    elapsed: Duration,
+    interrupted: bool,
+    responses: u64,
+}
+
+/// The report of a run whose last interval is closed (waiting in `rows` for the RTP part,
+/// which is `media`'s last).
+fn final_report(
+    engine: &Engine,
+    media: &mut MediaReport,
+    mut rows: Rows<'_>,
+    ended: &Ended,
+    thresholds: &[Threshold],
+    emulator: Vec<DriverPace>,
+) -> LoadReport {
+    rows.complete(Some(&media.last_interval));
+    let mut report = build_report(
+        engine,
+        media,
+        engine.config().target,
+        ended.elapsed,
+        ended.interrupted,
+        ended.responses,
+        thresholds,
+    );
+    report.intervals = rows.done;
+    report.emulator = emulator;
     // Up to a million of them: moved, not copied.
     report.gaps = std::mem::take(&mut media.gaps);
-    Ok(report)
+    report
 }
 
 fn build_report(
@@ -509,7 +562,7 @@ fn build_report(
                 ]),
         ),
         gaps: Vec::new(),
-        media_epoch: Some(media.epoch),
+        media_epoch: media.epoch,
     };
     report.thresholds = report.judge(thresholds, metric_hist_by(engine, media));
     report

@@ -57,10 +57,11 @@ pub struct MediaCore {
 }
 
 impl MediaCore {
-    /// A core with no streams. `epoch` is the report's clock origin for its gaps; the buffer
-    /// sizes are what the driver's socket was granted (0 without one).
+    /// A core with no streams. `epoch` is the report's clock origin for its gaps (`None`: the
+    /// caller's clock, see [`MediaReport::epoch`]); the buffer sizes are what the driver's
+    /// socket was granted (0 without one).
     pub fn new(
-        epoch: std::time::Instant,
+        epoch: Option<std::time::Instant>,
         receive_buffer_bytes: usize,
         send_buffer_bytes: usize,
     ) -> MediaCore {
@@ -426,8 +427,7 @@ mod tests {
 
     #[test]
     fn two_cores_on_a_fake_clock_measure_loss_gap_and_mos() {
-        let epoch = std::time::Instant::now();
-        let (mut a, mut b) = (MediaCore::new(epoch, 0, 0), MediaCore::new(epoch, 0, 0));
+        let (mut a, mut b) = (MediaCore::new(None, 0, 0), MediaCore::new(None, 0, 0));
         assert_eq!(a.next_tick(), None, "idle");
         a.command(start(addr(2)));
         assert_eq!(a.next_tick(), Some(0));
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn a_stall_skips_missed_ticks_and_digits_leave_at_their_ticks() {
-        let mut a = MediaCore::new(std::time::Instant::now(), 0, 0);
+        let mut a = MediaCore::new(None, 0, 0);
         a.command(start(addr(2)));
         a.command(MediaCommand::Dtmf {
             stream: 1,
