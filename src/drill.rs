@@ -101,33 +101,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         scenario.seed = seed;
     }
     let spec = scenario.drill.clone().unwrap_or_default();
-    let mut faults = scenario.faults.clone();
-    // A fault the probes must find lands at a phase of their grid drawn from the seed: at the
-    // scenario's exact second it would fall at the same phase in every run (the grid counts
-    // from the cluster's start too), and detection would always read the same.
-    let mut phase = pbxlab_sim::rng::Rng::stream(scenario.seed, "drill fault phase");
-    let interval_ns = u64::try_from(scenario.health.probe_interval.as_nanos()).unwrap_or(0);
-    for f in &mut faults {
-        if f.action.is_silent() && interval_ns > 0 {
-            f.at += Duration::from_nanos(phase.below(interval_ns));
-        }
-    }
-    faults.sort_by_key(|f| f.at);
-    let Some(first) = faults.first().map(|f| f.at) else {
-        return Err(BadInput(format!(
-            "scenario {:?} has no [[fault]]: a drill needs at least one",
-            scenario.name
-        ))
-        .into());
-    };
-    if spec.steady > first {
-        return Err(BadInput(format!(
-            "[drill] steady ({:.1} s) is longer than the time before the first fault ({:.1} s)",
-            spec.steady.as_secs_f64(),
-            first.as_secs_f64()
-        ))
-        .into());
-    }
+    let faults = pbxlab_cluster::drill::timeline(&scenario).map_err(BadInput)?;
 
     // The load is configured before anything starts, and again below with the address the Call
     // Manager was given.
@@ -244,7 +218,7 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let report = result?;
 
     let samples = samples.into_inner().unwrap_or_default();
-    let gaps = silences(&report, cluster_epoch);
+    let gaps = silences(&report, Some(cluster_epoch));
     let seen = Observed {
         records: &records,
         samples: &samples,

@@ -23,6 +23,42 @@ use crate::cluster::Records;
 /// Manager's timers are served on a 1 ms grid by a thread the kernel may wake a little late.
 pub const DETECTION_SLACK: Duration = Duration::from_millis(5);
 
+/// The scenario's node faults in the order a drill carries them out, each at the time it is
+/// carried out: a fault the probes must find lands at a phase of their grid drawn from the
+/// seed (at the scenario's exact second it would fall at the same phase in every run, the grid
+/// counting from the cluster's start, and detection would always read the same). The live
+/// drill and the virtual one both take their timeline from here, so one seed is one timeline.
+///
+/// # Errors
+/// The scenario has no `[[fault]]`, or its `[drill] steady` window is longer than the time
+/// before the first fault.
+pub fn timeline(scenario: &Scenario) -> Result<Vec<FaultSpec>, String> {
+    let mut faults = scenario.faults.clone();
+    let mut phase = pbxlab_sim::rng::Rng::stream(scenario.seed, "drill fault phase");
+    let interval_ns = u64::try_from(scenario.health.probe_interval.as_nanos()).unwrap_or(0);
+    for f in &mut faults {
+        if f.action.is_silent() && interval_ns > 0 {
+            f.at += Duration::from_nanos(phase.below(interval_ns));
+        }
+    }
+    faults.sort_by_key(|f| f.at);
+    let Some(first) = faults.first().map(|f| f.at) else {
+        return Err(format!(
+            "scenario {:?} has no [[fault]]: a drill needs at least one",
+            scenario.name
+        ));
+    };
+    let steady = scenario.drill.clone().unwrap_or_default().steady;
+    if steady > first {
+        return Err(format!(
+            "[drill] steady ({:.1} s) is longer than the time before the first fault ({:.1} s)",
+            steady.as_secs_f64(),
+            first.as_secs_f64()
+        ));
+    }
+    Ok(faults)
+}
+
 /// One closed interval of the load, stamped on the cluster's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
@@ -55,11 +91,12 @@ pub struct Silence {
 }
 
 /// The callers' RTP gaps of a load report, moved onto the clock of a cluster that started at
-/// `cluster_epoch`.
-pub fn silences(report: &LoadReport, cluster_epoch: Instant) -> Vec<Silence> {
-    let offset = report.media_epoch.map_or(Duration::ZERO, |e| {
-        e.saturating_duration_since(cluster_epoch)
-    });
+/// `cluster_epoch` (none: the load kept the cluster's clock, as in a virtual drill).
+pub fn silences(report: &LoadReport, cluster_epoch: Option<Instant>) -> Vec<Silence> {
+    let offset = match (report.media_epoch, cluster_epoch) {
+        (Some(e), Some(c)) => e.saturating_duration_since(c),
+        _ => Duration::ZERO,
+    };
     report
         .gaps
         .iter()

@@ -11,6 +11,7 @@
 //! cluster passes them over channels), and operator actions are carried out as the live
 //! `Control` does, step by step, waiting where it waits (see [`Action`]).
 
+pub mod drill;
 pub mod net;
 
 use std::collections::{HashMap, VecDeque};

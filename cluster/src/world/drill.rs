@@ -1,0 +1,382 @@
+//! The drill in virtual time: the load generator's engine and RTP core ([`Stepped`]) against
+//! the world's cluster, the scenario's faults carried out at their times as the live drill
+//! carries them out (the steady state checked first, node faults one after the other, each
+//! operator action waited out), and its network faults put in force on the world's network.
+//! What comes out is what the live drill hands the judge ([`crate::drill::judge`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pbxlab_loadgen::engine::Config;
+use pbxlab_loadgen::metrics::Metric;
+use pbxlab_loadgen::{LoadReport, Stepped, Threshold};
+use pbxlab_scenario::{
+    CM_ENDPOINT, DrillSpec, FaultSpec, LOAD_ENDPOINT, NetFaultSpec, NetKind, Scenario,
+};
+
+use super::net::{Effect, NetStats, Rule};
+use super::{Action, Peer, World, ns};
+use crate::Error;
+use crate::Nanos;
+use crate::cluster::{Options, Records};
+use crate::drill::{Injected, Phase, Sample, steady_phase};
+
+/// The load generator's SIP and RTP ports in the world, on the Call Manager's address (the
+/// servers' ports start at 20,000).
+pub const LOAD_SIP_PORT: u16 = 40_000;
+pub const LOAD_RTP_PORT: u16 = 40_002;
+
+/// Where the load generator sends from in a world whose Call Manager is at `cm`: SIP, RTP.
+pub fn load_addrs(cm: SocketAddr) -> (SocketAddr, SocketAddr) {
+    (
+        SocketAddr::new(cm.ip(), LOAD_SIP_PORT),
+        SocketAddr::new(cm.ip(), LOAD_RTP_PORT),
+    )
+}
+
+impl Peer for Stepped {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        Stepped::addrs(self).to_vec()
+    }
+    fn handle(&mut self, now: Nanos, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        Stepped::handle(self, now, from, to, bytes);
+    }
+    fn next_wakeup(&self) -> Option<Nanos> {
+        Stepped::next_wakeup(self)
+    }
+    fn advance(&mut self, now: Nanos, send: &mut dyn FnMut(SocketAddr, SocketAddr, &[u8])) {
+        Stepped::advance(self, now, send);
+    }
+}
+
+/// A network fault as it was put in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetApplied {
+    pub spec: NetFaultSpec,
+    pub at: Duration,
+    /// Why it could not be (a name that is no endpoint, a heal of no partition).
+    pub error: Option<String>,
+}
+
+/// A check run after every step of the world; an `Err` ends the drill there, with its words.
+pub type Check<'a> = dyn FnMut(&World, &Stepped) -> Result<(), String> + 'a;
+
+/// What a check found wrong, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub at: Duration,
+    pub what: String,
+}
+
+/// Everything a virtual drill observed.
+pub struct VirtualRun {
+    pub report: LoadReport,
+    pub records: Records,
+    pub samples: Vec<Sample>,
+    pub injected: Vec<Injected>,
+    pub network: Vec<NetApplied>,
+    pub steady: Option<Phase>,
+    /// The balancer's events, as the live status gives them.
+    pub events: Vec<String>,
+    pub detection_bound: Duration,
+    /// Instants stepped through and datagrams delivered.
+    pub steps: u64,
+    pub datagrams: u64,
+    pub net: NetStats,
+    /// The first broken check, if any (the run ends there).
+    pub violation: Option<Violation>,
+    /// The virtual time the run ended at.
+    pub end: Duration,
+}
+
+/// What to run: the scenario's cluster, its node faults at the times the drill gives them
+/// (sorted), its network faults, the drill's SLOs, and the load configured for it
+/// (`cfg.target` the Call Manager at `opts.sip`, `cfg.local` and `cfg.rtp_local` from
+/// [`load_addrs`]).
+pub struct Drill<'a> {
+    pub scenario: &'a Scenario,
+    pub faults: &'a [FaultSpec],
+    pub net_faults: &'a [NetFaultSpec],
+    pub spec: &'a DrillSpec,
+    pub opts: &'a Options,
+    pub seed: u64,
+}
+
+/// Where the node-fault timeline is.
+enum Stage {
+    /// Waiting for the first fault's time, checking the calls failed so far.
+    Before,
+    /// The steady state held: fault `next` is the next to carry out; `action` is one under
+    /// way (which fault, the action, when it began).
+    Faults {
+        next: usize,
+        action: Option<(usize, Action, Nanos)>,
+    },
+    /// Nothing more to carry out (all done, or the steady state broke).
+    Over,
+}
+
+impl Drill<'_> {
+    /// Runs the drill to the end of its load (and of an action under way then).
+    pub fn run(
+        &self,
+        cfg: Config,
+        thresholds: Vec<Threshold>,
+        mut check: Option<&mut Check<'_>>,
+    ) -> Result<VirtualRun, Error> {
+        let mut world = World::new(self.scenario, self.opts, self.seed)?;
+        let mut load = Stepped::new(cfg, Duration::from_secs(1), thresholds);
+        world.attach(&load);
+        let endpoints = Endpoints::of(&world, &load);
+        let detection_bound = world.cm.balancer().health().detection_bound();
+        let mut samples: Vec<Sample> = Vec::new();
+        let mut injected = Vec::new();
+        let mut network = Vec::new();
+        let mut net_next = 0;
+        let mut net_faults: Vec<&NetFaultSpec> = self.net_faults.iter().collect();
+        net_faults.sort_by_key(|f| f.at);
+        let mut steady = None;
+        let mut stage = if self.faults.is_empty() {
+            Stage::Over
+        } else {
+            Stage::Before
+        };
+        let mut violation = None;
+        let spec = self.spec;
+        loop {
+            let timeline_next = match &stage {
+                Stage::Before => self.faults.first().map(|f| ns(f.at)),
+                Stage::Faults {
+                    action: Some((_, a, _)),
+                    ..
+                } => a.deadline(),
+                Stage::Faults { next, .. } => self.faults.get(*next).map(|f| ns(f.at)),
+                Stage::Over => None,
+            };
+            let net_due = net_faults.get(net_next).map(|f| ns(f.at));
+            let t = [Some(world.next_event(&load)), timeline_next, net_due]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(Nanos::MAX);
+            if t == Nanos::MAX {
+                break;
+            }
+            world.step(t, &mut load);
+            let now = world.now();
+            for p in load.take_progress() {
+                let i = &p.interval;
+                samples.push(Sample {
+                    at: p.elapsed,
+                    calls_failed: p.calls_failed,
+                    active: p.active_calls,
+                    setup_p99_us: i.p99_us[Metric::Setup as usize],
+                    setup_count: i.counts[Metric::Setup as usize],
+                });
+            }
+            // Network faults, while the timeline has not been called off.
+            while let Some(f) = net_faults.get(net_next).filter(|f| ns(f.at) <= now) {
+                net_next += 1;
+                if steady.as_ref().is_some_and(|s: &Phase| !s.pass) {
+                    continue;
+                }
+                let error = endpoints.apply(&mut world, f).err();
+                network.push(NetApplied {
+                    spec: (*f).clone(),
+                    at: Duration::from_nanos(now),
+                    error,
+                });
+            }
+            stage = match stage {
+                Stage::Before => {
+                    let first = self.faults.first().map_or(Duration::MAX, |f| f.at);
+                    let failed = samples.last().map_or(0, |s| s.calls_failed);
+                    if load.is_finished() {
+                        Stage::Over
+                    } else if Duration::from_nanos(now) >= first || failed > spec.failed {
+                        let window = (first.saturating_sub(spec.steady), first);
+                        let s = steady_phase(spec, &samples, &world.records, window);
+                        let pass = s.pass;
+                        steady = Some(s);
+                        if pass {
+                            Stage::Faults {
+                                next: 0,
+                                action: None,
+                            }
+                        } else {
+                            load.stop(now);
+                            Stage::Over
+                        }
+                    } else {
+                        Stage::Before
+                    }
+                }
+                Stage::Faults { next, action } => {
+                    self.carry_on(&mut world, &load, next, action, &mut injected)
+                }
+                Stage::Over => Stage::Over,
+            };
+            if let Some(check) = check.as_deref_mut()
+                && let Err(what) = check(&world, &load)
+            {
+                violation = Some(Violation {
+                    at: Duration::from_nanos(now),
+                    what,
+                });
+                break;
+            }
+            let acting = matches!(
+                stage,
+                Stage::Faults {
+                    action: Some(_),
+                    ..
+                }
+            );
+            if load.is_finished() && !acting {
+                break;
+            }
+        }
+        let now = world.now();
+        let (steps, datagrams) = world.work();
+        Ok(VirtualRun {
+            report: load.finish(now),
+            records: std::mem::take(&mut world.records),
+            samples,
+            injected,
+            network,
+            steady,
+            events: std::mem::take(&mut world.log),
+            detection_bound,
+            steps,
+            datagrams,
+            net: world.net.stats,
+            violation,
+            end: Duration::from_nanos(now),
+        })
+    }
+
+    /// Carries the node faults on from fault `next` (with `action` under way): polls the
+    /// action, and starts the next fault once its time has come and the load still runs.
+    fn carry_on(
+        &self,
+        world: &mut World,
+        load: &Stepped,
+        mut next: usize,
+        mut action: Option<(usize, Action, Nanos)>,
+        injected: &mut Vec<Injected>,
+    ) -> Stage {
+        loop {
+            let now = world.now();
+            if let Some((k, mut a, began)) = action.take() {
+                if !world.poll(&mut a) {
+                    return Stage::Faults {
+                        next,
+                        action: Some((k, a, began)),
+                    };
+                }
+                if let Some(spec) = self.faults.get(k) {
+                    injected.push(Injected {
+                        spec: spec.clone(),
+                        at: Duration::from_nanos(began),
+                        finished: Duration::from_nanos(now),
+                        error: a.error,
+                    });
+                }
+            }
+            let Some(fault) = self.faults.get(next) else {
+                return Stage::Over;
+            };
+            if load.is_finished() {
+                return Stage::Over;
+            }
+            if ns(fault.at) > now {
+                return Stage::Faults { next, action: None };
+            }
+            match world.act(fault.action, &fault.server) {
+                Ok(a) => action = Some((next, a, now)),
+                Err(error) => injected.push(Injected {
+                    spec: fault.clone(),
+                    at: Duration::from_nanos(now),
+                    finished: Duration::from_nanos(now),
+                    error: Some(error),
+                }),
+            }
+            next += 1;
+        }
+    }
+}
+
+/// The world's endpoints by the names network faults give them.
+struct Endpoints {
+    cm: SocketAddr,
+    load: Vec<SocketAddr>,
+    servers: Vec<(String, SocketAddr)>,
+}
+
+impl Endpoints {
+    fn of(world: &World, load: &Stepped) -> Endpoints {
+        let a = world.addresses();
+        Endpoints {
+            cm: a.cm,
+            load: load.addrs().to_vec(),
+            servers: a.servers,
+        }
+    }
+
+    fn resolve(&self, names: &[String]) -> Result<Vec<SocketAddr>, String> {
+        let mut out = Vec::new();
+        for name in names {
+            match name.as_str() {
+                CM_ENDPOINT => out.push(self.cm),
+                LOAD_ENDPOINT => out.extend(&self.load),
+                server => match self.servers.iter().find(|(n, _)| n == server) {
+                    Some((_, addr)) => out.push(*addr),
+                    None => return Err(format!("no endpoint named {server:?}")),
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts `f` in force on the world's network from now.
+    fn apply(&self, world: &mut World, f: &NetFaultSpec) -> Result<(), String> {
+        let members = self.resolve(&f.endpoints)?;
+        let now = world.now();
+        let until = f.lasts.map(|d| now.saturating_add(ns(d)));
+        let effect = match f.kind {
+            NetKind::Loss { fraction } => Effect::Loss(fraction),
+            NetKind::Delay { delay, jitter } => Effect::Delay {
+                delay_ns: ns(delay),
+                jitter_ns: ns(jitter),
+            },
+            NetKind::Duplicate { fraction } => Effect::Duplicate(fraction),
+            NetKind::Reorder { fraction, by } => Effect::Reorder {
+                fraction,
+                by_ns: ns(by),
+            },
+            NetKind::Partition => {
+                world.net.partition(members, until);
+                return Ok(());
+            }
+            NetKind::Heal => {
+                return if world.net.heal(&members) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no partition of exactly {} to heal",
+                        f.endpoints.join(", ")
+                    ))
+                };
+            }
+        };
+        world.net.add_rule(Rule {
+            effect,
+            endpoints: members,
+            until,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
