@@ -21,14 +21,16 @@ use anyhow::Context as _;
 use pbxlab_cluster::alerts::AlertSink;
 use pbxlab_cluster::cluster::{Cluster, Control, Filter, Options};
 use pbxlab_cluster::drill::{
-    Injected, Observed, Outcome, Phase, Sample, judge, silences, steady_phase,
+    DrillVerdict, Injected, Observed, Outcome, Phase, Sample, judge, silences, steady_phase,
 };
 use pbxlab_loadgen::metrics::Metric;
-use pbxlab_loadgen::{Progress, RunOptions};
+use pbxlab_loadgen::{LoadReport, Progress, RunOptions};
 use pbxlab_scenario::Scenario;
 use pbxlab_scenario::{DrillSpec, FaultSpec};
 
 use crate::{BadInput, load};
+
+mod virtual_time;
 
 /// Exit code when an SLO broke (as `load`'s thresholds).
 const EXIT_SLO: u8 = 99;
@@ -58,11 +60,28 @@ pub(crate) struct DrillArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Append one JSON line per alert (an IVR, queue or meeting server down) to FILE.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "virtual_time")]
     alerts: Option<PathBuf>,
     /// POST each alert's JSON to this URL (http://HOST:PORT/PATH); failures are logged.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "virtual_time")]
     alert_webhook: Option<String>,
+    /// Run the drill in virtual time: the load generator's engine and RTP, the Call Manager
+    /// and the nodes exchange their datagrams over an in-memory network on one clock (no
+    /// sockets, no threads, every choice from the seed), and the scenario's network faults
+    /// (loss, delay, duplicate, reorder, partition, heal) are carried out too. The same report
+    /// and exit codes as the live drill.
+    #[arg(long = "virtual")]
+    virtual_time: bool,
+    /// With --virtual: leave the wall-clock figures out (null), so that runs of one seed give
+    /// byte-identical JSON.
+    #[arg(long, requires = "virtual_time")]
+    no_wall_clock: bool,
+    /// With --virtual: run N seeds (from --seed or the scenario's on), each with its faults'
+    /// times moved and random network faults added as [explore] says, checking after every
+    /// step that no session is lost; stops at the first seed that breaks a check or fails its
+    /// drill, prints it and the command that replays it, and exits 1.
+    #[arg(long, value_name = "N", requires = "virtual_time")]
+    explore: Option<u64>,
 }
 
 pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
@@ -74,6 +93,12 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     };
     for w in &scenario.warnings {
         eprintln!("{w}");
+    }
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    if args.virtual_time {
+        return virtual_time::drill(&args, &scenario, stop);
     }
     if !scenario.net_faults.is_empty() {
         let named: Vec<String> = scenario
@@ -96,9 +121,6 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
             named.join(", ")
         ))
         .into());
-    }
-    if let Some(seed) = args.seed {
-        scenario.seed = seed;
     }
     let spec = scenario.drill.clone().unwrap_or_default();
     let faults = pbxlab_cluster::drill::timeline(&scenario).map_err(BadInput)?;
@@ -235,23 +257,67 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         faults.len(),
     )
     .with_emulator(drivers);
+    conclude(
+        &args,
+        &Concluded {
+            scenario: &scenario,
+            verdict: &drill,
+            report: &report,
+            events: &status.events,
+            load_start,
+            text: String::new(),
+            extra: None,
+        },
+    )
+}
+
+/// What a drill, live or virtual, hands its report.
+struct Concluded<'a> {
+    scenario: &'a Scenario,
+    verdict: &'a DrillVerdict,
+    report: &'a LoadReport,
+    /// The balancer's events, as the status gives them.
+    events: &'a [String],
+    /// Where the load's clock starts on the cluster's.
+    load_start: Option<Duration>,
+    /// Printed after the verdict.
+    text: String,
+    /// A key and its value added to the JSON.
+    extra: Option<(&'static str, serde_json::Value)>,
+}
+
+/// Prints the drill's report (unless its JSON goes to standard output), writes its JSON and
+/// HTML, and gives its exit code.
+fn conclude(args: &DrillArgs, c: &Concluded<'_>) -> anyhow::Result<ExitCode> {
     let json_to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
     if !json_to_stdout {
-        crate::show(&report.render_text());
-        crate::show(&drill.render(&scenario.name));
+        crate::show(&c.report.render_text());
+        crate::show(&c.verdict.render(&c.scenario.name));
+        if !c.text.is_empty() {
+            crate::show(&c.text);
+        }
     }
-    let mut value = drill.to_json(&scenario, &report, &status.events);
-    if let (Some(o), Some(start)) = (value.as_object_mut(), load_start) {
-        // The load's `intervals` count from its own start; fault times from the cluster's.
-        o.insert("load_start_s".into(), start.as_secs_f64().into());
+    let mut value = c.verdict.to_json(c.scenario, c.report, c.events);
+    if let Some(o) = value.as_object_mut() {
+        if let Some(start) = c.load_start {
+            // The load's `intervals` count from its own start; fault times from the cluster's.
+            o.insert("load_start_s".into(), start.as_secs_f64().into());
+        }
+        if let Some((key, v)) = &c.extra {
+            o.insert((*key).into(), v.clone());
+        }
     }
     crate::write_json(args.json.as_ref(), &value)?;
     crate::html::write(args.html.as_ref(), &value, crate::html::drill)?;
-    Ok(match drill.outcome() {
+    Ok(exit_code(c.verdict.outcome()))
+}
+
+fn exit_code(outcome: Outcome) -> ExitCode {
+    match outcome {
         Outcome::Pass => ExitCode::SUCCESS,
         Outcome::Fail => ExitCode::from(EXIT_SLO),
         Outcome::Invalid => ExitCode::from(crate::EXIT_INVALID),
-    })
+    }
 }
 
 /// Checks the steady state before the first fault, then waits for each fault's time and

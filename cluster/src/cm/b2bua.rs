@@ -907,6 +907,11 @@ impl CallManager {
         let Some(c) = self.calls.get_mut(call) else {
             return;
         };
+        #[cfg(test)]
+        if to_a && c.moved_at.is_some() && self.skip_failover_reinvites > 0 {
+            self.skip_failover_reinvites -= 1;
+            return;
+        }
         let leg = if to_a { Some(c.a_leg) } else { c.b_leg };
         let Some(leg) = leg else { return };
         let side = usize::from(!to_a);

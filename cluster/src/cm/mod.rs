@@ -154,6 +154,20 @@ pub struct NodeSpec {
     pub place: Place,
 }
 
+/// How the Call Manager holds one call ([`CallManager::call_view`]), for checks against what
+/// its peers hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallView {
+    /// The server its media is anchored on, if any.
+    pub media: Option<ServerId>,
+    /// A re-INVITE of ours is open (or waits to be sent) in the dialog of this Call-ID.
+    pub reinviting: bool,
+    /// Re-INVITEs of a move sent and not yet answered.
+    pub reinvites_open: u8,
+    /// When its media began to move, while the move has not finished.
+    pub moving_since: Option<Nanos>,
+}
+
 /// Counters for the status line and the tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -274,6 +288,10 @@ pub struct CallManager {
     events: Vec<Event>,
     /// The counters no part keeps itself; [`CallManager::stats`] adds the parts' own.
     stats: Stats,
+    /// A bug planted for the explorer's test to find: this many failover re-INVITEs to
+    /// callers are not sent.
+    #[cfg(test)]
+    pub(crate) skip_failover_reinvites: u32,
 }
 
 impl CallManager {
@@ -310,6 +328,8 @@ impl CallManager {
             anchored_on: HashMap::new(),
             events: Vec::new(),
             stats: Stats::default(),
+            #[cfg(test)]
+            skip_failover_reinvites: 0,
             contact: format!("<sip:cm@{}>", cfg.addr),
             addr: cfg.addr,
             max_calls: cfg.max_calls,
@@ -325,6 +345,25 @@ impl CallManager {
 
     pub fn balancer(&self) -> &Balancer {
         &self.balancer
+    }
+
+    /// How we hold the call one of whose legs has this Call-ID, if we hold it.
+    pub fn call_view(&self, call_id: &str) -> Option<CallView> {
+        let (r, is_a) = self.calls.find(call_id)?;
+        let c = self.calls.get(r)?;
+        Some(CallView {
+            media: c.media.map(|p| p.server),
+            reinviting: c.reinviting[usize::from(!is_a)] || c.reinvite_again[usize::from(!is_a)],
+            reinvites_open: c.reinvites_open,
+            moving_since: c.moved_at,
+        })
+    }
+
+    /// Whether the user with this user part holds a binding in force at `now`.
+    pub fn is_registered(&self, user: &str, now: Nanos) -> bool {
+        self.registrar
+            .user_number(user)
+            .is_some_and(|n| self.registrar.is_registered(n, now))
     }
 
     /// The row of node `id`.

@@ -5,11 +5,12 @@
 //! What comes out is what the live drill hands the judge ([`crate::drill::judge`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pbxlab_loadgen::engine::Config;
 use pbxlab_loadgen::metrics::Metric;
-use pbxlab_loadgen::{LoadReport, Stepped, Threshold};
+use pbxlab_loadgen::{LoadReport, Progress, Stepped, Threshold};
 use pbxlab_scenario::{
     CM_ENDPOINT, DrillSpec, FaultSpec, LOAD_ENDPOINT, NetFaultSpec, NetKind, Scenario,
 };
@@ -61,6 +62,21 @@ pub struct NetApplied {
 /// A check run after every step of the world; an `Err` ends the drill there, with its words.
 pub type Check<'a> = dyn FnMut(&World, &Stepped) -> Result<(), String> + 'a;
 
+/// What a caller watches a virtual drill with; all optional.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Run after every step of the world; an `Err` ends the run there.
+    pub check: Option<&'a mut Check<'a>>,
+    /// Each closed interval of the load, with the world as it is then.
+    pub progress: Option<&'a mut dyn FnMut(&World, &Progress)>,
+    /// Once set (Ctrl-C), the load stops starting calls, hangs up and reports, and no further
+    /// fault is carried out: what was measured is kept, as in the live drill.
+    pub stop: Option<&'a AtomicBool>,
+    /// Done to the world before it runs: plants a bug for a test to find.
+    #[cfg(test)]
+    pub plant: Option<fn(&mut World)>,
+}
+
 /// What a check found wrong, and when.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Violation {
@@ -100,6 +116,10 @@ pub struct Drill<'a> {
     pub spec: &'a DrillSpec,
     pub opts: &'a Options,
     pub seed: u64,
+    /// Whether a broken steady state calls the faults off, as a drill's hypothesis does. An
+    /// explorer, whose random network faults may well break it, carries the faults out anyway:
+    /// it hunts for lost sessions, not for SLOs.
+    pub gated: bool,
 }
 
 /// Where the node-fault timeline is.
@@ -122,9 +142,22 @@ impl Drill<'_> {
         &self,
         cfg: Config,
         thresholds: Vec<Threshold>,
-        mut check: Option<&mut Check<'_>>,
+        hooks: Hooks<'_>,
     ) -> Result<VirtualRun, Error> {
+        #[cfg(test)]
+        let plant = hooks.plant;
+        let Hooks {
+            mut check,
+            mut progress,
+            stop,
+            ..
+        } = hooks;
+        let mut stopped = false;
         let mut world = World::new(self.scenario, self.opts, self.seed)?;
+        #[cfg(test)]
+        if let Some(plant) = plant {
+            plant(&mut world);
+        }
         let mut load = Stepped::new(cfg, Duration::from_secs(1), thresholds);
         world.attach(&load);
         let endpoints = Endpoints::of(&world, &load);
@@ -165,6 +198,9 @@ impl Drill<'_> {
             world.step(t, &mut load);
             let now = world.now();
             for p in load.take_progress() {
+                if let Some(f) = progress.as_deref_mut() {
+                    f(&world, &p);
+                }
                 let i = &p.interval;
                 samples.push(Sample {
                     at: p.elapsed,
@@ -174,10 +210,18 @@ impl Drill<'_> {
                     setup_count: i.counts[Metric::Setup as usize],
                 });
             }
+            if !stopped && stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                stopped = true;
+                load.stop(now);
+                net_next = net_faults.len();
+                if matches!(stage, Stage::Before | Stage::Faults { action: None, .. }) {
+                    stage = Stage::Over;
+                }
+            }
             // Network faults, while the timeline has not been called off.
             while let Some(f) = net_faults.get(net_next).filter(|f| ns(f.at) <= now) {
                 net_next += 1;
-                if steady.as_ref().is_some_and(|s: &Phase| !s.pass) {
+                if self.gated && steady.as_ref().is_some_and(|s: &Phase| !s.pass) {
                     continue;
                 }
                 let error = endpoints.apply(&mut world, f).err();
@@ -196,7 +240,7 @@ impl Drill<'_> {
                     } else if Duration::from_nanos(now) >= first || failed > spec.failed {
                         let window = (first.saturating_sub(spec.steady), first);
                         let s = steady_phase(spec, &samples, &world.records, window);
-                        let pass = s.pass;
+                        let pass = s.pass || !self.gated;
                         steady = Some(s);
                         if pass {
                             Stage::Faults {
@@ -212,6 +256,8 @@ impl Drill<'_> {
                     }
                 }
                 Stage::Faults { next, action } => {
+                    // Stopped: the action under way is waited out, and nothing more begins.
+                    let next = if stopped { self.faults.len() } else { next };
                     self.carry_on(&mut world, &load, next, action, &mut injected)
                 }
                 Stage::Over => Stage::Over,

@@ -12,6 +12,7 @@
 //! `Control` does, step by step, waiting where it waits (see [`Action`]).
 
 pub mod drill;
+pub mod explore;
 pub mod net;
 
 use std::collections::{HashMap, VecDeque};
@@ -185,6 +186,9 @@ impl World {
         self.now = t.max(self.now);
         let now = self.now;
         self.steps += 1;
+        // A fault whose time is up ends here even if nothing is sent now ([`Net::next_expiry`]
+        // made this instant a step).
+        self.net.expire(now);
         let mut peer_heard = false;
         while let Some(d) = self.net.pop_due(now) {
             self.datagrams += 1;

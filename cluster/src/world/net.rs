@@ -166,7 +166,7 @@ impl Net {
     }
 
     /// The faults in force and the partitions, ended where their time is up.
-    fn expire(&mut self, now: Nanos) {
+    pub fn expire(&mut self, now: Nanos) {
         self.rules.retain(|r| r.until.is_none_or(|u| now < u));
         self.partitions.retain(|p| p.until.is_none_or(|u| now < u));
     }

@@ -161,6 +161,10 @@ impl Calls {
         self.slots.len()
     }
 
+    pub(super) fn get(&self, slot: usize) -> Option<&Call> {
+        self.slots.get(slot)
+    }
+
     pub(super) fn get_mut(&mut self, slot: usize) -> Option<&mut Call> {
         self.slots.get_mut(slot)
     }

@@ -80,7 +80,7 @@ use calls::{CallState, Calls, Stage};
 use config::{Kind, phase_grids};
 use register::{Challenges, RegState, Registrations};
 use rng::Rng;
-use wire::{Wire, parse_registration_call_id};
+use wire::{Wire, call_id, parse_registration_call_id};
 
 /// Nanoseconds since the start of the run.
 pub type Nanos = u64;
@@ -578,6 +578,49 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The Call-ID of the leg in `slot`: ours, or the one the caller chose for a leg we answer.
+    fn leg_call_id(&self, slot: u32, c: &calls::Call) -> String {
+        if c.uas_call_id.is_empty() {
+            call_id(slot, c.generation, self.cfg.run_id)
+        } else {
+            c.uas_call_id.clone()
+        }
+    }
+
+    /// The Call-ID of the call leg whose RTP is `stream` (see [`MediaCommand`]), while that
+    /// leg is in progress: for checks that hold our view against the far end's.
+    pub fn call_id_of_stream(&self, stream: u64) -> Option<String> {
+        let slot = u32::try_from(stream & 0xffff_ffff).ok()?;
+        let generation = u32::try_from(stream >> 32).ok()?;
+        let c = self.calls.get(slot as usize)?;
+        (c.generation == generation && c.state != CallState::Free)
+            .then(|| self.leg_call_id(slot, c))
+    }
+
+    /// The Call-IDs of the dialogs we hold up: legs we placed that were answered and not yet
+    /// hung up, and legs we answered whose ACK came.
+    pub fn dialogs(&self) -> Vec<String> {
+        (0..self.calls.len() as u32)
+            .filter_map(|slot| {
+                let c = self.calls.get(slot as usize)?;
+                matches!(c.state, CallState::Established | CallState::UasEstablished)
+                    .then(|| self.leg_call_id(slot, c))
+            })
+            .collect()
+    }
+
+    /// Our users whose registration is in force: its 200 came, and no REGISTER of theirs is
+    /// out since (a refresh, or the unregistration at the end).
+    pub fn registered_users(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.regs.len())
+            .filter(|&i| {
+                self.regs
+                    .get(i)
+                    .is_some_and(|r| matches!(r.state, RegState::Done))
+            })
+            .map(|i| self.cfg.users.name(i))
     }
 
     /// The index of our user with this user part.

@@ -450,6 +450,15 @@ fn generation_digits(generation: u32) -> Decimal {
     Decimal::padded(generation.into(), GENERATION_DIGITS)
 }
 
+/// The Call-ID of our call in `slot` of `generation`, in run `run`.
+pub(super) fn call_id(slot: u32, generation: u32, run: u32) -> String {
+    format!(
+        "{}-{}-{run}@pbxlab",
+        slot_digits(slot),
+        generation_digits(generation)
+    )
+}
+
 /// (slot, generation, run id) from the Call-ID of one of our calls:
 /// `{slot}-{generation}-{run}@pbxlab`.
 pub(super) fn parse_call_id(call_id: &str) -> Option<(u32, u32, u32)> {

@@ -114,6 +114,13 @@ impl MediaCore {
         }
     }
 
+    /// The streams sending to `dest`, by stream id.
+    pub fn streams_to(&self, dest: SocketAddr) -> impl Iterator<Item = u64> + '_ {
+        self.sending
+            .range((dest, 0)..=(dest, u64::MAX))
+            .map(|(&(_, stream), _)| stream)
+    }
+
     /// The report as it stands, for the driver's own fields (coalescing, pace).
     pub fn report_mut(&mut self) -> &mut MediaReport {
         &mut self.report

@@ -79,6 +79,11 @@ impl Stepped {
         &self.engine
     }
 
+    /// The RTP core: which streams send where.
+    pub fn media(&self) -> &MediaCore {
+        &self.media
+    }
+
     /// A datagram that arrived at `now` on `to` (one of [`Stepped::addrs`]).
     pub fn handle(&mut self, now: Nanos, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
         if self.ended.is_some() {

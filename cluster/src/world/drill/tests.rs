@@ -26,8 +26,9 @@ fn drill(sc: &Scenario) -> (VirtualRun, crate::drill::DrillVerdict) {
         spec: &spec,
         opts: &opts,
         seed: sc.seed,
+        gated: true,
     }
-    .run(cfg, thresholds, None)
+    .run(cfg, thresholds, Hooks::default())
     .unwrap();
     let gaps = silences(&run.report, None);
     let seen = Observed {

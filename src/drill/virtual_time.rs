@@ -1,0 +1,236 @@
+//! `pbxlab drill --virtual`: the drill in virtual time ([`pbxlab_cluster::world::drill`]),
+//! judged and reported as the live one is; and `--explore N`, the same drill under many seeds
+//! with its invariants checked after every step.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use pbxlab_cluster::cluster::Options;
+use pbxlab_cluster::drill::{DrillVerdict, Observed, judge, silences, timeline};
+use pbxlab_cluster::world::World;
+use pbxlab_cluster::world::drill::{Drill, Hooks, VirtualRun, load_addrs};
+use pbxlab_loadgen::engine::Config;
+use pbxlab_loadgen::{Progress, Threshold};
+use pbxlab_scenario::{DrillSpec, FaultSpec, Scenario};
+use serde_json::json;
+
+use super::{Concluded, DrillArgs, conclude};
+use crate::{BadInput, load};
+
+/// How often the progress line is printed, in the cluster's time.
+const PROGRESS_EVERY_S: u64 = 10;
+
+/// The drill as it will run: its timeline, SLOs, cluster options and load.
+struct Setup {
+    faults: Vec<FaultSpec>,
+    spec: DrillSpec,
+    opts: Options,
+    cfg: Config,
+    thresholds: Vec<Threshold>,
+}
+
+impl Setup {
+    fn of(args: &DrillArgs, scenario: &Scenario) -> anyhow::Result<Setup> {
+        let faults = timeline(scenario).map_err(BadInput)?;
+        let spec = scenario.drill.clone().unwrap_or_default();
+        // No socket is bound: port 0 only means "the usual one".
+        let mut sip = args.sip;
+        if sip.port() == 0 {
+            sip.set_port(5060);
+        }
+        let settings = pbxlab_loadgen::Settings::drill(sip, &spec.load);
+        let (mut cfg, thresholds) = load::configure(&settings, Some(scenario), Some(scenario.seed))?;
+        (cfg.local, cfg.rtp_local) = load_addrs(sip);
+        let mut opts = Options::new(sip);
+        opts.whitelist = vec![sip.ip()];
+        Ok(Setup {
+            faults,
+            spec,
+            opts,
+            cfg,
+            thresholds,
+        })
+    }
+
+    fn sip(&self) -> SocketAddr {
+        self.opts.sip
+    }
+
+    fn run(&self, scenario: &Scenario, hooks: Hooks<'_>) -> anyhow::Result<VirtualRun> {
+        let drill = Drill {
+            scenario,
+            faults: &self.faults,
+            net_faults: &scenario.net_faults,
+            spec: &self.spec,
+            opts: &self.opts,
+            seed: scenario.seed,
+            gated: true,
+        };
+        Ok(drill.run(self.cfg.clone(), self.thresholds.clone(), hooks)?)
+    }
+
+    /// The verdict, as the live drill's judge gives it (the load kept the cluster's clock).
+    fn judge(&self, run: &VirtualRun) -> DrillVerdict {
+        let gaps = silences(&run.report, None);
+        let seen = Observed {
+            records: &run.records,
+            samples: &run.samples,
+            gaps: &gaps,
+        };
+        let mut verdict = judge(
+            &self.spec,
+            run.detection_bound,
+            &run.injected,
+            &seen,
+            run.steady.clone(),
+            self.faults.len(),
+        );
+        // A network fault that could not be put in force means the drill did not test what
+        // the scenario says.
+        if run.network.iter().any(|n| n.error.is_some()) {
+            verdict.pass = false;
+        }
+        verdict
+    }
+}
+
+pub(super) fn drill(
+    args: &DrillArgs,
+    scenario: &Scenario,
+    stop: &AtomicBool,
+) -> anyhow::Result<ExitCode> {
+    let setup = Setup::of(args, scenario)?;
+    let calls: u64 = setup.cfg.workloads.iter().map(|w| w.calls).sum();
+    eprintln!(
+        "pbxlab drill --virtual {:?} (seed {}): Call Manager at {}, {}; {calls} calls ({:.0}% with RTP) started over {:.0} s, {}, {}",
+        scenario.name,
+        scenario.seed,
+        setup.sip(),
+        crate::count(
+            scenario.pools.iter().map(|p| p.servers.len()).sum(),
+            "server"
+        ),
+        setup.cfg.rtp_fraction * 100.0,
+        scenario.duration.as_secs_f64(),
+        crate::count(setup.faults.len(), "node fault"),
+        crate::count(scenario.net_faults.len(), "network fault"),
+    );
+    let mut progress = |world: &World, p: &Progress| {
+        let s = p.elapsed.as_secs();
+        if s % PROGRESS_EVERY_S == 0 {
+            let r = world.records();
+            eprintln!(
+                "[{:>6.1}s] {} | moved {} dropped {}",
+                p.elapsed.as_secs_f64(),
+                load::progress_figures(p),
+                r.reassigned.len(),
+                r.dropped.len()
+            );
+        }
+    };
+    let started = Instant::now();
+    let run = setup.run(
+        scenario,
+        Hooks {
+            progress: Some(&mut progress),
+            stop: Some(stop),
+            ..Hooks::default()
+        },
+    )?;
+    let wall = (!args.no_wall_clock).then(|| started.elapsed());
+    let verdict = setup.judge(&run);
+    conclude(
+        args,
+        &Concluded {
+            scenario,
+            verdict: &verdict,
+            report: &run.report,
+            events: &run.events,
+            load_start: Some(Duration::ZERO),
+            text: summary(&run, wall),
+            extra: Some(("virtual", virtual_json(&run, wall))),
+        },
+    )
+}
+
+/// Events a virtual run handled: instants stepped through and datagrams delivered.
+fn events(run: &VirtualRun) -> u64 {
+    run.steps + run.datagrams
+}
+
+/// What the virtual run did, for the text report.
+fn summary(run: &VirtualRun, wall: Option<Duration>) -> String {
+    let mut out = String::new();
+    let cluster_s = run.end.as_secs_f64();
+    let _ = write!(
+        out,
+        "virtual time: {cluster_s:.1} s of cluster time, {} events ({} datagrams, {} instants)",
+        events(run),
+        run.datagrams,
+        run.steps
+    );
+    if let Some(w) = wall {
+        let w = w.as_secs_f64().max(1e-9);
+        let _ = write!(
+            out,
+            " in {w:.1} s of wall time ({:.1}x real time, {:.2} M events/s)",
+            cluster_s / w,
+            events(run) as f64 / w / 1e6
+        );
+    }
+    let n = &run.net;
+    let _ = writeln!(
+        out,
+        "\nnetwork: {} sent, {} delivered, {} lost, {} cut by partitions, {} duplicated, {} delayed, {} reordered",
+        n.sent, n.delivered, n.lost, n.cut, n.duplicated, n.delayed, n.reordered
+    );
+    for f in &run.network {
+        let _ = writeln!(
+            out,
+            "  network fault at {:.1} s: {} {}{}{}",
+            f.at.as_secs_f64(),
+            f.spec.kind.name(),
+            if f.spec.endpoints.is_empty() {
+                "everything".to_owned()
+            } else {
+                f.spec.endpoints.join(", ")
+            },
+            f.spec
+                .lasts
+                .map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64())),
+            f.error
+                .as_ref()
+                .map_or(String::new(), |e| format!(": NOT APPLIED: {e}"))
+        );
+    }
+    if let Some(v) = &run.violation {
+        let _ = writeln!(out, "invariant broken at {:.3} s: {}", v.at.as_secs_f64(), v.what);
+    }
+    out
+}
+
+/// The `virtual` object of the JSON report: the run's work, its wall time (null with
+/// `--no-wall-clock`), the network and the network faults as they were put in force.
+fn virtual_json(run: &VirtualRun, wall: Option<Duration>) -> serde_json::Value {
+    let wall_s = wall.map(|w| w.as_secs_f64());
+    json!({
+        "end_s": run.end.as_secs_f64(),
+        "events": events(run),
+        "datagrams": run.datagrams,
+        "instants": run.steps,
+        "wall_s": wall_s,
+        "events_per_s": wall_s.map(|w| events(run) as f64 / w.max(1e-9)),
+        "network": run.net,
+        "network_faults": run.network.iter().map(|f| json!({
+            "at_s": f.at.as_secs_f64(),
+            "action": f.spec.kind.name(),
+            "endpoints": f.spec.endpoints,
+            "lasts_s": f.spec.lasts.map(|d| d.as_secs_f64()),
+            "error": f.error,
+        })).collect::<Vec<_>>(),
+        "violation": run.violation.as_ref().map(|v| json!({"at_s": v.at.as_secs_f64(), "what": v.what})),
+    })
+}
