@@ -12,8 +12,9 @@ use pbxlab_cluster::cluster::Options;
 use pbxlab_cluster::drill::{DrillVerdict, Observed, judge, silences, timeline};
 use pbxlab_cluster::world::World;
 use pbxlab_cluster::world::drill::{Drill, Hooks, VirtualRun, load_addrs};
+use pbxlab_cluster::world::explore::{Invariants, Variant, vary};
 use pbxlab_loadgen::engine::Config;
-use pbxlab_loadgen::{Progress, Threshold};
+use pbxlab_loadgen::{Progress, Stepped, Threshold};
 use pbxlab_scenario::{DrillSpec, FaultSpec, Scenario};
 use serde_json::json;
 
@@ -33,7 +34,8 @@ struct Setup {
 }
 
 impl Setup {
-    fn of(args: &DrillArgs, scenario: &Scenario) -> anyhow::Result<Setup> {
+    /// `warn`: print the load's warnings (once, not for every explored seed).
+    fn of(args: &DrillArgs, scenario: &Scenario, warn: bool) -> anyhow::Result<Setup> {
         let faults = timeline(scenario).map_err(BadInput)?;
         let spec = scenario.drill.clone().unwrap_or_default();
         // No socket is bound: port 0 only means "the usual one".
@@ -42,7 +44,12 @@ impl Setup {
             sip.set_port(5060);
         }
         let settings = pbxlab_loadgen::Settings::drill(sip, &spec.load);
-        let (mut cfg, thresholds) = load::configure(&settings, Some(scenario), Some(scenario.seed))?;
+        let (mut cfg, thresholds) = if warn {
+            load::configure(&settings, Some(scenario), Some(scenario.seed))?
+        } else {
+            pbxlab_loadgen::configure(&settings, Some(scenario), Some(scenario.seed))
+                .map_err(|e| BadInput(e.to_string()))?
+        };
         (cfg.local, cfg.rtp_local) = load_addrs(sip);
         let mut opts = Options::new(sip);
         opts.whitelist = vec![sip.ip()];
@@ -68,6 +75,36 @@ impl Setup {
             opts: &self.opts,
             seed: scenario.seed,
             gated: true,
+        };
+        Ok(drill.run(self.cfg.clone(), self.thresholds.clone(), hooks)?)
+    }
+
+    /// `variant`'s drill, ungated, with the invariants checked after every step.
+    fn explore(
+        &self,
+        scenario: &Scenario,
+        variant: &Variant,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<VirtualRun> {
+        let drill = Drill {
+            scenario,
+            faults: &variant.faults,
+            net_faults: &variant.net_faults,
+            spec: &self.spec,
+            opts: &self.opts,
+            seed: scenario.seed,
+            gated: false,
+        };
+        let mut invariants: Option<Invariants> = None;
+        let mut check = |world: &World, load: &Stepped| {
+            invariants
+                .get_or_insert_with(|| Invariants::new(world))
+                .check(world, load)
+        };
+        let hooks = Hooks {
+            check: Some(&mut check),
+            stop: Some(stop),
+            ..Hooks::default()
         };
         Ok(drill.run(self.cfg.clone(), self.thresholds.clone(), hooks)?)
     }
@@ -102,7 +139,10 @@ pub(super) fn drill(
     scenario: &Scenario,
     stop: &AtomicBool,
 ) -> anyhow::Result<ExitCode> {
-    let setup = Setup::of(args, scenario)?;
+    if let Some(n) = args.explore {
+        return explore(args, scenario, n, stop);
+    }
+    let setup = Setup::of(args, scenario, true)?;
     let calls: u64 = setup.cfg.workloads.iter().map(|w| w.calls).sum();
     eprintln!(
         "pbxlab drill --virtual {:?} (seed {}): Call Manager at {}, {}; {calls} calls ({:.0}% with RTP) started over {:.0} s, {}, {}",
@@ -233,4 +273,134 @@ fn virtual_json(run: &VirtualRun, wall: Option<Duration>) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "violation": run.violation.as_ref().map(|v| json!({"at_s": v.at.as_secs_f64(), "what": v.what})),
     })
+}
+
+/// `--explore N`: seeds S to S+N-1 (S from `--seed` or the scenario), each its own variant of
+/// the drill with the invariants checked after every step. One line per seed; every seed that
+/// broke an invariant is named with the command that replays it, and the exit code is 1 if any
+/// did. The drills' SLO verdicts are counted but decide nothing: random network faults are
+/// meant to strain them.
+fn explore(
+    args: &DrillArgs,
+    scenario: &Scenario,
+    n: u64,
+    stop: &AtomicBool,
+) -> anyhow::Result<ExitCode> {
+    let first = scenario.seed;
+    // The scenario's own timeline must hold before any seed is varied.
+    timeline(scenario).map_err(BadInput)?;
+    eprintln!(
+        "pbxlab drill --virtual --explore {n} {:?}: seeds {first} to {}, each fault moved up to {:.1} s, up to {} random network faults in {:.1}-{:.1} s",
+        scenario.name,
+        first.saturating_add(n.saturating_sub(1)),
+        scenario.explore.shift.as_secs_f64(),
+        scenario.explore.network,
+        scenario.explore_window().0.as_secs_f64(),
+        scenario.explore_window().1.as_secs_f64(),
+    );
+    let replay = |seed: u64| {
+        let file = args
+            .scenario
+            .as_ref()
+            .map_or(String::new(), |p| format!(" {}", p.display()));
+        format!("pbxlab drill --virtual{file} --explore 1 --seed {seed}")
+    };
+    let mut failing = Vec::new();
+    let mut slo_broken = 0;
+    let started = Instant::now();
+    let mut ran = 0;
+    for seed in (0..n).map(|i| first.wrapping_add(i)) {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("pbxlab: stopped after {ran} seeds");
+            break;
+        }
+        let mut sc = scenario.clone();
+        sc.seed = seed;
+        let setup = Setup::of(args, &sc, ran == 0)?;
+        let variant = vary(&sc, &setup.faults, seed);
+        let run = setup.explore(&sc, &variant, stop)?;
+        ran += 1;
+        let verdict = setup.judge(&run);
+        if !verdict.pass {
+            slo_broken += 1;
+        }
+        let network: Vec<String> = variant
+            .net_faults
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {} at {:.1} s{}",
+                    f.kind.name(),
+                    if f.endpoints.is_empty() {
+                        "everything".to_owned()
+                    } else {
+                        f.endpoints.join("+")
+                    },
+                    f.at.as_secs_f64(),
+                    f.lasts
+                        .map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64()))
+                )
+            })
+            .collect();
+        let faults: Vec<String> = variant
+            .faults
+            .iter()
+            .map(|f| format!("{} {} at {:.2} s", f.action.name(), f.server, f.at.as_secs_f64()))
+            .collect();
+        match &run.violation {
+            None => println!(
+                "seed {seed}: ok, {} moved, {} dropped, drill {} | {} | {}",
+                run.records.reassigned.len(),
+                run.records.dropped.len(),
+                if verdict.pass { "PASS" } else { "broke an SLO" },
+                faults.join(", "),
+                if network.is_empty() {
+                    "no network fault".to_owned()
+                } else {
+                    network.join(", ")
+                }
+            ),
+            Some(v) => {
+                println!(
+                    "seed {seed}: LOST at {:.3} s: {}\n  faults: {}\n  network: {}\n  replay: {}",
+                    v.at.as_secs_f64(),
+                    v.what,
+                    faults.join(", "),
+                    if network.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        network.join(", ")
+                    },
+                    replay(seed)
+                );
+                failing.push(seed);
+            }
+        }
+    }
+    println!(
+        "\nexplored {ran} seeds in {}: {} broke an invariant{}; {slo_broken} broke a drill SLO (not a failure here)",
+        if args.no_wall_clock {
+            "-".to_owned()
+        } else {
+            format!("{:.1} s", started.elapsed().as_secs_f64())
+        },
+        failing.len(),
+        if failing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (seeds {})",
+                failing
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    if failing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
+    }
 }
