@@ -236,3 +236,62 @@ fn a_starved_pbxlab_reports_its_own_lateness_instead_of_blaming_the_cluster() {
         other => panic!("verdict {other:?}: {context}"),
     }
 }
+
+fn virtual_drill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["drill", "--virtual"])
+        .args(args)
+        .output()
+        .expect("pbxlab runs")
+}
+
+/// In virtual time one seed is one run, to the byte; another seed is another run; the report
+/// says what the virtual run did and leaves the wall clock out when asked.
+#[test]
+fn a_virtual_drill_repeats_from_its_seed() {
+    let small = scenario("small.toml");
+    let args = [small.as_str(), "--no-wall-clock", "--json", "-"];
+    let first = virtual_drill(&args);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(first.stdout, virtual_drill(&args).stdout);
+    let other = virtual_drill(&[
+        small.as_str(),
+        "--no-wall-clock",
+        "--json",
+        "-",
+        "--seed",
+        "4",
+    ]);
+    assert_ne!(first.stdout, other.stdout);
+    let v: serde_json::Value = serde_json::from_slice(&first.stdout).expect("JSON");
+    assert_eq!(v["verdict"], "pass");
+    assert!(v["virtual"]["wall_s"].is_null() && v["virtual"]["events_per_s"].is_null());
+    assert!(n(&v["virtual"]["datagrams"]) > 100_000);
+    assert_eq!(v["load_start_s"], 0.0);
+    assert_eq!(n(&v["faults"][0]["reassignment"]["count"]), 99);
+}
+
+/// The explorer finds nothing on the small drill, one line per seed; its flags need
+/// `--virtual`.
+#[test]
+fn the_explorer_finds_nothing_on_the_small_drill_and_needs_virtual_time() {
+    let small = scenario("small.toml");
+    let out = virtual_drill(&[small.as_str(), "--explore", "3", "--seed", "50"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for seed in 50..53 {
+        assert!(text.contains(&format!("seed {seed}: ok")), "{text}");
+    }
+    assert!(text.contains("explored 3 seeds") && text.contains("0 broke an invariant"));
+    let live = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["drill", &small, "--explore", "3"])
+        .output()
+        .expect("pbxlab runs");
+    assert_eq!(live.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&live.stderr).contains("--virtual"));
+}

@@ -160,7 +160,7 @@ pub(super) fn drill(
     );
     let mut progress = |world: &World, p: &Progress| {
         let s = p.elapsed.as_secs();
-        if s % PROGRESS_EVERY_S == 0 {
+        if s.is_multiple_of(PROGRESS_EVERY_S) {
             let r = world.records();
             eprintln!(
                 "[{:>6.1}s] {} | moved {} dropped {}",
@@ -247,7 +247,12 @@ fn summary(run: &VirtualRun, wall: Option<Duration>) -> String {
         );
     }
     if let Some(v) = &run.violation {
-        let _ = writeln!(out, "invariant broken at {:.3} s: {}", v.at.as_secs_f64(), v.what);
+        let _ = writeln!(
+            out,
+            "invariant broken at {:.3} s: {}",
+            v.at.as_secs_f64(),
+            v.what
+        );
     }
     out
 }
@@ -345,7 +350,14 @@ fn explore(
         let faults: Vec<String> = variant
             .faults
             .iter()
-            .map(|f| format!("{} {} at {:.2} s", f.action.name(), f.server, f.at.as_secs_f64()))
+            .map(|f| {
+                format!(
+                    "{} {} at {:.2} s",
+                    f.action.name(),
+                    f.server,
+                    f.at.as_secs_f64()
+                )
+            })
             .collect();
         match &run.violation {
             None => println!(

@@ -62,13 +62,16 @@ pub struct NetApplied {
 /// A check run after every step of the world; an `Err` ends the drill there, with its words.
 pub type Check<'a> = dyn FnMut(&World, &Stepped) -> Result<(), String> + 'a;
 
+/// Told of each closed interval of the load, with the world as it is then.
+pub type OnProgress<'a> = dyn FnMut(&World, &Progress) + 'a;
+
 /// What a caller watches a virtual drill with; all optional.
 #[derive(Default)]
 pub struct Hooks<'a> {
     /// Run after every step of the world; an `Err` ends the run there.
     pub check: Option<&'a mut Check<'a>>,
     /// Each closed interval of the load, with the world as it is then.
-    pub progress: Option<&'a mut dyn FnMut(&World, &Progress)>,
+    pub progress: Option<&'a mut OnProgress<'a>>,
     /// Once set (Ctrl-C), the load stops starting calls, hangs up and reports, and no further
     /// fault is carried out: what was measured is kept, as in the live drill.
     pub stop: Option<&'a AtomicBool>,

@@ -92,8 +92,7 @@ fn the_explorer_finds_a_failover_re_invite_that_was_never_sent() {
     let (_, run) = explore(1, Some(|w: &mut World| w.cm.skip_failover_reinvites = 1));
     let v = run.violation.expect("the planted bug went unseen");
     assert!(
-        v.what.contains("still sends its media to media-2")
-            && v.what.contains("no re-INVITE open"),
+        v.what.contains("still sends its media to media-2") && v.what.contains("no re-INVITE open"),
         "{v:?}"
     );
 }
