@@ -49,12 +49,12 @@ pub(crate) struct DrillArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     sip: SocketAddr,
     /// Write the report as JSON here ("-" for standard output, instead of the tables).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "explore")]
     json: Option<PathBuf>,
     /// Write the report as one self-contained HTML page to FILE: the load's setup p99, calls
     /// up and failures on the cluster's clock with each fault and its detection marked, and
     /// per fault its detection, reassignment, dropped calls and media gap.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "explore")]
     html: Option<PathBuf>,
     /// Seed for every random stream (overrides the scenario's).
     #[arg(long)]
@@ -78,9 +78,10 @@ pub(crate) struct DrillArgs {
     no_wall_clock: bool,
     /// With --virtual: run N seeds (from --seed or the scenario's on), each with its faults'
     /// times moved and random network faults added as [explore] says, checking after every
-    /// step that no session is lost; stops at the first seed that breaks a check or fails its
-    /// drill, prints it and the command that replays it, and exits 1.
-    #[arg(long, value_name = "N", requires = "virtual_time")]
+    /// step that no session is lost. One line per seed; each seed that broke a check is
+    /// printed with the command that replays it, and the exit code is 1 if any did. The
+    /// drills' SLO verdicts are counted, not judged.
+    #[arg(long, value_name = "N", requires = "virtual_time", value_parser = clap::value_parser!(u64).range(1..))]
     explore: Option<u64>,
 }
 

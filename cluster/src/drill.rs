@@ -43,10 +43,18 @@ pub fn timeline(scenario: &Scenario) -> Result<Vec<FaultSpec>, String> {
     }
     faults.sort_by_key(|f| f.at);
     let Some(first) = faults.first().map(|f| f.at) else {
-        return Err(format!(
-            "scenario {:?} has no [[fault]]: a drill needs at least one",
-            scenario.name
-        ));
+        return Err(if scenario.net_faults.is_empty() {
+            format!(
+                "scenario {:?} has no [[fault]]: a drill needs at least one",
+                scenario.name
+            )
+        } else {
+            format!(
+                "scenario {:?} has only network faults: a drill needs at least one node fault \
+                 (a [[fault]] with a server), whose windows its verdict judges",
+                scenario.name
+            )
+        });
     };
     let steady = scenario.drill.clone().unwrap_or_default().steady;
     if steady > first {

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use pbxlab_cluster::cluster::Options;
 use pbxlab_cluster::drill::{DrillVerdict, Observed, judge, silences, timeline};
-use pbxlab_cluster::world::World;
-use pbxlab_cluster::world::drill::{Drill, Hooks, VirtualRun, load_addrs};
+use pbxlab_cluster::world::drill::{
+    Drill, Hooks, LOAD_RTP_PORT, LOAD_SIP_PORT, VirtualRun, load_addrs,
+};
 use pbxlab_cluster::world::explore::{Invariants, Variant, vary};
+use pbxlab_cluster::world::{SERVER_PORT_BASE, World};
 use pbxlab_loadgen::engine::Config;
 use pbxlab_loadgen::{Progress, Stepped, Threshold};
 use pbxlab_scenario::{DrillSpec, FaultSpec, Scenario};
@@ -42,6 +44,21 @@ impl Setup {
         let mut sip = args.sip;
         if sip.port() == 0 {
             sip.set_port(5060);
+        }
+        // The world puts the servers and the load generator on the Call Manager's address.
+        let servers: usize = scenario.pools.iter().map(|p| p.servers.len()).sum();
+        let first = usize::from(SERVER_PORT_BASE);
+        let port = usize::from(sip.port());
+        if (first..first + servers).contains(&port)
+            || [LOAD_SIP_PORT, LOAD_RTP_PORT].contains(&sip.port())
+        {
+            return Err(BadInput(format!(
+                "--sip {sip}: in virtual time the servers are at ports {first}-{} and the load \
+                 at {LOAD_SIP_PORT} and {LOAD_RTP_PORT} of that address; give the Call Manager \
+                 another port",
+                first + servers.saturating_sub(1)
+            ))
+            .into());
         }
         let settings = pbxlab_loadgen::Settings::drill(sip, &spec.load);
         let (mut cfg, thresholds) = if warn {
@@ -297,7 +314,7 @@ fn explore(
     eprintln!(
         "pbxlab drill --virtual --explore {n} {:?}: seeds {first} to {}, each fault moved up to {:.1} s, up to {} random network faults in {:.1}-{:.1} s",
         scenario.name,
-        first.saturating_add(n.saturating_sub(1)),
+        first.wrapping_add(n.saturating_sub(1)),
         scenario.explore.shift.as_secs_f64(),
         scenario.explore.network,
         scenario.explore_window().0.as_secs_f64(),
@@ -308,7 +325,14 @@ fn explore(
             .scenario
             .as_ref()
             .map_or(String::new(), |p| format!(" {}", p.display()));
-        format!("pbxlab drill --virtual{file} --explore 1 --seed {seed}")
+        // The Call Manager's address is part of the world (tags, Vias): given when not the
+        // default.
+        let sip = if args.sip == SocketAddr::from(([127, 0, 0, 1], 0)) {
+            String::new()
+        } else {
+            format!(" --sip {}", args.sip)
+        };
+        format!("pbxlab drill --virtual{file}{sip} --explore 1 --seed {seed}")
     };
     let mut failing = Vec::new();
     let mut slo_broken = 0;
@@ -347,18 +371,37 @@ fn explore(
                 )
             })
             .collect();
-        let faults: Vec<String> = variant
-            .faults
+        // As carried out: when each began, and the ones never reached.
+        let mut faults: Vec<String> = run
+            .injected
             .iter()
             .map(|f| {
                 format!(
-                    "{} {} at {:.2} s",
-                    f.action.name(),
-                    f.server,
-                    f.at.as_secs_f64()
+                    "{} {} at {:.2} s{}",
+                    f.spec.action.name(),
+                    f.spec.server,
+                    f.at.as_secs_f64(),
+                    f.error
+                        .as_ref()
+                        .map_or(String::new(), |e| format!(" (failed: {e})"))
                 )
             })
             .collect();
+        faults.extend(variant.faults.iter().skip(run.injected.len()).map(|f| {
+            format!(
+                "{} {} (planned at {:.2} s) not carried out",
+                f.action.name(),
+                f.server,
+                f.at.as_secs_f64()
+            )
+        }));
+        if run.violation.is_none() && stop.load(std::sync::atomic::Ordering::Relaxed) {
+            println!(
+                "seed {seed}: interrupted at {:.1} s of cluster time, nothing broken so far",
+                run.end.as_secs_f64()
+            );
+            break;
+        }
         match &run.violation {
             None => println!(
                 "seed {seed}: ok, {} moved, {} dropped, drill {} | {} | {}",

@@ -40,7 +40,11 @@ fn between(rng: &mut Rng, (lo, hi): (f64, f64)) -> f64 {
 
 fn between_d(rng: &mut Rng, (lo, hi): (Duration, Duration)) -> Duration {
     let span = ns(hi.saturating_sub(lo));
-    lo + Duration::from_nanos(if span == 0 { 0 } else { rng.below(span + 1) })
+    lo + Duration::from_nanos(if span == 0 {
+        0
+    } else {
+        rng.below(span.saturating_add(1))
+    })
 }
 
 /// The drill of `seed`: `timeline`'s faults each moved by up to `[explore] shift` either way
@@ -57,7 +61,7 @@ pub fn vary(scenario: &Scenario, timeline: &[FaultSpec], seed: u64) -> Variant {
         let delta = if shift == 0 {
             0
         } else {
-            rng.below(2 * shift + 1)
+            rng.below(shift.saturating_mul(2).saturating_add(1))
         };
         let at = ns(f.at).saturating_add(delta).saturating_sub(shift);
         let mut at = Duration::from_nanos(at).max(steady);
@@ -65,6 +69,9 @@ pub fn vary(scenario: &Scenario, timeline: &[FaultSpec], seed: u64) -> Variant {
             let spacing = f.at.saturating_sub(timeline[planned_prev].at) / 2;
             at = at.max(prev.at + spacing);
         }
+        // Never moved past the planned time and the run's end both: a fault after the load
+        // would not be carried out at all.
+        at = at.min(f.at.max(scenario.duration.saturating_sub(Duration::from_secs(1))));
         faults.push(FaultSpec { at, ..f.clone() });
     }
     let servers: Vec<&str> = scenario
@@ -72,11 +79,22 @@ pub fn vary(scenario: &Scenario, timeline: &[FaultSpec], seed: u64) -> Variant {
         .iter()
         .flat_map(|p| p.servers.iter().map(|s| s.name.as_str()))
         .collect();
+    // A server the scenario itself partitions alone is not partitioned again at random: the
+    // scenario's heal would end both (a set is partitioned once at a time).
+    let partitionable: Vec<&str> = servers
+        .iter()
+        .copied()
+        .filter(|s| {
+            !scenario.net_faults.iter().any(|f| {
+                matches!(f.kind, NetKind::Partition | NetKind::Heal) && f.endpoints == [*s]
+            })
+        })
+        .collect();
     let (start, end) = scenario.explore_window();
     let mut net_faults = scenario.net_faults.clone();
     let count = rng.below(u64::from(ex.network) + 1) as usize;
     for _ in 0..count {
-        let kinds = if ex.partitions && !servers.is_empty() {
+        let kinds = if ex.partitions && !partitionable.is_empty() {
             5
         } else {
             4
@@ -98,17 +116,20 @@ pub fn vary(scenario: &Scenario, timeline: &[FaultSpec], seed: u64) -> Variant {
             },
             _ => NetKind::Partition,
         };
-        let server = |rng: &mut Rng| servers[rng.below(servers.len() as u64) as usize].to_owned();
+        let pick =
+            |rng: &mut Rng, from: &[&str]| from[rng.below(from.len() as u64) as usize].to_owned();
         let endpoints = match kind {
-            NetKind::Partition => vec![server(&mut rng)],
+            NetKind::Partition => vec![pick(&mut rng, &partitionable)],
             _ => match rng.below(3) {
                 0 => Vec::new(),
                 1 => vec![CM_ENDPOINT.to_owned()],
                 _ if servers.is_empty() => Vec::new(),
-                _ => vec![server(&mut rng)],
+                _ => vec![pick(&mut rng, &servers)],
             },
         };
-        let at = between_d(&mut rng, (start, end.max(start)));
+        // The window is [start, end).
+        let last = end.saturating_sub(Duration::from_nanos(1)).max(start);
+        let at = between_d(&mut rng, (start, last));
         net_faults.push(NetFaultSpec {
             at,
             kind,
@@ -180,19 +201,19 @@ impl Invariants {
         }
         let mut streams = BTreeMap::new();
         for (id, name, addr) in &self.servers {
-            let Some(view) = balancer.server(*id) else {
-                continue;
+            // A removed server is out of service for good: nothing may stay on it either.
+            let (state, placed) = match balancer.server(*id) {
+                Some(v) if matches!(v.state, ServerState::Down | ServerState::Disabled) => {
+                    (v.state.name(), v.sessions)
+                }
+                Some(_) => continue,
+                None => ("removed", 0),
             };
-            if !matches!(view.state, ServerState::Down | ServerState::Disabled) {
-                continue;
-            }
-            let state = view.state.name();
             let anchored = cm.media_sessions(*id);
-            if view.sessions > 0 || anchored > 0 {
+            if placed > 0 || anchored > 0 {
                 return Err(format!(
-                    "{name} is {state}, yet the balancer places {} sessions on it and the Call \
-                     Manager anchors {anchored} media sessions there",
-                    view.sessions
+                    "{name} is {state}, yet the balancer places {placed} sessions on it and the \
+                     Call Manager anchors {anchored} media sessions there"
                 ));
             }
             let engine = load.engine();

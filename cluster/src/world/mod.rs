@@ -85,8 +85,11 @@ pub struct World {
 }
 
 /// The virtual address of a server: one port per server above the Call Manager's.
+/// The port of the first server in a world; the others follow, on the Call Manager's address.
+pub const SERVER_PORT_BASE: u16 = 20_000;
+
 fn server_addr(cm: SocketAddr, index: usize) -> SocketAddr {
-    let port = 20_000u16.saturating_add(u16::try_from(index).unwrap_or(u16::MAX));
+    let port = SERVER_PORT_BASE.saturating_add(u16::try_from(index).unwrap_or(u16::MAX));
     SocketAddr::new(cm.ip(), port)
 }
 

@@ -611,14 +611,14 @@ impl Engine {
             .collect()
     }
 
-    /// Our users whose registration is in force: its 200 came, and no REGISTER of theirs is
-    /// out since (a refresh, or the unregistration at the end).
+    /// Our users whose registration is in force: their last REGISTER was answered 2xx, and
+    /// none of theirs is out since (a refresh).
     pub fn registered_users(&self) -> impl Iterator<Item = &str> + '_ {
         (0..self.regs.len())
             .filter(|&i| {
                 self.regs
                     .get(i)
-                    .is_some_and(|r| matches!(r.state, RegState::Done))
+                    .is_some_and(|r| matches!(r.state, RegState::Done) && r.bound)
             })
             .map(|i| self.cfg.users.name(i))
     }

@@ -36,6 +36,9 @@ pub(super) struct Registration {
     pub(super) refreshing: bool,
     /// When this attempt's first REGISTER left.
     pub(super) sent: Nanos,
+    /// The last attempt ended in a 2xx: the binding is in force (a failed refresh or
+    /// unregistration clears it).
+    pub(super) bound: bool,
 }
 
 /// How long after a request its digest challenge (401/407) comes back: smoothed as RFC 6298
@@ -96,6 +99,7 @@ impl Registrations {
                 armed_at: Nanos::MAX,
                 auth: String::new(),
                 refresh_at: Nanos::MAX,
+                bound: false,
                 refreshing: false,
                 sent: 0,
             })
@@ -238,6 +242,7 @@ impl Engine {
         let lifetime = u64::from(self.cfg.expires_s) * 800_000_000;
         let r = &mut self.regs[i];
         r.state = RegState::Done;
+        r.bound = result.is_ok();
         r.auth = String::new();
         let intended = r.intended;
         let refreshed = std::mem::take(&mut r.refreshing);
