@@ -1707,3 +1707,36 @@ fn a_leg_we_answer_is_left_alone_while_one_of_our_calls_is_in_progress() {
     assert_eq!(e.metrics.calls.succeeded, 1);
     assert!(e.metrics.failures.is_empty(), "{:?}", e.metrics.failures);
 }
+
+/// A registration counts as in force only once answered 2xx: a refused one is finished but
+/// holds nothing, which is what a check against the registrar's bindings relies on.
+#[test]
+fn only_a_registration_answered_2xx_is_in_force() {
+    let mut cfg = config();
+    cfg.users = numbered([1000, 1001]);
+    cfg.register = true;
+    cfg.register_rate = 10_000.0;
+    cfg.workloads[0].calls = 0;
+    let mut e = Engine::new(cfg);
+    let mut regs = step(&mut e, 0);
+    regs.extend(step(&mut e, MS));
+    assert_eq!(methods(&regs), ["REGISTER"; 2]);
+    assert_eq!(e.registered_users().count(), 0);
+    let user_of = |req: &str| {
+        if req.contains("sip:1000@") {
+            "1000"
+        } else {
+            "1001"
+        }
+    };
+    for (_, req) in &regs {
+        let status = if user_of(req) == "1000" {
+            "200 OK"
+        } else {
+            "403 Forbidden"
+        };
+        e.handle(2 * MS, addr(5060), reply(req, status, "", "").as_bytes());
+    }
+    assert!(e.registered());
+    assert_eq!(e.registered_users().collect::<Vec<_>>(), ["1000"]);
+}

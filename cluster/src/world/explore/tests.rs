@@ -2,6 +2,8 @@ use std::net::SocketAddr;
 
 use pbxlab_loadgen::{Settings, configure};
 
+use pbxlab_scenario::Verb;
+
 use super::*;
 use crate::cluster::Options;
 use crate::drill::timeline;
@@ -16,6 +18,11 @@ fn cm() -> SocketAddr {
 fn explore(seed: u64, plant: Option<fn(&mut World)>) -> (Variant, VirtualRun) {
     let mut sc = pbxlab_scenario::drill_scenario().unwrap();
     sc.seed = seed;
+    explore_scenario(&sc, plant)
+}
+
+fn explore_scenario(sc: &Scenario, plant: Option<fn(&mut World)>) -> (Variant, VirtualRun) {
+    let (sc, seed) = (sc.clone(), sc.seed);
     let variant = vary(&sc, &timeline(&sc).unwrap(), seed);
     let spec = sc.drill.clone().unwrap_or_default();
     let mut opts = Options::new(cm());
@@ -95,4 +102,16 @@ fn the_explorer_finds_a_failover_re_invite_that_was_never_sent() {
         v.what.contains("still sends its media to media-2") && v.what.contains("no re-INVITE open"),
         "{v:?}"
     );
+}
+
+/// A removed server is out of service for good: a caller left talking to it is found too.
+#[test]
+fn the_explorer_finds_a_caller_left_on_a_removed_server() {
+    let mut sc = pbxlab_scenario::drill_scenario().unwrap();
+    sc.seed = 1;
+    sc.faults.truncate(1);
+    sc.faults[0].action = Verb::Remove;
+    let (_, run) = explore_scenario(&sc, Some(|w: &mut World| w.cm.skip_failover_reinvites = 1));
+    let v = run.violation.expect("the planted bug went unseen");
+    assert!(v.what.contains("media-2 (removed)"), "{v:?}");
 }
