@@ -13,11 +13,11 @@ use pbxlab_cluster::drill::{DrillVerdict, Observed, judge, silences, timeline};
 use pbxlab_cluster::world::drill::{
     Drill, Hooks, LOAD_RTP_PORT, LOAD_SIP_PORT, VirtualRun, load_addrs,
 };
-use pbxlab_cluster::world::explore::{Invariants, Variant, vary};
+use pbxlab_cluster::world::explore::{Variant, vary};
 use pbxlab_cluster::world::{SERVER_PORT_BASE, World};
 use pbxlab_loadgen::engine::Config;
-use pbxlab_loadgen::{Progress, Stepped, Threshold};
-use pbxlab_scenario::{DrillSpec, FaultSpec, Scenario};
+use pbxlab_loadgen::{Progress, Threshold};
+use pbxlab_scenario::{DrillSpec, FaultSpec, NetFaultSpec, NetKind, Scenario};
 use serde_json::json;
 
 use super::{Concluded, DrillArgs, conclude};
@@ -79,49 +79,21 @@ impl Setup {
         })
     }
 
-    fn sip(&self) -> SocketAddr {
-        self.opts.sip
-    }
-
-    fn run(&self, scenario: &Scenario, hooks: Hooks<'_>) -> anyhow::Result<VirtualRun> {
-        let drill = Drill {
-            scenario,
-            faults: &self.faults,
-            net_faults: &scenario.net_faults,
-            spec: &self.spec,
-            opts: &self.opts,
-            seed: scenario.seed,
-            gated: true,
-        };
-        Ok(drill.run(self.cfg.clone(), self.thresholds.clone(), hooks)?)
-    }
-
-    /// `variant`'s drill, ungated, with the invariants checked after every step.
-    fn explore(
+    /// The scenario's drill; with `variant`, that explorer's variant of it.
+    fn run(
         &self,
         scenario: &Scenario,
-        variant: &Variant,
-        stop: &AtomicBool,
+        variant: Option<&Variant>,
+        hooks: Hooks<'_>,
     ) -> anyhow::Result<VirtualRun> {
         let drill = Drill {
             scenario,
-            faults: &variant.faults,
-            net_faults: &variant.net_faults,
+            faults: variant.map_or(&self.faults, |v| &v.faults),
+            net_faults: variant.map_or(&scenario.net_faults, |v| &v.net_faults),
             spec: &self.spec,
             opts: &self.opts,
             seed: scenario.seed,
-            gated: false,
-        };
-        let mut invariants: Option<Invariants> = None;
-        let mut check = |world: &World, load: &Stepped| {
-            invariants
-                .get_or_insert_with(|| Invariants::new(world))
-                .check(world, load)
-        };
-        let hooks = Hooks {
-            check: Some(&mut check),
-            stop: Some(stop),
-            ..Hooks::default()
+            explore: variant.is_some(),
         };
         Ok(drill.run(self.cfg.clone(), self.thresholds.clone(), hooks)?)
     }
@@ -165,7 +137,7 @@ pub(super) fn drill(
         "pbxlab drill --virtual {:?} (seed {}): Call Manager at {}, {}; {calls} calls ({:.0}% with RTP) started over {:.0} s, {}, {}",
         scenario.name,
         scenario.seed,
-        setup.sip(),
+        setup.opts.sip,
         crate::count(
             scenario.pools.iter().map(|p| p.servers.len()).sum(),
             "server"
@@ -191,10 +163,10 @@ pub(super) fn drill(
     let started = Instant::now();
     let run = setup.run(
         scenario,
+        None,
         Hooks {
             progress: Some(&mut progress),
             stop: Some(stop),
-            ..Hooks::default()
         },
     )?;
     let wall = (!args.no_wall_clock).then(|| started.elapsed());
@@ -247,17 +219,8 @@ fn summary(run: &VirtualRun, wall: Option<Duration>) -> String {
     for f in &run.network {
         let _ = writeln!(
             out,
-            "  network fault at {:.1} s: {} {}{}{}",
-            f.at.as_secs_f64(),
-            f.spec.kind.name(),
-            if f.spec.endpoints.is_empty() {
-                "everything".to_owned()
-            } else {
-                f.spec.endpoints.join(", ")
-            },
-            f.spec
-                .lasts
-                .map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64())),
+            "  network fault: {}{}",
+            describe(&f.spec),
             f.error
                 .as_ref()
                 .map_or(String::new(), |e| format!(": NOT APPLIED: {e}"))
@@ -272,6 +235,34 @@ fn summary(run: &VirtualRun, wall: Option<Duration>) -> String {
         );
     }
     out
+}
+
+/// A network fault in one line: what, on which endpoints, when and for how long.
+fn describe(f: &NetFaultSpec) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let what = match f.kind {
+        NetKind::Loss { fraction } | NetKind::Duplicate { fraction } => {
+            format!("{} {:.1}%", f.kind.name(), fraction * 100.0)
+        }
+        NetKind::Delay { delay, jitter } => {
+            format!("delay {:.1} ms (+{:.1} ms jitter)", ms(delay), ms(jitter))
+        }
+        NetKind::Reorder { fraction, by } => {
+            format!("reorder {:.1}% by {:.1} ms", fraction * 100.0, ms(by))
+        }
+        NetKind::Partition | NetKind::Heal => f.kind.name().to_owned(),
+    };
+    format!(
+        "{what} {} at {:.1} s{}",
+        if f.endpoints.is_empty() {
+            "everything".to_owned()
+        } else {
+            f.endpoints.join("+")
+        },
+        f.at.as_secs_f64(),
+        f.lasts
+            .map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64()))
+    )
 }
 
 /// The `virtual` object of the JSON report: the run's work, its wall time (null with
@@ -347,30 +338,17 @@ fn explore(
         sc.seed = seed;
         let setup = Setup::of(args, &sc, ran == 0)?;
         let variant = vary(&sc, &setup.faults, seed);
-        let run = setup.explore(&sc, &variant, stop)?;
+        let hooks = Hooks {
+            stop: Some(stop),
+            ..Hooks::default()
+        };
+        let run = setup.run(&sc, Some(&variant), hooks)?;
         ran += 1;
         let verdict = setup.judge(&run);
         if !verdict.pass {
             slo_broken += 1;
         }
-        let network: Vec<String> = variant
-            .net_faults
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} {} at {:.1} s{}",
-                    f.kind.name(),
-                    if f.endpoints.is_empty() {
-                        "everything".to_owned()
-                    } else {
-                        f.endpoints.join("+")
-                    },
-                    f.at.as_secs_f64(),
-                    f.lasts
-                        .map_or(String::new(), |d| format!(" for {:.1} s", d.as_secs_f64()))
-                )
-            })
-            .collect();
+        let network: Vec<String> = variant.net_faults.iter().map(describe).collect();
         // As carried out: when each began, and the ones never reached.
         let mut faults: Vec<String> = run
             .injected

@@ -359,6 +359,12 @@ impl CallManager {
         })
     }
 
+    /// How long one of our transactions waits for its final response before it is given up
+    /// (64 x T1, RFC 3261 Timers B and F).
+    pub fn transaction_timeout(&self) -> Nanos {
+        self.txs.timer_b()
+    }
+
     /// Whether the user with this user part holds a binding in force at `now`.
     pub fn is_registered(&self, user: &str, now: Nanos) -> bool {
         self.registrar

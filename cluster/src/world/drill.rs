@@ -15,6 +15,7 @@ use pbxlab_scenario::{
     CM_ENDPOINT, DrillSpec, FaultSpec, LOAD_ENDPOINT, NetFaultSpec, NetKind, Scenario,
 };
 
+use super::explore::Invariants;
 use super::net::{Effect, NetStats, Rule};
 use super::{Action, Peer, World, ns};
 use crate::Error;
@@ -59,17 +60,12 @@ pub struct NetApplied {
     pub error: Option<String>,
 }
 
-/// A check run after every step of the world; an `Err` ends the drill there, with its words.
-pub type Check<'a> = dyn FnMut(&World, &Stepped) -> Result<(), String> + 'a;
-
 /// Told of each closed interval of the load, with the world as it is then.
 pub type OnProgress<'a> = dyn FnMut(&World, &Progress) + 'a;
 
 /// What a caller watches a virtual drill with; all optional.
 #[derive(Default)]
 pub struct Hooks<'a> {
-    /// Run after every step of the world; an `Err` ends the run there.
-    pub check: Option<&'a mut Check<'a>>,
     /// Each closed interval of the load, with the world as it is then.
     pub progress: Option<&'a mut OnProgress<'a>>,
     /// Once set (Ctrl-C), the load stops starting calls, hangs up and reports, and no further
@@ -102,7 +98,7 @@ pub struct VirtualRun {
     pub steps: u64,
     pub datagrams: u64,
     pub net: NetStats,
-    /// The first broken check, if any (the run ends there).
+    /// The first broken invariant of an explorer's run, if any (the run ends there).
     pub violation: Option<Violation>,
     /// The virtual time the run ended at.
     pub end: Duration,
@@ -119,10 +115,11 @@ pub struct Drill<'a> {
     pub spec: &'a DrillSpec,
     pub opts: &'a Options,
     pub seed: u64,
-    /// Whether a broken steady state calls the faults off, as a drill's hypothesis does. An
-    /// explorer, whose random network faults may well break it, carries the faults out anyway:
-    /// it hunts for lost sessions, not for SLOs.
-    pub gated: bool,
+    /// An explorer's run: the [`Invariants`] are checked after every step, and the faults are
+    /// carried out whatever the steady state (a drill's hypothesis calls them off when it
+    /// breaks; an explorer's random network faults may well break it, and it hunts for lost
+    /// sessions, not for SLOs).
+    pub explore: bool,
 }
 
 /// Where the node-fault timeline is.
@@ -150,10 +147,7 @@ impl Drill<'_> {
         #[cfg(test)]
         let plant = hooks.plant;
         let Hooks {
-            mut check,
-            mut progress,
-            stop,
-            ..
+            mut progress, stop, ..
         } = hooks;
         let mut stopped = false;
         let mut world = World::new(self.scenario, self.opts, self.seed)?;
@@ -161,6 +155,7 @@ impl Drill<'_> {
         if let Some(plant) = plant {
             plant(&mut world);
         }
+        let mut invariants = self.explore.then(|| Invariants::new(&world));
         let mut load = Stepped::new(cfg, Duration::from_secs(1), thresholds);
         world.attach(&load);
         let endpoints = Endpoints::of(&world, &load);
@@ -224,7 +219,7 @@ impl Drill<'_> {
             // Network faults, while the timeline has not been called off.
             while let Some(f) = net_faults.get(net_next).filter(|f| ns(f.at) <= now) {
                 net_next += 1;
-                if self.gated && steady.as_ref().is_some_and(|s: &Phase| !s.pass) {
+                if !self.explore && steady.as_ref().is_some_and(|s: &Phase| !s.pass) {
                     continue;
                 }
                 let error = endpoints.apply(&mut world, f).err();
@@ -243,7 +238,7 @@ impl Drill<'_> {
                     } else if Duration::from_nanos(now) >= first || failed > spec.failed {
                         let window = (first.saturating_sub(spec.steady), first);
                         let s = steady_phase(spec, &samples, &world.records, window);
-                        let pass = s.pass || !self.gated;
+                        let pass = s.pass || self.explore;
                         steady = Some(s);
                         if pass {
                             Stage::Faults {
@@ -265,8 +260,8 @@ impl Drill<'_> {
                 }
                 Stage::Over => Stage::Over,
             };
-            if let Some(check) = check.as_deref_mut()
-                && let Err(what) = check(&world, &load)
+            if let Some(inv) = invariants.as_mut()
+                && let Err(what) = inv.check(&world, &load)
             {
                 violation = Some(Violation {
                     at: Duration::from_nanos(now),

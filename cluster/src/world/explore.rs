@@ -16,11 +16,11 @@ use pbxlab_sim::rng::Rng;
 use super::{World, ns};
 use crate::Nanos;
 
-/// How long a transaction may go unanswered before its sender gives up (64 x T1, RFC 3261
-/// Timers B and F, with the Call Manager's T1 of 500 ms): a dialog one side still holds this
-/// long after the other forgot it will not be ended by a retransmission, and a BYE that has not
-/// arrived by then never will. A second more covers the last retransmission's flight.
-const GIVE_UP: Duration = Duration::from_millis(64 * 500 + 1000);
+/// Past the Call Manager's transaction timeout ([`crate::cm::CallManager::transaction_timeout`]),
+/// how long the last retransmission may still be in flight: a dialog one side still holds
+/// this long after the other forgot it will not be ended by a retransmission, and a BYE that
+/// has not arrived by then never will.
+const LAST_FLIGHT: Nanos = 1_000_000_000;
 
 /// One seed's drill.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,11 +157,13 @@ pub fn vary(scenario: &Scenario, timeline: &[FaultSpec], seed: u64) -> Variant {
 ///   though the cluster believes it moved;
 /// - no media call is dropped for want of capacity while a media server in service had room;
 /// - every dialog the load generator holds is known to the Call Manager (or was ended by it,
-///   within the time its BYE may take: [`GIVE_UP`]);
+///   within the time its BYE may take: the transaction timeout and [`LAST_FLIGHT`]);
 /// - every registration the load generator holds in force has its binding at the Call
 ///   Manager.
 pub struct Invariants {
     servers: Vec<(ServerId, String, SocketAddr)>,
+    /// How long the Call Manager's BYE may take to arrive, at most.
+    give_up: Nanos,
     /// Streams or dialogs the Call Manager does not know, since when.
     unknown_streams: BTreeMap<u64, Nanos>,
     unknown_dialogs: BTreeMap<String, Nanos>,
@@ -182,6 +184,7 @@ impl Invariants {
             .collect();
         Invariants {
             servers,
+            give_up: world.cm().transaction_timeout().saturating_add(LAST_FLIGHT),
             unknown_streams: BTreeMap::new(),
             unknown_dialogs: BTreeMap::new(),
             dropped_seen: 0,
@@ -224,7 +227,7 @@ impl Invariants {
                 match cm.call_view(&call_id) {
                     None => {
                         let since = self.unknown_streams.get(&stream).copied().unwrap_or(now);
-                        if now.saturating_sub(since) > ns(GIVE_UP) {
+                        if now.saturating_sub(since) > self.give_up {
                             return Err(format!(
                                 "call {call_id} still sends its media to {name} ({state}) \
                                  {:.1} s after the Call Manager forgot the call",
@@ -290,7 +293,7 @@ impl Invariants {
                 continue;
             }
             let since = self.unknown_dialogs.get(&call_id).copied().unwrap_or(now);
-            if now.saturating_sub(since) > ns(GIVE_UP) {
+            if now.saturating_sub(since) > self.give_up {
                 let reported = world.records().dropped.iter().any(|d| d.call_id == call_id);
                 return Err(format!(
                     "the load generator has held dialog {call_id} for {:.1} s that the Call \

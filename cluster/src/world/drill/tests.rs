@@ -26,7 +26,7 @@ fn drill(sc: &Scenario) -> (VirtualRun, crate::drill::DrillVerdict) {
         spec: &spec,
         opts: &opts,
         seed: sc.seed,
-        gated: true,
+        explore: false,
     }
     .run(cfg, thresholds, Hooks::default())
     .unwrap();

@@ -30,12 +30,6 @@ fn explore_scenario(sc: &Scenario, plant: Option<fn(&mut World)>) -> (Variant, V
     let (mut cfg, thresholds) =
         configure(&Settings::drill(cm(), &spec.load), Some(&sc), Some(seed)).unwrap();
     (cfg.local, cfg.rtp_local) = load_addrs(cm());
-    let mut invariants: Option<Invariants> = None;
-    let mut check = |world: &World, load: &Stepped| {
-        invariants
-            .get_or_insert_with(|| Invariants::new(world))
-            .check(world, load)
-    };
     let run = Drill {
         scenario: &sc,
         faults: &variant.faults,
@@ -43,13 +37,12 @@ fn explore_scenario(sc: &Scenario, plant: Option<fn(&mut World)>) -> (Variant, V
         spec: &spec,
         opts: &opts,
         seed,
-        gated: false,
+        explore: true,
     }
     .run(
         cfg,
         thresholds,
         Hooks {
-            check: Some(&mut check),
             plant,
             ..Hooks::default()
         },
