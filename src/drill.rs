@@ -101,6 +101,14 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     if args.virtual_time {
         return virtual_time::drill(&args, &scenario, stop);
     }
+    if scenario.callmanager.nodes > 1 {
+        return Err(BadInput(format!(
+            "scenario {:?} has {} Call Managers ([callmanager] nodes): the live cluster runs \
+             one; drill Call Manager takeover in virtual time (pbxlab drill --virtual)",
+            scenario.name, scenario.callmanager.nodes
+        ))
+        .into());
+    }
     if !scenario.net_faults.is_empty() {
         let named: Vec<String> = scenario
             .net_faults
@@ -399,6 +407,7 @@ fn run_timeline(
             at,
             finished: control.now(),
             error,
+            cm: None,
         });
     }
     (Some(steady), injected)

@@ -89,6 +89,40 @@ pub struct Injected {
     /// When the operator action returned (an upgrade takes a while).
     pub finished: Duration,
     pub error: Option<String>,
+    /// What a fault of a Call Manager did (measured where the drill can see every replica:
+    /// the virtual drill).
+    pub cm: Option<CmFigures>,
+}
+
+/// What a Call Manager fault did to the cluster's signalling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CmFigures {
+    /// The Call Manager serving the virtual IP before the fault, and the one after it.
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// The fault took the serving Call Manager away.
+    pub hit_active: bool,
+    /// From the fault to the new active's first datagram from the virtual IP.
+    pub takeover_us: Option<u64>,
+    /// Calls up at the fault, and those of them the generator still held afterwards that the
+    /// serving Call Manager no longer knew (their BYE or re-INVITE would fail).
+    pub established: u64,
+    pub established_lost: u64,
+    /// Registrations in force at the check, and those the serving Call Manager did not hold.
+    pub registrations: u64,
+    pub registrations_lost: u64,
+    /// Calls being set up at the fault, and what became of them by the check.
+    pub setups: u64,
+    pub setups_completed: u64,
+    pub setups_failed: u64,
+    pub setups_pending: u64,
+    /// The generator's longest wait for any SIP datagram from the virtual IP, from the fault
+    /// to the check.
+    pub longest_silence_us: u64,
+    /// Datagrams that reached the virtual IP while nobody served it.
+    pub unserved: u64,
+    /// When the check was made, on the cluster's clock.
+    pub checked_at: Duration,
 }
 
 /// A silence a caller heard: when it began, on the cluster's clock, and how long it lasted.
@@ -348,6 +382,8 @@ impl Spread {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultVerdict {
     pub injected: Injected,
+    /// The longest a takeover may take (Call Manager faults).
+    pub takeover_bound: Option<Duration>,
     /// Until the next fault (or the end of the load).
     pub window_end: Duration,
     /// From the fault to the server's Down event (faults the probes must find).
@@ -425,9 +461,20 @@ pub fn judge(
         let detection = silent
             .then(|| down.map(|e| e.at.saturating_sub(inj.at)))
             .flatten();
-        let detection_bound = silent.then_some(detection_bound);
-        // The fault's effect lasts until it is detected and the cluster has settled.
-        let settled = inj.finished.max(inj.at + detection.unwrap_or_default()) + spec.settle;
+        // A Call Manager's failure is not the balancer's to detect: its takeover is its
+        // detection.
+        let cm = inj.cm.as_ref();
+        let (detection, detection_bound) = match cm {
+            Some(_) => (None, None),
+            None => (detection, silent.then_some(detection_bound)),
+        };
+        let takeover = cm.and_then(|c| c.takeover_us).map(Duration::from_micros);
+        // The fault's effect lasts until it is detected (or taken over) and the cluster has
+        // settled.
+        let settled = inj
+            .finished
+            .max(inj.at + detection.or(takeover).unwrap_or_default())
+            + spec.settle;
         let during_end = settled.min(window_end);
         let in_fault = |at: Duration| at >= inj.at && at < window_end;
         let alerts = records
@@ -481,7 +528,33 @@ pub fn judge(
         if let Some(e) = &inj.error {
             broken.push(format!("the action failed: {e}"));
         }
-        if silent {
+        if let Some(c) = cm {
+            match takeover {
+                Some(t) if t > spec.takeover => broken.push(format!(
+                    "takeover took {:.0} ms (at most {:.0} ms)",
+                    t.as_secs_f64() * 1000.0,
+                    spec.takeover.as_secs_f64() * 1000.0
+                )),
+                None if c.hit_active => {
+                    broken.push("no Call Manager took over the virtual IP".to_owned());
+                }
+                _ => {}
+            }
+            if c.established_lost > 0 {
+                broken.push(format!(
+                    "{} established calls lost (their dialogs unknown to {})",
+                    c.established_lost,
+                    c.after.as_deref().unwrap_or("any Call Manager")
+                ));
+            }
+            if c.registrations_lost > 0 {
+                broken.push(format!(
+                    "{} registrations lost (bindings missing at {})",
+                    c.registrations_lost,
+                    c.after.as_deref().unwrap_or("any Call Manager")
+                ));
+            }
+        } else if silent {
             match (detection, detection_bound) {
                 (Some(d), Some(b)) if d > b + DETECTION_SLACK => broken.push(format!(
                     "detected after {:.0} ms, beyond the bound of {:.0} ms",
@@ -496,6 +569,7 @@ pub fn judge(
         broken.extend(after.broken.iter().map(|b| format!("after: {b}")));
         faults.push(FaultVerdict {
             injected: inj.clone(),
+            takeover_bound: cm.map(|_| spec.takeover),
             window_end,
             detection,
             detection_bound,
@@ -596,6 +670,49 @@ impl DrillVerdict {
                     ms(b)
                 );
             }
+            if let Some(c) = &i.cm {
+                let name = |n: &Option<String>| n.clone().unwrap_or_else(|| "none".to_owned());
+                let _ = writeln!(
+                    out,
+                    "    serving          {} before, {} after",
+                    name(&c.before),
+                    name(&c.after)
+                );
+                if c.hit_active {
+                    let _ = writeln!(
+                        out,
+                        "    takeover         {} (at most {:.0} ms); {} datagrams reached the virtual IP while nobody served it",
+                        c.takeover_us.map_or("never".to_owned(), |t| format!(
+                            "{:.1} ms",
+                            t as f64 / 1000.0
+                        )),
+                        f.takeover_bound.map_or(0.0, ms),
+                        c.unserved
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "    established      {} up at the fault, {} lost",
+                    c.established, c.established_lost
+                );
+                let _ = writeln!(
+                    out,
+                    "    registrations    {} in force at {:.1} s, {} lost",
+                    c.registrations,
+                    c.checked_at.as_secs_f64(),
+                    c.registrations_lost
+                );
+                let _ = writeln!(
+                    out,
+                    "    in setup         {} at the fault: {} completed, {} failed, {} still in setup",
+                    c.setups, c.setups_completed, c.setups_failed, c.setups_pending
+                );
+                let _ = writeln!(
+                    out,
+                    "    signalling       longest silence {:.1} ms",
+                    c.longest_silence_us as f64 / 1000.0
+                );
+            }
             let _ = writeln!(out, "    reassigned calls {}", f.reassignment.show());
             let _ = writeln!(out, "    media gap        {}", f.media_gap.show());
             let _ = writeln!(out, "    dropped calls    {}", f.dropped.len());
@@ -686,6 +803,24 @@ impl DrillVerdict {
                     "alerts": f.alerts,
                     "during": phase(&f.during),
                     "after": phase(&f.after),
+                    "callmanager": f.injected.cm.as_ref().map(|c| json!({
+                        "before": c.before,
+                        "after": c.after,
+                        "hit_active": c.hit_active,
+                        "takeover_us": c.takeover_us,
+                        "takeover_bound_us": f.takeover_bound.map(micros),
+                        "established": c.established,
+                        "established_lost": c.established_lost,
+                        "registrations": c.registrations,
+                        "registrations_lost": c.registrations_lost,
+                        "setups": c.setups,
+                        "setups_completed": c.setups_completed,
+                        "setups_failed": c.setups_failed,
+                        "setups_pending": c.setups_pending,
+                        "longest_silence_us": c.longest_silence_us,
+                        "unserved": c.unserved,
+                        "checked_at_s": c.checked_at.as_secs_f64(),
+                    })),
                     "pass": f.broken.is_empty(),
                     "broken": f.broken,
                 })
@@ -756,6 +891,7 @@ mod tests {
             at: FAULT_AT,
             finished: FAULT_AT + ms(1),
             error: None,
+            cm: None,
         }]
     }
 

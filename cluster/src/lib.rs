@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod cm;
 pub mod ctl;
 pub mod drill;
+pub mod ha;
 pub mod http;
 pub mod hub;
 pub mod link;

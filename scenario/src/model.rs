@@ -34,6 +34,8 @@ pub struct Scenario {
     pub drill: Option<DrillSpec>,
     /// Whom the live cluster lets in without credentials; `plan` ignores it.
     pub cluster: ClusterSpec,
+    /// How many Call Managers serve the cluster's one address, and how they watch each other.
+    pub callmanager: CallManagerSpec,
     /// How an explorer varies this scenario from seed to seed; defaults when absent.
     pub explore: ExploreSpec,
     /// Things worth telling the user that do not stop the run.
@@ -263,6 +265,43 @@ impl Default for ExploreSpec {
     }
 }
 
+/// `[callmanager]`: the Call Managers behind the cluster's one (virtual) address. One is active
+/// at a time; the others are standbys that hold its state and take over when its heartbeats
+/// stop (`misses` heartbeats of `heartbeat` each in a row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallManagerSpec {
+    /// 1 (no standby), 3 or 5; named `cm-1` .. `cm-N`.
+    pub nodes: u32,
+    pub heartbeat: Duration,
+    pub misses: u32,
+}
+
+impl Default for CallManagerSpec {
+    fn default() -> CallManagerSpec {
+        CallManagerSpec {
+            nodes: 1,
+            heartbeat: Duration::from_millis(100),
+            misses: 3,
+        }
+    }
+}
+
+impl CallManagerSpec {
+    /// The Call Managers' names, `cm-1` .. `cm-N`; empty without standbys (one Call Manager
+    /// is not a fault target: nothing would take over).
+    pub fn names(&self) -> Vec<String> {
+        if self.nodes < 2 {
+            return Vec::new();
+        }
+        (1..=self.nodes).map(|i| format!("cm-{i}")).collect()
+    }
+
+    /// How long standbys wait without a heartbeat before they elect a new active.
+    pub fn silence(&self) -> Duration {
+        self.heartbeat.saturating_mul(self.misses)
+    }
+}
+
 /// `[cluster]`: whom the live cluster's Call Manager lets call without credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterSpec {
@@ -290,6 +329,9 @@ pub struct DrillSpec {
     pub setup_p99: Duration,
     pub dropped: u64,
     pub failed: u64,
+    /// The longest a Call Manager takeover may take: from the active's failure to the new
+    /// active's first answer at the virtual IP.
+    pub takeover: Duration,
 }
 
 impl Default for DrillSpec {
@@ -303,6 +345,7 @@ impl Default for DrillSpec {
             setup_p99: Duration::from_secs(2),
             dropped: 0,
             failed: 0,
+            takeover: Duration::from_secs(1),
         }
     }
 }

@@ -70,7 +70,16 @@ pub struct RawScenario {
     pub sizing: Option<Tab<RawSizing>>,
     pub drill: Option<Tab<RawDrill>>,
     pub cluster: Option<Tab<RawCluster>>,
+    pub callmanager: Option<Tab<RawCallManager>>,
     pub explore: Option<Tab<RawExplore>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCallManager {
+    pub nodes: Option<Leaf>,
+    pub heartbeat: Option<Leaf>,
+    pub misses: Option<Leaf>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +99,7 @@ pub struct RawDrill {
     pub setup_p99: Option<Leaf>,
     pub dropped: Option<Leaf>,
     pub failed: Option<Leaf>,
+    pub takeover: Option<Leaf>,
 }
 
 #[derive(Deserialize)]

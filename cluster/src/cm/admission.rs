@@ -57,6 +57,7 @@ pub(super) enum Verdict {
     GlobalLimited,
 }
 
+#[derive(Clone)]
 pub(super) struct Admission {
     rate_per_s: f64,
     burst: f64,

@@ -151,6 +151,7 @@ impl<'a> Attempt<'a> {
     }
 }
 
+#[derive(Clone)]
 pub(super) struct Auth {
     realm: String,
     /// Keys the nonces' MACs: `Config::key.derive("nonce")`.
@@ -351,7 +352,7 @@ struct Strike {
 }
 
 /// Failures per key (a user, a source address), in a bounded table.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Strikes<K> {
     map: HashMap<K, Strike>,
     /// When quiet entries were last dropped: at most once a second, so a full table of
@@ -455,7 +456,7 @@ const SPENT: u32 = u32::MAX;
 /// `nc` taken (RFC 7616 3.4: a count not above it is a replay), its entry kept as long as the
 /// nonce lives. Kamailio's auth module with `nonce_count` keeps the same per nonce, in an
 /// array of in-flight nonces that wraps.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct NonceCounts {
     used: HashMap<u64, Used>,
     /// Nonce numbers in the order they were first used: the oldest entry is at the front.

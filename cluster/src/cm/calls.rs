@@ -237,7 +237,7 @@ impl Call {
 /// A leg B INVITE we gave up on while it rang (the caller left, or it rang too long). Its
 /// callee may have answered meanwhile: a 200 crossing our CANCEL still has to be ACKed and its
 /// dialog ended with a BYE (RFC 3261 13.2.2.4, 15), after the call itself is forgotten.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Abandoned {
     invite: TxId,
     /// Our CANCEL of it: its answer comes back on the INVITE's branch (RFC 3261 9.1), so it is
@@ -253,6 +253,7 @@ struct Abandoned {
     ended: bool,
 }
 
+#[derive(Clone)]
 pub(super) struct Calls {
     slots: Vec<Call>,
     free: Vec<u32>,

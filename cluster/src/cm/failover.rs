@@ -44,7 +44,7 @@ pub struct DroppedCall {
 }
 
 /// Moved and dropped calls since a report last took them, each list bounded.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Records {
     reassigned: Vec<Reassigned>,
     dropped: Vec<DroppedCall>,

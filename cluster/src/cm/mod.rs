@@ -244,7 +244,8 @@ fn ns(d: Duration) -> Nanos {
 }
 
 /// The Call Manager: the balancer, the nodes it places sessions on, and the parts that keep
-/// the rest of the state.
+/// the rest of the state. A clone is a standby's copy of the whole state ([`crate::ha`]).
+#[derive(Clone)]
 pub struct CallManager {
     balancer: Balancer,
     /// The node table, in the order the balancer numbered the servers (removed ones stay).
@@ -669,7 +670,7 @@ enum Timer {
 }
 
 /// Datagrams waiting for [`CallManager::transmit_all`], back to back in one buffer.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Outbox {
     buf: Vec<u8>,
     list: Vec<(SocketAddr, usize, usize)>,
@@ -700,6 +701,7 @@ impl Outbox {
 
 /// The keys of what the Call Manager hands out and must recognise (or at least not have
 /// guessed) later, one per kind of field; [`Keyed`] labels keep the uses of one key apart.
+#[derive(Clone)]
 struct Keys {
     /// Probe and ACK branches (transactions keep their own copy).
     branch: Key,

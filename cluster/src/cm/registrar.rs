@@ -20,6 +20,7 @@ pub(super) struct Binding {
     pub(super) expires_at: Nanos,
 }
 
+#[derive(Clone)]
 pub(super) struct Registrar {
     first_user: u32,
     users: u32,

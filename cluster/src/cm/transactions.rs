@@ -80,6 +80,7 @@ struct ClientTx {
     ring_until: Nanos,
 }
 
+#[derive(Clone)]
 pub(super) struct Transactions {
     /// Keys the MAC in each branch.
     key: Key,

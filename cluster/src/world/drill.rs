@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pbxlab_loadgen::engine::Config;
+use pbxlab_loadgen::engine::{Config, LegPhase};
 use pbxlab_loadgen::metrics::Metric;
 use pbxlab_loadgen::{LoadReport, Progress, Stepped, Threshold};
 use pbxlab_scenario::{
@@ -21,7 +21,7 @@ use super::{Action, Peer, World, ns};
 use crate::Error;
 use crate::Nanos;
 use crate::cluster::{Options, Records};
-use crate::drill::{Injected, Phase, Sample, steady_phase};
+use crate::drill::{CmFigures, Injected, Phase, Sample, steady_phase};
 
 /// The load generator's SIP and RTP ports in the world, on the Call Manager's address (the
 /// servers' ports start at 20,000).
@@ -122,6 +122,112 @@ pub struct Drill<'a> {
     pub explore: bool,
 }
 
+/// A Call Manager fault being watched: what held at the fault, checked again once the
+/// takeover (if it took the active away) has settled.
+struct CmWatch {
+    /// The fault's place in the timeline and when it began.
+    fault: usize,
+    at: Nanos,
+    index: usize,
+    before: Option<usize>,
+    established: Vec<String>,
+    setups: Vec<u64>,
+    unserved: u64,
+    check_at: Option<Nanos>,
+    takeover: Option<Nanos>,
+}
+
+/// The longest a Call Manager fault is watched before its figures are taken anyway.
+const CM_WATCH_LIMIT: Nanos = 10_000_000_000;
+
+impl CmWatch {
+    fn start(world: &mut World, load: &Stepped, fault: usize, index: usize) -> CmWatch {
+        world.watch_silence();
+        let engine = load.engine();
+        CmWatch {
+            fault,
+            at: world.now(),
+            index,
+            before: world.serving_index(),
+            established: engine.dialogs(),
+            setups: engine.setups(),
+            unserved: world.vip_unserved,
+            check_at: None,
+            takeover: None,
+        }
+    }
+
+    fn hit_active(&self) -> bool {
+        self.before == Some(self.index)
+    }
+
+    /// The figures, once their time has come (or `force`: the run ends).
+    fn poll(
+        &mut self,
+        world: &World,
+        load: &Stepped,
+        settle: Nanos,
+        force: bool,
+    ) -> Option<CmFigures> {
+        let now = world.now();
+        if self.check_at.is_none() {
+            if !self.hit_active() {
+                self.check_at = Some(self.at + settle);
+            } else if let Some((t, _)) = world.vip_sender_after(self.at, self.index) {
+                self.takeover = Some(t - self.at);
+                self.check_at = Some(t + settle);
+            } else if now >= self.at + CM_WATCH_LIMIT {
+                self.check_at = Some(now);
+            }
+        }
+        if !force && self.check_at.is_none_or(|c| now < c) {
+            return None;
+        }
+        let engine = load.engine();
+        let cm = world.cm();
+        let held: std::collections::HashSet<String> = engine.dialogs().into_iter().collect();
+        let established_lost = self
+            .established
+            .iter()
+            .filter(|id| held.contains(*id))
+            .filter(|id| cm.is_none_or(|cm| cm.call_view(id).is_none()))
+            .count() as u64;
+        let (mut registrations, mut registrations_lost) = (0, 0);
+        for user in engine.registered_users() {
+            registrations += 1;
+            if cm.is_none_or(|cm| !cm.is_registered(user, now)) {
+                registrations_lost += 1;
+            }
+        }
+        let (mut completed, mut failed, mut pending) = (0, 0, 0);
+        for &leg in &self.setups {
+            match engine.leg_phase(leg) {
+                LegPhase::Up => completed += 1,
+                LegPhase::Gone => failed += 1,
+                LegPhase::Setup => pending += 1,
+            }
+        }
+        let name = |i: Option<usize>| i.map(|i| format!("cm-{}", i + 1));
+        Some(CmFigures {
+            before: name(self.before),
+            after: name(world.serving_index()),
+            hit_active: self.hit_active(),
+            takeover_us: self.takeover.map(|t| t / 1000),
+            established: self.established.len() as u64,
+            established_lost,
+            registrations,
+            registrations_lost,
+            setups: self.setups.len() as u64,
+            setups_completed: completed,
+            setups_failed: failed,
+            setups_pending: pending,
+            longest_silence_us: world.longest_silence() / 1000,
+            unserved: world.vip_unserved - self.unserved,
+            checked_at: Duration::from_nanos(now),
+        })
+    }
+}
+
 /// Where the node-fault timeline is.
 enum Stage {
     /// Waiting for the first fault's time, checking the calls failed so far.
@@ -159,9 +265,15 @@ impl Drill<'_> {
         let mut load = Stepped::new(cfg, Duration::from_secs(1), thresholds);
         world.attach(&load);
         let endpoints = Endpoints::of(&world, &load);
-        let detection_bound = world.cm.balancer().health().detection_bound();
+        let detection_bound = world
+            .cm()
+            .map(|cm| cm.balancer().health().detection_bound())
+            .unwrap_or_default();
         let mut samples: Vec<Sample> = Vec::new();
         let mut injected = Vec::new();
+        let mut watches: Vec<CmWatch> = Vec::new();
+        let mut cm_figures: Vec<(usize, CmFigures)> = Vec::new();
+        let settle = ns(self.spec.settle);
         let mut network = Vec::new();
         let mut net_next = 0;
         let mut net_faults: Vec<&NetFaultSpec> = self.net_faults.iter().collect();
@@ -256,10 +368,17 @@ impl Drill<'_> {
                 Stage::Faults { next, action } => {
                     // Stopped: the action under way is waited out, and nothing more begins.
                     let next = if stopped { self.faults.len() } else { next };
-                    self.carry_on(&mut world, &load, next, action, &mut injected)
+                    self.carry_on(&mut world, &load, next, action, &mut injected, &mut watches)
                 }
                 Stage::Over => Stage::Over,
             };
+            watches.retain_mut(|w| match w.poll(&world, &load, settle, false) {
+                Some(f) => {
+                    cm_figures.push((w.fault, f));
+                    false
+                }
+                None => true,
+            });
             if let Some(inv) = invariants.as_mut()
                 && let Err(what) = inv.check(&world, &load)
             {
@@ -278,6 +397,20 @@ impl Drill<'_> {
             );
             if load.is_finished() && !acting {
                 break;
+            }
+        }
+        for mut w in watches {
+            if let Some(f) = w.poll(&world, &load, settle, true) {
+                cm_figures.push((w.fault, f));
+            }
+        }
+        for (fault, figures) in cm_figures {
+            if let Some(spec) = self.faults.get(fault)
+                && let Some(inj) = injected
+                    .iter_mut()
+                    .find(|i| &i.spec == spec && i.cm.is_none())
+            {
+                inj.cm = Some(figures);
             }
         }
         let now = world.now();
@@ -308,6 +441,7 @@ impl Drill<'_> {
         mut next: usize,
         mut action: Option<(usize, Action, Nanos)>,
         injected: &mut Vec<Injected>,
+        watches: &mut Vec<CmWatch>,
     ) -> Stage {
         loop {
             let now = world.now();
@@ -324,6 +458,7 @@ impl Drill<'_> {
                         at: Duration::from_nanos(began),
                         finished: Duration::from_nanos(now),
                         error: a.error,
+                        cm: None,
                     });
                 }
             }
@@ -336,6 +471,9 @@ impl Drill<'_> {
             if ns(fault.at) > now {
                 return Stage::Faults { next, action: None };
             }
+            if let Some(index) = world.cm_index(&fault.server) {
+                watches.push(CmWatch::start(world, load, next, index));
+            }
             match world.act(fault.action, &fault.server) {
                 Ok(a) => action = Some((next, a, now)),
                 Err(error) => injected.push(Injected {
@@ -343,6 +481,7 @@ impl Drill<'_> {
                     at: Duration::from_nanos(now),
                     finished: Duration::from_nanos(now),
                     error: Some(error),
+                    cm: None,
                 }),
             }
             next += 1;
@@ -423,4 +562,4 @@ impl Endpoints {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

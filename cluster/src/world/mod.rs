@@ -23,9 +23,10 @@ use pbxlab_balancer::ServerId;
 use pbxlab_scenario::{Scenario, Verb};
 
 use crate::cluster::{
-    MOVE_WAIT, Options, Records, answered_since, cm_config, not_back, start_limit, take_records,
+    MOVE_WAIT, Options, Records, answered_since, cm_config, not_back, start_limit,
 };
 use crate::cm::{CallManager, NodeSpec};
+use crate::ha::{HaConfig, Replica};
 use crate::node::FRAME_NS;
 use crate::node::{Node, Place};
 use crate::{Error, Nanos, NodeCommand};
@@ -46,9 +47,24 @@ pub trait Peer {
 /// Where a datagram's destination lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
+    /// The virtual IP: whichever Call Manager serves.
     Cm,
+    /// A Call Manager's own address (replication).
+    Replica(usize),
     Node(usize),
     Peer,
+}
+
+/// One Call Manager of the group and what its process's state is.
+struct VCm {
+    replica: Replica,
+    cfg: HaConfig,
+    /// False while failed or stopped: it runs nothing and its state is gone.
+    alive: bool,
+    /// Cut off by a partition: it runs, but nothing reaches it and nothing it sends arrives.
+    cut: bool,
+    /// Whether it served at the end of the last step.
+    serving: bool,
 }
 
 /// A node core and what its process's state is.
@@ -63,7 +79,10 @@ struct VNode {
 /// Where every part of the world listens.
 #[derive(Debug, Clone)]
 pub struct Addresses {
+    /// The Call Managers' one (virtual) address.
     pub cm: SocketAddr,
+    /// Each Call Manager's own address, for replication, when there are standbys.
+    pub replicas: Vec<SocketAddr>,
     /// Each server's name and address, in the scenario's order.
     pub servers: Vec<(String, SocketAddr)>,
 }
@@ -72,7 +91,20 @@ pub struct Addresses {
 pub struct World {
     now: Nanos,
     pub net: Net,
-    cm: CallManager,
+    cms: Vec<VCm>,
+    /// The Call Manager whose state is the cluster's: the one serving, or the last that did.
+    current: usize,
+    /// When each Call Manager began or stopped serving: (time, index, serving).
+    serving_log: Vec<(Nanos, usize, bool)>,
+    /// Datagrams for the virtual IP while no Call Manager served it.
+    pub vip_unserved: u64,
+    /// Which Call Manager sent from the virtual IP, from when: (time, index), a row per change.
+    vip_senders: Vec<(Nanos, usize)>,
+    /// SIP from the virtual IP to the peer: when the last came, and the longest wait since
+    /// `silence_from`.
+    peer_sip_last: Nanos,
+    silence_from: Nanos,
+    silence_max: Nanos,
     cm_addr: SocketAddr,
     nodes: Vec<VNode>,
     routes: HashMap<SocketAddr, Route>,
@@ -87,6 +119,14 @@ pub struct World {
 /// The virtual address of a server: one port per server above the Call Manager's.
 /// The port of the first server in a world; the others follow, on the Call Manager's address.
 pub const SERVER_PORT_BASE: u16 = 20_000;
+
+/// The port of the first Call Manager's own address (replication), when there are standbys.
+pub const REPLICA_PORT_BASE: u16 = 19_000;
+
+fn replica_addr(cm: SocketAddr, index: usize) -> SocketAddr {
+    let port = REPLICA_PORT_BASE.saturating_add(u16::try_from(index).unwrap_or(u16::MAX));
+    SocketAddr::new(cm.ip(), port)
+}
 
 fn server_addr(cm: SocketAddr, index: usize) -> SocketAddr {
     let port = SERVER_PORT_BASE.saturating_add(u16::try_from(index).unwrap_or(u16::MAX));
@@ -126,10 +166,45 @@ impl World {
         }
         let mut cfg = cm_config(sc, opts, cm_addr);
         cfg.key = seeded_key(seed);
+        let replication = cfg.key.derive("replication");
+        let cm = CallManager::new(cfg, balancer, specs);
+        let n = sc.callmanager.nodes.max(1) as usize;
+        let addrs: Vec<SocketAddr> = if n > 1 {
+            (0..n).map(|i| replica_addr(cm_addr, i)).collect()
+        } else {
+            vec![cm_addr]
+        };
+        let mut cms = Vec::with_capacity(n);
+        for (i, &addr) in addrs.iter().enumerate() {
+            if n > 1 {
+                routes.insert(addr, Route::Replica(i));
+            }
+            let cfg = HaConfig {
+                index: u8::try_from(i).unwrap_or(u8::MAX),
+                addrs: addrs.clone(),
+                heartbeat: ns(sc.callmanager.heartbeat),
+                misses: sc.callmanager.misses,
+                key: replication.clone(),
+            };
+            cms.push(VCm {
+                replica: Replica::new(cfg.clone(), Some(cm.clone()), 0),
+                cfg,
+                alive: true,
+                cut: false,
+                serving: false,
+            });
+        }
         Ok(World {
             now: 0,
             net: Net::new(seed),
-            cm: CallManager::new(cfg, balancer, specs),
+            cms,
+            current: 0,
+            serving_log: Vec::new(),
+            vip_unserved: 0,
+            vip_senders: Vec::new(),
+            peer_sip_last: 0,
+            silence_from: 0,
+            silence_max: 0,
             cm_addr,
             nodes,
             routes,
@@ -148,6 +223,14 @@ impl World {
     pub fn addresses(&self) -> Addresses {
         Addresses {
             cm: self.cm_addr,
+            replicas: if self.cms.len() > 1 {
+                self.cms
+                    .iter()
+                    .map(|c| c.cfg.addrs[usize::from(c.cfg.index)])
+                    .collect()
+            } else {
+                Vec::new()
+            },
             servers: self
                 .nodes
                 .iter()
@@ -156,8 +239,96 @@ impl World {
         }
     }
 
-    pub fn cm(&self) -> &CallManager {
-        &self.cm
+    /// The Call Manager whose state is the cluster's: the one serving, or the last one that
+    /// did; `None` only if no Call Manager holds any state.
+    pub fn cm(&self) -> Option<&CallManager> {
+        self.cms
+            .get(self.current)
+            .filter(|c| c.alive)
+            .and_then(|c| c.replica.cm())
+            .or_else(|| {
+                self.cms
+                    .iter()
+                    .filter(|c| c.alive)
+                    .find_map(|c| c.replica.cm())
+            })
+    }
+
+    /// Changes every Call Manager alike (a test's planted bug).
+    #[cfg(test)]
+    pub(crate) fn plant(&mut self, f: impl Fn(&mut CallManager)) {
+        for c in &mut self.cms {
+            if let Some(cm) = c.replica.cm_mut() {
+                f(cm);
+            }
+        }
+    }
+
+    /// The Call Managers: name, replica, whether its process runs and whether it is cut off.
+    pub fn replicas(&self) -> impl Iterator<Item = (String, &Replica, bool, bool)> {
+        self.cms
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("cm-{}", i + 1), &c.replica, c.alive, c.cut))
+    }
+
+    /// When each Call Manager began or stopped serving the virtual IP: (time, index,
+    /// serving), in order.
+    pub fn serving_log(&self) -> &[(Nanos, usize, bool)] {
+        &self.serving_log
+    }
+
+    /// The first Call Manager other than `not` to send from the virtual IP at or after `t`,
+    /// and when.
+    pub fn vip_sender_after(&self, t: Nanos, not: usize) -> Option<(Nanos, usize)> {
+        self.vip_senders
+            .iter()
+            .find(|&&(at, i)| at >= t && i != not)
+            .copied()
+    }
+
+    /// Starts measuring the peer's longest wait for SIP from the virtual IP.
+    pub fn watch_silence(&mut self) {
+        self.silence_from = self.now;
+        self.silence_max = 0;
+    }
+
+    /// The peer's longest wait for SIP from the virtual IP since [`World::watch_silence`],
+    /// counting the wait still under way.
+    pub fn longest_silence(&self) -> Nanos {
+        let since = self.peer_sip_last.max(self.silence_from);
+        self.silence_max.max(self.now.saturating_sub(since))
+    }
+
+    /// The Call Manager serving the virtual IP now, by index.
+    pub fn serving_index(&self) -> Option<usize> {
+        self.vip_owner()
+    }
+
+    /// Whether the Call Manager whose state is the cluster's has let out everything its state
+    /// says it did: outputs wait for their inputs to be replicated, and until then its state
+    /// runs ahead of the nodes' and the callers'.
+    pub fn cm_settled(&self) -> bool {
+        self.cms
+            .get(self.current)
+            .is_none_or(|c| c.replica.settled())
+    }
+
+    /// The Call Managers serving the virtual IP now (more than one is a split brain).
+    pub fn serving_now(&self) -> Vec<usize> {
+        self.cms
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.alive && c.replica.serving(self.now))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The one serving and reachable at the virtual IP, if any.
+    fn vip_owner(&self) -> Option<usize> {
+        self.cms
+            .iter()
+            .position(|c| c.alive && !c.cut && c.replica.serving(self.now))
     }
 
     /// Lets the peer's addresses receive.
@@ -171,7 +342,11 @@ impl World {
     pub fn next_event(&self, peer: &dyn Peer) -> Nanos {
         [
             self.net.next_delivery(),
-            Some(self.cm.next_deadline()),
+            self.cms
+                .iter()
+                .filter(|c| c.alive)
+                .map(|c| c.replica.next_deadline())
+                .min(),
             Some(self.next_tick),
             peer.next_wakeup(),
             self.net.next_expiry(),
@@ -215,17 +390,37 @@ impl World {
             let net = &mut self.net;
             peer.advance(now, &mut |from, to, bytes| net.send(now, from, to, bytes));
         }
-        let taken = take_records(&mut self.cm, &mut self.log);
-        self.records.events.extend(taken.events);
-        self.records.reassigned.extend(taken.reassigned);
-        self.records.dropped.extend(taken.dropped);
+        for c in &mut self.cms {
+            if c.alive {
+                let taken = c.replica.take_records(&mut self.log);
+                self.records.events.extend(taken.events);
+                self.records.reassigned.extend(taken.reassigned);
+                self.records.dropped.extend(taken.dropped);
+            }
+        }
     }
 
     /// Hands one datagram to its destination; true if it was the peer's.
     fn deliver(&mut self, now: Nanos, d: &Datagram, peer: &mut dyn Peer) -> bool {
         match self.routes.get(&d.to).copied() {
-            Some(Route::Cm) => self.cm.handle(now, d.from, &d.bytes),
+            Some(Route::Cm) => match self.vip_owner() {
+                Some(i) => {
+                    if let Some(c) = self.cms.get_mut(i) {
+                        c.replica.handle(now, d.from, &d.bytes);
+                    }
+                }
+                None => self.vip_unserved += 1,
+            },
+            Some(Route::Replica(i)) => {
+                if let Some(c) = self.cms.get_mut(i)
+                    && c.alive
+                    && !c.cut
+                {
+                    c.replica.on_peer(now, &d.bytes);
+                }
+            }
             Some(Route::Node(i)) => {
+                let owner = self.vip_owner();
                 let Some(n) = self.nodes.get_mut(i) else {
                     return false;
                 };
@@ -236,11 +431,19 @@ impl World {
                 n.node.handle(d.from, &d.bytes);
                 let id = ServerId(n.node.id());
                 for event in n.node.events() {
-                    self.cm.on_node_event(now, id, event);
+                    // The node's channel leads to the serving Call Manager's process.
+                    if let Some(c) = owner.and_then(|i| self.cms.get_mut(i)) {
+                        c.replica.node_event(now, id, event);
+                    }
                 }
                 self.flush_node(i);
             }
             Some(Route::Peer) => {
+                if d.from == self.cm_addr {
+                    let since = self.peer_sip_last.max(self.silence_from);
+                    self.silence_max = self.silence_max.max(now.saturating_sub(since));
+                    self.peer_sip_last = now;
+                }
                 peer.handle(now, d.from, d.to, &d.bytes);
                 return true;
             }
@@ -267,14 +470,78 @@ impl World {
     /// The Call Manager's timers, its datagrams and its commands to the nodes (applied at
     /// once, as the node thread applies what its channel brings).
     fn cm_round(&mut self, now: Nanos) {
-        self.cm.advance(now);
-        let (net, from) = (&mut self.net, self.cm_addr);
-        self.cm.transmit_all(|datagrams| {
-            for &(to, bytes) in datagrams {
-                net.send(now, from, to, bytes);
+        let mut commands: Vec<(ServerId, NodeCommand)> = Vec::new();
+        let mut syncs = Vec::new();
+        let group = self.cms.len() > 1;
+        for (i, c) in self.cms.iter_mut().enumerate() {
+            if !c.alive {
+                continue;
             }
-        });
-        let commands: Vec<(ServerId, NodeCommand)> = self.cm.node_commands().collect();
+            c.replica.advance(now);
+            let (net, vip, cut) = (&mut self.net, self.cm_addr, c.cut);
+            // What a cut-off Call Manager sends is lost on the way, as its datagrams to the
+            // nodes and its commands are.
+            let mut sent = false;
+            c.replica.transmit(|to, bytes| {
+                sent = true;
+                if !cut {
+                    net.send(now, vip, to, bytes);
+                }
+            });
+            if sent && group && self.vip_senders.last().is_none_or(|&(_, s)| s != i) {
+                self.vip_senders.push((now, i));
+            }
+            let own = c.cfg.addrs.get(usize::from(c.cfg.index)).copied();
+            for (to, bytes) in c.replica.take_peer(now) {
+                if let (false, Some(own)) = (cut, own) {
+                    net.send(now, own, to, &bytes);
+                }
+            }
+            let taken = c.replica.take_commands();
+            if !cut {
+                commands.extend(taken);
+            }
+            syncs.extend(
+                c.replica
+                    .take_syncs()
+                    .into_iter()
+                    .map(|p| (i, usize::from(p))),
+            );
+            let serving = c.replica.serving(now);
+            if serving != c.serving && group {
+                c.serving = serving;
+                self.serving_log.push((now, i, serving));
+                let role = c.replica.role().name();
+                let what = if serving {
+                    "serves the virtual IP"
+                } else {
+                    "stopped serving"
+                };
+                self.log.push(format!(
+                    "{:.3}s cm-{} {what} ({role}, term {})",
+                    Duration::from_nanos(now).as_secs_f64(),
+                    i + 1,
+                    c.replica.term()
+                ));
+                if serving {
+                    self.current = i;
+                }
+            }
+        }
+        // A snapshot goes where a datagram could: both ends up and neither cut off.
+        for (from, to) in syncs {
+            let reachable = |c: Option<&VCm>| c.is_some_and(|c| c.alive && !c.cut);
+            if !reachable(self.cms.get(from)) || !reachable(self.cms.get(to)) {
+                continue;
+            }
+            let snap = self
+                .cms
+                .get_mut(from)
+                .and_then(|c| u8::try_from(to).ok().and_then(|p| c.replica.snapshot(p)));
+            if let (Some(snap), Some(c)) = (snap, self.cms.get_mut(to)) {
+                c.replica.install(now, snap);
+            }
+        }
         for (server, command) in commands {
             if let Some(i) = self.nodes.iter().position(|n| n.node.id() == server.0)
                 && let Some(n) = self.nodes.get_mut(i)
@@ -315,7 +582,9 @@ impl World {
             .iter()
             .filter(|n| n.alive)
             .filter_map(|n| {
-                let ours = self.cm.media_sessions(ServerId(n.node.id()));
+                let ours = self
+                    .cm()
+                    .map_or(0, |cm| cm.media_sessions(ServerId(n.node.id())));
                 let theirs = n.node.sessions() as u64;
                 (ours != theirs).then(|| (n.node.name().to_owned(), theirs, ours))
             })
@@ -324,6 +593,9 @@ impl World {
 
     /// Starts an operator action on the server named `server`, as `Control::act` would.
     pub fn act(&mut self, verb: Verb, server: &str) -> Result<Action, String> {
+        if let Some(i) = self.cm_index(server) {
+            return self.act_on_cm(verb, i);
+        }
         let i = self
             .index_of(server)
             .ok_or_else(|| format!("no server named {server:?}"))?;
@@ -332,7 +604,10 @@ impl World {
             .get(i)
             .map(|n| ServerId(n.node.id()))
             .ok_or_else(|| format!("no server named {server:?}"))?;
-        let start_limit = start_limit(&self.cm.balancer().health());
+        let start_limit = self
+            .cm()
+            .map(|cm| start_limit(&cm.balancer().health()))
+            .unwrap_or_default();
         use Step::*;
         let steps: Vec<Step> = match verb {
             Verb::Fail => vec![Alive(false), Reset],
@@ -363,8 +638,57 @@ impl World {
             Verb::Disable | Verb::Enable | Verb::Drain => vec![Admin(verb)],
         };
         Ok(Action {
-            node: i,
-            id,
+            target: Target::Node { index: i, id },
+            steps: steps.into(),
+            waiting: None,
+            started: self.now,
+            error: None,
+        })
+    }
+
+    /// A line in the log about Call Manager `i`.
+    fn note(&mut self, i: usize, what: &str) {
+        self.log.push(format!(
+            "{:.3}s cm-{} {what}",
+            Duration::from_nanos(self.now).as_secs_f64(),
+            i + 1
+        ));
+    }
+
+    /// The number of the Call Manager named `cm-N`, when there are standbys.
+    pub fn cm_index(&self, name: &str) -> Option<usize> {
+        let n: usize = name.strip_prefix("cm-")?.parse().ok()?;
+        (self.cms.len() > 1 && (1..=self.cms.len()).contains(&n)).then(|| n - 1)
+    }
+
+    /// What happens to a Call Manager's process: it crashes (its state is gone), is cut off
+    /// and reconnected, starts afresh and catches up, or is upgraded (it resigns, stops,
+    /// starts afresh after the upgrade's pause and catches up).
+    fn act_on_cm(&mut self, verb: Verb, i: usize) -> Result<Action, String> {
+        use Step::*;
+        let steps = match verb {
+            Verb::Fail => vec![CmDown],
+            Verb::Partition => vec![Cut(true)],
+            Verb::Heal => vec![Cut(false)],
+            Verb::Recover => vec![CmUp, Synced(CATCH_UP_LIMIT)],
+            Verb::Upgrade => vec![
+                Resign,
+                CmDown,
+                Sleep(pbxlab_scenario::UPGRADE_RESTART),
+                CmUp,
+                Synced(CATCH_UP_LIMIT),
+            ],
+            other => {
+                return Err(format!(
+                    "cm-{} is a Call Manager: it can fail, partition, heal, recover or upgrade, \
+                     not {}",
+                    i + 1,
+                    other.name()
+                ));
+            }
+        };
+        Ok(Action {
+            target: Target::Cm(i),
             steps: steps.into(),
             waiting: None,
             started: self.now,
@@ -375,17 +699,22 @@ impl World {
     /// Carries `action` on as far as it goes now; true once it is over (see `Action::error`).
     pub fn poll(&mut self, action: &mut Action) -> bool {
         let now = self.now;
+        let (node, id, cm) = match action.target {
+            Target::Node { index, id } => (index, id, usize::MAX),
+            Target::Cm(i) => (usize::MAX, ServerId(u32::MAX), i),
+        };
         loop {
             if let Some((wait, since, deadline)) = action.waiting {
                 let holds = match wait {
-                    Wait::Idle => self
-                        .nodes
-                        .get(action.node)
-                        .is_none_or(|n| n.node.sessions() == 0),
-                    Wait::Answered => {
-                        answered_since(&self.cm, action.id, Duration::from_nanos(since))
-                    }
+                    Wait::Idle => self.nodes.get(node).is_none_or(|n| n.node.sessions() == 0),
+                    Wait::Answered => self
+                        .cm()
+                        .is_some_and(|c| answered_since(c, id, Duration::from_nanos(since))),
                     Wait::Sleep => now >= deadline,
+                    Wait::Synced => self
+                        .cms
+                        .get(cm)
+                        .is_some_and(|c| c.replica.role() == crate::ha::Role::Standby),
                 };
                 if !holds && now < deadline {
                     return false;
@@ -396,24 +725,74 @@ impl World {
                     action.steps.clear();
                     return true;
                 }
+                if holds && wait == Wait::Synced {
+                    self.note(cm, "caught up: a standby");
+                }
+                if !holds && wait == Wait::Synced {
+                    action.error = Some(format!(
+                        "cm-{} did not catch up within {} s",
+                        cm + 1,
+                        (deadline - since) / 1_000_000_000
+                    ));
+                    action.steps.clear();
+                    return true;
+                }
             }
             let Some(step) = action.steps.pop_front() else {
                 return true;
             };
             match step {
                 Step::Alive(alive) => {
-                    if let Some(n) = self.nodes.get_mut(action.node) {
+                    if let Some(n) = self.nodes.get_mut(node) {
                         n.alive = alive;
                     }
                 }
                 Step::Reset => {
-                    if let Some(n) = self.nodes.get_mut(action.node) {
+                    if let Some(n) = self.nodes.get_mut(node) {
                         n.node.command(NodeCommand::Reset);
                     }
                 }
+                Step::CmDown => {
+                    if let Some(c) = self.cms.get_mut(cm) {
+                        c.alive = false;
+                        if c.serving {
+                            c.serving = false;
+                            self.serving_log.push((now, cm, false));
+                        }
+                    }
+                    self.note(cm, "stopped (its state is gone)");
+                }
+                Step::CmUp => {
+                    if let Some(c) = self.cms.get_mut(cm) {
+                        c.replica = Replica::new(c.cfg.clone(), None, now);
+                        c.alive = true;
+                        c.cut = false;
+                    }
+                    self.note(cm, "started afresh, syncing");
+                }
+                Step::Cut(cut) => {
+                    if let Some(c) = self.cms.get_mut(cm) {
+                        c.cut = cut;
+                    }
+                    self.note(cm, if cut { "cut off" } else { "reconnected" });
+                }
+                Step::Resign => {
+                    if let Some(c) = self.cms.get_mut(cm) {
+                        c.replica.resign();
+                    }
+                    self.cm_round(now);
+                }
+                Step::Synced(limit) => {
+                    action.waiting = Some((Wait::Synced, now, now + ns(limit)));
+                }
                 Step::Admin(verb) => {
-                    if let Err(e) = self.cm.admin(now, action.id, verb) {
-                        action.error = Some(e.to_string());
+                    let serving = self.vip_owner();
+                    let answer = match serving.and_then(|i| self.cms.get_mut(i)) {
+                        Some(c) => c.replica.admin(now, id, verb),
+                        None => Err("no Call Manager serves the virtual IP".to_owned()),
+                    };
+                    if let Err(e) = answer {
+                        action.error = Some(e);
                         action.steps.clear();
                         return true;
                     }
@@ -429,15 +808,18 @@ impl World {
         }
     }
 
-    /// Whether the server named so is running and reachable.
+    /// Whether the server (or Call Manager) named so is running and reachable.
     pub fn is_alive(&self, name: &str) -> bool {
+        if let Some(i) = self.cm_index(name) {
+            return self.cms.get(i).is_some_and(|c| c.alive && !c.cut);
+        }
         self.index_of(name)
             .and_then(|i| self.nodes.get(i))
             .is_some_and(|n| n.alive)
     }
 }
 
-fn ns(d: Duration) -> Nanos {
+pub(crate) fn ns(d: Duration) -> Nanos {
     u64::try_from(d.as_nanos()).unwrap_or(Nanos::MAX)
 }
 
@@ -467,6 +849,16 @@ enum Step {
     /// Until a probe answered after now counts it healthy, at most this long (an error then).
     Answered(Duration),
     Sleep(Duration),
+    /// The Call Manager's process stops (its state is lost).
+    CmDown,
+    /// The Call Manager's process starts afresh, with no state.
+    CmUp,
+    /// The Call Manager is cut off from the network, or reconnected.
+    Cut(bool),
+    /// The active Call Manager hands over before it stops.
+    Resign,
+    /// Until the Call Manager holds the active's state, at most this long (then an error).
+    Synced(Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,13 +866,23 @@ enum Wait {
     Idle,
     Answered,
     Sleep,
+    Synced,
 }
+
+/// Whom an action acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Node { index: usize, id: ServerId },
+    Cm(usize),
+}
+
+/// How long a Call Manager that started afresh may take to hold the active's state.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 
 /// An operator action under way in the world (`World::act`, `World::poll`).
 #[derive(Debug)]
 pub struct Action {
-    node: usize,
-    id: ServerId,
+    target: Target,
     steps: VecDeque<Step>,
     /// What it waits for, since when, and until when at most.
     waiting: Option<(Wait, Nanos, Nanos)>,
@@ -497,3 +899,6 @@ impl Action {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod ha_tests;

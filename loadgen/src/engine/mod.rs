@@ -170,6 +170,17 @@ impl InProgress {
     }
 }
 
+/// Where a leg we placed is ([`Engine::leg_phase`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegPhase {
+    /// Still being set up.
+    Setup,
+    /// Answered: up, or hanging up.
+    Up,
+    /// Over: refused, failed, or answered and hung up already.
+    Gone,
+}
+
 /// The user agents of one generator process (or shard): see the module's documentation.
 pub struct Engine {
     cfg: Config,
@@ -609,6 +620,31 @@ impl Engine {
                     .then(|| self.leg_call_id(slot, c))
             })
             .collect()
+    }
+
+    /// The legs we placed that are still being set up (INVITE out, no final answer yet), each
+    /// as a key for [`Engine::leg_phase`].
+    pub fn setups(&self) -> Vec<u64> {
+        (0..self.calls.len() as u32)
+            .filter_map(|slot| {
+                let c = self.calls.get(slot as usize)?;
+                matches!(c.state, CallState::Calling | CallState::Proceeding)
+                    .then(|| u64::from(c.generation) << 32 | u64::from(slot))
+            })
+            .collect()
+    }
+
+    /// Where a leg of [`Engine::setups`] is now.
+    pub fn leg_phase(&self, key: u64) -> LegPhase {
+        let (slot, generation) = ((key & 0xffff_ffff) as usize, (key >> 32) as u32);
+        match self.calls.get(slot) {
+            Some(c) if c.generation == generation => match c.state {
+                CallState::Calling | CallState::Proceeding => LegPhase::Setup,
+                CallState::Established | CallState::ByeSent => LegPhase::Up,
+                _ => LegPhase::Gone,
+            },
+            _ => LegPhase::Gone,
+        }
     }
 
     /// Our users whose registration is in force: their last REGISTER was answered 2xx, and

@@ -71,6 +71,7 @@ impl Checker<'_> {
             setup_p99: duration(&raw.setup_p99, "setup_p99", defaults.setup_p99)?,
             dropped: count(&raw.dropped, "dropped")?,
             failed: count(&raw.failed, "failed")?,
+            takeover: duration(&raw.takeover, "takeover", defaults.takeover)?,
         }))
     }
 

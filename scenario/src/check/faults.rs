@@ -15,6 +15,17 @@ use crate::raw::{Leaf, LeafList, RawFault, Tab};
 use crate::units::show_duration;
 use crate::verb::{Verb, verb_names};
 
+/// What can happen to a Call Manager: its process crashes, is cut off, comes back, or is
+/// upgraded (stopped, restarted, caught up). The other verbs are the balancer's, on a pool's
+/// servers.
+const CM_VERBS: [Verb; 5] = [
+    Verb::Fail,
+    Verb::Partition,
+    Verb::Heal,
+    Verb::Recover,
+    Verb::Upgrade,
+];
+
 /// How many server names an "unknown server" message lists.
 const NAMES_SHOWN: usize = 10;
 
@@ -125,6 +136,7 @@ impl Checker<'_> {
         &self,
         raw: Option<&Spanned<Vec<Tab<RawFault>>>>,
         pools: &[PoolSpec],
+        callmanager: &crate::model::CallManagerSpec,
         duration: Duration,
     ) -> Res<(Vec<FaultSpec>, Vec<NetFaultSpec>)> {
         let Some(raw) = raw else {
@@ -170,7 +182,8 @@ impl Checker<'_> {
             };
             match action {
                 Action::Verb(verb) => {
-                    faults.push(self.server_fault(fault, &table, at, verb, &known)?)
+                    let cms = callmanager.names();
+                    faults.push(self.server_fault(fault, &table, at, verb, &known, &cms)?)
                 }
                 Action::Net(action) => {
                     let (spec, endpoints) = self.net_fault(fault, &table, at, action, &known)?;
@@ -190,6 +203,7 @@ impl Checker<'_> {
         at: Duration,
         verb: Verb,
         known: &[&str],
+        cms: &[String],
     ) -> Res<FaultSpec> {
         let key = table.key;
         if let Some(list) = &fault.endpoints {
@@ -221,6 +235,31 @@ impl Checker<'_> {
         };
         let server_value = self.required(&fault.server, table, "server", what)?;
         let server = self.string(server_value, key, "server")?;
+        if cms.iter().any(|c| c == server) {
+            if !CM_VERBS.contains(&verb) {
+                return Err(self.error(
+                    fault.action.as_ref().map_or(server_value.span(), |a| a.span()),
+                    &join(key, "action"),
+                    format!(
+                        "{server} is a Call Manager, which can fail, partition, heal, recover or                          upgrade; {verb} is an operator's action on a server of a pool"
+                    ),
+                ));
+            }
+            return Ok(FaultSpec {
+                at,
+                action: verb,
+                server: server.to_owned(),
+            });
+        }
+        if server.starts_with("cm-") && cms.is_empty() && !known.contains(&server) {
+            return Err(self.error(
+                server_value.span(),
+                &join(key, "server"),
+                format!(
+                    "no server named {server:?}: the cluster has one Call Manager, which no                      other would take over from; [callmanager] nodes = 3 makes cm-1 .. cm-3"
+                ),
+            ));
+        }
         if !known.contains(&server) {
             return Err(self.error(
                 server_value.span(),

@@ -409,7 +409,27 @@ impl Checker<'_> {
         let pools = self.pools(raw.pool.as_ref())?;
         let health = self.health(raw.health.as_ref())?;
         let traffic = self.traffic(raw.traffic.as_ref(), &pools)?;
-        let (faults, net_faults) = self.faults(raw.fault.as_ref(), &pools, duration)?;
+        let callmanager = self.callmanager(raw.callmanager.as_ref())?;
+        if let Some(server) = pools
+            .iter()
+            .flat_map(|p| p.servers.iter())
+            .find(|s| callmanager.names().contains(&s.name))
+            && let Some(value) = raw
+                .callmanager
+                .as_ref()
+                .and_then(|c| c.get_ref().nodes.as_ref())
+        {
+            return Err(self.error(
+                value.span(),
+                "callmanager.nodes",
+                format!(
+                    "the Call Managers are named cm-1 .. cm-{}, and a pool already has a server                      named {:?}; rename it",
+                    callmanager.nodes, server.name
+                ),
+            ));
+        }
+        let (faults, net_faults) =
+            self.faults(raw.fault.as_ref(), &pools, &callmanager, duration)?;
         let slo = self.slo(raw.slo.as_ref())?;
         let sizing = self.sizing(raw.sizing.as_ref())?;
         let drill = self.drill(raw.drill.as_ref(), &pools, &traffic)?;
@@ -432,6 +452,7 @@ impl Checker<'_> {
             sizing,
             drill,
             cluster,
+            callmanager,
             explore,
             warnings: self.warnings,
         })

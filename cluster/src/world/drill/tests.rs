@@ -11,7 +11,7 @@ fn cm() -> SocketAddr {
 }
 
 /// Runs `sc` as `pbxlab drill --virtual` would, and judges it.
-fn drill(sc: &Scenario) -> (VirtualRun, crate::drill::DrillVerdict) {
+pub(crate) fn drill(sc: &Scenario) -> (VirtualRun, crate::drill::DrillVerdict) {
     let faults = timeline(sc).unwrap();
     let spec = sc.drill.clone().unwrap_or_default();
     let mut opts = Options::new(cm());

@@ -89,7 +89,10 @@ fn the_explorer_finds_nothing_lost_on_the_embedded_drill() {
 
 #[test]
 fn the_explorer_finds_a_failover_re_invite_that_was_never_sent() {
-    let (_, run) = explore(1, Some(|w: &mut World| w.cm.skip_failover_reinvites = 1));
+    let (_, run) = explore(
+        1,
+        Some(|w: &mut World| w.plant(|cm| cm.skip_failover_reinvites = 1)),
+    );
     let v = run.violation.expect("the planted bug went unseen");
     assert!(
         v.what.contains("still sends its media to media-2") && v.what.contains("no re-INVITE open"),
@@ -104,7 +107,10 @@ fn the_explorer_finds_a_caller_left_on_a_removed_server() {
     sc.seed = 1;
     sc.faults.truncate(1);
     sc.faults[0].action = Verb::Remove;
-    let (_, run) = explore_scenario(&sc, Some(|w: &mut World| w.cm.skip_failover_reinvites = 1));
+    let (_, run) = explore_scenario(
+        &sc,
+        Some(|w: &mut World| w.plant(|cm| cm.skip_failover_reinvites = 1)),
+    );
     let v = run.violation.expect("the planted bug went unseen");
     assert!(v.what.contains("media-2 (removed)"), "{v:?}");
 }

@@ -1,0 +1,1171 @@
+//! Call Manager high availability: one active Call Manager and its standbys behind one
+//! virtual IP, sans-IO like the Call Manager itself.
+//!
+//! **Replication by replay.** The Call Manager is deterministic: what it does follows from
+//! the inputs it is handed (datagrams, timer rounds, node events, operator actions, each
+//! with its `now`) and its key. So the active does not describe its state to the standbys;
+//! it logs every input with a sequence number and sends the log, and each standby hands the
+//! same inputs, with the active's `now`, to its own Call Manager, discarding what that one
+//! would send. Registrations, both legs of every dialog, transactions and their timers, the
+//! balancer's placements, the node table, queue positions and how each nonce has been used
+//! are then the same on every replica, without a line of code per kind of state (the
+//! primary-backup replication of Bressoud and Schneider's hypervisor-based fault tolerance
+//! and VMware FT, on the Call Manager's inputs rather than a machine's).
+//!
+//! **Output commit.** Nothing the active's Call Manager sends (a 200 to a REGISTER or an
+//! INVITE, a re-INVITE, a command to a node) leaves before a majority of the Call Managers
+//! (the active and one standby of three) hold the input that caused it: outputs wait in
+//! `held` until a standby acknowledges that input's sequence number. What a failure can lose
+//! is therefore only work no one outside has seen: an input the active took and no standby
+//! acknowledged, whose answer never left, and which the sender's retransmission brings to
+//! the new active (SIP's timers do this for every request; an INVITE already answered 100
+//! by the new active's predecessor is in the standby's log with its 100).
+//!
+//! **Election and fencing.** The active sends a heartbeat every `heartbeat`; each standby
+//! acknowledges it, echoing its send time. The active *serves* (takes inputs at the virtual
+//! IP and lets outputs out) only while it holds a lease: until the send time of a heartbeat a
+//! majority acknowledged plus `lease`, which is shorter than the standbys' `silence`
+//! (`misses` x `heartbeat`). A standby that has heard nothing from the active for `silence`
+//! (plus a skew that grows with its index, as VRRP's does with priority, so that standbys do
+//! not all stand at once) becomes a candidate of a new term and asks the others for votes; a
+//! replica grants one vote per term, only if it too has not heard the active for `lease`, and
+//! only to a candidate whose log is at least as long as its own (Raft's rule: whoever wins
+//! holds every input that was committed). A candidate with a majority is active and starts
+//! serving once a majority acknowledges its first heartbeat. The old active's lease was
+//! renewed by some acknowledgement of a replica that stood or voted only `silence` or
+//! `lease` after receiving it, so the old lease has run out before the new one starts: at
+//! most one Call Manager serves at any moment, also when the old active is cut off but alive.
+//! A minority side never serves: the cut-off active stops at the end of its lease.
+//!
+//! **Catching up.** A replica that starts afresh (after `fail` and `recover`, or an upgrade),
+//! or an old active that finds a newer term (its log may hold inputs no one else took), has
+//! no usable state: it asks for a sync, and the active hands it a snapshot (a copy of its Call
+//! Manager with the sequence number it stands at) and then the log from there. A replica that
+//! is syncing acknowledges heartbeats but neither votes nor stands.
+
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use pbxlab_balancer::ServerId;
+use pbxlab_proto::mac::Key;
+use pbxlab_scenario::Verb;
+
+use crate::cm::CallManager;
+use crate::{Nanos, NodeCommand, NodeEvent};
+use wire::{Input, MAX_APPEND, Msg};
+
+/// Log entries a replica keeps, in bytes of encoded inputs: what a standby that fell behind
+/// can be sent again; one further behind is sent a snapshot.
+pub const LOG_CAP: usize = 64 << 20;
+/// Unacknowledged bytes of log in flight to one standby.
+const WINDOW: usize = 4 << 20;
+
+/// How one replica is set up.
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// This replica's number: 0 for `cm-1`.
+    pub index: u8,
+    /// Every replica's own address (not the virtual IP's), by number.
+    pub addrs: Vec<SocketAddr>,
+    pub heartbeat: Nanos,
+    pub misses: u32,
+    /// What replication datagrams are sealed with (derived from the cluster's key).
+    pub key: Key,
+}
+
+impl HaConfig {
+    /// How long a standby waits without hearing the active before it stands.
+    pub fn silence(&self) -> Nanos {
+        self.heartbeat.saturating_mul(u64::from(self.misses))
+    }
+
+    /// How long an acknowledged heartbeat lets the active serve: half a heartbeat less than
+    /// the silence, the margin against a standby's clock running ahead.
+    pub fn lease(&self) -> Nanos {
+        self.silence().saturating_sub(self.heartbeat / 2)
+    }
+
+    /// How much later than the silence this replica stands: a fraction of a heartbeat by its
+    /// number, so the standbys of one failure do not all stand at the same instant.
+    fn skew(&self) -> Nanos {
+        let n = u64::try_from(self.addrs.len().max(1)).unwrap_or(1);
+        self.heartbeat * u64::from(self.index) / n
+    }
+
+    /// How long outputs may wait for their inputs to be replicated before the active stops
+    /// taking inputs: a quarter of a heartbeat.
+    pub fn stall(&self) -> Nanos {
+        self.heartbeat / 4
+    }
+
+    /// How long entries go unacknowledged before they are sent again.
+    fn resend(&self) -> Nanos {
+        (self.heartbeat / 10).max(1_000_000)
+    }
+
+    fn quorum(&self) -> usize {
+        self.addrs.len() / 2 + 1
+    }
+}
+
+/// What a replica is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Takes the inputs at the virtual IP (while its lease holds) and sends the log.
+    Active,
+    /// Replays the active's log.
+    Standby,
+    /// Asks for votes to become the active of a new term.
+    Candidate,
+    /// Has no usable state; waits for a snapshot.
+    Syncing,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+            Role::Candidate => "candidate",
+            Role::Syncing => "syncing",
+        }
+    }
+}
+
+/// The active's copy of its Call Manager for a replica that syncs.
+#[derive(Clone)]
+pub struct Snapshot {
+    cm: Box<CallManager>,
+    applied: u64,
+    applied_term: u64,
+    term: u64,
+    history: Vec<(u64, u64)>,
+}
+
+/// Counters for the status and the drill.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaStats {
+    pub elections: u64,
+    pub takeovers: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_taken: u64,
+    /// Inputs at the virtual IP dropped because this replica was not serving.
+    pub fenced_inputs: u64,
+    /// Replication datagrams dropped: bad seal, replayed counter, malformed.
+    pub rejected: u64,
+    pub entries_sent: u64,
+    pub entries_resent: u64,
+    /// Outputs thrown away by an active that lost its place before they were committed.
+    pub outputs_discarded: u64,
+}
+
+/// What the active knows of another replica.
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    /// The highest sequence number it acknowledged in this term, consistent with our log.
+    acked: u64,
+    /// The newest heartbeat send time it echoed in this term.
+    echo: Option<Nanos>,
+    /// The next sequence number to send it, and when entries were last sent.
+    next_send: u64,
+    last_send: Nanos,
+    /// It has no usable state, or a log that is not ours: it gets a snapshot.
+    needs_sync: bool,
+    /// When its last acknowledgement came: entries are sent again only to a replica heard
+    /// within the silence (one cut off hears of them again once it answers a heartbeat).
+    heard: Nanos,
+    /// The highest counter taken from it (replays are dropped).
+    counter: u64,
+}
+
+/// Outputs of one input, waiting for the input to be committed.
+struct Held {
+    seq: u64,
+    /// When its input was taken.
+    at: Nanos,
+    datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    commands: Vec<(ServerId, NodeCommand)>,
+}
+
+/// One Call Manager of the group and its part in the replication.
+pub struct Replica {
+    cfg: HaConfig,
+    cm: Option<CallManager>,
+    role: Role,
+    term: u64,
+    /// The newest term this replica voted in.
+    voted_in: u64,
+    applied: u64,
+    applied_term: u64,
+    /// The first sequence number of each term whose inputs this replica applied.
+    history: Vec<(u64, u64)>,
+    /// The tail of the log: entries from `log_first` on, each with its term.
+    log: VecDeque<(u64, Vec<u8>)>,
+    log_first: u64,
+    log_bytes: usize,
+    commit: u64,
+    held: VecDeque<Held>,
+    sip_out: Vec<(SocketAddr, Vec<u8>)>,
+    commands_out: Vec<(ServerId, NodeCommand)>,
+    peer_out: Vec<(SocketAddr, Vec<u8>)>,
+    peers: Vec<Peer>,
+    /// The active this replica follows, and when it last heard from it.
+    active: Option<u8>,
+    heard: Nanos,
+    votes: Vec<bool>,
+    /// The candidate is still asking whether it would be voted for.
+    pre_vote: bool,
+    election_deadline: Nanos,
+    next_heartbeat: Nanos,
+    lease_until: Nanos,
+    next_sync_request: Nanos,
+    counter: u64,
+    /// The latest `now` this replica was handed.
+    seen: Nanos,
+    became_active: Option<Nanos>,
+    scratch: Vec<u8>,
+    pub stats: HaStats,
+}
+
+impl Replica {
+    /// Replica `cfg.index` of a group starting at `now`. With `cm`, it starts with that
+    /// state: the first replica as the active of term 1, the others as its standbys (every
+    /// replica of a new group is handed the same new Call Manager). Without, it syncs.
+    pub fn new(cfg: HaConfig, cm: Option<CallManager>, now: Nanos) -> Replica {
+        let n = cfg.addrs.len();
+        let role = match (&cm, cfg.index) {
+            (None, _) => Role::Syncing,
+            (Some(_), 0) => Role::Active,
+            (Some(_), _) => Role::Standby,
+        };
+        let term = u64::from(cm.is_some());
+        let mut r = Replica {
+            cm,
+            role,
+            term,
+            voted_in: term,
+            applied: 0,
+            applied_term: 0,
+            history: Vec::new(),
+            log: VecDeque::new(),
+            log_first: 1,
+            log_bytes: 0,
+            commit: 0,
+            held: VecDeque::new(),
+            sip_out: Vec::new(),
+            commands_out: Vec::new(),
+            peer_out: Vec::new(),
+            peers: vec![
+                Peer {
+                    next_send: 1,
+                    ..Peer::default()
+                };
+                n
+            ],
+            active: (term == 1).then_some(0),
+            heard: now,
+            votes: vec![false; n],
+            pre_vote: false,
+            election_deadline: 0,
+            next_heartbeat: now,
+            lease_until: 0,
+            next_sync_request: now,
+            counter: now,
+            seen: now,
+            became_active: (role == Role::Active).then_some(now),
+            scratch: Vec::new(),
+            stats: HaStats::default(),
+            cfg,
+        };
+        if r.role == Role::Active {
+            r.history.push((1, 1));
+        }
+        r
+    }
+
+    pub fn index(&self) -> u8 {
+        self.cfg.index
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The sequence number of the last input applied, and the highest known committed.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn commit(&self) -> u64 {
+        self.commit
+    }
+
+    /// This replica's Call Manager; `None` while it syncs.
+    pub fn cm(&self) -> Option<&CallManager> {
+        self.cm.as_ref()
+    }
+
+    /// The Call Manager itself, for a test to plant a bug in.
+    #[cfg(test)]
+    pub(crate) fn cm_mut(&mut self) -> Option<&mut CallManager> {
+        self.cm.as_mut()
+    }
+
+    /// When this replica last became the active.
+    pub fn became_active(&self) -> Option<Nanos> {
+        self.became_active
+    }
+
+    /// Whether this replica answers at the virtual IP at `now`: the active, within its lease.
+    /// A group of one always serves.
+    pub fn serving(&self, now: Nanos) -> bool {
+        self.leased(now) && !self.stalled(now)
+    }
+
+    /// The active within its lease: it may let out what was committed (stalled or not).
+    fn leased(&self, now: Nanos) -> bool {
+        self.role == Role::Active && (!self.replicated() || now < self.lease_until)
+    }
+
+    /// Outputs have waited longer than [`HaConfig::stall`] for their inputs to be held by a
+    /// standby: the active takes no input and runs no timer until they go out, so that its
+    /// state does not run on ahead of what it could let out (a probe whose OPTIONS never left
+    /// would time out, and mark a healthy node down).
+    fn stalled(&self, now: Nanos) -> bool {
+        self.held
+            .front()
+            .is_some_and(|h| now > h.at.saturating_add(self.cfg.stall()))
+    }
+
+    /// Nothing this replica's Call Manager did waits to go out: what its state says it sent,
+    /// it sent (always true of a standby, whose outputs are the active's).
+    pub fn settled(&self) -> bool {
+        self.held.is_empty() && self.sip_out.is_empty() && self.commands_out.is_empty()
+    }
+
+    /// How far behind the active this replica's log is, as the active sees it (the active's
+    /// own view; `None` for itself or when this is not the active).
+    pub fn behind(&self, peer: u8) -> Option<u64> {
+        if self.role != Role::Active || peer == self.cfg.index {
+            return None;
+        }
+        let p = self.peers.get(usize::from(peer))?;
+        Some(self.applied.saturating_sub(p.acked))
+    }
+
+    /// One input at the virtual IP (or from a node, or the operator) at `now`. False if this
+    /// replica is not serving: the input is dropped, as a fenced server drops it.
+    pub fn input(&mut self, now: Nanos, input: Input) -> bool {
+        self.take_input(now, input).is_some()
+    }
+
+    /// A SIP datagram at the virtual IP (see [`Replica::input`]); a group of one hands it to
+    /// its Call Manager without a copy.
+    pub fn handle(&mut self, now: Nanos, from: SocketAddr, bytes: &[u8]) -> bool {
+        if !self.replicated()
+            && let Some(cm) = self.cm.as_mut()
+        {
+            cm.handle(now, from, bytes);
+            self.applied += 1;
+            return true;
+        }
+        self.input(
+            now,
+            Input::Datagram {
+                from,
+                bytes: bytes.to_vec(),
+            },
+        )
+    }
+
+    /// [`Replica::input`], with an operator action's answer (`Some(Ok)` for every other
+    /// input taken).
+    fn take_input(&mut self, now: Nanos, input: Input) -> Option<Result<(), String>> {
+        if !self.serving(now) || self.cm.is_none() {
+            self.stats.fenced_inputs += 1;
+            return None;
+        }
+        if !self.replicated() {
+            // A group of one: nothing to log, nothing to hold.
+            self.applied += 1;
+            return Some(self.apply(now, &input));
+        }
+        self.seen = self.seen.max(now);
+        let mut entry = Vec::new();
+        wire::encode_input(now, &input, &mut entry);
+        let answer = self.apply(now, &input);
+        self.applied += 1;
+        self.applied_term = self.term;
+        self.push_log(self.term, entry);
+        self.hold_outputs();
+        self.release(now);
+        Some(answer)
+    }
+
+    /// Whether there are standbys to replicate to.
+    fn replicated(&self) -> bool {
+        self.cfg.addrs.len() > 1
+    }
+
+    /// An operator action through the active: the Call Manager's answer, or why it was not
+    /// taken. A refusal changes nothing, so it is logged and replayed like any input.
+    pub fn admin(&mut self, now: Nanos, server: ServerId, verb: Verb) -> Result<(), String> {
+        self.take_input(now, Input::Admin { server, verb })
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "cm-{} is not the serving Call Manager",
+                    self.cfg.index + 1
+                ))
+            })
+    }
+
+    /// A node's event, as an input.
+    pub fn node_event(&mut self, now: Nanos, server: ServerId, event: NodeEvent) {
+        self.input(now, Input::Digit { server, event });
+    }
+
+    fn apply(&mut self, now: Nanos, input: &Input) -> Result<(), String> {
+        let Some(cm) = self.cm.as_mut() else {
+            return Err("no state".into());
+        };
+        match input {
+            Input::Datagram { from, bytes } => cm.handle(now, *from, bytes),
+            Input::Advance => cm.advance(now),
+            Input::Digit { server, event } => cm.on_node_event(now, *server, *event),
+            Input::Admin { server, verb } => {
+                return cm.admin(now, *server, *verb).map_err(|e| e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn push_log(&mut self, term: u64, entry: Vec<u8>) {
+        self.log_bytes += entry.len();
+        self.log.push_back((term, entry));
+        while self.log_bytes > LOG_CAP {
+            let Some((_, e)) = self.log.pop_front() else {
+                break;
+            };
+            self.log_bytes -= e.len();
+            self.log_first += 1;
+        }
+    }
+
+    /// Moves what the Call Manager queued into `held` (the active), or throws it away (a
+    /// standby's replay: the active sent it).
+    fn hold_outputs(&mut self) {
+        let Some(cm) = self.cm.as_mut() else {
+            return;
+        };
+        let mut datagrams = Vec::new();
+        cm.transmit_all(|list| {
+            datagrams.extend(list.iter().map(|&(to, b)| (to, b.to_vec())));
+        });
+        let commands: Vec<_> = cm.node_commands().collect();
+        if self.role != Role::Active {
+            // A standby's records are the active's too: the active's are the ones kept.
+            cm.take_events();
+            cm.take_reassigned();
+            cm.take_dropped_calls();
+            return;
+        }
+        if !datagrams.is_empty() || !commands.is_empty() {
+            self.held.push_back(Held {
+                seq: self.applied,
+                at: self.seen,
+                datagrams,
+                commands,
+            });
+        }
+    }
+
+    /// Lets out the outputs of committed inputs, within the lease.
+    fn release(&mut self, now: Nanos) {
+        if !self.leased(now) {
+            return;
+        }
+        while self.held.front().is_some_and(|h| h.seq <= self.commit) {
+            if let Some(h) = self.held.pop_front() {
+                self.sip_out.extend(h.datagrams);
+                self.commands_out.extend(h.commands);
+            }
+        }
+    }
+
+    /// Hands every SIP datagram let out to `send` (to send from the virtual IP), once.
+    pub fn transmit(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
+        if !self.replicated() {
+            if let Some(cm) = self.cm.as_mut() {
+                cm.transmit_all(|list| {
+                    for &(to, bytes) in list {
+                        send(to, bytes);
+                    }
+                });
+            }
+            return;
+        }
+        for (to, bytes) in self.sip_out.drain(..) {
+            send(to, &bytes);
+        }
+    }
+
+    /// Commands for the nodes, let out.
+    pub fn take_commands(&mut self) -> Vec<(ServerId, NodeCommand)> {
+        if !self.replicated() {
+            return self
+                .cm
+                .as_mut()
+                .map(|cm| cm.node_commands().collect())
+                .unwrap_or_default();
+        }
+        std::mem::take(&mut self.commands_out)
+    }
+
+    /// What the Call Manager recorded (events, moved and dropped calls) since the last call.
+    pub(crate) fn take_records(&mut self, log: &mut Vec<String>) -> crate::cluster::Records {
+        self.cm
+            .as_mut()
+            .map(|cm| crate::cluster::take_records(cm, log))
+            .unwrap_or_default()
+    }
+
+    /// Replication datagrams to send from this replica's own address.
+    pub fn take_peer(&mut self, now: Nanos) -> Vec<(SocketAddr, Vec<u8>)> {
+        if self.role == Role::Active && self.replicated() {
+            self.send_entries(now);
+        }
+        std::mem::take(&mut self.peer_out)
+    }
+
+    /// The replicas the active should hand a snapshot to now.
+    pub fn take_syncs(&mut self) -> Vec<u8> {
+        if self.role != Role::Active || self.cm.is_none() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            if p.needs_sync {
+                p.needs_sync = false;
+                out.extend(u8::try_from(i).ok());
+            }
+        }
+        self.stats.snapshots_sent += out.len() as u64;
+        out
+    }
+
+    /// A copy of the active's state for a replica that syncs (`take_syncs`).
+    pub fn snapshot(&mut self, peer: u8) -> Option<Snapshot> {
+        let cm = self.cm.as_ref()?;
+        let p = self.peers.get_mut(usize::from(peer))?;
+        p.next_send = self.applied + 1;
+        p.acked = 0;
+        Some(Snapshot {
+            cm: Box::new(cm.clone()),
+            applied: self.applied,
+            applied_term: self.applied_term,
+            term: self.term,
+            history: self.history.clone(),
+        })
+    }
+
+    /// Takes a snapshot: this replica becomes a standby at the snapshot's place in the log.
+    pub fn install(&mut self, now: Nanos, snap: Snapshot) {
+        if self.role != Role::Syncing || snap.term < self.term {
+            return;
+        }
+        self.cm = Some(*snap.cm);
+        self.applied = snap.applied;
+        self.applied_term = snap.applied_term;
+        self.history = snap.history;
+        self.term = snap.term;
+        self.log.clear();
+        self.log_bytes = 0;
+        self.log_first = self.applied + 1;
+        self.role = Role::Standby;
+        self.heard = now;
+        self.stats.snapshots_taken += 1;
+        if let Some(a) = self.active {
+            self.ack(a, None);
+        }
+    }
+
+    /// Stops serving at once and tells the standbys, so that one takes over without waiting
+    /// for the silence (a graceful stop: an upgrade). The replica then holds no state.
+    pub fn resign(&mut self) {
+        if self.role != Role::Active || !self.replicated() {
+            return;
+        }
+        let term = self.term;
+        self.step_down(term);
+        self.broadcast(&Msg::Resign { term });
+    }
+
+    /// When [`Replica::advance`] next has something to do.
+    pub fn next_deadline(&self) -> Nanos {
+        match self.role {
+            Role::Active => {
+                // Not serving, its timers wait: only a renewed lease lets them run.
+                let cm = if self.serving(self.seen) {
+                    self.cm.as_ref().map_or(Nanos::MAX, |c| c.next_deadline())
+                } else {
+                    Nanos::MAX
+                };
+                if self.replicated() {
+                    let resend = self
+                        .peers
+                        .iter()
+                        .filter(|p| {
+                            p.acked < self.applied
+                                && !p.needs_sync
+                                && p.next_send > p.acked + 1
+                                && self.seen < p.heard.saturating_add(self.cfg.silence())
+                        })
+                        .map(|p| p.last_send + self.cfg.resend())
+                        .min()
+                        .unwrap_or(Nanos::MAX);
+                    // A stall ends by an acknowledgement, or lets the timers run again when
+                    // its outputs go: either way the step that brings it is an event.
+                    self.next_heartbeat.min(cm).min(resend)
+                } else {
+                    cm
+                }
+            }
+            Role::Standby => self.stand_at(),
+            Role::Candidate => self.election_deadline,
+            Role::Syncing => self.next_sync_request,
+        }
+    }
+
+    fn stand_at(&self) -> Nanos {
+        self.heard
+            .saturating_add(self.cfg.silence())
+            .saturating_add(self.cfg.skew())
+    }
+
+    /// Runs what is due at `now`: heartbeats, elections, sync requests, and the Call
+    /// Manager's own timers on the active (an input like any other).
+    pub fn advance(&mut self, now: Nanos) {
+        self.seen = self.seen.max(now);
+        match self.role {
+            Role::Active => {
+                if self.replicated() && now >= self.next_heartbeat {
+                    self.next_heartbeat = now + self.cfg.heartbeat;
+                    self.heartbeat(now);
+                }
+                if self.replicated() {
+                    self.resend_due(now);
+                }
+                if self.serving(now) && self.cm.as_ref().is_some_and(|c| c.next_deadline() <= now) {
+                    self.input(now, Input::Advance);
+                }
+                self.release(now);
+            }
+            Role::Standby if now >= self.stand_at() => self.stand(now),
+            Role::Candidate if now >= self.election_deadline => self.stand(now),
+            Role::Syncing if now >= self.next_sync_request => {
+                self.next_sync_request = now + self.cfg.heartbeat;
+                let term = self.term;
+                self.broadcast(&Msg::SyncRequest { term });
+            }
+            _ => {}
+        }
+    }
+
+    fn heartbeat(&mut self, now: Nanos) {
+        let (term, commit) = (self.term, self.commit);
+        self.broadcast(&Msg::Heartbeat {
+            term,
+            sent_at: now,
+            commit,
+        });
+    }
+
+    /// Entries sent a resend interval ago and still not acknowledged are sent again, from the
+    /// first the standby lacks (go-back-N: the standby applies in order and drops the rest).
+    fn resend_due(&mut self, now: Nanos) {
+        let (resend, silence) = (self.cfg.resend(), self.cfg.silence());
+        for p in &mut self.peers {
+            let live = now < p.heard.saturating_add(silence);
+            if live
+                && p.acked < self.applied
+                && p.next_send > p.acked + 1
+                && now >= p.last_send + resend
+            {
+                self.stats.entries_resent += p.next_send - p.acked - 1;
+                p.next_send = p.acked + 1;
+            }
+        }
+    }
+
+    /// Becomes a candidate and asks whether the others would vote for it in the next term
+    /// (the pre-vote); only if a majority would does it take the term and ask for real.
+    fn stand(&mut self, now: Nanos) {
+        self.role = Role::Candidate;
+        self.pre_vote = true;
+        self.ask_votes(now, self.term + 1, true);
+    }
+
+    fn ask_votes(&mut self, now: Nanos, term: u64, pre: bool) {
+        self.votes.fill(false);
+        if let Some(v) = self.votes.get_mut(usize::from(self.cfg.index)) {
+            *v = true;
+        }
+        self.election_deadline = now + self.cfg.silence() + self.cfg.skew();
+        let (applied, applied_term) = (self.applied, self.applied_term);
+        self.broadcast(&Msg::VoteRequest {
+            term,
+            applied,
+            applied_term,
+            pre,
+        });
+        self.count_votes(now);
+    }
+
+    fn count_votes(&mut self, now: Nanos) {
+        if self.role != Role::Candidate
+            || self.votes.iter().filter(|&&v| v).count() < self.cfg.quorum()
+        {
+            return;
+        }
+        if self.pre_vote {
+            // A majority would vote: the election proper.
+            self.pre_vote = false;
+            self.term += 1;
+            self.voted_in = self.term;
+            self.stats.elections += 1;
+            let term = self.term;
+            self.ask_votes(now, term, false);
+            return;
+        }
+        self.role = Role::Active;
+        self.active = Some(self.cfg.index);
+        self.became_active = Some(now);
+        self.lease_until = 0;
+        self.stats.takeovers += 1;
+        self.history.push((self.term, self.applied + 1));
+        for p in &mut self.peers {
+            p.acked = 0;
+            p.echo = None;
+            p.next_send = self.applied + 1;
+            p.needs_sync = false;
+        }
+        self.commit = self.commit.min(self.applied);
+        self.next_heartbeat = now + self.cfg.heartbeat;
+        self.heartbeat(now);
+    }
+
+    /// The term of the entry at `seq` by this replica's history (0 before every term).
+    fn term_at(&self, seq: u64) -> u64 {
+        self.history
+            .iter()
+            .rev()
+            .find(|&&(_, first)| first <= seq)
+            .map_or(0, |&(t, _)| t)
+    }
+
+    fn broadcast(&mut self, msg: &Msg) {
+        for i in 0..self.cfg.addrs.len() {
+            if i != usize::from(self.cfg.index) {
+                self.send(i, msg);
+            }
+        }
+    }
+
+    fn send(&mut self, to: usize, msg: &Msg) {
+        let Some(&addr) = self.cfg.addrs.get(to) else {
+            return;
+        };
+        self.counter += 1;
+        wire::encode(
+            &self.cfg.key,
+            self.cfg.index,
+            self.counter,
+            msg,
+            &mut self.scratch,
+        );
+        self.peer_out.push((addr, self.scratch.clone()));
+    }
+
+    fn ack(&mut self, to: u8, echo: Option<Nanos>) {
+        let msg = Msg::Ack {
+            term: self.term,
+            echo,
+            applied: if self.role == Role::Syncing {
+                0
+            } else {
+                self.applied
+            },
+            applied_term: self.applied_term,
+        };
+        self.send(usize::from(to), &msg);
+    }
+
+    /// Sends each standby the entries it has not been sent, within its window.
+    fn send_entries(&mut self, now: Nanos) {
+        for i in 0..self.peers.len() {
+            if i == usize::from(self.cfg.index) {
+                continue;
+            }
+            while let Some(p) = self.peers.get(i) {
+                if p.needs_sync || p.next_send > self.applied {
+                    break;
+                }
+                if p.next_send < self.log_first {
+                    // What it lacks is no longer kept.
+                    if let Some(p) = self.peers.get_mut(i) {
+                        p.needs_sync = true;
+                    }
+                    break;
+                }
+                let in_flight: usize =
+                    self.bytes_between(p.acked.max(self.log_first - 1) + 1, p.next_send);
+                if in_flight >= WINDOW {
+                    break;
+                }
+                let first_seq = p.next_send;
+                let mut entries = Vec::new();
+                let mut size = 0;
+                let mut seq = first_seq;
+                while seq <= self.applied {
+                    let Some((t, e)) = self.log.get((seq - self.log_first) as usize) else {
+                        break;
+                    };
+                    if !entries.is_empty() && size + e.len() + 12 > MAX_APPEND {
+                        break;
+                    }
+                    size += e.len() + 12;
+                    entries.push((*t, e.clone()));
+                    seq += 1;
+                }
+                if entries.is_empty() {
+                    break;
+                }
+                self.stats.entries_sent += entries.len() as u64;
+                if let Some(p) = self.peers.get_mut(i) {
+                    p.next_send = seq;
+                    p.last_send = now;
+                }
+                let msg = Msg::Append {
+                    term: self.term,
+                    commit: self.commit,
+                    first_seq,
+                    entries,
+                };
+                self.send(i, &msg);
+            }
+        }
+    }
+
+    fn bytes_between(&self, from: u64, to: u64) -> usize {
+        if to <= from || from < self.log_first {
+            return 0;
+        }
+        let (a, b) = (
+            (from - self.log_first) as usize,
+            (to - self.log_first) as usize,
+        );
+        self.log
+            .range(a..b.min(self.log.len()))
+            .map(|(_, e)| e.len())
+            .sum()
+    }
+
+    /// A replication datagram from another Call Manager.
+    pub fn on_peer(&mut self, now: Nanos, datagram: &[u8]) {
+        self.seen = self.seen.max(now);
+        let Ok(sealed) = wire::decode(&self.cfg.key, datagram) else {
+            self.stats.rejected += 1;
+            return;
+        };
+        let from = sealed.from;
+        let Some(peer) = self.peers.get_mut(usize::from(from)) else {
+            self.stats.rejected += 1;
+            return;
+        };
+        if from == self.cfg.index || sealed.counter <= peer.counter {
+            self.stats.rejected += 1;
+            return;
+        }
+        peer.counter = sealed.counter;
+        match sealed.msg {
+            Msg::Heartbeat {
+                term,
+                sent_at,
+                commit,
+            } => {
+                if self.follow(now, from, term) {
+                    self.commit = self.commit.max(commit.min(self.applied));
+                    self.ack(from, Some(sent_at));
+                } else {
+                    self.ack(from, None);
+                }
+            }
+            Msg::Append {
+                term,
+                commit,
+                first_seq,
+                entries,
+            } => {
+                if !self.follow(now, from, term) {
+                    self.ack(from, None);
+                    return;
+                }
+                self.replay(now, first_seq, entries);
+                self.commit = self.commit.max(commit.min(self.applied));
+                self.ack(from, None);
+            }
+            Msg::Ack {
+                term,
+                echo,
+                applied,
+                applied_term,
+            } => self.on_ack(now, from, term, echo, applied, applied_term),
+            Msg::VoteRequest {
+                term,
+                applied,
+                applied_term,
+                pre,
+            } => {
+                let granted = self.grant(now, term, applied, applied_term, pre);
+                // A pre-vote is answered in the term asked about, so the asker can match it.
+                let t = if pre { term } else { self.term.max(term) };
+                self.send(
+                    usize::from(from),
+                    &Msg::Vote {
+                        term: t,
+                        granted,
+                        pre,
+                    },
+                );
+            }
+            Msg::Vote { term, granted, pre } => {
+                if pre {
+                    if granted
+                        && self.role == Role::Candidate
+                        && self.pre_vote
+                        && term == self.term + 1
+                        && let Some(v) = self.votes.get_mut(usize::from(from))
+                    {
+                        *v = true;
+                        self.count_votes(now);
+                    }
+                    return;
+                }
+                if term > self.term && self.role != Role::Active {
+                    self.term = term;
+                    self.role = if self.cm.is_some() {
+                        Role::Standby
+                    } else {
+                        Role::Syncing
+                    };
+                    return;
+                }
+                if granted && term == self.term && self.role == Role::Candidate && !self.pre_vote {
+                    if let Some(v) = self.votes.get_mut(usize::from(from)) {
+                        *v = true;
+                    }
+                    self.count_votes(now);
+                }
+            }
+            Msg::Resign { term } => {
+                if term == self.term && self.active == Some(from) && self.role != Role::Active {
+                    // Its lease is given up: stand after the skew alone, so the first standby
+                    // stands (and is voted for) before the next.
+                    self.heard = now.saturating_sub(self.cfg.silence());
+                    self.active = None;
+                }
+            }
+            Msg::SyncRequest { term } => {
+                if self.role == Role::Active
+                    && term <= self.term
+                    && let Some(p) = self.peers.get_mut(usize::from(from))
+                {
+                    p.needs_sync = true;
+                }
+            }
+        }
+    }
+
+    /// A heartbeat or append of `term` from `from`: true if this replica follows it (its term
+    /// is current), after stepping down if it was another term's active or a candidate.
+    fn follow(&mut self, now: Nanos, from: u8, term: u64) -> bool {
+        if term < self.term {
+            return false;
+        }
+        if self.role == Role::Active {
+            // Another active of the same or a newer term: ours is over, and our log may hold
+            // inputs nobody else has.
+            self.step_down(term);
+        } else if self.role == Role::Candidate || term > self.term {
+            self.role = if self.cm.is_some() {
+                Role::Standby
+            } else {
+                Role::Syncing
+            };
+        }
+        self.term = term;
+        self.active = Some(from);
+        self.heard = now;
+        true
+    }
+
+    fn step_down(&mut self, term: u64) {
+        self.term = term;
+        self.role = Role::Syncing;
+        self.cm = None;
+        self.lease_until = 0;
+        self.stats.outputs_discarded += self.held.len() as u64;
+        self.held.clear();
+        self.sip_out.clear();
+        self.commands_out.clear();
+        self.log.clear();
+        self.log_bytes = 0;
+    }
+
+    /// Entries of the active's log from `first_seq`, applied from the first this replica
+    /// lacks; a gap waits for the active to send again.
+    fn replay(&mut self, now: Nanos, first_seq: u64, entries: Vec<(u64, Vec<u8>)>) {
+        if self.role == Role::Syncing {
+            return;
+        }
+        let mut seq = first_seq;
+        for (t, e) in entries {
+            if seq <= self.applied {
+                if self.term_at(seq) != t {
+                    // Our log went another way at `seq` (inputs of an active nobody
+                    // else followed): only a snapshot puts it right.
+                    self.role = Role::Syncing;
+                    self.cm = None;
+                    return;
+                }
+                seq += 1;
+                continue;
+            }
+            if seq > self.applied + 1 {
+                return;
+            }
+            let Ok((at, input)) = wire::decode_input(&e) else {
+                // The active's own encoding; a standby that cannot read it cannot follow.
+                self.stats.rejected += 1;
+                self.role = Role::Syncing;
+                self.cm = None;
+                return;
+            };
+            // A refused operator action was refused on the active too: nothing to do.
+            let _ = self.apply(at, &input);
+            self.hold_outputs();
+            if self.term_at(seq) != t || self.history.is_empty() {
+                self.history.push((t, seq));
+            }
+            self.applied = seq;
+            self.applied_term = t;
+            self.push_log(t, e);
+            seq += 1;
+        }
+        let _ = now;
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Nanos,
+        from: u8,
+        term: u64,
+        echo: Option<Nanos>,
+        applied: u64,
+        applied_term: u64,
+    ) {
+        if term > self.term {
+            if self.role == Role::Active {
+                self.step_down(term);
+            } else {
+                self.term = term;
+            }
+            return;
+        }
+        if self.role != Role::Active || term < self.term {
+            return;
+        }
+        let consistent = applied == 0 || self.term_at(applied) == applied_term;
+        let quorum = self.cfg.quorum();
+        let index = usize::from(self.cfg.index);
+        let Some(p) = self.peers.get_mut(usize::from(from)) else {
+            return;
+        };
+        p.heard = now;
+        if echo.is_some() {
+            p.echo = p.echo.max(echo);
+        }
+        if !consistent || applied > self.applied {
+            p.needs_sync = true;
+        } else {
+            p.acked = p.acked.max(applied);
+            if p.next_send <= p.acked {
+                p.next_send = p.acked + 1;
+            }
+        }
+        // The lease: the newest heartbeat a majority (with us) acknowledged, plus the lease.
+        let mut echoes: Vec<Option<Nanos>> = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != index)
+            .map(|(_, p)| p.echo)
+            .collect();
+        echoes.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&Some(e)) = echoes.get(quorum.saturating_sub(2)) {
+            self.lease_until = self.lease_until.max(e + self.cfg.lease());
+        }
+        let mut acks: Vec<u64> = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|&(i, p)| i != index && !p.needs_sync)
+            .map(|(_, p)| p.acked)
+            .collect();
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&c) = acks.get(quorum.saturating_sub(2)) {
+            self.commit = self.commit.max(c.min(self.applied));
+        }
+        self.release(now);
+    }
+
+    /// Whether this replica votes for a candidate of `term` whose log ends at `applied`
+    /// (`pre`: whether it would, changing nothing).
+    fn grant(&mut self, now: Nanos, term: u64, applied: u64, applied_term: u64, pre: bool) -> bool {
+        if term < self.term || self.role == Role::Syncing || self.cm.is_none() {
+            return false;
+        }
+        // An active that still holds its lease is alive; a replica that heard it within a
+        // lease will not help replace it.
+        if self.role == Role::Active || now < self.heard.saturating_add(self.cfg.lease()) {
+            return false;
+        }
+        if self.voted_in >= term {
+            return false;
+        }
+        if pre {
+            return (applied_term, applied) >= (self.applied_term, self.applied);
+        }
+        if term > self.term {
+            self.term = term;
+            if self.role == Role::Candidate {
+                self.role = Role::Standby;
+            }
+        }
+        if (applied_term, applied) < (self.applied_term, self.applied) {
+            return false;
+        }
+        self.voted_in = term;
+        self.heard = now;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
