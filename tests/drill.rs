@@ -295,3 +295,72 @@ fn the_explorer_finds_nothing_on_the_small_drill_and_needs_virtual_time() {
     assert_eq!(live.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&live.stderr).contains("--virtual"));
 }
+
+fn shipped(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The Call Manager drill: the active fails under load, a standby serves the virtual IP with
+/// every call and registration, and the failed one catches up; the live drill and plan say
+/// what they do not do with it.
+#[test]
+fn the_call_manager_drill_takes_over_within_a_second_and_loses_nothing() {
+    let cm = shipped("drill-cm.toml");
+    let out = virtual_drill(&[cm.as_str(), "--no-wall-clock", "--json", "-"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let f = &v["faults"][0]["callmanager"];
+    assert_eq!(f["before"], "cm-1");
+    assert_eq!(f["after"], "cm-2");
+    let takeover = n(&f["takeover_us"]);
+    assert!((200_000..1_000_000).contains(&takeover), "{f}");
+    assert!(n(&f["established"]) >= 2_000, "{f}");
+    assert_eq!(n(&f["established_lost"]), 0, "{f}");
+    assert_eq!(n(&f["registrations"]), 1_000, "{f}");
+    assert_eq!(n(&f["registrations_lost"]), 0, "{f}");
+    assert_eq!(n(&v["load"]["calls"]["failed"]), 0);
+    assert!(v["faults"][1]["error"].is_null(), "{}", v["faults"][1]);
+    let events: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.ends_with("cm-1 caught up: a standby")),
+        "{events:?}"
+    );
+
+    let live = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["drill", &cm])
+        .output()
+        .expect("pbxlab runs");
+    assert_eq!(live.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&live.stderr).contains("drill --virtual"));
+    let plan = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["plan", &cm, "--json", "-"])
+        .output()
+        .expect("pbxlab runs");
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&plan.stderr).contains("plan does not model Call Manager takeover"),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+}

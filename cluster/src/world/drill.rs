@@ -491,7 +491,8 @@ impl Drill<'_> {
 
 /// The world's endpoints by the names network faults give them.
 struct Endpoints {
-    cm: SocketAddr,
+    /// The virtual IP and, with standbys, every Call Manager's own address.
+    cm: Vec<SocketAddr>,
     load: Vec<SocketAddr>,
     servers: Vec<(String, SocketAddr)>,
 }
@@ -500,7 +501,7 @@ impl Endpoints {
     fn of(world: &World, load: &Stepped) -> Endpoints {
         let a = world.addresses();
         Endpoints {
-            cm: a.cm,
+            cm: std::iter::once(a.cm).chain(a.replicas).collect(),
             load: load.addrs().to_vec(),
             servers: a.servers,
         }
@@ -510,7 +511,7 @@ impl Endpoints {
         let mut out = Vec::new();
         for name in names {
             match name.as_str() {
-                CM_ENDPOINT => out.push(self.cm),
+                CM_ENDPOINT => out.extend(&self.cm),
                 LOAD_ENDPOINT => out.extend(&self.load),
                 server => match self.servers.iter().find(|(n, _)| n == server) {
                     Some((_, addr)) => out.push(*addr),
