@@ -226,6 +226,27 @@ fn summary(run: &VirtualRun, wall: Option<Duration>) -> String {
                 .map_or(String::new(), |e| format!(": NOT APPLIED: {e}"))
         );
     }
+    for c in &run.callmanagers {
+        let s = &c.stats;
+        let _ = writeln!(
+            out,
+            "{}: {}{} (term {}, {} inputs applied, {} committed); {} entries sent, {} again, {} \
+             snapshots sent, {} taken, {} replication datagrams refused, {} inputs refused while \
+             not serving",
+            c.name,
+            c.role,
+            if c.cut { ", cut off" } else { "" },
+            c.term,
+            c.applied,
+            c.commit,
+            s.entries_sent,
+            s.entries_resent,
+            s.snapshots_sent,
+            s.snapshots_taken,
+            s.rejected,
+            s.fenced_inputs
+        );
+    }
     if let Some(v) = &run.violation {
         let _ = writeln!(
             out,
@@ -285,6 +306,7 @@ fn virtual_json(run: &VirtualRun, wall: Option<Duration>) -> serde_json::Value {
             "error": f.error,
         })).collect::<Vec<_>>(),
         "violation": run.violation.as_ref().map(|v| json!({"at_s": v.at.as_secs_f64(), "what": v.what})),
+        "callmanagers": run.callmanagers,
     })
 }
 

@@ -59,6 +59,11 @@ use wire::{Input, MAX_APPEND, Msg};
 /// Log entries a replica keeps, in bytes of encoded inputs: what a standby that fell behind
 /// can be sent again; one further behind is sent a snapshot.
 pub const LOG_CAP: usize = 64 << 20;
+/// Appends a standby keeps that arrived ahead of a gap (each at most [`wire::MAX_APPEND`]
+/// bytes).
+const MAX_AHEAD: usize = 256;
+/// Outputs a standby keeps of inputs it does not know to be committed.
+const MAX_KEPT: usize = 65_536;
 /// Unacknowledged bytes of log in flight to one standby.
 const WINDOW: usize = 4 << 20;
 
@@ -92,12 +97,6 @@ impl HaConfig {
     fn skew(&self) -> Nanos {
         let n = u64::try_from(self.addrs.len().max(1)).unwrap_or(1);
         self.heartbeat * u64::from(self.index) / n
-    }
-
-    /// How long outputs may wait for their inputs to be replicated before the active stops
-    /// taking inputs: a quarter of a heartbeat.
-    pub fn stall(&self) -> Nanos {
-        self.heartbeat / 4
     }
 
     /// How long entries go unacknowledged before they are sent again.
@@ -145,7 +144,7 @@ pub struct Snapshot {
 }
 
 /// Counters for the status and the drill.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HaStats {
     pub elections: u64,
     pub takeovers: u64,
@@ -168,23 +167,55 @@ struct Peer {
     acked: u64,
     /// The newest heartbeat send time it echoed in this term.
     echo: Option<Nanos>,
-    /// The next sequence number to send it, and when entries were last sent.
+    /// The next sequence number to send it.
     next_send: u64,
-    last_send: Nanos,
+    /// Since when it has had entries in flight without acknowledging more: entries
+    /// unacknowledged a resend interval after it are sent again.
+    progress: Nanos,
     /// It has no usable state, or a log that is not ours: it gets a snapshot.
     needs_sync: bool,
     /// When its last acknowledgement came: entries are sent again only to a replica heard
     /// within the silence (one cut off hears of them again once it answers a heartbeat).
     heard: Nanos,
-    /// The highest counter taken from it (replays are dropped).
-    counter: u64,
+    /// The counters taken from it (replays are dropped).
+    replay: ReplayWindow,
+}
+
+/// Which of a sender's counters were taken: the highest, and the 64 below it as bits (the
+/// anti-replay window of IPsec and DTLS). A datagram overtaken on the way is still taken
+/// once; one older than the window, or seen before, is refused.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReplayWindow {
+    highest: u64,
+    /// Bit i: counter `highest - i` was taken.
+    seen: u64,
+}
+
+impl ReplayWindow {
+    /// Whether `counter` is new; if so it is marked taken.
+    fn take(&mut self, counter: u64) -> bool {
+        if counter == 0 {
+            return false;
+        }
+        if counter > self.highest {
+            let shift = counter - self.highest;
+            self.seen = if shift >= 64 { 0 } else { self.seen << shift };
+            self.seen |= 1;
+            self.highest = counter;
+            return true;
+        }
+        let back = self.highest - counter;
+        if back >= 64 || self.seen & (1 << back) != 0 {
+            return false;
+        }
+        self.seen |= 1 << back;
+        true
+    }
 }
 
 /// Outputs of one input, waiting for the input to be committed.
 struct Held {
     seq: u64,
-    /// When its input was taken.
-    at: Nanos,
     datagrams: Vec<(SocketAddr, Vec<u8>)>,
     commands: Vec<(ServerId, NodeCommand)>,
 }
@@ -201,6 +232,8 @@ pub struct Replica {
     applied_term: u64,
     /// The first sequence number of each term whose inputs this replica applied.
     history: Vec<(u64, u64)>,
+    /// Appends that arrived ahead of a gap, by their first sequence number.
+    ahead: std::collections::BTreeMap<u64, Vec<(u64, Vec<u8>)>>,
     /// The tail of the log: entries from `log_first` on, each with its term.
     log: VecDeque<(u64, Vec<u8>)>,
     log_first: u64,
@@ -250,6 +283,7 @@ impl Replica {
             applied_term: 0,
             history: Vec::new(),
             log: VecDeque::new(),
+            ahead: std::collections::BTreeMap::new(),
             log_first: 1,
             log_bytes: 0,
             commit: 0,
@@ -325,26 +359,16 @@ impl Replica {
     /// Whether this replica answers at the virtual IP at `now`: the active, within its lease.
     /// A group of one always serves.
     pub fn serving(&self, now: Nanos) -> bool {
-        self.leased(now) && !self.stalled(now)
+        self.leased(now)
     }
 
-    /// The active within its lease: it may let out what was committed (stalled or not).
+    /// The active within its lease.
     fn leased(&self, now: Nanos) -> bool {
         self.role == Role::Active && (!self.replicated() || now < self.lease_until)
     }
 
-    /// Outputs have waited longer than [`HaConfig::stall`] for their inputs to be held by a
-    /// standby: the active takes no input and runs no timer until they go out, so that its
-    /// state does not run on ahead of what it could let out (a probe whose OPTIONS never left
-    /// would time out, and mark a healthy node down).
-    fn stalled(&self, now: Nanos) -> bool {
-        self.held
-            .front()
-            .is_some_and(|h| now > h.at.saturating_add(self.cfg.stall()))
-    }
-
     /// Nothing this replica's Call Manager did waits to go out: what its state says it sent,
-    /// it sent (always true of a standby, whose outputs are the active's).
+    /// it sent (of the active; a standby keeps what it would send should it take over).
     pub fn settled(&self) -> bool {
         self.held.is_empty() && self.sip_out.is_empty() && self.commands_out.is_empty()
     }
@@ -460,6 +484,7 @@ impl Replica {
     /// Moves what the Call Manager queued into `held` (the active), or throws it away (a
     /// standby's replay: the active sent it).
     fn hold_outputs(&mut self) {
+        let now_leased = self.leased(self.seen);
         let Some(cm) = self.cm.as_mut() else {
             return;
         };
@@ -473,15 +498,51 @@ impl Replica {
             cm.take_events();
             cm.take_reassigned();
             cm.take_dropped_calls();
+            // What the active sent for inputs it has committed, it sent. For the others it
+            // may not have: a standby keeps their outputs, and should it become the active,
+            // sends them (again, perhaps). SIP takes a repeated message as a retransmission
+            // and a node a repeated command as the same session's; a lost one would leave a
+            // call with no media, or a caller with no answer until its next retransmission.
+            if self.applied > self.commit && (!datagrams.is_empty() || !commands.is_empty()) {
+                let datagrams = datagrams
+                    .into_iter()
+                    .filter(|(to, b)| !(b.starts_with(b"OPTIONS ") && cm.node_at(*to).is_some()))
+                    .collect();
+                self.held.push_back(Held {
+                    seq: self.applied,
+                    datagrams,
+                    commands,
+                });
+                if self.held.len() > MAX_KEPT {
+                    self.held.pop_front();
+                }
+            }
             return;
+        }
+        // A health probe goes at once: its only effect is its answer, which comes back as an
+        // input, and a takeover that loses it costs the new active one unanswered probe,
+        // which it would count the same had the probe waited. Held for a standby's
+        // acknowledgement, every probe's round trip would carry the replication's, and a
+        // slow link between Call Managers would mark healthy nodes down.
+        let (probes, datagrams): (Vec<_>, Vec<_>) = datagrams
+            .into_iter()
+            .partition(|(to, b)| b.starts_with(b"OPTIONS ") && cm.node_at(*to).is_some());
+        if self.role == Role::Active && now_leased {
+            self.sip_out.extend(probes);
         }
         if !datagrams.is_empty() || !commands.is_empty() {
             self.held.push_back(Held {
                 seq: self.applied,
-                at: self.seen,
                 datagrams,
                 commands,
             });
+        }
+    }
+
+    /// A standby's kept outputs of inputs now known committed: the active sent them.
+    fn forget_committed(&mut self) {
+        while self.held.front().is_some_and(|h| h.seq <= self.commit) {
+            self.held.pop_front();
         }
     }
 
@@ -585,6 +646,7 @@ impl Replica {
         self.history = snap.history;
         self.term = snap.term;
         self.log.clear();
+        self.ahead.clear();
         self.log_bytes = 0;
         self.log_first = self.applied + 1;
         self.role = Role::Standby;
@@ -626,7 +688,7 @@ impl Replica {
                                 && p.next_send > p.acked + 1
                                 && self.seen < p.heard.saturating_add(self.cfg.silence())
                         })
-                        .map(|p| p.last_send + self.cfg.resend())
+                        .map(|p| p.progress + self.cfg.resend())
                         .min()
                         .unwrap_or(Nanos::MAX);
                     // A stall ends by an acknowledgement, or lets the timers run again when
@@ -695,10 +757,11 @@ impl Replica {
             if live
                 && p.acked < self.applied
                 && p.next_send > p.acked + 1
-                && now >= p.last_send + resend
+                && now >= p.progress + resend
             {
                 self.stats.entries_resent += p.next_send - p.acked - 1;
                 p.next_send = p.acked + 1;
+                p.progress = now;
             }
         }
     }
@@ -848,8 +911,11 @@ impl Replica {
                 }
                 self.stats.entries_sent += entries.len() as u64;
                 if let Some(p) = self.peers.get_mut(i) {
+                    if p.next_send == p.acked + 1 {
+                        // Nothing was in flight: the wait for an acknowledgement starts now.
+                        p.progress = now;
+                    }
                     p.next_send = seq;
-                    p.last_send = now;
                 }
                 let msg = Msg::Append {
                     term: self.term,
@@ -888,11 +954,10 @@ impl Replica {
             self.stats.rejected += 1;
             return;
         };
-        if from == self.cfg.index || sealed.counter <= peer.counter {
+        if from == self.cfg.index || !peer.replay.take(sealed.counter) {
             self.stats.rejected += 1;
             return;
         }
-        peer.counter = sealed.counter;
         match sealed.msg {
             Msg::Heartbeat {
                 term,
@@ -901,6 +966,7 @@ impl Replica {
             } => {
                 if self.follow(now, from, term) {
                     self.commit = self.commit.max(commit.min(self.applied));
+                    self.forget_committed();
                     self.ack(from, Some(sent_at));
                 } else {
                     self.ack(from, None);
@@ -918,6 +984,7 @@ impl Replica {
                 }
                 self.replay(now, first_seq, entries);
                 self.commit = self.commit.max(commit.min(self.applied));
+                self.forget_committed();
                 self.ack(from, None);
             }
             Msg::Ack {
@@ -1025,6 +1092,7 @@ impl Replica {
         self.sip_out.clear();
         self.commands_out.clear();
         self.log.clear();
+        self.ahead.clear();
         self.log_bytes = 0;
     }
 
@@ -1034,6 +1102,30 @@ impl Replica {
         if self.role == Role::Syncing {
             return;
         }
+        if first_seq > self.applied + 1 {
+            // Overtaken on the way: kept (within bounds) until the gap is filled, rather
+            // than sent again.
+            if self.ahead.len() < MAX_AHEAD && !self.ahead.contains_key(&first_seq) {
+                self.ahead.insert(first_seq, entries);
+            }
+            return;
+        }
+        self.apply_entries(first_seq, entries);
+        while let Some(entry) = self.ahead.first_entry() {
+            if *entry.key() > self.applied + 1 {
+                break;
+            }
+            let (first, entries) = entry.remove_entry();
+            self.apply_entries(first, entries);
+            if self.role == Role::Syncing {
+                self.ahead.clear();
+                return;
+            }
+        }
+        let _ = now;
+    }
+
+    fn apply_entries(&mut self, first_seq: u64, entries: Vec<(u64, Vec<u8>)>) {
         let mut seq = first_seq;
         for (t, e) in entries {
             if seq <= self.applied {
@@ -1059,16 +1151,15 @@ impl Replica {
             };
             // A refused operator action was refused on the active too: nothing to do.
             let _ = self.apply(at, &input);
-            self.hold_outputs();
             if self.term_at(seq) != t || self.history.is_empty() {
                 self.history.push((t, seq));
             }
             self.applied = seq;
             self.applied_term = t;
+            self.hold_outputs();
             self.push_log(t, e);
             seq += 1;
         }
-        let _ = now;
     }
 
     fn on_ack(
@@ -1104,7 +1195,10 @@ impl Replica {
         if !consistent || applied > self.applied {
             p.needs_sync = true;
         } else {
-            p.acked = p.acked.max(applied);
+            if applied > p.acked {
+                p.acked = applied;
+                p.progress = now;
+            }
             if p.next_send <= p.acked {
                 p.next_send = p.acked + 1;
             }

@@ -395,3 +395,48 @@ fn an_upgrade_hands_over_at_once() {
     assert_eq!(new, vec![1], "cm-2 did not take over within 100 ms");
     assert!(g.replicas[1].became_active().unwrap() - at < 50 * MS);
 }
+
+#[test]
+fn the_replay_window_takes_an_overtaken_datagram_once_and_nothing_older() {
+    let mut w = ReplayWindow::default();
+    assert!(!w.take(0), "0 is never a counter");
+    assert!(w.take(5));
+    assert!(w.take(3), "overtaken by 5: taken");
+    assert!(!w.take(3), "twice");
+    assert!(!w.take(5), "twice");
+    assert!(w.take(70));
+    assert!(!w.take(6), "older than the window");
+    assert!(w.take(7), "within the window");
+    assert!(w.take(1_000));
+    assert!(!w.take(70));
+}
+
+const OPTIONS: &[u8] = b"OPTIONS sip:cm@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.9:5062;branch=z9hG4bK7\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:cm@x>\r\nCall-ID: q7\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+
+#[test]
+fn a_new_active_sends_again_what_the_old_one_may_not_have_sent() {
+    let mut g = Group::new();
+    g.run(MS);
+    let now = g.now;
+    let from: SocketAddr = "127.0.0.9:5062".parse().unwrap();
+    assert!(g.replicas[0].handle(now, from, OPTIONS));
+    // The standbys hold the OPTIONS, the active hears so and answers; then it dies before any
+    // standby has heard that it did.
+    g.run(now + 2 * LATENCY + 1);
+    let mut answered = Vec::new();
+    g.replicas[0].transmit(|to, b| answered.push((to, b.to_vec())));
+    assert_eq!(answered.len(), 1, "the active answered once committed");
+    assert!(
+        g.replicas[1].commit() < g.replicas[1].applied(),
+        "cm-2 knew of the commit"
+    );
+    g.cut[0] = true;
+    g.flight.clear();
+    g.run(now + 1_000 * MS);
+    let new = g.serving();
+    assert_eq!(new, vec![1]);
+    let mut again = Vec::new();
+    g.replicas[1].transmit(|to, b| again.push((to, b.to_vec())));
+    // cm-2 cannot know the 200 left: it sends it too (a retransmission to the client).
+    assert_eq!(again, answered);
+}

@@ -102,6 +102,20 @@ pub struct VirtualRun {
     pub violation: Option<Violation>,
     /// The virtual time the run ended at.
     pub end: Duration,
+    /// Each Call Manager as the run left it, when there are standbys.
+    pub callmanagers: Vec<CmState>,
+}
+
+/// A Call Manager of the group at the end of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CmState {
+    pub name: String,
+    pub role: &'static str,
+    pub cut: bool,
+    pub term: u64,
+    pub applied: u64,
+    pub commit: u64,
+    pub stats: crate::ha::HaStats,
 }
 
 /// What to run: the scenario's cluster, its node faults at the times the drill gives them
@@ -148,7 +162,7 @@ impl CmWatch {
             fault,
             at: world.now(),
             index,
-            before: world.serving_index(),
+            before: world.active_index(),
             established: engine.dialogs(),
             setups: engine.setups(),
             unserved: world.vip_unserved,
@@ -413,6 +427,22 @@ impl Drill<'_> {
                 inj.cm = Some(figures);
             }
         }
+        let callmanagers = if world.replicas().count() > 1 {
+            world
+                .replicas()
+                .map(|(name, r, alive, cut)| CmState {
+                    name,
+                    role: if alive { r.role().name() } else { "down" },
+                    cut,
+                    term: r.term(),
+                    applied: r.applied(),
+                    commit: r.commit(),
+                    stats: r.stats.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let now = world.now();
         let (steps, datagrams) = world.work();
         Ok(VirtualRun {
@@ -429,6 +459,7 @@ impl Drill<'_> {
             net: world.net.stats,
             violation,
             end: Duration::from_nanos(now),
+            callmanagers,
         })
     }
 

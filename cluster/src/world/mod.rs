@@ -300,6 +300,14 @@ impl World {
         self.silence_max.max(self.now.saturating_sub(since))
     }
 
+    /// The Call Manager that is the active now (serving, or waiting for its lease to be
+    /// renewed), by index.
+    pub fn active_index(&self) -> Option<usize> {
+        self.cms
+            .iter()
+            .position(|c| c.alive && c.replica.role() == crate::ha::Role::Active)
+    }
+
     /// The Call Manager serving the virtual IP now, by index.
     pub fn serving_index(&self) -> Option<usize> {
         self.vip_owner()
