@@ -104,6 +104,10 @@ pub struct CmFigures {
     pub hit_active: bool,
     /// From the fault to the new active's first datagram from the virtual IP.
     pub takeover_us: Option<u64>,
+    /// From the fault until the old active stopped serving (a partitioned one runs on until
+    /// its lease is out; a failed one stops at once), and from then until another served.
+    pub fenced_us: Option<u64>,
+    pub handover_gap_us: Option<u64>,
     /// Calls up at the fault, and those of them the generator still held afterwards that the
     /// serving Call Manager no longer knew (their BYE or re-INVITE would fail).
     pub established: u64,
@@ -690,6 +694,16 @@ impl DrillVerdict {
                         c.unserved
                     );
                 }
+                if let (Some(f), Some(g)) = (c.fenced_us, c.handover_gap_us) {
+                    let _ = writeln!(
+                        out,
+                        "    fencing          {} stopped serving {:.1} ms after the fault, {:.1} ms before {} began",
+                        name(&c.before),
+                        f as f64 / 1000.0,
+                        g as f64 / 1000.0,
+                        name(&c.after)
+                    );
+                }
                 let _ = writeln!(
                     out,
                     "    established      {} up at the fault, {} lost",
@@ -808,6 +822,8 @@ impl DrillVerdict {
                         "after": c.after,
                         "hit_active": c.hit_active,
                         "takeover_us": c.takeover_us,
+                        "fenced_us": c.fenced_us,
+                        "handover_gap_us": c.handover_gap_us,
                         "takeover_bound_us": f.takeover_bound.map(micros),
                         "established": c.established,
                         "established_lost": c.established_lost,

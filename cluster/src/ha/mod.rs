@@ -179,6 +179,8 @@ struct Peer {
     heard: Nanos,
     /// The counters taken from it (replays are dropped).
     replay: ReplayWindow,
+    /// Where the snapshot it was handed leaves it.
+    floor: u64,
 }
 
 /// Which of a sender's counters were taken: the highest, and the 64 below it as bits (the
@@ -626,6 +628,10 @@ impl Replica {
         let p = self.peers.get_mut(usize::from(peer))?;
         p.next_send = self.applied + 1;
         p.acked = 0;
+        // What it will hold once it installs the snapshot: never sent again, but not counted
+        // towards a commit until it says so.
+        p.floor = self.applied;
+        p.progress = self.seen;
         Some(Snapshot {
             cm: Box::new(cm.clone()),
             applied: self.applied,
@@ -683,10 +689,10 @@ impl Replica {
                         .peers
                         .iter()
                         .filter(|p| {
-                            p.acked < self.applied
+                            p.acked.max(p.floor) < self.applied
                                 && !p.needs_sync
-                                && p.next_send > p.acked + 1
-                                && self.seen < p.heard.saturating_add(self.cfg.silence())
+                                && p.next_send > p.acked.max(p.floor) + 1
+                                && self.seen < p.heard.saturating_add(self.cfg.heartbeat)
                         })
                         .map(|p| p.progress + self.cfg.resend())
                         .min()
@@ -751,16 +757,15 @@ impl Replica {
     /// Entries sent a resend interval ago and still not acknowledged are sent again, from the
     /// first the standby lacks (go-back-N: the standby applies in order and drops the rest).
     fn resend_due(&mut self, now: Nanos) {
-        let (resend, silence) = (self.cfg.resend(), self.cfg.silence());
+        let (resend, heartbeat) = (self.cfg.resend(), self.cfg.heartbeat);
         for p in &mut self.peers {
-            let live = now < p.heard.saturating_add(silence);
-            if live
-                && p.acked < self.applied
-                && p.next_send > p.acked + 1
-                && now >= p.progress + resend
-            {
-                self.stats.entries_resent += p.next_send - p.acked - 1;
-                p.next_send = p.acked + 1;
+            // One that answered nothing for a heartbeat is not sent the window again and
+            // again; its next acknowledgement says where to go on from.
+            let live = now < p.heard.saturating_add(heartbeat);
+            let base = p.acked.max(p.floor);
+            if live && base < self.applied && p.next_send > base + 1 && now >= p.progress + resend {
+                self.stats.entries_resent += p.next_send - base - 1;
+                p.next_send = base + 1;
                 p.progress = now;
             }
         }
@@ -817,6 +822,7 @@ impl Replica {
             p.echo = None;
             p.next_send = self.applied + 1;
             p.needs_sync = false;
+            p.floor = 0;
         }
         self.commit = self.commit.min(self.applied);
         self.next_heartbeat = now + self.cfg.heartbeat;
@@ -886,8 +892,10 @@ impl Replica {
                     }
                     break;
                 }
-                let in_flight: usize =
-                    self.bytes_between(p.acked.max(self.log_first - 1) + 1, p.next_send);
+                let in_flight: usize = self.bytes_between(
+                    p.acked.max(p.floor).max(self.log_first - 1) + 1,
+                    p.next_send,
+                );
                 if in_flight >= WINDOW {
                     break;
                 }

@@ -222,11 +222,28 @@ impl CmWatch {
             }
         }
         let name = |i: Option<usize>| i.map(|i| format!("cm-{}", i + 1));
+        let log = world.serving_log();
+        let stopped = log
+            .iter()
+            .find(|&&(t, i, serving)| t >= self.at && i == self.index && !serving)
+            .map(|&(t, _, _)| t);
+        let began = log
+            .iter()
+            .find(|&&(t, i, serving)| t >= self.at && i != self.index && serving)
+            .map(|&(t, _, _)| t);
+        let (fenced_us, handover_gap_us) = match (self.hit_active(), stopped, began) {
+            (true, Some(s), Some(b)) => {
+                (Some((s - self.at) / 1000), Some(b.saturating_sub(s) / 1000))
+            }
+            _ => (None, None),
+        };
         Some(CmFigures {
             before: name(self.before),
             after: name(world.serving_index()),
             hit_active: self.hit_active(),
             takeover_us: self.takeover.map(|t| t / 1000),
+            fenced_us,
+            handover_gap_us,
             established: self.established.len() as u64,
             established_lost,
             registrations,

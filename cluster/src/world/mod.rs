@@ -300,12 +300,14 @@ impl World {
         self.silence_max.max(self.now.saturating_sub(since))
     }
 
-    /// The Call Manager that is the active now (serving, or waiting for its lease to be
-    /// renewed), by index.
+    /// The Call Manager that is the active now, by index: the one serving, else one that
+    /// waits for its lease to be renewed (a cut-off old active is not it).
     pub fn active_index(&self) -> Option<usize> {
-        self.cms
-            .iter()
-            .position(|c| c.alive && c.replica.role() == crate::ha::Role::Active)
+        self.vip_owner().or_else(|| {
+            self.cms
+                .iter()
+                .position(|c| c.alive && !c.cut && c.replica.role() == crate::ha::Role::Active)
+        })
     }
 
     /// The Call Manager serving the virtual IP now, by index.
