@@ -219,6 +219,11 @@ pub(crate) fn writable(flag: &str, path: Option<&PathBuf>) -> Result<(), BadInpu
     if path.is_dir() {
         return bad("is a folder".to_owned());
     }
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        // A device or a pipe is written in place at the end (`write_atomic`); opening a FIFO
+        // now would wait for its reader.
+        return Ok(());
+    }
     let (tmp, _) = temporary_beside(path);
     match std::fs::File::create(&tmp) {
         Ok(_) => {
@@ -244,7 +249,33 @@ fn temporary_beside(path: &std::path::Path) -> (PathBuf, PathBuf) {
 
 /// Writes `bytes` to `path` whole or not at all: into a temporary file beside it, flushed to
 /// disk, then renamed over it, so a full disk or a crash leaves the previous file as it was.
+///
+/// Only a regular file (or a new path) is replaced so. A device, a FIFO or a socket
+/// (`/dev/null`, `/dev/stdout`, a named pipe a script reads) is written in place: renaming a
+/// file over it would put a regular file where the device was (run as root, `--json
+/// /dev/null` once replaced the machine's `/dev/null`). A symbolic link to a regular file is
+/// followed, and its target replaced, so the link stays a link.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let context = || format!("writing {}", path.display());
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(context)?;
+            return f.write_all(bytes).with_context(context);
+        }
+        Ok(_) if path.is_symlink() => {
+            let target = std::fs::canonicalize(path).with_context(context)?;
+            return replace(&target, bytes).with_context(context);
+        }
+        _ => {}
+    }
+    replace(path, bytes).with_context(context)
+}
+
+/// The atomic replacement of [`write_atomic`]: a temporary file beside `path`, renamed over it.
+fn replace(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     let (tmp, _) = temporary_beside(path);
     let written = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -254,7 +285,7 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Resu
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
+        return Err(e.into());
     }
     Ok(())
 }

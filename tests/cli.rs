@@ -532,3 +532,63 @@ fn network_faults_are_refused_by_the_live_drill_and_named_by_plan() {
         "{err}"
     );
 }
+
+/// A report written to a named pipe goes down the pipe, and the pipe stays a pipe; one written
+/// through a symbolic link replaces the link's target and leaves the link. (Renaming a
+/// temporary file over `--json /dev/null`, run as root, once replaced the device itself.)
+#[test]
+fn a_report_to_a_pipe_or_through_a_link_leaves_the_pipe_and_the_link_as_they_were() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let scenario = scratch("pipe.toml", SMALL);
+    let dir = scenario.parent().unwrap().to_path_buf();
+    let fifo = dir.join("report.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || tx.send(std::fs::read(&fifo).expect("read the pipe")));
+    }
+    let s = scenario.to_str().unwrap();
+    let out = pbxlab(&["plan", s, "--json", fifo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "the pipe was replaced"
+    );
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("nothing came down the pipe");
+    let v: serde_json::Value = serde_json::from_slice(&got).expect("the report came down the pipe");
+    assert_eq!(v["scenario"], "small");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    let target = dir.join("report-target.json");
+    let link = dir.join("report-link.json");
+    let _ = std::fs::remove_file(&link);
+    std::fs::write(&target, "old").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = pbxlab(&["plan", s, "--json", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&target).unwrap())
+        .expect("the target has the report");
+    assert_eq!(v["scenario"], "small");
+}
