@@ -108,7 +108,7 @@ pub(crate) fn progress_line(p: &Progress<'_>) -> String {
 pub(crate) fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     crate::writable("--json", args.json.as_ref())?;
     crate::html::writable(args.html.as_ref())?;
-    let mut scenario = load_scenario(args.scenario.as_ref())?;
+    let scenario = load_scenario(args.scenario.as_ref())?;
     // The planner models servers, not the datagrams between them: a network fault would
     // change nothing it computes, and must not pass for modelled.
     for f in &scenario.net_faults {
@@ -118,17 +118,6 @@ pub(crate) fn plan(args: PlanArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode
             f.at.as_secs_f64()
         );
     }
-    let cms = scenario.callmanager.names();
-    for f in scenario.faults.iter().filter(|f| cms.contains(&f.server)) {
-        eprintln!(
-            "warning: plan does not model Call Manager takeover yet: {} {} at {:.1} s ignored \
-             (pbxlab drill --virtual measures it)",
-            f.action.name(),
-            f.server,
-            f.at.as_secs_f64()
-        );
-    }
-    scenario.faults.retain(|f| !cms.contains(&f.server));
     let on_terminal = std::io::stderr().is_terminal();
     let period = progress_period(&args.progress, on_terminal)?;
     let bar = (on_terminal && period.is_some()).then(indicatif::ProgressBar::new_spinner);

@@ -131,6 +131,27 @@ pub struct FaultReport {
     /// For `fail`: virtual seconds from the fault to the balancer marking the server down.
     pub detected_after_s: Option<f64>,
     pub alert: bool,
+    /// For a fault of a Call Manager: what its takeover cost.
+    pub takeover: Option<TakeoverReport>,
+}
+
+/// What a Call Manager fault costs in the planner's model: while no Call Manager answers,
+/// new attempts are lost and sent again on SIP's timers (an INVITE 0.5, 1.5, 3.5 ... s after
+/// its first try, until Timer B's 32 s), and are placed when a retransmission finds the new
+/// active; calls already up are unaffected (the standbys hold their state).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TakeoverReport {
+    /// Seconds without a Call Manager answering (0: the fault did not hit the active).
+    pub outage_s: f64,
+    /// The Call Manager serving afterwards, if any.
+    pub next: Option<String>,
+    /// Attempts that arrived during the outage, placed late by a retransmission, and given
+    /// up (Timer B ran out before any Call Manager answered).
+    pub attempts_delayed: u64,
+    pub attempts_failed: u64,
+    /// How late the delayed attempts were placed, mean and worst.
+    pub delay_mean_s: f64,
+    pub delay_max_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -311,11 +332,47 @@ impl Report {
                     f.server,
                     f.action,
                     f.detected_after_s
+                        .or(f.takeover.as_ref().map(|t| t.outage_s).filter(|&o| o > 0.0))
                         .map_or("-".into(), |d| format!("+{d:.1}s")),
                     f.sessions_affected,
                     f.reassigned,
                     f.dropped,
                     if f.alert { "yes" } else { "" }
+                );
+            }
+            for f in &self.faults {
+                let Some(t) = &f.takeover else { continue };
+                if t.outage_s == 0.0 {
+                    let _ = writeln!(
+                        o,
+                        "{:>9.1} {} {}: no outage of its own (serving after it: {})",
+                        f.at_s,
+                        f.action,
+                        f.server,
+                        t.next.as_deref().unwrap_or("none")
+                    );
+                    continue;
+                }
+                let _ = writeln!(
+                    o,
+                    "{:>9.1} {} {}: {} without a Call Manager answering{}; {} attempts in it \
+                     placed by a retransmission (late by {:.2} s on average, {:.2} s at worst), \
+                     {} given up; calls up unaffected",
+                    f.at_s,
+                    f.action,
+                    f.server,
+                    if t.outage_s > 0.0 {
+                        format!("{:.3} s", t.outage_s)
+                    } else {
+                        "no time".to_owned()
+                    },
+                    t.next
+                        .as_ref()
+                        .map_or(String::new(), |n| format!(", then {n}")),
+                    t.attempts_delayed,
+                    t.delay_mean_s,
+                    t.delay_max_s,
+                    t.attempts_failed
                 );
             }
         }

@@ -28,6 +28,7 @@ use crate::stats::Estimate;
 use pbxlab_scenario::{HoldDist, Scenario};
 
 mod faults;
+mod takeover;
 
 /// How to run a simulation.
 #[derive(Debug, Clone, Copy, Default)]
@@ -126,6 +127,13 @@ enum Ev {
     /// An upgraded server's process is up again.
     Restarted(u32),
     Fault(u32),
+    /// An attempt lost while no Call Manager answered, sent again (first tried at `first`).
+    Retry {
+        stream: Stream,
+        first: Nanos,
+    },
+    /// An upgraded Call Manager runs again.
+    CmBack(u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -224,6 +232,8 @@ struct AcdQueue {
 
 struct Sim<'s> {
     sc: &'s Scenario,
+    /// The Call Managers behind the virtual IP.
+    cm: takeover::CmModel,
     seed: u64,
     q: EventQueue<Ev>,
     b: Balancer,
@@ -344,6 +354,7 @@ impl<'s> Sim<'s> {
             refresh_cycle: 0,
             registers: 0,
             faults: Vec::new(),
+            cm: takeover::CmModel::new(sc),
             mismatch: None,
             next_meeting: 0,
             mean_gap_s: [f64::INFINITY; 4],
@@ -462,13 +473,14 @@ impl<'s> Sim<'s> {
             }
             Ev::Arrival(stream) => {
                 self.next_arrival(stream, now)?;
-                match stream {
-                    Stream::Calls => self.call_arrival(now)?,
-                    Stream::Ivr => self.ivr_arrival(now)?,
-                    Stream::Queue => self.queue_arrival(now)?,
-                    Stream::Meetings => self.meeting_arrival(now)?,
+                if now < self.cm.outage_until {
+                    self.retry_later(stream, now, now)?;
+                } else {
+                    self.place(stream, now)?;
                 }
             }
+            Ev::Retry { stream, first } => self.retried(stream, first, now)?,
+            Ev::CmBack(i) => self.cm_back(i as usize, now),
             Ev::End(session, flow) => {
                 if self.release(session, now) && flow == Flow::Ivr {
                     let then_queue = self.sc.traffic.ivr.as_ref().map_or(0.0, |i| i.then_queue);
@@ -536,6 +548,16 @@ impl<'s> Sim<'s> {
             Ev::Fault(i) => self.fault(i as usize, now)?,
         }
         Ok(())
+    }
+
+    /// An attempt of `stream` that reached a Call Manager at `now`.
+    fn place(&mut self, stream: Stream, now: Nanos) -> Result<(), Error> {
+        match stream {
+            Stream::Calls => self.call_arrival(now),
+            Stream::Ivr => self.ivr_arrival(now),
+            Stream::Queue => self.queue_arrival(now),
+            Stream::Meetings => self.meeting_arrival(now),
+        }
     }
 
     fn next_arrival(&mut self, stream: Stream, now: Nanos) -> Result<(), Error> {

@@ -498,3 +498,107 @@ fn each_server_has_a_bounded_timeline_that_agrees_with_its_mean_and_its_faults()
     .expect("runs");
     assert_eq!(again.servers[0].timeline, report.servers[0].timeline);
 }
+
+const CM_TAKEOVER: &str = r#"
+name = "cm takeover"
+seed = 11
+duration = "10m"
+warmup = "1m"
+
+[[pool]]
+role = "media"
+servers = 2
+capacity = 8000
+
+[callmanager]
+nodes = 3
+heartbeat = "100ms"
+misses = 3
+
+[traffic.calls]
+rate = "200/s"
+hold = "30s"
+
+[[fault]]
+at = "3m"
+action = "fail"
+server = "cm-1"
+
+[[fault]]
+at = "4m"
+action = "partition"
+server = "cm-3"
+
+[[fault]]
+at = "5m"
+action = "heal"
+server = "cm-3"
+
+[[fault]]
+at = "6m"
+action = "recover"
+server = "cm-1"
+
+[[fault]]
+at = "7m"
+action = "upgrade"
+server = "cm-2"
+"#;
+
+/// A Call Manager's failure in the plan: attempts while nobody answers are placed late by a
+/// retransmission, calls up are untouched, a standby's failure costs nothing, and without a
+/// majority the attempts are given up at Timer B until a Call Manager comes back.
+#[test]
+fn a_call_manager_takeover_delays_the_attempts_in_its_window_and_drops_no_call() {
+    let scenario = Scenario::from_toml("<cm>", CM_TAKEOVER).expect("valid");
+    let report = simulate(
+        &scenario,
+        Options {
+            self_check: true,
+            no_wall_clock: true,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("seed {}: {e}", scenario.seed));
+    let t: Vec<_> = report
+        .faults
+        .iter()
+        .map(|f| f.takeover.clone().expect("a takeover row"))
+        .collect();
+    // cm-1: 300 ms of silence less half a heartbeat on average, then cm-2's skew of 33 ms.
+    assert!((t[0].outage_s - 0.2833).abs() < 1e-3, "{:?}", t[0]);
+    assert_eq!(t[0].next.as_deref(), Some("cm-2"));
+    // 200 attempts a second for 0.283 s: about 57 (Poisson; 4 sigma either way).
+    assert!((27..=87).contains(&t[0].attempts_delayed), "{:?}", t[0]);
+    assert_eq!(t[0].attempts_failed, 0);
+    assert!(t[0].delay_max_s <= 0.5 + 1e-9, "{:?}", t[0]);
+    // With cm-1 failed, cutting off cm-3 leaves cm-2 without a majority: nobody answers
+    // until cm-3 is back a minute later. The attempts of the first 28.5 s run out of
+    // retransmissions (Timer B); those of the last 31.5 s get one in once cm-2 serves again.
+    assert!((t[1].outage_s - 60.0).abs() < 1e-6, "{:?}", t[1]);
+    assert_eq!(t[1].next.as_deref(), Some("cm-2"));
+    assert!(
+        (200 * 26..=200 * 31).contains(&t[1].attempts_failed),
+        "{:?}",
+        t[1]
+    );
+    assert!(
+        (200 * 29..=200 * 34).contains(&t[1].attempts_delayed),
+        "{:?}",
+        t[1]
+    );
+    assert!(
+        t[1].delay_max_s > 30.0 && t[1].delay_max_s <= 31.5 + 1e-9,
+        "{:?}",
+        t[1]
+    );
+    // Healing, recovering (cm-1 is handed a snapshot) and upgrading cm-2 with both others up
+    // (it resigns; cm-1 stands at once): no outage of their own.
+    for k in 2..5 {
+        assert_eq!(t[k].outage_s, 0.0, "{k}: {:?}", t[k]);
+    }
+    assert_eq!(t[4].next.as_deref(), Some("cm-1"));
+    // Calls up when a Call Manager failed are not dropped, and the late attempts found room.
+    assert_eq!(report.roles["media"].dropped, 0);
+    assert_eq!(report.roles["media"].blocked, 0);
+}

@@ -14,7 +14,7 @@ use pbxlab_cluster::world::drill::{
     Drill, Hooks, LOAD_RTP_PORT, LOAD_SIP_PORT, VirtualRun, load_addrs,
 };
 use pbxlab_cluster::world::explore::{Variant, vary};
-use pbxlab_cluster::world::{SERVER_PORT_BASE, World};
+use pbxlab_cluster::world::{REPLICA_PORT_BASE, SERVER_PORT_BASE, World};
 use pbxlab_loadgen::engine::Config;
 use pbxlab_loadgen::{Progress, Threshold};
 use pbxlab_scenario::{DrillSpec, FaultSpec, NetFaultSpec, NetKind, Scenario};
@@ -49,13 +49,24 @@ impl Setup {
         let servers: usize = scenario.pools.iter().map(|p| p.servers.len()).sum();
         let first = usize::from(SERVER_PORT_BASE);
         let port = usize::from(sip.port());
+        let cms = scenario.callmanager.names().len();
+        let replicas = usize::from(REPLICA_PORT_BASE);
         if (first..first + servers).contains(&port)
+            || (replicas..replicas + cms).contains(&port)
             || [LOAD_SIP_PORT, LOAD_RTP_PORT].contains(&sip.port())
         {
+            let own = if cms > 0 {
+                format!(
+                    ", the Call Managers' own addresses at {replicas}-{}",
+                    replicas + cms - 1
+                )
+            } else {
+                String::new()
+            };
             return Err(BadInput(format!(
-                "--sip {sip}: in virtual time the servers are at ports {first}-{} and the load \
-                 at {LOAD_SIP_PORT} and {LOAD_RTP_PORT} of that address; give the Call Manager \
-                 another port",
+                "--sip {sip}: in virtual time the servers are at ports {first}-{}{own} and the \
+                 load at {LOAD_SIP_PORT} and {LOAD_RTP_PORT} of that address; give the Call \
+                 Manager another port",
                 first + servers.saturating_sub(1)
             ))
             .into());

@@ -82,6 +82,20 @@ impl Sim<'_> {
     pub(super) fn fault(&mut self, index: usize, now: Nanos) -> Result<(), Error> {
         let spec = &self.sc.faults[index];
         let action = spec.action;
+        if let Some(i) = self.cm.index(&spec.server) {
+            self.faults.push(FaultReport {
+                at_s: nanos_to_secs(now),
+                server: spec.server.clone(),
+                action: action.name().to_string(),
+                sessions_affected: 0,
+                reassigned: 0,
+                dropped: 0,
+                detected_after_s: None,
+                alert: false,
+                takeover: None,
+            });
+            return self.cm_fault(i, action, now);
+        }
         let Some(id) = self.b.server_by_name(&spec.server) else {
             return Err(Error::UnknownServer(spec.server.clone()));
         };
@@ -95,6 +109,7 @@ impl Sim<'_> {
             dropped: 0,
             detected_after_s: None,
             alert: false,
+            takeover: None,
         });
         let at = Duration::from_nanos(now);
         let server = id.0 as usize;
