@@ -102,12 +102,14 @@ pub struct CmFigures {
     pub after: Option<String>,
     /// The fault took the serving Call Manager away.
     pub hit_active: bool,
-    /// From the fault to the new active's first datagram from the virtual IP.
+    /// From the fault to the new active's first datagram from the virtual IP to a caller (not a probe to a node).
     pub takeover_us: Option<u64>,
     /// From the fault until the old active stopped serving (a partitioned one runs on until
     /// its lease is out; a failed one stops at once), and from then until another served.
     pub fenced_us: Option<u64>,
     pub handover_gap_us: Option<u64>,
+    /// The new active began before the old one stopped: two served at once.
+    pub overlap: bool,
     /// Calls up at the fault, and those of them the generator still held afterwards that the
     /// serving Call Manager no longer knew (their BYE or re-INVITE would fail).
     pub established: u64,
@@ -544,6 +546,13 @@ pub fn judge(
                 }
                 _ => {}
             }
+            if c.overlap {
+                broken.push(format!(
+                    "{} began serving before {} stopped: two Call Managers served at once",
+                    c.after.as_deref().unwrap_or("another"),
+                    c.before.as_deref().unwrap_or("the old active")
+                ));
+            }
             if c.established_lost > 0 {
                 broken.push(format!(
                     "{} established calls lost (their dialogs unknown to {})",
@@ -824,6 +833,7 @@ impl DrillVerdict {
                         "takeover_us": c.takeover_us,
                         "fenced_us": c.fenced_us,
                         "handover_gap_us": c.handover_gap_us,
+                        "overlap": c.overlap,
                         "takeover_bound_us": f.takeover_bound.map(micros),
                         "established": c.established,
                         "established_lost": c.established_lost,

@@ -67,6 +67,9 @@ const MAX_KEPT: usize = 65_536;
 /// Unacknowledged bytes of log in flight to one standby.
 const WINDOW: usize = 4 << 20;
 
+/// Log entries as an append carries them: each one's term and its encoded input.
+type Entries = Vec<(u64, Vec<u8>)>;
+
 /// How one replica is set up.
 #[derive(Debug, Clone)]
 pub struct HaConfig {
@@ -92,8 +95,8 @@ impl HaConfig {
         self.silence().saturating_sub(self.heartbeat / 2)
     }
 
-    /// How much later than the silence this replica stands: a fraction of a heartbeat by its
-    /// number, so the standbys of one failure do not all stand at the same instant.
+    /// How much later than the silence this replica stands: its number in Nths of a
+    /// heartbeat (of N replicas), so the standbys of one failure do not stand at one instant.
     fn skew(&self) -> Nanos {
         let n = u64::try_from(self.addrs.len().max(1)).unwrap_or(1);
         self.heartbeat * u64::from(self.index) / n
@@ -175,7 +178,7 @@ struct Peer {
     /// It has no usable state, or a log that is not ours: it gets a snapshot.
     needs_sync: bool,
     /// When its last acknowledgement came: entries are sent again only to a replica heard
-    /// within the silence (one cut off hears of them again once it answers a heartbeat).
+    /// within a heartbeat (one cut off hears of them again once it answers a heartbeat).
     heard: Nanos,
     /// The counters taken from it (replays are dropped).
     replay: ReplayWindow,
@@ -234,8 +237,9 @@ pub struct Replica {
     applied_term: u64,
     /// The first sequence number of each term whose inputs this replica applied.
     history: Vec<(u64, u64)>,
-    /// Appends that arrived ahead of a gap, by their first sequence number.
-    ahead: std::collections::BTreeMap<u64, Vec<(u64, Vec<u8>)>>,
+    /// Appends that arrived ahead of a gap, by their first sequence number, with the term of
+    /// the entry before them.
+    ahead: std::collections::BTreeMap<u64, (u64, Entries)>,
     /// The tail of the log: entries from `log_first` on, each with its term.
     log: VecDeque<(u64, Vec<u8>)>,
     log_first: u64,
@@ -608,7 +612,9 @@ impl Replica {
 
     /// The replicas the active should hand a snapshot to now.
     pub fn take_syncs(&mut self) -> Vec<u8> {
-        if self.role != Role::Active || self.cm.is_none() {
+        // Only the serving active's state is the cluster's: a cut-off or deposed one must not
+        // hand out its own.
+        if !self.serving(self.seen) || self.cm.is_none() {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -622,16 +628,10 @@ impl Replica {
         out
     }
 
-    /// A copy of the active's state for a replica that syncs (`take_syncs`).
-    pub fn snapshot(&mut self, peer: u8) -> Option<Snapshot> {
+    /// A copy of the active's state for a replica that syncs (`take_syncs`); once the replica
+    /// has taken it, [`Replica::handed`].
+    pub fn snapshot(&self) -> Option<Snapshot> {
         let cm = self.cm.as_ref()?;
-        let p = self.peers.get_mut(usize::from(peer))?;
-        p.next_send = self.applied + 1;
-        p.acked = 0;
-        // What it will hold once it installs the snapshot: never sent again, but not counted
-        // towards a commit until it says so.
-        p.floor = self.applied;
-        p.progress = self.seen;
         Some(Snapshot {
             cm: Box::new(cm.clone()),
             applied: self.applied,
@@ -641,12 +641,35 @@ impl Replica {
         })
     }
 
+    /// Replica `peer` took a snapshot at `applied`: the log goes on from there.
+    pub fn handed(&mut self, peer: u8, applied: u64) {
+        let seen = self.seen;
+        if let Some(p) = self.peers.get_mut(usize::from(peer)) {
+            p.next_send = applied + 1;
+            p.acked = 0;
+            // What it holds now: never sent again, but not counted towards a commit until it
+            // says so.
+            p.floor = applied;
+            p.progress = seen;
+        }
+    }
+
+    /// Where a snapshot leaves its taker in the log.
+    pub fn snapshot_applied(snap: &Snapshot) -> u64 {
+        snap.applied
+    }
+
     /// Takes a snapshot: this replica becomes a standby at the snapshot's place in the log.
-    pub fn install(&mut self, now: Nanos, snap: Snapshot) {
+    /// True if it was taken (a replica that is not syncing, or is in a newer term than the
+    /// snapshot's, refuses it).
+    pub fn install(&mut self, now: Nanos, snap: Snapshot) -> bool {
         if self.role != Role::Syncing || snap.term < self.term {
-            return;
+            return false;
         }
         self.cm = Some(*snap.cm);
+        self.held.clear();
+        self.commit = snap.applied;
+        self.voted_in = self.voted_in.max(snap.term);
         self.applied = snap.applied;
         self.applied_term = snap.applied_term;
         self.history = snap.history;
@@ -661,6 +684,7 @@ impl Replica {
         if let Some(a) = self.active {
             self.ack(a, None);
         }
+        true
     }
 
     /// Stops serving at once and tells the standbys, so that one takes over without waiting
@@ -671,6 +695,8 @@ impl Replica {
         }
         let term = self.term;
         self.step_down(term);
+        // It is about to stop: it must not stand again in the meantime.
+        self.become_syncing();
         self.broadcast(&Msg::Resign { term });
     }
 
@@ -699,7 +725,14 @@ impl Replica {
                         .unwrap_or(Nanos::MAX);
                     // A stall ends by an acknowledgement, or lets the timers run again when
                     // its outputs go: either way the step that brings it is an event.
-                    self.next_heartbeat.min(cm).min(resend)
+                    // The lease running out is an event too: serving stops then, to the
+                    // nanosecond, whether or not anything else happens.
+                    let lease = if self.lease_until > self.seen {
+                        self.lease_until
+                    } else {
+                        Nanos::MAX
+                    };
+                    self.next_heartbeat.min(cm).min(resend).min(lease)
                 } else {
                     cm
                 }
@@ -929,6 +962,7 @@ impl Replica {
                     term: self.term,
                     commit: self.commit,
                     first_seq,
+                    prev_term: self.term_at(first_seq - 1),
                     entries,
                 };
                 self.send(i, &msg);
@@ -984,13 +1018,14 @@ impl Replica {
                 term,
                 commit,
                 first_seq,
+                prev_term,
                 entries,
             } => {
                 if !self.follow(now, from, term) {
                     self.ack(from, None);
                     return;
                 }
-                self.replay(now, first_seq, entries);
+                self.replay(now, first_seq, prev_term, entries);
                 self.commit = self.commit.max(commit.min(self.applied));
                 self.forget_committed();
                 self.ack(from, None);
@@ -1008,8 +1043,14 @@ impl Replica {
                 pre,
             } => {
                 let granted = self.grant(now, term, applied, applied_term, pre);
-                // A pre-vote is answered in the term asked about, so the asker can match it.
-                let t = if pre { term } else { self.term.max(term) };
+                // A granted pre-vote is answered in the term asked about, so the asker can match
+                // it; a refusal carries the voter's own newest term (and the one it voted in),
+                // so a candidate that asks about a spent term learns the current one.
+                let t = match (pre, granted) {
+                    (true, true) => term,
+                    (true, false) => self.term.max(self.voted_in),
+                    (false, _) => self.term.max(term),
+                };
                 self.send(
                     usize::from(from),
                     &Msg::Vote {
@@ -1021,6 +1062,12 @@ impl Replica {
             }
             Msg::Vote { term, granted, pre } => {
                 if pre {
+                    if !granted && term > self.term && self.role == Role::Candidate {
+                        // Asked about a term already spent (voted in, or current): the next
+                        // pre-vote asks past it.
+                        self.term = term;
+                        return;
+                    }
                     if granted
                         && self.role == Role::Candidate
                         && self.pre_vote
@@ -1084,64 +1131,87 @@ impl Replica {
                 Role::Syncing
             };
         }
+        if self.active != Some(from) || term > self.term {
+            // What an earlier active sent ahead of a gap is not this one's log.
+            self.ahead.clear();
+        }
         self.term = term;
         self.active = Some(from);
         self.heard = now;
         true
     }
 
+    /// An active that finds a newer term: a standby with its state and log, whose outputs
+    /// never left (they were not committed) and never will. Its log may hold inputs nobody
+    /// else took; the next active's appends find that out (their `prev_term`) and sync it.
+    /// Keeping the state lets it vote and stand if no other holds a newer log.
     fn step_down(&mut self, term: u64) {
         self.term = term;
-        self.role = Role::Syncing;
-        self.cm = None;
+        self.role = if self.cm.is_some() {
+            Role::Standby
+        } else {
+            Role::Syncing
+        };
         self.lease_until = 0;
+        self.active = None;
         self.stats.outputs_discarded += self.held.len() as u64;
         self.held.clear();
         self.sip_out.clear();
         self.commands_out.clear();
-        self.log.clear();
         self.ahead.clear();
+    }
+
+    /// No usable state: everything derived from it goes, and a snapshot is asked for.
+    fn become_syncing(&mut self) {
+        self.role = Role::Syncing;
+        self.cm = None;
+        self.lease_until = 0;
+        self.held.clear();
+        self.sip_out.clear();
+        self.commands_out.clear();
+        self.ahead.clear();
+        self.log.clear();
         self.log_bytes = 0;
+        self.commit = 0;
     }
 
     /// Entries of the active's log from `first_seq`, applied from the first this replica
     /// lacks; a gap waits for the active to send again.
-    fn replay(&mut self, now: Nanos, first_seq: u64, entries: Vec<(u64, Vec<u8>)>) {
-        if self.role == Role::Syncing {
+    fn replay(&mut self, now: Nanos, first_seq: u64, prev_term: u64, entries: Vec<(u64, Vec<u8>)>) {
+        if self.role == Role::Syncing || first_seq == 0 {
             return;
         }
         if first_seq > self.applied + 1 {
             // Overtaken on the way: kept (within bounds) until the gap is filled, rather
             // than sent again.
             if self.ahead.len() < MAX_AHEAD && !self.ahead.contains_key(&first_seq) {
-                self.ahead.insert(first_seq, entries);
+                self.ahead.insert(first_seq, (prev_term, entries));
             }
             return;
         }
-        self.apply_entries(first_seq, entries);
+        self.apply_entries(first_seq, prev_term, entries);
         while let Some(entry) = self.ahead.first_entry() {
-            if *entry.key() > self.applied + 1 {
+            if *entry.key() > self.applied + 1 || self.role == Role::Syncing {
                 break;
             }
-            let (first, entries) = entry.remove_entry();
-            self.apply_entries(first, entries);
-            if self.role == Role::Syncing {
-                self.ahead.clear();
-                return;
-            }
+            let (first, (prev, entries)) = entry.remove_entry();
+            self.apply_entries(first, prev, entries);
         }
         let _ = now;
     }
 
-    fn apply_entries(&mut self, first_seq: u64, entries: Vec<(u64, Vec<u8>)>) {
+    fn apply_entries(&mut self, first_seq: u64, prev_term: u64, entries: Vec<(u64, Vec<u8>)>) {
+        if first_seq > 1 && self.term_at(first_seq - 1) != prev_term {
+            // Our entry before these is not the active's: our log went another way (inputs
+            // of an active nobody else followed), and only a snapshot puts it right.
+            self.become_syncing();
+            return;
+        }
         let mut seq = first_seq;
         for (t, e) in entries {
             if seq <= self.applied {
                 if self.term_at(seq) != t {
-                    // Our log went another way at `seq` (inputs of an active nobody
-                    // else followed): only a snapshot puts it right.
-                    self.role = Role::Syncing;
-                    self.cm = None;
+                    self.become_syncing();
                     return;
                 }
                 seq += 1;
@@ -1153,8 +1223,7 @@ impl Replica {
             let Ok((at, input)) = wire::decode_input(&e) else {
                 // The active's own encoding; a standby that cannot read it cannot follow.
                 self.stats.rejected += 1;
-                self.role = Role::Syncing;
-                self.cm = None;
+                self.become_syncing();
                 return;
             };
             // A refused operator action was refused on the active too: nothing to do.
@@ -1221,7 +1290,7 @@ impl Replica {
             .collect();
         echoes.sort_unstable_by(|a, b| b.cmp(a));
         if let Some(&Some(e)) = echoes.get(quorum.saturating_sub(2)) {
-            self.lease_until = self.lease_until.max(e + self.cfg.lease());
+            self.lease_until = self.lease_until.max(e.saturating_add(self.cfg.lease()));
         }
         let mut acks: Vec<u64> = self
             .peers

@@ -30,6 +30,7 @@ fn every_message() -> Vec<Msg> {
             term: 3,
             commit: 4,
             first_seq: 5,
+            prev_term: 2,
             entries: vec![(3, vec![1, 2, 3]), (2, Vec::new())],
         },
         Msg::Ack {
@@ -439,4 +440,40 @@ fn a_new_active_sends_again_what_the_old_one_may_not_have_sent() {
     g.replicas[1].transmit(|to, b| again.push((to, b.to_vec())));
     // cm-2 cannot know the 200 left: it sends it too (a retransmission to the client).
     assert_eq!(again, answered);
+}
+
+#[test]
+fn an_append_whose_previous_entry_is_not_ours_sends_the_standby_to_sync() {
+    let mut g = Group::new();
+    g.run(MS);
+    let now = g.now;
+    assert!(g.replicas[0].handle(now, "127.0.0.9:5062".parse().unwrap(), OPTIONS));
+    g.run(now + 3 * LATENCY);
+    let applied = g.replicas[1].applied();
+    assert!(applied >= 1);
+    // "cm-3" claims term 3, and that the entry before its first is of term 2: cm-2's entry
+    // there is of term 1, so its log went another way and nothing may be applied on top.
+    let mut entry = Vec::new();
+    encode_input(now, &Input::Advance, &mut entry);
+    let mut append = Vec::new();
+    encode(
+        &key(),
+        2,
+        u64::MAX,
+        &Msg::Append {
+            term: 3,
+            commit: 0,
+            first_seq: applied + 1,
+            prev_term: 2,
+            entries: vec![(3, entry)],
+        },
+        &mut append,
+    );
+    g.replicas[1].on_peer(g.now, &append);
+    assert_eq!(g.replicas[1].role(), Role::Syncing);
+    assert!(g.replicas[1].cm().is_none());
+    assert!(
+        g.replicas[1].settled(),
+        "outputs of a log that went another way are kept"
+    );
 }

@@ -8,13 +8,16 @@
 //! ```
 //!
 //! The MAC is the first 16 bytes of HMAC-SHA-256 over everything before it, with the
-//! cluster's replication key; a receiver takes a sender's datagram only if its counter is
-//! above every one taken from that sender (a replay or a reflection is dropped). Numbers are
-//! big-endian. Bodies:
+//! cluster's replication key; a receiver takes a sender's counter once, through a 64-wide
+//! window (a replay is dropped; one overtaken on the way is not), and drops what claims to
+//! come from itself. The destination is not sealed: a datagram one replica sent another can be
+//! delivered to the third, which takes it as it would from its sender (every message means
+//! the same to each replica). Numbers are big-endian. Bodies:
 //!
 //! ```text
 //! 1 heartbeat  term, sent_at, commit                        active -> standby
-//! 2 append     term, commit, first_seq, count: u32, then per entry term, len: u32, input
+//! 2 append     term, commit, first_seq, prev_term (of the entry before first_seq, 0 for none),
+//!              count: u32, then per entry term, len: u32, input
 //! 3 ack        term, echo (0, or the sent_at of the heartbeat answered plus 1), applied,
 //!              applied_term
 //! 4 vote?      term, applied, applied_term, pre: u8         candidate -> everyone
@@ -69,6 +72,9 @@ pub enum Msg {
         term: u64,
         commit: u64,
         first_seq: u64,
+        /// The term of the entry before `first_seq`: a standby whose entry there has another
+        /// term went another way, and syncs (Raft's log matching).
+        prev_term: u64,
         /// Each entry's term and its encoded input (see [`encode_input`]).
         entries: Vec<(u64, Vec<u8>)>,
     },
@@ -152,10 +158,11 @@ pub fn encode(key: &Key, from: u8, counter: u64, msg: &Msg, out: &mut Vec<u8>) {
             term,
             commit,
             first_seq,
+            prev_term,
             entries,
         } => {
             out.push(2);
-            u64s(out, &[*term, *commit, *first_seq]);
+            u64s(out, &[*term, *commit, *first_seq, *prev_term]);
             out.extend_from_slice(&u32::try_from(entries.len()).unwrap_or(0).to_be_bytes());
             for (t, e) in entries {
                 u64s(out, &[*t]);
@@ -282,7 +289,7 @@ pub fn decode(key: &Key, datagram: &[u8]) -> Result<Sealed, Malformed> {
             commit: r.u64()?,
         },
         2 => {
-            let (term, commit, first_seq) = (r.u64()?, r.u64()?, r.u64()?);
+            let (term, commit, first_seq, prev_term) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
             let count = r.u32()? as usize;
             // Each entry takes at least 12 bytes: a count beyond that is a lie, not a reason
             // to reserve memory.
@@ -299,6 +306,7 @@ pub fn decode(key: &Key, datagram: &[u8]) -> Result<Sealed, Malformed> {
                 term,
                 commit,
                 first_seq,
+                prev_term,
                 entries,
             }
         }

@@ -244,6 +244,7 @@ impl CmWatch {
             takeover_us: self.takeover.map(|t| t / 1000),
             fenced_us,
             handover_gap_us,
+            overlap: matches!((stopped, began), (Some(s), Some(b)) if self.hit_active() && b < s),
             established: self.established.len() as u64,
             established_lost,
             registrations,

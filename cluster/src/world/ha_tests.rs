@@ -365,3 +365,42 @@ server = "cm-2"
     assert!(again >= 2, "{:?}", run.events);
     assert_eq!(run.report.calls.failed, 0, "{:?}", run.report.calls);
 }
+
+#[test]
+fn an_old_active_healed_after_its_successor_failed_still_makes_a_majority() {
+    let sc = scenario(
+        r#"
+[[fault]]
+at = "10s"
+action = "partition"
+server = "cm-1"
+
+[[fault]]
+at = "13s"
+action = "fail"
+server = "cm-2"
+
+[[fault]]
+at = "15s"
+action = "heal"
+server = "cm-1"
+"#,
+    );
+    let (run, _) = drill(&sc);
+    // cm-1 stepped down with its state when it heard of term 2, so with cm-3 it is a
+    // majority again: one of them serves, and what cm-2 committed was on cm-3.
+    let after_heal: Vec<&String> = run
+        .events
+        .iter()
+        .filter(|e| e.contains("serves the virtual IP"))
+        .filter(|e| {
+            e.split('s')
+                .next()
+                .and_then(|t| t.parse::<f64>().ok())
+                .is_some_and(|t| t >= 15.0)
+        })
+        .collect();
+    assert!(!after_heal.is_empty(), "{:?}", run.events);
+    let f = figures(&run, 2);
+    assert_eq!((f.established_lost, f.registrations_lost), (0, 0), "{f:?}");
+}

@@ -491,10 +491,13 @@ impl World {
             let (net, vip, cut) = (&mut self.net, self.cm_addr, c.cut);
             // What a cut-off Call Manager sends is lost on the way, as its datagrams to the
             // nodes and its commands are.
+            // The takeover is timed to the first datagram that reaches the peer (a caller), not
+            // a probe to a node.
             let mut sent = false;
+            let routes = &self.routes;
             c.replica.transmit(|to, bytes| {
-                sent = true;
                 if !cut {
+                    sent |= routes.get(&to) == Some(&Route::Peer);
                     net.send(now, vip, to, bytes);
                 }
             });
@@ -544,12 +547,16 @@ impl World {
             if !reachable(self.cms.get(from)) || !reachable(self.cms.get(to)) {
                 continue;
             }
-            let snap = self
+            let Some(snap) = self.cms.get(from).and_then(|c| c.replica.snapshot()) else {
+                continue;
+            };
+            let at = Replica::snapshot_applied(&snap);
+            let taken = self
                 .cms
-                .get_mut(from)
-                .and_then(|c| u8::try_from(to).ok().and_then(|p| c.replica.snapshot(p)));
-            if let (Some(snap), Some(c)) = (snap, self.cms.get_mut(to)) {
-                c.replica.install(now, snap);
+                .get_mut(to)
+                .is_some_and(|c| c.replica.install(now, snap));
+            if let (true, Some(c), Ok(p)) = (taken, self.cms.get_mut(from), u8::try_from(to)) {
+                c.replica.handed(p, at);
             }
         }
         for (server, command) in commands {
