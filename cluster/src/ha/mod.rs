@@ -660,10 +660,11 @@ impl Replica {
     }
 
     /// Takes a snapshot: this replica becomes a standby at the snapshot's place in the log.
-    /// True if it was taken (a replica that is not syncing, or is in a newer term than the
-    /// snapshot's, refuses it).
+    /// True if it was taken: by a replica with no state, or a standby whose log the active
+    /// found to have gone another way (an active, or one in a newer term than the snapshot's,
+    /// refuses it).
     pub fn install(&mut self, now: Nanos, snap: Snapshot) -> bool {
-        if self.role != Role::Syncing || snap.term < self.term {
+        if self.role == Role::Active || snap.term < self.term {
             return false;
         }
         self.cm = Some(*snap.cm);
@@ -796,7 +797,12 @@ impl Replica {
             // again; its next acknowledgement says where to go on from.
             let live = now < p.heard.saturating_add(heartbeat);
             let base = p.acked.max(p.floor);
-            if live && base < self.applied && p.next_send > base + 1 && now >= p.progress + resend {
+            if live
+                && !p.needs_sync
+                && base < self.applied
+                && p.next_send > base + 1
+                && now >= p.progress + resend
+            {
                 self.stats.entries_resent += p.next_send - base - 1;
                 p.next_send = base + 1;
                 p.progress = now;

@@ -255,12 +255,20 @@ server = "cm-1"
     let f = figures(&run, 0);
     assert_eq!((f.established_lost, f.registrations_lost), (0, 0), "{f:?}");
     assert_eq!(run.report.calls.failed, 0);
-    // Healed, the old active found the newer term, gave up its state and synced.
+    // Healed, the old active found the newer term and that its log went another way, and
+    // took a snapshot: it ends level with the active, once.
     assert!(
         run.events.iter().any(|e| e.contains("cm-1 reconnected")),
         "{:?}",
         run.events
     );
+    let cms = &run.callmanagers;
+    let active = cms.iter().find(|c| c.role == "active").expect("an active");
+    let old = &cms[0];
+    assert_eq!(old.role, "standby", "{cms:?}");
+    assert_eq!(old.applied, active.applied, "{cms:?}");
+    assert_eq!(old.stats.snapshots_taken, 1, "{cms:?}");
+    assert_eq!(active.stats.snapshots_sent, 1, "{cms:?}");
 }
 
 #[test]
