@@ -594,8 +594,8 @@ fn a_call_manager_takeover_delays_the_attempts_in_its_window_and_drops_no_call()
     );
     // Healing, recovering (cm-1 is handed a snapshot) and upgrading cm-2 with both others up
     // (it resigns; cm-1 stands at once): no outage of their own.
-    for k in 2..5 {
-        assert_eq!(t[k].outage_s, 0.0, "{k}: {:?}", t[k]);
+    for (k, row) in t.iter().enumerate().skip(2) {
+        assert_eq!(row.outage_s, 0.0, "{k}: {row:?}");
     }
     assert_eq!(t[4].next.as_deref(), Some("cm-1"));
     // Calls up when a Call Manager failed are not dropped, and the late attempts found room.
