@@ -37,11 +37,13 @@
 //! most one Call Manager serves at any moment, also when the old active is cut off but alive.
 //! A minority side never serves: the cut-off active stops at the end of its lease.
 //!
-//! **Catching up.** A replica that starts afresh (after `fail` and `recover`, or an upgrade),
-//! or an old active that finds a newer term (its log may hold inputs no one else took), has
-//! no usable state: it asks for a sync, and the active hands it a snapshot (a copy of its Call
-//! Manager with the sequence number it stands at) and then the log from there. A replica that
-//! is syncing acknowledges heartbeats but neither votes nor stands.
+//! **Catching up.** A replica that starts afresh (after `fail` and `recover`, or an upgrade)
+//! has no usable state: it asks for a sync, and the serving active hands it a snapshot (a copy
+//! of its Call Manager with the sequence number it stands at) and then the log from there. A
+//! replica that is syncing acknowledges heartbeats but neither votes nor stands. An old active
+//! that finds a newer term steps down with its state; every append names the term of the entry
+//! before it, so a standby whose log went another way (inputs nobody else took) is found before
+//! anything is applied on top, and takes a snapshot instead (Raft's log matching).
 
 pub mod wire;
 
