@@ -386,6 +386,10 @@ impl CallManager {
             Method::Ack => {}
             Method::Bye => {
                 self.reply(from, msg, 200, &[]);
+                if let Some(key) = super::teardown::bye_key(msg) {
+                    let until = now.saturating_add(self.txs.timer_b());
+                    self.ended_byes.remember(key, from, until);
+                }
                 let abandoned = self
                     .calls
                     .get(call)

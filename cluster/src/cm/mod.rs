@@ -202,6 +202,8 @@ pub struct Stats {
     pub malformed: u64,
     /// In-dialog requests whose tags named no dialog of their Call-ID (forged or stale): 481.
     pub unmatched_in_dialog: u64,
+    /// BYEs for a call they had already ended (their 200 lost), answered 200 again.
+    pub bye_retransmissions: u64,
     /// INVITEs refused because their source held too many calls, or too many unconfirmed.
     pub source_limited: u64,
     /// Responses to our requests from an address the request did not go to: ignored.
@@ -282,6 +284,8 @@ pub struct CallManager {
     /// One message being rendered, before it is queued (and kept, if it is retransmitted).
     scratch: Vec<u8>,
     commands: Vec<(ServerId, NodeCommand)>,
+    /// The BYEs that ended calls, for their retransmissions.
+    ended_byes: teardown::EndedByes,
     /// Every media session a node was told to hold and not yet told to end, by node: what
     /// each node's own session count should say once it has applied its commands.
     anchored: HashMap<MediaSession, ServerId>,
@@ -325,6 +329,7 @@ impl CallManager {
             out: Outbox::default(),
             scratch: Vec::new(),
             commands: Vec::new(),
+            ended_byes: teardown::EndedByes::default(),
             anchored: HashMap::new(),
             anchored_on: HashMap::new(),
             events: Vec::new(),
@@ -648,6 +653,13 @@ impl CallManager {
             }
             (Method::Ack, None) => {}
             (_, Some((call, is_a))) => self.in_call(now, from, call, is_a, method, msg),
+            (Method::Bye, None)
+                if teardown::bye_key(msg).is_some_and(|k| self.ended_byes.seen(&k, from, now)) =>
+            {
+                // The BYE that ended this call, again: its 200 was lost.
+                self.stats.bye_retransmissions += 1;
+                self.reply(from, msg, 200, &[]);
+            }
             (Method::Bye | Method::Cancel, None) => self.reply(from, msg, 481, &[]),
             _ => self.reply(from, msg, 501, &[]),
         }

@@ -173,3 +173,63 @@ impl CallManager {
         }
     }
 }
+
+/// The BYEs that ended calls, kept for as long as their sender may send them again (Timer J,
+/// 64 x T1): a retransmitted BYE, whose 200 was lost (on the way, or in a Call Manager
+/// takeover), is answered 200 again rather than 481 for a dialog it ended itself. Keyed by
+/// Call-ID, From tag and CSeq, and only for the address the BYE came from; bounded.
+#[derive(Debug, Clone, Default)]
+pub(super) struct EndedByes {
+    by_key: std::collections::HashMap<(String, String, u32), (std::net::SocketAddr, Nanos)>,
+    order: std::collections::VecDeque<(Nanos, (String, String, u32))>,
+}
+
+/// BYEs remembered at once; beyond, the oldest is forgotten early (its retransmission then
+/// gets a 481, as before).
+const MAX_ENDED_BYES: usize = 65_536;
+
+impl EndedByes {
+    pub(super) fn remember(
+        &mut self,
+        key: (String, String, u32),
+        from: std::net::SocketAddr,
+        until: Nanos,
+    ) {
+        if self.order.len() >= MAX_ENDED_BYES
+            && let Some((_, old)) = self.order.pop_front()
+        {
+            self.by_key.remove(&old);
+        }
+        self.by_key.insert(key.clone(), (from, until));
+        self.order.push_back((until, key));
+    }
+
+    /// Whether this BYE, from `from`, already ended a call and may be a retransmission.
+    pub(super) fn seen(
+        &mut self,
+        key: &(String, String, u32),
+        from: std::net::SocketAddr,
+        now: Nanos,
+    ) -> bool {
+        while let Some((until, _)) = self.order.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, old)) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+        self.by_key
+            .get(key)
+            .is_some_and(|&(addr, until)| addr == from && until > now)
+    }
+}
+
+/// A BYE's key in [`EndedByes`].
+pub(super) fn bye_key(msg: &pbxlab_proto::sip::Message<'_>) -> Option<(String, String, u32)> {
+    Some((
+        msg.call_id()?.to_owned(),
+        msg.from()?.tag()?.to_owned(),
+        msg.cseq()?.seq,
+    ))
+}

@@ -404,6 +404,38 @@ fn a_call_between_users_is_bridged_through_one_media_node() {
     assert_eq!(bye_a.call_id(), Some("c1"));
     assert_eq!(bye_a.to().and_then(|t| t.tag()), Some("uac1"));
     assert_eq!(cm.balancer().placed(), 0);
+    // Its 200 lost, the callee sends the BYE again: 200 again, not a 481 for the dialog it
+    // ended itself. Another CSeq, or the same BYE from elsewhere, is no retransmission.
+    cm.handle(2 * NS, addr(CALLEE), bye.as_bytes());
+    let again = self::texts(&sent(&mut cm));
+    assert!(
+        again.iter().any(|t| t.starts_with("SIP/2.0 200")),
+        "{again:?}"
+    );
+    assert_eq!(cm.stats().bye_retransmissions, 1);
+    cm.handle(
+        2 * NS,
+        addr(CALLEE),
+        bye.replace("CSeq: 5 BYE", "CSeq: 6 BYE").as_bytes(),
+    );
+    let other = self::texts(&sent(&mut cm));
+    assert!(
+        other.iter().any(|t| t.starts_with("SIP/2.0 481")),
+        "{other:?}"
+    );
+    cm.handle(2 * NS, addr("127.0.0.3:7100"), bye.as_bytes());
+    let elsewhere = self::texts(&sent(&mut cm));
+    assert!(
+        !elsewhere.iter().any(|t| t.starts_with("SIP/2.0 200")),
+        "{elsewhere:?}"
+    );
+    // After Timer J (64 x T1), it is forgotten.
+    cm.handle(40 * NS, addr(CALLEE), bye.as_bytes());
+    let late = self::texts(&sent(&mut cm));
+    assert!(
+        late.iter().any(|t| t.starts_with("SIP/2.0 481")),
+        "{late:?}"
+    );
 }
 
 #[test]
