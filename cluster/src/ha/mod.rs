@@ -148,6 +148,18 @@ pub struct Snapshot {
     history: Vec<(u64, u64)>,
 }
 
+impl Snapshot {
+    /// Where it leaves its taker in the log.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+}
+
+/// A health probe among a Call Manager's outputs: an OPTIONS to one of its nodes.
+fn is_probe(cm: &CallManager, to: SocketAddr, datagram: &[u8]) -> bool {
+    datagram.starts_with(b"OPTIONS ") && cm.node_at(to).is_some()
+}
+
 /// Counters for the status and the drill.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HaStats {
@@ -367,11 +379,6 @@ impl Replica {
     /// Whether this replica answers at the virtual IP at `now`: the active, within its lease.
     /// A group of one always serves.
     pub fn serving(&self, now: Nanos) -> bool {
-        self.leased(now)
-    }
-
-    /// The active within its lease.
-    fn leased(&self, now: Nanos) -> bool {
         self.role == Role::Active && (!self.replicated() || now < self.lease_until)
     }
 
@@ -492,7 +499,7 @@ impl Replica {
     /// Moves what the Call Manager queued into `held` (the active), or throws it away (a
     /// standby's replay: the active sent it).
     fn hold_outputs(&mut self) {
-        let now_leased = self.leased(self.seen);
+        let serving = self.serving(self.seen);
         let Some(cm) = self.cm.as_mut() else {
             return;
         };
@@ -514,7 +521,7 @@ impl Replica {
             if self.applied > self.commit && (!datagrams.is_empty() || !commands.is_empty()) {
                 let datagrams = datagrams
                     .into_iter()
-                    .filter(|(to, b)| !(b.starts_with(b"OPTIONS ") && cm.node_at(*to).is_some()))
+                    .filter(|(to, b)| !is_probe(cm, *to, b))
                     .collect();
                 self.held.push_back(Held {
                     seq: self.applied,
@@ -534,8 +541,8 @@ impl Replica {
         // slow link between Call Managers would mark healthy nodes down.
         let (probes, datagrams): (Vec<_>, Vec<_>) = datagrams
             .into_iter()
-            .partition(|(to, b)| b.starts_with(b"OPTIONS ") && cm.node_at(*to).is_some());
-        if self.role == Role::Active && now_leased {
+            .partition(|(to, b)| is_probe(cm, *to, b));
+        if serving {
             self.sip_out.extend(probes);
         }
         if !datagrams.is_empty() || !commands.is_empty() {
@@ -556,7 +563,7 @@ impl Replica {
 
     /// Lets out the outputs of committed inputs, within the lease.
     fn release(&mut self, now: Nanos) {
-        if !self.leased(now) {
+        if !self.serving(now) {
             return;
         }
         while self.held.front().is_some_and(|h| h.seq <= self.commit) {
@@ -654,11 +661,6 @@ impl Replica {
             p.floor = applied;
             p.progress = seen;
         }
-    }
-
-    /// Where a snapshot leaves its taker in the log.
-    pub fn snapshot_applied(snap: &Snapshot) -> u64 {
-        snap.applied
     }
 
     /// Takes a snapshot: this replica becomes a standby at the snapshot's place in the log.
@@ -1033,7 +1035,7 @@ impl Replica {
                     self.ack(from, None);
                     return;
                 }
-                self.replay(now, first_seq, prev_term, entries);
+                self.replay(first_seq, prev_term, entries);
                 self.commit = self.commit.max(commit.min(self.applied));
                 self.forget_committed();
                 self.ack(from, None);
@@ -1185,7 +1187,7 @@ impl Replica {
 
     /// Entries of the active's log from `first_seq`, applied from the first this replica
     /// lacks; a gap waits for the active to send again.
-    fn replay(&mut self, now: Nanos, first_seq: u64, prev_term: u64, entries: Vec<(u64, Vec<u8>)>) {
+    fn replay(&mut self, first_seq: u64, prev_term: u64, entries: Entries) {
         if self.role == Role::Syncing || first_seq == 0 {
             return;
         }
@@ -1205,10 +1207,9 @@ impl Replica {
             let (first, (prev, entries)) = entry.remove_entry();
             self.apply_entries(first, prev, entries);
         }
-        let _ = now;
     }
 
-    fn apply_entries(&mut self, first_seq: u64, prev_term: u64, entries: Vec<(u64, Vec<u8>)>) {
+    fn apply_entries(&mut self, first_seq: u64, prev_term: u64, entries: Entries) {
         if first_seq > 1 && self.term_at(first_seq - 1) != prev_term {
             // Our entry before these is not the active's: our log went another way (inputs
             // of an active nobody else followed), and only a snapshot puts it right.

@@ -3,9 +3,7 @@
 
 use pbxlab_scenario::Scenario;
 
-use super::drill::tests::drill;
-use super::drill::{Drill, Hooks, load_addrs};
-use crate::cluster::Options;
+use super::drill::tests::{drill, run};
 use crate::drill::{CmFigures, Outcome};
 use crate::ha::Role;
 
@@ -125,15 +123,6 @@ action = "recover"
 server = "cm-1"
 "#,
     );
-    let faults = crate::drill::timeline(&sc).unwrap();
-    let spec = sc.drill.clone().unwrap();
-    let cm = std::net::SocketAddr::from(([127, 0, 0, 1], 5060));
-    let mut opts = Options::new(cm);
-    opts.whitelist = vec![cm.ip()];
-    let settings = pbxlab_loadgen::Settings::drill(cm, &spec.load);
-    let (mut cfg, thresholds) =
-        pbxlab_loadgen::configure(&settings, Some(&sc), Some(sc.seed)).unwrap();
-    (cfg.local, cfg.rtp_local) = load_addrs(cm);
     let mut checked = false;
     let mut check = |w: &super::World, _: &pbxlab_loadgen::Progress| {
         // Mid-run, at a second's edge: every replica that is a standby has applied what the
@@ -157,24 +146,7 @@ server = "cm-1"
             }
         }
     };
-    let run = Drill {
-        scenario: &sc,
-        faults: &faults,
-        net_faults: &sc.net_faults,
-        spec: &spec,
-        opts: &opts,
-        seed: sc.seed,
-        explore: true,
-    }
-    .run(
-        cfg,
-        thresholds,
-        Hooks {
-            progress: Some(&mut check),
-            ..Hooks::default()
-        },
-    )
-    .unwrap();
+    let run = run(&sc, true, Some(&mut check));
     assert!(run.violation.is_none(), "{:?}", run.violation);
     assert!(
         checked,
@@ -199,39 +171,13 @@ server = "cm-1"
     );
     // The explorer's invariants run after every step: two Call Managers serving at one
     // instant is a violation.
-    let faults = crate::drill::timeline(&sc).unwrap();
-    let spec = sc.drill.clone().unwrap();
-    let cm = std::net::SocketAddr::from(([127, 0, 0, 1], 5060));
-    let mut opts = Options::new(cm);
-    opts.whitelist = vec![cm.ip()];
-    let settings = pbxlab_loadgen::Settings::drill(cm, &spec.load);
-    let (mut cfg, thresholds) =
-        pbxlab_loadgen::configure(&settings, Some(&sc), Some(sc.seed)).unwrap();
-    (cfg.local, cfg.rtp_local) = load_addrs(cm);
     let mut log = Vec::new();
     let mut watch = |w: &super::World, _: &pbxlab_loadgen::Progress| {
         log = w.serving_log().to_vec();
     };
-    let run = Drill {
-        scenario: &sc,
-        faults: &faults,
-        net_faults: &sc.net_faults,
-        spec: &spec,
-        opts: &opts,
-        seed: sc.seed,
-        explore: true,
-    }
-    .run(
-        cfg,
-        thresholds,
-        Hooks {
-            progress: Some(&mut watch),
-            ..Hooks::default()
-        },
-    )
-    .unwrap();
+    let run = run(&sc, true, Some(&mut watch));
     assert!(run.violation.is_none(), "{:?}", run.violation);
-    let cut = crate::world::ns(faults[0].at);
+    let cut = crate::world::ns(crate::drill::timeline(&sc).unwrap()[0].at);
     let stopped = log
         .iter()
         .find(|&&(t, i, serving)| i == 0 && !serving && t >= cut)

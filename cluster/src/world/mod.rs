@@ -550,7 +550,7 @@ impl World {
             let Some(snap) = self.cms.get(from).and_then(|c| c.replica.snapshot()) else {
                 continue;
             };
-            let at = Replica::snapshot_applied(&snap);
+            let at = snap.applied();
             let taken = self
                 .cms
                 .get_mut(to)

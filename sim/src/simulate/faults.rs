@@ -82,24 +82,14 @@ impl Sim<'_> {
     pub(super) fn fault(&mut self, index: usize, now: Nanos) -> Result<(), Error> {
         let spec = &self.sc.faults[index];
         let action = spec.action;
-        if let Some(i) = self.cm.index(&spec.server) {
-            self.faults.push(FaultReport {
-                at_s: nanos_to_secs(now),
-                server: spec.server.clone(),
-                action: action.name().to_string(),
-                sessions_affected: 0,
-                reassigned: 0,
-                dropped: 0,
-                detected_after_s: None,
-                alert: false,
-                takeover: None,
-            });
-            return self.cm_fault(i, action, now);
-        }
-        let Some(id) = self.b.server_by_name(&spec.server) else {
+        let cm = self.cm.index(&spec.server);
+        let id = self.b.server_by_name(&spec.server);
+        if cm.is_none() && id.is_none() {
             return Err(Error::UnknownServer(spec.server.clone()));
-        };
-        let before = self.b.server(id).map_or(0, |s| s.sessions) as u64;
+        }
+        let before = id
+            .and_then(|id| self.b.server(id))
+            .map_or(0, |s| s.sessions) as u64;
         self.faults.push(FaultReport {
             at_s: nanos_to_secs(now),
             server: spec.server.clone(),
@@ -111,6 +101,12 @@ impl Sim<'_> {
             alert: false,
             takeover: None,
         });
+        let (Some(id), None) = (id, cm) else {
+            return match cm {
+                Some(i) => self.cm_fault(i, action, now),
+                None => Ok(()),
+            };
+        };
         let at = Duration::from_nanos(now);
         let server = id.0 as usize;
         let out = match action {

@@ -10,8 +10,13 @@ fn cm() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5060))
 }
 
-/// Runs `sc` as `pbxlab drill --virtual` would, and judges it.
-pub(crate) fn drill(sc: &Scenario) -> (VirtualRun, crate::drill::DrillVerdict) {
+/// Runs `sc` as `pbxlab drill --virtual` would (`explore`: with the explorer's invariants
+/// after every step), telling `progress` of each closed interval.
+pub(crate) fn run<'a>(
+    sc: &Scenario,
+    explore: bool,
+    progress: Option<&'a mut OnProgress<'a>>,
+) -> VirtualRun {
     let faults = timeline(sc).unwrap();
     let spec = sc.drill.clone().unwrap_or_default();
     let mut opts = Options::new(cm());
@@ -19,17 +24,31 @@ pub(crate) fn drill(sc: &Scenario) -> (VirtualRun, crate::drill::DrillVerdict) {
     let settings = Settings::drill(cm(), &spec.load);
     let (mut cfg, thresholds) = configure(&settings, Some(sc), Some(sc.seed)).unwrap();
     (cfg.local, cfg.rtp_local) = load_addrs(cm());
-    let run = Drill {
+    Drill {
         scenario: sc,
         faults: &faults,
         net_faults: &sc.net_faults,
         spec: &spec,
         opts: &opts,
         seed: sc.seed,
-        explore: false,
+        explore,
     }
-    .run(cfg, thresholds, Hooks::default())
-    .unwrap();
+    .run(
+        cfg,
+        thresholds,
+        Hooks {
+            progress,
+            ..Hooks::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Runs `sc` as `pbxlab drill --virtual` would, and judges it.
+pub(crate) fn drill(sc: &Scenario) -> (VirtualRun, crate::drill::DrillVerdict) {
+    let run = run(sc, false, None);
+    let faults = timeline(sc).unwrap();
+    let spec = sc.drill.clone().unwrap_or_default();
     let gaps = silences(&run.report, None);
     let seen = Observed {
         records: &run.records,
