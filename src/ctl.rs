@@ -353,6 +353,37 @@ fn render_status(v: &Value) -> String {
             format!("{}/{}", n["load"], n["capacity"]),
         ));
     }
+    let cms = v["callmanagers"].as_array().map_or(&[][..], Vec::as_slice);
+    if cms.len() > 1 {
+        out.push_str(&format!(
+            "\n{:<12} {:<9} {:<22} {:>6} {:>10} {:>8}\n",
+            "callmanager", "role", "address", "term", "applied", "behind"
+        ));
+        for c in cms {
+            let mut role = text(&c["role"]);
+            if c["serving"].as_bool() == Some(true) {
+                role.push('*');
+            }
+            if c["cut_off"].as_bool() == Some(true) {
+                role.push_str(" (cut off)");
+            }
+            let behind = c["behind"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |b| b.to_string());
+            out.push_str(&format!(
+                "{:<12} {:<9} {:<22} {:>6} {:>10} {:>8}\n",
+                text(&c["name"]),
+                role,
+                text(&c["addr"]),
+                c["term"].as_u64().unwrap_or(0),
+                c["applied"].as_u64().unwrap_or(0),
+                behind,
+            ));
+        }
+        out.push_str(
+            "(* serves the virtual IP; behind: log entries the active has and it lacks)\n",
+        );
+    }
     let whitelist: Vec<String> = v["whitelist"]
         .as_array()
         .into_iter()

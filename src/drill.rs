@@ -101,14 +101,6 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     if args.virtual_time {
         return virtual_time::drill(&args, &scenario, stop);
     }
-    if scenario.callmanager.nodes > 1 {
-        return Err(BadInput(format!(
-            "scenario {:?} has {} Call Managers ([callmanager] nodes): the live cluster runs \
-             one; drill Call Manager takeover in virtual time (pbxlab drill --virtual)",
-            scenario.name, scenario.callmanager.nodes
-        ))
-        .into());
-    }
     if !scenario.net_faults.is_empty() {
         let named: Vec<String> = scenario
             .net_faults
@@ -207,8 +199,19 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
                 .filter(|n| n.state != "online")
                 .map(|n| format!("{} {}", n.name, n.state))
                 .collect();
+            let serving = if st.callmanagers.len() > 1 {
+                st.callmanagers
+                    .iter()
+                    .find(|c| c.serving && !c.cut)
+                    .map_or_else(
+                        || " | no Call Manager serves".to_owned(),
+                        |c| format!(" | {} serves", c.name),
+                    )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "[{:>6.1}s] {} | moved {} dropped {} | probes late {} (worst {:.0} ms), rounds ignored {}{}{}",
+                "[{:>6.1}s] {} | moved {} dropped {} | probes late {} (worst {:.0} ms), rounds ignored {}{serving}{}{}",
                 at.as_secs_f64(),
                 load::progress_figures(p),
                 st.cm.moved,
@@ -378,10 +381,16 @@ fn run_timeline(
         stop.store(true, Ordering::Relaxed);
         return (Some(steady), injected);
     }
+    // A Call Manager fault's figures are taken after its takeover has settled, on a thread of
+    // their own so that the timeline goes on meanwhile.
+    let mut watches = Vec::new();
     for fault in faults {
         if !wait_for(control, fault.at, load_done, || false) {
             break;
         }
+        let watch = control
+            .cm_index(&fault.server)
+            .map(|i| control.watch_cm_fault(i));
         let at = control.now();
         let action = fault.action;
         eprintln!(
@@ -402,6 +411,14 @@ fn run_timeline(
                 fault.server
             );
         }
+        if let Some(w) = watch {
+            let (control, settle) = (control.clone(), spec.settle);
+            let k = injected.len();
+            let figures = std::thread::Builder::new()
+                .name("pbxlab-cm-watch".into())
+                .spawn(move || control.cm_fault_figures(&w, settle));
+            watches.extend(figures.ok().map(|h| (k, h)));
+        }
         injected.push(Injected {
             spec: fault.clone(),
             at,
@@ -409,6 +426,11 @@ fn run_timeline(
             error,
             cm: None,
         });
+    }
+    for (k, h) in watches {
+        if let (Ok(figures), Some(i)) = (h.join(), injected.get_mut(k)) {
+            i.cm = Some(figures);
+        }
     }
     (Some(steady), injected)
 }

@@ -19,12 +19,16 @@ use pbxlab_balancer::{EventKind, HealthConfig, Probe, Role, ServerId};
 use super::Nanos;
 use super::NodeCommand;
 use super::cm::{self, CallManager, DroppedCall, NodeSpec, Reassigned};
+use super::ha::{HaConfig, Replica};
 use super::hub::Hub;
 use super::link;
 use super::node::{self, NodeHandle, Place, ToThread};
 use crate::Error;
 
+mod group;
 mod status;
+pub use group::{CATCH_UP_LIMIT, CmCheck, CmFaultWatch, CmStatus};
+use group::{Handover, Slot, VipWatch};
 use pbxlab_scenario::Scenario;
 use pbxlab_udp::pace::Pace;
 pub use status::{ClusterPace, NodeStatus, Status};
@@ -144,6 +148,21 @@ pub enum OpError {
     },
     #[error("the cluster has stopped")]
     Stopped,
+    /// Refused with several Call Managers: not carried to the standbys yet.
+    #[error(
+        "{0} is not replicated to the standby Call Managers: refused with [callmanager] \
+         nodes > 1"
+    )]
+    NotReplicated(&'static str),
+    /// A verb a Call Manager does not take (drain, disable, ...).
+    #[error(
+        "{server} is a Call Manager: it can fail, partition, heal, recover (start), stop, \
+         restart or upgrade, not {}",
+        action.name()
+    )]
+    NotForCallManager { server: String, action: Verb },
+    #[error("no Call Manager took the request within {:.0} s (none serves the virtual IP)", .0.as_secs_f64())]
+    Unserved(Duration),
 }
 
 /// Servers with an operator action under way, and which: two actions on one server at once
@@ -192,6 +211,8 @@ enum Request {
     Publish(Sender<()>),
     /// Every server's row as of now: the node table, read live.
     Rows(Sender<Vec<NodeStatus>>),
+    /// Whom the serving Call Manager holds now (a drill's takeover check).
+    Census(Sender<crate::cm::Census>),
 }
 
 struct AddNode {
@@ -260,7 +281,21 @@ pub(crate) fn not_back(limit: Duration) -> String {
 
 struct Shared {
     epoch: Instant,
+    /// The virtual IP: the Call Manager's SIP address.
+    sip: SocketAddr,
     requests: Mutex<Sender<Request>>,
+    /// Requests and node events are taken by whichever Call Manager serves.
+    requests_rx: Mutex<Receiver<Request>>,
+    node_events: Mutex<Receiver<(u32, super::NodeEvent)>>,
+    /// The Call Managers: one, or the replicas of a group.
+    cms: Vec<Slot>,
+    /// How far behind the active each replica is, as the active last saw it.
+    behind: Mutex<Vec<Option<u64>>>,
+    vip: Mutex<VipWatch>,
+    /// Datagrams a cut-off replica's sockets took and dropped.
+    lost_fenced: std::sync::atomic::AtomicU64,
+    /// The cluster's log: balancer events and Call Manager changes, whichever wrote them.
+    log: Mutex<Vec<String>>,
     handles: Mutex<Vec<NodeHandle>>,
     adds: Mutex<Sender<ToThread>>,
     status: Mutex<Status>,
@@ -294,7 +329,6 @@ pub struct Control {
 pub struct Cluster {
     sip: SocketAddr,
     stop: Arc<AtomicBool>,
-    cm_thread: JoinHandle<io::Result<()>>,
     node_thread: JoinHandle<()>,
     control: Control,
 }
@@ -304,6 +338,13 @@ impl Cluster {
     pub fn start(sc: &Scenario, opts: &Options) -> Result<Cluster, Error> {
         let balancer = sc.balancer()?;
         let health = balancer.health();
+        let group = usize::try_from(sc.callmanager.nodes.max(1)).unwrap_or(1);
+        if group > 1 && opts.join_token.is_some() {
+            return Err(Error::Unsupported(format!(
+                "nodes in their own processes (a join token) join one Call Manager; with \
+                 [callmanager] nodes = {group} the cluster's nodes run in its process"
+            )));
+        }
         let socket = UdpSocket::bind(opts.sip).map_err(|e| Error::Bind {
             addr: opts.sip,
             error: e,
@@ -340,9 +381,41 @@ impl Cluster {
                 served.push(parts);
             }
         }
+        // Each replica of a group replicates from an address of its own, next to the virtual
+        // IP; a group of one has only the virtual IP.
+        let mut peers = Vec::new();
+        if group > 1 {
+            for _ in 0..group {
+                let want = SocketAddr::new(sip.ip(), 0);
+                peers.push(UdpSocket::bind(want).map_err(|e| Error::Bind {
+                    addr: want,
+                    error: e,
+                })?);
+            }
+        }
+        let addrs: Vec<SocketAddr> = if group > 1 {
+            peers
+                .iter()
+                .map(UdpSocket::local_addr)
+                .collect::<io::Result<_>>()
+                .map_err(|e| Error::Bind {
+                    addr: sip,
+                    error: e,
+                })?
+        } else {
+            vec![sip]
+        };
         let mut cfg = cm_config(sc, opts, sip);
         cfg.key = crate::random_key().map_err(Error::Random)?;
+        let replication = cfg.key.derive("replication");
         let cm = CallManager::new(cfg, balancer, specs);
+        let ha = |i: usize| HaConfig {
+            index: u8::try_from(i).unwrap_or(u8::MAX),
+            addrs: addrs.clone(),
+            heartbeat: crate::world::ns(sc.callmanager.heartbeat),
+            misses: sc.callmanager.misses,
+            key: replication.clone(),
+        };
 
         let stop = Arc::new(AtomicBool::new(false));
         let (events_tx, events_rx) = std::sync::mpsc::channel();
@@ -367,9 +440,31 @@ impl Cluster {
             &crate::random_key().map_err(Error::Random)?,
             capacities.clone(),
         );
+        let names = sc.callmanager.names();
+        let cms = (0..group)
+            .map(|i| Slot {
+                name: names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("cm-{}", i + 1)),
+                cfg: ha(i),
+                cut: AtomicBool::new(false),
+                resign: AtomicBool::new(false),
+                run: Mutex::new(None),
+                row: Mutex::new(CmStatus::default()),
+            })
+            .collect();
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
+            sip,
             requests: Mutex::new(requests_tx),
+            requests_rx: Mutex::new(requests_rx),
+            node_events: Mutex::new(events_rx),
+            cms,
+            behind: Mutex::new(vec![None; group]),
+            vip: Mutex::new(VipWatch::default()),
+            lost_fenced: std::sync::atomic::AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
             handles: Mutex::new(handles),
             adds: Mutex::new(adds_tx),
             status: Mutex::new(Status::default()),
@@ -381,27 +476,38 @@ impl Cluster {
             cm_pace: Arc::new(Pace::default()),
             node_pace,
         });
-        let cm_thread = {
-            let (stop, shared) = (Arc::clone(&stop), Arc::clone(&shared));
-            std::thread::Builder::new()
-                .name("pbxlab-cm".into())
-                .spawn(move || serve(cm, hub, socket, &shared, &events_rx, &requests_rx, &stop))
-                .map_err(|e| Error::Bind {
-                    addr: sip,
-                    error: e,
-                })?
-        };
+        let mut socket = Some(socket);
+        let mut hub = Some(hub);
+        let mut peers = peers.into_iter();
+        for i in 0..group {
+            // Every replica of a new group starts from the same new Call Manager; the first
+            // is the active of term 1 and holds the virtual IP from the start.
+            let replica = Replica::new(ha(i), Some(cm.clone()), 0);
+            let peer = peers.next();
+            let hub = if group == 1 { hub.take() } else { None };
+            let started =
+                group::start(&shared, i, replica, socket.take(), peer, hub).map_err(|e| {
+                    Error::Bind {
+                        addr: sip,
+                        error: e,
+                    }
+                })?;
+            if let Some(slot) = shared.cms.get(i)
+                && let Ok(mut r) = slot.run.lock()
+            {
+                *r = Some(started);
+            }
+        }
         let control = Control { shared };
         Ok(Cluster {
             sip,
             stop,
-            cm_thread,
             node_thread,
             control,
         })
     }
 
-    /// Where the Call Manager listens.
+    /// Where the Call Manager listens: the virtual IP, with several.
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip
     }
@@ -418,15 +524,26 @@ impl Cluster {
 
     /// Stops every thread and returns the final snapshot.
     pub fn stop(self) -> io::Result<Status> {
+        let mut result = Ok(());
+        for slot in &self.control.shared.cms {
+            let taken = slot.run.lock().ok().and_then(|mut r| r.take());
+            if let Some(r) = taken {
+                r.stop.store(true, Ordering::Relaxed);
+                let joined = r
+                    .thread
+                    .join()
+                    .map_err(|_| io::Error::other(format!("the {} thread panicked", slot.name)))
+                    .and_then(|r| r);
+                if result.is_ok() {
+                    result = joined;
+                }
+            }
+        }
         self.stop.store(true, Ordering::Relaxed);
-        let cm = self
-            .cm_thread
-            .join()
-            .map_err(|_| io::Error::other("the Call Manager thread panicked"))?;
         self.node_thread
             .join()
             .map_err(|_| io::Error::other("the node thread panicked"))?;
-        cm?;
+        result?;
         Ok(self.control.status())
     }
 }
@@ -464,11 +581,17 @@ pub(crate) const MOVE_WAIT: Duration = Duration::from_secs(5);
 impl Control {
     /// The latest snapshot (refreshed every 100 ms).
     pub fn status(&self) -> Status {
-        self.shared
+        let mut s = self
+            .shared
             .status
             .lock()
             .map(|s| s.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        s.callmanagers = self.callmanagers();
+        if let Ok(log) = self.shared.log.lock() {
+            s.events.clone_from(&log);
+        }
+        s
     }
 
     /// When the cluster started: every `Duration` in its records counts from here.
@@ -533,12 +656,44 @@ impl Control {
         if self.request(Request::Rows(tx)).is_err() {
             return Vec::new();
         }
-        rx.recv().unwrap_or_default()
+        rx.recv_timeout(REPLY_LIMIT).unwrap_or_default()
     }
 
     /// Carries out `action` on every server `filter` selects, one after the other (a rolling
     /// upgrade finishes each server before the next).
     pub fn act(&self, action: Verb, filter: &Filter) -> Result<Vec<Done>, OpError> {
+        if let Some(i) = filter.server.as_deref().and_then(|n| self.cm_index(n))
+            && filter.role.is_none()
+            && filter.addr.is_none()
+        {
+            let name = self
+                .shared
+                .cms
+                .get(i)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            if !group::CM_VERBS.contains(&action) {
+                return Err(OpError::NotForCallManager {
+                    server: name,
+                    action,
+                });
+            }
+            let _claim = self.claim(action, vec![name.clone()])?;
+            let started = self.now();
+            self.act_on_cm(action, i)
+                .map_err(|reason| OpError::Failed {
+                    server: name.clone(),
+                    reason,
+                })?;
+            let state = self.callmanagers().get(i).map_or("stopped", |c| c.role);
+            return Ok(vec![Done {
+                server: name,
+                action,
+                started,
+                finished: self.now(),
+                state,
+            }]);
+        }
         let targets = self.select(filter);
         if targets.is_empty() {
             return Err(OpError::NoMatch(describe(filter)));
@@ -662,7 +817,7 @@ impl Control {
             reply: tx,
         }))
         .map_err(|_| ())?;
-        rx.recv().unwrap_or(Err(()))
+        rx.recv_timeout(limit + REPLY_LIMIT).unwrap_or(Err(()))
     }
 
     /// The handle of node `id`.
@@ -679,7 +834,8 @@ impl Control {
     fn admin(&self, id: ServerId, action: Verb) -> Result<(), String> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.request(Request::Admin(id, action, tx))?;
-        rx.recv().map_err(|_| OpError::Stopped.to_string())?
+        rx.recv_timeout(REPLY_LIMIT)
+            .map_err(|e| unanswered(e).to_string())?
     }
 
     fn request(&self, request: Request) -> Result<(), String> {
@@ -696,7 +852,7 @@ impl Control {
     fn row(&self, id: ServerId) -> Option<NodeStatus> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.request(Request::Publish(tx)).ok()?;
-        rx.recv().ok()?;
+        rx.recv_timeout(REPLY_LIMIT).ok()?;
         self.status().nodes.into_iter().find(|n| n.id == id)
     }
 
@@ -710,6 +866,9 @@ impl Control {
     ) -> Result<NodeStatus, OpError> {
         // The node table answers the common mistakes before a socket is bound; the Call
         // Manager's thread checks again when it adds the node (`Request::Add`).
+        if self.shared.cms.len() > 1 {
+            return Err(OpError::NotReplicated("adding a server"));
+        }
         let nodes = self.rows();
         if nodes.iter().any(|n| n.name == name) {
             return Err(OpError::DuplicateName(name.to_owned()));
@@ -745,8 +904,8 @@ impl Control {
         }))
         .map_err(|_| OpError::Stopped)?;
         let id = rx
-            .recv()
-            .map_err(|_| OpError::Stopped)?
+            .recv_timeout(REPLY_LIMIT)
+            .map_err(unanswered)?
             .map_err(|reason| OpError::Failed {
                 server: name.to_owned(),
                 reason,
@@ -757,16 +916,30 @@ impl Control {
     /// The whitelist after adding (`Some((ip, true))`), removing (`Some((ip, false))`) or
     /// nothing (`None`).
     pub fn whitelist(&self, change: Option<(IpAddr, bool)>) -> Result<Vec<IpAddr>, OpError> {
+        if change.is_some() && self.shared.cms.len() > 1 {
+            return Err(OpError::NotReplicated("a whitelist change"));
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         self.request(Request::Whitelist(change, tx))
             .map_err(|_| OpError::Stopped)?;
-        let list = rx.recv().map_err(|_| OpError::Stopped)?;
+        let list = rx.recv_timeout(REPLY_LIMIT).map_err(unanswered)?;
         // The next snapshot is up to 100 ms away; a status read right after the change must
         // already show it.
         if let Ok(mut s) = self.shared.status.lock() {
             s.whitelist = list.clone();
         }
         Ok(list)
+    }
+}
+
+/// How long an operator's request waits for the serving Call Manager to take it: with a group
+/// that has lost its majority, nobody does.
+const REPLY_LIMIT: Duration = Duration::from_secs(10);
+
+fn unanswered(e: std::sync::mpsc::RecvTimeoutError) -> OpError {
+    match e {
+        std::sync::mpsc::RecvTimeoutError::Timeout => OpError::Unserved(REPLY_LIMIT),
+        std::sync::mpsc::RecvTimeoutError::Disconnected => OpError::Stopped,
     }
 }
 
@@ -796,91 +969,234 @@ const MAX_WAIT: Duration = Duration::from_millis(20);
 /// kernel's arrival timestamps keep every time exact.
 const BUSY_TICK: Duration = Duration::from_millis(1);
 
-fn serve(
-    mut cm: CallManager,
-    mut hub: Hub,
-    socket: UdpSocket,
-    shared: &Shared,
-    node_events: &Receiver<(u32, super::NodeEvent)>,
-    requests: &Receiver<Request>,
-    stop: &AtomicBool,
-) -> io::Result<()> {
-    socket.set_nonblocking(true)?;
-    let mut socket = mio::net::UdpSocket::from_std(socket);
+/// What one Call Manager's thread serves with.
+struct CmThread {
+    me: usize,
+    replica: Replica,
+    /// The control link of nodes in their own processes: a group of one only.
+    hub: Option<Hub>,
+    /// The virtual IP's socket, if this replica holds it from the start.
+    vip: Option<UdpSocket>,
+    /// Its own replication socket (a group of several).
+    peer: Option<UdpSocket>,
+    inbox: Receiver<Handover>,
+}
+
+/// The virtual IP's socket while this replica holds it.
+struct Vip {
+    socket: mio::net::UdpSocket,
+    receiver: pbxlab_udp::Receiver,
+    drops: u32,
+}
+
+const VIP: Token = Token(0);
+const PEER: Token = Token(1);
+
+impl Vip {
+    fn new(socket: UdpSocket, poll: &Poll, started: Instant) -> io::Result<Vip> {
+        socket.set_nonblocking(true)?;
+        let mut socket = mio::net::UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, VIP, Interest::READABLE)?;
+        // 50,000 users registering at once arrive in bursts; a small buffer would drop them.
+        let _ = pbxlab_udp::set_buffer_sizes(&socket, 8 << 20);
+        let receiver = pbxlab_udp::Receiver::new(&socket, started)?;
+        Ok(Vip {
+            socket,
+            receiver,
+            drops: 0,
+        })
+    }
+}
+
+/// One Call Manager's thread: its datagrams (the virtual IP's while it holds it, its
+/// replication socket's), its timers, node events and operator requests while it serves.
+fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
+    let CmThread {
+        me,
+        mut replica,
+        mut hub,
+        vip,
+        peer,
+        inbox,
+    } = t;
+    let group = replica.in_group();
+    let Some(slot) = shared.cms.get(me) else {
+        return Ok(());
+    };
+    let name = slot.name.as_str();
+    let own = slot.addr();
     let mut poll = Poll::new()?;
-    poll.registry()
-        .register(&mut socket, Token(0), Interest::READABLE)?;
     let mut events = Events::with_capacity(8);
     let started = shared.epoch;
-    // 50,000 users registering at once arrive in bursts; a small buffer would drop them.
-    let _ = pbxlab_udp::set_buffer_sizes(&socket, 8 << 20);
-    let mut receiver = pbxlab_udp::Receiver::new(&socket, started)?;
+    let mut vip = vip.map(|s| Vip::new(s, &poll, started)).transpose()?;
+    // The first active holds the virtual IP from the start, before its first lease.
+    let mut first_lease = vip.is_some();
+    let mut peer = match peer {
+        Some(s) => {
+            s.set_nonblocking(true)?;
+            let mut s = mio::net::UdpSocket::from_std(s);
+            poll.registry().register(&mut s, PEER, Interest::READABLE)?;
+            Some(s)
+        }
+        None => None,
+    };
+    let mut peer_buf = vec![0u8; 65_536];
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_status = Duration::ZERO;
-    let mut log: Vec<String> = Vec::new();
     let mut handles = shared.handles.lock().map(|h| h.clone()).unwrap_or_default();
     let mut send_errors = 0u64;
+    let mut bind_waits = 0u64;
     let mut waits: Vec<Await> = Vec::new();
     let mut publish: Vec<Sender<()>> = Vec::new();
-    // The earliest timer when the thread last went to sleep, and the socket's drop count.
+    let mut lines: Vec<String> = Vec::new();
+    let mut was_serving = false;
+    let mut last_role = replica.role();
+    // The earliest timer when the thread last went to sleep.
     let mut due = Nanos::MAX;
-    let mut drops = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        // The clock is read before the socket: every datagram that arrived by `now` is
+        // The clock is read before the sockets: every datagram that arrived by `now` is
         // handled before `advance(now)` judges probe timeouts, so a thread that was held up
         // between the two never takes an answer sitting in its buffer for a dead node.
         let now = elapsed(started);
         shared.cm_pace.on_time(due, now);
-        // Link datagrams (nodes in their own processes) share the SIP socket; their magic
-        // cannot start SIP.
-        let read = receiver.drain(&socket, |at, from, bytes| {
-            if link::is_link(bytes) {
-                hub.handle(&mut cm, at, from, bytes);
-            } else {
-                cm.handle(at, from, bytes);
+        let cut = slot.is_cut();
+        if group {
+            if slot.resign.swap(false, Ordering::Relaxed) {
+                replica.resign();
             }
-        });
-        shared
-            .cm_pace
-            .socket_drops(&mut drops, receiver.kernel_drops());
-        // New handles come only from this thread (the start, `add_node`, the hub's joins), so
-        // the local list and the shared one are extended together and never need re-reading.
-        for h in hub.take_joined() {
-            if let Ok(mut shared) = shared.handles.lock() {
-                shared.push(h.clone());
-            }
-            handles.push(h);
-        }
-        let busy = matches!(read, Ok(n) if n > 0);
-        while let Ok((id, event)) = node_events.try_recv() {
-            cm.on_node_event(now, ServerId(id), event);
-        }
-        while let Ok(request) = requests.try_recv() {
-            handle_request(
-                &mut cm,
-                now,
-                request,
-                &mut waits,
-                &mut publish,
-                shared,
-                &mut handles,
-            );
-        }
-        cm.advance(now);
-        cm.transmit_all(|datagrams| {
-            // A send error (full buffer, unreachable peer) costs that datagram only; SIP's
-            // retransmissions are there for exactly that. They are counted for the status.
-            send_errors += sender.send_all(&socket, datagrams).len() as u64;
-        });
-        for (server, command) in cm.node_commands() {
-            if let Some(h) = handles.iter().find(|h| h.id == server.0) {
-                let _ = h.send(command);
+            let serving = replica.serving(now);
+            first_lease &= !serving && replica.role() == crate::ha::Role::Active;
+            if serving && vip.is_none() {
+                // The old active's lease is out, so its socket is closed or about to be: the
+                // kernel says which.
+                match UdpSocket::bind(shared.sip) {
+                    Ok(s) => vip = Some(Vip::new(s, &poll, started)?),
+                    Err(e) if e.kind() == ErrorKind::AddrInUse => bind_waits += 1,
+                    Err(e) => return Err(e),
+                }
+            } else if !serving
+                && !first_lease
+                && let Some(mut v) = vip.take()
+            {
+                let _ = poll.registry().deregister(&mut v.socket);
             }
         }
-        if !waits.is_empty() {
+        let mut busy = false;
+        if let Some(v) = vip.as_mut() {
+            let mut lost = 0;
+            // Link datagrams (nodes in their own processes) share the SIP socket; their magic
+            // cannot start SIP.
+            let read = v.receiver.drain(&v.socket, |at, from, bytes| {
+                if cut {
+                    lost += 1;
+                } else if link::is_link(bytes) {
+                    if let (Some(h), Some(cm)) = (hub.as_mut(), replica.solo_mut()) {
+                        h.handle(cm, at, from, bytes);
+                    }
+                } else {
+                    replica.handle(at, from, bytes);
+                }
+            });
+            group::count_lost(shared, lost);
+            shared
+                .cm_pace
+                .socket_drops(&mut v.drops, v.receiver.kernel_drops());
+            busy = matches!(read, Ok(n) if n > 0);
+        }
+        if let Some(p) = peer.as_mut() {
+            loop {
+                match p.recv_from(&mut peer_buf) {
+                    Ok((n, _)) => {
+                        if cut {
+                            group::count_lost(shared, 1);
+                        } else if let Some(d) = peer_buf.get(..n) {
+                            replica.on_peer(now, d);
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        while let Ok(h) = inbox.try_recv() {
+            match h {
+                Handover::Snapshot { from, snap } => {
+                    let at = snap.applied();
+                    if !cut && replica.install(now, *snap) {
+                        lines.push(line(now, name, "took a snapshot"));
+                        if let (Some(s), Ok(peer)) =
+                            (shared.cms.get(usize::from(from)), u8::try_from(me))
+                        {
+                            s.send(Handover::Handed { peer, applied: at });
+                        }
+                    }
+                }
+                Handover::Handed { peer, applied } => replica.handed(peer, applied),
+            }
+        }
+        if let Some(h) = hub.as_mut() {
+            // New handles come only from this thread (the start, `add_node`, the hub's joins),
+            // so the local list and the shared one are extended together.
+            for joined in h.take_joined() {
+                if let Ok(mut shared) = shared.handles.lock() {
+                    shared.push(joined.clone());
+                }
+                handles.push(joined);
+            }
+        }
+        if replica.serving(now) && !cut {
+            if let Ok(rx) = shared.node_events.try_lock() {
+                while let Ok((id, event)) = rx.try_recv() {
+                    replica.node_event(now, ServerId(id), event);
+                }
+            }
+            if let Ok(rx) = shared.requests_rx.try_lock() {
+                while let Ok(request) = rx.try_recv() {
+                    handle_request(
+                        &mut replica,
+                        now,
+                        request,
+                        &mut waits,
+                        &mut publish,
+                        shared,
+                        &mut handles,
+                    );
+                }
+            }
+        }
+        replica.advance(now);
+        if cut {
+            // Lost on the way, as everything a cut-off host sends is.
+            replica.transmit_all(|_| {});
+            replica.take_commands();
+        } else {
+            if let Some(v) = vip.as_ref() {
+                replica.transmit_all(|datagrams| {
+                    // A send error (full buffer, unreachable peer) costs that datagram only;
+                    // SIP's retransmissions are there for exactly that. They are counted for
+                    // the status.
+                    send_errors += sender.send_all(&v.socket, datagrams).len() as u64;
+                    if group
+                        && datagrams.iter().any(|(_, b)| !b.starts_with(b"OPTIONS "))
+                        && let Ok(mut w) = shared.vip.lock()
+                    {
+                        w.sent(now, me);
+                    }
+                });
+            }
+            for (server, command) in replica.take_commands() {
+                if let Some(h) = handles.iter().find(|h| h.id == server.0) {
+                    let _ = h.send(command);
+                }
+            }
+        }
+        if !waits.is_empty()
+            && let Some(cm) = replica.cm()
+        {
             let at = Instant::now();
             waits.retain(|w| {
-                let outcome = if w.holds(&cm, &handles) {
+                let outcome = if w.holds(cm, &handles) {
                     Ok(())
                 } else if at >= w.deadline {
                     Err(())
@@ -891,30 +1207,101 @@ fn serve(
                 false
             });
         }
-        // Remote nodes' commands, routed into their channels just now, go on their links.
-        hub.advance(&mut cm, now);
-        hub.transmit_all(|datagrams| {
-            let _ = sender.send_all(&socket, datagrams);
-        });
-        log.extend(hub.take_log());
-        record(&mut cm, shared, &mut log);
+        if let Some(h) = hub.as_mut()
+            && let Some(cm) = replica.solo_mut()
+        {
+            // Remote nodes' commands, routed into their channels just now, go on their links.
+            h.advance(cm, now);
+            if let Some(v) = vip.as_ref() {
+                h.transmit_all(|datagrams| {
+                    let _ = sender.send_all(&v.socket, datagrams);
+                });
+            }
+            lines.extend(h.take_log());
+        }
+        if group && !cut {
+            for p in replica.take_syncs() {
+                let Some(target) = shared.cms.get(usize::from(p)) else {
+                    continue;
+                };
+                if target.is_cut() {
+                    continue;
+                }
+                if let Some(snap) = replica.snapshot() {
+                    target.send(Handover::Snapshot {
+                        from: replica.index(),
+                        snap: Box::new(snap),
+                    });
+                }
+            }
+            if let Some(p) = peer.as_ref() {
+                for (to, bytes) in replica.take_peer(now) {
+                    let _ = p.send_to(&bytes, to);
+                }
+            }
+        } else if group {
+            replica.take_syncs();
+            replica.take_peer(now);
+        }
+        let taken = replica.take_records(&mut lines);
+        record(taken, shared);
+        let serving = replica.serving(now);
+        let role = replica.role();
+        if group && (serving != was_serving || role != last_role) {
+            if serving != was_serving {
+                if let Ok(mut w) = shared.vip.lock() {
+                    w.changed(now, me, serving);
+                }
+                let what = if serving {
+                    "serves the virtual IP"
+                } else {
+                    "stopped serving"
+                };
+                lines.push(line(
+                    now,
+                    name,
+                    &format!("{what} ({}, term {})", role.name(), replica.term()),
+                ));
+            }
+            was_serving = serving;
+            last_role = role;
+            next_status = Duration::ZERO;
+        }
+        if !lines.is_empty()
+            && let Ok(mut log) = shared.log.lock()
+        {
+            log.append(&mut lines);
+        }
         let since = started.elapsed();
         if since >= next_status || !publish.is_empty() {
             next_status = since + STATUS_EVERY;
-            let snapshot = snapshot(&cm, &handles, since, &log, send_errors, shared.pace());
-            let snapshot = Status {
-                link: hub.stats(),
-                ..snapshot
-            };
-            if let Ok(mut s) = shared.status.lock() {
-                *s = snapshot;
+            let mut row = CmStatus::of(&replica, name, own, now);
+            row.bind_waits = bind_waits;
+            if let Ok(mut r) = slot.row.lock() {
+                *r = row;
+            }
+            if role == crate::ha::Role::Active
+                && group
+                && let Ok(mut b) = shared.behind.lock()
+            {
+                for (i, v) in b.iter_mut().enumerate() {
+                    *v = u8::try_from(i).ok().and_then(|i| replica.behind(i));
+                }
+            }
+            if (serving || !group)
+                && let Some(cm) = replica.cm()
+            {
+                publish_status(cm, &handles, since, send_errors, shared, hub.as_ref());
             }
             for reply in publish.drain(..) {
                 let _ = reply.send(());
             }
         }
-        due = cm.next_deadline();
-        let until = Duration::from_nanos(due.saturating_sub(elapsed(started)));
+        due = replica.next_deadline();
+        let mut until = Duration::from_nanos(due.saturating_sub(elapsed(started)));
+        if group && replica.serving(now) && vip.is_none() {
+            until = until.min(BUSY_TICK);
+        }
         if busy {
             let tick = BUSY_TICK.as_nanos() as u64;
             let nap = tick - started.elapsed().as_nanos() as u64 % tick;
@@ -925,22 +1312,54 @@ fn serve(
             return Err(e);
         }
     }
-    record(&mut cm, shared, &mut log);
-    let last = snapshot(
-        &cm,
-        &handles,
-        started.elapsed(),
-        &log,
-        send_errors,
-        shared.pace(),
-    );
-    if let Ok(mut s) = shared.status.lock() {
-        *s = Status {
-            link: hub.stats(),
-            ..last
-        };
+    let now = elapsed(started);
+    let taken = replica.take_records(&mut lines);
+    record(taken, shared);
+    if !lines.is_empty()
+        && let Ok(mut log) = shared.log.lock()
+    {
+        log.append(&mut lines);
+    }
+    if (replica.serving(now) || !group)
+        && let Some(cm) = replica.cm()
+    {
+        publish_status(
+            cm,
+            &handles,
+            started.elapsed(),
+            send_errors,
+            shared,
+            hub.as_ref(),
+        );
     }
     Ok(())
+}
+
+/// A log line of this Call Manager's.
+fn line(now: Nanos, name: &str, what: &str) -> String {
+    format!(
+        "{:.3}s {name} {what}",
+        Duration::from_nanos(now).as_secs_f64()
+    )
+}
+
+/// The serving Call Manager's view, as the status everyone reads.
+fn publish_status(
+    cm: &CallManager,
+    handles: &[NodeHandle],
+    since: Duration,
+    send_errors: u64,
+    shared: &Shared,
+    hub: Option<&Hub>,
+) {
+    let snapshot = snapshot(cm, handles, since, &[], send_errors, shared.pace());
+    let snapshot = Status {
+        link: hub.map(Hub::stats).unwrap_or_default(),
+        ..snapshot
+    };
+    if let Ok(mut s) = shared.status.lock() {
+        *s = snapshot;
+    }
 }
 
 /// Adds an in-process server on `socket`: numbered by the balancer, its node made and handed to
@@ -997,7 +1416,7 @@ fn add_node(
 const MAX_WAITS: usize = 1_024;
 
 fn handle_request(
-    cm: &mut CallManager,
+    replica: &mut Replica,
     now: super::Nanos,
     request: Request,
     waits: &mut Vec<Await>,
@@ -1009,12 +1428,18 @@ fn handle_request(
     match request {
         Request::Rows(reply) => {
             let at = Duration::from_nanos(now);
-            let rows = cm
-                .nodes()
-                .iter()
-                .filter_map(|n| node_row(cm, handles, n, at))
-                .collect();
+            let rows = replica.cm().map_or_else(Vec::new, |cm| {
+                cm.nodes()
+                    .iter()
+                    .filter_map(|n| node_row(cm, handles, n, at))
+                    .collect()
+            });
             let _ = reply.send(rows);
+        }
+        Request::Census(reply) => {
+            if let Some(cm) = replica.cm() {
+                let _ = reply.send(cm.census(now));
+            }
         }
         Request::Publish(reply) => publish.push(reply),
         Request::Await(wait) => {
@@ -1025,30 +1450,36 @@ fn handle_request(
             }
         }
         Request::Admin(server, action, reply) => {
-            let _ = reply.send(cm.admin(now, server, action).map_err(|e| e.to_string()));
+            let _ = reply.send(replica.admin(now, server, action));
         }
         Request::Add(add) => {
             let reply = add.reply.clone();
-            let _ = reply.send(add_node(cm, now, shared, handles, add));
+            let added = match replica.solo_mut() {
+                Some(cm) => add_node(cm, now, shared, handles, add),
+                None => Err(OpError::NotReplicated("adding a server").to_string()),
+            };
+            let _ = reply.send(added);
         }
         Request::Whitelist(change, reply) => {
-            match change {
-                Some((ip, true)) => {
-                    cm.whitelist_add(ip);
+            if let Some(cm) = replica.solo_mut() {
+                match change {
+                    Some((ip, true)) => {
+                        cm.whitelist_add(ip);
+                    }
+                    Some((ip, false)) => {
+                        cm.whitelist_remove(ip);
+                    }
+                    None => {}
                 }
-                Some((ip, false)) => {
-                    cm.whitelist_remove(ip);
-                }
-                None => {}
             }
-            let _ = reply.send(cm.whitelist().to_vec());
+            let list = replica.cm().map(|c| c.whitelist().to_vec());
+            let _ = reply.send(list.unwrap_or_default());
         }
     }
 }
 
-/// Moves what the Call Manager recorded into the shared records, and events into the log.
-fn record(cm: &mut CallManager, shared: &Shared, log: &mut Vec<String>) {
-    let taken = take_records(cm, log);
+/// Moves what the Call Manager recorded into the shared records.
+fn record(taken: Records, shared: &Shared) {
     if taken.events.is_empty() && taken.reassigned.is_empty() && taken.dropped.is_empty() {
         return;
     }

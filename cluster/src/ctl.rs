@@ -327,9 +327,11 @@ fn op_refusal(e: OpError) -> Refusal {
         | OpError::DuplicateAddr(..)
         | OpError::NoPool(_)
         | OpError::Bind { .. }
-        | OpError::Busy { .. } => 409,
+        | OpError::Busy { .. }
+        | OpError::NotReplicated(_)
+        | OpError::NotForCallManager { .. } => 409,
         OpError::Failed { .. } => 500,
-        OpError::Stopped => 503,
+        OpError::Stopped | OpError::Unserved(_) => 503,
     };
     Refusal::new(status, e.to_string())
 }
@@ -356,6 +358,26 @@ pub fn status_json(s: &Status) -> Value {
         "events": events,
         "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
         "link": link_json(&s.link),
+        "callmanagers": s.callmanagers.iter().map(cm_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One Call Manager as the endpoint shows it: its role, term, log position and, for a
+/// standby, how far behind the active it is.
+pub fn cm_json(c: &super::cluster::CmStatus) -> Value {
+    json!({
+        "name": c.name,
+        "addr": c.addr.map(|a| a.to_string()),
+        "running": c.running,
+        "cut_off": c.cut,
+        "role": c.role,
+        "serving": c.serving,
+        "term": c.term,
+        "applied": c.applied,
+        "commit": c.commit,
+        "behind": c.behind,
+        "bind_waits": c.bind_waits,
+        "replication": c.stats,
     })
 }
 

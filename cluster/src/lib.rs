@@ -84,6 +84,8 @@ pub enum Error {
     },
     #[error("interrupted")]
     Interrupted,
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Nanoseconds since the cluster started.

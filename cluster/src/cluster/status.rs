@@ -66,6 +66,8 @@ pub struct Status {
     /// The control link to nodes in their own processes: joins, and the datagrams dropped
     /// as forged or replayed.
     pub link: HubStats,
+    /// Every Call Manager: one, or each replica of a group with its role and how far behind.
+    pub callmanagers: Vec<super::CmStatus>,
 }
 
 /// How far the cluster's threads ran behind their schedules and what the kernel dropped on
@@ -112,6 +114,7 @@ pub(super) fn snapshot(
         whitelist: cm.whitelist().to_vec(),
         pace,
         link: HubStats::default(),
+        callmanagers: Vec::new(),
     }
 }
 

@@ -309,6 +309,18 @@ impl Calls {
             .filter(|c| c.live && c.generation == r.1)
     }
 
+    /// Leg A's Call-ID of every call held, leg B's if it has one, and whether its caller has
+    /// been answered.
+    pub(super) fn a_legs(&self) -> impl Iterator<Item = (&str, Option<&str>, bool)> {
+        self.slots.iter().filter(|c| c.live).map(|c| {
+            (
+                c.a.call_id.as_str(),
+                c.b.as_ref().map(|b| b.call_id.as_str()),
+                c.a_state != AState::Proceeding,
+            )
+        })
+    }
+
     pub(super) fn active(&self) -> usize {
         self.slots.len() - self.free.len()
     }

@@ -168,6 +168,19 @@ pub struct CallView {
     pub moving_since: Option<Nanos>,
 }
 
+/// Whom a Call Manager holds (see [`CallManager::census`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Leg A's Call-ID of each call answered (with leg B's, if it has one), and of each not
+    /// yet answered.
+    pub up: std::collections::HashMap<String, Option<String>>,
+    pub setting_up: std::collections::HashSet<String>,
+    /// Calls ended by a BYE within the last Timer J (32 s), by leg A's or B's Call-ID.
+    pub ended: std::collections::HashSet<String>,
+    /// Users with a binding in force.
+    pub users: std::collections::HashSet<u32>,
+}
+
 /// Counters for the status line and the tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -376,6 +389,22 @@ impl CallManager {
         self.registrar
             .user_number(user)
             .is_some_and(|n| self.registrar.is_registered(n, now))
+    }
+
+    /// Whom this Call Manager holds at `now`, for a drill to compare the Call Managers before
+    /// and after a takeover.
+    pub fn census(&self, now: Nanos) -> Census {
+        let mut c = Census::default();
+        for (id, b, answered) in self.calls.a_legs() {
+            if answered {
+                c.up.insert(id.to_owned(), b.map(str::to_owned));
+            } else {
+                c.setting_up.insert(id.to_owned());
+            }
+        }
+        c.ended = self.ended_byes.call_ids(now).map(str::to_owned).collect();
+        c.users = self.registrar.registered(now).collect();
+        c
     }
 
     /// The row of node `id`.

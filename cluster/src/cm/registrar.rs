@@ -81,6 +81,14 @@ impl Registrar {
         self.bindings.retain(|_, b| b.expires_at > now);
     }
 
+    /// The users with a binding in force at `now`.
+    pub(super) fn registered(&self, now: Nanos) -> impl Iterator<Item = u32> + '_ {
+        self.bindings
+            .iter()
+            .filter(move |(_, b)| b.expires_at > now)
+            .map(|(&u, _)| u)
+    }
+
     pub(super) fn report(&self, s: &mut Stats) {
         s.registered = self.bindings.len();
         s.registrations = self.registrations;

@@ -204,6 +204,14 @@ impl EndedByes {
         self.order.push_back((until, key));
     }
 
+    /// The Call-IDs of the calls these BYEs ended that are still kept at `now`.
+    pub(super) fn call_ids(&self, now: Nanos) -> impl Iterator<Item = &str> {
+        self.by_key
+            .iter()
+            .filter(move |(_, (_, until))| *until > now)
+            .map(|((id, _, _), _)| id.as_str())
+    }
+
     /// Whether this BYE, from `from`, already ended a call and may be a retransmission.
     pub(super) fn seen(
         &mut self,

@@ -395,7 +395,8 @@ impl Replica {
             return None;
         }
         let p = self.peers.get(usize::from(peer))?;
-        Some(self.applied.saturating_sub(p.acked))
+        // What a snapshot left it holding counts as held.
+        Some(self.applied.saturating_sub(p.acked.max(p.floor)))
     }
 
     /// One input at the virtual IP (or from a node, or the operator) at `now`. False if this
@@ -589,6 +590,41 @@ impl Replica {
         for (to, bytes) in self.sip_out.drain(..) {
             send(to, &bytes);
         }
+    }
+
+    /// [`Replica::transmit`] in one batch (to send with one system call).
+    pub fn transmit_all(&mut self, send: impl FnOnce(&[(SocketAddr, &[u8])])) {
+        if !self.replicated() {
+            if let Some(cm) = self.cm.as_mut() {
+                cm.transmit_all(send);
+            }
+            return;
+        }
+        if self.sip_out.is_empty() {
+            return;
+        }
+        let list: Vec<(SocketAddr, &[u8])> = self
+            .sip_out
+            .iter()
+            .map(|(to, b)| (*to, b.as_slice()))
+            .collect();
+        send(&list);
+        self.sip_out.clear();
+    }
+
+    /// The Call Manager of a group of one, for what is not replicated and so must not touch
+    /// a replicated one: nodes joining over the control link, nodes added by an operator, the
+    /// whitelist. `None` in a group of several.
+    pub fn solo_mut(&mut self) -> Option<&mut CallManager> {
+        if self.replicated() {
+            return None;
+        }
+        self.cm.as_mut()
+    }
+
+    /// Whether this replica is one of a group of several.
+    pub fn in_group(&self) -> bool {
+        self.replicated()
     }
 
     /// Commands for the nodes, let out.
@@ -1164,6 +1200,9 @@ impl Replica {
         };
         self.lease_until = 0;
         self.active = None;
+        // It has just learnt of a newer term: its active gets a whole silence to be heard
+        // before this one stands (an active never set `heard`, so it would stand at once).
+        self.heard = self.seen;
         self.stats.outputs_discarded += self.held.len() as u64;
         self.held.clear();
         self.sip_out.clear();

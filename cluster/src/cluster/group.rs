@@ -1,0 +1,586 @@
+//! The live cluster's Call Managers: one, or a group of three or five behind one virtual IP
+//! ([`crate::ha`]), each on a thread of its own with its own replication socket.
+//!
+//! **The virtual IP on loopback is a bound socket.** Only a replica that serves holds the
+//! virtual IP's address bound (without `SO_REUSEADDR`, so the kernel lets one socket have
+//! it); a replica whose lease runs out closes it, and a new active binds it once it serves. A
+//! new active that finds the address still bound keeps trying every millisecond (and counts
+//! it): the kernel itself fences, and a lease that overlapped another would show as bind
+//! refusals rather than as two Call Managers answering. Datagrams that reach the address while
+//! nobody holds it are refused by the kernel, and SIP's retransmissions bring them again.
+//!
+//! **Failure is the thread's end.** `fail cm-N` stops the replica's thread, which closes its
+//! sockets and drops its state; `recover` starts a new one that syncs (a snapshot over an
+//! in-process channel, then the log over UDP). `partition` cuts a replica off: whatever reaches
+//! its sockets is dropped and it sends nothing, while it keeps the virtual IP bound until its
+//! lease runs out, as a cut-off host would. `upgrade` resigns, stops, waits the restart and
+//! recovers. Nodes follow whichever replica serves without restarting: their answers go to
+//! the virtual IP, their events and the operator's requests to the replica that serves.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::Nanos;
+use crate::cm::Census;
+use crate::drill::CmFigures;
+use crate::ha::{HaConfig, HaStats, Replica, Snapshot};
+
+use super::{Control, Shared, Verb};
+
+/// How long a recovered Call Manager may take to catch up (the virtual drill's limit too).
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+/// What a Call Manager can be told to do.
+pub(super) const CM_VERBS: [Verb; 7] = [
+    Verb::Fail,
+    Verb::Partition,
+    Verb::Heal,
+    Verb::Recover,
+    Verb::Stop,
+    Verb::Restart,
+    Verb::Upgrade,
+];
+
+/// How long a resigning active may take to hand over before it is stopped all the same.
+const RESIGN_LIMIT: Duration = Duration::from_secs(2);
+
+/// What one replica's thread hands another, in-process.
+pub(super) enum Handover {
+    /// The serving active's state, for a replica that syncs.
+    Snapshot { from: u8, snap: Box<Snapshot> },
+    /// Replica `peer` took a snapshot that leaves it at `applied`.
+    Handed { peer: u8, applied: u64 },
+}
+
+/// A running replica's thread.
+pub(super) struct Running {
+    pub stop: Arc<AtomicBool>,
+    pub inbox: Sender<Handover>,
+    pub thread: JoinHandle<io::Result<()>>,
+}
+
+/// One Call Manager of the cluster.
+pub(super) struct Slot {
+    pub name: String,
+    pub cfg: HaConfig,
+    /// Cut off from everything (`partition`), until `heal`.
+    pub cut: AtomicBool,
+    /// Asked to resign (an upgrade's first step).
+    pub resign: AtomicBool,
+    pub run: Mutex<Option<Running>>,
+    pub row: Mutex<CmStatus>,
+}
+
+impl Slot {
+    /// Its own address (replication); in a group of one, the Call Manager's.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.cfg.addrs.get(usize::from(self.cfg.index)).copied()
+    }
+
+    pub fn send(&self, h: Handover) -> bool {
+        self.run
+            .lock()
+            .ok()
+            .and_then(|r| r.as_ref().map(|r| r.inbox.send(h).is_ok()))
+            .unwrap_or(false)
+    }
+
+    pub fn running(&self) -> bool {
+        self.run.lock().is_ok_and(|r| r.is_some())
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+}
+
+/// One Call Manager in the status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CmStatus {
+    pub name: String,
+    /// Its own address (replication): not the virtual IP.
+    pub addr: Option<SocketAddr>,
+    pub running: bool,
+    pub cut: bool,
+    /// active, standby, candidate, syncing; "stopped" when its thread is not running.
+    pub role: &'static str,
+    pub term: u64,
+    pub applied: u64,
+    pub commit: u64,
+    /// Answers at the virtual IP now (the active within its lease).
+    pub serving: bool,
+    /// Log entries it lacks, as the active last saw it (none for the active itself).
+    pub behind: Option<u64>,
+    pub stats: HaStats,
+    /// Times a new active found the virtual IP still bound and tried again.
+    pub bind_waits: u64,
+}
+
+impl CmStatus {
+    pub(super) fn of(replica: &Replica, name: &str, addr: Option<SocketAddr>, now: Nanos) -> Self {
+        CmStatus {
+            name: name.to_owned(),
+            addr,
+            running: true,
+            cut: false,
+            role: replica.role().name(),
+            term: replica.term(),
+            applied: replica.applied(),
+            commit: replica.commit(),
+            serving: replica.serving(now),
+            behind: None,
+            stats: replica.stats.clone(),
+            bind_waits: 0,
+        }
+    }
+}
+
+/// When each Call Manager began and stopped serving, and who sent from the virtual IP: what a
+/// drill's takeover figures come from.
+#[derive(Debug, Clone, Default)]
+pub(super) struct VipWatch {
+    /// (when, replica, serving) at every change.
+    pub serving: Vec<(Nanos, usize, bool)>,
+    /// (when, replica) each time another replica than the last sent a SIP datagram (not a
+    /// probe) from the virtual IP.
+    pub senders: Vec<(Nanos, usize)>,
+    last_sender: Option<usize>,
+    /// The last such datagram, and the longest gap between two since `watch`.
+    last_send: Nanos,
+    watch_from: Nanos,
+    longest_gap: Nanos,
+}
+
+/// Entries kept in [`VipWatch`]'s lists; a drill needs the few around each fault.
+const MAX_WATCH: usize = 4_096;
+
+impl VipWatch {
+    pub fn sent(&mut self, now: Nanos, from: usize) {
+        let since = self.last_send.max(self.watch_from);
+        self.longest_gap = self.longest_gap.max(now.saturating_sub(since));
+        self.last_send = now;
+        if self.last_sender != Some(from) {
+            self.last_sender = Some(from);
+            if self.senders.len() < MAX_WATCH {
+                self.senders.push((now, from));
+            }
+        }
+    }
+
+    pub fn changed(&mut self, now: Nanos, who: usize, serving: bool) {
+        if self.serving.len() < MAX_WATCH {
+            self.serving.push((now, who, serving));
+        }
+    }
+}
+
+/// A replica's thread starts: binds nothing (its sockets are the caller's), returns the
+/// handle. `vip` is the virtual IP's socket if this replica holds it from the start.
+pub(super) fn start(
+    shared: &Arc<Shared>,
+    me: usize,
+    replica: Replica,
+    vip: Option<UdpSocket>,
+    peer: Option<UdpSocket>,
+    hub: Option<crate::hub::Hub>,
+) -> io::Result<Running> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (inbox, rx) = mpsc::channel();
+    let name = shared
+        .cms
+        .get(me)
+        .map_or_else(|| "cm".to_owned(), |s| s.name.clone());
+    let thread = {
+        let (stop, shared) = (Arc::clone(&stop), Arc::clone(shared));
+        std::thread::Builder::new()
+            .name(format!("pbxlab-{name}"))
+            .spawn(move || {
+                super::serve(
+                    super::CmThread {
+                        me,
+                        replica,
+                        hub,
+                        vip,
+                        peer,
+                        inbox: rx,
+                    },
+                    &shared,
+                    &stop,
+                )
+            })?
+    };
+    Ok(Running {
+        stop,
+        inbox,
+        thread,
+    })
+}
+
+/// Stops a replica's thread and waits for it; false if it was not running.
+pub(super) fn stop(slot: &Slot) -> bool {
+    let taken = slot.run.lock().ok().and_then(|mut r| r.take());
+    let Some(r) = taken else {
+        return false;
+    };
+    r.stop.store(true, Ordering::Relaxed);
+    let _ = r.thread.join();
+    if let Ok(mut row) = slot.row.lock() {
+        row.running = false;
+        row.serving = false;
+        row.role = "stopped";
+    }
+    true
+}
+
+/// A Call Manager fault the live drill watches: who served and whom it held at the fault.
+#[derive(Debug, Clone)]
+pub struct CmFaultWatch {
+    index: usize,
+    at: Nanos,
+    before: CmCheck,
+    fenced: u64,
+}
+
+/// The longest a Call Manager fault is watched for a takeover before its figures are taken
+/// anyway.
+const CM_WATCH_LIMIT: Duration = Duration::from_secs(10);
+
+/// Figures a drill takes of a Call Manager fault.
+#[derive(Debug, Clone, Default)]
+pub struct CmCheck {
+    /// The replica serving at the check, and who holds what there.
+    pub serving: Option<usize>,
+    pub census: Option<Census>,
+    /// At the check, on the cluster's clock.
+    pub at: Duration,
+}
+
+impl Control {
+    /// Every Call Manager's row as of now, with how far behind the active sees each.
+    pub fn callmanagers(&self) -> Vec<CmStatus> {
+        let behind = self
+            .shared
+            .behind
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        self.shared
+            .cms
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut row = s.row.lock().map(|r| r.clone()).unwrap_or_default();
+                row.name.clone_from(&s.name);
+                row.addr = s.addr();
+                row.running = s.running();
+                row.cut = s.is_cut();
+                if !row.running {
+                    row.role = "stopped";
+                    row.serving = false;
+                }
+                row.behind = behind.get(i).copied().flatten();
+                row
+            })
+            .collect()
+    }
+
+    /// The index of the Call Manager named `name` (`cm-1` ..).
+    pub fn cm_index(&self, name: &str) -> Option<usize> {
+        self.shared.cms.iter().position(|s| s.name == name)
+    }
+
+    /// Which Call Manager serves the virtual IP now.
+    pub fn serving_cm(&self) -> Option<usize> {
+        self.callmanagers().iter().position(|c| c.serving && !c.cut)
+    }
+
+    /// The serving Call Manager's census now (none if nobody serves within 5 s).
+    pub fn census(&self) -> CmCheck {
+        let (tx, rx) = mpsc::channel();
+        let at = self.now();
+        let census = self
+            .request(super::Request::Census(tx))
+            .ok()
+            .and_then(|()| rx.recv_timeout(Duration::from_secs(5)).ok());
+        CmCheck {
+            serving: self.serving_cm(),
+            census,
+            at,
+        }
+    }
+
+    /// Call before a fault on Call Manager `index`: who serves, whom it holds.
+    pub fn watch_cm_fault(&self, index: usize) -> CmFaultWatch {
+        self.watch_vip();
+        CmFaultWatch {
+            index,
+            at: self.nanos(),
+            before: self.census(),
+            fenced: self.fenced_inputs(),
+        }
+    }
+
+    /// Once the fault was carried out: waits for another Call Manager to answer from the
+    /// virtual IP (if the fault took the serving one away; at most 10 s), lets `settle` pass,
+    /// and compares whom the serving Call Manager holds then with whom the old one held. A
+    /// call up at the fault counts as lost if the serving one neither holds it nor ended it by
+    /// a BYE since (its BYE would get a 481); a registration, if its user is no longer bound.
+    pub fn cm_fault_figures(&self, w: &CmFaultWatch, settle: Duration) -> CmFigures {
+        let hit_active = w.before.serving == Some(w.index);
+        let limit = Instant::now() + CM_WATCH_LIMIT;
+        let took_over = || {
+            self.vip_log()
+                .senders
+                .into_iter()
+                .find(|&(t, i)| t >= w.at && i != w.index)
+                .map(|(t, _)| t)
+        };
+        let mut takeover = None;
+        if hit_active {
+            while takeover.is_none() && Instant::now() < limit {
+                std::thread::sleep(Duration::from_millis(1));
+                takeover = took_over();
+            }
+        }
+        std::thread::sleep(settle);
+        let after = self.census();
+        let watch = self.vip_log();
+        let (log, longest_gap) = (watch.serving, watch.longest_gap);
+        let none = Census::default();
+        let (old, new) = (
+            w.before.census.as_ref().unwrap_or(&none),
+            after.census.as_ref().unwrap_or(&none),
+        );
+        let gone = |a: &str, b: Option<&str>| {
+            !new.up.contains_key(a)
+                && !new.ended.contains(a)
+                && b.is_none_or(|b| !new.ended.contains(b))
+        };
+        let established_lost = old.up.iter().filter(|(a, b)| gone(a, b.as_deref())).count() as u64;
+        let registrations_lost = old.users.difference(&new.users).count() as u64;
+        let (mut completed, mut failed, mut pending) = (0, 0, 0);
+        for id in &old.setting_up {
+            if new.setting_up.contains(id) {
+                pending += 1;
+            } else if new.up.contains_key(id) || new.ended.contains(id) {
+                completed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        let stopped = log
+            .iter()
+            .find(|&&(t, i, serving)| t >= w.at && i == w.index && !serving)
+            .map(|&(t, _, _)| t);
+        let began = log
+            .iter()
+            .find(|&&(t, i, serving)| t >= w.at && i != w.index && serving)
+            .map(|&(t, _, _)| t);
+        let (fenced_us, handover_gap_us) = match (hit_active, stopped, began) {
+            (true, Some(s), Some(b)) => (
+                Some(s.saturating_sub(w.at) / 1000),
+                Some(b.saturating_sub(s) / 1000),
+            ),
+            _ => (None, None),
+        };
+        let name = |i: Option<usize>| {
+            i.and_then(|i| self.shared.cms.get(i))
+                .map(|s| s.name.clone())
+        };
+        CmFigures {
+            before: name(w.before.serving),
+            after: name(after.serving),
+            hit_active,
+            takeover_us: takeover.map(|t| t.saturating_sub(w.at) / 1000),
+            fenced_us,
+            handover_gap_us,
+            overlap: matches!((stopped, began), (Some(s), Some(b)) if hit_active && b < s),
+            established: old.up.len() as u64,
+            established_lost,
+            registrations: old.users.len() as u64,
+            registrations_lost,
+            setups: old.setting_up.len() as u64,
+            setups_completed: completed,
+            setups_failed: failed,
+            setups_pending: pending,
+            longest_silence_us: longest_gap / 1000,
+            unserved: self.fenced_inputs().saturating_sub(w.fenced),
+            checked_at: after.at,
+        }
+    }
+
+    /// What the virtual IP's watch has seen so far.
+    fn vip_log(&self) -> VipWatch {
+        self.shared
+            .vip
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Starts measuring the longest gap in what the virtual IP sends from now.
+    fn watch_vip(&self) {
+        let now = self.nanos();
+        if let Ok(mut v) = self.shared.vip.lock() {
+            v.watch_from = now;
+            v.longest_gap = 0;
+        }
+    }
+
+    /// Datagrams dropped at the virtual IP by replicas not serving, in all.
+    fn fenced_inputs(&self) -> u64 {
+        self.callmanagers()
+            .iter()
+            .map(|c| c.stats.fenced_inputs)
+            .sum::<u64>()
+            + self.shared.lost_fenced.load(Ordering::Relaxed)
+    }
+
+    fn nanos(&self) -> Nanos {
+        u64::try_from(self.now().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// `verb` on Call Manager `i`: fail (its thread ends, its state with it), partition,
+    /// heal, recover (a fresh one syncs; waits until it is a standby) or upgrade (resign,
+    /// stop, restart, catch up).
+    pub(super) fn act_on_cm(&self, verb: Verb, i: usize) -> Result<(), String> {
+        let slot = self
+            .shared
+            .cms
+            .get(i)
+            .ok_or_else(|| format!("no Call Manager numbered {}", i + 1))?;
+        let name = &slot.name;
+        if self.shared.cms.len() < 2 {
+            return Err(format!(
+                "{name} is the only Call Manager: with [callmanager] nodes = 1 there is nothing \
+                 to take over; use nodes = 3"
+            ));
+        }
+        match verb {
+            Verb::Fail => {
+                if !stop(slot) {
+                    return Err(format!("{name} is not running"));
+                }
+                self.note(format!("{name} stopped (its state is gone)"));
+            }
+            Verb::Partition => {
+                slot.cut.store(true, Ordering::Relaxed);
+                self.note(format!("{name} cut off"));
+            }
+            Verb::Heal => {
+                slot.cut.store(false, Ordering::Relaxed);
+                self.note(format!("{name} reconnected"));
+            }
+            Verb::Recover => self.restart_cm(i)?,
+            Verb::Stop => self.resign_and_stop(i, "stopped")?,
+            Verb::Restart => {
+                self.resign_and_stop(i, "stopped for a restart")?;
+                self.restart_cm(i)?;
+            }
+            Verb::Upgrade => {
+                self.resign_and_stop(i, "stopped for its upgrade")?;
+                std::thread::sleep(pbxlab_scenario::UPGRADE_RESTART);
+                self.restart_cm(i)?;
+            }
+            other => {
+                return Err(super::OpError::NotForCallManager {
+                    server: name.clone(),
+                    action: other,
+                }
+                .to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// A graceful stop: an active resigns first (a standby takes over after its skew alone,
+    /// not the silence), then the thread ends.
+    fn resign_and_stop(&self, i: usize, what: &str) -> Result<(), String> {
+        let Some(slot) = self.shared.cms.get(i) else {
+            return Err(format!("no Call Manager numbered {}", i + 1));
+        };
+        if !slot.running() {
+            return Err(format!("{} is not running", slot.name));
+        }
+        slot.resign.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + RESIGN_LIMIT;
+        while self
+            .callmanagers()
+            .get(i)
+            .is_some_and(|c| c.role == "active")
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop(slot);
+        self.note(format!("{} resigned and {what}", slot.name));
+        Ok(())
+    }
+
+    /// Starts Call Manager `i` afresh (no state: it syncs) and waits until it is a standby.
+    fn restart_cm(&self, i: usize) -> Result<(), String> {
+        let slot = self
+            .shared
+            .cms
+            .get(i)
+            .ok_or_else(|| format!("no Call Manager numbered {}", i + 1))?;
+        let name = &slot.name;
+        if slot.running() {
+            return Err(format!("{name} is running"));
+        }
+        let addr = slot
+            .addr()
+            .ok_or_else(|| format!("{name} has no address"))?;
+        let peer = UdpSocket::bind(addr).map_err(|e| format!("{name}: cannot bind {addr}: {e}"))?;
+        slot.cut.store(false, Ordering::Relaxed);
+        slot.resign.store(false, Ordering::Relaxed);
+        let replica = Replica::new(slot.cfg.clone(), None, self.nanos());
+        if let Ok(mut row) = slot.row.lock() {
+            *row = CmStatus::of(&replica, name, Some(addr), self.nanos());
+        }
+        let running = start(&self.shared, i, replica, None, Some(peer), None)
+            .map_err(|e| format!("{name}: cannot start its thread: {e}"))?;
+        if let Ok(mut r) = slot.run.lock() {
+            *r = Some(running);
+        }
+        self.note(format!("{name} started afresh, syncing"));
+        let deadline = Instant::now() + CATCH_UP_LIMIT;
+        loop {
+            if self
+                .callmanagers()
+                .get(i)
+                .is_some_and(|c| c.role == "standby")
+            {
+                self.note(format!("{name} caught up: a standby"));
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{name} did not catch up within {} s",
+                    CATCH_UP_LIMIT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn note(&self, what: String) {
+        let line = format!("{:.3}s {what}", self.now().as_secs_f64());
+        if let Ok(mut log) = self.shared.log.lock() {
+            log.push(line);
+        }
+    }
+}
+
+/// Counts what a replica dropped without a `Replica` to count it on.
+pub(super) fn count_lost(shared: &Shared, n: u64) {
+    shared.lost_fenced.fetch_add(n, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+#[path = "group_tests.rs"]
+mod tests;
