@@ -98,6 +98,19 @@ pub(crate) struct ClusterArgs {
     /// Deprecated: the join token (only), like --join-token; so is $PBXLAB_TOKEN.
     #[arg(long, value_name = "T")]
     token: Option<String>,
+    /// With [callmanager] nodes = N: run Call Manager K in network namespace NS_K (an `ip
+    /// netns` name) at address IP_K there, as NS:IP, once per Call Manager in order. --sip is
+    /// then the virtual IP, which a VRRP daemon (keepalived) in each namespace moves; see
+    /// --vrrp-track.
+    #[arg(long = "cm-netns", value_name = "NS:IP")]
+    cm_netns: Vec<String>,
+    /// Write each Call Manager's keepalived track file into DIR (DIR/cm-N: 0 while it serves
+    /// the virtual IP, 1 otherwise), for a `vrrp_track_file` with weight 0.
+    #[arg(long, value_name = "DIR")]
+    vrrp_track: Option<PathBuf>,
+    /// The nodes' address [default: the --sip address's].
+    #[arg(long, value_name = "IP")]
+    node_ip: Option<IpAddr>,
 }
 
 pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
@@ -129,6 +142,18 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     opts.whitelist = args.whitelist;
     opts.trusted = args.trusted;
     opts.public = (!args.public.is_empty()).then_some(args.public);
+    opts.cm_netns = args
+        .cm_netns
+        .iter()
+        .map(|a| {
+            a.rsplit_once(':')
+                .and_then(|(ns, ip)| Some((ns.to_owned(), ip.parse::<IpAddr>().ok()?)))
+                .filter(|(ns, _)| !ns.is_empty() && !ns.contains('/'))
+                .ok_or_else(|| bad("--cm-netns", format!("{a:?} is not NAMESPACE:IP")))
+        })
+        .collect::<Result<_, _>>()?;
+    opts.vrrp_track = args.vrrp_track;
+    opts.node_ip = args.node_ip;
     let mut alerts =
         AlertSink::new(args.alerts, args.alert_webhook).map_err(|e| BadInput(e.to_string()))?;
     let join_token = crate::token::join_token(
@@ -402,6 +427,7 @@ fn to_json(s: &Status) -> serde_json::Value {
         },
         "send_errors": s.cm_send_errors,
         "link": pbxlab_cluster::ctl::link_json(&s.link),
+        "callmanagers": s.callmanagers.iter().map(pbxlab_cluster::ctl::cm_json).collect::<Vec<_>>(),
         "emulator": s.pace.drivers(),
         "events": s.events,
         // As the control endpoint shows them, with the packets no session claimed.

@@ -3,7 +3,10 @@
 //! (10.211.0.0/24). Cutting a node's link (`ip link set eth0 down` in its namespace) is a real
 //! network failure: its probes time out, the Call Manager marks it down and moves its calls.
 //!
-//! They need root and iproute2's `ip`, so a plain `cargo test` skips them; `.ci/run` runs
+//! The Call Manager test puts each of three Call Managers' threads in a namespace of its own
+//! with keepalived, which moves the virtual IP to whichever one serves.
+//!
+//! They need root and iproute2's `ip` (and keepalived), so a plain `cargo test` skips them; `.ci/run` runs
 //! `cargo test --test netns -- --ignored`. Every namespace carries the test's pid in its name
 //! and is deleted, and every process stopped, when the test ends, however it ends. Every run is
 //! bounded in calls and time.
@@ -329,4 +332,206 @@ fn a_node_with_the_wrong_token_is_refused() {
     assert!(status.success(), "cluster: {status}\n{}", cm.log());
     let c = read_json(&cm_json);
     assert_eq!(c["nodes"].as_array().map(Vec::len), Some(0), "{c}");
+}
+
+/// The virtual IP of the Call Manager test.
+const VIP: &str = "10.211.0.100";
+
+/// Fails the test with a clear message unless keepalived is installed.
+fn keepalived_preflight() {
+    let out = Command::new("keepalived").arg("--version").output();
+    assert!(
+        out.is_ok(),
+        "tests/netns.rs needs keepalived on the PATH (apt-get install keepalived), as .ci/run \
+         installs it"
+    );
+}
+
+/// keepalived in namespace `n{i}`: one VRRP instance on eth0 holding the virtual IP while its
+/// Call Manager's track file says 0 (it serves), in FAULT otherwise (weight 0: a nonzero value
+/// is a failure). VRRPv3 with 100 ms advertisements.
+fn keepalived(net: &Net, test: &str, i: usize, track: &Path) -> Proc {
+    let conf = scratch(test, &format!("keepalived-{i}.conf"));
+    let text = format!(
+        "global_defs {{\n  router_id cm-{i}\n  vrrp_version 3\n  enable_script_security\n}}\n\
+         track_file cm_serves {{\n  file {}\n  weight 0\n}}\n\
+         vrrp_instance pbxlab {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
+         priority 100\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n  \
+         track_file {{\n    cm_serves\n  }}\n}}\n",
+        track.join(format!("cm-{i}")).display()
+    );
+    std::fs::write(&conf, text).expect("keepalived.conf");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.ns(&format!("n{i}")), "keepalived"])
+        .args(["--dont-fork", "--log-console", "--log-detail", "--vrrp"])
+        .arg("--use-file")
+        .arg(&conf)
+        .arg("--pid")
+        .arg(scratch(test, &format!("keepalived-{i}.pid")))
+        .arg("--vrrp_pid")
+        .arg(scratch(test, &format!("keepalived-vrrp-{i}.pid")));
+    Proc::start(cmd, &scratch(test, &format!("keepalived-{i}.log")))
+}
+
+/// Which Call Manager namespaces hold the virtual IP now.
+fn vip_holders(net: &Net) -> Vec<usize> {
+    (1..=3)
+        .filter(|i| {
+            let out = Command::new("ip")
+                .args([
+                    "-n",
+                    &net.ns(&format!("n{i}")),
+                    "-4",
+                    "addr",
+                    "show",
+                    "dev",
+                    "eth0",
+                ])
+                .output()
+                .expect("ip runs");
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/"))
+        })
+        .collect()
+}
+
+/// Waits up to `limit` for the virtual IP to be held by exactly one namespace satisfying
+/// `want`; returns which and how long it took.
+fn wait_vip(net: &Net, limit: Duration, want: impl Fn(usize) -> bool) -> (usize, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let held = vip_holders(net);
+        if let [one] = held[..]
+            && want(one)
+        {
+            return (one, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the virtual IP is held by {held:?} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Three Call Managers in three namespaces, keepalived in each: the virtual IP sits in the
+/// serving one's namespace. Its link is cut under calls with RTP (a real network failure of the
+/// active's host): the other two elect a new active, its keepalived takes the address, and the
+/// callers, who only know the virtual IP, keep calling; none fails. With the link back, the
+/// old active follows the new one and its namespace does not take the address back.
+#[test]
+#[ignore = "needs root, ip netns and keepalived; run by .ci/run"]
+fn keepalived_moves_the_virtual_ip_to_the_new_active_call_manager() {
+    let test = "vrrp";
+    keepalived_preflight();
+    let net = Net::new(test, 3);
+    let track = scratch(test, "track");
+    std::fs::create_dir_all(&track).expect("track dir");
+    // Nobody serves yet: every namespace starts in FAULT.
+    for i in 1..=3 {
+        std::fs::write(track.join(format!("cm-{i}")), "1\n").expect("track file");
+    }
+    let _vrrp: Vec<Proc> = (1..=3).map(|i| keepalived(&net, test, i, &track)).collect();
+    let cm_json = scratch(test, "cm.json");
+    let sip = format!("{VIP}:5060");
+    let netns: Vec<String> = (1..=3)
+        .map(|i| format!("{}:{}", net.ns(&format!("n{i}")), node_ip(i)))
+        .collect();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/netns/cm-vrrp.toml")
+        .to_string_lossy()
+        .into_owned();
+    let mut args = vec![
+        "cluster",
+        &scenario,
+        "--sip",
+        &sip,
+        "--node-ip",
+        CM_IP,
+        "--whitelist",
+        CM_IP,
+        "--vrrp-track",
+        track.to_str().expect("utf-8"),
+        "--status-every",
+        "100ms",
+        "--for",
+        "60s",
+        "--json",
+        cm_json.to_str().expect("utf-8"),
+    ];
+    for n in &netns {
+        args.extend(["--cm-netns", n.as_str()]);
+    }
+    let mut cm = net.spawn("cm", &args, &scratch(test, "cm.log"));
+    cm.wait_for_log("cm-1 serves the virtual IP", Duration::from_secs(10));
+    let (first, _) = wait_vip(&net, Duration::from_secs(10), |_| true);
+    assert_eq!(first, 1, "cm-1 serves, so its namespace holds the address");
+
+    // 40 echo calls with RTP over 4 s, held 10 s, from 50 users who register first.
+    let load_json = scratch(test, "load.json");
+    let local = format!("{CM_IP}:0");
+    let mut load = net.spawn(
+        "cm",
+        &[
+            "load",
+            "--target",
+            &sip,
+            "--bind",
+            &local,
+            "--rtp-bind",
+            &local,
+            "--users",
+            "50",
+            "--service",
+            "echo",
+            "--rtp",
+            "1",
+            "--calls",
+            "40",
+            "--call-rate",
+            "10/s",
+            "--hold",
+            "10s",
+            "--json",
+            load_json.to_str().expect("utf-8"),
+        ],
+        &scratch(test, "load.log"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // The active's host loses its network.
+    ip(&["-n", &net.ns("n1"), "link", "set", "eth0", "down"]);
+    let (next, moved) = wait_vip(&net, Duration::from_secs(5), |i| i != 1);
+    // Three 100 ms heartbeats of silence and the election, then VRRP's own master-down time
+    // (3 x 100 ms and its skew): well under VRRP's 3.6 s defaults, with slack for a busy
+    // machine.
+    assert!(
+        moved < Duration::from_secs(3),
+        "the virtual IP reached cm-{next}'s namespace {moved:?} after the cut"
+    );
+    eprintln!("the virtual IP reached cm-{next}'s namespace {moved:?} after the cut");
+    std::thread::sleep(Duration::from_secs(2));
+    ip(&["-n", &net.ns("n1"), "link", "set", "eth0", "up"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (still, _) = wait_vip(&net, Duration::from_secs(3), |_| true);
+    assert_eq!(
+        still, next,
+        "the address stays with the serving Call Manager"
+    );
+
+    let status = load
+        .wait_for(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the load did not finish:\n{}", load.log()));
+    assert!(status.success(), "load: {status}\n{}", load.log());
+    let status = cm.terminate();
+    assert!(status.success(), "cluster: {status}\n{}", cm.log());
+
+    let v = read_json(&load_json);
+    assert_eq!(n(&v["calls"]["attempted"]), 40, "{v}");
+    assert_eq!(n(&v["calls"]["failed"]), 0, "{v}");
+    assert_eq!(n(&v["registrations"]["failed"]), 0, "{v}");
+    let c = read_json(&cm_json);
+    let cms = c["callmanagers"].as_array().expect("callmanagers");
+    let role = |i: usize| cms[i - 1]["role"].as_str().unwrap_or("").to_owned();
+    assert_eq!(role(next), "active", "{c}");
+    assert_eq!(role(1), "standby", "cm-1 follows the new active: {c}");
+    assert_eq!(n(&c["calls"]["completed"]), 40, "{c}");
 }

@@ -60,6 +60,16 @@ pub struct Options {
     /// The join token a node in its own process (`pbxlab node`) proves to join; without one,
     /// none may. Never the control endpoint's (admin) token.
     pub join_token: Option<String>,
+    /// With several Call Managers: the network namespace of each (`ip netns` names), and its
+    /// address there. Each Call Manager's thread enters its namespace, replicates from its
+    /// address and binds the virtual IP (`sip`) with `IP_FREEBIND` when it serves; a VRRP daemon
+    /// in each namespace (keepalived) moves the address itself, following `vrrp_track`.
+    pub cm_netns: Vec<(String, IpAddr)>,
+    /// Where each Call Manager writes its keepalived track file (`DIR/cm-N`): 0 while it serves,
+    /// 1 otherwise, so that only the serving one's namespace may hold the virtual IP.
+    pub vrrp_track: Option<std::path::PathBuf>,
+    /// The nodes' address (default: the Call Manager's).
+    pub node_ip: Option<IpAddr>,
 }
 
 impl Options {
@@ -77,6 +87,9 @@ impl Options {
             trusted: Vec::new(),
             public: None,
             join_token: None,
+            cm_netns: Vec::new(),
+            vrrp_track: None,
+            node_ip: None,
         }
     }
 }
@@ -345,14 +358,30 @@ impl Cluster {
                  [callmanager] nodes = {group} the cluster's nodes run in its process"
             )));
         }
-        let socket = UdpSocket::bind(opts.sip).map_err(|e| Error::Bind {
-            addr: opts.sip,
-            error: e,
-        })?;
-        let sip = socket.local_addr().map_err(|e| Error::Bind {
-            addr: opts.sip,
-            error: e,
-        })?;
+        let in_netns = !opts.cm_netns.is_empty();
+        if in_netns && (opts.cm_netns.len() != group || opts.sip.port() == 0) {
+            return Err(Error::Unsupported(format!(
+                "Call Managers in network namespaces: give one namespace per Call Manager ({} \
+                 given for {group}) and the virtual IP with its port (not {})",
+                opts.cm_netns.len(),
+                opts.sip
+            )));
+        }
+        // In namespaces the virtual IP is bound in the serving one's namespace, by its thread.
+        let (socket, sip) = if in_netns {
+            (None, opts.sip)
+        } else {
+            let socket = UdpSocket::bind(opts.sip).map_err(|e| Error::Bind {
+                addr: opts.sip,
+                error: e,
+            })?;
+            let sip = socket.local_addr().map_err(|e| Error::Bind {
+                addr: opts.sip,
+                error: e,
+            })?;
+            (Some(socket), sip)
+        };
+        let node_ip = opts.node_ip.unwrap_or(sip.ip());
         let mut handles = Vec::new();
         let mut served = Vec::new();
         let mut specs = Vec::new();
@@ -364,7 +393,7 @@ impl Cluster {
                 let port = pool.first_port.map_or(0, |p| {
                     p.saturating_add(u16::try_from(i).unwrap_or(u16::MAX))
                 });
-                let want = SocketAddr::new(sip.ip(), port);
+                let want = SocketAddr::new(node_ip, port);
                 let (handle, parts) =
                     node::bind(id.0, pool.role, s.name.clone(), want).map_err(|e| Error::Bind {
                         addr: want,
@@ -384,7 +413,7 @@ impl Cluster {
         // Each replica of a group replicates from an address of its own, next to the virtual
         // IP; a group of one has only the virtual IP.
         let mut peers = Vec::new();
-        if group > 1 {
+        if group > 1 && !in_netns {
             for _ in 0..group {
                 let want = SocketAddr::new(sip.ip(), 0);
                 peers.push(UdpSocket::bind(want).map_err(|e| Error::Bind {
@@ -393,7 +422,13 @@ impl Cluster {
                 })?);
             }
         }
-        let addrs: Vec<SocketAddr> = if group > 1 {
+        let addrs: Vec<SocketAddr> = if in_netns {
+            let port = crate::world::REPLICA_PORT_BASE;
+            opts.cm_netns
+                .iter()
+                .map(|&(_, ip)| SocketAddr::new(ip, port))
+                .collect()
+        } else if group > 1 {
             peers
                 .iter()
                 .map(UdpSocket::local_addr)
@@ -452,8 +487,23 @@ impl Cluster {
                 resign: AtomicBool::new(false),
                 run: Mutex::new(None),
                 row: Mutex::new(CmStatus::default()),
+                netns: opts
+                    .cm_netns
+                    .get(i)
+                    .map(|(n, _)| std::path::Path::new("/var/run/netns").join(n)),
+                track: opts
+                    .vrrp_track
+                    .as_ref()
+                    .map(|d| d.join(format!("cm-{}", i + 1))),
             })
-            .collect();
+            .collect::<Vec<Slot>>();
+        for slot in &cms {
+            // Nobody serves yet: no namespace may take the address before its Call Manager does.
+            slot.track(false).map_err(|error| Error::Io {
+                what: "writing a keepalived track file",
+                error,
+            })?;
+        }
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             sip,
@@ -471,12 +521,12 @@ impl Cluster {
             records: Mutex::new(Records::default()),
             capacities,
             health,
-            ip: sip.ip(),
+            ip: node_ip,
             busy: Busy::default(),
             cm_pace: Arc::new(Pace::default()),
             node_pace,
         });
-        let mut socket = Some(socket);
+        let mut socket = socket;
         let mut hub = Some(hub);
         let mut peers = peers.into_iter();
         for i in 0..group {
@@ -524,6 +574,8 @@ impl Cluster {
 
     /// Stops every thread and returns the final snapshot.
     pub fn stop(self) -> io::Result<Status> {
+        // The Call Managers as they were at the end, not as stopped threads.
+        let callmanagers = self.control.callmanagers();
         let mut result = Ok(());
         for slot in &self.control.shared.cms {
             let taken = slot.run.lock().ok().and_then(|mut r| r.take());
@@ -544,7 +596,10 @@ impl Cluster {
             .join()
             .map_err(|_| io::Error::other("the node thread panicked"))?;
         result?;
-        Ok(self.control.status())
+        Ok(Status {
+            callmanagers,
+            ..self.control.status()
+        })
     }
 }
 
@@ -1026,6 +1081,15 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
     };
     let name = slot.name.as_str();
     let own = slot.addr();
+    if let Some(ns) = &slot.netns {
+        pbxlab_udp::enter_netns(ns)
+            .map_err(|e| io::Error::new(e.kind(), format!("{name}: {}: {e}", ns.display())))?;
+    }
+    // In a namespace, the replica binds its own address there.
+    let peer = match (peer, own) {
+        (None, Some(own)) if group => Some(UdpSocket::bind(own)?),
+        (peer, _) => peer,
+    };
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(8);
     let started = shared.epoch;
@@ -1052,6 +1116,8 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
     let mut lines: Vec<String> = Vec::new();
     let mut was_serving = false;
     let mut last_role = replica.role();
+    // In a namespace: whether the virtual IP's address is on one of its interfaces yet.
+    let mut vip_here = false;
     // The earliest timer when the thread last went to sleep.
     let mut due = Nanos::MAX;
     while !stop.load(Ordering::Relaxed) {
@@ -1070,7 +1136,12 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
             if serving && vip.is_none() {
                 // The old active's lease is out, so its socket is closed or about to be: the
                 // kernel says which.
-                match UdpSocket::bind(shared.sip) {
+                let bound = if slot.netns.is_some() {
+                    pbxlab_udp::bind_free(shared.sip)
+                } else {
+                    UdpSocket::bind(shared.sip)
+                };
+                match bound {
                     Ok(s) => vip = Some(Vip::new(s, &poll, started)?),
                     Err(e) if e.kind() == ErrorKind::AddrInUse => bind_waits += 1,
                     Err(e) => return Err(e),
@@ -1081,6 +1152,18 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
             {
                 let _ = poll.registry().deregister(&mut v.socket);
             }
+        }
+        if slot.netns.is_some() {
+            if vip.is_none() {
+                vip_here = false;
+            } else if !vip_here {
+                // Bound without IP_FREEBIND only where the address is local.
+                vip_here = UdpSocket::bind(SocketAddr::new(shared.sip.ip(), 0)).is_ok();
+                if vip_here {
+                    lines.push(line(now, name, "has the virtual IP's address"));
+                }
+            }
+            replica.hold_timers(!vip_here);
         }
         let mut busy = false;
         if let Some(v) = vip.as_mut() {
@@ -1252,6 +1335,13 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
                 if let Ok(mut w) = shared.vip.lock() {
                     w.changed(now, me, serving);
                 }
+                if let Err(e) = slot.track(serving) {
+                    lines.push(line(
+                        now,
+                        name,
+                        &format!("cannot write its track file: {e}"),
+                    ));
+                }
                 let what = if serving {
                     "serves the virtual IP"
                 } else {
@@ -1299,7 +1389,7 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
         }
         due = replica.next_deadline();
         let mut until = Duration::from_nanos(due.saturating_sub(elapsed(started)));
-        if group && replica.serving(now) && vip.is_none() {
+        if group && replica.serving(now) && (vip.is_none() || (slot.netns.is_some() && !vip_here)) {
             until = until.min(BUSY_TICK);
         }
         if busy {

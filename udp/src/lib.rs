@@ -31,6 +31,34 @@ use nix::sys::time::TimeSpec;
 pub const BATCH: usize = 64;
 const DATAGRAM: usize = 65_536;
 
+/// Moves the calling thread (only it) into the network namespace at `path` (an `ip netns`
+/// name's file, `/var/run/netns/NAME`): every socket it creates from then on is that
+/// namespace's, and a socket keeps its namespace whichever thread uses it.
+pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+/// A UDP socket bound to `addr` whether or not the address is on an interface yet
+/// (`IP_FREEBIND`): a virtual IP that a VRRP daemon adds once this host is its master.
+pub fn bind_free(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = nix::sys::socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(io::Error::from)?;
+    setsockopt(&fd, sockopt::IpFreebind, &true).map_err(io::Error::from)?;
+    match addr {
+        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
+        SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
+    }
+    .map_err(io::Error::from)?;
+    Ok(UdpSocket::from(fd))
+}
+
 /// Has the kernel stamp each datagram `socket` receives with its arrival time
 /// (`SO_TIMESTAMPNS`), which [`Receiver::drain`] hands out, and report with it how many
 /// datagrams it has dropped on the socket's full queue (`SO_RXQ_OVFL`, best effort), which

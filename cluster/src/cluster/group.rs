@@ -73,6 +73,10 @@ pub(super) struct Slot {
     pub resign: AtomicBool,
     pub run: Mutex<Option<Running>>,
     pub row: Mutex<CmStatus>,
+    /// Its network namespace (`/var/run/netns/NAME`), when each Call Manager has one.
+    pub netns: Option<std::path::PathBuf>,
+    /// Its keepalived track file: 0 while it serves, 1 otherwise.
+    pub track: Option<std::path::PathBuf>,
 }
 
 impl Slot {
@@ -95,6 +99,16 @@ impl Slot {
 
     pub fn is_cut(&self) -> bool {
         self.cut.load(Ordering::Relaxed)
+    }
+
+    /// Tells keepalived whether this Call Manager serves (written whole: a rename).
+    pub fn track(&self, serving: bool) -> io::Result<()> {
+        let Some(path) = &self.track else {
+            return Ok(());
+        };
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, if serving { "0\n" } else { "1\n" })?;
+        std::fs::rename(&tmp, path)
     }
 }
 
@@ -228,6 +242,9 @@ pub(super) fn stop(slot: &Slot) -> bool {
     };
     r.stop.store(true, Ordering::Relaxed);
     let _ = r.thread.join();
+    // Its process is gone: keepalived's process tracking would notice, and its namespace must
+    // not keep the virtual IP.
+    let _ = slot.track(false);
     if let Ok(mut row) = slot.row.lock() {
         row.running = false;
         row.serving = false;
@@ -535,14 +552,20 @@ impl Control {
         let addr = slot
             .addr()
             .ok_or_else(|| format!("{name} has no address"))?;
-        let peer = UdpSocket::bind(addr).map_err(|e| format!("{name}: cannot bind {addr}: {e}"))?;
+        // In a namespace, its thread binds the address there.
+        let peer = match slot.netns {
+            Some(_) => None,
+            None => Some(
+                UdpSocket::bind(addr).map_err(|e| format!("{name}: cannot bind {addr}: {e}"))?,
+            ),
+        };
         slot.cut.store(false, Ordering::Relaxed);
         slot.resign.store(false, Ordering::Relaxed);
         let replica = Replica::new(slot.cfg.clone(), None, self.nanos());
         if let Ok(mut row) = slot.row.lock() {
             *row = CmStatus::of(&replica, name, Some(addr), self.nanos());
         }
-        let running = start(&self.shared, i, replica, None, Some(peer), None)
+        let running = start(&self.shared, i, replica, None, peer, None)
             .map_err(|e| format!("{name}: cannot start its thread: {e}"))?;
         if let Ok(mut r) = slot.run.lock() {
             *r = Some(running);

@@ -105,7 +105,7 @@ fn a_failed_active_is_replaced_at_the_virtual_ip_and_catches_up_when_it_returns(
         .expect("cm-1 catches up");
     let rows = control.callmanagers();
     assert_eq!(rows[0].role, "standby", "{rows:?}");
-    assert_eq!(rows[0].stats.snapshots_taken, 1, "{rows:?}");
+    assert!(rows[0].stats.snapshots_taken >= 1, "{rows:?}");
     let status = control.status();
     assert_eq!(status.callmanagers.len(), 3);
     assert!(

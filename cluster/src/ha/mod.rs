@@ -278,6 +278,8 @@ pub struct Replica {
     /// The latest `now` this replica was handed.
     seen: Nanos,
     became_active: Option<Nanos>,
+    /// The Call Manager's own timers wait (see [`Replica::hold_timers`]).
+    timers_held: bool,
     scratch: Vec<u8>,
     pub stats: HaStats,
 }
@@ -329,6 +331,7 @@ impl Replica {
             counter: now,
             seen: now,
             became_active: (role == Role::Active).then_some(now),
+            timers_held: false,
             scratch: Vec::new(),
             stats: HaStats::default(),
             cfg,
@@ -622,6 +625,14 @@ impl Replica {
         self.cm.as_mut()
     }
 
+    /// Holds the Call Manager's own timers (probe rounds and timeouts, retransmissions) while
+    /// `held`: an active whose virtual IP has not reached it yet (a VRRP daemon moves the
+    /// address after the election) would otherwise time out every probe whose answer still
+    /// goes to the old host, and mark healthy nodes down. Replication and the lease go on.
+    pub fn hold_timers(&mut self, held: bool) {
+        self.timers_held = held;
+    }
+
     /// Whether this replica is one of a group of several.
     pub fn in_group(&self) -> bool {
         self.replicated()
@@ -707,6 +718,15 @@ impl Replica {
         if self.role == Role::Active || snap.term < self.term {
             return false;
         }
+        // A standby that stands exactly where the snapshot does, in a log that agrees with it,
+        // has nothing to take (a second snapshot for one sync request, after the first).
+        if self.role == Role::Standby
+            && snap.term == self.term
+            && snap.applied == self.applied
+            && self.applied_term == snap.applied_term
+        {
+            return false;
+        }
         self.cm = Some(*snap.cm);
         self.held.clear();
         self.commit = snap.applied;
@@ -746,7 +766,7 @@ impl Replica {
         match self.role {
             Role::Active => {
                 // Not serving, its timers wait: only a renewed lease lets them run.
-                let cm = if self.serving(self.seen) {
+                let cm = if self.serving(self.seen) && !self.timers_held {
                     self.cm.as_ref().map_or(Nanos::MAX, |c| c.next_deadline())
                 } else {
                     Nanos::MAX
@@ -803,7 +823,10 @@ impl Replica {
                 if self.replicated() {
                     self.resend_due(now);
                 }
-                if self.serving(now) && self.cm.as_ref().is_some_and(|c| c.next_deadline() <= now) {
+                if self.serving(now)
+                    && !self.timers_held
+                    && self.cm.as_ref().is_some_and(|c| c.next_deadline() <= now)
+                {
                     self.input(now, Input::Advance);
                 }
                 self.release(now);
