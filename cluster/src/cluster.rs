@@ -296,9 +296,11 @@ struct Shared {
     epoch: Instant,
     /// The virtual IP: the Call Manager's SIP address.
     sip: SocketAddr,
-    requests: Mutex<Sender<Request>>,
+    /// Each with the time by which a Call Manager must take it: a request nobody served in
+    /// time was given up by its sender, and is dropped rather than carried out late.
+    requests: Mutex<Sender<(Instant, Request)>>,
     /// Requests and node events are taken by whichever Call Manager serves.
-    requests_rx: Mutex<Receiver<Request>>,
+    requests_rx: Mutex<Receiver<(Instant, Request)>>,
     node_events: Mutex<Receiver<(u32, super::NodeEvent)>>,
     /// The Call Managers: one, or the replicas of a group.
     cms: Vec<Slot>,
@@ -366,6 +368,15 @@ impl Cluster {
                 opts.cm_netns.len(),
                 opts.sip
             )));
+        }
+        for (ns, _) in &opts.cm_netns {
+            let path = std::path::Path::new("/var/run/netns").join(ns);
+            std::fs::File::open(&path).map_err(|e| {
+                Error::Unsupported(format!(
+                    "Call Manager namespace {ns:?}: {}: {e} (make it with ip netns add)",
+                    path.display()
+                ))
+            })?;
         }
         // In namespaces the virtual IP is bound in the serving one's namespace, by its thread.
         let (socket, sip) = if in_netns {
@@ -894,12 +905,7 @@ impl Control {
     }
 
     fn request(&self, request: Request) -> Result<(), String> {
-        self.shared
-            .requests
-            .lock()
-            .map_err(|_| OpError::Stopped.to_string())?
-            .send(request)
-            .map_err(|_| OpError::Stopped.to_string())
+        requeue(&self.shared, request).map_err(|()| OpError::Stopped.to_string())
     }
 
     /// Server `id`'s status row after the Call Manager's thread has published the status
@@ -1113,11 +1119,14 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
     let mut bind_waits = 0u64;
     let mut waits: Vec<Await> = Vec::new();
     let mut publish: Vec<Sender<()>> = Vec::new();
+    // Operator actions' answers, each waiting until a standby holds its input.
+    let mut answers: Vec<Answer> = Vec::new();
     let mut lines: Vec<String> = Vec::new();
     let mut was_serving = false;
     let mut last_role = replica.role();
     // In a namespace: whether the virtual IP's address is on one of its interfaces yet.
     let mut vip_here = false;
+    let (mut vip_check, mut vip_wait, mut vip_warned) = (0, None, false);
     // The earliest timer when the thread last went to sleep.
     let mut due = Nanos::MAX;
     while !stop.load(Ordering::Relaxed) {
@@ -1132,7 +1141,10 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
                 replica.resign();
             }
             let serving = replica.serving(now);
-            first_lease &= !serving && replica.role() == crate::ha::Role::Active;
+            // Only until its first lease could have come: one cut off from the start must not
+            // keep the address from the others.
+            first_lease &=
+                !serving && replica.role() == crate::ha::Role::Active && now < slot.cfg.silence();
             if serving && vip.is_none() {
                 // The old active's lease is out, so its socket is closed or about to be: the
                 // kernel says which.
@@ -1156,11 +1168,33 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
         if slot.netns.is_some() {
             if vip.is_none() {
                 vip_here = false;
-            } else if !vip_here {
-                // Bound without IP_FREEBIND only where the address is local.
-                vip_here = UdpSocket::bind(SocketAddr::new(shared.sip.ip(), 0)).is_ok();
-                if vip_here {
-                    lines.push(line(now, name, "has the virtual IP's address"));
+                vip_wait = None;
+            } else if !vip_here || now >= vip_check {
+                // Bound without IP_FREEBIND only where the address is local; checked at once
+                // while it is awaited, then every 100 ms (keepalived may take it away).
+                let here = UdpSocket::bind(SocketAddr::new(shared.sip.ip(), 0)).is_ok();
+                vip_check = now + 100_000_000;
+                if here != vip_here {
+                    let what = if here {
+                        "has the virtual IP's address"
+                    } else {
+                        "lost the virtual IP's address"
+                    };
+                    lines.push(line(now, name, what));
+                }
+                vip_here = here;
+                let since = *vip_wait.get_or_insert(now);
+                if here {
+                    vip_wait = None;
+                } else if now.saturating_sub(since) >= 2_000_000_000 && !vip_warned {
+                    vip_warned = true;
+                    lines.push(line(
+                        now,
+                        name,
+                        "serves, but the virtual IP's address has not reached its namespace \
+                         in 2 s: its timers wait; is keepalived running there and following \
+                         its track file?",
+                    ));
                 }
             }
             replica.hold_timers(!vip_here);
@@ -1235,13 +1269,20 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
                 }
             }
             if let Ok(rx) = shared.requests_rx.try_lock() {
-                while let Ok(request) = rx.try_recv() {
+                let at = Instant::now();
+                while let Ok((deadline, request)) = rx.try_recv() {
+                    if at > deadline {
+                        continue;
+                    }
                     handle_request(
                         &mut replica,
                         now,
                         request,
-                        &mut waits,
-                        &mut publish,
+                        &mut Pending {
+                            waits: &mut waits,
+                            publish: &mut publish,
+                            answers: &mut answers,
+                        },
                         shared,
                         &mut handles,
                     );
@@ -1302,6 +1343,10 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
             }
             lines.extend(h.take_log());
         }
+        // Before any snapshot is taken: a snapshot must not carry records this replica has yet
+        // to hand on, or its taker would log them again.
+        let taken = replica.take_records(&mut lines);
+        record(taken, shared);
         if group && !cut {
             for p in replica.take_syncs() {
                 let Some(target) = shared.cms.get(usize::from(p)) else {
@@ -1326,9 +1371,28 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
             replica.take_syncs();
             replica.take_peer(now);
         }
-        let taken = replica.take_records(&mut lines);
-        record(taken, shared);
+        if !answers.is_empty() {
+            let commit = replica.commit();
+            answers.retain(|a| {
+                if a.seq > commit {
+                    return true;
+                }
+                let _ = a.reply.send(a.answer.clone());
+                false
+            });
+        }
         let serving = replica.serving(now);
+        if group && was_serving && !serving {
+            hand_back(
+                name,
+                Pending {
+                    waits: &mut waits,
+                    publish: &mut publish,
+                    answers: &mut answers,
+                },
+                shared,
+            );
+        }
         let role = replica.role();
         if group && (serving != was_serving || role != last_role) {
             if serving != was_serving {
@@ -1405,6 +1469,18 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
     let now = elapsed(started);
     let taken = replica.take_records(&mut lines);
     record(taken, shared);
+    if group {
+        // Stopped: what it still held is the next active's to judge or to refuse.
+        hand_back(
+            name,
+            Pending {
+                waits: &mut waits,
+                publish: &mut publish,
+                answers: &mut answers,
+            },
+            shared,
+        );
+    }
     if !lines.is_empty()
         && let Ok(mut log) = shared.log.lock()
     {
@@ -1505,15 +1581,61 @@ fn add_node(
 /// Operator actions waiting on the Call Manager's thread at once, at most; more are refused.
 const MAX_WAITS: usize = 1_024;
 
+/// An operator action's answer, held until the input it answers is committed (a standby holds
+/// it): "done" must not be said of an action a takeover could lose.
+struct Answer {
+    seq: u64,
+    reply: Sender<Result<(), String>>,
+    answer: Result<(), String>,
+}
+
+/// What a serving Call Manager's thread keeps for requests still under way.
+struct Pending<'a> {
+    waits: &'a mut Vec<Await>,
+    publish: &'a mut Vec<Sender<()>>,
+    answers: &'a mut Vec<Answer>,
+}
+
+/// Hands a request to whichever Call Manager serves (now, or once one does).
+fn requeue(shared: &Shared, request: Request) -> Result<(), ()> {
+    shared
+        .requests
+        .lock()
+        .map_err(|_| ())?
+        .send((Instant::now() + REPLY_LIMIT, request))
+        .map_err(|_| ())
+}
+
+/// A replica that stops serving hands its waits back for the next one to judge, and answers
+/// the actions it could not see committed: they may or may not survive the takeover.
+fn hand_back(name: &str, pending: Pending<'_>, shared: &Shared) {
+    for w in pending.waits.drain(..) {
+        let _ = requeue(shared, Request::Await(w));
+    }
+    for reply in pending.publish.drain(..) {
+        let _ = reply.send(());
+    }
+    for a in pending.answers.drain(..) {
+        let _ = a.reply.send(Err(format!(
+            "{name} stopped serving before a standby held the action: it may not have been \
+             carried out; look at the status and try again"
+        )));
+    }
+}
+
 fn handle_request(
     replica: &mut Replica,
     now: super::Nanos,
     request: Request,
-    waits: &mut Vec<Await>,
-    publish: &mut Vec<Sender<()>>,
+    pending: &mut Pending<'_>,
     shared: &Shared,
     handles: &mut Vec<NodeHandle>,
 ) {
+    let Pending {
+        waits,
+        publish,
+        answers,
+    } = pending;
     // A requester that gave up waiting is no reason to stop serving.
     match request {
         Request::Rows(reply) => {
@@ -1540,7 +1662,16 @@ fn handle_request(
             }
         }
         Request::Admin(server, action, reply) => {
-            let _ = reply.send(replica.admin(now, server, action));
+            let answer = replica.admin(now, server, action);
+            if replica.in_group() {
+                answers.push(Answer {
+                    seq: replica.applied(),
+                    reply,
+                    answer,
+                });
+            } else {
+                let _ = reply.send(answer);
+            }
         }
         Request::Add(add) => {
             let reply = add.reply.clone();

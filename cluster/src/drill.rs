@@ -94,6 +94,38 @@ pub struct Injected {
     pub cm: Option<CmFigures>,
 }
 
+/// The longest a Call Manager fault is watched for a takeover before its figures are taken
+/// anyway.
+pub const CM_WATCH_LIMIT: Duration = Duration::from_secs(10);
+
+/// From a log of (when, Call Manager, serves) at each change: for a fault at `at` on Call
+/// Manager `index` that took the serving one away, how long after the fault it stopped
+/// serving and how long after that another began (µs), and whether another began first.
+pub fn handover(
+    log: &[(u64, usize, bool)],
+    at: u64,
+    index: usize,
+    hit_active: bool,
+) -> (Option<u64>, Option<u64>, bool) {
+    let stopped = log
+        .iter()
+        .find(|&&(t, i, serving)| t >= at && i == index && !serving)
+        .map(|&(t, _, _)| t);
+    let began = log
+        .iter()
+        .find(|&&(t, i, serving)| t >= at && i != index && serving)
+        .map(|&(t, _, _)| t);
+    let overlap = matches!((stopped, began), (Some(s), Some(b)) if hit_active && b < s);
+    match (hit_active, stopped, began) {
+        (true, Some(s), Some(b)) => (
+            Some(s.saturating_sub(at) / 1000),
+            Some(b.saturating_sub(s) / 1000),
+            overlap,
+        ),
+        _ => (None, None, overlap),
+    }
+}
+
 /// What a Call Manager fault did to the cluster's signalling.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CmFigures {
@@ -395,6 +427,9 @@ pub struct FaultVerdict {
     /// From the fault to the server's Down event (faults the probes must find).
     pub detection: Option<Duration>,
     pub detection_bound: Option<Duration>,
+    /// Of the bound: the takeovers of Call Manager faults that came while the server was
+    /// still to be found (nobody probed meanwhile).
+    pub takeover_in_bound: Duration,
     pub alerts: Vec<String>,
     /// How long each call moved off the server took to be re-INVITEd onto its new node.
     pub reassignment: Spread,
@@ -458,7 +493,14 @@ pub fn judge(
     let end = samples.last().map_or(Duration::ZERO, |s| s.at);
     let mut faults = Vec::new();
     for (k, inj) in injected.iter().enumerate() {
-        let window_end = injected.get(k + 1).map_or(end.max(inj.finished), |n| n.at);
+        // A Call Manager fault that comes while a node fault is still being found or settled
+        // does not end that fault's window: its detection, moves and media gap are still the
+        // node fault's. A Call Manager fault's window ends at the next fault.
+        let window_end = injected
+            .iter()
+            .skip(k + 1)
+            .find(|n| inj.cm.is_some() || n.cm.is_none())
+            .map_or(end.max(inj.finished), |n| n.at);
         let silent = inj.spec.action.is_silent();
         let down = records
             .events
@@ -470,9 +512,20 @@ pub fn judge(
         // A Call Manager's failure is not the balancer's to detect: its takeover is its
         // detection.
         let cm = inj.cm.as_ref();
+        // While a Call Manager takeover is under way nobody probes: its takeover is added to
+        // the bound of a node fault it came in the middle of.
+        let takeover_in_bound: Duration = injected
+            .iter()
+            .filter(|o| o.at >= inj.at && o.at <= inj.at + detection_bound)
+            .filter_map(|o| o.cm.as_ref().filter(|c| c.hit_active)?.takeover_us)
+            .map(Duration::from_micros)
+            .sum();
         let (detection, detection_bound) = match cm {
             Some(_) => (None, None),
-            None => (detection, silent.then_some(detection_bound)),
+            None => (
+                detection,
+                silent.then_some(detection_bound + takeover_in_bound),
+            ),
         };
         let takeover = cm.and_then(|c| c.takeover_us).map(Duration::from_micros);
         // The fault's effect lasts until it is detected (or taken over) and the cluster has
@@ -586,6 +639,7 @@ pub fn judge(
             window_end,
             detection,
             detection_bound,
+            takeover_in_bound,
             alerts,
             reassignment,
             media_gap,
@@ -675,9 +729,17 @@ impl DrillVerdict {
                 }
             );
             if let Some(b) = f.detection_bound {
+                let takeover = if f.takeover_in_bound.is_zero() {
+                    String::new()
+                } else {
+                    format!(
+                        " + the Call Manager takeover's {:.0} ms",
+                        ms(f.takeover_in_bound)
+                    )
+                };
                 let _ = writeln!(
                     out,
-                    "    detection        {} (bound {:.0} ms = down_after x interval + timeout, +5 ms timer slack)",
+                    "    detection        {} (bound {:.0} ms = down_after x interval + timeout{takeover}, +5 ms timer slack)",
                     f.detection
                         .map_or("never".to_owned(), |d| format!("{:.0} ms", ms(d))),
                     ms(b)
@@ -820,6 +882,7 @@ impl DrillVerdict {
                     "error": f.injected.error,
                     "detection_us": f.detection.map(micros),
                     "detection_bound_us": f.detection_bound.map(micros),
+                    "takeover_in_bound_us": micros(f.takeover_in_bound),
                     "reassignment": f.reassignment.json(),
                     "media_gap": f.media_gap.json(),
                     "dropped": f.dropped.iter().map(|(id, why)| json!({"call_id": id, "reason": why})).collect::<Vec<_>>(),
@@ -991,6 +1054,57 @@ mod tests {
         // The timer slack: 4 ms past the bound still counts as within it.
         let v = judged(&detected(BOUND + ms(4)), &samples(), &[]);
         assert!(v.pass, "{:?}", v.faults[0].broken);
+    }
+
+    #[test]
+    fn a_call_manager_takeover_inside_a_detection_extends_its_bound_and_window() {
+        let spec = DrillSpec::default();
+        let samples = samples();
+        // media-2 found 100 ms past its bound, but a Call Manager fault 200 ms after media-2's
+        // took 400 ms to take over: nobody probed meanwhile.
+        let records = detected(BOUND + ms(100));
+        let mut injected = failed_media_2();
+        injected.push(Injected {
+            spec: FaultSpec {
+                at: FAULT_AT + ms(200),
+                action: Verb::Fail,
+                server: "cm-1".into(),
+            },
+            at: FAULT_AT + ms(200),
+            finished: FAULT_AT + ms(200),
+            error: None,
+            cm: Some(CmFigures {
+                before: Some("cm-1".into()),
+                after: Some("cm-2".into()),
+                hit_active: true,
+                takeover_us: Some(400_000),
+                ..CmFigures::default()
+            }),
+        });
+        let steady = steady_phase(
+            &spec,
+            &samples,
+            &records,
+            (FAULT_AT - spec.steady, FAULT_AT),
+        );
+        let seen = Observed {
+            records: &records,
+            samples: &samples,
+            gaps: &[],
+        };
+        let v = judge(&spec, BOUND, &injected, &seen, Some(steady), 2);
+        let f = &v.faults[0];
+        assert_eq!(f.detection_bound, Some(BOUND + ms(400)));
+        assert!(f.broken.is_empty(), "{:?}", f.broken);
+        // The moves after the takeover are still media-2's: its window runs past cm-1's fault.
+        assert_eq!(f.reassignment.count, 2);
+        assert!(
+            v.render("drill")
+                .contains("the Call Manager takeover's 400 ms")
+        );
+        // Without the takeover the same detection is late.
+        let v = judged(&records, &samples, &[]);
+        assert!(!v.faults[0].broken.is_empty());
     }
 
     #[test]

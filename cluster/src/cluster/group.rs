@@ -93,8 +93,11 @@ impl Slot {
             .unwrap_or(false)
     }
 
+    /// Its thread is running (not stopped, and not ended on an error).
     pub fn running(&self) -> bool {
-        self.run.lock().is_ok_and(|r| r.is_some())
+        self.run
+            .lock()
+            .is_ok_and(|r| r.as_ref().is_some_and(|r| !r.thread.is_finished()))
     }
 
     pub fn is_cut(&self) -> bool {
@@ -179,16 +182,32 @@ impl VipWatch {
         self.last_send = now;
         if self.last_sender != Some(from) {
             self.last_sender = Some(from);
-            if self.senders.len() < MAX_WATCH {
-                self.senders.push((now, from));
-            }
+            keep_recent(&mut self.senders);
+            self.senders.push((now, from));
         }
     }
 
     pub fn changed(&mut self, now: Nanos, who: usize, serving: bool) {
-        if self.serving.len() < MAX_WATCH {
-            self.serving.push((now, who, serving));
+        if serving {
+            // Its first datagram is a takeover's even if it sent the last ones before.
+            self.last_sender = None;
         }
+        keep_recent(&mut self.serving);
+        self.serving.push((now, who, serving));
+    }
+
+    /// The longest gap between datagrams from the virtual IP since the watch began, counting
+    /// one still open at `now`.
+    pub fn longest_gap(&self, now: Nanos) -> Nanos {
+        let since = self.last_send.max(self.watch_from);
+        self.longest_gap.max(now.saturating_sub(since))
+    }
+}
+
+/// A long-running cluster keeps the newest half once a list is full.
+fn keep_recent<T>(list: &mut Vec<T>) {
+    if list.len() >= MAX_WATCH {
+        list.drain(..MAX_WATCH / 2);
     }
 }
 
@@ -213,7 +232,7 @@ pub(super) fn start(
         std::thread::Builder::new()
             .name(format!("pbxlab-{name}"))
             .spawn(move || {
-                super::serve(
+                let served = super::serve(
                     super::CmThread {
                         me,
                         replica,
@@ -224,7 +243,9 @@ pub(super) fn start(
                     },
                     &shared,
                     &stop,
-                )
+                );
+                ended(&shared, me, served.as_ref().err());
+                served
             })?
     };
     Ok(Running {
@@ -234,6 +255,33 @@ pub(super) fn start(
     })
 }
 
+/// However a replica's thread ends (stopped, failed, or an error): if it served, that ends now
+/// (logged for the drill's fencing figures), its namespace must not keep the virtual IP (its
+/// track file says so, as keepalived's process tracking would see), and its row says stopped.
+fn ended(shared: &Shared, me: usize, error: Option<&io::Error>) {
+    let Some(slot) = shared.cms.get(me) else {
+        return;
+    };
+    let now = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let was_serving = slot.row.lock().is_ok_and(|r| r.serving);
+    if was_serving && let Ok(mut w) = shared.vip.lock() {
+        w.changed(now, me, false);
+    }
+    let _ = slot.track(false);
+    if let Ok(mut row) = slot.row.lock() {
+        row.running = false;
+        row.serving = false;
+        row.role = "stopped";
+    }
+    if let (Some(e), Ok(mut log)) = (error, shared.log.lock()) {
+        log.push(format!(
+            "{:.3}s {} stopped on an error: {e}",
+            Duration::from_nanos(now).as_secs_f64(),
+            slot.name
+        ));
+    }
+}
+
 /// Stops a replica's thread and waits for it; false if it was not running.
 pub(super) fn stop(slot: &Slot) -> bool {
     let taken = slot.run.lock().ok().and_then(|mut r| r.take());
@@ -241,15 +289,8 @@ pub(super) fn stop(slot: &Slot) -> bool {
         return false;
     };
     r.stop.store(true, Ordering::Relaxed);
+    // The thread's end marks it stopped (see `ended`).
     let _ = r.thread.join();
-    // Its process is gone: keepalived's process tracking would notice, and its namespace must
-    // not keep the virtual IP.
-    let _ = slot.track(false);
-    if let Ok(mut row) = slot.row.lock() {
-        row.running = false;
-        row.serving = false;
-        row.role = "stopped";
-    }
     true
 }
 
@@ -261,10 +302,6 @@ pub struct CmFaultWatch {
     before: CmCheck,
     fenced: u64,
 }
-
-/// The longest a Call Manager fault is watched for a takeover before its figures are taken
-/// anyway.
-const CM_WATCH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Figures a drill takes of a Call Manager fault.
 #[derive(Debug, Clone, Default)]
@@ -299,7 +336,8 @@ impl Control {
                     row.role = "stopped";
                     row.serving = false;
                 }
-                row.behind = behind.get(i).copied().flatten();
+                // A stopped one lacks everything; the count says nothing.
+                row.behind = behind.get(i).copied().flatten().filter(|_| row.running);
                 row
             })
             .collect()
@@ -348,7 +386,7 @@ impl Control {
     /// a BYE since (its BYE would get a 481); a registration, if its user is no longer bound.
     pub fn cm_fault_figures(&self, w: &CmFaultWatch, settle: Duration) -> CmFigures {
         let hit_active = w.before.serving == Some(w.index);
-        let limit = Instant::now() + CM_WATCH_LIMIT;
+        let limit = Instant::now() + crate::drill::CM_WATCH_LIMIT;
         let took_over = || {
             self.vip_log()
                 .senders
@@ -366,44 +404,47 @@ impl Control {
         std::thread::sleep(settle);
         let after = self.census();
         let watch = self.vip_log();
-        let (log, longest_gap) = (watch.serving, watch.longest_gap);
+        let longest_gap = watch.longest_gap(self.nanos());
         let none = Census::default();
         let (old, new) = (
             w.before.census.as_ref().unwrap_or(&none),
             after.census.as_ref().unwrap_or(&none),
         );
+        // Calls the Call Manager itself ended since (failover drops, the longest call) were not
+        // lost to the takeover: the drill counts them as dropped.
+        let dropped: std::collections::HashSet<String> = self
+            .records()
+            .dropped
+            .into_iter()
+            .filter(|d| d.at >= w.at)
+            .map(|d| d.call_id)
+            .collect();
+        let ended = |id: &str| new.ended.contains(id) || dropped.contains(id);
         let gone = |a: &str, b: Option<&str>| {
-            !new.up.contains_key(a)
-                && !new.ended.contains(a)
-                && b.is_none_or(|b| !new.ended.contains(b))
+            !new.up.contains_key(a) && !ended(a) && b.is_none_or(|b| !ended(b))
         };
         let established_lost = old.up.iter().filter(|(a, b)| gone(a, b.as_deref())).count() as u64;
-        let registrations_lost = old.users.difference(&new.users).count() as u64;
+        // Bindings in force at the fault that had not expired by the check.
+        let check = u64::try_from(after.at.as_nanos()).unwrap_or(u64::MAX);
+        let due: Vec<u32> = old
+            .users
+            .iter()
+            .filter(|&(_, &expires)| expires > check)
+            .map(|(&u, _)| u)
+            .collect();
+        let registrations_lost = due.iter().filter(|u| !new.users.contains_key(u)).count() as u64;
         let (mut completed, mut failed, mut pending) = (0, 0, 0);
         for id in &old.setting_up {
             if new.setting_up.contains(id) {
                 pending += 1;
-            } else if new.up.contains_key(id) || new.ended.contains(id) {
+            } else if new.up.contains_key(id) || ended(id) {
                 completed += 1;
             } else {
                 failed += 1;
             }
         }
-        let stopped = log
-            .iter()
-            .find(|&&(t, i, serving)| t >= w.at && i == w.index && !serving)
-            .map(|&(t, _, _)| t);
-        let began = log
-            .iter()
-            .find(|&&(t, i, serving)| t >= w.at && i != w.index && serving)
-            .map(|&(t, _, _)| t);
-        let (fenced_us, handover_gap_us) = match (hit_active, stopped, began) {
-            (true, Some(s), Some(b)) => (
-                Some(s.saturating_sub(w.at) / 1000),
-                Some(b.saturating_sub(s) / 1000),
-            ),
-            _ => (None, None),
-        };
+        let (fenced_us, handover_gap_us, overlap) =
+            crate::drill::handover(&watch.serving, w.at, w.index, hit_active);
         let name = |i: Option<usize>| {
             i.and_then(|i| self.shared.cms.get(i))
                 .map(|s| s.name.clone())
@@ -415,10 +456,10 @@ impl Control {
             takeover_us: takeover.map(|t| t.saturating_sub(w.at) / 1000),
             fenced_us,
             handover_gap_us,
-            overlap: matches!((stopped, began), (Some(s), Some(b)) if hit_active && b < s),
+            overlap,
             established: old.up.len() as u64,
             established_lost,
-            registrations: old.users.len() as u64,
+            registrations: due.len() as u64,
             registrations_lost,
             setups: old.setting_up.len() as u64,
             setups_completed: completed,

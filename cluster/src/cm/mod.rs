@@ -177,8 +177,8 @@ pub struct Census {
     pub setting_up: std::collections::HashSet<String>,
     /// Calls ended by a BYE within the last Timer J (32 s), by leg A's or B's Call-ID.
     pub ended: std::collections::HashSet<String>,
-    /// Users with a binding in force.
-    pub users: std::collections::HashSet<u32>,
+    /// Users with a binding in force, and when it expires.
+    pub users: std::collections::HashMap<u32, Nanos>,
 }
 
 /// Counters for the status line and the tests.

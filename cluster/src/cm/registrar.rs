@@ -81,12 +81,12 @@ impl Registrar {
         self.bindings.retain(|_, b| b.expires_at > now);
     }
 
-    /// The users with a binding in force at `now`.
-    pub(super) fn registered(&self, now: Nanos) -> impl Iterator<Item = u32> + '_ {
+    /// The users with a binding in force at `now`, and when each expires.
+    pub(super) fn registered(&self, now: Nanos) -> impl Iterator<Item = (u32, Nanos)> + '_ {
         self.bindings
             .iter()
             .filter(move |(_, b)| b.expires_at > now)
-            .map(|(&u, _)| u)
+            .map(|(&u, b)| (u, b.expires_at))
     }
 
     pub(super) fn report(&self, s: &mut Stats) {

@@ -151,9 +151,6 @@ struct CmWatch {
     takeover: Option<Nanos>,
 }
 
-/// The longest a Call Manager fault is watched before its figures are taken anyway.
-const CM_WATCH_LIMIT: Nanos = 10_000_000_000;
-
 impl CmWatch {
     fn start(world: &mut World, load: &Stepped, fault: usize, index: usize) -> CmWatch {
         world.watch_silence();
@@ -190,7 +187,7 @@ impl CmWatch {
             } else if let Some((t, _)) = world.vip_sender_after(self.at, self.index) {
                 self.takeover = Some(t - self.at);
                 self.check_at = Some(t + settle);
-            } else if now >= self.at + CM_WATCH_LIMIT {
+            } else if now >= self.at + ns(crate::drill::CM_WATCH_LIMIT) {
                 self.check_at = Some(now);
             }
         }
@@ -222,21 +219,8 @@ impl CmWatch {
             }
         }
         let name = |i: Option<usize>| i.map(|i| format!("cm-{}", i + 1));
-        let log = world.serving_log();
-        let stopped = log
-            .iter()
-            .find(|&&(t, i, serving)| t >= self.at && i == self.index && !serving)
-            .map(|&(t, _, _)| t);
-        let began = log
-            .iter()
-            .find(|&&(t, i, serving)| t >= self.at && i != self.index && serving)
-            .map(|&(t, _, _)| t);
-        let (fenced_us, handover_gap_us) = match (self.hit_active(), stopped, began) {
-            (true, Some(s), Some(b)) => {
-                (Some((s - self.at) / 1000), Some(b.saturating_sub(s) / 1000))
-            }
-            _ => (None, None),
-        };
+        let (fenced_us, handover_gap_us, overlap) =
+            crate::drill::handover(world.serving_log(), self.at, self.index, self.hit_active());
         Some(CmFigures {
             before: name(self.before),
             after: name(world.serving_index()),
@@ -244,7 +228,7 @@ impl CmWatch {
             takeover_us: self.takeover.map(|t| t / 1000),
             fenced_us,
             handover_gap_us,
-            overlap: matches!((stopped, began), (Some(s), Some(b)) if self.hit_active() && b < s),
+            overlap,
             established: self.established.len() as u64,
             established_lost,
             registrations,
