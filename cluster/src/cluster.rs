@@ -1117,10 +1117,7 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
     let mut handles = shared.handles.lock().map(|h| h.clone()).unwrap_or_default();
     let mut send_errors = 0u64;
     let mut bind_waits = 0u64;
-    let mut waits: Vec<Await> = Vec::new();
-    let mut publish: Vec<Sender<()>> = Vec::new();
-    // Operator actions' answers, each waiting until a standby holds its input.
-    let mut answers: Vec<Answer> = Vec::new();
+    let mut pending = Pending::default();
     let mut lines: Vec<String> = Vec::new();
     let mut was_serving = false;
     let mut last_role = replica.role();
@@ -1278,11 +1275,7 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
                         &mut replica,
                         now,
                         request,
-                        &mut Pending {
-                            waits: &mut waits,
-                            publish: &mut publish,
-                            answers: &mut answers,
-                        },
+                        &mut pending,
                         shared,
                         &mut handles,
                     );
@@ -1315,11 +1308,11 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
                 }
             }
         }
-        if !waits.is_empty()
+        if !pending.waits.is_empty()
             && let Some(cm) = replica.cm()
         {
             let at = Instant::now();
-            waits.retain(|w| {
+            pending.waits.retain(|w| {
                 let outcome = if w.holds(cm, &handles) {
                     Ok(())
                 } else if at >= w.deadline {
@@ -1371,9 +1364,9 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
             replica.take_syncs();
             replica.take_peer(now);
         }
-        if !answers.is_empty() {
+        if !pending.answers.is_empty() {
             let commit = replica.commit();
-            answers.retain(|a| {
+            pending.answers.retain(|a| {
                 if a.seq > commit {
                     return true;
                 }
@@ -1383,15 +1376,7 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
         }
         let serving = replica.serving(now);
         if group && was_serving && !serving {
-            hand_back(
-                name,
-                Pending {
-                    waits: &mut waits,
-                    publish: &mut publish,
-                    answers: &mut answers,
-                },
-                shared,
-            );
+            hand_back(name, &mut pending, shared);
         }
         let role = replica.role();
         if group && (serving != was_serving || role != last_role) {
@@ -1427,7 +1412,7 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
             log.append(&mut lines);
         }
         let since = started.elapsed();
-        if since >= next_status || !publish.is_empty() {
+        if since >= next_status || !pending.publish.is_empty() {
             next_status = since + STATUS_EVERY;
             let mut row = CmStatus::of(&replica, name, own, now);
             row.bind_waits = bind_waits;
@@ -1447,7 +1432,7 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
             {
                 publish_status(cm, &handles, since, send_errors, shared, hub.as_ref());
             }
-            for reply in publish.drain(..) {
+            for reply in pending.publish.drain(..) {
                 let _ = reply.send(());
             }
         }
@@ -1471,15 +1456,7 @@ fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
     record(taken, shared);
     if group {
         // Stopped: what it still held is the next active's to judge or to refuse.
-        hand_back(
-            name,
-            Pending {
-                waits: &mut waits,
-                publish: &mut publish,
-                answers: &mut answers,
-            },
-            shared,
-        );
+        hand_back(name, &mut pending, shared);
     }
     if !lines.is_empty()
         && let Ok(mut log) = shared.log.lock()
@@ -1589,11 +1566,14 @@ struct Answer {
     answer: Result<(), String>,
 }
 
-/// What a serving Call Manager's thread keeps for requests still under way.
-struct Pending<'a> {
-    waits: &'a mut Vec<Await>,
-    publish: &'a mut Vec<Sender<()>>,
-    answers: &'a mut Vec<Answer>,
+/// What a serving Call Manager's thread keeps for requests still under way: conditions to
+/// judge, status reads to answer once published, and operator actions' answers, each waiting
+/// until a standby holds its input.
+#[derive(Default)]
+struct Pending {
+    waits: Vec<Await>,
+    publish: Vec<Sender<()>>,
+    answers: Vec<Answer>,
 }
 
 /// Hands a request to whichever Call Manager serves (now, or once one does).
@@ -1608,7 +1588,7 @@ fn requeue(shared: &Shared, request: Request) -> Result<(), ()> {
 
 /// A replica that stops serving hands its waits back for the next one to judge, and answers
 /// the actions it could not see committed: they may or may not survive the takeover.
-fn hand_back(name: &str, pending: Pending<'_>, shared: &Shared) {
+fn hand_back(name: &str, pending: &mut Pending, shared: &Shared) {
     for w in pending.waits.drain(..) {
         let _ = requeue(shared, Request::Await(w));
     }
@@ -1627,7 +1607,7 @@ fn handle_request(
     replica: &mut Replica,
     now: super::Nanos,
     request: Request,
-    pending: &mut Pending<'_>,
+    pending: &mut Pending,
     shared: &Shared,
     handles: &mut Vec<NodeHandle>,
 ) {

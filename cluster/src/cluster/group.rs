@@ -506,11 +506,7 @@ impl Control {
     /// heal, recover (a fresh one syncs; waits until it is a standby) or upgrade (resign,
     /// stop, restart, catch up).
     pub(super) fn act_on_cm(&self, verb: Verb, i: usize) -> Result<(), String> {
-        let slot = self
-            .shared
-            .cms
-            .get(i)
-            .ok_or_else(|| format!("no Call Manager numbered {}", i + 1))?;
+        let slot = self.slot(i)?;
         let name = &slot.name;
         if self.shared.cms.len() < 2 {
             return Err(format!(
@@ -558,9 +554,7 @@ impl Control {
     /// A graceful stop: an active resigns first (a standby takes over after its skew alone,
     /// not the silence), then the thread ends.
     fn resign_and_stop(&self, i: usize, what: &str) -> Result<(), String> {
-        let Some(slot) = self.shared.cms.get(i) else {
-            return Err(format!("no Call Manager numbered {}", i + 1));
-        };
+        let slot = self.slot(i)?;
         if !slot.running() {
             return Err(format!("{} is not running", slot.name));
         }
@@ -581,11 +575,7 @@ impl Control {
 
     /// Starts Call Manager `i` afresh (no state: it syncs) and waits until it is a standby.
     fn restart_cm(&self, i: usize) -> Result<(), String> {
-        let slot = self
-            .shared
-            .cms
-            .get(i)
-            .ok_or_else(|| format!("no Call Manager numbered {}", i + 1))?;
+        let slot = self.slot(i)?;
         let name = &slot.name;
         if slot.running() {
             return Err(format!("{name} is running"));
@@ -630,6 +620,13 @@ impl Control {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    fn slot(&self, i: usize) -> Result<&Slot, String> {
+        self.shared
+            .cms
+            .get(i)
+            .ok_or_else(|| format!("no Call Manager numbered {}", i + 1))
     }
 
     fn note(&self, what: String) {

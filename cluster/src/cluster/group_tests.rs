@@ -59,6 +59,15 @@ fn answered(client: &UdpSocket, vip: std::net::SocketAddr) -> bool {
     }
 }
 
+/// A caller's socket that waits 100 ms for an answer.
+fn client() -> UdpSocket {
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    client
+}
+
 fn rand_tag() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -76,11 +85,7 @@ fn cm(name: &str) -> Filter {
 fn a_failed_active_is_replaced_at_the_virtual_ip_and_catches_up_when_it_returns() {
     let cluster = start();
     let control = cluster.control();
-    let vip = cluster.sip_addr();
-    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    client
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
+    let (vip, client) = (cluster.sip_addr(), client());
     eventually("cm-1 serves", || control.serving_cm() == Some(0));
     eventually("an answer from cm-1", || answered(&client, vip));
     eventually("every standby in step", || {
@@ -149,11 +154,7 @@ fn a_failed_active_is_replaced_at_the_virtual_ip_and_catches_up_when_it_returns(
 fn a_cut_off_active_stops_serving_before_another_starts() {
     let cluster = start();
     let control = cluster.control();
-    let vip = cluster.sip_addr();
-    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    client
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
+    let (vip, client) = (cluster.sip_addr(), client());
     eventually("cm-1 serves", || control.serving_cm() == Some(0));
     let cut_at = control.now();
     control.act(Verb::Partition, &cm("cm-1")).expect("cut off");
