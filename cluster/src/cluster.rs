@@ -708,21 +708,26 @@ impl Control {
     }
 
     /// The servers `filter` selects, in cluster order.
+    /// None when no Call Manager answers (see [`Control::act`] for the error).
     pub fn select(&self, filter: &Filter) -> Vec<NodeStatus> {
-        self.rows()
+        self.try_select(filter).unwrap_or_default()
+    }
+
+    fn try_select(&self, filter: &Filter) -> Result<Vec<NodeStatus>, OpError> {
+        Ok(self
+            .rows()?
             .into_iter()
             .filter(|n| Role::from_name(n.role).is_some_and(|r| filter.matches(&n.name, r, n.addr)))
-            .collect()
+            .collect())
     }
 
     /// Every server's row, from the Call Manager's node table now (the status is a snapshot
-    /// of up to [`STATUS_EVERY`] ago).
-    fn rows(&self) -> Vec<NodeStatus> {
+    /// of up to [`STATUS_EVERY`] ago); `Unserved` if no Call Manager took the request in time.
+    fn rows(&self) -> Result<Vec<NodeStatus>, OpError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.request(Request::Rows(tx)).is_err() {
-            return Vec::new();
-        }
-        rx.recv_timeout(REPLY_LIMIT).unwrap_or_default()
+        self.request(Request::Rows(tx))
+            .map_err(|_| OpError::Stopped)?;
+        rx.recv_timeout(REPLY_LIMIT).map_err(unanswered)
     }
 
     /// Carries out `action` on every server `filter` selects, one after the other (a rolling
@@ -760,7 +765,7 @@ impl Control {
                 state,
             }]);
         }
-        let targets = self.select(filter);
+        let targets = self.try_select(filter)?;
         if targets.is_empty() {
             return Err(OpError::NoMatch(describe(filter)));
         }
@@ -930,7 +935,7 @@ impl Control {
         if self.shared.cms.len() > 1 {
             return Err(OpError::NotReplicated("adding a server"));
         }
-        let nodes = self.rows();
+        let nodes = self.rows()?;
         if nodes.iter().any(|n| n.name == name) {
             return Err(OpError::DuplicateName(name.to_owned()));
         }

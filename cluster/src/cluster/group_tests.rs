@@ -185,3 +185,24 @@ fn a_cut_off_active_stops_serving_before_another_starts() {
     });
     cluster.stop().expect("stops");
 }
+
+/// Without a majority nobody serves: an operator's action is answered `Unserved` after the
+/// reply limit, not "no server matches" and not a hang.
+#[test]
+fn without_a_majority_an_action_is_answered_unserved() {
+    let cluster = start();
+    let control = cluster.control();
+    eventually("cm-1 serves", || control.serving_cm() == Some(0));
+    control.act(Verb::Fail, &cm("cm-2")).expect("cm-2 fails");
+    control.act(Verb::Fail, &cm("cm-3")).expect("cm-3 fails");
+    eventually("nobody serves", || control.serving_cm().is_none());
+    let media = Filter {
+        server: Some("media-1".into()),
+        ..Filter::default()
+    };
+    match control.act(Verb::Disable, &media) {
+        Err(OpError::Unserved(_)) => {}
+        other => panic!("expected Unserved, got {other:?}"),
+    }
+    cluster.stop().expect("stops");
+}
