@@ -89,7 +89,8 @@ pub struct Receiver {
     buffers: Vec<Vec<u8>>,
     /// The socket's drop counter as the kernel last reported it (`SO_RXQ_OVFL`).
     kernel_drops: Option<u32>,
-    /// The wall clock at `started`, to turn kernel timestamps (wall clock) into run time.
+    /// The wall clock at `started`, to turn kernel timestamps (wall clock) into run time; taken
+    /// again before every batch.
     wall_at_start: Duration,
     started: Instant,
 }
@@ -187,6 +188,16 @@ impl Receiver {
                 self.headers_used = false;
             }
             let now = self.started.elapsed();
+            // The wall clock is read again for every batch: it need not run at the monotonic
+            // clock's rate (a machine whose wall clock was being slewed ran 0.5 % fast, and
+            // with one offset taken at the start every arrival came 5 ms later per second of
+            // the run: probes timed out and healthy nodes were marked down after 8 s). Read
+            // together with `now`, it moves a stamp only by the drift over the time the
+            // datagram waited in the queue.
+            self.wall_at_start = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .saturating_sub(now);
             // What the kernel reported, per datagram; the buffers are read once the batch's
             // borrows of them have ended.
             let batch: Vec<(Duration, Option<SocketAddr>, usize, usize)> = {
@@ -230,10 +241,12 @@ impl Receiver {
                             }
                         }
                         // Wall clock to run time; a datagram stamped before the start (or a
-                        // clock step) falls back to the time it was read.
+                        // clock step) falls back to the time it was read, and none arrived
+                        // after it was read.
                         let arrival = stamp
                             .and_then(|wall| wall.checked_sub(wall_at_start))
-                            .unwrap_or(now);
+                            .unwrap_or(now)
+                            .min(now);
                         (
                             arrival,
                             msg.address.and_then(|a: SockaddrStorage| to_std(&a)),
