@@ -4,6 +4,18 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+/// Live drills judge wall-clock figures, and two at once on a two-core machine put pbxlab
+/// behind its own schedule (a Call Manager thread 51 ms late made a drill INVALID instead of
+/// failed): the tests here run one at a time, the virtual ones too so as not to take a live
+/// one's cores.
+fn alone() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn scenario(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,6 +51,7 @@ fn n(v: &serde_json::Value) -> u64 {
 
 #[test]
 fn a_failed_media_server_with_spare_capacity_elsewhere_drops_no_call() {
+    let _alone = alone();
     let (out, v) = drill("small.toml");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -103,6 +116,7 @@ fn a_failed_media_server_with_spare_capacity_elsewhere_drops_no_call() {
 
 #[test]
 fn without_spare_capacity_the_drill_names_the_dropped_calls_and_exits_99() {
+    let _alone = alone();
     let (out, v) = drill("no-spare.toml");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -144,6 +158,7 @@ fn without_spare_capacity_the_drill_names_the_dropped_calls_and_exits_99() {
 
 #[test]
 fn a_partitioned_server_is_found_by_its_probes_and_an_upgraded_one_hands_its_calls_over() {
+    let _alone = alone();
     let (out, v) = drill("verbs.toml");
     let context = format!(
         "{}\n{}",
@@ -181,6 +196,7 @@ fn a_partitioned_server_is_found_by_its_probes_and_an_upgraded_one_hands_its_cal
 /// the verdict is a pass or "invalid", never a cluster failure (99).
 #[test]
 fn a_starved_pbxlab_reports_its_own_lateness_instead_of_blaming_the_cluster() {
+    let _alone = alone();
     let json = std::env::temp_dir().join(format!(
         "pbxlab-drill-test-{}-starved.json",
         std::process::id()
@@ -249,6 +265,7 @@ fn virtual_drill(args: &[&str]) -> Output {
 /// says what the virtual run did and leaves the wall clock out when asked.
 #[test]
 fn a_virtual_drill_repeats_from_its_seed() {
+    let _alone = alone();
     let small = scenario("small.toml");
     let args = [small.as_str(), "--no-wall-clock", "--json", "-"];
     let first = virtual_drill(&args);
@@ -280,6 +297,7 @@ fn a_virtual_drill_repeats_from_its_seed() {
 /// `--virtual`.
 #[test]
 fn the_explorer_finds_nothing_on_the_small_drill_and_needs_virtual_time() {
+    let _alone = alone();
     let small = scenario("small.toml");
     let out = virtual_drill(&[small.as_str(), "--explore", "3", "--seed", "50"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -308,6 +326,7 @@ fn shipped(name: &str) -> String {
 /// every call and registration, and the failed one catches up; plan prices the takeover.
 #[test]
 fn the_call_manager_drill_takes_over_within_a_second_and_loses_nothing() {
+    let _alone = alone();
     let cm = shipped("drill-cm.toml");
     let out = virtual_drill(&[cm.as_str(), "--no-wall-clock", "--json", "-"]);
     assert_eq!(
@@ -343,6 +362,7 @@ fn the_call_manager_drill_takes_over_within_a_second_and_loses_nothing() {
 /// every call and registration, and the failed one starts afresh and catches up.
 #[test]
 fn a_live_call_manager_takeover_loses_no_call_or_registration() {
+    let _alone = alone();
     let (out, v) = drill("cm-small.toml");
     assert_eq!(
         out.status.code(),
