@@ -5,9 +5,19 @@
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Each test runs a live cluster and a load whose exit code it checks; two at once on a
+/// two-core machine can put pbxlab behind its own schedule, which turns a failed run into an
+/// invalid one (exit 4): they run one at a time.
+fn alone() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The cluster as a child process, killed when dropped.
 struct ClusterProcess(Child);
@@ -119,6 +129,7 @@ fn n(v: &serde_json::Value) -> u64 {
 
 #[test]
 fn every_service_works_end_to_end_under_load() {
+    let _alone = alone();
     let services = scenario("services.toml");
     let cluster_json =
         std::env::temp_dir().join(format!("pbxlab-cluster-status-{}.json", std::process::id()));
@@ -165,6 +176,7 @@ fn every_service_works_end_to_end_under_load() {
 /// silent, every call counted. T1 is 100 ms, so a transaction times out in 6.4 s.
 #[test]
 fn a_load_whose_cluster_exits_under_it_ends_by_itself_with_every_call_counted() {
+    let _alone = alone();
     let services = scenario("services.toml");
     // The cluster exits 6 s in, while the load (registrations, then 8 s of calls) goes on.
     let (cluster, port) = start_cluster_for(&services, "6s", &[]);
@@ -222,6 +234,7 @@ fn a_load_whose_cluster_exits_under_it_ends_by_itself_with_every_call_counted() 
 
 #[test]
 fn a_flooding_source_gets_503_while_the_others_keep_calling() {
+    let _alone = alone();
     let (_cluster, port) = start_cluster(&scenario("services.toml"));
     // 127.0.0.2 is not whitelisted (127.0.0.1, where the generator runs, is).
     let flooder = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
@@ -306,6 +319,7 @@ fn status_line(socket: &UdpSocket, port: u16, request: &str) -> String {
 
 #[test]
 fn a_call_to_a_user_needs_credentials_unless_it_comes_from_a_trusted_source() {
+    let _alone = alone();
     let (_cluster, port) =
         start_cluster_with(&scenario("services.toml"), &["--trusted", "127.0.0.3"]);
     let invite = |socket: &UdpSocket, id: &str| {
@@ -333,6 +347,7 @@ fn a_call_to_a_user_needs_credentials_unless_it_comes_from_a_trusted_source() {
 
 #[test]
 fn echoed_g711_on_loopback_rates_as_a_clean_call_and_mos_thresholds_decide_the_exit() {
+    let _alone = alone();
     let (cluster, port) = start_cluster(&scenario("quickstart.toml"));
     let echo = [
         "--service",
