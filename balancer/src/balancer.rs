@@ -14,14 +14,14 @@ use crate::{
     SessionId,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 enum Admin {
     InService,
     Draining,
     Disabled,
 }
 
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 struct Server {
     name: String,
     role: Role,
@@ -65,7 +65,7 @@ impl Server {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy)]
 struct Slot {
     generation: u32,
     live: bool,
@@ -78,13 +78,13 @@ struct Slot {
     pos: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy)]
 struct Group {
     server: u32,
     sessions: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 struct Pool {
     policy: Policy,
     failover: FailoverMode,
@@ -119,7 +119,7 @@ pub struct SessionView {
 }
 
 /// Servers grouped into one pool per role, the sessions placed on them, and their health.
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 pub struct Balancer {
     health: HealthConfig,
     servers: Vec<Server>,

@@ -6,7 +6,7 @@ const ABSENT: u32 = u32::MAX;
 
 /// Min-heap of `(key, server index)`; ties go to the lower server index so the choice is
 /// deterministic. `pos[server]` is the server's slot in `items`, or `ABSENT`.
-#[derive(Debug, Default, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Default, Clone)]
 pub(crate) struct LoadHeap {
     items: Vec<(u64, u32)>,
     pos: Vec<u32>,

@@ -22,7 +22,9 @@ use std::fmt;
 use std::time::Duration;
 
 /// What a server does; each server runs exactly one role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub enum Role {
     Media,
     Meeting,
@@ -61,7 +63,7 @@ impl fmt::Display for Role {
 }
 
 /// How a pool picks the server for a new session (or a new affinity group).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Policy {
     /// Lowest utilisation (load / capacity) among servers with room; never above capacity.
     LeastLoaded,
@@ -97,7 +99,7 @@ impl Policy {
 }
 
 /// What happens to the sessions of a server that health checks mark down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailoverMode {
     /// Move them at once (the vendor's behaviour for media servers).
     Auto,
@@ -145,11 +147,15 @@ impl ServerState {
 }
 
 /// Index of a server in one [`Balancer`]; never reused, even after the server is removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub struct ServerId(pub u32);
 
 /// Handle of a placed session. Stale handles (released, dropped) are recognised, not reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub struct SessionId {
     slot: u32,
     generation: u32,
@@ -170,7 +176,9 @@ impl fmt::Display for SessionId {
 }
 
 /// Sessions with the same key live on one server: a meeting room, a queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub struct AffinityKey(pub u64);
 
 /// A server to add to a pool.
@@ -212,7 +220,7 @@ impl Request {
 }
 
 /// A placed session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct Assignment {
     pub session: SessionId,
@@ -268,14 +276,14 @@ impl Plan {
 }
 
 /// Something that happened to a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub at: Duration,
     pub server: ServerId,
     pub kind: EventKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EventKind {
     Down,
@@ -300,7 +308,7 @@ pub struct Outcome {
 }
 
 /// One health probe's result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
     Ok,
     /// No answer within the probe timeout.
@@ -311,7 +319,7 @@ pub enum Probe {
 
 /// Health-check settings. A probe's timeout must be shorter than the interval so probes never
 /// overlap and detection time has a bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthConfig {
     pub interval: Duration,
     pub timeout: Duration,

@@ -26,7 +26,7 @@ pub const MAX_INCONCLUSIVE_ROUNDS: u32 = 5;
 pub const PANIC_MIN_WATCHED: usize = 3;
 
 /// What the driver must do after [`Prober::advance`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeAction {
     /// Send probe number `seq` to the server.
     Send { server: ServerId, seq: u32 },
@@ -35,7 +35,7 @@ pub enum ProbeAction {
 }
 
 /// Counters a status page shows beside the servers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProberStats {
     /// Rounds not counted because most of the cluster was silent at once.
     pub rounds_ignored: u64,
@@ -47,7 +47,7 @@ pub struct ProberStats {
 }
 
 /// Where a server's latest probe stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum Latest {
     #[default]
     None,
@@ -57,7 +57,7 @@ enum Latest {
     TimedOut,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, Default)]
 struct Target {
     watched: bool,
     seq: u32,
@@ -66,7 +66,7 @@ struct Target {
 }
 
 /// The health prober of one Call Manager (or one simulated one). See the module docs.
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 pub struct Prober {
     cfg: HealthConfig,
     targets: Vec<Target>,

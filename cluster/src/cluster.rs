@@ -29,7 +29,7 @@ mod group;
 mod serve;
 mod status;
 pub use group::{CATCH_UP_LIMIT, CmCheck, CmFaultWatch, CmStatus};
-use group::{Handover, Slot, VipWatch};
+use group::{Slot, VipWatch};
 use pbxlab_scenario::Scenario;
 use pbxlab_udp::pace::Pace;
 use serve::{CmThread, requeue, serve};
@@ -456,6 +456,7 @@ impl Cluster {
         let mut cfg = cm_config(sc, opts, sip);
         cfg.key = crate::random_key().map_err(Error::Random)?;
         let replication = cfg.key.derive("replication");
+        let cm_key = cfg.key.clone();
         let cm = CallManager::new(cfg, balancer, specs);
         let ha = |i: usize| HaConfig {
             index: u8::try_from(i).unwrap_or(u8::MAX),
@@ -463,6 +464,7 @@ impl Cluster {
             heartbeat: crate::world::ns(sc.callmanager.heartbeat),
             misses: sc.callmanager.misses,
             key: replication.clone(),
+            cm_key: cm_key.clone(),
         };
 
         let stop = Arc::new(AtomicBool::new(false));

@@ -93,11 +93,13 @@ pub type Nanos = u64;
 
 /// A media session on a node: one call's relay, one IVR or queue caller, one meeting
 /// participant. Numbered by the Call Manager, unique for the cluster's lifetime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct MediaSession(pub u64);
 
 /// One RTP endpoint, as the Call Manager learned it from the endpoint's SDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leg {
     /// Where the endpoint wants its RTP (`c=` and `m=` port).
     pub remote: SocketAddr,
@@ -111,7 +113,7 @@ pub struct Leg {
 }
 
 /// What the Call Manager asks of a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum NodeCommand {
     /// Relay between two legs: what one sends goes, unchanged, to the other (media anchoring).
     Relay {

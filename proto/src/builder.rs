@@ -365,7 +365,7 @@ pub fn write_response(
 /// kept so that a UAS can send the 100, the 180 and the final response of one transaction (and
 /// retransmit the last) without keeping the request: [`ResponseHeaders::write`] renders the
 /// same bytes `write_response` would from the request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseHeaders {
     /// Via..CSeq, then the Record-Route lines from `record_route` on.
     lines: Vec<u8>,

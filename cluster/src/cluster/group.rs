@@ -10,8 +10,8 @@
 //! nobody holds it are refused by the kernel, and SIP's retransmissions bring them again.
 //!
 //! **Failure is the thread's end.** `fail cm-N` stops the replica's thread, which closes its
-//! sockets and drops its state; `recover` starts a new one that syncs (a snapshot over an
-//! in-process channel, then the log over UDP). `partition` cuts a replica off: whatever reaches
+//! sockets and drops its state; `recover` starts a new one that syncs (a snapshot, then
+//! the log, both over its replication socket). `partition` cuts a replica off: whatever reaches
 //! its sockets is dropped and it sends nothing, while it keeps the virtual IP bound until its
 //! lease runs out, as a cut-off host would. `upgrade` resigns, stops, waits the restart and
 //! recovers. Nodes follow whichever replica serves without restarting: their answers go to
@@ -20,15 +20,14 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::Nanos;
 use crate::cm::Census;
 use crate::drill::CmFigures;
-use crate::ha::{HaConfig, HaStats, Replica, Snapshot};
+use crate::ha::{HaConfig, HaStats, Replica};
 
 use super::{Control, Shared, Verb};
 
@@ -48,18 +47,9 @@ pub(super) const CM_VERBS: [Verb; 7] = [
 /// How long a resigning active may take to hand over before it is stopped all the same.
 const RESIGN_LIMIT: Duration = Duration::from_secs(2);
 
-/// What one replica's thread hands another, in-process.
-pub(super) enum Handover {
-    /// The serving active's state, for a replica that syncs.
-    Snapshot { from: u8, snap: Box<Snapshot> },
-    /// Replica `peer` took a snapshot that leaves it at `applied`.
-    Handed { peer: u8, applied: u64 },
-}
-
 /// A running replica's thread.
 pub(super) struct Running {
     pub stop: Arc<AtomicBool>,
-    pub inbox: Sender<Handover>,
     pub thread: JoinHandle<io::Result<()>>,
 }
 
@@ -83,14 +73,6 @@ impl Slot {
     /// Its own address (replication); in a group of one, the Call Manager's.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.cfg.addrs.get(usize::from(self.cfg.index)).copied()
-    }
-
-    pub fn send(&self, h: Handover) -> bool {
-        self.run
-            .lock()
-            .ok()
-            .and_then(|r| r.as_ref().map(|r| r.inbox.send(h).is_ok()))
-            .unwrap_or(false)
     }
 
     /// Its thread is running (not stopped, and not ended on an error).
@@ -222,7 +204,6 @@ pub(super) fn start(
     hub: Option<crate::hub::Hub>,
 ) -> io::Result<Running> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (inbox, rx) = mpsc::channel();
     let name = shared
         .cms
         .get(me)
@@ -239,7 +220,6 @@ pub(super) fn start(
                         hub,
                         vip,
                         peer,
-                        inbox: rx,
                     },
                     &shared,
                     &stop,
@@ -248,11 +228,7 @@ pub(super) fn start(
                 served
             })?
     };
-    Ok(Running {
-        stop,
-        inbox,
-        thread,
-    })
+    Ok(Running { stop, thread })
 }
 
 /// However a replica's thread ends (stopped, failed, or an error): if it served, that ends now

@@ -22,7 +22,6 @@ pub(super) struct CmThread {
     pub(super) vip: Option<UdpSocket>,
     /// Its own replication socket (a group of several).
     pub(super) peer: Option<UdpSocket>,
-    pub(super) inbox: Receiver<Handover>,
 }
 
 /// The virtual IP's socket while this replica holds it.
@@ -61,7 +60,6 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
         mut hub,
         vip,
         peer,
-        inbox,
     } = t;
     let group = replica.in_group();
     let Some(slot) = shared.cms.get(me) else {
@@ -87,6 +85,8 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
     let mut peer = match peer {
         Some(s) => {
             s.set_nonblocking(true)?;
+            // A snapshot comes as a window of 60 KB chunks: more than a default buffer holds.
+            let _ = pbxlab_udp::set_buffer_sizes(&s, 8 << 20);
             let mut s = mio::net::UdpSocket::from_std(s);
             poll.registry().register(&mut s, PEER, Interest::READABLE)?;
             Some(s)
@@ -103,6 +103,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
     let mut lines: Vec<String> = Vec::new();
     let mut was_serving = false;
     let mut last_role = replica.role();
+    let mut snapshots_taken = replica.stats.snapshots_taken;
     // In a namespace: whether the virtual IP's address is on one of its interfaces yet.
     let mut vip_here = false;
     let (mut vip_check, mut vip_wait, mut vip_warned) = (0, None, false);
@@ -207,28 +208,22 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                         if cut {
                             group::count_lost(shared, 1);
                         } else if let Some(d) = peer_buf.get(..n) {
+                            let began = Instant::now();
                             replica.on_peer(now, d);
+                            if replica.stats.snapshots_taken > snapshots_taken {
+                                snapshots_taken = replica.stats.snapshots_taken;
+                                let text = format!(
+                                    "took a snapshot of {:.1} MB (read in {} ms)",
+                                    replica.stats.snapshot_bytes as f64 / 1e6,
+                                    began.elapsed().as_millis()
+                                );
+                                lines.push(line(now, name, &text));
+                            }
                         }
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
-            }
-        }
-        while let Ok(h) = inbox.try_recv() {
-            match h {
-                Handover::Snapshot { from, snap } => {
-                    let at = snap.applied();
-                    if !cut && replica.install(now, *snap) {
-                        lines.push(line(now, name, "took a snapshot"));
-                        if let (Some(s), Ok(peer)) =
-                            (shared.cms.get(usize::from(from)), u8::try_from(me))
-                        {
-                            s.send(Handover::Handed { peer, applied: at });
-                        }
-                    }
-                }
-                Handover::Handed { peer, applied } => replica.handed(peer, applied),
             }
         }
         if let Some(h) = hub.as_mut() {
@@ -318,32 +313,25 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
             }
             lines.extend(h.take_log());
         }
-        // Before any snapshot is taken: a snapshot must not carry records this replica has yet
-        // to hand on, or its taker would log them again.
         let taken = replica.take_records(&mut lines);
         record(taken, shared);
         if group && !cut {
-            for p in replica.take_syncs() {
-                let Some(target) = shared.cms.get(usize::from(p)) else {
-                    continue;
-                };
-                if target.is_cut() {
-                    continue;
-                }
-                if let Some(snap) = replica.snapshot() {
-                    target.send(Handover::Snapshot {
-                        from: replica.index(),
-                        snap: Box::new(snap),
-                    });
-                }
-            }
             if let Some(p) = peer.as_ref() {
-                for (to, bytes) in replica.take_peer(now) {
+                let (sent, began) = (replica.stats.snapshots_sent, Instant::now());
+                let out = replica.take_peer(now);
+                if replica.stats.snapshots_sent > sent {
+                    let text = format!(
+                        "sent a snapshot of {:.1} MB (written in {} ms)",
+                        replica.stats.snapshot_bytes as f64 / 1e6,
+                        began.elapsed().as_millis()
+                    );
+                    lines.push(line(now, name, &text));
+                }
+                for (to, bytes) in out {
                     let _ = p.send_to(&bytes, to);
                 }
             }
         } else if group {
-            replica.take_syncs();
             replica.take_peer(now);
         }
         if !pending.answers.is_empty() {

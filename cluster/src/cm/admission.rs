@@ -26,7 +26,7 @@ const EVICT_AT_ONCE: usize = MAX_BUCKETS / 16;
 /// How long a table full of limited sources is left before it is swept again.
 const EVICT_RETRY: Nanos = NS / 100;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
     at: Nanos,
@@ -57,7 +57,7 @@ pub(super) enum Verdict {
     GlobalLimited,
 }
 
-#[derive(Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
 pub(super) struct Admission {
     rate_per_s: f64,
     burst: f64,

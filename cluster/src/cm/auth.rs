@@ -16,7 +16,7 @@ use pbxlab_proto::sip::{HeaderName, Message};
 use super::{CallManager, NS, Nanos, Stats};
 
 /// Who may call without credentials what, and from where nobody is challenged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Trust {
     /// Service targets anonymous callers may reach, by user part: a name (`echo`) or a prefix
     /// ending in `*` (`ivr-*`). Our users' numbers are never public.
@@ -151,10 +151,11 @@ impl<'a> Attempt<'a> {
     }
 }
 
-#[derive(Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
 pub(super) struct Auth {
     realm: String,
-    /// Keys the nonces' MACs: `Config::key.derive("nonce")`.
+    /// Keys the nonces' MACs: `Config::key.derive("nonce")`. Never in a snapshot.
+    #[serde(skip, default = "super::unkeyed")]
     key: Key,
     /// Nonces handed out so far; the next one's number.
     issued: u64,
@@ -171,6 +172,10 @@ pub(super) struct Auth {
 }
 
 impl Auth {
+    pub(super) fn rekey(&mut self, key: &Key) {
+        self.key = key.derive("nonce");
+    }
+
     pub(super) fn new(realm: &str, key: &Key) -> Auth {
         Auth {
             realm: realm.to_owned(),
@@ -339,7 +344,7 @@ impl Auth {
 }
 
 /// One user's or source's wrong answers.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, Default)]
 struct Strike {
     /// Failures counted since `since`, the first of this window.
     failures: u32,
@@ -352,7 +357,11 @@ struct Strike {
 }
 
 /// Failures per key (a user, a source address), in a bounded table.
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+#[serde(bound(
+    serialize = "K: serde::Serialize + Eq + std::hash::Hash",
+    deserialize = "K: serde::Deserialize<'de> + Eq + std::hash::Hash"
+))]
 struct Strikes<K> {
     map: HashMap<K, Strike>,
     /// When quiet entries were last dropped: at most once a second, so a full table of
@@ -431,7 +440,7 @@ impl CallManager {
 }
 
 /// A request that used a nonce: enough of it to know the same request when it comes again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 struct Heard {
     /// FNV-1a of its top Via branch.
     branch: u64,
@@ -439,7 +448,7 @@ struct Heard {
     at: Nanos,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy)]
 struct Used {
     user: u32,
     /// The issue second of the nonce: the entry goes when the nonce expires.
@@ -456,7 +465,7 @@ const SPENT: u32 = u32::MAX;
 /// `nc` taken (RFC 7616 3.4: a count not above it is a replay), its entry kept as long as the
 /// nonce lives. Kamailio's auth module with `nonce_count` keeps the same per nonce, in an
 /// array of in-flight nonces that wraps.
-#[derive(Debug, Clone, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default)]
 struct NonceCounts {
     used: HashMap<u64, Used>,
     /// Nonce numbers in the order they were first used: the oldest entry is at the front.

@@ -21,14 +21,14 @@ const ABANDONED_MAX: usize = 1024;
 pub(super) type CallRef = (u32, u32);
 
 /// Where one of a call's sessions lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Placement {
     pub(super) server: ServerId,
     pub(super) session: SessionId,
     pub(super) media: MediaSession,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub(super) enum Kind {
     /// To a registered user, media relayed by a media node.
     User(u32),
@@ -39,7 +39,7 @@ pub(super) enum Kind {
     Meeting(u64),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum AState {
     /// INVITE received, no final response yet.
     Proceeding,
@@ -49,7 +49,7 @@ pub(super) enum AState {
 }
 
 /// Our view of one dialog.
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 pub(super) struct Dialog {
     pub(super) call_id: String,
     pub(super) remote_tag: String,
@@ -123,7 +123,7 @@ impl Dialog {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 pub(super) struct Call {
     generation: u32,
     live: bool,
@@ -237,7 +237,7 @@ impl Call {
 /// A leg B INVITE we gave up on while it rang (the caller left, or it rang too long). Its
 /// callee may have answered meanwhile: a 200 crossing our CANCEL still has to be ACKed and its
 /// dialog ended with a BYE (RFC 3261 13.2.2.4, 15), after the call itself is forgotten.
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 struct Abandoned {
     invite: TxId,
     /// Our CANCEL of it: its answer comes back on the INVITE's branch (RFC 3261 9.1), so it is
@@ -253,7 +253,7 @@ struct Abandoned {
     ended: bool,
 }
 
-#[derive(Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
 pub(super) struct Calls {
     slots: Vec<Call>,
     free: Vec<u32>,
@@ -275,7 +275,7 @@ pub(super) struct Calls {
 }
 
 /// One caller address's calls.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Source {
     pub(super) calls: u32,
     pub(super) unconfirmed: u32,

@@ -41,6 +41,7 @@ mod auth;
 mod b2bua;
 mod calls;
 mod failover;
+mod interned;
 mod probes;
 mod registrar;
 mod services;
@@ -145,7 +146,7 @@ impl Config {
 /// balancer's number for it, its name and role, where it listens and where it runs. Its health
 /// is the prober's and the balancer's; the hub keeps only a remote node's link, and a node's
 /// handle only the channel, the `alive` switch and the counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     pub id: ServerId,
     pub name: String,
@@ -182,7 +183,7 @@ pub struct Census {
 }
 
 /// Counters for the status line and the tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub registered: usize,
     pub registrations: u64,
@@ -205,6 +206,7 @@ pub struct Stats {
     pub calls_total: u64,
     pub calls_completed: u64,
     /// Calls ended without reaching their purpose, by reason.
+    #[serde(with = "interned::counts")]
     pub failures: std::collections::BTreeMap<&'static str, u64>,
     /// Requests refused 503 because their source sent above its own rate.
     pub rate_limited: u64,
@@ -260,7 +262,7 @@ fn ns(d: Duration) -> Nanos {
 
 /// The Call Manager: the balancer, the nodes it places sessions on, and the parts that keep
 /// the rest of the state. A clone is a standby's copy of the whole state ([`crate::ha`]).
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct CallManager {
     balancer: Balancer,
     /// The node table, in the order the balancer numbered the servers (removed ones stay).
@@ -277,6 +279,9 @@ pub struct CallManager {
     max_call: Nanos,
     /// What our tags, Call-IDs and the branches of probes and ACKs are keyed with (the
     /// transactions keep the key of theirs): nothing we hand out can be guessed.
+    /// Never in a snapshot: its taker holds the same key and puts it back
+    /// ([`CallManager::rekey`]).
+    #[serde(skip, default = "Keys::unset")]
     keys: Keys,
     registrar: Registrar,
     auth: Auth,
@@ -290,6 +295,9 @@ pub struct CallManager {
     /// The health prober: when each node is probed and what its silence means.
     prober: pbxlab_balancer::Prober,
     probe_actions: Vec<pbxlab_balancer::ProbeAction>,
+    /// Not in a snapshot: what was moved and dropped is the reporting replica's to hand over
+    /// (the live cluster takes them before every sync), not its taker's.
+    #[serde(skip)]
     records: Records,
     /// When expired bindings are next dropped and the queues looked at again without a cause.
     next_sweep: Nanos,
@@ -353,13 +361,17 @@ impl CallManager {
             addr: cfg.addr,
             max_calls: cfg.max_calls,
             max_call: cfg.max_call_s.saturating_mul(NS),
-            keys: Keys {
-                branch: cfg.key.derive("branch"),
-                tag: cfg.key.derive("tag"),
-                call_id: cfg.key.derive("call-id"),
-            },
+            keys: Keys::of(&cfg.key),
             domain: cfg.domain,
         }
+    }
+
+    /// Puts `key` (the one it was made with, [`Config::key`]) back into a Call Manager read
+    /// from a snapshot, which carries none: every replica of a group holds the same key.
+    pub(crate) fn rekey(&mut self, key: &Key) {
+        self.keys = Keys::of(key);
+        self.auth.rekey(key);
+        self.txs.rekey(key.derive("branch"));
     }
 
     pub fn balancer(&self) -> &Balancer {
@@ -711,7 +723,7 @@ enum Timer {
 }
 
 /// Datagrams waiting for [`CallManager::transmit_all`], back to back in one buffer.
-#[derive(Debug, Clone, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default)]
 struct Outbox {
     buf: Vec<u8>,
     list: Vec<(SocketAddr, usize, usize)>,
@@ -750,6 +762,27 @@ struct Keys {
     tag: Key,
     /// Leg B's Call-IDs.
     call_id: Key,
+}
+
+impl Keys {
+    fn of(key: &Key) -> Keys {
+        Keys {
+            branch: key.derive("branch"),
+            tag: key.derive("tag"),
+            call_id: key.derive("call-id"),
+        }
+    }
+
+    /// What a Call Manager read from a snapshot holds until [`CallManager::rekey`].
+    fn unset() -> Keys {
+        Keys::of(&unkeyed())
+    }
+}
+
+/// The key of a Call Manager read from a snapshot until its taker puts its own back: made
+/// from nothing secret, so nothing made with it is trusted by a replica that has its key.
+fn unkeyed() -> Key {
+    Key::from_seed(u64::MAX).derive("unset: a snapshot's Call Manager before rekey")
 }
 
 /// One kind of keyed identifier, `{a}x{b}x{mac}`: two numbers that find what it names, and

@@ -11,7 +11,7 @@ use super::auth::{Asker, Attempt, Verdict};
 use super::{CallManager, Config, NS, Nanos, Stats};
 
 /// Where a registered user is.
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 pub(super) struct Binding {
     /// Its Contact: where requests to it go.
     pub(super) uri: String,
@@ -20,7 +20,7 @@ pub(super) struct Binding {
     pub(super) expires_at: Nanos,
 }
 
-#[derive(Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
 pub(super) struct Registrar {
     first_user: u32,
     users: u32,

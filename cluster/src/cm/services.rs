@@ -21,13 +21,13 @@ const AGENT_RETRY: Duration = Duration::from_secs(5);
 pub(super) const AGENT_RING_LIMIT: Duration = Duration::from_secs(30);
 
 /// IVR sessions, to route digits back to their calls.
-#[derive(Debug, Clone, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default)]
 pub(super) struct Ivr {
     sessions: HashMap<MediaSession, CallRef>,
 }
 
 /// Callers waiting in each queue and the agents who serve them.
-#[derive(Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
 pub(super) struct Queues {
     first_user: u32,
     agents_per_queue: u32,
@@ -44,7 +44,7 @@ pub(super) struct Queues {
 
 /// Participants of each meeting room per node, and whether the balancer's affinity kept each
 /// room on one node.
-#[derive(Debug, Clone, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default)]
 pub(super) struct Rooms {
     nodes: HashMap<u64, Vec<(ServerId, u32)>>,
     seen: u64,

@@ -178,7 +178,7 @@ impl CallManager {
 /// 64 x T1): a retransmitted BYE, whose 200 was lost (on the way, or in a Call Manager
 /// takeover), is answered 200 again rather than 481 for a dialog it ended itself. Keyed by
 /// Call-ID, From tag and CSeq, and only for the address the BYE came from; bounded.
-#[derive(Debug, Clone, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default)]
 pub(super) struct EndedByes {
     by_key: std::collections::HashMap<(String, String, u32), (std::net::SocketAddr, Nanos)>,
     order: std::collections::VecDeque<(Nanos, (String, String, u32))>,

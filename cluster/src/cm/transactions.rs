@@ -18,7 +18,9 @@ use super::{Keyed, Nanos, Outbox};
 const BRANCH: &str = "z9hG4bKc";
 
 /// A transaction's slot and the slot's generation, so a stale id names nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub(super) struct TxId(u32, u32);
 
 impl TxId {
@@ -41,7 +43,7 @@ pub(super) enum Branch {
 }
 
 /// What a transaction's request was for, which decides what its answer (or silence) does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Purpose {
     InviteB,
     ReinviteA,
@@ -62,7 +64,7 @@ pub(super) enum Expiry {
 }
 
 /// A client transaction we started, retransmitted until answered.
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 struct ClientTx {
     generation: u32,
     live: bool,
@@ -80,9 +82,10 @@ struct ClientTx {
     ring_until: Nanos,
 }
 
-#[derive(Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
 pub(super) struct Transactions {
-    /// Keys the MAC in each branch.
+    /// Keys the MAC in each branch. Never in a snapshot.
+    #[serde(skip, default = "super::unkeyed")]
     key: Key,
     slots: Vec<ClientTx>,
     free: Vec<u32>,
@@ -92,6 +95,10 @@ pub(super) struct Transactions {
 }
 
 impl Transactions {
+    pub(super) fn rekey(&mut self, key: Key) {
+        self.key = key;
+    }
+
     pub(super) fn new(t1: Nanos, t2: Nanos, key: Key) -> Transactions {
         Transactions {
             key,

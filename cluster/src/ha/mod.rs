@@ -38,13 +38,15 @@
 //! A minority side never serves: the cut-off active stops at the end of its lease.
 //!
 //! **Catching up.** A replica that starts afresh (after `fail` and `recover`, or an upgrade)
-//! has no usable state: it asks for a sync, and the serving active hands it a snapshot (a copy
-//! of its Call Manager with the sequence number it stands at) and then the log from there. A
+//! has no usable state: it asks for a sync, and the serving active sends it a snapshot (its
+//! Call Manager with the sequence number it stands at, in chunks over the same link: see
+//! `snapshot.rs`) and then the log from there. A
 //! replica that is syncing acknowledges heartbeats but neither votes nor stands. An old active
 //! that finds a newer term steps down with its state; every append names the term of the entry
 //! before it, so a standby whose log went another way (inputs nobody else took) is found before
 //! anything is applied on top, and takes a snapshot instead (Raft's log matching).
 
+mod snapshot;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -83,6 +85,9 @@ pub struct HaConfig {
     pub misses: u32,
     /// What replication datagrams are sealed with (derived from the cluster's key).
     pub key: Key,
+    /// The Call Manager's own key ([`crate::cm::Config::key`]), the same on every replica: a
+    /// snapshot does not carry it, and its taker puts this one in.
+    pub cm_key: Key,
 }
 
 impl HaConfig {
@@ -138,23 +143,6 @@ impl Role {
     }
 }
 
-/// The active's copy of its Call Manager for a replica that syncs.
-#[derive(Clone)]
-pub struct Snapshot {
-    cm: Box<CallManager>,
-    applied: u64,
-    applied_term: u64,
-    term: u64,
-    history: Vec<(u64, u64)>,
-}
-
-impl Snapshot {
-    /// Where it leaves its taker in the log.
-    pub fn applied(&self) -> u64 {
-        self.applied
-    }
-}
-
 /// A health probe among a Call Manager's outputs: an OPTIONS to one of its nodes.
 fn is_probe(cm: &CallManager, to: SocketAddr, datagram: &[u8]) -> bool {
     datagram.starts_with(b"OPTIONS ") && cm.node_at(to).is_some()
@@ -167,6 +155,10 @@ pub struct HaStats {
     pub takeovers: u64,
     pub snapshots_sent: u64,
     pub snapshots_taken: u64,
+    /// Snapshots that could not be written, or were unreadable when taken.
+    pub snapshot_errors: u64,
+    /// The size of the last snapshot sent or taken.
+    pub snapshot_bytes: u64,
     /// Inputs at the virtual IP dropped because this replica was not serving.
     pub fenced_inputs: u64,
     /// Replication datagrams dropped: bad seal, replayed counter, malformed.
@@ -198,6 +190,8 @@ struct Peer {
     replay: ReplayWindow,
     /// Where the snapshot it was handed leaves it.
     floor: u64,
+    /// The snapshot on its way to it.
+    snapshot: Option<snapshot::Outgoing>,
 }
 
 /// Which of a sender's counters were taken: the highest, and the 64 below it as bits (the
@@ -281,6 +275,11 @@ pub struct Replica {
     /// The Call Manager's own timers wait (see [`Replica::hold_timers`]).
     timers_held: bool,
     scratch: Vec<u8>,
+    /// The snapshot this replica is taking, and the term and place of the last it took.
+    incoming: Option<snapshot::Incoming>,
+    taken: Option<(u64, u64)>,
+    /// Why the last snapshot could not be written.
+    pub last_snapshot_error: Option<String>,
     pub stats: HaStats,
 }
 
@@ -333,6 +332,9 @@ impl Replica {
             became_active: (role == Role::Active).then_some(now),
             timers_held: false,
             scratch: Vec::new(),
+            incoming: None,
+            taken: None,
+            last_snapshot_error: None,
             stats: HaStats::default(),
             cfg,
         };
@@ -662,45 +664,19 @@ impl Replica {
     pub fn take_peer(&mut self, now: Nanos) -> Vec<(SocketAddr, Vec<u8>)> {
         if self.role == Role::Active && self.replicated() {
             self.send_entries(now);
+            self.send_chunks(now);
         }
         std::mem::take(&mut self.peer_out)
     }
 
-    /// The replicas the active should hand a snapshot to now.
-    pub fn take_syncs(&mut self) -> Vec<u8> {
-        // Only the serving active's state is the cluster's: a cut-off or deposed one must not
-        // hand out its own.
-        if !self.serving(self.seen) || self.cm.is_none() {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        for (i, p) in self.peers.iter_mut().enumerate() {
-            if p.needs_sync {
-                p.needs_sync = false;
-                out.extend(u8::try_from(i).ok());
-            }
-        }
-        self.stats.snapshots_sent += out.len() as u64;
-        out
-    }
-
-    /// A copy of the active's state for a replica that syncs (`take_syncs`); once the replica
-    /// has taken it, [`Replica::handed`].
-    pub fn snapshot(&self) -> Option<Snapshot> {
-        let cm = self.cm.as_ref()?;
-        Some(Snapshot {
-            cm: Box::new(cm.clone()),
-            applied: self.applied,
-            applied_term: self.applied_term,
-            term: self.term,
-            history: self.history.clone(),
-        })
-    }
-
-    /// Replica `peer` took a snapshot at `applied`: the log goes on from there.
-    pub fn handed(&mut self, peer: u8, applied: u64) {
+    /// Replica `peer` took the snapshot at `applied` it was sent: the log goes on from there.
+    fn handed(&mut self, peer: u8, applied: u64) {
         let seen = self.seen;
-        if let Some(p) = self.peers.get_mut(usize::from(peer)) {
+        if let Some(p) = self.peers.get_mut(usize::from(peer))
+            && p.snapshot.as_ref().is_some_and(|s| s.applied == applied)
+        {
+            p.snapshot = None;
+            p.needs_sync = false;
             p.next_send = applied + 1;
             p.acked = 0;
             // What it holds now: never sent again, but not counted towards a commit until it
@@ -714,7 +690,7 @@ impl Replica {
     /// True if it was taken: by a replica with no state, or a standby whose log the active
     /// found to have gone another way (an active, or one in a newer term than the snapshot's,
     /// refuses it).
-    pub fn install(&mut self, now: Nanos, snap: Snapshot) -> bool {
+    fn install(&mut self, now: Nanos, snap: snapshot::Snapshot) -> bool {
         if self.role == Role::Active || snap.term < self.term {
             return false;
         }
@@ -727,7 +703,7 @@ impl Replica {
         {
             return false;
         }
-        self.cm = Some(*snap.cm);
+        self.cm = Some(snap.cm);
         self.held.clear();
         self.commit = snap.applied;
         self.voted_in = self.voted_in.max(snap.term);
@@ -782,6 +758,13 @@ impl Replica {
                                 && self.seen < p.heard.saturating_add(self.cfg.heartbeat)
                         })
                         .map(|p| p.progress + self.cfg.resend())
+                        .chain(self.peers.iter().filter_map(|p| {
+                            let live = self.seen < p.heard.saturating_add(self.cfg.heartbeat);
+                            p.snapshot
+                                .as_ref()
+                                .filter(|_| live)
+                                .and_then(|s| s.resend_at(self.cfg.resend()))
+                        }))
                         .min()
                         .unwrap_or(Nanos::MAX);
                     // A stall ends by an acknowledgement, or lets the timers run again when
@@ -925,6 +908,7 @@ impl Replica {
             p.next_send = self.applied + 1;
             p.needs_sync = false;
             p.floor = 0;
+            p.snapshot = None;
         }
         self.commit = self.commit.min(self.applied);
         self.next_heartbeat = now + self.cfg.heartbeat;
@@ -1172,6 +1156,20 @@ impl Replica {
                     self.active = None;
                 }
             }
+            Msg::Chunk {
+                term,
+                applied,
+                applied_term: _,
+                total,
+                offset,
+                data,
+            } => self.on_chunk(now, from, term, applied, total, offset, &data),
+            Msg::ChunkAck {
+                term,
+                applied,
+                got,
+                installed,
+            } => self.on_chunk_ack(now, from, term, applied, got, installed),
             Msg::SyncRequest { term } => {
                 if self.role == Role::Active
                     && term <= self.term
@@ -1231,6 +1229,9 @@ impl Replica {
         self.sip_out.clear();
         self.commands_out.clear();
         self.ahead.clear();
+        for p in &mut self.peers {
+            p.snapshot = None;
+        }
     }
 
     /// No usable state: everything derived from it goes, and a snapshot is asked for.
@@ -1245,6 +1246,10 @@ impl Replica {
         self.log.clear();
         self.log_bytes = 0;
         self.commit = 0;
+        self.incoming = None;
+        for p in &mut self.peers {
+            p.snapshot = None;
+        }
     }
 
     /// Entries of the active's log from `first_seq`, applied from the first this replica
@@ -1340,6 +1345,18 @@ impl Replica {
         if echo.is_some() {
             p.echo = p.echo.max(echo);
         }
+        // It took the snapshot it was sent, and the answer that said so was lost.
+        let took = p
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| applied > 0 && applied >= s.applied && s.term == term);
+        if took && consistent {
+            let at = p.snapshot.as_ref().map_or(0, |s| s.applied);
+            self.handed(from, at);
+        }
+        let Some(p) = self.peers.get_mut(usize::from(from)) else {
+            return;
+        };
         if !consistent || applied > self.applied {
             p.needs_sync = true;
         } else {

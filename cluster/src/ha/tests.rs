@@ -58,6 +58,20 @@ fn every_message() -> Vec<Msg> {
         },
         Msg::SyncRequest { term: 1 },
         Msg::Resign { term: 2 },
+        Msg::Chunk {
+            term: 2,
+            applied: 70,
+            applied_term: 1,
+            total: 100_000,
+            offset: 60_000,
+            data: vec![7; 300],
+        },
+        Msg::ChunkAck {
+            term: 2,
+            applied: 70,
+            got: 60_000,
+            installed: false,
+        },
     ]
 }
 
@@ -179,6 +193,9 @@ struct Group {
     replicas: Vec<Replica>,
     cut: Vec<bool>,
     flight: Vec<(Nanos, usize, Vec<u8>)>,
+    /// Every Nth datagram to this replica is lost on the way.
+    lossy: Option<(usize, usize)>,
+    sent: usize,
 }
 
 const LATENCY: Nanos = 50_000;
@@ -193,6 +210,7 @@ impl Group {
                     heartbeat: 100 * MS,
                     misses: 3,
                     key: key(),
+                    cm_key: Config::new("127.0.0.1:5060".parse().unwrap()).key,
                 };
                 Replica::new(cfg, Some(cm()), 0)
             })
@@ -202,6 +220,8 @@ impl Group {
             replicas,
             cut: vec![false; 3],
             flight: Vec::new(),
+            lossy: None,
+            sent: 0,
         }
     }
 
@@ -244,6 +264,14 @@ impl Group {
         for i in 0..3 {
             for (to, bytes) in self.replicas[i].take_peer(now) {
                 let to = addrs().iter().position(|&a| a == to).unwrap();
+                if let Some((lossy, every)) = self.lossy
+                    && lossy == to
+                {
+                    self.sent += 1;
+                    if self.sent.is_multiple_of(every) {
+                        continue;
+                    }
+                }
                 if !self.cut[i] && !self.cut[to] {
                     self.flight.push((now + LATENCY, to, bytes));
                 }
@@ -476,4 +504,123 @@ fn an_append_whose_previous_entry_is_not_ours_sends_the_standby_to_sync() {
         g.replicas[1].settled(),
         "outputs of a log that went another way are kept"
     );
+}
+
+/// An OPTIONS from `source`: the Call Manager keeps a rate bucket per source, so a few
+/// thousand of them make a state of several chunks.
+fn options_from(source: SocketAddr, n: usize) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:cm@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {source};branch=z9hG4bKs{n}\r\n\
+         From: <sip:a@x>;tag={n}\r\nTo: <sip:cm@x>\r\nCall-ID: s{n}\r\nCSeq: 1 OPTIONS\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn fill(g: &mut Group, sources: usize) {
+    for n in 0..sources {
+        let source = SocketAddr::from(([10, 1, (n / 250) as u8, (n % 250) as u8 + 1], 5060));
+        let now = g.now;
+        assert!(g.replicas[0].handle(now, source, &options_from(source, n)));
+        if n % 100 == 99 {
+            g.run(now + 3 * LATENCY);
+        }
+    }
+    g.run(g.now + 3 * LATENCY);
+}
+
+#[test]
+fn a_restarted_replica_takes_a_snapshot_in_chunks_over_a_lossy_link_and_follows_the_log() {
+    let mut g = Group::new();
+    g.run(MS);
+    fill(&mut g, 6_000);
+    // cm-3 restarts: no state, it syncs. Every fifth datagram to it is lost, chunks too.
+    let cfg = HaConfig {
+        index: 2,
+        addrs: addrs(),
+        heartbeat: 100 * MS,
+        misses: 3,
+        key: key(),
+        cm_key: Config::new("127.0.0.1:5060".parse().unwrap()).key,
+    };
+    g.replicas[2] = Replica::new(cfg, None, g.now);
+    g.lossy = Some((2, 5));
+    g.run(g.now + 2_000 * MS);
+    let (active, taker) = (&g.replicas[0], &g.replicas[2]);
+    assert_eq!(taker.role(), Role::Standby);
+    assert_eq!(taker.stats.snapshots_taken, 1, "{:?}", taker.stats);
+    assert_eq!(active.stats.snapshots_sent, 1, "{:?}", active.stats);
+    assert!(
+        taker.stats.snapshot_bytes > 2 * wire::MAX_CHUNK as u64,
+        "a snapshot of {} bytes is not several chunks",
+        taker.stats.snapshot_bytes
+    );
+    assert_eq!(taker.applied(), active.applied());
+    // It follows the log from there, and holds what the active holds.
+    let before = taker.applied();
+    let now = g.now;
+    assert!(g.replicas[0].handle(now, "127.0.0.9:5062".parse().unwrap(), OPTIONS));
+    g.run(now + 500 * MS);
+    assert!(g.replicas[2].applied() > before);
+    assert_eq!(g.replicas[2].applied(), g.replicas[0].applied());
+    let census = |r: &Replica| format!("{:?}", r.cm().unwrap().stats());
+    assert_eq!(census(&g.replicas[2]), census(&g.replicas[0]));
+}
+
+#[test]
+fn a_snapshot_cut_short_or_of_another_version_is_refused_and_nothing_panics() {
+    let mut g = Group::new();
+    g.run(MS);
+    fill(&mut g, 300);
+    let r = &g.replicas[0];
+    let bytes = snapshot::encode(r, r.cm().unwrap()).unwrap();
+    let cm_key = Config::new("127.0.0.1:5060".parse().unwrap()).key;
+    let whole = snapshot::decode(&bytes, &cm_key).unwrap();
+    assert_eq!(whole.applied, r.applied());
+    for n in (0..bytes.len()).step_by(97) {
+        assert!(
+            snapshot::decode(&bytes[..n], &cm_key).is_err(),
+            "{n} of {} bytes read as a snapshot",
+            bytes.len()
+        );
+    }
+    let mut other = bytes.clone();
+    other[5] = b'9';
+    let e = snapshot::decode(&other, &cm_key).err().unwrap();
+    assert!(e.contains("not a snapshot of this version"), "{e}");
+}
+
+#[test]
+fn a_chunk_that_claims_a_snapshot_beyond_the_bound_reserves_nothing() {
+    let mut g = Group::new();
+    g.run(MS);
+    let cfg = HaConfig {
+        index: 2,
+        addrs: addrs(),
+        heartbeat: 100 * MS,
+        misses: 3,
+        key: key(),
+        cm_key: Config::new("127.0.0.1:5060".parse().unwrap()).key,
+    };
+    g.replicas[2] = Replica::new(cfg, None, g.now);
+    let mut chunk = Vec::new();
+    encode(
+        &key(),
+        0,
+        u64::MAX,
+        &Msg::Chunk {
+            term: 1,
+            applied: 1,
+            applied_term: 1,
+            total: u64::MAX,
+            offset: 0,
+            data: vec![0; 10],
+        },
+        &mut chunk,
+    );
+    let rejected = g.replicas[2].stats.rejected;
+    g.replicas[2].on_peer(g.now, &chunk);
+    assert_eq!(g.replicas[2].stats.rejected, rejected + 1);
+    assert!(g.replicas[2].incoming.is_none());
+    assert_eq!(g.replicas[2].role(), Role::Syncing);
 }

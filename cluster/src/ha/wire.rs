@@ -24,7 +24,14 @@
 //! 5 vote       term, granted: u8, pre: u8
 //! 6 sync?      term                                          a replica with no usable state
 //! 7 resign     term                                          an active about to stop
+//! 8 chunk      term, applied, applied_term, total, offset, len: u32, bytes
+//!                                                            active -> a replica that syncs
+//! 9 chunk ack  term, applied, got, installed: u8             its answer
 //! ```
+//!
+//! A snapshot (the active's Call Manager, without its keys, and its place in the log) travels
+//! as chunks of at most [`MAX_CHUNK`] bytes, numbered by their offset in it; `applied` names
+//! the snapshot, `total` is its length, and `got` how much of it the taker holds in order.
 //!
 //! An input (what the active Call Manager was given, and every standby replays):
 //!
@@ -50,6 +57,8 @@ pub const MAGIC: &[u8] = b"PBXH/1 ";
 const MAC_LEN: usize = 16;
 /// The most an append carries: one UDP datagram's worth, less room for the headers.
 pub const MAX_APPEND: usize = 60_000;
+/// The most of a snapshot one chunk carries.
+pub const MAX_CHUNK: usize = 60_000;
 
 /// What the active Call Manager was handed, in the order it was handed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +114,23 @@ pub enum Msg {
     /// standbys need not wait out its silence.
     Resign {
         term: u64,
+    },
+    /// `data` is the snapshot at `applied` from byte `offset` on, of `total` bytes.
+    Chunk {
+        term: u64,
+        applied: u64,
+        applied_term: u64,
+        total: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// The taker holds the first `got` bytes of the snapshot at `applied`; `installed`: it
+    /// took the whole snapshot and follows the log from there.
+    ChunkAck {
+        term: u64,
+        applied: u64,
+        got: u64,
+        installed: bool,
     },
 }
 
@@ -203,6 +229,29 @@ pub fn encode(key: &Key, from: u8, counter: u64, msg: &Msg, out: &mut Vec<u8>) {
         Msg::Resign { term } => {
             out.push(7);
             u64s(out, &[*term]);
+        }
+        Msg::Chunk {
+            term,
+            applied,
+            applied_term,
+            total,
+            offset,
+            data,
+        } => {
+            out.push(8);
+            u64s(out, &[*term, *applied, *applied_term, *total, *offset]);
+            out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(data);
+        }
+        Msg::ChunkAck {
+            term,
+            applied,
+            got,
+            installed,
+        } => {
+            out.push(9);
+            u64s(out, &[*term, *applied, *got]);
+            out.push(u8::from(*installed));
         }
     }
     let mac = key.mac(&[out.as_slice()]);
@@ -329,6 +378,28 @@ pub fn decode(key: &Key, datagram: &[u8]) -> Result<Sealed, Malformed> {
         },
         6 => Msg::SyncRequest { term: r.u64()? },
         7 => Msg::Resign { term: r.u64()? },
+        8 => {
+            let (term, applied, applied_term, total, offset) =
+                (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+            let len = r.u32()? as usize;
+            if len > MAX_CHUNK {
+                return Err(Malformed::Input("a chunk longer than a chunk may be"));
+            }
+            Msg::Chunk {
+                term,
+                applied,
+                applied_term,
+                total,
+                offset,
+                data: r.take(len)?.to_vec(),
+            }
+        }
+        9 => Msg::ChunkAck {
+            term: r.u64()?,
+            applied: r.u64()?,
+            got: r.u64()?,
+            installed: r.flag()?,
+        },
         k => return Err(Malformed::Kind(k)),
     };
     r.end()?;

@@ -110,7 +110,7 @@ fn add(a: &AtomicU64, n: u64) {
 }
 
 /// Where a node runs, and so who carries the commands sent to its handle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
     /// A node of this process, served by [`super::spawn`]'s thread, which reads the channel.
     InProcess,

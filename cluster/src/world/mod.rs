@@ -167,6 +167,7 @@ impl World {
         let mut cfg = cm_config(sc, opts, cm_addr);
         cfg.key = seeded_key(seed);
         let replication = cfg.key.derive("replication");
+        let cm_key = cfg.key.clone();
         let cm = CallManager::new(cfg, balancer, specs);
         let n = sc.callmanager.nodes.max(1) as usize;
         let addrs: Vec<SocketAddr> = if n > 1 {
@@ -185,6 +186,7 @@ impl World {
                 heartbeat: ns(sc.callmanager.heartbeat),
                 misses: sc.callmanager.misses,
                 key: replication.clone(),
+                cm_key: cm_key.clone(),
             };
             cms.push(VCm {
                 replica: Replica::new(cfg.clone(), Some(cm.clone()), 0),
@@ -481,7 +483,6 @@ impl World {
     /// once, as the node thread applies what its channel brings).
     fn cm_round(&mut self, now: Nanos) {
         let mut commands: Vec<(ServerId, NodeCommand)> = Vec::new();
-        let mut syncs = Vec::new();
         let group = self.cms.len() > 1;
         for (i, c) in self.cms.iter_mut().enumerate() {
             if !c.alive {
@@ -514,12 +515,6 @@ impl World {
             if !cut {
                 commands.extend(taken);
             }
-            syncs.extend(
-                c.replica
-                    .take_syncs()
-                    .into_iter()
-                    .map(|p| (i, usize::from(p))),
-            );
             let serving = c.replica.serving(now);
             if serving != c.serving && group {
                 c.serving = serving;
@@ -539,24 +534,6 @@ impl World {
                 if serving {
                     self.current = i;
                 }
-            }
-        }
-        // A snapshot goes where a datagram could: both ends up and neither cut off.
-        for (from, to) in syncs {
-            let reachable = |c: Option<&VCm>| c.is_some_and(|c| c.alive && !c.cut);
-            if !reachable(self.cms.get(from)) || !reachable(self.cms.get(to)) {
-                continue;
-            }
-            let Some(snap) = self.cms.get(from).and_then(|c| c.replica.snapshot()) else {
-                continue;
-            };
-            let at = snap.applied();
-            let taken = self
-                .cms
-                .get_mut(to)
-                .is_some_and(|c| c.replica.install(now, snap));
-            if let (true, Some(c), Ok(p)) = (taken, self.cms.get_mut(from), u8::try_from(to)) {
-                c.replica.handed(p, at);
             }
         }
         for (server, command) in commands {
