@@ -163,12 +163,6 @@ pub enum OpError {
     },
     #[error("the cluster has stopped")]
     Stopped,
-    /// Refused with several Call Managers: not carried to the standbys yet.
-    #[error(
-        "{0} is not replicated to the standby Call Managers: refused with [callmanager] \
-         nodes > 1"
-    )]
-    NotReplicated(&'static str),
     /// A verb a Call Manager does not take (drain, disable, ...).
     #[error(
         "{server} is a Call Manager: it can fail, partition, heal, recover (start), stop, \
@@ -219,7 +213,7 @@ enum Request {
     /// Add a server on this bound socket: the Call Manager's thread numbers it, makes its
     /// node and handle, and hands the node to the node thread, all in one turn.
     Add(AddNode),
-    Whitelist(Option<(IpAddr, bool)>, Sender<Vec<IpAddr>>),
+    Whitelist(Option<(IpAddr, bool)>, Sender<Result<Vec<IpAddr>, String>>),
     /// Answer once a condition holds for a server, or at the deadline.
     Await(Await),
     /// Publish the status now, then answer: what an action just did shows in the next read.
@@ -936,9 +930,6 @@ impl Control {
     ) -> Result<NodeStatus, OpError> {
         // The node table answers the common mistakes before a socket is bound; the Call
         // Manager's thread checks again when it adds the node (`Request::Add`).
-        if self.shared.cms.len() > 1 {
-            return Err(OpError::NotReplicated("adding a server"));
-        }
         let nodes = self.rows()?;
         if nodes.iter().any(|n| n.name == name) {
             return Err(OpError::DuplicateName(name.to_owned()));
@@ -986,13 +977,16 @@ impl Control {
     /// The whitelist after adding (`Some((ip, true))`), removing (`Some((ip, false))`) or
     /// nothing (`None`).
     pub fn whitelist(&self, change: Option<(IpAddr, bool)>) -> Result<Vec<IpAddr>, OpError> {
-        if change.is_some() && self.shared.cms.len() > 1 {
-            return Err(OpError::NotReplicated("a whitelist change"));
-        }
         let (tx, rx) = std::sync::mpsc::channel();
         self.request(Request::Whitelist(change, tx))
             .map_err(|_| OpError::Stopped)?;
-        let list = rx.recv_timeout(REPLY_LIMIT).map_err(unanswered)?;
+        let list = rx
+            .recv_timeout(REPLY_LIMIT)
+            .map_err(unanswered)?
+            .map_err(|reason| OpError::Failed {
+                server: "the whitelist".to_owned(),
+                reason,
+            })?;
         // The next snapshot is up to 100 ms away; a status read right after the change must
         // already show it.
         if let Ok(mut s) = self.shared.status.lock() {

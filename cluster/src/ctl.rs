@@ -328,7 +328,6 @@ fn op_refusal(e: OpError) -> Refusal {
         | OpError::NoPool(_)
         | OpError::Bind { .. }
         | OpError::Busy { .. }
-        | OpError::NotReplicated(_)
         | OpError::NotForCallManager { .. } => 409,
         OpError::Failed { .. } => 500,
         OpError::Stopped | OpError::Unserved(_) => 503,

@@ -122,15 +122,6 @@ fn a_failed_active_is_replaced_at_the_virtual_ip_and_catches_up_when_it_returns(
         status.events
     );
 
-    // What is not replicated is refused by name rather than applied on one replica.
-    assert!(matches!(
-        control.whitelist(Some(("127.0.0.9".parse().expect("ip"), true))),
-        Err(OpError::NotReplicated(_))
-    ));
-    assert!(matches!(
-        control.add(pbxlab_balancer::Role::Media, "media-9", None),
-        Err(OpError::NotReplicated(_))
-    ));
     // A node verb on a Call Manager is refused, naming what it can do.
     let refused = control.act(Verb::Drain, &cm("cm-2")).expect_err("refused");
     assert!(
@@ -145,6 +136,40 @@ fn a_failed_active_is_replaced_at_the_virtual_ip_and_catches_up_when_it_returns(
         control.serving_cm().is_some_and(|i| i != before)
     });
     assert_eq!(control.callmanagers()[before].role, "standby");
+    cluster.stop().expect("stops");
+}
+
+/// `ctl add` and a whitelist change are inputs like any other: answered once a standby holds
+/// them, and still in force under the next active.
+#[test]
+fn an_added_server_and_a_whitelist_change_survive_a_takeover() {
+    let cluster = start();
+    let control = cluster.control();
+    eventually("cm-1 serves", || control.serving_cm() == Some(0));
+    let ip: std::net::IpAddr = "127.0.0.9".parse().expect("ip");
+    let list = control.whitelist(Some((ip, true))).expect("whitelisted");
+    assert!(list.contains(&ip), "{list:?}");
+    let added = control
+        .add(pbxlab_balancer::Role::Media, "media-9", None)
+        .expect("added");
+    assert_eq!(added.name, "media-9");
+
+    control.act(Verb::Fail, &cm("cm-1")).expect("cm-1 fails");
+    eventually("another serves", || {
+        control.serving_cm().is_some_and(|i| i != 0)
+    });
+    let list = control.whitelist(None).expect("the list");
+    assert!(
+        list.contains(&ip),
+        "the new active lost the whitelist change: {list:?}"
+    );
+    // The new active holds the server, probes it, and finds it up.
+    eventually("media-9 online under the new active", || {
+        control.rows().is_ok_and(|rows| {
+            rows.iter()
+                .any(|n| n.name == "media-9" && n.state == "online")
+        })
+    });
     cluster.stop().expect("stops");
 }
 

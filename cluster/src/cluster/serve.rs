@@ -237,6 +237,14 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
             }
         }
         if replica.serving(now) && !cut {
+            // A server another replica added while it served: its handle is in the shared
+            // list, and this one now sends it the commands.
+            if group
+                && let Ok(all) = shared.handles.lock()
+                && all.len() != handles.len()
+            {
+                handles.clone_from(&all);
+            }
             if let Ok(rx) = shared.node_events.try_lock() {
                 while let Ok((id, event)) = rx.try_recv() {
                     replica.node_event(now, ServerId(id), event);
@@ -336,13 +344,13 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
         }
         if !pending.answers.is_empty() {
             let commit = replica.commit();
-            pending.answers.retain(|a| {
-                if a.seq > commit {
-                    return true;
-                }
-                let _ = a.reply.send(a.answer.clone());
-                false
-            });
+            let (due, later) = std::mem::take(&mut pending.answers)
+                .into_iter()
+                .partition(|a| a.seq <= commit);
+            pending.answers = later;
+            for a in due {
+                a.reply.send();
+            }
         }
         let serving = replica.serving(now);
         if group && was_serving && !serving {
@@ -480,7 +488,7 @@ fn publish_status(
 /// step fails, the server leaves the balancer again rather than taking sessions it cannot
 /// serve.
 fn add_node(
-    cm: &mut CallManager,
+    replica: &mut Replica,
     now: super::Nanos,
     shared: &Shared,
     handles: &mut Vec<NodeHandle>,
@@ -495,9 +503,7 @@ fn add_node(
     } = add;
     let name = name.as_str();
     let addr = socket.local_addr().map_err(|e| e.to_string())?;
-    let id = cm
-        .add_node(name, role, addr, capacity, Place::InProcess)
-        .map_err(|e| e.to_string())?;
+    let id = replica.add_node(now, name, role, addr, capacity, Place::InProcess)?;
     let handed = node::adopt(id.0, role, name.to_owned(), socket)
         .map_err(|e| e.to_string())
         .and_then(|(handle, parts)| {
@@ -519,7 +525,7 @@ fn add_node(
             Ok(id)
         }
         Err(reason) => {
-            let _ = cm.admin(now, id, Verb::Remove);
+            let _ = replica.admin(now, id, Verb::Remove);
             Err(reason)
         }
     }
@@ -532,8 +538,36 @@ const MAX_WAITS: usize = 1_024;
 /// it): "done" must not be said of an action a takeover could lose.
 struct Answer {
     seq: u64,
-    reply: Sender<Result<(), String>>,
-    answer: Result<(), String>,
+    reply: Reply,
+}
+
+/// An answer and where it goes.
+enum Reply {
+    Done(Sender<Result<(), String>>, Result<(), String>),
+    Added(Sender<Result<ServerId, String>>, Result<ServerId, String>),
+    Whitelist(
+        Sender<Result<Vec<IpAddr>, String>>,
+        Result<Vec<IpAddr>, String>,
+    ),
+}
+
+impl Reply {
+    fn send(self) {
+        let _ = match self {
+            Reply::Done(to, answer) => to.send(answer).is_ok(),
+            Reply::Added(to, answer) => to.send(answer).is_ok(),
+            Reply::Whitelist(to, answer) => to.send(answer).is_ok(),
+        };
+    }
+
+    /// It may not have been carried out: say so instead.
+    fn fail(self, why: String) {
+        let _ = match self {
+            Reply::Done(to, _) => to.send(Err(why)).is_ok(),
+            Reply::Added(to, _) => to.send(Err(why)).is_ok(),
+            Reply::Whitelist(to, _) => to.send(Err(why)).is_ok(),
+        };
+    }
 }
 
 /// What a serving Call Manager's thread keeps for requests still under way: conditions to
@@ -566,10 +600,10 @@ fn hand_back(name: &str, pending: &mut Pending, shared: &Shared) {
         let _ = reply.send(());
     }
     for a in pending.answers.drain(..) {
-        let _ = a.reply.send(Err(format!(
+        a.reply.fail(format!(
             "{name} stopped serving before a standby held the action: it may not have been \
              carried out; look at the status and try again"
-        )));
+        ));
     }
 }
 
@@ -613,39 +647,38 @@ fn handle_request(
         }
         Request::Admin(server, action, reply) => {
             let answer = replica.admin(now, server, action);
-            if replica.in_group() {
-                answers.push(Answer {
-                    seq: replica.applied(),
-                    reply,
-                    answer,
-                });
-            } else {
-                let _ = reply.send(answer);
-            }
+            hold(replica, answers, Reply::Done(reply, answer));
         }
         Request::Add(add) => {
             let reply = add.reply.clone();
-            let added = match replica.solo_mut() {
-                Some(cm) => add_node(cm, now, shared, handles, add),
-                None => Err(OpError::NotReplicated("adding a server").to_string()),
-            };
-            let _ = reply.send(added);
+            let added = add_node(replica, now, shared, handles, add);
+            hold(replica, answers, Reply::Added(reply, added));
         }
         Request::Whitelist(change, reply) => {
-            if let Some(cm) = replica.solo_mut() {
-                match change {
-                    Some((ip, true)) => {
-                        cm.whitelist_add(ip);
-                    }
-                    Some((ip, false)) => {
-                        cm.whitelist_remove(ip);
-                    }
-                    None => {}
-                }
-            }
-            let list = replica.cm().map(|c| c.whitelist().to_vec());
-            let _ = reply.send(list.unwrap_or_default());
+            let changed = match change {
+                Some((ip, add)) => replica.whitelist(now, ip, add),
+                None => Ok(()),
+            };
+            let list = changed.map(|()| {
+                replica
+                    .cm()
+                    .map(|c| c.whitelist().to_vec())
+                    .unwrap_or_default()
+            });
+            hold(replica, answers, Reply::Whitelist(reply, list));
         }
+    }
+}
+
+/// An action's answer goes once a standby holds its input; alone, at once.
+fn hold(replica: &Replica, answers: &mut Vec<Answer>, reply: Reply) {
+    if replica.in_group() {
+        answers.push(Answer {
+            seq: replica.applied(),
+            reply,
+        });
+    } else {
+        reply.send();
     }
 }
 

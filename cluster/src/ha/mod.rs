@@ -470,6 +470,41 @@ impl Replica {
             })
     }
 
+    /// Adds a server (`ctl add`), as an input: the number the balancer gave it, or why not.
+    pub fn add_node(
+        &mut self,
+        now: Nanos,
+        name: &str,
+        role: pbxlab_balancer::Role,
+        addr: SocketAddr,
+        capacity: u32,
+        place: crate::node::Place,
+    ) -> Result<ServerId, String> {
+        let input = Input::AddNode {
+            name: name.to_owned(),
+            role,
+            addr,
+            capacity,
+            place,
+        };
+        let index = self.cfg.index;
+        let not_serving = || format!("cm-{} is not the serving Call Manager", index + 1);
+        self.take_input(now, input)
+            .unwrap_or_else(|| Err(not_serving()))?;
+        self.cm
+            .as_ref()
+            .and_then(|cm| cm.node_at(addr))
+            .map(|n| n.id)
+            .ok_or_else(not_serving)
+    }
+
+    /// Adds `ip` to the rate limit's whitelist (`add`) or removes it, as an input.
+    pub fn whitelist(&mut self, now: Nanos, ip: std::net::IpAddr, add: bool) -> Result<(), String> {
+        let index = self.cfg.index;
+        self.take_input(now, Input::Whitelist { ip, add })
+            .unwrap_or_else(|| Err(format!("cm-{} is not the serving Call Manager", index + 1)))
+    }
+
     /// A node's event, as an input.
     pub fn node_event(&mut self, now: Nanos, server: ServerId, event: NodeEvent) {
         self.input(now, Input::Digit { server, event });
@@ -485,6 +520,24 @@ impl Replica {
             Input::Digit { server, event } => cm.on_node_event(now, *server, *event),
             Input::Admin { server, verb } => {
                 return cm.admin(now, *server, *verb).map_err(|e| e.to_string());
+            }
+            Input::AddNode {
+                name,
+                role,
+                addr,
+                capacity,
+                place,
+            } => {
+                return cm
+                    .add_node(name, *role, *addr, *capacity, *place)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+            }
+            Input::Whitelist { ip, add: true } => {
+                cm.whitelist_add(*ip);
+            }
+            Input::Whitelist { ip, add: false } => {
+                cm.whitelist_remove(*ip);
             }
         }
         Ok(())

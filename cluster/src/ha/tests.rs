@@ -153,6 +153,28 @@ fn every_input_reads_back_as_written() {
             server: ServerId(2),
             verb: Verb::Drain,
         },
+        Input::AddNode {
+            name: "media-9".into(),
+            role: pbxlab_balancer::Role::Media,
+            addr: "127.0.0.1:40000".parse().unwrap(),
+            capacity: 500,
+            place: crate::node::Place::InProcess,
+        },
+        Input::AddNode {
+            name: "im-\u{e9}".into(),
+            role: pbxlab_balancer::Role::Im,
+            addr: "[::1]:7".parse().unwrap(),
+            capacity: 0,
+            place: crate::node::Place::Remote,
+        },
+        Input::Whitelist {
+            ip: "10.0.0.7".parse().unwrap(),
+            add: true,
+        },
+        Input::Whitelist {
+            ip: "::2".parse().unwrap(),
+            add: false,
+        },
     ];
     let mut out = Vec::new();
     for input in inputs {

@@ -40,6 +40,9 @@
 //! 2 advance    now
 //! 3 digit      now, server: u32, session: u64, digit: u32
 //! 4 admin      now, server: u32, verb: u8 (its index in Verb::ALL)
+//! 5 add node   now, role: u8 (its index in Role::ALL), place: u8 (0 in-process, 1 remote),
+//!              capacity: u32, address (as a datagram's), name: len u16, UTF-8
+//! 6 whitelist  now, add: u8, address family and bytes (as a datagram's, without the port)
 //! ```
 //!
 //! Decoding is strict: a short body, an unknown kind, trailing bytes or a bad MAC is an error,
@@ -47,10 +50,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use pbxlab_balancer::ServerId;
+use pbxlab_balancer::{Role, ServerId};
 use pbxlab_proto::mac::Key;
 use pbxlab_scenario::Verb;
 
+use crate::node::Place;
 use crate::{MediaSession, Nanos, NodeEvent};
 
 pub const MAGIC: &[u8] = b"PBXH/1 ";
@@ -63,10 +67,32 @@ pub const MAX_CHUNK: usize = 60_000;
 /// What the active Call Manager was handed, in the order it was handed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    Datagram { from: SocketAddr, bytes: Vec<u8> },
+    Datagram {
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
     Advance,
-    Digit { server: ServerId, event: NodeEvent },
-    Admin { server: ServerId, verb: Verb },
+    Digit {
+        server: ServerId,
+        event: NodeEvent,
+    },
+    Admin {
+        server: ServerId,
+        verb: Verb,
+    },
+    /// A server added while the cluster runs (`ctl add`).
+    AddNode {
+        name: String,
+        role: Role,
+        addr: SocketAddr,
+        capacity: u32,
+        place: Place,
+    },
+    /// A source added to (`add`) or removed from the rate limit's whitelist.
+    Whitelist {
+        ip: IpAddr,
+        add: bool,
+    },
 }
 
 /// One message between Call Managers.
@@ -306,6 +332,21 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An address family (4 or 6) and that many bytes.
+    fn ip(&mut self) -> Result<IpAddr, Malformed> {
+        Ok(match self.u8()? {
+            4 => {
+                let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| Malformed::Short)?;
+                IpAddr::V4(Ipv4Addr::from(b))
+            }
+            6 => {
+                let b: [u8; 16] = self.take(16)?.try_into().map_err(|_| Malformed::Short)?;
+                IpAddr::V6(Ipv6Addr::from(b))
+            }
+            _ => return Err(Malformed::Input("address family")),
+        })
+    }
+
     fn end(&self) -> Result<(), Malformed> {
         if self.bytes.is_empty() {
             Ok(())
@@ -413,16 +454,7 @@ pub fn encode_input(now: Nanos, input: &Input, out: &mut Vec<u8>) {
         Input::Datagram { from, bytes } => {
             out.push(1);
             u64s(out, &[now]);
-            match from.ip() {
-                IpAddr::V4(ip) => {
-                    out.push(4);
-                    out.extend_from_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.push(6);
-                    out.extend_from_slice(&ip.octets());
-                }
-            }
+            address(out, from.ip());
             out.extend_from_slice(&from.port().to_be_bytes());
             out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(0).to_be_bytes());
             out.extend_from_slice(bytes);
@@ -446,6 +478,46 @@ pub fn encode_input(now: Nanos, input: &Input, out: &mut Vec<u8>) {
             let index = Verb::ALL.iter().position(|v| v == verb).unwrap_or(0);
             out.push(u8::try_from(index).unwrap_or(0));
         }
+        Input::AddNode {
+            name,
+            role,
+            addr,
+            capacity,
+            place,
+        } => {
+            out.push(5);
+            u64s(out, &[now]);
+            out.push(u8::try_from(role.index()).unwrap_or(0));
+            out.push(u8::from(*place == Place::Remote));
+            out.extend_from_slice(&capacity.to_be_bytes());
+            address(out, addr.ip());
+            out.extend_from_slice(&addr.port().to_be_bytes());
+            // Names are checked short long before (`ctl add`); a longer one is cut here
+            // rather than misread.
+            let name = name.as_bytes().get(..name.len().min(usize::from(u16::MAX)));
+            let name = name.unwrap_or_default();
+            out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(name);
+        }
+        Input::Whitelist { ip, add } => {
+            out.push(6);
+            u64s(out, &[now]);
+            out.push(u8::from(*add));
+            address(out, *ip);
+        }
+    }
+}
+
+fn address(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
     }
 }
 
@@ -456,17 +528,7 @@ pub fn decode_input(bytes: &[u8]) -> Result<(Nanos, Input), Malformed> {
     let now = r.u64()?;
     let input = match kind {
         1 => {
-            let ip = match r.u8()? {
-                4 => {
-                    let b: [u8; 4] = r.take(4)?.try_into().map_err(|_| Malformed::Short)?;
-                    IpAddr::V4(Ipv4Addr::from(b))
-                }
-                6 => {
-                    let b: [u8; 16] = r.take(16)?.try_into().map_err(|_| Malformed::Short)?;
-                    IpAddr::V6(Ipv6Addr::from(b))
-                }
-                _ => return Err(Malformed::Input("address family")),
-            };
+            let ip = r.ip()?;
             let port = r.u16()?;
             let len = r.u32()? as usize;
             Input::Datagram {
@@ -490,6 +552,34 @@ pub fn decode_input(bytes: &[u8]) -> Result<(Nanos, Input), Malformed> {
                 .get(usize::from(r.u8()?))
                 .ok_or(Malformed::Input("verb"))?;
             Input::Admin { server, verb }
+        }
+        5 => {
+            let role = *Role::ALL
+                .get(usize::from(r.u8()?))
+                .ok_or(Malformed::Input("role"))?;
+            let place = if r.flag()? {
+                Place::Remote
+            } else {
+                Place::InProcess
+            };
+            let capacity = r.u32()?;
+            let ip = r.ip()?;
+            let addr = SocketAddr::new(ip, r.u16()?);
+            let len = usize::from(r.u16()?);
+            let name = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| Malformed::Input("a name that is not UTF-8"))?
+                .to_owned();
+            Input::AddNode {
+                name,
+                role,
+                addr,
+                capacity,
+                place,
+            }
+        }
+        6 => {
+            let add = r.flag()?;
+            Input::Whitelist { ip: r.ip()?, add }
         }
         k => return Err(Malformed::Kind(k)),
     };
