@@ -49,6 +49,8 @@
 mod snapshot;
 pub mod wire;
 
+pub use snapshot::SnapshotCost;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 

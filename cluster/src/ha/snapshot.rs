@@ -87,6 +87,53 @@ pub(super) fn decode(bytes: &[u8], key: &pbxlab_proto::mac::Key) -> Result<Snaps
     })
 }
 
+/// What a snapshot of a replica's state costs, measured (`benches/snapshot.rs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotCost {
+    pub bytes: usize,
+    /// Median of the runs: writing it on the active, and reading it (with the keys put back)
+    /// on the taker.
+    pub write: std::time::Duration,
+    pub read: std::time::Duration,
+    /// A copy of the Call Manager in memory, for comparison: what a snapshot cost when
+    /// replicas were threads of one process and handed each other a clone.
+    pub copy: std::time::Duration,
+}
+
+impl Replica {
+    /// Writes this replica's state as a snapshot and reads it back, `runs` times each, on the
+    /// wall clock (for a benchmark; the replica's own work never reads a clock).
+    pub fn measure_snapshot(&self, runs: usize) -> Result<SnapshotCost, String> {
+        let cm = self.cm.as_ref().ok_or("no state to snapshot")?;
+        let median = |mut v: Vec<std::time::Duration>| {
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
+        let (mut writes, mut reads, mut copies, mut bytes) =
+            (Vec::new(), Vec::new(), Vec::new(), 0);
+        for _ in 0..runs.max(1) {
+            let began = std::time::Instant::now();
+            let copy = cm.clone();
+            copies.push(began.elapsed());
+            drop(copy);
+            let began = std::time::Instant::now();
+            let written = encode(self, cm)?;
+            writes.push(began.elapsed());
+            let began = std::time::Instant::now();
+            let read = decode(&written, &self.cfg.cm_key)?;
+            reads.push(began.elapsed());
+            bytes = written.len();
+            drop(read);
+        }
+        Ok(SnapshotCost {
+            bytes,
+            write: median(writes),
+            read: median(reads),
+            copy: median(copies),
+        })
+    }
+}
+
 /// A snapshot on its way to one replica (the active's side).
 #[derive(Clone)]
 pub(super) struct Outgoing {

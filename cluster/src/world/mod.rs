@@ -276,6 +276,15 @@ impl World {
 
     /// When each Call Manager began or stopped serving the virtual IP: (time, index,
     /// serving), in order.
+    /// The Call Manager replica that serves now, if one does.
+    pub fn serving_replica(&self) -> Option<&crate::ha::Replica> {
+        let now = self.now;
+        self.cms
+            .iter()
+            .find(|c| c.alive && c.replica.serving(now))
+            .map(|c| &c.replica)
+    }
+
     pub fn serving_log(&self) -> &[(Nanos, usize, bool)] {
         &self.serving_log
     }
