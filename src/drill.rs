@@ -390,7 +390,7 @@ fn run_timeline(
         }
         let watch = control
             .cm_index(&fault.server)
-            .map(|i| control.watch_cm_fault(i));
+            .map(|i| control.watch_cm_fault(i, fault.action));
         let at = control.now();
         let action = fault.action;
         eprintln!(

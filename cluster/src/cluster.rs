@@ -450,7 +450,7 @@ impl Cluster {
         let mut cfg = cm_config(sc, opts, sip);
         cfg.key = crate::random_key().map_err(Error::Random)?;
         let replication = cfg.key.derive("replication");
-        let cm_key = cfg.key.clone();
+        let cm_secrets = cfg.secrets();
         let cm = CallManager::new(cfg, balancer, specs);
         let ha = |i: usize| HaConfig {
             index: u8::try_from(i).unwrap_or(u8::MAX),
@@ -458,7 +458,7 @@ impl Cluster {
             heartbeat: crate::world::ns(sc.callmanager.heartbeat),
             misses: sc.callmanager.misses,
             key: replication.clone(),
-            cm_key: cm_key.clone(),
+            cm_secrets: cm_secrets.clone(),
         };
 
         let stop = Arc::new(AtomicBool::new(false));

@@ -161,6 +161,15 @@ pub struct CmFigures {
     pub unserved: u64,
     /// When the check was made, on the cluster's clock.
     pub checked_at: Duration,
+    /// A Call Manager the fault started afresh (`recover`, `restart`, `upgrade`) and that
+    /// caught up by a snapshot by the check: the snapshot's size.
+    pub snapshot_bytes: Option<u64>,
+}
+
+/// Whether `verb` starts a Call Manager afresh, to catch up from the serving one.
+pub fn starts_afresh(verb: pbxlab_scenario::Verb) -> bool {
+    use pbxlab_scenario::Verb;
+    matches!(verb, Verb::Recover | Verb::Restart | Verb::Upgrade)
 }
 
 /// A silence a caller heard: when it began, on the cluster's clock, and how long it lasted.
@@ -797,6 +806,18 @@ impl DrillVerdict {
                     "    signalling       longest silence {:.1} ms",
                     c.longest_silence_us as f64 / 1000.0
                 );
+                if starts_afresh(i.spec.action) && i.error.is_none() {
+                    let _ = writeln!(
+                        out,
+                        "    caught up        {} a standby again {:.1} ms after the fault{}",
+                        i.spec.server,
+                        i.finished.saturating_sub(i.at).as_secs_f64() * 1000.0,
+                        c.snapshot_bytes.map_or(String::new(), |b| format!(
+                            ", from a snapshot of {:.1} MB",
+                            b as f64 / 1e6
+                        ))
+                    );
+                }
             }
             let _ = writeln!(out, "    reassigned calls {}", f.reassignment.show());
             let _ = writeln!(out, "    media gap        {}", f.media_gap.show());
@@ -909,6 +930,10 @@ impl DrillVerdict {
                         "longest_silence_us": c.longest_silence_us,
                         "unserved": c.unserved,
                         "checked_at_s": c.checked_at.as_secs_f64(),
+                        "caught_up_us": (starts_afresh(f.injected.spec.action)
+                            && f.injected.error.is_none())
+                            .then(|| micros(f.injected.finished.saturating_sub(f.injected.at))),
+                        "snapshot_bytes": c.snapshot_bytes,
                     })),
                     "pass": f.broken.is_empty(),
                     "broken": f.broken,

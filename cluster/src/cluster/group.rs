@@ -277,6 +277,8 @@ pub struct CmFaultWatch {
     at: Nanos,
     before: CmCheck,
     fenced: u64,
+    /// The fault starts the Call Manager afresh: it catches up from a snapshot.
+    afresh: bool,
 }
 
 /// Figures a drill takes of a Call Manager fault.
@@ -344,14 +346,15 @@ impl Control {
         }
     }
 
-    /// Call before a fault on Call Manager `index`: who serves, whom it holds.
-    pub fn watch_cm_fault(&self, index: usize) -> CmFaultWatch {
+    /// Call before a fault `verb` on Call Manager `index`: who serves, whom it holds.
+    pub fn watch_cm_fault(&self, index: usize, verb: Verb) -> CmFaultWatch {
         self.watch_vip();
         CmFaultWatch {
             index,
             at: self.nanos(),
             before: self.census(),
             fenced: self.fenced_inputs(),
+            afresh: crate::drill::starts_afresh(verb),
         }
     }
 
@@ -444,6 +447,12 @@ impl Control {
             longest_silence_us: longest_gap / 1000,
             unserved: self.fenced_inputs().saturating_sub(w.fenced),
             checked_at: after.at,
+            snapshot_bytes: w
+                .afresh
+                .then(|| self.callmanagers().into_iter().nth(w.index))
+                .flatten()
+                .filter(|c| c.running && c.stats.snapshots_taken > 0)
+                .map(|c| c.stats.snapshot_bytes),
         }
     }
 

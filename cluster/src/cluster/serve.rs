@@ -97,6 +97,8 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
     let mut sender = pbxlab_udp::Sender::default();
     let mut next_status = Duration::ZERO;
     let mut handles = shared.handles.lock().map(|h| h.clone()).unwrap_or_default();
+    // How many handles the shared list had when this thread last took it.
+    let mut handles_seen = handles.len();
     let mut send_errors = 0u64;
     let mut bind_waits = 0u64;
     let mut pending = Pending::default();
@@ -238,12 +240,22 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
         }
         if replica.serving(now) && !cut {
             // A server another replica added while it served: its handle is in the shared
-            // list, and this one now sends it the commands.
+            // list, and this one now sends it the commands. An add a takeover lost left a
+            // handle whose number the next add is given again: the newest handle of a number
+            // is the one the Call Manager's table means.
             if group
                 && let Ok(all) = shared.handles.lock()
-                && all.len() != handles.len()
+                && all.len() != handles_seen
             {
-                handles.clone_from(&all);
+                handles_seen = all.len();
+                let mut newest: Vec<NodeHandle> = Vec::with_capacity(all.len());
+                for h in all.iter().rev() {
+                    if !newest.iter().any(|n| n.id == h.id) {
+                        newest.push(h.clone());
+                    }
+                }
+                newest.reverse();
+                handles = newest;
             }
             if let Ok(rx) = shared.node_events.try_lock() {
                 while let Ok((id, event)) = rx.try_recv() {
@@ -342,19 +354,26 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
         } else if group {
             replica.take_peer(now);
         }
-        if !pending.answers.is_empty() {
-            let commit = replica.commit();
-            let (due, later) = std::mem::take(&mut pending.answers)
-                .into_iter()
-                .partition(|a| a.seq <= commit);
-            pending.answers = later;
-            for a in due {
-                a.reply.send();
-            }
-        }
         let serving = replica.serving(now);
+        // First: a replica that stopped serving may have stepped down and taken a newer
+        // active's commit index, which says nothing of inputs only it took.
         if group && was_serving && !serving {
             hand_back(name, &mut pending, shared);
+        }
+        if serving && !pending.answers.is_empty() {
+            let (commit, term) = (replica.commit(), replica.term());
+            for a in std::mem::take(&mut pending.answers) {
+                if a.term != term {
+                    a.reply.fail(format!(
+                        "{name} lost its place before a standby held the action: it may not \
+                         have been carried out; look at the status and try again"
+                    ));
+                } else if a.seq <= commit {
+                    a.reply.send();
+                } else {
+                    pending.answers.push(a);
+                }
+            }
         }
         let role = replica.role();
         if group && (serving != was_serving || role != last_role) {
@@ -538,6 +557,8 @@ const MAX_WAITS: usize = 1_024;
 /// it): "done" must not be said of an action a takeover could lose.
 struct Answer {
     seq: u64,
+    /// The term it was taken in: only that term's commit index speaks for it.
+    term: u64,
     reply: Reply,
 }
 
@@ -675,6 +696,7 @@ fn hold(replica: &Replica, answers: &mut Vec<Answer>, reply: Reply) {
     if replica.in_group() {
         answers.push(Answer {
             seq: replica.applied(),
+            term: replica.term(),
             reply,
         });
     } else {

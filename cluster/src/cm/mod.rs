@@ -107,6 +107,30 @@ pub struct Config {
     pub key: Key,
 }
 
+/// What a Call Manager holds that a snapshot never carries: every replica of a group is made
+/// with the same, and the taker of a snapshot puts its own back ([`CallManager::rekey`]).
+#[derive(Clone)]
+pub struct Secrets {
+    pub key: Key,
+    /// The users' digest passwords are this prefix and their number.
+    pub password_prefix: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(..)")
+    }
+}
+
+impl Config {
+    pub fn secrets(&self) -> Secrets {
+        Secrets {
+            key: self.key.clone(),
+            password_prefix: self.password_prefix.clone(),
+        }
+    }
+}
+
 /// The default longest call, three hours: longer than any scenario's hold time, short enough
 /// that a call nobody ends does not hold its media session for a day.
 pub const MAX_CALL_S: u64 = 3 * 3600;
@@ -366,12 +390,14 @@ impl CallManager {
         }
     }
 
-    /// Puts `key` (the one it was made with, [`Config::key`]) back into a Call Manager read
-    /// from a snapshot, which carries none: every replica of a group holds the same key.
-    pub(crate) fn rekey(&mut self, key: &Key) {
+    /// Puts the secrets it was made with ([`Config::secrets`]) back into a Call Manager read
+    /// from a snapshot, which carries none: every replica of a group holds the same.
+    pub(crate) fn rekey(&mut self, secrets: &Secrets) {
+        let key = &secrets.key;
         self.keys = Keys::of(key);
         self.auth.rekey(key);
         self.txs.rekey(key.derive("branch"));
+        self.registrar.rekey(&secrets.password_prefix);
     }
 
     pub fn balancer(&self) -> &Balancer {

@@ -24,6 +24,8 @@ pub(super) struct Binding {
 pub(super) struct Registrar {
     first_user: u32,
     users: u32,
+    /// A credential (every password is it and a number): never in a snapshot.
+    #[serde(skip)]
     password_prefix: String,
     max_expires_s: u32,
     bindings: HashMap<u32, Binding>,
@@ -49,6 +51,10 @@ impl Answer {
 }
 
 impl Registrar {
+    pub(super) fn rekey(&mut self, password_prefix: &str) {
+        password_prefix.clone_into(&mut self.password_prefix);
+    }
+
     pub(super) fn new(cfg: &Config) -> Registrar {
         Registrar {
             first_user: cfg.first_user,

@@ -87,9 +87,9 @@ pub struct HaConfig {
     pub misses: u32,
     /// What replication datagrams are sealed with (derived from the cluster's key).
     pub key: Key,
-    /// The Call Manager's own key ([`crate::cm::Config::key`]), the same on every replica: a
-    /// snapshot does not carry it, and its taker puts this one in.
-    pub cm_key: Key,
+    /// The Call Manager's key and credentials ([`crate::cm::Config::secrets`]), the same on
+    /// every replica: a snapshot does not carry them, and its taker puts these in.
+    pub cm_secrets: crate::cm::Secrets,
 }
 
 impl HaConfig {
@@ -194,6 +194,8 @@ struct Peer {
     floor: u64,
     /// The snapshot on its way to it.
     snapshot: Option<snapshot::Outgoing>,
+    /// No new snapshot for it before this (one was refused, or could not be written).
+    snapshot_after: Nanos,
 }
 
 /// Which of a sender's counters were taken: the highest, and the 64 below it as bits (the
@@ -673,8 +675,7 @@ impl Replica {
     }
 
     /// The Call Manager of a group of one, for what is not replicated and so must not touch
-    /// a replicated one: nodes joining over the control link, nodes added by an operator, the
-    /// whitelist. `None` in a group of several.
+    /// a replicated one: nodes joining over the control link. `None` in a group of several.
     pub fn solo_mut(&mut self) -> Option<&mut CallManager> {
         if self.replicated() {
             return None;
@@ -813,13 +814,7 @@ impl Replica {
                                 && self.seen < p.heard.saturating_add(self.cfg.heartbeat)
                         })
                         .map(|p| p.progress + self.cfg.resend())
-                        .chain(self.peers.iter().filter_map(|p| {
-                            let live = self.seen < p.heard.saturating_add(self.cfg.heartbeat);
-                            p.snapshot
-                                .as_ref()
-                                .filter(|_| live)
-                                .and_then(|s| s.resend_at(self.cfg.resend()))
-                        }))
+                        .chain(self.snapshot_deadlines())
                         .min()
                         .unwrap_or(Nanos::MAX);
                     // A stall ends by an acknowledgement, or lets the timers run again when
@@ -1302,6 +1297,7 @@ impl Replica {
         self.log_bytes = 0;
         self.commit = 0;
         self.incoming = None;
+        self.taken = None;
         for p in &mut self.peers {
             p.snapshot = None;
         }

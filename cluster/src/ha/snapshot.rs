@@ -1,7 +1,7 @@
 //! Snapshots on the wire: how a replica with no usable state gets the active's.
 //!
-//! A snapshot is the serving active's Call Manager (without its keys: every replica holds
-//! them, and they never travel) and its place in the log, encoded as CBOR behind a version
+//! A snapshot is the serving active's Call Manager (without its keys and the users' password
+//! prefix: every replica holds them, and they never travel) and its place in the log, encoded as CBOR behind a version
 //! tag. The active encodes it once per sync and sends it in chunks of [`MAX_CHUNK`] bytes
 //! over the replication link, at most [`WINDOW`] bytes ahead of what the taker acknowledged
 //! (go-back-N after a resend interval without progress, as the log's entries). The taker
@@ -24,6 +24,9 @@ use crate::cm::CallManager;
 pub const MAX_SNAPSHOT: u64 = 1 << 30;
 /// What a snapshot starts with; one of another layout is refused, not misread.
 const TAG: &[u8] = b"PBXS/1\n";
+/// After a snapshot its taker refused, or one that could not be written, the next waits this
+/// long: a state that cannot travel is not written again and again on the serving thread.
+const BACKOFF: Nanos = 1_000_000_000;
 
 /// The active's state, read from a snapshot.
 pub(super) struct Snapshot {
@@ -69,15 +72,15 @@ pub(super) fn encode(r: &Replica, cm: &CallManager) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Reads a snapshot and puts `key` (the Call Manager's) back into it.
-pub(super) fn decode(bytes: &[u8], key: &pbxlab_proto::mac::Key) -> Result<Snapshot, String> {
+/// Reads a snapshot and puts the Call Manager's secrets back into it.
+pub(super) fn decode(bytes: &[u8], secrets: &crate::cm::Secrets) -> Result<Snapshot, String> {
     let body = bytes
         .strip_prefix(TAG)
         .ok_or("not a snapshot of this version of pbxlab")?;
     let read: Read =
         ciborium::from_reader(body).map_err(|e| format!("an unreadable snapshot: {e}"))?;
     let mut cm = read.cm;
-    cm.rekey(key);
+    cm.rekey(secrets);
     Ok(Snapshot {
         cm,
         applied: read.applied,
@@ -120,7 +123,7 @@ impl Replica {
             let written = encode(self, cm)?;
             writes.push(began.elapsed());
             let began = std::time::Instant::now();
-            let read = decode(&written, &self.cfg.cm_key)?;
+            let read = decode(&written, &self.cfg.cm_secrets)?;
             reads.push(began.elapsed());
             bytes = written.len();
             drop(read);
@@ -183,6 +186,21 @@ pub(super) struct Incoming {
 }
 
 impl Replica {
+    /// When the serving active next has something to do for a snapshot: chunks to send
+    /// again, or a snapshot it held back. Nothing while it does not serve: it sends none then.
+    pub(super) fn snapshot_deadlines(&self) -> impl Iterator<Item = Nanos> + '_ {
+        let serving = self.serving(self.seen);
+        let (resend, heartbeat) = (self.cfg.resend(), self.cfg.heartbeat);
+        self.peers
+            .iter()
+            .filter(move |_| serving)
+            .filter_map(move |p| match &p.snapshot {
+                Some(s) if self.seen < p.heard.saturating_add(heartbeat) => s.resend_at(resend),
+                Some(_) => None,
+                None => (p.needs_sync && p.snapshot_after > self.seen).then_some(p.snapshot_after),
+            })
+    }
+
     /// The serving active starts a snapshot for each replica that needs one and sends every
     /// transfer's chunks within its window.
     pub(super) fn send_chunks(&mut self, now: Nanos) {
@@ -190,18 +208,27 @@ impl Replica {
             return;
         }
         let me = usize::from(self.cfg.index);
-        let wanted = self
-            .peers
-            .iter()
-            .enumerate()
-            .any(|(i, p)| i != me && p.needs_sync && p.snapshot.is_none());
+        let wants = |i: usize, p: &super::Peer| {
+            i != me && p.needs_sync && p.snapshot.is_none() && now >= p.snapshot_after
+        };
+        let wanted = self.peers.iter().enumerate().any(|(i, p)| wants(i, p));
         if wanted && let Some(cm) = self.cm.as_ref() {
-            match encode(self, cm) {
+            let written = encode(self, cm).and_then(|bytes| {
+                if bytes.len() as u64 > MAX_SNAPSHOT {
+                    Err(format!(
+                        "a snapshot of {} bytes, beyond the {MAX_SNAPSHOT} a replica takes",
+                        bytes.len()
+                    ))
+                } else {
+                    Ok(bytes)
+                }
+            });
+            match written {
                 Ok(bytes) => {
                     self.stats.snapshot_bytes = bytes.len() as u64;
                     let bytes = Arc::new(bytes);
                     for (i, p) in self.peers.iter_mut().enumerate() {
-                        if i != me && p.needs_sync && p.snapshot.is_none() {
+                        if wants(i, p) {
                             p.snapshot = Some(Outgoing {
                                 term: self.term,
                                 applied: self.applied,
@@ -218,6 +245,11 @@ impl Replica {
                 Err(e) => {
                     self.stats.snapshot_errors += 1;
                     self.last_snapshot_error = Some(e);
+                    for (i, p) in self.peers.iter_mut().enumerate() {
+                        if wants(i, p) {
+                            p.snapshot_after = now + BACKOFF;
+                        }
+                    }
                 }
             }
         }
@@ -292,7 +324,9 @@ impl Replica {
             return;
         }
         if total > MAX_SNAPSHOT {
+            // Refused, and said so: the active holds back its next one.
             self.stats.rejected += 1;
+            answer(self, 0, false);
             return;
         }
         let same = self
@@ -328,7 +362,7 @@ impl Replica {
         let Some(s) = self.incoming.take() else {
             return;
         };
-        match decode(&s.bytes, &self.cfg.cm_key) {
+        match decode(&s.bytes, &self.cfg.cm_secrets) {
             Ok(snap) if snap.applied == applied && snap.term == term => {
                 // A standby that already stands where the snapshot does, in a log that agrees
                 // with it, holds what it would take.
@@ -377,8 +411,14 @@ impl Replica {
             s.acked = got.min(s.total());
             s.progress = now;
             s.sent = s.sent.max(s.acked);
+        } else if got == 0 && s.sent >= s.total() {
+            // It had every chunk and holds nothing: it refused the snapshot (or could not
+            // read it). Another, later.
+            p.snapshot = None;
+            p.snapshot_after = now + BACKOFF;
         } else if got == 0 && s.acked > 0 {
-            // It holds nothing of it any more: a new snapshot, from the state as it is now.
+            // It holds nothing of it any more (it started afresh): a new snapshot, from the
+            // state as it is now.
             p.snapshot = None;
         }
     }

@@ -232,7 +232,7 @@ impl Group {
                     heartbeat: 100 * MS,
                     misses: 3,
                     key: key(),
-                    cm_key: Config::new("127.0.0.1:5060".parse().unwrap()).key,
+                    cm_secrets: Config::new("127.0.0.1:5060".parse().unwrap()).secrets(),
                 };
                 Replica::new(cfg, Some(cm()), 0)
             })
@@ -563,7 +563,7 @@ fn a_restarted_replica_takes_a_snapshot_in_chunks_over_a_lossy_link_and_follows_
         heartbeat: 100 * MS,
         misses: 3,
         key: key(),
-        cm_key: Config::new("127.0.0.1:5060".parse().unwrap()).key,
+        cm_secrets: Config::new("127.0.0.1:5060".parse().unwrap()).secrets(),
     };
     g.replicas[2] = Replica::new(cfg, None, g.now);
     g.lossy = Some((2, 5));
@@ -596,19 +596,19 @@ fn a_snapshot_cut_short_or_of_another_version_is_refused_and_nothing_panics() {
     fill(&mut g, 300);
     let r = &g.replicas[0];
     let bytes = snapshot::encode(r, r.cm().unwrap()).unwrap();
-    let cm_key = Config::new("127.0.0.1:5060".parse().unwrap()).key;
-    let whole = snapshot::decode(&bytes, &cm_key).unwrap();
+    let cm_secrets = Config::new("127.0.0.1:5060".parse().unwrap()).secrets();
+    let whole = snapshot::decode(&bytes, &cm_secrets).unwrap();
     assert_eq!(whole.applied, r.applied());
     for n in (0..bytes.len()).step_by(97) {
         assert!(
-            snapshot::decode(&bytes[..n], &cm_key).is_err(),
+            snapshot::decode(&bytes[..n], &cm_secrets).is_err(),
             "{n} of {} bytes read as a snapshot",
             bytes.len()
         );
     }
     let mut other = bytes.clone();
     other[5] = b'9';
-    let e = snapshot::decode(&other, &cm_key).err().unwrap();
+    let e = snapshot::decode(&other, &cm_secrets).err().unwrap();
     assert!(e.contains("not a snapshot of this version"), "{e}");
 }
 
@@ -622,7 +622,7 @@ fn a_chunk_that_claims_a_snapshot_beyond_the_bound_reserves_nothing() {
         heartbeat: 100 * MS,
         misses: 3,
         key: key(),
-        cm_key: Config::new("127.0.0.1:5060".parse().unwrap()).key,
+        cm_secrets: Config::new("127.0.0.1:5060".parse().unwrap()).secrets(),
     };
     g.replicas[2] = Replica::new(cfg, None, g.now);
     let mut chunk = Vec::new();
@@ -645,4 +645,48 @@ fn a_chunk_that_claims_a_snapshot_beyond_the_bound_reserves_nothing() {
     assert_eq!(g.replicas[2].stats.rejected, rejected + 1);
     assert!(g.replicas[2].incoming.is_none());
     assert_eq!(g.replicas[2].role(), Role::Syncing);
+}
+
+#[test]
+fn a_snapshot_carries_neither_the_keys_nor_the_password_prefix_and_its_taker_puts_them_back() {
+    let mut cfg = Config::new("127.0.0.1:5060".parse().unwrap());
+    cfg.password_prefix = "zq-very-secret-prefix-".into();
+    let secrets = cfg.secrets();
+    let health =
+        HealthConfig::new(Duration::from_secs(1), Duration::from_millis(500), 3, 2).unwrap();
+    let cm = CallManager::new(cfg, Balancer::new(health), Vec::new());
+    let ha = HaConfig {
+        index: 0,
+        addrs: vec![addrs()[0]],
+        heartbeat: 100 * MS,
+        misses: 3,
+        key: key(),
+        cm_secrets: secrets.clone(),
+    };
+    let r = Replica::new(ha, Some(cm), 0);
+    let bytes = snapshot::encode(&r, r.cm().unwrap()).unwrap();
+    let prefix = secrets.password_prefix.as_bytes();
+    assert!(
+        !bytes.windows(prefix.len()).any(|w| w == prefix),
+        "the password prefix travels in the snapshot"
+    );
+    let read = snapshot::decode(&bytes, &secrets).unwrap();
+    // The taker answers a REGISTER's challenge as the original would: same realm, same nonce
+    // key, same credentials.
+    let register = |cm: &mut CallManager| {
+        let from: SocketAddr = "127.0.0.9:5062".parse().unwrap();
+        let msg = b"REGISTER sip:pbxlab.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.9:5062;branch=z9hG4bKr1\r\nFrom: <sip:1000@pbxlab.test>;tag=1\r\nTo: <sip:1000@pbxlab.test>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\nContact: <sip:1000@127.0.0.9:5062>\r\nMax-Forwards: 70\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n";
+        cm.handle(0, from, msg);
+        let mut out = Vec::new();
+        cm.transmit_all(|d| {
+            out.extend(
+                d.iter()
+                    .map(|(_, b)| String::from_utf8_lossy(b).into_owned()),
+            );
+        });
+        out
+    };
+    let mut original = r.cm().unwrap().clone();
+    let mut taken = read.cm;
+    assert_eq!(register(&mut taken), register(&mut original));
 }

@@ -149,10 +149,18 @@ struct CmWatch {
     unserved: u64,
     check_at: Option<Nanos>,
     takeover: Option<Nanos>,
+    /// The fault starts the Call Manager afresh: it catches up from a snapshot.
+    afresh: bool,
 }
 
 impl CmWatch {
-    fn start(world: &mut World, load: &Stepped, fault: usize, index: usize) -> CmWatch {
+    fn start(
+        world: &mut World,
+        load: &Stepped,
+        fault: usize,
+        index: usize,
+        afresh: bool,
+    ) -> CmWatch {
         world.watch_silence();
         let engine = load.engine();
         CmWatch {
@@ -165,6 +173,7 @@ impl CmWatch {
             unserved: world.vip_unserved,
             check_at: None,
             takeover: None,
+            afresh,
         }
     }
 
@@ -240,6 +249,12 @@ impl CmWatch {
             longest_silence_us: world.longest_silence() / 1000,
             unserved: world.vip_unserved - self.unserved,
             checked_at: Duration::from_nanos(now),
+            snapshot_bytes: self
+                .afresh
+                .then(|| world.replicas().nth(self.index))
+                .flatten()
+                .filter(|(_, r, alive, _)| *alive && r.stats.snapshots_taken > 0)
+                .map(|(_, r, _, _)| r.stats.snapshot_bytes),
         })
     }
 }
@@ -505,7 +520,8 @@ impl Drill<'_> {
                 return Stage::Faults { next, action: None };
             }
             if let Some(index) = world.cm_index(&fault.server) {
-                watches.push(CmWatch::start(world, load, next, index));
+                let afresh = crate::drill::starts_afresh(fault.action);
+                watches.push(CmWatch::start(world, load, next, index, afresh));
             }
             match world.act(fault.action, &fault.server) {
                 Ok(a) => action = Some((next, a, now)),

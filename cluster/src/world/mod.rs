@@ -167,7 +167,7 @@ impl World {
         let mut cfg = cm_config(sc, opts, cm_addr);
         cfg.key = seeded_key(seed);
         let replication = cfg.key.derive("replication");
-        let cm_key = cfg.key.clone();
+        let cm_secrets = cfg.secrets();
         let cm = CallManager::new(cfg, balancer, specs);
         let n = sc.callmanager.nodes.max(1) as usize;
         let addrs: Vec<SocketAddr> = if n > 1 {
@@ -186,7 +186,7 @@ impl World {
                 heartbeat: ns(sc.callmanager.heartbeat),
                 misses: sc.callmanager.misses,
                 key: replication.clone(),
-                cm_key: cm_key.clone(),
+                cm_secrets: cm_secrets.clone(),
             };
             cms.push(VCm {
                 replica: Replica::new(cfg.clone(), Some(cm.clone()), 0),
@@ -274,8 +274,6 @@ impl World {
             .map(|(i, c)| (format!("cm-{}", i + 1), &c.replica, c.alive, c.cut))
     }
 
-    /// When each Call Manager began or stopped serving the virtual IP: (time, index,
-    /// serving), in order.
     /// The Call Manager replica that serves now, if one does.
     pub fn serving_replica(&self) -> Option<&crate::ha::Replica> {
         let now = self.now;
@@ -285,6 +283,8 @@ impl World {
             .map(|c| &c.replica)
     }
 
+    /// When each Call Manager began or stopped serving the virtual IP: (time, index,
+    /// serving), in order.
     pub fn serving_log(&self) -> &[(Nanos, usize, bool)] {
         &self.serving_log
     }
