@@ -258,6 +258,15 @@ fn summary(run: &VirtualRun, wall: Option<Duration>) -> String {
             s.fenced_inputs
         );
     }
+    if run.callmanagers.iter().any(|c| c.stats.snapshots_taken > 0) {
+        // The world has no bandwidth, and the replicas' work takes none of its time.
+        let _ = writeln!(
+            out,
+            "snapshots: written, carried and read in no cluster time here (a catch-up is only \
+             its round trips); `cargo bench --bench snapshot` measures them at the headline, \
+             and the live drill's catch-up includes them"
+        );
+    }
     if let Some(v) = &run.violation {
         let _ = writeln!(
             out,
