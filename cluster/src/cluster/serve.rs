@@ -51,6 +51,17 @@ impl Vip {
     }
 }
 
+/// What is still queued on the virtual IP's socket as it closes reached the address after
+/// this replica stopped serving, and the kernel drops it with the socket: counted with the
+/// datagrams nobody served.
+fn unserved(v: &Vip, buf: &mut [u8], shared: &Shared) {
+    let mut n = 0;
+    while n < 1 << 20 && v.socket.recv_from(buf).is_ok() {
+        n += 1;
+    }
+    group::count_lost(shared, n);
+}
+
 /// One Call Manager's thread: its datagrams (the virtual IP's while it holds it, its
 /// replication socket's), its timers, node events and operator requests while it serves.
 pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
@@ -145,6 +156,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                 && let Some(mut v) = vip.take()
             {
                 let _ = poll.registry().deregister(&mut v.socket);
+                unserved(&v, &mut peer_buf, shared);
             }
         }
         if slot.netns.is_some() {
@@ -449,6 +461,9 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
         }
     }
     let now = elapsed(started);
+    if group && let Some(v) = vip.as_ref() {
+        unserved(v, &mut peer_buf, shared);
+    }
     let taken = replica.take_records(&mut lines);
     record(taken, shared);
     if group {

@@ -690,3 +690,49 @@ fn a_snapshot_carries_neither_the_keys_nor_the_password_prefix_and_its_taker_put
     let mut taken = read.cm;
     assert_eq!(register(&mut taken), register(&mut original));
 }
+
+#[test]
+fn a_snapshot_its_taker_refused_is_written_again_only_a_second_later() {
+    let mut g = Group::new();
+    g.run(MS);
+    fill(&mut g, 300);
+    // cm-3 is cut off (it answers nothing itself); cm-2 keeps the active's lease.
+    g.cut[2] = true;
+    g.replicas[0].peers[2].needs_sync = true;
+    let now = g.now;
+    g.replicas[0].take_peer(now);
+    assert_eq!(g.replicas[0].stats.snapshots_sent, 1);
+    let (term, applied) = {
+        let s = g.replicas[0].peers[2]
+            .snapshot
+            .as_ref()
+            .expect("a transfer");
+        (s.term, s.applied)
+    };
+    let refusal = |counter: u64| {
+        let mut out = Vec::new();
+        encode(
+            &key(),
+            2,
+            counter,
+            &Msg::ChunkAck {
+                term,
+                applied,
+                got: 0,
+                installed: false,
+            },
+            &mut out,
+        );
+        out
+    };
+    // Every chunk went (the snapshot fits the window), and the taker holds nothing of it.
+    g.replicas[0].on_peer(now, &refusal(u64::MAX - 1));
+    assert!(g.replicas[0].peers[2].snapshot.is_none());
+    g.run(now + 500 * MS);
+    assert_eq!(
+        g.replicas[0].stats.snapshots_sent, 1,
+        "written again within the second"
+    );
+    g.run(now + 1_100 * MS);
+    assert_eq!(g.replicas[0].stats.snapshots_sent, 2);
+}
