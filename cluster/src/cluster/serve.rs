@@ -222,9 +222,12 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                         if cut {
                             group::count_lost(shared, 1);
                         } else if let Some(d) = peer_buf.get(..n) {
-                            let began = Instant::now();
+                            // Timed only while a snapshot is coming: its last chunk is read here.
+                            let began = replica.taking_snapshot().then(Instant::now);
                             replica.on_peer(now, d);
-                            if replica.stats.snapshots_taken > snapshots_taken {
+                            if let Some(began) = began
+                                && replica.stats.snapshots_taken > snapshots_taken
+                            {
                                 snapshots_taken = replica.stats.snapshots_taken;
                                 let text = format!(
                                     "took a snapshot of {:.1} MB (read in {} ms)",
@@ -376,12 +379,12 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
             let (commit, term) = (replica.commit(), replica.term());
             for a in std::mem::take(&mut pending.answers) {
                 if a.term != term {
-                    a.reply.fail(format!(
+                    (a.reply)(Some(format!(
                         "{name} lost its place before a standby held the action: it may not \
                          have been carried out; look at the status and try again"
-                    ));
+                    )));
                 } else if a.seq <= commit {
-                    a.reply.send();
+                    (a.reply)(None);
                 } else {
                     pending.answers.push(a);
                 }
@@ -577,33 +580,14 @@ struct Answer {
     reply: Reply,
 }
 
-/// An answer and where it goes.
-enum Reply {
-    Done(Sender<Result<(), String>>, Result<(), String>),
-    Added(Sender<Result<ServerId, String>>, Result<ServerId, String>),
-    Whitelist(
-        Sender<Result<Vec<IpAddr>, String>>,
-        Result<Vec<IpAddr>, String>,
-    ),
-}
+/// An answer on its way to its requester: called with `None` it sends the answer, with
+/// `Some(why)` that error instead (it may not have been carried out).
+type Reply = Box<dyn FnOnce(Option<String>)>;
 
-impl Reply {
-    fn send(self) {
-        let _ = match self {
-            Reply::Done(to, answer) => to.send(answer).is_ok(),
-            Reply::Added(to, answer) => to.send(answer).is_ok(),
-            Reply::Whitelist(to, answer) => to.send(answer).is_ok(),
-        };
-    }
-
-    /// It may not have been carried out: say so instead.
-    fn fail(self, why: String) {
-        let _ = match self {
-            Reply::Done(to, _) => to.send(Err(why)).is_ok(),
-            Reply::Added(to, _) => to.send(Err(why)).is_ok(),
-            Reply::Whitelist(to, _) => to.send(Err(why)).is_ok(),
-        };
-    }
+fn reply<T: 'static>(to: Sender<Result<T, String>>, answer: Result<T, String>) -> Reply {
+    Box::new(move |failed: Option<String>| {
+        let _ = to.send(failed.map_or(answer, Err));
+    })
 }
 
 /// What a serving Call Manager's thread keeps for requests still under way: conditions to
@@ -636,10 +620,10 @@ fn hand_back(name: &str, pending: &mut Pending, shared: &Shared) {
         let _ = reply.send(());
     }
     for a in pending.answers.drain(..) {
-        a.reply.fail(format!(
+        (a.reply)(Some(format!(
             "{name} stopped serving before a standby held the action: it may not have been \
              carried out; look at the status and try again"
-        ));
+        )));
     }
 }
 
@@ -683,12 +667,12 @@ fn handle_request(
         }
         Request::Admin(server, action, reply) => {
             let answer = replica.admin(now, server, action);
-            hold(replica, answers, Reply::Done(reply, answer));
+            hold(replica, answers, self::reply(reply, answer));
         }
         Request::Add(add) => {
-            let reply = add.reply.clone();
+            let to = add.reply.clone();
             let added = add_node(replica, now, shared, handles, add);
-            hold(replica, answers, Reply::Added(reply, added));
+            hold(replica, answers, self::reply(to, added));
         }
         Request::Whitelist(change, reply) => {
             let changed = match change {
@@ -701,7 +685,7 @@ fn handle_request(
                     .map(|c| c.whitelist().to_vec())
                     .unwrap_or_default()
             });
-            hold(replica, answers, Reply::Whitelist(reply, list));
+            hold(replica, answers, self::reply(reply, list));
         }
     }
 }
@@ -715,7 +699,7 @@ fn hold(replica: &Replica, answers: &mut Vec<Answer>, reply: Reply) {
             reply,
         });
     } else {
-        reply.send();
+        reply(None);
     }
 }
 

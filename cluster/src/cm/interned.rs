@@ -32,28 +32,16 @@ pub(crate) fn intern(text: &str) -> &'static str {
     k
 }
 
-/// `#[serde(with = ...)]` for a `BTreeMap<&'static str, u64>`.
-pub(crate) mod counts {
-    use super::*;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(
-        map: &BTreeMap<&'static str, u64>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        map.serialize(s)
+/// `#[serde(deserialize_with = ...)]` for a `BTreeMap<&'static str, u64>`.
+pub(crate) fn counts<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<&'static str, u64>, D::Error> {
+    let read = <BTreeMap<String, u64> as serde::Deserialize>::deserialize(d)?;
+    let mut map = BTreeMap::new();
+    for (k, v) in read {
+        *map.entry(intern(&k)).or_insert(0) += v;
     }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<&'static str, u64>, D::Error> {
-        let read = BTreeMap::<String, u64>::deserialize(d)?;
-        let mut map = BTreeMap::new();
-        for (k, v) in read {
-            *map.entry(intern(&k)).or_insert(0) += v;
-        }
-        Ok(map)
-    }
+    Ok(map)
 }
 
 #[cfg(test)]

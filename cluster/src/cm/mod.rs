@@ -230,7 +230,7 @@ pub struct Stats {
     pub calls_total: u64,
     pub calls_completed: u64,
     /// Calls ended without reaching their purpose, by reason.
-    #[serde(with = "interned::counts")]
+    #[serde(deserialize_with = "interned::counts")]
     pub failures: std::collections::BTreeMap<&'static str, u64>,
     /// Requests refused 503 because their source sent above its own rate.
     pub rate_limited: u64,

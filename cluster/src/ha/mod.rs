@@ -1054,7 +1054,6 @@ impl Replica {
             Msg::Chunk {
                 term,
                 applied,
-                applied_term: _,
                 total,
                 offset,
                 data,

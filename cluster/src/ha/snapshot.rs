@@ -142,7 +142,6 @@ impl Replica {
 pub(super) struct Outgoing {
     pub term: u64,
     pub applied: u64,
-    applied_term: u64,
     bytes: Arc<Vec<u8>>,
     /// What the taker said it holds.
     acked: u64,
@@ -186,6 +185,11 @@ pub(super) struct Incoming {
 }
 
 impl Replica {
+    /// A snapshot is on its way to this replica.
+    pub fn taking_snapshot(&self) -> bool {
+        self.incoming.is_some()
+    }
+
     /// When the serving active next has something to do for a snapshot: chunks to send
     /// again, or a snapshot it held back. Nothing while it does not serve: it sends none then.
     pub(super) fn snapshot_deadlines(&self) -> impl Iterator<Item = Nanos> + '_ {
@@ -232,7 +236,6 @@ impl Replica {
                             p.snapshot = Some(Outgoing {
                                 term: self.term,
                                 applied: self.applied,
-                                applied_term: self.applied_term,
                                 bytes: Arc::clone(&bytes),
                                 acked: 0,
                                 sent: 0,
@@ -278,7 +281,6 @@ impl Replica {
                     chunks.push(Msg::Chunk {
                         term: s.term,
                         applied: s.applied,
-                        applied_term: s.applied_term,
                         total,
                         offset: s.sent,
                         data,

@@ -61,7 +61,6 @@ fn every_message() -> Vec<Msg> {
         Msg::Chunk {
             term: 2,
             applied: 70,
-            applied_term: 1,
             total: 100_000,
             offset: 60_000,
             data: vec![7; 300],
@@ -192,6 +191,18 @@ fn every_input_reads_back_as_written() {
     }
 }
 
+/// Replica `index` of the three the tests run.
+fn ha_config(index: u8) -> HaConfig {
+    HaConfig {
+        index,
+        addrs: addrs(),
+        heartbeat: 100 * MS,
+        misses: 3,
+        key: key(),
+        cm_secrets: Config::new("127.0.0.1:5060".parse().unwrap()).secrets(),
+    }
+}
+
 fn addrs() -> Vec<SocketAddr> {
     (0..3)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], 19_000 + i)))
@@ -225,17 +236,7 @@ const LATENCY: Nanos = 50_000;
 impl Group {
     fn new() -> Group {
         let replicas = (0..3u8)
-            .map(|i| {
-                let cfg = HaConfig {
-                    index: i,
-                    addrs: addrs(),
-                    heartbeat: 100 * MS,
-                    misses: 3,
-                    key: key(),
-                    cm_secrets: Config::new("127.0.0.1:5060".parse().unwrap()).secrets(),
-                };
-                Replica::new(cfg, Some(cm()), 0)
-            })
+            .map(|i| Replica::new(ha_config(i), Some(cm()), 0))
             .collect();
         Group {
             now: 0,
@@ -557,15 +558,7 @@ fn a_restarted_replica_takes_a_snapshot_in_chunks_over_a_lossy_link_and_follows_
     g.run(MS);
     fill(&mut g, 6_000);
     // cm-3 restarts: no state, it syncs. Every fifth datagram to it is lost, chunks too.
-    let cfg = HaConfig {
-        index: 2,
-        addrs: addrs(),
-        heartbeat: 100 * MS,
-        misses: 3,
-        key: key(),
-        cm_secrets: Config::new("127.0.0.1:5060".parse().unwrap()).secrets(),
-    };
-    g.replicas[2] = Replica::new(cfg, None, g.now);
+    g.replicas[2] = Replica::new(ha_config(2), None, g.now);
     g.lossy = Some((2, 5));
     g.run(g.now + 2_000 * MS);
     let (active, taker) = (&g.replicas[0], &g.replicas[2]);
@@ -616,15 +609,7 @@ fn a_snapshot_cut_short_or_of_another_version_is_refused_and_nothing_panics() {
 fn a_chunk_that_claims_a_snapshot_beyond_the_bound_reserves_nothing() {
     let mut g = Group::new();
     g.run(MS);
-    let cfg = HaConfig {
-        index: 2,
-        addrs: addrs(),
-        heartbeat: 100 * MS,
-        misses: 3,
-        key: key(),
-        cm_secrets: Config::new("127.0.0.1:5060".parse().unwrap()).secrets(),
-    };
-    g.replicas[2] = Replica::new(cfg, None, g.now);
+    g.replicas[2] = Replica::new(ha_config(2), None, g.now);
     let mut chunk = Vec::new();
     encode(
         &key(),
@@ -633,7 +618,6 @@ fn a_chunk_that_claims_a_snapshot_beyond_the_bound_reserves_nothing() {
         &Msg::Chunk {
             term: 1,
             applied: 1,
-            applied_term: 1,
             total: u64::MAX,
             offset: 0,
             data: vec![0; 10],
@@ -656,12 +640,9 @@ fn a_snapshot_carries_neither_the_keys_nor_the_password_prefix_and_its_taker_put
         HealthConfig::new(Duration::from_secs(1), Duration::from_millis(500), 3, 2).unwrap();
     let cm = CallManager::new(cfg, Balancer::new(health), Vec::new());
     let ha = HaConfig {
-        index: 0,
         addrs: vec![addrs()[0]],
-        heartbeat: 100 * MS,
-        misses: 3,
-        key: key(),
         cm_secrets: secrets.clone(),
+        ..ha_config(0)
     };
     let r = Replica::new(ha, Some(cm), 0);
     let bytes = snapshot::encode(&r, r.cm().unwrap()).unwrap();

@@ -24,7 +24,7 @@
 //! 5 vote       term, granted: u8, pre: u8
 //! 6 sync?      term                                          a replica with no usable state
 //! 7 resign     term                                          an active about to stop
-//! 8 chunk      term, applied, applied_term, total, offset, len: u32, bytes
+//! 8 chunk      term, applied, total, offset, len: u32, bytes
 //!                                                            active -> a replica that syncs
 //! 9 chunk ack  term, applied, got, installed: u8             its answer
 //! ```
@@ -145,7 +145,6 @@ pub enum Msg {
     Chunk {
         term: u64,
         applied: u64,
-        applied_term: u64,
         total: u64,
         offset: u64,
         data: Vec<u8>,
@@ -259,13 +258,12 @@ pub fn encode(key: &Key, from: u8, counter: u64, msg: &Msg, out: &mut Vec<u8>) {
         Msg::Chunk {
             term,
             applied,
-            applied_term,
             total,
             offset,
             data,
         } => {
             out.push(8);
-            u64s(out, &[*term, *applied, *applied_term, *total, *offset]);
+            u64s(out, &[*term, *applied, *total, *offset]);
             out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(0).to_be_bytes());
             out.extend_from_slice(data);
         }
@@ -420,8 +418,7 @@ pub fn decode(key: &Key, datagram: &[u8]) -> Result<Sealed, Malformed> {
         6 => Msg::SyncRequest { term: r.u64()? },
         7 => Msg::Resign { term: r.u64()? },
         8 => {
-            let (term, applied, applied_term, total, offset) =
-                (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+            let (term, applied, total, offset) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
             let len = r.u32()? as usize;
             if len > MAX_CHUNK {
                 return Err(Malformed::Input("a chunk longer than a chunk may be"));
@@ -429,7 +426,6 @@ pub fn decode(key: &Key, datagram: &[u8]) -> Result<Sealed, Malformed> {
             Msg::Chunk {
                 term,
                 applied,
-                applied_term,
                 total,
                 offset,
                 data: r.take(len)?.to_vec(),
