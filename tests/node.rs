@@ -156,6 +156,116 @@ fn remote_nodes_carry_calls_and_a_crashed_one_rejoins() {
 }
 
 #[test]
+fn remote_nodes_follow_a_new_active_call_manager_without_restarting() {
+    let cm_addr = format!("127.0.0.1:{}", free_port());
+    let ctl_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free TCP port")
+        .to_string();
+    let cm_json = scratch("cm-ha.json");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/netns/remote-media-ha.toml")
+        .to_string_lossy()
+        .into_owned();
+    let mut cm = spawn(
+        &[
+            "cluster",
+            &scenario,
+            "--sip",
+            &cm_addr,
+            "--join-token",
+            TOKEN,
+            "--ctl",
+            &ctl_addr,
+            "--admin-token",
+            "ha-admin",
+            "--status-every",
+            "100ms",
+            "--for",
+            "60s",
+            "--json",
+            cm_json.to_str().expect("utf-8"),
+        ],
+        &scratch("cm-ha.log"),
+    );
+    let _n1 = node("media-1", &cm_addr, None, "ha-media-1.log");
+    let _n2 = node("media-2", &cm_addr, None, "ha-media-2.log");
+    cm.wait_for_log("media-1 joined as media", Duration::from_secs(10));
+    cm.wait_for_log("media-2 joined as media", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let load_json = scratch("load-ha.json");
+    let mut load = spawn(
+        &[
+            "load",
+            "--target",
+            &cm_addr,
+            "--domain",
+            "pbxlab.test",
+            "--service",
+            "echo",
+            "--rtp",
+            "1",
+            "--calls",
+            "24",
+            "--call-rate",
+            "3/s",
+            "--hold",
+            "3s",
+            "--json",
+            load_json.to_str().expect("utf-8"),
+        ],
+        &scratch("load-ha.log"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // cm-1 resigns and restarts: cm-2 or cm-3 takes over with no session to either node.
+    let out = Command::new(env!("CARGO_BIN_EXE_pbxlab"))
+        .args(["ctl", "--ctl", &ctl_addr, "--admin-token", "ha-admin"])
+        .args(["upgrade", "--server", "cm-1"])
+        .output()
+        .expect("pbxlab ctl runs");
+    assert!(
+        out.status.success(),
+        "ctl: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cm.log()
+    );
+    cm.wait_for_log("media-1 linked again", Duration::from_secs(5));
+    cm.wait_for_log("media-2 linked again", Duration::from_secs(5));
+
+    let status = load
+        .wait_for(Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("the load did not finish:\n{}", load.log()));
+    assert!(status.success(), "load: {status}\n{}", load.log());
+    // The nodes' next figures (every second) show what they still hold.
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = cm.terminate();
+    assert!(status.success(), "cluster: {status}\n{}", cm.log());
+
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&load_json).expect("load report")).expect("JSON");
+    assert_eq!(n(&v["calls"]["failed"]), 0, "{v}");
+    assert_eq!(n(&v["calls"]["succeeded"]), 24, "{v}");
+    // Calls set up after the takeover were echoed too: their commands went on the new links.
+    assert!(
+        v["rtp"]["loss_fraction"].as_f64().expect("number") < 0.01,
+        "{v}"
+    );
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cm_json).expect("cluster report")).expect("JSON");
+    // Nobody restarted and nothing moved: the same processes, linked again.
+    assert_eq!((n(&c["moved"]), n(&c["dropped"])), (0, 0), "{c}");
+    let nodes = c["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{c}");
+    assert!(nodes.iter().all(|x| x["state"] == "online"), "{c}");
+    // Every call ended on the node that carried it, across the takeover.
+    assert!(nodes.iter().all(|x| n(&x["node_sessions"]) == 0), "{c}");
+    let link = &c["link"];
+    assert_eq!((n(&link["relinks"]), n(&link["rejoins"])), (2, 0), "{c}");
+    assert_eq!(n(&link["unauthenticated"]), 0, "{c}");
+}
+
+#[test]
 fn a_node_gives_up_when_no_call_manager_answers() {
     let nobody = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();

@@ -313,6 +313,8 @@ struct Shared {
     records: Mutex<Records>,
     /// Capacity of a new server of each role, from the scenario's pools.
     capacities: Vec<(Role, u32)>,
+    /// The token nodes in their own processes prove to join (each replica's hub takes it).
+    join_token: Option<String>,
     health: HealthConfig,
     ip: IpAddr,
     busy: Busy,
@@ -350,12 +352,6 @@ impl Cluster {
         let balancer = sc.balancer()?;
         let health = balancer.health();
         let group = usize::try_from(sc.callmanager.nodes.max(1)).unwrap_or(1);
-        if group > 1 && opts.join_token.is_some() {
-            return Err(Error::Unsupported(format!(
-                "nodes in their own processes (a join token) join one Call Manager; with \
-                 [callmanager] nodes = {group} the cluster's nodes run in its process"
-            )));
-        }
         let in_netns = !opts.cm_netns.is_empty();
         if in_netns && (opts.cm_netns.len() != group || opts.sip.port() == 0) {
             return Err(Error::Unsupported(format!(
@@ -412,6 +408,7 @@ impl Cluster {
                     role: pool.role,
                     addr: parts.0.addr(),
                     place: Place::InProcess,
+                    instance: 0,
                 });
                 handles.push(handle);
                 served.push(parts);
@@ -479,11 +476,6 @@ impl Cluster {
         })?;
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let capacities: Vec<(Role, u32)> = sc.pools.iter().map(|p| (p.role, p.capacity)).collect();
-        let hub = Hub::new(
-            opts.join_token.as_deref(),
-            &crate::random_key().map_err(Error::Random)?,
-            capacities.clone(),
-        );
         let names = sc.callmanager.names();
         let cms = (0..group)
             .map(|i| Slot {
@@ -529,6 +521,7 @@ impl Cluster {
             status: Mutex::new(Status::default()),
             records: Mutex::new(Records::default()),
             capacities,
+            join_token: opts.join_token.clone(),
             health,
             ip: node_ip,
             busy: Busy::default(),
@@ -536,21 +529,18 @@ impl Cluster {
             node_pace,
         });
         let mut socket = socket;
-        let mut hub = Some(hub);
         let mut peers = peers.into_iter();
         for i in 0..group {
             // Every replica of a new group starts from the same new Call Manager; the first
             // is the active of term 1 and holds the virtual IP from the start.
             let replica = Replica::new(ha(i), Some(cm.clone()), 0);
             let peer = peers.next();
-            let hub = if group == 1 { hub.take() } else { None };
-            let started =
-                group::start(&shared, i, replica, socket.take(), peer, hub).map_err(|e| {
-                    Error::Bind {
-                        addr: sip,
-                        error: e,
-                    }
-                })?;
+            let started = group::start(&shared, i, replica, socket.take(), peer).map_err(|e| {
+                Error::Bind {
+                    addr: sip,
+                    error: e,
+                }
+            })?;
             if let Some(slot) = shared.cms.get(i)
                 && let Ok(mut r) = slot.run.lock()
             {

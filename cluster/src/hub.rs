@@ -19,6 +19,18 @@
 //! a restart: it is offered a new session, and only once a datagram sealed for that session
 //! arrives is the node marked down (its sessions died with the old process and move now) and
 //! brought back by its probes. A JOIN replayed, or one without the token, changes nothing.
+//!
+//! With several Call Managers, every replica has a hub, and only the serving one's is used: a
+//! node joins, is marked down or sends an event through [`NodeTable`], which in a group logs
+//! each as an input, so that every replica's node table holds the node and its process
+//! `instance`. The sessions stay the hub's (their keys never leave its process). A new active
+//! takes every remote node of the table with no session yet ([`Hub::advance`]; commands for it
+//! wait) and sends each a RELINK sealed with the join key, again while it stays without one, and
+//! at once when a datagram of a session it does not have comes from the node's address. The
+//! node JOINs again with its own instance and a new nonce; once it proves the new session, the
+//! Call Manager is told ([`NodeTable::relinked`]): the same instance is the same process, told
+//! again what it carries (a command sent on the old link may have been lost with it), another
+//! one a restart. A replayed RELINK costs the node a new session, at most one a second.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -26,9 +38,10 @@ use std::sync::atomic::Ordering;
 
 use pbxlab_balancer::{Role, ServerId};
 
-use super::cm::CallManager;
+use super::cm::{CallManager, NewNode};
+use super::ha::Replica;
 use super::link::{self, Delivery, Incoming, Lost, Message, Outgoing};
-use super::node::{self, NodeControl, NodeHandle};
+use super::node::{self, NodeControl, NodeHandle, Place};
 use super::{Nanos, NodeCommand, NodeEvent};
 use pbxlab_scenario::Verb;
 
@@ -48,6 +61,66 @@ const PENDING_NS: Nanos = 10_000_000_000;
 /// A node not heard from for this long (it sends its figures every second) is shown as not
 /// running. Its probes decide whether it is down; this is only the status.
 const SILENT_NS: Nanos = 3_000_000_000;
+/// How often a node this hub has no session with is sent a RELINK.
+const HINT_EVERY: Nanos = 200_000_000;
+
+/// What the hub reads of the Call Manager, and the changes it makes there: the Call Manager
+/// itself alone, the replica in a group (each change an input every replica applies).
+pub trait NodeTable {
+    /// The Call Manager's state; none while a replica has none.
+    fn table(&self) -> Option<&CallManager>;
+    /// Adds a node: its server id, or why not.
+    fn admit(&mut self, now: Nanos, node: NewNode) -> Result<ServerId, String>;
+    /// The node is down (its link is lost): its sessions move.
+    fn down(&mut self, now: Nanos, server: ServerId);
+    fn event(&mut self, now: Nanos, server: ServerId, event: NodeEvent);
+    /// The node's link was made again by process `instance` (see [`CallManager::relink`]).
+    fn relinked(&mut self, now: Nanos, server: ServerId, instance: u64);
+}
+
+impl NodeTable for CallManager {
+    fn table(&self) -> Option<&CallManager> {
+        Some(self)
+    }
+
+    fn admit(&mut self, _now: Nanos, node: NewNode) -> Result<ServerId, String> {
+        self.add_node(&node).map_err(|e| e.to_string())
+    }
+
+    fn down(&mut self, now: Nanos, server: ServerId) {
+        let _ = self.admin(now, server, Verb::Stop);
+    }
+
+    fn event(&mut self, now: Nanos, server: ServerId, event: NodeEvent) {
+        self.on_node_event(now, server, event);
+    }
+
+    fn relinked(&mut self, now: Nanos, server: ServerId, instance: u64) {
+        self.relink(now, server, instance);
+    }
+}
+
+impl NodeTable for Replica {
+    fn table(&self) -> Option<&CallManager> {
+        self.cm()
+    }
+
+    fn admit(&mut self, now: Nanos, node: NewNode) -> Result<ServerId, String> {
+        self.add_node(now, node)
+    }
+
+    fn down(&mut self, now: Nanos, server: ServerId) {
+        let _ = self.admin(now, server, Verb::Stop);
+    }
+
+    fn event(&mut self, now: Nanos, server: ServerId, event: NodeEvent) {
+        self.node_event(now, server, event);
+    }
+
+    fn relinked(&mut self, now: Nanos, server: ServerId, instance: u64) {
+        self.relink(now, server, instance);
+    }
+}
 
 /// What the hub has seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,6 +144,13 @@ pub struct HubStats {
     /// JOINs that claimed a restart of a live node and were sent a session: the node is
     /// taken down only once its new process proves that session.
     pub restart_claims: u64,
+    /// Links made again by the node's same process (after a takeover, or a RELINK replayed).
+    pub relinks: u64,
+    /// RELINKs sent to nodes this hub has no session with.
+    pub hints: u64,
+    /// Datagrams from a remote node's address while this hub has no session with it (sealed
+    /// for one of an earlier active's, most likely): not opened, answered with a RELINK.
+    pub sessionless: u64,
     /// Datagrams dropped because the outbox was full.
     pub dropped: u64,
 }
@@ -80,7 +160,8 @@ pub struct HubStats {
 #[derive(Debug)]
 struct Remote {
     id: ServerId,
-    session: Session,
+    /// None: taken over from another active, waiting for the node to JOIN again.
+    session: Option<Session>,
     /// JOINs that claimed the node restarted: the sessions offered to their processes (the
     /// newest last, at most [`MAX_CLAIMS`]), until one proves its own (and the node is taken
     /// down). Several are kept so that a few replayed JOINs cannot push out a real one.
@@ -93,6 +174,8 @@ struct Remote {
     /// has moved away, so the next command is preceded by a Reset.
     resync: bool,
     lost: bool,
+    /// The next RELINK while it has no session.
+    next_hint: Nanos,
 }
 
 /// One process of a node, as its JOIN named it, and the session it was given.
@@ -179,7 +262,13 @@ impl Hub {
     }
 
     /// Takes one link datagram that arrived at the Call Manager's socket.
-    pub fn handle(&mut self, cm: &mut CallManager, now: Nanos, from: SocketAddr, datagram: &[u8]) {
+    pub fn handle(
+        &mut self,
+        cm: &mut impl NodeTable,
+        now: Nanos,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) {
         let Some((sealed, msg)) = link::unseal(datagram)
             .ok()
             .and_then(|s| Some((s, link::decode(s.body).ok()?)))
@@ -187,6 +276,7 @@ impl Hub {
             self.stats.malformed += 1;
             return;
         };
+        self.adopt(cm, now);
         if let Message::Join {
             name,
             role,
@@ -219,7 +309,10 @@ impl Hub {
         if let Some(p) = proved {
             self.admit(cm, now, p);
         }
-        let Some(node) = cm.node_at(from).filter(|n| n.place == node::Place::Remote) else {
+        let Some(table) = cm.table() else {
+            return;
+        };
+        let Some(node) = table.node_at(from).filter(|n| n.place == Place::Remote) else {
             self.stats.ignored += 1;
             return;
         };
@@ -231,25 +324,36 @@ impl Hub {
         let Some(r) = self.remotes.get_mut(i) else {
             return;
         };
-        match if proved.is_some() {
-            Ok(())
-        } else {
-            r.session.rx.open(&sealed)
-        } {
+        let opened = match (proved.is_some(), r.session.as_mut()) {
+            (true, _) => Ok(()),
+            (false, Some(s)) => s.rx.open(&sealed),
+            (false, None) => Err(link::Unsealed::Forged),
+        };
+        match opened {
             Ok(()) => {}
             Err(link::Unsealed::Replayed) => {
                 self.stats.replayed += 1;
                 return;
             }
             Err(link::Unsealed::Forged) => {
-                // The new process of a claimed restart proves its session: the restart is
-                // real now.
+                // The process of a JOIN proves the session it was offered: a restart or a
+                // new link is real now.
                 let Some(proved) = r.claims.iter_mut().position(|s| s.rx.open(&sealed).is_ok())
                 else {
-                    self.stats.unauthenticated += 1;
+                    if r.session.is_none() {
+                        // Sealed for a session of an earlier active's, most likely.
+                        self.stats.sessionless += 1;
+                        if now >= r.next_hint {
+                            let key = self.join_key.as_ref();
+                            let to = (from, node.instance);
+                            hint(r, now, to, key, &mut self.out, &mut self.stats);
+                        }
+                    } else {
+                        self.stats.unauthenticated += 1;
+                    }
                     return;
                 };
-                self.rejoin(cm, now, i, proved);
+                self.relinked(cm, now, i, proved);
             }
         }
         let Hub {
@@ -263,27 +367,81 @@ impl Hub {
             return;
         };
         heard(r, now, &name, log);
+        let Some(session) = r.session.as_mut() else {
+            return;
+        };
         match msg {
             Message::Ack { seq } => {
                 r.out.ack(seq);
             }
             Message::Event { seq, event } => {
                 if r.events.receive(seq, event) != Delivery::TooFar {
-                    let ack = r.session.tx.seal(&Message::Ack { seq });
+                    let ack = session.tx.seal(&Message::Ack { seq });
                     queue(out, stats, from, ack);
                 }
                 while let Some(event) = r.events.pop() {
                     stats.events += 1;
-                    cm.on_node_event(now, r.id, event);
+                    cm.event(now, r.id, event);
                 }
             }
             Message::Stats {
                 stats: figures,
                 io_errors,
             } => r.control.counters.publish(&figures, io_errors),
-            // JOINED, REFUSED and CMD go the other way.
+            // JOINED, REFUSED, RELINK and CMD go the other way.
             _ => stats.ignored += 1,
         }
+    }
+
+    /// Takes every remote node of the Call Manager's table it has no link for (a group's new
+    /// active: they joined under another), with no session yet: commands for it wait, and it
+    /// is asked to JOIN again.
+    fn adopt(&mut self, cm: &impl NodeTable, now: Nanos) {
+        let Some(table) = cm.table() else {
+            return;
+        };
+        let live = |n: &&crate::cm::NodeSpec| {
+            n.place == Place::Remote && table.balancer().server(n.id).is_some()
+        };
+        if table.nodes().iter().filter(live).count() == self.remotes.len() {
+            return;
+        }
+        for n in table.nodes().iter().filter(live) {
+            if self.remotes.len() >= MAX_REMOTES {
+                break;
+            }
+            if self.remotes.iter().any(|r| r.id == n.id) {
+                continue;
+            }
+            let (handle, control) = node::remote(n.id.0);
+            self.joined.push(handle);
+            self.remotes.push(Remote {
+                id: n.id,
+                session: None,
+                claims: Vec::new(),
+                control,
+                out: Outgoing::new(1),
+                events: Incoming::new(1),
+                last_heard: now,
+                resync: false,
+                lost: false,
+                next_hint: now,
+            });
+            self.log.push(line(
+                now,
+                &n.name,
+                &format!("taken over at {}: asked to join again", n.addr),
+            ));
+        }
+    }
+
+    /// Forgets every link and offer: this replica stopped serving, and the next active makes
+    /// its own. What is queued for the nodes is dropped; their handles go dead.
+    pub fn forget(&mut self) {
+        self.remotes.clear();
+        self.pending.clear();
+        self.out.clear();
+        self.joined.clear();
     }
 
     /// A session for a JOIN: the Call Manager's half drawn, the JOINED sealed.
@@ -309,7 +467,7 @@ impl Hub {
         })
     }
 
-    fn join(&mut self, cm: &mut CallManager, now: Nanos, asked: &Asked<'_>) {
+    fn join(&mut self, cm: &mut impl NodeTable, now: Nanos, asked: &Asked<'_>) {
         let &Asked {
             from,
             name,
@@ -325,7 +483,10 @@ impl Hub {
         else {
             return self.refuse(now, from, name, format!("the cluster has no {role} pool"));
         };
-        let known = |r: &Remote| cm.node(r.id).filter(|n| n.name == name).cloned();
+        let Some(table) = cm.table() else {
+            return;
+        };
+        let known = |r: &Remote| table.node(r.id).filter(|n| n.name == name).cloned();
         if let Some((i, row)) = self
             .remotes
             .iter()
@@ -333,7 +494,7 @@ impl Hub {
             .find_map(|(i, r)| known(r).map(|row| (i, row)))
         {
             let r = &self.remotes[i];
-            if cm.balancer().server(r.id).is_none() {
+            if table.balancer().server(r.id).is_none() {
                 // Removed from the cluster (`rm`): it may join again, as a new server.
                 self.remotes.remove(i);
             } else if row.addr != from {
@@ -346,17 +507,21 @@ impl Hub {
                 let same = |s: &Session| s.instance == instance && s.nonce == nonce;
                 // Our JOINED was lost, or is on its way (or the JOIN is a replay): the same
                 // answer again, and nothing changes.
-                let again = std::iter::once(&r.session)
+                let again = r
+                    .session
+                    .iter()
                     .chain(&r.claims)
                     .find(|s| same(s))
                     .map(|s| s.joined.clone());
                 if let Some(joined) = again {
                     return queue(&mut self.out, &mut self.stats, from, joined);
                 }
-                // A new process, it says: it gets a session, and the node stays up until
-                // that process proves it. A replayed JOIN of another process never can.
-                let (id, first_seq) = (r.id, r.out.next_seq());
-                let Some(session) = self.session(id, asked, first_seq) else {
+                // A new session, for a new process (a restart) or the same one (a new link):
+                // the node keeps its old one until that process proves the new session. A
+                // replayed JOIN of another process never can.
+                let id = r.id;
+                let restart = row.instance != instance;
+                let Some(session) = self.session(id, asked, 1) else {
                     return;
                 };
                 let joined = session.joined.clone();
@@ -366,16 +531,21 @@ impl Hub {
                     }
                     r.claims.push(session);
                 }
-                self.stats.restart_claims += 1;
+                if restart {
+                    self.stats.restart_claims += 1;
+                }
                 return queue(&mut self.out, &mut self.stats, from, joined);
             }
         }
-        let live = |id: ServerId| cm.balancer().server(id).is_some();
-        if cm.nodes().iter().any(|n| n.name == name && live(n.id)) {
+        let Some(table) = cm.table() else {
+            return;
+        };
+        let live = |id: ServerId| table.balancer().server(id).is_some();
+        if table.nodes().iter().any(|n| n.name == name && live(n.id)) {
             let reason = format!("a server named {name} already exists");
             return self.refuse(now, from, name, reason);
         }
-        if let Some(n) = cm.nodes().iter().find(|n| n.addr == from && live(n.id)) {
+        if let Some(n) = table.nodes().iter().find(|n| n.addr == from && live(n.id)) {
             let reason = format!("address {from} is taken by {}", n.name);
             return self.refuse(now, from, name, reason);
         }
@@ -383,6 +553,7 @@ impl Hub {
             let reason = format!("this Call Manager takes at most {MAX_REMOTES} remote nodes");
             return self.refuse(now, from, name, reason);
         }
+        let next_id = ServerId(table.nodes().len() as u32);
         let same = |p: &Pending| {
             p.name == name
                 && p.from == from
@@ -404,8 +575,7 @@ impl Hub {
         if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
-        let id = ServerId(cm.nodes().len() as u32);
-        let Some(session) = self.session(id, asked, 1) else {
+        let Some(session) = self.session(next_id, asked, 1) else {
             return;
         };
         let joined = session.joined.clone();
@@ -414,7 +584,7 @@ impl Hub {
             name: name.to_owned(),
             role,
             capacity,
-            id,
+            id: next_id,
             session,
             since: now,
         });
@@ -423,7 +593,7 @@ impl Hub {
 
     /// The node offered `self.pending[p]` proved it: it is added to the cluster now, with that
     /// session, unless its name or address was taken meanwhile (then it is refused).
-    fn admit(&mut self, cm: &mut CallManager, now: Nanos, p: usize) {
+    fn admit(&mut self, cm: &mut impl NodeTable, now: Nanos, p: usize) {
         if p >= self.pending.len() {
             return;
         }
@@ -439,8 +609,11 @@ impl Hub {
             session,
             ..
         } = offer;
-        let live = |id: ServerId| cm.balancer().server(id).is_some();
-        if cm
+        let Some(table) = cm.table() else {
+            return;
+        };
+        let live = |id: ServerId| table.balancer().server(id).is_some();
+        if table
             .nodes()
             .iter()
             .any(|n| (n.name == name || n.addr == from) && live(n.id))
@@ -452,15 +625,23 @@ impl Hub {
             let reason = format!("this Call Manager takes at most {MAX_REMOTES} remote nodes");
             return self.refuse(now, from, &name, reason);
         }
-        let id = match cm.add_node(&name, role, from, capacity, node::Place::Remote) {
+        let node = NewNode {
+            name: name.clone(),
+            role,
+            addr: from,
+            capacity,
+            place: Place::Remote,
+            instance: session.instance,
+        };
+        let id = match cm.admit(now, node) {
             Ok(id) => id,
-            Err(e) => return self.refuse(now, from, &name, e.to_string()),
+            Err(e) => return self.refuse(now, from, &name, e),
         };
         let (handle, control) = node::remote(id.0);
         self.joined.push(handle);
         self.remotes.push(Remote {
             id,
-            session,
+            session: Some(session),
             claims: Vec::new(),
             control,
             out: Outgoing::new(1),
@@ -468,6 +649,7 @@ impl Hub {
             last_heard: now,
             resync: false,
             lost: false,
+            next_hint: now,
         });
         self.stats.joins += 1;
         let note = if id == offered {
@@ -485,9 +667,11 @@ impl Hub {
         ));
     }
 
-    /// A known node's new process, which proved the session its JOIN was given: whatever the
-    /// old one had is gone, and so is whatever was queued for it.
-    fn rejoin(&mut self, cm: &mut CallManager, now: Nanos, i: usize, claim: usize) {
+    /// A known node's process proved the session its JOIN was given. A new process (a
+    /// restart): whatever the old one had is gone, and so is whatever was queued for it. The
+    /// same process (a new link): what is queued goes on the new session, and the Call Manager
+    /// tells it again what it carries.
+    fn relinked(&mut self, cm: &mut impl NodeTable, now: Nanos, i: usize, claim: usize) {
         let Hub {
             remotes,
             log,
@@ -495,28 +679,38 @@ impl Hub {
             ..
         } = self;
         let Some(r) = remotes.get_mut(i) else { return };
-        let Some(node) = cm.node(r.id) else { return };
+        let Some(node) = cm.table().and_then(|t| t.node(r.id)) else {
+            return;
+        };
         if claim >= r.claims.len() {
             return;
         }
         let session = r.claims.swap_remove(claim);
         r.claims.clear();
         let (name, addr) = (node.name.clone(), node.addr);
-        while r.control.commands.try_recv().is_ok() {}
-        r.out = Outgoing::new(session.first_seq);
-        r.session = session;
+        let restart = node.instance != session.instance;
+        let instance = session.instance;
+        if restart {
+            while r.control.commands.try_recv().is_ok() {}
+            r.out.clear();
+        }
+        r.out.restart(session.first_seq);
+        r.session = Some(session);
         r.events = Incoming::new(1);
         r.resync = false;
         r.lost = false;
         heard(r, now, &name, log);
-        stats.rejoins += 1;
-        // Its sessions died with the old process: they move now, as after a failed probe.
-        let _ = cm.admin(now, r.id, Verb::Stop);
-        log.push(line(
-            now,
-            &name,
-            &format!("rejoined from {addr} (restarted): down until its probes bring it back"),
-        ));
+        let id = r.id;
+        let what = if restart {
+            stats.rejoins += 1;
+            // Its sessions died with the old process: they move now, as after a failed probe.
+            format!("rejoined from {addr} (restarted): down until its probes bring it back")
+        } else {
+            stats.relinks += 1;
+            format!("linked again from {addr}: told again what it carries")
+        };
+        log.push(line(now, &name, &what));
+        cm.relinked(now, id, instance);
     }
 
     fn refuse(&mut self, now: Nanos, from: SocketAddr, name: &str, reason: String) {
@@ -547,18 +741,24 @@ impl Hub {
     }
 
     /// Moves the commands routed to remote nodes onto their links, and sends what is due.
-    pub fn advance(&mut self, cm: &mut CallManager, now: Nanos) {
+    pub fn advance(&mut self, cm: &mut impl NodeTable, now: Nanos) {
         self.pending
             .retain(|p| now.saturating_sub(p.since) <= PENDING_NS);
+        self.adopt(cm, now);
         let Hub {
             remotes,
             out,
             log,
             stats,
+            join_key,
             ..
         } = self;
         for r in remotes.iter_mut() {
-            let Some(addr) = cm.node(r.id).map(|n| n.addr) else {
+            let Some((addr, instance)) = cm
+                .table()
+                .and_then(|t| t.node(r.id))
+                .map(|n| (n.addr, n.instance))
+            else {
                 continue;
             };
             let mut lost = None;
@@ -574,17 +774,25 @@ impl Hub {
                 }
             }
             let mut due = Vec::new();
-            if lost.is_none()
-                && let Err(e) = r
-                    .out
-                    .poll_transmit(now, |seq, command| due.push((seq, command.clone())))
-            {
-                lost = Some(e);
-            }
-            for (seq, command) in due {
-                stats.commands_sent += 1;
-                let sealed = r.session.tx.seal(&Message::Command { seq, command });
-                queue(out, stats, addr, sealed);
+            match r.session.as_mut() {
+                None if now >= r.next_hint => {
+                    hint(r, now, (addr, instance), join_key.as_ref(), out, stats);
+                }
+                None => {}
+                Some(session) => {
+                    if lost.is_none()
+                        && let Err(e) = r
+                            .out
+                            .poll_transmit(now, |seq, command| due.push((seq, command.clone())))
+                    {
+                        lost = Some(e);
+                    }
+                    for (seq, command) in due {
+                        stats.commands_sent += 1;
+                        let sealed = session.tx.seal(&Message::Command { seq, command });
+                        queue(out, stats, addr, sealed);
+                    }
+                }
             }
             if let Some(e) = lost {
                 lose(cm, now, r, e, log, stats);
@@ -641,10 +849,30 @@ fn heard(r: &mut Remote, now: Nanos, name: &str, log: &mut Vec<String>) {
     }
 }
 
+/// Asks a node this hub has no session with to JOIN again (sealed with the join key: only a
+/// Call Manager that knows the token can ask).
+fn hint(
+    r: &mut Remote,
+    now: Nanos,
+    (to, instance): (SocketAddr, u64),
+    join_key: Option<&pbxlab_proto::mac::Key>,
+    out: &mut Vec<(SocketAddr, Vec<u8>)>,
+    stats: &mut HubStats,
+) {
+    let Some(key) = join_key else {
+        return;
+    };
+    r.next_hint = now + HINT_EVERY;
+    stats.hints += 1;
+    let mut relink = Vec::new();
+    link::seal(key, stats.hints, &Message::Relink { instance }, &mut relink);
+    queue(out, stats, to, relink);
+}
+
 /// Gives up on what was queued for `r`: the node is marked down (its probes have most likely
 /// done so already) and is told to start afresh with the next command.
 fn lose(
-    cm: &mut CallManager,
+    cm: &mut impl NodeTable,
     now: Nanos,
     r: &mut Remote,
     why: Lost,
@@ -657,10 +885,13 @@ fn lose(
     if !r.lost {
         r.lost = true;
         stats.lost += 1;
-        let name = cm.node(r.id).map_or("?", |n| n.name.as_str());
+        let name = cm
+            .table()
+            .and_then(|t| t.node(r.id))
+            .map_or("?", |n| n.name.as_str());
         log.push(line(now, name, &format!("link lost ({why}): marked down")));
     }
-    let _ = cm.admin(now, r.id, Verb::Stop);
+    cm.down(now, r.id);
 }
 
 #[cfg(test)]
@@ -906,7 +1137,7 @@ mod tests {
         to_hub(&mut h, &mut cm, 2, node_addr(2), &mut a2);
         assert!(matches!(
             &sent(&mut h)[..],
-            [(to, Message::Joined { id: 0, first_seq: 3, .. })] if *to == node_addr(2)
+            [(to, Message::Joined { id: 0, first_seq: 1, .. })] if *to == node_addr(2)
         ));
         assert_eq!((h.stats().rejoins, h.stats().restart_claims), (0, 1));
         assert!(healthy(&cm));
@@ -927,6 +1158,79 @@ mod tests {
         h.advance(&mut cm, 4 * link::RETRY);
         assert_eq!(to_member(&mut h, 4, node_addr(2), &mut a2), [echo(4)]);
         assert_eq!(a2.stats().unauthenticated, 0);
+    }
+
+    #[test]
+    fn a_new_active_links_again_with_the_same_process_which_keeps_its_sessions() {
+        let (mut cm, mut h1) = (call_manager(), hub());
+        let mut a = member("media-a", Role::Media, "tok");
+        joined(&mut h1, &mut cm, 0, node_addr(2), &mut a);
+        assert_eq!(cm.node(ServerId(0)).unwrap().instance, a.spec().instance);
+        // An event the old active never acknowledged.
+        a.push_event(NodeEvent::Digit {
+            session: MediaSession(7),
+            digit: '5',
+        });
+        a.advance(1, &node::NodeStats::default(), 0);
+        let _lost = to_hub(&mut h1, &mut cm.clone(), 1, node_addr(2), &mut a);
+        // The new active's hub, over the same table (replicated), with a key of its own.
+        let mut h2 = Hub::new(Some("tok"), &Key::from_seed(2), vec![(Role::Media, 50)]);
+        let handle = {
+            h2.advance(&mut cm, 10);
+            let mut handles = h2.take_joined();
+            assert_eq!(handles.len(), 1, "{:?}", h2.take_log());
+            handles.remove(0)
+        };
+        // Commands for it wait for its session; it is asked to join again.
+        assert!(handle.send(echo(1)));
+        h2.advance(&mut cm, 11);
+        let hints = sent(&mut h2);
+        assert!(
+            matches!(&hints[..], [(to, Message::Relink { instance })]
+                if *to == node_addr(2) && *instance == a.spec().instance),
+            "{hints:?}"
+        );
+        // The node's next datagram, sealed for the old session, gets another one.
+        a.advance(1_000_000_001, &node::NodeStats::default(), 0);
+        to_hub(&mut h2, &mut cm, 12, node_addr(2), &mut a);
+        assert!(h2.stats().sessionless >= 1);
+        assert!(sent(&mut h2).is_empty(), "at most one RELINK per interval");
+        // The node takes the RELINK, joins again with its instance and a new nonce.
+        let mut hint = Vec::new();
+        link::seal(
+            &link::join_key("tok"),
+            1,
+            &Message::Relink {
+                instance: a.spec().instance,
+            },
+            &mut hint,
+        );
+        a.handle(20, cm_addr(), &hint, |_| {});
+        assert_eq!(a.state(), &MemberState::Joining);
+        a.advance(20, &node::NodeStats::default(), 0);
+        to_hub(&mut h2, &mut cm, 20, node_addr(2), &mut a);
+        assert_eq!(h2.stats().restart_claims, 0);
+        to_member(&mut h2, 21, node_addr(2), &mut a);
+        assert_eq!(a.state(), &MemberState::Joined(0));
+        assert!(healthy(&cm));
+        // Its first figures prove the session: a new link, not a restart; the node stays up,
+        // the waiting command goes, and the event comes again on the new session, once.
+        a.advance(22, &node::NodeStats::default(), 0);
+        to_hub(&mut h2, &mut cm, 22, node_addr(2), &mut a);
+        let st = h2.stats();
+        assert_eq!((st.relinks, st.rejoins, st.events), (1, 0, 1), "{st:?}");
+        assert!(healthy(&cm));
+        h2.advance(&mut cm, 23);
+        assert_eq!(to_member(&mut h2, 24, node_addr(2), &mut a), [echo(1)]);
+        assert_eq!(a.stats().unauthenticated, 0);
+        assert!(
+            h2.take_log()
+                .iter()
+                .any(|l| l.contains("media-a linked again from 10.211.0.2:7000")),
+        );
+        // A RELINK replayed now is taken at most once a second.
+        a.handle(25, cm_addr(), &hint, |_| {});
+        assert!(matches!(a.state(), MemberState::Joined(_)));
     }
 
     #[test]

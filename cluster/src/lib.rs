@@ -138,6 +138,13 @@ pub enum NodeCommand {
     /// The node's process started afresh (after a crash, a stop or an upgrade): every session
     /// it had is gone.
     Reset,
+    /// The Call Manager is about to tell the node again every session it carries (a new link
+    /// after a takeover): the sessions it has now are marked, and each one started again is
+    /// unmarked.
+    Mark,
+    /// The sessions still marked are ones the Call Manager no longer has (their end was lost
+    /// with the old link): they end.
+    Sweep,
 }
 
 /// What a node tells the Call Manager.

@@ -289,6 +289,11 @@ pub enum Message {
     Refused {
         reason: String,
     },
+    /// A Call Manager that has no session with the node's process `instance` (it took over
+    /// from another) asks it to JOIN again, keeping its sessions (sealed with the join key).
+    Relink {
+        instance: u64,
+    },
     Command {
         seq: u64,
         command: NodeCommand,
@@ -338,6 +343,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             nonce,
         } => write!(s, "JOINED {id} {first_seq} {nonce}"),
         Message::Refused { reason } => write!(s, "REFUSED {reason}"),
+        Message::Relink { instance } => write!(s, "RELINK {instance:x}"),
         Message::Command { seq, command } => {
             let _ = write!(s, "CMD {seq} ");
             write_command(&mut s, command)
@@ -372,6 +378,8 @@ fn write_command(s: &mut String, command: &NodeCommand) -> std::fmt::Result {
         }
         NodeCommand::End { session } => write!(s, "end {}", session.0),
         NodeCommand::Reset => write!(s, "reset"),
+        NodeCommand::Mark => write!(s, "mark"),
+        NodeCommand::Sweep => write!(s, "sweep"),
     }
 }
 
@@ -497,6 +505,9 @@ pub fn decode(datagram: &[u8]) -> Result<Message, Malformed> {
                 nonce,
             }
         }
+        "RELINK" => Message::Relink {
+            instance: w.hex("RELINK needs a hex instance")?,
+        },
         "CMD" => {
             let seq = w.number("CMD needs a sequence number")?;
             let command = read_command(&mut w)?;
@@ -541,8 +552,11 @@ pub fn decode(datagram: &[u8]) -> Result<Message, Malformed> {
 
 fn read_command(w: &mut Words<'_>) -> Result<NodeCommand, Malformed> {
     let kind = w.word("CMD needs a kind")?;
-    if kind == "reset" {
-        return Ok(NodeCommand::Reset);
+    match kind {
+        "reset" => return Ok(NodeCommand::Reset),
+        "mark" => return Ok(NodeCommand::Mark),
+        "sweep" => return Ok(NodeCommand::Sweep),
+        _ => {}
     }
     let session = MediaSession(w.number("CMD needs a session")?);
     Ok(match kind {
@@ -754,6 +768,18 @@ impl<T> Outgoing<T> {
         self.queue.clear();
     }
 
+    /// Numbers what is still queued afresh from `first_seq`, as if none of it had been sent:
+    /// the link starts a new session, whose receiver expects `first_seq` first.
+    pub fn restart(&mut self, first_seq: u64) {
+        self.next_seq = first_seq;
+        for p in &mut self.queue {
+            p.seq = self.next_seq;
+            p.sent_at = None;
+            p.attempts = 0;
+            self.next_seq += 1;
+        }
+    }
+
     /// The messages that may be in flight: the oldest unacknowledged one and those less than
     /// [`WINDOW`] after it, which the receiver has room to hold.
     fn window(&mut self) -> impl Iterator<Item = &mut Pending<T>> {
@@ -915,6 +941,10 @@ mod tests {
         };
         assert_eq!(text(&refused), "PBXL/1 REFUSED wrong token");
         assert_eq!(
+            text(&Message::Relink { instance: 0xbeef }),
+            "PBXL/1 RELINK beef"
+        );
+        assert_eq!(
             text(&Message::Command {
                 seq: 1,
                 command: NodeCommand::Reset
@@ -1067,6 +1097,25 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_numbers_what_is_queued_afresh_and_sends_it_again() {
+        let mut out = Outgoing::new(5);
+        for m in ["a", "b", "c"] {
+            out.push(m).unwrap();
+        }
+        let mut sent = Vec::new();
+        out.poll_transmit(0, |seq, m| sent.push((seq, *m))).unwrap();
+        assert!(out.ack(5));
+        out.restart(1);
+        sent.clear();
+        // At once, not a RETRY later: the new session has seen none of it.
+        out.poll_transmit(1, |seq, m| sent.push((seq, *m))).unwrap();
+        assert_eq!(sent, [(1, "b"), (2, "c")]);
+        assert_eq!(out.push("d"), Ok(3));
+        assert!(!out.ack(6), "a number of the old session");
+        assert!(out.ack(1) && out.ack(2) && out.ack(3));
+    }
+
+    #[test]
     fn outgoing_keeps_to_the_window_and_is_bounded() {
         let mut out = Outgoing::new(1);
         for i in 0..MAX_QUEUED {
@@ -1187,6 +1236,8 @@ mod tests {
                 .prop_map(|(session, room, leg)| NodeCommand::Join { session, room, leg }),
             s.prop_map(|session| NodeCommand::End { session }),
             Just(NodeCommand::Reset),
+            Just(NodeCommand::Mark),
+            Just(NodeCommand::Sweep),
         ]
     }
 
@@ -1219,6 +1270,7 @@ mod tests {
                 }
             ),
             "[!-~][ -~]{0,200}".prop_map(|reason| Message::Refused { reason }),
+            any::<u64>().prop_map(|instance| Message::Relink { instance }),
             (any::<u64>(), arb_command())
                 .prop_map(|(seq, command)| Message::Command { seq, command }),
             (any::<u64>(), any::<u64>(), "[0-9*#A-D]").prop_map(|(seq, s, d)| {

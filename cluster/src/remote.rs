@@ -9,9 +9,15 @@
 //! it takes only a JOINED sealed for its own JOIN, and then only datagrams of that session
 //! numbered above the last one taken.
 //!
-//! What it does not do: notice that the Call Manager restarted (a restarted Call Manager does
-//! not know the node; restart the node too), or choose its address: the Call Manager sends
-//! probes, commands and callers' media to the address the JOIN came from.
+//! A Call Manager that took over from another (a group's new active) has no session with the
+//! node and sends a RELINK, sealed with the join key, for the node's process: the member JOINs
+//! again with the same instance and a new nonce, keeps serving meanwhile, and keeps its
+//! unacknowledged events for the new session. It does so at most once a second, and a REFUSED
+//! while it rejoins is not believed (anyone can seal one): it keeps asking.
+//!
+//! What it does not do: notice that a lone Call Manager restarted (it does not know the node;
+//! restart the node too), or choose its address: the Call Manager sends probes, commands and
+//! callers' media to the address the JOIN came from.
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, UdpSocket};
@@ -27,6 +33,8 @@ use crate::Error;
 
 /// How often a JOIN is repeated until the Call Manager answers.
 const JOIN_RETRY: Nanos = 250_000_000;
+/// The least time between two RELINKs taken (a replayed one costs a new session, no more).
+const RELINK_EVERY: Nanos = 1_000_000_000;
 /// How often the node's figures go to the Call Manager (and show it the node is there).
 const STATS_EVERY: Nanos = 1_000_000_000;
 /// Link datagrams queued between two calls of [`Member::transmit_all`]: an ACK per command
@@ -115,6 +123,8 @@ pub struct MemberStats {
     pub unauthenticated: u64,
     /// Sealed datagrams numbered at or below one taken before (replays): dropped.
     pub replayed: u64,
+    /// RELINKs taken: the node joined again, keeping its sessions.
+    pub relinks: u64,
 }
 
 /// The node's side of the link.
@@ -124,6 +134,12 @@ pub struct Member {
     join_key: pbxlab_proto::mac::Key,
     /// The session's seals, once JOINED.
     session: Option<(link::Sealer, link::Opener)>,
+    /// This JOIN's half of the session key: the spec's first, a new one for each rejoin.
+    nonce: link::Nonce,
+    /// It joined once and asks again (a RELINK): a REFUSED is not the end now.
+    rejoining: bool,
+    /// No RELINK is taken before this.
+    next_relink: Nanos,
     state: MemberState,
     next_join: Nanos,
     commands: Incoming<NodeCommand>,
@@ -137,8 +153,11 @@ impl Member {
     pub fn new(spec: JoinSpec) -> Member {
         Member {
             join_key: link::join_key(&spec.token),
+            nonce: spec.nonce,
             spec,
             session: None,
+            rejoining: false,
+            next_relink: 0,
             state: MemberState::Joining,
             next_join: 0,
             commands: Incoming::new(0),
@@ -197,6 +216,9 @@ impl Member {
                 return;
             }
         };
+        if let Message::Relink { instance } = msg {
+            return self.relink(now, &sealed, instance);
+        }
         if let Some((_, rx)) = &mut self.session {
             match rx.open(&sealed) {
                 Ok(()) => {}
@@ -221,7 +243,7 @@ impl Member {
             ) => {
                 // Sealed with the session key of our nonce and the Call Manager's: it answers
                 // our JOIN, from a Call Manager that knows the token.
-                let keys = link::SessionKeys::new(&self.join_key, &self.spec.nonce, &nonce);
+                let keys = link::SessionKeys::new(&self.join_key, &self.nonce, &nonce);
                 if !sealed.verify(&keys.to_node) {
                     self.stats.unauthenticated += 1;
                     return;
@@ -231,9 +253,15 @@ impl Member {
                     link::Opener::new(keys.to_node),
                 ));
                 self.state = MemberState::Joined(id);
+                self.rejoining = false;
                 self.commands = Incoming::new(first_seq);
+                // Events the last session did not see acknowledged go on this one.
+                self.events.restart(1);
                 // The first figures at once: the Call Manager hears from us before any probe.
                 self.next_stats = now;
+            }
+            (MemberState::Joining, Message::Refused { .. }) if self.rejoining => {
+                self.stats.ignored += 1;
             }
             (MemberState::Joining, Message::Refused { reason }) => {
                 self.state = MemberState::Refused(reason);
@@ -260,6 +288,32 @@ impl Member {
         }
     }
 
+    /// A RELINK: a Call Manager that knows the token and has no session with this process
+    /// asks it to JOIN again. Taken while joined, for this instance, at most once a second.
+    fn relink(&mut self, now: Nanos, sealed: &link::Sealed<'_>, instance: u64) {
+        if !sealed.verify(&self.join_key) {
+            self.stats.unauthenticated += 1;
+            return;
+        }
+        if instance != self.spec.instance
+            || !matches!(self.state, MemberState::Joined(_))
+            || now < self.next_relink
+        {
+            self.stats.ignored += 1;
+            return;
+        }
+        self.stats.relinks += 1;
+        self.next_relink = now + RELINK_EVERY;
+        self.nonce = link::Nonce::from_key(
+            &self.join_key.derive("relink nonce"),
+            &[&self.spec.nonce.0, &self.stats.relinks.to_be_bytes()],
+        );
+        self.session = None;
+        self.rejoining = true;
+        self.state = MemberState::Joining;
+        self.next_join = now;
+    }
+
     /// Queues an event for the Call Manager.
     pub fn push_event(&mut self, event: NodeEvent) {
         if self.events.push(event).is_err() {
@@ -277,7 +331,7 @@ impl Member {
                         name: self.spec.name.clone(),
                         role: self.spec.role,
                         instance: self.spec.instance,
-                        nonce: self.spec.nonce,
+                        nonce: self.nonce,
                     };
                     self.queue(&join);
                 }
@@ -601,5 +655,91 @@ mod tests {
         let a = JoinSpec::new(cm(), "m", Role::Media, "t").unwrap();
         let b = JoinSpec::new(cm(), "m", Role::Media, "t").unwrap();
         assert_ne!(a.instance, b.instance);
+    }
+}
+
+#[cfg(test)]
+mod relink_tests {
+    use super::*;
+
+    fn cm() -> SocketAddr {
+        SocketAddr::from(([10, 211, 0, 1], 5060))
+    }
+
+    fn relink(key: &pbxlab_proto::mac::Key, instance: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        link::seal(key, 1, &Message::Relink { instance }, &mut b);
+        b
+    }
+
+    /// The JOINED a Call Manager sends for the node nonce `node`.
+    fn joined(node: &link::Nonce, id: u32) -> Vec<u8> {
+        let nonce = link::Nonce([9; link::NONCE_LEN]);
+        let keys = link::SessionKeys::new(&link::join_key("tok"), node, &nonce);
+        let mut b = Vec::new();
+        let msg = Message::Joined {
+            id,
+            first_seq: 1,
+            nonce,
+        };
+        link::seal(&keys.to_node, 0, &msg, &mut b);
+        b
+    }
+
+    /// The nonce of the JOIN `m` queued.
+    fn join_nonce(m: &mut Member, now: Nanos) -> (u64, link::Nonce) {
+        m.advance(now, &NodeStats::default(), 0);
+        let mut found = None;
+        m.transmit_all(|d| {
+            for (_, b) in d {
+                if let Ok(Message::Join {
+                    instance, nonce, ..
+                }) = link::decode(link::unseal(b).unwrap().body)
+                {
+                    found = Some((instance, nonce));
+                }
+            }
+        });
+        found.expect("a JOIN")
+    }
+
+    #[test]
+    fn a_relink_is_taken_only_from_the_token_for_this_process_and_a_refusal_does_not_end_it() {
+        let spec = JoinSpec::new(cm(), "media-a", Role::Media, "tok").unwrap();
+        let mut m = Member::new(spec);
+        let (instance, first) = join_nonce(&mut m, 0);
+        m.handle(1, cm(), &joined(&first, 3), |_| {});
+        assert_eq!(m.state(), &MemberState::Joined(3));
+        // Not the token's seal; not this process: nothing changes.
+        let other = link::join_key("other");
+        m.handle(2, cm(), &relink(&other, instance), |_| {});
+        assert_eq!(m.stats().unauthenticated, 1);
+        m.handle(
+            3,
+            cm(),
+            &relink(&link::join_key("tok"), instance ^ 1),
+            |_| {},
+        );
+        assert_eq!(m.state(), &MemberState::Joined(3));
+        // The real one: it asks again, as the same process with a new nonce.
+        m.handle(4, cm(), &relink(&link::join_key("tok"), instance), |_| {});
+        assert_eq!(m.state(), &MemberState::Joining);
+        let (again, second) = join_nonce(&mut m, 5);
+        assert_eq!(again, instance);
+        assert_ne!(second, first);
+        // Anyone can seal a REFUSED: while rejoining it is not believed.
+        let mut refused = Vec::new();
+        let msg = Message::Refused {
+            reason: "go away".into(),
+        };
+        link::seal(&link::refusal_key(), 0, &msg, &mut refused);
+        m.handle(6, cm(), &refused, |_| {});
+        assert_eq!(m.state(), &MemberState::Joining);
+        // A JOINED for the old nonce is not for this JOIN; one for the new is.
+        m.handle(7, cm(), &joined(&first, 3), |_| {});
+        assert_eq!(m.state(), &MemberState::Joining);
+        m.handle(8, cm(), &joined(&second, 3), |_| {});
+        assert_eq!(m.state(), &MemberState::Joined(3));
+        assert_eq!(m.stats().relinks, 1);
     }
 }

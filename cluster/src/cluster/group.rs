@@ -201,9 +201,14 @@ pub(super) fn start(
     replica: Replica,
     vip: Option<UdpSocket>,
     peer: Option<UdpSocket>,
-    hub: Option<crate::hub::Hub>,
 ) -> io::Result<Running> {
     let stop = Arc::new(AtomicBool::new(false));
+    // Each replica has a hub of its own: session keys never leave the replica that drew them.
+    let hub = crate::hub::Hub::new(
+        shared.join_token.as_deref(),
+        &crate::random_key()?,
+        shared.capacities.clone(),
+    );
     let name = shared
         .cms
         .get(me)
@@ -581,7 +586,7 @@ impl Control {
         if let Ok(mut row) = slot.row.lock() {
             *row = CmStatus::of(&replica, name, Some(addr), self.nanos());
         }
-        let running = start(&self.shared, i, replica, None, peer, None)
+        let running = start(&self.shared, i, replica, None, peer)
             .map_err(|e| format!("{name}: cannot start its thread: {e}"))?;
         if let Ok(mut r) = slot.run.lock() {
             *r = Some(running);

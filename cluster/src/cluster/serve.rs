@@ -16,8 +16,8 @@ const BUSY_TICK: Duration = Duration::from_millis(1);
 pub(super) struct CmThread {
     pub(super) me: usize,
     pub(super) replica: Replica,
-    /// The control link of nodes in their own processes: a group of one only.
-    pub(super) hub: Option<Hub>,
+    /// The control link of nodes in their own processes, used while this replica serves.
+    pub(super) hub: Hub,
     /// The virtual IP's socket, if this replica holds it from the start.
     pub(super) vip: Option<UdpSocket>,
     /// Its own replication socket (a group of several).
@@ -202,9 +202,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                 if cut {
                     lost += 1;
                 } else if link::is_link(bytes) {
-                    if let (Some(h), Some(cm)) = (hub.as_mut(), replica.solo_mut()) {
-                        h.handle(cm, at, from, bytes);
-                    }
+                    hub.handle(&mut replica, at, from, bytes);
                 } else {
                     replica.handle(at, from, bytes);
                 }
@@ -243,15 +241,15 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                 }
             }
         }
-        if let Some(h) = hub.as_mut() {
-            // New handles come only from this thread (the start, `add_node`, the hub's joins),
-            // so the local list and the shared one are extended together.
-            for joined in h.take_joined() {
-                if let Ok(mut shared) = shared.handles.lock() {
-                    shared.push(joined.clone());
-                }
-                handles.push(joined);
+        // New handles come only from the serving thread (the start, `add_node`, its hub's joins
+        // and the nodes it took over), so the local list and the shared one are extended
+        // together.
+        for joined in hub.take_joined() {
+            if let Ok(mut shared) = shared.handles.lock() {
+                shared.push(joined.clone());
             }
+            handles.retain(|h| h.id != joined.id);
+            handles.push(joined);
         }
         if replica.serving(now) && !cut {
             // A server another replica added while it served: its handle is in the shared
@@ -336,18 +334,19 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                 false
             });
         }
-        if let Some(h) = hub.as_mut()
-            && let Some(cm) = replica.solo_mut()
-        {
+        if replica.serving(now) && !cut {
             // Remote nodes' commands, routed into their channels just now, go on their links.
-            h.advance(cm, now);
+            hub.advance(&mut replica, now);
             if let Some(v) = vip.as_ref() {
-                h.transmit_all(|datagrams| {
+                hub.transmit_all(|datagrams| {
                     let _ = sender.send_all(&v.socket, datagrams);
                 });
             }
-            lines.extend(h.take_log());
+        } else if group {
+            // The next active makes its own links.
+            hub.forget();
         }
+        lines.extend(hub.take_log());
         let taken = replica.take_records(&mut lines);
         record(taken, shared);
         if group && !cut {
@@ -442,7 +441,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
             if (serving || !group)
                 && let Some(cm) = replica.cm()
             {
-                publish_status(cm, &handles, since, send_errors, shared, hub.as_ref());
+                publish_status(cm, &handles, since, send_errors, shared, Some(&hub));
             }
             for reply in pending.publish.drain(..) {
                 let _ = reply.send(());
@@ -487,7 +486,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
             started.elapsed(),
             send_errors,
             shared,
-            hub.as_ref(),
+            Some(&hub),
         );
     }
     Ok(())
@@ -540,7 +539,17 @@ fn add_node(
     } = add;
     let name = name.as_str();
     let addr = socket.local_addr().map_err(|e| e.to_string())?;
-    let id = replica.add_node(now, name, role, addr, capacity, Place::InProcess)?;
+    let id = replica.add_node(
+        now,
+        crate::cm::NewNode {
+            name: name.to_owned(),
+            role,
+            addr,
+            capacity,
+            place: Place::InProcess,
+            instance: 0,
+        },
+    )?;
     let handed = node::adopt(id.0, role, name.to_owned(), socket)
         .map_err(|e| e.to_string())
         .and_then(|(handle, parts)| {

@@ -321,6 +321,19 @@ impl Calls {
         })
     }
 
+    /// Every call whose media is placed on `server`, in slot order.
+    pub(super) fn with_media_on(&self, server: ServerId) -> Vec<(CallRef, Placement)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.live)
+            .filter_map(|(i, c)| {
+                let p = c.media.filter(|p| p.server == server)?;
+                Some(((i as u32, c.generation), p))
+            })
+            .collect()
+    }
+
     pub(super) fn active(&self) -> usize {
         self.slots.len() - self.free.len()
     }

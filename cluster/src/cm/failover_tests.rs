@@ -61,6 +61,7 @@ pub(super) fn cluster(nodes: &[(Role, u32)], operator: &[Role]) -> CallManager {
             role,
             addr: addr(&format!("127.0.0.1:{}", 20000 + i)),
             place: crate::node::Place::InProcess,
+            instance: 0,
         });
     }
     let mut cfg = Config::new(addr(CM));

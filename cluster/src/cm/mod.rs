@@ -177,6 +177,22 @@ pub struct NodeSpec {
     pub role: Role,
     pub addr: SocketAddr,
     pub place: Place,
+    /// The node's process, as its JOIN named it (remote nodes; 0 in this process): a JOIN
+    /// with another is a restart, one with the same a link made anew.
+    #[serde(default)]
+    pub instance: u64,
+}
+
+/// A server added while the cluster runs (`ctl add`, a node joining over the link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNode {
+    pub name: String,
+    pub role: Role,
+    pub addr: SocketAddr,
+    pub capacity: u32,
+    pub place: Place,
+    /// The node's process (see [`NodeSpec::instance`]).
+    pub instance: u64,
 }
 
 /// How the Call Manager holds one call ([`CallManager::call_view`]), for checks against what
@@ -491,16 +507,18 @@ impl CallManager {
 
     /// Adds a node to the cluster, online; the balancer places sessions on it from now on and
     /// the probes watch it from the next round.
-    pub fn add_node(
-        &mut self,
-        name: &str,
-        role: Role,
-        addr: SocketAddr,
-        capacity: u32,
-        place: Place,
-    ) -> Result<ServerId, pbxlab_balancer::Error> {
+    pub fn add_node(&mut self, n: &NewNode) -> Result<ServerId, pbxlab_balancer::Error> {
+        let NewNode {
+            name,
+            role,
+            addr,
+            capacity,
+            place,
+            instance,
+        } = n;
+        let (role, addr, capacity, place, instance) = (*role, *addr, *capacity, *place, *instance);
         let id = self.balancer.add_server(pbxlab_balancer::ServerSpec {
-            name: name.to_owned(),
+            name: name.clone(),
             role,
             capacity,
             weight: 1,
@@ -511,6 +529,7 @@ impl CallManager {
             role,
             addr,
             place,
+            instance,
         });
         self.node_at.insert(addr, id);
         self.prober.watch(id);

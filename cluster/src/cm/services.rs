@@ -246,6 +246,32 @@ impl CallManager {
         }
     }
 
+    /// A remote node's link was made again, by process `instance`. Another instance than the
+    /// one it joined with is a restart: every session it held died with the old process, so
+    /// it is down (they move) until its probes bring it back. The same one is a new link to
+    /// the same process (after a takeover, whose new active has no session with it): what it
+    /// was last told may have been lost with the old link, so it is told again what it
+    /// carries (a node takes a repeated start as the same session's, keeping its stream).
+    pub fn relink(&mut self, now: Nanos, server: ServerId, instance: u64) {
+        let Some(spec) = self.nodes.iter_mut().find(|n| n.id == server) else {
+            return;
+        };
+        if spec.instance != instance {
+            spec.instance = instance;
+            let _ = self.admin(now, server, pbxlab_scenario::Verb::Stop);
+            return;
+        }
+        // In order on the link: whatever the node holds that is not started again here was
+        // ended on a lost link, and goes at the sweep.
+        self.commands.push((server, NodeCommand::Mark));
+        for (call, p) in self.calls.with_media_on(server) {
+            if self.anchored.get(&p.media) == Some(&server) {
+                self.start_media(call, p);
+            }
+        }
+        self.commands.push((server, NodeCommand::Sweep));
+    }
+
     /// Tells the node what to do with the call's audio.
     pub(super) fn start_media(&mut self, call: CallRef, p: Placement) {
         let Some(c) = self.calls.get(call) else {

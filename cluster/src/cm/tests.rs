@@ -66,6 +66,7 @@ pub(super) fn cm_with(change: impl FnOnce(&mut Config)) -> CallManager {
             role,
             addr: addr(&format!("127.0.0.1:{}", 20000 + i)),
             place: crate::node::Place::InProcess,
+            instance: 0,
         });
     }
     let mut cfg = Config::new(addr(CM));
@@ -1308,4 +1309,48 @@ fn a_refresh_reinvite_without_sdp_gets_our_offer_and_refreshes_the_timer() {
     assert_eq!(cm.stats().calls_active, 1, "refreshed at 50 s");
     cm.advance(111 * NS);
     assert_eq!(cm.stats().calls_active, 0);
+}
+
+#[test]
+fn a_node_linked_again_is_told_what_it_carries_and_a_restarted_one_loses_it() {
+    let mut cm = cm();
+    let invite = request(
+        "INVITE",
+        "sip:echo@127.0.0.1:5060",
+        "sipp",
+        "r1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &offer(UA_RTP, 42),
+    );
+    cm.handle(0, addr(UA), &invite);
+    sent(&mut cm);
+    let first: Vec<_> = cm.node_commands().collect();
+    let [(on, NodeCommand::Echo { session, .. })] = first[..] else {
+        panic!("{first:?}");
+    };
+    // The same process on a new link: the same command again, nothing moves.
+    cm.relink(MS, on, 0);
+    let again: Vec<_> = cm.node_commands().collect();
+    let mut expected = vec![(on, NodeCommand::Mark)];
+    expected.extend(first.iter().cloned());
+    expected.push((on, NodeCommand::Sweep));
+    assert_eq!(again, expected);
+    assert_eq!(cm.stats().moved, 0);
+    // Another process: its sessions died with the old one, so the call moves.
+    cm.relink(2 * MS, on, 9);
+    assert_eq!(cm.node(on).unwrap().instance, 9);
+    assert_eq!(cm.stats().moved, 1);
+    let moved: Vec<_> = cm.node_commands().collect();
+    assert!(
+        moved
+            .iter()
+            .any(|(s, c)| *s != on && matches!(c, NodeCommand::Echo { .. })),
+        "{moved:?}"
+    );
+    assert!(moved.contains(&(on, NodeCommand::End { session })));
+    // Nothing is anchored on it now: a new link tells it only to sweep.
+    cm.relink(3 * MS, on, 9);
+    let swept: Vec<_> = cm.node_commands().collect();
+    assert_eq!(swept, [(on, NodeCommand::Mark), (on, NodeCommand::Sweep)]);
 }

@@ -477,22 +477,9 @@ impl Replica {
     }
 
     /// Adds a server (`ctl add`), as an input: the number the balancer gave it, or why not.
-    pub fn add_node(
-        &mut self,
-        now: Nanos,
-        name: &str,
-        role: pbxlab_balancer::Role,
-        addr: SocketAddr,
-        capacity: u32,
-        place: crate::node::Place,
-    ) -> Result<ServerId, String> {
-        let input = Input::AddNode {
-            name: name.to_owned(),
-            role,
-            addr,
-            capacity,
-            place,
-        };
+    pub fn add_node(&mut self, now: Nanos, node: crate::cm::NewNode) -> Result<ServerId, String> {
+        let addr = node.addr;
+        let input = Input::AddNode(node);
         let index = self.cfg.index;
         let not_serving = || format!("cm-{} is not the serving Call Manager", index + 1);
         self.take_input(now, input)
@@ -516,6 +503,11 @@ impl Replica {
         self.input(now, Input::Digit { server, event });
     }
 
+    /// A remote node's link made again, as an input (see [`CallManager::relink`]).
+    pub fn relink(&mut self, now: Nanos, server: ServerId, instance: u64) {
+        self.input(now, Input::Relink { server, instance });
+    }
+
     fn apply(&mut self, now: Nanos, input: &Input) -> Result<(), String> {
         let Some(cm) = self.cm.as_mut() else {
             return Err("no state".into());
@@ -527,18 +519,10 @@ impl Replica {
             Input::Admin { server, verb } => {
                 return cm.admin(now, *server, *verb).map_err(|e| e.to_string());
             }
-            Input::AddNode {
-                name,
-                role,
-                addr,
-                capacity,
-                place,
-            } => {
-                return cm
-                    .add_node(name, *role, *addr, *capacity, *place)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+            Input::AddNode(node) => {
+                return cm.add_node(node).map(|_| ()).map_err(|e| e.to_string());
             }
+            Input::Relink { server, instance } => cm.relink(now, *server, *instance),
             Input::Whitelist { ip, add: true } => {
                 cm.whitelist_add(*ip);
             }

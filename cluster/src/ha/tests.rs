@@ -152,19 +152,25 @@ fn every_input_reads_back_as_written() {
             server: ServerId(2),
             verb: Verb::Drain,
         },
-        Input::AddNode {
+        Input::AddNode(crate::cm::NewNode {
             name: "media-9".into(),
             role: pbxlab_balancer::Role::Media,
             addr: "127.0.0.1:40000".parse().unwrap(),
             capacity: 500,
             place: crate::node::Place::InProcess,
-        },
-        Input::AddNode {
+            instance: 0,
+        }),
+        Input::AddNode(crate::cm::NewNode {
             name: "im-\u{e9}".into(),
             role: pbxlab_balancer::Role::Im,
             addr: "[::1]:7".parse().unwrap(),
             capacity: 0,
             place: crate::node::Place::Remote,
+            instance: u64::MAX,
+        }),
+        Input::Relink {
+            server: ServerId(3),
+            instance: 0x1234_5678_9abc_def0,
         },
         Input::Whitelist {
             ip: "10.0.0.7".parse().unwrap(),

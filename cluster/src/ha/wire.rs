@@ -54,6 +54,7 @@ use pbxlab_balancer::{Role, ServerId};
 use pbxlab_proto::mac::Key;
 use pbxlab_scenario::Verb;
 
+use crate::cm::NewNode;
 use crate::node::Place;
 use crate::{MediaSession, Nanos, NodeEvent};
 
@@ -80,13 +81,13 @@ pub enum Input {
         server: ServerId,
         verb: Verb,
     },
-    /// A server added while the cluster runs (`ctl add`).
-    AddNode {
-        name: String,
-        role: Role,
-        addr: SocketAddr,
-        capacity: u32,
-        place: Place,
+    /// A server added while the cluster runs (`ctl add`, a node joining over the link).
+    AddNode(NewNode),
+    /// A remote node's link made again by process `instance` (see
+    /// [`crate::cm::CallManager::relink`]).
+    Relink {
+        server: ServerId,
+        instance: u64,
     },
     /// A source added to (`add`) or removed from the rate limit's whitelist.
     Whitelist {
@@ -474,18 +475,20 @@ pub fn encode_input(now: Nanos, input: &Input, out: &mut Vec<u8>) {
             let index = Verb::ALL.iter().position(|v| v == verb).unwrap_or(0);
             out.push(u8::try_from(index).unwrap_or(0));
         }
-        Input::AddNode {
+        Input::AddNode(NewNode {
             name,
             role,
             addr,
             capacity,
             place,
-        } => {
+            instance,
+        }) => {
             out.push(5);
             u64s(out, &[now]);
             out.push(u8::try_from(role.index()).unwrap_or(0));
             out.push(u8::from(*place == Place::Remote));
             out.extend_from_slice(&capacity.to_be_bytes());
+            u64s(out, &[*instance]);
             address(out, addr.ip());
             out.extend_from_slice(&addr.port().to_be_bytes());
             // Names are checked short long before (`ctl add`); a longer one is cut here
@@ -500,6 +503,12 @@ pub fn encode_input(now: Nanos, input: &Input, out: &mut Vec<u8>) {
             u64s(out, &[now]);
             out.push(u8::from(*add));
             address(out, *ip);
+        }
+        Input::Relink { server, instance } => {
+            out.push(7);
+            u64s(out, &[now]);
+            out.extend_from_slice(&server.0.to_be_bytes());
+            u64s(out, &[*instance]);
         }
     }
 }
@@ -559,24 +568,30 @@ pub fn decode_input(bytes: &[u8]) -> Result<(Nanos, Input), Malformed> {
                 Place::InProcess
             };
             let capacity = r.u32()?;
+            let instance = r.u64()?;
             let ip = r.ip()?;
             let addr = SocketAddr::new(ip, r.u16()?);
             let len = usize::from(r.u16()?);
             let name = std::str::from_utf8(r.take(len)?)
                 .map_err(|_| Malformed::Input("a name that is not UTF-8"))?
                 .to_owned();
-            Input::AddNode {
+            Input::AddNode(NewNode {
                 name,
                 role,
                 addr,
                 capacity,
                 place,
-            }
+                instance,
+            })
         }
         6 => {
             let add = r.flag()?;
             Input::Whitelist { ip: r.ip()?, add }
         }
+        7 => Input::Relink {
+            server: ServerId(r.u32()?),
+            instance: r.u64()?,
+        },
         k => return Err(Malformed::Kind(k)),
     };
     r.end()?;

@@ -12,8 +12,8 @@
 //! field of the leg, set by the leg's first packet and read by every send: a compare per
 //! packet, no lookup.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use pbxlab_balancer::Role;
@@ -237,6 +237,8 @@ pub struct Node {
     slots: Vec<Option<Session>>,
     free: Vec<u32>,
     by_session: HashMap<MediaSession, u32>,
+    /// Sessions marked by [`NodeCommand::Mark`] and not started since.
+    marked: HashSet<MediaSession>,
     by_ssrc: HashMap<u32, LegRef>,
     /// Legs without a known SSRC, by their remote address. More than one leg at an address
     /// is ambiguous: their packets are unknown until one of them ends.
@@ -269,6 +271,7 @@ impl Node {
             slots: Vec::new(),
             free: Vec::new(),
             by_session: HashMap::new(),
+            marked: HashSet::new(),
             by_ssrc: HashMap::new(),
             by_addr: HashMap::new(),
             players: Vec::new(),
@@ -368,6 +371,12 @@ impl Node {
                     self.end(session);
                 }
             }
+            NodeCommand::Mark => self.marked = self.by_session.keys().copied().collect(),
+            NodeCommand::Sweep => {
+                for session in std::mem::take(&mut self.marked) {
+                    self.end(session);
+                }
+            }
             NodeCommand::Relay { session, a, b } => self.start(session, a, Some(b), Setup::Relay),
             NodeCommand::Echo { session, leg } => self.start(session, leg, None, Setup::Echo),
             NodeCommand::Ivr { session, leg } => self.start(session, leg, None, Setup::Ivr),
@@ -379,6 +388,7 @@ impl Node {
     }
 
     fn start(&mut self, id: MediaSession, leg: Leg, other: Option<Leg>, setup: Setup) {
+        self.marked.remove(&id);
         let (previous, latched) = match self.end_keeping(id) {
             Some((stream, latched)) => (stream, latched),
             None => (None, [None; 2]),
@@ -903,6 +913,39 @@ mod tests {
         n.handle(addr(5000), &audio(0x9999, 1));
         assert!(sent(&mut n).is_empty());
         assert_eq!(n.stats().unknown_packets, 1);
+    }
+
+    #[test]
+    fn a_sweep_ends_the_sessions_not_started_again_since_the_mark() {
+        let mut n = node();
+        for s in 1..=3 {
+            n.command(NodeCommand::Echo {
+                session: session(s),
+                leg: leg(5000 + 2 * s as u16, Some(s as u32), 0),
+            });
+        }
+        n.command(NodeCommand::Mark);
+        n.command(NodeCommand::Echo {
+            session: session(2),
+            leg: leg(5004, Some(2), 0),
+        });
+        // Started after the mark: not marked.
+        n.command(NodeCommand::Echo {
+            session: session(4),
+            leg: leg(5008, Some(4), 0),
+        });
+        n.command(NodeCommand::End {
+            session: session(3),
+        });
+        n.command(NodeCommand::Sweep);
+        assert_eq!(n.stats().sessions, 2);
+        n.handle(addr(5004), &audio(2, 1));
+        assert_eq!(sent(&mut n).len(), 1, "session 2 kept its leg");
+        n.handle(addr(5002), &audio(1, 1));
+        assert!(sent(&mut n).is_empty(), "session 1 was swept");
+        // A sweep without a mark ends nothing.
+        n.command(NodeCommand::Sweep);
+        assert_eq!(n.stats().sessions, 2);
     }
 
     #[test]

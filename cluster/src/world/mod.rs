@@ -156,6 +156,7 @@ impl World {
                     role: pool.role,
                     addr,
                     place: Place::InProcess,
+                    instance: 0,
                 });
                 nodes.push(VNode {
                     node: Node::new(id.0, pool.role, s.name.clone(), addr),
