@@ -111,6 +111,74 @@ pub(crate) struct ClusterArgs {
     /// The nodes' address [default: the --sip address's].
     #[arg(long, value_name = "IP")]
     node_ip: Option<IpAddr>,
+    /// Run only this Call Manager of the scenario's group (cm-1 ..), in this process; the others
+    /// run in processes of their own (each started with its own --cm), and every server joins
+    /// as `pbxlab node`. Needs --cm-peers, --cluster-key(-file) and --epoch, the same in every
+    /// one of them.
+    #[arg(long, value_name = "NAME", requires_all = ["cm_peers", "epoch"])]
+    cm: Option<String>,
+    /// With --cm: every Call Manager's replication address (UDP), in order, this one's
+    /// included; comma-separated.
+    #[arg(
+        long,
+        value_name = "IP:PORT,..",
+        value_delimiter = ',',
+        requires = "cm"
+    )]
+    cm_peers: Vec<SocketAddr>,
+    /// With --cm: the group's clock's zero, a UNIX time in seconds (`date +%s` once, for all
+    /// of them): the Call Managers compare their times.
+    #[arg(long, value_name = "UNIX_SECONDS", requires = "cm")]
+    epoch: Option<f64>,
+    /// With --cm: start with no state and take it from the serving Call Manager, as a
+    /// process started again after a crash or an upgrade must.
+    #[arg(long, requires = "cm")]
+    fresh: bool,
+    /// With --cm: the cluster's key [default: $PBXLAB_CLUSTER_KEY], the same in every Call
+    /// Manager process: it seals their replication and keys the digest nonces.
+    #[arg(long, value_name = "K", requires = "cm")]
+    cluster_key: Option<String>,
+    /// Read the cluster's key from FILE (its one line; read once, at start).
+    #[arg(long, value_name = "FILE", requires = "cm")]
+    cluster_key_file: Option<PathBuf>,
+}
+
+/// `--cm` and the flags that go with it, as the cluster's options take them.
+fn cm_process(args: &ClusterArgs) -> Result<Option<pbxlab_cluster::cluster::CmProcess>, BadInput> {
+    let Some(name) = &args.cm else {
+        return Ok(None);
+    };
+    let index = name
+        .strip_prefix("cm-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| BadInput(format!("--cm {name:?}: a Call Manager's name, cm-1 ..")))?;
+    let key = crate::token::read(&crate::token::Sources {
+        what: "cluster key",
+        flag: ("--cluster-key", args.cluster_key.as_deref()),
+        file: ("--cluster-key-file", args.cluster_key_file.as_deref()),
+        env: "PBXLAB_CLUSTER_KEY",
+        deprecated: None,
+        max_len: crate::token::MAX_ADMIN_TOKEN,
+    })?
+    .ok_or_else(|| {
+        BadInput(
+            "--cm: no cluster key: give --cluster-key, --cluster-key-file or set \
+             PBXLAB_CLUSTER_KEY, the same for every Call Manager process"
+                .into(),
+        )
+    })?;
+    let epoch = args
+        .epoch
+        .filter(|e| e.is_finite() && *e >= 0.0)
+        .ok_or_else(|| BadInput("--epoch: a UNIX time in seconds".into()))?;
+    Ok(Some(pbxlab_cluster::cluster::CmProcess {
+        index: index - 1,
+        peers: args.cm_peers.clone(),
+        key: pbxlab_cluster::cluster::CmProcess::key(&key),
+        epoch: std::time::UNIX_EPOCH + Duration::from_secs_f64(epoch),
+        fresh: args.fresh,
+    }))
 }
 
 pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
@@ -127,6 +195,7 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
         .transpose()
         .map_err(|e| bad("--for", e))?;
     let mut opts = Options::new(args.sip);
+    opts.process = cm_process(&args)?;
     opts.domain = args.domain;
     opts.password_prefix = args.password_prefix;
     opts.rate_limit_per_s = rate;
@@ -179,11 +248,25 @@ pub(crate) fn cluster(args: ClusterArgs, stop: &AtomicBool) -> anyhow::Result<Ex
     }
     opts.join_token = join_token;
     let cluster = Cluster::start(&scenario, &opts).context("cannot start the cluster")?;
-    eprintln!(
-        "pbxlab cluster {:?}: Call Manager on {} (UDP)",
-        scenario.name,
-        cluster.sip_addr()
-    );
+    match &opts.process {
+        Some(p) => eprintln!(
+            "pbxlab cluster {:?}: Call Manager cm-{} of {} in this process, virtual IP {} (UDP), \
+             replicating from {}{}",
+            scenario.name,
+            p.index + 1,
+            p.peers.len(),
+            cluster.sip_addr(),
+            p.peers
+                .get(p.index)
+                .map_or_else(String::new, |a| a.to_string()),
+            if p.fresh { ", starting afresh" } else { "" }
+        ),
+        None => eprintln!(
+            "pbxlab cluster {:?}: Call Manager on {} (UDP)",
+            scenario.name,
+            cluster.sip_addr()
+        ),
+    }
     let endpoint = crate::ctl::serve(args.ctl, admin_token, cluster.control())?;
     for n in cluster
         .control()

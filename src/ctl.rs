@@ -34,7 +34,8 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(3600);
 )]
 pub(crate) struct CtlArgs {
     /// The control endpoint, HOST:PORT or http://HOST:PORT [default: $PBXLAB_CTL, else
-    /// 127.0.0.1:5080].
+    /// 127.0.0.1:5080]. Several, comma-separated (each Call Manager process's): the request
+    /// goes to the one that serves the virtual IP.
     #[arg(long, global = true, value_name = "ADDR")]
     ctl: Option<String>,
     /// The endpoint's bearer token, the cluster's admin token [default: $PBXLAB_ADMIN_TOKEN].
@@ -139,12 +140,18 @@ pub(crate) fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
         .ctl
         .or_else(|| env("PBXLAB_CTL"))
         .unwrap_or_else(|| DEFAULT_CTL.to_owned());
-    let base = if endpoint.contains("://") {
-        endpoint.clone()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let base = Url::parse(&base).map_err(|e| BadInput(format!("--ctl: {e}")))?;
+    let bases = endpoint
+        .split(',')
+        .map(|e| {
+            let e = e.trim();
+            let url = if e.contains("://") {
+                e.to_owned()
+            } else {
+                format!("http://{e}")
+            };
+            Url::parse(&url).map_err(|e| BadInput(format!("--ctl: {e}")))
+        })
+        .collect::<Result<Vec<Url>, BadInput>>()?;
     let token = crate::token::read(&crate::token::Sources {
         what: "admin token",
         flag: ("--admin-token", args.admin_token.as_deref()),
@@ -171,32 +178,55 @@ pub(crate) fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let (method, path, body, timeout) = request(&args.verb);
-    let url = Url {
-        authority: base.authority.clone(),
-        path: format!("{}{path}", base.path.trim_end_matches('/')),
-    };
     let auth = format!("Bearer {token}");
     let body = body.map(|b| b.to_string().into_bytes());
-    let response = http::call(
-        method,
-        &url,
-        &[("Authorization", &auth)],
-        body.as_deref(),
-        timeout,
-    )
-    .map_err(|e| {
-        anyhow!(
-            "cannot reach the control endpoint at http://{}: {e} (is `pbxlab cluster --ctl {}` running?)",
-            base.authority,
-            base.authority
-        )
-    })?;
-    let value: Value = serde_json::from_slice(&response.body).with_context(|| {
-        format!(
-            "the endpoint at http://{} answered HTTP {} without JSON",
-            base.authority, response.status
-        )
-    })?;
+    // The serving endpoint's answer; failing that, the first one's that answered.
+    let (mut answered, mut fallback, mut unreachable) = (None, None, None);
+    for base in &bases {
+        let url = Url {
+            authority: base.authority.clone(),
+            path: format!("{}{path}", base.path.trim_end_matches('/')),
+        };
+        let response = match http::call(
+            method,
+            &url,
+            &[("Authorization", &auth)],
+            body.as_deref(),
+            timeout,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                unreachable.get_or_insert(anyhow!(
+                    "cannot reach the control endpoint at http://{}: {e} (is `pbxlab cluster \
+                     --ctl {}` running?)",
+                    base.authority,
+                    base.authority
+                ));
+                continue;
+            }
+        };
+        let value: Value = serde_json::from_slice(&response.body).with_context(|| {
+            format!(
+                "the endpoint at http://{} answered HTTP {} without JSON",
+                base.authority, response.status
+            )
+        })?;
+        // With several endpoints, the one that serves the virtual IP answers for the cluster:
+        // another Call Manager process refuses (503), or shows only its own view.
+        let serves = response.status != 503
+            && (method != "GET"
+                || value["callmanagers"]
+                    .as_array()
+                    .is_none_or(|cms| cms.is_empty() || cms.iter().any(|c| c["serving"] == true)));
+        if serves {
+            answered = Some((base, response, value));
+            break;
+        }
+        fallback.get_or_insert((base, response, value));
+    }
+    let Some((base, response, value)) = answered.or(fallback) else {
+        return Err(unreachable.unwrap_or_else(|| anyhow!("--ctl: no endpoint")));
+    };
     let reason = value["error"].as_str().unwrap_or("(no reason given)");
     match response.status {
         200 | 201 => {}
@@ -370,18 +400,20 @@ fn render_status(v: &Value) -> String {
             let behind = c["behind"]
                 .as_u64()
                 .map_or_else(|| "-".to_owned(), |b| b.to_string());
+            let known = |v: &Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
             out.push_str(&format!(
                 "{:<12} {:<9} {:<22} {:>6} {:>10} {:>8}\n",
                 text(&c["name"]),
                 role,
                 text(&c["addr"]),
-                c["term"].as_u64().unwrap_or(0),
-                c["applied"].as_u64().unwrap_or(0),
+                known(&c["term"]),
+                known(&c["applied"]),
                 behind,
             ));
         }
         out.push_str(
-            "(* serves the virtual IP; behind: log entries the active has and it lacks)\n",
+            "(* serves the virtual IP; behind: log entries the active has and it lacks; \
+             elsewhere: another process's, which its own endpoint shows)\n",
         );
     }
     let whitelist: Vec<String> = v["whitelist"]

@@ -349,15 +349,19 @@ fn keepalived_preflight() {
 
 /// keepalived in namespace `n{i}`: one VRRP instance on eth0 holding the virtual IP while its
 /// Call Manager's track file says 0 (it serves), in FAULT otherwise (weight 0: a nonzero value
-/// is a failure). VRRPv3 with 100 ms advertisements.
+/// is a failure), at priority 1 plus the term it serves in (`cm-N.term`, weight 1): the newest
+/// active preempts at once, even over a killed one whose files still say it serves. VRRPv3
+/// with 100 ms advertisements.
 fn keepalived(net: &Net, test: &str, i: usize, track: &Path) -> Proc {
     let conf = scratch(test, &format!("keepalived-{i}.conf"));
     let text = format!(
         "global_defs {{\n  router_id cm-{i}\n  vrrp_version 3\n  enable_script_security\n}}\n\
          track_file cm_serves {{\n  file {}\n  weight 0\n}}\n\
+         track_file cm_term {{\n  file {}.term\n  weight 1\n}}\n\
          vrrp_instance pbxlab {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
-         priority 100\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n  \
-         track_file {{\n    cm_serves\n  }}\n}}\n",
+         priority 1\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n  \
+         track_file {{\n    cm_serves\n    cm_term\n  }}\n}}\n",
+        track.join(format!("cm-{i}")).display(),
         track.join(format!("cm-{i}")).display()
     );
     std::fs::write(&conf, text).expect("keepalived.conf");
@@ -429,6 +433,7 @@ fn keepalived_moves_the_virtual_ip_to_the_new_active_call_manager() {
     // Nobody serves yet: every namespace starts in FAULT.
     for i in 1..=3 {
         std::fs::write(track.join(format!("cm-{i}")), "1\n").expect("track file");
+        std::fs::write(track.join(format!("cm-{i}.term")), "0\n").expect("track file");
     }
     let _vrrp: Vec<Proc> = (1..=3).map(|i| keepalived(&net, test, i, &track)).collect();
     let cm_json = scratch(test, "cm.json");
@@ -534,4 +539,209 @@ fn keepalived_moves_the_virtual_ip_to_the_new_active_call_manager() {
     assert_eq!(role(next), "active", "{c}");
     assert_eq!(role(1), "standby", "cm-1 follows the new active: {c}");
     assert_eq!(n(&c["calls"]["completed"]), 40, "{c}");
+}
+
+/// Three Call Managers, each a process of its own (`pbxlab cluster --cm cm-N`) in a namespace
+/// of its own with keepalived; two media nodes, each `pbxlab node` in a namespace of its own,
+/// joined to the virtual IP. The active's process is killed (SIGKILL: no goodbye, and its track
+/// files still say it serves) under calls with RTP: the others elect a new active, whose
+/// keepalived preempts with its newer term, and the nodes link again with it without
+/// restarting. Started again with `--fresh`, the killed one takes a snapshot and follows as a
+/// standby, and its namespace does not take the address back. No call fails.
+#[test]
+#[ignore = "needs root, ip netns and keepalived; run by .ci/run"]
+fn keepalived_moves_the_virtual_ip_when_the_active_call_manager_process_dies() {
+    let test = "procs";
+    keepalived_preflight();
+    let net = Net::new(test, 5);
+    let track = scratch(test, "track");
+    std::fs::create_dir_all(&track).expect("track dir");
+    for i in 1..=3 {
+        std::fs::write(track.join(format!("cm-{i}")), "1\n").expect("track file");
+        std::fs::write(track.join(format!("cm-{i}.term")), "0\n").expect("track file");
+    }
+    let _vrrp: Vec<Proc> = (1..=3).map(|i| keepalived(&net, test, i, &track)).collect();
+    let key = scratch(test, "cluster-key");
+    std::fs::write(&key, "netns-processes-cluster-key\n").expect("key file");
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        .saturating_sub(1)
+        .to_string();
+    let sip = format!("{VIP}:5060");
+    let peers: Vec<String> = (1..=3).map(|i| format!("{}:19000", node_ip(i))).collect();
+    let peers = peers.join(",");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/netns/cm-processes.toml")
+        .to_string_lossy()
+        .into_owned();
+    let ctl = |i: usize| format!("{}:5080", node_ip(i));
+    let cm = |i: usize, fresh: bool, log: &str| {
+        let (name, json, ctl) = (
+            format!("cm-{i}"),
+            scratch(test, &format!("{log}.json")),
+            ctl(i),
+        );
+        let mut args = vec![
+            "cluster",
+            &scenario,
+            "--sip",
+            &sip,
+            "--cm",
+            &name,
+            "--cm-peers",
+            &peers,
+            "--epoch",
+            &epoch,
+            "--cluster-key-file",
+            key.to_str().expect("utf-8"),
+            "--join-token",
+            TOKEN,
+            "--vrrp-track",
+            track.to_str().expect("utf-8"),
+            "--whitelist",
+            CM_IP,
+            "--ctl",
+            &ctl,
+            "--admin-token",
+            "netns-admin",
+            "--status-every",
+            "100ms",
+            "--for",
+            "60s",
+            "--json",
+            json.to_str().expect("utf-8"),
+        ];
+        if fresh {
+            args.push("--fresh");
+        }
+        net.spawn(
+            &format!("n{i}"),
+            &args,
+            &scratch(test, &format!("{log}.log")),
+        )
+    };
+    let mut cms: Vec<Option<Proc>> = (1..=3)
+        .map(|i| Some(cm(i, false, &format!("cm-{i}"))))
+        .collect();
+    let cm1 = cms[0].as_mut().expect("cm-1");
+    cm1.wait_for_log("cm-1 serves the virtual IP", Duration::from_secs(10));
+    let (first, _) = wait_vip(&net, Duration::from_secs(10), |_| true);
+    assert_eq!(first, 1, "cm-1 serves, so its namespace holds the address");
+    let node = |i: usize| {
+        let name = format!("media-{i}");
+        net.spawn(
+            &format!("n{}", i + 3),
+            &[
+                "node",
+                "--role",
+                "media",
+                "--name",
+                &name,
+                "--join",
+                &sip,
+                "--join-token",
+                TOKEN,
+                "--join-timeout",
+                "10s",
+                "--status-every",
+                "1s",
+            ],
+            &scratch(test, &format!("{name}.log")),
+        )
+    };
+    let (_n1, _n2) = (node(1), node(2));
+    cm1.wait_for_log("media-1 joined as media", Duration::from_secs(10));
+    cm1.wait_for_log("media-2 joined as media", Duration::from_secs(10));
+
+    // 40 echo calls with RTP over 4 s, held 8 s, from 50 users who register first.
+    let load_json = scratch(test, "load.json");
+    let local = format!("{CM_IP}:0");
+    let mut load = net.spawn(
+        "cm",
+        &[
+            "load",
+            "--target",
+            &sip,
+            "--bind",
+            &local,
+            "--rtp-bind",
+            &local,
+            "--users",
+            "50",
+            "--service",
+            "echo",
+            "--rtp",
+            "1",
+            "--calls",
+            "40",
+            "--call-rate",
+            "10/s",
+            "--hold",
+            "8s",
+            "--json",
+            load_json.to_str().expect("utf-8"),
+        ],
+        &scratch(test, "load.log"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let mut killed = cms[0].take().expect("cm-1");
+    let _ = killed.child.kill();
+    let _ = killed.child.wait();
+    let (next, moved) = wait_vip(&net, Duration::from_secs(5), |i| i != 1);
+    eprintln!("the virtual IP reached cm-{next}'s namespace {moved:?} after cm-1's process died");
+    // Three 100 ms heartbeats of silence and the election, then one VRRP advertisement for the
+    // preemption: well under VRRP's 3.6 s defaults, with slack for a busy machine.
+    assert!(
+        moved < Duration::from_secs(3),
+        "the virtual IP reached cm-{next}'s namespace {moved:?} after the kill"
+    );
+    let new = cms[next - 1].as_mut().expect("the new active runs");
+    new.wait_for_log("media-1 linked again", Duration::from_secs(5));
+    new.wait_for_log("media-2 linked again", Duration::from_secs(5));
+    let mut again = cm(1, true, "cm-1-again");
+    again.wait_for_log("cm-1 took a snapshot", Duration::from_secs(10));
+    cms[0] = Some(again);
+    std::thread::sleep(Duration::from_secs(1));
+    let (still, _) = wait_vip(&net, Duration::from_secs(3), |_| true);
+    assert_eq!(
+        still, next,
+        "the address stays with the serving Call Manager"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.ns("cm"), pbxlab(), "ctl"])
+        .args(["--ctl", &(1..=3).map(ctl).collect::<Vec<_>>().join(",")])
+        .args(["--admin-token", "netns-admin", "status", "--json"])
+        .output()
+        .expect("pbxlab ctl runs");
+    assert!(out.status.success(), "{out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let serving = s["callmanagers"][next - 1]["serving"].clone();
+    assert_eq!(
+        serving, true,
+        "ctl reaches the serving one through every endpoint: {s}"
+    );
+    assert!(
+        s["callmanagers"][0]["behind"].as_u64().is_some(),
+        "the active sees cm-1 again: {s}"
+    );
+
+    let status = load
+        .wait_for(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the load did not finish:\n{}", load.log()));
+    assert!(status.success(), "load: {status}\n{}", load.log());
+    for cm in cms.iter_mut().flatten() {
+        let status = cm.terminate();
+        assert!(status.success(), "cluster: {status}\n{}", cm.log());
+    }
+    let v = read_json(&load_json);
+    assert_eq!(n(&v["calls"]["attempted"]), 40, "{v}");
+    assert_eq!(n(&v["calls"]["failed"]), 0, "{v}");
+    assert_eq!(n(&v["registrations"]["failed"]), 0, "{v}");
+    let c = read_json(&scratch(test, &format!("cm-{next}.json")));
+    assert_eq!((n(&c["moved"]), n(&c["dropped"])), (0, 0), "{c}");
+    assert_eq!(n(&c["calls"]["completed"]), 40, "{c}");
+    let link = &c["link"];
+    assert_eq!((n(&link["relinks"]), n(&link["rejoins"])), (2, 0), "{c}");
 }

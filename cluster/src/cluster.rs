@@ -26,12 +26,14 @@ use super::node::{self, NodeHandle, Place, ToThread};
 use crate::Error;
 
 mod group;
+mod process;
 mod serve;
 mod status;
 pub use group::{CATCH_UP_LIMIT, CmCheck, CmFaultWatch, CmStatus};
 use group::{Slot, VipWatch};
 use pbxlab_scenario::Scenario;
 use pbxlab_udp::pace::Pace;
+pub use process::CmProcess;
 use serve::{CmThread, requeue, serve};
 pub use status::{ClusterPace, NodeStatus, Status};
 use status::{node_row, snapshot};
@@ -72,6 +74,8 @@ pub struct Options {
     pub vrrp_track: Option<std::path::PathBuf>,
     /// The nodes' address (default: the Call Manager's).
     pub node_ip: Option<IpAddr>,
+    /// This process is one Call Manager of a group whose others run elsewhere.
+    pub process: Option<CmProcess>,
 }
 
 impl Options {
@@ -92,6 +96,7 @@ impl Options {
             cm_netns: Vec::new(),
             vrrp_track: None,
             node_ip: None,
+            process: None,
         }
     }
 }
@@ -172,6 +177,12 @@ pub enum OpError {
     NotForCallManager { server: String, action: Verb },
     #[error("no Call Manager took the request within {:.0} s (none serves the virtual IP)", .0.as_secs_f64())]
     Unserved(Duration),
+    /// This process is a Call Manager of a group that does not serve now.
+    #[error("{0}")]
+    Elsewhere(String),
+    /// Not what this cluster does, and why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Servers with an operator action under way, and which: two actions on one server at once
@@ -315,6 +326,8 @@ struct Shared {
     capacities: Vec<(Role, u32)>,
     /// The token nodes in their own processes prove to join (each replica's hub takes it).
     join_token: Option<String>,
+    /// This process runs one Call Manager of the group; the others run elsewhere.
+    process: bool,
     health: HealthConfig,
     ip: IpAddr,
     busy: Busy,
@@ -352,6 +365,10 @@ impl Cluster {
         let balancer = sc.balancer()?;
         let health = balancer.health();
         let group = usize::try_from(sc.callmanager.nodes.max(1)).unwrap_or(1);
+        let process = opts.process.as_ref();
+        if let Some(p) = process {
+            p.check(sc, opts.sip, group)?;
+        }
         let in_netns = !opts.cm_netns.is_empty();
         if in_netns && (opts.cm_netns.len() != group || opts.sip.port() == 0) {
             return Err(Error::Unsupported(format!(
@@ -370,8 +387,9 @@ impl Cluster {
                 ))
             })?;
         }
-        // In namespaces the virtual IP is bound in the serving one's namespace, by its thread.
-        let (socket, sip) = if in_netns {
+        // In namespaces the virtual IP is bound in the serving one's namespace, by its thread;
+        // a Call Manager process binds it once it serves.
+        let (socket, sip) = if in_netns || process.is_some() {
             (None, opts.sip)
         } else {
             let socket = UdpSocket::bind(opts.sip).map_err(|e| Error::Bind {
@@ -417,7 +435,13 @@ impl Cluster {
         // Each replica of a group replicates from an address of its own, next to the virtual
         // IP; a group of one has only the virtual IP.
         let mut peers = Vec::new();
-        if group > 1 && !in_netns {
+        if let Some(p) = process {
+            let own = p.peers.get(p.index).copied().unwrap_or(sip);
+            peers.push(UdpSocket::bind(own).map_err(|e| Error::Bind {
+                addr: own,
+                error: e,
+            })?);
+        } else if group > 1 && !in_netns {
             for _ in 0..group {
                 let want = SocketAddr::new(sip.ip(), 0);
                 peers.push(UdpSocket::bind(want).map_err(|e| Error::Bind {
@@ -426,7 +450,9 @@ impl Cluster {
                 })?);
             }
         }
-        let addrs: Vec<SocketAddr> = if in_netns {
+        let addrs: Vec<SocketAddr> = if let Some(p) = process {
+            p.peers.clone()
+        } else if in_netns {
             let port = crate::world::REPLICA_PORT_BASE;
             opts.cm_netns
                 .iter()
@@ -445,7 +471,10 @@ impl Cluster {
             vec![sip]
         };
         let mut cfg = cm_config(sc, opts, sip);
-        cfg.key = crate::random_key().map_err(Error::Random)?;
+        cfg.key = match process {
+            Some(p) => p.key.clone(),
+            None => crate::random_key().map_err(Error::Random)?,
+        };
         let replication = cfg.key.derive("replication");
         let cm_secrets = cfg.secrets();
         let cm = CallManager::new(cfg, balancer, specs);
@@ -477,8 +506,12 @@ impl Cluster {
         let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let capacities: Vec<(Role, u32)> = sc.pools.iter().map(|p| (p.role, p.capacity)).collect();
         let names = sc.callmanager.names();
+        let local = |i: usize| process.is_none_or(|p| p.index == i);
         let cms = (0..group)
             .map(|i| Slot {
+                local: local(i),
+                // Moved by keepalived: in a namespace, or a process behind a track file.
+                vrrp: i < opts.cm_netns.len() || (process.is_some() && opts.vrrp_track.is_some()),
                 name: names
                     .get(i)
                     .cloned()
@@ -495,18 +528,24 @@ impl Cluster {
                 track: opts
                     .vrrp_track
                     .as_ref()
+                    .filter(|_| local(i))
                     .map(|d| d.join(format!("cm-{}", i + 1))),
             })
             .collect::<Vec<Slot>>();
         for slot in &cms {
             // Nobody serves yet: no namespace may take the address before its Call Manager does.
-            slot.track(false).map_err(|error| Error::Io {
+            slot.track(None).map_err(|error| Error::Io {
                 what: "writing a keepalived track file",
                 error,
             })?;
         }
+        let epoch = match process {
+            Some(p) => p.epoch_instant()?,
+            None => Instant::now(),
+        };
         let shared = Arc::new(Shared {
-            epoch: Instant::now(),
+            epoch,
+            process: process.is_some(),
             sip,
             requests: Mutex::new(requests_tx),
             requests_rx: Mutex::new(requests_rx),
@@ -530,10 +569,13 @@ impl Cluster {
         });
         let mut socket = socket;
         let mut peers = peers.into_iter();
-        for i in 0..group {
+        for i in (0..group).filter(|&i| local(i)) {
             // Every replica of a new group starts from the same new Call Manager; the first
-            // is the active of term 1 and holds the virtual IP from the start.
-            let replica = Replica::new(ha(i), Some(cm.clone()), 0);
+            // is the active of term 1 and holds the virtual IP from the start (in a process,
+            // once it has a lease). A process started afresh syncs.
+            let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let state = (!process.is_some_and(|p| p.fresh)).then(|| cm.clone());
+            let replica = Replica::new(ha(i), state, now);
             let peer = peers.next();
             let started = group::start(&shared, i, replica, socket.take(), peer).map_err(|e| {
                 Error::Bind {
@@ -713,6 +755,9 @@ impl Control {
     /// of up to `serve::STATUS_EVERY` ago); `Unserved` if no Call Manager took the request in time.
     fn rows(&self) -> Result<Vec<NodeStatus>, OpError> {
         let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(why) = self.elsewhere() {
+            return Err(OpError::Elsewhere(why));
+        }
         self.request(Request::Rows(tx))
             .map_err(|_| OpError::Stopped)?;
         rx.recv_timeout(REPLY_LIMIT).map_err(unanswered)
@@ -898,6 +943,9 @@ impl Control {
     }
 
     fn request(&self, request: Request) -> Result<(), String> {
+        if let Some(why) = self.elsewhere() {
+            return Err(why);
+        }
         requeue(&self.shared, request).map_err(|()| OpError::Stopped.to_string())
     }
 
@@ -921,6 +969,12 @@ impl Control {
         // The node table answers the common mistakes before a socket is bound; the Call
         // Manager's thread checks again when it adds the node (`Request::Add`).
         let nodes = self.rows()?;
+        if self.shared.process {
+            return Err(OpError::Refused(format!(
+                "{name}: with Call Managers in processes of their own, servers join as \
+                 `pbxlab node --role {role} --name {name}`, not as a node of one of them"
+            )));
+        }
         if nodes.iter().any(|n| n.name == name) {
             return Err(OpError::DuplicateName(name.to_owned()));
         }
@@ -967,6 +1021,9 @@ impl Control {
     /// The whitelist after adding (`Some((ip, true))`), removing (`Some((ip, false))`) or
     /// nothing (`None`).
     pub fn whitelist(&self, change: Option<(IpAddr, bool)>) -> Result<Vec<IpAddr>, OpError> {
+        if let Some(why) = self.elsewhere() {
+            return Err(OpError::Elsewhere(why));
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         self.request(Request::Whitelist(change, tx))
             .map_err(|_| OpError::Stopped)?;

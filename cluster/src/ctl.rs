@@ -328,9 +328,10 @@ fn op_refusal(e: OpError) -> Refusal {
         | OpError::NoPool(_)
         | OpError::Bind { .. }
         | OpError::Busy { .. }
+        | OpError::Refused(_)
         | OpError::NotForCallManager { .. } => 409,
         OpError::Failed { .. } => 500,
-        OpError::Stopped | OpError::Unserved(_) => 503,
+        OpError::Stopped | OpError::Unserved(_) | OpError::Elsewhere(_) => 503,
     };
     Refusal::new(status, e.to_string())
 }
@@ -364,6 +365,8 @@ pub fn status_json(s: &Status) -> Value {
 /// One Call Manager as the endpoint shows it: its role, term, log position and, for a
 /// standby, how far behind the active it is.
 pub fn cm_json(c: &super::cluster::CmStatus) -> Value {
+    // Another process's Call Manager: only how far behind it is, if this one is the active.
+    let known = |n: u64| (c.role != "elsewhere").then_some(n);
     json!({
         "name": c.name,
         "addr": c.addr.map(|a| a.to_string()),
@@ -371,9 +374,9 @@ pub fn cm_json(c: &super::cluster::CmStatus) -> Value {
         "cut_off": c.cut,
         "role": c.role,
         "serving": c.serving,
-        "term": c.term,
-        "applied": c.applied,
-        "commit": c.commit,
+        "term": known(c.term),
+        "applied": known(c.applied),
+        "commit": known(c.commit),
         "behind": c.behind,
         "bind_waits": c.bind_waits,
         "replication": c.stats,

@@ -435,6 +435,15 @@ impl Hub {
         }
     }
 
+    /// Asks every node it has no session with to JOIN again now (the virtual IP's address has
+    /// just reached this host: RELINKs sent before went out from an address the nodes' answers
+    /// did not reach).
+    pub fn hint_now(&mut self) {
+        for r in self.remotes.iter_mut().filter(|r| r.session.is_none()) {
+            r.next_hint = 0;
+        }
+    }
+
     /// Forgets every link and offer: this replica stopped serving, and the next active makes
     /// its own. What is queued for the nodes is dropped; their handles go dead.
     pub fn forget(&mut self) {

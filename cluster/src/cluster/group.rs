@@ -56,6 +56,12 @@ pub(super) struct Running {
 /// One Call Manager of the cluster.
 pub(super) struct Slot {
     pub name: String,
+    /// It runs in this process (every one does, unless this process is one Call Manager of a
+    /// group, [`super::CmProcess`]).
+    pub local: bool,
+    /// The virtual IP's address is moved by a VRRP daemon (keepalived): bound with
+    /// `IP_FREEBIND`, and the Call Manager's timers wait until the address has come.
+    pub vrrp: bool,
     pub cfg: HaConfig,
     /// Cut off from everything (`partition`), until `heal`.
     pub cut: AtomicBool,
@@ -86,14 +92,39 @@ impl Slot {
         self.cut.load(Ordering::Relaxed)
     }
 
-    /// Tells keepalived whether this Call Manager serves (written whole: a rename).
-    pub fn track(&self, serving: bool) -> io::Result<()> {
+    /// Tells keepalived whether this Call Manager serves, and in which term (`Some(term)`):
+    /// `cm-N` is 0 while it serves, 1 otherwise (a `track_file` of weight 0: anything else
+    /// is FAULT), and `cm-N.term` its term while it serves (a `track_file` of weight 1 on a
+    /// base priority of 1), so that the newest active's keepalived has the highest priority
+    /// and takes the address even from one whose Call Manager died without a word (its files
+    /// still say it serves, in an older term): it ignores that one's advertisements, becomes
+    /// master after VRRP's master-down interval, and the old one yields to its higher
+    /// priority. At equal priorities it never would. From term 253 on, priorities tie at 254.
+    /// Each file is written whole (a rename); a stop is written first, a term before its
+    /// start.
+    pub fn track(&self, serving: Option<u64>) -> io::Result<()> {
         let Some(path) = &self.track else {
             return Ok(());
         };
-        let tmp = path.with_extension("new");
-        std::fs::write(&tmp, if serving { "0\n" } else { "1\n" })?;
-        std::fs::rename(&tmp, path)
+        let write = |path: &std::path::Path, text: String| {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".new");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, path)
+        };
+        let mut term = path.as_os_str().to_owned();
+        term.push(".term");
+        let term = std::path::PathBuf::from(term);
+        match serving {
+            Some(t) => {
+                write(&term, format!("{}\n", t.min(253)))?;
+                write(path, "0\n".into())
+            }
+            None => {
+                write(path, "1\n".into())?;
+                write(&term, "0\n".into())
+            }
+        }
     }
 }
 
@@ -248,7 +279,7 @@ fn ended(shared: &Shared, me: usize, error: Option<&io::Error>) {
     if was_serving && let Ok(mut w) = shared.vip.lock() {
         w.changed(now, me, false);
     }
-    let _ = slot.track(false);
+    let _ = slot.track(None);
     if let Ok(mut row) = slot.row.lock() {
         row.running = false;
         row.serving = false;
@@ -315,6 +346,13 @@ impl Control {
                 row.addr = s.addr();
                 row.running = s.running();
                 row.cut = s.is_cut();
+                if !s.local {
+                    // Another process's: what the active here sees of it is how far behind
+                    // it is; the rest is that process's to say.
+                    row.role = "elsewhere";
+                    row.behind = behind.get(i).copied().flatten();
+                    return row;
+                }
                 if !row.running {
                     row.role = "stopped";
                     row.serving = false;
@@ -498,6 +536,11 @@ impl Control {
     pub(super) fn act_on_cm(&self, verb: Verb, i: usize) -> Result<(), String> {
         let slot = self.slot(i)?;
         let name = &slot.name;
+        if !slot.local {
+            return Err(format!(
+                "{name} runs in another process: send this to its own control endpoint"
+            ));
+        }
         if self.shared.cms.len() < 2 {
             return Err(format!(
                 "{name} is the only Call Manager: with [callmanager] nodes = 1 there is nothing \

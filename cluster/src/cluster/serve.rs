@@ -141,7 +141,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
             if serving && vip.is_none() {
                 // The old active's lease is out, so its socket is closed or about to be: the
                 // kernel says which.
-                let bound = if slot.netns.is_some() {
+                let bound = if slot.vrrp {
                     pbxlab_udp::bind_free(shared.sip)
                 } else {
                     UdpSocket::bind(shared.sip)
@@ -159,7 +159,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                 unserved(&v, &mut peer_buf, shared);
             }
         }
-        if slot.netns.is_some() {
+        if slot.vrrp {
             if vip.is_none() {
                 vip_here = false;
                 vip_wait = None;
@@ -169,6 +169,9 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                 let here = UdpSocket::bind(SocketAddr::new(shared.sip.ip(), 0)).is_ok();
                 vip_check = now + 100_000_000;
                 if here != vip_here {
+                    if here {
+                        hub.hint_now();
+                    }
                     let what = if here {
                         "has the virtual IP's address"
                     } else {
@@ -220,8 +223,11 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                         if cut {
                             group::count_lost(shared, 1);
                         } else if let Some(d) = peer_buf.get(..n) {
-                            // Timed only while a snapshot is coming: its last chunk is read here.
-                            let began = replica.taking_snapshot().then(Instant::now);
+                            // Timed only while a snapshot is or may be coming: its last chunk is
+                            // read here.
+                            let began = (replica.taking_snapshot()
+                                || replica.role() == crate::ha::Role::Syncing)
+                                .then(Instant::now);
                             replica.on_peer(now, d);
                             if let Some(began) = began
                                 && replica.stats.snapshots_taken > snapshots_taken
@@ -395,7 +401,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                 if let Ok(mut w) = shared.vip.lock() {
                     w.changed(now, me, serving);
                 }
-                if let Err(e) = slot.track(serving) {
+                if let Err(e) = slot.track(serving.then(|| replica.term())) {
                     lines.push(line(
                         now,
                         name,
@@ -430,7 +436,8 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
             if let Ok(mut r) = slot.row.lock() {
                 *r = row;
             }
-            if role == crate::ha::Role::Active
+            // A process's only replica says what it sees: nothing, unless it is the active.
+            if (role == crate::ha::Role::Active || shared.process)
                 && group
                 && let Ok(mut b) = shared.behind.lock()
             {
@@ -438,7 +445,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
                     *v = u8::try_from(i).ok().and_then(|i| replica.behind(i));
                 }
             }
-            if (serving || !group)
+            if (serving || !group || shared.process)
                 && let Some(cm) = replica.cm()
             {
                 publish_status(cm, &handles, since, send_errors, shared, Some(&hub));
@@ -449,7 +456,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
         }
         due = replica.next_deadline();
         let mut until = Duration::from_nanos(due.saturating_sub(elapsed(started)));
-        if group && replica.serving(now) && (vip.is_none() || (slot.netns.is_some() && !vip_here)) {
+        if group && replica.serving(now) && (vip.is_none() || (slot.vrrp && !vip_here)) {
             until = until.min(BUSY_TICK);
         }
         if busy {
