@@ -170,13 +170,14 @@ fn cm_process(args: &ClusterArgs) -> Result<Option<pbxlab_cluster::cluster::CmPr
     })?;
     let epoch = args
         .epoch
-        .filter(|e| e.is_finite() && *e >= 0.0)
+        .and_then(|e| Duration::try_from_secs_f64(e).ok())
+        .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
         .ok_or_else(|| BadInput("--epoch: a UNIX time in seconds".into()))?;
     Ok(Some(pbxlab_cluster::cluster::CmProcess {
         index: index - 1,
         peers: args.cm_peers.clone(),
         key: pbxlab_cluster::cluster::CmProcess::key(&key),
-        epoch: std::time::UNIX_EPOCH + Duration::from_secs_f64(epoch),
+        epoch,
         fresh: args.fresh,
     }))
 }

@@ -196,21 +196,37 @@ pub(crate) fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
         ) {
             Ok(r) => r,
             Err(e) => {
-                unreachable.get_or_insert(anyhow!(
+                let error = anyhow!(
                     "cannot reach the control endpoint at http://{}: {e} (is `pbxlab cluster \
                      --ctl {}` running?)",
                     base.authority,
                     base.authority
-                ));
+                );
+                // An action that may have reached the endpoint is not sent to the next one:
+                // it could be carried out twice.
+                let never_sent = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::AddrNotAvailable
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                );
+                if method != "GET" && !never_sent {
+                    return Err(error);
+                }
+                unreachable.get_or_insert(error);
                 continue;
             }
         };
-        let value: Value = serde_json::from_slice(&response.body).with_context(|| {
-            format!(
+        let Ok(value) = serde_json::from_slice::<Value>(&response.body) else {
+            unreachable.get_or_insert(anyhow!(
                 "the endpoint at http://{} answered HTTP {} without JSON",
-                base.authority, response.status
-            )
-        })?;
+                base.authority,
+                response.status
+            ));
+            continue;
+        };
         // With several endpoints, the one that serves the virtual IP answers for the cluster:
         // another Call Manager process refuses (503), or shows only its own view.
         let serves = response.status != 503

@@ -175,17 +175,31 @@ fn killing_the_active_process_moves_the_virtual_ip_and_nodes_follow_without_rest
             &format!("{name}.log"),
         )
     };
+    // Every process starts as a standby: the first election makes the first active.
+    let index = |name: &str| -> usize {
+        name.strip_prefix("cm-")
+            .and_then(|n| n.parse().ok())
+            .expect("a Call Manager's name")
+    };
+    let started = Instant::now();
+    let first = loop {
+        if let Some(s) = g.serving() {
+            break index(&s);
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "nobody serves");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let (_n1, _n2) = (node("media-1"), node("media-2"));
-    let cm1 = cms[0].as_mut().expect("cm-1");
-    cm1.wait_for_log("media-1 joined as media", Duration::from_secs(10));
-    cm1.wait_for_log("media-2 joined as media", Duration::from_secs(10));
-    assert_eq!(g.serving().as_deref(), Some("cm-1"));
+    let active = cms[first - 1].as_mut().expect("the first active");
+    active.wait_for_log("media-1 joined as media", Duration::from_secs(10));
+    active.wait_for_log("media-2 joined as media", Duration::from_secs(10));
     // A standby refuses what only the serving one may do, and says why.
-    let refused = g.ctl(&g.ctls[1], &["whitelist", "list"]);
+    let standby = first % 3 + 1;
+    let refused = g.ctl(&g.ctls[standby - 1], &["whitelist", "list"]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("cm-2 does not serve the virtual IP"),
+        stderr.contains(&format!("cm-{standby} does not serve the virtual IP")),
         "{stderr}"
     );
 
@@ -214,46 +228,45 @@ fn killing_the_active_process_moves_the_virtual_ip_and_nodes_follow_without_rest
     );
     std::thread::sleep(Duration::from_secs(4));
     // A crash: SIGKILL, no resignation; its state and its sessions with the nodes go with it.
-    let mut killed = cms[0].take().expect("cm-1");
+    let mut killed = cms[first - 1].take().expect("the first active");
     let _ = killed.child.kill();
     let _ = killed.child.wait();
     let killed_at = Instant::now();
+    let old = format!("cm-{first}");
     let mut active = None;
     while killed_at.elapsed() < Duration::from_secs(5) {
-        active = g.serving().filter(|s| s != "cm-1");
+        active = g.serving().filter(|s| *s != old);
         if active.is_some() {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let active = active.expect("another Call Manager serves within 5 s");
-    let i: usize = active
-        .strip_prefix("cm-")
-        .and_then(|n| n.parse().ok())
-        .expect("a Call Manager's name");
-    let new = cms[i - 1].as_mut().expect("the new active runs");
+    eprintln!(
+        "{active} served {:?} after {old}'s process died",
+        killed_at.elapsed()
+    );
+    let new = cms[index(&active) - 1]
+        .as_mut()
+        .expect("the new active runs");
     new.wait_for_log("media-1 linked again", Duration::from_secs(5));
     new.wait_for_log("media-2 linked again", Duration::from_secs(5));
     // Started again, it has no state: it takes a snapshot and follows as a standby.
-    cms[0] = Some(g.cm(1, true, "cm-1-again"));
+    cms[first - 1] = Some(g.cm(first, true, &format!("{old}-again")));
     let started = Instant::now();
     let mut role = String::new();
     while started.elapsed() < Duration::from_secs(10) && role != "standby" {
         std::thread::sleep(Duration::from_millis(50));
-        let out = g.ctl(&g.ctls[0], &["status", "--json"]);
+        let out = g.ctl(&g.ctls[first - 1], &["status", "--json"]);
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            role = v["callmanagers"][0]["role"]
+            role = v["callmanagers"][first - 1]["role"]
                 .as_str()
                 .unwrap_or("")
                 .to_owned();
         }
     }
-    assert_eq!(
-        role,
-        "standby",
-        "{}",
-        cms[0].as_ref().map(Proc::log).unwrap_or_default()
-    );
+    let log = cms[first - 1].as_ref().map(Proc::log).unwrap_or_default();
+    assert_eq!(role, "standby", "{log}");
     // Every endpoint given: the request reaches the new active.
     let listed = g.ctl(&g.ctls.join(","), &["whitelist", "list"]);
     assert!(listed.status.success(), "{listed:?}");

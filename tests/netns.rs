@@ -625,10 +625,14 @@ fn keepalived_moves_the_virtual_ip_when_the_active_call_manager_process_dies() {
     let mut cms: Vec<Option<Proc>> = (1..=3)
         .map(|i| Some(cm(i, false, &format!("cm-{i}"))))
         .collect();
-    let cm1 = cms[0].as_mut().expect("cm-1");
-    cm1.wait_for_log("cm-1 serves the virtual IP", Duration::from_secs(10));
+    // Every process starts as a standby: the first election makes the first active, and its
+    // namespace gets the address.
     let (first, _) = wait_vip(&net, Duration::from_secs(10), |_| true);
-    assert_eq!(first, 1, "cm-1 serves, so its namespace holds the address");
+    let active = cms[first - 1].as_mut().expect("the first active");
+    active.wait_for_log(
+        &format!("cm-{first} serves the virtual IP"),
+        Duration::from_secs(5),
+    );
     let node = |i: usize| {
         let name = format!("media-{i}");
         net.spawn(
@@ -652,8 +656,8 @@ fn keepalived_moves_the_virtual_ip_when_the_active_call_manager_process_dies() {
         )
     };
     let (_n1, _n2) = (node(1), node(2));
-    cm1.wait_for_log("media-1 joined as media", Duration::from_secs(10));
-    cm1.wait_for_log("media-2 joined as media", Duration::from_secs(10));
+    active.wait_for_log("media-1 joined as media", Duration::from_secs(10));
+    active.wait_for_log("media-2 joined as media", Duration::from_secs(10));
 
     // 40 echo calls with RTP over 4 s, held 8 s, from 50 users who register first.
     let load_json = scratch(test, "load.json");
@@ -686,11 +690,13 @@ fn keepalived_moves_the_virtual_ip_when_the_active_call_manager_process_dies() {
         &scratch(test, "load.log"),
     );
     std::thread::sleep(Duration::from_secs(3));
-    let mut killed = cms[0].take().expect("cm-1");
+    let mut killed = cms[first - 1].take().expect("the first active");
     let _ = killed.child.kill();
     let _ = killed.child.wait();
-    let (next, moved) = wait_vip(&net, Duration::from_secs(5), |i| i != 1);
-    eprintln!("the virtual IP reached cm-{next}'s namespace {moved:?} after cm-1's process died");
+    let (next, moved) = wait_vip(&net, Duration::from_secs(5), |i| i != first);
+    eprintln!(
+        "the virtual IP reached cm-{next}'s namespace {moved:?} after cm-{first}'s process died"
+    );
     // Three 100 ms heartbeats of silence and the election, then one VRRP advertisement for the
     // preemption: well under VRRP's 3.6 s defaults, with slack for a busy machine.
     assert!(
@@ -700,9 +706,12 @@ fn keepalived_moves_the_virtual_ip_when_the_active_call_manager_process_dies() {
     let new = cms[next - 1].as_mut().expect("the new active runs");
     new.wait_for_log("media-1 linked again", Duration::from_secs(5));
     new.wait_for_log("media-2 linked again", Duration::from_secs(5));
-    let mut again = cm(1, true, "cm-1-again");
-    again.wait_for_log("cm-1 took a snapshot", Duration::from_secs(10));
-    cms[0] = Some(again);
+    let mut again = cm(first, true, &format!("cm-{first}-again"));
+    again.wait_for_log(
+        &format!("cm-{first} took a snapshot"),
+        Duration::from_secs(10),
+    );
+    cms[first - 1] = Some(again);
     std::thread::sleep(Duration::from_secs(1));
     let (still, _) = wait_vip(&net, Duration::from_secs(3), |_| true);
     assert_eq!(
@@ -723,8 +732,8 @@ fn keepalived_moves_the_virtual_ip_when_the_active_call_manager_process_dies() {
         "ctl reaches the serving one through every endpoint: {s}"
     );
     assert!(
-        s["callmanagers"][0]["behind"].as_u64().is_some(),
-        "the active sees cm-1 again: {s}"
+        s["callmanagers"][first - 1]["behind"].as_u64().is_some(),
+        "the active sees cm-{first} again: {s}"
     );
 
     let status = load

@@ -574,8 +574,10 @@ impl Cluster {
             // is the active of term 1 and holds the virtual IP from the start (in a process,
             // once it has a lease). A process started afresh syncs.
             let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            let state = (!process.is_some_and(|p| p.fresh)).then(|| cm.clone());
-            let replica = Replica::new(ha(i), state, now);
+            let replica = match process {
+                Some(p) => Replica::joining(ha(i), (!p.fresh).then(|| cm.clone()), now),
+                None => Replica::new(ha(i), Some(cm.clone()), now),
+            };
             let peer = peers.next();
             let started = group::start(&shared, i, replica, socket.take(), peer).map_err(|e| {
                 Error::Bind {
@@ -781,6 +783,11 @@ impl Control {
                     server: name,
                     action,
                 });
+            }
+            if self.shared.cms.get(i).is_some_and(|s| !s.local) {
+                return Err(OpError::Elsewhere(format!(
+                    "{name} runs in another process: send this to its own control endpoint"
+                )));
             }
             let _claim = self.claim(action, vec![name.clone()])?;
             let started = self.now();

@@ -63,6 +63,12 @@ const PENDING_NS: Nanos = 10_000_000_000;
 const SILENT_NS: Nanos = 3_000_000_000;
 /// How often a node this hub has no session with is sent a RELINK.
 const HINT_EVERY: Nanos = 200_000_000;
+/// A node still without a session this long after a takeover is marked down, as a link lost
+/// (its commands wait meanwhile): as long as a command goes unacknowledged before that.
+const SESSIONLESS_NS: Nanos = link::RETRY * link::ATTEMPTS as u64;
+/// RELINKs to addresses of no node this Call Manager has (a node whose join was lost in a
+/// takeover), per second in all; each address at most once per [`HINT_EVERY`].
+const STRANGER_HINTS_PER_S: u32 = 50;
 
 /// What the hub reads of the Call Manager, and the changes it makes there: the Call Manager
 /// itself alone, the replica in a group (each change an input every replica applies).
@@ -76,6 +82,15 @@ pub trait NodeTable {
     fn event(&mut self, now: Nanos, server: ServerId, event: NodeEvent);
     /// The node's link was made again by process `instance` (see [`CallManager::relink`]).
     fn relinked(&mut self, now: Nanos, server: ServerId, instance: u64);
+    /// The sequence number of the last change taken, and the last one a standby holds: an
+    /// event is acknowledged to its node only once the change it made is held (0 and 0 alone:
+    /// nothing to wait for).
+    fn logged(&self) -> u64 {
+        0
+    }
+    fn committed(&self) -> u64 {
+        0
+    }
 }
 
 impl NodeTable for CallManager {
@@ -101,6 +116,14 @@ impl NodeTable for CallManager {
 }
 
 impl NodeTable for Replica {
+    fn logged(&self) -> u64 {
+        if self.in_group() { self.applied() } else { 0 }
+    }
+
+    fn committed(&self) -> u64 {
+        if self.in_group() { self.commit() } else { 0 }
+    }
+
     fn table(&self) -> Option<&CallManager> {
         self.cm()
     }
@@ -151,6 +174,9 @@ pub struct HubStats {
     /// Datagrams from a remote node's address while this hub has no session with it (sealed
     /// for one of an earlier active's, most likely): not opened, answered with a RELINK.
     pub sessionless: u64,
+    /// Sealed link datagrams from addresses of no node of the cluster (a node whose join was
+    /// lost in a takeover, or anyone): answered with a RELINK, within a rate.
+    pub strangers: u64,
     /// Datagrams dropped because the outbox was full.
     pub dropped: u64,
 }
@@ -176,6 +202,8 @@ struct Remote {
     lost: bool,
     /// The next RELINK while it has no session.
     next_hint: Nanos,
+    /// Since when it has had no session (taken over), until it links again or is given up.
+    sessionless_since: Option<Nanos>,
 }
 
 /// One process of a node, as its JOIN named it, and the session it was given.
@@ -220,6 +248,13 @@ pub struct Hub {
     joined: Vec<NodeHandle>,
     log: Vec<String>,
     refusals_logged: BTreeSet<SocketAddr>,
+    /// Event acknowledgements waiting until the change they made is held by a standby: the
+    /// sequence number it needs, where to, the datagram.
+    held_acks: std::collections::VecDeque<(u64, SocketAddr, Vec<u8>)>,
+    /// When each address of no node was last sent a RELINK (at most [`MAX_REFUSALS_LOGGED`]),
+    /// and the current second's count of them.
+    strangers: std::collections::BTreeMap<SocketAddr, Nanos>,
+    stranger_hints: (Nanos, u32),
     stats: HubStats,
 }
 
@@ -243,6 +278,9 @@ impl Hub {
             joined: Vec::new(),
             log: Vec::new(),
             refusals_logged: BTreeSet::new(),
+            held_acks: std::collections::VecDeque::new(),
+            strangers: std::collections::BTreeMap::new(),
+            stranger_hints: (0, 0),
             stats: HubStats::default(),
         }
     }
@@ -313,7 +351,14 @@ impl Hub {
             return;
         };
         let Some(node) = table.node_at(from).filter(|n| n.place == Place::Remote) else {
-            self.stats.ignored += 1;
+            if proved.is_none() && !self.pending.iter().any(|p| p.from == from) {
+                // A node this Call Manager does not have, still linked to an earlier active
+                // (its join was lost in the takeover), or anyone: asked to JOIN, within a rate.
+                self.stats.strangers += 1;
+                self.hint_stranger(now, from);
+            } else {
+                self.stats.ignored += 1;
+            }
             return;
         };
         let (id, name) = (node.id, node.name.clone());
@@ -361,6 +406,7 @@ impl Hub {
             out,
             log,
             stats,
+            held_acks,
             ..
         } = self;
         let Some(r) = remotes.get_mut(i) else {
@@ -375,13 +421,25 @@ impl Hub {
                 r.out.ack(seq);
             }
             Message::Event { seq, event } => {
-                if r.events.receive(seq, event) != Delivery::TooFar {
-                    let ack = session.tx.seal(&Message::Ack { seq });
-                    queue(out, stats, from, ack);
-                }
+                let delivery = r.events.receive(seq, event);
                 while let Some(event) = r.events.pop() {
                     stats.events += 1;
                     cm.event(now, r.id, event);
+                }
+                // Acknowledged once handed to the Call Manager (one ahead of a gap comes again)
+                // and once a standby holds what it changed: an event a takeover loses is one
+                // its node sends again.
+                if delivery != Delivery::TooFar && seq < r.events.next() {
+                    let ack = session.tx.seal(&Message::Ack { seq });
+                    if cm.logged() > cm.committed() {
+                        if held_acks.len() < MAX_OUT {
+                            held_acks.push_back((cm.logged(), from, ack));
+                        } else {
+                            stats.dropped += 1;
+                        }
+                    } else {
+                        queue(out, stats, from, ack);
+                    }
                 }
             }
             Message::Stats {
@@ -403,6 +461,10 @@ impl Hub {
         let live = |n: &&crate::cm::NodeSpec| {
             n.place == Place::Remote && table.balancer().server(n.id).is_some()
         };
+        // Removed servers (`rm`) go; then every remote is a live remote node of the table, so
+        // equal counts are the same nodes.
+        self.remotes
+            .retain(|r| table.balancer().server(r.id).is_some());
         if table.nodes().iter().filter(live).count() == self.remotes.len() {
             return;
         }
@@ -426,6 +488,7 @@ impl Hub {
                 resync: false,
                 lost: false,
                 next_hint: now,
+                sessionless_since: Some(now),
             });
             self.log.push(line(
                 now,
@@ -445,12 +508,51 @@ impl Hub {
     }
 
     /// Forgets every link and offer: this replica stopped serving, and the next active makes
-    /// its own. What is queued for the nodes is dropped; their handles go dead.
+    /// its own. What is queued for the nodes is dropped (acknowledgements too: their nodes send
+    /// again to the next active); their handles go dead.
     pub fn forget(&mut self) {
         self.remotes.clear();
         self.pending.clear();
         self.out.clear();
         self.joined.clear();
+        self.held_acks.clear();
+        self.strangers.clear();
+    }
+
+    /// A RELINK to `from`, which has no node here: each address at most once per
+    /// [`HINT_EVERY`], at most [`STRANGER_HINTS_PER_S`] a second in all.
+    fn hint_stranger(&mut self, now: Nanos, from: SocketAddr) {
+        let Some(key) = self.join_key.as_ref() else {
+            return;
+        };
+        if self
+            .strangers
+            .get(&from)
+            .is_some_and(|&t| now < t + HINT_EVERY)
+        {
+            return;
+        }
+        let (second, sent) = &mut self.stranger_hints;
+        if now >= *second + 1_000_000_000 {
+            (*second, *sent) = (now, 0);
+        }
+        if *sent >= STRANGER_HINTS_PER_S {
+            return;
+        }
+        *sent += 1;
+        if self.strangers.len() >= MAX_REFUSALS_LOGGED
+            && let Some(oldest) = self
+                .strangers
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(a, _)| *a)
+        {
+            self.strangers.remove(&oldest);
+        }
+        self.strangers.insert(from, now);
+        self.stats.hints += 1;
+        let hint = relink(key, self.stats.hints, 0, now);
+        queue(&mut self.out, &mut self.stats, from, hint);
     }
 
     /// A session for a JOIN: the Call Manager's half drawn, the JOINED sealed.
@@ -659,6 +761,7 @@ impl Hub {
             resync: false,
             lost: false,
             next_hint: now,
+            sessionless_since: None,
         });
         self.stats.joins += 1;
         let note = if id == offered {
@@ -699,12 +802,17 @@ impl Hub {
         let (name, addr) = (node.name.clone(), node.addr);
         let restart = node.instance != session.instance;
         let instance = session.instance;
+        // With a session of its own the hub lost nothing: what was not acknowledged is still
+        // queued and goes on the new one. Taken over, the node may have lost what the last
+        // active sent: the Call Manager tells it again.
+        let taken_over = r.session.is_none();
         if restart {
             while r.control.commands.try_recv().is_ok() {}
             r.out.clear();
         }
         r.out.restart(session.first_seq);
         r.session = Some(session);
+        r.sessionless_since = None;
         r.events = Incoming::new(1);
         r.resync = false;
         r.lost = false;
@@ -716,10 +824,16 @@ impl Hub {
             format!("rejoined from {addr} (restarted): down until its probes bring it back")
         } else {
             stats.relinks += 1;
-            format!("linked again from {addr}: told again what it carries")
+            if taken_over {
+                format!("linked again from {addr}: told again what it carries")
+            } else {
+                format!("linked again from {addr}, on a new session")
+            }
         };
         log.push(line(now, &name, &what));
-        cm.relinked(now, id, instance);
+        if restart || taken_over {
+            cm.relinked(now, id, instance);
+        }
     }
 
     fn refuse(&mut self, now: Nanos, from: SocketAddr, name: &str, reason: String) {
@@ -754,6 +868,13 @@ impl Hub {
         self.pending
             .retain(|p| now.saturating_sub(p.since) <= PENDING_NS);
         self.adopt(cm, now);
+        while let Some((need, to, ack)) = self.held_acks.pop_front() {
+            if need > cm.committed() {
+                self.held_acks.push_front((need, to, ack));
+                break;
+            }
+            queue(&mut self.out, &mut self.stats, to, ack);
+        }
         let Hub {
             remotes,
             out,
@@ -802,6 +923,14 @@ impl Hub {
                         queue(out, stats, addr, sealed);
                     }
                 }
+            }
+            if lost.is_none()
+                && r.sessionless_since
+                    .is_some_and(|t| now.saturating_sub(t) > SESSIONLESS_NS)
+            {
+                // Taken over and never linked again: down, as a link lost; still asked.
+                r.sessionless_since = None;
+                lost = Some(Lost::NoSession);
             }
             if let Some(e) = lost {
                 lose(cm, now, r, e, log, stats);
@@ -873,9 +1002,19 @@ fn hint(
     };
     r.next_hint = now + HINT_EVERY;
     stats.hints += 1;
+    queue(out, stats, to, relink(key, stats.hints, instance, now));
+}
+
+/// A RELINK for process `instance`, stamped `now` on the group's clock.
+fn relink(key: &pbxlab_proto::mac::Key, counter: u64, instance: u64, now: Nanos) -> Vec<u8> {
     let mut relink = Vec::new();
-    link::seal(key, stats.hints, &Message::Relink { instance }, &mut relink);
-    queue(out, stats, to, relink);
+    link::seal(
+        key,
+        counter,
+        &Message::Relink { instance, at: now },
+        &mut relink,
+    );
+    relink
 }
 
 /// Gives up on what was queued for `r`: the node is marked down (its probes have most likely
@@ -1195,7 +1334,7 @@ mod tests {
         h2.advance(&mut cm, 11);
         let hints = sent(&mut h2);
         assert!(
-            matches!(&hints[..], [(to, Message::Relink { instance })]
+            matches!(&hints[..], [(to, Message::Relink { instance, .. })]
                 if *to == node_addr(2) && *instance == a.spec().instance),
             "{hints:?}"
         );
@@ -1211,6 +1350,7 @@ mod tests {
             1,
             &Message::Relink {
                 instance: a.spec().instance,
+                at: 20,
             },
             &mut hint,
         );
@@ -1240,6 +1380,128 @@ mod tests {
         // A RELINK replayed now is taken at most once a second.
         a.handle(25, cm_addr(), &hint, |_| {});
         assert!(matches!(a.state(), MemberState::Joined(_)));
+    }
+
+    /// The Call Manager as a group's replica would be: changes logged, held from `committed`.
+    struct Replicated {
+        cm: CallManager,
+        logged: u64,
+        committed: u64,
+    }
+
+    impl NodeTable for Replicated {
+        fn table(&self) -> Option<&CallManager> {
+            Some(&self.cm)
+        }
+        fn admit(&mut self, now: Nanos, node: NewNode) -> Result<ServerId, String> {
+            self.logged += 1;
+            self.cm.admit(now, node)
+        }
+        fn down(&mut self, now: Nanos, server: ServerId) {
+            self.logged += 1;
+            self.cm.down(now, server);
+        }
+        fn event(&mut self, now: Nanos, server: ServerId, event: NodeEvent) {
+            self.logged += 1;
+            self.cm.event(now, server, event);
+        }
+        fn relinked(&mut self, now: Nanos, server: ServerId, instance: u64) {
+            self.logged += 1;
+            self.cm.relinked(now, server, instance);
+        }
+        fn logged(&self) -> u64 {
+            self.logged
+        }
+        fn committed(&self) -> u64 {
+            self.committed
+        }
+    }
+
+    #[test]
+    fn an_event_is_acknowledged_only_once_a_standby_holds_what_it_changed() {
+        let (mut plain, mut h) = (call_manager(), hub());
+        let mut a = member("media-a", Role::Media, "tok");
+        joined(&mut h, &mut plain, 0, node_addr(2), &mut a);
+        raw(&mut h);
+        let mut g = Replicated {
+            cm: plain,
+            logged: 7,
+            committed: 7,
+        };
+        a.push_event(NodeEvent::Digit {
+            session: MediaSession(5),
+            digit: '1',
+        });
+        a.advance(1, &node::NodeStats::default(), 0);
+        let mut out = Vec::new();
+        a.transmit_all(|d| out.extend(d.iter().map(|(_, b)| b.to_vec())));
+        for d in &out {
+            h.handle(&mut g, 1, node_addr(2), d);
+        }
+        assert_eq!((h.stats().events, g.logged), (1, 8));
+        h.advance(&mut g, 2);
+        assert!(
+            sent(&mut h).is_empty(),
+            "acknowledged before a standby held it"
+        );
+        g.committed = 8;
+        h.advance(&mut g, 3);
+        assert_eq!(sent(&mut h), [(node_addr(2), Message::Ack { seq: 1 })]);
+    }
+
+    #[test]
+    fn a_node_that_never_links_again_after_a_takeover_is_marked_down() {
+        let (mut cm, mut h1) = (call_manager(), hub());
+        let mut a = member("media-a", Role::Media, "tok");
+        joined(&mut h1, &mut cm, 0, node_addr(2), &mut a);
+        let mut h2 = Hub::new(Some("tok"), &Key::from_seed(2), vec![(Role::Media, 50)]);
+        h2.advance(&mut cm, 10);
+        assert!(healthy(&cm));
+        h2.advance(&mut cm, 10 + SESSIONLESS_NS);
+        assert!(healthy(&cm), "given up too early");
+        h2.advance(&mut cm, 11 + SESSIONLESS_NS);
+        assert!(!healthy(&cm));
+        assert_eq!(h2.stats().lost, 1);
+        assert!(h2.take_log().iter().any(|l| l.contains("no session")));
+        // Still asked to join again.
+        let hints = sent(&mut h2)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, Message::Relink { .. }))
+            .count();
+        assert!(hints > 1);
+    }
+
+    #[test]
+    fn a_node_made_to_join_again_under_a_live_session_loses_nothing_and_is_told_nothing() {
+        let (mut cm, mut h) = (call_manager(), hub());
+        let mut a = member("media-a", Role::Media, "tok");
+        joined(&mut h, &mut cm, 0, node_addr(2), &mut a);
+        let handle = h.take_joined().remove(0);
+        assert!(handle.send(echo(1)));
+        h.advance(&mut cm, 1);
+        raw(&mut h);
+        // A RELINK the node takes (a stray or replayed one): it joins again; the hub had a
+        // session, so the unacknowledged command goes on the new one, and nothing else.
+        let mut hint = Vec::new();
+        let msg = Message::Relink {
+            instance: 0,
+            at: 99,
+        };
+        link::seal(&link::join_key("tok"), 1, &msg, &mut hint);
+        a.handle(2, cm_addr(), &hint, |_| {});
+        a.advance(2, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 2, node_addr(2), &mut a);
+        to_member(&mut h, 3, node_addr(2), &mut a);
+        a.advance(4, &node::NodeStats::default(), 0);
+        to_hub(&mut h, &mut cm, 4, node_addr(2), &mut a);
+        assert_eq!(h.stats().relinks, 1);
+        assert!(
+            cm.node_commands().next().is_none(),
+            "the node was told again"
+        );
+        h.advance(&mut cm, 5);
+        assert_eq!(to_member(&mut h, 6, node_addr(2), &mut a), [echo(1)]);
+        assert!(healthy(&cm));
     }
 
     #[test]
@@ -1307,9 +1569,14 @@ mod tests {
                 (node_addr(2), Message::Ack { seq: 1 })
             ]
         );
-        // From a stranger: ignored.
+        // From an address of no node: not opened, answered with a RELINK (within a rate).
         h.handle(&mut cm, 3, node_addr(8), &digit[0]);
-        assert_eq!(h.stats().ignored, 1);
+        h.handle(&mut cm, 4, node_addr(8), &digit[0]);
+        assert_eq!(h.stats().strangers, 2);
+        assert!(matches!(
+            &sent(&mut h)[..],
+            [(to, Message::Relink { instance: 0, at: 3 })] if *to == node_addr(8)
+        ));
         h.handle(&mut cm, 3, node_addr(2), b"PBXL/1 EVENT");
         assert_eq!(h.stats().malformed, 1);
     }

@@ -18,9 +18,11 @@
 //! PBXL/1 JOIN <name> <role> <instance, hex> <node nonce, 32 hex>   node -> CM
 //! PBXL/1 JOINED <id> <first command seq> <CM nonce, 32 hex>        CM -> node
 //! PBXL/1 REFUSED <reason, free text>                               CM -> node
+//! PBXL/1 RELINK <instance, hex> <stamp>                            CM -> node
 //! PBXL/1 CMD <seq> relay <session> <leg> <leg>           CM -> node, also echo|ivr|hold
 //!                                                        <session> <leg>, join <session>
-//!                                                        <room> <leg>, end <session>, reset
+//!                                                        <room> <leg>, end <session>, reset,
+//!                                                        mark, sweep
 //! PBXL/1 EVENT <seq> digit <session> <digit>             node -> CM
 //! PBXL/1 ACK <seq>                                       either way
 //! PBXL/1 STATS <12 counters>                             node -> CM, once a second
@@ -43,10 +45,13 @@
 //! flight so the receiver never has to hold more. STATS is a heartbeat with the node's
 //! figures; losing one only delays the status.
 //!
-//! A JOIN names the node's process (`instance`, random at start): the same instance again is
-//! a retransmission and gets the same JOINED; a new one from the same address is a restart.
-//! JOINED says where the Call Manager's sequence numbers start; they continue across restarts,
-//! so a stale command for the previous process is a duplicate to the new one.
+//! A JOIN names the node's process (`instance`, random at start): the same instance and nonce
+//! again is a retransmission and gets the same JOINED; another from the same address is a
+//! restart, or (the same instance, a new nonce) a new link of the same process. JOINED says
+//! where the Call Manager's sequence numbers start (1 in each session: a stale command of
+//! another session fails this one's MAC). RELINK, sealed with the join key, asks a node to
+//! JOIN again (a Call Manager that took over has no session with it); its stamp (the group's
+//! clock) must be above every RELINK's the node took, so a replayed one is not taken.
 //!
 //! What the seal does not do: hide anything (the link is readable on the path), or stop an
 //! attacker on the path from dropping datagrams or forging a REFUSED to a node that is joining.
@@ -293,6 +298,8 @@ pub enum Message {
     /// from another) asks it to JOIN again, keeping its sessions (sealed with the join key).
     Relink {
         instance: u64,
+        /// When it was sent, on the group's clock (see [`Message`]'s RELINK).
+        at: u64,
     },
     Command {
         seq: u64,
@@ -343,7 +350,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             nonce,
         } => write!(s, "JOINED {id} {first_seq} {nonce}"),
         Message::Refused { reason } => write!(s, "REFUSED {reason}"),
-        Message::Relink { instance } => write!(s, "RELINK {instance:x}"),
+        Message::Relink { instance, at } => write!(s, "RELINK {instance:x} {at}"),
         Message::Command { seq, command } => {
             let _ = write!(s, "CMD {seq} ");
             write_command(&mut s, command)
@@ -507,6 +514,7 @@ pub fn decode(datagram: &[u8]) -> Result<Message, Malformed> {
         }
         "RELINK" => Message::Relink {
             instance: w.hex("RELINK needs a hex instance")?,
+            at: w.number("RELINK needs a stamp")?,
         },
         "CMD" => {
             let seq = w.number("CMD needs a sequence number")?;
@@ -697,6 +705,8 @@ pub enum Lost {
     Unanswered { seq: u64 },
     #[error("{MAX_QUEUED} messages queued without acknowledgement")]
     Full,
+    #[error("no session {:.0} s after a takeover", (RETRY * ATTEMPTS as u64) as f64 / 1e9)]
+    NoSession,
 }
 
 #[derive(Debug)]
@@ -857,6 +867,11 @@ impl<T> Incoming<T> {
     }
 
     /// The next message in order, if it has arrived.
+    /// The sequence number it hands out next: everything below has been handed out.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
     pub fn pop(&mut self) -> Option<T> {
         let item = self.early.remove(&self.next)?;
         self.next += 1;
@@ -941,8 +956,11 @@ mod tests {
         };
         assert_eq!(text(&refused), "PBXL/1 REFUSED wrong token");
         assert_eq!(
-            text(&Message::Relink { instance: 0xbeef }),
-            "PBXL/1 RELINK beef"
+            text(&Message::Relink {
+                instance: 0xbeef,
+                at: 7
+            }),
+            "PBXL/1 RELINK beef 7"
         );
         assert_eq!(
             text(&Message::Command {
@@ -1270,7 +1288,8 @@ mod tests {
                 }
             ),
             "[!-~][ -~]{0,200}".prop_map(|reason| Message::Refused { reason }),
-            any::<u64>().prop_map(|instance| Message::Relink { instance }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(instance, at)| Message::Relink { instance, at }),
             (any::<u64>(), arb_command())
                 .prop_map(|(seq, command)| Message::Command { seq, command }),
             (any::<u64>(), any::<u64>(), "[0-9*#A-D]").prop_map(|(seq, s, d)| {

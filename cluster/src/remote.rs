@@ -10,10 +10,13 @@
 //! numbered above the last one taken.
 //!
 //! A Call Manager that took over from another (a group's new active) has no session with the
-//! node and sends a RELINK, sealed with the join key, for the node's process: the member JOINs
-//! again with the same instance and a new nonce, keeps serving meanwhile, and keeps its
-//! unacknowledged events for the new session. It does so at most once a second, and a REFUSED
-//! while it rejoins is not believed (anyone can seal one): it keeps asking.
+//! node and sends a RELINK, sealed with the join key and stamped with the group's clock: the
+//! member JOINs again with its own instance and a new nonce, keeps serving meanwhile, and keeps
+//! its unacknowledged events for the new session. It takes a RELINK only if its stamp is above
+//! every one taken before (a replayed one is not) and at most once a second, and while it
+//! rejoins it does not believe a REFUSED (anyone can seal one): it keeps asking. The instance a
+//! RELINK names is the Call Manager's view, not checked: a node restarted unseen (its restart
+//! lost in the takeover) JOINs with its real one, and the Call Manager sees the restart.
 //!
 //! What it does not do: notice that a lone Call Manager restarted (it does not know the node;
 //! restart the node too), or choose its address: the Call Manager sends probes, commands and
@@ -140,6 +143,8 @@ pub struct Member {
     rejoining: bool,
     /// No RELINK is taken before this.
     next_relink: Nanos,
+    /// The stamp of the last RELINK taken: only a later one is.
+    relink_stamp: u64,
     state: MemberState,
     next_join: Nanos,
     commands: Incoming<NodeCommand>,
@@ -158,6 +163,7 @@ impl Member {
             session: None,
             rejoining: false,
             next_relink: 0,
+            relink_stamp: 0,
             state: MemberState::Joining,
             next_join: 0,
             commands: Incoming::new(0),
@@ -216,8 +222,8 @@ impl Member {
                 return;
             }
         };
-        if let Message::Relink { instance } = msg {
-            return self.relink(now, &sealed, instance);
+        if let Message::Relink { at, .. } = msg {
+            return self.relink(now, &sealed, at);
         }
         if let Some((_, rx)) = &mut self.session {
             match rx.open(&sealed) {
@@ -289,19 +295,22 @@ impl Member {
     }
 
     /// A RELINK: a Call Manager that knows the token and has no session with this process
-    /// asks it to JOIN again. Taken while joined, for this instance, at most once a second.
-    fn relink(&mut self, now: Nanos, sealed: &link::Sealed<'_>, instance: u64) {
+    /// asks it to JOIN again. Taken while joined, if stamped later than the last one taken, at
+    /// most once a second.
+    fn relink(&mut self, now: Nanos, sealed: &link::Sealed<'_>, at: u64) {
         if !sealed.verify(&self.join_key) {
             self.stats.unauthenticated += 1;
             return;
         }
-        if instance != self.spec.instance
-            || !matches!(self.state, MemberState::Joined(_))
-            || now < self.next_relink
-        {
+        if at <= self.relink_stamp {
+            self.stats.replayed += 1;
+            return;
+        }
+        if !matches!(self.state, MemberState::Joined(_)) || now < self.next_relink {
             self.stats.ignored += 1;
             return;
         }
+        self.relink_stamp = at;
         self.stats.relinks += 1;
         self.next_relink = now + RELINK_EVERY;
         self.nonce = link::Nonce::from_key(
@@ -666,9 +675,9 @@ mod relink_tests {
         SocketAddr::from(([10, 211, 0, 1], 5060))
     }
 
-    fn relink(key: &pbxlab_proto::mac::Key, instance: u64) -> Vec<u8> {
+    fn relink(key: &pbxlab_proto::mac::Key, at: u64) -> Vec<u8> {
         let mut b = Vec::new();
-        link::seal(key, 1, &Message::Relink { instance }, &mut b);
+        link::seal(key, 1, &Message::Relink { instance: 9, at }, &mut b);
         b
     }
 
@@ -704,25 +713,20 @@ mod relink_tests {
     }
 
     #[test]
-    fn a_relink_is_taken_only_from_the_token_for_this_process_and_a_refusal_does_not_end_it() {
+    fn a_relink_is_taken_only_from_the_token_and_once_and_a_refusal_does_not_end_it() {
         let spec = JoinSpec::new(cm(), "media-a", Role::Media, "tok").unwrap();
         let mut m = Member::new(spec);
         let (instance, first) = join_nonce(&mut m, 0);
         m.handle(1, cm(), &joined(&first, 3), |_| {});
         assert_eq!(m.state(), &MemberState::Joined(3));
-        // Not the token's seal; not this process: nothing changes.
+        // Not the token's seal: nothing changes.
         let other = link::join_key("other");
-        m.handle(2, cm(), &relink(&other, instance), |_| {});
+        m.handle(2, cm(), &relink(&other, 50), |_| {});
         assert_eq!(m.stats().unauthenticated, 1);
-        m.handle(
-            3,
-            cm(),
-            &relink(&link::join_key("tok"), instance ^ 1),
-            |_| {},
-        );
         assert_eq!(m.state(), &MemberState::Joined(3));
         // The real one: it asks again, as the same process with a new nonce.
-        m.handle(4, cm(), &relink(&link::join_key("tok"), instance), |_| {});
+        let real = relink(&link::join_key("tok"), 50);
+        m.handle(4, cm(), &real, |_| {});
         assert_eq!(m.state(), &MemberState::Joining);
         let (again, second) = join_nonce(&mut m, 5);
         assert_eq!(again, instance);
@@ -741,5 +745,17 @@ mod relink_tests {
         m.handle(8, cm(), &joined(&second, 3), |_| {});
         assert_eq!(m.state(), &MemberState::Joined(3));
         assert_eq!(m.stats().relinks, 1);
+        // Replayed, even a second later, it is not taken: its stamp is not above the last.
+        m.handle(2_000_000_000, cm(), &real, |_| {});
+        assert_eq!(m.state(), &MemberState::Joined(3));
+        assert_eq!(m.stats().replayed, 1);
+        // A later one is.
+        m.handle(
+            2_000_000_001,
+            cm(),
+            &relink(&link::join_key("tok"), 51),
+            |_| {},
+        );
+        assert_eq!(m.state(), &MemberState::Joining);
     }
 }

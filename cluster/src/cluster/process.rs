@@ -34,9 +34,10 @@ pub struct CmProcess {
     /// The group's clock's zero, the same in every process.
     pub epoch: SystemTime,
     /// Start with no state and take it from the active (a process started again after a
-    /// crash); otherwise it starts with the scenario's new Call Manager, `cm-1` as the active
-    /// of the first term (one started so by mistake into a running group hears a newer term
-    /// and steps down, so it cannot serve with a stale state).
+    /// crash). Otherwise it starts with the scenario's new Call Manager. Either way it starts
+    /// as a standby of no term ([`crate::ha::Replica::joining`]): the group's first election
+    /// makes the first active, and one started again into a running group is never elected
+    /// with its shorter log; it follows the active it hears, from a snapshot.
     pub fresh: bool,
 }
 

@@ -252,6 +252,8 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
         // together.
         for joined in hub.take_joined() {
             if let Ok(mut shared) = shared.handles.lock() {
+                // A node taken over again: its handle replaces the last active's.
+                shared.retain(|h| h.id != joined.id);
                 shared.push(joined.clone());
             }
             handles.retain(|h| h.id != joined.id);
@@ -264,7 +266,7 @@ pub(super) fn serve(t: CmThread, shared: &Shared, stop: &AtomicBool) -> io::Resu
             // is the one the Call Manager's table means.
             if group
                 && let Ok(all) = shared.handles.lock()
-                && all.len() != handles_seen
+                && (all.len() != handles_seen || !was_serving)
             {
                 handles_seen = all.len();
                 let mut newest: Vec<NodeHandle> = Vec::with_capacity(all.len());

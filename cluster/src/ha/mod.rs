@@ -350,6 +350,24 @@ impl Replica {
         r
     }
 
+    /// Replica `cfg.index` of a group whose others may be running already (a Call Manager in a
+    /// process of its own): a standby of no term yet with `cm` as its state (without, it
+    /// syncs). An election makes the first active; one whose log is shorter than a majority's
+    /// (a process started again with a new state into a running group) is never elected, and
+    /// follows the active it hears, from a snapshot.
+    pub fn joining(cfg: HaConfig, cm: Option<CallManager>, now: Nanos) -> Replica {
+        let mut r = Replica::new(cfg, cm, now);
+        if r.role != Role::Syncing {
+            r.role = Role::Standby;
+            r.term = 0;
+            r.voted_in = 0;
+            r.active = None;
+            r.became_active = None;
+            r.history.clear();
+        }
+        r
+    }
+
     pub fn index(&self) -> u8 {
         self.cfg.index
     }

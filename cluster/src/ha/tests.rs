@@ -383,6 +383,50 @@ fn the_active_fails_and_the_first_standby_takes_over_within_silence_skew_and_a_r
 }
 
 #[test]
+fn processes_elect_their_first_active_and_one_started_again_with_a_new_state_only_follows() {
+    let mut g = Group::new();
+    g.replicas = (0..3u8)
+        .map(|i| Replica::joining(ha_config(i), Some(cm()), 0))
+        .collect();
+    assert!(g.replicas.iter().all(|r| r.role() == Role::Standby));
+    g.run(1_000 * MS);
+    let first = g.serving();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let active = first[0];
+    for n in 0..20 {
+        let source = SocketAddr::from(([10, 1, 0, n as u8 + 1], 5060));
+        let now = g.now;
+        assert!(g.replicas[active].handle(now, source, &options_from(source, n)));
+    }
+    g.run(g.now + 50 * MS);
+    let applied = g.replicas[active].applied();
+    assert!(applied > 20);
+    // The active's process dies and comes back at once, with the scenario's new state (no
+    // --fresh), before the others could elect anyone: it must not serve that state.
+    let now = g.now;
+    g.replicas[active] = Replica::joining(ha_config(active as u8), Some(cm()), now);
+    while g.now < now + 3_000 * MS {
+        let t = g.now + MS;
+        g.run(t);
+        assert!(
+            !g.serving().contains(&active) || g.replicas[active].applied() >= applied,
+            "the restarted replica served an empty state"
+        );
+    }
+    let after = g.serving();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after[0], active, "a shorter log was elected");
+    for r in &g.replicas {
+        assert!(
+            r.applied() >= applied,
+            "a replica lost the log: {}",
+            r.applied()
+        );
+    }
+    assert_eq!(g.replicas[active].role(), Role::Standby);
+}
+
+#[test]
 fn a_standby_alone_cannot_raise_the_term_and_rejoins_without_an_election() {
     let mut g = Group::new();
     g.run(1_000 * MS);

@@ -4,7 +4,7 @@
 //! IP's), binary, sealed:
 //!
 //! ```text
-//! "PBXH/1 " | from: u8 | counter: u64 | kind: u8 | body | MAC: 16 bytes
+//! "PBXH/2 " | from: u8 | counter: u64 | kind: u8 | body | MAC: 16 bytes
 //! ```
 //!
 //! The MAC is the first 16 bytes of HMAC-SHA-256 over everything before it, with the
@@ -58,7 +58,7 @@ use crate::cm::NewNode;
 use crate::node::Place;
 use crate::{MediaSession, Nanos, NodeEvent};
 
-pub const MAGIC: &[u8] = b"PBXH/1 ";
+pub const MAGIC: &[u8] = b"PBXH/2 ";
 const MAC_LEN: usize = 16;
 /// The most an append carries: one UDP datagram's worth, less room for the headers.
 pub const MAX_APPEND: usize = 60_000;
