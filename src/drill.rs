@@ -162,6 +162,17 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         control.health().detection_bound().as_secs_f64() * 1000.0,
     );
 
+    let callers = Callers {
+        target: sip,
+        domain: opts.domain.clone(),
+        password_prefix: opts.password_prefix.clone(),
+        caller: scenario
+            .traffic
+            .registrations
+            .as_ref()
+            .map_or(1000, |r| r.first_user),
+        seed: scenario.seed,
+    };
     let samples: Mutex<Vec<Sample>> = Mutex::default();
     // Where the load's clock starts on the cluster's: the least of the cluster's time less
     // the load's at each progress report (each read just after the other, so the least is
@@ -174,7 +185,9 @@ pub(crate) fn drill(args: DrillArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         let timeline = std::thread::Builder::new()
             .name("pbxlab-drill".into())
             .spawn_scoped(scope, || {
-                run_timeline(&control, &spec, &faults, &samples, &load_done, stop)
+                run_timeline(
+                    &control, &spec, &faults, &samples, &load_done, stop, &callers,
+                )
             })
             .context("starting the fault timeline")?;
         let mut progress = |p: &Progress| {
@@ -332,6 +345,49 @@ fn exit_code(outcome: Outcome) -> ExitCode {
     }
 }
 
+/// How a Call Manager fault's check calls the users it found bound at the fault.
+#[derive(Clone)]
+struct Callers {
+    /// The virtual IP.
+    target: SocketAddr,
+    domain: String,
+    password_prefix: String,
+    /// The user the check calls as (any user the Call Manager knows: it need not be bound).
+    caller: u32,
+    seed: u64,
+}
+
+/// Calls at once while checking the registrations: the callees ring for a second before they
+/// answer, so 1,000 users take about four seconds.
+const CHECK_IN_FLIGHT: usize = 250;
+
+impl Callers {
+    /// Calls each of `users` through the virtual IP, from 127.0.0.1 (whitelisted, as the
+    /// load's own address) when the virtual IP is on loopback. The `k`th fault's check has
+    /// Call-IDs of its own.
+    fn call_each(
+        &self,
+        k: usize,
+        users: &[u32],
+    ) -> std::io::Result<pbxlab_loadgen::reach::Reached> {
+        let bind = if self.target.ip().is_loopback() && self.target.is_ipv4() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            self.target.ip()
+        };
+        let plan = pbxlab_loadgen::reach::Plan {
+            target: self.target,
+            domain: self.domain.clone(),
+            username: self.caller.to_string(),
+            password: format!("{}{}", self.password_prefix, self.caller),
+            in_flight: CHECK_IN_FLIGHT,
+            give_up: Duration::from_secs(8),
+            run: self.seed.wrapping_mul(1_000).wrapping_add(k as u64),
+        };
+        pbxlab_loadgen::reach::call_each(plan, bind, users)
+    }
+}
+
 /// Checks the steady state before the first fault, then waits for each fault's time and
 /// carries it out. Returns the steady state's verdict (none if the load ended first) and what
 /// was injected; when the steady state does not hold, stops the load and injects nothing.
@@ -342,6 +398,7 @@ fn run_timeline(
     samples: &Mutex<Vec<Sample>>,
     load_done: &AtomicBool,
     stop: &AtomicBool,
+    callers: &Callers,
 ) -> (Option<Phase>, Vec<Injected>) {
     let mut injected = Vec::new();
     let Some(first) = faults.first() else {
@@ -382,7 +439,8 @@ fn run_timeline(
         return (Some(steady), injected);
     }
     // A Call Manager fault's figures are taken after its takeover has settled, on a thread of
-    // their own so that the timeline goes on meanwhile.
+    // their own so that the timeline goes on meanwhile; then each user bound at the fault is
+    // called.
     let mut watches = Vec::new();
     for fault in faults {
         if !wait_for(control, fault.at, load_done, || false) {
@@ -412,11 +470,26 @@ fn run_timeline(
             );
         }
         if let Some(w) = watch {
-            let (control, settle) = (control.clone(), spec.settle);
+            let (control, settle, callers) = (control.clone(), spec.settle, callers.clone());
             let k = injected.len();
             let figures = std::thread::Builder::new()
                 .name("pbxlab-cm-watch".into())
-                .spawn(move || control.cm_fault_figures(&w, settle));
+                .spawn(move || {
+                    let (mut f, due) = control.cm_fault_figures(&w, settle);
+                    match callers.call_each(k, &due) {
+                        Ok(r) => {
+                            f.registrations_lost = r.lost();
+                            f.called = Some(r);
+                        }
+                        Err(e) => eprintln!(
+                            "pbxlab: drill: calling the {} users bound at fault {}: {e}; their \
+                             registrations were checked at the registrar only",
+                            due.len(),
+                            k + 1
+                        ),
+                    }
+                    f
+                });
             watches.extend(figures.ok().map(|h| (k, h)));
         }
         injected.push(Injected {

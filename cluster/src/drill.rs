@@ -146,9 +146,15 @@ pub struct CmFigures {
     /// serving Call Manager no longer knew (their BYE or re-INVITE would fail).
     pub established: u64,
     pub established_lost: u64,
-    /// Registrations in force at the check, and those the serving Call Manager did not hold.
+    /// Registrations in force at the fault and not expired by the check, and those lost: in a
+    /// live drill the users a call through the virtual IP did not reach ([`CmFigures::called`]),
+    /// in virtual time those the serving Call Manager's registrar did not hold.
     pub registrations: u64,
     pub registrations_lost: u64,
+    /// Of them, those the serving Call Manager's registrar did not hold at the check.
+    pub registrations_missing: u64,
+    /// What calling each of them found (live drills).
+    pub called: Option<pbxlab_loadgen::reach::Reached>,
     /// Calls being set up at the fault, and what became of them by the check.
     pub setups: u64,
     pub setups_completed: u64,
@@ -622,11 +628,26 @@ pub fn judge(
                     c.after.as_deref().unwrap_or("any Call Manager")
                 ));
             }
-            if c.registrations_lost > 0 {
-                broken.push(format!(
+            match &c.called {
+                Some(r) if r.lost() > 0 => broken.push(format!(
+                    "{} registrations lost: called through the virtual IP, {} users were not \
+                     bound, {} did not answer and {} were refused",
+                    r.lost(),
+                    r.unbound.len(),
+                    r.unanswered.len(),
+                    r.refused.len()
+                )),
+                None if c.registrations_lost > 0 => broken.push(format!(
                     "{} registrations lost (bindings missing at {})",
                     c.registrations_lost,
                     c.after.as_deref().unwrap_or("any Call Manager")
+                )),
+                _ => {}
+            }
+            if let Some(r) = c.called.as_ref().filter(|r| r.hangups_unanswered > 0) {
+                broken.push(format!(
+                    "{} of the calls that checked the registrations could not be ended (no answer to their BYE)",
+                    r.hangups_unanswered
                 ));
             }
         } else if silent {
@@ -791,10 +812,21 @@ impl DrillVerdict {
                 );
                 let _ = writeln!(
                     out,
-                    "    registrations    {} in force at {:.1} s, {} lost",
+                    "    registrations    {} in force at {:.1} s, {} lost{}",
                     c.registrations,
                     c.checked_at.as_secs_f64(),
-                    c.registrations_lost
+                    c.registrations_lost,
+                    c.called.as_ref().map_or_else(
+                        || " (checked at the registrar)".to_owned(),
+                        |r| format!(
+                            ": each called, {} answered, {} not bound, {} unanswered, {} refused in {:.1} s",
+                            r.answered,
+                            r.unbound.len(),
+                            r.unanswered.len(),
+                            r.refused.len(),
+                            r.took.as_secs_f64()
+                        )
+                    )
                 );
                 let _ = writeln!(
                     out,
@@ -923,6 +955,17 @@ impl DrillVerdict {
                         "established_lost": c.established_lost,
                         "registrations": c.registrations,
                         "registrations_lost": c.registrations_lost,
+                        "registrations_missing": c.registrations_missing,
+                        "registrations_checked": if c.called.is_some() { "called" } else { "registrar" },
+                        "registrations_called": c.called.as_ref().map(|r| json!({
+                            "called": r.called,
+                            "answered": r.answered,
+                            "unbound": r.unbound,
+                            "unanswered": r.unanswered,
+                            "refused": r.refused.iter().map(|(u, code)| json!({"user": u, "status": code})).collect::<Vec<_>>(),
+                            "hangups_unanswered": r.hangups_unanswered,
+                            "took_us": micros(r.took),
+                        })),
                         "setups": c.setups,
                         "setups_completed": c.setups_completed,
                         "setups_failed": c.setups_failed,
@@ -1130,6 +1173,79 @@ mod tests {
         // Without the takeover the same detection is late.
         let v = judged(&records, &samples, &[]);
         assert!(!v.faults[0].broken.is_empty());
+    }
+
+    #[test]
+    fn a_user_the_call_through_the_virtual_ip_does_not_reach_is_a_lost_registration() {
+        let spec = DrillSpec::default();
+        let called = pbxlab_loadgen::reach::Reached {
+            called: 4,
+            answered: 1,
+            unbound: vec![7],
+            unanswered: vec![8],
+            refused: vec![(9, 503)],
+            hangups_unanswered: 1,
+            took: ms(1500),
+        };
+        let injected = vec![Injected {
+            spec: FaultSpec {
+                at: FAULT_AT,
+                action: Verb::Fail,
+                server: "cm-1".into(),
+            },
+            at: FAULT_AT,
+            finished: FAULT_AT,
+            error: None,
+            cm: Some(CmFigures {
+                before: Some("cm-1".into()),
+                after: Some("cm-2".into()),
+                hit_active: true,
+                takeover_us: Some(300_000),
+                registrations: 4,
+                // The registrar's own count says nothing is missing: the calls decide.
+                registrations_missing: 0,
+                registrations_lost: called.lost(),
+                called: Some(called),
+                ..CmFigures::default()
+            }),
+        }];
+        let samples = samples();
+        let records = Records::default();
+        let seen = Observed {
+            records: &records,
+            samples: &samples,
+            gaps: &[],
+        };
+        let v = judge(&spec, BOUND, &injected, &seen, None, 2);
+        assert_eq!(
+            v.faults[0].broken,
+            [
+                "3 registrations lost: called through the virtual IP, 1 users were not bound, 1 did \
+                 not answer and 1 were refused",
+                "1 of the calls that checked the registrations could not be ended (no answer to \
+                 their BYE)"
+            ]
+        );
+        assert!(!v.pass);
+        let text = v.render("drill");
+        assert!(
+            text.contains(
+                "4 in force at 0.0 s, 3 lost: each called, 1 answered, 1 not bound, 1 unanswered, \
+                 1 refused in 1.5 s"
+            ),
+            "{text}"
+        );
+        // Without the calls the registrar's count is judged, and the text says where it came from.
+        let mut injected = injected;
+        let cm = injected[0].cm.as_mut().unwrap();
+        cm.called = None;
+        cm.registrations_lost = 0;
+        let v = judge(&spec, BOUND, &injected, &seen, None, 2);
+        assert!(v.faults[0].broken.is_empty(), "{:?}", v.faults[0].broken);
+        assert!(
+            v.render("drill")
+                .contains("0 lost (checked at the registrar)")
+        );
     }
 
     #[test]

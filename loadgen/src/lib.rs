@@ -19,6 +19,7 @@ pub mod hlog;
 pub mod media;
 pub mod messages;
 pub mod metrics;
+pub mod reach;
 pub mod report;
 pub mod run;
 pub mod settings;

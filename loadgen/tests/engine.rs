@@ -556,6 +556,57 @@ fn an_incoming_call_rings_then_is_answered_and_the_200_repeats_until_acked() {
     assert_eq!(e.messages.unexpected, 0);
 }
 
+/// An `inactive` offer (RFC 3264 5.1) sets up a call without audio: the answers say
+/// `inactive`, and no stream starts or moves, so nothing is rated as a silent leg.
+#[test]
+fn an_incoming_call_offered_inactive_is_answered_inactive_and_runs_no_media() {
+    let mut cfg = config();
+    cfg.users = numbered([1000, 1001]);
+    cfg.workloads[0].calls = 0;
+    cfg.rtp_fraction = 1.0;
+    let mut e = Engine::new(cfg);
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9002 RTP/AVP 0\r\na=inactive\r\n";
+    let invite = format!(
+        "INVITE sip:1001@127.0.0.1:6000 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKin1\r\n\
+         From: <sip:1000@127.0.0.1>;tag=caller\r\nTo: <sip:1001@127.0.0.1>\r\nCall-ID: quiet-1@elsewhere\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:1000@127.0.0.1:9000>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    e.handle(0, addr(5060), invite.as_bytes());
+    assert_eq!(sent(&mut e).len(), 1, "180");
+    let ok = step(&mut e, 300 * MS);
+    let ok = sip::parse_datagram(ok[0].1.as_bytes()).expect("valid 200");
+    assert_eq!(ok.code(), Some(200));
+    let body = String::from_utf8_lossy(ok.body()).into_owned();
+    assert!(body.contains("a=inactive\r\n"), "{body}");
+    let tag = ok.to().and_then(|t| t.tag()).expect("to-tag").to_owned();
+    let ack = format!(
+        "ACK sip:1001@127.0.0.1:6000 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKin2\r\n\
+         From: <sip:1000@127.0.0.1>;tag=caller\r\nTo: <sip:1001@127.0.0.1>;tag={tag}\r\nCall-ID: quiet-1@elsewhere\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    e.handle(400 * MS, addr(5060), ack.as_bytes());
+    assert_eq!(e.media_commands().count(), 0, "no stream starts");
+    // A re-INVITE (a failover moving the call) is answered inactive again and moves nothing.
+    let reinvite = invite
+        .replace(
+            "To: <sip:1001@127.0.0.1>",
+            &format!("To: <sip:1001@127.0.0.1>;tag={tag}"),
+        )
+        .replace("CSeq: 1", "CSeq: 2")
+        .replace("9002", "9102")
+        .replace("z9hG4bKin1", "z9hG4bKin3");
+    e.handle(500 * MS, addr(5060), reinvite.as_bytes());
+    let answer = sent(&mut e);
+    let answer = sip::parse_datagram(answer[0].1.as_bytes()).expect("valid");
+    assert_eq!(answer.code(), Some(200));
+    assert!(String::from_utf8_lossy(answer.body()).contains("a=inactive\r\n"));
+    assert_eq!(e.media_commands().count(), 0, "no stream moves");
+    let bye = ack.replace("ACK sip", "BYE sip").replace("1 ACK", "3 BYE");
+    e.handle(600 * MS, addr(5060), bye.as_bytes());
+    assert_eq!(e.active_calls(), 0);
+    assert_eq!(e.media_commands().count(), 0, "no stream to stop");
+}
+
 #[test]
 fn registration_answers_the_challenge_and_measures_across_it() {
     let mut cfg = config();

@@ -99,7 +99,7 @@ pub struct RtpMap<'a> {
 }
 
 /// Media direction attribute (RFC 3264 section 5.1).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Direction {
     /// Send and receive (the default when no attribute is given).
     #[default]
@@ -398,6 +398,8 @@ pub struct Offer {
     pub ptime_ms: u32,
     /// Announce our SSRC with `a=ssrc` (RFC 5576).
     pub ssrc: Option<u32>,
+    /// The direction attribute: `inactive` sets up a call that carries no audio.
+    pub direction: Direction,
 }
 
 /// Result of answering an offer.
@@ -436,7 +438,7 @@ pub fn write_offer(out: &mut Vec<u8>, offer: &Offer) {
         format_args!(
             "a=ptime:{}\r\na={}\r\n",
             offer.ptime_ms,
-            Direction::SendRecv.name()
+            offer.direction.name()
         ),
     );
     if let Some(ssrc) = offer.ssrc {
@@ -787,6 +789,7 @@ mod tests {
                 telephone_event: true,
                 ptime_ms: 20,
                 ssrc: None,
+                direction: Direction::SendRecv,
             };
             let template = OfferTemplate::new(&offer);
             for (session_id, ssrc) in [(0, None), (17, Some(0xdead_beef)), (u64::MAX, Some(0))] {
@@ -958,6 +961,7 @@ a=fmtp:101 0-15\r\na=ptime:30\r\na=sendrecv\r\n"
                 telephone_event: false,
                 ptime_ms: 20,
                 ssrc: Some(99),
+                direction: Direction::SendRecv,
             },
         );
         assert_eq!(
@@ -976,6 +980,7 @@ a=fmtp:101 0-15\r\na=ptime:30\r\na=sendrecv\r\n"
             telephone_event: true,
             ptime_ms: 20,
             ssrc: None,
+            direction: Direction::SendRecv,
         };
         let mut body = Vec::new();
         write_offer(&mut body, &offer);
@@ -1186,9 +1191,11 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
             pts in proptest::collection::vec(0u8..=127, 0..8),
             te in any::<bool>(),
             ptime in any::<u32>(),
+            dir in 0usize..4,
         ) {
+            let direction = [Direction::SendRecv, Direction::SendOnly, Direction::RecvOnly, Direction::Inactive][dir];
             let ip: IpAddr = if v6 { Ipv6Addr::from(ip6).into() } else { Ipv4Addr::from(ip4).into() };
-            let offer = Offer { session_id: id, version: ver, addr: SocketAddr::new(ip, port), payload_types: pts.clone(), telephone_event: te, ptime_ms: ptime, ssrc: None };
+            let offer = Offer { session_id: id, version: ver, addr: SocketAddr::new(ip, port), payload_types: pts.clone(), telephone_event: te, ptime_ms: ptime, ssrc: None, direction };
             let mut body = Vec::new();
             write_offer(&mut body, &offer);
             let sd = SessionDescription::parse(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -1198,6 +1205,7 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
             let audio = sd.audio.unwrap();
             prop_assert_eq!(audio.ptime_ms, Some(ptime));
             prop_assert_eq!(audio.telephone_event_pt.is_some(), te);
+            prop_assert_eq!(audio.direction, direction);
             let mut out = Vec::new();
             let ans = write_answer(&mut out, &sd, "127.0.0.1:9".parse().unwrap(), 1, 1);
             let first = pts.iter().copied().find(|&p| p == PT_PCMU || p == PT_PCMA);

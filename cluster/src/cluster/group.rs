@@ -406,7 +406,9 @@ impl Control {
     /// and compares whom the serving Call Manager holds then with whom the old one held. A
     /// call up at the fault counts as lost if the serving one neither holds it nor ended it by
     /// a BYE since (its BYE would get a 481); a registration, if its user is no longer bound.
-    pub fn cm_fault_figures(&self, w: &CmFaultWatch, settle: Duration) -> CmFigures {
+    /// Also gives the users whose bindings were in force at the fault and had not expired by
+    /// the check, for the caller to call each of them.
+    pub fn cm_fault_figures(&self, w: &CmFaultWatch, settle: Duration) -> (CmFigures, Vec<u32>) {
         let hit_active = w.before.serving == Some(w.index);
         let limit = Instant::now() + crate::drill::CM_WATCH_LIMIT;
         let took_over = || {
@@ -471,7 +473,7 @@ impl Control {
             i.and_then(|i| self.shared.cms.get(i))
                 .map(|s| s.name.clone())
         };
-        CmFigures {
+        let figures = CmFigures {
             before: name(w.before.serving),
             after: name(after.serving),
             hit_active,
@@ -483,6 +485,8 @@ impl Control {
             established_lost,
             registrations: due.len() as u64,
             registrations_lost,
+            registrations_missing: registrations_lost,
+            called: None,
             setups: old.setting_up.len() as u64,
             setups_completed: completed,
             setups_failed: failed,
@@ -496,7 +500,8 @@ impl Control {
                 .flatten()
                 .filter(|c| c.running && c.stats.snapshots_taken > 0)
                 .map(|c| c.stats.snapshot_bytes),
-        }
+        };
+        (figures, due)
     }
 
     /// What the virtual IP's watch has seen so far.

@@ -199,6 +199,9 @@ impl CallManager {
         c.kind = kind.clone();
         c.a = dialog;
         c.a_leg = leg;
+        c.a_direction = offer
+            .and_then(|o| o.audio)
+            .map_or(sdp::Direction::SendRecv, |a| a.direction);
         c.a_headers = a_headers;
         c.a_invite_cseq = msg.cseq().map_or(0, |c| c.seq);
         c.caller = caller;
@@ -303,7 +306,7 @@ impl CallManager {
         };
         let domain = &self.domain;
         let caller_party = c.caller.map_or_else(|| "cm".to_owned(), |u| u.to_string());
-        let leg = c.a_leg;
+        let (leg, direction) = (c.a_leg, c.a_direction);
         let ring_limit = if matches!(c.kind, Kind::Queue(_)) {
             AGENT_RING_LIMIT
         } else {
@@ -328,7 +331,13 @@ impl CallManager {
             .open(now, call, Purpose::InviteB, binding.addr, true);
         self.txs.limit_ringing(tx, now + ns(ring_limit));
         let mut body = Vec::new();
-        write_sdp(&mut body, dialog.sdp_id, dialog.sdp_version, node, leg);
+        write_sdp(
+            &mut body,
+            (dialog.sdp_id, dialog.sdp_version),
+            node,
+            leg,
+            direction,
+        );
         self.send_invite(tx, &dialog, &body);
         self.calls
             .index_call_id(dialog.call_id.clone(), call, false);
@@ -469,6 +478,7 @@ impl CallManager {
             return;
         };
         let leg = if is_a { Some(c.a_leg) } else { c.b_leg };
+        let direction = c.direction_towards(is_a);
         let Some(d) = c.dialog_mut(is_a) else {
             return;
         };
@@ -478,7 +488,7 @@ impl CallManager {
         let written = match (&offer, leg) {
             (Some(offer), _) => sdp::write_answer(&mut body, offer, node, id, version).is_ok(),
             (None, Some(leg)) => {
-                write_sdp(&mut body, id, version, node, leg);
+                write_sdp(&mut body, (id, version), node, leg, direction);
                 true
             }
             (None, None) => false,
@@ -646,7 +656,13 @@ impl CallManager {
             return;
         };
         let mut body = Vec::new();
-        write_sdp(&mut body, c.a.sdp_id, c.a.sdp_version, node, c.a_leg);
+        write_sdp(
+            &mut body,
+            (c.a.sdp_id, c.a.sdp_version),
+            node,
+            c.a_leg,
+            c.direction_towards(true),
+        );
         self.answer_a(now, call, &body);
         self.reinvite_b_if_moved(now, call, p.server);
     }
@@ -918,6 +934,7 @@ impl CallManager {
         }
         let leg = if to_a { Some(c.a_leg) } else { c.b_leg };
         let Some(leg) = leg else { return };
+        let direction = c.direction_towards(to_a);
         let side = usize::from(!to_a);
         if c.reinviting[side] {
             c.reinvite_again[side] = true;
@@ -945,7 +962,7 @@ impl CallManager {
         let limit = now + self.txs.timer_b();
         self.txs.limit_ringing(tx, limit);
         let mut body = Vec::new();
-        write_sdp(&mut body, d.sdp_id, d.sdp_version, node, leg);
+        write_sdp(&mut body, (d.sdp_id, d.sdp_version), node, leg, direction);
         self.send_invite(tx, &d, &body);
     }
 
@@ -1025,13 +1042,21 @@ fn delayed_offer(out: &mut Vec<u8>, session_id: u64, node: SocketAddr, kind: &Ki
             telephone_event: true,
             ptime_ms: 20,
             ssrc: None,
+            direction: sdp::Direction::SendRecv,
         },
     );
     leg
 }
 
-/// SDP naming `node` as the audio address, with the leg's codec (and telephone-event).
-fn write_sdp(out: &mut Vec<u8>, session_id: u64, version: u64, node: SocketAddr, leg: Leg) {
+/// SDP naming `node` as the audio address, with the leg's codec (and telephone-event), `o=`'s
+/// session id and version, and `direction`.
+fn write_sdp(
+    out: &mut Vec<u8>,
+    (session_id, version): (u64, u64),
+    node: SocketAddr,
+    leg: Leg,
+    direction: sdp::Direction,
+) {
     sdp::write_offer(
         out,
         &Offer {
@@ -1042,6 +1067,7 @@ fn write_sdp(out: &mut Vec<u8>, session_id: u64, version: u64, node: SocketAddr,
             telephone_event: leg.dtmf_pt.is_some(),
             ptime_ms: 20,
             ssrc: None,
+            direction,
         },
     );
 }

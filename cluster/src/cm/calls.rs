@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use pbxlab_balancer::{Assignment, ServerId, SessionId};
 use pbxlab_proto::builder::{ResponseHeaders, write_request};
+use pbxlab_proto::sdp;
 use pbxlab_proto::sip::{HeaderName, Message, Method};
 
 use super::transactions::TxId;
@@ -141,6 +142,10 @@ pub(super) struct Call {
     pub(super) a: Dialog,
     pub(super) a_state: AState,
     pub(super) a_leg: Leg,
+    /// The direction leg A's offer asked for (RFC 3264 5.1): our offers to B carry it and our
+    /// answers to A mirror it, so a call set up `inactive` carries no audio either way.
+    #[serde(default)]
+    pub(super) a_direction: sdp::Direction,
     /// What every response to A's INVITE copies from it, our tag included.
     pub(super) a_headers: ResponseHeaders,
     pub(super) a_invite_cseq: u32,
@@ -196,6 +201,7 @@ impl Call {
                 codec_pt: 0,
                 dtmf_pt: None,
             },
+            a_direction: sdp::Direction::SendRecv,
             a_headers: ResponseHeaders::default(),
             a_invite_cseq: 0,
             a_final: Vec::new(),
@@ -223,6 +229,16 @@ impl Call {
     /// Leg A's dialog, or leg B's when there is one.
     pub(super) fn dialog(&self, to_a: bool) -> Option<&Dialog> {
         if to_a { Some(&self.a) } else { self.b.as_ref() }
+    }
+
+    /// The direction our SDP to leg A (`to_a`) or to leg B says: B is told what A asked for,
+    /// A the answer to its own (RFC 3264 6.1).
+    pub(super) fn direction_towards(&self, to_a: bool) -> sdp::Direction {
+        if to_a {
+            self.a_direction.answer()
+        } else {
+            self.a_direction
+        }
     }
 
     pub(super) fn dialog_mut(&mut self, to_a: bool) -> Option<&mut Dialog> {

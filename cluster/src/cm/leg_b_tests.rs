@@ -830,3 +830,87 @@ fn a_session_timer_starts_with_the_answer_not_while_the_callee_rings() {
     );
     assert_eq!(cm.stats().failures.get("session timer expired"), Some(&1));
 }
+
+/// A caller that offers `inactive` (RFC 3264 5.1), as `pbxlab drill` does when it calls each
+/// user to check the registrations, sets up a call without audio: the callee is offered
+/// `inactive` and the caller's answer says it too. Before, both were `sendrecv`, and the
+/// callee rated a stream nobody sent.
+#[test]
+fn an_inactive_offer_reaches_the_callee_and_comes_back_in_the_answer() {
+    use pbxlab_proto::sdp::{Direction, SessionDescription};
+    let direction = |m: &Message<'_>| {
+        SessionDescription::parse(m.body())
+            .unwrap()
+            .audio
+            .unwrap()
+            .direction
+    };
+    let mut cm = cm();
+    let out = register_out(&mut cm, 0, 1005, CALLEE, "pw-1005", 600);
+    assert_eq!(parse(&out[0].1).code(), Some(200));
+    let body = format!("{}a=inactive\r\n", offer(UA_RTP, 7));
+    cm.handle(
+        0,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:1005@pbxlab.test",
+            "1004",
+            "i1",
+            1,
+            "Content-Type: application/sdp\r\n",
+            &body,
+        ),
+    );
+    let (_, to_b) = sent(&mut cm)
+        .into_iter()
+        .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
+        .expect("INVITE to the callee");
+    assert_eq!(direction(&parse(&to_b)), Direction::Inactive);
+    let answer = String::from_utf8(callee_ok(&parse(&to_b)))
+        .unwrap()
+        .replace("a=ssrc:9 cname:t\r\n", "a=ssrc:9 cname:t\r\na=inactive\r\n");
+    let answer = fix_length(&answer);
+    cm.handle(MS, addr(CALLEE), answer.as_bytes());
+    let out = sent(&mut cm);
+    let (_, ok) = out
+        .iter()
+        .find(|(to, b)| *to == addr(UA) && b.starts_with(b"SIP/2.0 200"))
+        .expect("the caller's 200");
+    assert_eq!(direction(&parse(ok)), Direction::Inactive);
+    // A plain offer still gets sendrecv both ways.
+    cm.handle(
+        2 * MS,
+        addr(UA),
+        &request(
+            "INVITE",
+            "sip:1005@pbxlab.test",
+            "1004",
+            "i2",
+            1,
+            "Content-Type: application/sdp\r\n",
+            &offer(UA_RTP, 8),
+        ),
+    );
+    let (_, to_b) = sent(&mut cm)
+        .into_iter()
+        .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
+        .expect("INVITE to the callee");
+    assert_eq!(direction(&parse(&to_b)), Direction::SendRecv);
+}
+
+/// `msg` with its Content-Length set to its body's length.
+fn fix_length(msg: &str) -> String {
+    let (head, body) = msg.split_once("\r\n\r\n").unwrap();
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|l| {
+            if l.to_ascii_lowercase().starts_with("content-length:") {
+                format!("Content-Length: {}", body.len())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    format!("{}\r\n\r\n{body}", head.join("\r\n"))
+}

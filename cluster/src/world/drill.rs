@@ -242,6 +242,8 @@ impl CmWatch {
             established_lost,
             registrations,
             registrations_lost,
+            registrations_missing: registrations_lost,
+            called: None,
             setups: self.setups.len() as u64,
             setups_completed: completed,
             setups_failed: failed,

@@ -98,6 +98,8 @@ pub(super) struct Call {
     pub(super) uas_call_id: String,
     pub(super) uas_headers: String,
     pub(super) uas_offer_addr: Option<SocketAddr>,
+    /// The caller offered `inactive`: our answer says so too, and no audio runs.
+    pub(super) uas_inactive: bool,
     /// One of the calls we placed (the UAC leg), as opposed to one we answer.
     pub(super) placed: bool,
 }
@@ -135,6 +137,7 @@ impl Call {
             uas_call_id: String::new(),
             uas_headers: String::new(),
             uas_offer_addr: None,
+            uas_inactive: false,
             placed: false,
         }
     }

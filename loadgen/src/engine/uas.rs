@@ -108,9 +108,13 @@ impl Engine {
             self.wire.respond(from, msg, 404, "Not Found", &[], b"");
             return;
         };
-        let offer = SessionDescription::parse(msg.body())
-            .ok()
-            .and_then(|s| s.audio_addr());
+        let offer = SessionDescription::parse(msg.body()).ok();
+        // An `inactive` offer (RFC 3264 5.1) sets up a call without audio: no stream runs, and
+        // none is rated.
+        let inactive = offer
+            .and_then(|s| s.audio)
+            .is_some_and(|a| a.direction == sdp::Direction::Inactive);
+        let offer = offer.and_then(|s| s.audio_addr());
         let slot = self.calls.alloc();
         let generation = self.calls[slot as usize].generation;
         let to_tag = format!("u{slot}x{generation}");
@@ -125,6 +129,7 @@ impl Engine {
         // The answering side draws too, so `--rtp 0.1` means a tenth of the streams on both
         // sides of calls between our own users, not a tenth of callers and every callee.
         let rtp = offer.is_some()
+            && !inactive
             && self.cfg.rtp_fraction > 0.0
             && (self.cfg.rtp_fraction >= 1.0 || self.rng.uniform() < self.cfg.rtp_fraction);
         let c = &mut self.calls[slot as usize];
@@ -134,6 +139,7 @@ impl Engine {
         c.uas_headers = headers;
         c.uas_call_id = call_id.clone();
         c.uas_offer_addr = offer;
+        c.uas_inactive = inactive;
         c.rtp = rtp;
         c.remote_tag = msg
             .from()
@@ -212,8 +218,9 @@ impl Engine {
                 let dest = SessionDescription::parse(msg.body())
                     .ok()
                     .and_then(|s| s.audio_addr());
+                let inactive = self.calls[slot as usize].uas_inactive;
                 self.wire
-                    .reinvite_ok(&self.cfg, from, msg, (slot, generation), user);
+                    .reinvite_ok(&self.cfg, from, msg, (slot, generation, inactive), user);
                 if let (true, Some(dest)) = (rtp, dest) {
                     self.media.push(MediaCommand::Redirect {
                         stream: stream_id(slot, generation),

@@ -77,6 +77,7 @@ impl Wire {
                 telephone_event: true,
                 ptime_ms: 20,
                 ssrc: None,
+                direction: sdp::Direction::SendRecv,
             }),
             local: cfg.local.to_string().into_bytes(),
             run: cfg.run_id.to_string().into_bytes(),
@@ -291,6 +292,11 @@ impl Wire {
                     telephone_event: true,
                     ptime_ms: 20,
                     ssrc: Some(ssrc(slot, c.generation)),
+                    direction: if c.uas_inactive {
+                        sdp::Direction::Inactive
+                    } else {
+                        sdp::Direction::SendRecv
+                    },
                 },
             );
         }
@@ -313,13 +319,13 @@ impl Wire {
     }
 
     /// The 200 to a re-INVITE on the call in `slot`: our media address, for our user `user`
-    /// (an index into `Config::users`).
+    /// (an index into `Config::users`); `inactive` for a call set up without audio.
     pub(super) fn reinvite_ok(
         &mut self,
         cfg: &Config,
         to: SocketAddr,
         req: &Message<'_>,
-        (slot, generation): (u32, u32),
+        (slot, generation, inactive): (u32, u32, bool),
         user: u32,
     ) {
         self.body.clear();
@@ -333,6 +339,11 @@ impl Wire {
                 telephone_event: true,
                 ptime_ms: 20,
                 ssrc: Some(ssrc(slot, generation)),
+                direction: if inactive {
+                    sdp::Direction::Inactive
+                } else {
+                    sdp::Direction::SendRecv
+                },
             },
         );
         let body = std::mem::take(&mut self.body);
