@@ -867,11 +867,20 @@ fn an_inactive_offer_reaches_the_callee_and_comes_back_in_the_answer() {
         .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
         .expect("INVITE to the callee");
     assert_eq!(direction(&parse(&to_b)), Direction::Inactive);
-    let answer = String::from_utf8(callee_ok(&parse(&to_b)))
-        .unwrap()
-        .replace("a=ssrc:9 cname:t\r\n", "a=ssrc:9 cname:t\r\na=inactive\r\n");
-    let answer = fix_length(&answer);
-    cm.handle(MS, addr(CALLEE), answer.as_bytes());
+    let mut answer = Vec::new();
+    write_response(
+        &mut answer,
+        &parse(&to_b),
+        200,
+        "OK",
+        Some("cal"),
+        &[
+            ("Contact", "<sip:1005@127.0.0.1:7100>"),
+            ("Content-Type", "application/sdp"),
+        ],
+        format!("{}a=inactive\r\n", offer("127.0.0.1:7102", 9)).as_bytes(),
+    );
+    cm.handle(MS, addr(CALLEE), &answer);
     let out = sent(&mut cm);
     let (_, ok) = out
         .iter()
@@ -897,20 +906,4 @@ fn an_inactive_offer_reaches_the_callee_and_comes_back_in_the_answer() {
         .find(|(to, b)| *to == addr(CALLEE) && b.starts_with(b"INVITE"))
         .expect("INVITE to the callee");
     assert_eq!(direction(&parse(&to_b)), Direction::SendRecv);
-}
-
-/// `msg` with its Content-Length set to its body's length.
-fn fix_length(msg: &str) -> String {
-    let (head, body) = msg.split_once("\r\n\r\n").unwrap();
-    let head: Vec<String> = head
-        .split("\r\n")
-        .map(|l| {
-            if l.to_ascii_lowercase().starts_with("content-length:") {
-                format!("Content-Length: {}", body.len())
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect();
-    format!("{}\r\n\r\n{body}", head.join("\r\n"))
 }
