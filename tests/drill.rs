@@ -376,6 +376,15 @@ fn a_live_call_manager_takeover_loses_no_call_or_registration() {
     assert_eq!(f["overlap"], false, "{f}");
     // Three heartbeats of silence (300 ms) at least; the drill's own bound at most.
     took_over_losing_nothing(&v, 250_000..1_000_000, 150, 100);
+    // Live, each binding is checked by a call through the virtual IP, not by the registrar's
+    // count: every user called after each fault answered.
+    for fault in v["faults"].as_array().expect("faults") {
+        let f = &fault["callmanager"];
+        assert_eq!(f["registrations_checked"], "called", "{f}");
+        let c = &f["registrations_called"];
+        assert_eq!(n(&c["called"]), n(&f["registrations"]), "{f}");
+        assert_eq!(n(&c["answered"]), n(&c["called"]), "{f}");
+    }
 }
 
 /// The first fault's Call Manager figures: cm-1 taken over within `takeover` (µs), at least
