@@ -77,6 +77,8 @@ pub struct Traffic {
     pub queue: Option<QueueTraffic>,
     pub meetings: Option<MeetingTraffic>,
     pub registrations: Option<RegistrationTraffic>,
+    /// Instant messaging and presence among the registered users.
+    pub im: Option<ImTraffic>,
 }
 
 impl Traffic {
@@ -87,6 +89,7 @@ impl Traffic {
             && self.queue.is_none()
             && self.meetings.is_none()
             && self.registrations.is_none()
+            && self.im.is_none()
     }
 }
 
@@ -159,6 +162,35 @@ pub struct RegistrationTraffic {
     pub expires: Duration,
     /// Users are numbered `first_user..first_user + users`.
     pub first_user: u32,
+}
+
+/// `[traffic.im]`: what each online (registered) user does on the IM servers, per hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImTraffic {
+    /// SIP MESSAGEs (RFC 3428, page mode) each online user sends per hour.
+    pub messages_per_user_hour: f64,
+    /// The body of each message, in bytes (a page-mode MESSAGE over UDP carries at most
+    /// [`ImTraffic::MAX_MESSAGE_BYTES`]).
+    pub message_bytes: u32,
+    /// How many other users each one watches (its buddy list), by presence subscriptions.
+    pub buddies: u32,
+    /// Presence changes (PUBLISH) each online user makes per hour.
+    pub presence_per_user_hour: f64,
+    /// Files each online user shares per hour, and the size of each (file sharing: stored on
+    /// the IM server and sent on to the recipient).
+    pub attachments_per_user_hour: f64,
+    pub attachment_bytes: u64,
+}
+
+impl ImTraffic {
+    /// RFC 3428 section 7: a MESSAGE must not exceed 1300 bytes unless the path's MTU is
+    /// known to be larger; the body's share of that, leaving room for the headers.
+    pub const MAX_MESSAGE_BYTES: u32 = 1024;
+
+    /// Messages per second the whole population of `users` online users sends.
+    pub fn messages_per_s(&self, users: u32) -> f64 {
+        self.messages_per_user_hour * f64::from(users) / 3600.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

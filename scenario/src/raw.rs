@@ -148,6 +148,7 @@ pub struct RawTraffic {
     pub queue: Option<Tab<RawQueue>>,
     pub meetings: Option<Tab<RawMeetings>>,
     pub registrations: Option<Tab<RawRegistrations>>,
+    pub im: Option<Tab<RawIm>>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +200,17 @@ pub struct RawRegistrations {
     pub users: Option<Leaf>,
     pub expires: Option<Leaf>,
     pub first_user: Option<Leaf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIm {
+    pub messages_per_user_hour: Option<Leaf>,
+    pub message_bytes: Option<Leaf>,
+    pub buddies: Option<Leaf>,
+    pub presence_per_user_hour: Option<Leaf>,
+    pub attachments_per_user_hour: Option<Leaf>,
+    pub attachment_bytes: Option<Leaf>,
 }
 
 #[derive(Deserialize)]

@@ -9,11 +9,12 @@ use pbxlab_balancer::Role;
 use super::{Bound, Checker, Res, Table};
 use crate::diagnostics::join;
 use crate::model::{
-    CallTraffic, HoldDist, IvrTraffic, MeetingTraffic, PoolSpec, QueueTraffic, RegistrationTraffic,
-    Traffic,
+    CallTraffic, HoldDist, ImTraffic, IvrTraffic, MeetingTraffic, PoolSpec, QueueTraffic,
+    RegistrationTraffic, Traffic,
 };
 use crate::raw::{
-    Leaf, LeafList, RawCalls, RawIvr, RawMeetings, RawQueue, RawRegistrations, RawTraffic, Tab,
+    Leaf, LeafList, RawCalls, RawIm, RawIvr, RawMeetings, RawQueue, RawRegistrations, RawTraffic,
+    Tab,
 };
 
 const DISTS: &str = "exponential, lognormal, fixed";
@@ -97,6 +98,7 @@ impl Checker<'_> {
             queue: None,
             meetings: None,
             registrations: None,
+            im: None,
         };
         let Some(raw) = raw else {
             return Ok(traffic);
@@ -117,6 +119,9 @@ impl Checker<'_> {
         }
         if let Some(registrations) = &raw.registrations {
             traffic.registrations = Some(self.registrations(registrations)?);
+        }
+        if let Some(im) = &raw.im {
+            traffic.im = Some(self.im(im, traffic.registrations.as_ref())?);
         }
         Ok(traffic)
     }
@@ -349,6 +354,71 @@ impl Checker<'_> {
             users,
             expires,
             first_user,
+        })
+    }
+
+    /// `[traffic.im]`: its users are the registered ones, so it needs
+    /// `[traffic.registrations]`.
+    fn im(
+        &self,
+        entry: &Tab<RawIm>,
+        registrations: Option<&RegistrationTraffic>,
+    ) -> Res<ImTraffic> {
+        let key = "traffic.im";
+        let raw = entry.get_ref();
+        if registrations.is_none() {
+            return Err(self.error(
+                entry.span(),
+                key,
+                "[traffic.im] needs [traffic.registrations]: its users are the registered ones"
+                    .into(),
+            ));
+        }
+        let per_hour = |value: &Option<Leaf>, name: &str, default: f64| {
+            Ok::<_, super::ScenarioError>(
+                self.opt_number(value, key, name, Bound::NonNegative)?
+                    .unwrap_or(default),
+            )
+        };
+        let messages_per_user_hour =
+            per_hour(&raw.messages_per_user_hour, "messages_per_user_hour", 6.0)?;
+        let presence_per_user_hour =
+            per_hour(&raw.presence_per_user_hour, "presence_per_user_hour", 2.0)?;
+        let attachments_per_user_hour = per_hour(
+            &raw.attachments_per_user_hour,
+            "attachments_per_user_hour",
+            0.0,
+        )?;
+        let message_bytes = self.opt_count(&raw.message_bytes, key, "message_bytes", 1, 160)?;
+        if message_bytes > ImTraffic::MAX_MESSAGE_BYTES {
+            let span = raw
+                .message_bytes
+                .as_ref()
+                .map_or(entry.span(), |v| v.span());
+            return Err(self.error(
+                span,
+                "traffic.im.message_bytes",
+                format!(
+                    "message_bytes must be at most {} (RFC 3428: a MESSAGE over UDP stays under 1300 bytes), found {message_bytes}",
+                    ImTraffic::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
+        let buddies = self.opt_count(&raw.buddies, key, "buddies", 0, 10)?;
+        let attachment_bytes = u64::from(self.opt_count(
+            &raw.attachment_bytes,
+            key,
+            "attachment_bytes",
+            1,
+            1_000_000,
+        )?);
+        Ok(ImTraffic {
+            messages_per_user_hour,
+            message_bytes,
+            buddies,
+            presence_per_user_hour,
+            attachments_per_user_hour,
+            attachment_bytes,
         })
     }
 }

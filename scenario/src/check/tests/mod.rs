@@ -353,6 +353,7 @@ fn minimal_file_gets_defaults() {
             queue: None,
             meetings: None,
             registrations: None,
+            im: None,
         }
     );
     assert!(s.faults.is_empty());

@@ -79,3 +79,43 @@ fn traffic_without_its_pool() {
     // Registrations need no pool.
     parse(&format!("{MINIMAL}\n[traffic.registrations]\nusers = 5\n"));
 }
+
+#[test]
+fn im_traffic_takes_its_defaults_and_names_its_users_by_the_registrations() {
+    let s = parse(&format!(
+        "{MINIMAL}\n[traffic.registrations]\nusers = 10\n\
+         \n[traffic.im]\nmessages_per_user_hour = 36\nbuddies = 4\n"
+    ));
+    let im = s.traffic.im.expect("im");
+    assert_eq!(im.messages_per_user_hour, 36.0);
+    assert_eq!(im.messages_per_s(10), 0.1);
+    assert_eq!(im.buddies, 4);
+    assert_eq!(im.message_bytes, 160);
+    assert_eq!(im.presence_per_user_hour, 2.0);
+    assert_eq!(im.attachments_per_user_hour, 0.0);
+}
+
+#[test]
+fn im_traffic_without_registrations_is_refused() {
+    let d = invalid(&format!("{MINIMAL}\n[traffic.im]\nbuddies = 4\n"));
+    assert_eq!(d.key, "traffic.im", "{d}");
+    assert!(d.message.contains("needs [traffic.registrations]"), "{d}");
+}
+
+#[test]
+fn an_im_message_larger_than_a_udp_message_allows_is_refused_where_it_is_written() {
+    let d = invalid(&format!(
+        "{MINIMAL}\n[traffic.registrations]\nusers = 10\n\n[traffic.im]\nmessage_bytes = 4000\n"
+    ));
+    assert_at(
+        &d,
+        13,
+        17,
+        "traffic.im.message_bytes",
+        &["at most 1024", "RFC 3428", "4000"],
+    );
+    let d = invalid(&format!(
+        "{MINIMAL}\n[traffic.registrations]\nusers = 10\n\n[traffic.im]\nbuddies = -1\n"
+    ));
+    assert_eq!(d.key, "traffic.im.buddies", "{d}");
+}
